@@ -1,0 +1,183 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * common.h: maps, settings and helpers shared by every podtrail program. There is one ring
+ * buffer for all event kinds so that events stay globally ordered (a fork is always read
+ * before the child's exec).
+ */
+#ifndef PODTRAIL_COMMON_H
+#define PODTRAIL_COMMON_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "podtrail.h"
+
+/* Settings written by user space before load (EbpfLoader::set_global). */
+const volatile __u32 filter_mode = PT_FILTER_ALL;
+const volatile __u32 host_pidns_ino = 0;    /* the host's pid namespace: filter reference */
+const volatile __u32 self_tgid = 0;         /* podtrail itself: never traced */
+const volatile __u32 scan_env = 1;          /* look for KUBERNETES_EXEC_AUDIT_ID */
+const volatile __u64 wakeup_bytes = 256 * 1024; /* wake the reader once this much is queued */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 * 1024 * 1024); /* resized by user space before load */
+} events SEC(".maps");
+
+/* Failed ring buffer writes, per event kind (index) and per cgroup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PT_KIND_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops_by_kind SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct pt_cgroup_drops);
+} drops_by_cgroup SEC(".maps");
+
+/* Records written, per event kind: with drops_by_kind, the loss ratio. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PT_KIND_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} sent_by_kind SEC(".maps");
+
+/* cgroups user space asked to trace in PT_FILTER_CONTAINERS mode (hostPID containers). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u8);
+} traced_cgroups SEC(".maps");
+
+/* Scratch space for building an exec record too big for the BPF stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u8[PT_EXEC_MAX_LEN]);
+} scratch SEC(".maps");
+
+/* Anchors every record type in the object's BTF, so the ABI test can read each layout back
+ * from the compiled file (clang only writes BTF for types that maps, globals or function
+ * signatures use). One entry, never written. */
+struct pt_abi_anchor {
+	struct pt_header header;
+	struct pt_exec exec;
+	struct pt_fork fork;
+	struct pt_exit exit;
+	struct pt_ns_join ns_join;
+	struct pt_connect connect;
+	struct pt_connect_result connect_result;
+	struct pt_udp_send udp_send;
+	struct pt_cgroup_drops cgroup_drops;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pt_abi_anchor);
+} abi_anchor SEC(".maps");
+
+static __always_inline void count(void *map, __u32 kind)
+{
+	__u64 *n = bpf_map_lookup_elem(map, &kind);
+	if (n)
+		*n += 1;
+}
+
+static __always_inline void count_drop(__u32 kind, __u64 cgroup_id, __u64 ts)
+{
+	count(&drops_by_kind, kind);
+	struct pt_cgroup_drops *d = bpf_map_lookup_elem(&drops_by_cgroup, &cgroup_id);
+	if (d) {
+		__sync_fetch_and_add(&d->events, 1);
+		d->last_ts_ns = ts;
+	} else {
+		struct pt_cgroup_drops init = { .events = 1, .last_ts_ns = ts };
+		bpf_map_update_elem(&drops_by_cgroup, &cgroup_id, &init, BPF_NOEXIST);
+	}
+}
+
+/* Batch wakeups: a wakeup per event costs user space ~10x the event itself. The reader also
+ * polls on a short timer, so a quiet ring is still drained promptly. */
+static __always_inline __u64 wakeup_flag(void)
+{
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+									      : BPF_RB_NO_WAKEUP;
+}
+
+/* Write a record (its header's kind and len already set) or count its loss. */
+static __always_inline int emit(void *rec, __u64 size)
+{
+	struct pt_header *h = rec;
+	if (bpf_ringbuf_output(&events, rec, size, wakeup_flag()) != 0) {
+		count_drop(h->kind, h->cgroup_id, h->ts_ns);
+		return -1;
+	}
+	count(&sent_by_kind, h->kind);
+	return 0;
+}
+
+static __always_inline __u64 task_cgroup_id(struct task_struct *t)
+{
+	return BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
+}
+
+static __always_inline struct upid *task_upid(struct task_struct *t)
+{
+	struct pid *p = BPF_CORE_READ(t, thread_pid);
+	unsigned int level = BPF_CORE_READ(p, level);
+	return &p->numbers[level];
+}
+
+static __always_inline __u32 task_pidns_ino(struct task_struct *t)
+{
+	struct upid *u = task_upid(t);
+	struct pid_namespace *ns = BPF_CORE_READ(u, ns);
+	return BPF_CORE_READ(ns, ns.inum);
+}
+
+static __always_inline __u32 task_nspid(struct task_struct *t)
+{
+	struct upid *u = task_upid(t);
+	return BPF_CORE_READ(u, nr);
+}
+
+static __always_inline __u64 task_start_ns(struct task_struct *t)
+{
+	return BPF_CORE_READ(t, group_leader, start_boottime);
+}
+
+/* Should this process be reported at all? */
+static __always_inline bool traced(struct task_struct *t, __u32 tgid, __u32 pidns_ino, __u64 cgid)
+{
+	if (tgid == self_tgid)
+		return false;
+	if (filter_mode == PT_FILTER_ALL)
+		return true;
+	if (pidns_ino != host_pidns_ino)
+		return true;
+	return bpf_map_lookup_elem(&traced_cgroups, &cgid) != NULL;
+}
+
+static __always_inline void fill_header(struct pt_header *h, __u32 kind, __u32 len,
+					struct task_struct *t, __u64 cgroup_id)
+{
+	h->kind = kind;
+	h->len = len;
+	h->ts_ns = bpf_ktime_get_boot_ns();
+	h->pid = BPF_CORE_READ(t, tgid);
+	h->tid = BPF_CORE_READ(t, pid);
+	h->start_ns = task_start_ns(t);
+	h->cgroup_id = cgroup_id;
+}
+
+#endif /* PODTRAIL_COMMON_H */

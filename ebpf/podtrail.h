@@ -1,0 +1,198 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * podtrail.h: the kernel/user contract. Every record that crosses the ring buffer is defined
+ * here and nowhere else; src/capture/abi.rs mirrors it and tests/abi.rs proves the mirror
+ * against the BTF that clang writes into the compiled object.
+ *
+ * Rules:
+ *  - fixed-width types only, explicit padding, 8-byte aligned sizes;
+ *  - a record kind number is never reused: retire it and take the next one;
+ *  - variable-length data (paths, argv) sits in the slots after the fixed part of a record,
+ *    each with an explicit length; the record's `len` says how many bytes were written;
+ *  - every struct has a _Static_assert on its size, so a change is a deliberate one.
+ */
+#ifndef PODTRAIL_H
+#define PODTRAIL_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+enum pt_kind {
+	PT_KIND_EXEC = 1,
+	PT_KIND_FORK = 2,
+	PT_KIND_EXIT = 3,
+	PT_KIND_CONNECT = 4,
+	PT_KIND_CONNECT_RESULT = 5,
+	PT_KIND_NS_JOIN = 6,
+	PT_KIND_UDP_SEND = 7,
+	PT_KIND_MAX = 8, /* one past the last kind: sizes the per-kind counters */
+};
+
+/* Limits of the variable parts. Raising one changes the ABI version. */
+#define PT_ABI_VERSION 1
+#define PT_FILENAME_MAX 256  /* bprm->filename, as passed to execve */
+#define PT_INTERP_MAX 256    /* bprm->interp: the interpreter of a #! script */
+#define PT_EXE_PATH_MAX 1024 /* resolved executable path, components leaf first */
+#define PT_AUDIT_ID_MAX 128  /* value of KUBERNETES_EXEC_AUDIT_ID */
+#define PT_ARGV_MAX 4096     /* argv bytes kept; the rest is cut and flagged */
+#define PT_COMM_LEN 16
+
+/* Common header: (pid, start_ns) is a process's identity, safe against pid reuse. */
+struct pt_header {
+	__u32 kind;      /* enum pt_kind */
+	__u32 len;       /* bytes of this record, header included */
+	__u64 ts_ns;     /* bpf_ktime_get_boot_ns() when the event happened */
+	__u32 pid;       /* tgid in the initial pid namespace (0 when not in process context) */
+	__u32 tid;       /* thread id in the initial pid namespace */
+	__u64 start_ns;  /* the process's start time: group leader's start_boottime, ns */
+	__u64 cgroup_id; /* cgroup2 id (inode of its directory) of the process */
+};
+_Static_assert(sizeof(struct pt_header) == 40, "pt_header size");
+
+/* pt_exec.flags */
+#define PT_EXEC_F_ARGV_TRUNCATED (1u << 0)  /* argv longer than PT_ARGV_MAX */
+#define PT_EXEC_F_FILENAME_TRUNC (1u << 1)  /* filename longer than its slot */
+#define PT_EXEC_F_EXE_TRUNCATED (1u << 2)   /* exe path longer than its slot or too deep */
+#define PT_EXEC_F_FILELESS (1u << 3)        /* executable has no link on disk (memfd, deleted) */
+#define PT_EXEC_F_TTY (1u << 4)             /* the process has a controlling terminal */
+#define PT_EXEC_F_PARENT_OTHER_CGROUP (1u << 5) /* real_parent is in another cgroup */
+#define PT_EXEC_F_PARENT_OTHER_PIDNS (1u << 6)  /* real_parent is in another pid namespace */
+#define PT_EXEC_F_ENV_SCANNED (1u << 7)     /* the environment was searched for the audit id */
+#define PT_EXEC_F_AUDIT_ID_TRUNC (1u << 8)  /* audit id longer than its slot */
+#define PT_EXEC_F_ENV_TRUNCATED (1u << 9)   /* env too long to search to its end */
+
+/*
+ * exec: the new image of a process, read from kernel structures after the exec succeeded
+ * (tp_btf/sched_process_exec), never from syscall arguments.
+ * Variable part: filename, interp, exe path, audit id and argv, each in a slot at a fixed
+ * offset (PT_EXEC_*_OFF) with its length in the fixed part. argv comes last so that `len`
+ * stops where argv stops. exe path components are written leaf first, each followed by
+ * a NUL: user space reverses them.
+ */
+struct pt_exec {
+	struct pt_header h;
+	__u32 ppid;             /* real_parent's tgid (initial pid namespace) */
+	__u32 nspid;            /* pid in the process's own pid namespace */
+	__u64 parent_start_ns;  /* real_parent's start time */
+	__u64 parent_cgroup_id; /* real_parent's cgroup2 id */
+	__u32 pidns_ino;        /* inode of the process's pid namespace */
+	__u32 parent_pidns_ino; /* inode of real_parent's pid namespace */
+	__u32 mntns_ino;        /* inode of the process's mount namespace */
+	__u32 uid;
+	__u32 gid;
+	__u32 euid;
+	__u32 loginuid;         /* audit login uid; 4294967295 when unset */
+	__u32 flags;            /* PT_EXEC_F_* */
+	__u64 exe_ino;          /* inode of the executable */
+	__u32 exe_dev;          /* s_dev of the executable's filesystem */
+	__u32 exe_nlink;        /* link count of the executable (0: fileless) */
+	__u32 argc;             /* argc as the kernel counted it */
+	__u16 filename_len;     /* bytes in the filename slot, no NUL */
+	__u16 interp_len;       /* bytes in the interp slot, no NUL */
+	__u16 exe_path_len;     /* bytes in the exe path slot */
+	__u16 audit_id_len;     /* bytes in the audit id slot, no NUL */
+	__u16 argv_len;         /* bytes in the argv slot: NUL-separated strings */
+	__u16 _pad0;
+	char comm[PT_COMM_LEN]; /* task comm after exec */
+};
+_Static_assert(sizeof(struct pt_exec) == 144, "pt_exec size");
+
+#define PT_EXEC_FILENAME_OFF 144
+#define PT_EXEC_INTERP_OFF (PT_EXEC_FILENAME_OFF + PT_FILENAME_MAX)
+#define PT_EXEC_EXE_PATH_OFF (PT_EXEC_INTERP_OFF + PT_INTERP_MAX)
+#define PT_EXEC_AUDIT_ID_OFF (PT_EXEC_EXE_PATH_OFF + PT_EXE_PATH_MAX)
+#define PT_EXEC_ARGV_OFF (PT_EXEC_AUDIT_ID_OFF + PT_AUDIT_ID_MAX)
+#define PT_EXEC_MAX_LEN (PT_EXEC_ARGV_OFF + PT_ARGV_MAX)
+
+/* fork: a new process (threads are not reported). The header names the child. */
+struct pt_fork {
+	struct pt_header h;
+	__u32 ppid;            /* child's real_parent tgid (CLONE_PARENT makes it the caller's parent) */
+	__u32 creator_pid;     /* tgid of the task that called fork/clone */
+	__u64 parent_start_ns; /* real_parent's start time */
+	__u32 pidns_ino;       /* child's pid namespace */
+	__u32 nspid;           /* child's pid in that namespace */
+	__u32 uid;
+	__u32 _pad0;
+};
+_Static_assert(sizeof(struct pt_fork) == 72, "pt_fork size");
+
+/* exit: the last thread of a process is gone. */
+struct pt_exit {
+	struct pt_header h;
+	__u32 exit_code; /* wait(2) status: (code << 8) for exit(), the signal number (| 0x80 core) */
+	__u32 _pad0;
+};
+_Static_assert(sizeof(struct pt_exit) == 48, "pt_exit size");
+
+/* Namespace kinds for pt_ns_join.nstype: the CLONE_NEW* flags of setns(2). */
+struct pt_ns_join {
+	struct pt_header h;
+	__u64 nstype;          /* setns(2) nstype argument (0: any, or the fd's kind) */
+	__u32 pidns_for_children_ino; /* after the call: namespace its children will be in */
+	__u32 mntns_ino;       /* after the call */
+	__u32 netns_ino;       /* after the call */
+	__u32 old_pidns_for_children_ino;
+	__u32 old_mntns_ino;
+	__u32 loginuid;
+	__u32 uid;
+	__u32 _pad0;
+};
+_Static_assert(sizeof(struct pt_ns_join) == 80, "pt_ns_join size");
+
+/* connect: from cgroup/connect4|6, before the kernel tries. The socket cookie ties it to its
+ * result and to the first UDP datagram. Addresses are in network byte order; an IPv4 address
+ * is in the first 4 bytes of daddr. */
+struct pt_connect {
+	struct pt_header h;
+	__u64 cookie;
+	__u8 family;    /* 2 = AF_INET, 10 = AF_INET6 */
+	__u8 protocol;  /* 6 = TCP, 17 = UDP */
+	__u8 sock_type; /* 1 = SOCK_STREAM, 2 = SOCK_DGRAM */
+	__u8 _pad0;
+	__u16 dport;    /* host byte order */
+	__u16 _pad1;
+	__u8 daddr[16];
+};
+_Static_assert(sizeof(struct pt_connect) == 72, "pt_connect size");
+
+#define PT_RESULT_SYSCALL 1   /* connect(2) returned (error 0, -EINPROGRESS, -ECONNREFUSED...) */
+#define PT_RESULT_TCP_STATE 2 /* a TCP handshake finished: ESTABLISHED (error 0) or CLOSE */
+
+/* connect result: how a connect ended. TCP_STATE results come from softirq context: their
+ * header has pid 0; the cookie says which connect they finish. */
+struct pt_connect_result {
+	struct pt_header h;
+	__u64 cookie;
+	__s32 error;  /* 0 or a negative errno */
+	__u8 phase;   /* PT_RESULT_* */
+	__u8 family;  /* final destination from the socket (TCP_STATE only) */
+	__u16 dport;  /* host byte order (TCP_STATE only) */
+	__u8 daddr[16];
+};
+_Static_assert(sizeof(struct pt_connect_result) == 72, "pt_connect_result size");
+
+/* udp send: the first datagram a connected UDP socket sent (cgroup_skb/egress). A UDP
+ * connect without one is address sorting by a resolver, not traffic. */
+struct pt_udp_send {
+	struct pt_header h;
+	__u64 cookie;
+	__u32 bytes; /* size of that first datagram */
+	__u32 _pad0;
+};
+_Static_assert(sizeof(struct pt_udp_send) == 56, "pt_udp_send size");
+
+/* Kernel-side filter modes (global `filter_mode`). */
+#define PT_FILTER_ALL 0        /* every process on the host */
+#define PT_FILTER_CONTAINERS 1 /* processes outside the host's pid namespace, or in a cgroup of
+                                  the `traced_cgroups` map (hostPID containers) */
+
+/* Per-cgroup loss counters: key is the cgroup2 id, value this struct. */
+struct pt_cgroup_drops {
+	__u64 events; /* ring buffer reservations that failed for this cgroup */
+	__u64 last_ts_ns;
+};
+_Static_assert(sizeof(struct pt_cgroup_drops) == 16, "pt_cgroup_drops size");
+
+#endif /* PODTRAIL_H */

@@ -1,0 +1,232 @@
+//! The Rust mirror of `ebpf/podtrail.h`, the kernel/user contract.
+//!
+//! In: nothing. Out: `#[repr(C)]` structs and constants that only the decoder reads.
+//! `tests/abi.rs` (and the loader at start-up) compare every struct's size and every field's
+//! offset with the BTF clang wrote into the compiled object, so a change on one side that is
+//! not made on the other fails before it can misread a byte.
+
+pub const ABI_VERSION: u32 = 1;
+
+pub const KIND_EXEC: u32 = 1;
+pub const KIND_FORK: u32 = 2;
+pub const KIND_EXIT: u32 = 3;
+pub const KIND_CONNECT: u32 = 4;
+pub const KIND_CONNECT_RESULT: u32 = 5;
+pub const KIND_NS_JOIN: u32 = 6;
+pub const KIND_UDP_SEND: u32 = 7;
+pub const KIND_MAX: u32 = 8;
+
+/// Human names of the kinds, indexed by kind number (0 is unused).
+pub const KIND_NAMES: [&str; KIND_MAX as usize] =
+    ["none", "exec", "fork", "exit", "connect", "connect_result", "ns_join", "udp_send"];
+
+pub const FILENAME_MAX: usize = 256;
+pub const INTERP_MAX: usize = 256;
+pub const EXE_PATH_MAX: usize = 1024;
+pub const AUDIT_ID_MAX: usize = 128;
+pub const ARGV_MAX: usize = 4096;
+pub const COMM_LEN: usize = 16;
+
+pub const EXEC_FILENAME_OFF: usize = 144;
+pub const EXEC_INTERP_OFF: usize = EXEC_FILENAME_OFF + FILENAME_MAX;
+pub const EXEC_EXE_PATH_OFF: usize = EXEC_INTERP_OFF + INTERP_MAX;
+pub const EXEC_AUDIT_ID_OFF: usize = EXEC_EXE_PATH_OFF + EXE_PATH_MAX;
+pub const EXEC_ARGV_OFF: usize = EXEC_AUDIT_ID_OFF + AUDIT_ID_MAX;
+pub const EXEC_MAX_LEN: usize = EXEC_ARGV_OFF + ARGV_MAX;
+
+pub const EXEC_F_ARGV_TRUNCATED: u32 = 1 << 0;
+pub const EXEC_F_FILENAME_TRUNC: u32 = 1 << 1;
+pub const EXEC_F_EXE_TRUNCATED: u32 = 1 << 2;
+pub const EXEC_F_FILELESS: u32 = 1 << 3;
+pub const EXEC_F_TTY: u32 = 1 << 4;
+pub const EXEC_F_PARENT_OTHER_CGROUP: u32 = 1 << 5;
+pub const EXEC_F_PARENT_OTHER_PIDNS: u32 = 1 << 6;
+pub const EXEC_F_ENV_SCANNED: u32 = 1 << 7;
+pub const EXEC_F_AUDIT_ID_TRUNC: u32 = 1 << 8;
+pub const EXEC_F_ENV_TRUNCATED: u32 = 1 << 9;
+
+pub const RESULT_SYSCALL: u8 = 1;
+pub const RESULT_TCP_STATE: u8 = 2;
+
+pub const FILTER_ALL: u32 = 0;
+pub const FILTER_CONTAINERS: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Header {
+    pub kind: u32,
+    pub len: u32,
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub start_ns: u64,
+    pub cgroup_id: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Exec {
+    pub h: Header,
+    pub ppid: u32,
+    pub nspid: u32,
+    pub parent_start_ns: u64,
+    pub parent_cgroup_id: u64,
+    pub pidns_ino: u32,
+    pub parent_pidns_ino: u32,
+    pub mntns_ino: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub euid: u32,
+    pub loginuid: u32,
+    pub flags: u32,
+    pub exe_ino: u64,
+    pub exe_dev: u32,
+    pub exe_nlink: u32,
+    pub argc: u32,
+    pub filename_len: u16,
+    pub interp_len: u16,
+    pub exe_path_len: u16,
+    pub audit_id_len: u16,
+    pub argv_len: u16,
+    pub _pad0: u16,
+    pub comm: [u8; COMM_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Fork {
+    pub h: Header,
+    pub ppid: u32,
+    pub creator_pid: u32,
+    pub parent_start_ns: u64,
+    pub pidns_ino: u32,
+    pub nspid: u32,
+    pub uid: u32,
+    pub _pad0: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Exit {
+    pub h: Header,
+    pub exit_code: u32,
+    pub _pad0: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NsJoin {
+    pub h: Header,
+    pub nstype: u64,
+    pub pidns_for_children_ino: u32,
+    pub mntns_ino: u32,
+    pub netns_ino: u32,
+    pub old_pidns_for_children_ino: u32,
+    pub old_mntns_ino: u32,
+    pub loginuid: u32,
+    pub uid: u32,
+    pub _pad0: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Connect {
+    pub h: Header,
+    pub cookie: u64,
+    pub family: u8,
+    pub protocol: u8,
+    pub sock_type: u8,
+    pub _pad0: u8,
+    pub dport: u16,
+    pub _pad1: u16,
+    pub daddr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnectResult {
+    pub h: Header,
+    pub cookie: u64,
+    pub error: i32,
+    pub phase: u8,
+    pub family: u8,
+    pub dport: u16,
+    pub daddr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UdpSend {
+    pub h: Header,
+    pub cookie: u64,
+    pub bytes: u32,
+    pub _pad0: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CgroupDrops {
+    pub events: u64,
+    pub last_ts_ns: u64,
+}
+
+/// Marks the structs above: repr(C), integer fields and explicit padding only, so any byte
+/// pattern is a valid value.
+///
+/// # Safety
+/// Implement only for such structs.
+pub(crate) unsafe trait Plain: Copy + Default {}
+// SAFETY: see Plain: every struct here is repr(C) with integer fields and explicit padding.
+unsafe impl Plain for Header {}
+unsafe impl Plain for Exec {}
+unsafe impl Plain for Fork {}
+unsafe impl Plain for Exit {}
+unsafe impl Plain for NsJoin {}
+unsafe impl Plain for Connect {}
+unsafe impl Plain for ConnectResult {}
+unsafe impl Plain for UdpSend {}
+unsafe impl Plain for CgroupDrops {}
+// SAFETY: as for Plain.
+unsafe impl aya::Pod for CgroupDrops {}
+
+/// One field of a mirrored struct: name, offset, size. Used by the ABI check.
+pub type FieldLayout = (&'static str, usize, usize);
+
+macro_rules! layout {
+    ($t:ty, $c:literal, [$($f:ident),* $(,)?]) => {
+        ($c, std::mem::size_of::<$t>(), vec![$((stringify!($f), std::mem::offset_of!($t, $f), field_size(|s: &$t| &s.$f))),*])
+    };
+}
+
+fn field_size<T, F>(_: impl Fn(&T) -> &F) -> usize {
+    std::mem::size_of::<F>()
+}
+
+/// Every mirrored struct: its C name, its size, and its fields' layouts.
+pub fn layouts() -> Vec<(&'static str, usize, Vec<FieldLayout>)> {
+    vec![
+        layout!(Header, "pt_header", [kind, len, ts_ns, pid, tid, start_ns, cgroup_id]),
+        layout!(Exec, "pt_exec", [h, ppid, nspid, parent_start_ns, parent_cgroup_id, pidns_ino,
+            parent_pidns_ino, mntns_ino, uid, gid, euid, loginuid, flags, exe_ino, exe_dev,
+            exe_nlink, argc, filename_len, interp_len, exe_path_len, audit_id_len, argv_len,
+            _pad0, comm]),
+        layout!(Fork, "pt_fork", [h, ppid, creator_pid, parent_start_ns, pidns_ino, nspid, uid, _pad0]),
+        layout!(Exit, "pt_exit", [h, exit_code, _pad0]),
+        layout!(NsJoin, "pt_ns_join", [h, nstype, pidns_for_children_ino, mntns_ino, netns_ino,
+            old_pidns_for_children_ino, old_mntns_ino, loginuid, uid, _pad0]),
+        layout!(Connect, "pt_connect", [h, cookie, family, protocol, sock_type, _pad0, dport, _pad1, daddr]),
+        layout!(ConnectResult, "pt_connect_result", [h, cookie, error, phase, family, dport, daddr]),
+        layout!(UdpSend, "pt_udp_send", [h, cookie, bytes, _pad0]),
+        layout!(CgroupDrops, "pt_cgroup_drops", [events, last_ts_ns]),
+    ]
+}
+
+/// Reads a `T` from the start of `bytes` if there are enough of them.
+pub(crate) fn read<T: Plain>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: length checked above; T: Plain, for which every bit pattern is valid; read_unaligned copes with the ring's 8-byte alignment
+    // not being guaranteed for slices handed in by tests or fuzzers.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+}

@@ -1,0 +1,283 @@
+//! Owned events: what the kernel reported, decoded and ready for the process stage.
+//!
+//! In: nothing (built by `decode`). Out: `Event` values. Byte strings from the kernel (argv,
+//! paths) are kept as bytes; `crate::text::escape` is the one rule that turns them into text.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::text::ser_bytes;
+use crate::text::ser_bytes_list;
+use crate::text::ser_opt_bytes;
+
+/// A process's identity: the pid alone is reused, the pair is not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ProcessKey {
+    pub pid: u32,
+    /// Start time in ns since boot (the kernel's `start_boottime`).
+    pub start_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    Exec(ExecEvent),
+    Fork(ForkEvent),
+    Exit(ExitEvent),
+    Connect(ConnectEvent),
+    ConnectResult(ConnectResultEvent),
+    NsJoin(NsJoinEvent),
+    UdpSend(UdpSendEvent),
+}
+
+impl Event {
+    /// When it happened, ns since boot.
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Event::Exec(e) => e.ts_ns,
+            Event::Fork(e) => e.ts_ns,
+            Event::Exit(e) => e.ts_ns,
+            Event::Connect(e) => e.ts_ns,
+            Event::ConnectResult(e) => e.ts_ns,
+            Event::NsJoin(e) => e.ts_ns,
+            Event::UdpSend(e) => e.ts_ns,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Exec(_) => "exec",
+            Event::Fork(_) => "fork",
+            Event::Exit(_) => "exit",
+            Event::Connect(_) => "connect",
+            Event::ConnectResult(_) => "connect_result",
+            Event::NsJoin(_) => "ns_join",
+            Event::UdpSend(_) => "udp_send",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ExecFlags {
+    pub argv_truncated: bool,
+    pub filename_truncated: bool,
+    pub exe_truncated: bool,
+    /// The executable has no name on disk (memfd, deleted file).
+    pub fileless: bool,
+    pub tty: bool,
+    pub parent_other_cgroup: bool,
+    pub parent_other_pidns: bool,
+    pub env_scanned: bool,
+    pub audit_id_truncated: bool,
+    pub env_truncated: bool,
+}
+
+/// A new image of a process (execve succeeded).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ExecEvent {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub start_ns: u64,
+    pub cgroup_id: u64,
+    /// The task's `real_parent` (runc clones with CLONE_PARENT, so this is not the caller).
+    pub ppid: u32,
+    pub parent_start_ns: u64,
+    pub parent_cgroup_id: u64,
+    /// pid inside the process's own pid namespace.
+    pub nspid: u32,
+    pub pidns_ino: u32,
+    pub parent_pidns_ino: u32,
+    pub mntns_ino: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub euid: u32,
+    /// Audit login uid (the node user behind a session), None when unset.
+    pub loginuid: Option<u32>,
+    /// As passed to execve: may be `/proc/self/exe`, `/dev/fd/N` or a script.
+    #[serde(serialize_with = "ser_bytes")]
+    pub filename: Vec<u8>,
+    /// The interpreter of a `#!` script, when there is one.
+    #[serde(serialize_with = "ser_opt_bytes")]
+    pub interp: Option<Vec<u8>>,
+    /// The executable the kernel runs, resolved (inside the container for container processes).
+    #[serde(serialize_with = "ser_bytes")]
+    pub exe_path: Vec<u8>,
+    pub exe_ino: u64,
+    pub exe_dev: u32,
+    pub exe_nlink: u32,
+    pub argc: u32,
+    #[serde(serialize_with = "ser_bytes_list")]
+    pub argv: Vec<Vec<u8>>,
+    /// `KUBERNETES_EXEC_AUDIT_ID` from the environment (only looked for on session roots).
+    pub audit_id: Option<String>,
+    #[serde(serialize_with = "ser_bytes")]
+    pub comm: Vec<u8>,
+    pub flags: ExecFlags,
+}
+
+impl ExecEvent {
+    pub fn key(&self) -> ProcessKey {
+        ProcessKey { pid: self.pid, start_ns: self.start_ns }
+    }
+    pub fn parent_key(&self) -> ProcessKey {
+        ProcessKey { pid: self.ppid, start_ns: self.parent_start_ns }
+    }
+}
+
+/// A new process (not a thread).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ForkEvent {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub start_ns: u64,
+    pub cgroup_id: u64,
+    pub ppid: u32,
+    pub parent_start_ns: u64,
+    /// The task that called fork/clone (differs from ppid with CLONE_PARENT).
+    pub creator_pid: u32,
+    pub pidns_ino: u32,
+    pub nspid: u32,
+    pub uid: u32,
+}
+
+impl ForkEvent {
+    pub fn key(&self) -> ProcessKey {
+        ProcessKey { pid: self.pid, start_ns: self.start_ns }
+    }
+    pub fn parent_key(&self) -> ProcessKey {
+        ProcessKey { pid: self.ppid, start_ns: self.parent_start_ns }
+    }
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    Code(i32),
+    Signal { signal: i32, core_dumped: bool },
+}
+
+impl ExitStatus {
+    /// From a wait(2) status word.
+    pub fn from_wait_status(status: u32) -> Self {
+        let sig = (status & 0x7f) as i32;
+        if sig == 0 {
+            ExitStatus::Code(((status >> 8) & 0xff) as i32)
+        } else {
+            ExitStatus::Signal { signal: sig, core_dumped: status & 0x80 != 0 }
+        }
+    }
+
+    /// The shell's convention: the exit code, or 128 + signal.
+    pub fn shell_code(&self) -> i32 {
+        match *self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal { signal, .. } => 128 + signal,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ExitEvent {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub start_ns: u64,
+    pub cgroup_id: u64,
+    pub status: ExitStatus,
+}
+
+impl ExitEvent {
+    pub fn key(&self) -> ProcessKey {
+        ProcessKey { pid: self.pid, start_ns: self.start_ns }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
+/// A connect(2) on a TCP or UDP socket, as the kernel was about to try it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConnectEvent {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub cgroup_id: u64,
+    pub cookie: u64,
+    pub transport: Transport,
+    /// Destination; an IPv4-mapped IPv6 address is given as IPv4 (`mapped` says so).
+    pub addr: IpAddr,
+    pub port: u16,
+    /// The socket was IPv6 and the address IPv4-mapped.
+    pub mapped: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResultPhase {
+    /// connect(2) returned.
+    Syscall,
+    /// The TCP handshake ended (the only outcome of a non-blocking connect).
+    TcpState,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConnectResultEvent {
+    pub ts_ns: u64,
+    /// 0 for results seen outside process context (TCP state changes).
+    pub pid: u32,
+    pub cookie: u64,
+    /// 0 or a negative errno.
+    pub error: i32,
+    pub phase: ResultPhase,
+    /// The destination the socket really connected to (TCP state results only).
+    pub final_addr: Option<IpAddr>,
+    pub final_port: Option<u16>,
+}
+
+/// A process entered namespaces with setns(2) (nsenter).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NsJoinEvent {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub start_ns: u64,
+    pub cgroup_id: u64,
+    pub nstype: u64,
+    pub pidns_for_children_ino: u32,
+    pub mntns_ino: u32,
+    pub netns_ino: u32,
+    pub old_pidns_for_children_ino: u32,
+    pub old_mntns_ino: u32,
+    pub loginuid: Option<u32>,
+    pub uid: u32,
+}
+
+impl NsJoinEvent {
+    pub fn key(&self) -> ProcessKey {
+        ProcessKey { pid: self.pid, start_ns: self.start_ns }
+    }
+}
+
+/// The first datagram of a connected UDP socket: the connect was real traffic.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UdpSendEvent {
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub cookie: u64,
+    pub bytes: u32,
+}

@@ -1,0 +1,346 @@
+//! Loads and attaches the kernel programs, and reads the kernel's loss counters.
+//!
+//! In: [`CaptureOptions`]. Out: a running [`Capture`] whose `events` channel carries decoded
+//! events, plus [`Counters`] to read what the kernel could not deliver. Start-up problems
+//! (missing privilege, no BTF, a program type the kernel refuses) come back as one
+//! [`CaptureError`] sentence naming what is missing and how to grant it.
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint,
+    },
+    Btf, Ebpf, EbpfLoader,
+};
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use super::{abi, event::Event, reader};
+
+/// The compiled kernel side, built by build.rs from ebpf/podtrail.bpf.c.
+pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/podtrail.bpf.o"));
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Filter {
+    /// Every process on the host.
+    All,
+    /// Processes outside the host's pid namespace (plus cgroups added to the traced set).
+    Containers,
+}
+
+#[derive(Clone, Debug)]
+pub struct CaptureOptions {
+    /// Ring buffer size in bytes (power of two, at least a page).
+    pub ring_bytes: u32,
+    pub filter: Filter,
+    /// Search session roots' environment for KUBERNETES_EXEC_AUDIT_ID.
+    pub scan_env: bool,
+    /// Queued bytes that make the kernel wake the reader at once.
+    pub wakeup_bytes: u64,
+    /// How often the reader drains the ring when no wakeup came.
+    pub poll_interval: Duration,
+    /// Capacity of the channel to the next stage.
+    pub channel_capacity: usize,
+    /// cgroup2 mount to attach the socket hooks to; found from /proc/self/mountinfo if None.
+    pub cgroup2_root: Option<PathBuf>,
+    /// Attach the connect hooks (needs CAP_NET_ADMIN).
+    pub network: bool,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        CaptureOptions {
+            ring_bytes: 16 * 1024 * 1024,
+            filter: Filter::All,
+            scan_env: true,
+            wakeup_bytes: 256 * 1024,
+            poll_interval: Duration::from_millis(20),
+            channel_capacity: 65536,
+            cgroup2_root: None,
+            network: true,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum CaptureError {
+    #[error("podtrail needs {missing} to load its kernel programs: run it as root, or grant the capabilities (e.g. `setcap cap_bpf,cap_perfmon,cap_net_admin,cap_sys_ptrace,cap_sys_resource+ep podtrail`)")]
+    Privilege { missing: String },
+    #[error("this kernel exposes no BTF at /sys/kernel/btf/vmlinux: podtrail's CO-RE programs need a kernel built with CONFIG_DEBUG_INFO_BTF=y (5.8 or later)")]
+    NoBtf,
+    #[error("the embedded BPF object disagrees with podtrail's reading of it (rebuild podtrail): {0}")]
+    Abi(String),
+    #[error("the kernel refused BPF program {program} ({what}); podtrail needs tp_btf, tracepoint and cgroup socket programs (Linux 5.8+ with BTF), and an LSM or lockdown policy may forbid them")]
+    Program {
+        program: String,
+        what: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("tracefs is not mounted at /sys/kernel/tracing and mounting it failed ({0}): mount it (`mount -t tracefs tracefs /sys/kernel/tracing`) or give podtrail CAP_SYS_ADMIN")]
+    NoTracefs(std::io::Error),
+    #[error("loading the BPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("no cgroup2 mount found (looked in /proc/self/mountinfo): mount cgroup2 (e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`) or run without connect tracing (--no-network)")]
+    NoCgroup2,
+    #[error("opening {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("map {0} is missing from the BPF object")]
+    MissingMap(&'static str),
+    #[error("BPF map: {0}")]
+    Map(#[from] aya::maps::MapError),
+}
+
+/// The kernel's own counters: records written and records lost, per kind and per cgroup.
+pub struct Counters {
+    sent: PerCpuArray<MapData, u64>,
+    dropped: PerCpuArray<MapData, u64>,
+    dropped_cgroups: BpfHashMap<MapData, u64, abi::CgroupDrops>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelCounts {
+    /// Per kind name: records written into the ring.
+    pub sent: Vec<(&'static str, u64)>,
+    /// Per kind name: records the ring had no room for.
+    pub dropped: Vec<(&'static str, u64)>,
+    /// Per cgroup id: records lost.
+    pub dropped_by_cgroup: Vec<(u64, u64)>,
+}
+
+impl KernelCounts {
+    pub fn total_dropped(&self) -> u64 {
+        self.dropped.iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl Counters {
+    pub fn read(&self) -> KernelCounts {
+        let sum = |m: &PerCpuArray<MapData, u64>, k: u32| m.get(&k, 0).map(|v| v.iter().sum()).unwrap_or(0);
+        let mut c = KernelCounts::default();
+        for k in 1..abi::KIND_MAX {
+            let name = abi::KIND_NAMES[k as usize];
+            c.sent.push((name, sum(&self.sent, k)));
+            c.dropped.push((name, sum(&self.dropped, k)));
+        }
+        c.dropped_by_cgroup = self.dropped_cgroups.iter().filter_map(Result::ok).map(|(k, v)| (k, v.events)).collect();
+        c
+    }
+}
+
+/// A loaded and attached set of programs with its reader task.
+pub struct Capture {
+    _ebpf: Ebpf,
+    pub counters: Counters,
+    pub stats: Arc<reader::ReaderStats>,
+    pub events: mpsc::Receiver<Event>,
+    /// Programs attached, by name, for the start-up log.
+    pub attached: Vec<&'static str>,
+    stop: tokio::sync::watch::Sender<bool>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Capture {
+    /// Loads, attaches and starts reading. Must run inside a tokio runtime.
+    pub fn start(opts: CaptureOptions) -> Result<Capture, CaptureError> {
+        preflight(&opts)?;
+        raise_memlock();
+        let diffs = super::btf::check_abi(BPF_OBJECT).map_err(|e| CaptureError::Abi(e.to_string()))?;
+        if !diffs.is_empty() {
+            return Err(CaptureError::Abi(diffs.join("; ")));
+        }
+        let btf = Btf::from_sys_fs().map_err(|_| CaptureError::NoBtf)?;
+        let host_pidns = fs::metadata("/proc/1/ns/pid").map(|m| m.ino() as u32).unwrap_or(0);
+        let self_tgid = std::process::id();
+        let filter = match opts.filter {
+            Filter::All => abi::FILTER_ALL,
+            Filter::Containers => abi::FILTER_CONTAINERS,
+        };
+        let scan_env = opts.scan_env as u32;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .map_max_entries("events", opts.ring_bytes)
+            .override_global("filter_mode", &filter, true)
+            .override_global("host_pidns_ino", &host_pidns, true)
+            .override_global("self_tgid", &self_tgid, true)
+            .override_global("scan_env", &scan_env, true)
+            .override_global("wakeup_bytes", &opts.wakeup_bytes, true)
+            .load(BPF_OBJECT)?;
+
+        let mut attached = Vec::new();
+        for (prog, tp) in [
+            ("pt_sched_exec", "sched_process_exec"),
+            ("pt_sched_fork", "sched_process_fork"),
+            ("pt_sched_exit", "sched_process_exit"),
+        ] {
+            attach_btf_tp(&mut ebpf, &btf, prog, tp)?;
+            attached.push(prog);
+        }
+        for (prog, cat, name) in [
+            ("pt_sys_enter_setns", "syscalls", "sys_enter_setns"),
+            ("pt_sys_exit_setns", "syscalls", "sys_exit_setns"),
+        ] {
+            attach_tp(&mut ebpf, prog, cat, name)?;
+            attached.push(prog);
+        }
+        if opts.network {
+            let root = match &opts.cgroup2_root {
+                Some(p) => p.clone(),
+                None => find_cgroup2().ok_or(CaptureError::NoCgroup2)?,
+            };
+            let cg = fs::File::open(&root)
+                .map_err(|source| CaptureError::Io { path: root.display().to_string(), source })?;
+            attach_tp(&mut ebpf, "pt_sys_exit_connect", "syscalls", "sys_exit_connect")?;
+            attach_btf_tp(&mut ebpf, &btf, "pt_inet_sock_set_state", "inet_sock_set_state")?;
+            for prog in ["pt_connect4", "pt_connect6"] {
+                let p: &mut CgroupSockAddr = program(&mut ebpf, prog)?;
+                p.load().map_err(|e| refused(prog, "cgroup/connect", e))?;
+                // AllowMultiple is rejected by link_create (aya #1078); cgroup links coexist anyway.
+                p.attach(&cg, CgroupAttachMode::Single).map_err(|e| refused(prog, "cgroup/connect", e))?;
+            }
+            let p: &mut CgroupSkb = program(&mut ebpf, "pt_egress")?;
+            p.load().map_err(|e| refused("pt_egress", "cgroup_skb/egress", e))?;
+            p.attach(&cg, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+                .map_err(|e| refused("pt_egress", "cgroup_skb/egress", e))?;
+            attached.extend(["pt_sys_exit_connect", "pt_inet_sock_set_state", "pt_connect4", "pt_connect6", "pt_egress"]);
+        }
+
+        let counters = Counters {
+            sent: PerCpuArray::try_from(ebpf.take_map("sent_by_kind").ok_or(CaptureError::MissingMap("sent_by_kind"))?)?,
+            dropped: PerCpuArray::try_from(ebpf.take_map("drops_by_kind").ok_or(CaptureError::MissingMap("drops_by_kind"))?)?,
+            dropped_cgroups: BpfHashMap::try_from(
+                ebpf.take_map("drops_by_cgroup").ok_or(CaptureError::MissingMap("drops_by_cgroup"))?,
+            )?,
+        };
+        let ring = RingBuf::try_from(ebpf.take_map("events").ok_or(CaptureError::MissingMap("events"))?)?;
+        let (tx, rx) = mpsc::channel(opts.channel_capacity);
+        let stats = Arc::new(reader::ReaderStats::default());
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let reader = tokio::spawn(reader::run(ring, tx, stats.clone(), opts.poll_interval, stop_rx));
+        Ok(Capture { _ebpf: ebpf, counters, stats, events: rx, attached, stop, reader })
+    }
+
+    /// Stops reading after a last drain of the ring; the events channel then closes.
+    pub async fn stop(self) -> (Counters, Arc<reader::ReaderStats>) {
+        let _ = self.stop.send(true);
+        let _ = self.reader.await;
+        (self.counters, self.stats)
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, CaptureError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or(CaptureError::MissingMap(name))?;
+    p.try_into().map_err(|e| refused(name, "type", e))
+}
+
+fn refused(program: &str, what: &'static str, source: aya::programs::ProgramError) -> CaptureError {
+    CaptureError::Program { program: program.to_string(), what, source }
+}
+
+fn attach_btf_tp(ebpf: &mut Ebpf, btf: &Btf, prog: &'static str, tp: &str) -> Result<(), CaptureError> {
+    let p: &mut BtfTracePoint = program(ebpf, prog)?;
+    p.load(tp, btf).map_err(|e| refused(prog, "tp_btf", e))?;
+    p.attach().map_err(|e| refused(prog, "tp_btf", e))?;
+    Ok(())
+}
+
+fn attach_tp(ebpf: &mut Ebpf, prog: &'static str, cat: &str, name: &str) -> Result<(), CaptureError> {
+    let p: &mut TracePoint = program(ebpf, prog)?;
+    p.load().map_err(|e| refused(prog, "tracepoint", e))?;
+    p.attach(cat, name).map_err(|e| refused(prog, "tracepoint", e))?;
+    Ok(())
+}
+
+/// Checks what can be checked before the kernel is asked, so the error names the cause.
+fn preflight(opts: &CaptureOptions) -> Result<(), CaptureError> {
+    let caps = effective_caps();
+    let mut missing = Vec::new();
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    let admin = has(CAP_SYS_ADMIN);
+    if !(has(CAP_BPF) || admin) {
+        missing.push("CAP_BPF");
+    }
+    if !(has(CAP_PERFMON) || admin) {
+        missing.push("CAP_PERFMON");
+    }
+    if opts.network && !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN (for the connect hooks; or pass --no-network)");
+    }
+    if !missing.is_empty() {
+        return Err(CaptureError::Privilege { missing: missing.join(", ") });
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(CaptureError::NoBtf);
+    }
+    ensure_tracefs()
+}
+
+/// Tracepoint programs are attached by id, read from tracefs; a minimal node image may not
+/// have it mounted.
+fn ensure_tracefs() -> Result<(), CaptureError> {
+    let dir = Path::new("/sys/kernel/tracing");
+    if dir.join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return Ok(());
+    }
+    let c = |s: &str| std::ffi::CString::new(s).expect("static string has no NUL");
+    let (src, target) = (c("tracefs"), c("/sys/kernel/tracing"));
+    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(CaptureError::NoTracefs(std::io::Error::last_os_error()));
+    }
+    tracing::info!("mounted tracefs at /sys/kernel/tracing");
+    Ok(())
+}
+
+/// Effective capability set of this process, from /proc/self/status.
+pub fn effective_caps() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones ignore it.
+fn raise_memlock() {
+    let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads the struct we pass; failure only matters on old kernels.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+}
+
+/// The cgroup2 mount: `/sys/fs/cgroup` on a pure v2 node, `/sys/fs/cgroup/unified` on hybrid.
+pub fn find_cgroup2() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            if post.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            pre.split_whitespace().nth(4).map(PathBuf::from)
+        })
+        .collect();
+    found.sort_by_key(|p| p.components().count());
+    found.into_iter().next()
+}

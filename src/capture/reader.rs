@@ -1,0 +1,119 @@
+//! The ring buffer reader: drains the kernel's ring, decodes each record and passes it on.
+//!
+//! In: the `events` ring buffer. Out: [`Event`]s on a bounded channel. Lost: records that do
+//! not decode, counted by reason in [`ReaderStats`]. The kernel batches wakeups (one per
+//! `wakeup_bytes` queued), so the reader also drains on a short timer. When the next stage is
+//! slower than the kernel, `send` waits and the ring fills: the kernel then counts what it
+//! cannot write per kind and per cgroup, which is where a session can be marked. Nothing
+//! after the process stage ever makes this wait (export drops at its own queue).
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, sync::mpsc, sync::watch};
+
+use super::{abi, decode::{decode, DecodeError}, event::Event};
+
+#[derive(Default, Debug)]
+pub struct ReaderStats {
+    /// Records decoded, by kind number.
+    pub decoded: [AtomicU64; abi::KIND_MAX as usize],
+    /// Records that did not decode, by `DecodeError::REASONS` index.
+    pub undecodable: [AtomicU64; DecodeError::REASONS.len()],
+}
+
+impl ReaderStats {
+    pub fn decoded_total(&self) -> u64 {
+        self.decoded.iter().map(|a| a.load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn undecodable_by_reason(&self) -> Vec<(&'static str, u64)> {
+        DecodeError::REASONS.iter().zip(&self.undecodable).map(|(r, n)| (*r, n.load(Ordering::Relaxed))).collect()
+    }
+
+    fn count(&self, res: &Result<Event, DecodeError>, bytes: &[u8]) {
+        match res {
+            Ok(_) => {
+                let kind = abi::read::<abi::Header>(bytes).map(|h| h.kind).unwrap_or(0) as usize;
+                if let Some(c) = self.decoded.get(kind) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                let i = DecodeError::REASONS.iter().position(|r| *r == e.reason()).unwrap_or(0);
+                self.undecodable[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+pub async fn run(
+    ring: RingBuf<MapData>,
+    tx: mpsc::Sender<Event>,
+    stats: std::sync::Arc<ReaderStats>,
+    poll: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf, and
+    // as_raw_fd always returns that same fd.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!("cannot poll the ring buffer: {}", e);
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut more = false;
+    loop {
+        let stopping = if more { false } else { tokio::select! {
+            r = fd.readable_mut() => {
+                if let Ok(mut g) = r { g.clear_ready(); }
+                false
+            }
+            _ = tick.tick() => false,
+            _ = stop.changed() => true,
+        } };
+        // Decode everything queued before awaiting the channel: RingBufItem borrows the ring.
+        let mut batch = Vec::new();
+        {
+            let ring = fd.get_mut();
+            while let Some(item) = ring.next() {
+                let res = decode(&item);
+                stats.count(&res, &item);
+                if let Ok(ev) = res {
+                    batch.push(ev);
+                }
+                if batch.len() >= 4096 {
+                    break;
+                }
+            }
+        }
+        more = batch.len() >= 4096;
+        for ev in batch {
+            if tx.send(ev).await.is_err() {
+                return; // the next stage is gone: nothing left to deliver to
+            }
+        }
+        if stopping || *stop.borrow() {
+            // one last drain, then close the channel by returning
+            let ring = fd.get_mut();
+            let mut rest = Vec::new();
+            while let Some(item) = ring.next() {
+                let res = decode(&item);
+                stats.count(&res, &item);
+                if let Ok(ev) = res {
+                    rest.push(ev);
+                }
+            }
+            for ev in rest {
+                let _ = tx.send(ev).await;
+            }
+            return;
+        }
+    }
+}

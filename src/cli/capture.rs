@@ -1,0 +1,123 @@
+//! `podtrail capture`: every kernel event as a JSON line, in the spirit of execsnoop and
+//! tcpconnect but for all kinds at once. Ctrl-C (or SIGTERM) stops it; the loss counters go
+//! to stderr.
+
+use std::io::Write;
+
+use clap::Args;
+use podtrail::capture::loader::{Capture, CaptureOptions, Filter};
+
+pub const LONG_ABOUT: &str = r#"Print every kernel event as one JSON object per line on stdout.
+
+Needs root, or CAP_BPF + CAP_PERFMON (+ CAP_NET_ADMIN for connects, CAP_SYS_PTRACE to read other
+processes' /proc entries). Bytes that are not UTF-8 (argv, paths) are written as \xNN; a literal
+backslash as \\. All times are kernel boot-time nanoseconds (CLOCK_BOOTTIME).
+
+Every object has "kind" and "ts_ns". Per kind:
+  exec            a new image: pid, tid, start_ns (with pid, the process identity), cgroup_id,
+                  ppid / parent_start_ns / parent_cgroup_id / parent_pidns_ino (the task's
+                  real_parent), nspid (pid in its own pid namespace), pidns_ino, mntns_ino,
+                  uid, gid, euid, loginuid (null when unset), filename (as passed to execve:
+                  may be /proc/self/exe or /dev/fd/N), interp (#! interpreter), exe_path (the
+                  binary the kernel runs, as seen inside its container), exe_ino, exe_dev,
+                  exe_nlink, argc, argv (up to 4096 bytes), audit_id (KUBERNETES_EXEC_AUDIT_ID,
+                  looked for only when the parent is in another cgroup or pid namespace), comm,
+                  flags {argv_truncated, filename_truncated, exe_truncated, fileless (memfd or
+                  deleted), tty, parent_other_cgroup, parent_other_pidns, env_scanned,
+                  audit_id_truncated, env_truncated}
+  fork            a new process: pid, start_ns, cgroup_id, ppid, parent_start_ns, creator_pid
+                  (the caller; differs from ppid with CLONE_PARENT), pidns_ino, nspid, uid
+  exit            the last thread ended: pid, start_ns, cgroup_id, status {"code": N} or
+                  {"signal": {"signal": N, "core_dumped": bool}}
+  connect         connect(2) on TCP/UDP: pid, tid, cgroup_id, cookie (socket), transport,
+                  addr (IPv4-mapped IPv6 given as IPv4, "mapped": true), port
+  connect_result  how it ended: cookie, error (0 or -errno), phase ("syscall": connect(2)
+                  returned; "tcp_state": the handshake finished), final_addr/final_port (the
+                  destination the socket really reached, tcp_state only)
+  udp_send        a connected UDP socket sent its first datagram: cookie, bytes (a UDP
+                  connect without one is a resolver sorting addresses)
+  ns_join         setns(2) succeeded: pid, nstype, pidns_for_children_ino, mntns_ino,
+                  netns_ino, old_pidns_for_children_ino, old_mntns_ino, loginuid, uid"#;
+
+#[derive(Args, Debug)]
+pub struct CaptureArgs {
+    /// Which processes the kernel reports.
+    #[arg(long, value_enum, default_value_t = Filter::All)]
+    pub filter: Filter,
+    /// Do not attach the connect hooks (no CAP_NET_ADMIN needed).
+    #[arg(long)]
+    pub no_network: bool,
+    /// Ring buffer size in MiB (a power of two).
+    #[arg(long, default_value_t = 16)]
+    pub ring_mib: u32,
+    /// Only print events of these kinds (comma separated: exec,fork,exit,connect,...).
+    #[arg(long, value_delimiter = ',')]
+    pub kinds: Vec<String>,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<f64>,
+}
+
+pub async fn run(a: CaptureArgs) -> anyhow::Result<()> {
+    if !a.ring_mib.is_power_of_two() || a.ring_mib > 1024 {
+        return Err(super::UsageError(format!("--ring-mib must be a power of two up to 1024, not {}", a.ring_mib)).into());
+    }
+    let opts = CaptureOptions {
+        ring_bytes: a.ring_mib * 1024 * 1024,
+        filter: a.filter,
+        network: !a.no_network,
+        ..Default::default()
+    };
+    let mut cap = Capture::start(opts)?;
+    tracing::info!(programs = ?cap.attached, "capturing");
+    let deadline = a.duration.map(|s| tokio::time::Instant::now() + std::time::Duration::from_secs_f64(s));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    loop {
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = cap.events.recv() => {
+                let Some(ev) = ev else { break };
+                if !a.kinds.is_empty() && !a.kinds.iter().any(|k| k == ev.kind()) {
+                    continue;
+                }
+                serde_json::to_writer(&mut out, &ev)?;
+                out.write_all(b"\n")?;
+                if cap.events.is_empty() {
+                    out.flush()?;
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = sleep => break,
+        }
+    }
+    out.flush()?;
+    drop(out);
+    // drain what is still queued so the counters below describe everything printed
+    let (counters, stats) = {
+        let mut cap = cap;
+        while let Ok(ev) = cap.events.try_recv() {
+            let _ = ev;
+        }
+        cap.stop().await
+    };
+    let k = counters.read();
+    eprintln!(
+        "{}",
+        serde_json::json!({
+            "kernel_sent": k.sent.iter().map(|(n, v)| (n.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
+            "kernel_dropped": k.dropped.iter().map(|(n, v)| (n.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
+            "kernel_dropped_by_cgroup": k.dropped_by_cgroup,
+            "decoded": stats.decoded_total(),
+            "undecodable": stats.undecodable_by_reason().into_iter().filter(|(_, n)| *n > 0).collect::<Vec<_>>(),
+        })
+    );
+    Ok(())
+}

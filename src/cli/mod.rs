@@ -1,0 +1,64 @@
+//! Command line: `podtrail capture` (raw events as JSON lines) and `podtrail run` (the agent).
+
+use clap::{Args, Parser, Subcommand};
+
+mod capture;
+
+#[derive(Parser, Debug)]
+#[command(name = "podtrail", version, about = "Kubernetes container activity as OpenTelemetry traces: one trace per kubectl exec", long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug)]
+pub struct LogArgs {
+    /// podtrail's own log filter (tracing EnvFilter syntax), e.g. `info`, `podtrail=debug`.
+    #[arg(long, global = true, env = "PODTRAIL_LOG", default_value = "info")]
+    pub log_level: String,
+    /// Write podtrail's own logs as JSON lines.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print every kernel event as one JSON object per line (needs root, or CAP_BPF,
+    /// CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_PTRACE).
+    #[command(long_about = capture::LONG_ABOUT)]
+    Capture(capture::CaptureArgs),
+}
+
+pub fn init_logging(l: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&l.log_level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if l.log_json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Capture(a) => capture::run(a).await,
+    }
+}
+
+/// Exit status for an error: 3 when the machine lacks a privilege or kernel feature, 2 for
+/// bad input, 1 otherwise.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    use podtrail::capture::loader::CaptureError;
+    match e.downcast_ref::<CaptureError>() {
+        Some(CaptureError::Privilege { .. } | CaptureError::NoBtf | CaptureError::NoTracefs(_) | CaptureError::Program { .. } | CaptureError::NoCgroup2) => 3,
+        _ if e.downcast_ref::<UsageError>().is_some() => 2,
+        _ => 1,
+    }
+}
+
+/// An invalid flag or configuration value.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);

@@ -1,0 +1,26 @@
+//! The `podtrail` binary: parse the command line, run the chosen command, map errors to exit
+//! codes (0 success, 1 runtime failure, 2 bad usage or configuration, 3 missing privilege or
+//! kernel feature).
+
+use clap::Parser;
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    let args = cli::Cli::parse();
+    cli::init_logging(&args.log);
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("podtrail: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match rt.block_on(cli::dispatch(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podtrail: {e:#}");
+            std::process::ExitCode::from(cli::exit_code(&e))
+        }
+    }
+}

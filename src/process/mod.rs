@@ -1,0 +1,3 @@
+//! Process stage: process table, trees and exec sessions.
+
+pub mod model;

@@ -1,0 +1,194 @@
+//! What the process stage hands to the stages after it: sessions and their processes, as
+//! plain owned data. The process table (`table.rs`) and session tracker (`session.rs`) build
+//! these; the span builder (`crate::spans`) and the console view (`crate::export::console`)
+//! read them. Nothing here knows about the kernel's structs or about OpenTelemetry.
+//!
+//! Times are kernel boot-time nanoseconds (`bpf_ktime_get_boot_ns`); `crate::clock` turns them
+//! into wall-clock time.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::capture::event::{ExitStatus, ProcessKey, Transport};
+
+/// Stable within one agent run and derived from the session root's identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct SessionId(pub ProcessKey);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionKind {
+    /// A process entered the container from outside its cgroup (runc exec: kubectl exec,
+    /// kubectl cp, crictl exec, exec probes).
+    Exec,
+    /// A process on the node joined the container's namespaces (nsenter, setns).
+    Node,
+    /// The init of an ephemeral container (kubectl debug).
+    Debug,
+}
+
+impl SessionKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SessionKind::Exec => "exec",
+            SessionKind::Node => "node",
+            SessionKind::Debug => "debug",
+        }
+    }
+}
+
+/// Who a container is, as far as this node can tell.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ContainerInfo {
+    /// Full container id (64 hex for containerd/docker/CRI-O; whatever `ctr` was given).
+    pub id: String,
+    pub cgroup_id: u64,
+    pub pod_namespace: Option<String>,
+    pub pod_name: Option<String>,
+    pub pod_uid: Option<String>,
+    pub container_name: Option<String>,
+    /// Owner workload kind and name (Deployment/api, DaemonSet/x, ...).
+    pub workload_kind: Option<String>,
+    pub workload_name: Option<String>,
+    pub node_name: Option<String>,
+    /// Where the pod identity came from: "kube_api", "containerd_labels", "cgroup".
+    pub source: &'static str,
+}
+
+/// A connect made by a process image, with its outcome once known.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConnectRecord {
+    pub ts_ns: u64,
+    /// When the outcome was known.
+    pub end_ns: Option<u64>,
+    pub transport: Transport,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// Destination the socket really reached, when something rewrote it.
+    pub final_addr: Option<(IpAddr, u16)>,
+    pub outcome: ConnectOutcome,
+    /// A negative errno for failures.
+    pub error: Option<i32>,
+    /// UDP only: the socket sent data (a connect without data is resolver address sorting).
+    pub udp_sent: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectOutcome {
+    Pending,
+    Connected,
+    Refused,
+    TimedOut,
+    Unreachable,
+    Error,
+}
+
+impl ConnectOutcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ConnectOutcome::Pending => "pending",
+            ConnectOutcome::Connected => "connected",
+            ConnectOutcome::Refused => "refused",
+            ConnectOutcome::TimedOut => "timed_out",
+            ConnectOutcome::Unreachable => "unreachable",
+            ConnectOutcome::Error => "error",
+        }
+    }
+
+    /// From connect(2)'s or the handshake's result (0 or -errno).
+    pub fn from_error(err: i32) -> Self {
+        match -err {
+            0 => ConnectOutcome::Connected,
+            111 => ConnectOutcome::Refused,                 // ECONNREFUSED
+            110 => ConnectOutcome::TimedOut,                // ETIMEDOUT
+            101 | 113 => ConnectOutcome::Unreachable,       // ENETUNREACH, EHOSTUNREACH
+            115 | 114 => ConnectOutcome::Pending,           // EINPROGRESS, EALREADY
+            _ => ConnectOutcome::Error,
+        }
+    }
+}
+
+/// One image of a process: from its exec (or its fork, for a child that never exec'd) to the
+/// next exec or the exit.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ImageRecord {
+    /// 0 for the first image; +1 per exec. With the process key, it names the span.
+    pub exec_index: u32,
+    pub start_ns: u64,
+    pub end_ns: Option<u64>,
+    /// A forked child that has not exec'd: it runs its parent's image.
+    pub inherited: bool,
+    pub argv: Vec<Vec<u8>>,
+    pub argv_truncated: bool,
+    pub filename: Vec<u8>,
+    pub interp: Option<Vec<u8>>,
+    pub exe_path: Vec<u8>,
+    pub fileless: bool,
+    pub tty: bool,
+    pub uid: u32,
+    pub euid: u32,
+    pub connects: Vec<ConnectRecord>,
+}
+
+impl ImageRecord {
+    /// The command as the user typed it: basename of argv[0] (busybox applets, symlinks),
+    /// else the executable's basename.
+    pub fn command_name(&self) -> Vec<u8> {
+        match self.argv.first() {
+            Some(a0) if !a0.is_empty() => crate::text::basename(a0).to_vec(),
+            _ => crate::text::basename(&self.exe_path).to_vec(),
+        }
+    }
+}
+
+/// A process of a session, with every image it ran.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProcessRecord {
+    pub key: ProcessKey,
+    pub parent: Option<ProcessKey>,
+    pub nspid: u32,
+    pub fork_ns: u64,
+    pub exit_ns: Option<u64>,
+    pub exit: Option<ExitStatus>,
+    /// Learned from /proc at start-up rather than seen being created.
+    pub from_proc: bool,
+    pub images: Vec<ImageRecord>,
+}
+
+/// What the session stage knows about a session; repeated on every update.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SessionInfo {
+    pub id: SessionId,
+    pub kind: SessionKind,
+    pub container: ContainerInfo,
+    pub start_ns: u64,
+    pub end_ns: Option<u64>,
+    /// The root's first image's argv (what the request asked to run).
+    pub root_argv: Vec<Vec<u8>>,
+    pub root_tty: bool,
+    /// KUBERNETES_EXEC_AUDIT_ID from the root's first image (KEP-6035).
+    pub env_audit_id: Option<String>,
+    /// The node user (loginuid) of a node session.
+    pub node_user: Option<u32>,
+    /// The session this one was opened from (nsenter from inside another session).
+    pub parent_session: Option<SessionId>,
+    /// Events lost in the kernel for this container while the session ran.
+    pub events_lost: u64,
+    /// The agent stopped (or started) while the session ran: part of it was not seen.
+    pub incomplete: bool,
+    pub from_proc: bool,
+}
+
+/// The process stage's output stream.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum SessionUpdate {
+    /// A new session (its root just exec'd or joined).
+    Started(SessionInfo),
+    /// A process of the session exited; its record is final.
+    ProcessEnded(SessionInfo, ProcessRecord),
+    /// The last process exited (or the agent is stopping: `info.incomplete`). Carries the
+    /// processes that never ended, closed at `info.end_ns`.
+    Ended(SessionInfo, Vec<ProcessRecord>),
+}

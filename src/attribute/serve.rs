@@ -1,0 +1,238 @@
+//! HTTPS listeners for the webhooks: TLS with client-certificate authentication, or plain
+//! HTTP only when asked for and bound to loopback.
+//!
+//! In: TCP connections. Out: HTTP/1.1 requests handed to an axum [`Router`].
+//! Dropped (counted in `records_rejected`): connections whose TLS handshake fails or times out
+//! (`tls_handshake`: no TLS, an untrusted client certificate), and requests without a client
+//! certificate where one is required (`no_client_cert`, answered 401).
+
+use super::metrics::AttributeMetrics;
+use axum::body::Body;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+
+/// Certificate files of a TLS listener (PEM).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA bundle that signs the clients' certificates. Required for the audit webhook.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// One webhook listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub listen: SocketAddr,
+    /// `None` only together with `plaintext_loopback`.
+    pub tls: Option<TlsFiles>,
+    /// Serve plain HTTP. Refused unless `listen` is a loopback address.
+    pub plaintext_loopback: bool,
+    /// Refuse requests that present no client certificate (401). The audit webhook sets it;
+    /// the admission webhook is usually protected by TLS and a network policy instead.
+    pub require_client_cert: bool,
+    pub handshake_timeout: Duration,
+}
+
+impl ListenerConfig {
+    /// An HTTPS listener requiring client certificates signed by `client_ca`.
+    pub fn mtls(listen: SocketAddr, cert: PathBuf, key: PathBuf, client_ca: PathBuf) -> Self {
+        Self {
+            listen,
+            tls: Some(TlsFiles { cert, key, client_ca: Some(client_ca) }),
+            plaintext_loopback: false,
+            require_client_cert: true,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Plain HTTP on a loopback address (single machine, tests).
+    pub fn plaintext_loopback(listen: SocketAddr) -> Self {
+        Self { listen, tls: None, plaintext_loopback: true, require_client_cert: false, handshake_timeout: Duration::from_secs(10) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("refusing to serve webhooks over plain HTTP on {0}: plain HTTP is only allowed on a loopback address; configure TLS (cert, key, client CA) or listen on 127.0.0.1/::1")]
+    PlaintextNotLoopback(SocketAddr),
+    #[error("webhook listener on {0} has no TLS certificate and key; configure them, or ask for plain HTTP on loopback explicitly")]
+    NoTls(SocketAddr),
+    #[error("webhook listener on {0} requires client certificates but has no client CA file configured")]
+    NoClientCa(SocketAddr),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot read {path}: {source}")]
+    ReadFile { path: PathBuf, source: std::io::Error },
+    #[error("{0} holds no PEM certificate")]
+    NoCertificate(PathBuf),
+    #[error("{0} holds no PEM private key")]
+    NoPrivateKey(PathBuf),
+    #[error("TLS configuration rejected: {0}")]
+    Tls(String),
+}
+
+/// A bound listener, ready to [`run`](WebhookServer::run).
+pub struct WebhookServer {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    metrics: AttributeMetrics,
+    require_client_cert: bool,
+    handshake_timeout: Duration,
+}
+
+impl WebhookServer {
+    /// Validate the configuration, load the certificates and bind.
+    pub async fn bind(cfg: &ListenerConfig, router: Router, metrics: AttributeMetrics) -> Result<Self, ServeError> {
+        let tls = match (&cfg.tls, cfg.plaintext_loopback) {
+            (_, true) if !cfg.listen.ip().is_loopback() => return Err(ServeError::PlaintextNotLoopback(cfg.listen)),
+            (_, true) => None,
+            (None, false) => return Err(ServeError::NoTls(cfg.listen)),
+            (Some(files), false) => {
+                if cfg.require_client_cert && files.client_ca.is_none() {
+                    return Err(ServeError::NoClientCa(cfg.listen));
+                }
+                Some(TlsAcceptor::from(Arc::new(server_config(files)?)))
+            }
+        };
+        let listener = TcpListener::bind(cfg.listen).await.map_err(|source| ServeError::Bind { addr: cfg.listen, source })?;
+        Ok(Self {
+            listener,
+            tls,
+            router,
+            metrics,
+            require_client_cert: cfg.require_client_cert && !cfg.plaintext_loopback,
+            handshake_timeout: cfg.handshake_timeout,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound TCP listener has an address")
+    }
+
+    /// Serve until `shutdown` completes; connections already accepted finish on their own.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = &mut shutdown => return,
+                r = self.listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "webhook accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let (router, metrics, tls) = (self.router.clone(), self.metrics.clone(), self.tls.clone());
+            let (require, hs_timeout) = (self.require_client_cert, self.handshake_timeout);
+            tokio::spawn(async move {
+                match tls {
+                    None => serve_conn(tcp, router, true, metrics).await,
+                    Some(acceptor) => match tokio::time::timeout(hs_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let has_cert = stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                            serve_conn(stream, router, has_cert || !require, metrics).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "webhook TLS handshake failed");
+                            metrics.reject("tls_handshake");
+                        }
+                        Err(_) => metrics.reject("tls_handshake"),
+                    },
+                }
+            });
+        }
+    }
+}
+
+async fn serve_conn<I>(io: I, router: Router, authenticated: bool, metrics: AttributeMetrics)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let mut router = router.clone();
+        let metrics = metrics.clone();
+        async move {
+            if !authenticated {
+                metrics.reject("no_client_cert");
+                let mut resp = Response::new(Body::from("a client certificate signed by the configured CA is required\n"));
+                *resp.status_mut() = StatusCode::UNAUTHORIZED;
+                return Ok::<_, Infallible>(resp);
+            }
+            tower_service::Service::call(&mut router, req.map(Body::new)).await
+        }
+    });
+    if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(io), svc).await {
+        tracing::debug!(error = %e, "webhook connection ended with an error");
+    }
+}
+
+fn server_config(files: &TlsFiles) -> Result<ServerConfig, ServeError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = load_certs(&files.cert)?;
+    let key = load_key(&files.key)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let builder = match &files.client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in load_certs(ca)? {
+                roots.add(c).map_err(|e| ServeError::Tls(format!("client CA {}: {e}", ca.display())))?;
+            }
+            // Requests without a certificate get through the handshake and are answered 401
+            // at the HTTP layer (a clear status, and a counted reason); a certificate that is
+            // not signed by the CA fails the handshake.
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| ServeError::Tls(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_single_cert(certs, key).map_err(|e| ServeError::Tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path).map_err(|source| ServeError::ReadFile { path: path.to_owned(), source })
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServeError> {
+    let pem = read(path)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice()).filter_map(Result::ok).collect();
+    if certs.is_empty() {
+        return Err(ServeError::NoCertificate(path.to_owned()));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ServeError> {
+    let pem = read(path)?;
+    match rustls_pemfile::private_key(&mut pem.as_slice()) {
+        Ok(Some(k)) => Ok(k),
+        _ => Err(ServeError::NoPrivateKey(path.to_owned())),
+    }
+}

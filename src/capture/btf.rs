@@ -184,9 +184,17 @@ pub fn struct_layouts(obj_bytes: &[u8]) -> Result<HashMap<String, StructLayout>,
 
 /// Compares the Rust mirror (`abi::layouts`) with the object's BTF: one line per difference.
 pub fn check_abi(obj_bytes: &[u8]) -> Result<Vec<String>, BtfError> {
-    let btf = struct_layouts(obj_bytes)?;
+    Ok(compare(&struct_layouts(obj_bytes)?, &super::abi::layouts()))
+}
+
+/// The differences between the object's structs and a set of Rust layouts.
+pub fn compare(
+    btf: &HashMap<String, StructLayout>,
+    layouts: &[(&'static str, usize, Vec<super::abi::FieldLayout>)],
+) -> Vec<String> {
     let mut diffs = Vec::new();
-    for (cname, size, fields) in super::abi::layouts() {
+    for (cname, size, fields) in layouts {
+        let (cname, size) = (*cname, *size);
         let Some(c) = btf.get(cname) else {
             diffs.push(format!("struct {cname} is not in the object's BTF"));
             continue;
@@ -197,7 +205,7 @@ pub fn check_abi(obj_bytes: &[u8]) -> Result<Vec<String>, BtfError> {
         if c.members.len() != fields.len() {
             diffs.push(format!("struct {cname}: C has {} fields, Rust {}", c.members.len(), fields.len()));
         }
-        for (fname, off, fsize) in &fields {
+        for (fname, off, fsize) in fields.iter() {
             match c.members.iter().find(|(n, _, _)| n == fname) {
                 None => diffs.push(format!("{cname}.{fname}: no such field in C")),
                 Some((_, coff, csize)) => {
@@ -208,5 +216,5 @@ pub fn check_abi(obj_bytes: &[u8]) -> Result<Vec<String>, BtfError> {
             }
         }
     }
-    Ok(diffs)
+    diffs
 }

@@ -54,6 +54,8 @@ pub struct CaptureOptions {
     pub cgroup2_root: Option<PathBuf>,
     /// Attach the connect hooks (needs CAP_NET_ADMIN).
     pub network: bool,
+    /// Leave podtrail's own process out (its OTLP connections are not evidence).
+    pub ignore_self: bool,
 }
 
 impl Default for CaptureOptions {
@@ -67,6 +69,7 @@ impl Default for CaptureOptions {
             channel_capacity: 65536,
             cgroup2_root: None,
             network: true,
+            ignore_self: true,
         }
     }
 }
@@ -160,7 +163,7 @@ impl Capture {
         }
         let btf = Btf::from_sys_fs().map_err(|_| CaptureError::NoBtf)?;
         let host_pidns = fs::metadata("/proc/1/ns/pid").map(|m| m.ino() as u32).unwrap_or(0);
-        let self_tgid = std::process::id();
+        let self_tgid = if opts.ignore_self { std::process::id() } else { 0 };
         let filter = match opts.filter {
             Filter::All => abi::FILTER_ALL,
             Filter::Containers => abi::FILTER_CONTAINERS,

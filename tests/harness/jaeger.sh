@@ -89,6 +89,9 @@ extensions:
     http:
       endpoint: 127.0.0.1:$health
   jaeger_query:
+    # Off: Jaeger would otherwise trace itself to localhost:4317, which in a test may be
+    # another test's collector, and it stalls 10 s at shutdown flushing to nobody.
+    enable_tracing: false
     storage:
       traces: memstore
     http:

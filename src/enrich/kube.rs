@@ -1,0 +1,271 @@
+//! Pod metadata from the Kubernetes API: the pods of this node, by container id.
+//!
+//! In: a list/watch of `pods` with `spec.nodeName=<node>` (kube's watcher: it re-lists after a
+//! `410 Gone` or a broken connection and backs off while the API server is away).
+//! Out: a [`PodIndex`] from container id (as in `status.*ContainerStatuses[].containerID`,
+//! without the `containerd://` scheme) to [`PodInfo`]: namespace, pod, uid, container, labels,
+//! owning workload, node and the container's exec probe commands.
+//! Dropped: nothing silently; pods whose containers have no id yet are indexed when a later
+//! event brings one. A re-list replaces the whole index, so pods deleted while the watch was
+//! down leave no stale mapping; a pod recreated under the same name (new uid) replaces the
+//! old one's mappings even before the old one's delete is seen.
+
+use crate::attribute::matcher::command_matches;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, EphemeralContainer, Pod, Probe};
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use kube::Api;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// Which list of the pod spec a container comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerKind {
+    Regular,
+    Init,
+    /// Added by `kubectl debug`.
+    Ephemeral,
+}
+
+/// The controller that owns a pod, resolved one level further for ReplicaSets of Deployments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub kind: String,
+    pub name: String,
+}
+
+/// What the process stage needs to know about a container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub pod_name: String,
+    pub pod_uid: String,
+    pub container_name: String,
+    pub container_kind: ContainerKind,
+    pub labels: BTreeMap<String, String>,
+    pub workload: Option<Workload>,
+    pub node_name: Option<String>,
+    /// Exec commands of this container's liveness, readiness and startup probes.
+    pub probe_commands: Vec<Vec<String>>,
+}
+
+#[derive(Default)]
+struct State {
+    by_container: HashMap<String, PodInfo>,
+    /// pod uid -> (namespace/name, container ids).
+    by_pod: HashMap<String, (String, Vec<String>)>,
+}
+
+/// Shared, cheap to clone; readers never wait for the API.
+#[derive(Clone, Default)]
+pub struct PodIndex {
+    state: Arc<RwLock<State>>,
+    relists: Arc<AtomicU64>,
+    watch_errors: Arc<AtomicU64>,
+}
+
+/// `containerd://abc` -> `abc` (also `cri-o://`, `docker://`); a bare id is kept.
+pub fn normalize_container_id(id: &str) -> &str {
+    id.rsplit_once("://").map_or(id, |(_, rest)| rest)
+}
+
+impl PodIndex {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn by_container_id(&self, id: &str) -> Option<PodInfo> {
+        self.read().by_container.get(normalize_container_id(id)).cloned()
+    }
+
+    /// Is `argv` one of the exec probe commands of this container?
+    pub fn is_probe(&self, container_id: &str, argv: &[String]) -> bool {
+        self.read()
+            .by_container
+            .get(normalize_container_id(container_id))
+            .is_some_and(|info| info.probe_commands.iter().any(|p| command_matches(p, argv)))
+    }
+
+    /// Containers indexed.
+    pub fn len(&self) -> usize {
+        self.read().by_container.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many times the full list was (re)loaded.
+    pub fn relists(&self) -> u64 {
+        self.relists.load(Ordering::Relaxed)
+    }
+
+    /// Errors the watch reported (expired versions, unreachable API server, bad responses).
+    pub fn watch_errors(&self) -> u64 {
+        self.watch_errors.load(Ordering::Relaxed)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A pod was added or changed.
+    pub fn apply(&self, pod: &Pod) {
+        let Some(uid) = pod.metadata.uid.clone() else { return };
+        let entries = pod_entries(pod);
+        let name_key = pod_key(pod);
+        let mut st = self.write();
+        // Same namespace/name under another uid: the old pod is gone even if its delete has
+        // not reached us.
+        let stale: Vec<String> = st.by_pod.iter().filter(|(u, (k, _))| **u != uid && *k == name_key).map(|(u, _)| u.clone()).collect();
+        for u in stale {
+            remove_pod(&mut st, &u);
+        }
+        remove_pod(&mut st, &uid);
+        let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
+        for (id, info) in entries {
+            st.by_container.insert(id, info);
+        }
+        st.by_pod.insert(uid, (name_key, ids));
+    }
+
+    pub fn delete(&self, pod: &Pod) {
+        if let Some(uid) = pod.metadata.uid.as_deref() {
+            remove_pod(&mut self.write(), uid);
+        }
+    }
+
+    /// A complete list: whatever it does not contain is gone.
+    pub fn replace_all(&self, pods: &[Pod]) {
+        let fresh = PodIndex::new();
+        for p in pods {
+            fresh.apply(p);
+        }
+        let fresh_state = std::mem::take(&mut *fresh.write());
+        *self.write() = fresh_state;
+        self.relists.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn remove_pod(st: &mut State, uid: &str) {
+    if let Some((_, ids)) = st.by_pod.remove(uid) {
+        for id in ids {
+            // Only if the id still belongs to this pod (ids are unique, but be exact).
+            if st.by_container.get(&id).is_some_and(|i| i.pod_uid == uid) {
+                st.by_container.remove(&id);
+            }
+        }
+    }
+}
+
+fn pod_key(pod: &Pod) -> String {
+    format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""))
+}
+
+/// Owner of a pod: its controller reference, with a ReplicaSet named `<deployment>-<hash>`
+/// (and the pod labelled `pod-template-hash=<hash>`) resolved to its Deployment.
+pub fn workload(pod: &Pod) -> Option<Workload> {
+    let refs = pod.metadata.owner_references.as_deref().unwrap_or_default();
+    let owner = refs.iter().find(|r| r.controller == Some(true)).or_else(|| refs.first())?;
+    let hash = pod.metadata.labels.as_ref().and_then(|l| l.get("pod-template-hash"));
+    if owner.kind == "ReplicaSet" {
+        if let Some(deploy) = hash.and_then(|h| owner.name.strip_suffix(&format!("-{h}"))) {
+            if !deploy.is_empty() {
+                return Some(Workload { kind: "Deployment".into(), name: deploy.to_owned() });
+            }
+        }
+    }
+    Some(Workload { kind: owner.kind.clone(), name: owner.name.clone() })
+}
+
+fn probe_exec(p: &Option<Probe>) -> Option<Vec<String>> {
+    p.as_ref()?.exec.as_ref()?.command.clone().filter(|c| !c.is_empty())
+}
+
+fn probes(c: &Container) -> Vec<Vec<String>> {
+    [&c.liveness_probe, &c.readiness_probe, &c.startup_probe].into_iter().filter_map(probe_exec).collect()
+}
+
+fn ephemeral_probes(c: &EphemeralContainer) -> Vec<Vec<String>> {
+    [&c.liveness_probe, &c.readiness_probe, &c.startup_probe].into_iter().filter_map(probe_exec).collect()
+}
+
+/// (container id, info) for every container of the pod that has an id.
+fn pod_entries(pod: &Pod) -> Vec<(String, PodInfo)> {
+    let (Some(uid), Some(spec)) = (pod.metadata.uid.clone(), pod.spec.as_ref()) else { return Vec::new() };
+    let mut probe_map: HashMap<&str, Vec<Vec<String>>> = HashMap::new();
+    for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+        probe_map.insert(c.name.as_str(), probes(c));
+    }
+    for c in spec.ephemeral_containers.iter().flatten() {
+        probe_map.insert(c.name.as_str(), ephemeral_probes(c));
+    }
+    let base = PodInfo {
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        pod_name: pod.metadata.name.clone().unwrap_or_default(),
+        pod_uid: uid,
+        container_name: String::new(),
+        container_kind: ContainerKind::Regular,
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        workload: workload(pod),
+        node_name: spec.node_name.clone(),
+        probe_commands: Vec::new(),
+    };
+    let Some(status) = pod.status.as_ref() else { return Vec::new() };
+    let lists: [(&Option<Vec<ContainerStatus>>, ContainerKind); 3] = [
+        (&status.container_statuses, ContainerKind::Regular),
+        (&status.init_container_statuses, ContainerKind::Init),
+        (&status.ephemeral_container_statuses, ContainerKind::Ephemeral),
+    ];
+    let mut out = Vec::new();
+    for (list, kind) in lists {
+        for cs in list.iter().flatten() {
+            let Some(id) = cs.container_id.as_deref().map(normalize_container_id).filter(|i| !i.is_empty()) else { continue };
+            let mut info = base.clone();
+            info.container_name = cs.name.clone();
+            info.container_kind = kind;
+            info.probe_commands = probe_map.get(cs.name.as_str()).cloned().unwrap_or_default();
+            out.push((id.to_owned(), info));
+        }
+    }
+    out
+}
+
+/// Keep `index` in step with the pods of `node_name` until `shutdown` completes. Errors
+/// (watch expiry, API server restarts) are counted and retried with backoff; a re-list after
+/// one replaces the index whole.
+pub async fn watch_pods(client: kube::Client, node_name: &str, index: PodIndex, shutdown: impl Future<Output = ()>) {
+    let api: Api<Pod> = Api::all(client);
+    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
+    let mut events = watcher(api, cfg).default_backoff().boxed();
+    let mut buffer: Option<Vec<Pod>> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let ev = tokio::select! {
+            _ = &mut shutdown => return,
+            ev = events.next() => ev,
+        };
+        match ev {
+            None => return,
+            Some(Err(e)) => {
+                index.watch_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "pod watch failed; retrying");
+            }
+            Some(Ok(Event::Init)) => buffer = Some(Vec::new()),
+            Some(Ok(Event::InitApply(p))) => match buffer.as_mut() {
+                Some(b) => b.push(p),
+                None => index.apply(&p),
+            },
+            Some(Ok(Event::InitDone)) => index.replace_all(&buffer.take().unwrap_or_default()),
+            Some(Ok(Event::Apply(p))) => index.apply(&p),
+            Some(Ok(Event::Delete(p))) => index.delete(&p),
+        }
+    }
+}

@@ -3,6 +3,7 @@ of the newest release kubernetes-validate carries; the security-relevant choices
 manifests (not privileged, only the needed capabilities, read-only RBAC, a webhook that can
 never block exec) are asserted, so a careless edit fails here rather than in a cluster."""
 import copy
+import os
 
 import kubernetes_validate
 import pytest
@@ -137,3 +138,21 @@ def test_admission_webhook_never_blocks_exec(objects):
     assert target["metadata"]["namespace"] == svc["namespace"]
     assert target["spec"].get("clusterIP") != "None", "the API server needs a cluster IP"
     assert svc["port"] in [p["port"] for p in target["spec"]["ports"]]
+
+
+def test_documented_overlay_sets_the_cluster_name(kustomize_cmd, tmp_path):
+    """docs/deploy.md tells users to patch env/5 for k8s.cluster.name: that must stay true."""
+    import re
+    doc = (REPO / "docs" / "deploy.md").read_text()
+    m = re.search(r"# my-cluster/kustomization.yaml\n(.*?)```", doc, re.S)
+    assert m, "overlay example missing from docs/deploy.md"
+    overlay = tmp_path / "my-cluster"
+    overlay.mkdir()
+    body = "\n".join(line[3:] for line in m.group(1).splitlines())
+    body = body.replace("../deploy", os.path.relpath(REPO / "deploy", overlay))
+    (overlay / "kustomization.yaml").write_text(body)
+    p = run([*kustomize_cmd, str(overlay)], timeout=600)
+    assert p.returncode == 0, p.stderr
+    ds = by_kind([d for d in yaml.safe_load_all(p.stdout) if d], "DaemonSet", "podtrail-agent")
+    env = {e["name"]: e.get("value") for e in ds["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["OTEL_RESOURCE_ATTRIBUTES"] == "k8s.cluster.name=prod-eu-1"

@@ -57,3 +57,23 @@ impl AttributeMetrics {
         f.get_or_create(&vec![("source", source)]).get()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_show_up_in_the_registry_under_their_names() {
+        let m = AttributeMetrics::default();
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        m.reject("malformed_json");
+        m.accepted.get_or_create(&vec![("source", "audit_webhook")]).inc_by(3);
+        m.store_records.set(7);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        assert!(text.contains(r#"podtrail_attribution_records_rejected_total{reason="malformed_json"} 1"#), "{text}");
+        assert!(text.contains(r#"podtrail_attribution_records_accepted_total{source="audit_webhook"} 3"#), "{text}");
+        assert!(text.contains("podtrail_attribution_store_records 7"), "{text}");
+    }
+}

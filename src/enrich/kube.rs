@@ -269,3 +269,40 @@ pub async fn watch_pods(client: kube::Client, node_name: &str, index: PodIndex, 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn owned(kind: &str, name: &str, hash: Option<&str>) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: kind.into(),
+            name: name.into(),
+            uid: "u".into(),
+            controller: Some(true),
+            ..Default::default()
+        }]);
+        p.metadata.labels = hash.map(|h| [("pod-template-hash".to_string(), h.to_string())].into());
+        p
+    }
+
+    #[test]
+    fn replicaset_resolves_to_its_deployment_only_by_the_hash_rule() {
+        assert_eq!(workload(&owned("ReplicaSet", "api-6c4f8b9d7", Some("6c4f8b9d7"))).unwrap().kind, "Deployment");
+        assert_eq!(workload(&owned("ReplicaSet", "api-6c4f8b9d7", Some("6c4f8b9d7"))).unwrap().name, "api");
+        // A bare ReplicaSet (no matching hash label) stays a ReplicaSet.
+        assert_eq!(workload(&owned("ReplicaSet", "batch-rs", None)).unwrap(), Workload { kind: "ReplicaSet".into(), name: "batch-rs".into() });
+        assert_eq!(workload(&owned("DaemonSet", "node-exporter", None)).unwrap().kind, "DaemonSet");
+        assert_eq!(workload(&Pod::default()), None);
+    }
+
+    #[test]
+    fn container_ids_lose_their_runtime_scheme() {
+        assert_eq!(normalize_container_id("containerd://abc"), "abc");
+        assert_eq!(normalize_container_id("cri-o://abc"), "abc");
+        assert_eq!(normalize_container_id("abc"), "abc");
+    }
+}

@@ -12,7 +12,7 @@ KUSTOMIZE_VERSION=v5.7.1
 
 if [ -n "${KUSTOMIZE:-}" ]; then echo "$KUSTOMIZE"; exit 0; fi
 if command -v kubectl >/dev/null 2>&1; then
-    v=$(kubectl version --client 2>/dev/null | sed -n 's/^Kustomize Version: v\([0-9]*\).*/\1/p')
+    v=$(kubectl version --client 2>/dev/null | sed -n 's/^Kustomize Version: v\([0-9]*\).*/\1/p' || true)
     if [ -n "$v" ] && [ "$v" -ge 4 ]; then echo "kubectl kustomize"; exit 0; fi
 fi
 BIN="$PODTRAIL_CACHE/bin/kustomize-$KUSTOMIZE_VERSION"

@@ -199,8 +199,7 @@ impl RecordStore {
     }
 
     fn expire(&self, inner: &mut Inner, now: SystemTime) {
-        loop {
-            let Some((seq, key)) = inner.order.front() else { break };
+        while let Some((seq, key)) = inner.order.front() {
             let expired = match inner.slots.get(key) {
                 Some(s) if s.seq == *seq => s.arrived + self.cfg.retention < now,
                 _ => true, // stale order entry

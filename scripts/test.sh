@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# test.sh: the whole test suite, as the README and .ci/run run it. Needs root: the kernel and
+# container tests load BPF programs and start containerd themselves, and fail (never skip)
+# without what they need.
+#   1. setup.sh installs what is missing (clang, libbpf-dev, containerd, runc, busybox, ...);
+#   2. the Go-built backends (Jaeger, the collector) and the Python venv are built once and
+#      cached in $PODTRAIL_CACHE, in the background while Rust compiles;
+#   3. cargo test (unit, kernel, container, OTLP, Jaeger end-to-end), then the stack suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PODTRAIL_CACHE="${PODTRAIL_CACHE:-/var/cache/podtrail}"
+start=$(date +%s)
+bash scripts/setup.sh
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+
+# Backends build on Go while cargo compiles: two cores, two toolchains.
+prep_log=$(mktemp)
+( bash tests/harness/jaeger.sh build && bash tests/harness/pyenv.sh ) >"$prep_log" 2>&1 &
+prep=$!
+
+cargo build --release --all-targets
+if ! wait "$prep"; then
+    echo "test.sh: building the test backends failed:" >&2
+    tail -n 50 "$prep_log" >&2
+    exit 1
+fi
+# both are cached now: these calls only print the paths
+JAEGER_BIN=$(bash tests/harness/jaeger.sh build); export JAEGER_BIN
+PODTRAIL_PYTHON=$(bash tests/harness/pyenv.sh); export PODTRAIL_PYTHON
+rm -f "$prep_log"
+echo "test.sh: built in $(( $(date +%s) - start ))s" >&2
+
+status=0
+cargo test --release -- --test-threads=2 || status=$?
+bash tests/stack/run.sh || status=$?
+echo "test.sh: finished in $(( $(date +%s) - start ))s with status $status" >&2
+exit $status

@@ -1,3 +1,14 @@
 //! Process stage: process table, trees and exec sessions.
+//!
+//! In: decoded kernel events (`crate::capture::event::Event`). Out: [`model::SessionUpdate`]s
+//! for the span builder and the console view. [`session::SessionTracker`] is the pure core;
+//! [`run::run`] is the pipeline task around it (container lookup, /proc scan at start-up).
 
+pub mod containers;
 pub mod model;
+pub mod proc_scan;
+
+pub mod session;
+pub mod table;
+
+pub use session::{SessionTracker, TrackerCounters};

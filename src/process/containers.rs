@@ -1,0 +1,192 @@
+//! Which cgroups are containers, who each container's init is, and which namespaces belong to
+//! which container.
+//!
+//! In: cgroup ids from events, answered by a [`ContainerLookup`] (the real one reads cgroup
+//! paths and containerd, see `process::run`; tests use [`StaticContainers`]). Out: per
+//! container cgroup a [`ContainerState`]: identity, init process, mount and pid namespaces
+//! (so a `setns` into them can be recognised). A container's state is dropped when its last
+//! known process exits.
+
+use std::collections::HashMap;
+
+use crate::capture::event::ProcessKey;
+
+use super::model::ContainerInfo;
+
+/// Answers "is this cgroup a container, and which". Called once per new cgroup id by the
+/// tracker; implementations cache.
+pub trait ContainerLookup: Send {
+    /// The container whose cgroup this is, or None for the host's cgroups.
+    fn container(&mut self, cgroup_id: u64) -> Option<ContainerInfo>;
+
+    /// The runtime's task pid (host pid namespace) of a container, when the runtime says.
+    fn init_pid(&mut self, _cgroup_id: u64, _info: &ContainerInfo) -> Option<u32> {
+        None
+    }
+}
+
+/// A fixed map, for tests and replays.
+#[derive(Default, Clone, Debug)]
+pub struct StaticContainers {
+    pub containers: HashMap<u64, ContainerInfo>,
+    pub init_pids: HashMap<u64, u32>,
+}
+
+impl StaticContainers {
+    pub fn with(mut self, cgroup_id: u64, id: &str) -> Self {
+        let info = ContainerInfo { id: id.into(), cgroup_id, source: "cgroup", ..Default::default() };
+        self.containers.insert(cgroup_id, info);
+        self
+    }
+}
+
+impl ContainerLookup for StaticContainers {
+    fn container(&mut self, cgroup_id: u64) -> Option<ContainerInfo> {
+        self.containers.get(&cgroup_id).cloned()
+    }
+    fn init_pid(&mut self, cgroup_id: u64, _info: &ContainerInfo) -> Option<u32> {
+        self.init_pids.get(&cgroup_id).copied()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ContainerState {
+    pub info: ContainerInfo,
+    /// The container's first process (runc's init), never a session root.
+    pub init: Option<ProcessKey>,
+    /// The first process to enter the cgroup from outside has been judged.
+    pub entered: bool,
+    /// Learned from /proc: its first process may have been missed.
+    pub from_proc: bool,
+    /// Live processes of the table in this cgroup.
+    pub live: u32,
+    pub mntns: Option<u32>,
+    pub pidns: Option<u32>,
+}
+
+/// Container cgroups the tracker has seen, and their namespaces.
+#[derive(Default)]
+pub struct Containers {
+    pub by_cgroup: HashMap<u64, ContainerState>,
+    /// Host cgroups already asked about.
+    not_containers: HashMap<u64, ()>,
+    by_mntns: HashMap<u32, u64>,
+    by_pidns: HashMap<u32, u64>,
+    host_pidns: u32,
+}
+
+impl Containers {
+    pub fn new(host_pidns: u32) -> Self {
+        Containers { host_pidns, ..Default::default() }
+    }
+
+    pub fn host_pidns(&self) -> u32 {
+        self.host_pidns
+    }
+
+    /// The state of a container cgroup, asking `lookup` the first time a cgroup is seen.
+    /// Returns whether it is a container.
+    pub fn learn(&mut self, cgroup_id: u64, lookup: &mut dyn ContainerLookup, from_proc: bool) -> bool {
+        if self.by_cgroup.contains_key(&cgroup_id) {
+            return true;
+        }
+        if cgroup_id == 0 || self.not_containers.contains_key(&cgroup_id) {
+            return false;
+        }
+        match lookup.container(cgroup_id) {
+            Some(mut info) => {
+                info.cgroup_id = cgroup_id;
+                let st = ContainerState {
+                    info,
+                    init: None,
+                    entered: false,
+                    from_proc,
+                    live: 0,
+                    mntns: None,
+                    pidns: None,
+                };
+                self.by_cgroup.insert(cgroup_id, st);
+                true
+            }
+            None => {
+                // bounded: host cgroups are few, but a churn of transient units must not grow
+                // this forever
+                if self.not_containers.len() > 65_536 {
+                    self.not_containers.clear();
+                }
+                self.not_containers.insert(cgroup_id, ());
+                false
+            }
+        }
+    }
+
+    pub fn get(&self, cgroup_id: u64) -> Option<&ContainerState> {
+        self.by_cgroup.get(&cgroup_id)
+    }
+
+    pub fn get_mut(&mut self, cgroup_id: u64) -> Option<&mut ContainerState> {
+        self.by_cgroup.get_mut(&cgroup_id)
+    }
+
+    /// Note the namespaces a container process runs in.
+    pub fn note_namespaces(&mut self, cgroup_id: u64, mntns: u32, pidns: u32) {
+        let host = self.host_pidns;
+        let Some(st) = self.by_cgroup.get_mut(&cgroup_id) else { return };
+        if mntns != 0 && st.mntns.is_none() {
+            st.mntns = Some(mntns);
+            self.by_mntns.entry(mntns).or_insert(cgroup_id);
+        }
+        if pidns != 0 && pidns != host && st.pidns.is_none() {
+            st.pidns = Some(pidns);
+            self.by_pidns.entry(pidns).or_insert(cgroup_id);
+        }
+    }
+
+    /// The container a mount namespace belongs to.
+    pub fn by_mntns(&self, ino: u32) -> Option<u64> {
+        self.by_mntns.get(&ino).copied()
+    }
+
+    /// The container a pid namespace belongs to (never the host's).
+    pub fn by_pidns(&self, ino: u32) -> Option<u64> {
+        if ino == self.host_pidns {
+            return None;
+        }
+        self.by_pidns.get(&ino).copied()
+    }
+
+    pub fn process_added(&mut self, cgroup_id: u64) {
+        if let Some(st) = self.by_cgroup.get_mut(&cgroup_id) {
+            st.live += 1;
+        }
+    }
+
+    /// A process of the cgroup left; the container is forgotten with its last process.
+    pub fn process_removed(&mut self, cgroup_id: u64) {
+        let Some(st) = self.by_cgroup.get_mut(&cgroup_id) else { return };
+        st.live = st.live.saturating_sub(1);
+        if st.live > 0 {
+            return;
+        }
+        if let Some(st) = self.by_cgroup.remove(&cgroup_id) {
+            if let Some(m) = st.mntns {
+                if self.by_mntns.get(&m) == Some(&cgroup_id) {
+                    self.by_mntns.remove(&m);
+                }
+            }
+            if let Some(p) = st.pidns {
+                if self.by_pidns.get(&p) == Some(&cgroup_id) {
+                    self.by_pidns.remove(&p);
+                }
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_cgroup.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_cgroup.is_empty()
+    }
+}

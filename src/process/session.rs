@@ -1,0 +1,617 @@
+//! The session tracker: kernel events in, exec sessions out.
+//!
+//! In: [`Event`]s in ring-buffer order (exec, fork, exit, connect and its outcome, setns).
+//! Out: [`SessionUpdate`]s: `Started` when a session root execs (or a namespace join is
+//! followed by an exec or a connect), `ProcessEnded` for each member's exit, `Ended` after the
+//! last one. Pure: no I/O except through the [`ContainerLookup`] it is given, so recorded
+//! sequences test it without a kernel.
+//!
+//! Rules (design brief, "Exec sessions"):
+//! - a process that execs inside a container's cgroup while its `real_parent` is outside that
+//!   cgroup roots a session, unless it is the container's init (its first process);
+//! - a process outside a container that `setns`es into the container's mount or pid namespace
+//!   roots a node session (kind `Node`, with its loginuid) once it or a child it forks runs
+//!   something: runc's own setns never does, so runc is never taken for a node user;
+//! - every process forked by a member is a member, also after the root exited; membership is
+//!   fixed at fork, so a session ends when its last member exits.
+//!
+//! Dropped, and counted in [`TrackerCounters`]: exits of processes never seen (parked first,
+//! in case their fork is late), connects from pids not in the table, results for sockets of
+//! processes outside every session. Nothing here panics on any event sequence.
+
+use std::collections::HashMap;
+
+use crate::capture::event::{
+    ConnectEvent, ConnectResultEvent, Event, ExecEvent, ExitEvent, ExitStatus, ForkEvent,
+    NsJoinEvent, ProcessKey, ResultPhase, UdpSendEvent,
+};
+
+use super::containers::{ContainerLookup, Containers};
+use super::model::{
+    ConnectOutcome, ConnectRecord, ImageRecord, ProcessRecord, SessionId, SessionInfo,
+    SessionKind, SessionUpdate,
+};
+use super::table::{CookieSlot, PendingJoin, Proc, ProcessTable};
+
+/// What the tracker had to drop or repair, for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrackerCounters {
+    pub sessions_started: u64,
+    pub sessions_ended: u64,
+    /// An exit came before anything else about its process (parked, waiting for its fork).
+    pub exits_early: u64,
+    /// Parked exits pushed out before their process showed up.
+    pub exits_unknown: u64,
+    /// An exec came before its fork (the child ran on another CPU first).
+    pub execs_before_fork: u64,
+    /// A fork or exec whose parent was never seen.
+    pub parents_unknown: u64,
+    /// A new process took the pid of one whose exit was never seen.
+    pub pids_reused_unexited: u64,
+    pub connects_unknown_pid: u64,
+    pub results_unmatched: u64,
+    /// Namespace joins into a container that were never followed by an exec or a connect.
+    pub ns_joins_idle: u64,
+}
+
+struct Session {
+    info: SessionInfo,
+    live: u32,
+}
+
+pub struct SessionTracker {
+    pub(crate) table: ProcessTable,
+    pub(crate) containers: Containers,
+    pub(crate) lookup: Box<dyn ContainerLookup>,
+    sessions: HashMap<SessionId, Session>,
+    pub(crate) counters: TrackerCounters,
+}
+
+pub(crate) fn image_from_exec(e: &ExecEvent, exec_index: u32) -> ImageRecord {
+    ImageRecord {
+        exec_index,
+        start_ns: e.ts_ns,
+        end_ns: None,
+        inherited: false,
+        argv: e.argv.clone(),
+        argv_truncated: e.flags.argv_truncated,
+        filename: e.filename.clone(),
+        interp: e.interp.clone(),
+        exe_path: e.exe_path.clone(),
+        fileless: e.flags.fileless,
+        tty: e.flags.tty,
+        uid: e.uid,
+        euid: e.euid,
+        connects: Vec::new(),
+    }
+}
+
+fn next_index(images: &[ImageRecord]) -> u32 {
+    images.last().map(|i| i.exec_index.saturating_add(1)).unwrap_or(0)
+}
+
+impl SessionTracker {
+    /// `host_pidns`: inode of the host's pid namespace (`/proc/1/ns/pid`), never a container's.
+    /// `tick_ns`: ns per /proc clock tick (1e9 / sysconf(_SC_CLK_TCK)).
+    pub fn new(lookup: Box<dyn ContainerLookup>, host_pidns: u32, tick_ns: u64) -> Self {
+        SessionTracker {
+            table: ProcessTable::new(tick_ns),
+            containers: Containers::new(host_pidns),
+            lookup,
+            sessions: HashMap::new(),
+            counters: TrackerCounters::default(),
+        }
+    }
+
+    /// Live processes in the table (the size metric).
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Open sessions.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Container cgroups currently known.
+    pub fn containers(&self) -> usize {
+        self.containers.len()
+    }
+
+    pub fn counters(&self) -> &TrackerCounters {
+        &self.counters
+    }
+
+    pub fn handle(&mut self, ev: &Event) -> Vec<SessionUpdate> {
+        let mut out = Vec::new();
+        match ev {
+            Event::Exec(e) => self.on_exec(e, &mut out),
+            Event::Fork(f) => self.on_fork(f, &mut out),
+            Event::Exit(x) => self.on_exit(x, &mut out),
+            Event::Connect(c) => self.on_connect(c, &mut out),
+            Event::ConnectResult(r) => self.on_result(r),
+            Event::UdpSend(u) => self.on_udp_send(u),
+            Event::NsJoin(j) => self.on_ns_join(j, &mut out),
+        }
+        out
+    }
+
+    /// The agent is stopping: every open session ends now, marked incomplete, with the
+    /// processes still running.
+    pub fn shutdown(&mut self, now_ns: u64) -> Vec<SessionUpdate> {
+        let mut open: HashMap<SessionId, Vec<ProcessRecord>> = HashMap::new();
+        for p in self.table.iter() {
+            if let Some(sid) = p.session {
+                let mut rec = record_of(p, None, None);
+                if let Some(img) = rec.images.last_mut() {
+                    img.end_ns.get_or_insert(now_ns);
+                }
+                open.entry(sid).or_default().push(rec);
+            }
+        }
+        let mut ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        ids.sort();
+        let mut out = Vec::new();
+        for sid in ids {
+            if let Some(mut s) = self.sessions.remove(&sid) {
+                s.info.end_ns = Some(now_ns);
+                s.info.incomplete = true;
+                let mut procs = open.remove(&sid).unwrap_or_default();
+                procs.sort_by_key(|r| r.key);
+                self.counters.sessions_ended += 1;
+                out.push(SessionUpdate::Ended(s.info, procs));
+            }
+        }
+        for p in self.table.iter_mut() {
+            p.session = None;
+        }
+        out
+    }
+
+    /// Better metadata for a container (containerd labels, the Kubernetes API) arrived: later
+    /// updates of its sessions carry it.
+    pub fn update_container(&mut self, info: super::model::ContainerInfo) {
+        let cg = info.cgroup_id;
+        if let Some(st) = self.containers.get_mut(cg) {
+            st.info = info.clone();
+        }
+        for s in self.sessions.values_mut() {
+            if s.info.container.cgroup_id == cg {
+                s.info.container = info.clone();
+            }
+        }
+    }
+
+    /// The kernel lost `n` events of this cgroup: mark the sessions running in it.
+    pub fn note_events_lost(&mut self, cgroup_id: u64, n: u64) {
+        for s in self.sessions.values_mut() {
+            if s.info.container.cgroup_id == cgroup_id {
+                s.info.events_lost += n;
+            }
+        }
+    }
+
+    /// Open a session learned from /proc (its members are added with [`Self::adopt`]).
+    pub(crate) fn open_session(&mut self, info: SessionInfo) {
+        self.counters.sessions_started += 1;
+        self.sessions.insert(info.id, Session { info, live: 0 });
+    }
+
+    /// Put a process that is in no session yet into one.
+    pub(crate) fn adopt(&mut self, key: ProcessKey, sid: SessionId) {
+        let Some(p) = self.table.get_mut(&key) else { return };
+        if p.session.is_some() {
+            return;
+        }
+        p.session = Some(sid);
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.live += 1;
+        }
+    }
+
+    fn session_container(&self, sid: Option<SessionId>) -> Option<u64> {
+        sid.and_then(|s| self.sessions.get(&s)).map(|s| s.info.container.cgroup_id)
+    }
+
+    /// Insert a new process, closing the one it replaces when its exit was lost.
+    pub(crate) fn insert_proc(&mut self, p: Proc, ts_ns: u64, out: &mut Vec<SessionUpdate>) {
+        let (cg, session) = (p.cgroup_id, p.session);
+        if let Some(stale) = self.table.insert(p) {
+            self.counters.pids_reused_unexited += 1;
+            self.containers.process_removed(stale.cgroup_id);
+            self.finish(stale, None, ts_ns, out);
+        }
+        self.containers.process_added(cg);
+        if let Some(s) = session.and_then(|s| self.sessions.get_mut(&s)) {
+            s.live += 1;
+        }
+    }
+
+    /// What a new child takes from its parent: session, pending join, namespaces, and the
+    /// parent's image (a child that never execs runs it).
+    fn inherit(&mut self, p: &mut Proc, parent: ProcessKey) {
+        if let Some(pp) = self.table.get(&parent) {
+            p.session = pp.session;
+            p.join = pp.join.clone();
+            p.mntns_ino = pp.mntns_ino;
+            p.loginuid = pp.loginuid;
+            if let Some(img) = pp.images.last() {
+                let mut img = img.clone();
+                img.exec_index = 0;
+                img.inherited = true;
+                img.start_ns = p.key.start_ns;
+                img.end_ns = None;
+                img.connects.clear();
+                p.images = vec![img];
+            }
+        } else if let Some(s) = self.table.session_of(&parent) {
+            p.session = s;
+        } else {
+            self.counters.parents_unknown += 1;
+        }
+        if p.session.is_some_and(|s| !self.sessions.contains_key(&s)) {
+            p.session = None;
+        }
+    }
+
+    fn on_fork(&mut self, f: &ForkEvent, out: &mut Vec<SessionUpdate>) {
+        if self.table.resolve(f.key()).is_some() || self.table.recently_exited(&f.key()) {
+            return; // its exec (and maybe its exit) came first
+        }
+        let parent = self.table.resolve(f.parent_key()).unwrap_or(f.parent_key());
+        let mut p = Proc::new(f.key(), Some(parent));
+        p.cgroup_id = f.cgroup_id;
+        p.pidns_ino = f.pidns_ino;
+        p.nspid = f.nspid;
+        p.fork_ns = f.start_ns;
+        self.inherit(&mut p, parent);
+        self.insert_proc(p, f.ts_ns, out);
+        if let Some(x) = self.table.take_early_exit(&f.key()) {
+            self.on_exit(&x, out);
+        }
+    }
+
+    fn on_exec(&mut self, e: &ExecEvent, out: &mut Vec<SessionUpdate>) {
+        let key = e.key();
+        if self.table.resolve(key).is_none() {
+            self.counters.execs_before_fork += 1;
+            let parent = self.table.resolve(e.parent_key()).unwrap_or(e.parent_key());
+            let mut p = Proc::new(key, Some(parent));
+            p.cgroup_id = e.cgroup_id;
+            self.inherit(&mut p, parent);
+            self.insert_proc(p, e.ts_ns, out);
+        }
+        let is_container = self.containers.learn(e.cgroup_id, self.lookup.as_mut(), false);
+        let Some(p) = self.table.get_mut(&key) else { return };
+        let old_cg = p.cgroup_id;
+        p.cgroup_id = e.cgroup_id;
+        p.nspid = e.nspid;
+        p.pidns_ino = e.pidns_ino;
+        p.mntns_ino = e.mntns_ino;
+        p.loginuid = e.loginuid;
+        let (session, join) = (p.session, p.join.clone());
+        if old_cg != e.cgroup_id {
+            self.containers.process_removed(old_cg);
+            self.containers.process_added(e.cgroup_id);
+        }
+
+        if is_container {
+            self.containers.note_namespaces(e.cgroup_id, e.mntns_ino, e.pidns_ino);
+            let crossing = e.parent_cgroup_id != e.cgroup_id;
+            let here = self.session_container(session) == Some(e.cgroup_id);
+            if crossing && !here && !self.is_init(e) {
+                self.start_exec_session(e, session, out);
+                return;
+            }
+        }
+        if let Some(j) = join {
+            if self.session_container(session) != Some(j.container.cgroup_id) || session.is_none() {
+                self.promote(j, key, Some(e), out);
+            }
+        }
+        let Some(p) = self.table.get_mut(&key) else { return };
+        let idx = next_index(&p.images);
+        if p.session.is_some() {
+            if let Some(last) = p.images.last_mut() {
+                last.end_ns.get_or_insert(e.ts_ns);
+            }
+            p.images.push(image_from_exec(e, idx));
+        } else {
+            p.images = vec![image_from_exec(e, idx)];
+        }
+    }
+
+    /// Is this boundary-crossing exec the container's init? Its first process is: judged by
+    /// nspid 1 in a pid namespace of its own, by the runtime's task pid when it is known, and
+    /// otherwise by being the first process seen entering the cgroup.
+    fn is_init(&mut self, e: &ExecEvent) -> bool {
+        let host = self.containers.host_pidns();
+        let Some(st) = self.containers.get_mut(e.cgroup_id) else { return false };
+        if let Some(init) = st.init {
+            return init == e.key();
+        }
+        let first = !st.entered && !st.from_proc;
+        st.entered = true;
+        let info = st.info.clone();
+        let verdict = match self.lookup.init_pid(e.cgroup_id, &info) {
+            Some(pid) => pid == e.pid,
+            None => (e.nspid == 1 && e.pidns_ino != host) || first,
+        };
+        if verdict {
+            if let Some(st) = self.containers.get_mut(e.cgroup_id) {
+                st.init = Some(e.key());
+            }
+        }
+        verdict
+    }
+
+    fn start_exec_session(&mut self, e: &ExecEvent, previous: Option<SessionId>, out: &mut Vec<SessionUpdate>) {
+        let key = e.key();
+        let container = self.containers.get(e.cgroup_id).map(|c| c.info.clone()).unwrap_or_default();
+        let sid = SessionId(key);
+        if let Some(prev) = previous {
+            self.leave(prev, e.ts_ns, out);
+        }
+        let info = SessionInfo {
+            id: sid,
+            kind: SessionKind::Exec,
+            container,
+            start_ns: e.ts_ns,
+            end_ns: None,
+            root_argv: e.argv.clone(),
+            root_tty: e.flags.tty,
+            env_audit_id: e.audit_id.clone(),
+            node_user: None,
+            parent_session: previous,
+            events_lost: 0,
+            incomplete: false,
+            from_proc: false,
+        };
+        self.sessions.insert(sid, Session { info: info.clone(), live: 1 });
+        self.counters.sessions_started += 1;
+        out.push(SessionUpdate::Started(info));
+        if let Some(p) = self.table.get_mut(&key) {
+            p.session = Some(sid);
+            p.join = None;
+            p.images = vec![image_from_exec(e, 0)];
+        }
+    }
+
+    /// A process leaves a session without exiting (it roots a nested one).
+    fn leave(&mut self, sid: SessionId, ts_ns: u64, out: &mut Vec<SessionUpdate>) {
+        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        s.live = s.live.saturating_sub(1);
+        if s.live == 0 {
+            self.end(sid, ts_ns, out);
+        }
+    }
+
+    fn end(&mut self, sid: SessionId, ts_ns: u64, out: &mut Vec<SessionUpdate>) {
+        if let Some(mut s) = self.sessions.remove(&sid) {
+            s.info.end_ns = Some(ts_ns);
+            self.counters.sessions_ended += 1;
+            out.push(SessionUpdate::Ended(s.info, Vec::new()));
+        }
+    }
+
+    /// Move a live process into a session.
+    fn enter(&mut self, key: ProcessKey, sid: SessionId, ts_ns: u64, out: &mut Vec<SessionUpdate>) {
+        let Some(p) = self.table.get_mut(&key) else { return };
+        if p.session == Some(sid) {
+            return;
+        }
+        let prev = p.session.replace(sid);
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.live += 1;
+        }
+        if let Some(prev) = prev {
+            self.leave(prev, ts_ns, out);
+        }
+    }
+
+    /// A namespace join was followed by activity: the node session starts (once), with the
+    /// joiner as its root and `actor` (the joiner or a child of it) in it.
+    fn promote(&mut self, j: PendingJoin, actor: ProcessKey, exec: Option<&ExecEvent>, out: &mut Vec<SessionUpdate>) {
+        let sid = SessionId(j.joiner);
+        let ts = exec.map(|e| e.ts_ns).unwrap_or(j.ts_ns);
+        if !self.sessions.contains_key(&sid) {
+            let joiner_argv = self.table.get(&j.joiner).and_then(|p| p.images.last()).map(|i| i.argv.clone());
+            let root_argv = match joiner_argv {
+                Some(a) if !a.is_empty() => a,
+                _ => exec.map(|e| e.argv.clone()).unwrap_or_default(),
+            };
+            let info = SessionInfo {
+                id: sid,
+                kind: SessionKind::Node,
+                container: j.container.clone(),
+                start_ns: j.ts_ns,
+                end_ns: None,
+                root_argv,
+                root_tty: exec.map(|e| e.flags.tty).unwrap_or(false),
+                env_audit_id: None,
+                node_user: j.loginuid,
+                parent_session: j.parent_session,
+                events_lost: 0,
+                incomplete: false,
+                from_proc: false,
+            };
+            self.sessions.insert(sid, Session { info: info.clone(), live: 0 });
+            self.counters.sessions_started += 1;
+            out.push(SessionUpdate::Started(info));
+            self.enter(j.joiner, sid, ts, out);
+        }
+        self.enter(actor, sid, ts, out);
+    }
+
+    fn on_exit(&mut self, x: &ExitEvent, out: &mut Vec<SessionUpdate>) {
+        let Some(key) = self.table.resolve(x.key()) else {
+            self.counters.exits_early += 1;
+            if self.table.park_exit(x.clone()).is_some() {
+                self.counters.exits_unknown += 1;
+            }
+            return;
+        };
+        let Some(p) = self.table.remove(key) else { return };
+        self.containers.process_removed(p.cgroup_id);
+        if p.join.as_ref().is_some_and(|j| j.joiner == key) && p.session.is_none_or(|s| s != SessionId(key)) {
+            self.counters.ns_joins_idle += 1;
+        }
+        self.finish(p, Some(x.status), x.ts_ns, out);
+    }
+
+    /// A process is gone: its record goes to its session, which ends with its last member.
+    fn finish(&mut self, p: Proc, status: Option<ExitStatus>, ts_ns: u64, out: &mut Vec<SessionUpdate>) {
+        let Some(sid) = p.session else { return };
+        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        let exit_ns = status.map(|_| ts_ns);
+        let mut rec = record_of(&p, exit_ns, status);
+        if let Some(img) = rec.images.last_mut() {
+            img.end_ns.get_or_insert(ts_ns);
+        }
+        out.push(SessionUpdate::ProcessEnded(s.info.clone(), rec));
+        s.live = s.live.saturating_sub(1);
+        if s.live == 0 {
+            self.end(sid, ts_ns, out);
+        }
+    }
+
+    fn on_connect(&mut self, c: &ConnectEvent, out: &mut Vec<SessionUpdate>) {
+        let Some(key) = self.table.by_pid(c.pid) else {
+            self.counters.connects_unknown_pid += 1;
+            return;
+        };
+        let Some(p) = self.table.get(&key) else { return };
+        if let Some(j) = p.join.clone() {
+            if self.session_container(p.session) != Some(j.container.cgroup_id) {
+                self.promote(j, key, None, out);
+            }
+        }
+        let Some(p) = self.table.get_mut(&key) else { return };
+        if p.session.is_none() {
+            return; // only sessions' connects are kept
+        }
+        if p.images.is_empty() {
+            p.images.push(ImageRecord {
+                exec_index: 0,
+                start_ns: p.key.start_ns,
+                end_ns: None,
+                inherited: true,
+                argv: Vec::new(),
+                argv_truncated: false,
+                filename: Vec::new(),
+                interp: None,
+                exe_path: Vec::new(),
+                fileless: false,
+                tty: false,
+                uid: 0,
+                euid: 0,
+                connects: Vec::new(),
+            });
+        }
+        let image = p.images.len() - 1;
+        let conns = &mut p.images[image].connects;
+        conns.push(ConnectRecord {
+            ts_ns: c.ts_ns,
+            end_ns: None,
+            transport: c.transport,
+            addr: c.addr,
+            port: c.port,
+            final_addr: None,
+            outcome: ConnectOutcome::Pending,
+            error: None,
+            udp_sent: false,
+        });
+        let slot = CookieSlot { key, image, connect: conns.len() - 1 };
+        self.table.set_cookie(c.cookie, slot);
+    }
+
+    fn connect_mut(&mut self, cookie: u64) -> Option<&mut ConnectRecord> {
+        let slot = self.table.cookie(cookie)?;
+        self.table.get_mut(&slot.key)?.images.get_mut(slot.image)?.connects.get_mut(slot.connect)
+    }
+
+    fn on_result(&mut self, r: &ConnectResultEvent) {
+        let Some(rec) = self.connect_mut(r.cookie) else {
+            self.counters.results_unmatched += 1;
+            return;
+        };
+        let outcome = ConnectOutcome::from_error(r.error);
+        if outcome != ConnectOutcome::Pending {
+            // the first final answer wins, except that a failure corrects an earlier success
+            // (a handshake that closed without an error code, then connect(2) said why)
+            if rec.outcome == ConnectOutcome::Pending || (r.error != 0 && rec.error.is_none()) {
+                rec.outcome = outcome;
+                rec.error = (r.error != 0).then_some(r.error);
+                rec.end_ns = Some(r.ts_ns);
+            }
+        }
+        if r.phase == ResultPhase::TcpState {
+            if let (Some(a), Some(port)) = (r.final_addr, r.final_port) {
+                if (a, port) != (rec.addr, rec.port) && !a.is_unspecified() {
+                    rec.final_addr = Some((a, port));
+                }
+            }
+        }
+    }
+
+    fn on_udp_send(&mut self, u: &UdpSendEvent) {
+        match self.connect_mut(u.cookie) {
+            Some(rec) => rec.udp_sent = true,
+            None => self.counters.results_unmatched += 1,
+        }
+    }
+
+    fn on_ns_join(&mut self, j: &NsJoinEvent, out: &mut Vec<SessionUpdate>) {
+        let key = match self.table.resolve(j.key()) {
+            Some(k) => k,
+            None => {
+                // a host process we did not trace (filter mode) or never saw created
+                let mut p = Proc::new(j.key(), None);
+                p.cgroup_id = j.cgroup_id;
+                p.loginuid = j.loginuid;
+                self.insert_proc(p, j.ts_ns, out);
+                j.key()
+            }
+        };
+        let by_mnt = (j.mntns_ino != j.old_mntns_ino).then(|| self.containers.by_mntns(j.mntns_ino)).flatten();
+        let by_pid = (j.pidns_for_children_ino != j.old_pidns_for_children_ino)
+            .then(|| self.containers.by_pidns(j.pidns_for_children_ino))
+            .flatten();
+        let Some(cg) = by_mnt.or(by_pid) else { return };
+        let Some(container) = self.containers.get(cg).map(|c| c.info.clone()) else { return };
+        let Some(p) = self.table.get(&key) else { return };
+        if p.cgroup_id == cg || self.session_container(p.session) == Some(cg) {
+            return; // already inside that container
+        }
+        if p.join.as_ref().is_some_and(|x| x.container.cgroup_id == cg && x.joiner == key) {
+            return; // the next namespace of the same nsenter
+        }
+        let join = PendingJoin {
+            joiner: key,
+            container,
+            loginuid: j.loginuid.or(p.loginuid),
+            ts_ns: j.ts_ns,
+            parent_session: p.session,
+        };
+        if let Some(p) = self.table.get_mut(&key) {
+            p.join = Some(join);
+        }
+    }
+}
+
+pub(crate) fn record_of(p: &Proc, exit_ns: Option<u64>, exit: Option<ExitStatus>) -> ProcessRecord {
+    ProcessRecord {
+        key: p.key,
+        parent: p.parent,
+        nspid: p.nspid,
+        fork_ns: p.fork_ns,
+        exit_ns,
+        exit,
+        from_proc: p.from_proc,
+        images: p.images.clone(),
+    }
+}

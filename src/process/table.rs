@@ -1,0 +1,306 @@
+//! The process table: every live process the kernel told us about, keyed by (pid, start time).
+//!
+//! In: process keys and the facts the session tracker derives from events. Out: lookups by
+//! key, by live pid (connects carry no start time) and by socket cookie. Memory stays bounded:
+//! an exited process leaves the table at once (its record has been handed on), remembering only
+//! its session in a bounded ring of recent exits, for children whose events arrive after their
+//! parent's exit. Exits that arrive before the process is known are parked in a bounded queue
+//! until its fork shows up. Processes learned from /proc carry a start time rounded to clock
+//! ticks; the first kernel event for such a process replaces the key with the exact one.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::capture::event::{ExitEvent, ProcessKey};
+
+use super::model::{ContainerInfo, ImageRecord, SessionId};
+
+/// A namespace join that has not yet led anywhere: it becomes a node session when the joiner
+/// or a child it forks afterwards runs something (exec) or connects. runc's own setns (into
+/// the container it is about to exec in) never does, so it never becomes a session.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingJoin {
+    pub joiner: ProcessKey,
+    pub container: ContainerInfo,
+    pub loginuid: Option<u32>,
+    pub ts_ns: u64,
+    /// The session the joiner was in (nsenter from inside a session).
+    pub parent_session: Option<SessionId>,
+}
+
+/// One process as the tracker keeps it.
+#[derive(Clone, Debug)]
+pub struct Proc {
+    pub key: ProcessKey,
+    pub parent: Option<ProcessKey>,
+    pub nspid: u32,
+    pub cgroup_id: u64,
+    pub pidns_ino: u32,
+    pub mntns_ino: u32,
+    pub fork_ns: u64,
+    pub from_proc: bool,
+    pub loginuid: Option<u32>,
+    pub session: Option<SessionId>,
+    /// Images of a session member since it joined the session; for other processes only the
+    /// current one (a node session's root needs the argv it ran before it joined).
+    pub images: Vec<ImageRecord>,
+    pub join: Option<PendingJoin>,
+    /// Sockets whose outcome is still routed to this process.
+    pub cookies: Vec<u64>,
+}
+
+impl Proc {
+    pub fn new(key: ProcessKey, parent: Option<ProcessKey>) -> Self {
+        Proc {
+            key,
+            parent,
+            nspid: 0,
+            cgroup_id: 0,
+            pidns_ino: 0,
+            mntns_ino: 0,
+            fork_ns: key.start_ns,
+            from_proc: false,
+            loginuid: None,
+            session: None,
+            images: Vec::new(),
+            join: None,
+            cookies: Vec::new(),
+        }
+    }
+}
+
+/// Where a socket's outcome goes: process, image index, connect index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CookieSlot {
+    pub key: ProcessKey,
+    pub image: usize,
+    pub connect: usize,
+}
+
+pub struct ProcessTable {
+    procs: HashMap<ProcessKey, Proc>,
+    by_pid: HashMap<u32, ProcessKey>,
+    cookies: HashMap<u64, CookieSlot>,
+    early_exits: HashMap<ProcessKey, ExitEvent>,
+    early_order: VecDeque<ProcessKey>,
+    recent: HashMap<ProcessKey, Option<SessionId>>,
+    recent_order: VecDeque<ProcessKey>,
+    /// ns per `/proc` clock tick (10 ms at USER_HZ 100).
+    tick_ns: u64,
+    cap_early: usize,
+    cap_recent: usize,
+}
+
+impl ProcessTable {
+    pub fn new(tick_ns: u64) -> Self {
+        ProcessTable {
+            procs: HashMap::new(),
+            by_pid: HashMap::new(),
+            cookies: HashMap::new(),
+            early_exits: HashMap::new(),
+            early_order: VecDeque::new(),
+            recent: HashMap::new(),
+            recent_order: VecDeque::new(),
+            tick_ns: tick_ns.max(1),
+            cap_early: 4096,
+            cap_recent: 4096,
+        }
+    }
+
+    /// Live processes held.
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    /// Exits parked while their process is unknown.
+    pub fn early_exits(&self) -> usize {
+        self.early_exits.len()
+    }
+
+    pub fn tick_ns(&self) -> u64 {
+        self.tick_ns
+    }
+
+    /// The key the table holds for `key`: itself, or a /proc-learned entry of the same pid
+    /// and clock tick, which is re-keyed to the exact key on the way.
+    pub fn resolve(&mut self, key: ProcessKey) -> Option<ProcessKey> {
+        if self.procs.contains_key(&key) {
+            return Some(key);
+        }
+        let old = *self.by_pid.get(&key.pid)?;
+        let p = self.procs.get(&old)?;
+        if !p.from_proc || old.start_ns / self.tick_ns != key.start_ns / self.tick_ns {
+            return None;
+        }
+        let mut p = self.procs.remove(&old)?;
+        p.key = key;
+        for c in &p.cookies {
+            if let Some(slot) = self.cookies.get_mut(c) {
+                slot.key = key;
+            }
+        }
+        self.procs.insert(key, p);
+        self.by_pid.insert(key.pid, key);
+        for q in self.procs.values_mut() {
+            if q.parent == Some(old) {
+                q.parent = Some(key);
+            }
+        }
+        Some(key)
+    }
+
+    pub fn get(&self, key: &ProcessKey) -> Option<&Proc> {
+        self.procs.get(key)
+    }
+
+    pub fn get_mut(&mut self, key: &ProcessKey) -> Option<&mut Proc> {
+        self.procs.get_mut(key)
+    }
+
+    /// The live process with this pid (connect events carry no start time).
+    pub fn by_pid(&self, pid: u32) -> Option<ProcessKey> {
+        self.by_pid.get(&pid).copied()
+    }
+
+    /// Insert a new process. An older process with the same pid is certainly gone (its exit
+    /// was lost): it is removed and returned so its session can be told.
+    pub fn insert(&mut self, p: Proc) -> Option<Proc> {
+        let key = p.key;
+        let stale = match self.by_pid.insert(key.pid, key) {
+            Some(old) if old != key => self.remove(old),
+            _ => None,
+        };
+        self.procs.insert(key, p);
+        stale
+    }
+
+    /// Take a process out (it exited). Its session is remembered for late children.
+    pub fn remove(&mut self, key: ProcessKey) -> Option<Proc> {
+        let p = self.procs.remove(&key)?;
+        if self.by_pid.get(&key.pid) == Some(&key) {
+            self.by_pid.remove(&key.pid);
+        }
+        for c in &p.cookies {
+            self.cookies.remove(c);
+        }
+        self.remember(key, p.session);
+        Some(p)
+    }
+
+    fn remember(&mut self, key: ProcessKey, session: Option<SessionId>) {
+        if self.recent.insert(key, session).is_none() {
+            self.recent_order.push_back(key);
+        }
+        while self.recent_order.len() > self.cap_recent {
+            if let Some(k) = self.recent_order.pop_front() {
+                self.recent.remove(&k);
+            }
+        }
+    }
+
+    /// The session of a process that may already have exited: Some(None) when it is known and
+    /// in no session, None when it was never seen.
+    pub fn session_of(&self, key: &ProcessKey) -> Option<Option<SessionId>> {
+        if let Some(p) = self.procs.get(key) {
+            return Some(p.session);
+        }
+        self.recent.get(key).copied()
+    }
+
+    /// The process exited a moment ago (a late fork record must not bring it back).
+    pub fn recently_exited(&self, key: &ProcessKey) -> bool {
+        !self.procs.contains_key(key) && self.recent.contains_key(key)
+    }
+
+    /// Park an exit whose process is not known yet. Returns the exit pushed out when full.
+    pub fn park_exit(&mut self, x: ExitEvent) -> Option<ExitEvent> {
+        let key = x.key();
+        if self.early_exits.insert(key, x).is_none() {
+            self.early_order.push_back(key);
+        }
+        if self.early_order.len() > self.cap_early {
+            let k = self.early_order.pop_front()?;
+            return self.early_exits.remove(&k);
+        }
+        None
+    }
+
+    pub fn take_early_exit(&mut self, key: &ProcessKey) -> Option<ExitEvent> {
+        let x = self.early_exits.remove(key)?;
+        self.early_order.retain(|k| k != key);
+        Some(x)
+    }
+
+    pub fn set_cookie(&mut self, cookie: u64, slot: CookieSlot) {
+        self.cookies.insert(cookie, slot);
+        if let Some(p) = self.procs.get_mut(&slot.key) {
+            p.cookies.push(cookie);
+        }
+    }
+
+    pub fn cookie(&self, cookie: u64) -> Option<CookieSlot> {
+        self.cookies.get(&cookie).copied()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Proc> {
+        self.procs.values()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Proc> {
+        self.procs.values_mut()
+    }
+
+    pub fn keys(&self) -> Vec<ProcessKey> {
+        self.procs.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::event::ExitStatus;
+
+    fn k(pid: u32, start_ns: u64) -> ProcessKey {
+        ProcessKey { pid, start_ns }
+    }
+
+    #[test]
+    fn pid_reuse_replaces_the_stale_process() {
+        let mut t = ProcessTable::new(10_000_000);
+        assert!(t.insert(Proc::new(k(7, 100), None)).is_none());
+        let stale = t.insert(Proc::new(k(7, 900), None)).unwrap();
+        assert_eq!(stale.key, k(7, 100));
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.by_pid(7), Some(k(7, 900)));
+        assert_eq!(t.session_of(&k(7, 100)), Some(None), "the stale one is remembered as exited");
+    }
+
+    #[test]
+    fn proc_learned_keys_join_at_tick_granularity() {
+        let mut t = ProcessTable::new(10_000_000);
+        let mut p = Proc::new(k(5, 1_230_000_000), None);
+        p.from_proc = true;
+        t.insert(p);
+        let mut c = Proc::new(k(6, 2_000_000_000), Some(k(5, 1_230_000_000)));
+        c.from_proc = true;
+        t.insert(c);
+        assert_eq!(t.resolve(k(5, 1_239_999_999)), Some(k(5, 1_239_999_999)));
+        assert_eq!(t.get(&k(6, 2_000_000_000)).unwrap().parent, Some(k(5, 1_239_999_999)));
+        assert_eq!(t.resolve(k(5, 1_240_000_000)), None, "another tick is another process");
+    }
+
+    #[test]
+    fn early_exits_are_bounded() {
+        let mut t = ProcessTable::new(1);
+        t.cap_early = 2;
+        let x = |pid| ExitEvent { ts_ns: 1, pid, start_ns: 1, cgroup_id: 0, status: ExitStatus::Code(0) };
+        assert!(t.park_exit(x(1)).is_none());
+        assert!(t.park_exit(x(2)).is_none());
+        assert_eq!(t.park_exit(x(3)).unwrap().pid, 1);
+        assert!(t.take_early_exit(&k(3, 1)).is_some());
+        assert_eq!(t.early_exits(), 1);
+    }
+}

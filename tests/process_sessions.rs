@@ -1,0 +1,541 @@
+//! Recorded event sequences -> exec sessions. Pure: no kernel, no containers. Each sequence is
+//! what the kernel side emits for a real scenario (runc exec, nsenter, runc create), written
+//! out by hand with the fields the tracker reads.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use podtrail::capture::event::*;
+use podtrail::process::containers::StaticContainers;
+use podtrail::process::model::*;
+use podtrail::process::proc_scan::ScannedProcess;
+use podtrail::process::SessionTracker;
+
+const HOST: u64 = 1; // a host cgroup (containerd-shim, runc, the node's shell)
+const C: u64 = 100; // container "web"
+const D: u64 = 200; // container "db"
+const HOST_PIDNS: u32 = 4026531836;
+const PIDNS_C: u32 = 4026532001;
+const PIDNS_D: u32 = 4026532002;
+const MNT_HOST: u32 = 4026531841;
+const MNT_C: u32 = 4026532100;
+const MNT_D: u32 = 4026532200;
+const TICK: u64 = 10_000_000;
+
+fn tracker() -> SessionTracker {
+    let lookup = StaticContainers::default().with(C, "web").with(D, "db");
+    SessionTracker::new(Box::new(lookup), HOST_PIDNS, TICK)
+}
+
+/// start time of a pid in these sequences: unique per pid unless a test reuses one
+fn st(pid: u32) -> u64 {
+    1_000_000_000 + pid as u64 * 1_000
+}
+
+fn key(pid: u32) -> ProcessKey {
+    ProcessKey { pid, start_ns: st(pid) }
+}
+
+fn fork(ts: u64, pid: u32, ppid: u32, cg: u64) -> Event {
+    Event::Fork(ForkEvent {
+        ts_ns: ts,
+        pid,
+        start_ns: st(pid),
+        cgroup_id: cg,
+        ppid,
+        parent_start_ns: st(ppid),
+        creator_pid: ppid,
+        pidns_ino: HOST_PIDNS,
+        nspid: pid,
+        uid: 0,
+    })
+}
+
+struct X {
+    pid: u32,
+    ppid: u32,
+    cg: u64,
+    pcg: u64,
+    nspid: u32,
+    pidns: u32,
+    mnt: u32,
+    argv: &'static [&'static str],
+}
+
+fn exec(ts: u64, x: X) -> Event {
+    Event::Exec(ExecEvent {
+        ts_ns: ts,
+        pid: x.pid,
+        tid: x.pid,
+        start_ns: st(x.pid),
+        cgroup_id: x.cg,
+        ppid: x.ppid,
+        parent_start_ns: st(x.ppid),
+        parent_cgroup_id: x.pcg,
+        nspid: x.nspid,
+        pidns_ino: x.pidns,
+        parent_pidns_ino: HOST_PIDNS,
+        mntns_ino: x.mnt,
+        uid: 0,
+        gid: 0,
+        euid: 0,
+        loginuid: None,
+        filename: b"/bin/busybox".to_vec(),
+        interp: None,
+        exe_path: b"/bin/busybox".to_vec(),
+        exe_ino: 1,
+        exe_dev: 1,
+        exe_nlink: 1,
+        argc: x.argv.len() as u32,
+        argv: x.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        audit_id: None,
+        comm: b"exe".to_vec(),
+        flags: ExecFlags { parent_other_cgroup: x.cg != x.pcg, ..Default::default() },
+    })
+}
+
+/// A process in container C, parent in C.
+fn exec_in(ts: u64, pid: u32, ppid: u32, argv: &'static [&'static str]) -> Event {
+    exec(ts, X { pid, ppid, cg: C, pcg: C, nspid: pid - 1000, pidns: PIDNS_C, mnt: MNT_C, argv })
+}
+
+fn exit(ts: u64, pid: u32, cg: u64, code: i32) -> Event {
+    Event::Exit(ExitEvent { ts_ns: ts, pid, start_ns: st(pid), cgroup_id: cg, status: ExitStatus::Code(code) })
+}
+
+fn connect(ts: u64, pid: u32, cookie: u64, transport: Transport, port: u16) -> Event {
+    Event::Connect(ConnectEvent {
+        ts_ns: ts,
+        pid,
+        tid: pid,
+        cgroup_id: C,
+        cookie,
+        transport,
+        addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
+        port,
+        mapped: false,
+    })
+}
+
+fn result(ts: u64, cookie: u64, error: i32) -> Event {
+    Event::ConnectResult(ConnectResultEvent {
+        ts_ns: ts,
+        pid: 0,
+        cookie,
+        error,
+        phase: ResultPhase::Syscall,
+        final_addr: None,
+        final_port: None,
+    })
+}
+
+fn ns_join(ts: u64, pid: u32, cg: u64, old_mnt: u32, mnt: u32, old_pidns: u32, pidns: u32, loginuid: u32) -> Event {
+    Event::NsJoin(NsJoinEvent {
+        ts_ns: ts,
+        pid,
+        tid: pid,
+        start_ns: st(pid),
+        cgroup_id: cg,
+        nstype: 0,
+        pidns_for_children_ino: pidns,
+        mntns_ino: mnt,
+        netns_ino: 0,
+        old_pidns_for_children_ino: old_pidns,
+        old_mntns_ino: old_mnt,
+        loginuid: Some(loginuid),
+        uid: 0,
+    })
+}
+
+/// runc create for container C: runc (pid 500, host) clones the init (1001) with
+/// CLONE_PARENT, which execs `sleep 1000` inside C as pid 1 of its namespace.
+fn start_container_c(t: &mut SessionTracker) -> Vec<SessionUpdate> {
+    let mut out = Vec::new();
+    out.extend(t.handle(&exec(10, X { pid: 500, ppid: 1, cg: HOST, pcg: HOST, nspid: 500, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["containerd-shim"] })));
+    out.extend(t.handle(&fork(20, 1001, 500, HOST)));
+    out.extend(t.handle(&exec(30, X { pid: 1001, ppid: 500, cg: C, pcg: HOST, nspid: 1, pidns: PIDNS_C, mnt: MNT_C, argv: &["sleep", "1000"] })));
+    out
+}
+
+/// runc exec: the shim (500) gets a child `pid` that execs argv inside C.
+fn runc_exec(t: &mut SessionTracker, ts: u64, pid: u32, argv: &'static [&'static str]) -> Vec<SessionUpdate> {
+    let mut out = t.handle(&fork(ts, pid, 500, HOST));
+    out.extend(t.handle(&exec(ts + 1, X { pid, ppid: 500, cg: C, pcg: HOST, nspid: pid - 1000, pidns: PIDNS_C, mnt: MNT_C, argv })));
+    out
+}
+
+fn started(u: &[SessionUpdate]) -> Vec<&SessionInfo> {
+    u.iter().filter_map(|u| if let SessionUpdate::Started(i) = u { Some(i) } else { None }).collect()
+}
+
+fn ended(u: &[SessionUpdate]) -> Vec<&SessionInfo> {
+    u.iter().filter_map(|u| if let SessionUpdate::Ended(i, _) = u { Some(i) } else { None }).collect()
+}
+
+fn procs_of(u: &[SessionUpdate], sid: SessionId) -> Vec<&ProcessRecord> {
+    u.iter()
+        .filter_map(|u| match u {
+            SessionUpdate::ProcessEnded(i, r) if i.id == sid => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn container_init_and_its_children_open_no_session() {
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    out.extend(t.handle(&fork(40, 1002, 1001, C)));
+    out.extend(t.handle(&exec_in(41, 1002, 1001, &["sh", "-c", "loop"])));
+    out.extend(t.handle(&exit(50, 1002, C, 0)));
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(t.sessions(), 0);
+}
+
+#[test]
+fn exec_shell_with_background_child_and_connect_is_one_session() {
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    out.extend(runc_exec(&mut t, 100, 1010, &["sh", "-c", "sleep 5 & wget -q http://10.0.0.9:8080/; true"]));
+    // sh forks: sleep (background), wget (connects), true is a builtin
+    out.extend(t.handle(&fork(110, 1011, 1010, C)));
+    out.extend(t.handle(&exec_in(111, 1011, 1010, &["sleep", "5"])));
+    out.extend(t.handle(&fork(120, 1012, 1010, C)));
+    out.extend(t.handle(&exec_in(121, 1012, 1010, &["wget", "-q", "http://10.0.0.9:8080/"])));
+    out.extend(t.handle(&connect(122, 1012, 77, Transport::Tcp, 8080)));
+    out.extend(t.handle(&result(123, 77, 0)));
+    out.extend(t.handle(&exit(130, 1012, C, 0)));
+    out.extend(t.handle(&exit(140, 1010, C, 0)));
+    assert!(ended(&out).is_empty(), "the background sleep keeps the session open");
+    out.extend(t.handle(&exit(5_000, 1011, C, 0)));
+
+    let s = started(&out);
+    assert_eq!(s.len(), 1);
+    let sid = s[0].id;
+    assert_eq!(sid, SessionId(key(1010)));
+    assert_eq!(s[0].kind, SessionKind::Exec);
+    assert_eq!(s[0].container.id, "web");
+    assert_eq!(s[0].root_argv[0], b"sh");
+    let e = ended(&out);
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].end_ns, Some(5_000));
+    assert!(!e[0].incomplete);
+
+    let procs = procs_of(&out, sid);
+    let mut pids: Vec<u32> = procs.iter().map(|p| p.key.pid).collect();
+    pids.sort();
+    assert_eq!(pids, vec![1010, 1011, 1012]);
+    let wget = procs.iter().find(|p| p.key.pid == 1012).unwrap();
+    assert_eq!(wget.parent, Some(key(1010)));
+    assert_eq!(wget.exit, Some(ExitStatus::Code(0)));
+    let img = wget.images.last().unwrap();
+    assert_eq!(img.argv[0], b"wget");
+    assert_eq!(img.connects.len(), 1);
+    assert_eq!(img.connects[0].outcome, ConnectOutcome::Connected);
+    assert_eq!(img.connects[0].port, 8080);
+    assert_eq!(img.connects[0].end_ns, Some(123));
+    let sleep = procs.iter().find(|p| p.key.pid == 1011).unwrap();
+    assert_eq!(sleep.images.len(), 2, "inherited sh image, then sleep");
+    assert!(sleep.images[0].inherited);
+    assert_eq!(sleep.images[1].exec_index, 1);
+    assert_eq!(t.len(), 2, "only the shim and the container init are left in the table");
+}
+
+#[test]
+fn concurrent_execs_into_one_container_stay_apart() {
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    out.extend(runc_exec(&mut t, 100, 1020, &["sh"]));
+    out.extend(runc_exec(&mut t, 101, 1030, &["sh"]));
+    out.extend(t.handle(&fork(110, 1021, 1020, C)));
+    out.extend(t.handle(&fork(111, 1031, 1030, C)));
+    out.extend(t.handle(&exec_in(112, 1021, 1020, &["ls"])));
+    out.extend(t.handle(&exec_in(113, 1031, 1030, &["ps"])));
+    for (ts, pid) in [(120, 1021), (121, 1031), (130, 1020), (131, 1030)] {
+        out.extend(t.handle(&exit(ts, pid, C, 0)));
+    }
+    assert_eq!(started(&out).len(), 2);
+    assert_eq!(ended(&out).len(), 2);
+    let a: Vec<u32> = procs_of(&out, SessionId(key(1020))).iter().map(|p| p.key.pid).collect();
+    let b: Vec<u32> = procs_of(&out, SessionId(key(1030))).iter().map(|p| p.key.pid).collect();
+    assert_eq!(a, vec![1021, 1020]);
+    assert_eq!(b, vec![1031, 1030]);
+}
+
+#[test]
+fn exec_without_fork_continues_the_process_with_a_new_image() {
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    out.extend(runc_exec(&mut t, 100, 1040, &["sh", "-c", "exec wget http://x/"]));
+    out.extend(t.handle(&exec_in(110, 1040, 500, &["wget", "http://x/"])));
+    out.extend(t.handle(&exit(120, 1040, C, 1)));
+    let procs = procs_of(&out, SessionId(key(1040)));
+    assert_eq!(procs.len(), 1);
+    let imgs = &procs[0].images;
+    assert_eq!(imgs.iter().map(|i| i.exec_index).collect::<Vec<_>>(), vec![0, 1]);
+    assert_eq!(imgs[0].end_ns, Some(110));
+    assert_eq!(imgs[1].argv[0], b"wget");
+    assert_eq!(imgs[1].end_ns, Some(120));
+    assert_eq!(procs[0].exit, Some(ExitStatus::Code(1)));
+    assert_eq!(started(&out).len(), 1, "the second exec is not a new session");
+}
+
+#[test]
+fn exit_and_exec_before_fork_are_reordered() {
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    out.extend(runc_exec(&mut t, 100, 1050, &["sh"]));
+    let before = t.counters().execs_before_fork; // the shim's exec had no fork either
+    // child 1051: exec, exit, then the parent's fork record
+    out.extend(t.handle(&exec_in(111, 1051, 1050, &["true"])));
+    out.extend(t.handle(&exit(112, 1051, C, 0)));
+    out.extend(t.handle(&fork(110, 1051, 1050, C)));
+    // child 1052 never execs: exit, then fork
+    out.extend(t.handle(&exit(122, 1052, C, 3)));
+    out.extend(t.handle(&fork(120, 1052, 1050, C)));
+    out.extend(t.handle(&exit(130, 1050, C, 0)));
+    let procs = procs_of(&out, SessionId(key(1050)));
+    let pids: Vec<u32> = procs.iter().map(|p| p.key.pid).collect();
+    assert_eq!(pids, vec![1051, 1052, 1050]);
+    assert_eq!(procs[1].exit, Some(ExitStatus::Code(3)));
+    assert_eq!(ended(&out).len(), 1);
+    assert_eq!(t.counters().execs_before_fork - before, 1);
+    assert_eq!(t.counters().exits_early, 1);
+    assert_eq!(t.len(), 2);
+}
+
+#[test]
+fn pid_reuse_never_merges_two_processes() {
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    out.extend(runc_exec(&mut t, 100, 1060, &["sh"]));
+    out.extend(t.handle(&fork(110, 1061, 1060, C)));
+    out.extend(t.handle(&exit(111, 1061, C, 0)));
+    // the same pid again, a new start time, in the container's init tree (no session)
+    let reused = ForkEvent {
+        ts_ns: 120,
+        pid: 1061,
+        start_ns: st(1061) + 50_000_000,
+        cgroup_id: C,
+        ppid: 1001,
+        parent_start_ns: st(1001),
+        creator_pid: 1001,
+        pidns_ino: PIDNS_C,
+        nspid: 61,
+        uid: 0,
+    };
+    out.extend(t.handle(&Event::Fork(reused)));
+    out.extend(t.handle(&connect(121, 1061, 5, Transport::Tcp, 80)));
+    out.extend(t.handle(&exit(130, 1060, C, 0)));
+    let procs = procs_of(&out, SessionId(key(1060)));
+    assert_eq!(procs.len(), 2);
+    assert!(procs.iter().all(|p| p.images.iter().all(|i| i.connects.is_empty())), "the new 1061 is not the session's");
+    assert_eq!(ended(&out).len(), 1);
+}
+
+#[test]
+fn udp_connect_without_data_is_marked_for_skipping() {
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    out.extend(runc_exec(&mut t, 100, 1070, &["nslookup", "x"]));
+    out.extend(t.handle(&connect(110, 1070, 8, Transport::Udp, 53)));
+    out.extend(t.handle(&result(111, 8, 0)));
+    out.extend(t.handle(&connect(112, 1070, 9, Transport::Udp, 53)));
+    out.extend(t.handle(&result(113, 9, 0)));
+    out.extend(t.handle(&Event::UdpSend(UdpSendEvent { ts_ns: 114, cgroup_id: C, cookie: 9, bytes: 40 })));
+    out.extend(t.handle(&connect(115, 424242, 10, Transport::Tcp, 1)));
+    out.extend(t.handle(&exit(120, 1070, C, 0)));
+    let procs = procs_of(&out, SessionId(key(1070)));
+    let c = &procs[0].images[0].connects;
+    assert_eq!((c[0].udp_sent, c[1].udp_sent), (false, true));
+    assert_eq!(t.counters().connects_unknown_pid, 1);
+}
+
+#[test]
+fn refused_and_pending_connects_get_their_outcome() {
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    out.extend(runc_exec(&mut t, 100, 1075, &["nc", "10.0.0.9", "1"]));
+    out.extend(t.handle(&connect(110, 1075, 11, Transport::Tcp, 1)));
+    out.extend(t.handle(&result(111, 11, -111)));
+    out.extend(t.handle(&connect(112, 1075, 12, Transport::Tcp, 2)));
+    out.extend(t.handle(&result(113, 12, -115)));
+    let hs = ConnectResultEvent {
+        ts_ns: 114,
+        pid: 0,
+        cookie: 12,
+        error: 0,
+        phase: ResultPhase::TcpState,
+        final_addr: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 10))),
+        final_port: Some(2),
+    };
+    out.extend(t.handle(&Event::ConnectResult(hs)));
+    out.extend(t.handle(&exit(120, 1075, C, 0)));
+    let c = &procs_of(&out, SessionId(key(1075)))[0].images[0].connects;
+    assert_eq!((c[0].outcome, c[0].error), (ConnectOutcome::Refused, Some(-111)));
+    assert_eq!(c[1].outcome, ConnectOutcome::Connected);
+    assert_eq!(c[1].end_ns, Some(114));
+    assert_eq!(c[1].final_addr, Some((IpAddr::V4(Ipv4Addr::new(10, 0, 0, 10)), 2)));
+}
+
+#[test]
+fn nsenter_from_the_node_is_a_node_session_with_its_login_user() {
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    // a shell on the node (600) runs nsenter (601): setns mnt + pid, fork 602, exec sh
+    out.extend(t.handle(&exec(200, X { pid: 600, ppid: 1, cg: HOST, pcg: HOST, nspid: 600, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["bash"] })));
+    out.extend(t.handle(&fork(210, 601, 600, HOST)));
+    out.extend(t.handle(&exec(211, X { pid: 601, ppid: 600, cg: HOST, pcg: HOST, nspid: 601, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["nsenter", "-t", "1001", "-a", "sh"] })));
+    out.extend(t.handle(&ns_join(212, 601, HOST, MNT_HOST, MNT_HOST, HOST_PIDNS, PIDNS_C, 1000)));
+    out.extend(t.handle(&ns_join(213, 601, HOST, MNT_HOST, MNT_C, PIDNS_C, PIDNS_C, 1000)));
+    assert!(started(&out).is_empty(), "nothing ran in the container yet");
+    out.extend(t.handle(&fork(220, 602, 601, HOST)));
+    out.extend(t.handle(&exec(221, X { pid: 602, ppid: 601, cg: HOST, pcg: HOST, nspid: 5, pidns: PIDNS_C, mnt: MNT_C, argv: &["sh"] })));
+    out.extend(t.handle(&exit(230, 602, HOST, 0)));
+    out.extend(t.handle(&exit(231, 601, HOST, 0)));
+    let s = started(&out);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].kind, SessionKind::Node);
+    assert_eq!(s[0].id, SessionId(key(601)));
+    assert_eq!(s[0].node_user, Some(1000));
+    assert_eq!(s[0].container.id, "web");
+    assert_eq!(s[0].root_argv[0], b"nsenter");
+    assert_eq!(s[0].parent_session, None);
+    let pids: Vec<u32> = procs_of(&out, s[0].id).iter().map(|p| p.key.pid).collect();
+    assert_eq!(pids, vec![602, 601]);
+    assert_eq!(ended(&out).len(), 1);
+}
+
+#[test]
+fn runc_setns_without_exec_is_not_a_session() {
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    // runc exec: stage-1 (510) joins C's namespaces, clones the final child with
+    // CLONE_PARENT (so its real parent is runc, 505), and exits
+    out.extend(t.handle(&fork(100, 505, 500, HOST)));
+    out.extend(t.handle(&exec(101, X { pid: 505, ppid: 500, cg: HOST, pcg: HOST, nspid: 505, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["runc", "exec"] })));
+    out.extend(t.handle(&fork(102, 510, 505, HOST)));
+    out.extend(t.handle(&ns_join(103, 510, HOST, MNT_HOST, MNT_C, HOST_PIDNS, PIDNS_C, u32::MAX)));
+    out.extend(t.handle(&fork(104, 1080, 505, HOST)));
+    out.extend(t.handle(&exit(105, 510, HOST, 0)));
+    out.extend(t.handle(&exec(106, X { pid: 1080, ppid: 505, cg: C, pcg: HOST, nspid: 80, pidns: PIDNS_C, mnt: MNT_C, argv: &["id"] })));
+    out.extend(t.handle(&exit(107, 1080, C, 0)));
+    let s = started(&out);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].kind, SessionKind::Exec);
+    assert_eq!(t.counters().ns_joins_idle, 1);
+}
+
+#[test]
+fn nsenter_from_inside_a_session_opens_a_linked_session() {
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    // container D with its init
+    out.extend(t.handle(&fork(40, 2001, 500, HOST)));
+    out.extend(t.handle(&exec(41, X { pid: 2001, ppid: 500, cg: D, pcg: HOST, nspid: 1, pidns: PIDNS_D, mnt: MNT_D, argv: &["db"] })));
+    // a privileged exec into C runs nsenter into D
+    out.extend(runc_exec(&mut t, 100, 1090, &["sh"]));
+    out.extend(t.handle(&fork(110, 1091, 1090, C)));
+    out.extend(t.handle(&exec_in(111, 1091, 1090, &["nsenter", "-t", "2001", "-m", "-p", "sh"])));
+    out.extend(t.handle(&ns_join(112, 1091, C, MNT_C, MNT_D, PIDNS_C, PIDNS_D, 1000)));
+    out.extend(t.handle(&fork(113, 1092, 1091, C)));
+    out.extend(t.handle(&exec(114, X { pid: 1092, ppid: 1091, cg: C, pcg: C, nspid: 9, pidns: PIDNS_D, mnt: MNT_D, argv: &["sh"] })));
+    let s = started(&out);
+    assert_eq!(s.len(), 2);
+    assert_eq!(s[1].kind, SessionKind::Node);
+    assert_eq!(s[1].container.id, "db");
+    assert_eq!(s[1].parent_session, Some(SessionId(key(1090))));
+    for (ts, pid) in [(120, 1092), (121, 1091)] {
+        out.extend(t.handle(&exit(ts, pid, C, 0)));
+    }
+    assert_eq!(ended(&out).len(), 1, "the inner session ends, the outer shell is still running");
+    out.extend(t.handle(&exit(130, 1090, C, 0)));
+    assert_eq!(ended(&out).len(), 2);
+    let inner: Vec<u32> = procs_of(&out, SessionId(key(1091))).iter().map(|p| p.key.pid).collect();
+    assert_eq!(inner, vec![1092, 1091]);
+}
+
+#[test]
+fn init_in_a_shared_or_host_pid_namespace_is_still_the_init() {
+    let mut t = tracker();
+    // host pid namespace: the init has nspid == its host pid, not 1
+    let mut out = t.handle(&fork(20, 1001, 500, HOST));
+    out.extend(t.handle(&exec(30, X { pid: 1001, ppid: 500, cg: C, pcg: HOST, nspid: 1001, pidns: HOST_PIDNS, mnt: MNT_C, argv: &["sleep", "1000"] })));
+    assert!(out.is_empty(), "the first process of the container is its init");
+    out.extend(runc_exec(&mut t, 100, 1100, &["sh"]));
+    assert_eq!(started(&out).len(), 1);
+    // with the runtime's task pid known, it decides
+    let mut lookup = StaticContainers::default().with(C, "web");
+    lookup.init_pids.insert(C, 1002);
+    let mut t = SessionTracker::new(Box::new(lookup), HOST_PIDNS, TICK);
+    let mut out = runc_exec(&mut t, 100, 1101, &["sh"]);
+    out.extend(t.handle(&fork(20, 1002, 500, HOST)));
+    out.extend(t.handle(&exec(30, X { pid: 1002, ppid: 500, cg: C, pcg: HOST, nspid: 2, pidns: PIDNS_C, mnt: MNT_C, argv: &["pause"] })));
+    let s = started(&out);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].id, SessionId(key(1101)));
+}
+
+#[test]
+fn shutdown_ends_open_sessions_as_incomplete() {
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    out.extend(runc_exec(&mut t, 100, 1110, &["sh"]));
+    out.extend(t.handle(&fork(110, 1111, 1110, C)));
+    let end = t.shutdown(999);
+    assert_eq!(end.len(), 1);
+    let SessionUpdate::Ended(info, procs) = &end[0] else { panic!("{end:?}") };
+    assert!(info.incomplete);
+    assert_eq!(info.end_ns, Some(999));
+    assert_eq!(procs.iter().map(|p| p.key.pid).collect::<Vec<_>>(), vec![1110, 1111]);
+    assert!(procs.iter().all(|p| p.exit.is_none() && p.images.last().unwrap().end_ns == Some(999)));
+    assert_eq!(t.sessions(), 0);
+}
+
+fn scanned(pid: u32, ppid: u32, cg: u64, nspid: u32, pidns: u32, mnt: u32, argv: &[&str]) -> ScannedProcess {
+    ScannedProcess {
+        pid,
+        ppid,
+        start_ticks: st(pid) / TICK,
+        cgroup_id: cg,
+        nspid,
+        pidns_ino: pidns,
+        mntns_ino: mnt,
+        loginuid: Some(1000),
+        argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn sessions_running_at_start_up_are_learned_from_proc() {
+    let mut t = tracker();
+    let procs = vec![
+        scanned(1, 0, HOST, 1, HOST_PIDNS, MNT_HOST, &["init"]),
+        scanned(500, 1, HOST, 500, HOST_PIDNS, MNT_HOST, &["containerd-shim"]),
+        scanned(1001, 500, C, 1, PIDNS_C, MNT_C, &["sleep", "1000"]),
+        scanned(1120, 500, C, 120, PIDNS_C, MNT_C, &["sh"]),
+        scanned(1121, 1120, C, 121, PIDNS_C, MNT_C, &["sleep", "60"]),
+        scanned(600, 1, HOST, 600, HOST_PIDNS, MNT_HOST, &["bash"]),
+        scanned(601, 600, HOST, 601, HOST_PIDNS, MNT_C, &["nsenter", "-t", "1001", "-a"]),
+        scanned(602, 601, HOST, 7, PIDNS_C, MNT_C, &["sh"]),
+    ];
+    let out = t.learn_from_proc(&procs, 50);
+    let s = started(&out);
+    assert_eq!(s.len(), 2, "{s:?}");
+    let exec_s = s.iter().find(|i| i.kind == SessionKind::Exec).unwrap();
+    assert!(exec_s.from_proc && exec_s.incomplete);
+    assert_eq!(exec_s.root_argv[0], b"sh");
+    let node = s.iter().find(|i| i.kind == SessionKind::Node).unwrap();
+    assert_eq!(node.node_user, Some(1000));
+    assert_eq!(node.root_argv[0], b"nsenter");
+    // kernel events carry exact start times; they join at tick granularity
+    let mut out = t.handle(&exit(2_000, 1121, C, 0));
+    out.extend(t.handle(&exit(2_001, 1120, C, 0)));
+    let e = ended(&out);
+    assert_eq!(e.len(), 1);
+    assert_eq!(procs_of(&out, exec_s.id).len(), 2);
+    // a child forked now by the node session's shell joins that session
+    let mut out = t.handle(&fork(2_100, 603, 602, HOST));
+    out.extend(t.handle(&exit(2_101, 603, HOST, 0)));
+    assert_eq!(procs_of(&out, node.id).len(), 1);
+}

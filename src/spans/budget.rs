@@ -1,0 +1,158 @@
+//! Bounds on what one session can send, so that Tempo's limits (2048 bytes per attribute, 5 MB
+//! per trace) are enforced here, visibly, rather than silently by the backend.
+//!
+//! In: argv bytes, span keys. Out: capped argv text with a "cut" flag; fold decisions; span
+//! cap decisions. What is cut, folded or capped is counted and marked on the session's root.
+
+use std::collections::HashMap;
+
+use opentelemetry::trace::SpanId;
+use sha2::{Digest, Sha256};
+
+use crate::text::escape;
+
+/// argv as text, at most `max_bytes` in total (escaped UTF-8 bytes). When the first argument
+/// alone is too long it is cut at a character boundary; later arguments are kept whole or
+/// dropped. Returns whether anything was cut.
+pub fn cap_argv(argv: &[Vec<u8>], max_bytes: usize) -> (Vec<String>, bool) {
+    let mut out = Vec::with_capacity(argv.len());
+    let mut used = 0usize;
+    for a in argv {
+        let s = escape(a);
+        if used + s.len() <= max_bytes {
+            used += s.len();
+            out.push(s);
+            continue;
+        }
+        if out.is_empty() {
+            let mut end = max_bytes.min(s.len());
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            out.push(s[..end].to_owned());
+        }
+        return (out, true);
+    }
+    (out, false)
+}
+
+/// Short digest of what makes two spans "the same" for folding.
+pub fn fold_digest(parts: &[&[u8]]) -> [u8; 8] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u32).to_le_bytes());
+        h.update(p);
+    }
+    let d = h.finalize();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&d[..8]);
+    out
+}
+
+/// One group of identical spans past the fold threshold.
+#[derive(Clone, Debug)]
+pub struct Fold<T> {
+    pub id: SpanId,
+    pub count: u64,
+    pub first_start_ns: u64,
+    pub last_end_ns: u64,
+    /// What the fold span is built from (the first folded item).
+    pub template: T,
+}
+
+/// Per-session fold state: the first `after` identical spans under one parent pass; the rest
+/// join one fold span per (parent, digest).
+#[derive(Debug)]
+pub struct FoldTable<T> {
+    after: u32,
+    seen: HashMap<(SpanId, [u8; 8]), u32>,
+    folds: HashMap<(SpanId, [u8; 8]), Fold<T>>,
+    order: Vec<(SpanId, [u8; 8])>,
+}
+
+pub enum FoldDecision {
+    /// Export it as its own span.
+    Keep,
+    /// Folded into the span with this id (use it as the parent of its children).
+    Folded(SpanId),
+}
+
+impl<T> FoldTable<T> {
+    pub fn new(after: u32) -> Self {
+        FoldTable { after, seen: HashMap::new(), folds: HashMap::new(), order: Vec::new() }
+    }
+
+    pub fn offer(&mut self, parent: SpanId, digest: [u8; 8], start_ns: u64, end_ns: u64, template: impl FnOnce() -> T) -> FoldDecision {
+        let key = (parent, digest);
+        let n = self.seen.entry(key).or_insert(0);
+        if *n < self.after {
+            *n += 1;
+            return FoldDecision::Keep;
+        }
+        let fold = self.folds.entry(key).or_insert_with(|| {
+            self.order.push(key);
+            Fold {
+                id: super::ids::fold_span_id(parent, &digest),
+                count: 0,
+                first_start_ns: start_ns,
+                last_end_ns: end_ns,
+                template: template(),
+            }
+        });
+        fold.count += 1;
+        fold.first_start_ns = fold.first_start_ns.min(start_ns);
+        fold.last_end_ns = fold.last_end_ns.max(end_ns);
+        FoldDecision::Folded(fold.id)
+    }
+
+    /// Items folded so far (not counting the kept ones).
+    pub fn folded(&self) -> u64 {
+        self.folds.values().map(|f| f.count).sum()
+    }
+
+    /// The folds, in the order they began, with their parent span.
+    pub fn drain(&mut self) -> Vec<(SpanId, Fold<T>)> {
+        let order = std::mem::take(&mut self.order);
+        order.into_iter().filter_map(|k| self.folds.remove(&k).map(|f| (k.0, f))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_is_cut_at_argument_boundaries_and_marked() {
+        let argv: Vec<Vec<u8>> = vec![b"curl".to_vec(), b"-s".to_vec(), vec![b'x'; 100]];
+        assert_eq!(cap_argv(&argv, 1024), (vec!["curl".into(), "-s".into(), "x".repeat(100)], false));
+        assert_eq!(cap_argv(&argv, 10), (vec!["curl".into(), "-s".into()], true));
+        let (first, cut) = cap_argv(&[vec![b'y'; 50]], 8);
+        assert_eq!((first, cut), (vec!["y".repeat(8)], true));
+    }
+
+    #[test]
+    fn a_multibyte_first_argument_is_cut_on_a_character_boundary() {
+        let (out, cut) = cap_argv(&["ééé".as_bytes().to_vec()], 3);
+        assert!(cut);
+        assert_eq!(out, vec!["é".to_string()]);
+    }
+
+    #[test]
+    fn repeats_past_the_threshold_fold_into_one_span() {
+        let mut t: FoldTable<u32> = FoldTable::new(2);
+        let p = SpanId::from_bytes([1; 8]);
+        let d = fold_digest(&[b"true"]);
+        assert!(matches!(t.offer(p, d, 10, 11, || 0), FoldDecision::Keep));
+        assert!(matches!(t.offer(p, d, 20, 21, || 0), FoldDecision::Keep));
+        let FoldDecision::Folded(a) = t.offer(p, d, 30, 31, || 3) else { panic!("not folded") };
+        let FoldDecision::Folded(b) = t.offer(p, d, 40, 41, || 4) else { panic!("not folded") };
+        assert_eq!(a, b);
+        // Another parent starts its own count.
+        assert!(matches!(t.offer(SpanId::from_bytes([2; 8]), d, 50, 51, || 0), FoldDecision::Keep));
+        assert_eq!(t.folded(), 2);
+        let folds = t.drain();
+        assert_eq!(folds.len(), 1);
+        let f = &folds[0].1;
+        assert_eq!((f.count, f.first_start_ns, f.last_end_ns, f.template), (2, 30, 41, 3));
+    }
+}

@@ -1,0 +1,356 @@
+//! Pure functions, one per span kind: the request (root), a process image, a connect. They
+//! know nothing of channels or time-outs; `session.rs` decides when to call them.
+//!
+//! In: `SessionInfo`, `ProcessRecord`, `ConnectRecord`, an optional [`SessionIdentity`].
+//! Out: `SpanData` with ids from [`super::ids`] and times from the events (via `BootClock`),
+//! never from the clock at export. Nothing is dropped here; budgets live in `budget.rs`.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+use opentelemetry::{InstrumentationScope, KeyValue, StringValue, Value};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use opentelemetry_semantic_conventions::attribute as sc;
+
+use super::config::SpansConfig;
+use super::identity::SessionIdentity;
+use super::{ids, keys};
+use crate::capture::event::ExitStatus;
+use crate::clock::BootClock;
+use crate::process::model::{ConnectOutcome, ConnectRecord, ContainerInfo, ProcessRecord, SessionInfo};
+use crate::text::{basename, escape};
+
+/// What every builder needs: where ids come from, how to read kernel time, the budgets.
+#[derive(Clone, Debug)]
+pub struct BuildCtx {
+    pub boot_id: [u8; 16],
+    pub clock: BootClock,
+    pub cfg: SpansConfig,
+}
+
+/// Per-session values shared by all its spans.
+#[derive(Clone, Debug)]
+pub struct SessionFrame {
+    pub trace_id: TraceId,
+    pub root_id: SpanId,
+    /// Identity and pod attributes repeated on every span of the session.
+    pub common: Vec<KeyValue>,
+}
+
+/// The marks the root carries about what the session lost, cut or folded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RootMarks {
+    pub incomplete: bool,
+    pub processes: u64,
+    pub folded: u64,
+    pub spans_capped: u64,
+    pub argv_truncated: u64,
+    pub udp_unsent: u64,
+}
+
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder("podtrail").with_version(env!("CARGO_PKG_VERSION")).build()
+}
+
+pub fn session_frame(ctx: &BuildCtx, info: &SessionInfo, who: Option<&SessionIdentity>) -> SessionFrame {
+    SessionFrame {
+        trace_id: ids::session_trace_id(&ctx.boot_id, info.id, who.and_then(|w| w.trace_id)),
+        root_id: ids::root_span_id(&ctx.boot_id, info.id),
+        common: common_attributes(&ctx.cfg.cluster_name, info, who),
+    }
+}
+
+fn strs(v: &[String]) -> Value {
+    Value::Array(v.iter().map(|s| StringValue::from(s.clone())).collect::<Vec<_>>().into())
+}
+
+fn push_opt(out: &mut Vec<KeyValue>, key: &'static str, v: &Option<String>) {
+    if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+        out.push(KeyValue::new(key, v.to_owned()));
+    }
+}
+
+fn pod_attributes(out: &mut Vec<KeyValue>, c: &ContainerInfo) {
+    push_opt(out, sc::K8S_NAMESPACE_NAME, &c.pod_namespace);
+    push_opt(out, sc::K8S_POD_NAME, &c.pod_name);
+    push_opt(out, sc::K8S_POD_UID, &c.pod_uid);
+    push_opt(out, sc::K8S_CONTAINER_NAME, &c.container_name);
+    push_opt(out, sc::K8S_NODE_NAME, &c.node_name);
+    if !c.id.is_empty() {
+        out.push(KeyValue::new(sc::CONTAINER_ID, c.id.clone()));
+    }
+    let workload_key = match c.workload_kind.as_deref() {
+        Some("Deployment") => Some(sc::K8S_DEPLOYMENT_NAME),
+        Some("StatefulSet") => Some(sc::K8S_STATEFULSET_NAME),
+        Some("DaemonSet") => Some(sc::K8S_DAEMONSET_NAME),
+        Some("ReplicaSet") => Some(sc::K8S_REPLICASET_NAME),
+        Some("Job") => Some(sc::K8S_JOB_NAME),
+        Some("CronJob") => Some(sc::K8S_CRONJOB_NAME),
+        _ => None,
+    };
+    if let Some(k) = workload_key {
+        push_opt(out, k, &c.workload_name);
+    }
+}
+
+/// The session's identity and pod: on every span, because Jaeger and TraceQL match one span
+/// at a time.
+pub fn common_attributes(cluster: &str, info: &SessionInfo, who: Option<&SessionIdentity>) -> Vec<KeyValue> {
+    let mut out = Vec::with_capacity(16);
+    pod_attributes(&mut out, &info.container);
+    if !cluster.is_empty() {
+        out.push(KeyValue::new(sc::K8S_CLUSTER_NAME, cluster.to_owned()));
+    }
+    out.push(KeyValue::new(keys::SESSION_KIND, session_kind(info, who)));
+    match who {
+        Some(w) => {
+            push_opt(&mut out, sc::USER_NAME, &w.user_name);
+            push_opt(&mut out, sc::USER_ID, &w.user_uid);
+            push_opt(&mut out, sc::CLIENT_ADDRESS, &w.client_address);
+            push_opt(&mut out, keys::K8S_AUDIT_ID, &w.audit_id);
+            push_opt(&mut out, keys::K8S_IMPERSONATED_NAME, &w.impersonated_name);
+            out.push(KeyValue::new(keys::ATTRIBUTION_SOURCE, w.source));
+            out.push(KeyValue::new(keys::ATTRIBUTION_CONFIDENCE, w.confidence));
+        }
+        None => {
+            out.push(KeyValue::new(keys::ATTRIBUTION_SOURCE, "none"));
+            out.push(KeyValue::new(keys::ATTRIBUTION_CONFIDENCE, "none"));
+        }
+    }
+    if let Some(u) = info.node_user {
+        out.push(KeyValue::new(keys::NODE_USER, u as i64));
+    }
+    out
+}
+
+/// exec, debug, node from the kernel's view; attach and port_forward from the request.
+pub fn session_kind(info: &SessionInfo, who: Option<&SessionIdentity>) -> &'static str {
+    match who.map(|w| w.request_kind) {
+        Some(k @ ("attach" | "port_forward")) => k,
+        _ => info.kind.as_str(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn span(
+    frame: &SessionFrame,
+    id: SpanId,
+    parent: SpanId,
+    kind: SpanKind,
+    name: String,
+    start: SystemTime,
+    end: SystemTime,
+    attributes: Vec<KeyValue>,
+    status: Status,
+) -> SpanData {
+    SpanData {
+        span_context: SpanContext::new(frame.trace_id, id, TraceFlags::SAMPLED, false, TraceState::NONE),
+        parent_span_id: parent,
+        parent_span_is_remote: false,
+        span_kind: kind,
+        name: Cow::Owned(name),
+        start_time: start,
+        end_time: end.max(start),
+        attributes,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status,
+        instrumentation_scope: scope(),
+    }
+}
+
+/// The request: `kubectl exec` (attach, debug, port-forward), or `exec` when no request
+/// matched. From the request (or the root's exec) to the session's end (no earlier than the
+/// request's completion).
+pub fn root_span(ctx: &BuildCtx, frame: &SessionFrame, info: &SessionInfo, who: Option<&SessionIdentity>, marks: &RootMarks, end_ns: u64) -> SpanData {
+    let mut start = ctx.clock.to_system_time(info.start_ns);
+    let mut end = ctx.clock.to_system_time(end_ns);
+    let mut attrs = frame.common.clone();
+    let name = match who {
+        Some(w) => {
+            if let Some(s) = w.request_started {
+                start = start.min(s);
+            }
+            if let Some(c) = w.request_completed {
+                end = end.max(c);
+            }
+            if !w.user_groups.is_empty() {
+                attrs.push(KeyValue::new(sc::USER_ROLES, strs(&w.user_groups)));
+            }
+            if !w.impersonated_groups.is_empty() {
+                attrs.push(KeyValue::new(keys::K8S_IMPERSONATED_ROLES, strs(&w.impersonated_groups)));
+            }
+            push_opt(&mut attrs, sc::USER_AGENT_ORIGINAL, &w.user_agent);
+            if !w.requested_command.is_empty() {
+                attrs.push(KeyValue::new(keys::K8S_COMMAND, strs(&w.requested_command)));
+            }
+            push_opt(&mut attrs, keys::K8S_CONTAINER, &w.container);
+            attrs.push(KeyValue::new(keys::K8S_TTY, w.tty));
+            attrs.push(KeyValue::new(keys::K8S_STDIN, w.stdin));
+            attrs.push(KeyValue::new(keys::ATTRIBUTION_CANDIDATES, w.candidates as i64));
+            if let Some(code) = w.response_code {
+                attrs.push(KeyValue::new(keys::K8S_RESPONSE_CODE, code as i64));
+            }
+            w.root_name()
+        }
+        None => "exec",
+    };
+    if let Some(src) = Some(info.container.source).filter(|s| !s.is_empty()) {
+        attrs.push(KeyValue::new(keys::SESSION_CONTAINER_SOURCE, src));
+    }
+    let incomplete = marks.incomplete || info.incomplete || info.events_lost > 0;
+    attrs.push(KeyValue::new(keys::SESSION_INCOMPLETE, incomplete));
+    attrs.push(KeyValue::new(keys::SESSION_PROCESSES, marks.processes as i64));
+    for (k, v) in [
+        (keys::SESSION_EVENTS_LOST, info.events_lost),
+        (keys::SESSION_FOLDED, marks.folded),
+        (keys::SESSION_SPANS_CAPPED, marks.spans_capped),
+        (keys::SESSION_ARGV_TRUNCATED, marks.argv_truncated),
+        (keys::SESSION_UDP_UNSENT, marks.udp_unsent),
+    ] {
+        if v > 0 {
+            attrs.push(KeyValue::new(k, v as i64));
+        }
+    }
+    span(frame, frame.root_id, SpanId::INVALID, SpanKind::Server, name.to_owned(), start, end, attrs, Status::Unset)
+}
+
+/// A request that started no process (attach to a container's main process, port-forward).
+pub fn request_only_span(ctx: &BuildCtx, who: &SessionIdentity, container: &ContainerInfo, fallback_time: SystemTime) -> SpanData {
+    let audit = who.audit_id.clone().unwrap_or_default();
+    let trace_id = match who.trace_id {
+        Some(t) if t != [0; 16] => TraceId::from_bytes(t),
+        _ => ids::request_trace_id(&audit),
+    };
+    let start = who.request_started.unwrap_or(fallback_time);
+    let end = who.request_completed.unwrap_or(start);
+    let info = SessionInfo {
+        id: crate::process::model::SessionId(crate::capture::event::ProcessKey { pid: 0, start_ns: 0 }),
+        kind: crate::process::model::SessionKind::Exec,
+        container: container.clone(),
+        start_ns: ctx.clock.to_boot_ns(start),
+        end_ns: Some(ctx.clock.to_boot_ns(end)),
+        root_argv: vec![],
+        root_tty: false,
+        env_audit_id: None,
+        node_user: None,
+        parent_session: None,
+        events_lost: 0,
+        incomplete: false,
+        from_proc: false,
+    };
+    let frame = SessionFrame { trace_id, root_id: ids::request_span_id(&audit), common: common_attributes(&ctx.cfg.cluster_name, &info, Some(who)) };
+    root_span(ctx, &frame, &info, Some(who), &RootMarks::default(), ctx.clock.to_boot_ns(end))
+}
+
+/// The image's end: its own end, else the next exec, else the process's exit, else `fallback`
+/// (the session's end or the agent's stop).
+pub fn image_end_ns(proc: &ProcessRecord, idx: usize, fallback: u64) -> u64 {
+    let img = &proc.images[idx];
+    img.end_ns
+        .or_else(|| proc.images.get(idx + 1).map(|n| n.start_ns))
+        .or(proc.exit_ns)
+        .unwrap_or(fallback)
+        .max(img.start_ns)
+}
+
+/// A process image, named by basename(argv[0]). Returns the span and whether argv was cut.
+pub fn image_span(ctx: &BuildCtx, frame: &SessionFrame, proc: &ProcessRecord, idx: usize, id: SpanId, parent: SpanId, end_ns: u64) -> (SpanData, bool) {
+    let img = &proc.images[idx];
+    let mut attrs = frame.common.clone();
+    attrs.push(KeyValue::new(sc::PROCESS_PID, proc.key.pid as i64));
+    attrs.push(KeyValue::new(sc::PROCESS_VPID, proc.nspid as i64));
+    if let Some(p) = proc.parent {
+        attrs.push(KeyValue::new(sc::PROCESS_PARENT_PID, p.pid as i64));
+    }
+    attrs.push(KeyValue::new(sc::PROCESS_EXECUTABLE_PATH, escape(&img.exe_path)));
+    attrs.push(KeyValue::new(sc::PROCESS_EXECUTABLE_NAME, escape(basename(&img.exe_path))));
+    if let Some(a0) = img.argv.first() {
+        attrs.push(KeyValue::new(sc::PROCESS_COMMAND, escape(a0)));
+    }
+    let (args, cut) = super::budget::cap_argv(&img.argv, ctx.cfg.argv_max_bytes);
+    let cut = cut || img.argv_truncated;
+    attrs.push(KeyValue::new(sc::PROCESS_COMMAND_ARGS, strs(&args)));
+    attrs.push(KeyValue::new(sc::PROCESS_USER_ID, img.euid as i64));
+    attrs.push(KeyValue::new(sc::PROCESS_INTERACTIVE, img.tty));
+    if let Some(i) = &img.interp {
+        attrs.push(KeyValue::new(keys::PROCESS_INTERPRETER, escape(i)));
+    }
+    for (k, on) in [(keys::PROCESS_ARGV_TRUNCATED, cut), (keys::PROCESS_FILELESS, img.fileless), (keys::PROCESS_INHERITED, img.inherited)] {
+        if on {
+            attrs.push(KeyValue::new(k, true));
+        }
+    }
+    let mut status = Status::Unset;
+    // The exit belongs to the last image; earlier ones were replaced by exec.
+    if idx + 1 == proc.images.len() {
+        match proc.exit {
+            Some(ExitStatus::Code(c)) => {
+                attrs.push(KeyValue::new(sc::PROCESS_EXIT_CODE, c as i64));
+                if c != 0 {
+                    status = Status::error(format!("exit code {c}"));
+                }
+            }
+            Some(ExitStatus::Signal { signal, .. }) => {
+                attrs.push(KeyValue::new(sc::PROCESS_EXIT_CODE, 128 + signal as i64));
+                attrs.push(KeyValue::new(keys::PROCESS_EXIT_SIGNAL, signal as i64));
+                status = Status::error(format!("killed by signal {signal}"));
+            }
+            None => {}
+        }
+    }
+    let name = escape(&img.command_name());
+    let sd = span(frame, id, parent, SpanKind::Internal, name, ctx.clock.to_system_time(img.start_ns), ctx.clock.to_system_time(end_ns), attrs, status);
+    (sd, cut)
+}
+
+/// `connect 10.0.0.1:443` / `connect [fd00::1]:53`.
+pub fn connect_name(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("connect {a}:{port}"),
+        IpAddr::V6(a) => format!("connect [{a}]:{port}"),
+    }
+}
+
+fn errno_name(err: i32) -> String {
+    match -err {
+        1 => "EPERM".into(),
+        13 => "EACCES".into(),
+        97 => "EAFNOSUPPORT".into(),
+        99 => "EADDRNOTAVAIL".into(),
+        101 => "ENETUNREACH".into(),
+        104 => "ECONNRESET".into(),
+        110 => "ETIMEDOUT".into(),
+        111 => "ECONNREFUSED".into(),
+        113 => "EHOSTUNREACH".into(),
+        n => format!("errno {n}"),
+    }
+}
+
+/// One connect, a CLIENT span under its image, from `connect()` to its outcome.
+pub fn connect_span(ctx: &BuildCtx, frame: &SessionFrame, id: SpanId, image: SpanId, c: &ConnectRecord) -> SpanData {
+    let addr = super::scope::normalize(c.addr);
+    let mut attrs = frame.common.clone();
+    attrs.push(KeyValue::new(sc::NETWORK_TRANSPORT, c.transport.as_str()));
+    attrs.push(KeyValue::new(sc::NETWORK_TYPE, if addr.is_ipv4() { "ipv4" } else { "ipv6" }));
+    attrs.push(KeyValue::new(sc::SERVER_ADDRESS, addr.to_string()));
+    attrs.push(KeyValue::new(sc::SERVER_PORT, c.port as i64));
+    let (peer, peer_port) = c.final_addr.map(|(a, p)| (super::scope::normalize(a), p)).unwrap_or((addr, c.port));
+    attrs.push(KeyValue::new(sc::NETWORK_PEER_ADDRESS, peer.to_string()));
+    attrs.push(KeyValue::new(sc::NETWORK_PEER_PORT, peer_port as i64));
+    attrs.push(KeyValue::new(keys::NETWORK_OUTCOME, c.outcome.as_str()));
+    attrs.push(KeyValue::new(keys::NETWORK_DESTINATION_SCOPE, ctx.cfg.scope.classify(addr)));
+    let failed = !matches!(c.outcome, ConnectOutcome::Connected | ConnectOutcome::Pending);
+    let mut status = Status::Unset;
+    if failed {
+        let et = c.error.filter(|e| *e != 0).map(errno_name).unwrap_or_else(|| c.outcome.as_str().to_owned());
+        status = Status::error(et.clone());
+        attrs.push(KeyValue::new(sc::ERROR_TYPE, et));
+    }
+    // A connect whose outcome never came (pending) is shown as an instant.
+    let end = c.end_ns.unwrap_or(c.ts_ns);
+    span(frame, id, image, SpanKind::Client, connect_name(addr, c.port), ctx.clock.to_system_time(c.ts_ns), ctx.clock.to_system_time(end), attrs, status)
+}

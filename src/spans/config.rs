@@ -1,0 +1,82 @@
+//! Configuration of the span stage (`[spans]` in the config file). Defaults work on a laptop.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use super::scope::ScopeConfig;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpansConfig {
+    /// `k8s.cluster.name` on the resource and on every span; empty to leave it out (it can also
+    /// come from `OTEL_RESOURCE_ATTRIBUTES`).
+    pub cluster_name: String,
+    /// Total bytes of `process.command_args` per image; longer argv is cut at an argument
+    /// boundary (or inside the first one) and marked. Kept below Tempo's 2048-byte attribute cap.
+    pub argv_max_bytes: usize,
+    /// Identical commands (same argv under the same parent span) exported one by one before
+    /// the rest fold into one span carrying `podtrail.folded.count`.
+    pub fold_after: u32,
+    /// Spans per session (root excluded); the rest are counted on the root and not exported.
+    pub max_spans_per_session: u32,
+    /// The cluster's address ranges for `podtrail.network.destination.scope`.
+    pub scope: ScopeConfig,
+    /// How long spans wait for attribution.
+    pub hold: HoldConfig,
+}
+
+impl Default for SpansConfig {
+    fn default() -> Self {
+        SpansConfig {
+            cluster_name: String::new(),
+            argv_max_bytes: 1024,
+            fold_after: 20,
+            max_spans_per_session: 10_000,
+            scope: ScopeConfig::default(),
+            hold: HoldConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HoldConfig {
+    /// Longest a session's spans wait for its attribution, in milliseconds (0: no wait). Audit
+    /// webhooks batch for up to 30 s by default; 0 until an attributor is wired in.
+    pub deadline_ms: u64,
+    /// How often held sessions ask the attributor again, in milliseconds.
+    pub poll_ms: u64,
+    /// Sessions held at once; when full, the oldest is released unattributed (and counted).
+    pub max_sessions: usize,
+}
+
+impl Default for HoldConfig {
+    fn default() -> Self {
+        HoldConfig { deadline_ms: 0, poll_ms: 250, max_sessions: 4096 }
+    }
+}
+
+impl HoldConfig {
+    pub fn deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms)
+    }
+    pub fn poll(&self) -> Duration {
+        Duration::from_millis(self.poll_ms.max(10))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_refused_and_defaults_fill_the_rest() {
+        let c: SpansConfig = toml::from_str("cluster_name = \"prod\"\n[scope]\npod_cidrs = [\"10.244.0.0/16\"]\n").unwrap();
+        assert_eq!(c.cluster_name, "prod");
+        assert_eq!(c.argv_max_bytes, 1024);
+        assert_eq!(c.scope.classify("10.244.1.1".parse().unwrap()), "pod");
+        assert!(toml::from_str::<SpansConfig>("argv_max = 3").is_err());
+        assert!(toml::from_str::<SpansConfig>("[scope]\npod_cidrs = [\"10.0.0.0\"]").is_err());
+    }
+}

@@ -1,0 +1,173 @@
+//! podtrail's own attribute keys (everything under `podtrail.`), and the list of semantic
+//! convention keys the span builder emits. One table: `docs/attributes.md` documents both, and
+//! a test (`keys_match_the_documented_table`) fails when either side has a key the other lacks.
+//!
+//! In: nothing. Out: `&'static str` constants. Semantic-convention keys come from
+//! `opentelemetry_semantic_conventions`; they are listed here only so the test can see them.
+
+use opentelemetry_semantic_conventions::attribute as sc;
+
+// Attribution: who opened the session and how sure the join is.
+pub const ATTRIBUTION_SOURCE: &str = "podtrail.attribution.source";
+pub const ATTRIBUTION_CONFIDENCE: &str = "podtrail.attribution.confidence";
+pub const ATTRIBUTION_CANDIDATES: &str = "podtrail.attribution.candidates";
+pub const K8S_AUDIT_ID: &str = "podtrail.k8s.audit_id";
+pub const K8S_IMPERSONATED_NAME: &str = "podtrail.k8s.impersonated.name";
+pub const K8S_IMPERSONATED_ROLES: &str = "podtrail.k8s.impersonated.roles";
+pub const K8S_COMMAND: &str = "podtrail.k8s.command";
+pub const K8S_CONTAINER: &str = "podtrail.k8s.container";
+pub const K8S_TTY: &str = "podtrail.k8s.tty";
+pub const K8S_STDIN: &str = "podtrail.k8s.stdin";
+pub const K8S_RESPONSE_CODE: &str = "podtrail.k8s.response_code";
+
+// The session, marked on the root (kind also on every span).
+pub const SESSION_KIND: &str = "podtrail.session.kind";
+pub const SESSION_INCOMPLETE: &str = "podtrail.session.incomplete";
+pub const SESSION_SPANS_LOST: &str = "podtrail.session.spans_lost";
+pub const SESSION_EVENTS_LOST: &str = "podtrail.session.events_lost";
+pub const SESSION_FOLDED: &str = "podtrail.session.folded";
+pub const SESSION_SPANS_CAPPED: &str = "podtrail.session.spans_capped";
+pub const SESSION_ARGV_TRUNCATED: &str = "podtrail.session.argv_truncated";
+pub const SESSION_UDP_UNSENT: &str = "podtrail.session.udp_unsent";
+pub const SESSION_PROCESSES: &str = "podtrail.session.processes";
+pub const SESSION_CONTAINER_SOURCE: &str = "podtrail.session.container_source";
+pub const NODE_USER: &str = "podtrail.node.user";
+
+// Process images.
+pub const PROCESS_ARGV_TRUNCATED: &str = "podtrail.process.argv_truncated";
+pub const PROCESS_FILELESS: &str = "podtrail.process.fileless";
+pub const PROCESS_INHERITED: &str = "podtrail.process.inherited";
+pub const PROCESS_EXIT_SIGNAL: &str = "podtrail.process.exit.signal";
+pub const PROCESS_INTERPRETER: &str = "podtrail.process.interpreter";
+pub const FOLDED_COUNT: &str = "podtrail.folded.count";
+
+// Connects.
+pub const NETWORK_OUTCOME: &str = "podtrail.network.outcome";
+pub const NETWORK_DESTINATION_SCOPE: &str = "podtrail.network.destination.scope";
+
+// The agent's own run (coverage gaps).
+pub const AGENT_EVENT: &str = "podtrail.agent.event";
+pub const AGENT_SESSIONS_EXPORTED: &str = "podtrail.agent.sessions_exported";
+pub const AGENT_SESSIONS_INCOMPLETE: &str = "podtrail.agent.sessions_incomplete";
+
+// Written by other stages (alerts), documented in the same table.
+pub const ALERTS_COUNT: &str = "podtrail.alerts.count";
+pub const ALERTS_MAX_SEVERITY: &str = "podtrail.alerts.max_severity";
+
+/// Every `podtrail.` key above.
+pub const PODTRAIL_KEYS: &[&str] = &[
+    ATTRIBUTION_SOURCE,
+    ATTRIBUTION_CONFIDENCE,
+    ATTRIBUTION_CANDIDATES,
+    K8S_AUDIT_ID,
+    K8S_IMPERSONATED_NAME,
+    K8S_IMPERSONATED_ROLES,
+    K8S_COMMAND,
+    K8S_CONTAINER,
+    K8S_TTY,
+    K8S_STDIN,
+    K8S_RESPONSE_CODE,
+    SESSION_KIND,
+    SESSION_INCOMPLETE,
+    SESSION_SPANS_LOST,
+    SESSION_EVENTS_LOST,
+    SESSION_FOLDED,
+    SESSION_SPANS_CAPPED,
+    SESSION_ARGV_TRUNCATED,
+    SESSION_UDP_UNSENT,
+    SESSION_PROCESSES,
+    SESSION_CONTAINER_SOURCE,
+    NODE_USER,
+    PROCESS_ARGV_TRUNCATED,
+    PROCESS_FILELESS,
+    PROCESS_INHERITED,
+    PROCESS_EXIT_SIGNAL,
+    PROCESS_INTERPRETER,
+    FOLDED_COUNT,
+    NETWORK_OUTCOME,
+    NETWORK_DESTINATION_SCOPE,
+    AGENT_EVENT,
+    AGENT_SESSIONS_EXPORTED,
+    AGENT_SESSIONS_INCOMPLETE,
+    ALERTS_COUNT,
+    ALERTS_MAX_SEVERITY,
+];
+
+/// Every semantic-convention key podtrail emits, on spans or on the resource.
+pub const SEMCONV_KEYS: &[&str] = &[
+    sc::SERVICE_NAME,
+    sc::SERVICE_VERSION,
+    sc::SERVICE_INSTANCE_ID,
+    sc::HOST_NAME,
+    sc::K8S_CLUSTER_NAME,
+    sc::K8S_NODE_NAME,
+    sc::K8S_NAMESPACE_NAME,
+    sc::K8S_POD_NAME,
+    sc::K8S_POD_UID,
+    sc::K8S_CONTAINER_NAME,
+    sc::CONTAINER_ID,
+    sc::K8S_DEPLOYMENT_NAME,
+    sc::K8S_STATEFULSET_NAME,
+    sc::K8S_DAEMONSET_NAME,
+    sc::K8S_REPLICASET_NAME,
+    sc::K8S_JOB_NAME,
+    sc::K8S_CRONJOB_NAME,
+    sc::USER_NAME,
+    sc::USER_ID,
+    sc::USER_ROLES,
+    sc::CLIENT_ADDRESS,
+    sc::USER_AGENT_ORIGINAL,
+    sc::PROCESS_PID,
+    sc::PROCESS_PARENT_PID,
+    sc::PROCESS_VPID,
+    sc::PROCESS_EXECUTABLE_NAME,
+    sc::PROCESS_EXECUTABLE_PATH,
+    sc::PROCESS_COMMAND,
+    sc::PROCESS_COMMAND_ARGS,
+    sc::PROCESS_USER_ID,
+    sc::PROCESS_EXIT_CODE,
+    sc::PROCESS_INTERACTIVE,
+    sc::SERVER_ADDRESS,
+    sc::SERVER_PORT,
+    sc::NETWORK_PEER_ADDRESS,
+    sc::NETWORK_PEER_PORT,
+    sc::NETWORK_TRANSPORT,
+    sc::NETWORK_TYPE,
+    sc::ERROR_TYPE,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// First-column keys of the table in docs/attributes.md.
+    fn documented() -> BTreeSet<String> {
+        let doc = include_str!("../../docs/attributes.md");
+        doc.lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn keys_match_the_documented_table() {
+        let doc = documented();
+        let code: BTreeSet<String> =
+            PODTRAIL_KEYS.iter().chain(SEMCONV_KEYS).map(|k| k.to_string()).collect();
+        let undocumented: Vec<_> = code.difference(&doc).collect();
+        let unknown: Vec<_> = doc.difference(&code).collect();
+        assert!(undocumented.is_empty(), "keys emitted but not in docs/attributes.md: {undocumented:?}");
+        assert!(unknown.is_empty(), "keys in docs/attributes.md that podtrail does not emit: {unknown:?}");
+    }
+
+    #[test]
+    fn own_keys_are_namespaced_and_unique() {
+        let mut seen = BTreeSet::new();
+        for k in PODTRAIL_KEYS {
+            assert!(k.starts_with("podtrail."), "{k}");
+            assert!(seen.insert(*k), "duplicate key {k}");
+        }
+    }
+}

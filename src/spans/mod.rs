@@ -1,0 +1,27 @@
+//! Spans stage: exec sessions -> OpenTelemetry `SpanData`, one trace per session.
+//!
+//! In: `SessionUpdate`s from the process stage, identities from an [`Attributor`].
+//! Out: `SpanData` (root last per session) for `crate::export`.
+//! Dropped, each counted and marked on the session's root: spans over the per-session cap,
+//! repeats folded into one span, argv bytes over the cap, UDP connects that sent nothing.
+//!
+//! Layout: [`keys`] (podtrail's attribute keys, documented in docs/attributes.md), [`ids`]
+//! (ids derived from the kernel's view), [`build`] (one pure function per span kind),
+//! [`budget`] (argv cap, folding), [`session`] (one session's assembly), [`hold`] (waiting
+//! for attribution), [`scope`] (destination scope of a connect), [`config`].
+
+pub mod budget;
+pub mod build;
+pub mod config;
+pub mod hold;
+pub mod identity;
+pub mod ids;
+pub mod keys;
+pub mod scope;
+pub mod session;
+
+pub use build::BuildCtx;
+pub use config::{HoldConfig, SpansConfig};
+pub use hold::{Output, Release, SpanStage};
+pub use identity::{Attributor, NoAttributor, SessionIdentity};
+pub use session::{BuiltSpan, SessionSpans};

@@ -1,0 +1,233 @@
+//! One session's spans, assembled as its processes end: decides each span's parent (the
+//! parent process's image current at fork time), applies the budget (fold, cap), and builds
+//! the root last, carrying the session's marks.
+//!
+//! In: `ProcessRecord`s (final) of one session, then its end. Out: `SpanData`, root last.
+//! Dropped (counted on the root): spans over the session's cap, repeats folded into one span,
+//! UDP connects that never sent (resolver address sorting).
+//! A child can end before its parent; its parent's image is only known from the parent's
+//! record, so such a child waits here until the parent ends (or the session does).
+
+use std::collections::HashMap;
+
+use opentelemetry::trace::SpanId;
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::trace::SpanData;
+
+use super::budget::{fold_digest, FoldDecision, FoldTable};
+use super::build::{self, BuildCtx, RootMarks, SessionFrame};
+use super::identity::SessionIdentity;
+use super::{ids, keys};
+use crate::capture::event::{ProcessKey, Transport};
+use crate::process::model::{ProcessRecord, SessionInfo};
+
+/// Where an ended process's images are, for its children and later images.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    start_ns: u64,
+    end_ns: u64,
+    span: SpanId,
+}
+
+/// A built span and whether it is the session's root.
+#[derive(Clone, Debug)]
+pub struct BuiltSpan {
+    pub span: SpanData,
+    pub root: bool,
+}
+
+pub struct SessionSpans {
+    info: SessionInfo,
+    who: Option<SessionIdentity>,
+    frame: SessionFrame,
+    slots: HashMap<ProcessKey, Vec<Slot>>,
+    waiting: HashMap<ProcessKey, Vec<ProcessRecord>>,
+    folds: FoldTable<SpanData>,
+    marks: RootMarks,
+    spans: u64,
+}
+
+impl SessionSpans {
+    pub fn new(ctx: &BuildCtx, info: SessionInfo, who: Option<SessionIdentity>) -> Self {
+        let frame = build::session_frame(ctx, &info, who.as_ref());
+        SessionSpans {
+            info,
+            who,
+            frame,
+            slots: HashMap::new(),
+            waiting: HashMap::new(),
+            folds: FoldTable::new(ctx.cfg.fold_after),
+            marks: RootMarks::default(),
+            spans: 0,
+        }
+    }
+
+    pub fn info(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    pub fn trace_id(&self) -> opentelemetry::trace::TraceId {
+        self.frame.trace_id
+    }
+
+    /// A process of the session ended: its spans, and those of children that waited for it.
+    pub fn process_ended(&mut self, ctx: &BuildCtx, info: SessionInfo, rec: ProcessRecord) -> Vec<SpanData> {
+        self.info = info;
+        let mut out = Vec::new();
+        self.place(ctx, rec, &mut out);
+        out
+    }
+
+    /// The session ended (or the agent is stopping): the processes still open, then whatever
+    /// still waits for a parent that was never seen (hung under the root), then folds, then
+    /// the root.
+    pub fn finish(mut self, ctx: &BuildCtx, info: SessionInfo, remaining: Vec<ProcessRecord>) -> Vec<BuiltSpan> {
+        self.info = info;
+        let mut out = Vec::new();
+        for rec in remaining {
+            self.place(ctx, rec, &mut out);
+        }
+        while let Some(parent) = self.waiting.keys().next().copied() {
+            for rec in self.waiting.remove(&parent).unwrap_or_default() {
+                let root = self.frame.root_id;
+                self.emit(ctx, rec, root, &mut out);
+            }
+        }
+        // Fold spans are not subject to the cap: they are the budget's own summary, and there
+        // is at most one per `fold_after + 1` spans.
+        self.marks.folded = self.folds.folded();
+        for (_parent, fold) in self.folds.drain() {
+            let mut s = fold.template;
+            s.span_context = opentelemetry::trace::SpanContext::new(
+                s.span_context.trace_id(),
+                fold.id,
+                s.span_context.trace_flags(),
+                false,
+                s.span_context.trace_state().clone(),
+            );
+            s.start_time = ctx.clock.to_system_time(fold.first_start_ns);
+            s.end_time = ctx.clock.to_system_time(fold.last_end_ns).max(s.start_time);
+            s.attributes.push(KeyValue::new(keys::FOLDED_COUNT, fold.count as i64));
+            out.push(s);
+        }
+        let end_ns = self.info.end_ns.unwrap_or(self.info.start_ns);
+        let root = build::root_span(ctx, &self.frame, &self.info, self.who.as_ref(), &self.marks, end_ns);
+        let mut built: Vec<BuiltSpan> = out.into_iter().map(|span| BuiltSpan { span, root: false }).collect();
+        built.push(BuiltSpan { span: root, root: true });
+        built
+    }
+
+    fn fallback_end(&self) -> u64 {
+        self.info.end_ns.unwrap_or(self.info.start_ns)
+    }
+
+    /// Emits `rec` if its parent span is known, else parks it; then releases its waiters.
+    fn place(&mut self, ctx: &BuildCtx, rec: ProcessRecord, out: &mut Vec<SpanData>) {
+        let parent_span = if rec.key == self.info.id.0 {
+            Some(self.frame.root_id)
+        } else {
+            match rec.parent {
+                None => Some(self.frame.root_id),
+                Some(q) => self.slots.get(&q).map(|slots| pick_slot(slots, rec.fork_ns)),
+            }
+        };
+        match parent_span {
+            Some(p) => {
+                let key = rec.key;
+                self.emit(ctx, rec, p, out);
+                let mut ready = vec![key];
+                while let Some(k) = ready.pop() {
+                    for child in self.waiting.remove(&k).unwrap_or_default() {
+                        let ck = child.key;
+                        let p = self.slots.get(&k).map(|s| pick_slot(s, child.fork_ns)).unwrap_or(self.frame.root_id);
+                        self.emit(ctx, child, p, out);
+                        ready.push(ck);
+                    }
+                }
+            }
+            None => {
+                let q = rec.parent.unwrap_or(rec.key);
+                self.waiting.entry(q).or_default().push(rec);
+            }
+        }
+    }
+
+    fn under_cap(&mut self, ctx: &BuildCtx) -> bool {
+        if self.spans >= ctx.cfg.max_spans_per_session as u64 {
+            self.marks.spans_capped += 1;
+            false
+        } else {
+            self.spans += 1;
+            true
+        }
+    }
+
+    fn emit(&mut self, ctx: &BuildCtx, rec: ProcessRecord, parent: SpanId, out: &mut Vec<SpanData>) {
+        self.marks.processes += 1;
+        let fallback = self.fallback_end();
+        let mut parent_for_image = parent;
+        let mut slots = Vec::with_capacity(rec.images.len());
+        for idx in 0..rec.images.len() {
+            let img = &rec.images[idx];
+            let end = build::image_end_ns(&rec, idx, fallback);
+            let own = ids::image_span_id(&ctx.boot_id, rec.key, img.exec_index);
+            let last = idx + 1 == rec.images.len();
+            let exit = if last { format!("{:?}", rec.exit) } else { String::new() };
+            let mut parts: Vec<&[u8]> = img.argv.iter().map(|a| a.as_slice()).collect();
+            parts.push(&img.exe_path);
+            parts.push(exit.as_bytes());
+            let digest = fold_digest(&parts);
+            let frame = &self.frame;
+            let decision = self.folds.offer(parent_for_image, digest, img.start_ns, end, || {
+                build::image_span(ctx, frame, &rec, idx, own, parent_for_image, end).0
+            });
+            let slot_span = match decision {
+                FoldDecision::Folded(f) => f,
+                FoldDecision::Keep => {
+                    if self.under_cap(ctx) {
+                        let (s, cut) = build::image_span(ctx, &self.frame, &rec, idx, own, parent_for_image, end);
+                        if cut {
+                            self.marks.argv_truncated += 1;
+                        }
+                        out.push(s);
+                    }
+                    own
+                }
+            };
+            for (ci, c) in img.connects.iter().enumerate() {
+                if c.transport == Transport::Udp && !c.udp_sent {
+                    self.marks.udp_unsent += 1;
+                    continue;
+                }
+                let cid = ids::connect_span_id(own, ci as u32);
+                let d = fold_digest(&[c.transport.as_str().as_bytes(), c.addr.to_string().as_bytes(), &c.port.to_le_bytes(), c.outcome.as_str().as_bytes()]);
+                let frame = &self.frame;
+                let end = c.end_ns.unwrap_or(c.ts_ns);
+                match self.folds.offer(slot_span, d, c.ts_ns, end, || build::connect_span(ctx, frame, cid, slot_span, c)) {
+                    FoldDecision::Folded(_) => {}
+                    FoldDecision::Keep => {
+                        if self.under_cap(ctx) {
+                            out.push(build::connect_span(ctx, &self.frame, cid, slot_span, c));
+                        }
+                    }
+                }
+            }
+            slots.push(Slot { start_ns: img.start_ns, end_ns: end, span: slot_span });
+            parent_for_image = slot_span;
+        }
+        if slots.is_empty() {
+            // A record without images (should not happen): its children hang on its parent.
+            slots.push(Slot { start_ns: 0, end_ns: u64::MAX, span: parent });
+        }
+        self.slots.insert(rec.key, slots);
+    }
+}
+
+/// The image current at `fork_ns`: [start, end) contains it, else the last one started
+/// before it, else the first.
+fn pick_slot(slots: &[Slot], fork_ns: u64) -> SpanId {
+    if let Some(s) = slots.iter().find(|s| s.start_ns <= fork_ns && fork_ns < s.end_ns) {
+        return s.span;
+    }
+    slots.iter().rev().find(|s| s.start_ns <= fork_ns).or(slots.first()).map(|s| s.span).unwrap_or(SpanId::INVALID)
+}

@@ -1,0 +1,230 @@
+//! Recorded sessions for the span tests, and a tree rendering that ignores ids and times.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use opentelemetry::Value;
+use opentelemetry_sdk::trace::SpanData;
+use podtrail::capture::event::{ExitStatus, ProcessKey, Transport};
+use podtrail::process::model::*;
+use podtrail::spans::SessionIdentity;
+
+pub const S: u64 = 1_000_000_000;
+
+pub fn key(pid: u32) -> ProcessKey {
+    ProcessKey { pid, start_ns: pid as u64 * 1000 }
+}
+
+pub fn container() -> ContainerInfo {
+    ContainerInfo {
+        id: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+        cgroup_id: 4242,
+        pod_namespace: Some("billing".into()),
+        pod_name: Some("api-7d9f8-x2x7q".into()),
+        pod_uid: Some("6f1c9a7e-0000-4000-8000-000000000001".into()),
+        container_name: Some("api".into()),
+        workload_kind: Some("Deployment".into()),
+        workload_name: Some("api".into()),
+        node_name: Some("node-1".into()),
+        source: "kube_api",
+    }
+}
+
+pub fn info(root: u32, kind: SessionKind, start: u64, end: Option<u64>) -> SessionInfo {
+    SessionInfo {
+        id: SessionId(key(root)),
+        kind,
+        container: container(),
+        start_ns: start,
+        end_ns: end,
+        root_argv: vec![b"sh".to_vec()],
+        root_tty: true,
+        env_audit_id: None,
+        node_user: None,
+        parent_session: None,
+        events_lost: 0,
+        incomplete: false,
+        from_proc: false,
+    }
+}
+
+pub fn image(idx: u32, start: u64, exe: &str, argv: &[&str]) -> ImageRecord {
+    ImageRecord {
+        exec_index: idx,
+        start_ns: start,
+        end_ns: None,
+        inherited: false,
+        argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        argv_truncated: false,
+        filename: exe.as_bytes().to_vec(),
+        interp: None,
+        exe_path: exe.as_bytes().to_vec(),
+        fileless: false,
+        tty: true,
+        uid: 0,
+        euid: 0,
+        connects: vec![],
+    }
+}
+
+pub fn connect(ts: u64, t: Transport, addr: &str, port: u16, outcome: ConnectOutcome, err: Option<i32>, udp_sent: bool) -> ConnectRecord {
+    ConnectRecord {
+        ts_ns: ts,
+        end_ns: Some(ts + 1_000_000),
+        transport: t,
+        addr: addr.parse::<IpAddr>().unwrap(),
+        port,
+        final_addr: None,
+        outcome,
+        error: err,
+        udp_sent,
+    }
+}
+
+pub fn process(pid: u32, parent: Option<u32>, fork: u64, exit: u64, code: i32, images: Vec<ImageRecord>) -> ProcessRecord {
+    ProcessRecord {
+        key: key(pid),
+        parent: parent.map(key),
+        nspid: pid - 90,
+        fork_ns: fork,
+        exit_ns: Some(exit),
+        exit: Some(ExitStatus::Code(code)),
+        from_proc: false,
+        images,
+    }
+}
+
+pub fn alice() -> SessionIdentity {
+    SessionIdentity {
+        source: "audit_webhook",
+        confidence: "unique",
+        candidates: 1,
+        audit_id: Some("4b5f3c7e-8d2a-4f19-9c3e-2a1b0d9e8f70".into()),
+        trace_id: Some([0x4b, 0x5f, 0x3c, 0x7e, 0x8d, 0x2a, 0x4f, 0x19, 0x9c, 0x3e, 0x2a, 0x1b, 0x0d, 0x9e, 0x8f, 0x70]),
+        user_name: Some("alice@example.com".into()),
+        user_uid: Some("u-1234".into()),
+        user_groups: vec!["system:authenticated".into(), "sre".into()],
+        client_address: Some("203.0.113.7".into()),
+        user_agent: Some("kubectl/v1.31.0 (linux/amd64) kubernetes/abc".into()),
+        request_kind: "exec",
+        requested_command: vec!["sh".into()],
+        container: Some("api".into()),
+        stdin: true,
+        tty: true,
+        response_code: Some(101),
+        ..Default::default()
+    }
+}
+
+/// An interactive shell: `wget` (busybox applet, re-exec of /proc/self/exe) connecting to a
+/// server in the pod, `tar`, a subshell that never exec'd and connects itself, a process that
+/// execs twice, and a name lookup (UDP connect without data, then a DNS query).
+/// Children end before their parents, as they do.
+pub fn shell_session() -> Vec<SessionUpdate> {
+    let i = info(100, SessionKind::Exec, 10 * S, None);
+    let mut wget = image(0, 12 * S, "/bin/busybox", &["wget", "-q", "-O-", "http://10.244.1.5:8080/"]);
+    wget.filename = b"/proc/self/exe".to_vec();
+    wget.connects = vec![
+        connect(12 * S + 100, Transport::Udp, "10.96.0.10", 53, ConnectOutcome::Connected, None, false),
+        connect(12 * S + 200, Transport::Udp, "10.96.0.10", 53, ConnectOutcome::Connected, None, true),
+        connect(12 * S + 300, Transport::Tcp, "10.244.1.5", 8080, ConnectOutcome::Connected, None, false),
+    ];
+    let tar = image(0, 14 * S, "/bin/busybox", &["tar", "czf", "/tmp/x.tgz", "/etc"]);
+    let mut sub = image(0, 16 * S, "/bin/busybox", &["sh"]);
+    sub.inherited = true;
+    sub.connects = vec![connect(16 * S + 10, Transport::Tcp, "::ffff:93.184.216.34", 443, ConnectOutcome::Refused, Some(-111), false)];
+    let env = image(0, 18 * S, "/usr/bin/env", &["env", "ls", "-l"]);
+    let ls = image(1, 18 * S + 500, "/bin/ls", &["ls", "-l"]);
+    let mut sh2 = image(1, 20 * S, "/bin/busybox", &["sh", "-c", "exit 3"]);
+    sh2.tty = false;
+    let sh = image(0, 10 * S, "/bin/busybox", &["sh"]);
+    // The root re-execs at 20 s (exec sh -c ...): children forked after that hang on image 1.
+    let mut late = image(0, 21 * S, "/bin/busybox", &["sleep", "1"]);
+    late.tty = false;
+    vec![
+        SessionUpdate::Started(i.clone()),
+        SessionUpdate::ProcessEnded(i.clone(), process(101, Some(100), 12 * S, 13 * S, 0, vec![wget])),
+        SessionUpdate::ProcessEnded(i.clone(), process(102, Some(100), 14 * S, 15 * S, 0, vec![tar])),
+        SessionUpdate::ProcessEnded(i.clone(), process(103, Some(100), 16 * S, 17 * S, 1, vec![sub])),
+        SessionUpdate::ProcessEnded(i.clone(), process(104, Some(100), 18 * S, 19 * S, 0, vec![env, ls])),
+        SessionUpdate::ProcessEnded(i.clone(), process(105, Some(100), 21 * S, 22 * S, 0, vec![late])),
+        SessionUpdate::Ended(info(100, SessionKind::Exec, 10 * S, Some(23 * S)), vec![process(100, None, 10 * S, 23 * S, 3, vec![sh, sh2])]),
+    ]
+}
+
+/// Someone on the node joins the container's namespaces (no request: unattributed).
+pub fn nsenter_session() -> Vec<SessionUpdate> {
+    let mut i = info(200, SessionKind::Node, 5 * S, None);
+    i.node_user = Some(1000);
+    let mut curl = image(0, 6 * S, "/usr/bin/curl", &["curl", "https://1.1.1.1/"]);
+    curl.tty = false;
+    curl.connects = vec![connect(6 * S + 1, Transport::Tcp, "1.1.1.1", 443, ConnectOutcome::TimedOut, Some(-110), false)];
+    let mut sh = image(0, 5 * S, "/usr/bin/nsenter", &["nsenter", "-t", "4242", "-a", "sh"]);
+    sh.tty = false;
+    let mut ended = i.clone();
+    ended.end_ns = Some(8 * S);
+    vec![
+        SessionUpdate::Started(i.clone()),
+        SessionUpdate::ProcessEnded(i.clone(), process(201, Some(200), 6 * S, 7 * S, 28, vec![curl])),
+        SessionUpdate::ProcessEnded(ended.clone(), process(200, None, 5 * S, 8 * S, 0, vec![sh])),
+        SessionUpdate::Ended(ended, vec![]),
+    ]
+}
+
+/// A loop: the same command 30 times under one shell, one very long argv.
+pub fn loop_session() -> Vec<SessionUpdate> {
+    let i = info(300, SessionKind::Exec, S, None);
+    let mut out = vec![SessionUpdate::Started(i.clone())];
+    for n in 0..30u32 {
+        let t = 2 * S + n as u64 * 10_000_000;
+        let mut img = image(0, t, "/bin/true", &["true"]);
+        img.tty = false;
+        out.push(SessionUpdate::ProcessEnded(i.clone(), process(400 + n, Some(300), t, t + 1_000_000, 0, vec![img])));
+    }
+    let long = "A".repeat(3000);
+    let echo = image(0, 3 * S, "/bin/echo", &["echo", "short", &long]);
+    out.push(SessionUpdate::ProcessEnded(i.clone(), process(500, Some(300), 3 * S, 3 * S + 5, 0, vec![echo])));
+    let date = image(0, 3 * S + 10, "/bin/date", &["date"]);
+    out.push(SessionUpdate::ProcessEnded(i.clone(), process(501, Some(300), 3 * S + 10, 3 * S + 20, 0, vec![date])));
+    let sh = image(0, S, "/bin/sh", &["sh", "-c", "for i in $(seq 30); do true; done; echo"]);
+    out.push(SessionUpdate::Ended(info(300, SessionKind::Exec, S, Some(4 * S)), vec![process(300, None, S, 4 * S, 0, vec![sh])]));
+    out
+}
+
+fn value(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{:?}", s.as_str()),
+        Value::Array(a) => format!("{a}"),
+        other => other.to_string(),
+    }
+}
+
+/// The span tree as text: names, kinds, status, attributes (sorted); ids and times left out.
+/// Siblings are ordered by start time then name.
+pub fn render(spans: &[SpanData]) -> String {
+    let mut children: BTreeMap<[u8; 8], Vec<&SpanData>> = BTreeMap::new();
+    for s in spans {
+        children.entry(s.parent_span_id.to_bytes()).or_default().push(s);
+    }
+    for v in children.values_mut() {
+        v.sort_by(|a, b| (a.start_time, &a.name).cmp(&(b.start_time, &b.name)));
+    }
+    let mut out = String::new();
+    fn walk(out: &mut String, children: &BTreeMap<[u8; 8], Vec<&SpanData>>, s: &SpanData, depth: usize) {
+        let pad = "  ".repeat(depth);
+        out.push_str(&format!("{pad}{} [{:?}] status={:?}\n", s.name, s.span_kind, s.status));
+        let mut attrs: Vec<(String, String)> = s.attributes.iter().map(|kv| (kv.key.to_string(), value(&kv.value))).collect();
+        attrs.sort();
+        for (k, v) in attrs {
+            out.push_str(&format!("{pad}  | {k} = {v}\n"));
+        }
+        for c in children.get(&s.span_context.span_id().to_bytes()).map(|v| v.as_slice()).unwrap_or(&[]) {
+            walk(out, children, c, depth + 1);
+        }
+    }
+    for root in children.get(&[0u8; 8]).cloned().unwrap_or_default() {
+        walk(&mut out, &children, root, 0);
+    }
+    out
+}

@@ -4,4 +4,5 @@
 //! classification. See each submodule for what it reads and what it can drop.
 
 pub mod cgroup;
+pub mod containerd;
 pub mod kube;

@@ -7,6 +7,7 @@
 pub mod containers;
 pub mod model;
 pub mod proc_scan;
+pub mod run;
 
 pub mod session;
 pub mod table;

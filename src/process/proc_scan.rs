@@ -61,9 +61,13 @@ fn ns_ino(link: &Path) -> u32 {
         .unwrap_or(0)
 }
 
-/// The inode of the host's pid namespace, as seen from here (`/proc/1/ns/pid`).
+/// The inode of the host's pid namespace: `/proc/1/ns/pid`, or our own when pid 1's is not
+/// readable (a sandbox that hides pid 1; podtrail runs in the host pid namespace anyway).
 pub fn host_pidns() -> u32 {
-    ns_ino(Path::new("/proc/1/ns/pid"))
+    match ns_ino(Path::new("/proc/1/ns/pid")) {
+        0 => ns_ino(Path::new("/proc/self/ns/pid")),
+        ino => ino,
+    }
 }
 
 /// Fields of /proc/<pid>/stat after the command name, which may itself contain spaces and

@@ -1,0 +1,239 @@
+//! The process stage as a pipeline task: events in, session updates out.
+//!
+//! In: `Event`s from capture (bounded channel). Out: `SessionUpdate`s to the span stage
+//! (bounded channel; waiting on it is fine here, the capture reader never waits on us, it
+//! counts its own drops). Around the pure [`SessionTracker`]: the /proc scan at start-up, and
+//! [`HostContainers`], the real container lookup: cgroup id -> path -> container id at once
+//! (kernfs, no blocking I/O worth the name), pod labels and init pid from containerd in a
+//! background task whose answers reach the tracker as they come. Closing the input is the
+//! shutdown signal: open sessions end marked incomplete, then the output closes.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use tokio::sync::mpsc;
+
+use crate::capture::event::Event;
+use crate::enrich::{
+    cgroup::CgroupIndex,
+    containerd::{self, ContainerMeta, ContainerdClient},
+};
+
+use super::containers::ContainerLookup;
+use super::model::{ContainerInfo, SessionUpdate};
+use super::proc_scan;
+use super::session::SessionTracker;
+
+#[derive(Clone, Debug)]
+pub struct ProcessOptions {
+    /// Read /proc at start-up for sessions already running.
+    pub scan_proc: bool,
+    pub proc_root: PathBuf,
+    /// cgroup2 mount; found from /proc/self/mountinfo when None.
+    pub cgroup_root: Option<PathBuf>,
+    /// containerd API socket for pod labels and init pids; None: cgroup ids only.
+    pub containerd_socket: Option<PathBuf>,
+    pub containerd_namespaces: Vec<String>,
+    /// containerd state dirs, for `<state>/io.containerd.runtime.v2.task/<ns>/<id>/init.pid`.
+    pub containerd_state_dirs: Vec<PathBuf>,
+}
+
+impl Default for ProcessOptions {
+    fn default() -> Self {
+        ProcessOptions {
+            scan_proc: true,
+            proc_root: PathBuf::from("/proc"),
+            cgroup_root: None,
+            containerd_socket: Some(PathBuf::from(containerd::DEFAULT_SOCKET)),
+            containerd_namespaces: containerd::DEFAULT_NAMESPACES.iter().map(|s| s.to_string()).collect(),
+            containerd_state_dirs: vec![PathBuf::from("/run/containerd")],
+        }
+    }
+}
+
+/// Gauges and counters for the metrics endpoint, updated as events are handled.
+#[derive(Debug, Default)]
+pub struct ProcessStats {
+    /// Live processes in the table.
+    pub table_len: AtomicU64,
+    pub sessions_open: AtomicU64,
+    pub containers: AtomicU64,
+    pub sessions_started: AtomicU64,
+    pub sessions_ended: AtomicU64,
+    pub exits_unknown: AtomicU64,
+    pub connects_unknown_pid: AtomicU64,
+    pub results_unmatched: AtomicU64,
+    pub execs_before_fork: AtomicU64,
+    pub exits_early: AtomicU64,
+    pub pids_reused_unexited: AtomicU64,
+    pub ns_joins_idle: AtomicU64,
+    pub containerd_errors: AtomicU64,
+}
+
+impl ProcessStats {
+    fn update(&self, t: &SessionTracker) {
+        let c = t.counters();
+        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        set(&self.table_len, t.len() as u64);
+        set(&self.sessions_open, t.sessions() as u64);
+        set(&self.containers, t.containers() as u64);
+        set(&self.sessions_started, c.sessions_started);
+        set(&self.sessions_ended, c.sessions_ended);
+        set(&self.exits_unknown, c.exits_unknown);
+        set(&self.connects_unknown_pid, c.connects_unknown_pid);
+        set(&self.results_unmatched, c.results_unmatched);
+        set(&self.execs_before_fork, c.execs_before_fork);
+        set(&self.exits_early, c.exits_early);
+        set(&self.pids_reused_unexited, c.pids_reused_unexited);
+        set(&self.ns_joins_idle, c.ns_joins_idle);
+    }
+}
+
+type MetaCache = Arc<Mutex<HashMap<String, ContainerMeta>>>;
+
+/// The host's container lookup: cgroup paths first, containerd's labels when they are in.
+pub struct HostContainers {
+    index: Option<CgroupIndex>,
+    meta: MetaCache,
+    /// Container ids to ask containerd about (with their cgroup id).
+    ask: Option<mpsc::Sender<(u64, ContainerInfo)>>,
+    namespaces: Vec<String>,
+    state_dirs: Vec<PathBuf>,
+}
+
+impl HostContainers {
+    pub fn new(index: Option<CgroupIndex>, opts: &ProcessOptions) -> Self {
+        HostContainers {
+            index,
+            meta: Default::default(),
+            ask: None,
+            namespaces: opts.containerd_namespaces.clone(),
+            state_dirs: opts.containerd_state_dirs.clone(),
+        }
+    }
+}
+
+impl ContainerLookup for HostContainers {
+    fn container(&mut self, cgroup_id: u64) -> Option<ContainerInfo> {
+        let c = self.index.as_mut()?.container(cgroup_id)?;
+        let mut info = ContainerInfo { id: c.id.clone(), cgroup_id, pod_uid: c.pod_uid, source: "cgroup", ..Default::default() };
+        let known = self.meta.lock().ok().and_then(|m| m.get(&c.id).cloned());
+        match known {
+            Some(meta) => meta.apply(&mut info),
+            None => {
+                if let Some(tx) = &self.ask {
+                    let _ = tx.try_send((cgroup_id, info.clone()));
+                }
+            }
+        }
+        Some(info)
+    }
+
+    fn init_pid(&mut self, _cgroup_id: u64, info: &ContainerInfo) -> Option<u32> {
+        if let Some(pid) = self.meta.lock().ok().and_then(|m| m.get(&info.id).and_then(|x| x.init_pid)) {
+            return Some(pid);
+        }
+        containerd::init_pid_from_state(&self.state_dirs, &self.namespaces, &info.id)
+    }
+}
+
+/// Answers containerd questions one at a time, off the event loop.
+async fn containerd_worker(
+    socket: PathBuf,
+    namespaces: Vec<String>,
+    meta: MetaCache,
+    mut ask: mpsc::Receiver<(u64, ContainerInfo)>,
+    answers: mpsc::Sender<ContainerInfo>,
+    stats: Arc<ProcessStats>,
+) {
+    let Ok(mut client) = ContainerdClient::new(&socket) else { return };
+    while let Some((cgroup_id, mut info)) = ask.recv().await {
+        if meta.lock().map(|m| m.contains_key(&info.id)).unwrap_or(false) {
+            continue;
+        }
+        match client.meta(&namespaces, &info.id).await {
+            Ok(Some(m)) => {
+                m.apply(&mut info);
+                info.cgroup_id = cgroup_id;
+                if let Ok(mut c) = meta.lock() {
+                    if c.len() > 65_536 {
+                        c.clear();
+                    }
+                    c.insert(m.id.clone(), m);
+                }
+                let _ = answers.send(info).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                stats.containerd_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "containerd lookup");
+            }
+        }
+    }
+}
+
+/// Runs the process stage until `rx` closes. Sends `Started` for sessions found in /proc
+/// first, then updates as events arrive, then the incomplete ends of open sessions.
+pub async fn run(
+    mut rx: mpsc::Receiver<Event>,
+    tx: mpsc::Sender<SessionUpdate>,
+    opts: ProcessOptions,
+    stats: Arc<ProcessStats>,
+) {
+    let cgroup_root = opts.cgroup_root.clone().or_else(crate::enrich::cgroup::cgroup2_mount);
+    let index = cgroup_root.clone().map(CgroupIndex::new);
+    let mut lookup = HostContainers::new(index, &opts);
+    let (answer_tx, mut answers) = mpsc::channel::<ContainerInfo>(256);
+    if let Some(socket) = opts.containerd_socket.clone() {
+        let (ask_tx, ask_rx) = mpsc::channel(1024);
+        lookup.ask = Some(ask_tx);
+        let worker = containerd_worker(socket, opts.containerd_namespaces.clone(), lookup.meta.clone(), ask_rx, answer_tx, stats.clone());
+        tokio::spawn(worker);
+    } else {
+        drop(answer_tx);
+    }
+    let host_pidns = proc_scan::host_pidns();
+    let mut tracker = SessionTracker::new(Box::new(lookup), host_pidns, proc_scan::tick_ns());
+
+    if opts.scan_proc {
+        let (root, cg) = (opts.proc_root.clone(), cgroup_root.clone().unwrap_or_default());
+        let procs = tokio::task::spawn_blocking(move || proc_scan::scan(&root, &cg)).await.unwrap_or_default();
+        for u in tracker.learn_from_proc(&procs, crate::clock::boot_ns_now()) {
+            if tx.send(u).await.is_err() {
+                return;
+            }
+        }
+    }
+    stats.update(&tracker);
+
+    let mut answers_open = true;
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                for u in tracker.handle(&ev) {
+                    if tx.send(u).await.is_err() {
+                        return;
+                    }
+                }
+                stats.update(&tracker);
+            }
+            info = answers.recv(), if answers_open => match info {
+                Some(info) => tracker.update_container(info),
+                None => answers_open = false,
+            },
+        }
+    }
+    for u in tracker.shutdown(crate::clock::boot_ns_now()) {
+        if tx.send(u).await.is_err() {
+            return;
+        }
+    }
+    stats.update(&tracker);
+}

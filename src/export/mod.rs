@@ -1,0 +1,262 @@
+//! Export stage: the task that turns `SessionUpdate`s into spans (through the hold stage) and
+//! sends them to every configured sink: OTLP (gRPC or HTTP/protobuf), an OTLP/JSON file, the
+//! console tree.
+//!
+//! In: `mpsc::Receiver<SessionUpdate>` (its close is the shutdown signal). Out: spans on the
+//! wire, a [`ExportReport`] when done. Dropped: only in each sink's [`queue::ExportQueue`],
+//! counted by reason and marked on the session's root. The agent's own run is a trace of its
+//! own (`podtrail agent`): a `start` span sent at start-up and a `run` span at a clean stop.
+
+pub mod config;
+pub mod console;
+pub mod file;
+pub mod otlp;
+pub mod queue;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState};
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::resource::EnvResourceDetector;
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
+use opentelemetry_sdk::Resource;
+use opentelemetry_semantic_conventions::attribute as sc;
+use tokio::sync::mpsc;
+
+pub use config::{ConfigError, ExportConfig, ExportSetup, Protocol};
+pub use queue::{Delivery, ExportQueue, Queued, RetryRules};
+
+use crate::metrics::Metrics;
+use crate::process::model::SessionUpdate;
+use crate::spans::{self, keys, Attributor, BuildCtx, Output, SpanStage};
+
+/// Where spans go.
+pub enum Sink {
+    Otlp(opentelemetry_otlp::SpanExporter),
+    File(file::FileExporter),
+    Console(console::ConsoleExporter),
+}
+
+impl Sink {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Sink::Otlp(_) => "otlp",
+            Sink::File(_) => "file",
+            Sink::Console(_) => "console",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Otlp(#[from] otlp::OtlpError),
+    #[error("cannot open the OTLP/JSON file {path}: {source}")]
+    File { path: String, source: std::io::Error },
+}
+
+/// What a run delivered, per sink.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExportReport {
+    pub sinks: Vec<(&'static str, Delivery)>,
+    pub sessions: u64,
+    pub sessions_incomplete: u64,
+}
+
+impl ExportReport {
+    pub fn lost(&self) -> u64 {
+        self.sinks.iter().map(|(_, d)| d.lost()).sum()
+    }
+}
+
+/// Everything `run_export` needs, validated.
+#[derive(Clone, Debug)]
+pub struct RunExport {
+    pub spans: spans::SpansConfig,
+    pub export: ExportSetup,
+    pub boot_id: [u8; 16],
+    pub clock: crate::clock::BootClock,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+/// `service.name=podtrail`, version, host, node, cluster, this run's id; then
+/// `OTEL_RESOURCE_ATTRIBUTES` over those, then the configured cluster name; `service.name`
+/// stays `podtrail` (one service for Jaeger's search).
+pub fn resource(cfg: &RunExport, run_id: &str) -> Resource {
+    let host = host_name();
+    let mut base = vec![
+        KeyValue::new(sc::SERVICE_VERSION, env!("CARGO_PKG_VERSION")),
+        KeyValue::new(sc::SERVICE_INSTANCE_ID, run_id.to_owned()),
+        KeyValue::new(sc::HOST_NAME, host.clone()),
+        KeyValue::new(sc::K8S_NODE_NAME, cfg.export.node_name.clone().unwrap_or(host)),
+    ];
+    let mut b = Resource::builder_empty().with_attributes(base.drain(..)).with_detector(Box::new(EnvResourceDetector::new()));
+    if !cfg.spans.cluster_name.is_empty() {
+        b = b.with_attribute(KeyValue::new(sc::K8S_CLUSTER_NAME, cfg.spans.cluster_name.clone()));
+    }
+    b.with_service_name("podtrail").build()
+}
+
+/// Builds the sinks the setup asks for.
+pub fn sinks(cfg: &RunExport, resource: &Resource) -> Result<Vec<Sink>, ExportError> {
+    let mut out = Vec::new();
+    if let Some(t) = &cfg.export.otlp {
+        out.push(Sink::Otlp(otlp::exporter(t, resource)?));
+    }
+    if let Some(p) = &cfg.export.file {
+        let f = file::FileExporter::open(p, resource).map_err(|source| ExportError::File { path: p.display().to_string(), source })?;
+        out.push(Sink::File(f));
+    }
+    if cfg.export.console {
+        out.push(Sink::Console(console::ConsoleExporter::stdout()));
+    }
+    Ok(out)
+}
+
+fn agent_span(cfg: &RunExport, started_ns: u64, what: &'static str, start: SystemTime, end: SystemTime, extra: Vec<KeyValue>) -> SpanData {
+    let trace = spans::ids::agent_trace_id(&cfg.boot_id, started_ns);
+    let run = spans::ids::agent_span_id(&cfg.boot_id, started_ns, "run");
+    let (id, parent) = if what == "run" { (run, SpanId::INVALID) } else { (spans::ids::agent_span_id(&cfg.boot_id, started_ns, what), run) };
+    let mut attributes = vec![KeyValue::new(keys::AGENT_EVENT, what)];
+    attributes.extend(extra);
+    SpanData {
+        span_context: SpanContext::new(trace, id, TraceFlags::SAMPLED, false, TraceState::NONE),
+        parent_span_id: parent,
+        parent_span_is_remote: false,
+        span_kind: SpanKind::Internal,
+        name: if what == "run" { "podtrail agent".into() } else { format!("podtrail agent {what}").into() },
+        start_time: start,
+        end_time: end,
+        attributes,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: Status::Unset,
+        instrumentation_scope: spans::build::scope(),
+    }
+}
+
+fn root_int(s: &SpanData, key: &str) -> u64 {
+    s.attributes.iter().find(|kv| kv.key.as_str() == key).and_then(|kv| kv.value.to_string().parse().ok()).unwrap_or(0)
+}
+
+/// The export task: spawn it with the receiving end of the process stage's channel; close the
+/// channel to stop it. It drains, ends what is still open (marked incomplete), flushes every
+/// sink (bounded by `shutdown_flush_ms`) and returns what was delivered and lost.
+pub async fn run_export(rx: mpsc::Receiver<SessionUpdate>, cfg: RunExport, attributor: Arc<dyn Attributor>, metrics: Metrics) -> Result<ExportReport, ExportError> {
+    let started_ns = crate::clock::boot_ns_now();
+    let run_id = hex::encode(&spans::ids::agent_span_id(&cfg.boot_id, started_ns, "run").to_bytes());
+    let res = resource(&cfg, &run_id);
+    let sinks = sinks(&cfg, &res)?;
+    Ok(run_export_with(rx, cfg, attributor, metrics, sinks, started_ns).await)
+}
+
+/// [`run_export`] with sinks built by the caller (tests, custom exporters).
+pub async fn run_export_with(mut rx: mpsc::Receiver<SessionUpdate>, cfg: RunExport, attributor: Arc<dyn Attributor>, metrics: Metrics, sinks: Vec<Sink>, started_ns: u64) -> ExportReport {
+    let rules = RetryRules {
+        batch: cfg.export.batch_spans,
+        max_attempts: cfg.export.max_attempts,
+        initial: cfg.export.retry_initial,
+        max: cfg.export.retry_max,
+        timeout: cfg.export.otlp.as_ref().map(|o| o.timeout).unwrap_or(std::time::Duration::from_secs(10)),
+        shutdown_flush: cfg.export.shutdown_flush,
+    };
+    let mut queues = Vec::new();
+    let mut tasks = Vec::new();
+    for sink in sinks {
+        let name = sink.name();
+        let q = ExportQueue::new(name, cfg.export.queue_spans, metrics.clone());
+        let r = rules.clone();
+        let task = match sink {
+            Sink::Otlp(e) => tokio::spawn(q.clone().drive(e, r)),
+            Sink::File(e) => tokio::spawn(q.clone().drive(e, r)),
+            Sink::Console(e) => tokio::spawn(q.clone().drive(e, r)),
+        };
+        queues.push(q);
+        tasks.push((name, task));
+    }
+    let push = |q: Queued| {
+        for queue in &queues {
+            queue.push(q.clone());
+        }
+    };
+    let start_time = SystemTime::now();
+    push(Queued { session: None, span: agent_span(&cfg, started_ns, "start", start_time, start_time, vec![]), root: false });
+
+    let ctx = BuildCtx { boot_id: cfg.boot_id, clock: cfg.clock, cfg: cfg.spans.clone() };
+    let mut stage = SpanStage::new(ctx, attributor);
+    let mut report = ExportReport::default();
+    let mut tick = tokio::time::interval(cfg.spans.hold.poll());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let dispatch = |out: Output, stage: &SpanStage, report: &mut ExportReport| {
+        for how in out.released {
+            metrics.sessions_released.get_or_create(&vec![("how", how.as_str())]).inc();
+        }
+        for (sid, b) in out.spans {
+            if b.root {
+                metrics.spans_budgeted.get_or_create(&vec![("how", "folded")]).inc_by(root_int(&b.span, keys::SESSION_FOLDED));
+                metrics.spans_budgeted.get_or_create(&vec![("how", "capped")]).inc_by(root_int(&b.span, keys::SESSION_SPANS_CAPPED));
+                metrics.udp_unsent.inc_by(root_int(&b.span, keys::SESSION_UDP_UNSENT));
+            }
+            push(Queued { session: Some(sid), span: b.span, root: b.root });
+        }
+        for (_, incomplete) in out.ended {
+            report.sessions += 1;
+            metrics.sessions_exported.inc();
+            if incomplete {
+                report.sessions_incomplete += 1;
+                metrics.sessions_incomplete.inc();
+            }
+        }
+        metrics.sessions_open.set(stage.open() as i64);
+        metrics.sessions_held.set(stage.held() as i64);
+    };
+    loop {
+        let mut out = Output::default();
+        tokio::select! {
+            u = rx.recv() => match u {
+                Some(u) => stage.update(u, Instant::now(), &mut out),
+                None => break,
+            },
+            _ = tick.tick() => stage.tick(Instant::now(), &mut out),
+        }
+        dispatch(out, &stage, &mut report);
+    }
+    let mut out = Output::default();
+    let open_at_stop = stage.open() as i64;
+    stage.shutdown(cfg.clock.to_boot_ns(SystemTime::now()), &mut out);
+    dispatch(out, &stage, &mut report);
+    let stop = SystemTime::now();
+    push(Queued {
+        session: None,
+        span: agent_span(&cfg, started_ns, "run", start_time, stop, vec![
+            KeyValue::new(keys::AGENT_SESSIONS_EXPORTED, report.sessions as i64),
+            KeyValue::new(keys::AGENT_SESSIONS_INCOMPLETE, open_at_stop),
+        ]),
+        root: false,
+    });
+
+    for q in &queues {
+        q.close(cfg.export.shutdown_flush);
+    }
+    for (name, t) in tasks {
+        let d = t.await.unwrap_or_default();
+        if d.lost() > 0 {
+            tracing::warn!(sink = name, lost = d.lost(), queue_full = d.queue_full, export_failed = d.export_failed, shutdown = d.shutdown, "spans were not exported");
+        }
+        report.sinks.push((name, d));
+    }
+    report
+}
+
+#[allow(unused)]
+fn _assert_exporters_are_span_exporters() {
+    fn is<E: SpanExporter>() {}
+    is::<opentelemetry_otlp::SpanExporter>();
+    is::<file::FileExporter>();
+    is::<console::ConsoleExporter>();
+}

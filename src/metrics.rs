@@ -1,0 +1,147 @@
+//! podtrail's own Prometheus metrics and the `/metrics` endpoint.
+//!
+//! In: increments from every stage (each holds a clone of [`Metrics`]). Out: the OpenMetrics
+//! text on `GET /metrics`. Nothing is dropped. Names are a contract with the dashboards
+//! (grafana/): `podtrail_events_total{kind}`, `podtrail_events_lost_total{reason}`,
+//! `podtrail_sessions_open`, `podtrail_sessions_exported_total`, `podtrail_spans_exported_total`,
+//! `podtrail_spans_lost_total{reason}`, `podtrail_export_queue_spans`, and the rest below.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// Cheap to clone: every clone updates the same series.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    pub events: Family<Labels, Counter>,
+    pub events_lost: Family<Labels, Counter>,
+    pub sessions_open: Gauge,
+    pub sessions_held: Gauge,
+    pub sessions_released: Family<Labels, Counter>,
+    pub sessions_exported: Counter,
+    pub sessions_incomplete: Counter,
+    pub spans_exported: Counter,
+    pub spans_lost: Family<Labels, Counter>,
+    pub spans_budgeted: Family<Labels, Counter>,
+    pub export_queue_spans: Gauge,
+    pub export_requests: Family<Labels, Counter>,
+    pub udp_unsent: Counter,
+}
+
+impl Metrics {
+    pub fn register(&self, reg: &mut Registry) {
+        reg.register("podtrail_events", "Kernel events decoded, by kind", self.events.clone());
+        reg.register("podtrail_events_lost", "Events lost, by reason (ring_buffer, decode, rate_limit)", self.events_lost.clone());
+        reg.register("podtrail_sessions_open", "Sessions open (held for attribution or running)", self.sessions_open.clone());
+        reg.register("podtrail_sessions_held", "Sessions waiting for attribution", self.sessions_held.clone());
+        reg.register("podtrail_sessions_released", "Sessions let out of the hold stage, by why (attributed, deadline, overflow, shutdown)", self.sessions_released.clone());
+        reg.register("podtrail_sessions_exported", "Sessions whose root span was handed to the export queue", self.sessions_exported.clone());
+        reg.register("podtrail_sessions_incomplete", "Sessions exported marked incomplete", self.sessions_incomplete.clone());
+        reg.register("podtrail_spans_exported", "Spans the backend accepted", self.spans_exported.clone());
+        reg.register("podtrail_spans_lost", "Spans not exported, by reason (queue_full, export_failed, shutdown)", self.spans_lost.clone());
+        reg.register("podtrail_spans_budgeted", "Spans not sent on their own by budget, by how (folded, capped)", self.spans_budgeted.clone());
+        reg.register("podtrail_export_queue_spans", "Spans waiting in the export queue", self.export_queue_spans.clone());
+        reg.register("podtrail_export_requests", "Export requests, by result (ok, retry, failed)", self.export_requests.clone());
+        reg.register("podtrail_udp_connects_unsent", "UDP connects without data (name lookups), not exported", self.udp_unsent.clone());
+    }
+
+    pub fn lost(&self, reason: &'static str, n: u64) {
+        self.spans_lost.get_or_create(&vec![("reason", reason)]).inc_by(n);
+    }
+
+    pub fn lost_count(&self, reason: &'static str) -> u64 {
+        self.spans_lost.get_or_create(&vec![("reason", reason)]).get()
+    }
+
+    pub fn request(&self, result: &'static str) {
+        self.export_requests.get_or_create(&vec![("result", result)]).inc();
+    }
+}
+
+/// Where `/metrics` listens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus endpoint; empty to turn it off. The DaemonSet sets
+    /// `0.0.0.0:9464` so the pod can be scraped.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+/// The registry all stages register into.
+pub type SharedRegistry = Arc<Mutex<Registry>>;
+
+/// Text exposition of the registry.
+pub fn render(reg: &Registry) -> String {
+    let mut s = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut s, reg);
+    s
+}
+
+pub fn router(reg: SharedRegistry) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let reg = reg.clone();
+            async move {
+                let body = match reg.lock() {
+                    Ok(r) => render(&r),
+                    Err(p) => render(&p.into_inner()),
+                };
+                ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+            }
+        }),
+    )
+}
+
+/// Serves `/metrics` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, reg: SharedRegistry) -> std::io::Result<()> {
+    axum::serve(listener, router(reg)).await
+}
+
+/// Binds `addr` (one clear error when it is taken) and serves.
+pub async fn bind_and_serve(addr: SocketAddr, reg: SharedRegistry) -> std::io::Result<()> {
+    let l = tokio::net::TcpListener::bind(addr).await?;
+    serve(l, reg).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dashboard_metric_names_are_exposed() {
+        let m = Metrics::default();
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        m.events.get_or_create(&vec![("kind", "exec")]).inc();
+        m.lost("export_failed", 3);
+        m.events_lost.get_or_create(&vec![("reason", "ring_buffer")]).inc();
+        let text = render(&reg);
+        for name in [
+            "podtrail_events_total{kind=\"exec\"} 1",
+            "podtrail_events_lost_total{reason=\"ring_buffer\"} 1",
+            "podtrail_sessions_open ",
+            "podtrail_sessions_exported_total ",
+            "podtrail_spans_exported_total ",
+            "podtrail_spans_lost_total{reason=\"export_failed\"} 3",
+            "podtrail_export_queue_spans ",
+        ] {
+            assert!(text.contains(name), "{name} missing in:\n{text}");
+        }
+    }
+}

@@ -21,4 +21,5 @@ pub mod enrich;
 pub mod export;
 pub mod metrics;
 pub mod process;
+pub mod spans;
 pub mod text;

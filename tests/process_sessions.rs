@@ -539,3 +539,43 @@ fn sessions_running_at_start_up_are_learned_from_proc() {
     out.extend(t.handle(&exit(2_101, 603, HOST, 0)));
     assert_eq!(procs_of(&out, node.id).len(), 1);
 }
+
+/// Any order of any events over a few pids, cgroups and namespaces: never a panic, and every
+/// session that starts ends exactly once (at the latest at shutdown).
+mod arbitrary_sequences {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn event(kind: u8, pid: u32, ppid: u32, cg: u64, pcg: u64, ns: u32, cookie: u64) -> Event {
+        let pid = 1000 + pid;
+        let ppid = 1000 + ppid;
+        match kind % 7 {
+            0 => fork(pid as u64, pid, ppid, cg),
+            1 => exec(pid as u64, X { pid, ppid, cg, pcg, nspid: ns % 3, pidns: [HOST_PIDNS, PIDNS_C, PIDNS_D][ns as usize % 3], mnt: [MNT_HOST, MNT_C, MNT_D][ns as usize % 3], argv: &["x"] }),
+            2 => exit(pid as u64, pid, cg, 0),
+            3 => connect(pid as u64, pid, cookie, if ns % 2 == 0 { Transport::Tcp } else { Transport::Udp }, 80),
+            4 => result(pid as u64, cookie, -(ns as i32 % 120)),
+            5 => Event::UdpSend(UdpSendEvent { ts_ns: 1, cgroup_id: cg, cookie, bytes: 1 }),
+            _ => ns_join(pid as u64, pid, cg, MNT_HOST, [MNT_HOST, MNT_C, MNT_D][ns as usize % 3], HOST_PIDNS, [HOST_PIDNS, PIDNS_C, PIDNS_D][ns as usize % 3], 1000),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn never_panics_and_every_session_ends_once(evs in proptest::collection::vec((0u8..7, 0u32..8, 0u32..8, prop_oneof![Just(HOST), Just(C), Just(D)], prop_oneof![Just(HOST), Just(C), Just(D)], 0u32..6, 0u64..4), 0..120)) {
+            let mut t = tracker();
+            let mut out = Vec::new();
+            for (k, pid, ppid, cg, pcg, ns, cookie) in evs {
+                out.extend(t.handle(&event(k, pid, ppid, cg, pcg, ns, cookie)));
+            }
+            out.extend(t.shutdown(u64::MAX));
+            let mut s: Vec<SessionId> = started(&out).iter().map(|i| i.id).collect();
+            let mut e: Vec<SessionId> = ended(&out).iter().map(|i| i.id).collect();
+            s.sort();
+            e.sort();
+            prop_assert_eq!(s, e);
+            prop_assert_eq!(t.sessions(), 0);
+        }
+    }
+}

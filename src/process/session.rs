@@ -303,7 +303,10 @@ impl SessionTracker {
             self.containers.note_namespaces(e.cgroup_id, e.mntns_ino, e.pidns_ino);
             let crossing = e.parent_cgroup_id != e.cgroup_id;
             let here = self.session_container(session) == Some(e.cgroup_id);
-            if crossing && !here && !self.is_init(e) {
+            // a session is named after its root: a root that crosses again (moved to another
+            // cgroup, then exec'd) stays in the session it already roots
+            let roots_one = self.sessions.contains_key(&SessionId(key));
+            if crossing && !here && !roots_one && !self.is_init(e) {
                 self.start_exec_session(e, session, out);
                 return;
             }

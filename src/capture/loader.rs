@@ -162,7 +162,12 @@ impl Capture {
             return Err(CaptureError::Abi(diffs.join("; ")));
         }
         let btf = Btf::from_sys_fs().map_err(|_| CaptureError::NoBtf)?;
-        let host_pidns = fs::metadata("/proc/1/ns/pid").map(|m| m.ino() as u32).unwrap_or(0);
+        // the host's pid namespace: /proc/1's (podtrail runs with hostPID), or our own where
+        // /proc/1 cannot be read (a sandbox)
+        let host_pidns = fs::metadata("/proc/1/ns/pid")
+            .or_else(|_| fs::metadata("/proc/self/ns/pid"))
+            .map(|m| m.ino() as u32)
+            .unwrap_or(0);
         let self_tgid = if opts.ignore_self { std::process::id() } else { 0 };
         let filter = match opts.filter {
             Filter::All => abi::FILTER_ALL,

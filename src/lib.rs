@@ -14,9 +14,11 @@
 //! Data can be lost in three places only, each counted and marked on its session: the ring
 //! buffer (counted per cgroup in the kernel), the rate limit, and the export queue.
 
+pub mod agent;
 pub mod attribute;
 pub mod capture;
 pub mod clock;
+pub mod config;
 pub mod enrich;
 pub mod export;
 pub mod metrics;

@@ -3,6 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 
 mod capture;
+mod run;
 
 #[derive(Parser, Debug)]
 #[command(name = "podtrail", version, about = "Kubernetes container activity as OpenTelemetry traces: one trace per kubectl exec", long_about = None)]
@@ -29,6 +30,12 @@ pub enum Command {
     /// CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_PTRACE).
     #[command(long_about = capture::LONG_ABOUT)]
     Capture(capture::CaptureArgs),
+    /// Run the agent: trace container exec sessions and export each as one trace (printed as
+    /// a tree when no OTLP endpoint or file is configured). Needs the same privileges.
+    Run(run::RunArgs),
+    /// Print the configuration `podtrail run` would use (the defaults, or a file with the
+    /// flags applied) as TOML, after checking it.
+    Config(run::RunArgs),
 }
 
 pub fn init_logging(l: &LogArgs) {
@@ -44,6 +51,13 @@ pub fn init_logging(l: &LogArgs) {
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Capture(a) => capture::run(a).await,
+        Command::Run(a) => run::run(a).await,
+        Command::Config(a) => {
+            let cfg = run::config(&a)?;
+            cfg.clone().validate().map_err(|e| UsageError(e.to_string()))?;
+            print!("{}", toml::to_string_pretty(&cfg)?);
+            Ok(())
+        }
     }
 }
 
@@ -53,7 +67,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     use podtrail::capture::loader::CaptureError;
     match e.downcast_ref::<CaptureError>() {
         Some(CaptureError::Privilege { .. } | CaptureError::NoBtf | CaptureError::NoTracefs(_) | CaptureError::Program { .. } | CaptureError::NoCgroup2) => 3,
-        _ if e.downcast_ref::<UsageError>().is_some() => 2,
+        _ if e.downcast_ref::<UsageError>().is_some() || e.downcast_ref::<podtrail::config::ConfigError>().is_some() => 2,
         _ => 1,
     }
 }

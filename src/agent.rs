@@ -1,0 +1,218 @@
+//! The agent (`podtrail run`): the stages started in order and joined by bounded channels,
+//! and stopped in order so nothing in flight is lost.
+//!
+//! capture (ring reader) -> process (table, sessions) -> spans + export (hold, queue, sinks),
+//! with the attribution sources (webhooks, audit log) filling a record store that the span
+//! stage's hold asks. Shutdown closes the first channel: each stage drains what it holds and
+//! closes the next; open sessions are exported marked incomplete.
+
+use std::{
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use prometheus_client::{
+    metrics::{family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    attribute::{self, follow, RecordStore, SessionQuery, WebhookConfig, WebhookServer},
+    capture::loader::Capture,
+    clock::BootClock,
+    config::Ready,
+    export::{self, ExportReport, RunExport},
+    metrics::Metrics,
+    process::{model::SessionInfo, run::ProcessStats},
+    spans::{Attributor, NoAttributor, SessionIdentity},
+    text,
+};
+
+/// Asks the record store who opened a session, in the words of a `SessionQuery`.
+pub struct StoreAttributor {
+    pub store: Arc<RecordStore>,
+    pub clock: BootClock,
+}
+
+impl StoreAttributor {
+    pub fn query(&self, info: &SessionInfo) -> SessionQuery {
+        let c = &info.container;
+        SessionQuery {
+            pod_namespace: c.pod_namespace.clone(),
+            pod_name: c.pod_name.clone(),
+            pod_uid: c.pod_uid.clone(),
+            container_name: c.container_name.clone(),
+            argv: info.root_argv.iter().map(|a| text::escape(a)).collect(),
+            started_at: self.clock.to_system_time(info.start_ns),
+            env_audit_id: info.env_audit_id.clone(),
+        }
+    }
+}
+
+impl Attributor for StoreAttributor {
+    fn attribute(&self, info: &SessionInfo) -> Option<SessionIdentity> {
+        if info.kind != crate::process::model::SessionKind::Exec && info.kind != crate::process::model::SessionKind::Debug {
+            return None; // a node session has no Kubernetes request behind it, by definition
+        }
+        self.store.match_session(&self.query(info)).map(|a| SessionIdentity::from(&a))
+    }
+}
+
+/// Resolves once the stop flag is set.
+fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let _ = rx.wait_for(|v| *v).await;
+    }
+}
+
+/// Gauges the agent samples from the stages every second.
+#[derive(Default, Clone)]
+struct AgentGauges {
+    table: Gauge,
+    containers: Gauge,
+    kernel_dropped: Family<Vec<(&'static str, &'static str)>, Gauge>,
+    kernel_dropped_cgroups: Gauge,
+}
+
+/// What a run did, for the exit log.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    pub events: u64,
+    pub kernel_dropped: u64,
+    pub export: Option<ExportReport>,
+}
+
+/// Runs the agent until `shutdown` resolves, then stops every stage in order.
+pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunReport> {
+    let clock = BootClock::now();
+    let metrics = Metrics::default();
+    let mut reg = Registry::default();
+    metrics.register(&mut reg);
+    let gauges = AgentGauges::default();
+    reg.register("podtrail_process_table_size", "Processes in the process table", gauges.table.clone());
+    reg.register("podtrail_containers", "Containers known to the process stage", gauges.containers.clone());
+    reg.register("podtrail_kernel_dropped", "Ring buffer records the kernel could not write, by kind (cumulative)", gauges.kernel_dropped.clone());
+    reg.register("podtrail_kernel_dropped_cgroups", "cgroups that lost ring buffer records", gauges.kernel_dropped_cgroups.clone());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    // attribution sources
+    let attributed = cfg.audit_webhook.is_some() || cfg.admission_webhook.is_some() || cfg.audit_log.is_some();
+    let store = Arc::new(RecordStore::new(cfg.store.clone()));
+    store.register_metrics(&mut reg);
+    let wcfg = WebhookConfig::default();
+    if let Some(l) = &cfg.audit_webhook {
+        let srv = WebhookServer::bind(l, attribute::audit_router(store.clone(), &wcfg), store.metrics().clone()).await?;
+        tracing::info!(listen = %l.listen, tls = l.tls.is_some(), "audit webhook listening");
+        tasks.push(tokio::spawn(srv.run(stopped(stop_rx.clone()))));
+    }
+    if let Some(l) = &cfg.admission_webhook {
+        let srv = WebhookServer::bind(l, attribute::admission_router(store.clone(), &wcfg), store.metrics().clone()).await?;
+        tracing::info!(listen = %l.listen, "admission webhook listening");
+        tasks.push(tokio::spawn(srv.run(stopped(stop_rx.clone()))));
+    }
+    if let Some(path) = &cfg.audit_log {
+        tracing::info!(path = %path.display(), "following audit log");
+        let f = follow::follow(follow::FollowConfig::new(path.clone()), store.clone(), stopped(stop_rx.clone()));
+        tasks.push(tokio::spawn(f));
+    }
+    let attributor: Arc<dyn Attributor> =
+        if attributed { Arc::new(StoreAttributor { store: store.clone(), clock }) } else { Arc::new(NoAttributor) };
+
+    let reg = Arc::new(Mutex::new(reg));
+    if let Some(addr) = cfg.metrics_listen {
+        let r = reg.clone();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("metrics endpoint {addr}: {e} (set metrics.listen, or \"\" to turn it off)"))?;
+        tracing::info!(listen = %addr, "metrics at /metrics");
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(listener, r).await {
+                tracing::error!("metrics endpoint stopped: {e}");
+            }
+        });
+    }
+
+    // export first, so nothing the process stage produces waits for it
+    let setup = cfg.export.resolve(|k| std::env::var(k).ok())?;
+    let run_export = RunExport { spans: cfg.spans.clone(), export: setup, boot_id: crate::clock::boot_id(), clock };
+    let (upd_tx, upd_rx) = mpsc::channel(cfg.process_channel);
+    let export_task = tokio::spawn(export::run_export(upd_rx, run_export, attributor, metrics.clone()));
+
+    // capture, then the process stage between them
+    let mut capture = Capture::start(cfg.capture.clone())?;
+    tracing::info!(programs = capture.attached.len(), "kernel programs attached");
+    let events = std::mem::replace(&mut capture.events, mpsc::channel(1).1);
+    let pstats = Arc::new(ProcessStats::default());
+    let process_task = tokio::spawn(crate::process::run::run(events, upd_tx, cfg.process.clone(), pstats.clone()));
+
+    // sample the stages' counters into metrics once a second
+    let sampler = {
+        let (metrics, gauges, pstats, capture_stats) = (metrics.clone(), gauges.clone(), pstats.clone(), capture.stats.clone());
+        let mut stop = stop_rx.clone();
+        let mut last_decoded = [0u64; crate::capture::abi::KIND_MAX as usize];
+        let mut last_undecodable = 0u64;
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! { _ = tick.tick() => {}, _ = stop.changed() => break }
+                for (k, n) in capture_stats.decoded.iter().enumerate() {
+                    let n = n.load(std::sync::atomic::Ordering::Relaxed);
+                    let name = crate::capture::abi::KIND_NAMES.get(k).copied().unwrap_or("none");
+                    metrics.events.get_or_create(&vec![("kind", name)]).inc_by(n - last_decoded[k]);
+                    last_decoded[k] = n;
+                }
+                let bad: u64 = capture_stats.undecodable_by_reason().iter().map(|(_, n)| n).sum();
+                metrics.events_lost.get_or_create(&vec![("reason", "decode")]).inc_by(bad - last_undecodable);
+                last_undecodable = bad;
+                use std::sync::atomic::Ordering::Relaxed;
+                gauges.table.set(pstats.table_len.load(Relaxed) as i64);
+                gauges.containers.set(pstats.containers.load(Relaxed) as i64);
+                metrics.sessions_open.set(pstats.sessions_open.load(Relaxed) as i64);
+            }
+        }
+    };
+    let sampler_task = tokio::spawn(sampler);
+    // kernel counters need the maps, which the Capture owns: read them on this task
+    let mut ring_lost_seen = 0u64;
+    let mut read_kernel = |capture: &Capture| {
+        let k = capture.counters.read();
+        for (kind, n) in &k.dropped {
+            gauges.kernel_dropped.get_or_create(&vec![("kind", *kind)]).set(*n as i64);
+        }
+        gauges.kernel_dropped_cgroups.set(k.dropped_by_cgroup.len() as i64);
+        let total = k.total_dropped();
+        if total > ring_lost_seen {
+            tracing::warn!(lost = total - ring_lost_seen, by_cgroup = ?k.dropped_by_cgroup, "the kernel ring buffer was full: events lost");
+            metrics.events_lost.get_or_create(&vec![("reason", "ring_buffer")]).inc_by(total - ring_lost_seen);
+            ring_lost_seen = total;
+        }
+        k
+    };
+
+    tracing::info!("podtrail is running");
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => { read_kernel(&capture); }
+        }
+    }
+    tracing::info!("stopping: draining the ring, ending open sessions as incomplete, flushing export");
+    let k = read_kernel(&capture);
+    let (_counters, stats) = capture.stop().await;
+    let _ = process_task.await;
+    let report = export_task.await??;
+    let _ = stop_tx.send(true);
+    let _ = sampler_task.await;
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
+    let out = RunReport { events: stats.decoded_total(), kernel_dropped: k.total_dropped(), export: Some(report) };
+    tracing::info!(events = out.events, kernel_dropped = out.kernel_dropped, export = ?out.export, "stopped");
+    Ok(out)
+}

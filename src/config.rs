@@ -1,0 +1,307 @@
+//! One configuration for the agent, a section per stage, read from TOML and validated once into
+//! ready values before any stage starts. Every field has a default that works on a laptop:
+//! `podtrail run` with no file traces container sessions on this machine and prints them.
+//! `podtrail.example.toml` at the top of the repository is the documented example; a test
+//! checks that it parses to exactly these defaults.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::{
+    attribute::{ListenerConfig, StoreConfig},
+    capture::loader::{CaptureOptions, Filter},
+    export::ExportConfig,
+    metrics::MetricsConfig,
+    process::run::ProcessOptions,
+    spans::SpansConfig,
+};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub capture: CaptureConfig,
+    pub process: ProcessConfig,
+    pub attribution: AttributionConfig,
+    pub spans: SpansConfig,
+    pub export: ExportConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    /// Which processes the kernel reports: `all`, or `containers` (outside the host's pid
+    /// namespace). Sessions from the node (nsenter) need `all`.
+    pub filter: Filter,
+    /// Ring buffer size in MiB (a power of two). A busy node with bursts of thousands of execs
+    /// per second wants more.
+    pub ring_mib: u32,
+    /// Search possible session roots' environment for KUBERNETES_EXEC_AUDIT_ID.
+    pub scan_env: bool,
+    /// Trace connects (cgroup socket hooks; needs CAP_NET_ADMIN).
+    pub network: bool,
+    /// Queued KiB that make the kernel wake the reader at once.
+    pub wakeup_kib: u64,
+    /// How often the reader drains the ring when no wakeup came, in milliseconds.
+    pub poll_ms: u64,
+    /// Events queued between the reader and the process stage.
+    pub channel_capacity: usize,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            filter: Filter::All,
+            ring_mib: 16,
+            scan_env: true,
+            network: true,
+            wakeup_kib: 256,
+            poll_ms: 20,
+            channel_capacity: 65_536,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessConfig {
+    /// Read /proc at start-up so sessions already running are recognised.
+    pub scan_proc: bool,
+    /// containerd's API socket, for pod labels and container init pids; empty to not ask.
+    pub containerd_socket: PathBuf,
+    /// containerd namespaces to look containers up in, in order.
+    pub containerd_namespaces: Vec<String>,
+    /// Session updates queued between the process stage and the span stage.
+    pub channel_capacity: usize,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        ProcessConfig {
+            scan_proc: true,
+            containerd_socket: PathBuf::from("/run/containerd/containerd.sock"),
+            containerd_namespaces: vec!["k8s.io".into(), "default".into()],
+            channel_capacity: 16_384,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookListen {
+    /// Address to listen on, e.g. `0.0.0.0:8443`.
+    pub listen: String,
+    /// Server certificate and key (PEM).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// CA that signs the clients' certificates (the API server's); required for the audit
+    /// webhook unless plaintext_loopback.
+    pub client_ca: Option<PathBuf>,
+    /// Plain HTTP: only allowed on a loopback address (single machine, tests).
+    pub plaintext_loopback: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttributionConfig {
+    /// Take the API server's audit webhook (`--audit-webhook-config-file`).
+    pub audit_webhook: Option<WebhookListen>,
+    /// Take `pods/exec` and `pods/attach` CONNECT admission reviews (managed clusters).
+    pub admission_webhook: Option<WebhookListen>,
+    /// Follow an audit log file (JSON lines), through rotation.
+    pub audit_log: Option<PathBuf>,
+    /// Largest distance in seconds between a request and the session start it may match.
+    pub match_window_s: u64,
+    /// Seconds a session whose environment names an audit id waits for that record.
+    pub env_id_grace_s: u64,
+    /// Most request records held.
+    pub max_records: usize,
+    /// Seconds a record is held.
+    pub retention_s: u64,
+    /// Milliseconds a session's spans wait for attribution when a source is configured (the
+    /// API server batches audit events: set its webhook batch max wait to 1 s).
+    pub hold_ms: u64,
+}
+
+impl Default for AttributionConfig {
+    fn default() -> Self {
+        AttributionConfig {
+            audit_webhook: None,
+            admission_webhook: None,
+            audit_log: None,
+            match_window_s: 120,
+            env_id_grace_s: 60,
+            max_records: 10_000,
+            retention_s: 900,
+            hold_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.display().to_string(), message },
+            e => e,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: "config".into(), message: e.to_string() })
+    }
+
+    /// Checks every value and turns the sections into what the stages take.
+    pub fn validate(self) -> Result<Ready, ConfigError> {
+        let c = &self.capture;
+        if !c.ring_mib.is_power_of_two() || c.ring_mib > 1024 {
+            return Err(ConfigError::Invalid(format!("capture.ring_mib must be a power of two up to 1024, not {}", c.ring_mib)));
+        }
+        if c.channel_capacity == 0 || self.process.channel_capacity == 0 {
+            return Err(ConfigError::Invalid("channel capacities must be at least 1".into()));
+        }
+        let capture = CaptureOptions {
+            ring_bytes: c.ring_mib * 1024 * 1024,
+            filter: c.filter,
+            scan_env: c.scan_env,
+            wakeup_bytes: c.wakeup_kib * 1024,
+            poll_interval: Duration::from_millis(c.poll_ms.max(1)),
+            channel_capacity: c.channel_capacity,
+            cgroup2_root: None,
+            network: c.network,
+            ignore_self: true,
+        };
+        let p = &self.process;
+        let process = ProcessOptions {
+            scan_proc: p.scan_proc,
+            containerd_socket: (!p.containerd_socket.as_os_str().is_empty()).then(|| p.containerd_socket.clone()),
+            containerd_namespaces: p.containerd_namespaces.clone(),
+            ..ProcessOptions::default()
+        };
+        let a = &self.attribution;
+        let audit_webhook = a.audit_webhook.as_ref().map(|w| listener("attribution.audit_webhook", w, true)).transpose()?;
+        let admission_webhook =
+            a.admission_webhook.as_ref().map(|w| listener("attribution.admission_webhook", w, false)).transpose()?;
+        let store = StoreConfig {
+            match_window: Duration::from_secs(a.match_window_s),
+            env_id_grace: Duration::from_secs(a.env_id_grace_s),
+            max_records: a.max_records,
+            retention: Duration::from_secs(a.retention_s),
+        };
+        let attributed = audit_webhook.is_some() || admission_webhook.is_some() || a.audit_log.is_some();
+        let mut spans = self.spans.clone();
+        if attributed && spans.hold.deadline_ms == 0 {
+            spans.hold.deadline_ms = a.hold_ms;
+        }
+        let metrics_listen = if self.metrics.listen.is_empty() {
+            None
+        } else {
+            Some(self.metrics.listen.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::Invalid(format!("metrics.listen {:?} is not an address: {e}", self.metrics.listen))
+            })?)
+        };
+        Ok(Ready {
+            capture,
+            process,
+            process_channel: p.channel_capacity,
+            store,
+            audit_webhook,
+            admission_webhook,
+            audit_log: a.audit_log.clone(),
+            spans,
+            export: self.export.clone(),
+            metrics_listen,
+        })
+    }
+}
+
+fn listener(section: &str, w: &WebhookListen, audit: bool) -> Result<ListenerConfig, ConfigError> {
+    let listen: SocketAddr =
+        w.listen.parse().map_err(|e| ConfigError::Invalid(format!("{section}.listen {:?} is not an address: {e}", w.listen)))?;
+    if w.plaintext_loopback {
+        if !listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "{section}: plaintext_loopback needs a loopback listen address, not {listen}: identities must not travel in clear text"
+            )));
+        }
+        return Ok(ListenerConfig::plaintext_loopback(listen));
+    }
+    let (Some(cert), Some(key)) = (&w.tls_cert, &w.tls_key) else {
+        return Err(ConfigError::Invalid(format!("{section}: tls_cert and tls_key are required (or plaintext_loopback on 127.0.0.1)")));
+    };
+    match (&w.client_ca, audit) {
+        (Some(ca), _) => Ok(ListenerConfig::mtls(listen, cert.clone(), key.clone(), ca.clone())),
+        (None, true) => Err(ConfigError::Invalid(format!(
+            "{section}: client_ca is required: the audit webhook authenticates the API server by its client certificate"
+        ))),
+        (None, false) => {
+            let mut l = ListenerConfig::mtls(listen, cert.clone(), key.clone(), PathBuf::new());
+            if let Some(tls) = l.tls.as_mut() {
+                tls.client_ca = None;
+            }
+            l.require_client_cert = false;
+            Ok(l)
+        }
+    }
+}
+
+/// Validated configuration, ready for the stages.
+#[derive(Clone, Debug)]
+pub struct Ready {
+    pub capture: CaptureOptions,
+    pub process: ProcessOptions,
+    pub process_channel: usize,
+    pub store: StoreConfig,
+    pub audit_webhook: Option<ListenerConfig>,
+    pub admission_webhook: Option<ListenerConfig>,
+    pub audit_log: Option<PathBuf>,
+    pub spans: SpansConfig,
+    pub export: ExportConfig,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_is_the_defaults() {
+        let text = include_str!("../podtrail.example.toml");
+        let parsed = Config::from_toml(text).expect("example parses");
+        assert_eq!(parsed, Config::default(), "podtrail.example.toml drifted from the defaults");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_their_name() {
+        let e = Config::from_toml("[capture]\nring_mb = 4\n").unwrap_err().to_string();
+        assert!(e.contains("ring_mb"), "{e}");
+        let e = Config::from_toml("[capture]\nring_mib = 3\n").unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("capture.ring_mib"), "{e}");
+        let bad = "[attribution.audit_webhook]\nlisten = \"0.0.0.0:8443\"\nplaintext_loopback = true\n";
+        let e = Config::from_toml(bad).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("loopback"), "{e}");
+        let no_ca = "[attribution.audit_webhook]\nlisten = \"0.0.0.0:8443\"\ntls_cert = \"c\"\ntls_key = \"k\"\n";
+        let e = Config::from_toml(no_ca).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("client_ca"), "{e}");
+    }
+
+    #[test]
+    fn a_configured_source_turns_on_the_hold() {
+        let c = "[attribution.audit_webhook]\nlisten = \"127.0.0.1:8443\"\nplaintext_loopback = true\n";
+        let r = Config::from_toml(c).unwrap().validate().unwrap();
+        assert_eq!(r.spans.hold.deadline_ms, 10_000);
+        assert_eq!(Config::default().validate().unwrap().spans.hold.deadline_ms, 0);
+    }
+}

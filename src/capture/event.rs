@@ -29,6 +29,7 @@ pub enum Event {
     ConnectResult(ConnectResultEvent),
     NsJoin(NsJoinEvent),
     UdpSend(UdpSendEvent),
+    File(FileEvent),
 }
 
 impl Event {
@@ -42,6 +43,7 @@ impl Event {
             Event::ConnectResult(e) => e.ts_ns,
             Event::NsJoin(e) => e.ts_ns,
             Event::UdpSend(e) => e.ts_ns,
+            Event::File(e) => e.ts_ns,
         }
     }
 
@@ -54,6 +56,7 @@ impl Event {
             Event::ConnectResult(_) => "connect_result",
             Event::NsJoin(_) => "ns_join",
             Event::UdpSend(_) => "udp_send",
+            Event::File(_) => "file",
         }
     }
 }
@@ -280,4 +283,66 @@ pub struct UdpSendEvent {
     pub cgroup_id: u64,
     pub cookie: u64,
     pub bytes: u32,
+}
+
+/// What a process did to a watched file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileOp {
+    /// open/openat/openat2; `write` says whether for writing (O_WRONLY, O_RDWR, O_CREAT, O_TRUNC).
+    Open,
+    Unlink,
+    /// `path` is the old name, `path2` the new one.
+    Rename,
+    Truncate,
+    Chmod,
+    /// Hard link: `path` the existing file, `path2` the new name.
+    Link,
+    /// `path2` is the new link's path, `path` what it points to (e.g. /dev/null), as given.
+    Symlink,
+}
+
+impl FileOp {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FileOp::Open => "open",
+            FileOp::Unlink => "unlink",
+            FileOp::Rename => "rename",
+            FileOp::Truncate => "truncate",
+            FileOp::Chmod => "chmod",
+            FileOp::Link => "link",
+            FileOp::Symlink => "symlink",
+        }
+    }
+}
+
+/// An operation on a file whose name the kernel was asked to watch (shell histories,
+/// /etc/shadow, ssh keys, service account tokens, ...), with the path resolved to absolute
+/// (relative paths against the process's cwd, `*at` paths against their directory fd).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FileEvent {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub start_ns: u64,
+    pub cgroup_id: u64,
+    pub op: FileOp,
+    /// Opened (or created, truncated) for writing.
+    pub write: bool,
+    /// open(2) flags, or the mode for chmod.
+    pub flags: u32,
+    #[serde(serialize_with = "ser_bytes")]
+    pub path: Vec<u8>,
+    #[serde(serialize_with = "ser_opt_bytes")]
+    pub path2: Option<Vec<u8>>,
+    /// The syscall's result: 0 / a file descriptor, or a negative errno.
+    pub result: i64,
+    /// A path was longer than podtrail keeps (flagged, not dropped).
+    pub truncated: bool,
+}
+
+impl FileEvent {
+    pub fn key(&self) -> ProcessKey {
+        ProcessKey { pid: self.pid, start_ns: self.start_ns }
+    }
 }

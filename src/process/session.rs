@@ -136,6 +136,9 @@ impl SessionTracker {
             Event::ConnectResult(r) => self.on_result(r),
             Event::UdpSend(u) => self.on_udp_send(u),
             Event::NsJoin(j) => self.on_ns_join(j, &mut out),
+            // file activity is attached to its image by the rules issue's work; until then
+            // it is only printed by `podtrail capture`
+            Event::File(_) => {}
         }
         out
     }

@@ -58,6 +58,10 @@ impl Attributor for StoreAttributor {
         }
         self.store.match_session(&self.query(info)).map(|a| SessionIdentity::from(&a))
     }
+
+    fn unmatched_requests(&self, now: std::time::SystemTime) -> Vec<attribute::Attribution> {
+        self.store.take_unmatched_requests(now)
+    }
 }
 
 /// Resolves once the stop flag is set.

@@ -188,6 +188,8 @@ pub async fn run_export_with(mut rx: mpsc::Receiver<SessionUpdate>, cfg: RunExpo
     push(Queued { session: None, span: agent_span(&cfg, started_ns, "start", start_time, start_time, vec![]), root: false });
 
     let ctx = BuildCtx { boot_id: cfg.boot_id, clock: cfg.clock, cfg: cfg.spans.clone() };
+    // asked for request-only traces directly: a wrapping attributor need not forward that
+    let requests = attributor.clone();
     let mut stage = SpanStage::new(ctx, attributor);
     let mut report = ExportReport::default();
     let mut tick = tokio::time::interval(cfg.spans.hold.poll());
@@ -222,13 +224,19 @@ pub async fn run_export_with(mut rx: mpsc::Receiver<SessionUpdate>, cfg: RunExpo
                 Some(u) => stage.update(u, Instant::now(), &mut out),
                 None => break,
             },
-            _ = tick.tick() => stage.tick(Instant::now(), &mut out),
+            _ = tick.tick() => {
+                stage.tick(Instant::now(), &mut out);
+                request_spans(&*requests, stage.ctx(), SystemTime::now(), &push, &metrics, &mut report);
+            }
         }
         dispatch(out, &stage, &mut report);
     }
     let mut out = Output::default();
     let open_at_stop = stage.open() as i64;
     stage.shutdown(cfg.clock.to_boot_ns(SystemTime::now()), &mut out);
+    // every session is out: whatever request is still free never had one
+    let all = SystemTime::now() + std::time::Duration::from_secs(366 * 86_400);
+    request_spans(&*requests, stage.ctx(), all, &push, &metrics, &mut report);
     dispatch(out, &stage, &mut report);
     let stop = SystemTime::now();
     push(Queued {
@@ -251,6 +259,25 @@ pub async fn run_export_with(mut rx: mpsc::Receiver<SessionUpdate>, cfg: RunExpo
         report.sinks.push((name, d));
     }
     report
+}
+
+/// Requests that started no process (attach, port-forward, denied or unmatched execs) as root
+/// spans of their own, counted as exported sessions.
+fn request_spans(src: &dyn Attributor, ctx: &BuildCtx, now: SystemTime, push: &dyn Fn(Queued), metrics: &Metrics, report: &mut ExportReport) {
+    for a in src.unmatched_requests(now) {
+        let who = spans::SessionIdentity::from(&a);
+        let container = crate::process::model::ContainerInfo {
+            pod_namespace: a.pod_namespace.clone(),
+            pod_name: a.pod_name.clone(),
+            pod_uid: a.pod_uid.clone(),
+            container_name: a.container.clone(),
+            ..Default::default()
+        };
+        let span = spans::build::request_only_span(ctx, &who, &container, SystemTime::now());
+        push(Queued { session: None, span, root: true });
+        report.sessions += 1;
+        metrics.sessions_exported.inc();
+    }
 }
 
 #[allow(unused)]

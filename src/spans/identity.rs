@@ -82,6 +82,14 @@ impl SessionIdentity {
 /// unattributed.
 pub trait Attributor: Send + Sync {
     fn attribute(&self, info: &SessionInfo) -> Option<SessionIdentity>;
+
+    /// Requests that never became a process session (attach, port-forward, denied execs,
+    /// execs no session took) whose wait is over, each returned once: the export stage asks
+    /// on its tick and exports each as a root span with no processes. `now` far in the
+    /// future takes every one still waiting (shutdown). None by default.
+    fn unmatched_requests(&self, _now: SystemTime) -> Vec<Attribution> {
+        Vec::new()
+    }
 }
 
 /// The attributor used until attribution is wired in: nobody, immediately.

@@ -1,0 +1,421 @@
+//! Attribution end to end on one machine: a private containerd + runc (tests/common), a busybox
+//! container labelled by "kubelet" as pod `billing/api-7d9c` container `api`, the real
+//! `podtrail run` binary with its loopback audit webhook and an OTLP/JSON file. The test posts
+//! the API server's audit `EventList` of a `kubectl exec` (the fixture, with fresh ids and
+//! times), runs the same command with `ctr task exec`, and reads the file back as the OTLP/JSON
+//! the Collector's file exporter writes (decoded here from the JSON, not with podtrail's code).
+//! Needs root and containerd; fails (never skips) under CI when they are missing.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use common::containers::{Container, Containerd};
+use serde_json::{json, Value};
+
+/// One agent (kernel programs, containerd) at a time in this binary.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+const USER: &str = "john.doe@example.com";
+const SOURCE_IP: &str = "66.249.64.55";
+
+/// The CRI labels kubelet puts on a pod's container.
+fn pod_labels() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("io.kubernetes.pod.name", "api-7d9c"),
+        ("io.kubernetes.pod.namespace", "billing"),
+        ("io.kubernetes.pod.uid", "3f9d2c4e-1b7a-4c55-8e21-7a6b5c4d3e2f"),
+        ("io.kubernetes.container.name", "api"),
+    ]
+}
+
+/// `podtrail run` with a loopback audit webhook, writing OTLP/JSON to a file; SIGTERM on drop.
+struct Agent {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    webhook: String,
+}
+
+impl Agent {
+    fn start(cd: &Containerd) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let webhook = format!("127.0.0.1:{port}");
+        let config = format!(
+            "[process]\ncontainerd_socket = {:?}\ncontainerd_namespaces = [{:?}]\n\n[attribution]\nhold_ms = 3000\n\n[metrics]\nlisten = \"\"\n",
+            cd.address.display().to_string(),
+            cd.namespace
+        );
+        std::fs::write(dir.path().join("podtrail.toml"), config).unwrap();
+        let stderr = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_podtrail"))
+            .arg("run")
+            .arg("--config")
+            .arg(dir.path().join("podtrail.toml"))
+            .arg("--audit-webhook-loopback")
+            .arg(&webhook)
+            .arg("--otlp-file")
+            .arg(dir.path().join("traces.jsonl"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn podtrail run");
+        let mut agent = Agent { child: Some(child), dir, webhook };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !agent.log().contains("podtrail is running") {
+            assert!(Instant::now() < deadline, "podtrail run did not come up:\n{}", agent.log());
+            if let Some(st) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("podtrail run exited ({st}):\n{}", agent.log());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // the containerd lookup of the container found by the /proc scan is asynchronous
+        std::thread::sleep(Duration::from_secs(1));
+        agent
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("traces.jsonl")
+    }
+
+    /// POST an audit EventList the way the API server's webhook backend does; the agent
+    /// answers 200 once the whole batch is in its store.
+    fn post_audit(&self, body: &Value) {
+        let body = serde_json::to_vec(body).unwrap();
+        let mut s = TcpStream::connect(&self.webhook).expect("connect to the audit webhook");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "POST /audit HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", self.webhook, body.len()).unwrap();
+        s.write_all(&body).unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        assert!(reply.starts_with("HTTP/1.1 200"), "audit webhook answered: {reply}\n{}", self.log());
+    }
+
+    /// Stops the agent (SIGTERM: it drains and flushes) and returns every span it wrote.
+    fn stop(mut self) -> Vec<Span> {
+        self.terminate();
+        read_spans(&self.file())
+    }
+
+    fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.wait();
+    }
+
+    /// Waits until `n` root spans of sessions in `container` are in the file.
+    fn wait_roots(&self, container: &str, n: usize, timeout: Duration) -> Vec<Span> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let roots = session_roots(&read_spans(&self.file()), container);
+            if roots.len() >= n {
+                return roots;
+            }
+            assert!(Instant::now() < deadline, "{} of {n} session roots for {container} after {timeout:?}:\n{}", roots.len(), self.log());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// A span as the OTLP/JSON file holds it (trace and span ids in hex, attribute values typed).
+#[derive(Clone, Debug)]
+struct Span {
+    trace_id: String,
+    parent: String,
+    name: String,
+    attrs: Value,
+}
+
+impl Span {
+    fn attr(&self, key: &str) -> Option<Value> {
+        self.attrs.as_array()?.iter().find(|kv| kv["key"] == key).map(|kv| plain(&kv["value"]))
+    }
+
+    fn str(&self, key: &str) -> Option<String> {
+        self.attr(key).and_then(|v| v.as_str().map(str::to_owned))
+    }
+}
+
+/// An OTLP/JSON AnyValue as plain JSON (`intValue` is a string in OTLP/JSON).
+fn plain(v: &Value) -> Value {
+    if let Some(s) = v.get("stringValue") {
+        return s.clone();
+    }
+    if let Some(b) = v.get("boolValue") {
+        return b.clone();
+    }
+    if let Some(i) = v.get("intValue") {
+        return match i {
+            Value::String(s) => json!(s.parse::<i64>().expect("intValue")),
+            other => other.clone(),
+        };
+    }
+    if let Some(a) = v.get("arrayValue") {
+        return Value::Array(a["values"].as_array().map(|v| v.iter().map(plain).collect()).unwrap_or_default());
+    }
+    v.clone()
+}
+
+/// Every span in an OTLP/JSON lines file (the Collector file exporter's format: one
+/// ExportTraceServiceRequest per line).
+fn read_spans(path: &Path) -> Vec<Span> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let req: Value = serde_json::from_str(line).expect("each line is one OTLP/JSON request");
+        for rs in req["resourceSpans"].as_array().into_iter().flatten() {
+            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                for s in ss["spans"].as_array().into_iter().flatten() {
+                    out.push(Span {
+                        trace_id: s["traceId"].as_str().expect("traceId").to_owned(),
+                        parent: s["parentSpanId"].as_str().unwrap_or("").to_owned(),
+                        name: s["name"].as_str().unwrap_or("").to_owned(),
+                        attrs: s["attributes"].clone(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Root spans of process sessions in one container.
+fn session_roots(spans: &[Span], container: &str) -> Vec<Span> {
+    spans.iter().filter(|s| s.parent.is_empty() && s.str("container.id").as_deref() == Some(container)).cloned().collect()
+}
+
+/// RFC 3339 with microseconds, as the API server writes audit timestamps.
+fn audit_time(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap();
+    let ts = jiff::Timestamp::from_second(d.as_secs() as i64).unwrap();
+    format!("{}.{:06}Z", ts.strftime("%Y-%m-%dT%H:%M:%S"), d.subsec_micros())
+}
+
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The audit events of one `kubectl exec` (WebSocket) of `command` into billing/api-7d9c:
+/// the fixture's events with a fresh audit id, the given received time, and `stages`.
+fn exec_events(audit_id: &str, command: &[&str], received: SystemTime, stages: &[&str]) -> Vec<Value> {
+    let fixture: Value = serde_json::from_slice(&std::fs::read(Path::new(FIXTURES).join("audit/exec_websocket.json")).unwrap()).unwrap();
+    let template = "4b5f3c7e-8d2a-4f19-9c3e-2a1b0d9e8f70";
+    let mut out = Vec::new();
+    for ev in fixture["items"].as_array().unwrap() {
+        if ev["auditID"] != template || !stages.contains(&ev["stage"].as_str().unwrap()) {
+            continue;
+        }
+        let mut ev = ev.clone();
+        ev["auditID"] = json!(audit_id);
+        let uri = ev["requestURI"].as_str().unwrap().to_owned();
+        let (path, query) = uri.split_once('?').unwrap();
+        let mut params: Vec<String> = command.iter().map(|c| format!("command={}", query_escape(c))).collect();
+        params.extend(query.split('&').filter(|p| !p.starts_with("command=")).map(str::to_owned));
+        ev["requestURI"] = json!(format!("{path}?{}", params.join("&")));
+        let stage_at = match ev["stage"].as_str().unwrap() {
+            "RequestReceived" => received,
+            "ResponseStarted" => received + Duration::from_millis(40),
+            _ => SystemTime::now(),
+        };
+        ev["requestReceivedTimestamp"] = json!(audit_time(received));
+        ev["stageTimestamp"] = json!(audit_time(stage_at));
+        out.push(ev);
+    }
+    assert_eq!(out.len(), stages.len(), "fixture lacks a stage of {stages:?}");
+    out
+}
+
+fn event_list(items: Vec<Value>) -> Value {
+    json!({ "kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}, "items": items })
+}
+
+fn new_audit_id() -> String {
+    uuid::Uuid::from_bytes(rand_bytes()).hyphenated().to_string()
+}
+
+fn rand_bytes() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).expect("urandom");
+    b[6] = (b[6] & 0x0f) | 0x40; // version 4
+    b[8] = (b[8] & 0x3f) | 0x80;
+    b
+}
+
+fn setup() -> Option<(std::sync::MutexGuard<'static, ()>, Containerd, Container)> {
+    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let cd = Containerd::start()?;
+    let c = cd.run(&pod_labels(), &[], &["sleep", "3600"]);
+    Some((guard, cd, c))
+}
+
+fn exec_ok(cd: &Containerd, c: &Container, cmd: &[&str]) {
+    let out = cd.exec(&c.id, cmd);
+    assert!(out.status.success(), "ctr task exec {cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn assert_identity(root: &Span) {
+    assert_eq!(root.str("user.name").as_deref(), Some(USER), "{root:#?}");
+    assert_eq!(root.attr("user.roles"), Some(json!(["dev", "system:authenticated"])), "{root:#?}");
+    assert_eq!(root.str("client.address").as_deref(), Some(SOURCE_IP), "{root:#?}");
+    assert_eq!(root.str("podtrail.attribution.source").as_deref(), Some("audit_webhook"));
+    assert_eq!(root.str("k8s.namespace.name").as_deref(), Some("billing"));
+    assert_eq!(root.str("k8s.pod.name").as_deref(), Some("api-7d9c"));
+    assert_eq!(root.str("k8s.container.name").as_deref(), Some("api"));
+}
+
+#[test]
+fn audited_exec_carries_user_groups_source_ip_and_the_audit_id_as_trace_id() {
+    let Some((_g, cd, c)) = setup() else { return };
+    let agent = Agent::start(&cd);
+    let cmd = ["sh", "-c", "echo who-am-i; sleep 0.3"];
+    let audit_id = new_audit_id();
+    let received = SystemTime::now();
+    agent.post_audit(&event_list(exec_events(&audit_id, &cmd, received, &["RequestReceived", "ResponseStarted"])));
+    exec_ok(&cd, &c, &cmd);
+    agent.post_audit(&event_list(exec_events(&audit_id, &cmd, received, &["ResponseComplete"])));
+    let roots = agent.wait_roots(&c.id, 1, Duration::from_secs(30));
+    let spans = agent.stop();
+
+    assert_eq!(roots.len(), 1, "{roots:#?}");
+    let root = &roots[0];
+    assert_eq!(root.name, "kubectl exec");
+    assert_identity(root);
+    assert_eq!(root.str("podtrail.attribution.confidence").as_deref(), Some("unique"));
+    assert_eq!(root.str("podtrail.k8s.audit_id").as_deref(), Some(audit_id.as_str()));
+    assert_eq!(root.trace_id, audit_id.replace('-', ""), "the trace id is the audit id");
+    // every span of the session says who, so one-span queries find it
+    let trace: Vec<&Span> = spans.iter().filter(|s| s.trace_id == root.trace_id).collect();
+    assert!(trace.len() >= 2, "root and the shell's span at least: {trace:#?}");
+    assert!(trace.iter().any(|s| s.name == "sh"), "{trace:#?}");
+    for s in &trace {
+        assert_eq!(s.str("user.name").as_deref(), Some(USER), "{s:#?}");
+        assert_eq!(s.str("client.address").as_deref(), Some(SOURCE_IP), "{s:#?}");
+    }
+}
+
+#[test]
+fn exec_without_an_audit_record_is_exported_unattributed() {
+    let Some((_g, cd, c)) = setup() else { return };
+    let agent = Agent::start(&cd);
+    exec_ok(&cd, &c, &["sh", "-c", "echo nobody-asked; sleep 0.3"]);
+    // held for attribution (hold_ms = 3000), then exported without it
+    let roots = agent.wait_roots(&c.id, 1, Duration::from_secs(30));
+    let spans = agent.stop();
+
+    assert_eq!(roots.len(), 1, "{roots:#?}");
+    let root = &roots[0];
+    assert_eq!(root.name, "exec");
+    assert_eq!(root.str("podtrail.attribution.source").as_deref(), Some("none"), "{root:#?}");
+    assert_eq!(root.str("podtrail.attribution.confidence").as_deref(), Some("none"));
+    assert_eq!(root.str("user.name"), None);
+    assert_eq!(root.str("k8s.pod.name").as_deref(), Some("api-7d9c"));
+    assert!(spans.iter().any(|s| s.trace_id == root.trace_id && s.name == "sh"));
+}
+
+#[test]
+fn two_identical_concurrent_execs_are_both_attributed_and_labelled_ambiguous() {
+    let Some((_g, cd, c)) = setup() else { return };
+    let agent = Agent::start(&cd);
+    let cmd = ["sh", "-c", "sleep 1"];
+    let ids = [new_audit_id(), new_audit_id()];
+    let t0 = SystemTime::now();
+    let mut events = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        events.extend(exec_events(id, &cmd, t0 + Duration::from_millis(i as u64), &["RequestReceived", "ResponseStarted"]));
+    }
+    agent.post_audit(&event_list(events));
+    let mut a = cd.exec_cmd(&c.id, &cmd).spawn().unwrap();
+    let mut b = cd.exec_cmd(&c.id, &cmd).spawn().unwrap();
+    assert!(a.wait().unwrap().success() && b.wait().unwrap().success());
+    let roots = agent.wait_roots(&c.id, 2, Duration::from_secs(30));
+    drop(agent.stop());
+
+    assert_eq!(roots.len(), 2, "{roots:#?}");
+    for root in &roots {
+        assert_eq!(root.name, "kubectl exec");
+        assert_identity(root);
+        assert_eq!(root.str("podtrail.attribution.confidence").as_deref(), Some("ambiguous"), "{root:#?}");
+        assert_eq!(root.attr("podtrail.attribution.candidates"), Some(json!(2)), "{root:#?}");
+    }
+    let mut got: Vec<String> = roots.iter().map(|r| r.trace_id.clone()).collect();
+    let mut want: Vec<String> = ids.iter().map(|i| i.replace('-', "")).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "each session took one of the two requests");
+}
+
+#[test]
+fn denied_exec_is_exported_as_a_request_without_processes() {
+    let Some((_g, cd, _c)) = setup() else { return };
+    let agent = Agent::start(&cd);
+    let fixture: Value = serde_json::from_slice(&std::fs::read(Path::new(FIXTURES).join("audit/exec_denied.json")).unwrap()).unwrap();
+    let audit_id = new_audit_id();
+    let now = SystemTime::now();
+    let items: Vec<Value> = fixture["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["objectRef"]["subresource"] == "exec")
+        .map(|e| {
+            let mut e = e.clone();
+            e["auditID"] = json!(audit_id);
+            e["requestReceivedTimestamp"] = json!(audit_time(now));
+            e["stageTimestamp"] = json!(audit_time(now + Duration::from_millis(3)));
+            e
+        })
+        .collect();
+    assert!(!items.is_empty());
+    agent.post_audit(&event_list(items));
+    let trace = audit_id.replace('-', "");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let root = loop {
+        if let Some(s) = read_spans(&agent.file()).into_iter().find(|s| s.trace_id == trace) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no trace for the denied exec:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let spans = agent.stop();
+
+    assert!(root.parent.is_empty(), "{root:#?}");
+    assert_eq!(root.name, "kubectl exec");
+    assert_eq!(root.attr("podtrail.k8s.response_code"), Some(json!(403)), "{root:#?}");
+    assert_eq!(root.attr("podtrail.session.processes"), Some(json!(0)), "{root:#?}");
+    assert_eq!(root.str("podtrail.attribution.confidence").as_deref(), Some("none"));
+    assert_eq!(root.str("user.name").as_deref(), Some("intern@example.com"));
+    assert_eq!(spans.iter().filter(|s| s.trace_id == trace).count(), 1, "a request with no processes is one span");
+}

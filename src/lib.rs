@@ -23,5 +23,6 @@ pub mod enrich;
 pub mod export;
 pub mod metrics;
 pub mod process;
+pub mod rules;
 pub mod spans;
 pub mod text;

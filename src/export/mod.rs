@@ -152,11 +152,27 @@ pub async fn run_export(rx: mpsc::Receiver<SessionUpdate>, cfg: RunExport, attri
     let run_id = hex::encode(&spans::ids::agent_span_id(&cfg.boot_id, started_ns, "run").to_bytes());
     let res = resource(&cfg, &run_id);
     let sinks = sinks(&cfg, &res)?;
-    Ok(run_export_with(rx, cfg, attributor, metrics, sinks, started_ns).await)
+    Ok(run_export_with(rx, cfg, attributor, metrics, sinks, started_ns, None).await)
 }
 
-/// [`run_export`] with sinks built by the caller (tests, custom exporters).
-pub async fn run_export_with(mut rx: mpsc::Receiver<SessionUpdate>, cfg: RunExport, attributor: Arc<dyn Attributor>, metrics: Metrics, sinks: Vec<Sink>, started_ns: u64) -> ExportReport {
+/// Detection rules for [`run_export_alerting`].
+pub struct Alerting {
+    pub rules: crate::rules::RuleSource,
+    /// An attribution source is configured ("no Kubernetes request behind it" means something).
+    pub attribution_configured: bool,
+}
+
+/// [`run_export`] with the rules stage between the span stage and the sinks (`podtrail run`).
+pub async fn run_export_alerting(rx: mpsc::Receiver<SessionUpdate>, cfg: RunExport, attributor: Arc<dyn Attributor>, metrics: Metrics, alerting: Alerting) -> Result<ExportReport, ExportError> {
+    let started_ns = crate::clock::boot_ns_now();
+    let run_id = hex::encode(&spans::ids::agent_span_id(&cfg.boot_id, started_ns, "run").to_bytes());
+    let res = resource(&cfg, &run_id);
+    let sinks = sinks(&cfg, &res)?;
+    Ok(run_export_with(rx, cfg, attributor, metrics, sinks, started_ns, Some(alerting)).await)
+}
+
+/// [`run_export`] with sinks built by the caller (tests, custom exporters), and rules if given.
+pub async fn run_export_with(mut rx: mpsc::Receiver<SessionUpdate>, cfg: RunExport, attributor: Arc<dyn Attributor>, metrics: Metrics, sinks: Vec<Sink>, started_ns: u64, alerting: Option<Alerting>) -> ExportReport {
     let rules = RetryRules {
         batch: cfg.export.batch_spans,
         max_attempts: cfg.export.max_attempts,
@@ -190,6 +206,16 @@ pub async fn run_export_with(mut rx: mpsc::Receiver<SessionUpdate>, cfg: RunExpo
     let ctx = BuildCtx { boot_id: cfg.boot_id, clock: cfg.clock, cfg: cfg.spans.clone() };
     // asked for request-only traces directly: a wrapping attributor need not forward that
     let requests = attributor.clone();
+    // The rules stage sees each update before the span stage, and each span after it; it
+    // learns who opened a session from the identity the span stage was handed.
+    let (attributor, mut alerts) = match alerting {
+        Some(a) => {
+            let who = crate::rules::RecordingAttributor::new(attributor);
+            let stage = crate::rules::AlertStage::new(cfg.boot_id, cfg.clock, cfg.spans.scope.clone(), a.attribution_configured, who.clone());
+            (who as Arc<dyn Attributor>, Some((stage, a.rules)))
+        }
+        None => (attributor, None),
+    };
     let mut stage = SpanStage::new(ctx, attributor);
     let mut report = ExportReport::default();
     let mut tick = tokio::time::interval(cfg.spans.hold.poll());
@@ -221,7 +247,12 @@ pub async fn run_export_with(mut rx: mpsc::Receiver<SessionUpdate>, cfg: RunExpo
         let mut out = Output::default();
         tokio::select! {
             u = rx.recv() => match u {
-                Some(u) => stage.update(u, Instant::now(), &mut out),
+                Some(u) => {
+                    if let Some((a, _)) = alerts.as_mut() {
+                        a.tap(&u);
+                    }
+                    stage.update(u, Instant::now(), &mut out)
+                }
                 None => break,
             },
             _ = tick.tick() => {
@@ -229,6 +260,7 @@ pub async fn run_export_with(mut rx: mpsc::Receiver<SessionUpdate>, cfg: RunExpo
                 request_spans(&*requests, stage.ctx(), SystemTime::now(), &push, &metrics, &mut report);
             }
         }
+        annotate(&mut alerts, &mut out);
         dispatch(out, &stage, &mut report);
     }
     let mut out = Output::default();
@@ -237,6 +269,7 @@ pub async fn run_export_with(mut rx: mpsc::Receiver<SessionUpdate>, cfg: RunExpo
     // every session is out: whatever request is still free never had one
     let all = SystemTime::now() + std::time::Duration::from_secs(366 * 86_400);
     request_spans(&*requests, stage.ctx(), all, &push, &metrics, &mut report);
+    annotate(&mut alerts, &mut out);
     dispatch(out, &stage, &mut report);
     let stop = SystemTime::now();
     push(Queued {
@@ -259,6 +292,16 @@ pub async fn run_export_with(mut rx: mpsc::Receiver<SessionUpdate>, cfg: RunExpo
         report.sinks.push((name, d));
     }
     report
+}
+
+/// The rules stage's pass over what the span stage built (reloading the rules when due).
+fn annotate(alerts: &mut Option<(crate::rules::AlertStage, crate::rules::RuleSource)>, out: &mut Output) {
+    if let Some((stage, rules)) = alerts.as_mut() {
+        for e in rules.poll(Instant::now()).unwrap_or_default() {
+            tracing::warn!("rule left out: {e}");
+        }
+        stage.annotate(&rules.rules(), out);
+    }
 }
 
 /// Requests that started no process (attach, port-forward, denied or unmatched execs) as root

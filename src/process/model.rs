@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::capture::event::{ExitStatus, ProcessKey, Transport};
+use crate::capture::event::{ExitStatus, FileOp, ProcessKey, Transport};
 
 /// Stable within one agent run and derived from the session root's identity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -130,6 +130,27 @@ pub struct ImageRecord {
     pub uid: u32,
     pub euid: u32,
     pub connects: Vec<ConnectRecord>,
+    /// Operations on watched files (shell histories, /etc/shadow, tokens, ...), in order.
+    pub files: Vec<FileRecord>,
+}
+
+/// What an image did to a watched file (from `Event::File`; see `FileEvent` for the fields).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FileRecord {
+    pub ts_ns: u64,
+    pub op: FileOp,
+    pub write: bool,
+    /// open(2) flags, or the mode for chmod.
+    pub flags: u32,
+    /// Absolute; for symlink the link's target as given, for rename/link the old name.
+    #[serde(serialize_with = "crate::text::ser_bytes")]
+    pub path: Vec<u8>,
+    /// rename/link: the new name; symlink: the new link.
+    #[serde(serialize_with = "crate::text::ser_opt_bytes")]
+    pub path2: Option<Vec<u8>>,
+    /// 0 / a file descriptor, or a negative errno.
+    pub result: i64,
+    pub truncated: bool,
 }
 
 impl ImageRecord {

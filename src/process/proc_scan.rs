@@ -167,6 +167,7 @@ impl SessionTracker {
                 uid: sp.uid,
                 euid: sp.euid,
                 connects: Vec::new(),
+                files: Vec::new(),
             }];
             if self.containers.learn(sp.cgroup_id, self.lookup.as_mut(), true) {
                 self.containers.note_namespaces(sp.cgroup_id, sp.mntns_ino, sp.pidns_ino);

@@ -22,13 +22,13 @@
 use std::collections::HashMap;
 
 use crate::capture::event::{
-    ConnectEvent, ConnectResultEvent, Event, ExecEvent, ExitEvent, ExitStatus, ForkEvent,
+    ConnectEvent, ConnectResultEvent, Event, ExecEvent, ExitEvent, ExitStatus, FileEvent, ForkEvent,
     NsJoinEvent, ProcessKey, ResultPhase, UdpSendEvent,
 };
 
 use super::containers::{ContainerLookup, Containers};
 use super::model::{
-    ConnectOutcome, ConnectRecord, ImageRecord, ProcessRecord, SessionId, SessionInfo,
+    ConnectOutcome, ConnectRecord, FileRecord, ImageRecord, ProcessRecord, SessionId, SessionInfo,
     SessionKind, SessionUpdate,
 };
 use super::table::{CookieSlot, PendingJoin, Proc, ProcessTable};
@@ -52,7 +52,13 @@ pub struct TrackerCounters {
     pub results_unmatched: u64,
     /// Namespace joins into a container that were never followed by an exec or a connect.
     pub ns_joins_idle: u64,
+    /// Watched-file operations past `MAX_FILES_PER_IMAGE` on one image (a loop over a file).
+    pub files_over_cap: u64,
 }
+
+/// File operations kept per image: a loop that opens a watched file forever must not grow a
+/// process record without bound.
+pub const MAX_FILES_PER_IMAGE: usize = 256;
 
 struct Session {
     info: SessionInfo,
@@ -83,6 +89,7 @@ pub(crate) fn image_from_exec(e: &ExecEvent, exec_index: u32) -> ImageRecord {
         uid: e.uid,
         euid: e.euid,
         connects: Vec::new(),
+        files: Vec::new(),
     }
 }
 
@@ -136,9 +143,7 @@ impl SessionTracker {
             Event::ConnectResult(r) => self.on_result(r),
             Event::UdpSend(u) => self.on_udp_send(u),
             Event::NsJoin(j) => self.on_ns_join(j, &mut out),
-            // file activity is attached to its image by the rules issue's work; until then
-            // it is only printed by `podtrail capture`
-            Event::File(_) => {}
+            Event::File(f) => self.on_file(f),
         }
         out
     }
@@ -516,6 +521,7 @@ impl SessionTracker {
                 uid: 0,
                 euid: 0,
                 connects: Vec::new(),
+                files: Vec::new(),
             });
         }
         let image = p.images.len() - 1;
@@ -561,6 +567,31 @@ impl SessionTracker {
                     rec.final_addr = Some((a, port));
                 }
             }
+        }
+    }
+
+    /// A watched-file operation goes to the image that made it (sessions' processes only).
+    fn on_file(&mut self, f: &FileEvent) {
+        let Some(key) = self.table.resolve(f.key()).or_else(|| self.table.by_pid(f.pid)) else { return };
+        let Some(p) = self.table.get_mut(&key) else { return };
+        if p.session.is_none() {
+            return;
+        }
+        if let Some(img) = p.images.last_mut() {
+            if img.files.len() >= MAX_FILES_PER_IMAGE {
+                self.counters.files_over_cap += 1;
+                return;
+            }
+            img.files.push(FileRecord {
+                ts_ns: f.ts_ns,
+                op: f.op,
+                write: f.write,
+                flags: f.flags,
+                path: f.path.clone(),
+                path2: f.path2.clone(),
+                result: f.result,
+                truncated: f.truncated,
+            });
         }
     }
 

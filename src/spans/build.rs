@@ -19,7 +19,7 @@ use super::identity::SessionIdentity;
 use super::{ids, keys};
 use crate::capture::event::ExitStatus;
 use crate::clock::BootClock;
-use crate::process::model::{ConnectOutcome, ConnectRecord, ContainerInfo, ProcessRecord, SessionInfo};
+use crate::process::model::{ConnectOutcome, ConnectRecord, ContainerInfo, FileRecord, ProcessRecord, SessionInfo};
 use crate::text::{basename, escape};
 
 /// What every builder needs: where ids come from, how to read kernel time, the budgets.
@@ -303,8 +303,29 @@ pub fn image_span(ctx: &BuildCtx, frame: &SessionFrame, proc: &ProcessRecord, id
         }
     }
     let name = escape(&img.command_name());
-    let sd = span(frame, id, parent, SpanKind::Internal, name, ctx.clock.to_system_time(img.start_ns), ctx.clock.to_system_time(end_ns), attrs, status);
+    let mut sd = span(frame, id, parent, SpanKind::Internal, name, ctx.clock.to_system_time(img.start_ns), ctx.clock.to_system_time(end_ns), attrs, status);
+    sd.events.events.extend(img.files.iter().map(|f| file_event(ctx, f)));
     (sd, cut)
+}
+
+/// A watched-file operation, as a span event `file <op>` on the image that did it.
+pub fn file_event(ctx: &BuildCtx, f: &FileRecord) -> opentelemetry::trace::Event {
+    let mut attrs = vec![
+        KeyValue::new(keys::FILE_OP, f.op.as_str()),
+        KeyValue::new(keys::FILE_PATH, escape(&f.path)),
+        KeyValue::new(keys::FILE_WRITE, f.write),
+        KeyValue::new(keys::FILE_FLAGS, f.flags as i64),
+    ];
+    if let Some(p) = &f.path2 {
+        attrs.push(KeyValue::new(keys::FILE_PATH2, escape(p)));
+    }
+    if f.result < 0 {
+        attrs.push(KeyValue::new(keys::FILE_ERROR, errno_name(f.result.max(i32::MIN as i64) as i32)));
+    }
+    if f.truncated {
+        attrs.push(KeyValue::new(keys::FILE_TRUNCATED, true));
+    }
+    opentelemetry::trace::Event::new(format!("file {}", f.op.as_str()), ctx.clock.to_system_time(f.ts_ns), attrs, 0)
 }
 
 /// `connect 10.0.0.1:443` / `connect [fd00::1]:53`.
@@ -326,6 +347,8 @@ fn errno_name(err: i32) -> String {
         110 => "ETIMEDOUT".into(),
         111 => "ECONNREFUSED".into(),
         113 => "EHOSTUNREACH".into(),
+        2 => "ENOENT".into(),
+        30 => "EROFS".into(),
         n => format!("errno {n}"),
     }
 }

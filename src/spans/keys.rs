@@ -53,6 +53,18 @@ pub const AGENT_SESSIONS_INCOMPLETE: &str = "podtrail.agent.sessions_incomplete"
 // Written by other stages (alerts), documented in the same table.
 pub const ALERTS_COUNT: &str = "podtrail.alerts.count";
 pub const ALERTS_MAX_SEVERITY: &str = "podtrail.alerts.max_severity";
+pub const ALERTS_RULES: &str = "podtrail.alerts.rules";
+/// On each `alert` span event, beside `security_rule.*`.
+pub const ALERT_SEVERITY: &str = "podtrail.alert.severity";
+
+// File operations: span events on the process image span (and on file alerts).
+pub const FILE_OP: &str = "podtrail.file.op";
+pub const FILE_PATH: &str = "podtrail.file.path";
+pub const FILE_PATH2: &str = "podtrail.file.path2";
+pub const FILE_WRITE: &str = "podtrail.file.write";
+pub const FILE_FLAGS: &str = "podtrail.file.flags";
+pub const FILE_ERROR: &str = "podtrail.file.error";
+pub const FILE_TRUNCATED: &str = "podtrail.file.truncated";
 
 /// Every `podtrail.` key above.
 pub const PODTRAIL_KEYS: &[&str] = &[
@@ -91,6 +103,15 @@ pub const PODTRAIL_KEYS: &[&str] = &[
     AGENT_SESSIONS_INCOMPLETE,
     ALERTS_COUNT,
     ALERTS_MAX_SEVERITY,
+    ALERTS_RULES,
+    ALERT_SEVERITY,
+    FILE_OP,
+    FILE_PATH,
+    FILE_PATH2,
+    FILE_WRITE,
+    FILE_FLAGS,
+    FILE_ERROR,
+    FILE_TRUNCATED,
 ];
 
 /// Every semantic-convention key podtrail emits, on spans or on the resource.
@@ -134,6 +155,11 @@ pub const SEMCONV_KEYS: &[&str] = &[
     sc::NETWORK_TRANSPORT,
     sc::NETWORK_TYPE,
     sc::ERROR_TYPE,
+    sc::SECURITY_RULE_NAME,
+    sc::SECURITY_RULE_DESCRIPTION,
+    sc::SECURITY_RULE_CATEGORY,
+    sc::SECURITY_RULE_RULESET_NAME,
+    sc::SECURITY_RULE_REFERENCE,
 ];
 
 #[cfg(test)]

@@ -65,6 +65,7 @@ pub fn image(idx: u32, start: u64, exe: &str, argv: &[&str]) -> ImageRecord {
         uid: 0,
         euid: 0,
         connects: vec![],
+        files: vec![],
     }
 }
 

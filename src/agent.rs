@@ -71,6 +71,28 @@ fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + '
     }
 }
 
+/// In a cluster (or when asked): a watch on this node's pods filling a `PodIndex`, stopped by
+/// `stop`. None when not watching.
+async fn pod_index(cfg: &crate::config::KubeConfig, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<Option<crate::enrich::kube::PodIndex>> {
+    use crate::config::KubeWatch;
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    if cfg.watch == KubeWatch::Off || (cfg.watch == KubeWatch::Auto && !in_cluster) {
+        return Ok(None);
+    }
+    let node = Some(cfg.node_name.clone())
+        .filter(|n| !n.is_empty())
+        .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned());
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("cannot reach the Kubernetes API to watch this node's pods ({e}): run with a service account allowed to list and watch pods, or set kube.watch = \"off\"")
+    })?;
+    let index = crate::enrich::kube::PodIndex::new();
+    let idx = index.clone();
+    tracing::info!(node = %node, "watching this node's pods");
+    tokio::spawn(async move { crate::enrich::kube::watch_pods(client, &node, idx, stop).await });
+    Ok(Some(index))
+}
+
 /// Gauges the agent samples from the stages every second.
 #[derive(Default, Clone)]
 struct AgentGauges {
@@ -145,6 +167,32 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     let run_export = RunExport { spans: cfg.spans.clone(), export: setup, boot_id: crate::clock::boot_id(), clock };
     let (upd_tx, upd_rx) = mpsc::channel(cfg.process_channel);
     let export_task = tokio::spawn(export::run_export(upd_rx, run_export, attributor, metrics.clone()));
+
+    // in a cluster, between the process and span stages: the API's pod metadata on every
+    // session (so attribution matches on it) and exec probes held back, counted
+    let upd_tx = match pod_index(&cfg.kube, stopped(stop_rx.clone())).await? {
+        Some(index) => {
+            let mut filter = crate::enrich::kube::SessionFilter::new(index, cfg.kube.export_probes);
+            reg.lock().unwrap_or_else(|p| p.into_inner()).register(
+                "podtrail_sessions_probes",
+                "Exec probe sessions (exported only with kube.export_probes)",
+                filter.probes.clone(),
+            );
+            let (tx, mut rx) = mpsc::channel(cfg.process_channel);
+            let out = upd_tx;
+            tokio::spawn(async move {
+                while let Some(u) = rx.recv().await {
+                    if let Some(u) = filter.pass(u) {
+                        if out.send(u).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            tx
+        }
+        None => upd_tx,
+    };
 
     // capture, then the process stage between them
     let mut capture = Capture::start(cfg.capture.clone())?;

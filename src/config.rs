@@ -27,6 +27,31 @@ pub struct Config {
     pub spans: SpansConfig,
     pub export: ExportConfig,
     pub metrics: MetricsConfig,
+    pub kube: KubeConfig,
+}
+
+/// Whether to watch this node's pods through the Kubernetes API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KubeWatch {
+    /// When running in a pod (KUBERNETES_SERVICE_HOST is set).
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubeConfig {
+    /// `auto`, `on` or `off`: pod metadata (names, uid, workload) and exec probe commands of
+    /// this node's pods, from a watch on `pods` with `spec.nodeName`.
+    pub watch: KubeWatch,
+    /// This node's name; empty: the NODE_NAME variable (set it from the downward API's
+    /// `spec.nodeName`), else the host name.
+    pub node_name: String,
+    /// Export the sessions of exec probes too (they are counted either way).
+    pub export_probes: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -223,6 +248,7 @@ impl Config {
             spans,
             export: self.export.clone(),
             metrics_listen,
+            kube: self.kube.clone(),
         })
     }
 }
@@ -270,6 +296,7 @@ pub struct Ready {
     pub spans: SpansConfig,
     pub export: ExportConfig,
     pub metrics_listen: Option<SocketAddr>,
+    pub kube: KubeConfig,
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! old one's mappings even before the old one's delete is seen.
 
 use crate::attribute::matcher::command_matches;
+use crate::process::model::{ContainerInfo, SessionId, SessionUpdate};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, EphemeralContainer, Pod, Probe};
 use kube::runtime::watcher::{self, watcher, Event};
@@ -238,6 +239,71 @@ fn pod_entries(pod: &Pod) -> Vec<(String, PodInfo)> {
     out
 }
 
+impl PodInfo {
+    /// The API server's view of a container's pod, over whatever the runtime's labels said.
+    pub fn apply_to(&self, c: &mut ContainerInfo) {
+        c.pod_namespace = Some(self.namespace.clone());
+        c.pod_name = Some(self.pod_name.clone());
+        c.pod_uid = Some(self.pod_uid.clone());
+        c.container_name = Some(self.container_name.clone());
+        if let Some(w) = &self.workload {
+            c.workload_kind = Some(w.kind.clone());
+            c.workload_name = Some(w.name.clone());
+        }
+        if self.node_name.is_some() {
+            c.node_name = self.node_name.clone();
+        }
+        c.source = "kube_api";
+    }
+}
+
+/// Between the process and span stages, in a cluster: puts the pod index's metadata on every
+/// update of a session whose container it knows, and holds back the sessions of exec probes
+/// (a root whose argv is one of its container's probe commands) unless `export_probes`.
+/// Dropped: probe sessions, counted in `probes` (once per session).
+pub struct SessionFilter {
+    index: PodIndex,
+    export_probes: bool,
+    /// Decided sessions: true for a probe.
+    seen: HashMap<SessionId, bool>,
+    pub probes: prometheus_client::metrics::counter::Counter,
+}
+
+impl SessionFilter {
+    pub fn new(index: PodIndex, export_probes: bool) -> Self {
+        SessionFilter { index, export_probes, seen: HashMap::new(), probes: Default::default() }
+    }
+
+    /// The update to pass on, enriched; None for a probe's.
+    pub fn pass(&mut self, mut u: SessionUpdate) -> Option<SessionUpdate> {
+        let (info, end) = match &mut u {
+            SessionUpdate::Started(i) => (i, false),
+            SessionUpdate::ProcessEnded(i, _) => (i, false),
+            SessionUpdate::Ended(i, _) => (i, true),
+        };
+        let id = info.id;
+        let pod = self.index.by_container_id(&info.container.id);
+        let probe = *self.seen.entry(id).or_insert_with(|| {
+            let argv: Vec<String> = info.root_argv.iter().map(|a| crate::text::escape(a)).collect();
+            let probe = pod.is_some() && self.index.is_probe(&info.container.id, &argv);
+            if probe {
+                self.probes.inc();
+            }
+            probe
+        });
+        if end {
+            self.seen.remove(&id);
+        }
+        if probe && !self.export_probes {
+            return None;
+        }
+        if let Some(p) = pod {
+            p.apply_to(&mut info.container);
+        }
+        Some(u)
+    }
+}
+
 /// Keep `index` in step with the pods of `node_name` until `shutdown` completes. Errors
 /// (watch expiry, API server restarts) are counted and retried with backoff; a re-list after
 /// one replaces the index whole.
@@ -297,6 +363,57 @@ mod tests {
         assert_eq!(workload(&owned("ReplicaSet", "batch-rs", None)).unwrap(), Workload { kind: "ReplicaSet".into(), name: "batch-rs".into() });
         assert_eq!(workload(&owned("DaemonSet", "node-exporter", None)).unwrap().kind, "DaemonSet");
         assert_eq!(workload(&Pod::default()), None);
+    }
+
+    fn probed_pod() -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "api-7d9c", "namespace": "billing", "uid": "u-1"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "api",
+                "livenessProbe": {"exec": {"command": ["cat", "/tmp/healthy"]}}}]},
+            "status": {"containerStatuses": [{"name": "api", "containerID": "containerd://c1",
+                "image": "i", "imageID": "", "ready": true, "restartCount": 0}]}
+        }))
+        .unwrap()
+    }
+
+    fn session(pid: u32, argv: &[&str]) -> crate::process::model::SessionInfo {
+        use crate::process::model::*;
+        SessionInfo {
+            id: SessionId(crate::capture::event::ProcessKey { pid, start_ns: pid as u64 }),
+            kind: SessionKind::Exec,
+            container: ContainerInfo { id: "c1".into(), source: "cgroup", ..Default::default() },
+            start_ns: 1,
+            end_ns: None,
+            root_argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+            root_tty: false,
+            env_audit_id: None,
+            node_user: None,
+            parent_session: None,
+            events_lost: 0,
+            incomplete: false,
+            from_proc: false,
+        }
+    }
+
+    #[test]
+    fn probe_sessions_are_held_back_and_counted_once_and_others_get_the_pod() {
+        let index = PodIndex::new();
+        index.apply(&probed_pod());
+        let mut f = SessionFilter::new(index, false);
+        let probe = session(10, &["/bin/cat", "/tmp/healthy"]);
+        assert_eq!(f.pass(SessionUpdate::Started(probe.clone())), None);
+        assert_eq!(f.pass(SessionUpdate::Ended(probe, vec![])), None);
+        assert_eq!(f.probes.get(), 1);
+        let Some(SessionUpdate::Started(i)) = f.pass(SessionUpdate::Started(session(11, &["sh", "-c", "cat /tmp/healthy"]))) else {
+            panic!("a user's exec passes")
+        };
+        assert_eq!((i.container.pod_namespace.as_deref(), i.container.pod_name.as_deref()), (Some("billing"), Some("api-7d9c")));
+        assert_eq!((i.container.container_name.as_deref(), i.container.source), (Some("api"), "kube_api"));
+        let mut keep = SessionFilter::new(PodIndex::new(), false);
+        assert!(keep.pass(SessionUpdate::Started(session(12, &["cat", "/tmp/healthy"]))).is_some(), "unknown pod: no probe");
+        let mut all = SessionFilter::new(f.index.clone(), true);
+        assert!(all.pass(SessionUpdate::Started(session(13, &["cat", "/tmp/healthy"]))).is_some());
+        assert_eq!(all.probes.get(), 1, "exported on request, still counted");
     }
 
     #[test]

@@ -25,7 +25,10 @@ use crate::{
     config::Ready,
     export::{self, ExportReport, RunExport},
     metrics::Metrics,
-    process::{model::SessionInfo, run::ProcessStats},
+    process::{
+        model::SessionInfo,
+        run::{Control, ProcessStats},
+    },
     spans::{Attributor, NoAttributor, SessionIdentity},
     text,
 };
@@ -199,7 +202,10 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     tracing::info!(programs = capture.attached.len(), "kernel programs attached");
     let events = std::mem::replace(&mut capture.events, mpsc::channel(1).1);
     let pstats = Arc::new(ProcessStats::default());
-    let process_task = tokio::spawn(crate::process::run::run(events, upd_tx, cfg.process.clone(), pstats.clone()));
+    // kernel drops per cgroup (below) and pod metadata reach the process stage here; clone
+    // `control_tx` for other senders (the Kubernetes pod index: `Control::Container`)
+    let (control_tx, control_rx) = mpsc::channel::<Control>(1024);
+    let process_task = tokio::spawn(crate::process::run::run(events, upd_tx, cfg.process.clone(), pstats.clone(), control_rx));
 
     // sample the stages' counters into metrics once a second
     let sampler = {
@@ -236,6 +242,7 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
             gauges.kernel_dropped.get_or_create(&vec![("kind", *kind)]).set(*n as i64);
         }
         gauges.kernel_dropped_cgroups.set(k.dropped_by_cgroup.len() as i64);
+    let mut cgroup_lost_sent: std::collections::HashMap<u64, u64> = Default::default();
         let total = k.total_dropped();
         if total > ring_lost_seen {
             tracing::warn!(lost = total - ring_lost_seen, by_cgroup = ?k.dropped_by_cgroup, "the kernel ring buffer was full: events lost");
@@ -248,6 +255,12 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     tracing::info!("podtrail is running");
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // only changed counts; a full channel is retried next second (the totals are cumulative)
+        for &(cgroup_id, total) in &k.dropped_by_cgroup {
+            if cgroup_lost_sent.get(&cgroup_id) != Some(&total) && control_tx.try_send(Control::EventsLost { cgroup_id, total }).is_ok() {
+                cgroup_lost_sent.insert(cgroup_id, total);
+            }
+        }
     loop {
         tokio::select! {
             _ = &mut shutdown => break,

@@ -85,7 +85,8 @@ fn track_while<T: Send + 'static>(opts: ProcessOptions, settle: Duration, work: 
         let events = std::mem::replace(&mut cap.events, mpsc::channel(1).1);
         let (ev_tx, ev_rx) = mpsc::channel(65536);
         let (tx, mut rx) = mpsc::channel(65536);
-        let stage = tokio::spawn(run(ev_rx, tx, opts, Arc::new(ProcessStats::default())));
+        let (_control, control_rx) = mpsc::channel(16);
+        let stage = tokio::spawn(run(ev_rx, tx, opts, Arc::new(ProcessStats::default()), control_rx));
         // forward capture -> stage so that stopping the capture closes the stage's input
         let fwd = tokio::spawn(async move {
             let mut events = events;

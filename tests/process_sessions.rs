@@ -579,3 +579,85 @@ mod arbitrary_sequences {
         }
     }
 }
+
+/// Control channel (drops polled from the kernel's per-cgroup counters, pod metadata): a drop
+/// reported while sessions run marks exactly the open session of that cgroup.
+#[test]
+fn kernel_drops_mid_session_mark_only_that_session() {
+    use podtrail::process::run::Control;
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    // container D: its own init, and a session in it that runs through the drop
+    out.extend(t.handle(&fork(35, 2001, 500, HOST)));
+    out.extend(t.handle(&exec(36, X { pid: 2001, ppid: 500, cg: D, pcg: HOST, nspid: 1, pidns: PIDNS_D, mnt: MNT_D, argv: &["postgres"] })));
+    out.extend(t.handle(&fork(40, 2010, 500, HOST)));
+    out.extend(t.handle(&exec(41, X { pid: 2010, ppid: 500, cg: D, pcg: HOST, nspid: 10, pidns: PIDNS_D, mnt: MNT_D, argv: &["psql"] })));
+    // a session in C that ends before the drop, and one that is open during it
+    out.extend(runc_exec(&mut t, 100, 1010, &["ls"]));
+    out.extend(t.handle(&exit(110, 1010, C, 0)));
+    out.extend(runc_exec(&mut t, 200, 1020, &["sh"]));
+    t.control(Control::EventsLost { cgroup_id: C, total: 7 });
+    t.control(Control::EventsLost { cgroup_id: C, total: 7 }); // the same total again: no new loss
+    t.control(Control::EventsLost { cgroup_id: 999, total: 3 }); // a cgroup with no session
+    out.extend(t.handle(&exit(300, 1020, C, 0)));
+    t.control(Control::EventsLost { cgroup_id: C, total: 9 }); // after every session in C ended
+    out.extend(t.handle(&exit(400, 2010, D, 0)));
+
+    let e = ended(&out);
+    assert_eq!(e.len(), 3, "{e:?}");
+    let by_root = |pid| e.iter().find(|i| i.id == SessionId(key(pid))).unwrap();
+    assert_eq!((by_root(1010).events_lost, by_root(1010).incomplete), (0, false), "ended before the drop");
+    assert_eq!((by_root(1020).events_lost, by_root(1020).incomplete), (7, true), "open during the drop");
+    assert_eq!((by_root(2010).events_lost, by_root(2010).incomplete), (0, false), "another container");
+}
+
+#[test]
+fn pod_metadata_from_the_pod_index_reaches_open_and_later_sessions() {
+    use podtrail::process::run::Control;
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    out.extend(runc_exec(&mut t, 100, 1010, &["sh"]));
+    // the pod index knows the container id, not the cgroup
+    let kube = ContainerInfo {
+        id: "web".into(),
+        pod_namespace: Some("billing".into()),
+        pod_name: Some("api-1".into()),
+        container_name: Some("api".into()),
+        source: "kube_api",
+        ..Default::default()
+    };
+    t.control(Control::Container(kube));
+    // a late containerd answer must not undo it
+    let labels = ContainerInfo { id: "web".into(), cgroup_id: C, pod_name: Some("stale".into()), pod_uid: Some("uid-1".into()), source: "containerd_labels", ..Default::default() };
+    t.update_container(labels);
+    out.extend(t.handle(&exit(110, 1010, C, 0)));
+    out.extend(runc_exec(&mut t, 200, 1020, &["ls"]));
+    out.extend(t.handle(&exit(210, 1020, C, 0)));
+    let e = ended(&out);
+    assert_eq!(e.len(), 2);
+    for i in e {
+        assert_eq!(i.container.pod_name.as_deref(), Some("api-1"));
+        assert_eq!(i.container.pod_namespace.as_deref(), Some("billing"));
+        assert_eq!(i.container.pod_uid.as_deref(), Some("uid-1"), "gaps filled from containerd");
+        assert_eq!(i.container.source, "kube_api");
+        assert_eq!(i.container.cgroup_id, C);
+    }
+}
+
+#[test]
+fn children_carry_the_parent_image_they_were_forked_from() {
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    out.extend(runc_exec(&mut t, 100, 1010, &["sh"]));
+    out.extend(t.handle(&fork(110, 1011, 1010, C)));
+    out.extend(t.handle(&exec_in(120, 1010, 500, &["busybox", "sh"]))); // the shell re-execs
+    out.extend(t.handle(&fork(130, 1012, 1010, C)));
+    for (ts, pid) in [(140, 1011), (150, 1012), (160, 1010)] {
+        out.extend(t.handle(&exit(ts, pid, C, 0)));
+    }
+    let sid = SessionId(key(1010));
+    let procs = procs_of(&out, sid);
+    let idx = |pid| procs.iter().find(|p| p.key.pid == pid).unwrap().parent_exec_index;
+    assert_eq!(idx(1011), Some(0));
+    assert_eq!(idx(1012), Some(1), "forked after the re-exec");
+}

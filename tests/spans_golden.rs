@@ -24,7 +24,8 @@ fn ctx(cfg: SpansConfig) -> BuildCtx {
 fn run(cfg: SpansConfig, attributor: Arc<dyn Attributor>, updates: Vec<SessionUpdate>) -> Vec<SpanData> {
     let mut stage = SpanStage::new(ctx(cfg), attributor);
     let mut out = Output::default();
-    for u in updates {
+    // as the process stage sends them: children name their parent's image
+    for u in link_parent_images(updates) {
         stage.update(u, Instant::now(), &mut out);
     }
     stage.shutdown(99 * S, &mut out);
@@ -170,4 +171,20 @@ fn hold_deadline_exports_unattributed() {
     stage.tick(t0 + std::time::Duration::from_millis(1000), &mut out);
     assert_eq!(out.released, vec![podtrail::spans::Release::Deadline]);
     assert!(out.spans.last().unwrap().1.root);
+}
+
+#[test]
+fn a_child_is_exported_when_it_ends_not_when_its_parent_does() {
+    let updates = link_parent_images(shell_session());
+    let mut stage = SpanStage::new(ctx(SpansConfig::default()), Arc::new(NoAttributor));
+    let mut out = Output::default();
+    let first_child = updates.iter().position(|u| matches!(u, SessionUpdate::ProcessEnded(..))).unwrap();
+    for u in updates.into_iter().take(first_child + 1) {
+        stage.update(u, Instant::now(), &mut out);
+    }
+    let names: Vec<String> = out.spans.iter().map(|(_, b)| b.span.name.to_string()).collect();
+    assert!(names.iter().any(|n| n == "wget"), "wget's span leaves with its exit, before sh ends: {names:?}");
+    let wget = out.spans.iter().find(|(_, b)| b.span.name == "wget").unwrap();
+    let sh_image0 = podtrail::spans::ids::image_span_id(&BOOT, key(100), 0);
+    assert_eq!(wget.1.span.parent_span_id, sh_image0, "under the shell image it was forked from");
 }

@@ -73,6 +73,45 @@ pub struct Containers {
     by_mntns: HashMap<u32, u64>,
     by_pidns: HashMap<u32, u64>,
     host_pidns: u32,
+    /// Metadata that arrived for a container id (Kubernetes pod index, containerd) before or
+    /// after its cgroup was seen: applied whenever the cgroup is (re)learned. Bounded.
+    pinned: HashMap<String, ContainerInfo>,
+}
+
+/// Which of two descriptions of a container wins: the Kubernetes API over containerd's labels
+/// over the cgroup path. The better source's fields win; the other only fills gaps, so a late
+/// containerd answer never undoes what the pod index said.
+pub fn merge_info(dst: &mut ContainerInfo, src: &ContainerInfo) {
+    fn rank(s: &str) -> u8 {
+        match s {
+            "kube_api" => 3,
+            "containerd_labels" => 2,
+            "cgroup" => 1,
+            _ => 0,
+        }
+    }
+    let src_wins = rank(src.source) >= rank(dst.source);
+    let take = |d: &mut Option<String>, s: &Option<String>| {
+        if s.is_some() && (src_wins || d.is_none()) {
+            *d = s.clone();
+        }
+    };
+    take(&mut dst.pod_namespace, &src.pod_namespace);
+    take(&mut dst.pod_name, &src.pod_name);
+    take(&mut dst.pod_uid, &src.pod_uid);
+    take(&mut dst.container_name, &src.container_name);
+    take(&mut dst.workload_kind, &src.workload_kind);
+    take(&mut dst.workload_name, &src.workload_name);
+    take(&mut dst.node_name, &src.node_name);
+    if dst.id.is_empty() {
+        dst.id = src.id.clone();
+    }
+    if dst.cgroup_id == 0 {
+        dst.cgroup_id = src.cgroup_id;
+    }
+    if src_wins {
+        dst.source = src.source;
+    }
 }
 
 impl Containers {
@@ -96,6 +135,9 @@ impl Containers {
         match lookup.container(cgroup_id) {
             Some(mut info) => {
                 info.cgroup_id = cgroup_id;
+                if let Some(m) = self.pinned.get(&info.id) {
+                    merge_info(&mut info, m);
+                }
                 let st = ContainerState {
                     info,
                     init: None,
@@ -118,6 +160,28 @@ impl Containers {
                 false
             }
         }
+    }
+
+    /// Better metadata for a container (matched by cgroup id when it has one, else by container
+    /// id): merged into the known state and kept for when the cgroup is learned again.
+    /// Returns the cgroups it applied to.
+    pub fn pin(&mut self, info: &ContainerInfo) -> Vec<u64> {
+        if !info.id.is_empty() {
+            if self.pinned.len() >= 65_536 && !self.pinned.contains_key(&info.id) {
+                self.pinned.clear();
+            }
+            let e = self.pinned.entry(info.id.clone()).or_insert_with(|| info.clone());
+            merge_info(e, info);
+        }
+        let mut hit = Vec::new();
+        for (cg, st) in self.by_cgroup.iter_mut() {
+            let same = (info.cgroup_id != 0 && *cg == info.cgroup_id) || (!info.id.is_empty() && st.info.id == info.id);
+            if same {
+                merge_info(&mut st.info, info);
+                hit.push(*cg);
+            }
+        }
+        hit
     }
 
     pub fn get(&self, cgroup_id: u64) -> Option<&ContainerState> {

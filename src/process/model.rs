@@ -169,6 +169,11 @@ impl ImageRecord {
 pub struct ProcessRecord {
     pub key: ProcessKey,
     pub parent: Option<ProcessKey>,
+    /// The `exec_index` of the parent's image current when this process was forked: with
+    /// `parent` it names the parent span, so the span stage can export this process when it
+    /// ends instead of waiting for its parent's record. None when the parent was not in the
+    /// table (exited before a late fork record, or never seen).
+    pub parent_exec_index: Option<u32>,
     pub nspid: u32,
     pub fork_ns: u64,
     pub exit_ns: Option<u64>,

@@ -146,6 +146,8 @@ impl SessionTracker {
         for sp in procs {
             let parent = by_pid.get(&sp.ppid).map(|pp| key_of(pp));
             let mut p = Proc::new(key_of(sp), parent);
+            // a parent learned from /proc has one image, index 0
+            p.parent_exec_index = parent.map(|_| 0);
             p.from_proc = true;
             p.cgroup_id = sp.cgroup_id;
             p.nspid = sp.nspid;

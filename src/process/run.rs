@@ -5,8 +5,11 @@
 //! counts its own drops). Around the pure [`SessionTracker`]: the /proc scan at start-up, and
 //! [`HostContainers`], the real container lookup: cgroup id -> path -> container id at once
 //! (kernfs, no blocking I/O worth the name), pod labels and init pid from containerd in a
-//! background task whose answers reach the tracker as they come. Closing the input is the
-//! shutdown signal: open sessions end marked incomplete, then the output closes.
+//! background task whose answers reach the tracker as they come. A [`Control`] channel
+//! carries what other parts of the agent learn about containers: the kernel's per-cgroup drop
+//! counts (which mark the open sessions of that cgroup) and pod metadata from the Kubernetes
+//! pod index. Closing the event input is the shutdown signal: open sessions end marked
+//! incomplete, then the output closes (the control channel closing does not stop anything).
 
 use std::{
     collections::HashMap,
@@ -29,6 +32,27 @@ use super::containers::ContainerLookup;
 use super::model::{ContainerInfo, SessionUpdate};
 use super::proc_scan;
 use super::session::SessionTracker;
+
+/// What the rest of the agent tells the process stage, beside the events.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Control {
+    /// The kernel's cumulative count of ring-buffer records lost for a cgroup (the capture
+    /// counters' `dropped_by_cgroup`): the increase marks that cgroup's open sessions.
+    EventsLost { cgroup_id: u64, total: u64 },
+    /// Metadata for a container, matched by `cgroup_id` when non-zero, else by `id`; a
+    /// `source` of `kube_api` wins over containerd's labels.
+    Container(ContainerInfo),
+}
+
+impl SessionTracker {
+    /// Apply one control message.
+    pub fn control(&mut self, c: Control) {
+        match c {
+            Control::EventsLost { cgroup_id, total } => self.note_events_lost_total(cgroup_id, total),
+            Control::Container(info) => self.update_container(info),
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct ProcessOptions {
@@ -180,11 +204,13 @@ async fn containerd_worker(
 
 /// Runs the process stage until `rx` closes. Sends `Started` for sessions found in /proc
 /// first, then updates as events arrive, then the incomplete ends of open sessions.
+/// `control` is read alongside the events (see [`Control`]).
 pub async fn run(
     mut rx: mpsc::Receiver<Event>,
     tx: mpsc::Sender<SessionUpdate>,
     opts: ProcessOptions,
     stats: Arc<ProcessStats>,
+    mut control: mpsc::Receiver<Control>,
 ) {
     let cgroup_root = opts.cgroup_root.clone().or_else(crate::enrich::cgroup::cgroup2_mount);
     let index = cgroup_root.clone().map(CgroupIndex::new);
@@ -213,6 +239,7 @@ pub async fn run(
     stats.update(&tracker);
 
     let mut answers_open = true;
+    let mut control_open = true;
     loop {
         tokio::select! {
             ev = rx.recv() => {
@@ -227,6 +254,10 @@ pub async fn run(
             info = answers.recv(), if answers_open => match info {
                 Some(info) => tracker.update_container(info),
                 None => answers_open = false,
+            },
+            c = control.recv(), if control_open => match c {
+                Some(c) => tracker.control(c),
+                None => control_open = false,
             },
         }
     }

@@ -71,6 +71,8 @@ pub struct SessionTracker {
     pub(crate) lookup: Box<dyn ContainerLookup>,
     sessions: HashMap<SessionId, Session>,
     pub(crate) counters: TrackerCounters,
+    /// Last cumulative kernel drop count seen per cgroup.
+    lost_seen: HashMap<u64, u64>,
 }
 
 pub(crate) fn image_from_exec(e: &ExecEvent, exec_index: u32) -> ImageRecord {
@@ -107,6 +109,7 @@ impl SessionTracker {
             lookup,
             sessions: HashMap::new(),
             counters: TrackerCounters::default(),
+            lost_seen: HashMap::new(),
         }
     }
 
@@ -181,26 +184,60 @@ impl SessionTracker {
     }
 
     /// Better metadata for a container (containerd labels, the Kubernetes API) arrived: later
-    /// updates of its sessions carry it.
+    /// updates of its sessions carry it. Matched by cgroup id, or by container id when the
+    /// sender does not know the cgroup (the pod index); kept for containers not seen yet. A
+    /// lesser source never overwrites a better one ([`super::containers::merge_info`]).
     pub fn update_container(&mut self, info: super::model::ContainerInfo) {
-        let cg = info.cgroup_id;
-        if let Some(st) = self.containers.get_mut(cg) {
-            st.info = info.clone();
-        }
+        let cgroups = self.containers.pin(&info);
         for s in self.sessions.values_mut() {
-            if s.info.container.cgroup_id == cg {
-                s.info.container = info.clone();
+            let c = &mut s.info.container;
+            let same = cgroups.contains(&c.cgroup_id) || (!info.id.is_empty() && c.id == info.id);
+            if same {
+                super::containers::merge_info(c, &info);
             }
         }
     }
 
-    /// The kernel lost `n` events of this cgroup: mark the sessions running in it.
+    /// The kernel lost `n` events of this cgroup: mark the sessions running in it (those of
+    /// its container, and node sessions with a member in that host cgroup) incomplete.
     pub fn note_events_lost(&mut self, cgroup_id: u64, n: u64) {
-        for s in self.sessions.values_mut() {
-            if s.info.container.cgroup_id == cgroup_id {
-                s.info.events_lost += n;
+        if n == 0 {
+            return;
+        }
+        let mut hit: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.info.container.cgroup_id == cgroup_id)
+            .map(|(id, _)| *id)
+            .collect();
+        for p in self.table.iter() {
+            if let Some(sid) = p.session.filter(|_| p.cgroup_id == cgroup_id) {
+                if !hit.contains(&sid) {
+                    hit.push(sid);
+                }
             }
         }
+        for sid in hit {
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.info.events_lost += n;
+                s.info.incomplete = true;
+            }
+        }
+    }
+
+    /// The kernel's cumulative drop count for a cgroup (as the capture counters report it,
+    /// polled): the increase since the last report marks the sessions open now. Drops are
+    /// polled about once a second, so a session that started within that second of a drop may
+    /// be marked too: a false "incomplete" is the safe error, a silent loss is not.
+    pub fn note_events_lost_total(&mut self, cgroup_id: u64, total: u64) {
+        let seen = self.lost_seen.entry(cgroup_id).or_insert(0);
+        let n = total.saturating_sub(*seen);
+        *seen = (*seen).max(total);
+        if self.lost_seen.len() > 65_536 {
+            self.lost_seen.clear();
+            self.lost_seen.insert(cgroup_id, total);
+        }
+        self.note_events_lost(cgroup_id, n);
     }
 
     /// Open a session learned from /proc (its members are added with [`Self::adopt`]).
@@ -247,6 +284,7 @@ impl SessionTracker {
             p.join = pp.join.clone();
             p.mntns_ino = pp.mntns_ino;
             p.loginuid = pp.loginuid;
+            p.parent_exec_index = pp.images.last().map(|i| i.exec_index);
             if let Some(img) = pp.images.last() {
                 let mut img = img.clone();
                 img.exec_index = 0;
@@ -644,6 +682,7 @@ pub(crate) fn record_of(p: &Proc, exit_ns: Option<u64>, exit: Option<ExitStatus>
     ProcessRecord {
         key: p.key,
         parent: p.parent,
+        parent_exec_index: p.parent_exec_index,
         nspid: p.nspid,
         fork_ns: p.fork_ns,
         exit_ns,

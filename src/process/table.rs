@@ -32,6 +32,8 @@ pub struct PendingJoin {
 pub struct Proc {
     pub key: ProcessKey,
     pub parent: Option<ProcessKey>,
+    /// The parent's exec index when this process was forked (see `ProcessRecord`).
+    pub parent_exec_index: Option<u32>,
     pub nspid: u32,
     pub cgroup_id: u64,
     pub pidns_ino: u32,
@@ -53,6 +55,7 @@ impl Proc {
         Proc {
             key,
             parent,
+            parent_exec_index: None,
             nspid: 0,
             cgroup_id: 0,
             pidns_ino: 0,

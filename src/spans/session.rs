@@ -5,10 +5,13 @@
 //! In: `ProcessRecord`s (final) of one session, then its end. Out: `SpanData`, root last.
 //! Dropped (counted on the root): spans over the session's cap, repeats folded into one span,
 //! UDP connects that never sent (resolver address sorting).
-//! A child can end before its parent; its parent's image is only known from the parent's
-//! record, so such a child waits here until the parent ends (or the session does).
+//! A child usually ends before its parent. Its record names the parent's image current at
+//! fork (`parent_exec_index`), and span ids derive from (process, exec index), so the child is
+//! exported at once under that id; the parent's image span is then never folded away (its id
+//! is referenced). Only a child whose parent's image is unknown waits here until the parent
+//! ends (or the session does).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use opentelemetry::trace::SpanId;
 use opentelemetry::KeyValue;
@@ -42,6 +45,8 @@ pub struct SessionSpans {
     frame: SessionFrame,
     slots: HashMap<ProcessKey, Vec<Slot>>,
     waiting: HashMap<ProcessKey, Vec<ProcessRecord>>,
+    /// Image spans named as a parent before they were built: never folded.
+    referenced: HashSet<SpanId>,
     folds: FoldTable<SpanData>,
     marks: RootMarks,
     spans: u64,
@@ -56,6 +61,7 @@ impl SessionSpans {
             frame,
             slots: HashMap::new(),
             waiting: HashMap::new(),
+            referenced: HashSet::new(),
             folds: FoldTable::new(ctx.cfg.fold_after),
             marks: RootMarks::default(),
             spans: 0,
@@ -128,7 +134,10 @@ impl SessionSpans {
         } else {
             match rec.parent {
                 None => Some(self.frame.root_id),
-                Some(q) => self.slots.get(&q).map(|slots| pick_slot(slots, rec.fork_ns)),
+                Some(q) => match self.slots.get(&q) {
+                    Some(slots) => Some(pick_slot(slots, rec.fork_ns)),
+                    None => rec.parent_exec_index.and_then(|i| self.reserve(ctx, ids::image_span_id(&ctx.boot_id, q, i))),
+                },
             }
         };
         match parent_span {
@@ -150,6 +159,21 @@ impl SessionSpans {
                 self.waiting.entry(q).or_default().push(rec);
             }
         }
+    }
+
+    /// Name a parent image span before it is built: its place under the cap is taken now, so
+    /// a child exported early never points at a span the cap later drops. None when the cap
+    /// is reached (the child then waits for its parent, as without the index).
+    fn reserve(&mut self, ctx: &BuildCtx, id: SpanId) -> Option<SpanId> {
+        if self.referenced.contains(&id) {
+            return Some(id);
+        }
+        if self.spans >= ctx.cfg.max_spans_per_session as u64 {
+            return None;
+        }
+        self.spans += 1;
+        self.referenced.insert(id);
+        Some(id)
     }
 
     fn under_cap(&mut self, ctx: &BuildCtx) -> bool {
@@ -178,13 +202,18 @@ impl SessionSpans {
             parts.push(exit.as_bytes());
             let digest = fold_digest(&parts);
             let frame = &self.frame;
-            let decision = self.folds.offer(parent_for_image, digest, img.start_ns, end, || {
-                build::image_span(ctx, frame, &rec, idx, own, parent_for_image, end).0
-            });
+            let reserved = self.referenced.contains(&own);
+            let decision = if reserved {
+                FoldDecision::Keep // a child already hangs on this id
+            } else {
+                self.folds.offer(parent_for_image, digest, img.start_ns, end, || {
+                    build::image_span(ctx, frame, &rec, idx, own, parent_for_image, end).0
+                })
+            };
             let slot_span = match decision {
                 FoldDecision::Folded(f) => f,
                 FoldDecision::Keep => {
-                    if self.under_cap(ctx) {
+                    if reserved || self.under_cap(ctx) {
                         let (s, cut) = build::image_span(ctx, &self.frame, &rec, idx, own, parent_for_image, end);
                         if cut {
                             self.marks.argv_truncated += 1;

@@ -87,6 +87,7 @@ pub fn process(pid: u32, parent: Option<u32>, fork: u64, exit: u64, code: i32, i
     ProcessRecord {
         key: key(pid),
         parent: parent.map(key),
+        parent_exec_index: None,
         nspid: pid - 90,
         fork_ns: fork,
         exit_ns: Some(exit),
@@ -228,4 +229,32 @@ pub fn render(spans: &[SpanData]) -> String {
         walk(&mut out, &children, root, 0);
     }
     out
+}
+
+/// Fill `parent_exec_index` as the process stage does: the parent's image current at the
+/// child's fork (the last one started at or before it).
+pub fn link_parent_images(mut updates: Vec<SessionUpdate>) -> Vec<SessionUpdate> {
+    let mut images: std::collections::HashMap<ProcessKey, Vec<(u64, u32)>> = Default::default();
+    for u in &updates {
+        let recs: Vec<&ProcessRecord> = match u {
+            SessionUpdate::ProcessEnded(_, r) => vec![r],
+            SessionUpdate::Ended(_, rs) => rs.iter().collect(),
+            _ => vec![],
+        };
+        for r in recs {
+            images.insert(r.key, r.images.iter().map(|i| (i.start_ns, i.exec_index)).collect());
+        }
+    }
+    let fill = |r: &mut ProcessRecord| {
+        let Some(parent) = r.parent.and_then(|p| images.get(&p)) else { return };
+        r.parent_exec_index = parent.iter().rev().find(|(start, _)| *start <= r.fork_ns).or(parent.first()).map(|(_, i)| *i);
+    };
+    for u in &mut updates {
+        match u {
+            SessionUpdate::ProcessEnded(_, r) => fill(r),
+            SessionUpdate::Ended(_, rs) => rs.iter_mut().for_each(fill),
+            _ => {}
+        }
+    }
+    updates
 }

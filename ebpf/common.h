@@ -78,6 +78,7 @@ struct pt_abi_anchor {
 	struct pt_connect_result connect_result;
 	struct pt_udp_send udp_send;
 	struct pt_cgroup_drops cgroup_drops;
+	struct pt_file file;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -178,6 +179,58 @@ static __always_inline void fill_header(struct pt_header *h, __u32 kind, __u32 l
 	h->tid = BPF_CORE_READ(t, pid);
 	h->start_ns = task_start_ns(t);
 	h->cgroup_id = cgroup_id;
+}
+
+#define PT_PATH_DEPTH 32
+#define PT_NAME_READ 256
+
+/*
+ * Resolve a path (dentry, mount) by walking dentries to the root of its mount, crossing
+ * mounts upwards. Components are written leaf first, each NUL-terminated; user space reverses
+ * them. For a file in a container the walk stops at the container's root mount, so the path
+ * is the one seen inside the container. `max` must be a power of two (a constant after
+ * inlining): masking the offset with it keeps every path's offset in one range, which lets
+ * the verifier prune. Sets *cut when the path was too deep or too long.
+ */
+static __always_inline __u32 resolve_path(__u8 *out, struct dentry *d, struct vfsmount *vmnt, __u32 max, bool *cut)
+{
+	struct mount *mnt = container_of(vmnt, struct mount, mnt);
+	__u32 off = 0;
+	bool done = false;
+
+	for (int i = 0; i < PT_PATH_DEPTH; i++) {
+		struct dentry *mnt_root = BPF_CORE_READ(vmnt, mnt_root);
+		struct dentry *parent = BPF_CORE_READ(d, d_parent);
+		if (d == mnt_root) {
+			struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+			if (up == mnt) {
+				done = true;
+				break;
+			}
+			d = BPF_CORE_READ(mnt, mnt_mountpoint);
+			mnt = up;
+			vmnt = &up->mnt;
+			continue;
+		}
+		if (off >= max - PT_NAME_READ)
+			break;
+		const unsigned char *name = BPF_CORE_READ(d, d_name.name);
+		long n = bpf_probe_read_kernel_str(out + off, PT_NAME_READ, name);
+		if (n <= 0) {
+			done = true;
+			break;
+		}
+		off = (off + n) & (max - 1);
+		if (d == parent) {
+			/* a pseudo file (memfd, anonymous inode): its name is all there is */
+			done = true;
+			break;
+		}
+		d = parent;
+	}
+	if (!done)
+		*cut = true;
+	return off;
 }
 
 #endif /* PODTRAIL_COMMON_H */

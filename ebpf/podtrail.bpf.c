@@ -7,5 +7,6 @@
 #include "process.bpf.c"
 #include "net.bpf.c"
 #include "ns.bpf.c"
+#include "file.bpf.c"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

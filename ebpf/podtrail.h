@@ -26,11 +26,12 @@ enum pt_kind {
 	PT_KIND_CONNECT_RESULT = 5,
 	PT_KIND_NS_JOIN = 6,
 	PT_KIND_UDP_SEND = 7,
-	PT_KIND_MAX = 8, /* one past the last kind: sizes the per-kind counters */
+	PT_KIND_FILE = 8,
+	PT_KIND_MAX = 9, /* one past the last kind: sizes the per-kind counters */
 };
 
 /* Limits of the variable parts. Raising one changes the ABI version. */
-#define PT_ABI_VERSION 1
+#define PT_ABI_VERSION 2
 #define PT_FILENAME_MAX 256  /* bprm->filename, as passed to execve */
 #define PT_INTERP_MAX 256    /* bprm->interp: the interpreter of a #! script */
 #define PT_EXE_PATH_MAX 1024 /* resolved executable path, components leaf first */
@@ -95,10 +96,12 @@ struct pt_exec {
 	__u16 argv_len;         /* bytes in the argv slot: NUL-separated strings */
 	__u16 _pad0;
 	char comm[PT_COMM_LEN]; /* task comm after exec */
+	__u64 exe_ctime_ns;     /* executable's inode change time, CLOCK_REALTIME ns: a file
+	                           written after its container or session started shows it */
 };
-_Static_assert(sizeof(struct pt_exec) == 144, "pt_exec size");
+_Static_assert(sizeof(struct pt_exec) == 152, "pt_exec size");
 
-#define PT_EXEC_FILENAME_OFF 144
+#define PT_EXEC_FILENAME_OFF 152
 #define PT_EXEC_INTERP_OFF (PT_EXEC_FILENAME_OFF + PT_FILENAME_MAX)
 #define PT_EXEC_EXE_PATH_OFF (PT_EXEC_INTERP_OFF + PT_INTERP_MAX)
 #define PT_EXEC_AUDIT_ID_OFF (PT_EXEC_EXE_PATH_OFF + PT_EXE_PATH_MAX)
@@ -182,6 +185,50 @@ struct pt_udp_send {
 	__u32 _pad0;
 };
 _Static_assert(sizeof(struct pt_udp_send) == 56, "pt_udp_send size");
+
+/* File operations (pt_file.op). Bits of the same numbers form the watch masks. */
+#define PT_FILE_OPEN 0
+#define PT_FILE_UNLINK 1
+#define PT_FILE_RENAME 2
+#define PT_FILE_TRUNCATE 3
+#define PT_FILE_CHMOD 4
+#define PT_FILE_LINK 5
+#define PT_FILE_SYMLINK 6
+#define PT_WATCH_READ (1u << 7) /* watch opens for reading too (secrets), not only writes */
+
+/* pt_file.fflags */
+#define PT_FILE_F_WRITE (1u << 0)     /* opened for writing, creating or truncating */
+#define PT_FILE_F_TRUNCATED (1u << 1) /* a path or directory was longer than its slot */
+#define PT_FILE_F_PATH_FD (1u << 2)   /* path came from an fd (ftruncate, fchmod): in dir */
+
+#define PT_PATH_MAX 256 /* a path as the process gave it */
+#define PT_DIR_MAX 512  /* a resolved directory (or fd path), components leaf first */
+#define PT_WATCH_NAME_MAX 64
+
+/*
+ * file: an operation on a file whose base name is in the `watched_names` map (shell
+ * histories, /etc/shadow, ssh keys, service account tokens). Sent at syscall exit with the
+ * result. A relative `path` is resolved by user space against `dir` (the cwd, or the dirfd's
+ * path), both read from the task at syscall entry; `path2`/`dir2` the same for the second
+ * name of rename, link and symlink (for symlink, `path` is the link's target as given).
+ */
+struct pt_file {
+	struct pt_header h;
+	__s64 result;       /* return value: fd or 0, or -errno */
+	__u32 op;           /* PT_FILE_* */
+	__u32 flags;        /* open flags, or chmod mode */
+	__u16 path_len;
+	__u16 path2_len;
+	__u16 dir_len;
+	__u16 dir2_len;
+	__u32 fflags;       /* PT_FILE_F_* */
+	__u32 _pad0;
+	char path[PT_PATH_MAX];
+	char path2[PT_PATH_MAX];
+	char dir[PT_DIR_MAX];
+	char dir2[PT_DIR_MAX];
+};
+_Static_assert(sizeof(struct pt_file) == 1608, "pt_file size");
 
 /* Kernel-side filter modes (global `filter_mode`). */
 #define PT_FILTER_ALL 0        /* every process on the host */

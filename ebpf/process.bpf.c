@@ -7,64 +7,12 @@
 #include "common.h"
 
 #define SIGNAL_GROUP_EXIT 0x00000004 /* include/linux/sched/signal.h */
-#define PT_PATH_DEPTH 32
-#define PT_NAME_READ 256
 
 /* "KUBERNETES_EXEC_AUDIT_ID=": three little-endian words and a byte. */
 #define AUDIT_KEY_LEN 25
 #define AUDIT_KEY_W0 0x54454e524542554bULL /* "KUBERNET" */
 #define AUDIT_KEY_W1 0x5f434558455f5345ULL /* "ES_EXEC_" */
 #define AUDIT_KEY_W2 0x44495f5449445541ULL /* "AUDIT_ID" */
-
-/*
- * Resolve an executable's path by walking dentries to the root of its mount, crossing
- * mounts upwards. Components are written leaf first, each NUL-terminated; user space
- * reverses them. For a file in a container, the walk stops at the container's root mount,
- * so the path is the one seen inside the container.
- */
-static __always_inline __u32 resolve_exe(__u8 *out, struct file *f, __u32 *flags)
-{
-	struct dentry *d = BPF_CORE_READ(f, f_path.dentry);
-	struct vfsmount *vmnt = BPF_CORE_READ(f, f_path.mnt);
-	struct mount *mnt = container_of(vmnt, struct mount, mnt);
-	__u32 off = 0;
-	bool done = false;
-
-	for (int i = 0; i < PT_PATH_DEPTH; i++) {
-		struct dentry *mnt_root = BPF_CORE_READ(vmnt, mnt_root);
-		struct dentry *parent = BPF_CORE_READ(d, d_parent);
-		if (d == mnt_root) {
-			struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
-			if (up == mnt) {
-				done = true;
-				break;
-			}
-			d = BPF_CORE_READ(mnt, mnt_mountpoint);
-			mnt = up;
-			vmnt = &up->mnt;
-			continue;
-		}
-		if (off > PT_EXE_PATH_MAX - PT_NAME_READ)
-			break;
-		const unsigned char *name = BPF_CORE_READ(d, d_name.name);
-		long n = bpf_probe_read_kernel_str(out + off, PT_NAME_READ, name);
-		if (n <= 0) {
-			done = true;
-			break;
-		}
-		/* masking keeps every path's `off` in one range, so the verifier can prune */
-		off = (off + n) & (PT_EXE_PATH_MAX - 1);
-		if (d == parent) {
-			/* a pseudo file (memfd, anonymous inode): its name is all there is */
-			done = true;
-			break;
-		}
-		d = parent;
-	}
-	if (!done)
-		*flags |= PT_EXEC_F_EXE_TRUNCATED;
-	return off;
-}
 
 static __always_inline bool is_audit_key(const __u8 *s)
 {
@@ -177,7 +125,12 @@ int BPF_PROG(pt_sched_exec, struct task_struct *p, pid_t old_pid, struct linux_b
 		e->exe_nlink = BPF_CORE_READ(ino, __i_nlink);
 		if (e->exe_nlink == 0)
 			e->flags |= PT_EXEC_F_FILELESS;
-		e->exe_path_len = resolve_exe(buf + PT_EXEC_EXE_PATH_OFF, exe, &e->flags);
+		e->exe_ctime_ns = BPF_CORE_READ(ino, i_ctime_sec) * 1000000000ULL + BPF_CORE_READ(ino, i_ctime_nsec);
+		bool cut = false;
+		e->exe_path_len = resolve_path(buf + PT_EXEC_EXE_PATH_OFF, BPF_CORE_READ(exe, f_path.dentry),
+					       BPF_CORE_READ(exe, f_path.mnt), PT_EXE_PATH_MAX, &cut);
+		if (cut)
+			e->flags |= PT_EXEC_F_EXE_TRUNCATED;
 	}
 
 	/* the audit id is only ever trusted on a session's first image: look where a process

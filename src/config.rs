@@ -27,6 +27,7 @@ pub struct Config {
     pub spans: SpansConfig,
     pub export: ExportConfig,
     pub metrics: MetricsConfig,
+    pub rules: crate::rules::RulesConfig,
     pub kube: KubeConfig,
 }
 
@@ -73,6 +74,11 @@ pub struct CaptureConfig {
     pub poll_ms: u64,
     /// Events queued between the reader and the process stage.
     pub channel_capacity: usize,
+    /// Base names of files whose changes are recorded (open for writing, unlink, rename,
+    /// truncate, chmod, link, symlink), filtered in the kernel.
+    pub watch_changes: Vec<String>,
+    /// Base names of files whose reads are recorded too (secrets).
+    pub watch_reads: Vec<String>,
 }
 
 impl Default for CaptureConfig {
@@ -85,6 +91,8 @@ impl Default for CaptureConfig {
             wakeup_kib: 256,
             poll_ms: 20,
             channel_capacity: 65_536,
+            watch_changes: crate::capture::loader::DEFAULT_WATCH_CHANGES.iter().map(|s| s.to_string()).collect(),
+            watch_reads: crate::capture::loader::DEFAULT_WATCH_READS.iter().map(|s| s.to_string()).collect(),
         }
     }
 }
@@ -207,6 +215,8 @@ impl Config {
             cgroup2_root: None,
             network: c.network,
             ignore_self: true,
+            watch_changes: c.watch_changes.clone(),
+            watch_reads: c.watch_reads.clone(),
         };
         let p = &self.process;
         let process = ProcessOptions {
@@ -248,6 +258,7 @@ impl Config {
             spans,
             export: self.export.clone(),
             metrics_listen,
+            rules: self.rules.clone(),
             kube: self.kube.clone(),
         })
     }
@@ -296,6 +307,7 @@ pub struct Ready {
     pub spans: SpansConfig,
     pub export: ExportConfig,
     pub metrics_listen: Option<SocketAddr>,
+    pub rules: crate::rules::RulesConfig,
     pub kube: KubeConfig,
 }
 

@@ -5,7 +5,7 @@
 //! offset with the BTF clang wrote into the compiled object, so a change on one side that is
 //! not made on the other fails before it can misread a byte.
 
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 pub const KIND_EXEC: u32 = 1;
 pub const KIND_FORK: u32 = 2;
@@ -14,11 +14,12 @@ pub const KIND_CONNECT: u32 = 4;
 pub const KIND_CONNECT_RESULT: u32 = 5;
 pub const KIND_NS_JOIN: u32 = 6;
 pub const KIND_UDP_SEND: u32 = 7;
-pub const KIND_MAX: u32 = 8;
+pub const KIND_FILE: u32 = 8;
+pub const KIND_MAX: u32 = 9;
 
 /// Human names of the kinds, indexed by kind number (0 is unused).
 pub const KIND_NAMES: [&str; KIND_MAX as usize] =
-    ["none", "exec", "fork", "exit", "connect", "connect_result", "ns_join", "udp_send"];
+    ["none", "exec", "fork", "exit", "connect", "connect_result", "ns_join", "udp_send", "file"];
 
 pub const FILENAME_MAX: usize = 256;
 pub const INTERP_MAX: usize = 256;
@@ -27,7 +28,7 @@ pub const AUDIT_ID_MAX: usize = 128;
 pub const ARGV_MAX: usize = 4096;
 pub const COMM_LEN: usize = 16;
 
-pub const EXEC_FILENAME_OFF: usize = 144;
+pub const EXEC_FILENAME_OFF: usize = 152;
 pub const EXEC_INTERP_OFF: usize = EXEC_FILENAME_OFF + FILENAME_MAX;
 pub const EXEC_EXE_PATH_OFF: usize = EXEC_INTERP_OFF + INTERP_MAX;
 pub const EXEC_AUDIT_ID_OFF: usize = EXEC_EXE_PATH_OFF + EXE_PATH_MAX;
@@ -47,6 +48,21 @@ pub const EXEC_F_ENV_TRUNCATED: u32 = 1 << 9;
 
 pub const RESULT_SYSCALL: u8 = 1;
 pub const RESULT_TCP_STATE: u8 = 2;
+
+pub const FILE_OPEN: u32 = 0;
+pub const FILE_UNLINK: u32 = 1;
+pub const FILE_RENAME: u32 = 2;
+pub const FILE_TRUNCATE: u32 = 3;
+pub const FILE_CHMOD: u32 = 4;
+pub const FILE_LINK: u32 = 5;
+pub const FILE_SYMLINK: u32 = 6;
+pub const WATCH_READ: u32 = 1 << 7;
+pub const FILE_F_WRITE: u32 = 1 << 0;
+pub const FILE_F_TRUNCATED: u32 = 1 << 1;
+pub const FILE_F_PATH_FD: u32 = 1 << 2;
+pub const PATH_MAX: usize = 256;
+pub const DIR_MAX: usize = 512;
+pub const WATCH_NAME_MAX: usize = 64;
 
 pub const FILTER_ALL: u32 = 0;
 pub const FILTER_CONTAINERS: u32 = 1;
@@ -90,6 +106,7 @@ pub struct Exec {
     pub argv_len: u16,
     pub _pad0: u16,
     pub comm: [u8; COMM_LEN],
+    pub exe_ctime_ns: u64,
 }
 
 #[repr(C)]
@@ -164,6 +181,46 @@ pub struct UdpSend {
 }
 
 #[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct File {
+    pub h: Header,
+    pub result: i64,
+    pub op: u32,
+    pub flags: u32,
+    pub path_len: u16,
+    pub path2_len: u16,
+    pub dir_len: u16,
+    pub dir2_len: u16,
+    pub fflags: u32,
+    pub _pad0: u32,
+    pub path: [u8; PATH_MAX],
+    pub path2: [u8; PATH_MAX],
+    pub dir: [u8; DIR_MAX],
+    pub dir2: [u8; DIR_MAX],
+}
+
+impl Default for File {
+    fn default() -> Self {
+        File {
+            h: Header::default(),
+            result: 0,
+            op: 0,
+            flags: 0,
+            path_len: 0,
+            path2_len: 0,
+            dir_len: 0,
+            dir2_len: 0,
+            fflags: 0,
+            _pad0: 0,
+            path: [0; PATH_MAX],
+            path2: [0; PATH_MAX],
+            dir: [0; DIR_MAX],
+            dir2: [0; DIR_MAX],
+        }
+    }
+}
+
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CgroupDrops {
     pub events: u64,
@@ -186,6 +243,7 @@ unsafe impl Plain for Connect {}
 unsafe impl Plain for ConnectResult {}
 unsafe impl Plain for UdpSend {}
 unsafe impl Plain for CgroupDrops {}
+unsafe impl Plain for File {}
 // SAFETY: as for Plain.
 unsafe impl aya::Pod for CgroupDrops {}
 
@@ -209,7 +267,7 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<FieldLayout>)> {
         layout!(Exec, "pt_exec", [h, ppid, nspid, parent_start_ns, parent_cgroup_id, pidns_ino,
             parent_pidns_ino, mntns_ino, uid, gid, euid, loginuid, flags, exe_ino, exe_dev,
             exe_nlink, argc, filename_len, interp_len, exe_path_len, audit_id_len, argv_len,
-            _pad0, comm]),
+            _pad0, comm, exe_ctime_ns]),
         layout!(Fork, "pt_fork", [h, ppid, creator_pid, parent_start_ns, pidns_ino, nspid, uid, _pad0]),
         layout!(Exit, "pt_exit", [h, exit_code, _pad0]),
         layout!(NsJoin, "pt_ns_join", [h, nstype, pidns_for_children_ino, mntns_ino, netns_ino,
@@ -218,6 +276,7 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<FieldLayout>)> {
         layout!(ConnectResult, "pt_connect_result", [h, cookie, error, phase, family, dport, daddr]),
         layout!(UdpSend, "pt_udp_send", [h, cookie, bytes, _pad0]),
         layout!(CgroupDrops, "pt_cgroup_drops", [events, last_ts_ns]),
+        layout!(File, "pt_file", [h, result, op, flags, path_len, path2_len, dir_len, dir2_len, fflags, _pad0, path, path2, dir, dir2]),
     ]
 }
 

@@ -148,8 +148,83 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 bytes: u.bytes,
             }))
         }
+        abi::KIND_FILE => decode_file(bytes),
         k => Err(DecodeError::UnknownKind(k)),
     }
+}
+
+fn decode_file(rec: &[u8]) -> Result<Event, DecodeError> {
+    let f: abi::File = need(rec, abi::KIND_FILE)?;
+    let op = match f.op {
+        abi::FILE_OPEN => FileOp::Open,
+        abi::FILE_UNLINK => FileOp::Unlink,
+        abi::FILE_RENAME => FileOp::Rename,
+        abi::FILE_TRUNCATE => FileOp::Truncate,
+        abi::FILE_CHMOD => FileOp::Chmod,
+        abi::FILE_LINK => FileOp::Link,
+        abi::FILE_SYMLINK => FileOp::Symlink,
+        _ => return Err(DecodeError::FieldOverrun("file op")),
+    };
+    let field = |buf: &[u8], len: u16, name: &'static str| -> Result<Vec<u8>, DecodeError> {
+        buf.get(..len as usize).map(<[u8]>::to_vec).ok_or(DecodeError::FieldOverrun(name))
+    };
+    let path = field(&f.path, f.path_len, "path")?;
+    let path2 = field(&f.path2, f.path2_len, "path2")?;
+    let dir = join_leaf_first(&field(&f.dir, f.dir_len, "dir")?);
+    let dir2 = join_leaf_first(&field(&f.dir2, f.dir2_len, "dir2")?);
+    let (path, path2) = if f.fflags & abi::FILE_F_PATH_FD != 0 {
+        (dir, None)
+    } else if op == FileOp::Symlink {
+        // the target stays as given; the new link's name is resolved
+        (path, Some(absolute(&dir2, &path2)))
+    } else {
+        (absolute(&dir, &path), (!path2.is_empty()).then(|| absolute(&dir2, &path2)))
+    };
+    Ok(Event::File(FileEvent {
+        ts_ns: f.h.ts_ns,
+        pid: f.h.pid,
+        tid: f.h.tid,
+        start_ns: f.h.start_ns,
+        cgroup_id: f.h.cgroup_id,
+        op,
+        write: f.fflags & abi::FILE_F_WRITE != 0,
+        flags: f.flags,
+        path,
+        path2,
+        result: f.result,
+        truncated: f.fflags & abi::FILE_F_TRUNCATED != 0,
+    }))
+}
+
+/// `path` made absolute against `dir` (already absolute: as it is), with `.` and `..`
+/// components folded the way the kernel would walk them.
+fn absolute(dir: &[u8], path: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    let joined: Vec<u8>;
+    let full: &[u8] = if path.first() == Some(&b'/') {
+        path
+    } else {
+        joined = [dir, b"/", path].concat();
+        &joined
+    };
+    for p in full.split(|&b| b == b'/') {
+        match p {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    let mut out = Vec::with_capacity(full.len());
+    for p in parts {
+        out.push(b'/');
+        out.extend_from_slice(p);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    out
 }
 
 fn need<T: abi::Plain>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
@@ -223,6 +298,7 @@ fn decode_exec(rec: &[u8]) -> Result<Event, DecodeError> {
         argv: split_argv(argv),
         audit_id: (!audit.is_empty()).then(|| crate::text::escape(audit)),
         comm: e.comm[..comm_len].to_vec(),
+        exe_ctime_ns: e.exe_ctime_ns,
         flags: ExecFlags {
             argv_truncated: f & abi::EXEC_F_ARGV_TRUNCATED != 0,
             filename_truncated: f & abi::EXEC_F_FILENAME_TRUNC != 0,
@@ -302,6 +378,14 @@ mod tests {
         assert!(e.flags.tty);
         assert_eq!(e.loginuid, None);
         assert_eq!(e.comm, b"busybox");
+    }
+
+    #[test]
+    fn relative_paths_are_made_absolute() {
+        assert_eq!(absolute(b"/root", b".bash_history"), b"/root/.bash_history");
+        assert_eq!(absolute(b"/root", b"../etc/./shadow"), b"/etc/shadow");
+        assert_eq!(absolute(b"/tmp", b"/root/.ash_history"), b"/root/.ash_history");
+        assert_eq!(absolute(b"", b"x"), b"/x");
     }
 
     #[test]

@@ -117,6 +117,9 @@ pub struct ExecEvent {
     pub audit_id: Option<String>,
     #[serde(serialize_with = "ser_bytes")]
     pub comm: Vec<u8>,
+    /// The executable's inode change time (wall clock, ns): later than the start of its
+    /// container or session means the file was written there.
+    pub exe_ctime_ns: u64,
     pub flags: ExecFlags,
 }
 

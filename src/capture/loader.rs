@@ -56,7 +56,21 @@ pub struct CaptureOptions {
     pub network: bool,
     /// Leave podtrail's own process out (its OTLP connections are not evidence).
     pub ignore_self: bool,
+    /// Base names whose changes (open for writing, unlink, rename, truncate, chmod, link,
+    /// symlink) are reported.
+    pub watch_changes: Vec<String>,
+    /// Base names whose reads are reported too (secrets).
+    pub watch_reads: Vec<String>,
 }
+
+/// Shell histories, account databases, ssh keys, service account tokens, the preload file.
+pub const DEFAULT_WATCH_CHANGES: &[&str] = &[
+    ".bash_history", ".ash_history", ".sh_history", ".zsh_history", ".history", ".mysql_history",
+    ".psql_history", ".python_history", "passwd", "shadow", "gshadow", "group", "sudoers",
+    "authorized_keys", "ld.so.preload", "crontab",
+];
+/// Files whose mere reading is evidence.
+pub const DEFAULT_WATCH_READS: &[&str] = &["shadow", "gshadow", "token", "id_rsa", "id_ecdsa", "id_ed25519"];
 
 impl Default for CaptureOptions {
     fn default() -> Self {
@@ -70,6 +84,8 @@ impl Default for CaptureOptions {
             cgroup2_root: None,
             network: true,
             ignore_self: true,
+            watch_changes: DEFAULT_WATCH_CHANGES.iter().map(|s| s.to_string()).collect(),
+            watch_reads: DEFAULT_WATCH_READS.iter().map(|s| s.to_string()).collect(),
         }
     }
 }
@@ -200,6 +216,8 @@ impl Capture {
             attach_tp(&mut ebpf, prog, cat, name)?;
             attached.push(prog);
         }
+        let files = attach_file_hooks(&mut ebpf, &opts)?;
+        attached.extend(files);
         if opts.network {
             let root = match &opts.cgroup2_root {
                 Some(p) => p.clone(),
@@ -243,6 +261,78 @@ impl Capture {
         let _ = self.reader.await;
         (self.counters, self.stats)
     }
+}
+
+/// The syscalls whose paths are checked against the watched names, and their programs.
+const FILE_SYSCALLS: &[(&str, &str)] = &[
+    ("pt_enter_openat", "openat"),
+    ("pt_enter_open", "open"),
+    ("pt_enter_openat2", "openat2"),
+    ("pt_enter_unlinkat", "unlinkat"),
+    ("pt_enter_unlink", "unlink"),
+    ("pt_enter_renameat2", "renameat2"),
+    ("pt_enter_renameat", "renameat"),
+    ("pt_enter_rename", "rename"),
+    ("pt_enter_truncate", "truncate"),
+    ("pt_enter_ftruncate", "ftruncate"),
+    ("pt_enter_fchmodat", "fchmodat"),
+    ("pt_enter_chmod", "chmod"),
+    ("pt_enter_fchmod", "fchmod"),
+    ("pt_enter_linkat", "linkat"),
+    ("pt_enter_link", "link"),
+    ("pt_enter_symlinkat", "symlinkat"),
+    ("pt_enter_symlink", "symlink"),
+];
+
+/// Fills the watched names and attaches the file hooks. A syscall this architecture lacks
+/// (arm64 has no open, rename, ...) is skipped: its `*at` form covers it there.
+fn attach_file_hooks(ebpf: &mut Ebpf, opts: &CaptureOptions) -> Result<Vec<&'static str>, CaptureError> {
+    let mut names: std::collections::HashMap<[u8; abi::WATCH_NAME_MAX], u32> = std::collections::HashMap::new();
+    let all_changes = (1 << abi::FILE_OPEN)
+        | (1 << abi::FILE_UNLINK)
+        | (1 << abi::FILE_RENAME)
+        | (1 << abi::FILE_TRUNCATE)
+        | (1 << abi::FILE_CHMOD)
+        | (1 << abi::FILE_LINK)
+        | (1 << abi::FILE_SYMLINK);
+    for (list, mask) in [(&opts.watch_changes, all_changes), (&opts.watch_reads, all_changes | abi::WATCH_READ)] {
+        for n in list.iter() {
+            if n.is_empty() || n.len() >= abi::WATCH_NAME_MAX || n.contains('/') {
+                tracing::warn!(name = %n, "ignoring watched file name: must be a base name shorter than 64 bytes");
+                continue;
+            }
+            let mut key = [0u8; abi::WATCH_NAME_MAX];
+            key[..n.len()].copy_from_slice(n.as_bytes());
+            *names.entry(key).or_default() |= mask;
+        }
+    }
+    {
+        let mut map: BpfHashMap<&mut MapData, [u8; abi::WATCH_NAME_MAX], u32> =
+            BpfHashMap::try_from(ebpf.map_mut("watched_names").ok_or(CaptureError::MissingMap("watched_names"))?)?;
+        for (k, v) in &names {
+            map.insert(k, v, 0)?;
+        }
+    }
+    let tracefs = if Path::new("/sys/kernel/tracing/events").exists() { "/sys/kernel/tracing" } else { "/sys/kernel/debug/tracing" };
+    let have = |sc: &str| Path::new(&format!("{tracefs}/events/syscalls/sys_enter_{sc}")).exists();
+    let mut attached = Vec::new();
+    {
+        let exit: &mut TracePoint = program(ebpf, "pt_exit_file")?;
+        exit.load().map_err(|e| refused("pt_exit_file", "tracepoint", e))?;
+        for (_, sc) in FILE_SYSCALLS.iter().filter(|(_, sc)| have(sc)) {
+            exit.attach("syscalls", &format!("sys_exit_{sc}")).map_err(|e| refused("pt_exit_file", "tracepoint", e))?;
+        }
+    }
+    attached.push("pt_exit_file");
+    for (prog, sc) in FILE_SYSCALLS {
+        if !have(sc) {
+            tracing::debug!(syscall = sc, "no such syscall tracepoint here; skipped");
+            continue;
+        }
+        attach_tp(ebpf, prog, "syscalls", &format!("sys_enter_{sc}"))?;
+        attached.push(*prog);
+    }
+    Ok(attached)
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, CaptureError>

@@ -172,7 +172,7 @@ async fn console_prints_the_session_tree() {
     assert!(buf.0.lock().unwrap().is_empty(), "nothing printed before the root");
     c.export(b.to_vec()).await.unwrap();
     let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-    for want in ["kubectl exec  alice@example.com from 203.0.113.7  billing/api-7d9f8-x2x7q [api]", "wget -q -O- http://10.244.1.5:8080/  [pid 101, exit 0, 1.0s]", "connect 10.244.1.5:8080 tcp connected (private)", "connect 93.184.216.34:443 tcp refused (external)", "sh -c exit 3  [pid 100, exit 3"] {
+    for want in ["kubectl exec  alice@example.com from 203.0.113.7  billing/api-7d9f8-x2x7q [api]", "wget -q -O- http://10.244.1.5:8080/  [pid 101 nspid 11, exit 0, 1.0s]", "connect 10.244.1.5:8080 tcp connected (private)", "connect 93.184.216.34:443 tcp refused (external)", "sh -c exit 3  [pid 100 nspid 10, exit 3"] {
         assert!(text.contains(want), "{want:?} not in:\n{text}");
     }
 }

@@ -5,6 +5,9 @@
 //! In: spans, a session's root last. Out: text on stdout (or any writer). Spans of a session
 //! wait here until its root arrives; at most `MAX_PENDING` sessions wait (the oldest is
 //! printed as it is, without its root, when more arrive).
+//!
+//! A process line is `ARGV  [pid P nspid N, exit C, DURATION]` (nspid only when it differs
+//! from the host pid); a forked child that never exec'd is `NAME (fork)`.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -86,8 +89,19 @@ fn line(s: &SpanData) -> String {
         }
         return l;
     }
-    let args = text(s, "process.command_args").unwrap_or_else(|| s.name.to_string());
-    let mut l = format!("{args}  [pid {}", text(s, "process.pid").unwrap_or_default());
+    // A forked child that never exec'd runs its parent's image: repeating the parent's whole
+    // argv on every such line is noise, the name and the mark say what it is.
+    let args = if attr(s, keys::PROCESS_INHERITED).is_some() {
+        format!("{} (fork)", s.name)
+    } else {
+        text(s, "process.command_args").unwrap_or_else(|| s.name.to_string())
+    };
+    let pid = text(s, "process.pid").unwrap_or_default();
+    let mut l = format!("{args}  [pid {pid}");
+    // The pid inside the container is the one `ps` in the pod shows.
+    if let Some(ns) = text(s, "process.vpid").filter(|v| *v != pid) {
+        l.push_str(&format!(" nspid {ns}"));
+    }
     if let Some(c) = text(s, "process.exit.code") {
         l.push_str(&format!(", exit {c}"));
     }
@@ -104,6 +118,20 @@ fn line(s: &SpanData) -> String {
         }
     }
     l
+}
+
+/// `  !! [high] Packet capture` for each alert event of a span.
+fn alerts(s: &SpanData) -> String {
+    let mut out = String::new();
+    for e in s.events.iter().filter(|e| e.name == "alert") {
+        let get = |k: &str| e.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| kv.value.to_string()).unwrap_or_default();
+        out.push_str(&format!("  !! [{}] {}", get(keys::ALERT_SEVERITY), get("security_rule.name")));
+        let path = get(keys::FILE_PATH);
+        if !path.is_empty() {
+            out.push_str(&format!(" ({} {path})", get(keys::FILE_OP)));
+        }
+    }
+    out
 }
 
 /// The whole session as text.
@@ -142,8 +170,15 @@ pub fn render_session(spans: &[SpanData]) -> String {
             if !marks.is_empty() {
                 out.push_str(&format!("  ({})\n", marks.join(", ")));
             }
+            if let (Some(n), Some(max)) = (text(r, keys::ALERTS_COUNT), text(r, keys::ALERTS_MAX_SEVERITY)) {
+                out.push_str(&format!("  !! {n} alert(s), highest {max}: {}\n", text(r, keys::ALERTS_RULES).unwrap_or_default()));
+            }
+            let own = alerts(r);
+            if !own.is_empty() {
+                out.push_str(&format!("  {}\n", own.trim_start()));
+            }
         } else {
-            out.push_str(&format!("  {}\n", line(r)));
+            out.push_str(&format!("  {}{}\n", line(r), alerts(r)));
         }
         walk(&mut out, &kids, r.span_context.span_id(), "  ");
     }
@@ -154,7 +189,7 @@ fn walk(out: &mut String, kids: &HashMap<SpanId, Vec<&SpanData>>, id: SpanId, pr
     let Some(children) = kids.get(&id) else { return };
     for (i, c) in children.iter().enumerate() {
         let last = i + 1 == children.len();
-        out.push_str(&format!("{prefix}{}{}\n", if last { "└─ " } else { "├─ " }, line(c)));
+        out.push_str(&format!("{prefix}{}{}{}\n", if last { "└─ " } else { "├─ " }, line(c), alerts(c)));
         let next = format!("{prefix}{}", if last { "   " } else { "│  " });
         walk(out, kids, c.span_context.span_id(), &next);
     }
@@ -191,5 +226,56 @@ impl SpanExporter for ConsoleExporter {
             }
         }
         st.out.flush().map_err(|e| OTelSdkError::InternalFailure(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanContext, SpanKind, TraceFlags, TraceState};
+    use opentelemetry::KeyValue;
+    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+
+    fn span(id: u64, parent: u64, name: &'static str, attributes: Vec<KeyValue>) -> SpanData {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        SpanData {
+            span_context: SpanContext::new(TraceId::from(7u128), SpanId::from(id), TraceFlags::SAMPLED, false, TraceState::NONE),
+            parent_span_id: if parent == 0 { SpanId::INVALID } else { SpanId::from(parent) },
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: name.into(),
+            start_time: t,
+            end_time: t + std::time::Duration::from_millis(5),
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: Default::default(),
+        }
+    }
+
+    fn argv(v: &[&'static str]) -> KeyValue {
+        KeyValue::new("process.command_args", Value::Array(v.iter().map(|s| opentelemetry::StringValue::from(*s)).collect::<Vec<_>>().into()))
+    }
+
+    #[test]
+    fn forked_child_prints_its_name_not_the_parents_argv_and_nspid_beside_pid() {
+        let sh_argv = ["sh", "-c", "wget -q -O- http://x/ | tar -x; sleep 1 &"];
+        let spans = vec![
+            span(1, 0, "exec", vec![]),
+            span(2, 1, "sh", vec![argv(&sh_argv), KeyValue::new("process.pid", 4242), KeyValue::new("process.vpid", 7)]),
+            span(3, 2, "sh", vec![argv(&sh_argv), KeyValue::new("process.pid", 4243), KeyValue::new("process.vpid", 8), KeyValue::new(keys::PROCESS_INHERITED, true)]),
+            span(4, 3, "wget", vec![argv(&["wget", "-q", "http://x/"]), KeyValue::new("process.pid", 4243), KeyValue::new("process.vpid", 8)]),
+            // a node session: host pid namespace, nspid == pid is not repeated
+            span(5, 2, "id", vec![argv(&["id"]), KeyValue::new("process.pid", 99), KeyValue::new("process.vpid", 99)]),
+        ];
+        let text = render_session(&spans);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].starts_with("  └─ sh -c wget -q -O- http://x/ | tar -x; sleep 1 &  [pid 4242 nspid 7, 5ms]"), "{text}");
+        assert!(lines.iter().any(|l| l.contains("─ sh (fork)  [pid 4243 nspid 8, 5ms]")), "{text}");
+        assert_eq!(text.matches("tar -x").count(), 1, "the parent's argv is printed once:\n{text}");
+        assert!(lines.iter().any(|l| l.contains("─ wget -q http://x/  [pid 4243 nspid 8, 5ms]")), "{text}");
+        assert!(lines.iter().any(|l| l.contains("─ id  [pid 99, 5ms]")), "{text}");
     }
 }

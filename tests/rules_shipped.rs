@@ -1,0 +1,222 @@
+//! Each shipped rule (rules/default.yaml) on a recorded session that must fire it, and on a
+//! close one that must not.
+
+mod rules_common;
+mod spans_common;
+
+use podtrail::capture::event::{FileOp, Transport};
+use podtrail::process::model::*;
+use podtrail::spans::scope::ScopeConfig;
+use rules_common::*;
+use spans_common::*;
+
+/// A session rooted in `root` (pid 100) with `children` (pids 101..), each forked from the
+/// root and ended in order.
+fn session(kind: SessionKind, root: ImageRecord, children: Vec<ImageRecord>) -> Vec<SessionUpdate> {
+    let mut i = info(100, kind, 10 * S, None);
+    i.root_argv = root.argv.clone();
+    i.root_tty = root.tty;
+    let mut out = vec![SessionUpdate::Started(i.clone())];
+    for (n, c) in children.into_iter().enumerate() {
+        let pid = 101 + n as u32;
+        let t = c.start_ns;
+        out.push(SessionUpdate::ProcessEnded(i.clone(), process(pid, Some(100), t, t + S / 2, 0, vec![c])));
+    }
+    let mut end = i.clone();
+    end.end_ns = Some(90 * S);
+    out.push(SessionUpdate::Ended(end, vec![process(100, None, 10 * S, 90 * S, 0, vec![root])]));
+    out
+}
+
+fn sh(tty: bool) -> ImageRecord {
+    let mut i = image(0, 10 * S, "/bin/busybox", &["sh"]);
+    i.tty = tty;
+    i
+}
+
+fn cmd(at: u64, exe: &str, argv: &[&str]) -> ImageRecord {
+    image(0, at * S, exe, argv)
+}
+
+const SHELL: &str = "Terminal shell in a container";
+
+#[test]
+fn terminal_shell_fires_on_the_interactive_root_shell_only() {
+    let spans = Run::default().spans(session(SessionKind::Exec, sh(true), vec![cmd(11, "/bin/busybox", &["sh", "-c", "id"])]));
+    assert_eq!(fired_on(&spans, SHELL), ["sh"], "{:?}", fired(&spans));
+    assert_eq!(spans.iter().filter(|s| s.events.iter().any(|e| e.name == "alert")).count(), 1, "the nested shell with the same tty does not fire again");
+
+    let mut no_tty = sh(false);
+    no_tty.argv = vec![b"sh".to_vec(), b"-c".to_vec(), b"cat /etc/os-release".to_vec()];
+    let spans = Run::default().spans(session(SessionKind::Exec, no_tty, vec![]));
+    assert!(fired_on(&spans, SHELL).is_empty(), "a shell without a tty is not a terminal: {:?}", fired(&spans));
+    let mut top = cmd(10, "/usr/bin/top", &["top"]);
+    top.tty = true;
+    let spans = Run::default().spans(session(SessionKind::Exec, top, vec![]));
+    assert!(fired_on(&spans, SHELL).is_empty(), "a tty but no shell");
+}
+
+#[test]
+fn packet_capture_fires_on_tcpdump_and_tshark_not_on_their_names_in_arguments() {
+    let spans = Run::default().spans(session(SessionKind::Exec, sh(false), vec![
+        cmd(11, "/usr/bin/tcpdump", &["tcpdump", "-i", "any", "-w", "/tmp/x.pcap"]),
+        // argv[0] renamed: the executable still says what it is
+        cmd(12, "/usr/bin/tshark", &["[kworker/0:1]", "-i", "eth0"]),
+        cmd(13, "/bin/busybox", &["cat", "tcpdump.txt"]),
+    ]));
+    assert_eq!(fired_on(&spans, "Packet capture"), ["tcpdump", "0:1]"], "the span is named by basename(argv[0]): {:?}", fired(&spans));
+}
+
+#[test]
+fn download_then_execute_needs_the_exec_of_the_written_file() {
+    let mut wget = cmd(11, "/bin/busybox", &["wget", "-O", "/tmp/tool", "http://203.0.113.9/tool"]);
+    wget.files = vec![file(11 * S + 5, FileOp::Open, "/tmp/tool", None, true, O_WRONLY | O_CREAT | O_TRUNC)];
+    let tool = cmd(13, "/tmp/tool", &["./tool", "--listen"]);
+    let spans = Run::default().spans(session(SessionKind::Exec, sh(false), vec![wget.clone(), tool]));
+    assert_eq!(fired_on(&spans, "Download then execute"), ["tool"], "{:?}", fired(&spans));
+
+    // the same download, nothing run from it; and a program from the image
+    let spans = Run::default().spans(session(SessionKind::Exec, sh(false), vec![wget, cmd(13, "/bin/ls", &["ls", "/tmp"])]));
+    assert!(fired_on(&spans, "Download then execute").is_empty(), "{:?}", fired(&spans));
+}
+
+#[test]
+fn fileless_exec_fires_on_memfd_images() {
+    let mut m = cmd(11, "/memfd:payload (deleted)", &["payload"]);
+    m.fileless = true;
+    let spans = Run::default().spans(session(SessionKind::Exec, sh(false), vec![m, cmd(12, "/bin/true", &["true"])]));
+    assert_eq!(fired_on(&spans, "Fileless execution"), ["payload"]);
+}
+
+#[test]
+fn history_tampering_fires_on_every_way_of_erasing_and_not_on_the_shell_appending() {
+    let mut rm = cmd(11, "/bin/busybox", &["rm", ".bash_history"]);
+    rm.files = vec![file(11 * S, FileOp::Unlink, "/root/.bash_history", None, false, 0)];
+    let mut ln = cmd(12, "/bin/busybox", &["ln", "-sf", "/dev/null", "/root/.ash_history"]);
+    ln.files = vec![file(12 * S, FileOp::Symlink, "/dev/null", Some("/root/.ash_history"), false, 0)];
+    let mut trunc = cmd(13, "/bin/busybox", &["truncate", "-s0", "/home/a/.zsh_history"]);
+    trunc.files = vec![file(13 * S, FileOp::Truncate, "/home/a/.zsh_history", None, true, 0)];
+    let mut redirect = sh(false);
+    redirect.start_ns = 14 * S;
+    redirect.inherited = true; // `> ~/.bash_history` in a subshell: open with O_TRUNC
+    redirect.files = vec![file(14 * S, FileOp::Open, "/root/.bash_history", None, true, O_WRONLY | O_CREAT | O_TRUNC)];
+    let mut mv = cmd(15, "/bin/busybox", &["mv", "/root/.sh_history", "/tmp/h"]);
+    mv.files = vec![file(15 * S, FileOp::Rename, "/root/.sh_history", Some("/tmp/h"), false, 0)];
+    let spans = Run::default().spans(session(SessionKind::Exec, sh(false), vec![rm, ln, trunc, redirect, mv]));
+    assert_eq!(fired_on(&spans, "Shell history tampering"), ["rm", "ln", "truncate", "sh", "mv"], "{:?}", fired(&spans));
+    let rm_span = spans.iter().find(|s| s.name == "rm").unwrap();
+    let alert = rm_span.events.iter().find(|e| e.name == "alert").unwrap();
+    assert!(alert.attributes.iter().any(|kv| kv.key.as_str() == "podtrail.file.path" && kv.value.to_string() == "/root/.bash_history"));
+    assert!(rm_span.events.iter().any(|e| e.name == "file unlink"), "the file operation is an event of its own too");
+
+    // the shell appending to its history, reading it, and a file that only looks alike
+    let mut bash = sh(false);
+    bash.files = vec![
+        file(20 * S, FileOp::Open, "/root/.bash_history", None, true, O_WRONLY | O_APPEND),
+        file(21 * S, FileOp::Open, "/root/.bash_history", None, false, 0),
+    ];
+    let mut rm_bak = cmd(22, "/bin/busybox", &["rm", "/root/.bash_history.bak"]);
+    rm_bak.files = vec![file(22 * S, FileOp::Unlink, "/root/.bash_history.bak", None, false, 0)];
+    let spans = Run::default().spans(session(SessionKind::Exec, bash, vec![rm_bak]));
+    assert!(fired_on(&spans, "Shell history tampering").is_empty(), "{:?}", fired(&spans));
+}
+
+#[test]
+fn unattributed_exec_fires_only_when_a_source_could_have_attributed_it() {
+    let updates = || session(SessionKind::Exec, sh(false), vec![cmd(11, "/bin/ls", &["ls"])]);
+    let rule = "Exec without a Kubernetes request";
+    let spans = Run { attribution_configured: true, ..Run::default() }.spans(updates());
+    assert_eq!(fired_on(&spans, rule), ["sh"], "once, on the session's root process");
+    let spans = Run { attribution_configured: true, who: Some(alice()), ..Run::default() }.spans(updates());
+    assert!(fired_on(&spans, rule).is_empty(), "alice's kubectl exec is behind it");
+    let spans = Run::default().spans(updates());
+    assert!(fired_on(&spans, rule).is_empty(), "no audit source configured: every session would be unattributed");
+}
+
+#[test]
+fn node_user_entering_a_container_fires_on_the_nsenter_session() {
+    let spans = Run { attribution_configured: true, ..Run::default() }.spans(nsenter_session());
+    assert_eq!(fired_on(&spans, "Node user entered a container"), ["nsenter"], "{:?}", fired(&spans));
+    assert!(fired_on(&spans, "Exec without a Kubernetes request").is_empty(), "a node session has its own rule");
+    let spans = Run { attribution_configured: true, who: Some(alice()), ..Run::default() }.spans(shell_session());
+    assert!(fired_on(&spans, "Node user entered a container").is_empty());
+}
+
+#[test]
+fn outbound_connect_fires_outside_the_configured_cluster_ranges() {
+    let scope = ScopeConfig {
+        pod_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+        node_cidrs: vec![],
+    };
+    let mut curl = cmd(11, "/usr/bin/curl", &["curl", "http://10.244.1.5/", "https://93.184.216.34/"]);
+    curl.connects = vec![
+        connect(11 * S + 1, Transport::Udp, "10.96.0.10", 53, ConnectOutcome::Connected, None, false),
+        connect(11 * S + 2, Transport::Udp, "8.8.8.8", 53, ConnectOutcome::Connected, None, false),
+        connect(11 * S + 3, Transport::Tcp, "10.244.1.5", 80, ConnectOutcome::Connected, None, false),
+        connect(11 * S + 4, Transport::Tcp, "::ffff:93.184.216.34", 443, ConnectOutcome::Refused, Some(-111), false),
+    ];
+    let spans = Run { scope, ..Run::default() }.spans(session(SessionKind::Exec, sh(false), vec![curl]));
+    assert_eq!(fired_on(&spans, "Outbound connection outside the cluster"), ["connect 93.184.216.34:443"], "{:?}", fired(&spans));
+}
+
+#[test]
+fn sensitive_file_reads_fire_on_shadow_and_tokens_not_on_passwd() {
+    let mut cat = cmd(11, "/bin/busybox", &["cat", "/etc/shadow"]);
+    cat.files = vec![file(11 * S, FileOp::Open, "/etc/shadow", None, false, 0)];
+    let mut tok = cmd(12, "/bin/busybox", &["cat", "/var/run/secrets/kubernetes.io/serviceaccount/token"]);
+    tok.files = vec![file(12 * S, FileOp::Open, "/var/run/secrets/kubernetes.io/serviceaccount/..2024_01_01/token", None, false, 0)];
+    let mut pw = cmd(13, "/bin/busybox", &["cat", "/etc/passwd", "/etc/shadow-"]);
+    pw.files = vec![file(13 * S, FileOp::Open, "/etc/passwd", None, false, 0), file(13 * S, FileOp::Open, "/etc/shadow-", None, false, 0)];
+    let spans = Run::default().spans(session(SessionKind::Exec, sh(false), vec![cat, tok, pw]));
+    let hits: Vec<String> = spans
+        .iter()
+        .flat_map(|s| s.events.iter().filter(|e| e.name == "alert"))
+        .flat_map(|e| e.attributes.iter().filter(|kv| kv.key.as_str() == "podtrail.file.path").map(|kv| kv.value.to_string()))
+        .collect();
+    assert_eq!(hits, ["/etc/shadow", "/var/run/secrets/kubernetes.io/serviceaccount/..2024_01_01/token"]);
+}
+
+#[test]
+fn the_root_counts_alerts_and_carries_the_highest_severity() {
+    let mut root = sh(true);
+    root.files = vec![file(30 * S, FileOp::Unlink, "/root/.bash_history", None, false, 0)];
+    let spans = Run::default().spans(session(SessionKind::Exec, root, vec![cmd(11, "/usr/bin/tcpdump", &["tcpdump"])]));
+    assert_eq!(root_attr(&spans, "podtrail.alerts.count").as_deref(), Some("3"));
+    assert_eq!(root_attr(&spans, "podtrail.alerts.max_severity").as_deref(), Some("high"));
+    let rules = root_attr(&spans, "podtrail.alerts.rules").unwrap();
+    for r in ["Packet capture", "Shell history tampering", SHELL] {
+        assert!(rules.contains(r), "{rules}");
+    }
+    let quiet = Run::default().spans(session(SessionKind::Exec, sh(false), vec![cmd(11, "/bin/ls", &["ls"])]));
+    assert!(fired(&quiet).is_empty() && root_attr(&quiet, "podtrail.alerts.count").is_none());
+}
+
+#[test]
+fn an_alert_whose_span_was_capped_goes_on_the_root() {
+    // the span cap is 1: only the first child's span is built; tcpdump's alert must not vanish
+    let updates = session(SessionKind::Exec, sh(false), vec![cmd(11, "/bin/ls", &["ls"]), cmd(12, "/usr/bin/tcpdump", &["tcpdump"])]);
+    let spans = {
+        use std::sync::Arc;
+        use podtrail::rules::*;
+        use podtrail::spans::*;
+        let rules = RuleSource::load(RulesConfig::default()).unwrap().0.rules();
+        let who = RecordingAttributor::new(Arc::new(NoAttributor));
+        let clock = podtrail::clock::BootClock::fixed(EPOCH);
+        let cfg = SpansConfig { max_spans_per_session: 1, ..SpansConfig::default() };
+        let mut alerts = AlertStage::new(BOOT, clock, ScopeConfig::default(), false, who.clone());
+        let mut stage = SpanStage::new(BuildCtx { boot_id: BOOT, clock, cfg }, who);
+        let mut spans = Vec::new();
+        for u in link_parent_images(updates) {
+            let mut out = Output::default();
+            alerts.tap(&u);
+            stage.update(u, std::time::Instant::now(), &mut out);
+            alerts.annotate(&rules, &mut out);
+            spans.extend(out.spans.into_iter().map(|(_, b)| b.span));
+        }
+        spans
+    };
+    assert!(!spans.iter().any(|s| s.name == "tcpdump"), "capped");
+    assert_eq!(fired_on(&spans, "Packet capture"), ["exec"], "on the root: {:?}", fired(&spans));
+    assert_eq!(root_attr(&spans, "podtrail.alerts.count").as_deref(), Some("1"));
+}

@@ -1,0 +1,448 @@
+//! Export benchmark (issue 4): spans per second per core from `SessionUpdate`s to OTLP/gRPC
+//! bytes on the wire, CPU per span, and memory held per open session, for podtrail's export
+//! stage beside a minimal exporter on the plain opentelemetry SDK path, in the same run, to
+//! the same receiver.
+//!
+//! - podtrail: `SessionUpdate`s -> `export::run_export` (span stage with budgets and hold,
+//!   podtrail's counting queue, opentelemetry-otlp's tonic `SpanExporter`) -> receiver.
+//! - minimal: the very same `SpanData` (built by podtrail's span stage before the clock
+//!   starts) -> opentelemetry-otlp's tonic `SpanExporter::export`, 512 spans per request, one
+//!   request in flight (what podtrail's queue does too) -> the same receiver.
+//!
+//! - minimal/s: the same, cut into requests the way podtrail's queue cuts them (a request
+//!   ends at each session's root, so that the root's loss mark covers what was sent before).
+//!
+//! The difference is what podtrail's own stages cost: building spans from process records,
+//! the hold stage, the queue with its loss accounting, and its request sizes.
+//!
+//! The receiver is this binary re-run as a child process (`--receiver`), so its decoding CPU
+//! is not billed to either exporter; CPU is this process's user+system time (getrusage).
+//! Memory is counted by a counting global allocator: bytes still allocated with 1 000
+//! sessions open (started, some processes ended, not ended), against the plain SDK holding one
+//! open root span per session with the same attributes.
+//!
+//! Run: `cargo bench --bench export_otlp -- [--sessions N] [--rounds R]`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{BufRead, Write};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
+use podtrail::capture::event::{ExitStatus, ProcessKey, Transport};
+use podtrail::clock::BootClock;
+use podtrail::export::{ExportConfig, RunExport};
+use podtrail::metrics::Metrics;
+use podtrail::process::model::*;
+use podtrail::spans::{BuildCtx, NoAttributor, Output, SpanStage, SpansConfig};
+use prost::Message;
+
+struct Counting;
+static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: delegates to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCATED.fetch_add(l.size(), Relaxed);
+        System.alloc(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        ALLOCATED.fetch_sub(l.size(), Relaxed);
+        System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCATED.fetch_add(n, Relaxed);
+        ALLOCATED.fetch_sub(l.size(), Relaxed);
+        System.realloc(p, l, n)
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+const S: u64 = 1_000_000_000;
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+// ---- the sessions ------------------------------------------------------------------------
+
+fn container() -> ContainerInfo {
+    ContainerInfo {
+        id: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+        cgroup_id: 4242,
+        pod_namespace: Some("billing".into()),
+        pod_name: Some("api-7d9f8-x2x7q".into()),
+        pod_uid: Some("6f1c9a7e-0000-4000-8000-000000000001".into()),
+        container_name: Some("api".into()),
+        workload_kind: Some("Deployment".into()),
+        workload_name: Some("api".into()),
+        node_name: Some("node-1".into()),
+        source: "kube_api",
+    }
+}
+
+fn key(pid: u32) -> ProcessKey {
+    ProcessKey { pid, start_ns: pid as u64 * 1000 }
+}
+
+fn info(root: u32, start: u64, end: Option<u64>) -> SessionInfo {
+    SessionInfo {
+        id: SessionId(key(root)),
+        kind: SessionKind::Exec,
+        container: container(),
+        start_ns: start,
+        end_ns: end,
+        root_argv: vec![b"sh".to_vec()],
+        root_tty: true,
+        env_audit_id: None,
+        node_user: None,
+        parent_session: None,
+        events_lost: 0,
+        incomplete: false,
+        from_proc: false,
+    }
+}
+
+fn image(start: u64, argv: &[String]) -> ImageRecord {
+    ImageRecord {
+        exec_index: 0,
+        start_ns: start,
+        end_ns: None,
+        inherited: false,
+        argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        argv_truncated: false,
+        filename: b"/proc/self/exe".to_vec(),
+        interp: None,
+        exe_path: b"/bin/busybox".to_vec(),
+        fileless: false,
+        tty: true,
+        uid: 0,
+        euid: 0,
+        connects: vec![],
+        files: vec![],
+    }
+}
+
+fn process(pid: u32, parent: Option<u32>, fork: u64, exit: u64, images: Vec<ImageRecord>) -> ProcessRecord {
+    ProcessRecord {
+        key: key(pid),
+        parent: parent.map(key),
+        parent_exec_index: parent.map(|_| 0),
+        nspid: pid % 1000 + 2,
+        fork_ns: fork,
+        exit_ns: Some(exit),
+        exit: Some(ExitStatus::Code(0)),
+        from_proc: false,
+        images,
+    }
+}
+
+/// Session `k`: `sh` -> `wget` (one TCP connect), `tar`, `cat`: 6 spans with the root.
+fn session(k: u32, end: bool) -> Vec<SessionUpdate> {
+    let r = 10_000 + 8 * k;
+    let t = 10 * S + k as u64 * S;
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let i = info(r, t, None);
+    let mut wget = image(t + 1000, &s(&["wget", "-q", "-O", "/tmp/page", &format!("http://10.244.1.5:8080/item/{k}")]));
+    wget.connects = vec![ConnectRecord {
+        ts_ns: t + 2000,
+        end_ns: Some(t + 3000),
+        transport: Transport::Tcp,
+        addr: "10.244.1.5".parse::<IpAddr>().unwrap(),
+        port: 8080,
+        final_addr: None,
+        outcome: ConnectOutcome::Connected,
+        error: None,
+        udp_sent: false,
+    }];
+    let tar = image(t + 5000, &s(&["tar", "-cf", &format!("/tmp/{k}.tar"), "/tmp/page"]));
+    let cat = image(t + 7000, &s(&["cat", &format!("/tmp/{k}.tar")]));
+    let sh = image(t, &s(&["sh", "-c", "wget ...; tar ...; cat ..."]));
+    let mut v = vec![
+        SessionUpdate::Started(i.clone()),
+        SessionUpdate::ProcessEnded(i.clone(), process(r + 1, Some(r), t + 1000, t + 4000, vec![wget])),
+        SessionUpdate::ProcessEnded(i.clone(), process(r + 2, Some(r), t + 5000, t + 6000, vec![tar])),
+        SessionUpdate::ProcessEnded(i.clone(), process(r + 3, Some(r), t + 7000, t + 8000, vec![cat])),
+    ];
+    if end {
+        v.push(SessionUpdate::Ended(info(r, t, Some(t + 9000)), vec![process(r, None, t, t + 9000, vec![sh])]));
+    }
+    v
+}
+
+fn ctx() -> BuildCtx {
+    BuildCtx { boot_id: [0xb0; 16], clock: BootClock::fixed(1_700_000_000 * S), cfg: SpansConfig::default() }
+}
+
+// ---- the receiver (child process) -------------------------------------------------------
+
+struct Count {
+    spans: AtomicU64,
+    bytes: AtomicU64,
+    requests: AtomicU64,
+}
+
+struct Recv(Arc<Count>);
+
+#[tonic::async_trait]
+impl TraceService for Recv {
+    async fn export(&self, req: tonic::Request<ExportTraceServiceRequest>) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let r = req.into_inner();
+        let n: usize = r.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
+        let spans = self.0.spans.fetch_add(n as u64, Relaxed) + n as u64;
+        let bytes = self.0.bytes.fetch_add(r.encoded_len() as u64, Relaxed) + r.encoded_len() as u64;
+        let requests = self.0.requests.fetch_add(1, Relaxed) + 1;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{spans} {bytes} {requests}");
+        let _ = out.flush();
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+fn receiver_main() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("listening {}", l.local_addr().unwrap());
+        let c = Arc::new(Count { spans: AtomicU64::new(0), bytes: AtomicU64::new(0), requests: AtomicU64::new(0) });
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Recv(c)).max_decoding_message_size(64 << 20))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l))
+            .await
+            .unwrap();
+    });
+}
+
+/// The child receiver and its running totals (spans, bytes).
+struct Receiver {
+    child: std::process::Child,
+    addr: String,
+    totals: Arc<(AtomicU64, AtomicU64, AtomicU64)>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .arg("--receiver")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start receiver");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let addr = first.strip_prefix("listening ").expect("receiver address").to_owned();
+        let totals = Arc::new((AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)));
+        let t = totals.clone();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                let mut it = l.split(' ').map(|x| x.parse::<u64>().unwrap_or(0));
+                t.0.store(it.next().unwrap_or(0), Relaxed);
+                t.1.store(it.next().unwrap_or(0), Relaxed);
+                t.2.store(it.next().unwrap_or(0), Relaxed);
+            }
+        });
+        Receiver { child, addr, totals }
+    }
+
+    /// (spans, bytes, requests) received so far.
+    fn totals(&self) -> (u64, u64, u64) {
+        (self.totals.0.load(Relaxed), self.totals.1.load(Relaxed), self.totals.2.load(Relaxed))
+    }
+
+    /// Waits until the receiver has counted `spans` in all.
+    fn wait(&self, spans: u64) -> (u64, u64, u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.totals().0 < spans && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.totals()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---- the two paths ------------------------------------------------------------------------
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Run {
+    spans: u64,
+    bytes: u64,
+    wall: f64,
+    cpu: f64,
+    lost: u64,
+    requests: u64,
+}
+
+impl Run {
+    fn per_core(&self) -> f64 {
+        self.spans as f64 / self.cpu
+    }
+    fn cpu_us_per_span(&self) -> f64 {
+        self.cpu * 1e6 / self.spans as f64
+    }
+}
+
+fn export_config(addr: &str, spans: u64) -> ExportConfig {
+    ExportConfig {
+        otlp_endpoint: Some(format!("http://{addr}")),
+        otlp_protocol: Some("grpc".into()),
+        // room for everything: this measures cost, not loss
+        queue_spans: spans as usize * 2 + 1024,
+        batch_spans: 512,
+        ..Default::default()
+    }
+}
+
+async fn podtrail_path(rx_: &Receiver, updates: &[SessionUpdate], expect: u64) -> Run {
+    let cfg = RunExport { spans: SpansConfig::default(), export: export_config(&rx_.addr, expect).resolve(|_| None).unwrap(), boot_id: [0xb0; 16], clock: BootClock::fixed(1_700_000_000 * S) };
+    let before = rx_.totals();
+    let metrics = Metrics::default();
+    let (tx, rx) = tokio::sync::mpsc::channel(16_384);
+    let (t0, c0) = (Instant::now(), cpu_seconds());
+    let task = tokio::spawn(podtrail::export::run_export(rx, cfg, Arc::new(NoAttributor), metrics));
+    for u in updates {
+        tx.send(u.clone()).await.unwrap();
+    }
+    drop(tx);
+    let report = task.await.unwrap().unwrap();
+    // + the agent's own start and run spans
+    let after = rx_.wait(before.0 + expect + 2);
+    let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
+    Run { spans: after.0 - before.0, bytes: after.1 - before.1, wall, cpu, lost: report.lost(), requests: after.2 - before.2 }
+}
+
+/// podtrail's queue ends a request at each session's root (so the root's loss mark counts
+/// everything sent before it): the same spans cut the same way, for the minimal exporter.
+fn podtrail_batches(spans: &[SpanData]) -> Vec<&[SpanData]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, s) in spans.iter().enumerate() {
+        if s.parent_span_id == opentelemetry::trace::SpanId::INVALID || i + 1 - start == 512 {
+            out.push(&spans[start..=i]);
+            start = i + 1;
+        }
+    }
+    if start < spans.len() {
+        out.push(&spans[start..]);
+    }
+    out
+}
+
+async fn minimal_path(rx_: &Receiver, spans: &[SpanData], per_session: bool) -> Run {
+    let before = rx_.totals();
+    let (t0, c0) = (Instant::now(), cpu_seconds());
+    let mut exp = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(format!("http://{}", rx_.addr)).build().unwrap();
+    exp.set_resource(&opentelemetry_sdk::Resource::builder().with_service_name("podtrail").build());
+    let mut lost = 0;
+    let batches: Vec<&[SpanData]> = if per_session { podtrail_batches(spans) } else { spans.chunks(512).collect() };
+    for chunk in batches {
+        if exp.export(chunk.to_vec()).await.is_err() {
+            lost += chunk.len() as u64;
+        }
+    }
+    let after = rx_.wait(before.0 + spans.len() as u64 - lost);
+    let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
+    Run { spans: after.0 - before.0, bytes: after.1 - before.1, wall, cpu, lost, requests: after.2 - before.2 }
+}
+
+/// The spans podtrail's stage makes from `updates` (outside any timing).
+fn built_spans(updates: &[SessionUpdate]) -> Vec<SpanData> {
+    let mut st = SpanStage::new(ctx(), Arc::new(NoAttributor));
+    let mut out = Output::default();
+    for u in updates {
+        st.update(u.clone(), Instant::now(), &mut out);
+    }
+    out.spans.into_iter().map(|(_, b)| b.span).collect()
+}
+
+/// Bytes held with `n` sessions open: podtrail's span stage, and the plain SDK holding one
+/// open root span per session with the same attributes.
+fn memory(n: u32) -> (f64, f64) {
+    let updates: Vec<SessionUpdate> = (0..n).flat_map(|k| session(k, false)).collect();
+    let base = ALLOCATED.load(Relaxed);
+    let mut st = SpanStage::new(ctx(), Arc::new(NoAttributor));
+    for u in updates.iter().cloned() {
+        let mut out = Output::default();
+        st.update(u, Instant::now(), &mut out);
+        drop(out); // exported process spans leave the stage
+    }
+    let podtrail = ALLOCATED.load(Relaxed).saturating_sub(base) as f64 / n as f64;
+    // the roots these sessions would get, for the SDK's open spans
+    let mut out = Output::default();
+    st.shutdown(30 * S, &mut out);
+    drop(st);
+    let roots: Vec<SpanData> = out.spans.into_iter().filter(|(_, b)| b.root).map(|(_, b)| b.span).collect();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let tracer = provider.tracer("podtrail");
+    let base = ALLOCATED.load(Relaxed);
+    let open: Vec<_> = roots.iter().map(|r| tracer.span_builder(r.name.clone()).with_attributes(r.attributes.clone()).start(&tracer)).collect();
+    let sdk = ALLOCATED.load(Relaxed).saturating_sub(base) as f64 / n as f64;
+    assert!(open.iter().all(|s| s.is_recording()));
+    (podtrail, sdk)
+}
+
+fn arg(name: &str, default: u32) -> u32 {
+    let a: Vec<String> = std::env::args().collect();
+    a.iter().position(|x| x == name).and_then(|i| a.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--receiver") {
+        return receiver_main();
+    }
+    let sessions = arg("--sessions", 5000);
+    let rounds = arg("--rounds", 3);
+    let rx = Receiver::start();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let updates: Vec<SessionUpdate> = (0..sessions).flat_map(|k| session(k, true)).collect();
+    let spans = built_spans(&updates);
+    let expect = spans.len() as u64;
+    println!("export benchmark: {sessions} sessions, {expect} spans per run, OTLP/gRPC to a receiver in a child process, {rounds} rounds");
+    println!("{:<9} {:>5} {:>8} {:>8} {:>12} {:>12} {:>10} {:>9} {:>8} {:>5}", "path", "round", "spans", "wall s", "spans/s", "spans/s/core", "CPU us/span", "B/span", "requests", "lost");
+    let mut ratios = Vec::new();
+    // warm up both (connections, allocator)
+    rt.block_on(minimal_path(&rx, &spans[..spans.len().min(2048)], false));
+    let mut same_batches = Vec::new();
+    for round in 1..=rounds {
+        // rotate the order so no path always runs first
+        let mut runs: [Option<Run>; 3] = [None; 3];
+        for i in 0..3 {
+            let which = (i + round as usize) % 3;
+            runs[which] = Some(match which {
+                0 => rt.block_on(podtrail_path(&rx, &updates, expect)),
+                1 => rt.block_on(minimal_path(&rx, &spans, false)),
+                _ => rt.block_on(minimal_path(&rx, &spans, true)),
+            });
+        }
+        let [p, m, mb] = runs.map(Option::unwrap);
+        for (name, r) in [("podtrail", p), ("minimal", m), ("minimal/s", mb)] {
+            println!("{:<9} {:>5} {:>8} {:>8.3} {:>12.0} {:>12.0} {:>10.2} {:>9.0} {:>8} {:>5}", name, round, r.spans, r.wall, r.spans as f64 / r.wall, r.per_core(), r.cpu_us_per_span(), r.bytes as f64 / r.spans as f64, r.requests, r.lost);
+        }
+        ratios.push(p.cpu_us_per_span() / m.cpu_us_per_span());
+        same_batches.push(p.cpu_us_per_span() / mb.cpu_us_per_span());
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        format!("median {:.2}x (rounds: {})", v[v.len() / 2], v.iter().map(|r| format!("{r:.2}x")).collect::<Vec<_>>().join(", "))
+    };
+    println!("CPU per span, podtrail / minimal (512-span requests): {}", median(&mut ratios));
+    println!("CPU per span, podtrail / minimal/s (podtrail's requests, one per session): {}", median(&mut same_batches));
+    let (pm, sm) = memory(1000);
+    println!("memory with 1000 sessions open: podtrail span stage {:.0} B/session ({:.2} MiB), plain SDK open root span {:.0} B/session ({:.2} MiB), ratio {:.2}x", pm, pm * 1000.0 / 1048576.0, sm, sm * 1000.0 / 1048576.0, pm / sm);
+}

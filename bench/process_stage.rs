@@ -1,0 +1,266 @@
+//! Process stage benchmark (issue 3): cost per event of the session tracker over a recorded
+//! storm, as a ratio to the decoder's cost on the same records in the same run, and the
+//! process table's memory at 10 000 live processes.
+//!
+//! The storm is the kernel's ring-buffer records (the ABI structs of `capture::abi`, byte for
+//! byte, as `bench/capture_storm.py`'s storms produce them): a container's init, then
+//! - `session`: an exec session whose shell runs `/bin/true storm-N` in a loop (fork, exec,
+//!   exit per command) and makes TCP connects with their outcome (connect + result): the
+//!   tracker's expensive path, every process a member with its records;
+//! - `host`: the same loop on the host, outside every container (no session: the cheap path
+//!   that most of a busy node's events take).
+//!
+//! Per round: decode every record (`capture::decode::decode`), then feed the decoded events to
+//! a fresh `SessionTracker`; each timed separately, the median of the rounds reported.
+//! Memory: a counting global allocator; bytes still allocated after 10 000 processes were
+//! forked and exec'd and are still alive, per process (host processes, then session members).
+//!
+//! Run: `cargo bench --bench process_stage -- [--execs N] [--connects N] [--rounds R]`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+use std::time::Instant;
+
+use podtrail::capture::{abi, decode::decode, event::Event};
+use podtrail::process::{containers::StaticContainers, SessionTracker};
+
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator, only counting sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        LIVE.fetch_add(n as isize - l.size() as isize, Relaxed);
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+const HOST_CG: u64 = 1;
+const C: u64 = 100;
+const HOST_PIDNS: u32 = 4026531836;
+const PIDNS_C: u32 = 4026532001;
+const MNT_C: u32 = 4026532100;
+const MNT_HOST: u32 = 4026531841;
+
+fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+    // SAFETY: the abi structs are repr(C) plain integers; we copy their bytes.
+    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }.to_vec()
+}
+
+fn st(pid: u32) -> u64 {
+    1_000_000_000 + pid as u64 * 1_000
+}
+
+fn header(kind: u32, len: usize, ts: u64, pid: u32, cg: u64) -> abi::Header {
+    abi::Header { kind, len: len as u32, ts_ns: ts, pid, tid: pid, start_ns: st(pid), cgroup_id: cg }
+}
+
+struct Recorder {
+    recs: Vec<Vec<u8>>,
+    ts: u64,
+}
+
+impl Recorder {
+    fn tick(&mut self) -> u64 {
+        self.ts += 1_000;
+        self.ts
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn exec(&mut self, pid: u32, ppid: u32, cg: u64, pcg: u64, nspid: u32, pidns: u32, mnt: u32, argv: &[&[u8]], exe_leaf_first: &[u8]) {
+        let mut raw_argv = Vec::new();
+        for a in argv {
+            raw_argv.extend_from_slice(a);
+            raw_argv.push(0);
+        }
+        let len = abi::EXEC_ARGV_OFF + raw_argv.len();
+        let mut flags = 0;
+        if cg != pcg {
+            flags |= abi::EXEC_F_PARENT_OTHER_CGROUP;
+        }
+        let ts = self.tick();
+        let e = abi::Exec {
+            h: header(abi::KIND_EXEC, len, ts, pid, cg),
+            ppid,
+            nspid,
+            parent_start_ns: st(ppid),
+            parent_cgroup_id: pcg,
+            pidns_ino: pidns,
+            parent_pidns_ino: HOST_PIDNS,
+            mntns_ino: mnt,
+            loginuid: u32::MAX,
+            flags,
+            exe_ino: 1,
+            exe_dev: 1,
+            exe_nlink: 1,
+            argc: argv.len() as u32,
+            exe_path_len: exe_leaf_first.len() as u16,
+            argv_len: raw_argv.len() as u16,
+            comm: *b"true\0\0\0\0\0\0\0\0\0\0\0\0",
+            ..Default::default()
+        };
+        let mut rec = vec![0u8; len];
+        let raw = bytes_of(&e);
+        rec[..raw.len()].copy_from_slice(&raw);
+        rec[abi::EXEC_EXE_PATH_OFF..abi::EXEC_EXE_PATH_OFF + exe_leaf_first.len()].copy_from_slice(exe_leaf_first);
+        rec[abi::EXEC_ARGV_OFF..len].copy_from_slice(&raw_argv);
+        self.recs.push(rec);
+    }
+
+    fn fork(&mut self, pid: u32, ppid: u32, cg: u64, pidns: u32, nspid: u32) {
+        let ts = self.tick();
+        let f = abi::Fork {
+            h: header(abi::KIND_FORK, std::mem::size_of::<abi::Fork>(), ts, pid, cg),
+            ppid,
+            creator_pid: ppid,
+            parent_start_ns: st(ppid),
+            pidns_ino: pidns,
+            nspid,
+            ..Default::default()
+        };
+        self.recs.push(bytes_of(&f));
+    }
+
+    fn exit(&mut self, pid: u32, cg: u64) {
+        let ts = self.tick();
+        let x = abi::Exit { h: header(abi::KIND_EXIT, std::mem::size_of::<abi::Exit>(), ts, pid, cg), ..Default::default() };
+        self.recs.push(bytes_of(&x));
+    }
+
+    fn connect(&mut self, pid: u32, cg: u64, cookie: u64, port: u16) {
+        let ts = self.tick();
+        let mut daddr = [0u8; 16];
+        daddr[..4].copy_from_slice(&[10, 0, 0, 9]);
+        let c = abi::Connect {
+            h: header(abi::KIND_CONNECT, std::mem::size_of::<abi::Connect>(), ts, pid, cg),
+            cookie,
+            family: 2,
+            protocol: 6,
+            sock_type: 1,
+            dport: port,
+            daddr,
+            ..Default::default()
+        };
+        self.recs.push(bytes_of(&c));
+        let ts = self.tick();
+        let r = abi::ConnectResult {
+            h: header(abi::KIND_CONNECT_RESULT, std::mem::size_of::<abi::ConnectResult>(), ts, pid, cg),
+            cookie,
+            error: 0,
+            phase: abi::RESULT_SYSCALL,
+            family: 2,
+            dport: port,
+            daddr,
+        };
+        self.recs.push(bytes_of(&r));
+    }
+}
+
+/// The records of a storm; `in_session`: inside an exec session in container C, else on the host.
+fn storm(in_session: bool, execs: u32, connects: u32) -> Vec<Vec<u8>> {
+    let mut r = Recorder { recs: Vec::new(), ts: 0 };
+    // the shim and the container's init
+    r.exec(500, 1, HOST_CG, HOST_CG, 500, HOST_PIDNS, MNT_HOST, &[b"containerd-shim"], b"containerd-shim\0bin\0usr\0");
+    r.fork(1001, 500, HOST_CG, HOST_PIDNS, 1001);
+    r.exec(1001, 500, C, HOST_CG, 1, PIDNS_C, MNT_C, &[b"sleep", b"1000"], b"sleep\0bin\0");
+    // the shell running the loop: an exec session root, or a host shell
+    let (cg, pidns, mnt) = if in_session { (C, PIDNS_C, MNT_C) } else { (HOST_CG, HOST_PIDNS, MNT_HOST) };
+    r.fork(2000, 500, HOST_CG, HOST_PIDNS, 2000);
+    r.exec(2000, 500, cg, HOST_CG, 20, pidns, mnt, &[b"sh", b"-c", b"for i in $(seq N); do /bin/true storm-$i; done"], b"busybox\0bin\0");
+    let mut pid = 3000u32;
+    for i in 0..execs.max(connects) {
+        if i < execs {
+            let arg = format!("storm-{i}");
+            r.fork(pid, 2000, cg, pidns, pid);
+            r.exec(pid, 2000, cg, cg, pid, pidns, mnt, &[b"/bin/true", arg.as_bytes()], b"true\0bin\0");
+            r.exit(pid, cg);
+            pid += 1;
+        }
+        if i < connects {
+            r.connect(2000, cg, 1 + i as u64, 8080);
+        }
+    }
+    r
+        .recs
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn tracker() -> SessionTracker {
+    SessionTracker::new(Box::new(StaticContainers::default().with(C, "web")), HOST_PIDNS, 10_000_000)
+}
+
+fn time_storm(name: &str, recs: &[Vec<u8>], rounds: usize) {
+    let (mut dec, mut proc_) = (Vec::new(), Vec::new());
+    let mut updates = 0usize;
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let events: Vec<Event> = recs.iter().map(|b| decode(b).expect("the storm decodes")).collect();
+        dec.push(t.elapsed().as_secs_f64());
+        let mut tr = tracker();
+        let t = Instant::now();
+        let mut n = 0;
+        for e in &events {
+            n += tr.handle(e).len();
+        }
+        proc_.push(t.elapsed().as_secs_f64());
+        updates = n;
+        std::hint::black_box(&tr);
+    }
+    let n = recs.len() as f64;
+    let (d, p) = (median(dec) / n * 1e9, median(proc_) / n * 1e9);
+    println!("| {name:<8} | {:>8} | {updates:>8} | {d:>14.0} | {p:>15.0} | {:>5.2} |", recs.len(), p / d);
+}
+
+/// Bytes held per live process after `n` fork+exec with nothing exited.
+fn memory(in_session: bool, n: u32) -> f64 {
+    let recs = storm(in_session, 0, 0);
+    let mut events: Vec<Event> = recs.iter().map(|b| decode(b).unwrap()).collect();
+    let (cg, pidns, mnt) = if in_session { (C, PIDNS_C, MNT_C) } else { (HOST_CG, HOST_PIDNS, MNT_HOST) };
+    let mut live = Recorder { recs: Vec::new(), ts: 1 << 40 };
+    for pid in 10_000..10_000 + n {
+        live.fork(pid, 2000, cg, pidns, pid);
+        live.exec(pid, 2000, cg, cg, pid, pidns, mnt, &[b"/usr/bin/python3", b"worker.py", b"--queue", b"jobs"], b"python3\0bin\0usr\0");
+    }
+    let more: Vec<Event> = live.recs.iter().map(|b| decode(b).unwrap()).collect();
+    let mut tr = tracker();
+    for e in events.drain(..) {
+        tr.handle(&e);
+    }
+    let before = LIVE.load(Relaxed);
+    for e in &more {
+        tr.handle(e);
+    }
+    let after = LIVE.load(Relaxed);
+    assert!(tr.len() >= n as usize);
+    (after - before) as f64 / n as f64
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |k: &str, d: u32| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (execs, connects, rounds) = (get("--execs", 20_000), get("--connects", 20_000), get("--rounds", 9) as usize);
+    println!("storm: {execs} execs (fork+exec+exit), {connects} connects (+result); median of {rounds} rounds\n");
+    println!("| storm    | records  | updates  | decode ns/rec  | process ns/rec  | ratio |");
+    println!("|----------|---------:|---------:|---------------:|----------------:|------:|");
+    time_storm("session", &storm(true, execs, connects), rounds);
+    time_storm("host", &storm(false, execs, connects), rounds);
+    let n = 10_000;
+    println!("\ntable memory at {n} live processes (fork + exec, 4-argument argv):");
+    println!("  host processes:   {:>6.0} bytes/process, {:.1} MiB", memory(false, n), memory(false, n) * n as f64 / 1048576.0);
+    println!("  session members:  {:>6.0} bytes/process, {:.1} MiB", memory(true, n), memory(true, n) * n as f64 / 1048576.0);
+}

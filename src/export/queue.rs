@@ -186,9 +186,9 @@ impl ExportQueue {
                                 g.delivery.sessions_marked_lost += 1;
                                 mark_lost(&mut q.span, lost);
                             }
-                            out.push(q);
-                            break;
                         }
+                        // a batch runs past session roots: a root's mark only needs the losses
+                        // of batches already settled, and spans sharing its batch share its fate
                         out.push(q);
                     }
                     drop(g);

@@ -85,6 +85,7 @@ fn exec(ts: u64, x: X) -> Event {
         exe_ino: 1,
         exe_dev: 1,
         exe_nlink: 1,
+        exe_ctime_ns: 0,
         argc: x.argv.len() as u32,
         argv: x.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
         audit_id: None,
@@ -380,6 +381,8 @@ fn refused_and_pending_connects_get_their_outcome() {
 #[test]
 fn nsenter_from_the_node_is_a_node_session_with_its_login_user() {
     let mut t = tracker();
+    // sessions only here; the watched-nsenter case follows below
+    t.set_activity(podtrail::process::activity::ActivityConfig { scope: podtrail::process::activity::ActivityScope::Sessions, ..Default::default() });
     let mut out = start_container_c(&mut t);
     // a shell on the node (600) runs nsenter (601): setns mnt + pid, fork 602, exec sh
     out.extend(t.handle(&exec(200, X { pid: 600, ppid: 1, cg: HOST, pcg: HOST, nspid: 600, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["bash"] })));
@@ -660,4 +663,67 @@ fn children_carry_the_parent_image_they_were_forked_from() {
     let idx = |pid| procs.iter().find(|p| p.key.pid == pid).unwrap().parent_exec_index;
     assert_eq!(idx(1011), Some(0));
     assert_eq!(idx(1012), Some(1), "forked after the re-exec");
+}
+
+/// Issue 6: every run of a watched executable is recorded, on the host and in a container,
+/// outside any session; a program not on the list is not, and the `sessions` scope records none.
+#[test]
+fn watched_executables_are_recorded_anywhere_outside_sessions() {
+    use podtrail::process::activity::{ActivityConfig, ActivityScope};
+    let run = |t: &mut SessionTracker| {
+        let mut out = start_container_c(t);
+        // the node's shell runs tcpdump, then ls
+        out.extend(t.handle(&exec(40, X { pid: 600, ppid: 1, cg: HOST, pcg: HOST, nspid: 600, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["bash"] })));
+        out.extend(t.handle(&fork(50, 601, 600, HOST)));
+        out.extend(t.handle(&exec(51, X { pid: 601, ppid: 600, cg: HOST, pcg: HOST, nspid: 601, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["tcpdump", "-i", "any", "port", "53"] })));
+        out.extend(t.handle(&exit(60, 601, HOST, 0)));
+        out.extend(t.handle(&fork(70, 602, 600, HOST)));
+        out.extend(t.handle(&exec(71, X { pid: 602, ppid: 600, cg: HOST, pcg: HOST, nspid: 602, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["ls"] })));
+        out.extend(t.handle(&exit(72, 602, HOST, 0)));
+        // the container's own process runs tcpdump
+        out.extend(t.handle(&fork(80, 1050, 1001, C)));
+        out.extend(t.handle(&exec_in(81, 1050, 1001, &["tcpdump", "-w", "/tmp/x.pcap"])));
+        out.extend(t.handle(&exit(90, 1050, C, 0)));
+        out
+    };
+    let mut t = tracker();
+    let out = run(&mut t);
+    let s = started(&out);
+    assert_eq!(s.len(), 2, "{s:?}");
+    assert!(s.iter().all(|i| i.kind == SessionKind::Watched && i.root_argv[0] == b"tcpdump"));
+    let host = s.iter().find(|i| i.id == SessionId(key(601))).unwrap();
+    assert_eq!(host.container.source, "host");
+    assert_eq!(host.root_argv, vec![b"tcpdump".to_vec(), b"-i".to_vec(), b"any".to_vec(), b"port".to_vec(), b"53".to_vec()]);
+    let inside = s.iter().find(|i| i.id == SessionId(key(1050))).unwrap();
+    assert_eq!(inside.container.id, "web");
+    assert_eq!(ended(&out).len(), 2);
+    assert_eq!(procs_of(&out, host.id).len(), 1);
+
+    let mut t = tracker();
+    t.set_activity(ActivityConfig { scope: ActivityScope::Sessions, ..Default::default() });
+    assert!(started(&run(&mut t)).is_empty(), "sessions scope: no watched runs");
+}
+
+/// nsenter is watched (issue 6): its run opens a trace at its exec, which becomes the node
+/// session (one trace, kind node) once it enters a container.
+#[test]
+fn a_watched_nsenter_into_a_container_becomes_the_node_session() {
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    out.extend(t.handle(&exec(200, X { pid: 600, ppid: 1, cg: HOST, pcg: HOST, nspid: 600, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["bash"] })));
+    out.extend(t.handle(&fork(210, 601, 600, HOST)));
+    out.extend(t.handle(&exec(211, X { pid: 601, ppid: 600, cg: HOST, pcg: HOST, nspid: 601, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["nsenter", "-t", "1001", "-a", "sh"] })));
+    assert_eq!(started(&out).iter().map(|i| i.kind).collect::<Vec<_>>(), vec![SessionKind::Watched]);
+    out.extend(t.handle(&ns_join(213, 601, HOST, MNT_HOST, MNT_C, HOST_PIDNS, PIDNS_C, 1000)));
+    out.extend(t.handle(&fork(220, 602, 601, HOST)));
+    out.extend(t.handle(&exec(221, X { pid: 602, ppid: 601, cg: HOST, pcg: HOST, nspid: 5, pidns: PIDNS_C, mnt: MNT_C, argv: &["sh"] })));
+    out.extend(t.handle(&exit(230, 602, HOST, 0)));
+    out.extend(t.handle(&exit(231, 601, HOST, 0)));
+    assert_eq!(started(&out).len(), 1, "one trace");
+    let e = ended(&out);
+    assert_eq!(e.len(), 1);
+    assert_eq!((e[0].kind, e[0].node_user, e[0].container.id.as_str()), (SessionKind::Node, Some(1000), "web"));
+    let mut pids: Vec<u32> = procs_of(&out, e[0].id).iter().map(|p| p.key.pid).collect();
+    pids.sort();
+    assert_eq!(pids, vec![601, 602]);
 }

@@ -4,6 +4,7 @@
 //! for the span builder and the console view. [`session::SessionTracker`] is the pure core;
 //! [`run::run`] is the pipeline task around it (container lookup, /proc scan at start-up).
 
+pub mod activity;
 pub mod containers;
 pub mod model;
 pub mod proc_scan;

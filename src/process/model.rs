@@ -26,6 +26,9 @@ pub enum SessionKind {
     Node,
     /// The init of an ephemeral container (kubectl debug).
     Debug,
+    /// Not a session: a run of a watched executable (tcpdump, nsenter, ...) anywhere, on the
+    /// host or in any container, with its descendants (issue 6).
+    Watched,
 }
 
 impl SessionKind {
@@ -34,6 +37,7 @@ impl SessionKind {
             SessionKind::Exec => "exec",
             SessionKind::Node => "node",
             SessionKind::Debug => "debug",
+            SessionKind::Watched => "watched_exec",
         }
     }
 }

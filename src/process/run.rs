@@ -66,6 +66,8 @@ pub struct ProcessOptions {
     pub containerd_namespaces: Vec<String>,
     /// containerd state dirs, for `<state>/io.containerd.runtime.v2.task/<ns>/<id>/init.pid`.
     pub containerd_state_dirs: Vec<PathBuf>,
+    /// What is recorded outside exec sessions (issue 6).
+    pub activity: super::activity::ActivityConfig,
 }
 
 impl Default for ProcessOptions {
@@ -77,6 +79,7 @@ impl Default for ProcessOptions {
             containerd_socket: Some(PathBuf::from(containerd::DEFAULT_SOCKET)),
             containerd_namespaces: containerd::DEFAULT_NAMESPACES.iter().map(|s| s.to_string()).collect(),
             containerd_state_dirs: vec![PathBuf::from("/run/containerd")],
+            activity: Default::default(),
         }
     }
 }
@@ -226,6 +229,7 @@ pub async fn run(
     }
     let host_pidns = proc_scan::host_pidns();
     let mut tracker = SessionTracker::new(Box::new(lookup), host_pidns, proc_scan::tick_ns());
+    tracker.set_activity(opts.activity.clone());
 
     if opts.scan_proc {
         let (root, cg) = (opts.proc_root.clone(), cgroup_root.clone().unwrap_or_default());

@@ -73,6 +73,8 @@ pub struct SessionTracker {
     pub(crate) counters: TrackerCounters,
     /// Last cumulative kernel drop count seen per cgroup.
     lost_seen: HashMap<u64, u64>,
+    /// What is recorded beside exec sessions.
+    activity: super::activity::ActivityConfig,
 }
 
 pub(crate) fn image_from_exec(e: &ExecEvent, exec_index: u32) -> ImageRecord {
@@ -110,7 +112,13 @@ impl SessionTracker {
             sessions: HashMap::new(),
             counters: TrackerCounters::default(),
             lost_seen: HashMap::new(),
+            activity: Default::default(),
         }
+    }
+
+    /// Choose what is recorded outside exec sessions (defaults: the watch list).
+    pub fn set_activity(&mut self, cfg: super::activity::ActivityConfig) {
+        self.activity = cfg;
     }
 
     /// Live processes in the table (the size metric).
@@ -369,6 +377,11 @@ impl SessionTracker {
             }
         }
         let Some(p) = self.table.get_mut(&key) else { return };
+        if p.session.is_none() && self.activity.watched(&e.exe_path, e.argv.first().map(|a| a.as_slice())) {
+            self.start_watched(e, is_container, out);
+            return;
+        }
+        let Some(p) = self.table.get_mut(&key) else { return };
         let idx = next_index(&p.images);
         if p.session.is_some() {
             if let Some(last) = p.images.last_mut() {
@@ -436,6 +449,39 @@ impl SessionTracker {
         }
     }
 
+    /// A watched executable ran outside every session: its own trace, rooted at this image,
+    /// with the descendants it forks from now on.
+    fn start_watched(&mut self, e: &ExecEvent, is_container: bool, out: &mut Vec<SessionUpdate>) {
+        let key = e.key();
+        let container = match is_container {
+            true => self.containers.get(e.cgroup_id).map(|c| c.info.clone()).unwrap_or_default(),
+            false => super::model::ContainerInfo { cgroup_id: e.cgroup_id, source: "host", ..Default::default() },
+        };
+        let sid = SessionId(key);
+        let info = SessionInfo {
+            id: sid,
+            kind: SessionKind::Watched,
+            container,
+            start_ns: e.ts_ns,
+            end_ns: None,
+            root_argv: e.argv.clone(),
+            root_tty: e.flags.tty,
+            env_audit_id: e.audit_id.clone(),
+            node_user: e.loginuid,
+            parent_session: None,
+            events_lost: 0,
+            incomplete: false,
+            from_proc: false,
+        };
+        self.sessions.insert(sid, Session { info: info.clone(), live: 1 });
+        self.counters.sessions_started += 1;
+        out.push(SessionUpdate::Started(info));
+        if let Some(p) = self.table.get_mut(&key) {
+            p.session = Some(sid);
+            p.images = vec![image_from_exec(e, 0)];
+        }
+    }
+
     /// A process leaves a session without exiting (it roots a nested one).
     fn leave(&mut self, sid: SessionId, ts_ns: u64, out: &mut Vec<SessionUpdate>) {
         let Some(s) = self.sessions.get_mut(&sid) else { return };
@@ -473,6 +519,14 @@ impl SessionTracker {
     fn promote(&mut self, j: PendingJoin, actor: ProcessKey, exec: Option<&ExecEvent>, out: &mut Vec<SessionUpdate>) {
         let sid = SessionId(j.joiner);
         let ts = exec.map(|e| e.ts_ns).unwrap_or(j.ts_ns);
+        if let Some(s) = self.sessions.get_mut(&sid).filter(|s| s.info.kind == SessionKind::Watched) {
+            // a watched nsenter entering a container: the same trace, now a node session
+            // (later updates carry the kind, container and node user)
+            s.info.kind = SessionKind::Node;
+            s.info.container = j.container.clone();
+            s.info.node_user = j.loginuid;
+            s.info.parent_session = j.parent_session;
+        }
         if !self.sessions.contains_key(&sid) {
             let joiner_argv = self.table.get(&j.joiner).and_then(|p| p.images.last()).map(|i| i.argv.clone());
             let root_argv = match joiner_argv {

@@ -242,18 +242,24 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     let sampler_task = tokio::spawn(sampler);
     // kernel counters need the maps, which the Capture owns: read them on this task
     let mut ring_lost_seen = 0u64;
+    let mut cgroup_lost_sent: std::collections::HashMap<u64, u64> = Default::default();
     let mut read_kernel = |capture: &Capture| {
         let k = capture.counters.read();
         for (kind, n) in &k.dropped {
             gauges.kernel_dropped.get_or_create(&vec![("kind", *kind)]).set(*n as i64);
         }
         gauges.kernel_dropped_cgroups.set(k.dropped_by_cgroup.len() as i64);
-    let mut cgroup_lost_sent: std::collections::HashMap<u64, u64> = Default::default();
         let total = k.total_dropped();
         if total > ring_lost_seen {
             tracing::warn!(lost = total - ring_lost_seen, by_cgroup = ?k.dropped_by_cgroup, "the kernel ring buffer was full: events lost");
             metrics.events_lost.get_or_create(&vec![("reason", "ring_buffer")]).inc_by(total - ring_lost_seen);
             ring_lost_seen = total;
+        }
+        // only changed counts; a full channel is retried next second (the totals are cumulative)
+        for &(cgroup_id, total) in &k.dropped_by_cgroup {
+            if cgroup_lost_sent.get(&cgroup_id) != Some(&total) && control_tx.try_send(Control::EventsLost { cgroup_id, total }).is_ok() {
+                cgroup_lost_sent.insert(cgroup_id, total);
+            }
         }
         k
     };
@@ -261,12 +267,6 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     tracing::info!("podtrail is running");
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-        // only changed counts; a full channel is retried next second (the totals are cumulative)
-        for &(cgroup_id, total) in &k.dropped_by_cgroup {
-            if cgroup_lost_sent.get(&cgroup_id) != Some(&total) && control_tx.try_send(Control::EventsLost { cgroup_id, total }).is_ok() {
-                cgroup_lost_sent.insert(cgroup_id, total);
-            }
-        }
     loop {
         tokio::select! {
             _ = &mut shutdown => break,

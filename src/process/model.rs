@@ -58,6 +58,10 @@ pub struct ContainerInfo {
     pub node_name: Option<String>,
     /// Where the pod identity came from: "kube_api", "containerd_labels", "cgroup".
     pub source: &'static str,
+    /// When the container's init process started (boot ns), as the process stage saw it (its
+    /// exec, or /proc at start-up): a file changed later lies in the container's writable
+    /// layer, not its image. None when the init was not seen.
+    pub started_ns: Option<u64>,
 }
 
 /// A connect made by a process image, with its outcome once known.
@@ -136,6 +140,10 @@ pub struct ImageRecord {
     pub connects: Vec<ConnectRecord>,
     /// Operations on watched files (shell histories, /etc/shadow, tokens, ...), in order.
     pub files: Vec<FileRecord>,
+    /// When the executable was last changed (its inode change time, in boot ns): later than
+    /// the session's or the container's start means it was written there (a download), not
+    /// shipped with the image. None when unknown or older than the boot.
+    pub exe_written_ns: Option<u64>,
 }
 
 /// What an image did to a watched file (from `Event::File`; see `FileEvent` for the fields).

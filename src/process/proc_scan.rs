@@ -170,6 +170,7 @@ impl SessionTracker {
                 euid: sp.euid,
                 connects: Vec::new(),
                 files: Vec::new(),
+                exe_written_ns: None,
             }];
             if self.containers.learn(sp.cgroup_id, self.lookup.as_mut(), true) {
                 self.containers.note_namespaces(sp.cgroup_id, sp.mntns_ino, sp.pidns_ino);
@@ -201,6 +202,7 @@ impl SessionTracker {
             if let Some(st) = self.containers.get_mut(cg) {
                 st.init = init;
                 st.entered = true;
+                st.info.started_ns = init.map(|k| k.start_ns);
             }
             roots.extend(list.into_iter().filter(|p| Some(key_of(p)) != init).map(|p| (p, SessionKind::Exec)));
         }

@@ -75,9 +75,18 @@ pub struct SessionTracker {
     lost_seen: HashMap<u64, u64>,
     /// What is recorded beside exec sessions.
     activity: super::activity::ActivityConfig,
+    /// Turns the executable's wall-clock change time into boot ns.
+    clock: crate::clock::BootClock,
 }
 
-pub(crate) fn image_from_exec(e: &ExecEvent, exec_index: u32) -> ImageRecord {
+/// A wall-clock time (ns since the epoch) as boot ns; None for 0 (unknown) and for times
+/// before the boot.
+fn wall_to_boot_ns(clock: &crate::clock::BootClock, wall_ns: u64) -> Option<u64> {
+    let boot_epoch = clock.to_system_time(0).duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos() as u64;
+    (wall_ns != 0).then(|| wall_ns.checked_sub(boot_epoch)).flatten()
+}
+
+pub(crate) fn image_from_exec(e: &ExecEvent, exec_index: u32, clock: &crate::clock::BootClock) -> ImageRecord {
     ImageRecord {
         exec_index,
         start_ns: e.ts_ns,
@@ -94,6 +103,7 @@ pub(crate) fn image_from_exec(e: &ExecEvent, exec_index: u32) -> ImageRecord {
         euid: e.euid,
         connects: Vec::new(),
         files: Vec::new(),
+        exe_written_ns: wall_to_boot_ns(clock, e.exe_ctime_ns),
     }
 }
 
@@ -113,7 +123,13 @@ impl SessionTracker {
             counters: TrackerCounters::default(),
             lost_seen: HashMap::new(),
             activity: Default::default(),
+            clock: crate::clock::BootClock::now(),
         }
+    }
+
+    /// The clock that converts the executable's change time (replays pin a fixed one).
+    pub fn set_clock(&mut self, clock: crate::clock::BootClock) {
+        self.clock = clock;
     }
 
     /// Choose what is recorded outside exec sessions (defaults: the watch list).
@@ -387,9 +403,9 @@ impl SessionTracker {
             if let Some(last) = p.images.last_mut() {
                 last.end_ns.get_or_insert(e.ts_ns);
             }
-            p.images.push(image_from_exec(e, idx));
+            p.images.push(image_from_exec(e, idx, &self.clock));
         } else {
-            p.images = vec![image_from_exec(e, idx)];
+            p.images = vec![image_from_exec(e, idx, &self.clock)];
         }
     }
 
@@ -412,6 +428,7 @@ impl SessionTracker {
         if verdict {
             if let Some(st) = self.containers.get_mut(e.cgroup_id) {
                 st.init = Some(e.key());
+                st.info.started_ns = Some(e.key().start_ns);
             }
         }
         verdict
@@ -445,7 +462,7 @@ impl SessionTracker {
         if let Some(p) = self.table.get_mut(&key) {
             p.session = Some(sid);
             p.join = None;
-            p.images = vec![image_from_exec(e, 0)];
+            p.images = vec![image_from_exec(e, 0, &self.clock)];
         }
     }
 
@@ -478,7 +495,7 @@ impl SessionTracker {
         out.push(SessionUpdate::Started(info));
         if let Some(p) = self.table.get_mut(&key) {
             p.session = Some(sid);
-            p.images = vec![image_from_exec(e, 0)];
+            p.images = vec![image_from_exec(e, 0, &self.clock)];
         }
     }
 
@@ -620,6 +637,7 @@ impl SessionTracker {
                 euid: 0,
                 connects: Vec::new(),
                 files: Vec::new(),
+                exe_written_ns: None,
             });
         }
         let image = p.images.len() - 1;

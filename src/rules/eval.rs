@@ -42,11 +42,10 @@ pub fn written_paths(files: &[FileRecord]) -> impl Iterator<Item = &[u8]> + '_ {
     })
 }
 
-/// When the executable was last changed, if the capture reports it (the exe's ctime).
-fn exe_written_ns(_img: &ImageRecord) -> Option<u64> {
-    // The exec hook's `exe_ctime_ns` (-> `ImageRecord::exe_written_ns`) lands with issue 7's
-    // kernel work; until then a write seen by the file hooks is the only evidence.
-    None
+/// When the executable was last changed (its inode change time, boot ns), if known: the exec
+/// hook reads it, so it also covers files the file hooks do not watch (an unpacked archive).
+fn exe_written_ns(img: &ImageRecord) -> Option<u64> {
+    img.exe_written_ns
 }
 
 /// Evaluates every rule against one process's record.
@@ -67,13 +66,17 @@ pub fn evaluate(
     let mut own_written: HashSet<&[u8]> = HashSet::new();
     for (idx, img) in rec.images.iter().enumerate() {
         let by_write = written.contains(&img.exe_path) || own_written.contains(img.exe_path.as_slice());
-        let by_ctime = exe_written_ns(img).is_some_and(|t| t >= session.info.start_ns);
+        let written_at = exe_written_ns(img).filter(|_| !img.inherited && !img.exe_path.is_empty());
+        let by_ctime = written_at.is_some_and(|t| t >= session.info.start_ns);
+        // changed after the container's init started: in its writable layer, not its image
+        let in_container = written_at.zip(session.info.container.started_ns).is_some_and(|(t, c)| t >= c);
         let process = ProcCtx {
             rec,
             image: img,
             session_root: is_root && Some(idx) == first_exec,
             ancestors: ancestors.to_vec(),
             exe_written_in_session: !img.inherited && !img.exe_path.is_empty() && (by_write || by_ctime),
+            exe_written_in_container: in_container,
         };
         let mut check = |trigger: Trigger, target: Target, ts_ns: u64, file: Option<&FileRecord>| {
             let s = Subject { session, process: process.clone(), trigger };
@@ -99,4 +102,104 @@ pub fn evaluate(
         own_written.extend(written_paths(&img.files));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::event::ProcessKey;
+    use crate::process::model::{ContainerInfo, SessionId, SessionInfo, SessionKind};
+
+    const S: u64 = 1_000_000_000;
+    const RULE: &str = "Download then execute";
+
+    fn shipped() -> Vec<Arc<Rule>> {
+        let (rules, errors) = super::super::lang::parse(super::super::source::DEFAULT_RULES, "default.yaml", "podtrail");
+        assert!(errors.is_empty(), "{errors:?}");
+        rules
+    }
+
+    fn info(session_start: u64, container_start: Option<u64>) -> SessionInfo {
+        SessionInfo {
+            id: SessionId(ProcessKey { pid: 100, start_ns: session_start }),
+            kind: SessionKind::Exec,
+            container: ContainerInfo { id: "c1".into(), source: "cgroup", started_ns: container_start, ..Default::default() },
+            start_ns: session_start,
+            end_ns: None,
+            root_argv: vec![b"sh".to_vec()],
+            root_tty: false,
+            env_audit_id: None,
+            node_user: None,
+            parent_session: None,
+            events_lost: 0,
+            incomplete: false,
+            from_proc: false,
+        }
+    }
+
+    /// pid 101 exec'ing `exe` at 50 s, the file changed at `written`.
+    fn exec_of(exe: &str, written: Option<u64>) -> ProcessRecord {
+        let img = ImageRecord {
+            exec_index: 0,
+            start_ns: 50 * S,
+            end_ns: Some(51 * S),
+            inherited: false,
+            argv: vec![exe.as_bytes().to_vec()],
+            argv_truncated: false,
+            filename: exe.as_bytes().to_vec(),
+            interp: None,
+            exe_path: exe.as_bytes().to_vec(),
+            fileless: false,
+            tty: false,
+            uid: 0,
+            euid: 0,
+            connects: vec![],
+            files: vec![],
+            exe_written_ns: written,
+        };
+        ProcessRecord {
+            key: ProcessKey { pid: 101, start_ns: 50 * S },
+            parent: Some(ProcessKey { pid: 100, start_ns: 40 * S }),
+            parent_exec_index: Some(0),
+            nspid: 7,
+            fork_ns: 50 * S,
+            exit_ns: Some(51 * S),
+            exit: None,
+            from_proc: false,
+            images: vec![img],
+        }
+    }
+
+    fn fires(info: &SessionInfo, rec: &ProcessRecord) -> bool {
+        let ctx = SessionCtx { info, who: None, attribution_configured: false };
+        evaluate(&shipped(), ctx, rec, &[], &HashSet::new(), &ScopeConfig::default()).iter().any(|a| a.rule.name == RULE)
+    }
+
+    #[test]
+    fn exe_changed_during_the_session_fires_download_then_execute() {
+        // container and session start at 10 s and 40 s; the file was written at 45 s
+        assert!(fires(&info(40 * S, Some(10 * S)), &exec_of("/tmp/tool", Some(45 * S))));
+        // the container's start unknown: the session's start still decides
+        assert!(fires(&info(40 * S, None), &exec_of("/tmp/tool", Some(45 * S))));
+    }
+
+    #[test]
+    fn exe_changed_after_the_container_started_but_before_the_session_fires() {
+        // dropped into the writable layer by an earlier session or by the workload itself
+        assert!(fires(&info(40 * S, Some(10 * S)), &exec_of("/tmp/tool", Some(20 * S))));
+    }
+
+    #[test]
+    fn exe_from_the_image_or_of_unknown_age_does_not_fire() {
+        assert!(!fires(&info(40 * S, Some(10 * S)), &exec_of("/bin/busybox", Some(5 * S))), "older than the container");
+        assert!(!fires(&info(40 * S, Some(10 * S)), &exec_of("/bin/busybox", None)), "change time before the boot");
+        assert!(!fires(&info(40 * S, None), &exec_of("/tmp/tool", Some(20 * S))), "before the session, container start unknown");
+    }
+
+    #[test]
+    fn an_inherited_image_is_not_an_exec_of_a_written_file() {
+        let mut rec = exec_of("/tmp/tool", Some(45 * S));
+        rec.images[0].inherited = true;
+        assert!(!fires(&info(40 * S, Some(10 * S)), &rec));
+    }
 }

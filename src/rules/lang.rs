@@ -124,6 +124,7 @@ enum Field {
     ProcessFileless,
     ProcessSessionRoot,
     ProcessExeWritten,
+    ProcessExeInContainer,
     ProcessUid,
     ParentName,
     AncestorName,
@@ -158,6 +159,7 @@ const FIELDS: &[(&str, Field)] = &[
     ("process.fileless", Field::ProcessFileless),
     ("process.session_root", Field::ProcessSessionRoot),
     ("process.exe_written_in_session", Field::ProcessExeWritten),
+    ("process.exe_written_in_container", Field::ProcessExeInContainer),
     ("process.uid", Field::ProcessUid),
     ("parent.name", Field::ParentName),
     ("ancestor.name", Field::AncestorName),
@@ -241,6 +243,7 @@ fn field_holds(f: Field, t: &Test, s: &Subject) -> bool {
         (F::ProcessFileless, Test::Bool(b)) => s.process.image.fileless == *b,
         (F::ProcessSessionRoot, Test::Bool(b)) => s.process.session_root == *b,
         (F::ProcessExeWritten, Test::Bool(b)) => s.process.exe_written_in_session == *b,
+        (F::ProcessExeInContainer, Test::Bool(b)) => s.process.exe_written_in_container == *b,
         (F::ProcessUid, Test::Uints(u)) => u.contains(&s.process.image.euid),
         (F::ParentName, Test::Str(m)) => s.process.ancestors.first().is_some_and(|a| m.matches(a)),
         (F::AncestorName, Test::Str(m)) => m.any(s.process.ancestors.iter().map(String::as_str)),
@@ -301,7 +304,7 @@ fn file_op(s: &str) -> Result<FileOp, String> {
 fn test_for(f: Field, v: &Value) -> Result<Test, String> {
     use Field as F;
     Ok(match f {
-        F::ProcessTty | F::ProcessFileless | F::ProcessSessionRoot | F::ProcessExeWritten | F::SessionAttributed
+        F::ProcessTty | F::ProcessFileless | F::ProcessSessionRoot | F::ProcessExeWritten | F::ProcessExeInContainer | F::SessionAttributed
         | F::AttributionConfigured | F::FileWrite | F::FileFailed => Test::Bool(matchers::boolean(v)?),
         F::ClientAddress | F::ConnectAddress => Test::Cidrs(matchers::cidrs(v)?),
         F::ConnectPort => Test::Ports(matchers::ports(v)?),

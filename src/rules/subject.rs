@@ -54,6 +54,9 @@ pub struct ProcCtx<'a> {
     /// The executable was written after the session started (by the exe's change time, or by
     /// an earlier file write of the session to that path).
     pub exe_written_in_session: bool,
+    /// The executable was changed after the container's init started (so it lies in the
+    /// container's writable layer, not its image); false when the container's start is unknown.
+    pub exe_written_in_container: bool,
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -159,9 +159,16 @@ impl Containerd {
     /// `ctr run -d [--label K=V].. [extra flags].. --rootfs DIR ID CMD..`: a busybox container
     /// that keeps running; returns its id (also its cgroup path `/<namespace>/<id>`).
     pub fn run(&self, labels: &[(&str, &str)], extra: &[&str], cmd: &[&str]) -> Container {
+        self.run_prepared(labels, extra, cmd, &|_| {})
+    }
+
+    /// [`Self::run`], with `prepare` adding to the busybox rootfs before the container starts
+    /// (more applets, files the image should ship): what it writes is part of the "image".
+    pub fn run_prepared(&self, labels: &[(&str, &str)], extra: &[&str], cmd: &[&str], prepare: &dyn Fn(&Path)) -> Container {
         let id = unique("pt");
         let rootfs = self.dir.join("rootfs").join(&id);
         busybox_rootfs(&rootfs).expect("build busybox rootfs");
+        prepare(&rootfs);
         // no image config with --rootfs: the spec's environment is all the process gets
         let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--env".into(), "PATH=/bin".into()];
         for (k, v) in labels {
@@ -185,6 +192,12 @@ impl Containerd {
             std::thread::sleep(Duration::from_millis(50));
         }
         c
+    }
+
+    /// The root filesystem of a container started by [`Self::run`] (a plain directory: what
+    /// the container writes lands here).
+    pub fn rootfs(&self, id: &str) -> PathBuf {
+        self.dir.join("rootfs").join(id)
     }
 
     /// The container's init pid (host pid namespace), from `ctr task ls`.

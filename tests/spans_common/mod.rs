@@ -28,6 +28,7 @@ pub fn container() -> ContainerInfo {
         workload_name: Some("api".into()),
         node_name: Some("node-1".into()),
         source: "kube_api",
+        started_ns: None,
     }
 }
 
@@ -66,6 +67,7 @@ pub fn image(idx: u32, start: u64, exe: &str, argv: &[&str]) -> ImageRecord {
         euid: 0,
         connects: vec![],
         files: vec![],
+        exe_written_ns: None,
     }
 }
 

@@ -96,6 +96,34 @@ async fn pod_index(cfg: &crate::config::KubeConfig, stop: impl Future<Output = (
     Ok(Some(index))
 }
 
+/// Records from `podtrail receiver` replicas into the store, kept for this node's pods (all of
+/// them without a pod index: one machine).
+fn subscribe_receivers(
+    mut sub: attribute::stream::SubscribeConfig,
+    kube: &crate::config::KubeConfig,
+    store: Arc<RecordStore>,
+    pods: Option<crate::enrich::kube::PodIndex>,
+    reg: &mut Registry,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use attribute::stream::{PodFilter, RecordSink, StreamMetrics};
+    sub.node = Some(kube.node_name.clone())
+        .filter(|n| !n.is_empty())
+        .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned());
+    let keep = pods.map(|idx| -> PodFilter {
+        Arc::new(move |r: &attribute::record::RequestRecord| {
+            idx.has_pod(r.namespace.as_deref().unwrap_or(""), r.pod_name.as_deref().unwrap_or(""), r.pod_uid.as_deref())
+        })
+    });
+    let metrics = StreamMetrics::default();
+    metrics.register(reg);
+    let sink = Arc::new(RecordSink::new(store, keep, metrics, sub.pending_for, sub.max_pending));
+    tracing::info!(receivers = ?sub.receivers, node = %sub.node, "subscribing to receivers");
+    attribute::stream::subscribe::start(sub, sink, stop)
+        .map_err(|e| anyhow::anyhow!("{e}: set attribution.receiver_tls_cert, receiver_tls_key and receiver_ca to this agent's certificate, key and the receivers' CA"))
+}
+
 /// Gauges the agent samples from the stages every second.
 #[derive(Default, Clone)]
 struct AgentGauges {
@@ -129,7 +157,7 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     let mut tasks = Vec::new();
 
     // attribution sources
-    let attributed = cfg.audit_webhook.is_some() || cfg.admission_webhook.is_some() || cfg.audit_log.is_some();
+    let attributed = cfg.audit_webhook.is_some() || cfg.admission_webhook.is_some() || cfg.audit_log.is_some() || cfg.receivers.is_some();
     let store = Arc::new(RecordStore::new(cfg.store.clone()));
     store.register_metrics(&mut reg);
     let wcfg = WebhookConfig::default();
@@ -179,7 +207,12 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
 
     // in a cluster, between the process and span stages: the API's pod metadata on every
     // session (so attribution matches on it) and exec probes held back, counted
-    let upd_tx = match pod_index(&cfg.kube, stopped(stop_rx.clone())).await? {
+    let pods = pod_index(&cfg.kube, stopped(stop_rx.clone())).await?;
+    if let Some(sub) = cfg.receivers.clone() {
+        let mut r = reg.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.push(subscribe_receivers(sub, &cfg.kube, store.clone(), pods.clone(), &mut r, stopped(stop_rx.clone()))?);
+    }
+    let upd_tx = match pods {
         Some(index) => {
             let mut filter = crate::enrich::kube::SessionFilter::new(index, cfg.kube.export_probes);
             reg.lock().unwrap_or_else(|p| p.into_inner()).register(

@@ -29,6 +29,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub rules: crate::rules::RulesConfig,
     pub kube: KubeConfig,
+    /// `podtrail receiver` only.
+    pub receiver: crate::attribute::stream::ReceiverConfig,
 }
 
 /// Whether to watch this node's pods through the Kubernetes API.
@@ -156,6 +158,15 @@ pub struct AttributionConfig {
     /// Milliseconds a session's spans wait for attribution when a source is configured (the
     /// API server batches audit events: set its webhook batch max wait to 1 s).
     pub hold_ms: u64,
+    /// `podtrail receiver` replicas to take records from over mutual TLS, e.g.
+    /// `https://podtrail-receiver-peers.podtrail.svc:7443`; a name that resolves to several
+    /// addresses (a headless Service) is one subscription per address.
+    pub receivers: Vec<String>,
+    /// This agent's client certificate and key for the receivers (PEM).
+    pub receiver_tls_cert: PathBuf,
+    pub receiver_tls_key: PathBuf,
+    /// CA that signed the receivers' serving certificates.
+    pub receiver_ca: PathBuf,
 }
 
 impl Default for AttributionConfig {
@@ -169,6 +180,10 @@ impl Default for AttributionConfig {
             max_records: 10_000,
             retention_s: 900,
             hold_ms: 10_000,
+            receivers: Vec::new(),
+            receiver_tls_cert: PathBuf::from("/etc/podtrail-tls/tls.crt"),
+            receiver_tls_key: PathBuf::from("/etc/podtrail-tls/tls.key"),
+            receiver_ca: PathBuf::from("/etc/podtrail-tls/ca.crt"),
         }
     }
 }
@@ -235,7 +250,19 @@ impl Config {
             max_records: a.max_records,
             retention: Duration::from_secs(a.retention_s),
         };
-        let attributed = audit_webhook.is_some() || admission_webhook.is_some() || a.audit_log.is_some();
+        for r in &a.receivers {
+            crate::attribute::stream::subscribe::parse_receiver(r).map_err(|e| ConfigError::Invalid(format!("attribution.receivers: {e}")))?;
+        }
+        let receivers = (!a.receivers.is_empty()).then(|| {
+            crate::attribute::stream::SubscribeConfig::new(
+                a.receivers.clone(),
+                a.receiver_tls_cert.clone(),
+                a.receiver_tls_key.clone(),
+                a.receiver_ca.clone(),
+                String::new(),
+            )
+        });
+        let attributed = audit_webhook.is_some() || admission_webhook.is_some() || a.audit_log.is_some() || receivers.is_some();
         let mut spans = self.spans.clone();
         if attributed && spans.hold.deadline_ms == 0 {
             spans.hold.deadline_ms = a.hold_ms;
@@ -255,6 +282,7 @@ impl Config {
             audit_webhook,
             admission_webhook,
             audit_log: a.audit_log.clone(),
+            receivers,
             spans,
             export: self.export.clone(),
             metrics_listen,
@@ -304,6 +332,8 @@ pub struct Ready {
     pub audit_webhook: Option<ListenerConfig>,
     pub admission_webhook: Option<ListenerConfig>,
     pub audit_log: Option<PathBuf>,
+    /// Subscriptions to `podtrail receiver` (the agent fills in its node name).
+    pub receivers: Option<crate::attribute::stream::SubscribeConfig>,
     pub spans: SpansConfig,
     pub export: ExportConfig,
     pub metrics_listen: Option<SocketAddr>,

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod record;
 pub mod serve;
 pub mod store;
+pub mod stream;
 pub mod webhook;
 
 use sha2::{Digest, Sha256};

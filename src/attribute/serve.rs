@@ -220,7 +220,7 @@ fn read(path: &Path) -> Result<Vec<u8>, ServeError> {
     std::fs::read(path).map_err(|source| ServeError::ReadFile { path: path.to_owned(), source })
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServeError> {
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServeError> {
     let pem = read(path)?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice()).filter_map(Result::ok).collect();
     if certs.is_empty() {
@@ -229,7 +229,7 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServeError> {
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ServeError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ServeError> {
     let pem = read(path)?;
     match rustls_pemfile::private_key(&mut pem.as_slice()) {
         Ok(Some(k)) => Ok(k),

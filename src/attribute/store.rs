@@ -89,16 +89,26 @@ struct Inner {
     used_order: VecDeque<String>,
 }
 
+/// Called with every stage the store accepted (new or merged, never a duplicate), after the
+/// store holds it: `podtrail receiver` streams these to the agents ([`super::stream`]).
+pub type RecordTap = Box<dyn Fn(&RequestRecord, Stage) + Send + Sync>;
+
 /// Thread-safe (share it in an `Arc`) store of request records.
 pub struct RecordStore {
     cfg: StoreConfig,
     inner: Mutex<Inner>,
     metrics: AttributeMetrics,
+    tap: Option<RecordTap>,
 }
 
 impl RecordStore {
     pub fn new(cfg: StoreConfig) -> Self {
-        Self { cfg, inner: Mutex::new(Inner::default()), metrics: AttributeMetrics::default() }
+        Self { cfg, inner: Mutex::new(Inner::default()), metrics: AttributeMetrics::default(), tap: None }
+    }
+
+    /// A store that also hands every accepted stage to `tap`.
+    pub fn with_tap(cfg: StoreConfig, tap: RecordTap) -> Self {
+        Self { tap: Some(tap), ..Self::new(cfg) }
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -145,7 +155,19 @@ impl RecordStore {
         self.insert_record(review.to_record(), Stage::RequestReceived);
     }
 
-    fn insert_record(&self, rec: RequestRecord, stage: Stage) -> InsertOutcome {
+    /// Insert one stage of a request as a source parsed it (or as a receiver streamed it).
+    pub fn insert_record(&self, rec: RequestRecord, stage: Stage) -> InsertOutcome {
+        let tapped = self.tap.as_ref().map(|_| rec.clone());
+        let outcome = self.insert_record_inner(rec, stage);
+        if let (Some(tap), Some(rec)) = (&self.tap, tapped) {
+            if matches!(outcome, InsertOutcome::Inserted | InsertOutcome::Merged) {
+                tap(&rec, stage);
+            }
+        }
+        outcome
+    }
+
+    fn insert_record_inner(&self, rec: RequestRecord, stage: Stage) -> InsertOutcome {
         let now = SystemTime::now();
         let source = rec.source.as_str();
         if rec.request_time().is_some_and(|t| t + self.cfg.match_window < now) {

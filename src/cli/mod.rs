@@ -3,6 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 
 mod capture;
+mod receiver;
 mod run;
 
 #[derive(Parser, Debug)]
@@ -36,6 +37,9 @@ pub enum Command {
     /// Print the configuration `podtrail run` would use (the defaults, or a file with the
     /// flags applied) as TOML, after checking it.
     Config(run::RunArgs),
+    /// Take the audit and admission webhooks (in a cluster, a Deployment) and stream the
+    /// records to the agents over mutual TLS. Needs no privileges.
+    Receiver(receiver::ReceiverArgs),
 }
 
 pub fn init_logging(l: &LogArgs) {
@@ -52,6 +56,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Capture(a) => capture::run(a).await,
         Command::Run(a) => run::run(a).await,
+        Command::Receiver(a) => receiver::run(a).await,
         Command::Config(a) => {
             let cfg = run::config(&a)?;
             cfg.clone().validate().map_err(|e| UsageError(e.to_string()))?;

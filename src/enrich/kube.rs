@@ -90,6 +90,17 @@ impl PodIndex {
             .is_some_and(|info| info.probe_commands.iter().any(|p| command_matches(p, argv)))
     }
 
+    /// Is this pod (by uid when given, else namespace/name) one of the indexed pods? The
+    /// receiver stream asks it to keep only this node's records.
+    pub fn has_pod(&self, namespace: &str, name: &str, uid: Option<&str>) -> bool {
+        let st = self.read();
+        if let Some(uid) = uid.filter(|u| !u.is_empty()) {
+            return st.by_pod.contains_key(uid);
+        }
+        let key = format!("{namespace}/{name}");
+        st.by_pod.values().any(|(k, _)| *k == key)
+    }
+
     /// Containers indexed.
     pub fn len(&self) -> usize {
         self.read().by_container.len()

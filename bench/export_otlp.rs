@@ -88,6 +88,7 @@ fn container() -> ContainerInfo {
         container_name: Some("api".into()),
         workload_kind: Some("Deployment".into()),
         workload_name: Some("api".into()),
+        started_ns: None,
         node_name: Some("node-1".into()),
         source: "kube_api",
     }
@@ -132,6 +133,7 @@ fn image(start: u64, argv: &[String]) -> ImageRecord {
         euid: 0,
         connects: vec![],
         files: vec![],
+        exe_written_ns: None,
     }
 }
 

@@ -168,6 +168,7 @@ fn session(k: u32, end: bool) -> Vec<SessionUpdate> {
         outcome: ConnectOutcome::Connected,
         error: None,
         udp_sent: false,
+        activity: None,
     }];
     let tar = image(t + 5000, &s(&["tar", "-cf", &format!("/tmp/{k}.tar"), "/tmp/page"]));
     let cat = image(t + 7000, &s(&["cat", &format!("/tmp/{k}.tar")]));

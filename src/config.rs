@@ -110,6 +110,9 @@ pub struct ProcessConfig {
     pub containerd_namespaces: Vec<String>,
     /// Session updates queued between the process stage and the span stage.
     pub channel_capacity: usize,
+    /// What is recorded beside exec sessions (`[process.activity]`): watched executables,
+    /// outbound connects, their folding and rate limit.
+    pub activity: crate::process::activity::ActivityConfig,
 }
 
 impl Default for ProcessConfig {
@@ -119,6 +122,7 @@ impl Default for ProcessConfig {
             containerd_socket: PathBuf::from("/run/containerd/containerd.sock"),
             containerd_namespaces: vec!["k8s.io".into(), "default".into()],
             channel_capacity: 16_384,
+            activity: Default::default(),
         }
     }
 }
@@ -238,8 +242,10 @@ impl Config {
             scan_proc: p.scan_proc,
             containerd_socket: (!p.containerd_socket.as_os_str().is_empty()).then(|| p.containerd_socket.clone()),
             containerd_namespaces: p.containerd_namespaces.clone(),
+            activity: crate::process::activity::ActivityConfig { ranges: self.spans.scope.clone(), ..p.activity.clone() },
             ..ProcessOptions::default()
         };
+        p.activity.check().map_err(ConfigError::Invalid)?;
         let a = &self.attribution;
         let audit_webhook = a.audit_webhook.as_ref().map(|w| listener("attribution.audit_webhook", w, true)).transpose()?;
         let admission_webhook =
@@ -364,6 +370,19 @@ mod tests {
         let no_ca = "[attribution.audit_webhook]\nlisten = \"0.0.0.0:8443\"\ntls_cert = \"c\"\ntls_key = \"k\"\n";
         let e = Config::from_toml(no_ca).unwrap().validate().unwrap_err().to_string();
         assert!(e.contains("client_ca"), "{e}");
+    }
+
+    #[test]
+    fn activity_settings_reach_the_process_stage_with_the_cluster_ranges() {
+        let c = "[process.activity]\nscope = \"all\"\nwatch = [\"strace\"]\noutbound_scopes = [\"external\", \"private\"]\n\n[spans.scope]\npod_cidrs = [\"10.244.0.0/16\"]\n";
+        let r = Config::from_toml(c).unwrap().validate().unwrap();
+        let a = &r.process.activity;
+        assert_eq!(a.scope, crate::process::activity::ActivityScope::All);
+        assert_eq!(a.watch, vec!["strace".to_string()]);
+        assert!(a.outbound("10.9.0.1".parse().unwrap()), "private, outside the pod range");
+        assert!(!a.outbound("10.244.0.1".parse().unwrap()), "pod range");
+        let e = Config::from_toml("[process.activity]\noutbound_scopes = [\"outside\"]\n").unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("outbound_scopes"), "{e}");
     }
 
     #[test]

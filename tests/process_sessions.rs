@@ -727,3 +727,176 @@ fn a_watched_nsenter_into_a_container_becomes_the_node_session() {
     pids.sort();
     assert_eq!(pids, vec![601, 602]);
 }
+
+// ---- issue 6: outbound connects outside sessions -------------------------------------------
+
+const SEC: u64 = 1_000_000_000;
+
+/// A connect by `pid` (cgroup `cg`) to `addr:port`.
+fn connect_to(ts: u64, pid: u32, cg: u64, cookie: u64, transport: Transport, addr: &str, port: u16) -> Event {
+    Event::Connect(ConnectEvent { ts_ns: ts, pid, tid: pid, cgroup_id: cg, cookie, transport, addr: addr.parse().unwrap(), port, mapped: false })
+}
+
+/// The cluster's ranges as configured: pods 10.244/16, services 10.96/12; 203.0.113.0/24 is
+/// outside every range (external).
+fn outbound_tracker(tune: impl FnOnce(&mut podtrail::process::activity::ActivityConfig)) -> SessionTracker {
+    let mut cfg = podtrail::process::activity::ActivityConfig::default();
+    cfg.ranges.pod_cidrs = vec!["10.244.0.0/16".parse().unwrap()];
+    cfg.ranges.service_cidrs = vec!["10.96.0.0/12".parse().unwrap()];
+    tune(&mut cfg);
+    let mut t = tracker();
+    t.set_activity(cfg);
+    t
+}
+
+/// Outbound traces in `out`: (info, the connect records of its one process).
+fn outbound(out: &[SessionUpdate]) -> Vec<(&SessionInfo, &ConnectRecord)> {
+    out.iter()
+        .filter_map(|u| match u {
+            SessionUpdate::ProcessEnded(i, r) if i.kind == SessionKind::Outbound => Some((i, &r.images.last()?.connects[0])),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_container_process_connecting_outside_the_cluster_is_one_outbound_trace() {
+    let mut t = outbound_tracker(|_| {});
+    let mut out = start_container_c(&mut t);
+    // the container's own process (its init, no session) connects out, and inside
+    out.extend(t.handle(&connect_to(100, 1001, C, 1, Transport::Tcp, "203.0.113.7", 443)));
+    out.extend(t.handle(&result(101, 1, 0)));
+    out.extend(t.handle(&connect_to(102, 1001, C, 2, Transport::Tcp, "10.244.3.4", 8080)));
+    out.extend(t.handle(&connect_to(103, 1001, C, 3, Transport::Tcp, "10.100.0.10", 53)));
+    out.extend(t.handle(&connect_to(104, 1001, C, 4, Transport::Tcp, "10.1.2.3", 5432)));
+    // a host process connecting out is not a container's
+    out.extend(t.handle(&connect_to(105, 500, HOST, 5, Transport::Tcp, "203.0.113.8", 443)));
+    assert!(outbound(&out).is_empty(), "nothing before the fold window passes");
+    out.extend(t.tick(100 + 11 * SEC));
+    let o = outbound(&out);
+    assert_eq!(o.len(), 1, "{o:?}");
+    let (info, c) = o[0];
+    assert_eq!((info.container.id.as_str(), info.root_argv[0].as_slice()), ("web", b"sleep".as_slice()));
+    assert_eq!((c.addr.to_string().as_str(), c.port, c.outcome), ("203.0.113.7", 443, ConnectOutcome::Connected));
+    assert_eq!(c.activity.map(|a| (a.count, a.suppressed_before)), Some((1, 0)));
+    assert_eq!(started(&out).len(), 1);
+    assert_eq!(ended(&out).len(), 1);
+
+    // `private` (outside the configured ranges) is recorded once configured
+    let mut t = outbound_tracker(|c| c.outbound_scopes.push("private".into()));
+    let mut out = start_container_c(&mut t);
+    out.extend(t.handle(&connect_to(100, 1001, C, 4, Transport::Tcp, "10.1.2.3", 5432)));
+    out.extend(t.handle(&exit(200, 1001, C, 0)));
+    assert_eq!(outbound(&out).len(), 1, "the window closes when its process exits");
+
+    // the sessions scope records none
+    let mut t = outbound_tracker(|c| c.scope = podtrail::process::activity::ActivityScope::Sessions);
+    let mut out = start_container_c(&mut t);
+    out.extend(t.handle(&connect_to(100, 1001, C, 1, Transport::Tcp, "203.0.113.7", 443)));
+    out.extend(t.shutdown(100 + 20 * SEC));
+    assert!(outbound(&out).is_empty());
+}
+
+#[test]
+fn a_session_connect_stays_in_its_session_and_is_not_an_outbound_trace() {
+    let mut t = outbound_tracker(|_| {});
+    let mut out = start_container_c(&mut t);
+    out.extend(runc_exec(&mut t, 100, 1010, &["wget", "http://203.0.113.7/"]));
+    out.extend(t.handle(&connect_to(110, 1010, C, 1, Transport::Tcp, "203.0.113.7", 80)));
+    out.extend(t.handle(&exit(120, 1010, C, 0)));
+    out.extend(t.shutdown(100 + 20 * SEC));
+    assert!(outbound(&out).is_empty());
+    assert_eq!(procs_of(&out, SessionId(key(1010)))[0].images[0].connects.len(), 1);
+}
+
+#[test]
+fn a_thousand_identical_connects_are_one_span_counting_a_thousand() {
+    let mut t = outbound_tracker(|_| {});
+    let mut out = start_container_c(&mut t);
+    for i in 0..1000u64 {
+        out.extend(t.handle(&connect_to(100 + i * 1_000_000, 1001, C, 10 + i, Transport::Tcp, "203.0.113.7", 443)));
+    }
+    out.extend(t.handle(&exit(5 * SEC, 1001, C, 0)));
+    let o = outbound(&out);
+    assert_eq!(o.len(), 1);
+    let a = o[0].1.activity.unwrap();
+    assert_eq!((a.count, a.first_ns, a.last_ns), (1000, 100, 100 + 999 * 1_000_000));
+    assert_eq!((t.outbound().records, t.outbound().folded, t.outbound().suppressed), (1, 999, 0));
+}
+
+#[test]
+fn the_rate_limit_counts_exactly_what_it_suppressed_and_marks_the_next_record() {
+    let mut t = outbound_tracker(|c| {
+        c.burst = 5;
+        c.rate_per_s = 1;
+    });
+    let mut out = start_container_c(&mut t);
+    // a flood: 20 destinations at once, each connected to 3 times
+    let mut n = 0u64;
+    for round in 0..3u64 {
+        for d in 0..20u64 {
+            n += 1;
+            out.extend(t.handle(&connect_to(100 + round, 1001, C, n, Transport::Tcp, &format!("203.0.113.{}", d + 1), 443)));
+        }
+    }
+    // two seconds later: two tokens back
+    out.extend(t.handle(&connect_to(100 + 2 * SEC, 1001, C, 1000, Transport::Tcp, "198.51.100.1", 443)));
+    n += 1;
+    out.extend(t.shutdown(100 + 30 * SEC));
+    let o = outbound(&out);
+    assert_eq!(o.len(), 6, "five from the burst, one after the refill");
+    let o_counts: u64 = o.iter().map(|(_, c)| c.activity.unwrap().count).sum();
+    assert_eq!(t.outbound().suppressed, 15 * 3, "the 15 destinations over the burst, each 3 times");
+    assert_eq!(o_counts + t.outbound().suppressed, n, "folded and suppressed add up to the flood");
+    let last = o.iter().find(|(_, c)| c.addr.to_string() == "198.51.100.1").unwrap();
+    assert_eq!(last.1.activity.unwrap().suppressed_before, 45, "marked on the container's next record");
+    assert!(o.iter().filter(|(_, c)| c.addr.to_string() != "198.51.100.1").all(|(_, c)| c.activity.unwrap().suppressed_before == 0));
+}
+
+#[test]
+fn udp_counts_as_outbound_only_once_it_carried_data() {
+    let mut t = outbound_tracker(|_| {});
+    let mut out = start_container_c(&mut t);
+    // glibc sorting resolver answers: connects that never send
+    out.extend(t.handle(&connect_to(100, 1001, C, 1, Transport::Udp, "203.0.113.7", 443)));
+    out.extend(t.handle(&connect_to(101, 1001, C, 2, Transport::Udp, "203.0.113.8", 443)));
+    // a real query
+    out.extend(t.handle(&connect_to(102, 1001, C, 3, Transport::Udp, "198.51.100.53", 53)));
+    out.extend(t.handle(&Event::UdpSend(UdpSendEvent { ts_ns: 103, cgroup_id: C, cookie: 3, bytes: 40 })));
+    out.extend(t.shutdown(100 + 30 * SEC));
+    let o = outbound(&out);
+    assert_eq!(o.len(), 1, "{o:?}");
+    assert_eq!((o[0].1.addr.to_string().as_str(), o[0].1.udp_sent), ("198.51.100.53", true));
+    assert_eq!(t.counters().results_unmatched, 0);
+}
+
+#[test]
+fn an_outbound_trace_is_a_root_named_outbound_a_process_span_and_one_client_connect() {
+    use opentelemetry::trace::SpanKind;
+    let mut t = outbound_tracker(|_| {});
+    let mut out = start_container_c(&mut t);
+    for i in 0..30u64 {
+        out.extend(t.handle(&connect_to(100 + i, 1001, C, 1 + i, Transport::Tcp, "203.0.113.7", 443)));
+    }
+    out.extend(t.shutdown(100 + 30 * SEC));
+    let ctx = podtrail::spans::BuildCtx { boot_id: [7; 16], clock: podtrail::clock::BootClock::fixed(1_700_000_000 * SEC), cfg: Default::default() };
+    let mut spans = None;
+    let mut built = Vec::new();
+    for u in out.into_iter().filter(|u| matches!(u, SessionUpdate::Started(i) | SessionUpdate::ProcessEnded(i, _) | SessionUpdate::Ended(i, _) if i.kind == SessionKind::Outbound)) {
+        match u {
+            SessionUpdate::Started(i) => spans = Some(podtrail::spans::SessionSpans::new(&ctx, i, None)),
+            SessionUpdate::ProcessEnded(i, r) => built.extend(spans.as_mut().unwrap().process_ended(&ctx, i, r).into_iter().map(|s| (s, false))),
+            SessionUpdate::Ended(i, rest) => built.extend(spans.take().unwrap().finish(&ctx, i, rest).into_iter().map(|b| (b.span, b.root))),
+        }
+    }
+    let names: Vec<(&str, SpanKind)> = built.iter().map(|(s, _)| (s.name.as_ref(), s.span_kind.clone())).collect();
+    assert_eq!(names, vec![("sleep", SpanKind::Internal), ("connect 203.0.113.7:443", SpanKind::Client), ("outbound", SpanKind::Server)]);
+    let attr = |s: &opentelemetry_sdk::trace::SpanData, k: &str| s.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| kv.value.to_string());
+    let connect = &built[1].0;
+    assert_eq!(attr(connect, "podtrail.folded.count").as_deref(), Some("30"));
+    assert_eq!(attr(connect, "podtrail.network.destination.scope").as_deref(), Some("external"));
+    assert_eq!(attr(connect, "container.id").as_deref(), Some("web"));
+    assert_eq!(attr(&built[2].0, "podtrail.session.kind").as_deref(), Some("outbound"));
+    assert_eq!(connect.parent_span_id, built[0].0.span_context.span_id());
+    assert_eq!(built[0].0.parent_span_id, built[2].0.span_context.span_id());
+}

@@ -29,6 +29,9 @@ pub enum SessionKind {
     /// Not a session: a run of a watched executable (tcpdump, nsenter, ...) anywhere, on the
     /// host or in any container, with its descendants (issue 6).
     Watched,
+    /// Not a session: connects by a container process outside every session to a destination
+    /// outside the cluster, folded over a window (issue 6, `process::activity::Outbound`).
+    Outbound,
 }
 
 impl SessionKind {
@@ -38,6 +41,7 @@ impl SessionKind {
             SessionKind::Node => "node",
             SessionKind::Debug => "debug",
             SessionKind::Watched => "watched_exec",
+            SessionKind::Outbound => "outbound",
         }
     }
 }
@@ -80,6 +84,19 @@ pub struct ConnectRecord {
     pub error: Option<i32>,
     /// UDP only: the socket sent data (a connect without data is resolver address sorting).
     pub udp_sent: bool,
+    /// Outbound records outside sessions only: the repeats this record stands for.
+    pub activity: Option<ActivityMarks>,
+}
+
+/// What an outbound record (`SessionKind::Outbound`) folded and what was suppressed before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ActivityMarks {
+    /// Connects folded into this record, itself included.
+    pub count: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Connects of the same container the rate limit suppressed since its previous record.
+    pub suppressed_before: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -101,6 +101,11 @@ pub struct ProcessStats {
     pub pids_reused_unexited: AtomicU64,
     pub ns_joins_idle: AtomicU64,
     pub containerd_errors: AtomicU64,
+    /// Outbound records outside sessions (issue 6): handed out, connects folded into one,
+    /// connects suppressed by the per-container rate limit.
+    pub outbound_records: AtomicU64,
+    pub outbound_folded: AtomicU64,
+    pub outbound_suppressed: AtomicU64,
 }
 
 impl ProcessStats {
@@ -119,6 +124,10 @@ impl ProcessStats {
         set(&self.exits_early, c.exits_early);
         set(&self.pids_reused_unexited, c.pids_reused_unexited);
         set(&self.ns_joins_idle, c.ns_joins_idle);
+        let o = t.outbound();
+        set(&self.outbound_records, o.records);
+        set(&self.outbound_folded, o.folded);
+        set(&self.outbound_suppressed, o.suppressed);
     }
 }
 
@@ -244,8 +253,19 @@ pub async fn run(
 
     let mut answers_open = true;
     let mut control_open = true;
+    // outbound records leave when their fold window passes, also when no events come
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = tick.tick() => {
+                for u in tracker.tick(crate::clock::boot_ns_now()) {
+                    if tx.send(u).await.is_err() {
+                        return;
+                    }
+                }
+                stats.update(&tracker);
+            }
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
                 for u in tracker.handle(&ev) {

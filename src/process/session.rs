@@ -75,6 +75,8 @@ pub struct SessionTracker {
     lost_seen: HashMap<u64, u64>,
     /// What is recorded beside exec sessions.
     activity: super::activity::ActivityConfig,
+    /// Outbound connects outside sessions, folded and rate-limited.
+    outbound: super::activity::Outbound,
     /// Turns the executable's wall-clock change time into boot ns.
     clock: crate::clock::BootClock,
 }
@@ -123,6 +125,7 @@ impl SessionTracker {
             counters: TrackerCounters::default(),
             lost_seen: HashMap::new(),
             activity: Default::default(),
+            outbound: Default::default(),
             clock: crate::clock::BootClock::now(),
         }
     }
@@ -160,8 +163,24 @@ impl SessionTracker {
         &self.counters
     }
 
+    /// Outbound records (issue 6): what was counted, folded and suppressed.
+    pub fn outbound(&self) -> &super::activity::Outbound {
+        &self.outbound
+    }
+
+    /// Hand out the outbound records whose fold window has passed at `now_ns` (the run loop
+    /// calls this on a timer when no events come).
+    pub fn tick(&mut self, now_ns: u64) -> Vec<SessionUpdate> {
+        let mut out = Vec::new();
+        self.outbound.flush(&self.activity, now_ns, false, &mut out);
+        out
+    }
+
     pub fn handle(&mut self, ev: &Event) -> Vec<SessionUpdate> {
         let mut out = Vec::new();
+        if self.outbound.open() > 0 {
+            self.outbound.flush(&self.activity, ev.ts_ns(), false, &mut out);
+        }
         match ev {
             Event::Exec(e) => self.on_exec(e, &mut out),
             Event::Fork(f) => self.on_fork(f, &mut out),
@@ -178,6 +197,8 @@ impl SessionTracker {
     /// The agent is stopping: every open session ends now, marked incomplete, with the
     /// processes still running.
     pub fn shutdown(&mut self, now_ns: u64) -> Vec<SessionUpdate> {
+        let mut early = Vec::new();
+        self.outbound.flush(&self.activity, now_ns, true, &mut early);
         let mut open: HashMap<SessionId, Vec<ProcessRecord>> = HashMap::new();
         for p in self.table.iter() {
             if let Some(sid) = p.session {
@@ -204,7 +225,8 @@ impl SessionTracker {
         for p in self.table.iter_mut() {
             p.session = None;
         }
-        out
+        early.extend(out);
+        early
     }
 
     /// Better metadata for a container (containerd labels, the Kubernetes API) arrived: later
@@ -582,6 +604,7 @@ impl SessionTracker {
             return;
         };
         let Some(p) = self.table.remove(key) else { return };
+        self.outbound.process_exited(key, out);
         self.containers.process_removed(p.cgroup_id);
         if p.join.as_ref().is_some_and(|j| j.joiner == key) && p.session.is_none_or(|s| s != SessionId(key)) {
             self.counters.ns_joins_idle += 1;
@@ -618,7 +641,8 @@ impl SessionTracker {
         }
         let Some(p) = self.table.get_mut(&key) else { return };
         if p.session.is_none() {
-            return; // only sessions' connects are kept
+            self.outbound_connect(c, key);
+            return; // sessions' connects are kept in their images; others only as outbound
         }
         if p.images.is_empty() {
             p.images.push(ImageRecord {
@@ -652,12 +676,44 @@ impl SessionTracker {
             outcome: ConnectOutcome::Pending,
             error: None,
             udp_sent: false,
+            activity: None,
         });
         let slot = CookieSlot { key, image, connect: conns.len() - 1 };
         self.table.set_cookie(c.cookie, slot);
     }
 
+    /// A connect outside every session: an outbound record when it comes from a container
+    /// process and its destination is in a recorded scope.
+    fn outbound_connect(&mut self, c: &ConnectEvent, key: ProcessKey) {
+        let Some(p) = self.table.get(&key) else { return };
+        if !self.activity.outbound(c.addr) || self.containers.get(p.cgroup_id).is_none() {
+            return;
+        }
+        let container = self.containers.get(p.cgroup_id).map(|x| x.info.clone()).unwrap_or_default();
+        let mut rec = record_of(p, None, None);
+        if let Some(img) = rec.images.pop() {
+            rec.images = vec![ImageRecord { connects: Vec::new(), files: Vec::new(), ..img }];
+        }
+        let conn = ConnectRecord {
+            ts_ns: c.ts_ns,
+            end_ns: None,
+            transport: c.transport,
+            addr: c.addr,
+            port: c.port,
+            final_addr: None,
+            outcome: ConnectOutcome::Pending,
+            error: None,
+            udp_sent: false,
+            activity: None,
+        };
+        let cg = p.cgroup_id;
+        self.outbound.connect(&self.activity, conn, c.cookie, rec, container, cg);
+    }
+
     fn connect_mut(&mut self, cookie: u64) -> Option<&mut ConnectRecord> {
+        if let Some(rec) = self.outbound.result(cookie) {
+            return Some(rec);
+        }
         let slot = self.table.cookie(cookie)?;
         self.table.get_mut(&slot.key)?.images.get_mut(slot.image)?.connects.get_mut(slot.connect)
     }
@@ -712,6 +768,9 @@ impl SessionTracker {
     }
 
     fn on_udp_send(&mut self, u: &UdpSendEvent) {
+        if self.outbound.udp_sent(&self.activity, u.cookie) {
+            return;
+        }
         match self.connect_mut(u.cookie) {
             Some(rec) => rec.udp_sent = true,
             None => self.counters.results_unmatched += 1,

@@ -196,7 +196,7 @@ pub fn root_span(ctx: &BuildCtx, frame: &SessionFrame, info: &SessionInfo, who: 
             }
             w.root_name()
         }
-        None => "exec",
+        None => root_name(info.kind),
     };
     if let Some(src) = Some(info.container.source).filter(|s| !s.is_empty()) {
         attrs.push(KeyValue::new(keys::SESSION_CONTAINER_SOURCE, src));
@@ -216,6 +216,16 @@ pub fn root_span(ctx: &BuildCtx, frame: &SessionFrame, info: &SessionInfo, who: 
         }
     }
     span(frame, frame.root_id, SpanId::INVALID, SpanKind::Server, name.to_owned(), start, end, attrs, Status::Unset)
+}
+
+/// The root's name when no request matched: what kind of activity the trace is.
+pub fn root_name(kind: crate::process::model::SessionKind) -> &'static str {
+    use crate::process::model::SessionKind;
+    match kind {
+        SessionKind::Watched => "watched exec",
+        SessionKind::Outbound => "outbound",
+        SessionKind::Exec | SessionKind::Node | SessionKind::Debug => "exec",
+    }
 }
 
 /// A request that started no process (attach to a container's main process, port-forward).
@@ -374,6 +384,16 @@ pub fn connect_span(ctx: &BuildCtx, frame: &SessionFrame, id: SpanId, image: Spa
         attrs.push(KeyValue::new(sc::ERROR_TYPE, et));
     }
     // A connect whose outcome never came (pending) is shown as an instant.
-    let end = c.end_ns.unwrap_or(c.ts_ns);
-    span(frame, id, image, SpanKind::Client, connect_name(addr, c.port), ctx.clock.to_system_time(c.ts_ns), ctx.clock.to_system_time(end), attrs, status)
+    let mut end = c.end_ns.unwrap_or(c.ts_ns);
+    let mut start = c.ts_ns;
+    if let Some(a) = &c.activity {
+        // an outbound record: the first to the last of the connects it folds
+        attrs.push(KeyValue::new(keys::FOLDED_COUNT, a.count as i64));
+        if a.suppressed_before > 0 {
+            attrs.push(KeyValue::new(keys::ACTIVITY_SUPPRESSED, a.suppressed_before as i64));
+        }
+        start = start.min(a.first_ns);
+        end = end.max(a.last_ns);
+    }
+    span(frame, id, image, SpanKind::Client, connect_name(addr, c.port), ctx.clock.to_system_time(start), ctx.clock.to_system_time(end), attrs, status)
 }

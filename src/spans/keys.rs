@@ -45,6 +45,11 @@ pub const FOLDED_COUNT: &str = "podtrail.folded.count";
 pub const NETWORK_OUTCOME: &str = "podtrail.network.outcome";
 pub const NETWORK_DESTINATION_SCOPE: &str = "podtrail.network.destination.scope";
 
+// Activity outside sessions (issue 6).
+/// On an outbound record's connect span: connects of the same container the rate limit
+/// suppressed since that container's previous record.
+pub const ACTIVITY_SUPPRESSED: &str = "podtrail.activity.suppressed";
+
 // The agent's own run (coverage gaps).
 pub const AGENT_EVENT: &str = "podtrail.agent.event";
 pub const AGENT_SESSIONS_EXPORTED: &str = "podtrail.agent.sessions_exported";
@@ -98,6 +103,7 @@ pub const PODTRAIL_KEYS: &[&str] = &[
     FOLDED_COUNT,
     NETWORK_OUTCOME,
     NETWORK_DESTINATION_SCOPE,
+    ACTIVITY_SUPPRESSED,
     AGENT_EVENT,
     AGENT_SESSIONS_EXPORTED,
     AGENT_SESSIONS_INCOMPLETE,

@@ -82,6 +82,7 @@ pub fn connect(ts: u64, t: Transport, addr: &str, port: u16, outcome: ConnectOut
         outcome,
         error: err,
         udp_sent,
+        activity: None,
     }
 }
 

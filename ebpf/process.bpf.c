@@ -125,7 +125,11 @@ int BPF_PROG(pt_sched_exec, struct task_struct *p, pid_t old_pid, struct linux_b
 		e->exe_nlink = BPF_CORE_READ(ino, __i_nlink);
 		if (e->exe_nlink == 0)
 			e->flags |= PT_EXEC_F_FILELESS;
-		e->exe_ctime_ns = BPF_CORE_READ(ino, i_ctime_sec) * 1000000000ULL + BPF_CORE_READ(ino, i_ctime_nsec);
+		/* multigrain timestamps (6.13+) keep a flag in bit 31 of i_ctime_nsec
+		 * (I_CTIME_QUERIED: set once stat read it), which would add 2.147 s;
+		 * nanoseconds never reach bit 30, so masking is right on every kernel */
+		e->exe_ctime_ns = BPF_CORE_READ(ino, i_ctime_sec) * 1000000000ULL +
+				  (BPF_CORE_READ(ino, i_ctime_nsec) & 0x3fffffffU);
 		bool cut = false;
 		e->exe_path_len = resolve_path(buf + PT_EXEC_EXE_PATH_OFF, BPF_CORE_READ(exe, f_path.dentry),
 					       BPF_CORE_READ(exe, f_path.mnt), PT_EXE_PATH_MAX, &cut);

@@ -1,0 +1,695 @@
+//! The shipped detection rules end to end: a private containerd + runc (tests/common), a
+//! busybox container whose init is busybox `httpd` serving a payload on its loopback, the real
+//! `podtrail run` binary writing OTLP/JSON to a file, and real `ctr task exec` sessions (with a
+//! terminal where the scenario needs one: `ctr task exec -t` is given a pty by a small Python
+//! driver). For each shipped rule a container can produce, one session must fire it and a
+//! close one must not; then the seed incident (terminal shell, wget, gzip, tar, the unpacked
+//! binary run, the history removed) in one session, with each alert on the span that did it.
+//! Alerts are read from the file as span events named `alert` (`security_rule.name`), decoded
+//! here from the JSON, not with podtrail's code.
+//!
+//! Not covered here: memfd execution (busybox cannot create a memfd; a deleted executable,
+//! the rule's other case, is), `unlinkat` with a directory fd (busybox `rm` does not use one;
+//! tests/capture_files.rs covers it at the kernel level).
+//! Needs root, containerd and python3; fails (never skips) under CI when they are missing.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use common::containers::{Container, Containerd};
+use serde_json::{json, Value};
+
+/// One agent (kernel programs, containerd) at a time in this binary.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+const SHELL: &str = "Terminal shell in a container";
+const DOWNLOAD: &str = "Download then execute";
+const FILELESS: &str = "Fileless execution";
+const HISTORY: &str = "Shell history tampering";
+const NO_REQUEST: &str = "Exec without a Kubernetes request";
+const NODE: &str = "Node user entered a container";
+const OUTBOUND: &str = "Outbound connection outside the cluster";
+const SENSITIVE: &str = "Sensitive file read";
+const CAPTURE: &str = "Packet capture";
+
+/// Applets the scenarios need beyond the harness's list.
+const MORE_APPLETS: &[&str] = &["httpd", "gzip", "gunzip", "ln", "truncate", "chmod", "cp", "tcpdump"];
+
+/// The CRI labels kubelet puts on a pod's container (so an audit record can match).
+fn pod_labels() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("io.kubernetes.pod.name", "api-7d9c"),
+        ("io.kubernetes.pod.namespace", "billing"),
+        ("io.kubernetes.pod.uid", "3f9d2c4e-1b7a-4c55-8e21-7a6b5c4d3e2f"),
+        ("io.kubernetes.container.name", "api"),
+    ]
+}
+
+/// What the image ships: more applets, /etc/shadow, a history file, and under /www what
+/// httpd serves: `payload` (a static busybox) and `kit.tar.gz` (kit/busybox).
+fn prepare(root: &Path) {
+    for a in MORE_APPLETS {
+        let link = root.join("bin").join(a);
+        if !link.exists() {
+            symlink("busybox", link).unwrap();
+        }
+    }
+    std::fs::write(root.join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+    std::fs::write(root.join("root/.ash_history"), "ls\n").unwrap();
+    let www = root.join("www");
+    std::fs::create_dir_all(www.join("kit")).unwrap();
+    std::fs::copy("/bin/busybox", www.join("payload")).unwrap();
+    std::fs::copy("/bin/busybox", www.join("kit/busybox")).unwrap();
+    let st = Command::new("tar").arg("-czf").arg(www.join("kit.tar.gz")).arg("-C").arg(&www).arg("kit").status().unwrap();
+    assert!(st.success(), "tar on the host");
+    std::fs::remove_dir_all(www.join("kit")).unwrap();
+}
+
+/// `podtrail run` with a loopback audit webhook (so "no Kubernetes request" means something),
+/// writing OTLP/JSON to a file; SIGTERM on drop.
+struct Agent {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    webhook: String,
+}
+
+impl Agent {
+    fn start(cd: &Containerd) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let webhook = format!("127.0.0.1:{port}");
+        let config = format!(
+            "[process]\ncontainerd_socket = {:?}\ncontainerd_namespaces = [{:?}]\n\n[attribution]\nhold_ms = 2000\n\n[metrics]\nlisten = \"\"\n",
+            cd.address.display().to_string(),
+            cd.namespace
+        );
+        std::fs::write(dir.path().join("podtrail.toml"), config).unwrap();
+        let stderr = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_podtrail"))
+            .arg("run")
+            .arg("--config")
+            .arg(dir.path().join("podtrail.toml"))
+            .arg("--audit-webhook-loopback")
+            .arg(&webhook)
+            .arg("--otlp-file")
+            .arg(dir.path().join("traces.jsonl"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn podtrail run");
+        let mut agent = Agent { child: Some(child), dir, webhook };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !agent.log().contains("podtrail is running") {
+            assert!(Instant::now() < deadline, "podtrail run did not come up:\n{}", agent.log());
+            if let Some(st) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("podtrail run exited ({st}):\n{}", agent.log());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // the containerd lookup of the container found by the /proc scan is asynchronous
+        std::thread::sleep(Duration::from_secs(1));
+        agent
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("traces.jsonl")
+    }
+
+    fn post_audit(&self, body: &Value) {
+        let body = serde_json::to_vec(body).unwrap();
+        let mut s = TcpStream::connect(&self.webhook).expect("connect to the audit webhook");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "POST /audit HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", self.webhook, body.len()).unwrap();
+        s.write_all(&body).unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        assert!(reply.starts_with("HTTP/1.1 200"), "audit webhook answered: {reply}\n{}", self.log());
+    }
+
+    /// Waits until a span's argv holds each marker and its trace's root is in the file (the
+    /// root leaves last), then stops the agent (SIGTERM: it drains and flushes).
+    fn stop_after(mut self, markers: &[&str], timeout: Duration) -> Vec<Span> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let spans = read_spans(&self.file());
+            let missing: Vec<&&str> = markers.iter().filter(|m| !has_root(&spans, m)).collect();
+            if missing.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                eprintln!("after {timeout:?} no finished trace for {missing:?}:\n{}", self.log());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        self.terminate();
+        read_spans(&self.file())
+    }
+
+    fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// A span as the OTLP/JSON file holds it, with its events.
+#[derive(Clone, Debug)]
+struct Span {
+    trace_id: String,
+    parent: String,
+    name: String,
+    attrs: Value,
+    events: Vec<(String, Value)>,
+}
+
+impl Span {
+    fn attr(&self, key: &str) -> Option<Value> {
+        attr_of(&self.attrs, key)
+    }
+
+    fn str(&self, key: &str) -> Option<String> {
+        self.attr(key).and_then(|v| v.as_str().map(str::to_owned))
+    }
+
+    fn args(&self) -> Vec<String> {
+        match self.attr("process.command_args") {
+            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+            _ => vec![],
+        }
+    }
+
+    /// Rules that fired on this span.
+    fn alerts(&self) -> Vec<String> {
+        self.alert_events().iter().filter_map(|a| a.get("security_rule.name").and_then(|v| v.as_str().map(str::to_owned))).collect()
+    }
+
+    /// Each alert event's attributes as a plain JSON object.
+    fn alert_events(&self) -> Vec<Value> {
+        self.events
+            .iter()
+            .filter(|(n, _)| n == "alert")
+            .map(|(_, a)| {
+                let mut o = serde_json::Map::new();
+                for kv in a.as_array().into_iter().flatten() {
+                    o.insert(kv["key"].as_str().unwrap_or("").to_owned(), plain(&kv["value"]));
+                }
+                Value::Object(o)
+            })
+            .collect()
+    }
+}
+
+fn attr_of(attrs: &Value, key: &str) -> Option<Value> {
+    attrs.as_array()?.iter().find(|kv| kv["key"] == key).map(|kv| plain(&kv["value"]))
+}
+
+/// An OTLP/JSON AnyValue as plain JSON (`intValue` is a string in OTLP/JSON).
+fn plain(v: &Value) -> Value {
+    if let Some(s) = v.get("stringValue") {
+        return s.clone();
+    }
+    if let Some(b) = v.get("boolValue") {
+        return b.clone();
+    }
+    if let Some(i) = v.get("intValue") {
+        return match i {
+            Value::String(s) => json!(s.parse::<i64>().expect("intValue")),
+            other => other.clone(),
+        };
+    }
+    if let Some(a) = v.get("arrayValue") {
+        return Value::Array(a["values"].as_array().map(|v| v.iter().map(plain).collect()).unwrap_or_default());
+    }
+    v.clone()
+}
+
+/// Every span in an OTLP/JSON lines file (one ExportTraceServiceRequest per line).
+fn read_spans(path: &Path) -> Vec<Span> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let req: Value = serde_json::from_str(line).expect("each line is one OTLP/JSON request");
+        for rs in req["resourceSpans"].as_array().into_iter().flatten() {
+            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                for s in ss["spans"].as_array().into_iter().flatten() {
+                    let events = s["events"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|e| (e["name"].as_str().unwrap_or("").to_owned(), e["attributes"].clone()))
+                        .collect();
+                    out.push(Span {
+                        trace_id: s["traceId"].as_str().expect("traceId").to_owned(),
+                        parent: s["parentSpanId"].as_str().unwrap_or("").to_owned(),
+                        name: s["name"].as_str().unwrap_or("").to_owned(),
+                        attrs: s["attributes"].clone(),
+                        events,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The trace whose processes ran with `marker` in an argument.
+fn trace_with(spans: &[Span], marker: &str) -> Option<String> {
+    spans.iter().find(|s| s.args().iter().any(|a| a.contains(marker))).map(|s| s.trace_id.clone())
+}
+
+fn has_root(spans: &[Span], marker: &str) -> bool {
+    trace_with(spans, marker).is_some_and(|t| spans.iter().any(|s| s.trace_id == t && s.parent.is_empty()))
+}
+
+/// One session's trace, found by its marker.
+struct Trace<'a> {
+    marker: String,
+    spans: Vec<&'a Span>,
+}
+
+impl<'a> Trace<'a> {
+    fn of(all: &'a [Span], marker: &str) -> Trace<'a> {
+        let t = trace_with(all, marker).unwrap_or_else(|| panic!("no trace ran {marker}; traces' spans: {:#?}", names(all)));
+        Trace { marker: marker.into(), spans: all.iter().filter(|s| s.trace_id == t).collect() }
+    }
+
+    fn root(&self) -> &Span {
+        self.spans.iter().find(|s| s.parent.is_empty()).unwrap_or_else(|| panic!("{}: no root span", self.marker))
+    }
+
+    /// (span name, rule) of every alert in the trace.
+    fn alerts(&self) -> Vec<(String, String)> {
+        self.spans.iter().flat_map(|s| s.alerts().into_iter().map(|r| (s.name.clone(), r))).collect()
+    }
+
+    /// Spans that carry an alert of `rule`.
+    fn fired(&self, rule: &str) -> Vec<&Span> {
+        self.spans.iter().copied().filter(|s| s.alerts().iter().any(|r| r == rule)).collect()
+    }
+
+    fn assert_fired(&self, rule: &str) -> Vec<&Span> {
+        let on = self.fired(rule);
+        assert!(!on.is_empty(), "{}: {rule:?} did not fire; alerts {:?}; spans {:?}", self.marker, self.alerts(), self.names());
+        on
+    }
+
+    fn assert_quiet(&self, rule: &str) {
+        assert!(self.fired(rule).is_empty(), "{}: {rule:?} fired where it must not: {:?}", self.marker, self.alerts());
+    }
+
+    /// (span, executable, alerts) per span: what a failure shows.
+    fn summary(&self) -> Vec<(String, String, Vec<String>)> {
+        self.spans.iter().map(|s| (s.name.clone(), s.str("process.executable.path").unwrap_or_default(), s.alerts())).collect()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.spans.iter().map(|s| s.name.clone()).collect()
+    }
+}
+
+fn names(spans: &[Span]) -> Vec<(String, String)> {
+    spans.iter().map(|s| (s.trace_id[..8].to_owned(), s.name.clone())).collect()
+}
+
+/// Drives `ctr task exec -t` through a pty (ctr refuses a terminal session without one):
+/// types each line of `input` after the shell started, then `exit`, and returns what the
+/// terminal showed.
+const PTY_DRIVER: &str = r#"
+import os, pty, select, sys, time
+lines = sys.stdin.read().splitlines()
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+out = b""
+def pump(seconds):
+    global out
+    end = time.time() + seconds
+    while time.time() < end:
+        r, _, _ = select.select([fd], [], [], 0.1)
+        if r:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                return False
+            if not data:
+                return False
+            out += data
+    return True
+pump(2.0)
+for line in lines + ["exit"]:
+    os.write(fd, (line + "\n").encode())
+    if not pump(1.0):
+        break
+deadline = time.time() + 60
+while time.time() < deadline and pump(0.5):
+    pass
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else 0)
+"#;
+
+fn tty_session(cd: &Containerd, c: &Container, lines: &[&str]) -> String {
+    let exec_id = common::containers::unique("tty");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(PTY_DRIVER)
+        .arg("ctr")
+        .arg("--address")
+        .arg(&cd.address)
+        .arg("--namespace")
+        .arg(&cd.namespace)
+        .args(["task", "exec", "-t", "--exec-id", exec_id.as_str(), c.id.as_str(), "sh"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut ch| {
+            ch.stdin.take().unwrap().write_all(lines.join("\n").as_bytes())?;
+            ch.wait_with_output()
+        })
+        .expect("python3 pty driver");
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "terminal session failed ({}): {shown}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    shown
+}
+
+/// `sh -c SCRIPT` without a terminal; the exit status is not judged (scenarios run commands
+/// that fail on purpose, like an unreachable wget).
+fn sh(cd: &Containerd, c: &Container, script: &str) -> String {
+    let out = cd.exec(&c.id, &["sh", "-c", script]);
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+// --- audit records (for the "no Kubernetes request" pair), as in tests/e2e_attribution.rs ---
+
+fn audit_time(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap();
+    let ts = jiff::Timestamp::from_second(d.as_secs() as i64).unwrap();
+    format!("{}.{:06}Z", ts.strftime("%Y-%m-%dT%H:%M:%S"), d.subsec_micros())
+}
+
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The audit EventList of one `kubectl exec` of `command` into billing/api-7d9c.
+fn exec_request(audit_id: &str, command: &[&str], received: SystemTime) -> Value {
+    let fixture: Value = serde_json::from_slice(&std::fs::read(Path::new(FIXTURES).join("audit/exec_websocket.json")).unwrap()).unwrap();
+    let template = "4b5f3c7e-8d2a-4f19-9c3e-2a1b0d9e8f70";
+    let mut items = Vec::new();
+    for ev in fixture["items"].as_array().unwrap() {
+        if ev["auditID"] != template || !["RequestReceived", "ResponseStarted"].contains(&ev["stage"].as_str().unwrap()) {
+            continue;
+        }
+        let mut ev = ev.clone();
+        ev["auditID"] = json!(audit_id);
+        let uri = ev["requestURI"].as_str().unwrap().to_owned();
+        let (path, query) = uri.split_once('?').unwrap();
+        let mut params: Vec<String> = command.iter().map(|c| format!("command={}", query_escape(c))).collect();
+        params.extend(query.split('&').filter(|p| !p.starts_with("command=")).map(str::to_owned));
+        ev["requestURI"] = json!(format!("{path}?{}", params.join("&")));
+        let at = if ev["stage"] == "RequestReceived" { received } else { received + Duration::from_millis(40) };
+        ev["requestReceivedTimestamp"] = json!(audit_time(received));
+        ev["stageTimestamp"] = json!(audit_time(at));
+        items.push(ev);
+    }
+    assert_eq!(items.len(), 2, "fixture lacks a stage");
+    json!({ "kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}, "items": items })
+}
+
+fn new_audit_id() -> String {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).expect("urandom");
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    uuid::Uuid::from_bytes(b).hyphenated().to_string()
+}
+
+fn setup() -> Option<(std::sync::MutexGuard<'static, ()>, Containerd, Container)> {
+    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let cd = Containerd::start()?;
+    if std::process::Command::new("python3").arg("-c").arg("import pty").status().map(|s| !s.success()).unwrap_or(true) {
+        assert!(std::env::var_os("CI").is_none(), "CI must run the rule scenarios: python3 with pty is missing");
+        eprintln!("SKIPPED (not CI): python3 with pty is missing");
+        return None;
+    }
+    let c = cd.run_prepared(&pod_labels(), &[], &["httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/www"], &prepare);
+    Some((guard, cd, c))
+}
+
+const HTTP: &str = "http://127.0.0.1:8080";
+
+#[test]
+fn each_shipped_rule_fires_on_a_real_session_and_stays_quiet_on_a_close_one() {
+    let Some((_g, cd, c)) = setup() else { return };
+    let agent = Agent::start(&cd);
+    let mut markers: Vec<&str> = Vec::new();
+    let mut run = |marker: &'static str, script: String| {
+        markers.push(marker);
+        let shown = sh(&cd, &c, &format!("{script}; /bin/echo {marker}"));
+        assert!(shown.contains(marker), "{marker}: {shown}");
+    };
+
+    // terminal shell: the same shell with and without a terminal
+    let shown = tty_session(&cd, &c, &["/bin/echo mark-tty-shell"]);
+    assert!(shown.contains("mark-tty-shell"), "{shown}");
+    run("mark-no-tty", ":".into());
+
+    // download then execute: run what wget wrote; wget alone; a file written by an earlier
+    // session of the container and run now (it lies in the container's writable layer)
+    run("mark-dl-exec", format!("mkdir -p /tmp/a && wget -q -O /tmp/a/busybox {HTTP}/payload && chmod +x /tmp/a/busybox && /tmp/a/busybox true"));
+    run("mark-dl-only", format!("mkdir -p /tmp/b && wget -q -O /tmp/b/busybox {HTTP}/payload && chmod +x /tmp/b/busybox && /bin/cat /tmp/b/busybox >/dev/null"));
+    run("mark-dl-later", "/tmp/b/busybox true".into());
+
+    // fileless: a deleted executable run through its open descriptor; the same file kept
+    run("mark-deleted", "cp /bin/busybox /tmp/del && exec 3</tmp/del && rm /tmp/del && /proc/self/fd/3 true".into());
+    run("mark-kept", "cp /bin/busybox /tmp/kept && /tmp/kept true".into());
+
+    // history tampering, each seen with the absolute path; appending (as shells do) is not
+    // (`rm` is a NOFORK applet: typed bare, the shell itself unlinks; `/bin/rm` execs)
+    run("mark-hist-rm", "/bin/echo a >> /root/.ash_history; /bin/rm /root/.ash_history".into());
+    run("mark-hist-rel", "/bin/echo a >> /root/.ash_history; cd /root; /bin/rm .ash_history".into());
+    run("mark-hist-builtin", "/bin/echo a >> /root/.ash_history; cd /root && rm .ash_history".into());
+    run("mark-hist-truncate", "/bin/echo a >> /root/.ash_history; /bin/truncate -s 0 /root/.ash_history".into());
+    run("mark-hist-otrunc", "/bin/echo a >> /root/.ash_history; : > /root/.ash_history".into());
+    run("mark-hist-symlink", "/bin/rm -f /root/.ash_history; /bin/ln -s /dev/null /root/.ash_history; /bin/rm -f /root/.ash_history".into());
+    run("mark-hist-append", "/bin/echo a >> /root/.ash_history".into());
+
+    // sensitive file read: /etc/shadow, not /etc/passwd
+    run("mark-shadow", "/bin/cat /etc/shadow >/dev/null".into());
+    run("mark-passwd", "/bin/cat /etc/passwd >/dev/null".into());
+
+    // outbound: an address outside the cluster (unreachable: the container has only
+    // loopback), not the container's own loopback
+    run("mark-outbound", "wget -q -T 2 -O /dev/null http://203.0.113.7/".into());
+    run("mark-loopback", format!("wget -q -O /dev/null {HTTP}/payload"));
+
+    // packet capture: tcpdump by name (busybox has none: the exec is what the rule sees), not
+    // a file named after it
+    run("mark-tcpdump", "/bin/tcpdump -i any; true".into());
+    run("mark-tcpdump-arg", "/bin/cat /tmp/tcpdump.txt 2>/dev/null; true".into());
+
+    // no Kubernetes request behind the exec (every session above), and one with a request
+    let audited = ["sh", "-c", "/bin/echo mark-audited"];
+    agent.post_audit(&exec_request(&new_audit_id(), &audited, SystemTime::now()));
+    let out = cd.exec(&c.id, &audited);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // a node user entering the container (nsenter into its mount and pid namespaces), and an
+    // nsenter into its UTS namespace only, which is no entry into the container
+    let init = cd.task_pid(&c.id).expect("init pid").to_string();
+    let node = Command::new("nsenter").args(["-t", &init, "-m", "-p", "/bin/echo", "mark-node"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&node.stdout).contains("mark-node"), "{node:?}");
+    let uts = Command::new("nsenter").args(["-t", &init, "-u", "/bin/echo", "mark-uts"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&uts.stdout).contains("mark-uts"), "{uts:?}");
+
+    let mut wait: Vec<&str> = markers.clone();
+    wait.extend(["mark-tty-shell", "mark-audited", "mark-node", "mark-uts"]);
+    let spans = agent.stop_after(&wait, Duration::from_secs(90));
+    let t = |m: &str| Trace::of(&spans, m);
+
+    // terminal shell: on the shell's own span
+    let tty = t("mark-tty-shell");
+    let on: Vec<String> = tty.assert_fired(SHELL).iter().map(|s| s.name.clone()).collect();
+    assert_eq!(on, ["sh"], "{:?}", tty.alerts());
+    assert_eq!(tty.spans.iter().find(|s| s.name == "sh").and_then(|s| s.attr("process.interactive")), Some(json!(true)));
+    t("mark-no-tty").assert_quiet(SHELL);
+
+    // download then execute: on the downloaded binary's span, never on wget or the image's busybox
+    for m in ["mark-dl-exec", "mark-dl-later", "mark-kept"] {
+        let tr = t(m);
+        for s in tr.assert_fired(DOWNLOAD) {
+            let exe = s.str("process.executable.path").unwrap_or_default();
+            assert!(exe.starts_with("/tmp/"), "{m}: fired on {} ({exe}): {:#?}", s.name, tr.summary());
+        }
+    }
+    t("mark-dl-only").assert_quiet(DOWNLOAD);
+    for s in &spans {
+        if s.str("process.executable.path").as_deref() == Some("/bin/busybox") {
+            assert!(!s.alerts().iter().any(|r| r == DOWNLOAD), "an image binary fired {DOWNLOAD}: {s:#?}");
+        }
+    }
+
+    // fileless
+    let del = t("mark-deleted");
+    let on = del.assert_fired(FILELESS);
+    assert!(on.iter().all(|s| s.attr("podtrail.process.fileless") == Some(json!(true))), "{on:#?}");
+    t("mark-kept").assert_quiet(FILELESS);
+
+    // history tampering: the operation and the absolute path on the alert
+    let expect = [
+        ("mark-hist-rm", "unlink", "rm"),
+        ("mark-hist-rel", "unlink", "rm"),
+        ("mark-hist-builtin", "unlink", "sh"),
+        ("mark-hist-truncate", "truncate", "truncate"),
+        ("mark-hist-otrunc", "open", "sh"),
+        ("mark-hist-symlink", "symlink", "ln"),
+    ];
+    for (m, op, span) in expect {
+        let tr = t(m);
+        tr.assert_fired(HISTORY);
+        let hit = tr.spans.iter().find(|s| {
+            s.name == span
+                && s.alert_events().iter().any(|a| {
+                    a["security_rule.name"] == HISTORY
+                        && a["podtrail.file.op"] == op
+                        && (a["podtrail.file.path"] == "/root/.ash_history" || a["podtrail.file.path2"] == "/root/.ash_history")
+                })
+        });
+        assert!(hit.is_some(), "{m}: no {op} of /root/.ash_history alert on {span}: {:#?}", tr.spans.iter().map(|s| (&s.name, s.alert_events())).collect::<Vec<_>>());
+    }
+    let append = t("mark-hist-append");
+    append.assert_quiet(HISTORY);
+    assert!(
+        append.spans.iter().any(|s| s.events.iter().any(|(n, a)| n == "file open" && attr_of(a, "podtrail.file.path") == Some(json!("/root/.ash_history")))),
+        "the append is seen, as a file event without an alert: {:#?}",
+        append.spans
+    );
+
+    // sensitive file read
+    let on = t("mark-shadow").assert_fired(SENSITIVE).iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    assert_eq!(on, ["cat"]);
+    t("mark-passwd").assert_quiet(SENSITIVE);
+
+    // outbound: on the connect span
+    let out = t("mark-outbound");
+    let on = out.assert_fired(OUTBOUND);
+    assert!(on.iter().all(|s| s.str("server.address").as_deref() == Some("203.0.113.7")), "{on:#?}");
+    t("mark-loopback").assert_quiet(OUTBOUND);
+
+    // packet capture
+    let on = t("mark-tcpdump").assert_fired(CAPTURE).iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    assert_eq!(on, ["tcpdump"]);
+    t("mark-tcpdump-arg").assert_quiet(CAPTURE);
+
+    // no request: on the root's command span of an unattributed exec, not of the audited one
+    let bare = t("mark-no-tty");
+    bare.assert_fired(NO_REQUEST);
+    assert_eq!(bare.root().str("podtrail.attribution.source").as_deref(), Some("none"));
+    let audited = t("mark-audited");
+    assert_eq!(audited.root().name, "kubectl exec", "the request matched: {:#?}", audited.root());
+    audited.assert_quiet(NO_REQUEST);
+
+    // node user
+    let node = t("mark-node");
+    node.assert_fired(NODE);
+    assert_eq!(node.root().str("podtrail.session.kind").as_deref(), Some("node"), "{:#?}", node.root());
+    t("mark-uts").assert_quiet(NODE);
+
+    // every root counts its alerts
+    for m in wait {
+        let tr = t(m);
+        let n = tr.alerts().len() as i64;
+        assert_eq!(tr.root().attr("podtrail.alerts.count").unwrap_or(json!(0)), json!(n), "{m}: {:?}", tr.alerts());
+    }
+}
+
+#[test]
+fn seed_incident_in_one_terminal_session_with_each_alert_on_its_span() {
+    let Some((_g, cd, c)) = setup() else { return };
+    let agent = Agent::start(&cd);
+    let shown = tty_session(&cd, &c, &[
+        "cd /tmp",
+        &format!("wget -q {HTTP}/kit.tar.gz"),
+        "gzip -d kit.tar.gz",
+        "tar -xf kit.tar",
+        "./kit/busybox echo mark-seed-ran",
+        // typed as an intruder would: `rm` is a NOFORK applet, so the shell itself unlinks
+        "rm /root/.ash_history",
+    ]);
+    assert!(shown.contains("mark-seed-ran"), "the unpacked binary ran: {shown}");
+    let spans = agent.stop_after(&["mark-seed-ran"], Duration::from_secs(90));
+    let tr = Trace::of(&spans, "mark-seed-ran");
+
+    // each step is a span of the one session
+    let names = tr.names();
+    for step in ["sh", "wget", "gzip", "tar", "busybox"] {
+        assert!(names.iter().any(|n| n == step), "no {step} span in {names:?}");
+    }
+    assert!(names.iter().any(|n| n == "connect 127.0.0.1:8080"), "wget's connect: {names:?}");
+
+    // the alerts, each on the span that did it
+    let on = |rule: &str| tr.assert_fired(rule).iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    assert_eq!(on(SHELL), ["sh"]);
+    assert_eq!(on(DOWNLOAD), ["busybox"]);
+    let ran = tr.fired(DOWNLOAD)[0];
+    assert_eq!(ran.str("process.executable.path").as_deref(), Some("/tmp/kit/busybox"));
+    // the shell that ran `rm` as a NOFORK applet did the unlink: the alert is on its span
+    assert_eq!(on(HISTORY), ["sh"]);
+    let rm = tr.fired(HISTORY)[0];
+    assert_eq!(rm.attr("process.interactive"), Some(json!(true)), "the terminal shell: {rm:#?}");
+    assert!(rm.alert_events().iter().any(|a| a["podtrail.file.path"] == "/root/.ash_history" && a["podtrail.file.op"] == "unlink"), "{:#?}", rm.alert_events());
+    for quiet in ["wget", "gzip", "tar"] {
+        let s = tr.spans.iter().find(|s| s.name == quiet).unwrap();
+        assert!(s.alerts().is_empty(), "{quiet} carries {:?}", s.alerts());
+    }
+
+    // the root finds the session: count, highest severity, the rules
+    let root = tr.root();
+    let n = tr.alerts().len() as i64;
+    assert!(n >= 3, "{:?}", tr.alerts());
+    assert_eq!(root.attr("podtrail.alerts.count"), Some(json!(n)), "{root:#?}");
+    assert_eq!(root.str("podtrail.alerts.max_severity").as_deref(), Some("high"));
+    let rules = root.attr("podtrail.alerts.rules").unwrap_or_default();
+    for r in [SHELL, DOWNLOAD, HISTORY] {
+        assert!(rules.as_array().is_some_and(|a| a.iter().any(|v| v == r)), "{r} missing from {rules}");
+    }
+}

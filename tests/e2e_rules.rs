@@ -518,8 +518,9 @@ fn each_shipped_rule_fires_on_a_real_session_and_stays_quiet_on_a_close_one() {
     run("mark-passwd", "/bin/cat /etc/passwd >/dev/null".into());
 
     // outbound: an address outside the cluster (unreachable: the container has only
-    // loopback), not the container's own loopback
-    run("mark-outbound", "wget -q -T 2 -O /dev/null http://203.0.113.7/".into());
+    // loopback; busybox wget crashes on an unreachable network, nc does not), not the
+    // container's own loopback
+    run("mark-outbound", "nc -w 2 203.0.113.7 80 </dev/null".into());
     run("mark-loopback", format!("wget -q -O /dev/null {HTTP}/payload"));
 
     // packet capture: tcpdump by name (busybox has none: the exec is what the rule sees), not

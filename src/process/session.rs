@@ -565,6 +565,8 @@ impl SessionTracker {
             s.info.container = j.container.clone();
             s.info.node_user = j.loginuid;
             s.info.parent_session = j.parent_session;
+            // say it again: the session is now known as a node session in this container
+            out.push(SessionUpdate::Started(s.info.clone()));
         }
         if !self.sessions.contains_key(&sid) {
             let joiner_argv = self.table.get(&j.joiner).and_then(|p| p.images.last()).map(|i| i.argv.clone());

@@ -170,7 +170,11 @@ impl SpanStage {
 
     fn apply(&mut self, id: SessionId, u: SessionUpdate, out: &mut Output) {
         match u {
-            SessionUpdate::Started(_) => {}
+            SessionUpdate::Started(info) => {
+                if let Some(s) = self.live.get_mut(&id) {
+                    s.refresh(&self.ctx, info);
+                }
+            }
             SessionUpdate::ProcessEnded(info, rec) => {
                 if let Some(s) = self.live.get_mut(&id) {
                     for span in s.process_ended(&self.ctx, info, rec) {

@@ -76,9 +76,19 @@ impl SessionSpans {
         self.frame.trace_id
     }
 
+    /// The process stage learned more about the session (a watched nsenter became a node
+    /// session in a container, pod metadata arrived): spans built from now on say so.
+    pub fn refresh(&mut self, ctx: &BuildCtx, info: SessionInfo) {
+        let changed = info.kind != self.info.kind || info.container != self.info.container;
+        self.info = info;
+        if changed {
+            self.frame = build::session_frame(ctx, &self.info, self.who.as_ref());
+        }
+    }
+
     /// A process of the session ended: its spans, and those of children that waited for it.
     pub fn process_ended(&mut self, ctx: &BuildCtx, info: SessionInfo, rec: ProcessRecord) -> Vec<SpanData> {
-        self.info = info;
+        self.refresh(ctx, info);
         let mut out = Vec::new();
         self.place(ctx, rec, &mut out);
         out
@@ -88,7 +98,7 @@ impl SessionSpans {
     /// still waits for a parent that was never seen (hung under the root), then folds, then
     /// the root.
     pub fn finish(mut self, ctx: &BuildCtx, info: SessionInfo, remaining: Vec<ProcessRecord>) -> Vec<BuiltSpan> {
-        self.info = info;
+        self.refresh(ctx, info);
         let mut out = Vec::new();
         for rec in remaining {
             self.place(ctx, rec, &mut out);

@@ -244,7 +244,8 @@ fn a_session_running_when_the_stage_starts_is_learned_from_proc() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(cd) = Containerd::start() else { return };
     let c = cd.run(&[], &[], &["sleep", "1000"]);
-    let early = cd.exec_cmd(&c.id, &["sh", "-c", "sleep 2; /bin/id; true"]).spawn().unwrap();
+    // long enough to outlive loading the kernel programs on a busy machine
+    let early = cd.exec_cmd(&c.id, &["sh", "-c", "sleep 6; /bin/id; true"]).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(700));
     let (cd, updates) = track_while(opts(&cd), Duration::from_millis(500), move || {
         assert!(early.wait_with_output().unwrap().status.success());

@@ -31,7 +31,7 @@ rm -f "$prep_log"
 echo "test.sh: built in $(( $(date +%s) - start ))s" >&2
 
 status=0
-cargo test --release -- --test-threads=2 || status=$?
+cargo test --release --no-fail-fast -- --test-threads=2 || status=$?
 bash tests/stack/run.sh || status=$?
 echo "test.sh: finished in $(( $(date +%s) - start ))s with status $status" >&2
 exit $status

@@ -252,6 +252,7 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
         let mut stop = stop_rx.clone();
         let mut last_decoded = [0u64; crate::capture::abi::KIND_MAX as usize];
         let mut last_undecodable = 0u64;
+        let mut last_suppressed = 0u64;
         async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -265,6 +266,13 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
                 let bad: u64 = capture_stats.undecodable_by_reason().iter().map(|(_, n)| n).sum();
                 metrics.events_lost.get_or_create(&vec![("reason", "decode")]).inc_by(bad - last_undecodable);
                 last_undecodable = bad;
+                // outbound connects the per-container rate limit held back (marked on the
+                // container's next outbound span too)
+                let sup = pstats.outbound_suppressed.load(std::sync::atomic::Ordering::Relaxed);
+                if sup > last_suppressed {
+                    metrics.events_lost.get_or_create(&vec![("reason", "rate_limit")]).inc_by(sup - last_suppressed);
+                    last_suppressed = sup;
+                }
                 use std::sync::atomic::Ordering::Relaxed;
                 gauges.table.set(pstats.table_len.load(Relaxed) as i64);
                 gauges.containers.set(pstats.containers.load(Relaxed) as i64);

@@ -10,7 +10,16 @@ use anyhow::{bail, Context, Result};
 
 fn main() -> Result<()> {
     let out = PathBuf::from(env::var("OUT_DIR")?).join("podtrail.bpf.o");
-    for f in ["podtrail.bpf.c", "process.bpf.c", "net.bpf.c", "ns.bpf.c", "file.bpf.c", "common.h", "podtrail.h", "vmlinux.h"] {
+    for f in [
+        "podtrail.bpf.c",
+        "process.bpf.c",
+        "net.bpf.c",
+        "ns.bpf.c",
+        "file.bpf.c",
+        "common.h",
+        "podtrail.h",
+        "vmlinux.h",
+    ] {
         println!("cargo:rerun-if-changed=ebpf/{f}");
     }
     println!("cargo:rerun-if-env-changed=PODTRAIL_CLANG");

@@ -201,7 +201,10 @@ struct Recv(Arc<Count>);
 
 #[tonic::async_trait]
 impl TraceService for Recv {
-    async fn export(&self, req: tonic::Request<ExportTraceServiceRequest>) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let r = req.into_inner();
         let n: usize = r.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
         let spans = self.0.spans.fetch_add(n as u64, Relaxed) + n as u64;
@@ -313,7 +316,12 @@ fn export_config(addr: &str, spans: u64) -> ExportConfig {
 }
 
 async fn podtrail_path(rx_: &Receiver, updates: &[SessionUpdate], expect: u64) -> Run {
-    let cfg = RunExport { spans: SpansConfig::default(), export: export_config(&rx_.addr, expect).resolve(|_| None).unwrap(), boot_id: [0xb0; 16], clock: BootClock::fixed(1_700_000_000 * S) };
+    let cfg = RunExport {
+        spans: SpansConfig::default(),
+        export: export_config(&rx_.addr, expect).resolve(|_| None).unwrap(),
+        boot_id: [0xb0; 16],
+        clock: BootClock::fixed(1_700_000_000 * S),
+    };
     let before = rx_.totals();
     let metrics = Metrics::default();
     let (tx, rx) = tokio::sync::mpsc::channel(16_384);
@@ -327,7 +335,14 @@ async fn podtrail_path(rx_: &Receiver, updates: &[SessionUpdate], expect: u64) -
     // + the agent's own start and run spans
     let after = rx_.wait(before.0 + expect + 2);
     let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
-    Run { spans: after.0 - before.0, bytes: after.1 - before.1, wall, cpu, lost: report.lost(), requests: after.2 - before.2 }
+    Run {
+        spans: after.0 - before.0,
+        bytes: after.1 - before.1,
+        wall,
+        cpu,
+        lost: report.lost(),
+        requests: after.2 - before.2,
+    }
 }
 
 /// podtrail's queue ends a request at each session's root (so the root's loss mark counts
@@ -350,7 +365,11 @@ fn podtrail_batches(spans: &[SpanData]) -> Vec<&[SpanData]> {
 async fn minimal_path(rx_: &Receiver, spans: &[SpanData], per_session: bool) -> Run {
     let before = rx_.totals();
     let (t0, c0) = (Instant::now(), cpu_seconds());
-    let mut exp = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(format!("http://{}", rx_.addr)).build().unwrap();
+    let mut exp = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(format!("http://{}", rx_.addr))
+        .build()
+        .unwrap();
     exp.set_resource(&opentelemetry_sdk::Resource::builder().with_service_name("podtrail").build());
     let mut lost = 0;
     let batches: Vec<&[SpanData]> = if per_session { podtrail_batches(spans) } else { spans.chunks(512).collect() };
@@ -394,7 +413,10 @@ fn memory(n: u32) -> (f64, f64) {
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
     let tracer = provider.tracer("podtrail");
     let base = ALLOCATED.load(Relaxed);
-    let open: Vec<_> = roots.iter().map(|r| tracer.span_builder(r.name.clone()).with_attributes(r.attributes.clone()).start(&tracer)).collect();
+    let open: Vec<_> = roots
+        .iter()
+        .map(|r| tracer.span_builder(r.name.clone()).with_attributes(r.attributes.clone()).start(&tracer))
+        .collect();
     let sdk = ALLOCATED.load(Relaxed).saturating_sub(base) as f64 / n as f64;
     assert!(open.iter().all(|s| s.is_recording()));
     (podtrail, sdk)
@@ -417,7 +439,10 @@ fn main() {
     let spans = built_spans(&updates);
     let expect = spans.len() as u64;
     println!("export benchmark: {sessions} sessions, {expect} spans per run, OTLP/gRPC to a receiver in a child process, {rounds} rounds");
-    println!("{:<9} {:>5} {:>8} {:>8} {:>12} {:>12} {:>10} {:>9} {:>8} {:>5}", "path", "round", "spans", "wall s", "spans/s", "spans/s/core", "CPU us/span", "B/span", "requests", "lost");
+    println!(
+        "{:<9} {:>5} {:>8} {:>8} {:>12} {:>12} {:>10} {:>9} {:>8} {:>5}",
+        "path", "round", "spans", "wall s", "spans/s", "spans/s/core", "CPU us/span", "B/span", "requests", "lost"
+    );
     let mut ratios = Vec::new();
     // warm up both (connections, allocator)
     rt.block_on(minimal_path(&rx, &spans[..spans.len().min(2048)], false));
@@ -435,17 +460,36 @@ fn main() {
         }
         let [p, m, mb] = runs.map(Option::unwrap);
         for (name, r) in [("podtrail", p), ("minimal", m), ("minimal/s", mb)] {
-            println!("{:<9} {:>5} {:>8} {:>8.3} {:>12.0} {:>12.0} {:>10.2} {:>9.0} {:>8} {:>5}", name, round, r.spans, r.wall, r.spans as f64 / r.wall, r.per_core(), r.cpu_us_per_span(), r.bytes as f64 / r.spans as f64, r.requests, r.lost);
+            println!(
+                "{:<9} {:>5} {:>8} {:>8.3} {:>12.0} {:>12.0} {:>10.2} {:>9.0} {:>8} {:>5}",
+                name,
+                round,
+                r.spans,
+                r.wall,
+                r.spans as f64 / r.wall,
+                r.per_core(),
+                r.cpu_us_per_span(),
+                r.bytes as f64 / r.spans as f64,
+                r.requests,
+                r.lost
+            );
         }
         ratios.push(p.cpu_us_per_span() / m.cpu_us_per_span());
         same_batches.push(p.cpu_us_per_span() / mb.cpu_us_per_span());
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        format!("median {:.2}x (rounds: {})", v[v.len() / 2], v.iter().map(|r| format!("{r:.2}x")).collect::<Vec<_>>().join(", "))
+        format!(
+            "median {:.2}x (rounds: {})",
+            v[v.len() / 2],
+            v.iter().map(|r| format!("{r:.2}x")).collect::<Vec<_>>().join(", ")
+        )
     };
     println!("CPU per span, podtrail / minimal (512-span requests): {}", median(&mut ratios));
-    println!("CPU per span, podtrail / minimal/s (podtrail's requests, one per session): {}", median(&mut same_batches));
+    println!(
+        "CPU per span, podtrail / minimal/s (podtrail's requests, one per session): {}",
+        median(&mut same_batches)
+    );
     let (pm, sm) = memory(1000);
     println!("memory with 1000 sessions open: podtrail span stage {:.0} B/session ({:.2} MiB), plain SDK open root span {:.0} B/session ({:.2} MiB), ratio {:.2}x", pm, pm * 1000.0 / 1048576.0, sm, sm * 1000.0 / 1048576.0, pm / sm);
 }

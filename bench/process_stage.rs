@@ -78,7 +78,18 @@ impl Recorder {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn exec(&mut self, pid: u32, ppid: u32, cg: u64, pcg: u64, nspid: u32, pidns: u32, mnt: u32, argv: &[&[u8]], exe_leaf_first: &[u8]) {
+    fn exec(
+        &mut self,
+        pid: u32,
+        ppid: u32,
+        cg: u64,
+        pcg: u64,
+        nspid: u32,
+        pidns: u32,
+        mnt: u32,
+        argv: &[&[u8]],
+        exe_leaf_first: &[u8],
+    ) {
         let mut raw_argv = Vec::new();
         for a in argv {
             raw_argv.extend_from_slice(a);
@@ -134,7 +145,10 @@ impl Recorder {
 
     fn exit(&mut self, pid: u32, cg: u64) {
         let ts = self.tick();
-        let x = abi::Exit { h: header(abi::KIND_EXIT, std::mem::size_of::<abi::Exit>(), ts, pid, cg), ..Default::default() };
+        let x = abi::Exit {
+            h: header(abi::KIND_EXIT, std::mem::size_of::<abi::Exit>(), ts, pid, cg),
+            ..Default::default()
+        };
         self.recs.push(bytes_of(&x));
     }
 
@@ -177,7 +191,17 @@ fn storm(in_session: bool, execs: u32, connects: u32) -> Vec<Vec<u8>> {
     // the shell running the loop: an exec session root, or a host shell
     let (cg, pidns, mnt) = if in_session { (C, PIDNS_C, MNT_C) } else { (HOST_CG, HOST_PIDNS, MNT_HOST) };
     r.fork(2000, 500, HOST_CG, HOST_PIDNS, 2000);
-    r.exec(2000, 500, cg, HOST_CG, 20, pidns, mnt, &[b"sh", b"-c", b"for i in $(seq N); do /bin/true storm-$i; done"], b"busybox\0bin\0");
+    r.exec(
+        2000,
+        500,
+        cg,
+        HOST_CG,
+        20,
+        pidns,
+        mnt,
+        &[b"sh", b"-c", b"for i in $(seq N); do /bin/true storm-$i; done"],
+        b"busybox\0bin\0",
+    );
     let mut pid = 3000u32;
     for i in 0..execs.max(connects) {
         if i < execs {
@@ -191,8 +215,7 @@ fn storm(in_session: bool, execs: u32, connects: u32) -> Vec<Vec<u8>> {
             r.connect(2000, cg, 1 + i as u64, 8080);
         }
     }
-    r
-        .recs
+    r.recs
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -234,7 +257,17 @@ fn memory(in_session: bool, n: u32) -> f64 {
     let mut live = Recorder { recs: Vec::new(), ts: 1 << 40 };
     for pid in 10_000..10_000 + n {
         live.fork(pid, 2000, cg, pidns, pid);
-        live.exec(pid, 2000, cg, cg, pid, pidns, mnt, &[b"/usr/bin/python3", b"worker.py", b"--queue", b"jobs"], b"python3\0bin\0usr\0");
+        live.exec(
+            pid,
+            2000,
+            cg,
+            cg,
+            pid,
+            pidns,
+            mnt,
+            &[b"/usr/bin/python3", b"worker.py", b"--queue", b"jobs"],
+            b"python3\0bin\0usr\0",
+        );
     }
     let more: Vec<Event> = live.recs.iter().map(|b| decode(b).unwrap()).collect();
     let mut tr = tracker();
@@ -252,7 +285,9 @@ fn memory(in_session: bool, n: u32) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let get = |k: &str, d: u32| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(d);
+    let get = |k: &str, d: u32| {
+        args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(d)
+    };
     let (execs, connects, rounds) = (get("--execs", 20_000), get("--connects", 20_000), get("--rounds", 9) as usize);
     println!("storm: {execs} execs (fork+exec+exit), {connects} connects (+result); median of {rounds} rounds\n");
     println!("| storm    | records  | updates  | decode ns/rec  | process ns/rec  | ratio |");
@@ -261,6 +296,14 @@ fn main() {
     time_storm("host", &storm(false, execs, connects), rounds);
     let n = 10_000;
     println!("\ntable memory at {n} live processes (fork + exec, 4-argument argv):");
-    println!("  host processes:   {:>6.0} bytes/process, {:.1} MiB", memory(false, n), memory(false, n) * n as f64 / 1048576.0);
-    println!("  session members:  {:>6.0} bytes/process, {:.1} MiB", memory(true, n), memory(true, n) * n as f64 / 1048576.0);
+    println!(
+        "  host processes:   {:>6.0} bytes/process, {:.1} MiB",
+        memory(false, n),
+        memory(false, n) * n as f64 / 1048576.0
+    );
+    println!(
+        "  session members:  {:>6.0} bytes/process, {:.1} MiB",
+        memory(true, n),
+        memory(true, n) * n as f64 / 1048576.0
+    );
 }

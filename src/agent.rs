@@ -56,7 +56,9 @@ impl StoreAttributor {
 
 impl Attributor for StoreAttributor {
     fn attribute(&self, info: &SessionInfo) -> Option<SessionIdentity> {
-        if info.kind != crate::process::model::SessionKind::Exec && info.kind != crate::process::model::SessionKind::Debug {
+        if info.kind != crate::process::model::SessionKind::Exec
+            && info.kind != crate::process::model::SessionKind::Debug
+        {
             return None; // a node session has no Kubernetes request behind it, by definition
         }
         self.store.match_session(&self.query(info)).map(|a| SessionIdentity::from(&a))
@@ -76,7 +78,10 @@ fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + '
 
 /// In a cluster (or when asked): a watch on this node's pods filling a `PodIndex`, stopped by
 /// `stop`. None when not watching.
-async fn pod_index(cfg: &crate::config::KubeConfig, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<Option<crate::enrich::kube::PodIndex>> {
+async fn pod_index(
+    cfg: &crate::config::KubeConfig,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Option<crate::enrich::kube::PodIndex>> {
     use crate::config::KubeWatch;
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     if cfg.watch == KubeWatch::Off || (cfg.watch == KubeWatch::Auto && !in_cluster) {
@@ -150,24 +155,37 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     let gauges = AgentGauges::default();
     reg.register("podtrail_process_table_size", "Processes in the process table", gauges.table.clone());
     reg.register("podtrail_containers", "Containers known to the process stage", gauges.containers.clone());
-    reg.register("podtrail_kernel_dropped", "Ring buffer records the kernel could not write, by kind (cumulative)", gauges.kernel_dropped.clone());
-    reg.register("podtrail_kernel_dropped_cgroups", "cgroups that lost ring buffer records", gauges.kernel_dropped_cgroups.clone());
+    reg.register(
+        "podtrail_kernel_dropped",
+        "Ring buffer records the kernel could not write, by kind (cumulative)",
+        gauges.kernel_dropped.clone(),
+    );
+    reg.register(
+        "podtrail_kernel_dropped_cgroups",
+        "cgroups that lost ring buffer records",
+        gauges.kernel_dropped_cgroups.clone(),
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
     // attribution sources
-    let attributed = cfg.audit_webhook.is_some() || cfg.admission_webhook.is_some() || cfg.audit_log.is_some() || cfg.receivers.is_some();
+    let attributed = cfg.audit_webhook.is_some()
+        || cfg.admission_webhook.is_some()
+        || cfg.audit_log.is_some()
+        || cfg.receivers.is_some();
     let store = Arc::new(RecordStore::new(cfg.store.clone()));
     store.register_metrics(&mut reg);
     let wcfg = WebhookConfig::default();
     if let Some(l) = &cfg.audit_webhook {
-        let srv = WebhookServer::bind(l, attribute::audit_router(store.clone(), &wcfg), store.metrics().clone()).await?;
+        let srv =
+            WebhookServer::bind(l, attribute::audit_router(store.clone(), &wcfg), store.metrics().clone()).await?;
         tracing::info!(listen = %l.listen, tls = l.tls.is_some(), "audit webhook listening");
         tasks.push(tokio::spawn(srv.run(stopped(stop_rx.clone()))));
     }
     if let Some(l) = &cfg.admission_webhook {
-        let srv = WebhookServer::bind(l, attribute::admission_router(store.clone(), &wcfg), store.metrics().clone()).await?;
+        let srv =
+            WebhookServer::bind(l, attribute::admission_router(store.clone(), &wcfg), store.metrics().clone()).await?;
         tracing::info!(listen = %l.listen, "admission webhook listening");
         tasks.push(tokio::spawn(srv.run(stopped(stop_rx.clone()))));
     }
@@ -182,9 +200,9 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     let reg = Arc::new(Mutex::new(reg));
     if let Some(addr) = cfg.metrics_listen {
         let r = reg.clone();
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("metrics endpoint {addr}: {e} (set metrics.listen, or \"\" to turn it off)"))?;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!("metrics endpoint {addr}: {e} (set metrics.listen, or \"\" to turn it off)")
+        })?;
         tracing::info!(listen = %addr, "metrics at /metrics");
         tokio::spawn(async move {
             if let Err(e) = crate::metrics::serve(listener, r).await {
@@ -203,7 +221,8 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     }
     tracing::info!(rules = rules.rules().len(), "detection rules loaded");
     let alerting = export::Alerting { rules, attribution_configured: attributed };
-    let export_task = tokio::spawn(export::run_export_alerting(upd_rx, run_export, attributor, metrics.clone(), alerting));
+    let export_task =
+        tokio::spawn(export::run_export_alerting(upd_rx, run_export, attributor, metrics.clone(), alerting));
 
     // in a cluster, between the process and span stages: the API's pod metadata on every
     // session (so attribution matches on it) and exec probes held back, counted
@@ -244,11 +263,13 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     // kernel drops per cgroup (below) and pod metadata reach the process stage here; clone
     // `control_tx` for other senders (the Kubernetes pod index: `Control::Container`)
     let (control_tx, control_rx) = mpsc::channel::<Control>(1024);
-    let process_task = tokio::spawn(crate::process::run::run(events, upd_tx, cfg.process.clone(), pstats.clone(), control_rx));
+    let process_task =
+        tokio::spawn(crate::process::run::run(events, upd_tx, cfg.process.clone(), pstats.clone(), control_rx));
 
     // sample the stages' counters into metrics once a second
     let sampler = {
-        let (metrics, gauges, pstats, capture_stats) = (metrics.clone(), gauges.clone(), pstats.clone(), capture.stats.clone());
+        let (metrics, gauges, pstats, capture_stats) =
+            (metrics.clone(), gauges.clone(), pstats.clone(), capture.stats.clone());
         let mut stop = stop_rx.clone();
         let mut last_decoded = [0u64; crate::capture::abi::KIND_MAX as usize];
         let mut last_undecodable = 0u64;
@@ -298,7 +319,9 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
         }
         // only changed counts; a full channel is retried next second (the totals are cumulative)
         for &(cgroup_id, total) in &k.dropped_by_cgroup {
-            if cgroup_lost_sent.get(&cgroup_id) != Some(&total) && control_tx.try_send(Control::EventsLost { cgroup_id, total }).is_ok() {
+            if cgroup_lost_sent.get(&cgroup_id) != Some(&total)
+                && control_tx.try_send(Control::EventsLost { cgroup_id, total }).is_ok()
+            {
                 cgroup_lost_sent.insert(cgroup_id, total);
             }
         }

@@ -204,7 +204,8 @@ pub enum ConfigError {
 
 impl Config {
     pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Config::from_toml(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.display().to_string(), message },
             e => e,
@@ -219,7 +220,10 @@ impl Config {
     pub fn validate(self) -> Result<Ready, ConfigError> {
         let c = &self.capture;
         if !c.ring_mib.is_power_of_two() || c.ring_mib > 1024 {
-            return Err(ConfigError::Invalid(format!("capture.ring_mib must be a power of two up to 1024, not {}", c.ring_mib)));
+            return Err(ConfigError::Invalid(format!(
+                "capture.ring_mib must be a power of two up to 1024, not {}",
+                c.ring_mib
+            )));
         }
         if c.channel_capacity == 0 || self.process.channel_capacity == 0 {
             return Err(ConfigError::Invalid("channel capacities must be at least 1".into()));
@@ -242,12 +246,16 @@ impl Config {
             scan_proc: p.scan_proc,
             containerd_socket: (!p.containerd_socket.as_os_str().is_empty()).then(|| p.containerd_socket.clone()),
             containerd_namespaces: p.containerd_namespaces.clone(),
-            activity: crate::process::activity::ActivityConfig { ranges: self.spans.scope.clone(), ..p.activity.clone() },
+            activity: crate::process::activity::ActivityConfig {
+                ranges: self.spans.scope.clone(),
+                ..p.activity.clone()
+            },
             ..ProcessOptions::default()
         };
         p.activity.check().map_err(ConfigError::Invalid)?;
         let a = &self.attribution;
-        let audit_webhook = a.audit_webhook.as_ref().map(|w| listener("attribution.audit_webhook", w, true)).transpose()?;
+        let audit_webhook =
+            a.audit_webhook.as_ref().map(|w| listener("attribution.audit_webhook", w, true)).transpose()?;
         let admission_webhook =
             a.admission_webhook.as_ref().map(|w| listener("attribution.admission_webhook", w, false)).transpose()?;
         let store = StoreConfig {
@@ -257,7 +265,8 @@ impl Config {
             retention: Duration::from_secs(a.retention_s),
         };
         for r in &a.receivers {
-            crate::attribute::stream::subscribe::parse_receiver(r).map_err(|e| ConfigError::Invalid(format!("attribution.receivers: {e}")))?;
+            crate::attribute::stream::subscribe::parse_receiver(r)
+                .map_err(|e| ConfigError::Invalid(format!("attribution.receivers: {e}")))?;
         }
         let receivers = (!a.receivers.is_empty()).then(|| {
             crate::attribute::stream::SubscribeConfig::new(
@@ -268,7 +277,8 @@ impl Config {
                 String::new(),
             )
         });
-        let attributed = audit_webhook.is_some() || admission_webhook.is_some() || a.audit_log.is_some() || receivers.is_some();
+        let attributed =
+            audit_webhook.is_some() || admission_webhook.is_some() || a.audit_log.is_some() || receivers.is_some();
         let mut spans = self.spans.clone();
         if attributed && spans.hold.deadline_ms == 0 {
             spans.hold.deadline_ms = a.hold_ms;
@@ -299,8 +309,10 @@ impl Config {
 }
 
 fn listener(section: &str, w: &WebhookListen, audit: bool) -> Result<ListenerConfig, ConfigError> {
-    let listen: SocketAddr =
-        w.listen.parse().map_err(|e| ConfigError::Invalid(format!("{section}.listen {:?} is not an address: {e}", w.listen)))?;
+    let listen: SocketAddr = w
+        .listen
+        .parse()
+        .map_err(|e| ConfigError::Invalid(format!("{section}.listen {:?} is not an address: {e}", w.listen)))?;
     if w.plaintext_loopback {
         if !listen.ip().is_loopback() {
             return Err(ConfigError::Invalid(format!(
@@ -310,7 +322,9 @@ fn listener(section: &str, w: &WebhookListen, audit: bool) -> Result<ListenerCon
         return Ok(ListenerConfig::plaintext_loopback(listen));
     }
     let (Some(cert), Some(key)) = (&w.tls_cert, &w.tls_key) else {
-        return Err(ConfigError::Invalid(format!("{section}: tls_cert and tls_key are required (or plaintext_loopback on 127.0.0.1)")));
+        return Err(ConfigError::Invalid(format!(
+            "{section}: tls_cert and tls_key are required (or plaintext_loopback on 127.0.0.1)"
+        )));
     };
     match (&w.client_ca, audit) {
         (Some(ca), _) => Ok(ListenerConfig::mtls(listen, cert.clone(), key.clone(), ca.clone())),
@@ -381,7 +395,11 @@ mod tests {
         assert_eq!(a.watch, vec!["strace".to_string()]);
         assert!(a.outbound("10.9.0.1".parse().unwrap()), "private, outside the pod range");
         assert!(!a.outbound("10.244.0.1".parse().unwrap()), "pod range");
-        let e = Config::from_toml("[process.activity]\noutbound_scopes = [\"outside\"]\n").unwrap().validate().unwrap_err().to_string();
+        let e = Config::from_toml("[process.activity]\noutbound_scopes = [\"outside\"]\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("outbound_scopes"), "{e}");
     }
 

@@ -39,18 +39,58 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(&self, reg: &mut Registry) {
         reg.register("podtrail_events", "Kernel events decoded, by kind", self.events.clone());
-        reg.register("podtrail_events_lost", "Events lost, by reason (ring_buffer, decode, rate_limit)", self.events_lost.clone());
-        reg.register("podtrail_sessions_open", "Sessions open (held for attribution or running)", self.sessions_open.clone());
+        reg.register(
+            "podtrail_events_lost",
+            "Events lost, by reason (ring_buffer, decode, rate_limit)",
+            self.events_lost.clone(),
+        );
+        reg.register(
+            "podtrail_sessions_open",
+            "Sessions open (held for attribution or running)",
+            self.sessions_open.clone(),
+        );
         reg.register("podtrail_sessions_held", "Sessions waiting for attribution", self.sessions_held.clone());
-        reg.register("podtrail_sessions_released", "Sessions let out of the hold stage, by why (attributed, deadline, overflow, shutdown)", self.sessions_released.clone());
-        reg.register("podtrail_sessions_exported", "Sessions whose root span was handed to the export queue", self.sessions_exported.clone());
-        reg.register("podtrail_sessions_incomplete", "Sessions exported marked incomplete", self.sessions_incomplete.clone());
+        reg.register(
+            "podtrail_sessions_released",
+            "Sessions let out of the hold stage, by why (attributed, deadline, overflow, shutdown)",
+            self.sessions_released.clone(),
+        );
+        reg.register(
+            "podtrail_sessions_exported",
+            "Sessions whose root span was handed to the export queue",
+            self.sessions_exported.clone(),
+        );
+        reg.register(
+            "podtrail_sessions_incomplete",
+            "Sessions exported marked incomplete",
+            self.sessions_incomplete.clone(),
+        );
         reg.register("podtrail_spans_exported", "Spans the backend accepted", self.spans_exported.clone());
-        reg.register("podtrail_spans_lost", "Spans not exported, by reason (queue_full, export_failed, shutdown)", self.spans_lost.clone());
-        reg.register("podtrail_spans_budgeted", "Spans not sent on their own by budget, by how (folded, capped)", self.spans_budgeted.clone());
-        reg.register("podtrail_export_queue_spans", "Spans waiting in the export queue", self.export_queue_spans.clone());
-        reg.register("podtrail_export_requests", "Export requests, by result (ok, retry, failed)", self.export_requests.clone());
-        reg.register("podtrail_udp_connects_unsent", "UDP connects without data (name lookups), not exported", self.udp_unsent.clone());
+        reg.register(
+            "podtrail_spans_lost",
+            "Spans not exported, by reason (queue_full, export_failed, shutdown)",
+            self.spans_lost.clone(),
+        );
+        reg.register(
+            "podtrail_spans_budgeted",
+            "Spans not sent on their own by budget, by how (folded, capped)",
+            self.spans_budgeted.clone(),
+        );
+        reg.register(
+            "podtrail_export_queue_spans",
+            "Spans waiting in the export queue",
+            self.export_queue_spans.clone(),
+        );
+        reg.register(
+            "podtrail_export_requests",
+            "Export requests, by result (ok, retry, failed)",
+            self.export_requests.clone(),
+        );
+        reg.register(
+            "podtrail_udp_connects_unsent",
+            "UDP connects without data (name lookups), not exported",
+            self.udp_unsent.clone(),
+        );
     }
 
     pub fn lost(&self, reason: &'static str, n: u64) {
@@ -102,7 +142,10 @@ pub fn router(reg: SharedRegistry) -> axum::Router {
                     Ok(r) => render(&r),
                     Err(p) => render(&p.into_inner()),
                 };
-                ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    body,
+                )
             }
         }),
     )

@@ -13,7 +13,11 @@ fn rust_mirror_matches_the_objects_btf() {
 fn the_btf_reader_sees_the_records_and_their_sizes() {
     let layouts = btf::struct_layouts(BPF_OBJECT).unwrap();
     assert_eq!(layouts["pt_header"].size, 40);
-    assert_eq!(layouts["pt_exec"].size, abi::EXEC_FILENAME_OFF, "exec's variable part starts right after the fixed part");
+    assert_eq!(
+        layouts["pt_exec"].size,
+        abi::EXEC_FILENAME_OFF,
+        "exec's variable part starts right after the fixed part"
+    );
     let argv_len = layouts["pt_exec"].members.iter().find(|m| m.0 == "argv_len").unwrap();
     assert_eq!((argv_len.1, argv_len.2), (std::mem::offset_of!(abi::Exec, argv_len), 2));
 }

@@ -92,14 +92,25 @@ async fn serve(conn: TcpStream, script: Arc<Script>) {
         let is_watch = target.contains("watch=true") || target.contains("watch=1");
         if !target.starts_with("/api/v1/pods?") || !target.contains("fieldSelector=spec.nodeName%3Dnode-1") {
             let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#;
-            let _ = wr.write_all(format!("HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes()).await;
+            let _ = wr
+                .write_all(
+                    format!(
+                        "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .await;
             continue;
         }
         if !is_watch {
             let step = script.lists.lock().unwrap().pop_front();
             let (code, body) = match step {
                 Some(ListStep::Drop) => return,
-                Some(ListStep::Fail(code)) => (code, json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server is currently unable to handle the request","reason":"ServiceUnavailable","code":code})),
+                Some(ListStep::Fail(code)) => (
+                    code,
+                    json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server is currently unable to handle the request","reason":"ServiceUnavailable","code":code}),
+                ),
                 Some(ListStep::Ok(v)) => {
                     *script.last_list.lock().unwrap() = Some(v.clone());
                     (200, v)
@@ -108,7 +119,10 @@ async fn serve(conn: TcpStream, script: Arc<Script>) {
             };
             let body = body.to_string();
             let reason = if code == 200 { "OK" } else { "Service Unavailable" };
-            let head = format!("HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+            let head = format!(
+                "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
             if wr.write_all(head.as_bytes()).await.is_err() || wr.write_all(body.as_bytes()).await.is_err() {
                 return;
             }
@@ -117,13 +131,19 @@ async fn serve(conn: TcpStream, script: Arc<Script>) {
         let step = script.watches.lock().unwrap().pop_front();
         let Some(step) = step else {
             // An idle watch: headers, then nothing until the client goes away.
-            let _ = wr.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").await;
+            let _ = wr
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .await;
             std::future::pending::<()>().await;
             return;
         };
         let mut gate = script.gate.subscribe();
         let _ = gate.wait_for(|g| *g >= step.gate).await;
-        if wr.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").await.is_err() {
+        if wr
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .is_err()
+        {
             return;
         }
         for ev in &step.events {
@@ -225,10 +245,25 @@ async fn index_survives_watch_expiry_and_a_pod_recreated_under_the_same_name() {
     let api = FakeApi::start(
         vec![
             ListStep::Ok(pod_list("100", vec![api_pod("uid-1", "100", [A, S, I], None)])),
-            ListStep::Ok(pod_list("200", vec![api_pod("uid-2", "200", [D, T, "9999999999999999999999999999999999999999999999999999999999999999"], None)])),
+            ListStep::Ok(pod_list(
+                "200",
+                vec![api_pod(
+                    "uid-2",
+                    "200",
+                    [D, T, "9999999999999999999999999999999999999999999999999999999999999999"],
+                    None,
+                )],
+            )),
         ],
         vec![
-            WatchStep { gate: 0, events: vec![ev("ADDED", worker_pod("uid-w", B)), ev("MODIFIED", api_pod("uid-1", "102", [A, S, I], Some(E)))], close: true },
+            WatchStep {
+                gate: 0,
+                events: vec![
+                    ev("ADDED", worker_pod("uid-w", B)),
+                    ev("MODIFIED", api_pod("uid-1", "102", [A, S, I], Some(E))),
+                ],
+                close: true,
+            },
             WatchStep { gate: 1, events: vec![gone()], close: true },
         ],
     )
@@ -239,7 +274,10 @@ async fn index_survives_watch_expiry_and_a_pod_recreated_under_the_same_name() {
         let _ = stop.await;
     }));
 
-    eventually("the first list and the watch events", || index.by_container_id(B).is_some() && index.by_container_id(E).is_some()).await;
+    eventually("the first list and the watch events", || {
+        index.by_container_id(B).is_some() && index.by_container_id(E).is_some()
+    })
+    .await;
     let a = index.by_container_id(&format!("containerd://{A}")).expect("scheme is stripped");
     assert_eq!((a.namespace.as_str(), a.pod_name.as_str(), a.pod_uid.as_str()), ("billing", "api-7d9c", "uid-1"));
     assert_eq!((a.container_name.as_str(), a.container_kind), ("api", ContainerKind::Regular));
@@ -247,9 +285,18 @@ async fn index_survives_watch_expiry_and_a_pod_recreated_under_the_same_name() {
     assert_eq!(a.node_name.as_deref(), Some("node-1"));
     assert_eq!(a.labels.get("app").map(String::as_str), Some("api"));
     assert_eq!(a.probe_commands, vec![v(&["cat", "/tmp/healthy"]), v(&["/bin/sh", "-c", "pg_isready -h localhost"])]);
-    assert_eq!(index.by_container_id(I).map(|i| (i.container_name, i.container_kind)), Some(("migrate".into(), ContainerKind::Init)));
-    assert_eq!(index.by_container_id(E).map(|i| (i.container_name, i.container_kind)), Some(("debugger-x7k2p".into(), ContainerKind::Ephemeral)));
-    assert_eq!(index.by_container_id(B).and_then(|i| i.workload), Some(Workload { kind: "StatefulSet".into(), name: "worker".into() }));
+    assert_eq!(
+        index.by_container_id(I).map(|i| (i.container_name, i.container_kind)),
+        Some(("migrate".into(), ContainerKind::Init))
+    );
+    assert_eq!(
+        index.by_container_id(E).map(|i| (i.container_name, i.container_kind)),
+        Some(("debugger-x7k2p".into(), ContainerKind::Ephemeral))
+    );
+    assert_eq!(
+        index.by_container_id(B).and_then(|i| i.workload),
+        Some(Workload { kind: "StatefulSet".into(), name: "worker".into() })
+    );
 
     assert!(index.is_probe(A, &v(&["cat", "/tmp/healthy"])));
     assert!(index.is_probe(A, &v(&["sh", "-c", "pg_isready -h localhost"])));
@@ -274,14 +321,26 @@ async fn index_survives_watch_expiry_and_a_pod_recreated_under_the_same_name() {
 #[tokio::test]
 async fn api_restart_and_same_name_recreation_within_one_watch() {
     let api = FakeApi::start(
-        vec![ListStep::Fail(503), ListStep::Drop, ListStep::Ok(pod_list("10", vec![api_pod("uid-1", "10", [A, S, I], None)]))],
+        vec![
+            ListStep::Fail(503),
+            ListStep::Drop,
+            ListStep::Ok(pod_list("10", vec![api_pod("uid-1", "10", [A, S, I], None)])),
+        ],
         vec![WatchStep {
             gate: 0,
             events: vec![
                 ev("DELETED", api_pod("uid-1", "11", [A, S, I], None)),
                 ev("ADDED", api_pod("uid-2", "12", [D, T, I], None)),
                 // A third incarnation whose predecessor's DELETED is missing: the name decides.
-                ev("ADDED", api_pod("uid-3", "14", [F, "3333333333333333333333333333333333333333333333333333333333333333", I], None)),
+                ev(
+                    "ADDED",
+                    api_pod(
+                        "uid-3",
+                        "14",
+                        [F, "3333333333333333333333333333333333333333333333333333333333333333", I],
+                        None,
+                    ),
+                ),
             ],
             close: false,
         }],

@@ -111,7 +111,12 @@ impl Pki {
             .unwrap()
             .with_root_certificates(roots);
         Arc::new(match identity {
-            Some((cert, key)) => b.with_client_auth_cert(pem_certs(cert), rustls_pemfile::private_key(&mut key.as_bytes()).unwrap().unwrap()).unwrap(),
+            Some((cert, key)) => b
+                .with_client_auth_cert(
+                    pem_certs(cert),
+                    rustls_pemfile::private_key(&mut key.as_bytes()).unwrap().unwrap(),
+                )
+                .unwrap(),
             None => b.with_no_client_auth(),
         })
     }
@@ -122,7 +127,13 @@ fn pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
 }
 
 /// One HTTP/1.1 request over TLS; the status line and the (raw) rest.
-async fn request(addr: SocketAddr, tls: Arc<ClientConfig>, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+async fn request(
+    addr: SocketAddr,
+    tls: Arc<ClientConfig>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
     let tcp = TcpStream::connect(addr).await?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -135,7 +146,11 @@ async fn request(addr: SocketAddr, tls: Arc<ClientConfig>, method: &str, path: &
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await?;
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other(format!("no HTTP response: {text:?}")))?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP response: {text:?}")))?;
     Ok((status, text))
 }
 
@@ -149,7 +164,8 @@ struct RunningReceiver {
 
 async fn start_receiver(pki: &Pki, replay_records: usize) -> RunningReceiver {
     let ready = pki.receiver_config(replay_records).validate().unwrap();
-    let r = Receiver::bind(&ready, StoreConfig::default(), None, &mut Registry::default()).await.expect("receiver binds");
+    let r =
+        Receiver::bind(&ready, StoreConfig::default(), None, &mut Registry::default()).await.expect("receiver binds");
     let (tx, rx) = oneshot::channel();
     let out = RunningReceiver {
         audit: r.audit_addr.unwrap(),
@@ -165,13 +181,20 @@ async fn start_receiver(pki: &Pki, replay_records: usize) -> RunningReceiver {
 }
 
 async fn post_audit(pki: &Pki, r: &RunningReceiver, name: &str) {
-    let (status, text) = request(r.audit, pki.raw_client(Some(&pki.apiserver)), "POST", "/audit", &fixture(name)).await.unwrap();
+    let (status, text) =
+        request(r.audit, pki.raw_client(Some(&pki.apiserver)), "POST", "/audit", &fixture(name)).await.unwrap();
     assert_eq!(status, 200, "{text}");
 }
 
 /// The agent side: its store behind a sink that keeps everything (no pod index).
 fn agent() -> Arc<RecordSink> {
-    Arc::new(RecordSink::new(Arc::new(RecordStore::new(StoreConfig::default())), None, StreamMetrics::default(), Duration::from_secs(30), 1000))
+    Arc::new(RecordSink::new(
+        Arc::new(RecordStore::new(StoreConfig::default())),
+        None,
+        StreamMetrics::default(),
+        Duration::from_secs(30),
+        1000,
+    ))
 }
 
 /// The real per-replica subscription, to `addr`, verifying the receiver as `localhost`.
@@ -345,7 +368,8 @@ async fn subscriber_without_a_trusted_client_certificate_gets_nothing() {
     post_audit(&pki, &r, "audit/exec_websocket.json").await;
 
     // No certificate: the handshake completes, the request is refused.
-    let (status, text) = request(r.stream, pki.raw_client(None), "GET", "/v1/records?node=x&since=0", b"").await.unwrap();
+    let (status, text) =
+        request(r.stream, pki.raw_client(None), "GET", "/v1/records?node=x&since=0", b"").await.unwrap();
     assert_eq!(status, 401, "{text}");
     assert!(!text.contains("\"record\""), "{text}");
     assert_eq!(r.store.metrics().rejected_count("no_client_cert"), 1);
@@ -400,7 +424,13 @@ async fn records_about_other_nodes_pods_are_dropped_after_waiting_for_the_pod_in
     let keep: podtrail::attribute::stream::PodFilter =
         Arc::new(move |rec| rec.pod_name.as_ref().is_some_and(|p| k.lock().unwrap().contains(p)));
     let store = Arc::new(RecordStore::new(StoreConfig::default()));
-    let sink = Arc::new(RecordSink::new(store.clone(), Some(keep), StreamMetrics::default(), Duration::from_millis(300), 1000));
+    let sink = Arc::new(RecordSink::new(
+        store.clone(),
+        Some(keep),
+        StreamMetrics::default(),
+        Duration::from_millis(300),
+        1000,
+    ));
     let sub = subscribe(&pki, "agent", r.stream, &sink);
     post_audit(&pki, &r, "audit/exec_websocket.json").await; // billing/api-7d9c: this node
     post_audit(&pki, &r, "audit/attach.json").await; // billing/worker-5f6b8: not (yet) known

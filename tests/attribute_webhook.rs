@@ -2,8 +2,8 @@
 //! client speaking HTTP/1.1, and the fixtures in the format the API server sends.
 
 use podtrail::attribute::{
-    admission_router, audit_router, AttributeMetrics, AttributionSource, Confidence, ListenerConfig, RecordStore, ServeError,
-    SessionQuery, StoreConfig, WebhookConfig, WebhookServer,
+    admission_router, audit_router, AttributeMetrics, AttributionSource, Confidence, ListenerConfig, RecordStore,
+    ServeError, SessionQuery, StoreConfig, WebhookConfig, WebhookServer,
 };
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use std::net::SocketAddr;
@@ -66,7 +66,12 @@ impl Pki {
     }
 
     fn mtls(&self) -> ListenerConfig {
-        ListenerConfig::mtls("127.0.0.1:0".parse().unwrap(), self.path("server.pem"), self.path("server.key"), self.path("ca.pem"))
+        ListenerConfig::mtls(
+            "127.0.0.1:0".parse().unwrap(),
+            self.path("server.pem"),
+            self.path("server.key"),
+            self.path("ca.pem"),
+        )
     }
 }
 
@@ -121,7 +126,8 @@ async fn post(addr: SocketAddr, tls: Option<Arc<ClientConfig>>, path: &str, body
             s.read_to_end(&mut raw).await?;
         }
     }
-    parse_reply(&raw).ok_or_else(|| std::io::Error::other(format!("no HTTP response: {:?}", String::from_utf8_lossy(&raw))))
+    parse_reply(&raw)
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP response: {:?}", String::from_utf8_lossy(&raw))))
 }
 
 fn parse_reply(raw: &[u8]) -> Option<Reply> {
@@ -180,17 +186,26 @@ fn ws_query(at: &str) -> SessionQuery {
 async fn audit_batch_over_mtls_is_stored_before_the_200() {
     let pki = Pki::new();
     let r = start(pki.mtls(), false, WebhookConfig::default(), StoreConfig::default()).await;
-    let reply = post(r.addr, Some(client_config(&pki, Some(&pki.client))), "/audit", &fixture("audit/exec_websocket.json")).await.unwrap();
+    let reply =
+        post(r.addr, Some(client_config(&pki, Some(&pki.client))), "/audit", &fixture("audit/exec_websocket.json"))
+            .await
+            .unwrap();
     assert_eq!(reply.status, 200, "{}", reply.body);
     let sum: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
-    assert_eq!((sum["inserted"].as_u64(), sum["merged"].as_u64(), sum["ignored"].as_u64()), (Some(1), Some(2), Some(1)));
+    assert_eq!(
+        (sum["inserted"].as_u64(), sum["merged"].as_u64(), sum["ignored"].as_u64()),
+        (Some(1), Some(2), Some(1))
+    );
     let a = r.store.match_session(&ws_query("2026-03-02T14:05:07.2Z")).expect("attributed");
     assert_eq!(a.source, AttributionSource::AuditWebhook);
     assert_eq!(a.user_name.as_deref(), Some("john.doe@example.com"));
     assert_eq!(a.client_address.as_deref(), Some("66.249.64.55"));
 
     // The API server retries a batch it thinks failed: everything is a duplicate.
-    let again = post(r.addr, Some(client_config(&pki, Some(&pki.client))), "/audit", &fixture("audit/exec_websocket.json")).await.unwrap();
+    let again =
+        post(r.addr, Some(client_config(&pki, Some(&pki.client))), "/audit", &fixture("audit/exec_websocket.json"))
+            .await
+            .unwrap();
     assert_eq!(again.status, 200);
     assert_eq!(AttributeMetrics::by_source(&r.store.metrics().duplicates, "audit_webhook"), 3);
 }
@@ -201,8 +216,17 @@ async fn every_fixture_batch_is_accepted() {
     let r = start(pki.mtls(), false, WebhookConfig::default(), StoreConfig::default()).await;
     let cfg = client_config(&pki, Some(&pki.client));
     for f in [
-        "exec_spdy", "exec_denied", "attach", "cp_tar", "ephemeral_debug", "impersonation", "multi_source_ips", "non_uuid_audit_id",
-        "no_container", "script_exec", "port_forward",
+        "exec_spdy",
+        "exec_denied",
+        "attach",
+        "cp_tar",
+        "ephemeral_debug",
+        "impersonation",
+        "multi_source_ips",
+        "non_uuid_audit_id",
+        "no_container",
+        "script_exec",
+        "port_forward",
     ] {
         let reply = post(r.addr, Some(cfg.clone()), "/", &fixture(&format!("audit/{f}.json"))).await.unwrap();
         assert_eq!(reply.status, 200, "{f}: {}", reply.body);
@@ -215,7 +239,8 @@ async fn every_fixture_batch_is_accepted() {
 async fn client_without_certificate_gets_401_and_nothing_is_stored() {
     let pki = Pki::new();
     let r = start(pki.mtls(), false, WebhookConfig::default(), StoreConfig::default()).await;
-    let reply = post(r.addr, Some(client_config(&pki, None)), "/audit", &fixture("audit/exec_websocket.json")).await.unwrap();
+    let reply =
+        post(r.addr, Some(client_config(&pki, None)), "/audit", &fixture("audit/exec_websocket.json")).await.unwrap();
     assert_eq!(reply.status, 401);
     assert!(r.store.is_empty());
     assert_eq!(r.store.metrics().rejected_count("no_client_cert"), 1);
@@ -225,7 +250,9 @@ async fn client_without_certificate_gets_401_and_nothing_is_stored() {
 async fn client_certificate_from_another_ca_fails_the_handshake() {
     let pki = Pki::new();
     let r = start(pki.mtls(), false, WebhookConfig::default(), StoreConfig::default()).await;
-    let result = post(r.addr, Some(client_config(&pki, Some(&pki.stranger))), "/audit", &fixture("audit/exec_websocket.json")).await;
+    let result =
+        post(r.addr, Some(client_config(&pki, Some(&pki.stranger))), "/audit", &fixture("audit/exec_websocket.json"))
+            .await;
     assert!(result.is_err(), "an untrusted client certificate must not get an HTTP answer");
     assert!(r.store.is_empty());
     for _ in 0..50 {
@@ -250,7 +277,9 @@ async fn plain_http_client_on_the_tls_port_gets_no_answer() {
 async fn malformed_json_gets_400_with_a_counted_reason() {
     let pki = Pki::new();
     let r = start(pki.mtls(), false, WebhookConfig::default(), StoreConfig::default()).await;
-    let reply = post(r.addr, Some(client_config(&pki, Some(&pki.client))), "/audit", &fixture("audit/malformed.json")).await.unwrap();
+    let reply = post(r.addr, Some(client_config(&pki, Some(&pki.client))), "/audit", &fixture("audit/malformed.json"))
+        .await
+        .unwrap();
     assert_eq!(reply.status, 400);
     assert!(reply.body.contains("malformed_json"), "{}", reply.body);
     assert_eq!(r.store.metrics().rejected_count("malformed_json"), 1);
@@ -272,7 +301,9 @@ async fn very_large_batch_is_accepted_and_memory_stays_bounded() {
         e["auditID"] = serde_json::json!(format!("{:08x}-0000-4000-8000-{:012x}", i, i));
         items.push(e);
     }
-    let body = serde_json::to_vec(&serde_json::json!({"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":items})).unwrap();
+    let body =
+        serde_json::to_vec(&serde_json::json!({"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":items}))
+            .unwrap();
     assert!(body.len() > 20 << 20, "batch is {} bytes", body.len());
     let reply = post(r.addr, Some(client_config(&pki, Some(&pki.client))), "/audit", &body).await.unwrap();
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -286,7 +317,10 @@ async fn body_over_the_configured_limit_gets_413_and_is_counted() {
     let pki = Pki::new();
     let wcfg = WebhookConfig { max_body_bytes: 1024, ..WebhookConfig::default() };
     let r = start(pki.mtls(), false, wcfg, StoreConfig::default()).await;
-    let reply = post(r.addr, Some(client_config(&pki, Some(&pki.client))), "/audit", &fixture("audit/exec_websocket.json")).await.unwrap();
+    let reply =
+        post(r.addr, Some(client_config(&pki, Some(&pki.client))), "/audit", &fixture("audit/exec_websocket.json"))
+            .await
+            .unwrap();
     assert_eq!(reply.status, 413);
     assert_eq!(r.store.metrics().rejected_count("body_too_large"), 1);
 }
@@ -304,7 +338,13 @@ async fn plain_http_is_refused_off_loopback_and_served_on_it() {
     no_tls.plaintext_loopback = false;
     assert!(matches!(WebhookServer::bind(&no_tls, router, store.metrics().clone()).await, Err(ServeError::NoTls(_))));
 
-    let r = start(ListenerConfig::plaintext_loopback("127.0.0.1:0".parse().unwrap()), false, WebhookConfig::default(), StoreConfig::default()).await;
+    let r = start(
+        ListenerConfig::plaintext_loopback("127.0.0.1:0".parse().unwrap()),
+        false,
+        WebhookConfig::default(),
+        StoreConfig::default(),
+    )
+    .await;
     let reply = post(r.addr, None, "/audit", &fixture("audit/exec_websocket.json")).await.unwrap();
     assert_eq!(reply.status, 200);
     assert_eq!(r.store.len(), 1);
@@ -321,7 +361,9 @@ fn admission_listener(pki: &Pki) -> ListenerConfig {
 async fn admission_review_is_allowed_annotated_and_recorded() {
     let pki = Pki::new();
     let r = start(admission_listener(&pki), true, WebhookConfig::default(), StoreConfig::default()).await;
-    let reply = post(r.addr, Some(client_config(&pki, None)), "/admission", &fixture("admission/exec_review.json")).await.unwrap();
+    let reply = post(r.addr, Some(client_config(&pki, None)), "/admission", &fixture("admission/exec_review.json"))
+        .await
+        .unwrap();
     assert_eq!(reply.status, 200, "{}", reply.body);
     let v: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
     assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
@@ -344,7 +386,8 @@ async fn admission_review_is_allowed_annotated_and_recorded() {
 async fn admission_review_of_something_else_is_allowed_and_not_recorded() {
     let pki = Pki::new();
     let r = start(admission_listener(&pki), true, WebhookConfig::default(), StoreConfig::default()).await;
-    let reply = post(r.addr, Some(client_config(&pki, None)), "/", &fixture("admission/pod_create_review.json")).await.unwrap();
+    let reply =
+        post(r.addr, Some(client_config(&pki, None)), "/", &fixture("admission/pod_create_review.json")).await.unwrap();
     assert_eq!(reply.status, 200);
     let v: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
     assert_eq!(v["response"]["allowed"], true);
@@ -360,7 +403,8 @@ async fn attach_and_impersonated_reviews_are_recorded() {
     let pki = Pki::new();
     let r = start(admission_listener(&pki), true, WebhookConfig::default(), StoreConfig::default()).await;
     for f in ["attach_review", "exec_review_impersonated"] {
-        let reply = post(r.addr, Some(client_config(&pki, None)), "/", &fixture(&format!("admission/{f}.json"))).await.unwrap();
+        let reply =
+            post(r.addr, Some(client_config(&pki, None)), "/", &fixture(&format!("admission/{f}.json"))).await.unwrap();
         assert_eq!(reply.status, 200);
         assert!(reply.body.contains("trace-id"), "{f}: {}", reply.body);
     }

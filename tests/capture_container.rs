@@ -15,13 +15,14 @@ fn runc_exec_shell_is_in_the_container_with_its_parent_outside() {
     assert!(prerequisites_or_skip(), "container prerequisites missing");
     let ctrd = std::sync::Arc::new(Containerd::start().expect("start containerd"));
     let c = ctrd.clone();
-    let ((existing, fresh), cap) = capture_while(CaptureOptions { ignore_self: false, ..Default::default() }, move || {
-        let existing = c.run(&[], &[], &["sleep", "1000"]);
-        let out = c.exec(&existing.id, &["sh", "-c", "/bin/true marker-child; echo marker-shell >/dev/null"]);
-        assert!(out.status.success(), "ctr task exec: {}", String::from_utf8_lossy(&out.stderr));
-        let fresh_init = c.task_pid(&existing.id).unwrap();
-        (existing, fresh_init)
-    });
+    let ((existing, fresh), cap) =
+        capture_while(CaptureOptions { ignore_self: false, ..Default::default() }, move || {
+            let existing = c.run(&[], &[], &["sleep", "1000"]);
+            let out = c.exec(&existing.id, &["sh", "-c", "/bin/true marker-child; echo marker-shell >/dev/null"]);
+            assert!(out.status.success(), "ctr task exec: {}", String::from_utf8_lossy(&out.stderr));
+            let fresh_init = c.task_pid(&existing.id).unwrap();
+            (existing, fresh_init)
+        });
     let root = find_cgroup2().expect("cgroup2 mount");
     let cg_dir = root.join(ctrd.cgroup_path(&existing.id).trim_start_matches('/'));
     let cgroup_id = std::fs::metadata(&cg_dir).unwrap_or_else(|e| panic!("{}: {e}", cg_dir.display())).ino();
@@ -35,7 +36,10 @@ fn runc_exec_shell_is_in_the_container_with_its_parent_outside() {
     // real_parent (runc) outside both
     let shell = cap
         .execs()
-        .find(|e| e.argv.iter().any(|a| a.windows(12).any(|w| w == b"marker-shell")) && e.argv.first().map(|a| a.as_slice()) == Some(b"sh"))
+        .find(|e| {
+            e.argv.iter().any(|a| a.windows(12).any(|w| w == b"marker-shell"))
+                && e.argv.first().map(|a| a.as_slice()) == Some(b"sh")
+        })
         .expect("exec of the shell");
     assert_eq!(shell.cgroup_id, cgroup_id, "the exec'd shell is in the container's cgroup");
     assert_ne!(shell.nspid, 1);
@@ -46,7 +50,8 @@ fn runc_exec_shell_is_in_the_container_with_its_parent_outside() {
     assert_eq!(shell.exe_path, b"/bin/busybox", "the path as seen inside the container");
 
     // the shell's child: same namespace and cgroup as its parent
-    let child = cap.execs().find(|e| e.argv.get(1).map(|a| a.as_slice()) == Some(b"marker-child")).expect("exec of the child");
+    let child =
+        cap.execs().find(|e| e.argv.get(1).map(|a| a.as_slice()) == Some(b"marker-child")).expect("exec of the child");
     assert_eq!(child.ppid, shell.pid);
     assert!(!child.flags.parent_other_pidns);
     assert!(!child.flags.parent_other_cgroup);

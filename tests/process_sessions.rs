@@ -151,16 +151,34 @@ fn ns_join(ts: u64, pid: u32, cg: u64, old_mnt: u32, mnt: u32, old_pidns: u32, p
 /// CLONE_PARENT, which execs `sleep 1000` inside C as pid 1 of its namespace.
 fn start_container_c(t: &mut SessionTracker) -> Vec<SessionUpdate> {
     let mut out = Vec::new();
-    out.extend(t.handle(&exec(10, X { pid: 500, ppid: 1, cg: HOST, pcg: HOST, nspid: 500, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["containerd-shim"] })));
+    out.extend(t.handle(&exec(
+        10,
+        X {
+            pid: 500,
+            ppid: 1,
+            cg: HOST,
+            pcg: HOST,
+            nspid: 500,
+            pidns: HOST_PIDNS,
+            mnt: MNT_HOST,
+            argv: &["containerd-shim"],
+        },
+    )));
     out.extend(t.handle(&fork(20, 1001, 500, HOST)));
-    out.extend(t.handle(&exec(30, X { pid: 1001, ppid: 500, cg: C, pcg: HOST, nspid: 1, pidns: PIDNS_C, mnt: MNT_C, argv: &["sleep", "1000"] })));
+    out.extend(t.handle(&exec(
+        30,
+        X { pid: 1001, ppid: 500, cg: C, pcg: HOST, nspid: 1, pidns: PIDNS_C, mnt: MNT_C, argv: &["sleep", "1000"] },
+    )));
     out
 }
 
 /// runc exec: the shim (500) gets a child `pid` that execs argv inside C.
 fn runc_exec(t: &mut SessionTracker, ts: u64, pid: u32, argv: &'static [&'static str]) -> Vec<SessionUpdate> {
     let mut out = t.handle(&fork(ts, pid, 500, HOST));
-    out.extend(t.handle(&exec(ts + 1, X { pid, ppid: 500, cg: C, pcg: HOST, nspid: pid - 1000, pidns: PIDNS_C, mnt: MNT_C, argv })));
+    out.extend(t.handle(&exec(
+        ts + 1,
+        X { pid, ppid: 500, cg: C, pcg: HOST, nspid: pid - 1000, pidns: PIDNS_C, mnt: MNT_C, argv },
+    )));
     out
 }
 
@@ -286,7 +304,7 @@ fn exit_and_exec_before_fork_are_reordered() {
     let mut out = start_container_c(&mut t);
     out.extend(runc_exec(&mut t, 100, 1050, &["sh"]));
     let before = t.counters().execs_before_fork; // the shim's exec had no fork either
-    // child 1051: exec, exit, then the parent's fork record
+                                                 // child 1051: exec, exit, then the parent's fork record
     out.extend(t.handle(&exec_in(111, 1051, 1050, &["true"])));
     out.extend(t.handle(&exit(112, 1051, C, 0)));
     out.extend(t.handle(&fork(110, 1051, 1050, C)));
@@ -382,17 +400,38 @@ fn refused_and_pending_connects_get_their_outcome() {
 fn nsenter_from_the_node_is_a_node_session_with_its_login_user() {
     let mut t = tracker();
     // sessions only here; the watched-nsenter case follows below
-    t.set_activity(podtrail::process::activity::ActivityConfig { scope: podtrail::process::activity::ActivityScope::Sessions, ..Default::default() });
+    t.set_activity(podtrail::process::activity::ActivityConfig {
+        scope: podtrail::process::activity::ActivityScope::Sessions,
+        ..Default::default()
+    });
     let mut out = start_container_c(&mut t);
     // a shell on the node (600) runs nsenter (601): setns mnt + pid, fork 602, exec sh
-    out.extend(t.handle(&exec(200, X { pid: 600, ppid: 1, cg: HOST, pcg: HOST, nspid: 600, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["bash"] })));
+    out.extend(t.handle(&exec(
+        200,
+        X { pid: 600, ppid: 1, cg: HOST, pcg: HOST, nspid: 600, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["bash"] },
+    )));
     out.extend(t.handle(&fork(210, 601, 600, HOST)));
-    out.extend(t.handle(&exec(211, X { pid: 601, ppid: 600, cg: HOST, pcg: HOST, nspid: 601, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["nsenter", "-t", "1001", "-a", "sh"] })));
+    out.extend(t.handle(&exec(
+        211,
+        X {
+            pid: 601,
+            ppid: 600,
+            cg: HOST,
+            pcg: HOST,
+            nspid: 601,
+            pidns: HOST_PIDNS,
+            mnt: MNT_HOST,
+            argv: &["nsenter", "-t", "1001", "-a", "sh"],
+        },
+    )));
     out.extend(t.handle(&ns_join(212, 601, HOST, MNT_HOST, MNT_HOST, HOST_PIDNS, PIDNS_C, 1000)));
     out.extend(t.handle(&ns_join(213, 601, HOST, MNT_HOST, MNT_C, PIDNS_C, PIDNS_C, 1000)));
     assert!(started(&out).is_empty(), "nothing ran in the container yet");
     out.extend(t.handle(&fork(220, 602, 601, HOST)));
-    out.extend(t.handle(&exec(221, X { pid: 602, ppid: 601, cg: HOST, pcg: HOST, nspid: 5, pidns: PIDNS_C, mnt: MNT_C, argv: &["sh"] })));
+    out.extend(t.handle(&exec(
+        221,
+        X { pid: 602, ppid: 601, cg: HOST, pcg: HOST, nspid: 5, pidns: PIDNS_C, mnt: MNT_C, argv: &["sh"] },
+    )));
     out.extend(t.handle(&exit(230, 602, HOST, 0)));
     out.extend(t.handle(&exit(231, 601, HOST, 0)));
     let s = started(&out);
@@ -415,12 +454,27 @@ fn runc_setns_without_exec_is_not_a_session() {
     // runc exec: stage-1 (510) joins C's namespaces, clones the final child with
     // CLONE_PARENT (so its real parent is runc, 505), and exits
     out.extend(t.handle(&fork(100, 505, 500, HOST)));
-    out.extend(t.handle(&exec(101, X { pid: 505, ppid: 500, cg: HOST, pcg: HOST, nspid: 505, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["runc", "exec"] })));
+    out.extend(t.handle(&exec(
+        101,
+        X {
+            pid: 505,
+            ppid: 500,
+            cg: HOST,
+            pcg: HOST,
+            nspid: 505,
+            pidns: HOST_PIDNS,
+            mnt: MNT_HOST,
+            argv: &["runc", "exec"],
+        },
+    )));
     out.extend(t.handle(&fork(102, 510, 505, HOST)));
     out.extend(t.handle(&ns_join(103, 510, HOST, MNT_HOST, MNT_C, HOST_PIDNS, PIDNS_C, u32::MAX)));
     out.extend(t.handle(&fork(104, 1080, 505, HOST)));
     out.extend(t.handle(&exit(105, 510, HOST, 0)));
-    out.extend(t.handle(&exec(106, X { pid: 1080, ppid: 505, cg: C, pcg: HOST, nspid: 80, pidns: PIDNS_C, mnt: MNT_C, argv: &["id"] })));
+    out.extend(t.handle(&exec(
+        106,
+        X { pid: 1080, ppid: 505, cg: C, pcg: HOST, nspid: 80, pidns: PIDNS_C, mnt: MNT_C, argv: &["id"] },
+    )));
     out.extend(t.handle(&exit(107, 1080, C, 0)));
     let s = started(&out);
     assert_eq!(s.len(), 1);
@@ -434,14 +488,20 @@ fn nsenter_from_inside_a_session_opens_a_linked_session() {
     let mut out = start_container_c(&mut t);
     // container D with its init
     out.extend(t.handle(&fork(40, 2001, 500, HOST)));
-    out.extend(t.handle(&exec(41, X { pid: 2001, ppid: 500, cg: D, pcg: HOST, nspid: 1, pidns: PIDNS_D, mnt: MNT_D, argv: &["db"] })));
+    out.extend(t.handle(&exec(
+        41,
+        X { pid: 2001, ppid: 500, cg: D, pcg: HOST, nspid: 1, pidns: PIDNS_D, mnt: MNT_D, argv: &["db"] },
+    )));
     // a privileged exec into C runs nsenter into D
     out.extend(runc_exec(&mut t, 100, 1090, &["sh"]));
     out.extend(t.handle(&fork(110, 1091, 1090, C)));
     out.extend(t.handle(&exec_in(111, 1091, 1090, &["nsenter", "-t", "2001", "-m", "-p", "sh"])));
     out.extend(t.handle(&ns_join(112, 1091, C, MNT_C, MNT_D, PIDNS_C, PIDNS_D, 1000)));
     out.extend(t.handle(&fork(113, 1092, 1091, C)));
-    out.extend(t.handle(&exec(114, X { pid: 1092, ppid: 1091, cg: C, pcg: C, nspid: 9, pidns: PIDNS_D, mnt: MNT_D, argv: &["sh"] })));
+    out.extend(t.handle(&exec(
+        114,
+        X { pid: 1092, ppid: 1091, cg: C, pcg: C, nspid: 9, pidns: PIDNS_D, mnt: MNT_D, argv: &["sh"] },
+    )));
     let s = started(&out);
     assert_eq!(s.len(), 2);
     assert_eq!(s[1].kind, SessionKind::Node);
@@ -462,7 +522,19 @@ fn init_in_a_shared_or_host_pid_namespace_is_still_the_init() {
     let mut t = tracker();
     // host pid namespace: the init has nspid == its host pid, not 1
     let mut out = t.handle(&fork(20, 1001, 500, HOST));
-    out.extend(t.handle(&exec(30, X { pid: 1001, ppid: 500, cg: C, pcg: HOST, nspid: 1001, pidns: HOST_PIDNS, mnt: MNT_C, argv: &["sleep", "1000"] })));
+    out.extend(t.handle(&exec(
+        30,
+        X {
+            pid: 1001,
+            ppid: 500,
+            cg: C,
+            pcg: HOST,
+            nspid: 1001,
+            pidns: HOST_PIDNS,
+            mnt: MNT_C,
+            argv: &["sleep", "1000"],
+        },
+    )));
     assert!(out.is_empty(), "the first process of the container is its init");
     out.extend(runc_exec(&mut t, 100, 1100, &["sh"]));
     assert_eq!(started(&out).len(), 1);
@@ -472,7 +544,10 @@ fn init_in_a_shared_or_host_pid_namespace_is_still_the_init() {
     let mut t = SessionTracker::new(Box::new(lookup), HOST_PIDNS, TICK);
     let mut out = runc_exec(&mut t, 100, 1101, &["sh"]);
     out.extend(t.handle(&fork(20, 1002, 500, HOST)));
-    out.extend(t.handle(&exec(30, X { pid: 1002, ppid: 500, cg: C, pcg: HOST, nspid: 2, pidns: PIDNS_C, mnt: MNT_C, argv: &["pause"] })));
+    out.extend(t.handle(&exec(
+        30,
+        X { pid: 1002, ppid: 500, cg: C, pcg: HOST, nspid: 2, pidns: PIDNS_C, mnt: MNT_C, argv: &["pause"] },
+    )));
     let s = started(&out);
     assert_eq!(s.len(), 1);
     assert_eq!(s[0].id, SessionId(key(1101)));
@@ -554,12 +629,33 @@ mod arbitrary_sequences {
         let ppid = 1000 + ppid;
         match kind % 7 {
             0 => fork(pid as u64, pid, ppid, cg),
-            1 => exec(pid as u64, X { pid, ppid, cg, pcg, nspid: ns % 3, pidns: [HOST_PIDNS, PIDNS_C, PIDNS_D][ns as usize % 3], mnt: [MNT_HOST, MNT_C, MNT_D][ns as usize % 3], argv: &["x"] }),
+            1 => exec(
+                pid as u64,
+                X {
+                    pid,
+                    ppid,
+                    cg,
+                    pcg,
+                    nspid: ns % 3,
+                    pidns: [HOST_PIDNS, PIDNS_C, PIDNS_D][ns as usize % 3],
+                    mnt: [MNT_HOST, MNT_C, MNT_D][ns as usize % 3],
+                    argv: &["x"],
+                },
+            ),
             2 => exit(pid as u64, pid, cg, 0),
             3 => connect(pid as u64, pid, cookie, if ns % 2 == 0 { Transport::Tcp } else { Transport::Udp }, 80),
             4 => result(pid as u64, cookie, -(ns as i32 % 120)),
             5 => Event::UdpSend(UdpSendEvent { ts_ns: 1, cgroup_id: cg, cookie, bytes: 1 }),
-            _ => ns_join(pid as u64, pid, cg, MNT_HOST, [MNT_HOST, MNT_C, MNT_D][ns as usize % 3], HOST_PIDNS, [HOST_PIDNS, PIDNS_C, PIDNS_D][ns as usize % 3], 1000),
+            _ => ns_join(
+                pid as u64,
+                pid,
+                cg,
+                MNT_HOST,
+                [MNT_HOST, MNT_C, MNT_D][ns as usize % 3],
+                HOST_PIDNS,
+                [HOST_PIDNS, PIDNS_C, PIDNS_D][ns as usize % 3],
+                1000,
+            ),
         }
     }
 
@@ -592,9 +688,15 @@ fn kernel_drops_mid_session_mark_only_that_session() {
     let mut out = start_container_c(&mut t);
     // container D: its own init, and a session in it that runs through the drop
     out.extend(t.handle(&fork(35, 2001, 500, HOST)));
-    out.extend(t.handle(&exec(36, X { pid: 2001, ppid: 500, cg: D, pcg: HOST, nspid: 1, pidns: PIDNS_D, mnt: MNT_D, argv: &["postgres"] })));
+    out.extend(t.handle(&exec(
+        36,
+        X { pid: 2001, ppid: 500, cg: D, pcg: HOST, nspid: 1, pidns: PIDNS_D, mnt: MNT_D, argv: &["postgres"] },
+    )));
     out.extend(t.handle(&fork(40, 2010, 500, HOST)));
-    out.extend(t.handle(&exec(41, X { pid: 2010, ppid: 500, cg: D, pcg: HOST, nspid: 10, pidns: PIDNS_D, mnt: MNT_D, argv: &["psql"] })));
+    out.extend(t.handle(&exec(
+        41,
+        X { pid: 2010, ppid: 500, cg: D, pcg: HOST, nspid: 10, pidns: PIDNS_D, mnt: MNT_D, argv: &["psql"] },
+    )));
     // a session in C that ends before the drop, and one that is open during it
     out.extend(runc_exec(&mut t, 100, 1010, &["ls"]));
     out.extend(t.handle(&exit(110, 1010, C, 0)));
@@ -631,7 +733,14 @@ fn pod_metadata_from_the_pod_index_reaches_open_and_later_sessions() {
     };
     t.control(Control::Container(kube));
     // a late containerd answer must not undo it
-    let labels = ContainerInfo { id: "web".into(), cgroup_id: C, pod_name: Some("stale".into()), pod_uid: Some("uid-1".into()), source: "containerd_labels", ..Default::default() };
+    let labels = ContainerInfo {
+        id: "web".into(),
+        cgroup_id: C,
+        pod_name: Some("stale".into()),
+        pod_uid: Some("uid-1".into()),
+        source: "containerd_labels",
+        ..Default::default()
+    };
     t.update_container(labels);
     out.extend(t.handle(&exit(110, 1010, C, 0)));
     out.extend(runc_exec(&mut t, 200, 1020, &["ls"]));
@@ -673,12 +782,30 @@ fn watched_executables_are_recorded_anywhere_outside_sessions() {
     let run = |t: &mut SessionTracker| {
         let mut out = start_container_c(t);
         // the node's shell runs tcpdump, then ls
-        out.extend(t.handle(&exec(40, X { pid: 600, ppid: 1, cg: HOST, pcg: HOST, nspid: 600, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["bash"] })));
+        out.extend(t.handle(&exec(
+            40,
+            X { pid: 600, ppid: 1, cg: HOST, pcg: HOST, nspid: 600, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["bash"] },
+        )));
         out.extend(t.handle(&fork(50, 601, 600, HOST)));
-        out.extend(t.handle(&exec(51, X { pid: 601, ppid: 600, cg: HOST, pcg: HOST, nspid: 601, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["tcpdump", "-i", "any", "port", "53"] })));
+        out.extend(t.handle(&exec(
+            51,
+            X {
+                pid: 601,
+                ppid: 600,
+                cg: HOST,
+                pcg: HOST,
+                nspid: 601,
+                pidns: HOST_PIDNS,
+                mnt: MNT_HOST,
+                argv: &["tcpdump", "-i", "any", "port", "53"],
+            },
+        )));
         out.extend(t.handle(&exit(60, 601, HOST, 0)));
         out.extend(t.handle(&fork(70, 602, 600, HOST)));
-        out.extend(t.handle(&exec(71, X { pid: 602, ppid: 600, cg: HOST, pcg: HOST, nspid: 602, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["ls"] })));
+        out.extend(t.handle(&exec(
+            71,
+            X { pid: 602, ppid: 600, cg: HOST, pcg: HOST, nspid: 602, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["ls"] },
+        )));
         out.extend(t.handle(&exit(72, 602, HOST, 0)));
         // the container's own process runs tcpdump
         out.extend(t.handle(&fork(80, 1050, 1001, C)));
@@ -693,7 +820,10 @@ fn watched_executables_are_recorded_anywhere_outside_sessions() {
     assert!(s.iter().all(|i| i.kind == SessionKind::Watched && i.root_argv[0] == b"tcpdump"));
     let host = s.iter().find(|i| i.id == SessionId(key(601))).unwrap();
     assert_eq!(host.container.source, "host");
-    assert_eq!(host.root_argv, vec![b"tcpdump".to_vec(), b"-i".to_vec(), b"any".to_vec(), b"port".to_vec(), b"53".to_vec()]);
+    assert_eq!(
+        host.root_argv,
+        vec![b"tcpdump".to_vec(), b"-i".to_vec(), b"any".to_vec(), b"port".to_vec(), b"53".to_vec()]
+    );
     let inside = s.iter().find(|i| i.id == SessionId(key(1050))).unwrap();
     assert_eq!(inside.container.id, "web");
     assert_eq!(ended(&out).len(), 2);
@@ -710,13 +840,31 @@ fn watched_executables_are_recorded_anywhere_outside_sessions() {
 fn a_watched_nsenter_into_a_container_becomes_the_node_session() {
     let mut t = tracker();
     let mut out = start_container_c(&mut t);
-    out.extend(t.handle(&exec(200, X { pid: 600, ppid: 1, cg: HOST, pcg: HOST, nspid: 600, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["bash"] })));
+    out.extend(t.handle(&exec(
+        200,
+        X { pid: 600, ppid: 1, cg: HOST, pcg: HOST, nspid: 600, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["bash"] },
+    )));
     out.extend(t.handle(&fork(210, 601, 600, HOST)));
-    out.extend(t.handle(&exec(211, X { pid: 601, ppid: 600, cg: HOST, pcg: HOST, nspid: 601, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["nsenter", "-t", "1001", "-a", "sh"] })));
+    out.extend(t.handle(&exec(
+        211,
+        X {
+            pid: 601,
+            ppid: 600,
+            cg: HOST,
+            pcg: HOST,
+            nspid: 601,
+            pidns: HOST_PIDNS,
+            mnt: MNT_HOST,
+            argv: &["nsenter", "-t", "1001", "-a", "sh"],
+        },
+    )));
     assert_eq!(started(&out).iter().map(|i| i.kind).collect::<Vec<_>>(), vec![SessionKind::Watched]);
     out.extend(t.handle(&ns_join(213, 601, HOST, MNT_HOST, MNT_C, HOST_PIDNS, PIDNS_C, 1000)));
     out.extend(t.handle(&fork(220, 602, 601, HOST)));
-    out.extend(t.handle(&exec(221, X { pid: 602, ppid: 601, cg: HOST, pcg: HOST, nspid: 5, pidns: PIDNS_C, mnt: MNT_C, argv: &["sh"] })));
+    out.extend(t.handle(&exec(
+        221,
+        X { pid: 602, ppid: 601, cg: HOST, pcg: HOST, nspid: 5, pidns: PIDNS_C, mnt: MNT_C, argv: &["sh"] },
+    )));
     out.extend(t.handle(&exit(230, 602, HOST, 0)));
     out.extend(t.handle(&exit(231, 601, HOST, 0)));
     // one trace: re-announced (Started again, same id) when it becomes the node session
@@ -737,7 +885,17 @@ const SEC: u64 = 1_000_000_000;
 
 /// A connect by `pid` (cgroup `cg`) to `addr:port`.
 fn connect_to(ts: u64, pid: u32, cg: u64, cookie: u64, transport: Transport, addr: &str, port: u16) -> Event {
-    Event::Connect(ConnectEvent { ts_ns: ts, pid, tid: pid, cgroup_id: cg, cookie, transport, addr: addr.parse().unwrap(), port, mapped: false })
+    Event::Connect(ConnectEvent {
+        ts_ns: ts,
+        pid,
+        tid: pid,
+        cgroup_id: cg,
+        cookie,
+        transport,
+        addr: addr.parse().unwrap(),
+        port,
+        mapped: false,
+    })
 }
 
 /// The cluster's ranges as configured: pods 10.244/16, services 10.96/12; 203.0.113.0/24 is
@@ -756,7 +914,9 @@ fn outbound_tracker(tune: impl FnOnce(&mut podtrail::process::activity::Activity
 fn outbound(out: &[SessionUpdate]) -> Vec<(&SessionInfo, &ConnectRecord)> {
     out.iter()
         .filter_map(|u| match u {
-            SessionUpdate::ProcessEnded(i, r) if i.kind == SessionKind::Outbound => Some((i, &r.images.last()?.connects[0])),
+            SessionUpdate::ProcessEnded(i, r) if i.kind == SessionKind::Outbound => {
+                Some((i, &r.images.last()?.connects[0]))
+            }
             _ => None,
         })
         .collect()
@@ -839,7 +999,15 @@ fn the_rate_limit_counts_exactly_what_it_suppressed_and_marks_the_next_record() 
     for round in 0..3u64 {
         for d in 0..20u64 {
             n += 1;
-            out.extend(t.handle(&connect_to(100 + round, 1001, C, n, Transport::Tcp, &format!("203.0.113.{}", d + 1), 443)));
+            out.extend(t.handle(&connect_to(
+                100 + round,
+                1001,
+                C,
+                n,
+                Transport::Tcp,
+                &format!("203.0.113.{}", d + 1),
+                443,
+            )));
         }
     }
     // two seconds later: two tokens back
@@ -853,7 +1021,11 @@ fn the_rate_limit_counts_exactly_what_it_suppressed_and_marks_the_next_record() 
     assert_eq!(o_counts + t.outbound().suppressed, n, "folded and suppressed add up to the flood");
     let last = o.iter().find(|(_, c)| c.addr.to_string() == "198.51.100.1").unwrap();
     assert_eq!(last.1.activity.unwrap().suppressed_before, 45, "marked on the container's next record");
-    assert!(o.iter().filter(|(_, c)| c.addr.to_string() != "198.51.100.1").all(|(_, c)| c.activity.unwrap().suppressed_before == 0));
+    assert!(o.iter().filter(|(_, c)| c.addr.to_string() != "198.51.100.1").all(|(_, c)| c
+        .activity
+        .unwrap()
+        .suppressed_before
+        == 0));
 }
 
 #[test]
@@ -882,7 +1054,11 @@ fn an_outbound_trace_is_a_root_named_outbound_a_process_span_and_one_client_conn
         out.extend(t.handle(&connect_to(100 + i, 1001, C, 1 + i, Transport::Tcp, "203.0.113.7", 443)));
     }
     out.extend(t.shutdown(100 + 30 * SEC));
-    let ctx = podtrail::spans::BuildCtx { boot_id: [7; 16], clock: podtrail::clock::BootClock::fixed(1_700_000_000 * SEC), cfg: Default::default() };
+    let ctx = podtrail::spans::BuildCtx {
+        boot_id: [7; 16],
+        clock: podtrail::clock::BootClock::fixed(1_700_000_000 * SEC),
+        cfg: Default::default(),
+    };
     let mut spans = None;
     let mut built = Vec::new();
     for u in out.into_iter().filter(|u| matches!(u, SessionUpdate::Started(i) | SessionUpdate::ProcessEnded(i, _) | SessionUpdate::Ended(i, _) if i.kind == SessionKind::Outbound)) {
@@ -893,8 +1069,17 @@ fn an_outbound_trace_is_a_root_named_outbound_a_process_span_and_one_client_conn
         }
     }
     let names: Vec<(&str, SpanKind)> = built.iter().map(|(s, _)| (s.name.as_ref(), s.span_kind.clone())).collect();
-    assert_eq!(names, vec![("sleep", SpanKind::Internal), ("connect 203.0.113.7:443", SpanKind::Client), ("outbound", SpanKind::Server)]);
-    let attr = |s: &opentelemetry_sdk::trace::SpanData, k: &str| s.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| kv.value.to_string());
+    assert_eq!(
+        names,
+        vec![
+            ("sleep", SpanKind::Internal),
+            ("connect 203.0.113.7:443", SpanKind::Client),
+            ("outbound", SpanKind::Server)
+        ]
+    );
+    let attr = |s: &opentelemetry_sdk::trace::SpanData, k: &str| {
+        s.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| kv.value.to_string())
+    };
     let connect = &built[1].0;
     assert_eq!(attr(connect, "podtrail.folded.count").as_deref(), Some("30"));
     assert_eq!(attr(connect, "podtrail.network.destination.scope").as_deref(), Some("external"));

@@ -94,7 +94,8 @@ fn every_field_matches_where_it_should() {
     .collect();
     want.sort();
     // by-identity: the root process's span is named after its command (sh)
-    let want: Vec<_> = want.into_iter().map(|(s, r)| if r == "by-identity" { ("sh".to_string(), r) } else { (s, r) }).collect();
+    let want: Vec<_> =
+        want.into_iter().map(|(s, r)| if r == "by-identity" { ("sh".to_string(), r) } else { (s, r) }).collect();
     let mut want = want;
     want.sort();
     assert_eq!(got, want);
@@ -131,11 +132,15 @@ fn file_fields_and_failed_operations() {
     denied.result = -13;
     let mut chmod_failed = file(12 * S, FileOp::Chmod, "/root/.ssh/authorized_keys", None, false, 0o600);
     chmod_failed.result = -1;
-    img.files = vec![denied, file(12 * S, FileOp::Chmod, "/root/.ssh/authorized_keys", None, false, 0o600), chmod_failed];
+    img.files =
+        vec![denied, file(12 * S, FileOp::Chmod, "/root/.ssh/authorized_keys", None, false, 0o600), chmod_failed];
     img.connects = vec![connect(13 * S, Transport::Udp, "10.0.0.1", 514, ConnectOutcome::Connected, None, true)];
     let mut end = i.clone();
     end.end_ns = Some(20 * S);
-    let updates = vec![SessionUpdate::Started(i), SessionUpdate::Ended(end, vec![process(100, None, 10 * S, 20 * S, 0, vec![img])])];
+    let updates = vec![
+        SessionUpdate::Started(i),
+        SessionUpdate::Ended(end, vec![process(100, None, 10 * S, 20 * S, 0, vec![img])]),
+    ];
     let spans = Run { rules: Some(FILE_RULES), ..Run::default() }.spans(updates);
     let got: Vec<String> = fired(&spans).into_iter().map(|(_, r)| r).collect();
     assert_eq!(got, ["denied-write", "chmod-ssh"]);
@@ -144,7 +149,9 @@ fn file_fields_and_failed_operations() {
         .events
         .iter()
         .filter(|e| e.name.starts_with("file "))
-        .flat_map(|e| e.attributes.iter().filter(|kv| kv.key.as_str() == "podtrail.file.error").map(|kv| kv.value.to_string()))
+        .flat_map(|e| {
+            e.attributes.iter().filter(|kv| kv.key.as_str() == "podtrail.file.error").map(|kv| kv.value.to_string())
+        })
         .collect();
     assert_eq!(errors, ["EACCES", "EPERM"], "failed operations say why");
 }

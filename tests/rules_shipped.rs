@@ -42,9 +42,14 @@ const SHELL: &str = "Terminal shell in a container";
 
 #[test]
 fn terminal_shell_fires_on_the_interactive_root_shell_only() {
-    let spans = Run::default().spans(session(SessionKind::Exec, sh(true), vec![cmd(11, "/bin/busybox", &["sh", "-c", "id"])]));
+    let spans =
+        Run::default().spans(session(SessionKind::Exec, sh(true), vec![cmd(11, "/bin/busybox", &["sh", "-c", "id"])]));
     assert_eq!(fired_on(&spans, SHELL), ["sh"], "{:?}", fired(&spans));
-    assert_eq!(spans.iter().filter(|s| s.events.iter().any(|e| e.name == "alert")).count(), 1, "the nested shell with the same tty does not fire again");
+    assert_eq!(
+        spans.iter().filter(|s| s.events.iter().any(|e| e.name == "alert")).count(),
+        1,
+        "the nested shell with the same tty does not fire again"
+    );
 
     let mut no_tty = sh(false);
     no_tty.argv = vec![b"sh".to_vec(), b"-c".to_vec(), b"cat /etc/os-release".to_vec()];
@@ -58,13 +63,22 @@ fn terminal_shell_fires_on_the_interactive_root_shell_only() {
 
 #[test]
 fn packet_capture_fires_on_tcpdump_and_tshark_not_on_their_names_in_arguments() {
-    let spans = Run::default().spans(session(SessionKind::Exec, sh(false), vec![
-        cmd(11, "/usr/bin/tcpdump", &["tcpdump", "-i", "any", "-w", "/tmp/x.pcap"]),
-        // argv[0] renamed: the executable still says what it is
-        cmd(12, "/usr/bin/tshark", &["[kworker/0:1]", "-i", "eth0"]),
-        cmd(13, "/bin/busybox", &["cat", "tcpdump.txt"]),
-    ]));
-    assert_eq!(fired_on(&spans, "Packet capture"), ["tcpdump", "0:1]"], "the span is named by basename(argv[0]): {:?}", fired(&spans));
+    let spans = Run::default().spans(session(
+        SessionKind::Exec,
+        sh(false),
+        vec![
+            cmd(11, "/usr/bin/tcpdump", &["tcpdump", "-i", "any", "-w", "/tmp/x.pcap"]),
+            // argv[0] renamed: the executable still says what it is
+            cmd(12, "/usr/bin/tshark", &["[kworker/0:1]", "-i", "eth0"]),
+            cmd(13, "/bin/busybox", &["cat", "tcpdump.txt"]),
+        ],
+    ));
+    assert_eq!(
+        fired_on(&spans, "Packet capture"),
+        ["tcpdump", "0:1]"],
+        "the span is named by basename(argv[0]): {:?}",
+        fired(&spans)
+    );
 }
 
 #[test]
@@ -76,7 +90,8 @@ fn download_then_execute_needs_the_exec_of_the_written_file() {
     assert_eq!(fired_on(&spans, "Download then execute"), ["tool"], "{:?}", fired(&spans));
 
     // the same download, nothing run from it; and a program from the image
-    let spans = Run::default().spans(session(SessionKind::Exec, sh(false), vec![wget, cmd(13, "/bin/ls", &["ls", "/tmp"])]));
+    let spans =
+        Run::default().spans(session(SessionKind::Exec, sh(false), vec![wget, cmd(13, "/bin/ls", &["ls", "/tmp"])]));
     assert!(fired_on(&spans, "Download then execute").is_empty(), "{:?}", fired(&spans));
 }
 
@@ -103,10 +118,18 @@ fn history_tampering_fires_on_every_way_of_erasing_and_not_on_the_shell_appendin
     let mut mv = cmd(15, "/bin/busybox", &["mv", "/root/.sh_history", "/tmp/h"]);
     mv.files = vec![file(15 * S, FileOp::Rename, "/root/.sh_history", Some("/tmp/h"), false, 0)];
     let spans = Run::default().spans(session(SessionKind::Exec, sh(false), vec![rm, ln, trunc, redirect, mv]));
-    assert_eq!(fired_on(&spans, "Shell history tampering"), ["rm", "ln", "truncate", "sh", "mv"], "{:?}", fired(&spans));
+    assert_eq!(
+        fired_on(&spans, "Shell history tampering"),
+        ["rm", "ln", "truncate", "sh", "mv"],
+        "{:?}",
+        fired(&spans)
+    );
     let rm_span = spans.iter().find(|s| s.name == "rm").unwrap();
     let alert = rm_span.events.iter().find(|e| e.name == "alert").unwrap();
-    assert!(alert.attributes.iter().any(|kv| kv.key.as_str() == "podtrail.file.path" && kv.value.to_string() == "/root/.bash_history"));
+    assert!(alert
+        .attributes
+        .iter()
+        .any(|kv| kv.key.as_str() == "podtrail.file.path" && kv.value.to_string() == "/root/.bash_history"));
     assert!(rm_span.events.iter().any(|e| e.name == "file unlink"), "the file operation is an event of its own too");
 
     // the shell appending to its history, reading it, and a file that only looks alike
@@ -157,7 +180,12 @@ fn outbound_connect_fires_outside_the_configured_cluster_ranges() {
         connect(11 * S + 4, Transport::Tcp, "::ffff:93.184.216.34", 443, ConnectOutcome::Refused, Some(-111), false),
     ];
     let spans = Run { scope, ..Run::default() }.spans(session(SessionKind::Exec, sh(false), vec![curl]));
-    assert_eq!(fired_on(&spans, "Outbound connection outside the cluster"), ["connect 93.184.216.34:443"], "{:?}", fired(&spans));
+    assert_eq!(
+        fired_on(&spans, "Outbound connection outside the cluster"),
+        ["connect 93.184.216.34:443"],
+        "{:?}",
+        fired(&spans)
+    );
 }
 
 #[test]
@@ -165,14 +193,26 @@ fn sensitive_file_reads_fire_on_shadow_and_tokens_not_on_passwd() {
     let mut cat = cmd(11, "/bin/busybox", &["cat", "/etc/shadow"]);
     cat.files = vec![file(11 * S, FileOp::Open, "/etc/shadow", None, false, 0)];
     let mut tok = cmd(12, "/bin/busybox", &["cat", "/var/run/secrets/kubernetes.io/serviceaccount/token"]);
-    tok.files = vec![file(12 * S, FileOp::Open, "/var/run/secrets/kubernetes.io/serviceaccount/..2024_01_01/token", None, false, 0)];
+    tok.files = vec![file(
+        12 * S,
+        FileOp::Open,
+        "/var/run/secrets/kubernetes.io/serviceaccount/..2024_01_01/token",
+        None,
+        false,
+        0,
+    )];
     let mut pw = cmd(13, "/bin/busybox", &["cat", "/etc/passwd", "/etc/shadow-"]);
-    pw.files = vec![file(13 * S, FileOp::Open, "/etc/passwd", None, false, 0), file(13 * S, FileOp::Open, "/etc/shadow-", None, false, 0)];
+    pw.files = vec![
+        file(13 * S, FileOp::Open, "/etc/passwd", None, false, 0),
+        file(13 * S, FileOp::Open, "/etc/shadow-", None, false, 0),
+    ];
     let spans = Run::default().spans(session(SessionKind::Exec, sh(false), vec![cat, tok, pw]));
     let hits: Vec<String> = spans
         .iter()
         .flat_map(|s| s.events.iter().filter(|e| e.name == "alert"))
-        .flat_map(|e| e.attributes.iter().filter(|kv| kv.key.as_str() == "podtrail.file.path").map(|kv| kv.value.to_string()))
+        .flat_map(|e| {
+            e.attributes.iter().filter(|kv| kv.key.as_str() == "podtrail.file.path").map(|kv| kv.value.to_string())
+        })
         .collect();
     assert_eq!(hits, ["/etc/shadow", "/var/run/secrets/kubernetes.io/serviceaccount/..2024_01_01/token"]);
 }
@@ -195,11 +235,15 @@ fn the_root_counts_alerts_and_carries_the_highest_severity() {
 #[test]
 fn an_alert_whose_span_was_capped_goes_on_the_root() {
     // the span cap is 1: only the first child's span is built; tcpdump's alert must not vanish
-    let updates = session(SessionKind::Exec, sh(false), vec![cmd(11, "/bin/ls", &["ls"]), cmd(12, "/usr/bin/tcpdump", &["tcpdump"])]);
+    let updates = session(
+        SessionKind::Exec,
+        sh(false),
+        vec![cmd(11, "/bin/ls", &["ls"]), cmd(12, "/usr/bin/tcpdump", &["tcpdump"])],
+    );
     let spans = {
-        use std::sync::Arc;
         use podtrail::rules::*;
         use podtrail::spans::*;
+        use std::sync::Arc;
         let rules = RuleSource::load(RulesConfig::default()).unwrap().0.rules();
         let who = RecordingAttributor::new(Arc::new(NoAttributor));
         let clock = podtrail::clock::BootClock::fixed(EPOCH);

@@ -38,8 +38,12 @@ fn golden(name: &str, actual: &str) {
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e} (run with UPDATE_GOLDEN=1 to create it)"));
-    assert!(expected == actual, "span tree differs from {path}; run with UPDATE_GOLDEN=1 to accept:\n--- actual ---\n{actual}");
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e} (run with UPDATE_GOLDEN=1 to create it)"));
+    assert!(
+        expected == actual,
+        "span tree differs from {path}; run with UPDATE_GOLDEN=1 to accept:\n--- actual ---\n{actual}"
+    );
 }
 
 /// Structural rules every session's spans must keep, whatever the golden says.
@@ -52,7 +56,18 @@ fn check_invariants(spans: &[SpanData]) {
     let root_common: HashMap<String, String> = root
         .attributes
         .iter()
-        .filter(|kv| ["k8s.pod.name", "k8s.namespace.name", "container.id", "podtrail.session.kind", "user.name", "client.address", "podtrail.k8s.audit_id"].contains(&kv.key.as_str()))
+        .filter(|kv| {
+            [
+                "k8s.pod.name",
+                "k8s.namespace.name",
+                "container.id",
+                "podtrail.session.kind",
+                "user.name",
+                "client.address",
+                "podtrail.k8s.audit_id",
+            ]
+            .contains(&kv.key.as_str())
+        })
         .map(|kv| (kv.key.to_string(), kv.value.to_string()))
         .collect();
     for s in spans {
@@ -79,8 +94,15 @@ fn alice_attributor() -> Arc<dyn Attributor> {
 fn attributed_shell_session_is_the_process_tree() {
     let spans = run(SpansConfig::default(), alice_attributor(), shell_session());
     check_invariants(&spans);
-    assert_eq!(hex::encode(spans[0].span_context.trace_id().to_bytes()), "4b5f3c7e8d2a4f199c3e2a1b0d9e8f70", "the audit id is the trace id");
-    let sh = spans.iter().find(|s| s.name == "sh" && s.parent_span_id == spans.last().unwrap().span_context.span_id()).unwrap();
+    assert_eq!(
+        hex::encode(spans[0].span_context.trace_id().to_bytes()),
+        "4b5f3c7e8d2a4f199c3e2a1b0d9e8f70",
+        "the audit id is the trace id"
+    );
+    let sh = spans
+        .iter()
+        .find(|s| s.name == "sh" && s.parent_span_id == spans.last().unwrap().span_context.span_id())
+        .unwrap();
     assert_eq!(sh.start_time, BootClock::fixed(EPOCH).to_system_time(10 * S), "times come from the events");
     golden("shell_session", &render(&spans));
 }
@@ -115,7 +137,8 @@ fn a_wrong_golden_does_not_match() {
     // instead of under sh: the comparison must see the difference.
     let spans = run(SpansConfig::default(), alice_attributor(), shell_session());
     let actual = render(&spans);
-    let wrong = std::fs::read_to_string(format!("{}/tests/golden/wrong_parent.txt", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let wrong =
+        std::fs::read_to_string(format!("{}/tests/golden/wrong_parent.txt", env!("CARGO_MANIFEST_DIR"))).unwrap();
     assert!(wrong.contains("wget"), "the wrong golden is a real tree");
     assert_ne!(wrong, actual);
 }
@@ -133,9 +156,10 @@ fn hold_waits_for_attribution_then_releases() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let known = Arc::new(AtomicBool::new(false));
     let k2 = known.clone();
-    let attributor: Arc<dyn Attributor> = Arc::new(move |_: &podtrail::process::model::SessionInfo| -> Option<SessionIdentity> {
-        k2.load(Ordering::SeqCst).then(alice)
-    });
+    let attributor: Arc<dyn Attributor> =
+        Arc::new(move |_: &podtrail::process::model::SessionInfo| -> Option<SessionIdentity> {
+            k2.load(Ordering::SeqCst).then(alice)
+        });
     let mut cfg = SpansConfig::default();
     cfg.hold.deadline_ms = 60_000;
     let mut stage = SpanStage::new(ctx(cfg), attributor);

@@ -114,7 +114,9 @@ impl AdmissionRecord {
         let is_pods = req.resource.as_ref().and_then(|r| r.resource.as_deref()) == Some("pods");
         let kind = req.sub_resource.as_deref().and_then(RequestKind::from_subresource);
         let kind = match (is_pods, req.operation.as_deref(), kind) {
-            (true, Some("CONNECT"), Some(k @ (RequestKind::Exec | RequestKind::Attach | RequestKind::PortForward))) => k,
+            (true, Some("CONNECT"), Some(k @ (RequestKind::Exec | RequestKind::Attach | RequestKind::PortForward))) => {
+                k
+            }
             _ => return Ok(None),
         };
         let o = req.object.as_ref();

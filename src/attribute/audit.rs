@@ -213,13 +213,16 @@ impl AuditEvent {
             Some(id) if !id.is_empty() => id,
             _ => return Err(EventError::MissingAuditId),
         };
-        let stage = self.stage.as_deref().and_then(Stage::parse).ok_or_else(|| EventError::BadStage(self.stage.clone()))?;
+        let stage =
+            self.stage.as_deref().and_then(Stage::parse).ok_or_else(|| EventError::BadStage(self.stage.clone()))?;
         let received = parse_time(self.request_received_timestamp.as_deref())?;
         let stage_time = parse_time(self.stage_timestamp.as_deref())?;
         let mut options = self.request_uri.as_deref().map(parse_query).unwrap_or_default();
         if let Some(Lenient(Some(body))) = self.request_object {
-            options.ephemeral_containers =
-                body.spec.map(|s| s.ephemeral_containers.into_iter().filter_map(|c| c.name).collect()).unwrap_or_default();
+            options.ephemeral_containers = body
+                .spec
+                .map(|s| s.ephemeral_containers.into_iter().filter_map(|c| c.name).collect())
+                .unwrap_or_default();
         }
         let code = self.response_status.and_then(|s| s.code).and_then(|c| u16::try_from(c).ok());
         let record = RequestRecord {
@@ -260,12 +263,9 @@ pub fn parse_pod_path(uri: &str) -> (Option<String>, Option<String>, Option<Stri
     let path = uri.split('?').next().unwrap_or("");
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     match parts.as_slice() {
-        ["api", "v1", "namespaces", ns, "pods", name, sub, ..] => (
-            Some("pods".into()),
-            Some(percent_decode(ns)),
-            Some(percent_decode(name)),
-            Some(percent_decode(sub)),
-        ),
+        ["api", "v1", "namespaces", ns, "pods", name, sub, ..] => {
+            (Some("pods".into()), Some(percent_decode(ns)), Some(percent_decode(name)), Some(percent_decode(sub)))
+        }
         _ => (None, None, None, None),
     }
 }
@@ -304,15 +304,13 @@ pub fn percent_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match (hex_val(b[i + 1]), hex_val(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match (hex_val(b[i + 1]), hex_val(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             c => out.push(c),
         }
         i += 1;
@@ -402,7 +400,8 @@ mod tests {
     fn malformed_batch_is_an_error_not_a_panic() {
         assert!(serde_json::from_str::<EventList>(include_str!("../../tests/fixtures/audit/malformed.json")).is_err());
         // One bad item leaves the others.
-        let list: EventList = serde_json::from_str(r#"{"items":[{"auditID":5},{"auditID":"a","stage":"RequestReceived"}]}"#).unwrap();
+        let list: EventList =
+            serde_json::from_str(r#"{"items":[{"auditID":5},{"auditID":"a","stage":"RequestReceived"}]}"#).unwrap();
         assert!(list.items[0].0.is_none());
         assert!(list.items[1].0.is_some());
     }

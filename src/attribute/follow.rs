@@ -31,7 +31,12 @@ pub struct FollowConfig {
 
 impl FollowConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), poll_interval: Duration::from_millis(250), max_line_bytes: 1 << 20, start_at_end: false }
+        Self {
+            path: path.into(),
+            poll_interval: Duration::from_millis(250),
+            max_line_bytes: 1 << 20,
+            start_at_end: false,
+        }
     }
 }
 

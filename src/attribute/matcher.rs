@@ -81,7 +81,9 @@ pub fn request_fits(q: &SessionQuery, r: &RequestRecord) -> bool {
     match r.kind {
         RequestKind::Exec => container_matches(q, r) && command_matches(&r.options.command, &q.argv),
         RequestKind::Debug => match q.container_name.as_deref() {
-            Some(c) => r.options.ephemeral_containers.is_empty() || r.options.ephemeral_containers.iter().any(|e| e == c),
+            Some(c) => {
+                r.options.ephemeral_containers.is_empty() || r.options.ephemeral_containers.iter().any(|e| e == c)
+            }
             None => false,
         },
         RequestKind::Attach => q.container_name.is_some() && container_matches(q, r),

@@ -39,7 +39,11 @@ impl AttributeMetrics {
         sub.register("records_ignored", "Events about resources podtrail does not attribute", self.ignored.clone());
         sub.register("records_rejected", "Input refused, by reason", self.rejected.clone());
         sub.register("matches", "Sessions matched to a request, by confidence", self.matches.clone());
-        sub.register("records_late", "Records that arrived later than the match window after their request", self.late.clone());
+        sub.register(
+            "records_late",
+            "Records that arrived later than the match window after their request",
+            self.late.clone(),
+        );
         sub.register("records_evicted", "Records dropped by the store bounds, by state", self.evicted.clone());
         sub.register("store_records", "Request records held", self.store_records.clone());
     }

@@ -64,7 +64,13 @@ impl ListenerConfig {
 
     /// Plain HTTP on a loopback address (single machine, tests).
     pub fn plaintext_loopback(listen: SocketAddr) -> Self {
-        Self { listen, tls: None, plaintext_loopback: true, require_client_cert: false, handshake_timeout: Duration::from_secs(10) }
+        Self {
+            listen,
+            tls: None,
+            plaintext_loopback: true,
+            require_client_cert: false,
+            handshake_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -112,7 +118,8 @@ impl WebhookServer {
                 Some(TlsAcceptor::from(Arc::new(server_config(files)?)))
             }
         };
-        let listener = TcpListener::bind(cfg.listen).await.map_err(|source| ServeError::Bind { addr: cfg.listen, source })?;
+        let listener =
+            TcpListener::bind(cfg.listen).await.map_err(|source| ServeError::Bind { addr: cfg.listen, source })?;
         Ok(Self {
             listener,
             tls,
@@ -175,7 +182,8 @@ where
         async move {
             if !authenticated {
                 metrics.reject("no_client_cert");
-                let mut resp = Response::new(Body::from("a client certificate signed by the configured CA is required\n"));
+                let mut resp =
+                    Response::new(Body::from("a client certificate signed by the configured CA is required\n"));
                 *resp.status_mut() = StatusCode::UNAUTHORIZED;
                 return Ok::<_, Infallible>(resp);
             }

@@ -17,7 +17,9 @@ use super::audit::{AuditEvent, EventError, Stage, ToRecord};
 use super::matcher::{kind_rank, request_fits, time_matches};
 use super::metrics::AttributeMetrics;
 use super::record::RequestRecord;
-use super::{hashed_trace_id, trace_id_for_audit_id, Attribution, AttributionSource, Confidence, RequestKind, SessionQuery};
+use super::{
+    hashed_trace_id, trace_id_for_audit_id, Attribution, AttributionSource, Confidence, RequestKind, SessionQuery,
+};
 use prometheus_client::registry::Registry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -284,7 +286,15 @@ impl RecordStore {
 
     /// Mark a record matched, and the records that describe the same act from another angle
     /// (the admission review of an audited exec; the attach `kubectl debug -it` makes).
-    fn take(&self, inner: &mut Inner, key: &Key, source: AttributionSource, confidence: Confidence, candidates: u32, q: &SessionQuery) -> Attribution {
+    fn take(
+        &self,
+        inner: &mut Inner,
+        key: &Key,
+        source: AttributionSource,
+        confidence: Confidence,
+        candidates: u32,
+        q: &SessionQuery,
+    ) -> Attribution {
         let rec = {
             let slot = inner.slots.get_mut(key).expect("key from this map");
             slot.state = State::Matched;
@@ -301,7 +311,9 @@ impl RecordStore {
             .filter(|(k, s)| *k != key && s.state == State::Free && request_fits(q, &s.rec))
             .filter(|(_, s)| time_matches(q, &s.rec, self.cfg.match_window))
             .filter(|(_, s)| {
-                (rec.source != AttributionSource::Admission && s.rec.source == AttributionSource::Admission && s.rec.kind == rec.kind)
+                (rec.source != AttributionSource::Admission
+                    && s.rec.source == AttributionSource::Admission
+                    && s.rec.kind == rec.kind)
                     || twin_kinds.contains(&s.rec.kind)
             })
             .filter(|(_, s)| s.rec.user.name == effective || s.rec.user.name == rec.user.name)
@@ -383,7 +395,11 @@ impl RecordStore {
     /// which may arrive after the session matched.
     pub fn completion(&self, audit_id: &str) -> Option<(SystemTime, Option<u16>)> {
         let inner = self.lock();
-        inner.slots.values().filter(|s| s.rec.audit_id == audit_id).find_map(|s| s.rec.completed.map(|c| (c, s.rec.response_code)))
+        inner
+            .slots
+            .values()
+            .filter(|s| s.rec.audit_id == audit_id)
+            .find_map(|s| s.rec.completed.map(|c| (c, s.rec.response_code)))
     }
 }
 

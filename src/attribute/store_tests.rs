@@ -54,8 +54,13 @@ fn store() -> RecordStore {
 #[test]
 fn websocket_exec_matches_uniquely_with_identity_and_uuid_trace_id() {
     let s = store();
-    assert_eq!(load(&s, WS), vec![InsertOutcome::Ignored, InsertOutcome::Inserted, InsertOutcome::Merged, InsertOutcome::Merged]);
-    let a = s.match_session(&query("api-7d9c", Some("api"), &["sh", "-c", "echo hi"], "2026-03-02T14:05:07.2Z")).expect("match");
+    assert_eq!(
+        load(&s, WS),
+        vec![InsertOutcome::Ignored, InsertOutcome::Inserted, InsertOutcome::Merged, InsertOutcome::Merged]
+    );
+    let a = s
+        .match_session(&query("api-7d9c", Some("api"), &["sh", "-c", "echo hi"], "2026-03-02T14:05:07.2Z"))
+        .expect("match");
     assert_eq!((a.source, a.confidence, a.candidates), (AttributionSource::AuditWebhook, Confidence::Unique, 1));
     assert_eq!(a.user_name.as_deref(), Some("john.doe@example.com"));
     assert_eq!(a.user_uid.as_deref(), Some("8a6f2c1e-0b7d-4e35-9d2a-5c4b3a291807"));
@@ -69,7 +74,10 @@ fn websocket_exec_matches_uniquely_with_identity_and_uuid_trace_id() {
     assert_eq!(a.request_completed, Some(at("2026-03-02T14:05:12.904117Z")));
     assert_eq!(a.response_code, Some(101));
     // Consumed: the same session shape finds nothing more.
-    assert_eq!(s.match_session(&query("api-7d9c", Some("api"), &["sh", "-c", "echo hi"], "2026-03-02T14:05:07.2Z")), None);
+    assert_eq!(
+        s.match_session(&query("api-7d9c", Some("api"), &["sh", "-c", "echo hi"], "2026-03-02T14:05:07.2Z")),
+        None
+    );
     assert_eq!(s.metrics().matches.get_or_create(&vec![("confidence", "unique")]).get(), 1);
 }
 
@@ -86,7 +94,9 @@ fn repeated_stages_are_duplicates() {
 fn spdy_exec_stages_out_of_order_merge_into_one_request() {
     let s = store();
     load(&s, SPDY);
-    let a = s.match_session(&query("api-7d9c", Some("api"), &["/bin/cat", "/etc/passwd"], "2026-03-02T14:10:00.05Z")).expect("match");
+    let a = s
+        .match_session(&query("api-7d9c", Some("api"), &["/bin/cat", "/etc/passwd"], "2026-03-02T14:10:00.05Z"))
+        .expect("match");
     assert_eq!(a.response_code, Some(101));
     assert!(a.request_completed.is_some());
     assert!(!a.tty);
@@ -138,18 +148,34 @@ fn non_uuid_audit_id_gets_a_hashed_trace_id() {
 fn request_without_container_matches_the_only_container() {
     let s = store();
     load(&s, NO_CONTAINER);
-    let a = s.match_session(&query("cache-0", Some("redis"), &["redis-cli", "info"], "2026-03-02T15:30:00.05Z")).unwrap();
+    let a =
+        s.match_session(&query("cache-0", Some("redis"), &["redis-cli", "info"], "2026-03-02T15:30:00.05Z")).unwrap();
     assert_eq!(a.container, None);
     // But a named container must agree.
     load(&s, CP);
-    assert_eq!(s.match_session(&query("api-7d9c", Some("sidecar"), &["tar", "cf", "-", "-C", "/var/log", "app.log"], "2026-03-02T14:40:00.2Z")), None);
+    assert_eq!(
+        s.match_session(&query(
+            "api-7d9c",
+            Some("sidecar"),
+            &["tar", "cf", "-", "-C", "/var/log", "app.log"],
+            "2026-03-02T14:40:00.2Z"
+        )),
+        None
+    );
 }
 
 #[test]
 fn kubectl_cp_is_an_exec_of_tar() {
     let s = store();
     load(&s, CP);
-    let a = s.match_session(&query("api-7d9c", Some("api"), &["tar", "cf", "-", "-C", "/var/log", "app.log"], "2026-03-02T14:40:00.2Z")).unwrap();
+    let a = s
+        .match_session(&query(
+            "api-7d9c",
+            Some("api"),
+            &["tar", "cf", "-", "-C", "/var/log", "app.log"],
+            "2026-03-02T14:40:00.2Z",
+        ))
+        .unwrap();
     assert_eq!(a.request_kind, RequestKind::Exec);
 }
 
@@ -157,7 +183,9 @@ fn kubectl_cp_is_an_exec_of_tar() {
 fn script_matches_through_the_interpreter_the_kernel_shows() {
     let s = store();
     load(&s, SCRIPT);
-    let a = s.match_session(&query("api-7d9c", Some("api"), &["/bin/sh", "./backup.sh", "--full"], "2026-03-02T15:40:00.1Z")).unwrap();
+    let a = s
+        .match_session(&query("api-7d9c", Some("api"), &["/bin/sh", "./backup.sh", "--full"], "2026-03-02T15:40:00.1Z"))
+        .unwrap();
     assert_eq!(a.requested_command, v(&["./backup.sh", "--full"]));
 }
 
@@ -165,9 +193,14 @@ fn script_matches_through_the_interpreter_the_kernel_shows() {
 fn session_outside_the_window_does_not_match() {
     let s = store();
     load(&s, WS);
-    assert_eq!(s.match_session(&query("api-7d9c", Some("api"), &["sh", "-c", "echo hi"], "2026-03-02T14:15:00Z")), None);
+    assert_eq!(
+        s.match_session(&query("api-7d9c", Some("api"), &["sh", "-c", "echo hi"], "2026-03-02T14:15:00Z")),
+        None
+    );
     // Clock skew the other way (node clock behind) within the window still matches.
-    assert!(s.match_session(&query("api-7d9c", Some("api"), &["sh", "-c", "echo hi"], "2026-03-02T14:04:30Z")).is_some());
+    assert!(s
+        .match_session(&query("api-7d9c", Some("api"), &["sh", "-c", "echo hi"], "2026-03-02T14:04:30Z"))
+        .is_some());
 }
 
 /// Two identical concurrent execs with two audit records: both attributed, in order, and
@@ -239,8 +272,10 @@ fn reused_audit_id_falls_back_to_a_hash_for_the_second_request() {
     let mut again = events(WS).remove(1);
     again.request_received_timestamp = Some("2026-03-02T14:06:00.000000Z".into());
     assert_eq!(s.insert_audit_event(again, AttributionSource::AuditWebhook), InsertOutcome::Inserted);
-    let a = s.match_session(&query("api-7d9c", Some("api"), &["sh", "-c", "echo hi"], "2026-03-02T14:05:07.2Z")).unwrap();
-    let b = s.match_session(&query("api-7d9c", Some("api"), &["sh", "-c", "echo hi"], "2026-03-02T14:06:00.1Z")).unwrap();
+    let a =
+        s.match_session(&query("api-7d9c", Some("api"), &["sh", "-c", "echo hi"], "2026-03-02T14:05:07.2Z")).unwrap();
+    let b =
+        s.match_session(&query("api-7d9c", Some("api"), &["sh", "-c", "echo hi"], "2026-03-02T14:06:00.1Z")).unwrap();
     assert_eq!(hex::encode(a.trace_id.unwrap()), "4b5f3c7e8d2a4f199c3e2a1b0d9e8f70");
     assert_ne!(a.trace_id, b.trace_id);
     assert_eq!(a.audit_id, b.audit_id);
@@ -277,7 +312,10 @@ fn kubectl_debug_matches_the_ephemeral_container_and_takes_its_attach() {
     let a = s.match_session(&query("api-7d9c", Some("debugger-x7k2p"), &["sh"], "2026-03-02T14:50:01Z")).unwrap();
     assert_eq!(a.request_kind, RequestKind::Debug);
     assert_eq!(a.audit_id.as_deref(), Some("7f8e9d0c-1b2a-4394-8576-a1b2c3d4e5f6"));
-    assert!(s.take_unmatched_requests(at("2026-03-02T16:00:00Z")).is_empty(), "the attach belonged to the debug session");
+    assert!(
+        s.take_unmatched_requests(at("2026-03-02T16:00:00Z")).is_empty(),
+        "the attach belonged to the debug session"
+    );
 }
 
 fn admission(uid: &str, user: &str, command: &[&str], at_time: SystemTime) -> AdmissionRecord {
@@ -287,7 +325,11 @@ fn admission(uid: &str, user: &str, command: &[&str], at_time: SystemTime) -> Ad
         namespace: Some("billing".into()),
         pod_name: Some("api-7d9c".into()),
         user: Identity { name: Some(user.into()), uid: None, groups: v(&["dev"]), extra: BTreeMap::new() },
-        options: crate::attribute::record::RequestOptions { command: v(command), container: Some("api".into()), ..Default::default() },
+        options: crate::attribute::record::RequestOptions {
+            command: v(command),
+            container: Some("api".into()),
+            ..Default::default()
+        },
         received_at: at_time,
     }
 }
@@ -308,8 +350,14 @@ fn admission_record_matches_with_its_own_source_and_no_client_address() {
 fn audit_record_wins_over_the_admission_review_of_the_same_exec() {
     let s = store();
     load(&s, WS);
-    s.insert_admission(&admission("705ab4f5-6393-11e8-b7cc-42010a800002", "john.doe@example.com", &["sh", "-c", "echo hi"], at("2026-03-02T14:05:07.13Z")));
-    let a = s.match_session(&query("api-7d9c", Some("api"), &["sh", "-c", "echo hi"], "2026-03-02T14:05:07.2Z")).unwrap();
+    s.insert_admission(&admission(
+        "705ab4f5-6393-11e8-b7cc-42010a800002",
+        "john.doe@example.com",
+        &["sh", "-c", "echo hi"],
+        at("2026-03-02T14:05:07.13Z"),
+    ));
+    let a =
+        s.match_session(&query("api-7d9c", Some("api"), &["sh", "-c", "echo hi"], "2026-03-02T14:05:07.2Z")).unwrap();
     assert_eq!((a.source, a.confidence), (AttributionSource::AuditWebhook, Confidence::Unique));
     assert!(s.take_unmatched_requests(at("2026-03-02T15:00:00Z")).is_empty(), "its admission twin is used up too");
 }
@@ -324,5 +372,8 @@ fn store_is_bounded_and_counts_evictions() {
     assert_eq!(s.metrics().evicted.get_or_create(&vec![("state", "unused")]).get(), 1);
     assert_eq!(s.metrics().store_records.get(), 2);
     // The oldest (the websocket exec) went first.
-    assert_eq!(s.match_session(&query("api-7d9c", Some("api"), &["sh", "-c", "echo hi"], "2026-03-02T14:05:07.2Z")), None);
+    assert_eq!(
+        s.match_session(&query("api-7d9c", Some("api"), &["sh", "-c", "echo hi"], "2026-03-02T14:05:07.2Z")),
+        None
+    );
 }

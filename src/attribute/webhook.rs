@@ -88,16 +88,24 @@ fn reject(st: &Shared, code: StatusCode, reason: &'static str, detail: String) -
 
 /// Read the body within the limit, holding a permit so at most N bodies are in memory.
 async fn read_body(st: &Shared, body: Body) -> Result<(bytes::Bytes, tokio::sync::OwnedSemaphorePermit), Response> {
-    let permit = st.permits.clone().acquire_owned().await.map_err(|_| {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
-    })?;
+    let permit = st
+        .permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response())?;
     match to_bytes(body, st.cfg.max_body_bytes).await {
         Ok(b) => Ok((b, permit)),
         Err(e) => {
             // to_bytes fails for an over-limit body and for a broken connection alike.
             let too_large = error_chain(&e).contains("length limit exceeded");
             if too_large {
-                Err(reject(st, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("body over {} bytes", st.cfg.max_body_bytes)))
+                Err(reject(
+                    st,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("body over {} bytes", st.cfg.max_body_bytes),
+                ))
             } else {
                 Err(reject(st, StatusCode::BAD_REQUEST, "body_read", e.to_string()))
             }

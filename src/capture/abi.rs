@@ -264,19 +264,64 @@ fn field_size<T, F>(_: impl Fn(&T) -> &F) -> usize {
 pub fn layouts() -> Vec<(&'static str, usize, Vec<FieldLayout>)> {
     vec![
         layout!(Header, "pt_header", [kind, len, ts_ns, pid, tid, start_ns, cgroup_id]),
-        layout!(Exec, "pt_exec", [h, ppid, nspid, parent_start_ns, parent_cgroup_id, pidns_ino,
-            parent_pidns_ino, mntns_ino, uid, gid, euid, loginuid, flags, exe_ino, exe_dev,
-            exe_nlink, argc, filename_len, interp_len, exe_path_len, audit_id_len, argv_len,
-            _pad0, comm, exe_ctime_ns]),
+        layout!(
+            Exec,
+            "pt_exec",
+            [
+                h,
+                ppid,
+                nspid,
+                parent_start_ns,
+                parent_cgroup_id,
+                pidns_ino,
+                parent_pidns_ino,
+                mntns_ino,
+                uid,
+                gid,
+                euid,
+                loginuid,
+                flags,
+                exe_ino,
+                exe_dev,
+                exe_nlink,
+                argc,
+                filename_len,
+                interp_len,
+                exe_path_len,
+                audit_id_len,
+                argv_len,
+                _pad0,
+                comm,
+                exe_ctime_ns
+            ]
+        ),
         layout!(Fork, "pt_fork", [h, ppid, creator_pid, parent_start_ns, pidns_ino, nspid, uid, _pad0]),
         layout!(Exit, "pt_exit", [h, exit_code, _pad0]),
-        layout!(NsJoin, "pt_ns_join", [h, nstype, pidns_for_children_ino, mntns_ino, netns_ino,
-            old_pidns_for_children_ino, old_mntns_ino, loginuid, uid, _pad0]),
+        layout!(
+            NsJoin,
+            "pt_ns_join",
+            [
+                h,
+                nstype,
+                pidns_for_children_ino,
+                mntns_ino,
+                netns_ino,
+                old_pidns_for_children_ino,
+                old_mntns_ino,
+                loginuid,
+                uid,
+                _pad0
+            ]
+        ),
         layout!(Connect, "pt_connect", [h, cookie, family, protocol, sock_type, _pad0, dport, _pad1, daddr]),
         layout!(ConnectResult, "pt_connect_result", [h, cookie, error, phase, family, dport, daddr]),
         layout!(UdpSend, "pt_udp_send", [h, cookie, bytes, _pad0]),
         layout!(CgroupDrops, "pt_cgroup_drops", [events, last_ts_ns]),
-        layout!(File, "pt_file", [h, result, op, flags, path_len, path2_len, dir_len, dir2_len, fflags, _pad0, path, path2, dir, dir2]),
+        layout!(
+            File,
+            "pt_file",
+            [h, result, op, flags, path_len, path2_len, dir_len, dir2_len, fflags, _pad0, path, path2, dir, dir2]
+        ),
     ]
 }
 

@@ -83,8 +83,10 @@ pub fn struct_layouts(obj_bytes: &[u8]) -> Result<HashMap<String, StructLayout>,
         Ok(u32::from_le_bytes([v[0], v[1], v[2], v[3]]))
     };
     let hdr_len = hdr(4)? as usize;
-    let (type_off, type_len, str_off, str_len) = (hdr(8)? as usize, hdr(12)? as usize, hdr(16)? as usize, hdr(20)? as usize);
-    let types = data.get(hdr_len + type_off..hdr_len + type_off + type_len).ok_or(BtfError::Malformed("type section"))?;
+    let (type_off, type_len, str_off, str_len) =
+        (hdr(8)? as usize, hdr(12)? as usize, hdr(16)? as usize, hdr(20)? as usize);
+    let types =
+        data.get(hdr_len + type_off..hdr_len + type_off + type_len).ok_or(BtfError::Malformed("type section"))?;
     let strs = data.get(hdr_len + str_off..hdr_len + str_off + str_len).ok_or(BtfError::Malformed("string section"))?;
     let name = |off: u32| -> String {
         let s = strs.get(off as usize..).unwrap_or(&[]);
@@ -210,7 +212,9 @@ pub fn compare(
                 None => diffs.push(format!("{cname}.{fname}: no such field in C")),
                 Some((_, coff, csize)) => {
                     if coff != off || csize != fsize {
-                        diffs.push(format!("{cname}.{fname}: C offset {coff} size {csize}, Rust offset {off} size {fsize}"));
+                        diffs.push(format!(
+                            "{cname}.{fname}: C offset {coff} size {csize}, Rust offset {off} size {fsize}"
+                        ));
                     }
                 }
             }

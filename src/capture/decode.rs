@@ -106,9 +106,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         abi::KIND_CONNECT_RESULT => {
             let r: abi::ConnectResult = need(bytes, h.kind)?;
             let (phase, final_addr, final_port) = match r.phase {
-                abi::RESULT_TCP_STATE => {
-                    (ResultPhase::TcpState, Some(address(r.family, &r.daddr)?.0), Some(r.dport))
-                }
+                abi::RESULT_TCP_STATE => (ResultPhase::TcpState, Some(address(r.family, &r.daddr)?.0), Some(r.dport)),
                 _ => (ResultPhase::Syscall, None, None),
             };
             Ok(Event::ConnectResult(ConnectResultEvent {
@@ -351,7 +349,15 @@ mod tests {
         }
         let len = abi::EXEC_ARGV_OFF + raw_argv.len();
         let e = abi::Exec {
-            h: abi::Header { kind: abi::KIND_EXEC, len: len as u32, ts_ns: 5, pid: 42, tid: 42, start_ns: 7, cgroup_id: 9 },
+            h: abi::Header {
+                kind: abi::KIND_EXEC,
+                len: len as u32,
+                ts_ns: 5,
+                pid: 42,
+                tid: 42,
+                start_ns: 7,
+                cgroup_id: 9,
+            },
             ppid: 1,
             loginuid: u32::MAX,
             flags,

@@ -15,9 +15,7 @@ use std::{
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint,
-    },
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use thiserror::Error;
@@ -65,9 +63,22 @@ pub struct CaptureOptions {
 
 /// Shell histories, account databases, ssh keys, service account tokens, the preload file.
 pub const DEFAULT_WATCH_CHANGES: &[&str] = &[
-    ".bash_history", ".ash_history", ".sh_history", ".zsh_history", ".history", ".mysql_history",
-    ".psql_history", ".python_history", "passwd", "shadow", "gshadow", "group", "sudoers",
-    "authorized_keys", "ld.so.preload", "crontab",
+    ".bash_history",
+    ".ash_history",
+    ".sh_history",
+    ".zsh_history",
+    ".history",
+    ".mysql_history",
+    ".psql_history",
+    ".python_history",
+    "passwd",
+    "shadow",
+    "gshadow",
+    "group",
+    "sudoers",
+    "authorized_keys",
+    "ld.so.preload",
+    "crontab",
 ];
 /// Files whose mere reading is evidence.
 pub const DEFAULT_WATCH_READS: &[&str] = &["shadow", "gshadow", "token", "id_rsa", "id_ecdsa", "id_ed25519"];
@@ -209,10 +220,9 @@ impl Capture {
             attach_btf_tp(&mut ebpf, &btf, prog, tp)?;
             attached.push(prog);
         }
-        for (prog, cat, name) in [
-            ("pt_sys_enter_setns", "syscalls", "sys_enter_setns"),
-            ("pt_sys_exit_setns", "syscalls", "sys_exit_setns"),
-        ] {
+        for (prog, cat, name) in
+            [("pt_sys_enter_setns", "syscalls", "sys_enter_setns"), ("pt_sys_exit_setns", "syscalls", "sys_exit_setns")]
+        {
             attach_tp(&mut ebpf, prog, cat, name)?;
             attached.push(prog);
         }
@@ -237,12 +247,22 @@ impl Capture {
             p.load().map_err(|e| refused("pt_egress", "cgroup_skb/egress", e))?;
             p.attach(&cg, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
                 .map_err(|e| refused("pt_egress", "cgroup_skb/egress", e))?;
-            attached.extend(["pt_sys_exit_connect", "pt_inet_sock_set_state", "pt_connect4", "pt_connect6", "pt_egress"]);
+            attached.extend([
+                "pt_sys_exit_connect",
+                "pt_inet_sock_set_state",
+                "pt_connect4",
+                "pt_connect6",
+                "pt_egress",
+            ]);
         }
 
         let counters = Counters {
-            sent: PerCpuArray::try_from(ebpf.take_map("sent_by_kind").ok_or(CaptureError::MissingMap("sent_by_kind"))?)?,
-            dropped: PerCpuArray::try_from(ebpf.take_map("drops_by_kind").ok_or(CaptureError::MissingMap("drops_by_kind"))?)?,
+            sent: PerCpuArray::try_from(
+                ebpf.take_map("sent_by_kind").ok_or(CaptureError::MissingMap("sent_by_kind"))?,
+            )?,
+            dropped: PerCpuArray::try_from(
+                ebpf.take_map("drops_by_kind").ok_or(CaptureError::MissingMap("drops_by_kind"))?,
+            )?,
             dropped_cgroups: BpfHashMap::try_from(
                 ebpf.take_map("drops_by_cgroup").ok_or(CaptureError::MissingMap("drops_by_cgroup"))?,
             )?,
@@ -313,7 +333,11 @@ fn attach_file_hooks(ebpf: &mut Ebpf, opts: &CaptureOptions) -> Result<Vec<&'sta
             map.insert(k, v, 0)?;
         }
     }
-    let tracefs = if Path::new("/sys/kernel/tracing/events").exists() { "/sys/kernel/tracing" } else { "/sys/kernel/debug/tracing" };
+    let tracefs = if Path::new("/sys/kernel/tracing/events").exists() {
+        "/sys/kernel/tracing"
+    } else {
+        "/sys/kernel/debug/tracing"
+    };
     let have = |sc: &str| Path::new(&format!("{tracefs}/events/syscalls/sys_enter_{sc}")).exists();
     let mut attached = Vec::new();
     {
@@ -412,9 +436,7 @@ pub fn effective_caps() -> u64 {
     fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         })
         .unwrap_or(0)
 }

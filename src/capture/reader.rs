@@ -15,7 +15,11 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc, sync::watch};
 
-use super::{abi, decode::{decode, DecodeError}, event::Event};
+use super::{
+    abi,
+    decode::{decode, DecodeError},
+    event::Event,
+};
 
 #[derive(Default, Debug)]
 pub struct ReaderStats {
@@ -70,14 +74,18 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut more = false;
     loop {
-        let stopping = if more { false } else { tokio::select! {
-            r = fd.readable_mut() => {
-                if let Ok(mut g) = r { g.clear_ready(); }
-                false
+        let stopping = if more {
+            false
+        } else {
+            tokio::select! {
+                r = fd.readable_mut() => {
+                    if let Ok(mut g) = r { g.clear_ready(); }
+                    false
+                }
+                _ = tick.tick() => false,
+                _ = stop.changed() => true,
             }
-            _ = tick.tick() => false,
-            _ = stop.changed() => true,
-        } };
+        };
         // Decode everything queued before awaiting the channel: RingBufItem borrows the ring.
         let mut batch = Vec::new();
         {

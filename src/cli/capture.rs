@@ -60,7 +60,9 @@ pub struct CaptureArgs {
 
 pub async fn run(a: CaptureArgs) -> anyhow::Result<()> {
     if !a.ring_mib.is_power_of_two() || a.ring_mib > 1024 {
-        return Err(super::UsageError(format!("--ring-mib must be a power of two up to 1024, not {}", a.ring_mib)).into());
+        return Err(
+            super::UsageError(format!("--ring-mib must be a power of two up to 1024, not {}", a.ring_mib)).into()
+        );
     }
     let opts = CaptureOptions {
         ring_bytes: a.ring_mib * 1024 * 1024,

@@ -43,7 +43,8 @@ pub enum Command {
 }
 
 pub fn init_logging(l: &LogArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&l.log_level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(&l.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if l.log_json {
         b.json().init();
@@ -71,8 +72,18 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     use podtrail::capture::loader::CaptureError;
     match e.downcast_ref::<CaptureError>() {
-        Some(CaptureError::Privilege { .. } | CaptureError::NoBtf | CaptureError::NoTracefs(_) | CaptureError::Program { .. } | CaptureError::NoCgroup2) => 3,
-        _ if e.downcast_ref::<UsageError>().is_some() || e.downcast_ref::<podtrail::config::ConfigError>().is_some() => 2,
+        Some(
+            CaptureError::Privilege { .. }
+            | CaptureError::NoBtf
+            | CaptureError::NoTracefs(_)
+            | CaptureError::Program { .. }
+            | CaptureError::NoCgroup2,
+        ) => 3,
+        _ if e.downcast_ref::<UsageError>().is_some()
+            || e.downcast_ref::<podtrail::config::ConfigError>().is_some() =>
+        {
+            2
+        }
         _ => 1,
     }
 }

@@ -38,9 +38,9 @@ pub async fn run(a: ReceiverArgs) -> anyhow::Result<()> {
         "podtrail receiver listening"
     );
     if let Some(addr) = ready.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("metrics endpoint {addr}: {e} (set receiver.metrics_listen, or \"\" to turn it off)"))?;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!("metrics endpoint {addr}: {e} (set receiver.metrics_listen, or \"\" to turn it off)")
+        })?;
         let reg = Arc::new(Mutex::new(reg));
         tokio::spawn(async move {
             if let Err(e) = podtrail::metrics::serve(listener, reg).await {

@@ -61,7 +61,8 @@ pub fn config(a: &RunArgs) -> anyhow::Result<Config> {
         cfg.export.console = Some(true);
     }
     if let Some(l) = &a.audit_webhook_loopback {
-        cfg.attribution.audit_webhook = Some(WebhookListen { listen: l.clone(), plaintext_loopback: true, ..Default::default() });
+        cfg.attribution.audit_webhook =
+            Some(WebhookListen { listen: l.clone(), plaintext_loopback: true, ..Default::default() });
     }
     if let Some(p) = &a.audit_log {
         cfg.attribution.audit_log = Some(p.clone());

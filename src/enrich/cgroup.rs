@@ -44,12 +44,9 @@ fn is_hex64(s: &str) -> bool {
 /// The container id a single path component names, if any.
 fn component_id(c: &str) -> Option<(&str, &'static str)> {
     if let Some(rest) = c.strip_suffix(".scope") {
-        for (prefix, runtime) in [
-            ("cri-containerd-", "containerd"),
-            ("crio-", "cri-o"),
-            ("docker-", "docker"),
-            ("libpod-", "podman"),
-        ] {
+        for (prefix, runtime) in
+            [("cri-containerd-", "containerd"), ("crio-", "cri-o"), ("docker-", "docker"), ("libpod-", "podman")]
+        {
             if let Some(id) = rest.strip_prefix(prefix) {
                 if is_hex64(id) {
                     return Some((id, runtime));
@@ -299,7 +296,14 @@ mod tests {
 
     #[test]
     fn host_cgroups_are_not_containers() {
-        for p in ["/", "/init.scope", "/system.slice/cron.service", "/user.slice/user-1000.slice/session-3.scope", "/default", "0::/"] {
+        for p in [
+            "/",
+            "/init.scope",
+            "/system.slice/cron.service",
+            "/user.slice/user-1000.slice/session-3.scope",
+            "/default",
+            "0::/",
+        ] {
             assert_eq!(id(p), None, "{p}");
         }
         assert_eq!(container_from_path("/other/x", NS), None);

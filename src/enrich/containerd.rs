@@ -188,7 +188,8 @@ impl ContainerdClient {
     /// Containers.Get; None when the namespace does not have it.
     pub async fn get(&mut self, ns: &str, id: &str) -> Result<Option<Container>, ContainerdError> {
         let req = GetContainerRequest { id: id.into() };
-        match self.unary::<_, GetContainerResponse>(ns, "/containerd.services.containers.v1.Containers/Get", req).await {
+        match self.unary::<_, GetContainerResponse>(ns, "/containerd.services.containers.v1.Containers/Get", req).await
+        {
             Ok(r) => Ok(r.container),
             Err(ContainerdError::Call { status, .. }) if status.code() == tonic::Code::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -198,7 +199,8 @@ impl ContainerdClient {
     /// Containers.List of a namespace.
     pub async fn list(&mut self, ns: &str) -> Result<Vec<Container>, ContainerdError> {
         let req = ListContainersRequest { filters: vec![] };
-        let r: ListContainersResponse = self.unary(ns, "/containerd.services.containers.v1.Containers/List", req).await?;
+        let r: ListContainersResponse =
+            self.unary(ns, "/containerd.services.containers.v1.Containers/List", req).await?;
         Ok(r.containers)
     }
 
@@ -255,7 +257,8 @@ mod tests {
         labels.insert(LABEL_POD_NAMESPACE.to_string(), "billing".to_string());
         labels.insert(LABEL_CONTAINER_NAME.to_string(), "app".to_string());
         let meta = ContainerMeta { id: "c1".into(), labels, ..Default::default() };
-        let mut info = ContainerInfo { id: "c1".into(), pod_uid: Some("u-1".into()), source: "cgroup", ..Default::default() };
+        let mut info =
+            ContainerInfo { id: "c1".into(), pod_uid: Some("u-1".into()), source: "cgroup", ..Default::default() };
         meta.apply(&mut info);
         assert_eq!(info.pod_name.as_deref(), Some("web-0"));
         assert_eq!(info.pod_namespace.as_deref(), Some("billing"));

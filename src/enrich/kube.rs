@@ -136,7 +136,8 @@ impl PodIndex {
         let mut st = self.write();
         // Same namespace/name under another uid: the old pod is gone even if its delete has
         // not reached us.
-        let stale: Vec<String> = st.by_pod.iter().filter(|(u, (k, _))| **u != uid && *k == name_key).map(|(u, _)| u.clone()).collect();
+        let stale: Vec<String> =
+            st.by_pod.iter().filter(|(u, (k, _))| **u != uid && *k == name_key).map(|(u, _)| u.clone()).collect();
         for u in stale {
             remove_pod(&mut st, &u);
         }
@@ -239,7 +240,9 @@ fn pod_entries(pod: &Pod) -> Vec<(String, PodInfo)> {
     let mut out = Vec::new();
     for (list, kind) in lists {
         for cs in list.iter().flatten() {
-            let Some(id) = cs.container_id.as_deref().map(normalize_container_id).filter(|i| !i.is_empty()) else { continue };
+            let Some(id) = cs.container_id.as_deref().map(normalize_container_id).filter(|i| !i.is_empty()) else {
+                continue;
+            };
             let mut info = base.clone();
             info.container_name = cs.name.clone();
             info.container_kind = kind;
@@ -371,7 +374,10 @@ mod tests {
         assert_eq!(workload(&owned("ReplicaSet", "api-6c4f8b9d7", Some("6c4f8b9d7"))).unwrap().kind, "Deployment");
         assert_eq!(workload(&owned("ReplicaSet", "api-6c4f8b9d7", Some("6c4f8b9d7"))).unwrap().name, "api");
         // A bare ReplicaSet (no matching hash label) stays a ReplicaSet.
-        assert_eq!(workload(&owned("ReplicaSet", "batch-rs", None)).unwrap(), Workload { kind: "ReplicaSet".into(), name: "batch-rs".into() });
+        assert_eq!(
+            workload(&owned("ReplicaSet", "batch-rs", None)).unwrap(),
+            Workload { kind: "ReplicaSet".into(), name: "batch-rs".into() }
+        );
         assert_eq!(workload(&owned("DaemonSet", "node-exporter", None)).unwrap().kind, "DaemonSet");
         assert_eq!(workload(&Pod::default()), None);
     }
@@ -415,13 +421,21 @@ mod tests {
         assert_eq!(f.pass(SessionUpdate::Started(probe.clone())), None);
         assert_eq!(f.pass(SessionUpdate::Ended(probe, vec![])), None);
         assert_eq!(f.probes.get(), 1);
-        let Some(SessionUpdate::Started(i)) = f.pass(SessionUpdate::Started(session(11, &["sh", "-c", "cat /tmp/healthy"]))) else {
+        let Some(SessionUpdate::Started(i)) =
+            f.pass(SessionUpdate::Started(session(11, &["sh", "-c", "cat /tmp/healthy"])))
+        else {
             panic!("a user's exec passes")
         };
-        assert_eq!((i.container.pod_namespace.as_deref(), i.container.pod_name.as_deref()), (Some("billing"), Some("api-7d9c")));
+        assert_eq!(
+            (i.container.pod_namespace.as_deref(), i.container.pod_name.as_deref()),
+            (Some("billing"), Some("api-7d9c"))
+        );
         assert_eq!((i.container.container_name.as_deref(), i.container.source), (Some("api"), "kube_api"));
         let mut keep = SessionFilter::new(PodIndex::new(), false);
-        assert!(keep.pass(SessionUpdate::Started(session(12, &["cat", "/tmp/healthy"]))).is_some(), "unknown pod: no probe");
+        assert!(
+            keep.pass(SessionUpdate::Started(session(12, &["cat", "/tmp/healthy"]))).is_some(),
+            "unknown pod: no probe"
+        );
         let mut all = SessionFilter::new(f.index.clone(), true);
         assert!(all.pass(SessionUpdate::Started(session(13, &["cat", "/tmp/healthy"]))).is_some());
         assert_eq!(all.probes.get(), 1, "exported on request, still counted");

@@ -143,7 +143,11 @@ impl ExportConfig {
     /// Resolves the config against the environment (`env` is `std::env::var` in production).
     pub fn resolve(&self, env: impl Fn(&str) -> Option<String>) -> Result<ExportSetup, ConfigError> {
         let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
-        let (endpoint, as_is) = match (&self.otlp_endpoint, env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), env("OTEL_EXPORTER_OTLP_ENDPOINT")) {
+        let (endpoint, as_is) = match (
+            &self.otlp_endpoint,
+            env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            env("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ) {
             (Some(e), _, _) if !e.is_empty() => (Some(e.clone()), false),
             (_, Some(e), _) => (Some(e), true),
             (_, _, Some(e)) => (Some(e), false),
@@ -156,7 +160,11 @@ impl ExportConfig {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     return Err(ConfigError::Endpoint(url));
                 }
-                let proto = self.otlp_protocol.clone().or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")).or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"));
+                let proto = self
+                    .otlp_protocol
+                    .clone()
+                    .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
+                    .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"));
                 let protocol = match proto.as_deref().map(str::trim) {
                     Some("grpc") => Protocol::Grpc,
                     Some("http/protobuf") => Protocol::HttpProtobuf,
@@ -170,15 +178,20 @@ impl ExportConfig {
                     }
                     _ => url,
                 };
-                let mut headers = match env("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS")) {
-                    Some(h) => parse_headers(&h)?,
-                    None => BTreeMap::new(),
-                };
+                let mut headers =
+                    match env("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS")) {
+                        Some(h) => parse_headers(&h)?,
+                        None => BTreeMap::new(),
+                    };
                 headers.extend(self.otlp_headers.clone());
                 Some(OtlpTarget { protocol, url, headers, timeout: Duration::from_millis(self.otlp_timeout_ms.max(1)) })
             }
         };
-        for (name, v) in [("queue_spans", self.queue_spans), ("batch_spans", self.batch_spans), ("max_attempts", self.max_attempts as usize)] {
+        for (name, v) in [
+            ("queue_spans", self.queue_spans),
+            ("batch_spans", self.batch_spans),
+            ("max_attempts", self.max_attempts as usize),
+        ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
             }
@@ -223,7 +236,10 @@ mod tests {
     #[test]
     fn generic_env_endpoint_gets_the_traces_path_for_http() {
         let s = ExportConfig::default()
-            .resolve(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"), ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20x, tenant=a")]))
+            .resolve(env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20x, tenant=a"),
+            ]))
             .unwrap();
         let o = s.otlp.unwrap();
         assert_eq!((o.protocol, o.url.as_str()), (Protocol::HttpProtobuf, "http://c:4318/v1/traces"));
@@ -238,13 +254,21 @@ mod tests {
         let s = c.resolve(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://other:4318")])).unwrap();
         let o = s.otlp.unwrap();
         assert_eq!((o.protocol, o.url.as_str()), (Protocol::Grpc, "http://jaeger:4317"));
-        let t = ExportConfig::default().resolve(env(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://x:9999/custom"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])).unwrap();
+        let t = ExportConfig::default()
+            .resolve(env(&[
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://x:9999/custom"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ]))
+            .unwrap();
         assert_eq!(t.otlp.unwrap().url, "http://x:9999/custom");
     }
 
     #[test]
     fn unsupported_values_are_one_clear_error() {
-        let e = ExportConfig::default().resolve(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]));
+        let e = ExportConfig::default().resolve(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ]));
         assert_eq!(e.unwrap_err(), ConfigError::Protocol("http/json".into()));
         assert!(ExportConfig { otlp_endpoint: Some("c:4317".into()), ..Default::default() }.resolve(env(&[])).is_err());
         assert!(toml::from_str::<ExportConfig>("endpoint = \"x\"").is_err());

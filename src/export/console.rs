@@ -80,7 +80,12 @@ fn clock(t: SystemTime) -> String {
 /// One line for a span.
 fn line(s: &SpanData) -> String {
     if attr(s, "server.address").is_some() {
-        let mut l = format!("{} {} {}", s.name, text(s, "network.transport").unwrap_or_default(), text(s, keys::NETWORK_OUTCOME).unwrap_or_default());
+        let mut l = format!(
+            "{} {} {}",
+            s.name,
+            text(s, "network.transport").unwrap_or_default(),
+            text(s, keys::NETWORK_OUTCOME).unwrap_or_default()
+        );
         if let Some(scope) = text(s, keys::NETWORK_DESTINATION_SCOPE) {
             l.push_str(&format!(" ({scope})"));
         }
@@ -124,7 +129,9 @@ fn line(s: &SpanData) -> String {
 fn alerts(s: &SpanData) -> String {
     let mut out = String::new();
     for e in s.events.iter().filter(|e| e.name == "alert") {
-        let get = |k: &str| e.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| kv.value.to_string()).unwrap_or_default();
+        let get = |k: &str| {
+            e.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| kv.value.to_string()).unwrap_or_default()
+        };
         out.push_str(&format!("  !! [{}] {}", get(keys::ALERT_SEVERITY), get("security_rule.name")));
         let path = get(keys::FILE_PATH);
         if !path.is_empty() {
@@ -160,9 +167,21 @@ pub fn render_session(spans: &[SpanData]) -> String {
                 _ => text(r, "container.id").map(|c| c.chars().take(12).collect()).unwrap_or_default(),
             };
             let ctr = text(r, "k8s.container.name").map(|c| format!(" [{c}]")).unwrap_or_default();
-            out.push_str(&format!("{} {}  {who}{from}  {pod}{ctr}  {}  trace {}\n", clock(r.start_time), r.name, duration(r), r.span_context.trace_id()));
+            out.push_str(&format!(
+                "{} {}  {who}{from}  {pod}{ctr}  {}  trace {}\n",
+                clock(r.start_time),
+                r.name,
+                duration(r),
+                r.span_context.trace_id()
+            ));
             let mut marks = Vec::new();
-            for k in [keys::SESSION_INCOMPLETE, keys::SESSION_SPANS_LOST, keys::SESSION_FOLDED, keys::SESSION_SPANS_CAPPED, keys::NODE_USER] {
+            for k in [
+                keys::SESSION_INCOMPLETE,
+                keys::SESSION_SPANS_LOST,
+                keys::SESSION_FOLDED,
+                keys::SESSION_SPANS_CAPPED,
+                keys::NODE_USER,
+            ] {
                 if let Some(v) = text(r, k).filter(|v| v != "false") {
                     marks.push(format!("{}={v}", k.rsplit('.').next().unwrap_or(k)));
                 }
@@ -171,7 +190,10 @@ pub fn render_session(spans: &[SpanData]) -> String {
                 out.push_str(&format!("  ({})\n", marks.join(", ")));
             }
             if let (Some(n), Some(max)) = (text(r, keys::ALERTS_COUNT), text(r, keys::ALERTS_MAX_SEVERITY)) {
-                out.push_str(&format!("  !! {n} alert(s), highest {max}: {}\n", text(r, keys::ALERTS_RULES).unwrap_or_default()));
+                out.push_str(&format!(
+                    "  !! {n} alert(s), highest {max}: {}\n",
+                    text(r, keys::ALERTS_RULES).unwrap_or_default()
+                ));
             }
             let own = alerts(r);
             if !own.is_empty() {
@@ -239,7 +261,13 @@ mod tests {
     fn span(id: u64, parent: u64, name: &'static str, attributes: Vec<KeyValue>) -> SpanData {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         SpanData {
-            span_context: SpanContext::new(TraceId::from(7u128), SpanId::from(id), TraceFlags::SAMPLED, false, TraceState::NONE),
+            span_context: SpanContext::new(
+                TraceId::from(7u128),
+                SpanId::from(id),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            ),
             parent_span_id: if parent == 0 { SpanId::INVALID } else { SpanId::from(parent) },
             parent_span_is_remote: false,
             span_kind: SpanKind::Internal,
@@ -256,7 +284,10 @@ mod tests {
     }
 
     fn argv(v: &[&'static str]) -> KeyValue {
-        KeyValue::new("process.command_args", Value::Array(v.iter().map(|s| opentelemetry::StringValue::from(*s)).collect::<Vec<_>>().into()))
+        KeyValue::new(
+            "process.command_args",
+            Value::Array(v.iter().map(|s| opentelemetry::StringValue::from(*s)).collect::<Vec<_>>().into()),
+        )
     }
 
     #[test]
@@ -264,15 +295,42 @@ mod tests {
         let sh_argv = ["sh", "-c", "wget -q -O- http://x/ | tar -x; sleep 1 &"];
         let spans = vec![
             span(1, 0, "exec", vec![]),
-            span(2, 1, "sh", vec![argv(&sh_argv), KeyValue::new("process.pid", 4242), KeyValue::new("process.vpid", 7)]),
-            span(3, 2, "sh", vec![argv(&sh_argv), KeyValue::new("process.pid", 4243), KeyValue::new("process.vpid", 8), KeyValue::new(keys::PROCESS_INHERITED, true)]),
-            span(4, 3, "wget", vec![argv(&["wget", "-q", "http://x/"]), KeyValue::new("process.pid", 4243), KeyValue::new("process.vpid", 8)]),
+            span(
+                2,
+                1,
+                "sh",
+                vec![argv(&sh_argv), KeyValue::new("process.pid", 4242), KeyValue::new("process.vpid", 7)],
+            ),
+            span(
+                3,
+                2,
+                "sh",
+                vec![
+                    argv(&sh_argv),
+                    KeyValue::new("process.pid", 4243),
+                    KeyValue::new("process.vpid", 8),
+                    KeyValue::new(keys::PROCESS_INHERITED, true),
+                ],
+            ),
+            span(
+                4,
+                3,
+                "wget",
+                vec![
+                    argv(&["wget", "-q", "http://x/"]),
+                    KeyValue::new("process.pid", 4243),
+                    KeyValue::new("process.vpid", 8),
+                ],
+            ),
             // a node session: host pid namespace, nspid == pid is not repeated
             span(5, 2, "id", vec![argv(&["id"]), KeyValue::new("process.pid", 99), KeyValue::new("process.vpid", 99)]),
         ];
         let text = render_session(&spans);
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[1].starts_with("  └─ sh -c wget -q -O- http://x/ | tar -x; sleep 1 &  [pid 4242 nspid 7, 5ms]"), "{text}");
+        assert!(
+            lines[1].starts_with("  └─ sh -c wget -q -O- http://x/ | tar -x; sleep 1 &  [pid 4242 nspid 7, 5ms]"),
+            "{text}"
+        );
         assert!(lines.iter().any(|l| l.contains("─ sh (fork)  [pid 4243 nspid 8, 5ms]")), "{text}");
         assert_eq!(text.matches("tar -x").count(), 1, "the parent's argv is printed once:\n{text}");
         assert!(lines.iter().any(|l| l.contains("─ wget -q http://x/  [pid 4243 nspid 8, 5ms]")), "{text}");

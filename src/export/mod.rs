@@ -94,7 +94,8 @@ pub fn resource(cfg: &RunExport, run_id: &str) -> Resource {
         KeyValue::new(sc::HOST_NAME, host.clone()),
         KeyValue::new(sc::K8S_NODE_NAME, cfg.export.node_name.clone().unwrap_or(host)),
     ];
-    let mut b = Resource::builder_empty().with_attributes(base.drain(..)).with_detector(Box::new(EnvResourceDetector::new()));
+    let mut b =
+        Resource::builder_empty().with_attributes(base.drain(..)).with_detector(Box::new(EnvResourceDetector::new()));
     if !cfg.spans.cluster_name.is_empty() {
         b = b.with_attribute(KeyValue::new(sc::K8S_CLUSTER_NAME, cfg.spans.cluster_name.clone()));
     }
@@ -108,7 +109,8 @@ pub fn sinks(cfg: &RunExport, resource: &Resource) -> Result<Vec<Sink>, ExportEr
         out.push(Sink::Otlp(otlp::exporter(t, resource)?));
     }
     if let Some(p) = &cfg.export.file {
-        let f = file::FileExporter::open(p, resource).map_err(|source| ExportError::File { path: p.display().to_string(), source })?;
+        let f = file::FileExporter::open(p, resource)
+            .map_err(|source| ExportError::File { path: p.display().to_string(), source })?;
         out.push(Sink::File(f));
     }
     if cfg.export.console {
@@ -117,10 +119,21 @@ pub fn sinks(cfg: &RunExport, resource: &Resource) -> Result<Vec<Sink>, ExportEr
     Ok(out)
 }
 
-fn agent_span(cfg: &RunExport, started_ns: u64, what: &'static str, start: SystemTime, end: SystemTime, extra: Vec<KeyValue>) -> SpanData {
+fn agent_span(
+    cfg: &RunExport,
+    started_ns: u64,
+    what: &'static str,
+    start: SystemTime,
+    end: SystemTime,
+    extra: Vec<KeyValue>,
+) -> SpanData {
     let trace = spans::ids::agent_trace_id(&cfg.boot_id, started_ns);
     let run = spans::ids::agent_span_id(&cfg.boot_id, started_ns, "run");
-    let (id, parent) = if what == "run" { (run, SpanId::INVALID) } else { (spans::ids::agent_span_id(&cfg.boot_id, started_ns, what), run) };
+    let (id, parent) = if what == "run" {
+        (run, SpanId::INVALID)
+    } else {
+        (spans::ids::agent_span_id(&cfg.boot_id, started_ns, what), run)
+    };
     let mut attributes = vec![KeyValue::new(keys::AGENT_EVENT, what)];
     attributes.extend(extra);
     SpanData {
@@ -147,7 +160,12 @@ fn root_int(s: &SpanData, key: &str) -> u64 {
 /// The export task: spawn it with the receiving end of the process stage's channel; close the
 /// channel to stop it. It drains, ends what is still open (marked incomplete), flushes every
 /// sink (bounded by `shutdown_flush_ms`) and returns what was delivered and lost.
-pub async fn run_export(rx: mpsc::Receiver<SessionUpdate>, cfg: RunExport, attributor: Arc<dyn Attributor>, metrics: Metrics) -> Result<ExportReport, ExportError> {
+pub async fn run_export(
+    rx: mpsc::Receiver<SessionUpdate>,
+    cfg: RunExport,
+    attributor: Arc<dyn Attributor>,
+    metrics: Metrics,
+) -> Result<ExportReport, ExportError> {
     let started_ns = crate::clock::boot_ns_now();
     let run_id = hex::encode(&spans::ids::agent_span_id(&cfg.boot_id, started_ns, "run").to_bytes());
     let res = resource(&cfg, &run_id);
@@ -163,7 +181,13 @@ pub struct Alerting {
 }
 
 /// [`run_export`] with the rules stage between the span stage and the sinks (`podtrail run`).
-pub async fn run_export_alerting(rx: mpsc::Receiver<SessionUpdate>, cfg: RunExport, attributor: Arc<dyn Attributor>, metrics: Metrics, alerting: Alerting) -> Result<ExportReport, ExportError> {
+pub async fn run_export_alerting(
+    rx: mpsc::Receiver<SessionUpdate>,
+    cfg: RunExport,
+    attributor: Arc<dyn Attributor>,
+    metrics: Metrics,
+    alerting: Alerting,
+) -> Result<ExportReport, ExportError> {
     let started_ns = crate::clock::boot_ns_now();
     let run_id = hex::encode(&spans::ids::agent_span_id(&cfg.boot_id, started_ns, "run").to_bytes());
     let res = resource(&cfg, &run_id);
@@ -172,7 +196,15 @@ pub async fn run_export_alerting(rx: mpsc::Receiver<SessionUpdate>, cfg: RunExpo
 }
 
 /// [`run_export`] with sinks built by the caller (tests, custom exporters), and rules if given.
-pub async fn run_export_with(mut rx: mpsc::Receiver<SessionUpdate>, cfg: RunExport, attributor: Arc<dyn Attributor>, metrics: Metrics, sinks: Vec<Sink>, started_ns: u64, alerting: Option<Alerting>) -> ExportReport {
+pub async fn run_export_with(
+    mut rx: mpsc::Receiver<SessionUpdate>,
+    cfg: RunExport,
+    attributor: Arc<dyn Attributor>,
+    metrics: Metrics,
+    sinks: Vec<Sink>,
+    started_ns: u64,
+    alerting: Option<Alerting>,
+) -> ExportReport {
     let rules = RetryRules {
         batch: cfg.export.batch_spans,
         max_attempts: cfg.export.max_attempts,
@@ -201,7 +233,11 @@ pub async fn run_export_with(mut rx: mpsc::Receiver<SessionUpdate>, cfg: RunExpo
         }
     };
     let start_time = SystemTime::now();
-    push(Queued { session: None, span: agent_span(&cfg, started_ns, "start", start_time, start_time, vec![]), root: false });
+    push(Queued {
+        session: None,
+        span: agent_span(&cfg, started_ns, "start", start_time, start_time, vec![]),
+        root: false,
+    });
 
     let ctx = BuildCtx { boot_id: cfg.boot_id, clock: cfg.clock, cfg: cfg.spans.clone() };
     // asked for request-only traces directly: a wrapping attributor need not forward that
@@ -211,7 +247,13 @@ pub async fn run_export_with(mut rx: mpsc::Receiver<SessionUpdate>, cfg: RunExpo
     let (attributor, mut alerts) = match alerting {
         Some(a) => {
             let who = crate::rules::RecordingAttributor::new(attributor);
-            let stage = crate::rules::AlertStage::new(cfg.boot_id, cfg.clock, cfg.spans.scope.clone(), a.attribution_configured, who.clone());
+            let stage = crate::rules::AlertStage::new(
+                cfg.boot_id,
+                cfg.clock,
+                cfg.spans.scope.clone(),
+                a.attribution_configured,
+                who.clone(),
+            );
             (who as Arc<dyn Attributor>, Some((stage, a.rules)))
         }
         None => (attributor, None),
@@ -226,8 +268,14 @@ pub async fn run_export_with(mut rx: mpsc::Receiver<SessionUpdate>, cfg: RunExpo
         }
         for (sid, b) in out.spans {
             if b.root {
-                metrics.spans_budgeted.get_or_create(&vec![("how", "folded")]).inc_by(root_int(&b.span, keys::SESSION_FOLDED));
-                metrics.spans_budgeted.get_or_create(&vec![("how", "capped")]).inc_by(root_int(&b.span, keys::SESSION_SPANS_CAPPED));
+                metrics
+                    .spans_budgeted
+                    .get_or_create(&vec![("how", "folded")])
+                    .inc_by(root_int(&b.span, keys::SESSION_FOLDED));
+                metrics
+                    .spans_budgeted
+                    .get_or_create(&vec![("how", "capped")])
+                    .inc_by(root_int(&b.span, keys::SESSION_SPANS_CAPPED));
                 metrics.udp_unsent.inc_by(root_int(&b.span, keys::SESSION_UDP_UNSENT));
             }
             push(Queued { session: Some(sid), span: b.span, root: b.root });
@@ -274,10 +322,17 @@ pub async fn run_export_with(mut rx: mpsc::Receiver<SessionUpdate>, cfg: RunExpo
     let stop = SystemTime::now();
     push(Queued {
         session: None,
-        span: agent_span(&cfg, started_ns, "run", start_time, stop, vec![
-            KeyValue::new(keys::AGENT_SESSIONS_EXPORTED, report.sessions as i64),
-            KeyValue::new(keys::AGENT_SESSIONS_INCOMPLETE, open_at_stop),
-        ]),
+        span: agent_span(
+            &cfg,
+            started_ns,
+            "run",
+            start_time,
+            stop,
+            vec![
+                KeyValue::new(keys::AGENT_SESSIONS_EXPORTED, report.sessions as i64),
+                KeyValue::new(keys::AGENT_SESSIONS_INCOMPLETE, open_at_stop),
+            ],
+        ),
         root: false,
     });
 
@@ -287,7 +342,14 @@ pub async fn run_export_with(mut rx: mpsc::Receiver<SessionUpdate>, cfg: RunExpo
     for (name, t) in tasks {
         let d = t.await.unwrap_or_default();
         if d.lost() > 0 {
-            tracing::warn!(sink = name, lost = d.lost(), queue_full = d.queue_full, export_failed = d.export_failed, shutdown = d.shutdown, "spans were not exported");
+            tracing::warn!(
+                sink = name,
+                lost = d.lost(),
+                queue_full = d.queue_full,
+                export_failed = d.export_failed,
+                shutdown = d.shutdown,
+                "spans were not exported"
+            );
         }
         report.sinks.push((name, d));
     }
@@ -306,7 +368,14 @@ fn annotate(alerts: &mut Option<(crate::rules::AlertStage, crate::rules::RuleSou
 
 /// Requests that started no process (attach, port-forward, denied or unmatched execs) as root
 /// spans of their own, counted as exported sessions.
-fn request_spans(src: &dyn Attributor, ctx: &BuildCtx, now: SystemTime, push: &dyn Fn(Queued), metrics: &Metrics, report: &mut ExportReport) {
+fn request_spans(
+    src: &dyn Attributor,
+    ctx: &BuildCtx,
+    now: SystemTime,
+    push: &dyn Fn(Queued),
+    metrics: &Metrics,
+    report: &mut ExportReport,
+) {
     for a in src.unmatched_requests(now) {
         let who = spans::SessionIdentity::from(&a);
         let container = crate::process::model::ContainerInfo {

@@ -23,7 +23,8 @@ pub fn exporter(target: &OtlpTarget, resource: &Resource) -> Result<opentelemetr
         Protocol::Grpc => {
             let mut md = tonic::metadata::MetadataMap::new();
             for (k, v) in &target.headers {
-                let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()).map_err(|_| OtlpError::Header(k.clone()))?;
+                let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| OtlpError::Header(k.clone()))?;
                 let val = v.parse().map_err(|_| OtlpError::Header(k.clone()))?;
                 md.insert(key, val);
             }

@@ -77,7 +77,13 @@ pub struct ExportQueue {
 
 impl ExportQueue {
     pub fn new(name: &'static str, capacity: usize, metrics: Metrics) -> Arc<Self> {
-        Arc::new(ExportQueue { inner: Mutex::new(Inner::default()), notify: Notify::new(), capacity: capacity.max(1), metrics, name })
+        Arc::new(ExportQueue {
+            inner: Mutex::new(Inner::default()),
+            notify: Notify::new(),
+            capacity: capacity.max(1),
+            metrics,
+            name,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -207,7 +213,8 @@ impl ExportQueue {
             let mut delay = rules.initial;
             let mut attempt = 1u32;
             loop {
-                let res = tokio::time::timeout(rules.timeout + Duration::from_secs(1), exporter.export(spans.clone())).await;
+                let res =
+                    tokio::time::timeout(rules.timeout + Duration::from_secs(1), exporter.export(spans.clone())).await;
                 let err = match res {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(e.to_string()),
@@ -245,7 +252,8 @@ impl ExportQueue {
 
 /// Sets (or replaces) the loss marks on a root span.
 pub fn mark_lost(span: &mut SpanData, lost: u64) {
-    span.attributes.retain(|kv| kv.key.as_str() != keys::SESSION_SPANS_LOST && kv.key.as_str() != keys::SESSION_INCOMPLETE);
+    span.attributes
+        .retain(|kv| kv.key.as_str() != keys::SESSION_SPANS_LOST && kv.key.as_str() != keys::SESSION_INCOMPLETE);
     span.attributes.push(KeyValue::new(keys::SESSION_INCOMPLETE, true));
     span.attributes.push(KeyValue::new(keys::SESSION_SPANS_LOST, lost as i64));
 }

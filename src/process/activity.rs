@@ -23,7 +23,9 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{ActivityMarks, ConnectRecord, ContainerInfo, ProcessRecord, SessionId, SessionInfo, SessionKind, SessionUpdate};
+use super::model::{
+    ActivityMarks, ConnectRecord, ContainerInfo, ProcessRecord, SessionId, SessionInfo, SessionKind, SessionUpdate,
+};
 use crate::capture::event::{ProcessKey, Transport};
 
 /// How much is recorded beside exec sessions.
@@ -73,7 +75,10 @@ impl Default for ActivityConfig {
     fn default() -> Self {
         ActivityConfig {
             scope: ActivityScope::Default,
-            watch: ["tcpdump", "tshark", "dumpcap", "nsenter", "nc", "ncat", "socat"].iter().map(|s| s.to_string()).collect(),
+            watch: ["tcpdump", "tshark", "dumpcap", "nsenter", "nc", "ncat", "socat"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             outbound_scopes: vec!["external".into()],
             fold_window_ms: 10_000,
             rate_per_s: 20,
@@ -162,7 +167,15 @@ const MAX_PENDING: usize = 65_536;
 impl Outbound {
     /// A connect by a container process outside every session, already judged in scope.
     /// `proc` is its record (current image only, no connects), `cgroup_id` its container.
-    pub fn connect(&mut self, cfg: &ActivityConfig, c: ConnectRecord, cookie: u64, proc: ProcessRecord, container: ContainerInfo, cgroup_id: u64) {
+    pub fn connect(
+        &mut self,
+        cfg: &ActivityConfig,
+        c: ConnectRecord,
+        cookie: u64,
+        proc: ProcessRecord,
+        container: ContainerInfo,
+        cgroup_id: u64,
+    ) {
         if self.cookies.len() >= MAX_PENDING {
             self.cookies.clear();
         }
@@ -204,7 +217,14 @@ impl Outbound {
 
     /// Counts a connect: folded into its open window, or a new window, or suppressed (None).
     /// The flag says the window is new (only its first connect's outcome is kept).
-    fn count(&mut self, cfg: &ActivityConfig, c: ConnectRecord, proc: ProcessRecord, container: ContainerInfo, cgroup_id: u64) -> Option<(WindowKey, bool)> {
+    fn count(
+        &mut self,
+        cfg: &ActivityConfig,
+        c: ConnectRecord,
+        proc: ProcessRecord,
+        container: ContainerInfo,
+        cgroup_id: u64,
+    ) -> Option<(WindowKey, bool)> {
         let exec_index = proc.images.last().map(|i| i.exec_index).unwrap_or(0);
         let k: WindowKey = (proc.key, exec_index, c.transport, crate::spans::scope::normalize(c.addr), c.port);
         if let Some(w) = self.windows.get_mut(&k) {
@@ -213,7 +233,8 @@ impl Outbound {
             self.folded += 1;
             return Some((k, false));
         }
-        let b = self.buckets.entry(cgroup_id).or_insert(Bucket { tokens: cfg.burst as f64, at_ns: c.ts_ns, unmarked: 0 });
+        let b =
+            self.buckets.entry(cgroup_id).or_insert(Bucket { tokens: cfg.burst as f64, at_ns: c.ts_ns, unmarked: 0 });
         if cfg.rate_per_s > 0 {
             let dt = c.ts_ns.saturating_sub(b.at_ns) as f64 / 1e9;
             b.tokens = (b.tokens + dt * cfg.rate_per_s as f64).min(cfg.burst.max(1) as f64);
@@ -234,8 +255,12 @@ impl Outbound {
     /// Windows older than the fold window at `now_ns` (all with `all`), as traces.
     pub fn flush(&mut self, cfg: &ActivityConfig, now_ns: u64, all: bool, out: &mut Vec<SessionUpdate>) {
         let window = cfg.fold_window_ms.saturating_mul(1_000_000);
-        let mut due: Vec<WindowKey> =
-            self.windows.iter().filter(|(_, w)| all || now_ns.saturating_sub(w.first.ts_ns) >= window).map(|(k, _)| *k).collect();
+        let mut due: Vec<WindowKey> = self
+            .windows
+            .iter()
+            .filter(|(_, w)| all || now_ns.saturating_sub(w.first.ts_ns) >= window)
+            .map(|(k, _)| *k)
+            .collect();
         due.sort_by_key(|k| self.windows[k].first.ts_ns);
         for k in due {
             if let Some(w) = self.windows.remove(&k) {
@@ -272,11 +297,19 @@ impl Outbound {
         self.records += 1;
         self.serial = self.serial.wrapping_add(1);
         let mut c = w.first;
-        c.activity = Some(ActivityMarks { count: w.count, first_ns: c.ts_ns, last_ns: w.last_ns, suppressed_before: w.suppressed_before });
+        c.activity = Some(ActivityMarks {
+            count: w.count,
+            first_ns: c.ts_ns,
+            last_ns: w.last_ns,
+            suppressed_before: w.suppressed_before,
+        });
         let end_ns = w.last_ns.max(c.end_ns.unwrap_or(c.ts_ns));
         // a trace id of its own: the process's pid with the top bit set (no real pid has it),
         // and the first connect's time plus a serial (two records of one process never share)
-        let id = SessionId(ProcessKey { pid: w.proc.key.pid | 0x8000_0000, start_ns: c.ts_ns ^ ((self.serial as u64) << 48) });
+        let id = SessionId(ProcessKey {
+            pid: w.proc.key.pid | 0x8000_0000,
+            start_ns: c.ts_ns ^ ((self.serial as u64) << 48),
+        });
         let mut proc = w.proc;
         proc.parent = None;
         proc.parent_exec_index = None;

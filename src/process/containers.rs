@@ -138,15 +138,8 @@ impl Containers {
                 if let Some(m) = self.pinned.get(&info.id) {
                     merge_info(&mut info, m);
                 }
-                let st = ContainerState {
-                    info,
-                    init: None,
-                    entered: false,
-                    from_proc,
-                    live: 0,
-                    mntns: None,
-                    pidns: None,
-                };
+                let st =
+                    ContainerState { info, init: None, entered: false, from_proc, live: 0, mntns: None, pidns: None };
                 self.by_cgroup.insert(cgroup_id, st);
                 true
             }

@@ -126,10 +126,10 @@ impl ConnectOutcome {
     pub fn from_error(err: i32) -> Self {
         match -err {
             0 => ConnectOutcome::Connected,
-            111 => ConnectOutcome::Refused,                 // ECONNREFUSED
-            110 => ConnectOutcome::TimedOut,                // ETIMEDOUT
-            101 | 113 => ConnectOutcome::Unreachable,       // ENETUNREACH, EHOSTUNREACH
-            115 | 114 => ConnectOutcome::Pending,           // EINPROGRESS, EALREADY
+            111 => ConnectOutcome::Refused,           // ECONNREFUSED
+            110 => ConnectOutcome::TimedOut,          // ETIMEDOUT
+            101 | 113 => ConnectOutcome::Unreachable, // ENETUNREACH, EHOSTUNREACH
+            115 | 114 => ConnectOutcome::Pending,     // EINPROGRESS, EALREADY
             _ => ConnectOutcome::Error,
         }
     }

@@ -105,8 +105,12 @@ pub fn read_process(proc_root: &Path, pid: u32, cgroup_root: &Path) -> Option<Sc
         .and_then(|p| fs::metadata(cgroup_root.join(p.trim_start_matches('/'))).ok())
         .map(|m| m.ino())
         .unwrap_or(0);
-    let loginuid = fs::read_to_string(dir.join("loginuid")).ok().and_then(|s| s.trim().parse::<u32>().ok()).filter(|u| *u != u32::MAX);
-    let exe_path = fs::read_link(dir.join("exe")).map(|p| p.as_os_str().as_encoded_bytes().to_vec()).unwrap_or_default();
+    let loginuid = fs::read_to_string(dir.join("loginuid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|u| *u != u32::MAX);
+    let exe_path =
+        fs::read_link(dir.join("exe")).map(|p| p.as_os_str().as_encoded_bytes().to_vec()).unwrap_or_default();
     Some(ScannedProcess {
         pid,
         ppid,

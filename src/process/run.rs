@@ -158,7 +158,8 @@ impl HostContainers {
 impl ContainerLookup for HostContainers {
     fn container(&mut self, cgroup_id: u64) -> Option<ContainerInfo> {
         let c = self.index.as_mut()?.container(cgroup_id)?;
-        let mut info = ContainerInfo { id: c.id.clone(), cgroup_id, pod_uid: c.pod_uid, source: "cgroup", ..Default::default() };
+        let mut info =
+            ContainerInfo { id: c.id.clone(), cgroup_id, pod_uid: c.pod_uid, source: "cgroup", ..Default::default() };
         let known = self.meta.lock().ok().and_then(|m| m.get(&c.id).cloned());
         match known {
             Some(meta) => meta.apply(&mut info),
@@ -231,7 +232,14 @@ pub async fn run(
     if let Some(socket) = opts.containerd_socket.clone() {
         let (ask_tx, ask_rx) = mpsc::channel(1024);
         lookup.ask = Some(ask_tx);
-        let worker = containerd_worker(socket, opts.containerd_namespaces.clone(), lookup.meta.clone(), ask_rx, answer_tx, stats.clone());
+        let worker = containerd_worker(
+            socket,
+            opts.containerd_namespaces.clone(),
+            lookup.meta.clone(),
+            ask_rx,
+            answer_tx,
+            stats.clone(),
+        );
         tokio::spawn(worker);
     } else {
         drop(answer_tx);

@@ -22,14 +22,14 @@
 use std::collections::HashMap;
 
 use crate::capture::event::{
-    ConnectEvent, ConnectResultEvent, Event, ExecEvent, ExitEvent, ExitStatus, FileEvent, ForkEvent,
-    NsJoinEvent, ProcessKey, ResultPhase, UdpSendEvent,
+    ConnectEvent, ConnectResultEvent, Event, ExecEvent, ExitEvent, ExitStatus, FileEvent, ForkEvent, NsJoinEvent,
+    ProcessKey, ResultPhase, UdpSendEvent,
 };
 
 use super::containers::{ContainerLookup, Containers};
 use super::model::{
-    ConnectOutcome, ConnectRecord, FileRecord, ImageRecord, ProcessRecord, SessionId, SessionInfo,
-    SessionKind, SessionUpdate,
+    ConnectOutcome, ConnectRecord, FileRecord, ImageRecord, ProcessRecord, SessionId, SessionInfo, SessionKind,
+    SessionUpdate,
 };
 use super::table::{CookieSlot, PendingJoin, Proc, ProcessTable};
 
@@ -250,12 +250,8 @@ impl SessionTracker {
         if n == 0 {
             return;
         }
-        let mut hit: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.info.container.cgroup_id == cgroup_id)
-            .map(|(id, _)| *id)
-            .collect();
+        let mut hit: Vec<SessionId> =
+            self.sessions.iter().filter(|(_, s)| s.info.container.cgroup_id == cgroup_id).map(|(id, _)| *id).collect();
         for p in self.table.iter() {
             if let Some(sid) = p.session.filter(|_| p.cgroup_id == cgroup_id) {
                 if !hit.contains(&sid) {

@@ -114,7 +114,8 @@ mod tests {
     const RULE: &str = "Download then execute";
 
     fn shipped() -> Vec<Arc<Rule>> {
-        let (rules, errors) = super::super::lang::parse(super::super::source::DEFAULT_RULES, "default.yaml", "podtrail");
+        let (rules, errors) =
+            super::super::lang::parse(super::super::source::DEFAULT_RULES, "default.yaml", "podtrail");
         assert!(errors.is_empty(), "{errors:?}");
         rules
     }
@@ -123,7 +124,12 @@ mod tests {
         SessionInfo {
             id: SessionId(ProcessKey { pid: 100, start_ns: session_start }),
             kind: SessionKind::Exec,
-            container: ContainerInfo { id: "c1".into(), source: "cgroup", started_ns: container_start, ..Default::default() },
+            container: ContainerInfo {
+                id: "c1".into(),
+                source: "cgroup",
+                started_ns: container_start,
+                ..Default::default()
+            },
             start_ns: session_start,
             end_ns: None,
             root_argv: vec![b"sh".to_vec()],
@@ -172,7 +178,9 @@ mod tests {
 
     fn fires(info: &SessionInfo, rec: &ProcessRecord) -> bool {
         let ctx = SessionCtx { info, who: None, attribution_configured: false };
-        evaluate(&shipped(), ctx, rec, &[], &HashSet::new(), &ScopeConfig::default()).iter().any(|a| a.rule.name == RULE)
+        evaluate(&shipped(), ctx, rec, &[], &HashSet::new(), &ScopeConfig::default())
+            .iter()
+            .any(|a| a.rule.name == RULE)
     }
 
     #[test]
@@ -193,7 +201,10 @@ mod tests {
     fn exe_from_the_image_or_of_unknown_age_does_not_fire() {
         assert!(!fires(&info(40 * S, Some(10 * S)), &exec_of("/bin/busybox", Some(5 * S))), "older than the container");
         assert!(!fires(&info(40 * S, Some(10 * S)), &exec_of("/bin/busybox", None)), "change time before the boot");
-        assert!(!fires(&info(40 * S, None), &exec_of("/tmp/tool", Some(20 * S))), "before the session, container start unknown");
+        assert!(
+            !fires(&info(40 * S, None), &exec_of("/tmp/tool", Some(20 * S))),
+            "before the session, container start unknown"
+        );
     }
 
     #[test]

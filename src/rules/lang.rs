@@ -197,7 +197,8 @@ impl Field {
 }
 
 /// open(2) flags a rule can name.
-const OPEN_FLAGS: &[(&str, u32)] = &[("wronly", 0o1), ("rdwr", 0o2), ("creat", 0o100), ("trunc", 0o1000), ("append", 0o2000)];
+const OPEN_FLAGS: &[(&str, u32)] =
+    &[("wronly", 0o1), ("rdwr", 0o2), ("creat", 0o100), ("trunc", 0o1000), ("append", 0o2000)];
 
 #[derive(Clone, Debug)]
 enum Test {
@@ -252,9 +253,7 @@ fn field_holds(f: Field, t: &Test, s: &Subject) -> bool {
         (F::K8sPod, Test::Str(m)) => opt_str(m, c.pod_name.as_deref()),
         (F::K8sContainer, Test::Str(m)) => opt_str(m, c.container_name.as_deref()),
         (F::K8sWorkload, Test::Str(m)) => opt_str(m, c.workload_name.as_deref()),
-        (F::SessionKind, Test::Str(m)) => {
-            m.matches(crate::spans::build::session_kind(info, who))
-        }
+        (F::SessionKind, Test::Str(m)) => m.matches(crate::spans::build::session_kind(info, who)),
         (F::SessionAttributed, Test::Bool(b)) => who.is_some() == *b,
         (F::AttributionConfigured, Test::Bool(b)) => s.session.attribution_configured == *b,
         (F::UserName, Test::Str(m)) => opt_str(m, who.and_then(|w| w.user_name.as_deref())),
@@ -272,7 +271,9 @@ fn field_holds(f: Field, t: &Test, s: &Subject) -> bool {
             _ => false,
         },
         (F::ConnectScope, Test::Str(m)) => matches!(s.trigger, Trigger::Connect(_, _, scope) if m.matches(scope)),
-        (F::ConnectTransport, Test::Str(m)) => matches!(s.trigger, Trigger::Connect(c, ..) if m.matches(c.transport.as_str())),
+        (F::ConnectTransport, Test::Str(m)) => {
+            matches!(s.trigger, Trigger::Connect(c, ..) if m.matches(c.transport.as_str()))
+        }
         (F::FileOp, Test::FileOps(ops)) => matches!(s.trigger, Trigger::File(r) if ops.contains(&r.op)),
         // either name the operation touches: a rename onto, or a symlink at, the path counts
         (F::FilePath, Test::Str(m)) => match s.trigger {
@@ -304,8 +305,15 @@ fn file_op(s: &str) -> Result<FileOp, String> {
 fn test_for(f: Field, v: &Value) -> Result<Test, String> {
     use Field as F;
     Ok(match f {
-        F::ProcessTty | F::ProcessFileless | F::ProcessSessionRoot | F::ProcessExeWritten | F::ProcessExeInContainer | F::SessionAttributed
-        | F::AttributionConfigured | F::FileWrite | F::FileFailed => Test::Bool(matchers::boolean(v)?),
+        F::ProcessTty
+        | F::ProcessFileless
+        | F::ProcessSessionRoot
+        | F::ProcessExeWritten
+        | F::ProcessExeInContainer
+        | F::SessionAttributed
+        | F::AttributionConfigured
+        | F::FileWrite
+        | F::FileFailed => Test::Bool(matchers::boolean(v)?),
         F::ClientAddress | F::ConnectAddress => Test::Cidrs(matchers::cidrs(v)?),
         F::ConnectPort => Test::Ports(matchers::ports(v)?),
         F::ProcessUid => Test::Uints(matchers::uints(v)?),
@@ -326,7 +334,8 @@ fn test_for(f: Field, v: &Value) -> Result<Test, String> {
 fn conds(m: &serde_norway::Mapping, on: On) -> Result<Vec<Cond>, (String, String)> {
     let mut out = Vec::new();
     for (k, v) in m {
-        let key = k.as_str().ok_or_else(|| (String::new(), "condition names are words like process.name".to_string()))?;
+        let key =
+            k.as_str().ok_or_else(|| (String::new(), "condition names are words like process.name".to_string()))?;
         if key == "any" {
             let Value::Sequence(blocks) = v else {
                 return Err((key.into(), "any: takes a list of condition blocks".into()));
@@ -342,11 +351,20 @@ fn conds(m: &serde_norway::Mapping, on: On) -> Result<Vec<Cond>, (String, String
             continue;
         }
         let Some((_, f)) = FIELDS.iter().find(|(n, _)| *n == key) else {
-            return Err((key.into(), format!("unknown field {key:?}; known: {}", FIELDS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "))));
+            return Err((
+                key.into(),
+                format!(
+                    "unknown field {key:?}; known: {}",
+                    FIELDS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                ),
+            ));
         };
         if let Some(need) = f.needs() {
             if need != on {
-                return Err((key.into(), format!("{key} needs on: {}, this rule is on: {}", need.as_str(), on.as_str())));
+                return Err((
+                    key.into(),
+                    format!("{key} needs on: {}, this rule is on: {}", need.as_str(), on.as_str()),
+                ));
             }
         }
         out.push(Cond::Field(*f, test_for(*f, v).map_err(|e| (key.to_string(), format!("{key}: {e}")))?));
@@ -359,10 +377,13 @@ fn line_of(chunk: &str, needle: &str) -> Option<usize> {
     if needle.is_empty() {
         return None;
     }
-    chunk.lines().position(|l| {
-        let t = l.trim_start().trim_start_matches("- ");
-        t.starts_with(needle) && t[needle.len()..].trim_start().starts_with(':')
-    }).map(|i| i + 1)
+    chunk
+        .lines()
+        .position(|l| {
+            let t = l.trim_start().trim_start_matches("- ");
+            t.starts_with(needle) && t[needle.len()..].trim_start().starts_with(':')
+        })
+        .map(|i| i + 1)
 }
 
 /// Parses a rule file: a YAML list whose items start with `- ` in the first column.
@@ -370,7 +391,8 @@ fn line_of(chunk: &str, needle: &str) -> Option<usize> {
 pub fn parse(text: &str, source: &str, ruleset: &str) -> (Vec<Arc<Rule>>, Vec<RuleError>) {
     let mut rules = Vec::new();
     let mut errors = Vec::new();
-    let err = |line: usize, rule: Option<String>, message: String| RuleError { source: source.into(), line, rule, message };
+    let err =
+        |line: usize, rule: Option<String>, message: String| RuleError { source: source.into(), line, rule, message };
     // (first line number, text) of each item
     let mut items: Vec<(usize, String)> = Vec::new();
     for (i, l) in text.lines().enumerate() {
@@ -390,14 +412,21 @@ pub fn parse(text: &str, source: &str, ruleset: &str) -> (Vec<Arc<Rule>>, Vec<Ru
             Ok(r) => r,
             Err(e) => {
                 let line = e.location().map(|l| start + l.line() - 1).unwrap_or(start);
-                let name = body.lines().find_map(|l| l.trim().strip_prefix("name:")).map(|n| n.trim().trim_matches(['"', '\'']).to_owned());
+                let name = body
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("name:"))
+                    .map(|n| n.trim().trim_matches(['"', '\'']).to_owned());
                 errors.push(err(line, name, e.to_string()));
                 continue;
             }
         };
         let at = |key: &str| line_of(&body, key).map(|l| start + l - 1).unwrap_or(start);
         if !names.insert(raw.name.clone()) {
-            errors.push(err(start, Some(raw.name.clone()), "a rule with this name is defined earlier in the file".into()));
+            errors.push(err(
+                start,
+                Some(raw.name.clone()),
+                "a rule with this name is defined earlier in the file".into(),
+            ));
             continue;
         }
         let empty = serde_norway::Mapping::new();
@@ -430,7 +459,8 @@ pub fn parse(text: &str, source: &str, ruleset: &str) -> (Vec<Arc<Rule>>, Vec<Ru
 mod tests {
     use super::*;
 
-    const GOOD: &str = "# comment\n- name: a\n  severity: high\n  description: d\n  on: exec\n  match:\n    process.name: sh\n";
+    const GOOD: &str =
+        "# comment\n- name: a\n  severity: high\n  description: d\n  on: exec\n  match:\n    process.name: sh\n";
 
     #[test]
     fn a_list_of_rules_parses() {
@@ -465,7 +495,9 @@ mod tests {
 
     #[test]
     fn stray_text_duplicates_and_disabled_rules() {
-        let text = format!("rules:\n{GOOD}{GOOD}- name: off\n  severity: low\n  description: d\n  on: exec\n  enabled: false\n");
+        let text = format!(
+            "rules:\n{GOOD}{GOOD}- name: off\n  severity: low\n  description: d\n  on: exec\n  enabled: false\n"
+        );
         let (r, e) = parse(&text, "t.yaml", "t");
         assert_eq!(r.len(), 1, "the duplicate and the disabled one are left out");
         assert_eq!(e.len(), 2, "{e:?}");

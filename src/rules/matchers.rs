@@ -142,7 +142,13 @@ pub fn cidrs(v: &Value) -> Result<Vec<Cidr>, String> {
     scalars(v)?
         .into_iter()
         .map(|s| {
-            let s = if s.contains('/') { s } else if s.contains(':') { format!("{s}/128") } else { format!("{s}/32") };
+            let s = if s.contains('/') {
+                s
+            } else if s.contains(':') {
+                format!("{s}/128")
+            } else {
+                format!("{s}/32")
+            };
             s.parse::<Cidr>().map_err(|e| e.to_string())
         })
         .collect()
@@ -153,7 +159,8 @@ pub fn ports(v: &Value) -> Result<Vec<(u16, u16)>, String> {
     scalars(v)?
         .into_iter()
         .map(|s| {
-            let p = |x: &str| x.trim().parse::<u16>().map_err(|_| format!("{s:?} is not a port or a range like 8000-8999"));
+            let p =
+                |x: &str| x.trim().parse::<u16>().map_err(|_| format!("{s:?} is not a port or a range like 8000-8999"));
             match s.split_once('-') {
                 Some((a, b)) => Ok((p(a)?, p(b)?)),
                 None => p(&s).map(|x| (x, x)),

@@ -63,7 +63,8 @@ impl RuleSource {
         let file = if cfg.file.as_os_str().is_empty() {
             None
         } else {
-            let text = std::fs::read_to_string(&cfg.file).map_err(|source| RulesFileError { path: cfg.file.display().to_string(), source })?;
+            let text = std::fs::read_to_string(&cfg.file)
+                .map_err(|source| RulesFileError { path: cfg.file.display().to_string(), source })?;
             Some(text)
         };
         let mtime = file.as_ref().and_then(|_| modified(&cfg.file));
@@ -84,7 +85,8 @@ impl RuleSource {
 
     /// Reloads when the file changed; returns the new load's errors when it did.
     pub fn poll(&mut self, now: Instant) -> Option<Vec<RuleError>> {
-        if !self.cfg.enabled || self.cfg.reload_s == 0 || self.cfg.file.as_os_str().is_empty() || now < self.next_check {
+        if !self.cfg.enabled || self.cfg.reload_s == 0 || self.cfg.file.as_os_str().is_empty() || now < self.next_check
+        {
             return None;
         }
         self.next_check = now + Duration::from_secs(self.cfg.reload_s);
@@ -124,7 +126,9 @@ fn compose(cfg: &RulesConfig, file: Option<&str>) -> (Vec<Arc<Rule>>, Vec<RuleEr
     if cfg.defaults {
         let (shipped, e) = lang::parse(DEFAULT_RULES, "rules/default.yaml", "podtrail-default");
         errors.extend(e);
-        out.extend(shipped.into_iter().filter(|r| !cfg.disable.contains(&r.name) && !own.iter().any(|o| o.name == r.name)));
+        out.extend(
+            shipped.into_iter().filter(|r| !cfg.disable.contains(&r.name) && !own.iter().any(|o| o.name == r.name)),
+        );
     }
     out.append(&mut own);
     (out, errors)
@@ -150,7 +154,12 @@ mod tests {
         let path = dir.path().join("mine.yaml");
         let rule = |name: &str, sev: &str| format!("- name: {name}\n  severity: {sev}\n  description: d\n  on: exec\n");
         std::fs::write(&path, rule("Packet capture", "critical") + &rule("mine", "low")).unwrap();
-        let cfg = RulesConfig { file: path.clone(), disable: vec!["Fileless execution".into()], reload_s: 1, ..Default::default() };
+        let cfg = RulesConfig {
+            file: path.clone(),
+            disable: vec!["Fileless execution".into()],
+            reload_s: 1,
+            ..Default::default()
+        };
         let (mut src, errors) = RuleSource::load(cfg).unwrap();
         assert!(errors.is_empty(), "{errors:?}");
         let rules = src.rules();
@@ -161,7 +170,11 @@ mod tests {
         assert!(rules.iter().any(|r| r.name == "mine"));
 
         // a change: one good rule and one broken one
-        std::fs::write(&path, rule("mine2", "low") + "- name: broken\n  severity: nope\n  description: d\n  on: exec\n").unwrap();
+        std::fs::write(
+            &path,
+            rule("mine2", "low") + "- name: broken\n  severity: nope\n  description: d\n  on: exec\n",
+        )
+        .unwrap();
         let later = SystemTime::now() + Duration::from_secs(5);
         std::fs::File::options().write(true).open(&path).unwrap().set_modified(later).unwrap();
         assert!(src.poll(Instant::now()).is_none(), "not due yet");

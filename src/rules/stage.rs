@@ -99,7 +99,13 @@ pub struct AlertStage {
 
 impl AlertStage {
     /// `who` must be the attributor the span stage was given.
-    pub fn new(boot_id: [u8; 16], clock: BootClock, scope: ScopeConfig, attribution_configured: bool, who: Arc<RecordingAttributor>) -> Self {
+    pub fn new(
+        boot_id: [u8; 16],
+        clock: BootClock,
+        scope: ScopeConfig,
+        attribution_configured: bool,
+        who: Arc<RecordingAttributor>,
+    ) -> Self {
         AlertStage { boot_id, clock, scope, attribution_configured, who, sessions: HashMap::new() }
     }
 
@@ -118,7 +124,13 @@ impl AlertStage {
         let st = self.sessions.entry(info.id).or_default();
         st.info = Some(info.clone());
         for r in recs {
-            st.names.insert(r.key, Names { parent: r.parent, images: r.images.iter().map(|i| (i.start_ns, escape(&i.command_name()))).collect() });
+            st.names.insert(
+                r.key,
+                Names {
+                    parent: r.parent,
+                    images: r.images.iter().map(|i| (i.start_ns, escape(&i.command_name()))).collect(),
+                },
+            );
             for img in &r.images {
                 st.written.extend(eval::written_paths(&img.files).map(<[u8]>::to_vec));
                 let own = ids::image_span_id(&self.boot_id, r.key, img.exec_index);
@@ -172,9 +184,13 @@ impl AlertStage {
             st.count += 1;
             st.max = st.max.max(Some(a.rule.severity));
             st.fired.insert(a.rule.name.clone());
-            let own = ids::image_span_id(&self.boot_id, rec.key, match a.target {
-                Target::Image { exec_index } | Target::Connect { exec_index, .. } => exec_index,
-            });
+            let own = ids::image_span_id(
+                &self.boot_id,
+                rec.key,
+                match a.target {
+                    Target::Image { exec_index } | Target::Connect { exec_index, .. } => exec_index,
+                },
+            );
             let span = match a.target {
                 Target::Image { .. } => own,
                 Target::Connect { index, .. } => ids::connect_span_id(own, index),

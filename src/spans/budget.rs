@@ -82,7 +82,14 @@ impl<T> FoldTable<T> {
         FoldTable { after, seen: HashMap::new(), folds: HashMap::new(), order: Vec::new() }
     }
 
-    pub fn offer(&mut self, parent: SpanId, digest: [u8; 8], start_ns: u64, end_ns: u64, template: impl FnOnce() -> T) -> FoldDecision {
+    pub fn offer(
+        &mut self,
+        parent: SpanId,
+        digest: [u8; 8],
+        start_ns: u64,
+        end_ns: u64,
+        template: impl FnOnce() -> T,
+    ) -> FoldDecision {
         let key = (parent, digest);
         let n = self.seen.entry(key).or_insert(0);
         if *n < self.after {

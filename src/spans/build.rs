@@ -165,7 +165,14 @@ fn span(
 /// The request: `kubectl exec` (attach, debug, port-forward), or `exec` when no request
 /// matched. From the request (or the root's exec) to the session's end (no earlier than the
 /// request's completion).
-pub fn root_span(ctx: &BuildCtx, frame: &SessionFrame, info: &SessionInfo, who: Option<&SessionIdentity>, marks: &RootMarks, end_ns: u64) -> SpanData {
+pub fn root_span(
+    ctx: &BuildCtx,
+    frame: &SessionFrame,
+    info: &SessionInfo,
+    who: Option<&SessionIdentity>,
+    marks: &RootMarks,
+    end_ns: u64,
+) -> SpanData {
     let mut start = ctx.clock.to_system_time(info.start_ns);
     let mut end = ctx.clock.to_system_time(end_ns);
     let mut attrs = frame.common.clone();
@@ -229,7 +236,12 @@ pub fn root_name(kind: crate::process::model::SessionKind) -> &'static str {
 }
 
 /// A request that started no process (attach to a container's main process, port-forward).
-pub fn request_only_span(ctx: &BuildCtx, who: &SessionIdentity, container: &ContainerInfo, fallback_time: SystemTime) -> SpanData {
+pub fn request_only_span(
+    ctx: &BuildCtx,
+    who: &SessionIdentity,
+    container: &ContainerInfo,
+    fallback_time: SystemTime,
+) -> SpanData {
     let audit = who.audit_id.clone().unwrap_or_default();
     let trace_id = match who.trace_id {
         Some(t) if t != [0; 16] => TraceId::from_bytes(t),
@@ -252,7 +264,11 @@ pub fn request_only_span(ctx: &BuildCtx, who: &SessionIdentity, container: &Cont
         incomplete: false,
         from_proc: false,
     };
-    let frame = SessionFrame { trace_id, root_id: ids::request_span_id(&audit), common: common_attributes(&ctx.cfg.cluster_name, &info, Some(who)) };
+    let frame = SessionFrame {
+        trace_id,
+        root_id: ids::request_span_id(&audit),
+        common: common_attributes(&ctx.cfg.cluster_name, &info, Some(who)),
+    };
     root_span(ctx, &frame, &info, Some(who), &RootMarks::default(), ctx.clock.to_boot_ns(end))
 }
 
@@ -268,7 +284,15 @@ pub fn image_end_ns(proc: &ProcessRecord, idx: usize, fallback: u64) -> u64 {
 }
 
 /// A process image, named by basename(argv[0]). Returns the span and whether argv was cut.
-pub fn image_span(ctx: &BuildCtx, frame: &SessionFrame, proc: &ProcessRecord, idx: usize, id: SpanId, parent: SpanId, end_ns: u64) -> (SpanData, bool) {
+pub fn image_span(
+    ctx: &BuildCtx,
+    frame: &SessionFrame,
+    proc: &ProcessRecord,
+    idx: usize,
+    id: SpanId,
+    parent: SpanId,
+    end_ns: u64,
+) -> (SpanData, bool) {
     let img = &proc.images[idx];
     let mut attrs = frame.common.clone();
     attrs.push(KeyValue::new(sc::PROCESS_PID, proc.key.pid as i64));
@@ -289,7 +313,11 @@ pub fn image_span(ctx: &BuildCtx, frame: &SessionFrame, proc: &ProcessRecord, id
     if let Some(i) = &img.interp {
         attrs.push(KeyValue::new(keys::PROCESS_INTERPRETER, escape(i)));
     }
-    for (k, on) in [(keys::PROCESS_ARGV_TRUNCATED, cut), (keys::PROCESS_FILELESS, img.fileless), (keys::PROCESS_INHERITED, img.inherited)] {
+    for (k, on) in [
+        (keys::PROCESS_ARGV_TRUNCATED, cut),
+        (keys::PROCESS_FILELESS, img.fileless),
+        (keys::PROCESS_INHERITED, img.inherited),
+    ] {
         if on {
             attrs.push(KeyValue::new(k, true));
         }
@@ -313,7 +341,17 @@ pub fn image_span(ctx: &BuildCtx, frame: &SessionFrame, proc: &ProcessRecord, id
         }
     }
     let name = escape(&img.command_name());
-    let mut sd = span(frame, id, parent, SpanKind::Internal, name, ctx.clock.to_system_time(img.start_ns), ctx.clock.to_system_time(end_ns), attrs, status);
+    let mut sd = span(
+        frame,
+        id,
+        parent,
+        SpanKind::Internal,
+        name,
+        ctx.clock.to_system_time(img.start_ns),
+        ctx.clock.to_system_time(end_ns),
+        attrs,
+        status,
+    );
     sd.events.events.extend(img.files.iter().map(|f| file_event(ctx, f)));
     (sd, cut)
 }
@@ -395,5 +433,15 @@ pub fn connect_span(ctx: &BuildCtx, frame: &SessionFrame, id: SpanId, image: Spa
         start = start.min(a.first_ns);
         end = end.max(a.last_ns);
     }
-    span(frame, id, image, SpanKind::Client, connect_name(addr, c.port), ctx.clock.to_system_time(start), ctx.clock.to_system_time(end), attrs, status)
+    span(
+        frame,
+        id,
+        image,
+        SpanKind::Client,
+        connect_name(addr, c.port),
+        ctx.clock.to_system_time(start),
+        ctx.clock.to_system_time(end),
+        attrs,
+        status,
+    )
 }

@@ -72,7 +72,8 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused_and_defaults_fill_the_rest() {
-        let c: SpansConfig = toml::from_str("cluster_name = \"prod\"\n[scope]\npod_cidrs = [\"10.244.0.0/16\"]\n").unwrap();
+        let c: SpansConfig =
+            toml::from_str("cluster_name = \"prod\"\n[scope]\npod_cidrs = [\"10.244.0.0/16\"]\n").unwrap();
         assert_eq!(c.cluster_name, "prod");
         assert_eq!(c.argv_max_bytes, 1024);
         assert_eq!(c.scope.classify("10.244.1.1".parse().unwrap()), "pod");

@@ -65,7 +65,15 @@ impl SpanStage {
     pub fn new(ctx: BuildCtx, attributor: Arc<dyn Attributor>) -> Self {
         let hold_for = ctx.cfg.hold.deadline();
         let max_held = ctx.cfg.hold.max_sessions.max(1);
-        SpanStage { ctx, attributor, hold_for, max_held, held: HashMap::new(), order: VecDeque::new(), live: HashMap::new() }
+        SpanStage {
+            ctx,
+            attributor,
+            hold_for,
+            max_held,
+            held: HashMap::new(),
+            order: VecDeque::new(),
+            live: HashMap::new(),
+        }
     }
 
     pub fn ctx(&self) -> &BuildCtx {
@@ -158,7 +166,13 @@ impl SpanStage {
         self.release_with(id, None, how, out)
     }
 
-    fn release_with(&mut self, id: SessionId, who: Option<super::identity::SessionIdentity>, how: Release, out: &mut Output) {
+    fn release_with(
+        &mut self,
+        id: SessionId,
+        who: Option<super::identity::SessionIdentity>,
+        how: Release,
+        out: &mut Output,
+    ) {
         let Some(h) = self.held.remove(&id) else { return };
         self.order.retain(|x| *x != id);
         out.released.push(how);
@@ -190,7 +204,14 @@ impl SpanStage {
         }
     }
 
-    fn finish(&mut self, id: SessionId, s: SessionSpans, info: SessionInfo, remaining: Vec<crate::process::model::ProcessRecord>, out: &mut Output) {
+    fn finish(
+        &mut self,
+        id: SessionId,
+        s: SessionSpans,
+        info: SessionInfo,
+        remaining: Vec<crate::process::model::ProcessRecord>,
+        out: &mut Output,
+    ) {
         let incomplete = info.incomplete || info.events_lost > 0;
         for b in s.finish(&self.ctx, info, remaining) {
             out.spans.push((id, b));

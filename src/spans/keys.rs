@@ -186,8 +186,7 @@ mod tests {
     #[test]
     fn keys_match_the_documented_table() {
         let doc = documented();
-        let code: BTreeSet<String> =
-            PODTRAIL_KEYS.iter().chain(SEMCONV_KEYS).map(|k| k.to_string()).collect();
+        let code: BTreeSet<String> = PODTRAIL_KEYS.iter().chain(SEMCONV_KEYS).map(|k| k.to_string()).collect();
         let undocumented: Vec<_> = code.difference(&doc).collect();
         let unknown: Vec<_> = doc.difference(&code).collect();
         assert!(undocumented.is_empty(), "keys emitted but not in docs/attributes.md: {undocumented:?}");

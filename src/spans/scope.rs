@@ -106,15 +106,8 @@ pub struct ScopeConfig {
     pub node_cidrs: Vec<Cidr>,
 }
 
-const PRIVATE: &[&str] = &[
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "100.64.0.0/10",
-    "169.254.0.0/16",
-    "fc00::/7",
-    "fe80::/10",
-];
+const PRIVATE: &[&str] =
+    &["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "fe80::/10"];
 
 impl ScopeConfig {
     pub fn classify(&self, ip: IpAddr) -> &'static str {

@@ -146,7 +146,9 @@ impl SessionSpans {
                 None => Some(self.frame.root_id),
                 Some(q) => match self.slots.get(&q) {
                     Some(slots) => Some(pick_slot(slots, rec.fork_ns)),
-                    None => rec.parent_exec_index.and_then(|i| self.reserve(ctx, ids::image_span_id(&ctx.boot_id, q, i))),
+                    None => {
+                        rec.parent_exec_index.and_then(|i| self.reserve(ctx, ids::image_span_id(&ctx.boot_id, q, i)))
+                    }
                 },
             }
         };
@@ -239,10 +241,18 @@ impl SessionSpans {
                     continue;
                 }
                 let cid = ids::connect_span_id(own, ci as u32);
-                let d = fold_digest(&[c.transport.as_str().as_bytes(), c.addr.to_string().as_bytes(), &c.port.to_le_bytes(), c.outcome.as_str().as_bytes()]);
+                let d = fold_digest(&[
+                    c.transport.as_str().as_bytes(),
+                    c.addr.to_string().as_bytes(),
+                    &c.port.to_le_bytes(),
+                    c.outcome.as_str().as_bytes(),
+                ]);
                 let frame = &self.frame;
                 let end = c.end_ns.unwrap_or(c.ts_ns);
-                match self.folds.offer(slot_span, d, c.ts_ns, end, || build::connect_span(ctx, frame, cid, slot_span, c)) {
+                match self
+                    .folds
+                    .offer(slot_span, d, c.ts_ns, end, || build::connect_span(ctx, frame, cid, slot_span, c))
+                {
                     FoldDecision::Folded(_) => {}
                     FoldDecision::Keep => {
                         if self.under_cap(ctx) {

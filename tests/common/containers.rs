@@ -22,16 +22,14 @@ use std::{
 
 /// busybox applets linked into every test rootfs.
 pub const APPLETS: &[&str] = &[
-    "sh", "ash", "sleep", "wget", "nc", "tar", "cat", "echo", "ls", "ps", "id", "true", "false", "env",
-    "nslookup", "hostname", "uname", "touch", "rm", "mkdir", "grep", "head", "seq", "timeout", "kill",
+    "sh", "ash", "sleep", "wget", "nc", "tar", "cat", "echo", "ls", "ps", "id", "true", "false", "env", "nslookup",
+    "hostname", "uname", "touch", "rm", "mkdir", "grep", "head", "seq", "timeout", "kill",
 ];
 
 const BINARIES: &[&str] = &["containerd", "containerd-shim-runc-v2", "runc", "ctr"];
 
 fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-        .unwrap_or(false)
+    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file())).unwrap_or(false)
 }
 
 /// What is missing to run container tests, if anything.
@@ -164,7 +162,13 @@ impl Containerd {
 
     /// [`Self::run`], with `prepare` adding to the busybox rootfs before the container starts
     /// (more applets, files the image should ship): what it writes is part of the "image".
-    pub fn run_prepared(&self, labels: &[(&str, &str)], extra: &[&str], cmd: &[&str], prepare: &dyn Fn(&Path)) -> Container {
+    pub fn run_prepared(
+        &self,
+        labels: &[(&str, &str)],
+        extra: &[&str],
+        cmd: &[&str],
+        prepare: &dyn Fn(&Path),
+    ) -> Container {
         let id = unique("pt");
         let rootfs = self.dir.join("rootfs").join(&id);
         busybox_rootfs(&rootfs).expect("build busybox rootfs");

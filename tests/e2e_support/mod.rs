@@ -102,10 +102,25 @@ impl Jaeger {
     }
 
     fn up(&mut self) {
-        let out = Command::new("bash").arg(harness()).arg("start").arg(&self.dir).envs(self.ports.iter().map(|(k, v)| (*k, v.to_string()))).output().expect("run jaeger.sh");
-        assert!(out.status.success(), "jaeger.sh start failed (Go toolchain and network needed for the first build):\n{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("bash")
+            .arg(harness())
+            .arg("start")
+            .arg(&self.dir)
+            .envs(self.ports.iter().map(|(k, v)| (*k, v.to_string())))
+            .output()
+            .expect("run jaeger.sh");
+        assert!(
+            out.status.success(),
+            "jaeger.sh start failed (Go toolchain and network needed for the first build):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let env = String::from_utf8_lossy(&out.stdout).into_owned();
-        let get = |k: &str| env.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap_or_else(|| panic!("{k} missing in:\n{env}")).to_owned();
+        let get = |k: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("{k} missing in:\n{env}"))
+                .to_owned()
+        };
         self.otlp_grpc = get("JAEGER_OTLP_GRPC");
         self.query = get("JAEGER_QUERY");
     }
@@ -122,7 +137,8 @@ impl Jaeger {
 
     /// `GET {query}{path}` as JSON.
     pub fn api(&self, path: &str) -> Value {
-        let (status, body) = http_get(&format!("{}{path}", self.query)).unwrap_or_else(|e| panic!("Jaeger query {path}: {e}"));
+        let (status, body) =
+            http_get(&format!("{}{path}", self.query)).unwrap_or_else(|e| panic!("Jaeger query {path}: {e}"));
         assert_eq!(status, 200, "Jaeger query {path}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("Jaeger query {path}: {e}: {body}"))
     }
@@ -130,17 +146,25 @@ impl Jaeger {
     /// Trace ids found by a search of service `podtrail` with extra query parameters.
     pub fn search(&self, params: &[(&str, String)]) -> Vec<String> {
         let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
-        let mut q = format!("/api/traces?service=podtrail&limit=100&start={}&end={}", now_us - 3_600_000_000, now_us + 60_000_000);
+        let mut q = format!(
+            "/api/traces?service=podtrail&limit=100&start={}&end={}",
+            now_us - 3_600_000_000,
+            now_us + 60_000_000
+        );
         for (k, v) in params {
             q.push_str(&format!("&{k}={}", urlencode(v)));
         }
         let v = self.api(&q);
-        v["data"].as_array().map(|a| a.iter().filter_map(|t| t["traceID"].as_str().map(norm_id)).collect()).unwrap_or_default()
+        v["data"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|t| t["traceID"].as_str().map(norm_id)).collect())
+            .unwrap_or_default()
     }
 
     /// A tag search: every `key=value` on one span.
     pub fn search_tags(&self, tags: &[(&str, &str)]) -> Vec<String> {
-        let obj: serde_json::Map<String, Value> = tags.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect();
+        let obj: serde_json::Map<String, Value> =
+            tags.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect();
         self.search(&[("tags", Value::Object(obj).to_string())])
     }
 
@@ -191,7 +215,11 @@ pub struct JSpan {
 
 impl JSpan {
     fn from_json(s: &Value) -> JSpan {
-        let parent = s["references"].as_array().and_then(|r| r.iter().find(|r| r["refType"] == "CHILD_OF")).and_then(|r| r["spanID"].as_str()).map(str::to_owned);
+        let parent = s["references"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["refType"] == "CHILD_OF"))
+            .and_then(|r| r["spanID"].as_str())
+            .map(str::to_owned);
         let tags: Vec<(String, String)> = s["tags"]
             .as_array()
             .map(|t| {
@@ -207,7 +235,13 @@ impl JSpan {
             })
             .unwrap_or_default();
         let kind = tags.iter().find(|(k, _)| k == "span.kind").map(|(_, v)| v.clone()).unwrap_or_default();
-        JSpan { id: s["spanID"].as_str().unwrap_or_default().to_owned(), parent, name: s["operationName"].as_str().unwrap_or_default().to_owned(), kind, tags }
+        JSpan {
+            id: s["spanID"].as_str().unwrap_or_default().to_owned(),
+            parent,
+            name: s["operationName"].as_str().unwrap_or_default().to_owned(),
+            kind,
+            tags,
+        }
     }
 
     pub fn tag(&self, k: &str) -> Option<&str> {
@@ -291,7 +325,8 @@ impl Drop for Podtrail {
 
 /// The value of a metric line `name{labels} value` (summed over matching lines).
 pub fn metric(text: &str, prefix: &str) -> Option<f64> {
-    let vals: Vec<f64> = text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse().ok()).collect();
+    let vals: Vec<f64> =
+        text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse().ok()).collect();
     (!vals.is_empty()).then(|| vals.iter().sum())
 }
 
@@ -313,7 +348,11 @@ impl SinkDelivery {
 
 /// Parses the `stopped` line of the JSON log: (kernel_dropped, delivery of `sink`).
 pub fn exit_report(log: &str, sink: &str) -> (u64, SinkDelivery) {
-    let line = log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| v["fields"]["message"] == "stopped").unwrap_or_else(|| panic!("no `stopped` line in:\n{log}"));
+    let line = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "stopped")
+        .unwrap_or_else(|| panic!("no `stopped` line in:\n{log}"));
     let kernel_dropped = line["fields"]["kernel_dropped"].as_u64().expect("kernel_dropped");
     let export = line["fields"]["export"].as_str().expect("export").to_owned();
     let at = export.find(&format!("(\"{sink}\", Delivery {{")).unwrap_or_else(|| panic!("sink {sink} not in {export}"));
@@ -323,7 +362,16 @@ pub fn exit_report(log: &str, sink: &str) -> (u64, SinkDelivery) {
         let i = body.find(&format!("{k}: ")).unwrap_or_else(|| panic!("{k} not in {body}")) + k.len() + 2;
         body[i..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
     };
-    (kernel_dropped, SinkDelivery { exported: field("exported"), queue_full: field("queue_full"), export_failed: field("export_failed"), shutdown: field("shutdown"), sessions_marked_lost: field("sessions_marked_lost") })
+    (
+        kernel_dropped,
+        SinkDelivery {
+            exported: field("exported"),
+            queue_full: field("queue_full"),
+            export_failed: field("export_failed"),
+            shutdown: field("shutdown"),
+            sessions_marked_lost: field("sessions_marked_lost"),
+        },
+    )
 }
 
 /// Spans of an OTLP/JSON file (one ExportTraceServiceRequest per line): (trace id hex, span
@@ -348,7 +396,12 @@ pub fn file_spans(path: &Path) -> Vec<(String, String, String, Vec<(String, Stri
                             (kv["key"].as_str().unwrap_or_default().to_owned(), v.unwrap_or_default())
                         })
                         .collect();
-                    out.push((norm_id(s["traceId"].as_str().unwrap_or_default()), s["spanId"].as_str().unwrap_or_default().to_owned(), s["name"].as_str().unwrap_or_default().to_owned(), attrs));
+                    out.push((
+                        norm_id(s["traceId"].as_str().unwrap_or_default()),
+                        s["spanId"].as_str().unwrap_or_default().to_owned(),
+                        s["name"].as_str().unwrap_or_default().to_owned(),
+                        attrs,
+                    ));
                 }
             }
         }

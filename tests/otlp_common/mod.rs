@@ -30,7 +30,14 @@ pub struct Received {
 
 impl Received {
     pub fn spans(&self) -> Vec<Span> {
-        self.requests.lock().unwrap().iter().flat_map(|r| r.resource_spans.iter()).flat_map(|rs| rs.scope_spans.iter()).flat_map(|ss| ss.spans.clone()).collect()
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.resource_spans.iter())
+            .flat_map(|rs| rs.scope_spans.iter())
+            .flat_map(|ss| ss.spans.clone())
+            .collect()
     }
 
     pub fn resource_attr(&self, key: &str) -> Option<String> {
@@ -41,7 +48,8 @@ impl Received {
 
     fn refuses(&self, r: &ExportTraceServiceRequest) -> bool {
         let Some(name) = self.refuse_span.lock().unwrap().clone() else { return false };
-        let hit = r.resource_spans.iter().flat_map(|rs| &rs.scope_spans).flat_map(|ss| &ss.spans).any(|s| s.name == name);
+        let hit =
+            r.resource_spans.iter().flat_map(|rs| &rs.scope_spans).flat_map(|ss| &ss.spans).any(|s| s.name == name);
         if hit {
             *self.refused.lock().unwrap() += 1;
         }
@@ -54,7 +62,9 @@ pub fn value(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> St
         Some(any_value::Value::StringValue(s)) => s.clone(),
         Some(any_value::Value::IntValue(i)) => i.to_string(),
         Some(any_value::Value::BoolValue(b)) => b.to_string(),
-        Some(any_value::Value::ArrayValue(a)) => format!("{:?}", a.values.iter().map(|v| value(Some(v))).collect::<Vec<_>>()),
+        Some(any_value::Value::ArrayValue(a)) => {
+            format!("{:?}", a.values.iter().map(|v| value(Some(v))).collect::<Vec<_>>())
+        }
         other => format!("{other:?}"),
     }
 }
@@ -67,7 +77,10 @@ struct Grpc(Received);
 
 #[tonic::async_trait]
 impl TraceService for Grpc {
-    async fn export(&self, req: tonic::Request<ExportTraceServiceRequest>) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let r = req.into_inner();
         if self.0.refuses(&r) {
             return Err(tonic::Status::unavailable("refused by the test"));
@@ -82,7 +95,11 @@ pub async fn grpc_receiver() -> (SocketAddr, Received) {
     let addr = l.local_addr().unwrap();
     let rec = Received::default();
     let svc = TraceServiceServer::new(Grpc(rec.clone()));
-    tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(tonic::transport::server::TcpIncoming::from(l)));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l)),
+    );
     (addr, rec)
 }
 
@@ -121,14 +138,23 @@ pub fn run_config(export: ExportConfig, spans: SpansConfig) -> RunExport {
 }
 
 /// Feeds `updates` through `run_export` (the real task, real sinks) and closes the channel.
-pub async fn export(updates: Vec<SessionUpdate>, cfg: RunExport, attributor: Arc<dyn Attributor>, metrics: Metrics) -> ExportReport {
+pub async fn export(
+    updates: Vec<SessionUpdate>,
+    cfg: RunExport,
+    attributor: Arc<dyn Attributor>,
+    metrics: Metrics,
+) -> ExportReport {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let task = tokio::spawn(podtrail::export::run_export(rx, cfg, attributor, metrics));
     for u in updates {
         tx.send(u).await.unwrap();
     }
     drop(tx);
-    tokio::time::timeout(Duration::from_secs(60), task).await.expect("export finished").expect("task").expect("export built")
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("export finished")
+        .expect("task")
+        .expect("export built")
 }
 
 /// A python with `opentelemetry-proto`, from tests/harness/pyenv.sh. Fails (never skips)
@@ -136,7 +162,11 @@ pub async fn export(updates: Vec<SessionUpdate>, cfg: RunExport, attributor: Arc
 pub fn python() -> String {
     let script = format!("{}/tests/harness/pyenv.sh", env!("CARGO_MANIFEST_DIR"));
     let out = std::process::Command::new("bash").arg(&script).output().unwrap_or_else(|e| panic!("{script}: {e}"));
-    assert!(out.status.success(), "{script} failed (python3/pip needed for the independent OTLP decoder):\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{script} failed (python3/pip needed for the independent OTLP decoder):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 

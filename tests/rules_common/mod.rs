@@ -78,7 +78,10 @@ pub fn fired(spans: &[SpanData]) -> Vec<(String, String)> {
     spans
         .iter()
         .flat_map(|s| {
-            s.events.iter().filter(|e| e.name == "alert").map(move |e| (s.name.to_string(), event_attr(e, "security_rule.name").unwrap_or_default()))
+            s.events
+                .iter()
+                .filter(|e| e.name == "alert")
+                .map(move |e| (s.name.to_string(), event_attr(e, "security_rule.name").unwrap_or_default()))
         })
         .collect()
 }

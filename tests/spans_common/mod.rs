@@ -71,7 +71,15 @@ pub fn image(idx: u32, start: u64, exe: &str, argv: &[&str]) -> ImageRecord {
     }
 }
 
-pub fn connect(ts: u64, t: Transport, addr: &str, port: u16, outcome: ConnectOutcome, err: Option<i32>, udp_sent: bool) -> ConnectRecord {
+pub fn connect(
+    ts: u64,
+    t: Transport,
+    addr: &str,
+    port: u16,
+    outcome: ConnectOutcome,
+    err: Option<i32>,
+    udp_sent: bool,
+) -> ConnectRecord {
     ConnectRecord {
         ts_ns: ts,
         end_ns: Some(ts + 1_000_000),
@@ -86,7 +94,14 @@ pub fn connect(ts: u64, t: Transport, addr: &str, port: u16, outcome: ConnectOut
     }
 }
 
-pub fn process(pid: u32, parent: Option<u32>, fork: u64, exit: u64, code: i32, images: Vec<ImageRecord>) -> ProcessRecord {
+pub fn process(
+    pid: u32,
+    parent: Option<u32>,
+    fork: u64,
+    exit: u64,
+    code: i32,
+    images: Vec<ImageRecord>,
+) -> ProcessRecord {
     ProcessRecord {
         key: key(pid),
         parent: parent.map(key),
@@ -106,7 +121,9 @@ pub fn alice() -> SessionIdentity {
         confidence: "unique",
         candidates: 1,
         audit_id: Some("4b5f3c7e-8d2a-4f19-9c3e-2a1b0d9e8f70".into()),
-        trace_id: Some([0x4b, 0x5f, 0x3c, 0x7e, 0x8d, 0x2a, 0x4f, 0x19, 0x9c, 0x3e, 0x2a, 0x1b, 0x0d, 0x9e, 0x8f, 0x70]),
+        trace_id: Some([
+            0x4b, 0x5f, 0x3c, 0x7e, 0x8d, 0x2a, 0x4f, 0x19, 0x9c, 0x3e, 0x2a, 0x1b, 0x0d, 0x9e, 0x8f, 0x70,
+        ]),
         user_name: Some("alice@example.com".into()),
         user_uid: Some("u-1234".into()),
         user_groups: vec!["system:authenticated".into(), "sre".into()],
@@ -138,7 +155,15 @@ pub fn shell_session() -> Vec<SessionUpdate> {
     let tar = image(0, 14 * S, "/bin/busybox", &["tar", "czf", "/tmp/x.tgz", "/etc"]);
     let mut sub = image(0, 16 * S, "/bin/busybox", &["sh"]);
     sub.inherited = true;
-    sub.connects = vec![connect(16 * S + 10, Transport::Tcp, "::ffff:93.184.216.34", 443, ConnectOutcome::Refused, Some(-111), false)];
+    sub.connects = vec![connect(
+        16 * S + 10,
+        Transport::Tcp,
+        "::ffff:93.184.216.34",
+        443,
+        ConnectOutcome::Refused,
+        Some(-111),
+        false,
+    )];
     let env = image(0, 18 * S, "/usr/bin/env", &["env", "ls", "-l"]);
     let ls = image(1, 18 * S + 500, "/bin/ls", &["ls", "-l"]);
     let mut sh2 = image(1, 20 * S, "/bin/busybox", &["sh", "-c", "exit 3"]);
@@ -154,7 +179,10 @@ pub fn shell_session() -> Vec<SessionUpdate> {
         SessionUpdate::ProcessEnded(i.clone(), process(103, Some(100), 16 * S, 17 * S, 1, vec![sub])),
         SessionUpdate::ProcessEnded(i.clone(), process(104, Some(100), 18 * S, 19 * S, 0, vec![env, ls])),
         SessionUpdate::ProcessEnded(i.clone(), process(105, Some(100), 21 * S, 22 * S, 0, vec![late])),
-        SessionUpdate::Ended(info(100, SessionKind::Exec, 10 * S, Some(23 * S)), vec![process(100, None, 10 * S, 23 * S, 3, vec![sh, sh2])]),
+        SessionUpdate::Ended(
+            info(100, SessionKind::Exec, 10 * S, Some(23 * S)),
+            vec![process(100, None, 10 * S, 23 * S, 3, vec![sh, sh2])],
+        ),
     ]
 }
 
@@ -164,7 +192,8 @@ pub fn nsenter_session() -> Vec<SessionUpdate> {
     i.node_user = Some(1000);
     let mut curl = image(0, 6 * S, "/usr/bin/curl", &["curl", "https://1.1.1.1/"]);
     curl.tty = false;
-    curl.connects = vec![connect(6 * S + 1, Transport::Tcp, "1.1.1.1", 443, ConnectOutcome::TimedOut, Some(-110), false)];
+    curl.connects =
+        vec![connect(6 * S + 1, Transport::Tcp, "1.1.1.1", 443, ConnectOutcome::TimedOut, Some(-110), false)];
     let mut sh = image(0, 5 * S, "/usr/bin/nsenter", &["nsenter", "-t", "4242", "-a", "sh"]);
     sh.tty = false;
     let mut ended = i.clone();
@@ -193,7 +222,10 @@ pub fn loop_session() -> Vec<SessionUpdate> {
     let date = image(0, 3 * S + 10, "/bin/date", &["date"]);
     out.push(SessionUpdate::ProcessEnded(i.clone(), process(501, Some(300), 3 * S + 10, 3 * S + 20, 0, vec![date])));
     let sh = image(0, S, "/bin/sh", &["sh", "-c", "for i in $(seq 30); do true; done; echo"]);
-    out.push(SessionUpdate::Ended(info(300, SessionKind::Exec, S, Some(4 * S)), vec![process(300, None, S, 4 * S, 0, vec![sh])]));
+    out.push(SessionUpdate::Ended(
+        info(300, SessionKind::Exec, S, Some(4 * S)),
+        vec![process(300, None, S, 4 * S, 0, vec![sh])],
+    ));
     out
 }
 
@@ -219,7 +251,8 @@ pub fn render(spans: &[SpanData]) -> String {
     fn walk(out: &mut String, children: &BTreeMap<[u8; 8], Vec<&SpanData>>, s: &SpanData, depth: usize) {
         let pad = "  ".repeat(depth);
         out.push_str(&format!("{pad}{} [{:?}] status={:?}\n", s.name, s.span_kind, s.status));
-        let mut attrs: Vec<(String, String)> = s.attributes.iter().map(|kv| (kv.key.to_string(), value(&kv.value))).collect();
+        let mut attrs: Vec<(String, String)> =
+            s.attributes.iter().map(|kv| (kv.key.to_string(), value(&kv.value))).collect();
         attrs.sort();
         for (k, v) in attrs {
             out.push_str(&format!("{pad}  | {k} = {v}\n"));
@@ -250,7 +283,8 @@ pub fn link_parent_images(mut updates: Vec<SessionUpdate>) -> Vec<SessionUpdate>
     }
     let fill = |r: &mut ProcessRecord| {
         let Some(parent) = r.parent.and_then(|p| images.get(&p)) else { return };
-        r.parent_exec_index = parent.iter().rev().find(|(start, _)| *start <= r.fork_ns).or(parent.first()).map(|(_, i)| *i);
+        r.parent_exec_index =
+            parent.iter().rev().find(|(start, _)| *start <= r.fork_ns).or(parent.first()).map(|(_, i)| *i);
     };
     for u in &mut updates {
         match u {

@@ -51,10 +51,18 @@ impl StreamMetrics {
         s.register("records_streamed", "Record lines written to subscribers", self.records_streamed.clone());
         s.register("replays", "Subscriptions that began with a replay of buffered records", self.replays.clone());
         s.register("records_replayed", "Records sent in replays", self.records_replayed.clone());
-        s.register("records_missed", "Records a subscriber asked for that the replay buffer had dropped", self.records_missed.clone());
+        s.register(
+            "records_missed",
+            "Records a subscriber asked for that the replay buffer had dropped",
+            self.records_missed.clone(),
+        );
         s.register("replay_dropped", "Oldest records dropped from the full replay buffer", self.replay_dropped.clone());
         s.register("replay_records", "Records in the replay buffer", self.replay_records.clone());
-        s.register("subscriptions_connected", "Receivers this agent streams from", self.subscriptions_connected.clone());
+        s.register(
+            "subscriptions_connected",
+            "Receivers this agent streams from",
+            self.subscriptions_connected.clone(),
+        );
         s.register("reconnects", "Subscription connection attempts after the first", self.reconnects.clone());
         s.register("records_received", "Record lines received from receivers", self.records_received.clone());
         s.register("records_kept", "Streamed records put into the agent's store", self.records_kept.clone());

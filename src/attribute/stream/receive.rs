@@ -8,7 +8,9 @@
 use super::metrics::StreamMetrics;
 use super::replay::ReplayBuffer;
 use super::server::stream_router;
-use crate::attribute::{self, follow, ListenerConfig, RecordStore, ServeError, StoreConfig, WebhookConfig, WebhookServer};
+use crate::attribute::{
+    self, follow, ListenerConfig, RecordStore, ServeError, StoreConfig, WebhookConfig, WebhookServer,
+};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -82,7 +84,9 @@ fn addr(key: &str, v: &str) -> Result<Option<SocketAddr>, String> {
 
 impl ReceiverConfig {
     pub fn validate(&self) -> Result<ReceiverReady, String> {
-        let mtls = |l: SocketAddr| ListenerConfig::mtls(l, self.tls_cert.clone(), self.tls_key.clone(), self.client_ca.clone());
+        let mtls = |l: SocketAddr| {
+            ListenerConfig::mtls(l, self.tls_cert.clone(), self.tls_key.clone(), self.client_ca.clone())
+        };
         let stream = addr("stream_listen", &self.stream_listen)?.ok_or("receiver.stream_listen is required")?;
         if self.replay_records == 0 || self.heartbeat_s == 0 {
             return Err("receiver.replay_records and receiver.heartbeat_s must be at least 1".into());
@@ -121,15 +125,23 @@ pub struct Receiver {
 
 impl Receiver {
     /// Load certificates and bind every listener; metrics go into `reg`.
-    pub async fn bind(cfg: &ReceiverReady, store_cfg: StoreConfig, audit_log: Option<PathBuf>, reg: &mut Registry) -> Result<Self, ServeError> {
+    pub async fn bind(
+        cfg: &ReceiverReady,
+        store_cfg: StoreConfig,
+        audit_log: Option<PathBuf>,
+        reg: &mut Registry,
+    ) -> Result<Self, ServeError> {
         let metrics = StreamMetrics::default();
         metrics.register(reg);
         let buffer = Arc::new(ReplayBuffer::new(cfg.replay_records, metrics));
         let tap = buffer.clone();
         // The store dedupes a retried batch, so only new stages reach the agents.
-        let store = Arc::new(RecordStore::with_tap(store_cfg, Box::new(move |rec, stage| {
-            tap.push(rec, stage);
-        })));
+        let store = Arc::new(RecordStore::with_tap(
+            store_cfg,
+            Box::new(move |rec, stage| {
+                tap.push(rec, stage);
+            }),
+        ));
         store.register_metrics(reg);
         let wcfg = WebhookConfig::default();
         let am = store.metrics().clone();
@@ -140,14 +152,19 @@ impl Receiver {
             a
         };
         let audit_addr = match &cfg.audit {
-            Some(l) => Some(bound(WebhookServer::bind(l, attribute::audit_router(store.clone(), &wcfg), am.clone()).await?)),
+            Some(l) => {
+                Some(bound(WebhookServer::bind(l, attribute::audit_router(store.clone(), &wcfg), am.clone()).await?))
+            }
             None => None,
         };
         let admission_addr = match &cfg.admission {
-            Some(l) => Some(bound(WebhookServer::bind(l, attribute::admission_router(store.clone(), &wcfg), am.clone()).await?)),
+            Some(l) => Some(bound(
+                WebhookServer::bind(l, attribute::admission_router(store.clone(), &wcfg), am.clone()).await?,
+            )),
             None => None,
         };
-        let stream_addr = bound(WebhookServer::bind(&cfg.stream, stream_router(buffer.clone(), cfg.heartbeat), am).await?);
+        let stream_addr =
+            bound(WebhookServer::bind(&cfg.stream, stream_router(buffer.clone(), cfg.heartbeat), am).await?);
         Ok(Self { store, buffer, audit_addr, admission_addr, stream_addr, servers, audit_log })
     }
 

@@ -115,7 +115,13 @@ pub struct RecordSink {
 
 impl RecordSink {
     /// `keep: None` keeps every record (no pod index: one machine, or tests).
-    pub fn new(store: Arc<RecordStore>, keep: Option<PodFilter>, metrics: StreamMetrics, pending_for: Duration, max_pending: usize) -> Self {
+    pub fn new(
+        store: Arc<RecordStore>,
+        keep: Option<PodFilter>,
+        metrics: StreamMetrics,
+        pending_for: Duration,
+        max_pending: usize,
+    ) -> Self {
         Self { store, keep, pending: Mutex::new(VecDeque::new()), pending_for, max_pending, metrics }
     }
 
@@ -188,7 +194,11 @@ pub fn parse_receiver(url: &str) -> Result<Target, SubscribeError> {
 }
 
 /// The agent's TLS client: its certificate, and only the configured CA trusted.
-pub fn client_config(cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path) -> Result<Arc<ClientConfig>, ServeError> {
+pub fn client_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    ca: &std::path::Path,
+) -> Result<Arc<ClientConfig>, ServeError> {
     let mut roots = RootCertStore::empty();
     for c in load_certs(ca)? {
         roots.add(c).map_err(|e| ServeError::Tls(format!("CA {}: {e}", ca.display())))?;
@@ -204,7 +214,11 @@ pub fn client_config(cert: &std::path::Path, key: &std::path::Path, ca: &std::pa
 }
 
 /// Check the configuration, then subscribe to every receiver until `stop` resolves.
-pub fn start(cfg: SubscribeConfig, sink: Arc<RecordSink>, stop: impl Future<Output = ()> + Send + 'static) -> Result<JoinHandle<()>, SubscribeError> {
+pub fn start(
+    cfg: SubscribeConfig,
+    sink: Arc<RecordSink>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<JoinHandle<()>, SubscribeError> {
     let tls = client_config(&cfg.tls_cert, &cfg.tls_key, &cfg.ca)?;
     let targets = cfg.receivers.iter().map(|u| parse_receiver(u)).collect::<Result<Vec<_>, _>>()?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -232,7 +246,13 @@ pub fn start(cfg: SubscribeConfig, sink: Arc<RecordSink>, stop: impl Future<Outp
 }
 
 /// One receiver URL: a subscription per address it resolves to, kept in step with DNS.
-async fn supervise(target: Target, tls: Arc<ClientConfig>, cfg: SubscribeConfig, sink: Arc<RecordSink>, mut stop: watch::Receiver<bool>) {
+async fn supervise(
+    target: Target,
+    tls: Arc<ClientConfig>,
+    cfg: SubscribeConfig,
+    sink: Arc<RecordSink>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut subs: HashMap<SocketAddr, JoinHandle<()>> = HashMap::new();
     loop {
         match tokio::net::lookup_host((target.host.as_str(), target.port)).await {
@@ -257,7 +277,11 @@ async fn supervise(target: Target, tls: Arc<ClientConfig>, cfg: SubscribeConfig,
             // Keep the subscriptions we have; they reconnect on their own.
             Err(e) => tracing::warn!(receiver = %target.url, error = %e, "cannot resolve receiver"),
         }
-        let wait = if subs.is_empty() { cfg.backoff_initial.max(Duration::from_secs(1)).min(cfg.resolve_every) } else { cfg.resolve_every };
+        let wait = if subs.is_empty() {
+            cfg.backoff_initial.max(Duration::from_secs(1)).min(cfg.resolve_every)
+        } else {
+            cfg.resolve_every
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => break,
@@ -276,7 +300,13 @@ struct Resume {
 }
 
 /// Subscribe to one replica forever (aborted by its supervisor), reconnecting with backoff.
-pub async fn subscription(addr: SocketAddr, target: Target, tls: Arc<ClientConfig>, cfg: SubscribeConfig, sink: Arc<RecordSink>) {
+pub async fn subscription(
+    addr: SocketAddr,
+    target: Target,
+    tls: Arc<ClientConfig>,
+    cfg: SubscribeConfig,
+    sink: Arc<RecordSink>,
+) {
     let mut resume = Resume::default();
     let mut backoff = cfg.backoff_initial;
     let mut first = true;
@@ -288,8 +318,12 @@ pub async fn subscription(addr: SocketAddr, target: Target, tls: Arc<ClientConfi
         let mut streamed = false;
         let r = stream_once(addr, &target, &tls, &cfg, &sink, &mut resume, &mut streamed).await;
         match &r {
-            Err(SubscribeError::Status(code)) => tracing::warn!(receiver = %target.url, %addr, code, "receiver refused the subscription"),
-            Err(e) => tracing::info!(receiver = %target.url, %addr, error = %e, last_seq = resume.last, "receiver stream lost"),
+            Err(SubscribeError::Status(code)) => {
+                tracing::warn!(receiver = %target.url, %addr, code, "receiver refused the subscription")
+            }
+            Err(e) => {
+                tracing::info!(receiver = %target.url, %addr, error = %e, last_seq = resume.last, "receiver stream lost")
+            }
             Ok(()) => {}
         }
         if streamed {
@@ -302,7 +336,8 @@ pub async fn subscription(addr: SocketAddr, target: Target, tls: Arc<ClientConfi
 
 /// 75%..125% of `d`, so agents that lost the same receiver do not come back in step.
 fn jitter(d: Duration) -> Duration {
-    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos() % 1000;
+    let n =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos() % 1000;
     d.mul_f64(0.75 + n as f64 / 2000.0)
 }
 
@@ -329,20 +364,30 @@ async fn stream_once(
         .map_err(|_| SubscribeError::Timeout("connect"))?
         .map_err(SubscribeError::Connect)?;
     let _ = tcp.set_nodelay(true);
-    let tls_stream = tokio::time::timeout(cfg.connect_timeout, TlsConnector::from(tls.clone()).connect(target.server_name.clone(), tcp))
-        .await
-        .map_err(|_| SubscribeError::Timeout("TLS handshake"))?
-        .map_err(SubscribeError::Handshake)?;
+    let tls_stream = tokio::time::timeout(
+        cfg.connect_timeout,
+        TlsConnector::from(tls.clone()).connect(target.server_name.clone(), tcp),
+    )
+    .await
+    .map_err(|_| SubscribeError::Timeout("TLS handshake"))?
+    .map_err(SubscribeError::Handshake)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls_stream)).await?;
     let conn_task = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let path = format!("/v1/records?node={}&since={}&instance={}", query_escape(&cfg.node), resume.last, query_escape(&resume.instance));
+    let path = format!(
+        "/v1/records?node={}&since={}&instance={}",
+        query_escape(&cfg.node),
+        resume.last,
+        query_escape(&resume.instance)
+    );
     let req = hyper::Request::get(path)
         .header(hyper::header::HOST, format!("{}:{}", target.host, target.port))
         .body(axum::body::Body::empty())
         .expect("a valid request");
-    let resp = tokio::time::timeout(cfg.connect_timeout, sender.send_request(req)).await.map_err(|_| SubscribeError::Timeout("subscribe"))??;
+    let resp = tokio::time::timeout(cfg.connect_timeout, sender.send_request(req))
+        .await
+        .map_err(|_| SubscribeError::Timeout("subscribe"))??;
     if resp.status() != hyper::StatusCode::OK {
         conn_task.abort();
         return Err(SubscribeError::Status(resp.status().as_u16()));
@@ -405,7 +450,13 @@ fn handle_line(line: &[u8], sink: &RecordSink, resume: &mut Resume) {
 
 fn query_escape(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 

@@ -104,11 +104,15 @@ pub fn stage_name(s: Stage) -> &'static str {
 }
 
 fn source_from(s: &str) -> Option<AttributionSource> {
-    [AttributionSource::AuditWebhook, AttributionSource::AuditLog, AttributionSource::Admission].into_iter().find(|x| x.as_str() == s)
+    [AttributionSource::AuditWebhook, AttributionSource::AuditLog, AttributionSource::Admission]
+        .into_iter()
+        .find(|x| x.as_str() == s)
 }
 
 fn kind_from(s: &str) -> Option<RequestKind> {
-    [RequestKind::Exec, RequestKind::Attach, RequestKind::Debug, RequestKind::PortForward].into_iter().find(|x| x.as_str() == s)
+    [RequestKind::Exec, RequestKind::Attach, RequestKind::Debug, RequestKind::PortForward]
+        .into_iter()
+        .find(|x| x.as_str() == s)
 }
 
 fn time_out(t: Option<SystemTime>) -> Option<String> {
@@ -219,8 +223,18 @@ mod tests {
             namespace: Some("billing".into()),
             pod_name: Some("api-7d9c".into()),
             pod_uid: None,
-            options: RequestOptions { command: vec!["sh".into()], container: Some("api".into()), stdin: true, tty: true, ..Default::default() },
-            user: Identity { name: Some("john.doe@example.com".into()), groups: vec!["dev".into()], ..Default::default() },
+            options: RequestOptions {
+                command: vec!["sh".into()],
+                container: Some("api".into()),
+                stdin: true,
+                tty: true,
+                ..Default::default()
+            },
+            user: Identity {
+                name: Some("john.doe@example.com".into()),
+                groups: vec!["dev".into()],
+                ..Default::default()
+            },
             impersonated: Some(Identity { name: Some("ops".into()), ..Default::default() }),
             source_ips: vec!["10.0.0.1".into(), "66.249.64.55".into()],
             user_agent: Some("kubectl/v1.31".into()),
@@ -232,7 +246,9 @@ mod tests {
         };
         let line = encode_record(7, &rec, Stage::ResponseStarted);
         assert!(line.ends_with(b"\n"));
-        let Line::Record { seq, stage, record } = serde_json::from_slice(&line).unwrap() else { panic!("not a record") };
+        let Line::Record { seq, stage, record } = serde_json::from_slice(&line).unwrap() else {
+            panic!("not a record")
+        };
         assert_eq!(seq, 7);
         assert_eq!(record.into_record(&stage).unwrap(), (rec, Stage::ResponseStarted));
     }

@@ -288,6 +288,13 @@ impl SessionTracker {
         self.sessions.insert(info.id, Session { info, live: 0 });
     }
 
+    /// Opens a session with `live` members already counted and announces it.
+    fn start_session(&mut self, info: SessionInfo, live: u32, out: &mut Vec<SessionUpdate>) {
+        self.counters.sessions_started += 1;
+        self.sessions.insert(info.id, Session { info: info.clone(), live });
+        out.push(SessionUpdate::Started(info));
+    }
+
     /// Put a process that is in no session yet into one.
     pub(crate) fn adopt(&mut self, key: ProcessKey, sid: SessionId) {
         let Some(p) = self.table.get_mut(&key) else { return };
@@ -474,9 +481,7 @@ impl SessionTracker {
             incomplete: false,
             from_proc: false,
         };
-        self.sessions.insert(sid, Session { info: info.clone(), live: 1 });
-        self.counters.sessions_started += 1;
-        out.push(SessionUpdate::Started(info));
+        self.start_session(info, 1, out);
         if let Some(p) = self.table.get_mut(&key) {
             p.session = Some(sid);
             p.join = None;
@@ -508,9 +513,7 @@ impl SessionTracker {
             incomplete: false,
             from_proc: false,
         };
-        self.sessions.insert(sid, Session { info: info.clone(), live: 1 });
-        self.counters.sessions_started += 1;
-        out.push(SessionUpdate::Started(info));
+        self.start_session(info, 1, out);
         if let Some(p) = self.table.get_mut(&key) {
             p.session = Some(sid);
             p.images = vec![image_from_exec(e, 0, &self.clock)];
@@ -585,9 +588,7 @@ impl SessionTracker {
                 incomplete: false,
                 from_proc: false,
             };
-            self.sessions.insert(sid, Session { info: info.clone(), live: 0 });
-            self.counters.sessions_started += 1;
-            out.push(SessionUpdate::Started(info));
+            self.start_session(info, 0, out);
             self.enter(j.joiner, sid, ts, out);
         }
         self.enter(actor, sid, ts, out);

@@ -1088,3 +1088,85 @@ fn an_outbound_trace_is_a_root_named_outbound_a_process_span_and_one_client_conn
     assert_eq!(connect.parent_span_id, built[0].0.span_context.span_id());
     assert_eq!(built[0].0.parent_span_id, built[2].0.span_context.span_id());
 }
+
+/// Issue 6, scopes: the application (the container's init) spawns `sh -c 'wget ...; tcpdump'`
+/// outside any session, and the node's shell runs `ls`. `default`: only the watched tcpdump;
+/// `containers`: the `sh -c` tree (sh, wget and its connect) is one `workload` trace and the
+/// tcpdump in it a watched trace of its own; `all`: the host's `ls` too, as a `host` trace. The
+/// init itself is never a trace, and the tree's connect is not also an outbound record.
+#[test]
+fn scopes_choose_which_process_trees_outside_sessions_are_recorded() {
+    use podtrail::process::activity::ActivityScope;
+    let run = |scope: ActivityScope| {
+        let mut t = outbound_tracker(|c| c.scope = scope);
+        let mut out = start_container_c(&mut t);
+        out.extend(t.handle(&fork(40, 1002, 1001, C)));
+        out.extend(t.handle(&exec_in(41, 1002, 1001, &["sh", "-c", "wget http://203.0.113.7/x; tcpdump -c1"])));
+        out.extend(t.handle(&fork(42, 1003, 1002, C)));
+        out.extend(t.handle(&exec_in(43, 1003, 1002, &["wget", "http://203.0.113.7/x"])));
+        out.extend(t.handle(&connect_to(44, 1003, C, 77, Transport::Tcp, "203.0.113.7", 80)));
+        out.extend(t.handle(&exit(45, 1003, C, 1)));
+        out.extend(t.handle(&fork(46, 1004, 1002, C)));
+        out.extend(t.handle(&exec_in(47, 1004, 1002, &["tcpdump", "-c1"])));
+        out.extend(t.handle(&exit(48, 1004, C, 0)));
+        out.extend(t.handle(&exit(49, 1002, C, 0)));
+        // the init connects out itself: an outbound record in every scope but sessions
+        out.extend(t.handle(&connect_to(50, 1001, C, 78, Transport::Tcp, "203.0.113.8", 443)));
+        out.extend(t.handle(&fork(60, 602, 1, HOST)));
+        out.extend(t.handle(&exec(
+            61,
+            X { pid: 602, ppid: 1, cg: HOST, pcg: HOST, nspid: 602, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["ls"] },
+        )));
+        out.extend(t.handle(&exit(62, 602, HOST, 0)));
+        out.extend(t.shutdown(100));
+        out
+    };
+    let kinds = |out: &[SessionUpdate]| {
+        let mut k: Vec<(SessionKind, String)> =
+            started(out).iter().map(|i| (i.kind, String::from_utf8_lossy(&i.root_argv[0]).into_owned())).collect();
+        k.sort_by_key(|(k, a)| (k.as_str(), a.clone()));
+        k
+    };
+    let default = run(ActivityScope::Default);
+    assert_eq!(
+        kinds(&default),
+        vec![
+            (SessionKind::Outbound, "sleep".into()),
+            (SessionKind::Outbound, "wget".into()),
+            (SessionKind::Watched, "tcpdump".into())
+        ]
+    );
+
+    let containers = run(ActivityScope::Containers);
+    assert_eq!(
+        kinds(&containers),
+        vec![
+            (SessionKind::Outbound, "sleep".into()),
+            (SessionKind::Watched, "tcpdump".into()),
+            (SessionKind::Workload, "sh".into())
+        ]
+    );
+    let tree = started(&containers).into_iter().find(|i| i.kind == SessionKind::Workload).unwrap().clone();
+    assert_eq!(tree.id, SessionId(key(1002)));
+    assert_eq!(tree.container.id, "web");
+    let procs = procs_of(&containers, tree.id);
+    let mut pids: Vec<u32> = procs.iter().map(|p| p.key.pid).collect();
+    pids.sort();
+    assert_eq!(pids, vec![1002, 1003], "sh and wget in the tree; tcpdump left for its own trace");
+    let wget = procs.iter().find(|p| p.key.pid == 1003).unwrap();
+    let c = &wget.images.last().unwrap().connects;
+    assert_eq!(c.len(), 1, "the tree keeps its connect");
+    assert_eq!(c[0].addr.to_string(), "203.0.113.7");
+    let watched = started(&containers).into_iter().find(|i| i.kind == SessionKind::Watched).unwrap().clone();
+    assert_eq!(watched.parent_session, Some(tree.id), "the tcpdump trace names the tree it left");
+    assert!(ended(&containers).iter().any(|i| i.id == tree.id), "the tree ends with its last member");
+
+    let all = run(ActivityScope::All);
+    let k = kinds(&all);
+    assert!(k.contains(&(SessionKind::Host, "ls".into())), "{k:?}");
+    assert!(k.contains(&(SessionKind::Workload, "sh".into())), "{k:?}");
+    assert!(!kinds(&containers).iter().any(|(k, _)| *k == SessionKind::Host));
+
+    let none = run(ActivityScope::Sessions);
+    assert!(started(&none).is_empty(), "{:?}", kinds(&none));
+}

@@ -16,7 +16,12 @@
 //! image to one destination within `fold_window_ms` are one record with a count; a token
 //! bucket per container (`rate_per_s`, `burst`) limits new records, and what it suppresses is
 //! counted ([`Outbound::suppressed`]) and marked on that container's next record.
-//! Not yet: non-session process trees (`containers`, `all`).
+//! Process trees (`containers`: every tree a container starts after its init, kind
+//! `workload`; `all`: also the host's own, kind `host`): an exec by a process in no session
+//! roots a trace that its descendants join, as an exec session's do; the container's init
+//! never does (it is the workload itself: its connects stay outbound records). A watched
+//! executable run inside such a tree still gets a trace of its own, so "every tcpdump" is one
+//! query whatever the scope.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -96,6 +101,16 @@ impl ActivityConfig {
         }
         let names = [Some(crate::text::basename(exe_path)), argv0.map(crate::text::basename)];
         names.iter().flatten().any(|n| !n.is_empty() && self.watch.iter().any(|w| w.as_bytes() == *n))
+    }
+
+    /// Does the scope record every process tree started here (in a container after its init,
+    /// or on the host)?
+    pub fn records_trees(&self, in_container: bool) -> bool {
+        match self.scope {
+            ActivityScope::Sessions | ActivityScope::Default => false,
+            ActivityScope::Containers => in_container,
+            ActivityScope::All => true,
+        }
     }
 
     /// Is a connect to `addr` by a container process outside every session recorded?

@@ -32,9 +32,20 @@ pub enum SessionKind {
     /// Not a session: connects by a container process outside every session to a destination
     /// outside the cluster, folded over a window (issue 6, `process::activity::Outbound`).
     Outbound,
+    /// Not a session: a process tree a container started after its init (an application
+    /// spawning `sh -c`, a cron job), recorded in the `containers` and `all` scopes.
+    Workload,
+    /// Not a session: a process tree on the host itself, recorded in the `all` scope.
+    Host,
 }
 
 impl SessionKind {
+    /// A recorded process tree that is not a session (`workload`, `host`): a watched run or
+    /// an exec session started by one of its members becomes a trace of its own.
+    pub fn is_tree(&self) -> bool {
+        matches!(self, SessionKind::Workload | SessionKind::Host)
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             SessionKind::Exec => "exec",
@@ -42,6 +53,8 @@ impl SessionKind {
             SessionKind::Debug => "debug",
             SessionKind::Watched => "watched_exec",
             SessionKind::Outbound => "outbound",
+            SessionKind::Workload => "workload",
+            SessionKind::Host => "host",
         }
     }
 }

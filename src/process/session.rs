@@ -417,20 +417,33 @@ impl SessionTracker {
                 self.promote(j, key, Some(e), out);
             }
         }
-        let Some(p) = self.table.get_mut(&key) else { return };
-        if p.session.is_none() && self.activity.watched(&e.exe_path, e.argv.first().map(|a| a.as_slice())) {
-            self.start_watched(e, is_container, out);
+        let Some(p) = self.table.get(&key) else { return };
+        let mut session = p.session;
+        let mut tree = session.filter(|s| self.sessions.get(s).is_some_and(|s| s.info.kind.is_tree()));
+        if let Some(t) = tree.filter(|t| !self.tree_holds(*t, e.cgroup_id, is_container)) {
+            // a tree stays in its container: the shim's host tree does not take the container
+            // it starts, a container's tree does not follow a process moved out of it
+            self.leave(t, e.ts_ns, out);
+            if let Some(p) = self.table.get_mut(&key) {
+                p.session = None;
+            }
+            (session, tree) = (None, None);
+        }
+        if (session.is_none() || tree.is_some())
+            && self.activity.watched(&e.exe_path, e.argv.first().map(|a| a.as_slice()))
+        {
+            self.start_activity(e, SessionKind::Watched, is_container, tree, out);
             return;
         }
-        let Some(p) = self.table.get_mut(&key) else { return };
-        let idx = next_index(&p.images);
-        if p.session.is_some() {
-            if let Some(last) = p.images.last_mut() {
-                last.end_ns.get_or_insert(e.ts_ns);
-            }
-            p.images.push(image_from_exec(e, idx, &self.clock));
-        } else {
-            p.images = vec![image_from_exec(e, idx, &self.clock)];
+        if session.is_none() && self.activity.records_trees(is_container) && !self.is_container_init(e) {
+            let kind = if is_container { SessionKind::Workload } else { SessionKind::Host };
+            self.start_activity(e, kind, is_container, None, out);
+            return;
+        }
+        if session.is_some() {
+            self.push_image(key, e);
+        } else if let Some(p) = self.table.get_mut(&key) {
+            p.images = vec![image_from_exec(e, next_index(&p.images), &self.clock)];
         }
     }
 
@@ -489,18 +502,53 @@ impl SessionTracker {
         }
     }
 
-    /// A watched executable ran outside every session: its own trace, rooted at this image,
-    /// with the descendants it forks from now on.
-    fn start_watched(&mut self, e: &ExecEvent, is_container: bool, out: &mut Vec<SessionUpdate>) {
+    /// Does tree `t` hold a process that execs in `cgroup_id`? A host tree any host process,
+    /// a workload tree the processes of its own container.
+    fn tree_holds(&self, t: SessionId, cgroup_id: u64, is_container: bool) -> bool {
+        match self.sessions.get(&t) {
+            Some(s) if s.info.kind == SessionKind::Host => !is_container,
+            Some(s) => is_container && s.info.container.cgroup_id == cgroup_id,
+            None => false,
+        }
+    }
+
+    /// Is this the init of its container (the workload itself, never a tree of its own)?
+    fn is_container_init(&self, e: &ExecEvent) -> bool {
+        let init = self.containers.get(e.cgroup_id).and_then(|c| c.init);
+        init == Some(e.key()) || (e.nspid == 1 && e.pidns_ino != self.containers.host_pidns())
+    }
+
+    /// A trace outside every exec session, rooted at this image, with the descendants it forks
+    /// from now on: a watched executable's run (anywhere) or a process tree the scope records.
+    /// `tree`: the workload or host tree the process leaves for it.
+    fn start_activity(
+        &mut self,
+        e: &ExecEvent,
+        kind: SessionKind,
+        is_container: bool,
+        tree: Option<SessionId>,
+        out: &mut Vec<SessionUpdate>,
+    ) {
         let key = e.key();
+        let sid = SessionId(key);
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            // the tree's own root runs it (`sh -c 'exec tcpdump'`): the same trace, renamed
+            s.info.kind = kind;
+            s.info.root_argv = e.argv.clone();
+            out.push(SessionUpdate::Started(s.info.clone()));
+            self.push_image(key, e);
+            return;
+        }
         let container = match is_container {
             true => self.containers.get(e.cgroup_id).map(|c| c.info.clone()).unwrap_or_default(),
             false => super::model::ContainerInfo { cgroup_id: e.cgroup_id, source: "host", ..Default::default() },
         };
-        let sid = SessionId(key);
+        if let Some(prev) = tree {
+            self.leave(prev, e.ts_ns, out);
+        }
         let info = SessionInfo {
             id: sid,
-            kind: SessionKind::Watched,
+            kind,
             container,
             start_ns: e.ts_ns,
             end_ns: None,
@@ -508,7 +556,7 @@ impl SessionTracker {
             root_tty: e.flags.tty,
             env_audit_id: e.audit_id.clone(),
             node_user: e.loginuid,
-            parent_session: None,
+            parent_session: tree,
             events_lost: 0,
             incomplete: false,
             from_proc: false,
@@ -518,6 +566,16 @@ impl SessionTracker {
             p.session = Some(sid);
             p.images = vec![image_from_exec(e, 0, &self.clock)];
         }
+    }
+
+    /// A member's new image, after the one it ran before.
+    fn push_image(&mut self, key: ProcessKey, e: &ExecEvent) {
+        let Some(p) = self.table.get_mut(&key) else { return };
+        let idx = next_index(&p.images);
+        if let Some(last) = p.images.last_mut() {
+            last.end_ns.get_or_insert(e.ts_ns);
+        }
+        p.images.push(image_from_exec(e, idx, &self.clock));
     }
 
     /// A process leaves a session without exiting (it roots a nested one).
@@ -557,8 +615,11 @@ impl SessionTracker {
     fn promote(&mut self, j: PendingJoin, actor: ProcessKey, exec: Option<&ExecEvent>, out: &mut Vec<SessionUpdate>) {
         let sid = SessionId(j.joiner);
         let ts = exec.map(|e| e.ts_ns).unwrap_or(j.ts_ns);
-        if let Some(s) = self.sessions.get_mut(&sid).filter(|s| s.info.kind == SessionKind::Watched) {
-            // a watched nsenter entering a container: the same trace, now a node session
+        if let Some(s) =
+            self.sessions.get_mut(&sid).filter(|s| s.info.kind == SessionKind::Watched || s.info.kind.is_tree())
+        {
+            // a watched nsenter (or a host tree's root) entering a container: the same trace,
+            // now a node session
             // (later updates carry the kind, container and node user)
             s.info.kind = SessionKind::Node;
             s.info.container = j.container.clone();

@@ -231,6 +231,8 @@ pub fn root_name(kind: crate::process::model::SessionKind) -> &'static str {
     match kind {
         SessionKind::Watched => "watched exec",
         SessionKind::Outbound => "outbound",
+        SessionKind::Workload => "workload",
+        SessionKind::Host => "host",
         SessionKind::Exec | SessionKind::Node | SessionKind::Debug => "exec",
     }
 }

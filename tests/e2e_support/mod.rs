@@ -273,7 +273,8 @@ impl Podtrail {
             .spawn()
             .expect("spawn podtrail");
         let mut p = Podtrail { child: Some(child), log, metrics: format!("http://{metrics}/metrics") };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // loading and attaching the kernel programs takes seconds on a loaded machine
+        let deadline = Instant::now() + Duration::from_secs(90);
         while !p.log_text().contains("podtrail is running") {
             if let Some(st) = p.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("podtrail exited ({st}) before running:\n{}", p.log_text());
@@ -407,4 +408,56 @@ pub fn file_spans(path: &Path) -> Vec<(String, String, String, Vec<(String, Stri
         }
     }
     out
+}
+
+/// A `podtrail.toml` that follows a private containerd (tests/common/containers.rs), plus `extra`.
+pub fn containerd_config(address: &Path, namespace: &str, extra: &str) -> String {
+    format!(
+        "[process]\ncontainerd_socket = {:?}\ncontainerd_namespaces = [{namespace:?}]\n\n{extra}",
+        address.display().to_string()
+    )
+}
+
+/// Every span of an OTLP/JSON lines file (podtrail's `--otlp-file`), as its JSON object, with
+/// its resource's attributes appended to its own (so `attr` finds `container.id`).
+pub fn read_otlp_file(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let req: Value = serde_json::from_str(line).expect("each line is one OTLP/JSON request");
+        for rs in req["resourceSpans"].as_array().into_iter().flatten() {
+            let res = rs["resource"]["attributes"].as_array().cloned().unwrap_or_default();
+            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                for s in ss["spans"].as_array().into_iter().flatten() {
+                    let mut s = s.clone();
+                    if let Some(a) = s["attributes"].as_array_mut() {
+                        a.extend(res.iter().cloned());
+                    }
+                    out.push(s);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A span attribute of an OTLP/JSON span as text (ints as their digits, arrays as JSON).
+pub fn attr(span: &Value, key: &str) -> Option<String> {
+    let kv = span["attributes"].as_array()?.iter().find(|kv| kv["key"] == key)?;
+    let v = &kv["value"];
+    if let Some(s) = v.get("stringValue").and_then(Value::as_str) {
+        return Some(s.to_owned());
+    }
+    if let Some(i) = v.get("intValue") {
+        return Some(i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string()));
+    }
+    if let Some(b) = v.get("boolValue") {
+        return Some(b.to_string());
+    }
+    v.get("arrayValue").map(|a| a.to_string())
+}
+
+/// A root span (no parent) of an OTLP/JSON span list.
+pub fn is_root(span: &Value) -> bool {
+    span["parentSpanId"].as_str().unwrap_or("").is_empty()
 }

@@ -1,5 +1,5 @@
 //! What the process stage hands to the stages after it: sessions and their processes, as
-//! plain owned data. The process table (`table.rs`) and session tracker (`session.rs`) build
+//! plain owned data. The process table (`table.rs`) and session tracker (`session/`) build
 //! these; the span builder (`crate::spans`) and the console view (`crate::export::console`)
 //! read them. Nothing here knows about the kernel's structs or about OpenTelemetry.
 //!

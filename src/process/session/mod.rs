@@ -19,19 +19,17 @@
 //! in case their fork is late), connects from pids not in the table, results for sockets of
 //! processes outside every session. Nothing here panics on any event sequence.
 
+mod activity;
+mod net;
+mod ns;
+
 use std::collections::HashMap;
 
-use crate::capture::event::{
-    ConnectEvent, ConnectResultEvent, Event, ExecEvent, ExitEvent, ExitStatus, FileEvent, ForkEvent, NsJoinEvent,
-    ProcessKey, ResultPhase, UdpSendEvent,
-};
+use crate::capture::event::{Event, ExecEvent, ExitEvent, ExitStatus, ForkEvent, ProcessKey};
 
 use super::containers::{ContainerLookup, Containers};
-use super::model::{
-    ConnectOutcome, ConnectRecord, FileRecord, ImageRecord, ProcessRecord, SessionId, SessionInfo, SessionKind,
-    SessionUpdate,
-};
-use super::table::{CookieSlot, PendingJoin, Proc, ProcessTable};
+use super::model::{ImageRecord, ProcessRecord, SessionId, SessionInfo, SessionKind, SessionUpdate};
+use super::table::{Proc, ProcessTable};
 
 /// What the tracker had to drop or repair, for metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -502,72 +500,6 @@ impl SessionTracker {
         }
     }
 
-    /// Does tree `t` hold a process that execs in `cgroup_id`? A host tree any host process,
-    /// a workload tree the processes of its own container.
-    fn tree_holds(&self, t: SessionId, cgroup_id: u64, is_container: bool) -> bool {
-        match self.sessions.get(&t) {
-            Some(s) if s.info.kind == SessionKind::Host => !is_container,
-            Some(s) => is_container && s.info.container.cgroup_id == cgroup_id,
-            None => false,
-        }
-    }
-
-    /// Is this the init of its container (the workload itself, never a tree of its own)?
-    fn is_container_init(&self, e: &ExecEvent) -> bool {
-        let init = self.containers.get(e.cgroup_id).and_then(|c| c.init);
-        init == Some(e.key()) || (e.nspid == 1 && e.pidns_ino != self.containers.host_pidns())
-    }
-
-    /// A trace outside every exec session, rooted at this image, with the descendants it forks
-    /// from now on: a watched executable's run (anywhere) or a process tree the scope records.
-    /// `tree`: the workload or host tree the process leaves for it.
-    fn start_activity(
-        &mut self,
-        e: &ExecEvent,
-        kind: SessionKind,
-        is_container: bool,
-        tree: Option<SessionId>,
-        out: &mut Vec<SessionUpdate>,
-    ) {
-        let key = e.key();
-        let sid = SessionId(key);
-        if let Some(s) = self.sessions.get_mut(&sid) {
-            // the tree's own root runs it (`sh -c 'exec tcpdump'`): the same trace, renamed
-            s.info.kind = kind;
-            s.info.root_argv = e.argv.clone();
-            out.push(SessionUpdate::Started(s.info.clone()));
-            self.push_image(key, e);
-            return;
-        }
-        let container = match is_container {
-            true => self.containers.get(e.cgroup_id).map(|c| c.info.clone()).unwrap_or_default(),
-            false => super::model::ContainerInfo { cgroup_id: e.cgroup_id, source: "host", ..Default::default() },
-        };
-        if let Some(prev) = tree {
-            self.leave(prev, e.ts_ns, out);
-        }
-        let info = SessionInfo {
-            id: sid,
-            kind,
-            container,
-            start_ns: e.ts_ns,
-            end_ns: None,
-            root_argv: e.argv.clone(),
-            root_tty: e.flags.tty,
-            env_audit_id: e.audit_id.clone(),
-            node_user: e.loginuid,
-            parent_session: tree,
-            events_lost: 0,
-            incomplete: false,
-            from_proc: false,
-        };
-        self.start_session(info, 1, out);
-        if let Some(p) = self.table.get_mut(&key) {
-            p.session = Some(sid);
-            p.images = vec![image_from_exec(e, 0, &self.clock)];
-        }
-    }
-
     /// A member's new image, after the one it ran before.
     fn push_image(&mut self, key: ProcessKey, e: &ExecEvent) {
         let Some(p) = self.table.get_mut(&key) else { return };
@@ -593,66 +525,6 @@ impl SessionTracker {
             self.counters.sessions_ended += 1;
             out.push(SessionUpdate::Ended(s.info, Vec::new()));
         }
-    }
-
-    /// Move a live process into a session.
-    fn enter(&mut self, key: ProcessKey, sid: SessionId, ts_ns: u64, out: &mut Vec<SessionUpdate>) {
-        let Some(p) = self.table.get_mut(&key) else { return };
-        if p.session == Some(sid) {
-            return;
-        }
-        let prev = p.session.replace(sid);
-        if let Some(s) = self.sessions.get_mut(&sid) {
-            s.live += 1;
-        }
-        if let Some(prev) = prev {
-            self.leave(prev, ts_ns, out);
-        }
-    }
-
-    /// A namespace join was followed by activity: the node session starts (once), with the
-    /// joiner as its root and `actor` (the joiner or a child of it) in it.
-    fn promote(&mut self, j: PendingJoin, actor: ProcessKey, exec: Option<&ExecEvent>, out: &mut Vec<SessionUpdate>) {
-        let sid = SessionId(j.joiner);
-        let ts = exec.map(|e| e.ts_ns).unwrap_or(j.ts_ns);
-        if let Some(s) =
-            self.sessions.get_mut(&sid).filter(|s| s.info.kind == SessionKind::Watched || s.info.kind.is_tree())
-        {
-            // a watched nsenter (or a host tree's root) entering a container: the same trace,
-            // now a node session
-            // (later updates carry the kind, container and node user)
-            s.info.kind = SessionKind::Node;
-            s.info.container = j.container.clone();
-            s.info.node_user = j.loginuid;
-            s.info.parent_session = j.parent_session;
-            // say it again: the session is now known as a node session in this container
-            out.push(SessionUpdate::Started(s.info.clone()));
-        }
-        if !self.sessions.contains_key(&sid) {
-            let joiner_argv = self.table.get(&j.joiner).and_then(|p| p.images.last()).map(|i| i.argv.clone());
-            let root_argv = match joiner_argv {
-                Some(a) if !a.is_empty() => a,
-                _ => exec.map(|e| e.argv.clone()).unwrap_or_default(),
-            };
-            let info = SessionInfo {
-                id: sid,
-                kind: SessionKind::Node,
-                container: j.container.clone(),
-                start_ns: j.ts_ns,
-                end_ns: None,
-                root_argv,
-                root_tty: exec.map(|e| e.flags.tty).unwrap_or(false),
-                env_audit_id: None,
-                node_user: j.loginuid,
-                parent_session: j.parent_session,
-                events_lost: 0,
-                incomplete: false,
-                from_proc: false,
-            };
-            self.start_session(info, 0, out);
-            self.enter(j.joiner, sid, ts, out);
-        }
-        self.enter(actor, sid, ts, out);
     }
 
     fn on_exit(&mut self, x: &ExitEvent, out: &mut Vec<SessionUpdate>) {
@@ -685,192 +557,6 @@ impl SessionTracker {
         s.live = s.live.saturating_sub(1);
         if s.live == 0 {
             self.end(sid, ts_ns, out);
-        }
-    }
-
-    fn on_connect(&mut self, c: &ConnectEvent, out: &mut Vec<SessionUpdate>) {
-        let Some(key) = self.table.by_pid(c.pid) else {
-            self.counters.connects_unknown_pid += 1;
-            return;
-        };
-        let Some(p) = self.table.get(&key) else { return };
-        if let Some(j) = p.join.clone() {
-            if self.session_container(p.session) != Some(j.container.cgroup_id) {
-                self.promote(j, key, None, out);
-            }
-        }
-        let Some(p) = self.table.get_mut(&key) else { return };
-        if p.session.is_none() {
-            self.outbound_connect(c, key);
-            return; // sessions' connects are kept in their images; others only as outbound
-        }
-        if p.images.is_empty() {
-            p.images.push(ImageRecord {
-                exec_index: 0,
-                start_ns: p.key.start_ns,
-                end_ns: None,
-                inherited: true,
-                argv: Vec::new(),
-                argv_truncated: false,
-                filename: Vec::new(),
-                interp: None,
-                exe_path: Vec::new(),
-                fileless: false,
-                tty: false,
-                uid: 0,
-                euid: 0,
-                connects: Vec::new(),
-                files: Vec::new(),
-                exe_written_ns: None,
-            });
-        }
-        let image = p.images.len() - 1;
-        let conns = &mut p.images[image].connects;
-        conns.push(ConnectRecord {
-            ts_ns: c.ts_ns,
-            end_ns: None,
-            transport: c.transport,
-            addr: c.addr,
-            port: c.port,
-            final_addr: None,
-            outcome: ConnectOutcome::Pending,
-            error: None,
-            udp_sent: false,
-            activity: None,
-        });
-        let slot = CookieSlot { key, image, connect: conns.len() - 1 };
-        self.table.set_cookie(c.cookie, slot);
-    }
-
-    /// A connect outside every session: an outbound record when it comes from a container
-    /// process and its destination is in a recorded scope.
-    fn outbound_connect(&mut self, c: &ConnectEvent, key: ProcessKey) {
-        let Some(p) = self.table.get(&key) else { return };
-        if !self.activity.outbound(c.addr) || self.containers.get(p.cgroup_id).is_none() {
-            return;
-        }
-        let container = self.containers.get(p.cgroup_id).map(|x| x.info.clone()).unwrap_or_default();
-        let mut rec = record_of(p, None, None);
-        if let Some(img) = rec.images.pop() {
-            rec.images = vec![ImageRecord { connects: Vec::new(), files: Vec::new(), ..img }];
-        }
-        let conn = ConnectRecord {
-            ts_ns: c.ts_ns,
-            end_ns: None,
-            transport: c.transport,
-            addr: c.addr,
-            port: c.port,
-            final_addr: None,
-            outcome: ConnectOutcome::Pending,
-            error: None,
-            udp_sent: false,
-            activity: None,
-        };
-        let cg = p.cgroup_id;
-        self.outbound.connect(&self.activity, conn, c.cookie, rec, container, cg);
-    }
-
-    fn connect_mut(&mut self, cookie: u64) -> Option<&mut ConnectRecord> {
-        if let Some(rec) = self.outbound.result(cookie) {
-            return Some(rec);
-        }
-        let slot = self.table.cookie(cookie)?;
-        self.table.get_mut(&slot.key)?.images.get_mut(slot.image)?.connects.get_mut(slot.connect)
-    }
-
-    fn on_result(&mut self, r: &ConnectResultEvent) {
-        let Some(rec) = self.connect_mut(r.cookie) else {
-            self.counters.results_unmatched += 1;
-            return;
-        };
-        let outcome = ConnectOutcome::from_error(r.error);
-        if outcome != ConnectOutcome::Pending {
-            // the first final answer wins, except that a failure corrects an earlier success
-            // (a handshake that closed without an error code, then connect(2) said why)
-            if rec.outcome == ConnectOutcome::Pending || (r.error != 0 && rec.error.is_none()) {
-                rec.outcome = outcome;
-                rec.error = (r.error != 0).then_some(r.error);
-                rec.end_ns = Some(r.ts_ns);
-            }
-        }
-        if r.phase == ResultPhase::TcpState {
-            if let (Some(a), Some(port)) = (r.final_addr, r.final_port) {
-                if (a, port) != (rec.addr, rec.port) && !a.is_unspecified() {
-                    rec.final_addr = Some((a, port));
-                }
-            }
-        }
-    }
-
-    /// A watched-file operation goes to the image that made it (sessions' processes only).
-    fn on_file(&mut self, f: &FileEvent) {
-        let Some(key) = self.table.resolve(f.key()).or_else(|| self.table.by_pid(f.pid)) else { return };
-        let Some(p) = self.table.get_mut(&key) else { return };
-        if p.session.is_none() {
-            return;
-        }
-        if let Some(img) = p.images.last_mut() {
-            if img.files.len() >= MAX_FILES_PER_IMAGE {
-                self.counters.files_over_cap += 1;
-                return;
-            }
-            img.files.push(FileRecord {
-                ts_ns: f.ts_ns,
-                op: f.op,
-                write: f.write,
-                flags: f.flags,
-                path: f.path.clone(),
-                path2: f.path2.clone(),
-                result: f.result,
-                truncated: f.truncated,
-            });
-        }
-    }
-
-    fn on_udp_send(&mut self, u: &UdpSendEvent) {
-        if self.outbound.udp_sent(&self.activity, u.cookie) {
-            return;
-        }
-        match self.connect_mut(u.cookie) {
-            Some(rec) => rec.udp_sent = true,
-            None => self.counters.results_unmatched += 1,
-        }
-    }
-
-    fn on_ns_join(&mut self, j: &NsJoinEvent, out: &mut Vec<SessionUpdate>) {
-        let key = match self.table.resolve(j.key()) {
-            Some(k) => k,
-            None => {
-                // a host process we did not trace (filter mode) or never saw created
-                let mut p = Proc::new(j.key(), None);
-                p.cgroup_id = j.cgroup_id;
-                p.loginuid = j.loginuid;
-                self.insert_proc(p, j.ts_ns, out);
-                j.key()
-            }
-        };
-        let by_mnt = (j.mntns_ino != j.old_mntns_ino).then(|| self.containers.by_mntns(j.mntns_ino)).flatten();
-        let by_pid = (j.pidns_for_children_ino != j.old_pidns_for_children_ino)
-            .then(|| self.containers.by_pidns(j.pidns_for_children_ino))
-            .flatten();
-        let Some(cg) = by_mnt.or(by_pid) else { return };
-        let Some(container) = self.containers.get(cg).map(|c| c.info.clone()) else { return };
-        let Some(p) = self.table.get(&key) else { return };
-        if p.cgroup_id == cg || self.session_container(p.session) == Some(cg) {
-            return; // already inside that container
-        }
-        if p.join.as_ref().is_some_and(|x| x.container.cgroup_id == cg && x.joiner == key) {
-            return; // the next namespace of the same nsenter
-        }
-        let join = PendingJoin {
-            joiner: key,
-            container,
-            loginuid: j.loginuid.or(p.loginuid),
-            ts_ns: j.ts_ns,
-            parent_session: p.session,
-        };
-        if let Some(p) = self.table.get_mut(&key) {
-            p.join = Some(join);
         }
     }
 }

@@ -56,12 +56,21 @@ impl StoreAttributor {
 
 impl Attributor for StoreAttributor {
     fn attribute(&self, info: &SessionInfo) -> Option<SessionIdentity> {
-        if info.kind != crate::process::model::SessionKind::Exec
-            && info.kind != crate::process::model::SessionKind::Debug
-        {
+        if !info.kind.attributable() {
             return None; // a node session has no Kubernetes request behind it, by definition
         }
         self.store.match_session(&self.query(info)).map(|a| SessionIdentity::from(&a))
+    }
+
+    fn attribute_late(&self, info: &SessionInfo, settled: Duration) -> Option<SessionIdentity> {
+        if !info.kind.attributable() {
+            return None;
+        }
+        self.store.match_settled(&self.query(info), settled).map(|a| SessionIdentity::from(&a))
+    }
+
+    fn revision(&self) -> Option<u64> {
+        Some(self.store.revision())
     }
 
     fn unmatched_requests(&self, now: std::time::SystemTime) -> Vec<attribute::Attribution> {

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub export_queue_spans: Gauge,
     pub export_requests: Family<Labels, Counter>,
     pub udp_unsent: Counter,
+    pub attribution_late: Counter,
+    pub attribution_late_forgotten: Family<Labels, Counter>,
+    pub sessions_unattributed: Gauge,
 }
 
 impl Metrics {
@@ -52,7 +55,7 @@ impl Metrics {
         reg.register("podtrail_sessions_held", "Sessions waiting for attribution", self.sessions_held.clone());
         reg.register(
             "podtrail_sessions_released",
-            "Sessions let out of the hold stage, by why (attributed, deadline, overflow, shutdown)",
+            "Sessions let out of the hold stage, by why (attributed, deadline, overflow, shutdown, unattributable)",
             self.sessions_released.clone(),
         );
         reg.register(
@@ -90,6 +93,21 @@ impl Metrics {
             "podtrail_udp_connects_unsent",
             "UDP connects without data (name lookups), not exported",
             self.udp_unsent.clone(),
+        );
+        reg.register(
+            "podtrail_attribution_late",
+            "Records that attributed a session after it was exported unattributed (an attribution span was added to its trace)",
+            self.attribution_late.clone(),
+        );
+        reg.register(
+            "podtrail_attribution_late_forgotten",
+            "Sessions exported unattributed that stopped waiting for a late record, by reason (expired, overflow)",
+            self.attribution_late_forgotten.clone(),
+        );
+        reg.register(
+            "podtrail_sessions_unattributed",
+            "Sessions exported unattributed still waiting for a late record",
+            self.sessions_unattributed.clone(),
         );
     }
 

@@ -2,7 +2,7 @@
 //! receiver's real webhook and stream listeners, and the agent's real subscription code feeding
 //! a `RecordStore`.
 
-use podtrail::attribute::stream::subscribe::{client_config, parse_receiver, subscription};
+use podtrail::attribute::stream::subscribe::{parse_receiver, reloading_client_config, subscription};
 use podtrail::attribute::stream::{Receiver, ReceiverConfig, RecordSink, StreamMetrics, SubscribeConfig};
 use podtrail::attribute::{AttributeMetrics, AttributionSource, RecordStore, SessionQuery, StoreConfig};
 use prometheus_client::registry::Registry;
@@ -51,19 +51,30 @@ struct Pki {
 
 impl Pki {
     fn new() -> Self {
-        let ca = issuer("podtrail test CA");
-        let other = issuer("someone else's CA");
         let dir = tempfile::tempdir().unwrap();
+        let (ca_pem, apiserver) = Self::issue(dir.path(), "podtrail test CA");
+        Self { ca_pem, apiserver, dir }
+    }
+
+    /// A CA and every certificate signed by it, written over the files in `dir` (what
+    /// cert-manager does when it rotates): (CA PEM, the API server's client identity).
+    fn issue(dir: &Path, ca_name: &str) -> (String, (String, String)) {
+        let ca = issuer(ca_name);
+        let other = issuer("someone else's CA");
         let write = |name: &str, (cert, key): &(String, String)| {
-            std::fs::write(dir.path().join(format!("{name}.pem")), cert).unwrap();
-            std::fs::write(dir.path().join(format!("{name}.key")), key).unwrap();
+            std::fs::write(dir.join(format!("{name}.pem")), cert).unwrap();
+            std::fs::write(dir.join(format!("{name}.key")), key).unwrap();
         };
         write("server", &leaf(&ca, &["localhost"], "podtrail-receiver"));
         write("agent", &leaf(&ca, &[], "podtrail-agent"));
         write("stranger", &leaf(&other, &[], "podtrail-agent"));
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        let apiserver = leaf(&ca, &[], "kube-apiserver-audit-webhook");
-        Self { ca_pem: ca.pem(), apiserver, dir }
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        (ca.pem(), leaf(&ca, &[], "kube-apiserver-audit-webhook"))
+    }
+
+    /// Every certificate replaced on disk by one of a new CA.
+    fn rotate(&mut self) {
+        (self.ca_pem, self.apiserver) = Self::issue(self.dir.path(), "podtrail rotated CA");
     }
 
     fn path(&self, f: &str) -> PathBuf {
@@ -201,7 +212,7 @@ fn agent() -> Arc<RecordSink> {
 fn subscribe(pki: &Pki, identity: &str, addr: SocketAddr, sink: &Arc<RecordSink>) -> JoinHandle<()> {
     let url = format!("https://localhost:{}", addr.port());
     let cfg = pki.subscribe_config(identity, vec![url.clone()]);
-    let tls = client_config(&cfg.tls_cert, &cfg.tls_key, &cfg.ca).unwrap();
+    let tls = reloading_client_config(&cfg.tls_cert, &cfg.tls_key, &cfg.ca, Default::default()).unwrap();
     tokio::spawn(subscription(addr, parse_receiver(&url).unwrap(), tls, cfg, sink.clone()))
 }
 
@@ -452,4 +463,66 @@ async fn records_about_other_nodes_pods_are_dropped_after_waiting_for_the_pod_in
     assert_eq!(sink.metrics().records_kept.get(), 6);
     assert_eq!(store.len(), 2);
     sub.abort();
+}
+
+/// The certificate a TLS server presents to `tls` (a client that must trust it).
+async fn served_certificate(addr: SocketAddr, tls: Arc<ClientConfig>) -> std::io::Result<CertificateDer<'static>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let s = TlsConnector::from(tls).connect(ServerName::try_from("localhost").unwrap(), tcp).await?;
+    let certs = s.get_ref().1.peer_certificates().unwrap_or_default();
+    certs.first().cloned().map(|c| c.into_owned()).ok_or_else(|| std::io::Error::other("no certificate"))
+}
+
+#[tokio::test]
+async fn rotated_certificate_files_are_picked_up_by_listeners_and_the_agent_without_a_restart() {
+    let mut pki = Pki::new();
+    let r = start_receiver(&pki, 100).await;
+    let server_reloads =
+        |result: &'static str| r.store.metrics().tls_reloads.get_or_create(&vec![("result", result)]).get();
+    let old_server = pem_certs(&std::fs::read_to_string(pki.path("server.pem")).unwrap()).remove(0);
+    let old_apiserver = pki.raw_client(Some(&pki.apiserver));
+    // the agent's client, built from the files before the rotation, as the agent builds it
+    let client_reloads = prometheus_client::metrics::family::Family::default();
+    let tls = reloading_client_config(
+        &pki.path("agent.pem"),
+        &pki.path("agent.key"),
+        &pki.path("ca.pem"),
+        client_reloads.clone(),
+    )
+    .unwrap();
+    assert_eq!(served_certificate(r.stream, tls.current()).await.unwrap(), old_server);
+
+    pki.rotate();
+    let new_server = pem_certs(&std::fs::read_to_string(pki.path("server.pem")).unwrap()).remove(0);
+    assert_ne!(new_server, old_server);
+    // A new connection to the stream is served with the new certificate, and the agent's
+    // client, re-reading its files, trusts the new CA.
+    assert_eq!(served_certificate(r.stream, tls.current()).await.expect("new CA trusted"), new_server);
+    assert_eq!(client_reloads.get_or_create(&vec![("result", "ok")]).get(), 1);
+    assert_eq!(server_reloads("ok"), 1, "the stream listener reloaded");
+    // The audit webhook takes the new API server certificate, and the old CA's no more.
+    post_audit(&pki, &r, "audit/exec_websocket.json").await;
+    assert_eq!(server_reloads("ok"), 2, "the audit listener reloaded");
+    assert!(
+        request(r.audit, old_apiserver, "POST", "/audit", b"{}").await.is_err(),
+        "a client trusting only the old CA no longer connects"
+    );
+    // The agent's new certificate is trusted by the receiver: the real subscription, with the
+    // same reloading client, receives the records.
+    let sink = agent();
+    let url = format!("https://localhost:{}", r.stream.port());
+    let cfg = pki.subscribe_config("agent", vec![url.clone()]);
+    let sub = tokio::spawn(subscription(r.stream, parse_receiver(&url).unwrap(), tls.clone(), cfg, sink.clone()));
+    eventually("records streamed after the rotation", || sink.metrics().records_kept.get() == 3).await;
+    sub.abort();
+
+    // A rotation caught half way (a key that does not parse): the last good one stays, counted.
+    std::fs::write(pki.path("server.key"), "-----BEGIN PRIVATE KEY-----\nnot a key\n").unwrap();
+    std::fs::write(pki.path("agent.key"), "not a key either").unwrap();
+    let still = tls.current();
+    assert_eq!(client_reloads.get_or_create(&vec![("result", "failed")]).get(), 1);
+    assert_eq!(served_certificate(r.stream, still).await.expect("still served"), new_server);
+    assert_eq!(server_reloads("failed"), 1, "counted once per change, not per connection");
+    assert_eq!(served_certificate(r.stream, tls.current()).await.unwrap(), new_server);
+    assert_eq!(server_reloads("failed"), 1);
 }

@@ -42,26 +42,45 @@ struct Agent {
     child: Option<Child>,
     dir: tempfile::TempDir,
     webhook: String,
+    /// `127.0.0.1:port` of `/metrics`, when asked for.
+    metrics: Option<String>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
 impl Agent {
     fn start(cd: &Containerd) -> Agent {
+        Agent::start_with(cd, 3000, false)
+    }
+
+    /// With the hold deadline `hold_ms`, and a `/metrics` endpoint when `metrics`.
+    fn start_with(cd: &Containerd, hold_ms: u64, metrics: bool) -> Agent {
+        Agent::launch(cd, hold_ms, metrics, None)
+    }
+
+    /// `receivers`: (lines of `[attribution]` subscribing to `podtrail receiver`s) instead of
+    /// the loopback audit webhook.
+    fn launch(cd: &Containerd, hold_ms: u64, metrics: bool, receivers: Option<&str>) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-        let webhook = format!("127.0.0.1:{port}");
+        let webhook = format!("127.0.0.1:{}", free_port());
+        let metrics = metrics.then(|| format!("127.0.0.1:{}", free_port()));
         let config = format!(
-            "[process]\ncontainerd_socket = {:?}\ncontainerd_namespaces = [{:?}]\n\n[attribution]\nhold_ms = 3000\n\n[metrics]\nlisten = \"\"\n",
+            "[process]\ncontainerd_socket = {:?}\ncontainerd_namespaces = [{:?}]\n\n[attribution]\nhold_ms = {hold_ms}\n{}\n[metrics]\nlisten = {:?}\n",
             cd.address.display().to_string(),
-            cd.namespace
+            cd.namespace,
+            receivers.unwrap_or_default(),
+            metrics.clone().unwrap_or_default(),
         );
         std::fs::write(dir.path().join("podtrail.toml"), config).unwrap();
         let stderr = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_podtrail"))
-            .arg("run")
-            .arg("--config")
-            .arg(dir.path().join("podtrail.toml"))
-            .arg("--audit-webhook-loopback")
-            .arg(&webhook)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_podtrail"));
+        cmd.arg("run").arg("--config").arg(dir.path().join("podtrail.toml"));
+        if receivers.is_none() {
+            cmd.arg("--audit-webhook-loopback").arg(&webhook);
+        }
+        let child = cmd
             .arg("--otlp-file")
             .arg(dir.path().join("traces.jsonl"))
             .stdin(Stdio::null())
@@ -69,7 +88,7 @@ impl Agent {
             .stderr(stderr)
             .spawn()
             .expect("spawn podtrail run");
-        let mut agent = Agent { child: Some(child), dir, webhook };
+        let mut agent = Agent { child: Some(child), dir, webhook, metrics };
         let deadline = Instant::now() + Duration::from_secs(90);
         while !agent.log().contains("podtrail is running") {
             assert!(Instant::now() < deadline, "podtrail run did not come up:\n{}", agent.log());
@@ -102,6 +121,21 @@ impl Agent {
         let mut reply = String::new();
         let _ = s.read_to_string(&mut reply);
         assert!(reply.starts_with("HTTP/1.1 200"), "audit webhook answered: {reply}\n{}", self.log());
+    }
+
+    /// The value of one series on `/metrics` (0 when absent).
+    fn metric(&self, series: &str) -> f64 {
+        let addr = self.metrics.as_ref().expect("agent started with metrics");
+        let mut s = TcpStream::connect(addr).expect("connect to /metrics");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        assert!(text.starts_with("HTTP/1.") && text.contains(" 200 "), "/metrics answered: {text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|v| v.trim().parse().expect("a number"))
+            .unwrap_or(0.0)
     }
 
     /// Stops the agent (SIGTERM: it drains and flushes) and returns every span it wrote.
@@ -154,6 +188,7 @@ impl Drop for Agent {
 #[derive(Clone, Debug)]
 struct Span {
     trace_id: String,
+    span_id: String,
     parent: String,
     name: String,
     attrs: Value,
@@ -201,6 +236,7 @@ fn read_spans(path: &Path) -> Vec<Span> {
                 for s in ss["spans"].as_array().into_iter().flatten() {
                     out.push(Span {
                         trace_id: s["traceId"].as_str().expect("traceId").to_owned(),
+                        span_id: s["spanId"].as_str().expect("spanId").to_owned(),
                         parent: s["parentSpanId"].as_str().unwrap_or("").to_owned(),
                         name: s["name"].as_str().unwrap_or("").to_owned(),
                         attrs: s["attributes"].clone(),
@@ -434,4 +470,330 @@ fn denied_exec_is_exported_as_a_request_without_processes() {
     assert_eq!(root.str("podtrail.attribution.confidence").as_deref(), Some("none"));
     assert_eq!(root.str("user.name").as_deref(), Some("intern@example.com"));
     assert_eq!(spans.iter().filter(|s| s.trace_id == trace).count(), 1, "a request with no processes is one span");
+}
+
+#[test]
+fn a_record_arriving_after_the_unattributed_export_adds_an_attribution_span_to_that_trace() {
+    let Some((_g, cd, c)) = setup() else { return };
+    let agent = Agent::start_with(&cd, 1500, true);
+    let cmd = ["sh", "-c", "echo too-early; sleep 0.3"];
+    let audit_id = new_audit_id();
+    let received = SystemTime::now();
+    exec_ok(&cd, &c, &cmd);
+    // no record within the hold (1.5 s): exported unattributed
+    let roots = agent.wait_roots(&c.id, 1, Duration::from_secs(30));
+    let root = roots[0].clone();
+    assert_eq!(root.name, "exec");
+    assert_eq!(root.str("podtrail.attribution.source").as_deref(), Some("none"), "{root:#?}");
+    assert_eq!(agent.metric("podtrail_attribution_late_total"), 0.0);
+    assert_eq!(agent.metric("podtrail_sessions_unattributed"), 1.0, "remembered for a late record");
+
+    // the API server's batch arrives late (webhook batching, retries)
+    agent.post_audit(&event_list(exec_events(
+        &audit_id,
+        &cmd,
+        received,
+        &["RequestReceived", "ResponseStarted", "ResponseComplete"],
+    )));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let late = loop {
+        let spans = read_spans(&agent.file());
+        if let Some(s) = spans.iter().find(|s| s.trace_id == root.trace_id && s.name == "attribution") {
+            break s.clone();
+        }
+        assert!(Instant::now() < deadline, "no attribution span in trace {}:\n{}", root.trace_id, agent.log());
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(agent.metric("podtrail_attribution_late_total"), 1.0);
+    assert_eq!(agent.metric("podtrail_sessions_unattributed"), 0.0);
+    let log = agent.log();
+    let spans = agent.stop();
+
+    assert_eq!(late.parent, root.span_id, "a child of the exported root: {late:#?}");
+    assert_identity(&late);
+    assert_eq!(late.attr("podtrail.attribution.late"), Some(json!(true)), "{late:#?}");
+    assert!(late.attr("podtrail.attribution.delay_ms").and_then(|v| v.as_i64()).is_some_and(|d| d > 0), "{late:#?}");
+    assert_eq!(late.str("podtrail.k8s.audit_id").as_deref(), Some(audit_id.as_str()));
+    assert_eq!(late.str("podtrail.attribution.confidence").as_deref(), Some("unique"));
+    assert_eq!(late.attr("podtrail.k8s.command"), Some(json!(cmd)), "{late:#?}");
+    assert!(log.contains("late record"), "a log line says so:\n{log}");
+    // one attribution span, and the record did not also become a request-only trace (the
+    // agent's stop exports every record still free as one)
+    assert_eq!(spans.iter().filter(|s| s.name == "attribution").count(), 1);
+    let audit_trace = audit_id.replace('-', "");
+    assert!(spans.iter().all(|s| s.trace_id != audit_trace), "no request-only trace for the consumed record");
+    assert_eq!(
+        spans.iter().filter(|s| s.parent.is_empty() && s.str("user.name").as_deref() == Some(USER)).count(),
+        0,
+        "no root carries the user: the exported root stays as it was"
+    );
+}
+
+// ---- `podtrail run` subscribed to a running `podtrail receiver` (mutual TLS) ----
+
+/// Certificates made at test time: one CA for the receiver (serving `localhost`), the API
+/// server's webhook client and the agent; a stranger CA with an agent certificate of its own.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+    apiserver: (String, String),
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        let issuer = |cn: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(DnType::CommonName, cn);
+            CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+        };
+        let leaf = |ca: &CertifiedIssuer<'static, KeyPair>, sans: &[&str], cn: &str| {
+            let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            let key = KeyPair::generate().unwrap();
+            (p.signed_by(&key, ca).unwrap().pem(), key.serialize_pem())
+        };
+        let (ca, other) = (issuer("podtrail e2e CA"), issuer("someone else's CA"));
+        let dir = tempfile::tempdir().unwrap();
+        for (name, (cert, key)) in [
+            ("server", leaf(&ca, &["localhost"], "podtrail-receiver")),
+            ("agent", leaf(&ca, &[], "podtrail-agent")),
+            ("stranger", leaf(&other, &[], "podtrail-agent")),
+        ] {
+            std::fs::write(dir.path().join(format!("{name}.pem")), cert).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.key")), key).unwrap();
+        }
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        Pki { ca_pem: ca.pem(), apiserver: leaf(&ca, &[], "kube-apiserver-audit-webhook"), dir }
+    }
+
+    fn path(&self, f: &str) -> String {
+        self.dir.path().join(f).display().to_string()
+    }
+
+    /// A TLS client trusting the CA, presenting `identity` if any.
+    fn client(&self, identity: Option<&(String, String)>) -> std::sync::Arc<tokio_rustls::rustls::ClientConfig> {
+        use tokio_rustls::rustls;
+        let certs = |pem: &str| rustls_pemfile::certs(&mut pem.as_bytes()).map(Result::unwrap).collect::<Vec<_>>();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs(&self.ca_pem) {
+            roots.add(c).unwrap();
+        }
+        let b =
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots);
+        std::sync::Arc::new(match identity {
+            Some((cert, key)) => b
+                .with_client_auth_cert(certs(cert), rustls_pemfile::private_key(&mut key.as_bytes()).unwrap().unwrap())
+                .unwrap(),
+            None => b.with_no_client_auth(),
+        })
+    }
+}
+
+/// One HTTP/1.1 request over TLS to `localhost:port`: (status, the raw reply), or the error.
+fn tls_request(
+    port: u16,
+    tls: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut s = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(body).await?;
+        s.flush().await?;
+        let mut raw = Vec::new();
+        // a stream answer never ends: what arrived in two seconds is enough
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut raw)).await;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+        status.map(|c| (c, text.clone())).ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {text:?}")))
+    })
+}
+
+/// The real `podtrail receiver`: audit webhook and stream on free loopback ports, metrics too.
+struct ReceiverProc {
+    child: Child,
+    dir: tempfile::TempDir,
+    audit: u16,
+    stream: u16,
+    metrics: String,
+}
+
+impl ReceiverProc {
+    fn start(pki: &Pki) -> ReceiverProc {
+        let dir = tempfile::tempdir().unwrap();
+        let (audit, stream, metrics) = (free_port(), free_port(), format!("127.0.0.1:{}", free_port()));
+        let config = format!(
+            "[receiver]\naudit_listen = \"127.0.0.1:{audit}\"\nadmission_listen = \"\"\nstream_listen = \"127.0.0.1:{stream}\"\ntls_cert = {:?}\ntls_key = {:?}\nclient_ca = {:?}\nheartbeat_s = 1\nmetrics_listen = {metrics:?}\n",
+            pki.path("server.pem"),
+            pki.path("server.key"),
+            pki.path("ca.pem"),
+        );
+        std::fs::write(dir.path().join("receiver.toml"), config).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_podtrail"))
+            .arg("receiver")
+            .arg("--config")
+            .arg(dir.path().join("receiver.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("receiver.log")).unwrap())
+            .spawn()
+            .expect("spawn podtrail receiver");
+        let mut r = ReceiverProc { child, dir, audit, stream, metrics };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !r.log().contains("podtrail receiver listening") {
+            if let Some(st) = r.child.try_wait().unwrap() {
+                panic!("podtrail receiver exited ({st}):\n{}", r.log());
+            }
+            assert!(Instant::now() < deadline, "podtrail receiver did not come up:\n{}", r.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        r
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("receiver.log")).unwrap_or_default()
+    }
+
+    /// POST an audit EventList as the API server does (its client certificate).
+    fn post_audit(&self, pki: &Pki, body: &Value) {
+        let body = serde_json::to_vec(body).unwrap();
+        let (status, reply) =
+            tls_request(self.audit, pki.client(Some(&pki.apiserver)), "POST", "/audit", &body).expect("post audit");
+        assert_eq!(status, 200, "receiver answered: {reply}\n{}", self.log());
+    }
+
+    fn metric(&self, series: &str) -> f64 {
+        scrape(&self.metrics, series)
+    }
+}
+
+impl Drop for ReceiverProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One series of a Prometheus endpoint at `addr` (0 when absent).
+fn scrape(addr: &str, series: &str) -> f64 {
+    let mut s = TcpStream::connect(addr).expect("connect to /metrics");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse().expect("a number"))
+        .unwrap_or(0.0)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `[attribution]` lines subscribing to `r` as `identity` (a key/cert pair in the PKI dir).
+fn subscription(pki: &Pki, r: &ReceiverProc, identity: &str) -> String {
+    format!(
+        "receivers = [\"https://localhost:{}\"]\nreceiver_tls_cert = {:?}\nreceiver_tls_key = {:?}\nreceiver_ca = {:?}\n",
+        r.stream,
+        pki.path(&format!("{identity}.pem")),
+        pki.path(&format!("{identity}.key")),
+        pki.path("ca.pem"),
+    )
+}
+
+#[test]
+fn agent_subscribed_to_a_receiver_attributes_an_exec_with_the_records_posted_there() {
+    let Some((_g, cd, c)) = setup() else { return };
+    let pki = Pki::new();
+    let receiver = ReceiverProc::start(&pki);
+    let agent = Agent::launch(&cd, 5000, true, Some(&subscription(&pki, &receiver, "agent")));
+    wait_until("the agent's subscription", Duration::from_secs(20), || {
+        agent.metric("podtrail_stream_subscriptions_connected") >= 1.0
+    });
+    let cmd = ["sh", "-c", "echo via-receiver; sleep 0.3"];
+    let audit_id = new_audit_id();
+    let received = SystemTime::now();
+    receiver
+        .post_audit(&pki, &event_list(exec_events(&audit_id, &cmd, received, &["RequestReceived", "ResponseStarted"])));
+    wait_until("two stages streamed to the agent", Duration::from_secs(20), || {
+        agent.metric("podtrail_stream_records_kept_total") >= 2.0
+    });
+    exec_ok(&cd, &c, &cmd);
+    receiver.post_audit(&pki, &event_list(exec_events(&audit_id, &cmd, received, &["ResponseComplete"])));
+    let roots = agent.wait_roots(&c.id, 1, Duration::from_secs(30));
+    assert_eq!(receiver.metric("podtrail_stream_records_streamed_total"), 3.0, "{}", receiver.log());
+    drop(agent.stop());
+
+    assert_eq!(roots.len(), 1, "{roots:#?}");
+    let root = &roots[0];
+    assert_eq!(root.name, "kubectl exec");
+    assert_identity(root);
+    assert_eq!(root.str("podtrail.k8s.audit_id").as_deref(), Some(audit_id.as_str()));
+    assert_eq!(root.trace_id, audit_id.replace('-', ""), "the trace id is the audit id");
+}
+
+#[test]
+fn agent_without_a_certificate_the_receiver_trusts_gets_nothing() {
+    let Some((_g, cd, c)) = setup() else { return };
+    let pki = Pki::new();
+    let receiver = ReceiverProc::start(&pki);
+    // an agent with a certificate from another CA
+    let agent = Agent::launch(&cd, 1500, true, Some(&subscription(&pki, &receiver, "stranger")));
+    wait_until("the stranger's handshakes refused", Duration::from_secs(20), || {
+        receiver.metric("podtrail_attribution_records_rejected_total{reason=\"tls_handshake\"}") >= 1.0
+    });
+    let cmd = ["sh", "-c", "echo not-for-you; sleep 0.3"];
+    let audit_id = new_audit_id();
+    let received = SystemTime::now();
+    receiver.post_audit(
+        &pki,
+        &event_list(exec_events(
+            &audit_id,
+            &cmd,
+            received,
+            &["RequestReceived", "ResponseStarted", "ResponseComplete"],
+        )),
+    );
+    exec_ok(&cd, &c, &cmd);
+    let roots = agent.wait_roots(&c.id, 1, Duration::from_secs(30));
+    // a client with no certificate at all: 401 and not one record line
+    let (status, reply) = tls_request(receiver.stream, pki.client(None), "GET", "/v1/records?node=x&since=0", b"")
+        .expect("the handshake itself succeeds without a certificate");
+    assert_eq!(status, 401, "{reply}");
+    assert!(!reply.contains("\"type\":\"record\""), "{reply}");
+    assert_eq!(receiver.metric("podtrail_attribution_records_rejected_total{reason=\"no_client_cert\"}"), 1.0);
+    // while a trusted client would have been streamed the record (the receiver has it)
+    let (status, reply) =
+        tls_request(receiver.stream, pki.client(Some(&pki.apiserver)), "GET", "/v1/records?node=x&since=0", b"")
+            .unwrap();
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply.contains(&audit_id), "the receiver holds the record: {reply}");
+    assert_eq!(agent.metric("podtrail_stream_records_received_total"), 0.0);
+    assert_eq!(agent.metric("podtrail_stream_subscriptions_connected"), 0.0);
+    drop(agent.stop());
+
+    assert_eq!(roots.len(), 1, "{roots:#?}");
+    assert_eq!(roots[0].name, "exec");
+    assert_eq!(roots[0].str("podtrail.attribution.source").as_deref(), Some("none"), "{:#?}", roots[0]);
+    assert_eq!(roots[0].str("user.name"), None);
 }

@@ -29,6 +29,8 @@ pub struct AttributeMetrics {
     pub evicted: Family<Labels, Counter>,
     /// Records held now.
     pub store_records: Gauge,
+    /// Listener certificates re-read after their files changed, by result (ok, failed).
+    pub tls_reloads: Family<Labels, Counter>,
 }
 
 impl AttributeMetrics {
@@ -46,6 +48,11 @@ impl AttributeMetrics {
         );
         sub.register("records_evicted", "Records dropped by the store bounds, by state", self.evicted.clone());
         sub.register("store_records", "Request records held", self.store_records.clone());
+        sub.register(
+            "tls_reloads",
+            "Listener certificate files re-read after they changed, by result (ok, failed: the previous ones stay)",
+            self.tls_reloads.clone(),
+        );
     }
 
     pub fn reject(&self, reason: &'static str) {

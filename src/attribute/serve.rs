@@ -2,11 +2,14 @@
 //! HTTP only when asked for and bound to loopback.
 //!
 //! In: TCP connections. Out: HTTP/1.1 requests handed to an axum [`Router`].
+//! The certificate, key and client CA are re-read when their files change (checked per new
+//! connection, [`super::reload`]), so a rotated certificate needs no restart.
 //! Dropped (counted in `records_rejected`): connections whose TLS handshake fails or times out
 //! (`tls_handshake`: no TLS, an untrusted client certificate), and requests without a client
 //! certificate where one is required (`no_client_cert`, answered 401).
 
 use super::metrics::AttributeMetrics;
+use super::reload::Reloading;
 use axum::body::Body;
 use axum::Router;
 use hyper::body::Incoming;
@@ -97,7 +100,8 @@ pub enum ServeError {
 /// A bound listener, ready to [`run`](WebhookServer::run).
 pub struct WebhookServer {
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    /// Follows the certificate files (cert-manager rotates them): see [`super::reload`].
+    tls: Option<Arc<Reloading<ServerConfig>>>,
     router: Router,
     metrics: AttributeMetrics,
     require_client_cert: bool,
@@ -115,7 +119,15 @@ impl WebhookServer {
                 if cfg.require_client_cert && files.client_ca.is_none() {
                     return Err(ServeError::NoClientCa(cfg.listen));
                 }
-                Some(TlsAcceptor::from(Arc::new(server_config(files)?)))
+                let mut paths = vec![files.cert.clone(), files.key.clone()];
+                paths.extend(files.client_ca.clone());
+                let f = files.clone();
+                Some(Arc::new(Reloading::new(
+                    "webhook listener",
+                    paths,
+                    move || server_config(&f),
+                    metrics.tls_reloads.clone(),
+                )?))
             }
         };
         let listener =
@@ -150,7 +162,9 @@ impl WebhookServer {
                     }
                 },
             };
-            let (router, metrics, tls) = (self.router.clone(), self.metrics.clone(), self.tls.clone());
+            // the certificate files as they are now, for this connection
+            let tls = self.tls.as_ref().map(|r| TlsAcceptor::from(r.current()));
+            let (router, metrics) = (self.router.clone(), self.metrics.clone());
             let (require, hs_timeout) = (self.require_client_cert, self.handshake_timeout);
             tokio::spawn(async move {
                 match tls {

@@ -22,6 +22,7 @@ use super::{
 };
 use prometheus_client::registry::Registry;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -101,11 +102,19 @@ pub struct RecordStore {
     inner: Mutex<Inner>,
     metrics: AttributeMetrics,
     tap: Option<RecordTap>,
+    /// Stages accepted (new or merged) so far: see [`RecordStore::revision`].
+    revision: AtomicU64,
 }
 
 impl RecordStore {
     pub fn new(cfg: StoreConfig) -> Self {
-        Self { cfg, inner: Mutex::new(Inner::default()), metrics: AttributeMetrics::default(), tap: None }
+        Self {
+            cfg,
+            inner: Mutex::new(Inner::default()),
+            metrics: AttributeMetrics::default(),
+            tap: None,
+            revision: AtomicU64::new(0),
+        }
     }
 
     /// A store that also hands every accepted stage to `tap`.
@@ -161,6 +170,9 @@ impl RecordStore {
     pub fn insert_record(&self, rec: RequestRecord, stage: Stage) -> InsertOutcome {
         let tapped = self.tap.as_ref().map(|_| rec.clone());
         let outcome = self.insert_record_inner(rec, stage);
+        if matches!(outcome, InsertOutcome::Inserted | InsertOutcome::Merged) {
+            self.revision.fetch_add(1, Ordering::Relaxed);
+        }
         if let (Some(tap), Some(rec)) = (&self.tap, tapped) {
             if matches!(outcome, InsertOutcome::Inserted | InsertOutcome::Merged) {
                 tap(&rec, stage);
@@ -235,18 +247,33 @@ impl RecordStore {
         self.metrics.store_records.set(inner.slots.len() as i64);
     }
 
+    /// Changes whenever a stage is accepted: a session that found nothing need not ask again
+    /// until it does.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Relaxed)
+    }
+
     /// Match a session; consumes the matched request so overlapping identical execs are
     /// taken in order; returns None when nothing matches (yet).
     pub fn match_session(&self, q: &SessionQuery) -> Option<Attribution> {
+        self.match_settled(q, Duration::ZERO)
+    }
+
+    /// [`RecordStore::match_session`] for a session already exported unattributed: only
+    /// records that arrived at least `settled` ago may answer, so that a record meant for a new
+    /// session that is about to ask goes to that session.
+    pub fn match_settled(&self, q: &SessionQuery, settled: Duration) -> Option<Attribution> {
         let now = SystemTime::now();
         let mut inner = self.lock();
         self.expire(&mut inner, now);
+        let cutoff = now.checked_sub(settled).unwrap_or(UNIX_EPOCH);
+        let settled = |s: &Slot| s.arrived <= cutoff;
 
         if let Some(env_id) = q.env_audit_id.as_deref().filter(|s| !s.is_empty()) {
             let mut exact: Vec<&Key> = inner
                 .slots
                 .iter()
-                .filter(|(k, s)| k.0 == env_id && s.state == State::Free && request_fits(q, &s.rec))
+                .filter(|(k, s)| k.0 == env_id && s.state == State::Free && settled(s) && request_fits(q, &s.rec))
                 .map(|(k, _)| k)
                 .collect();
             exact.sort_by_key(|k| inner.slots[*k].seq);
@@ -265,7 +292,7 @@ impl RecordStore {
         let fits: Vec<(&Key, &Slot)> = inner
             .slots
             .iter()
-            .filter(|(_, s)| s.state != State::Exported)
+            .filter(|(_, s)| s.state != State::Exported && settled(s))
             .filter(|(_, s)| request_fits(q, &s.rec) && time_matches(q, &s.rec, self.cfg.match_window))
             .collect();
         // Prefer the strongest evidence that still has a free record: audit over admission

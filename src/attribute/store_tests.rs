@@ -377,3 +377,18 @@ fn store_is_bounded_and_counts_evictions() {
         None
     );
 }
+
+#[test]
+fn a_late_question_is_answered_only_by_settled_records_and_revision_tracks_new_stages() {
+    let s = store();
+    assert_eq!(s.revision(), 0);
+    load(&s, WS);
+    assert_eq!(s.revision(), 3, "one inserted and two merged stages (the ignored event does not count)");
+    load(&s, WS);
+    assert_eq!(s.revision(), 3, "duplicates change nothing");
+    let q = query("api-7d9c", Some("api"), &["sh", "-c", "echo hi"], "2026-03-02T14:05:07.2Z");
+    // just arrived: a session exported long ago must leave it to a session about to ask
+    assert_eq!(s.match_settled(&q, Duration::from_secs(3600)), None);
+    let a = s.match_settled(&q, Duration::ZERO).expect("settled enough");
+    assert_eq!(a.user_name.as_deref(), Some("john.doe@example.com"));
+}

@@ -280,6 +280,20 @@ pub async fn run_export_with(
             }
             push(Queued { session: Some(sid), span: b.span, root: b.root });
         }
+        for l in out.late {
+            metrics.attribution_late.inc();
+            tracing::info!(
+                trace_id = %l.span.span_context.trace_id(),
+                audit_id = l.audit_id.as_deref().unwrap_or(""),
+                user = l.user.as_deref().unwrap_or(""),
+                delay_ms = l.delay.as_millis() as u64,
+                "late record: attribution span added to a session exported unattributed"
+            );
+            push(Queued { session: None, span: l.span, root: false });
+        }
+        for reason in out.forgotten {
+            metrics.attribution_late_forgotten.get_or_create(&vec![("reason", reason)]).inc();
+        }
         for (_, incomplete) in out.ended {
             report.sessions += 1;
             metrics.sessions_exported.inc();
@@ -290,6 +304,7 @@ pub async fn run_export_with(
         }
         metrics.sessions_open.set(stage.open() as i64);
         metrics.sessions_held.set(stage.held() as i64);
+        metrics.sessions_unattributed.set(stage.unattributed() as i64);
     };
     loop {
         let mut out = Output::default();

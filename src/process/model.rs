@@ -57,6 +57,15 @@ impl SessionKind {
             SessionKind::Host => "host",
         }
     }
+
+    /// Whether a Kubernetes request can stand behind this kind (kubectl exec, kubectl debug):
+    /// the others never wait for attribution.
+    pub fn attributable(&self) -> bool {
+        match self {
+            SessionKind::Exec | SessionKind::Debug => true,
+            _ => false,
+        }
+    }
 }
 
 /// Who a container is, as far as this node can tell.

@@ -62,6 +62,15 @@ impl Attributor for RecordingAttributor {
         }
         Some(who)
     }
+
+    // A late answer is not recorded: the session's spans (and its root) have already passed.
+    fn attribute_late(&self, info: &SessionInfo, settled: std::time::Duration) -> Option<SessionIdentity> {
+        self.inner.attribute_late(info, settled)
+    }
+
+    fn revision(&self) -> Option<u64> {
+        self.inner.revision()
+    }
 }
 
 /// A process's images as its descendants see them: (start, command name).

@@ -184,23 +184,7 @@ pub fn root_span(
             if let Some(c) = w.request_completed {
                 end = end.max(c);
             }
-            if !w.user_groups.is_empty() {
-                attrs.push(KeyValue::new(sc::USER_ROLES, strs(&w.user_groups)));
-            }
-            if !w.impersonated_groups.is_empty() {
-                attrs.push(KeyValue::new(keys::K8S_IMPERSONATED_ROLES, strs(&w.impersonated_groups)));
-            }
-            push_opt(&mut attrs, sc::USER_AGENT_ORIGINAL, &w.user_agent);
-            if !w.requested_command.is_empty() {
-                attrs.push(KeyValue::new(keys::K8S_COMMAND, strs(&w.requested_command)));
-            }
-            push_opt(&mut attrs, keys::K8S_CONTAINER, &w.container);
-            attrs.push(KeyValue::new(keys::K8S_TTY, w.tty));
-            attrs.push(KeyValue::new(keys::K8S_STDIN, w.stdin));
-            attrs.push(KeyValue::new(keys::ATTRIBUTION_CANDIDATES, w.candidates as i64));
-            if let Some(code) = w.response_code {
-                attrs.push(KeyValue::new(keys::K8S_RESPONSE_CODE, code as i64));
-            }
+            request_attributes(&mut attrs, w);
             w.root_name()
         }
         None => root_name(info.kind),
@@ -223,6 +207,53 @@ pub fn root_span(
         }
     }
     span(frame, frame.root_id, SpanId::INVALID, SpanKind::Server, name.to_owned(), start, end, attrs, Status::Unset)
+}
+
+/// What the request says beyond the identity on every span: groups, client, the requested
+/// command and options, how many candidates, the response. On the root, and on a late
+/// attribution span.
+fn request_attributes(attrs: &mut Vec<KeyValue>, w: &SessionIdentity) {
+    if !w.user_groups.is_empty() {
+        attrs.push(KeyValue::new(sc::USER_ROLES, strs(&w.user_groups)));
+    }
+    if !w.impersonated_groups.is_empty() {
+        attrs.push(KeyValue::new(keys::K8S_IMPERSONATED_ROLES, strs(&w.impersonated_groups)));
+    }
+    push_opt(attrs, sc::USER_AGENT_ORIGINAL, &w.user_agent);
+    if !w.requested_command.is_empty() {
+        attrs.push(KeyValue::new(keys::K8S_COMMAND, strs(&w.requested_command)));
+    }
+    push_opt(attrs, keys::K8S_CONTAINER, &w.container);
+    attrs.push(KeyValue::new(keys::K8S_TTY, w.tty));
+    attrs.push(KeyValue::new(keys::K8S_STDIN, w.stdin));
+    attrs.push(KeyValue::new(keys::ATTRIBUTION_CANDIDATES, w.candidates as i64));
+    if let Some(code) = w.response_code {
+        attrs.push(KeyValue::new(keys::K8S_RESPONSE_CODE, code as i64));
+    }
+}
+
+/// The request that opened a session, found after the session was exported unattributed: one
+/// span `attribution` under the exported root (same trace), with the identity the root would
+/// have carried, `podtrail.attribution.late = true` and how long after the unattributed
+/// export the record matched. It spans the request (received to complete) when the record
+/// says, else the session's start.
+pub fn attribution_span(
+    ctx: &BuildCtx,
+    trace_id: TraceId,
+    root_id: SpanId,
+    info: &SessionInfo,
+    who: &SessionIdentity,
+    delay: std::time::Duration,
+) -> SpanData {
+    let frame = SessionFrame { trace_id, root_id, common: common_attributes(&ctx.cfg.cluster_name, info, Some(who)) };
+    let mut attrs = frame.common.clone();
+    request_attributes(&mut attrs, who);
+    attrs.push(KeyValue::new(keys::ATTRIBUTION_LATE, true));
+    attrs.push(KeyValue::new(keys::ATTRIBUTION_DELAY_MS, delay.as_millis().min(i64::MAX as u128) as i64));
+    let start = who.request_started.unwrap_or_else(|| ctx.clock.to_system_time(info.start_ns));
+    let end = who.request_completed.unwrap_or(start);
+    let id = ids::attribution_span_id(&ctx.boot_id, info.id);
+    span(&frame, id, root_id, SpanKind::Internal, "attribution".into(), start, end, attrs, Status::Unset)
 }
 
 /// The root's name when no request matched: what kind of activity the trace is.

@@ -49,11 +49,24 @@ pub struct HoldConfig {
     pub poll_ms: u64,
     /// Sessions held at once; when full, the oldest is released unattributed (and counted).
     pub max_sessions: usize,
+    /// How long a session exported unattributed keeps asking for a record that arrives late,
+    /// in milliseconds (0: never); a match adds an `attribution` span to its trace. Default
+    /// 15 minutes, the record store's retention.
+    pub late_ms: u64,
+    /// Sessions exported unattributed remembered at once for a late record; when full, the
+    /// oldest is forgotten (counted in `podtrail_attribution_late_forgotten_total`).
+    pub late_max_sessions: usize,
 }
 
 impl Default for HoldConfig {
     fn default() -> Self {
-        HoldConfig { deadline_ms: 0, poll_ms: 250, max_sessions: 4096 }
+        HoldConfig {
+            deadline_ms: 0,
+            poll_ms: 250,
+            max_sessions: 4096,
+            late_ms: 15 * 60 * 1000,
+            late_max_sessions: 10_000,
+        }
     }
 }
 
@@ -63,6 +76,9 @@ impl HoldConfig {
     }
     pub fn poll(&self) -> Duration {
         Duration::from_millis(self.poll_ms.max(10))
+    }
+    pub fn late(&self) -> Duration {
+        Duration::from_millis(self.late_ms)
     }
 }
 

@@ -5,7 +5,7 @@
 //! In: an `Attribution` (or nothing: the session is exported unattributed, which is a finding
 //! in itself). Out: [`SessionIdentity`]. Nothing is dropped.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::attribute::Attribution;
 use crate::process::model::SessionInfo;
@@ -90,6 +90,20 @@ pub trait Attributor: Send + Sync {
     fn unmatched_requests(&self, _now: SystemTime) -> Vec<Attribution> {
         Vec::new()
     }
+
+    /// A session already exported unattributed asks again: like [`Attributor::attribute`], but
+    /// only records held for at least `settled` may answer, so that a record meant for a new
+    /// session that is about to ask is not taken by an older one. By default, `attribute`.
+    fn attribute_late(&self, info: &SessionInfo, _settled: Duration) -> Option<SessionIdentity> {
+        self.attribute(info)
+    }
+
+    /// A number that changes whenever the answer to a late question could change (a record
+    /// arrived); the hold stage asks its exported sessions again only then. None: unknown,
+    /// ask on every tick.
+    fn revision(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The attributor used until attribution is wired in: nobody, immediately.
@@ -99,6 +113,10 @@ pub struct NoAttributor;
 impl Attributor for NoAttributor {
     fn attribute(&self, _info: &SessionInfo) -> Option<SessionIdentity> {
         None
+    }
+
+    fn revision(&self) -> Option<u64> {
+        Some(0) // nothing ever arrives
     }
 }
 

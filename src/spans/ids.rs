@@ -59,6 +59,11 @@ pub fn root_span_id(boot_id: &[u8; 16], session: SessionId) -> SpanId {
     span_id_from(&digest("root", boot_id, &[&key_bytes(session.0)]))
 }
 
+/// The span a late record adds to a session exported unattributed (one per session).
+pub fn attribution_span_id(boot_id: &[u8; 16], session: SessionId) -> SpanId {
+    span_id_from(&digest("attribution", boot_id, &[&key_bytes(session.0)]))
+}
+
 /// The trace of a session: the attribution's trace id when there is one (from the audit id,
 /// so anyone holding the audit line can open the trace), else derived from the session root.
 pub fn session_trace_id(boot_id: &[u8; 16], session: SessionId, attributed: Option<[u8; 16]>) -> TraceId {

@@ -11,6 +11,9 @@ use opentelemetry_semantic_conventions::attribute as sc;
 pub const ATTRIBUTION_SOURCE: &str = "podtrail.attribution.source";
 pub const ATTRIBUTION_CONFIDENCE: &str = "podtrail.attribution.confidence";
 pub const ATTRIBUTION_CANDIDATES: &str = "podtrail.attribution.candidates";
+/// On the `attribution` span a record that arrived after the session was exported adds.
+pub const ATTRIBUTION_LATE: &str = "podtrail.attribution.late";
+pub const ATTRIBUTION_DELAY_MS: &str = "podtrail.attribution.delay_ms";
 pub const K8S_AUDIT_ID: &str = "podtrail.k8s.audit_id";
 pub const K8S_IMPERSONATED_NAME: &str = "podtrail.k8s.impersonated.name";
 pub const K8S_IMPERSONATED_ROLES: &str = "podtrail.k8s.impersonated.roles";
@@ -76,6 +79,8 @@ pub const PODTRAIL_KEYS: &[&str] = &[
     ATTRIBUTION_SOURCE,
     ATTRIBUTION_CONFIDENCE,
     ATTRIBUTION_CANDIDATES,
+    ATTRIBUTION_LATE,
+    ATTRIBUTION_DELAY_MS,
     K8S_AUDIT_ID,
     K8S_IMPERSONATED_NAME,
     K8S_IMPERSONATED_ROLES,

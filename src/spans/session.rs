@@ -76,6 +76,10 @@ impl SessionSpans {
         self.frame.trace_id
     }
 
+    pub fn root_id(&self) -> SpanId {
+        self.frame.root_id
+    }
+
     /// The process stage learned more about the session (a watched nsenter became a node
     /// session in a container, pod metadata arrived): spans built from now on say so.
     pub fn refresh(&mut self, ctx: &BuildCtx, info: SessionInfo) {

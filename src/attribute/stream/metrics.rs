@@ -42,6 +42,8 @@ pub struct StreamMetrics {
     pub lines_malformed: Counter,
     /// Records the receivers reported as missed (gap in their replay buffers).
     pub records_gap: Counter,
+    /// The agent's client certificate files re-read after they changed, by result.
+    pub tls_reloads: prometheus_client::metrics::family::Family<Vec<(&'static str, &'static str)>, Counter>,
 }
 
 impl StreamMetrics {
@@ -69,5 +71,10 @@ impl StreamMetrics {
         s.register("records_other_node", "Streamed records about pods on other nodes", self.records_other_node.clone());
         s.register("lines_malformed", "Stream lines that did not parse", self.lines_malformed.clone());
         s.register("records_gap", "Records receivers reported missed by this agent", self.records_gap.clone());
+        s.register(
+            "tls_reloads",
+            "Client certificate files re-read after they changed, by result (ok, failed: the previous ones stay)",
+            self.tls_reloads.clone(),
+        );
     }
 }

@@ -14,6 +14,7 @@ use super::metrics::StreamMetrics;
 use super::wire::Line;
 use crate::attribute::audit::Stage;
 use crate::attribute::record::RequestRecord;
+use crate::attribute::reload::Reloading;
 use crate::attribute::serve::{load_certs, load_key, ServeError};
 use crate::attribute::RecordStore;
 use futures::StreamExt;
@@ -213,13 +214,38 @@ pub fn client_config(
     Ok(Arc::new(cfg))
 }
 
+/// The agent's TLS client, following its files: a rotated certificate or CA is used from the
+/// next connection on ([`crate::attribute::reload`]).
+pub type ClientTls = Arc<Reloading<ClientConfig>>;
+
+/// [`client_config`], re-read when the files change; `reloads` counts the re-reads by result.
+pub fn reloading_client_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    ca: &std::path::Path,
+    reloads: prometheus_client::metrics::family::Family<
+        Vec<(&'static str, &'static str)>,
+        prometheus_client::metrics::counter::Counter,
+    >,
+) -> Result<ClientTls, ServeError> {
+    let (c, k, a) = (cert.to_owned(), key.to_owned(), ca.to_owned());
+    let files = vec![c.clone(), k.clone(), a.clone()];
+    let r = Reloading::new(
+        "receiver stream client",
+        files,
+        move || client_config(&c, &k, &a).map(Arc::unwrap_or_clone),
+        reloads,
+    )?;
+    Ok(Arc::new(r))
+}
+
 /// Check the configuration, then subscribe to every receiver until `stop` resolves.
 pub fn start(
     cfg: SubscribeConfig,
     sink: Arc<RecordSink>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<JoinHandle<()>, SubscribeError> {
-    let tls = client_config(&cfg.tls_cert, &cfg.tls_key, &cfg.ca)?;
+    let tls = reloading_client_config(&cfg.tls_cert, &cfg.tls_key, &cfg.ca, sink.metrics().tls_reloads.clone())?;
     let targets = cfg.receivers.iter().map(|u| parse_receiver(u)).collect::<Result<Vec<_>, _>>()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     Ok(tokio::spawn(async move {
@@ -248,7 +274,7 @@ pub fn start(
 /// One receiver URL: a subscription per address it resolves to, kept in step with DNS.
 async fn supervise(
     target: Target,
-    tls: Arc<ClientConfig>,
+    tls: ClientTls,
     cfg: SubscribeConfig,
     sink: Arc<RecordSink>,
     mut stop: watch::Receiver<bool>,
@@ -303,7 +329,7 @@ struct Resume {
 pub async fn subscription(
     addr: SocketAddr,
     target: Target,
-    tls: Arc<ClientConfig>,
+    tls: ClientTls,
     cfg: SubscribeConfig,
     sink: Arc<RecordSink>,
 ) {
@@ -353,7 +379,7 @@ impl Drop for Connected {
 async fn stream_once(
     addr: SocketAddr,
     target: &Target,
-    tls: &Arc<ClientConfig>,
+    tls: &ClientTls,
     cfg: &SubscribeConfig,
     sink: &RecordSink,
     resume: &mut Resume,
@@ -366,7 +392,7 @@ async fn stream_once(
     let _ = tcp.set_nodelay(true);
     let tls_stream = tokio::time::timeout(
         cfg.connect_timeout,
-        TlsConnector::from(tls.clone()).connect(target.server_name.clone(), tcp),
+        TlsConnector::from(tls.current()).connect(target.server_name.clone(), tcp),
     )
     .await
     .map_err(|_| SubscribeError::Timeout("TLS handshake"))?

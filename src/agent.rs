@@ -85,15 +85,44 @@ fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + '
     }
 }
 
+/// Is the Kubernetes API watched (`kube.watch`, `auto`: when running in a pod)?
+fn kube_watched(cfg: &crate::config::KubeConfig) -> bool {
+    use crate::config::KubeWatch;
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    cfg.watch == KubeWatch::On || (cfg.watch == KubeWatch::Auto && in_cluster)
+}
+
+/// The cluster ranges the API tells (nodes, ServiceCIDRs), added to the configured ones that
+/// every stage classifies with; counted by kind and source either way.
+async fn learn_ranges(
+    cfg: &Ready,
+    reg: &Mutex<Registry>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let learner = crate::enrich::ranges::RangeLearner::new(&cfg.spans.scope);
+    reg.lock().unwrap_or_else(|p| p.into_inner()).register(
+        "podtrail_cluster_ranges",
+        "Cluster address ranges known, by kind (pod, service, node) and source (config, nodes, service_cidrs, kubernetes_service)",
+        learner.known.clone(),
+    );
+    if !cfg.spans.scope.learn || !kube_watched(&cfg.kube) {
+        return Ok(());
+    }
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("cannot reach the Kubernetes API to learn the cluster's ranges ({e}): run with a service account allowed to list and watch nodes and servicecidrs, or set spans.scope.learn = false")
+    })?;
+    tracing::info!("learning the cluster's ranges from nodes and ServiceCIDRs");
+    tokio::spawn(crate::enrich::ranges::learn(client, learner, stop));
+    Ok(())
+}
+
 /// In a cluster (or when asked): a watch on this node's pods filling a `PodIndex`, stopped by
 /// `stop`. None when not watching.
 async fn pod_index(
     cfg: &crate::config::KubeConfig,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Option<crate::enrich::kube::PodIndex>> {
-    use crate::config::KubeWatch;
-    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-    if cfg.watch == KubeWatch::Off || (cfg.watch == KubeWatch::Auto && !in_cluster) {
+    if !kube_watched(cfg) {
         return Ok(None);
     }
     let node = Some(cfg.node_name.clone())
@@ -236,6 +265,7 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     // in a cluster, between the process and span stages: the API's pod metadata on every
     // session (so attribution matches on it) and exec probes held back, counted
     let pods = pod_index(&cfg.kube, stopped(stop_rx.clone())).await?;
+    learn_ranges(&cfg, &reg, stopped(stop_rx.clone())).await?;
     if let Some(sub) = cfg.receivers.clone() {
         let mut r = reg.lock().unwrap_or_else(|p| p.into_inner());
         tasks.push(subscribe_receivers(sub, &cfg.kube, store.clone(), pods.clone(), &mut r, stopped(stop_rx.clone()))?);

@@ -395,6 +395,9 @@ mod tests {
         assert_eq!(a.watch, vec!["strace".to_string()]);
         assert!(a.outbound("10.9.0.1".parse().unwrap()), "private, outside the pod range");
         assert!(!a.outbound("10.244.0.1".parse().unwrap()), "pod range");
+        // what the API watches learn into the span stage's ranges, the process stage sees
+        r.spans.scope.learned.set([(crate::spans::scope::RangeKind::Pod, "10.9.0.0/24".parse().unwrap())]);
+        assert!(!a.outbound("10.9.0.1".parse().unwrap()), "learned pod range");
         let e = Config::from_toml("[process.activity]\noutbound_scopes = [\"outside\"]\n")
             .unwrap()
             .validate()

@@ -1,169 +1,22 @@
 //! Pod metadata against a local HTTP server that speaks the API server's list/watch wire
-//! format: a `PodList` with a resourceVersion, then `watch=true` streams of newline-delimited
-//! `{"type":..,"object":..}` events in chunked encoding, a `410 Gone` ERROR event, a 503 while
-//! the "API server" restarts.
+//! format (tests/kube_fake): a `PodList` with a resourceVersion, then `watch=true` streams of
+//! newline-delimited `{"type":..,"object":..}` events in chunked encoding, a `410 Gone` ERROR
+//! event, a 503 while the "API server" restarts.
 
+mod kube_fake;
+
+use kube_fake::{ev, eventually, gone, FakeApi, ListStep, Route, WatchStep};
 use podtrail::enrich::kube::{watch_pods, ContainerKind, PodIndex, Workload};
 use serde_json::{json, Value};
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
-enum ListStep {
-    Fail(u16),
-    /// Close the connection without an answer (the API server went away mid-request).
-    Drop,
-    Ok(Value),
-}
-
-struct WatchStep {
-    /// Served once the test has opened the gate this far.
-    gate: usize,
-    events: Vec<Value>,
-    /// End the chunked body after the events (the watcher then re-watches); otherwise hold
-    /// the stream open like an idle watch.
-    close: bool,
-}
-
-struct Script {
-    lists: Mutex<VecDeque<ListStep>>,
-    last_list: Mutex<Option<Value>>,
-    watches: Mutex<VecDeque<WatchStep>>,
-    gate: watch::Sender<usize>,
-    requests: Mutex<Vec<String>>,
-}
-
-struct FakeApi {
-    url: String,
-    script: Arc<Script>,
-}
-
-impl FakeApi {
-    async fn start(lists: Vec<ListStep>, watches: Vec<WatchStep>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let script = Arc::new(Script {
-            lists: Mutex::new(lists.into()),
-            last_list: Mutex::new(None),
-            watches: Mutex::new(watches.into()),
-            gate: watch::channel(0).0,
-            requests: Mutex::new(Vec::new()),
-        });
-        let s = script.clone();
-        tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(serve(conn, s.clone()));
-            }
-        });
-        Self { url, script }
-    }
-
-    fn open_gate(&self, n: usize) {
-        self.script.gate.send_replace(n);
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.script.requests.lock().unwrap().clone()
-    }
-}
-
-async fn serve(conn: TcpStream, script: Arc<Script>) {
-    let (rd, mut wr) = conn.into_split();
-    let mut rd = BufReader::new(rd);
-    loop {
-        let mut request_line = String::new();
-        if rd.read_line(&mut request_line).await.unwrap_or(0) == 0 {
-            return;
-        }
-        loop {
-            let mut h = String::new();
-            if rd.read_line(&mut h).await.unwrap_or(0) == 0 {
-                return;
-            }
-            if h == "\r\n" {
-                break;
-            }
-        }
-        let target = request_line.split_whitespace().nth(1).unwrap_or("").to_owned();
-        script.requests.lock().unwrap().push(target.clone());
-        let is_watch = target.contains("watch=true") || target.contains("watch=1");
-        if !target.starts_with("/api/v1/pods?") || !target.contains("fieldSelector=spec.nodeName%3Dnode-1") {
-            let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#;
-            let _ = wr
-                .write_all(
-                    format!(
-                        "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    )
-                    .as_bytes(),
-                )
-                .await;
-            continue;
-        }
-        if !is_watch {
-            let step = script.lists.lock().unwrap().pop_front();
-            let (code, body) = match step {
-                Some(ListStep::Drop) => return,
-                Some(ListStep::Fail(code)) => (
-                    code,
-                    json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server is currently unable to handle the request","reason":"ServiceUnavailable","code":code}),
-                ),
-                Some(ListStep::Ok(v)) => {
-                    *script.last_list.lock().unwrap() = Some(v.clone());
-                    (200, v)
-                }
-                None => (200, script.last_list.lock().unwrap().clone().unwrap_or_else(|| pod_list("1", vec![]))),
-            };
-            let body = body.to_string();
-            let reason = if code == 200 { "OK" } else { "Service Unavailable" };
-            let head = format!(
-                "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            );
-            if wr.write_all(head.as_bytes()).await.is_err() || wr.write_all(body.as_bytes()).await.is_err() {
-                return;
-            }
-            continue;
-        }
-        let step = script.watches.lock().unwrap().pop_front();
-        let Some(step) = step else {
-            // An idle watch: headers, then nothing until the client goes away.
-            let _ = wr
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-                .await;
-            std::future::pending::<()>().await;
-            return;
-        };
-        let mut gate = script.gate.subscribe();
-        let _ = gate.wait_for(|g| *g >= step.gate).await;
-        if wr
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-            .await
-            .is_err()
-        {
-            return;
-        }
-        for ev in &step.events {
-            let line = format!("{ev}\n");
-            if wr.write_all(format!("{:x}\r\n{line}\r\n", line.len()).as_bytes()).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if !step.close {
-            std::future::pending::<()>().await;
-        }
-        if wr.write_all(b"0\r\n\r\n").await.is_err() {
-            return;
-        }
-    }
+/// This node's pods, as the pod watch asks for them.
+async fn pods_api(lists: Vec<ListStep>, watches: Vec<WatchStep>) -> FakeApi {
+    let pods = Route::new("/api/v1/pods", "PodList").containing("fieldSelector=spec.nodeName%3Dnode-1");
+    FakeApi::start(vec![pods.lists(lists).watches(watches)]).await
 }
 
 fn pod_list(rv: &str, items: Vec<Value>) -> Value {
-    json!({"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":rv},"items":items})
+    kube_fake::list("PodList", rv, items)
 }
 
 fn status(name: &str, id: &str) -> Value {
@@ -205,28 +58,6 @@ fn worker_pod(uid: &str, id: &str) -> Value {
         "status":{"phase":"Running","containerStatuses":[status("worker", id)]}})
 }
 
-fn ev(kind: &str, obj: Value) -> Value {
-    json!({"type":kind,"object":obj})
-}
-
-fn gone() -> Value {
-    json!({"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version: 102 (150)","reason":"Expired","code":410}})
-}
-
-fn client(url: &str) -> kube::Client {
-    kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap()
-}
-
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..300 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 const A: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
 const S: &str = "5151515151515151515151515151515151515151515151515151515151515151";
 const I: &str = "1111111111111111111111111111111111111111111111111111111111111111";
@@ -242,7 +73,7 @@ fn v(a: &[&str]) -> Vec<String> {
 
 #[tokio::test]
 async fn index_survives_watch_expiry_and_a_pod_recreated_under_the_same_name() {
-    let api = FakeApi::start(
+    let api = pods_api(
         vec![
             ListStep::Ok(pod_list("100", vec![api_pod("uid-1", "100", [A, S, I], None)])),
             ListStep::Ok(pod_list(
@@ -270,7 +101,7 @@ async fn index_survives_watch_expiry_and_a_pod_recreated_under_the_same_name() {
     .await;
     let index = PodIndex::new();
     let (_stop, stop) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(watch_pods(client(&api.url), "node-1", index.clone(), async move {
+    tokio::spawn(watch_pods(api.client(), "node-1", index.clone(), async move {
         let _ = stop.await;
     }));
 
@@ -320,7 +151,7 @@ async fn index_survives_watch_expiry_and_a_pod_recreated_under_the_same_name() {
 
 #[tokio::test]
 async fn api_restart_and_same_name_recreation_within_one_watch() {
-    let api = FakeApi::start(
+    let api = pods_api(
         vec![
             ListStep::Fail(503),
             ListStep::Drop,
@@ -348,7 +179,7 @@ async fn api_restart_and_same_name_recreation_within_one_watch() {
     .await;
     let index = PodIndex::new();
     let (_stop, stop) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(watch_pods(client(&api.url), "node-1", index.clone(), async move {
+    tokio::spawn(watch_pods(api.client(), "node-1", index.clone(), async move {
         let _ = stop.await;
     }));
     eventually("the third incarnation", || index.by_container_id(F).is_some()).await;

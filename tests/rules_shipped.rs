@@ -170,7 +170,7 @@ fn outbound_connect_fires_outside_the_configured_cluster_ranges() {
     let scope = ScopeConfig {
         pod_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
         service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
-        node_cidrs: vec![],
+        ..Default::default()
     };
     let mut curl = cmd(11, "/usr/bin/curl", &["curl", "http://10.244.1.5/", "https://93.184.216.34/"]);
     curl.connects = vec![

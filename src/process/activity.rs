@@ -9,10 +9,11 @@
 //! Implemented so far: the watch list (`tcpdump`, `tshark`, `nsenter`, `nc`, ...), in every
 //! scope but `sessions`; outbound connects ([`Outbound`]): a connect by a container process
 //! outside every session to a destination whose scope is listed in `outbound_scopes`
-//! (`external` by default: `private` is RFC 1918/CGNAT/link-local/ULA outside the configured
-//! cluster ranges, which on most clusters is the VPC or the cluster itself when its ranges are
-//! not configured; add it once `[spans.scope]` names the cluster's ranges, to see cloud
-//! metadata and VPC peers). UDP counts only once it carried data. Repeats by one process
+//! (`external` by default: `private` is RFC 1918/CGNAT/link-local/ULA outside the cluster
+//! ranges, which on most clusters is the VPC or the cluster itself when its ranges are neither
+//! configured nor learned from the API; add it once `[spans.scope]` names or learns them, to
+//! see cloud metadata and VPC peers). The ranges are read per connect, so what the API
+//! watches learn (`enrich::ranges`) applies to the next connect. UDP counts only once it carried data. Repeats by one process
 //! image to one destination within `fold_window_ms` are one record with a count; a token
 //! bucket per container (`rate_per_s`, `burst`) limits new records, and what it suppresses is
 //! counted ([`Outbound::suppressed`]) and marked on that container's next record.
@@ -68,7 +69,8 @@ pub struct ActivityConfig {
     pub rate_per_s: u32,
     /// Records a container may make at once before the rate applies.
     pub burst: u32,
-    /// The cluster's ranges, copied from `[spans.scope]` when the config is validated.
+    /// The cluster's ranges, a clone of `[spans.scope]` made when the config is validated
+    /// (sharing its learned ranges).
     #[serde(skip)]
     pub ranges: crate::spans::scope::ScopeConfig,
 }

@@ -121,7 +121,13 @@ def test_rbac_is_read_only(objects):
         assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
         assert "*" not in rule["resources"] and "secrets" not in rule["resources"], rule
         resources |= set(rule["resources"])
-    assert {"pods", "nodes"} <= resources
+    assert {"pods", "nodes", "servicecidrs"} <= resources
+    # the cluster ranges: ServiceCIDRs live in networking.k8s.io; services only by the one name
+    (cidrs,) = [r for r in role["rules"] if "servicecidrs" in r["resources"]]
+    assert cidrs["apiGroups"] == ["networking.k8s.io"] and {"list", "watch"} <= set(cidrs["verbs"]), cidrs
+    for rule in role["rules"]:
+        if "services" in rule["resources"]:
+            assert rule.get("resourceNames") == ["kubernetes"] and rule["verbs"] == ["get"], rule
 
 
 def test_admission_webhook_never_blocks_exec(objects):

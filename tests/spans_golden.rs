@@ -187,7 +187,7 @@ fn hold_deadline_exports_unattributed() {
     let mut stage = SpanStage::new(ctx(cfg), Arc::new(NoAttributor));
     let mut out = Output::default();
     let t0 = Instant::now();
-    for u in nsenter_session() {
+    for u in shell_session() {
         stage.update(u, t0, &mut out);
     }
     stage.tick(t0 + std::time::Duration::from_millis(999), &mut out);
@@ -195,6 +195,14 @@ fn hold_deadline_exports_unattributed() {
     stage.tick(t0 + std::time::Duration::from_millis(1000), &mut out);
     assert_eq!(out.released, vec![podtrail::spans::Release::Deadline]);
     assert!(out.spans.last().unwrap().1.root);
+
+    // a node session has no Kubernetes request behind it: it is not held at all
+    let mut out = Output::default();
+    for u in nsenter_session() {
+        stage.update(u, t0, &mut out);
+    }
+    assert_eq!(out.released, vec![podtrail::spans::Release::Unattributable]);
+    assert!(out.spans.last().unwrap().1.root, "exported at once");
 }
 
 #[test]

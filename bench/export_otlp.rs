@@ -100,19 +100,10 @@ fn key(pid: u32) -> ProcessKey {
 
 fn info(root: u32, start: u64, end: Option<u64>) -> SessionInfo {
     SessionInfo {
-        id: SessionId(key(root)),
-        kind: SessionKind::Exec,
-        container: container(),
-        start_ns: start,
         end_ns: end,
         root_argv: vec![b"sh".to_vec()],
         root_tty: true,
-        env_audit_id: None,
-        node_user: None,
-        parent_session: None,
-        events_lost: 0,
-        incomplete: false,
-        from_proc: false,
+        ..SessionInfo::new(SessionId(key(root)), SessionKind::Exec, container(), start)
     }
 }
 

@@ -396,19 +396,13 @@ mod tests {
     fn session(pid: u32, argv: &[&str]) -> crate::process::model::SessionInfo {
         use crate::process::model::*;
         SessionInfo {
-            id: SessionId(crate::capture::event::ProcessKey { pid, start_ns: pid as u64 }),
-            kind: SessionKind::Exec,
-            container: ContainerInfo { id: "c1".into(), source: "cgroup", ..Default::default() },
-            start_ns: 1,
-            end_ns: None,
             root_argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
-            root_tty: false,
-            env_audit_id: None,
-            node_user: None,
-            parent_session: None,
-            events_lost: 0,
-            incomplete: false,
-            from_proc: false,
+            ..SessionInfo::new(
+                SessionId(crate::capture::event::ProcessKey { pid, start_ns: pid as u64 }),
+                SessionKind::Exec,
+                ContainerInfo { id: "c1".into(), source: "cgroup", ..Default::default() },
+                1,
+            )
         }
     }
 

@@ -335,19 +335,9 @@ impl Outbound {
             img.end_ns = Some(img.end_ns.unwrap_or(end_ns).max(end_ns));
         }
         let info = SessionInfo {
-            id,
-            kind: SessionKind::Outbound,
-            container: w.container,
-            start_ns: c.ts_ns,
             end_ns: Some(end_ns),
             root_argv: proc.images.last().map(|i| i.argv.clone()).unwrap_or_default(),
-            root_tty: false,
-            env_audit_id: None,
-            node_user: None,
-            parent_session: None,
-            events_lost: 0,
-            incomplete: false,
-            from_proc: false,
+            ..SessionInfo::new(id, SessionKind::Outbound, w.container, c.ts_ns)
         };
         out.push(SessionUpdate::Started(info.clone()));
         out.push(SessionUpdate::ProcessEnded(info.clone(), proc));

@@ -110,6 +110,24 @@ pub struct ConnectRecord {
     pub activity: Option<ActivityMarks>,
 }
 
+impl ConnectRecord {
+    /// A connect as the kernel reported it, its outcome not known yet.
+    pub fn pending(c: &crate::capture::event::ConnectEvent) -> Self {
+        ConnectRecord {
+            ts_ns: c.ts_ns,
+            end_ns: None,
+            transport: c.transport,
+            addr: c.addr,
+            port: c.port,
+            final_addr: None,
+            outcome: ConnectOutcome::Pending,
+            error: None,
+            udp_sent: false,
+            activity: None,
+        }
+    }
+}
+
 /// What an outbound record (`SessionKind::Outbound`) folded and what was suppressed before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct ActivityMarks {
@@ -256,6 +274,27 @@ pub struct SessionInfo {
     /// The agent stopped (or started) while the session ran: part of it was not seen.
     pub incomplete: bool,
     pub from_proc: bool,
+}
+
+impl SessionInfo {
+    /// A session of `kind` opened at `start_ns`, nothing else known yet.
+    pub fn new(id: SessionId, kind: SessionKind, container: ContainerInfo, start_ns: u64) -> Self {
+        SessionInfo {
+            id,
+            kind,
+            container,
+            start_ns,
+            end_ns: None,
+            root_argv: Vec::new(),
+            root_tty: false,
+            env_audit_id: None,
+            node_user: None,
+            parent_session: None,
+            events_lost: 0,
+            incomplete: false,
+            from_proc: false,
+        }
+    }
 }
 
 /// The process stage's output stream.

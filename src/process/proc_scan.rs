@@ -241,19 +241,12 @@ impl SessionTracker {
             };
             let container = self.containers.get(cg).map(|c| c.info.clone()).unwrap_or_default();
             let info = SessionInfo {
-                id: SessionId(key),
-                kind: *kind,
-                container,
-                start_ns: key.start_ns,
-                end_ns: None,
                 root_argv: sp.argv.clone(),
                 root_tty: sp.tty,
-                env_audit_id: None,
                 node_user: if *kind == SessionKind::Node { sp.loginuid } else { None },
-                parent_session: None,
-                events_lost: 0,
                 incomplete: true,
                 from_proc: true,
+                ..SessionInfo::new(SessionId(key), *kind, container, key.start_ns)
             };
             self.open_session(info.clone());
             session_of.insert(sp.pid, Some(info.id));

@@ -122,24 +122,13 @@ mod tests {
 
     fn info(session_start: u64, container_start: Option<u64>) -> SessionInfo {
         SessionInfo {
-            id: SessionId(ProcessKey { pid: 100, start_ns: session_start }),
-            kind: SessionKind::Exec,
-            container: ContainerInfo {
-                id: "c1".into(),
-                source: "cgroup",
-                started_ns: container_start,
-                ..Default::default()
-            },
-            start_ns: session_start,
-            end_ns: None,
             root_argv: vec![b"sh".to_vec()],
-            root_tty: false,
-            env_audit_id: None,
-            node_user: None,
-            parent_session: None,
-            events_lost: 0,
-            incomplete: false,
-            from_proc: false,
+            ..SessionInfo::new(
+                SessionId(ProcessKey { pid: 100, start_ns: session_start }),
+                SessionKind::Exec,
+                ContainerInfo { id: "c1".into(), source: "cgroup", started_ns: container_start, ..Default::default() },
+                session_start,
+            )
         }
     }
 

@@ -283,19 +283,14 @@ pub fn request_only_span(
     let start = who.request_started.unwrap_or(fallback_time);
     let end = who.request_completed.unwrap_or(start);
     let info = SessionInfo {
-        id: crate::process::model::SessionId(crate::capture::event::ProcessKey { pid: 0, start_ns: 0 }),
-        kind: crate::process::model::SessionKind::Exec,
-        container: container.clone(),
-        start_ns: ctx.clock.to_boot_ns(start),
         end_ns: Some(ctx.clock.to_boot_ns(end)),
         root_argv: vec![],
-        root_tty: false,
-        env_audit_id: None,
-        node_user: None,
-        parent_session: None,
-        events_lost: 0,
-        incomplete: false,
-        from_proc: false,
+        ..SessionInfo::new(
+            crate::process::model::SessionId(crate::capture::event::ProcessKey { pid: 0, start_ns: 0 }),
+            crate::process::model::SessionKind::Exec,
+            container.clone(),
+            ctx.clock.to_boot_ns(start),
+        )
     };
     let frame = SessionFrame {
         trace_id,

@@ -428,19 +428,13 @@ mod tests {
 
     fn info(pid: u32, kind: SessionKind) -> SessionInfo {
         SessionInfo {
-            id: SessionId(ProcessKey { pid, start_ns: 1_000 }),
-            kind,
-            container: ContainerInfo { id: "c1".into(), pod_name: Some("api-7d9c".into()), ..Default::default() },
-            start_ns: 1_000,
-            end_ns: None,
             root_argv: vec![b"sh".to_vec()],
-            root_tty: false,
-            env_audit_id: None,
-            node_user: None,
-            parent_session: None,
-            events_lost: 0,
-            incomplete: false,
-            from_proc: false,
+            ..SessionInfo::new(
+                SessionId(ProcessKey { pid, start_ns: 1_000 }),
+                kind,
+                ContainerInfo { id: "c1".into(), pod_name: Some("api-7d9c".into()), ..Default::default() },
+                1_000,
+            )
         }
     }
 

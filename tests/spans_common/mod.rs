@@ -34,19 +34,10 @@ pub fn container() -> ContainerInfo {
 
 pub fn info(root: u32, kind: SessionKind, start: u64, end: Option<u64>) -> SessionInfo {
     SessionInfo {
-        id: SessionId(key(root)),
-        kind,
-        container: container(),
-        start_ns: start,
         end_ns: end,
         root_argv: vec![b"sh".to_vec()],
         root_tty: true,
-        env_audit_id: None,
-        node_user: None,
-        parent_session: None,
-        events_lost: 0,
-        incomplete: false,
-        from_proc: false,
+        ..SessionInfo::new(SessionId(key(root)), kind, container(), start)
     }
 }
 

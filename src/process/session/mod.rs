@@ -478,19 +478,11 @@ impl SessionTracker {
             self.leave(prev, e.ts_ns, out);
         }
         let info = SessionInfo {
-            id: sid,
-            kind: SessionKind::Exec,
-            container,
-            start_ns: e.ts_ns,
-            end_ns: None,
             root_argv: e.argv.clone(),
             root_tty: e.flags.tty,
             env_audit_id: e.audit_id.clone(),
-            node_user: None,
             parent_session: previous,
-            events_lost: 0,
-            incomplete: false,
-            from_proc: false,
+            ..SessionInfo::new(sid, SessionKind::Exec, container, e.ts_ns)
         };
         self.start_session(info, 1, out);
         if let Some(p) = self.table.get_mut(&key) {

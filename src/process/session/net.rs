@@ -47,18 +47,7 @@ impl SessionTracker {
         }
         let image = p.images.len() - 1;
         let conns = &mut p.images[image].connects;
-        conns.push(ConnectRecord {
-            ts_ns: c.ts_ns,
-            end_ns: None,
-            transport: c.transport,
-            addr: c.addr,
-            port: c.port,
-            final_addr: None,
-            outcome: ConnectOutcome::Pending,
-            error: None,
-            udp_sent: false,
-            activity: None,
-        });
+        conns.push(ConnectRecord::pending(c));
         let slot = CookieSlot { key, image, connect: conns.len() - 1 };
         self.table.set_cookie(c.cookie, slot);
     }
@@ -75,18 +64,7 @@ impl SessionTracker {
         if let Some(img) = rec.images.pop() {
             rec.images = vec![ImageRecord { connects: Vec::new(), files: Vec::new(), ..img }];
         }
-        let conn = ConnectRecord {
-            ts_ns: c.ts_ns,
-            end_ns: None,
-            transport: c.transport,
-            addr: c.addr,
-            port: c.port,
-            final_addr: None,
-            outcome: ConnectOutcome::Pending,
-            error: None,
-            udp_sent: false,
-            activity: None,
-        };
+        let conn = ConnectRecord::pending(c);
         let cg = p.cgroup_id;
         self.outbound.connect(&self.activity, conn, c.cookie, rec, container, cg);
     }

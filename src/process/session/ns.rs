@@ -76,19 +76,11 @@ impl SessionTracker {
                 _ => exec.map(|e| e.argv.clone()).unwrap_or_default(),
             };
             let info = SessionInfo {
-                id: sid,
-                kind: SessionKind::Node,
-                container: j.container.clone(),
-                start_ns: j.ts_ns,
-                end_ns: None,
                 root_argv,
                 root_tty: exec.map(|e| e.flags.tty).unwrap_or(false),
-                env_audit_id: None,
                 node_user: j.loginuid,
                 parent_session: j.parent_session,
-                events_lost: 0,
-                incomplete: false,
-                from_proc: false,
+                ..SessionInfo::new(sid, SessionKind::Node, j.container.clone(), j.ts_ns)
             };
             self.start_session(info, 0, out);
             self.enter(j.joiner, sid, ts, out);

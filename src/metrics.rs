@@ -34,6 +34,9 @@ pub struct Metrics {
     pub export_queue_spans: Gauge,
     pub export_requests: Family<Labels, Counter>,
     pub udp_unsent: Counter,
+    pub outbound_records: Counter,
+    pub outbound_connects: Family<Labels, Counter>,
+    pub outbound_pending: Family<Labels, Gauge>,
 }
 
 impl Metrics {
@@ -90,6 +93,23 @@ impl Metrics {
             "podtrail_udp_connects_unsent",
             "UDP connects without data (name lookups), not exported",
             self.udp_unsent.clone(),
+        );
+        reg.register(
+            "podtrail_outbound_records",
+            "Outbound traces (connects outside sessions) handed out by the process stage",
+            self.outbound_records.clone(),
+        );
+        reg.register(
+            "podtrail_outbound_connects",
+            "Outbound connects counted in a trace, by how (recorded: opened one, folded: into an open one); \
+             those the rate limit suppressed are podtrail_events_lost_total{reason=\"rate_limit\"}",
+            self.outbound_connects.clone(),
+        );
+        reg.register(
+            "podtrail_outbound_pending",
+            "Outbound connects the process stage still holds, by what (open: in a trace not handed out yet, \
+             unmarked: suppressed, not yet marked on a trace)",
+            self.outbound_pending.clone(),
         );
     }
 

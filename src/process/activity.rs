@@ -147,8 +147,14 @@ pub struct Outbound {
     pub suppressed: u64,
     /// Connects folded into a record that was already open (each record counts 1 itself).
     pub folded: u64,
-    /// Records handed out.
+    /// Records handed out (each one trace).
     pub records: u64,
+    /// Connects that opened a record (each record counts its first connect itself).
+    pub opened: u64,
+    /// Connects counted in records not handed out yet.
+    pub open_connects: u64,
+    /// Suppressed connects not marked on a record yet.
+    pub unmarked: u64,
     /// Serial that keeps the trace ids of one process's records apart.
     serial: u32,
 }
@@ -231,6 +237,7 @@ impl Outbound {
             w.count += 1;
             w.last_ns = w.last_ns.max(c.ts_ns);
             self.folded += 1;
+            self.open_connects += 1;
             return Some((k, false));
         }
         let b =
@@ -242,11 +249,15 @@ impl Outbound {
             if b.tokens < 1.0 {
                 b.unmarked += 1;
                 self.suppressed += 1;
+                self.unmarked += 1;
                 return None;
             }
             b.tokens -= 1.0;
         }
         let suppressed_before = std::mem::take(&mut b.unmarked);
+        self.unmarked -= suppressed_before;
+        self.opened += 1;
+        self.open_connects += 1;
         let last_ns = c.ts_ns;
         self.windows.insert(k, Window { first: c, count: 1, last_ns, suppressed_before, proc, container });
         Some((k, true))
@@ -295,6 +306,7 @@ impl Outbound {
 
     fn emit(&mut self, w: Window, out: &mut Vec<SessionUpdate>) {
         self.records += 1;
+        self.open_connects -= w.count;
         self.serial = self.serial.wrapping_add(1);
         let mut c = w.first;
         c.activity = Some(ActivityMarks {

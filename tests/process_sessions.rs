@@ -1029,6 +1029,82 @@ fn the_rate_limit_counts_exactly_what_it_suppressed_and_marks_the_next_record() 
 }
 
 #[test]
+fn suppressed_connects_no_record_follows_are_marked_on_a_record_of_their_own() {
+    let mut t = outbound_tracker(|c| {
+        c.burst = 2;
+        c.rate_per_s = 1;
+    });
+    let mut out = start_container_c(&mut t);
+    // 10 destinations at once: 2 records, 8 suppressed, and then the flood stops
+    for d in 0..10u64 {
+        out.extend(t.handle(&connect_to(
+            100 + d,
+            1001,
+            C,
+            1 + d,
+            Transport::Tcp,
+            &format!("203.0.113.{}", d + 1),
+            443,
+        )));
+    }
+    assert_eq!((t.outbound().suppressed, t.outbound().unmarked), (8, 8));
+    // a fold window of quiet later: the two records leave, and the eight are marked on one
+    // that counts none of its own (the last destination suppressed)
+    out.extend(t.tick(200 + 12 * SEC));
+    let o = outbound(&out);
+    assert_eq!(o.len(), 3, "{o:?}");
+    let marks: Vec<(u64, u64)> =
+        o.iter().map(|(_, c)| c.activity.map(|a| (a.count, a.suppressed_before)).unwrap()).collect();
+    assert_eq!(marks, vec![(1, 0), (1, 0), (0, 8)]);
+    assert_eq!(o[2].1.addr.to_string(), "203.0.113.10");
+    assert_eq!((t.outbound().unmarked, t.outbound().open_connects, t.outbound().mark_only), (0, 0, 1));
+    let total: u64 = marks.iter().map(|(n, s)| n + s).sum();
+    assert_eq!(total, 10, "every connect in a count or a mark");
+}
+
+#[test]
+fn suppressed_connects_still_unmarked_at_shutdown_are_marked_then() {
+    let mut t = outbound_tracker(|c| {
+        c.burst = 1;
+        c.rate_per_s = 1;
+    });
+    let mut out = start_container_c(&mut t);
+    for d in 0..5u64 {
+        out.extend(t.handle(&connect_to(
+            100 + d,
+            1001,
+            C,
+            1 + d,
+            Transport::Tcp,
+            &format!("203.0.113.{}", d + 1),
+            443,
+        )));
+    }
+    out.extend(t.shutdown(200));
+    let marks: Vec<(u64, u64)> =
+        outbound(&out).iter().map(|(_, c)| c.activity.map(|a| (a.count, a.suppressed_before)).unwrap()).collect();
+    assert_eq!(marks, vec![(1, 0), (0, 4)]);
+}
+
+#[test]
+fn a_fold_window_of_zero_folds_nothing_and_keeps_each_outcome() {
+    let mut t = outbound_tracker(|c| {
+        c.fold_window_ms = 0;
+        c.rate_per_s = 0;
+    });
+    let mut out = start_container_c(&mut t);
+    for i in 0..5u64 {
+        out.extend(t.handle(&connect_to(100 + 10 * i, 1001, C, 1 + i, Transport::Tcp, "203.0.113.7", 443)));
+        out.extend(t.handle(&result(101 + 10 * i, 1 + i, -111)));
+    }
+    out.extend(t.handle(&exit(200, 1001, C, 0)));
+    let o = outbound(&out);
+    assert_eq!(o.len(), 5, "one record per connect: {o:?}");
+    assert!(o.iter().all(|(_, c)| c.activity.unwrap().count == 1 && c.outcome == ConnectOutcome::Refused), "{o:?}");
+    assert_eq!((t.outbound().folded, t.outbound().opened, t.counters().results_unmatched), (0, 5, 0));
+}
+
+#[test]
 fn udp_counts_as_outbound_only_once_it_carried_data() {
     let mut t = outbound_tracker(|_| {});
     let mut out = start_container_c(&mut t);

@@ -159,7 +159,8 @@ struct Suppressed {
 /// whose count includes it), `folded` (into an open record's count) or `suppressed` (marked as
 /// `suppressed_before` on a later record of its container). A container whose suppressed
 /// connects have no later record (the flood stopped) gets a mark-only record (count 0) once a
-/// fold window passed without suppression, or at shutdown: nothing stays unmarked.
+/// fold window (at least 1 s) passed without suppression, or at shutdown: nothing stays
+/// unmarked.
 #[derive(Debug, Default)]
 pub struct Outbound {
     windows: HashMap<WindowKey, Window>,
@@ -206,6 +207,10 @@ const MAX_PENDING: usize = 65_536;
 /// How long past its fold window a record waits for its first connect's outcome (a blocking
 /// connect's comes at once; with no folding the window is 0 and this is all the wait).
 const OUTCOME_WAIT_NS: u64 = 1_000_000_000;
+
+/// A mark-only record waits for a fold window, and at least this long, without suppression:
+/// with no folding (window 0) a sustained flood would otherwise make one per flush.
+const MARK_QUIET_NS: u64 = 1_000_000_000;
 
 impl Outbound {
     /// A connect by a container process outside every session, already judged in scope.
@@ -321,8 +326,8 @@ impl Outbound {
     }
 
     /// Windows older than the fold window at `now_ns` (all with `all`), as traces; then, for
-    /// each container whose suppressed connects are still unmarked after a fold window without
-    /// suppression (or at `all`), a mark-only record.
+    /// each container whose suppressed connects are still unmarked after a fold window (at
+    /// least [`MARK_QUIET_NS`]) without suppression, or at `all`, a mark-only record.
     pub fn flush(&mut self, cfg: &ActivityConfig, now_ns: u64, all: bool, out: &mut Vec<SessionUpdate>) {
         let window = cfg.fold_window_ms.saturating_mul(1_000_000);
         if !self.windows.is_empty() && (all || now_ns.saturating_sub(self.windows_from_ns) >= window) {
@@ -341,12 +346,13 @@ impl Outbound {
             }
             self.windows_from_ns = self.windows.values().map(|w| w.first.ts_ns).min().unwrap_or(0);
         }
-        if self.unmarked > 0 && (all || now_ns.saturating_sub(self.unmarked_from_ns) >= window) {
+        let quiet = window.max(MARK_QUIET_NS);
+        if self.unmarked > 0 && (all || now_ns.saturating_sub(self.unmarked_from_ns) >= quiet) {
             let mut due: Vec<(u64, u64)> = self
                 .buckets
                 .iter()
                 .filter_map(|(cg, b)| Some((b.last.as_ref()?.c.ts_ns, *cg, b.unmarked)))
-                .filter(|&(ts, _, n)| n > 0 && (all || now_ns.saturating_sub(ts) >= window))
+                .filter(|&(ts, _, n)| n > 0 && (all || now_ns.saturating_sub(ts) >= quiet))
                 .map(|(ts, cg, _)| (ts, cg))
                 .collect();
             due.sort_unstable();

@@ -1087,6 +1087,29 @@ fn suppressed_connects_still_unmarked_at_shutdown_are_marked_then() {
 }
 
 #[test]
+fn with_no_folding_a_sustained_flood_makes_one_mark_only_record_once_it_stops() {
+    let mut t = outbound_tracker(|c| {
+        c.fold_window_ms = 0;
+        c.burst = 1;
+        c.rate_per_s = 1;
+    });
+    let mut out = start_container_c(&mut t);
+    // 100 new destinations over half a second, the run loop ticking every 50 ms meanwhile
+    for i in 0..100u64 {
+        let ts = 100 + i * 5_000_000;
+        out.extend(t.handle(&connect_to(ts, 1001, C, 1 + i, Transport::Tcp, &format!("203.0.113.{}", i + 1), 443)));
+        out.extend(t.handle(&result(ts + 1, 1 + i, -111)));
+        if i % 10 == 9 {
+            out.extend(t.tick(ts + 2));
+        }
+    }
+    out.extend(t.tick(100 + 2 * SEC));
+    let marks: Vec<(u64, u64)> =
+        outbound(&out).iter().map(|(_, c)| c.activity.map(|a| (a.count, a.suppressed_before)).unwrap()).collect();
+    assert_eq!(marks, vec![(1, 0), (0, 99)], "one record, then one mark-only record for the rest");
+}
+
+#[test]
 fn a_fold_window_of_zero_folds_nothing_and_keeps_each_outcome() {
     let mut t = outbound_tracker(|c| {
         c.fold_window_ms = 0;

@@ -1128,6 +1128,38 @@ fn a_fold_window_of_zero_folds_nothing_and_keeps_each_outcome() {
 }
 
 #[test]
+fn a_container_whose_init_was_forked_into_its_cgroup_is_not_forgotten_when_a_child_exits() {
+    // runc applies the cgroup before its init's clones, so the init's fork is already in C
+    let mut t = outbound_tracker(|_| {});
+    let mut out = t.handle(&exec(
+        10,
+        X {
+            pid: 500,
+            ppid: 1,
+            cg: HOST,
+            pcg: HOST,
+            nspid: 500,
+            pidns: HOST_PIDNS,
+            mnt: MNT_HOST,
+            argv: &["containerd-shim"],
+        },
+    ));
+    out.extend(t.handle(&fork(20, 1001, 500, C)));
+    out.extend(t.handle(&exec(
+        30,
+        X { pid: 1001, ppid: 500, cg: C, pcg: HOST, nspid: 1, pidns: PIDNS_C, mnt: MNT_C, argv: &["sh", "-c", "loop"] },
+    )));
+    // the init's first child comes and goes (e2e_activity's `sleep 1`)
+    out.extend(t.handle(&fork(40, 1002, 1001, C)));
+    out.extend(t.handle(&exec_in(41, 1002, 1001, &["sleep", "1"])));
+    out.extend(t.handle(&exit(50, 1002, C, 0)));
+    // then the init connects out: still a container process
+    out.extend(t.handle(&connect_to(60, 1001, C, 1, Transport::Tcp, "203.0.113.7", 443)));
+    out.extend(t.shutdown(100 + 30 * SEC));
+    assert_eq!(outbound(&out).len(), 1, "the container was forgotten with its first child");
+}
+
+#[test]
 fn udp_counts_as_outbound_only_once_it_carried_data() {
     let mut t = outbound_tracker(|_| {});
     let mut out = start_container_c(&mut t);

@@ -328,12 +328,33 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
                 last_undecodable = bad;
                 // outbound connects the per-container rate limit held back (marked on the
                 // container's next outbound span too)
-                let sup = pstats.outbound_suppressed.load(std::sync::atomic::Ordering::Relaxed);
+                use std::sync::atomic::Ordering::Relaxed;
+                let sup = pstats.outbound_suppressed.load(Relaxed);
                 if sup > last_suppressed {
                     metrics.events_lost.get_or_create(&vec![("reason", "rate_limit")]).inc_by(sup - last_suppressed);
                     last_suppressed = sup;
                 }
-                use std::sync::atomic::Ordering::Relaxed;
+                // the outbound counters, each advanced to the process stage's total
+                let advance = |c: &prometheus_client::metrics::counter::Counter, total: u64| {
+                    c.inc_by(total.saturating_sub(c.get()));
+                };
+                advance(&metrics.outbound_records, pstats.outbound_records.load(Relaxed));
+                advance(
+                    &metrics.outbound_connects.get_or_create(&vec![("how", "recorded")]),
+                    pstats.outbound_opened.load(Relaxed),
+                );
+                advance(
+                    &metrics.outbound_connects.get_or_create(&vec![("how", "folded")]),
+                    pstats.outbound_folded.load(Relaxed),
+                );
+                metrics
+                    .outbound_pending
+                    .get_or_create(&vec![("what", "open")])
+                    .set(pstats.outbound_open.load(Relaxed) as i64);
+                metrics
+                    .outbound_pending
+                    .get_or_create(&vec![("what", "unmarked")])
+                    .set(pstats.outbound_unmarked.load(Relaxed) as i64);
                 gauges.table.set(pstats.table_len.load(Relaxed) as i64);
                 gauges.containers.set(pstats.containers.load(Relaxed) as i64);
                 metrics.sessions_open.set(pstats.sessions_open.load(Relaxed) as i64);

@@ -37,6 +37,9 @@ pub struct Metrics {
     pub attribution_late: Counter,
     pub attribution_late_forgotten: Family<Labels, Counter>,
     pub sessions_unattributed: Gauge,
+    pub outbound_records: Counter,
+    pub outbound_connects: Family<Labels, Counter>,
+    pub outbound_pending: Family<Labels, Gauge>,
 }
 
 impl Metrics {
@@ -108,6 +111,23 @@ impl Metrics {
             "podtrail_sessions_unattributed",
             "Sessions exported unattributed still waiting for a late record",
             self.sessions_unattributed.clone(),
+        );
+        reg.register(
+            "podtrail_outbound_records",
+            "Outbound traces (connects outside sessions) handed out by the process stage",
+            self.outbound_records.clone(),
+        );
+        reg.register(
+            "podtrail_outbound_connects",
+            "Outbound connects counted in a trace, by how (recorded: opened one, folded: into an open one); \
+             those the rate limit suppressed are podtrail_events_lost_total{reason=\"rate_limit\"}",
+            self.outbound_connects.clone(),
+        );
+        reg.register(
+            "podtrail_outbound_pending",
+            "Outbound connects the process stage still holds, by what (open: in a trace not handed out yet, \
+             unmarked: suppressed, not yet marked on a trace)",
+            self.outbound_pending.clone(),
         );
     }
 

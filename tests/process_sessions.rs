@@ -1029,6 +1029,137 @@ fn the_rate_limit_counts_exactly_what_it_suppressed_and_marks_the_next_record() 
 }
 
 #[test]
+fn suppressed_connects_no_record_follows_are_marked_on_a_record_of_their_own() {
+    let mut t = outbound_tracker(|c| {
+        c.burst = 2;
+        c.rate_per_s = 1;
+    });
+    let mut out = start_container_c(&mut t);
+    // 10 destinations at once: 2 records, 8 suppressed, and then the flood stops
+    for d in 0..10u64 {
+        out.extend(t.handle(&connect_to(
+            100 + d,
+            1001,
+            C,
+            1 + d,
+            Transport::Tcp,
+            &format!("203.0.113.{}", d + 1),
+            443,
+        )));
+    }
+    assert_eq!((t.outbound().suppressed, t.outbound().unmarked), (8, 8));
+    // a fold window of quiet later: the two records leave, and the eight are marked on one
+    // that counts none of its own (the last destination suppressed)
+    out.extend(t.tick(200 + 12 * SEC));
+    let o = outbound(&out);
+    assert_eq!(o.len(), 3, "{o:?}");
+    let marks: Vec<(u64, u64)> =
+        o.iter().map(|(_, c)| c.activity.map(|a| (a.count, a.suppressed_before)).unwrap()).collect();
+    assert_eq!(marks, vec![(1, 0), (1, 0), (0, 8)]);
+    assert_eq!(o[2].1.addr.to_string(), "203.0.113.10");
+    assert_eq!((t.outbound().unmarked, t.outbound().open_connects, t.outbound().mark_only), (0, 0, 1));
+    let total: u64 = marks.iter().map(|(n, s)| n + s).sum();
+    assert_eq!(total, 10, "every connect in a count or a mark");
+}
+
+#[test]
+fn suppressed_connects_still_unmarked_at_shutdown_are_marked_then() {
+    let mut t = outbound_tracker(|c| {
+        c.burst = 1;
+        c.rate_per_s = 1;
+    });
+    let mut out = start_container_c(&mut t);
+    for d in 0..5u64 {
+        out.extend(t.handle(&connect_to(
+            100 + d,
+            1001,
+            C,
+            1 + d,
+            Transport::Tcp,
+            &format!("203.0.113.{}", d + 1),
+            443,
+        )));
+    }
+    out.extend(t.shutdown(200));
+    let marks: Vec<(u64, u64)> =
+        outbound(&out).iter().map(|(_, c)| c.activity.map(|a| (a.count, a.suppressed_before)).unwrap()).collect();
+    assert_eq!(marks, vec![(1, 0), (0, 4)]);
+}
+
+#[test]
+fn with_no_folding_a_sustained_flood_makes_one_mark_only_record_once_it_stops() {
+    let mut t = outbound_tracker(|c| {
+        c.fold_window_ms = 0;
+        c.burst = 1;
+        c.rate_per_s = 1;
+    });
+    let mut out = start_container_c(&mut t);
+    // 100 new destinations over half a second, the run loop ticking every 50 ms meanwhile
+    for i in 0..100u64 {
+        let ts = 100 + i * 5_000_000;
+        out.extend(t.handle(&connect_to(ts, 1001, C, 1 + i, Transport::Tcp, &format!("203.0.113.{}", i + 1), 443)));
+        out.extend(t.handle(&result(ts + 1, 1 + i, -111)));
+        if i % 10 == 9 {
+            out.extend(t.tick(ts + 2));
+        }
+    }
+    out.extend(t.tick(100 + 2 * SEC));
+    let marks: Vec<(u64, u64)> =
+        outbound(&out).iter().map(|(_, c)| c.activity.map(|a| (a.count, a.suppressed_before)).unwrap()).collect();
+    assert_eq!(marks, vec![(1, 0), (0, 99)], "one record, then one mark-only record for the rest");
+}
+
+#[test]
+fn a_fold_window_of_zero_folds_nothing_and_keeps_each_outcome() {
+    let mut t = outbound_tracker(|c| {
+        c.fold_window_ms = 0;
+        c.rate_per_s = 0;
+    });
+    let mut out = start_container_c(&mut t);
+    for i in 0..5u64 {
+        out.extend(t.handle(&connect_to(100 + 10 * i, 1001, C, 1 + i, Transport::Tcp, "203.0.113.7", 443)));
+        out.extend(t.handle(&result(101 + 10 * i, 1 + i, -111)));
+    }
+    out.extend(t.handle(&exit(200, 1001, C, 0)));
+    let o = outbound(&out);
+    assert_eq!(o.len(), 5, "one record per connect: {o:?}");
+    assert!(o.iter().all(|(_, c)| c.activity.unwrap().count == 1 && c.outcome == ConnectOutcome::Refused), "{o:?}");
+    assert_eq!((t.outbound().folded, t.outbound().opened, t.counters().results_unmatched), (0, 5, 0));
+}
+
+#[test]
+fn a_container_whose_init_was_forked_into_its_cgroup_is_not_forgotten_when_a_child_exits() {
+    // runc applies the cgroup before its init's clones, so the init's fork is already in C
+    let mut t = outbound_tracker(|_| {});
+    let mut out = t.handle(&exec(
+        10,
+        X {
+            pid: 500,
+            ppid: 1,
+            cg: HOST,
+            pcg: HOST,
+            nspid: 500,
+            pidns: HOST_PIDNS,
+            mnt: MNT_HOST,
+            argv: &["containerd-shim"],
+        },
+    ));
+    out.extend(t.handle(&fork(20, 1001, 500, C)));
+    out.extend(t.handle(&exec(
+        30,
+        X { pid: 1001, ppid: 500, cg: C, pcg: HOST, nspid: 1, pidns: PIDNS_C, mnt: MNT_C, argv: &["sh", "-c", "loop"] },
+    )));
+    // the init's first child comes and goes (e2e_activity's `sleep 1`)
+    out.extend(t.handle(&fork(40, 1002, 1001, C)));
+    out.extend(t.handle(&exec_in(41, 1002, 1001, &["sleep", "1"])));
+    out.extend(t.handle(&exit(50, 1002, C, 0)));
+    // then the init connects out: still a container process
+    out.extend(t.handle(&connect_to(60, 1001, C, 1, Transport::Tcp, "203.0.113.7", 443)));
+    out.extend(t.shutdown(100 + 30 * SEC));
+    assert_eq!(outbound(&out).len(), 1, "the container was forgotten with its first child");
+}
+
+#[test]
 fn udp_counts_as_outbound_only_once_it_carried_data() {
     let mut t = outbound_tracker(|_| {});
     let mut out = start_container_c(&mut t);

@@ -6,17 +6,20 @@
 //! (`SessionKind::Watched`: the run of a watched executable and its descendants, on the host
 //! or in any container). Nothing is dropped here.
 //!
-//! Implemented so far: the watch list (`tcpdump`, `tshark`, `nsenter`, `nc`, ...), in every
+//! What is recorded: the watch list (`tcpdump`, `tshark`, `nsenter`, `nc`, ...), in every
 //! scope but `sessions`; outbound connects ([`Outbound`]): a connect by a container process
 //! outside every session to a destination whose scope is listed in `outbound_scopes`
 //! (`external` by default: `private` is RFC 1918/CGNAT/link-local/ULA outside the cluster
 //! ranges, which on most clusters is the VPC or the cluster itself when its ranges are neither
 //! configured nor learned from the API; add it once `[spans.scope]` names or learns them, to
 //! see cloud metadata and VPC peers). The ranges are read per connect, so what the API
-//! watches learn (`enrich::ranges`) applies to the next connect. UDP counts only once it carried data. Repeats by one process
-//! image to one destination within `fold_window_ms` are one record with a count; a token
-//! bucket per container (`rate_per_s`, `burst`) limits new records, and what it suppresses is
-//! counted ([`Outbound::suppressed`]) and marked on that container's next record.
+//! watches learn (`enrich::ranges`) applies to the next connect. UDP counts only once it
+//! carried data. Repeats by one process image to one destination within `fold_window_ms` are
+//! one record with a count; a token bucket per container (`rate_per_s`, `burst`) limits new
+//! records, and what it suppresses is counted ([`Outbound::suppressed`]) and marked on that
+//! container's next record, or, when no record follows within a fold window (or before the
+//! agent stops), on a mark-only record (count 0) of its own: every connect counted here ends
+//! up in exactly one exported count or mark (proved end to end by tests/e2e_flood.rs).
 //! Process trees (`containers`: every tree a container starts after its init, kind
 //! `workload`; `all`: also the host's own, kind `host`): an exec by a process in no session
 //! roots a trace that its descendants join, as an exec session's do; the container's init
@@ -30,7 +33,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    ActivityMarks, ConnectRecord, ContainerInfo, ProcessRecord, SessionId, SessionInfo, SessionKind, SessionUpdate,
+    ActivityMarks, ConnectOutcome, ConnectRecord, ContainerInfo, ProcessRecord, SessionId, SessionInfo, SessionKind,
+    SessionUpdate,
 };
 use crate::capture::event::{ProcessKey, Transport};
 
@@ -63,7 +67,8 @@ pub struct ActivityConfig {
     /// `outbound`: any of `external`, `private`, `node`, `service`, `pod`, `loopback`.
     pub outbound_scopes: Vec<String>,
     /// Milliseconds over which repeats (one process image, one destination) fold into one
-    /// record with a count.
+    /// record with a count; 0: no folding, every connect is a record of its own (still
+    /// subject to the rate limit).
     pub fold_window_ms: u64,
     /// New outbound records per container per second (token bucket refill; 0: no limit).
     pub rate_per_s: u32,
@@ -133,6 +138,8 @@ impl ActivityConfig {
 #[derive(Clone, Debug)]
 struct Window {
     first: ConnectRecord,
+    /// The first connect's socket cookie, while its outcome may still come.
+    cookie: Option<u64>,
     count: u64,
     last_ns: u64,
     suppressed_before: u64,
@@ -140,19 +147,37 @@ struct Window {
     container: ContainerInfo,
 }
 
-type WindowKey = (ProcessKey, u32, Transport, IpAddr, u16);
+/// (process image, transport, destination, serial): the serial is 0 when folding, and unique
+/// per connect when `fold_window_ms` is 0 (no two connects share a record).
+type WindowKey = (ProcessKey, u32, Transport, IpAddr, u16, u64);
 
 /// A token bucket per container, in event time.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Bucket {
     tokens: f64,
     at_ns: u64,
     /// Suppressed since this container's last record.
     unmarked: u64,
+    /// The last connect suppressed (time, and what a mark-only record shows).
+    last: Option<Box<Suppressed>>,
+}
+
+#[derive(Clone, Debug)]
+struct Suppressed {
+    c: ConnectRecord,
+    proc: ProcessRecord,
+    container: ContainerInfo,
 }
 
 /// Outbound connects outside sessions: folded by (process image, destination) over a window,
 /// limited per container, then handed out as one trace per window.
+///
+/// Accounting: every connect counted here is exactly one of `opened` (it opened a record,
+/// whose count includes it), `folded` (into an open record's count) or `suppressed` (marked as
+/// `suppressed_before` on a later record of its container). A container whose suppressed
+/// connects have no later record (the flood stopped) gets a mark-only record (count 0) once a
+/// fold window (at least 1 s) passed without suppression, or at shutdown: nothing stays
+/// unmarked.
 #[derive(Debug, Default)]
 pub struct Outbound {
     windows: HashMap<WindowKey, Window>,
@@ -160,14 +185,29 @@ pub struct Outbound {
     /// the UDP connect not yet counted.
     cookies: HashMap<u64, Pending>,
     buckets: HashMap<u64, Bucket>,
+    /// No window can be due before this (a lower bound of the oldest window's first connect).
+    windows_from_ns: u64,
+    /// No mark-only record can be due before this (a lower bound of the oldest last
+    /// suppression among containers with unmarked connects).
+    unmarked_from_ns: u64,
     /// Connects suppressed by the rate limit, in total.
     pub suppressed: u64,
     /// Connects folded into a record that was already open (each record counts 1 itself).
     pub folded: u64,
-    /// Records handed out.
+    /// Records handed out (each one trace), mark-only records included.
     pub records: u64,
+    /// Records handed out that count no connect of their own, only suppressed marks.
+    pub mark_only: u64,
+    /// Connects that opened a record (each record counts its first connect itself).
+    pub opened: u64,
+    /// Connects counted in records not handed out yet.
+    pub open_connects: u64,
+    /// Suppressed connects not marked on a record yet.
+    pub unmarked: u64,
     /// Serial that keeps the trace ids of one process's records apart.
     serial: u32,
+    /// Serial of unfolded records (`fold_window_ms = 0`).
+    unfolded: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -180,6 +220,14 @@ enum Pending {
 
 /// Cookies remembered at once (a process that connects and never sends).
 const MAX_PENDING: usize = 65_536;
+
+/// How long past its fold window a record waits for its first connect's outcome (a blocking
+/// connect's comes at once; with no folding the window is 0 and this is all the wait).
+const OUTCOME_WAIT_NS: u64 = 1_000_000_000;
+
+/// A mark-only record waits for a fold window, and at least this long, without suppression:
+/// with no folding (window 0) a sustained flood would otherwise make one per flush.
+const MARK_QUIET_NS: u64 = 1_000_000_000;
 
 impl Outbound {
     /// A connect by a container process outside every session, already judged in scope.
@@ -200,7 +248,7 @@ impl Outbound {
             self.cookies.insert(cookie, Pending::Udp(c, proc, container, cgroup_id));
             return;
         }
-        if let Some((k, true)) = self.count(cfg, c, proc, container, cgroup_id) {
+        if let Some((k, true)) = self.count(cfg, c, cookie, proc, container, cgroup_id) {
             self.cookies.insert(cookie, Pending::Counted(k));
         }
     }
@@ -210,7 +258,7 @@ impl Outbound {
         match self.cookies.remove(&cookie) {
             Some(Pending::Udp(mut c, proc, container, cg)) => {
                 c.udp_sent = true;
-                if let Some((k, true)) = self.count(cfg, c, proc, container, cg) {
+                if let Some((k, true)) = self.count(cfg, c, cookie, proc, container, cg) {
                     self.cookies.insert(cookie, Pending::Counted(k));
                 }
                 true
@@ -238,65 +286,117 @@ impl Outbound {
         &mut self,
         cfg: &ActivityConfig,
         c: ConnectRecord,
+        cookie: u64,
         proc: ProcessRecord,
         container: ContainerInfo,
         cgroup_id: u64,
     ) -> Option<(WindowKey, bool)> {
         let exec_index = proc.images.last().map(|i| i.exec_index).unwrap_or(0);
-        let k: WindowKey = (proc.key, exec_index, c.transport, crate::spans::scope::normalize(c.addr), c.port);
-        if let Some(w) = self.windows.get_mut(&k) {
+        let fold = cfg.fold_window_ms > 0;
+        let serial = if fold {
+            0
+        } else {
+            self.unfolded += 1;
+            self.unfolded
+        };
+        let k: WindowKey = (proc.key, exec_index, c.transport, crate::spans::scope::normalize(c.addr), c.port, serial);
+        if let Some(w) = self.windows.get_mut(&k).filter(|_| fold) {
             w.count += 1;
             w.last_ns = w.last_ns.max(c.ts_ns);
             self.folded += 1;
+            self.open_connects += 1;
             return Some((k, false));
         }
-        let b =
-            self.buckets.entry(cgroup_id).or_insert(Bucket { tokens: cfg.burst as f64, at_ns: c.ts_ns, unmarked: 0 });
+        let b = self.buckets.entry(cgroup_id).or_insert(Bucket {
+            tokens: cfg.burst as f64,
+            at_ns: c.ts_ns,
+            unmarked: 0,
+            last: None,
+        });
         if cfg.rate_per_s > 0 {
             let dt = c.ts_ns.saturating_sub(b.at_ns) as f64 / 1e9;
             b.tokens = (b.tokens + dt * cfg.rate_per_s as f64).min(cfg.burst.max(1) as f64);
             b.at_ns = b.at_ns.max(c.ts_ns);
             if b.tokens < 1.0 {
+                if b.unmarked == 0 {
+                    self.unmarked_from_ns =
+                        if self.unmarked == 0 { c.ts_ns } else { self.unmarked_from_ns.min(c.ts_ns) };
+                }
                 b.unmarked += 1;
+                b.last = Some(Box::new(Suppressed { c, proc, container }));
                 self.suppressed += 1;
+                self.unmarked += 1;
                 return None;
             }
             b.tokens -= 1.0;
         }
         let suppressed_before = std::mem::take(&mut b.unmarked);
+        b.last = None;
+        self.unmarked -= suppressed_before;
+        self.opened += 1;
+        self.open_connects += 1;
+        self.windows_from_ns = if self.windows.is_empty() { c.ts_ns } else { self.windows_from_ns.min(c.ts_ns) };
         let last_ns = c.ts_ns;
-        self.windows.insert(k, Window { first: c, count: 1, last_ns, suppressed_before, proc, container });
+        let w = Window { first: c, cookie: Some(cookie), count: 1, last_ns, suppressed_before, proc, container };
+        self.windows.insert(k, w);
         Some((k, true))
     }
 
-    /// Windows older than the fold window at `now_ns` (all with `all`), as traces.
+    /// Windows older than the fold window at `now_ns` (all with `all`), as traces; then, for
+    /// each container whose suppressed connects are still unmarked after a fold window (at
+    /// least [`MARK_QUIET_NS`]) without suppression, or at `all`, a mark-only record.
     pub fn flush(&mut self, cfg: &ActivityConfig, now_ns: u64, all: bool, out: &mut Vec<SessionUpdate>) {
         let window = cfg.fold_window_ms.saturating_mul(1_000_000);
-        let mut due: Vec<WindowKey> = self
-            .windows
-            .iter()
-            .filter(|(_, w)| all || now_ns.saturating_sub(w.first.ts_ns) >= window)
-            .map(|(k, _)| *k)
-            .collect();
-        due.sort_by_key(|k| self.windows[k].first.ts_ns);
-        for k in due {
-            if let Some(w) = self.windows.remove(&k) {
-                self.emit(w, out);
+        if !self.windows.is_empty() && (all || now_ns.saturating_sub(self.windows_from_ns) >= window) {
+            let is_due = |w: &Window| {
+                let age = now_ns.saturating_sub(w.first.ts_ns);
+                all || (age >= window
+                    && (w.first.outcome != ConnectOutcome::Pending || age >= window.saturating_add(OUTCOME_WAIT_NS)))
+            };
+            let mut due: Vec<(u64, WindowKey)> =
+                self.windows.iter().filter(|(_, w)| is_due(w)).map(|(k, w)| (w.first.ts_ns, *k)).collect();
+            due.sort_unstable_by_key(|(ts, _)| *ts);
+            for (_, k) in due {
+                if let Some(w) = self.windows.remove(&k) {
+                    self.emit(k, w, out);
+                }
             }
+            self.windows_from_ns = self.windows.values().map(|w| w.first.ts_ns).min().unwrap_or(0);
+        }
+        let quiet = window.max(MARK_QUIET_NS);
+        if self.unmarked > 0 && (all || now_ns.saturating_sub(self.unmarked_from_ns) >= quiet) {
+            let mut due: Vec<(u64, u64)> = self
+                .buckets
+                .iter()
+                .filter_map(|(cg, b)| Some((b.last.as_ref()?.c.ts_ns, *cg, b.unmarked)))
+                .filter(|&(ts, _, n)| n > 0 && (all || now_ns.saturating_sub(ts) >= quiet))
+                .map(|(ts, cg, _)| (ts, cg))
+                .collect();
+            due.sort_unstable();
+            for (_, cg) in due {
+                self.mark_only(cg, out);
+            }
+            self.unmarked_from_ns = self
+                .buckets
+                .values()
+                .filter(|b| b.unmarked > 0)
+                .filter_map(|b| b.last.as_ref().map(|l| l.c.ts_ns))
+                .min()
+                .unwrap_or(0);
         }
         if self.windows.is_empty() && self.cookies.len() > MAX_PENDING / 2 {
             self.cookies.retain(|_, p| matches!(p, Pending::Udp(..)));
         }
-        self.cookies.retain(|_, p| !matches!(p, Pending::Counted(k) if !self.windows.contains_key(k)));
     }
 
     /// Windows of a process that exited.
     pub fn process_exited(&mut self, key: ProcessKey, out: &mut Vec<SessionUpdate>) {
-        let mut mine: Vec<WindowKey> = self.windows.keys().filter(|k| k.0 == key).copied().collect();
-        mine.sort_by_key(|k| self.windows[k].first.ts_ns);
-        for k in mine {
+        let mut mine: Vec<(u64, WindowKey)> =
+            self.windows.iter().filter(|(k, _)| k.0 == key).map(|(k, w)| (w.first.ts_ns, *k)).collect();
+        mine.sort_unstable_by_key(|(ts, _)| *ts);
+        for (_, k) in mine {
             if let Some(w) = self.windows.remove(&k) {
-                self.emit(w, out);
+                self.emit(k, w, out);
             }
         }
         self.cookies.retain(|_, p| match p {
@@ -310,7 +410,30 @@ impl Outbound {
         self.windows.len()
     }
 
-    fn emit(&mut self, w: Window, out: &mut Vec<SessionUpdate>) {
+    /// The suppressed connects of container `cg` that no record marked: one record that stands
+    /// for none of its own (count 0), showing the last connect suppressed.
+    fn mark_only(&mut self, cg: u64, out: &mut Vec<SessionUpdate>) {
+        let Some(b) = self.buckets.get_mut(&cg) else { return };
+        let (n, Some(last)) = (std::mem::take(&mut b.unmarked), b.last.take()) else { return };
+        self.unmarked -= n;
+        self.mark_only += 1;
+        let Suppressed { c, proc, container } = *last;
+        let last_ns = c.ts_ns;
+        let w = Window { first: c, cookie: None, count: 0, last_ns, suppressed_before: n, proc, container };
+        self.emit_record(w, out);
+    }
+
+    fn emit(&mut self, k: WindowKey, w: Window, out: &mut Vec<SessionUpdate>) {
+        self.open_connects -= w.count;
+        if let Some(cookie) = w.cookie {
+            if matches!(self.cookies.get(&cookie), Some(Pending::Counted(ck)) if *ck == k) {
+                self.cookies.remove(&cookie);
+            }
+        }
+        self.emit_record(w, out);
+    }
+
+    fn emit_record(&mut self, w: Window, out: &mut Vec<SessionUpdate>) {
         self.records += 1;
         self.serial = self.serial.wrapping_add(1);
         let mut c = w.first;

@@ -76,6 +76,9 @@ pub struct Containers {
     /// Metadata that arrived for a container id (Kubernetes pod index, containerd) before or
     /// after its cgroup was seen: applied whenever the cgroup is (re)learned. Bounded.
     pinned: HashMap<String, ContainerInfo>,
+    /// Live processes of cgroups not learned yet (neither container nor host): a container's
+    /// state starts with them when it is learned. Bounded.
+    unlearned_live: HashMap<u64, u32>,
 }
 
 /// Which of two descriptions of a container wins: the Kubernetes API over containerd's labels
@@ -138,8 +141,8 @@ impl Containers {
                 if let Some(m) = self.pinned.get(&info.id) {
                     merge_info(&mut info, m);
                 }
-                let st =
-                    ContainerState { info, init: None, entered: false, from_proc, live: 0, mntns: None, pidns: None };
+                let live = self.unlearned_live.remove(&cgroup_id).unwrap_or(0);
+                let st = ContainerState { info, init: None, entered: false, from_proc, live, mntns: None, pidns: None };
                 self.by_cgroup.insert(cgroup_id, st);
                 true
             }
@@ -150,6 +153,7 @@ impl Containers {
                     self.not_containers.clear();
                 }
                 self.not_containers.insert(cgroup_id, ());
+                self.unlearned_live.remove(&cgroup_id);
                 false
             }
         }
@@ -215,12 +219,28 @@ impl Containers {
     pub fn process_added(&mut self, cgroup_id: u64) {
         if let Some(st) = self.by_cgroup.get_mut(&cgroup_id) {
             st.live += 1;
+        } else if cgroup_id != 0 && !self.not_containers.contains_key(&cgroup_id) {
+            // not learned yet (a child forked straight into the container's cgroup, as
+            // runc's init is with CLONE_INTO_CGROUP): counted now, so that the state learned
+            // at its exec starts with it and is not forgotten while it lives
+            if self.unlearned_live.len() >= 65_536 && !self.unlearned_live.contains_key(&cgroup_id) {
+                self.unlearned_live.clear();
+            }
+            *self.unlearned_live.entry(cgroup_id).or_insert(0) += 1;
         }
     }
 
     /// A process of the cgroup left; the container is forgotten with its last process.
     pub fn process_removed(&mut self, cgroup_id: u64) {
-        let Some(st) = self.by_cgroup.get_mut(&cgroup_id) else { return };
+        let Some(st) = self.by_cgroup.get_mut(&cgroup_id) else {
+            if let Some(n) = self.unlearned_live.get_mut(&cgroup_id) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.unlearned_live.remove(&cgroup_id);
+                }
+            }
+            return;
+        };
         st.live = st.live.saturating_sub(1);
         if st.live > 0 {
             return;

@@ -101,11 +101,17 @@ pub struct ProcessStats {
     pub pids_reused_unexited: AtomicU64,
     pub ns_joins_idle: AtomicU64,
     pub containerd_errors: AtomicU64,
-    /// Outbound records outside sessions (issue 6): handed out, connects folded into one,
-    /// connects suppressed by the per-container rate limit.
+    /// Outbound records outside sessions (issue 6): handed out, connects that opened one,
+    /// connects folded into one, connects suppressed by the per-container rate limit; and
+    /// what the stage still holds: connects in records not handed out, suppressed connects not
+    /// yet marked on a record. At any time `opened + folded = exported counts + open` and
+    /// `suppressed = exported marks + unmarked`.
     pub outbound_records: AtomicU64,
+    pub outbound_opened: AtomicU64,
     pub outbound_folded: AtomicU64,
     pub outbound_suppressed: AtomicU64,
+    pub outbound_open: AtomicU64,
+    pub outbound_unmarked: AtomicU64,
 }
 
 impl ProcessStats {
@@ -126,8 +132,11 @@ impl ProcessStats {
         set(&self.ns_joins_idle, c.ns_joins_idle);
         let o = t.outbound();
         set(&self.outbound_records, o.records);
+        set(&self.outbound_opened, o.opened);
         set(&self.outbound_folded, o.folded);
         set(&self.outbound_suppressed, o.suppressed);
+        set(&self.outbound_open, o.open_connects);
+        set(&self.outbound_unmarked, o.unmarked);
     }
 }
 

@@ -8,6 +8,8 @@ need_pkgs=()
 want() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$1"); }
 # build: clang for the BPF object, libbpf-dev for bpf_helpers.h
 want clang; want llvm; want libbpf-dev
+# the linker Rust uses (cc), and a static libc for the flood test's connect program
+want gcc; want libc6-dev
 # tests: real containers (containerd + runc), a busybox rootfs, namespace tools, OTLP decoding
 want containerd; want runc; want busybox-static; want util-linux; want iproute2
 want python3; want python3-venv; want tcpdump; want bpftool; want libbpf-tools; want ca-certificates

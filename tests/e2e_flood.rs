@@ -235,3 +235,49 @@ fn a_connect_flood_is_folded_and_limited_and_every_connect_is_accounted_for() {
     assert_eq!(m.records, outbound.len() as u64, "outbound traces: /metrics against the export ({note})");
     assert_eq!(m.recorded + m.folded + m.suppressed, generated + other_counted + other_marked, "{note}");
 }
+
+/// The issue's own case, with real connects: one container process connecting 1 000 times to
+/// one destination outside the cluster is one outbound trace whose connect span counts 1 000.
+#[test]
+fn a_thousand_identical_connects_are_one_span_counting_a_thousand() {
+    let Some(cd) = Containerd::start() else { return };
+    let dir = Scratch::new("flood-1000");
+    let Some(flood) = compile_flood(&dir) else { return };
+    let net = format!("198.19.{}", 100 + std::process::id() % 150);
+    let _route = LocalRoute::add(&format!("{net}.0/24"));
+    let config = dir.join("podtrail.toml");
+    std::fs::write(&config, containerd_config(&cd.address, &cd.namespace, "")).unwrap();
+    let traces = dir.join("traces.jsonl");
+    let mut agent =
+        Podtrail::start(&dir, &["--config", config.to_str().unwrap(), "--otlp-file", traces.to_str().unwrap()]);
+    let script = format!(
+        "/bin/connect_flood {net}.1 1 443 1 1000 > /tmp/flood.out 2>&1; echo $? > /tmp/flood.rc; exec sleep 3600"
+    );
+    let c = cd.run_prepared(&[], &["--net-host"], &["sh", "-c", &script], &|root: &Path| {
+        std::fs::copy(&flood, root.join("bin/connect_flood")).expect("flood program into the rootfs");
+    });
+    let rc = cd.rootfs(&c.id).join("tmp/flood.rc");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !rc.exists() {
+        assert!(Instant::now() < deadline, "connect_flood never finished:\n{}", agent.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let report = std::fs::read_to_string(cd.rootfs(&c.id).join("tmp/flood.out")).unwrap();
+    assert!(report.starts_with("connects=1000 refused=1000 other=0 "), "{report}");
+    std::thread::sleep(Duration::from_secs(1));
+    agent.stop();
+    let spans = read_otlp_file(&traces);
+    let mine: Vec<_> = spans
+        .iter()
+        .filter(|s| {
+            e2e_support::attr(s, "container.id").as_deref() == Some(c.id.as_str())
+                && s["name"].as_str().is_some_and(|n| n.starts_with("connect "))
+        })
+        .collect();
+    assert_eq!(mine.len(), 1, "one span for the 1 000 connects: {mine:#?}");
+    let s = mine[0];
+    assert_eq!(e2e_support::attr(s, "server.address"), Some(format!("{net}.1")));
+    assert_eq!(e2e_support::attr(s, "podtrail.folded.count").as_deref(), Some("1000"));
+    assert_eq!(e2e_support::attr(s, "podtrail.session.kind").as_deref(), Some("outbound"));
+    assert!(e2e_support::attr(s, "podtrail.activity.suppressed").is_none(), "nothing suppressed");
+}

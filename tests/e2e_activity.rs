@@ -8,12 +8,9 @@
 //! Needs root and containerd; fails (never skips) under CI when they are missing.
 
 mod common;
+mod e2e_support;
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{path::Path, time::Duration};
 
 use common::containers::Containerd;
 use serde_json::Value;
@@ -21,90 +18,20 @@ use serde_json::Value;
 const OUTSIDE: &str = "203.0.113.7";
 const PRIVATE: &str = "10.99.0.1";
 
-struct Agent {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
+/// `podtrail run` following the test's containerd, writing OTLP/JSON to a file.
+struct Agent(e2e_support::FileAgent);
 
 impl Agent {
     fn start(cd: &Containerd) -> Agent {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = format!(
-            "[process]\ncontainerd_socket = {:?}\ncontainerd_namespaces = [{:?}]\n\n[metrics]\nlisten = \"\"\n",
-            cd.address.display().to_string(),
-            cd.namespace
-        );
-        std::fs::write(dir.path().join("podtrail.toml"), config).unwrap();
-        let stderr = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_podtrail"))
-            .arg("run")
-            .arg("--config")
-            .arg(dir.path().join("podtrail.toml"))
-            .arg("--otlp-file")
-            .arg(dir.path().join("traces.jsonl"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn podtrail run");
-        let mut agent = Agent { child: Some(child), dir };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !agent.log().contains("podtrail is running") {
-            assert!(Instant::now() < deadline, "podtrail run did not come up:\n{}", agent.log());
-            if let Some(st) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("podtrail run exited ({st}):\n{}", agent.log());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        agent
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-
-    fn file(&self) -> PathBuf {
-        self.dir.path().join("traces.jsonl")
+        let config = e2e_support::containerd_config(&cd.address, &cd.namespace, "[metrics]\nlisten = \"\"\n");
+        Agent(e2e_support::FileAgent::start(&config, &[]))
     }
 
     /// SIGTERM (the agent drains and flushes), then every span it wrote.
     fn stop(mut self) -> Vec<Value> {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill on our own child's pid.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        read_spans(&self.file())
+        self.0.terminate();
+        e2e_support::read_otlp_file(&self.0.file())
     }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Every span of an OTLP/JSON lines file, as its JSON object.
-fn read_spans(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let req: Value = serde_json::from_str(line).expect("each line is one OTLP/JSON request");
-        for rs in req["resourceSpans"].as_array().into_iter().flatten() {
-            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
-                out.extend(ss["spans"].as_array().into_iter().flatten().cloned());
-            }
-        }
-    }
-    out
 }
 
 fn attr(span: &Value, key: &str) -> Option<String> {

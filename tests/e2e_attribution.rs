@@ -7,6 +7,7 @@
 //! Needs root and containerd; fails (never skips) under CI when they are missing.
 
 mod common;
+mod e2e_support;
 
 use std::{
     io::{Read, Write},
@@ -39,8 +40,7 @@ fn pod_labels() -> Vec<(&'static str, &'static str)> {
 
 /// `podtrail run` with a loopback audit webhook, writing OTLP/JSON to a file; SIGTERM on drop.
 struct Agent {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
+    inner: e2e_support::FileAgent,
     webhook: String,
     /// `127.0.0.1:port` of `/metrics`, when asked for.
     metrics: Option<String>,
@@ -63,64 +63,28 @@ impl Agent {
     /// `receivers`: (lines of `[attribution]` subscribing to `podtrail receiver`s) instead of
     /// the loopback audit webhook.
     fn launch(cd: &Containerd, hold_ms: u64, metrics: bool, receivers: Option<&str>) -> Agent {
-        let dir = tempfile::tempdir().expect("tempdir");
         let webhook = format!("127.0.0.1:{}", free_port());
         let metrics = metrics.then(|| format!("127.0.0.1:{}", free_port()));
-        let config = format!(
-            "[process]\ncontainerd_socket = {:?}\ncontainerd_namespaces = [{:?}]\n\n[attribution]\nhold_ms = {hold_ms}\n{}\n[metrics]\nlisten = {:?}\n",
-            cd.address.display().to_string(),
-            cd.namespace,
+        let extra = format!(
+            "[attribution]\nhold_ms = {hold_ms}\n{}\n[metrics]\nlisten = {:?}\n",
             receivers.unwrap_or_default(),
             metrics.clone().unwrap_or_default(),
         );
-        std::fs::write(dir.path().join("podtrail.toml"), config).unwrap();
-        let stderr = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_podtrail"));
-        cmd.arg("run").arg("--config").arg(dir.path().join("podtrail.toml"));
-        if receivers.is_none() {
-            cmd.arg("--audit-webhook-loopback").arg(&webhook);
-        }
-        let child = cmd
-            .arg("--otlp-file")
-            .arg(dir.path().join("traces.jsonl"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn podtrail run");
-        let mut agent = Agent { child: Some(child), dir, webhook, metrics };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !agent.log().contains("podtrail is running") {
-            assert!(Instant::now() < deadline, "podtrail run did not come up:\n{}", agent.log());
-            if let Some(st) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("podtrail run exited ({st}):\n{}", agent.log());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        // the containerd lookup of the container found by the /proc scan is asynchronous
-        std::thread::sleep(Duration::from_secs(1));
-        agent
+        let config = e2e_support::containerd_config(&cd.address, &cd.namespace, &extra);
+        let args: &[&str] = if receivers.is_none() { &["--audit-webhook-loopback", &webhook] } else { &[] };
+        Agent { inner: e2e_support::FileAgent::start(&config, args), webhook, metrics }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+        self.inner.log()
     }
 
     fn file(&self) -> PathBuf {
-        self.dir.path().join("traces.jsonl")
+        self.inner.file()
     }
 
-    /// POST an audit EventList the way the API server's webhook backend does; the agent
-    /// answers 200 once the whole batch is in its store.
     fn post_audit(&self, body: &Value) {
-        let body = serde_json::to_vec(body).unwrap();
-        let mut s = TcpStream::connect(&self.webhook).expect("connect to the audit webhook");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "POST /audit HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", self.webhook, body.len()).unwrap();
-        s.write_all(&body).unwrap();
-        let mut reply = String::new();
-        let _ = s.read_to_string(&mut reply);
-        assert!(reply.starts_with("HTTP/1.1 200"), "audit webhook answered: {reply}\n{}", self.log());
+        self.inner.post_audit(&self.webhook, body)
     }
 
     /// The value of one series on `/metrics` (0 when absent).
@@ -140,23 +104,8 @@ impl Agent {
 
     /// Stops the agent (SIGTERM: it drains and flushes) and returns every span it wrote.
     fn stop(mut self) -> Vec<Span> {
-        self.terminate();
+        self.inner.terminate();
         read_spans(&self.file())
-    }
-
-    fn terminate(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        // SAFETY: kill on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.wait();
     }
 
     /// Waits until `n` root spans of sessions in `container` are in the file.
@@ -175,12 +124,6 @@ impl Agent {
             );
             std::thread::sleep(Duration::from_millis(250));
         }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.terminate();
     }
 }
 

@@ -14,13 +14,13 @@
 //! Needs root, containerd and python3; fails (never skips) under CI when they are missing.
 
 mod common;
+mod e2e_support;
 
 use std::{
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
     os::unix::fs::symlink,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::Mutex,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -80,67 +80,28 @@ fn prepare(root: &Path) {
 /// `podtrail run` with a loopback audit webhook (so "no Kubernetes request" means something),
 /// writing OTLP/JSON to a file; SIGTERM on drop.
 struct Agent {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
+    inner: e2e_support::FileAgent,
     webhook: String,
 }
 
 impl Agent {
     fn start(cd: &Containerd) -> Agent {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-        let webhook = format!("127.0.0.1:{port}");
-        let config = format!(
-            "[process]\ncontainerd_socket = {:?}\ncontainerd_namespaces = [{:?}]\n\n[attribution]\nhold_ms = 2000\n\n[metrics]\nlisten = \"\"\n",
-            cd.address.display().to_string(),
-            cd.namespace
-        );
-        std::fs::write(dir.path().join("podtrail.toml"), config).unwrap();
-        let stderr = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_podtrail"))
-            .arg("run")
-            .arg("--config")
-            .arg(dir.path().join("podtrail.toml"))
-            .arg("--audit-webhook-loopback")
-            .arg(&webhook)
-            .arg("--otlp-file")
-            .arg(dir.path().join("traces.jsonl"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn podtrail run");
-        let mut agent = Agent { child: Some(child), dir, webhook };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !agent.log().contains("podtrail is running") {
-            assert!(Instant::now() < deadline, "podtrail run did not come up:\n{}", agent.log());
-            if let Some(st) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("podtrail run exited ({st}):\n{}", agent.log());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        // the containerd lookup of the container found by the /proc scan is asynchronous
-        std::thread::sleep(Duration::from_secs(1));
-        agent
+        let webhook = format!("127.0.0.1:{}", e2e_support::free_port());
+        let extra = "[attribution]\nhold_ms = 2000\n\n[metrics]\nlisten = \"\"\n";
+        let config = e2e_support::containerd_config(&cd.address, &cd.namespace, extra);
+        Agent { inner: e2e_support::FileAgent::start(&config, &["--audit-webhook-loopback", &webhook]), webhook }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+        self.inner.log()
     }
 
     fn file(&self) -> PathBuf {
-        self.dir.path().join("traces.jsonl")
+        self.inner.file()
     }
 
     fn post_audit(&self, body: &Value) {
-        let body = serde_json::to_vec(body).unwrap();
-        let mut s = TcpStream::connect(&self.webhook).expect("connect to the audit webhook");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "POST /audit HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", self.webhook, body.len()).unwrap();
-        s.write_all(&body).unwrap();
-        let mut reply = String::new();
-        let _ = s.read_to_string(&mut reply);
-        assert!(reply.starts_with("HTTP/1.1 200"), "audit webhook answered: {reply}\n{}", self.log());
+        self.inner.post_audit(&self.webhook, body)
     }
 
     /// Waits until a span's argv holds each marker and its trace's root is in the file (the
@@ -159,29 +120,8 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        self.terminate();
+        self.inner.terminate();
         read_spans(&self.file())
-    }
-
-    fn terminate(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        // SAFETY: kill on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.terminate();
     }
 }
 

@@ -461,3 +461,89 @@ pub fn attr(span: &Value, key: &str) -> Option<String> {
 pub fn is_root(span: &Value) -> bool {
     span["parentSpanId"].as_str().unwrap_or("").is_empty()
 }
+
+/// `podtrail run --config DIR/podtrail.toml ARGS --otlp-file DIR/traces.jsonl` with its
+/// plain-text log in DIR/agent.log, for the end-to-end tests that read what the agent wrote;
+/// SIGTERM (then SIGKILL after 30 s) on drop.
+pub struct FileAgent {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+}
+
+impl FileAgent {
+    /// Writes `config`, starts the agent and waits until it says it is running, then a second
+    /// more (the containerd lookup of containers found by the /proc scan is asynchronous).
+    pub fn start(config: &str, args: &[&str]) -> FileAgent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("podtrail.toml"), config).unwrap();
+        let stderr = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_podtrail"))
+            .arg("run")
+            .arg("--config")
+            .arg(dir.path().join("podtrail.toml"))
+            .args(args)
+            .arg("--otlp-file")
+            .arg(dir.path().join("traces.jsonl"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn podtrail run");
+        let mut agent = FileAgent { child: Some(child), dir };
+        // loading and attaching the kernel programs takes seconds on a loaded machine
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !agent.log().contains("podtrail is running") {
+            assert!(Instant::now() < deadline, "podtrail run did not come up:\n{}", agent.log());
+            if let Some(st) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("podtrail run exited ({st}):\n{}", agent.log());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        agent
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// The OTLP/JSON lines file it writes.
+    pub fn file(&self) -> PathBuf {
+        self.dir.path().join("traces.jsonl")
+    }
+
+    /// SIGTERM (it drains and flushes), and wait for it (SIGKILL after 30 s).
+    pub fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.wait();
+    }
+
+    /// POSTs an audit EventList to the loopback audit webhook at `webhook` the way the API
+    /// server's webhook backend does; the agent answers 200 once the batch is in its store.
+    pub fn post_audit(&self, webhook: &str, body: &Value) {
+        let body = serde_json::to_vec(body).unwrap();
+        let mut s = TcpStream::connect(webhook).expect("connect to the audit webhook");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "POST /audit HTTP/1.1\r\nHost: {webhook}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
+        s.write_all(&body).unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        assert!(reply.starts_with("HTTP/1.1 200"), "audit webhook answered: {reply}\n{}", self.log());
+    }
+}
+
+impl Drop for FileAgent {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}

@@ -1301,3 +1301,22 @@ fn scopes_choose_which_process_trees_outside_sessions_are_recorded() {
     let none = run(ActivityScope::Sessions);
     assert!(started(&none).is_empty(), "{:?}", kinds(&none));
 }
+
+/// The rate limit's per-container state does not outlive the need for it: once a container's
+/// bucket has refilled (burst / rate) and nothing is unmarked, it is dropped, and the next
+/// connect starts a full bucket again (the same decision it would have had).
+#[test]
+fn idle_rate_limit_buckets_are_dropped_once_refilled() {
+    let mut t = outbound_tracker(|_| {});
+    let mut out = start_container_c(&mut t);
+    out.extend(t.handle(&connect_to(1_000, 1001, C, 1, Transport::Tcp, "203.0.113.7", 443)));
+    assert_eq!(t.outbound().limited_containers(), 1);
+    out.extend(t.tick(30_000_000_000));
+    assert_eq!(t.outbound().limited_containers(), 1, "not yet: pruning runs once a minute");
+    out.extend(t.tick(61_000_000_000));
+    assert_eq!(t.outbound().limited_containers(), 0, "refilled and idle: dropped");
+    out.extend(t.handle(&connect_to(62_000_000_000, 1001, C, 2, Transport::Tcp, "203.0.113.8", 443)));
+    out.extend(t.shutdown(63_000_000_000));
+    assert_eq!(outbound(&out).len(), 2, "both connects recorded");
+    assert_eq!(t.outbound().suppressed, 0);
+}

@@ -190,6 +190,8 @@ pub struct Outbound {
     /// No mark-only record can be due before this (a lower bound of the oldest last
     /// suppression among containers with unmarked connects).
     unmarked_from_ns: u64,
+    /// When idle buckets were last dropped.
+    pruned_at_ns: u64,
     /// Connects suppressed by the rate limit, in total.
     pub suppressed: u64,
     /// Connects folded into a record that was already open (each record counts 1 itself).
@@ -217,6 +219,9 @@ enum Pending {
     /// A UDP connect not yet counted: it counts at its first datagram.
     Udp(ConnectRecord, ProcessRecord, ContainerInfo, u64),
 }
+
+/// How often idle rate-limit buckets are dropped.
+const PRUNE_EVERY_NS: u64 = 60_000_000_000;
 
 /// Cookies remembered at once (a process that connects and never sends).
 const MAX_PENDING: usize = 65_536;
@@ -384,6 +389,10 @@ impl Outbound {
                 .min()
                 .unwrap_or(0);
         }
+        if now_ns.saturating_sub(self.pruned_at_ns) >= PRUNE_EVERY_NS {
+            self.pruned_at_ns = now_ns;
+            self.prune_buckets(cfg, now_ns);
+        }
         if self.windows.is_empty() && self.cookies.len() > MAX_PENDING / 2 {
             self.cookies.retain(|_, p| matches!(p, Pending::Udp(..)));
         }
@@ -408,6 +417,22 @@ impl Outbound {
     /// Open windows (for tests and the metrics).
     pub fn open(&self) -> usize {
         self.windows.len()
+    }
+
+    /// Containers with a rate-limit bucket (for tests and the metrics).
+    pub fn limited_containers(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Drops the buckets of containers idle long enough to have refilled completely and with
+    /// nothing unmarked: a fresh bucket starts full, so forgetting them changes no decision,
+    /// and containers that come and go no longer grow the map.
+    fn prune_buckets(&mut self, cfg: &ActivityConfig, now_ns: u64) {
+        let refill_ns = match cfg.rate_per_s {
+            0 => 0,
+            r => (cfg.burst.max(1) as u64).saturating_mul(1_000_000_000) / r as u64,
+        };
+        self.buckets.retain(|_, b| b.unmarked > 0 || now_ns.saturating_sub(b.at_ns) < refill_ns);
     }
 
     /// The suppressed connects of container `cg` that no record marked: one record that stands

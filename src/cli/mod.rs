@@ -92,3 +92,23 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// Resolves at SIGINT, SIGTERM, or after `duration` seconds when given: when `podtrail run`
+/// and `podtrail receiver` stop.
+pub(crate) async fn stop_requested(duration: Option<f64>) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => return,
+    };
+    let timer = async {
+        match duration {
+            Some(s) => tokio::time::sleep(std::time::Duration::from_secs_f64(s)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = timer => {}
+    }
+}

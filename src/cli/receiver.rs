@@ -49,24 +49,6 @@ pub async fn run(a: ReceiverArgs) -> anyhow::Result<()> {
         });
     }
     let duration = a.duration;
-    receiver
-        .run(async move {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => return,
-            };
-            let timer = async {
-                match duration {
-                    Some(s) => tokio::time::sleep(std::time::Duration::from_secs_f64(s)).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-                _ = timer => {}
-            }
-        })
-        .await;
+    receiver.run(super::stop_requested(duration)).await;
     Ok(())
 }

@@ -79,23 +79,7 @@ pub fn config(a: &RunArgs) -> anyhow::Result<Config> {
 pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     let ready = config(&a)?.validate().map_err(|e| super::UsageError(e.to_string()))?;
     let duration = a.duration;
-    let shutdown = async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => return,
-        };
-        let timer = async {
-            match duration {
-                Some(s) => tokio::time::sleep(std::time::Duration::from_secs_f64(s)).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-            _ = timer => {}
-        }
-    };
+    let shutdown = super::stop_requested(duration);
     podtrail::agent::run(ready, shutdown).await?;
     Ok(())
 }

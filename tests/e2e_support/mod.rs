@@ -378,36 +378,45 @@ pub fn exit_report(log: &str, sink: &str) -> (u64, SinkDelivery) {
 /// Spans of an OTLP/JSON file (one ExportTraceServiceRequest per line): (trace id hex, span
 /// id hex, name, attributes as strings).
 pub fn file_spans(path: &Path) -> Vec<(String, String, String, Vec<(String, String)>)> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut out = Vec::new();
+    each_file_span(path, |_, s| {
+        let attrs = s["attributes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|kv| {
+                let v = kv["value"].as_object().and_then(|o| o.values().next()).map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                });
+                (kv["key"].as_str().unwrap_or_default().to_owned(), v.unwrap_or_default())
+            })
+            .collect();
+        out.push((
+            norm_id(s["traceId"].as_str().unwrap_or_default()),
+            s["spanId"].as_str().unwrap_or_default().to_owned(),
+            s["name"].as_str().unwrap_or_default().to_owned(),
+            attrs,
+        ));
+    });
+    out
+}
+
+/// Calls `f(resource attributes, span)` for every span of an OTLP/JSON lines file (one
+/// ExportTraceServiceRequest per line), in file order.
+fn each_file_span(path: &Path, mut f: impl FnMut(&[Value], &Value)) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: Value = serde_json::from_str(line).expect("OTLP/JSON line");
-        for rs in v["resourceSpans"].as_array().into_iter().flatten() {
+        let req: Value = serde_json::from_str(line).expect("each line is one OTLP/JSON request");
+        for rs in req["resourceSpans"].as_array().into_iter().flatten() {
+            let res = rs["resource"]["attributes"].as_array().map(Vec::as_slice).unwrap_or_default();
             for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
                 for s in ss["spans"].as_array().into_iter().flatten() {
-                    let attrs = s["attributes"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|kv| {
-                            let v = kv["value"].as_object().and_then(|o| o.values().next()).map(|v| match v {
-                                Value::String(s) => s.clone(),
-                                other => other.to_string(),
-                            });
-                            (kv["key"].as_str().unwrap_or_default().to_owned(), v.unwrap_or_default())
-                        })
-                        .collect();
-                    out.push((
-                        norm_id(s["traceId"].as_str().unwrap_or_default()),
-                        s["spanId"].as_str().unwrap_or_default().to_owned(),
-                        s["name"].as_str().unwrap_or_default().to_owned(),
-                        attrs,
-                    ));
+                    f(res, s);
                 }
             }
         }
     }
-    out
 }
 
 /// A `podtrail.toml` that follows a private containerd (tests/common/containers.rs), plus `extra`.
@@ -421,23 +430,14 @@ pub fn containerd_config(address: &Path, namespace: &str, extra: &str) -> String
 /// Every span of an OTLP/JSON lines file (podtrail's `--otlp-file`), as its JSON object, with
 /// its resource's attributes appended to its own (so `attr` finds `container.id`).
 pub fn read_otlp_file(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let req: Value = serde_json::from_str(line).expect("each line is one OTLP/JSON request");
-        for rs in req["resourceSpans"].as_array().into_iter().flatten() {
-            let res = rs["resource"]["attributes"].as_array().cloned().unwrap_or_default();
-            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
-                for s in ss["spans"].as_array().into_iter().flatten() {
-                    let mut s = s.clone();
-                    if let Some(a) = s["attributes"].as_array_mut() {
-                        a.extend(res.iter().cloned());
-                    }
-                    out.push(s);
-                }
-            }
+    each_file_span(path, |res, s| {
+        let mut s = s.clone();
+        if let Some(a) = s["attributes"].as_array_mut() {
+            a.extend(res.iter().cloned());
         }
-    }
+        out.push(s);
+    });
     out
 }
 

@@ -122,7 +122,12 @@ impl ActivityConfig {
 
     /// Is a connect to `addr` by a container process outside every session recorded?
     pub fn outbound(&self, addr: IpAddr) -> bool {
-        self.scope != ActivityScope::Sessions && self.outbound_scopes.iter().any(|s| s == self.ranges.classify(addr))
+        self.outbound_scope(self.ranges.classify(addr))
+    }
+
+    /// The same for a destination already classified.
+    pub fn outbound_scope(&self, scope: &str) -> bool {
+        self.scope != ActivityScope::Sessions && self.outbound_scopes.iter().any(|s| s == scope)
     }
 
     /// The first setting that is not valid, in words.

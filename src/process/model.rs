@@ -108,6 +108,9 @@ pub struct ConnectRecord {
     pub udp_sent: bool,
     /// Outbound records outside sessions only: the repeats this record stands for.
     pub activity: Option<ActivityMarks>,
+    /// `podtrail.network.destination.scope` as classified when the connect was seen (the
+    /// ranges may be learned later); None: classify when the span is built.
+    pub scope: Option<&'static str>,
 }
 
 impl ConnectRecord {
@@ -124,6 +127,7 @@ impl ConnectRecord {
             error: None,
             udp_sent: false,
             activity: None,
+            scope: None,
         }
     }
 }

@@ -94,7 +94,7 @@ pub fn evaluate(
             }
             let ip = normalize(c.addr);
             let target = Target::Connect { exec_index: img.exec_index, index: ci as u32 };
-            check(Trigger::Connect(c, ip, scope.classify(ip)), target, c.ts_ns, None);
+            check(Trigger::Connect(c, ip, c.scope.unwrap_or_else(|| scope.classify(ip))), target, c.ts_ns, None);
         }
         for f in &img.files {
             check(Trigger::File(f), image, f.ts_ns, Some(f));

@@ -441,7 +441,7 @@ pub fn connect_span(ctx: &BuildCtx, frame: &SessionFrame, id: SpanId, image: Spa
     attrs.push(KeyValue::new(sc::NETWORK_PEER_ADDRESS, peer.to_string()));
     attrs.push(KeyValue::new(sc::NETWORK_PEER_PORT, peer_port as i64));
     attrs.push(KeyValue::new(keys::NETWORK_OUTCOME, c.outcome.as_str()));
-    attrs.push(KeyValue::new(keys::NETWORK_DESTINATION_SCOPE, ctx.cfg.scope.classify(addr)));
+    attrs.push(KeyValue::new(keys::NETWORK_DESTINATION_SCOPE, c.scope.unwrap_or_else(|| ctx.cfg.scope.classify(addr))));
     let failed = !matches!(c.outcome, ConnectOutcome::Connected | ConnectOutcome::Pending);
     let mut status = Status::Unset;
     if failed {

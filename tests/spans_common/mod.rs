@@ -82,6 +82,7 @@ pub fn connect(
         error: err,
         udp_sent,
         activity: None,
+        scope: None,
     }
 }
 

@@ -47,7 +47,8 @@ impl SessionTracker {
         }
         let image = p.images.len() - 1;
         let conns = &mut p.images[image].connects;
-        conns.push(ConnectRecord::pending(c));
+        let scope = self.activity.ranges.classify(c.addr);
+        conns.push(ConnectRecord { scope: Some(scope), ..ConnectRecord::pending(c) });
         let slot = CookieSlot { key, image, connect: conns.len() - 1 };
         self.table.set_cookie(c.cookie, slot);
     }
@@ -56,7 +57,8 @@ impl SessionTracker {
     /// process and its destination is in a recorded scope.
     pub(super) fn outbound_connect(&mut self, c: &ConnectEvent, key: ProcessKey) {
         let Some(p) = self.table.get(&key) else { return };
-        if !self.activity.outbound(c.addr) || self.containers.get(p.cgroup_id).is_none() {
+        let scope = self.activity.ranges.classify(c.addr);
+        if !self.activity.outbound_scope(scope) || self.containers.get(p.cgroup_id).is_none() {
             return;
         }
         let container = self.containers.get(p.cgroup_id).map(|x| x.info.clone()).unwrap_or_default();
@@ -64,7 +66,9 @@ impl SessionTracker {
         if let Some(img) = rec.images.pop() {
             rec.images = vec![ImageRecord { connects: Vec::new(), files: Vec::new(), ..img }];
         }
-        let conn = ConnectRecord::pending(c);
+        // the scope the decision was made on is the one the span shows (ranges learned
+        // before the record leaves do not relabel it)
+        let conn = ConnectRecord { scope: Some(scope), ..ConnectRecord::pending(c) };
         let cg = p.cgroup_id;
         self.outbound.connect(&self.activity, conn, c.cookie, rec, container, cg);
     }

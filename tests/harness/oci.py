@@ -45,23 +45,16 @@ class Refused(Exception):
     pass
 
 
-def walk(root):
-    """Yields (relative path, absolute path) for every entry under root, parents first, in
-    byte order of the path, without following symlinks."""
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        absdir = os.path.join(root, rel) if rel else root
-        names = sorted(os.listdir(absdir), key=os.fsencode)
-        subdirs = []
-        for name in names:
-            r = f"{rel}/{name}" if rel else name
-            a = os.path.join(absdir, name)
-            yield r, a
-            if stat.S_ISDIR(os.lstat(a).st_mode):
-                subdirs.append(r)
-        # a stack pops in reverse: push reversed so directories come out in sorted order
-        stack.extend(reversed(subdirs))
+def walk(root, rel=""):
+    """Yields (relative path, absolute path) for every entry under root, depth first, each
+    directory's entries in byte order of their names, without following symlinks."""
+    absdir = os.path.join(root, rel) if rel else root
+    for name in sorted(os.listdir(absdir), key=os.fsencode):
+        r = f"{rel}/{name}" if rel else name
+        a = os.path.join(absdir, name)
+        yield r, a
+        if stat.S_ISDIR(os.lstat(a).st_mode):
+            yield from walk(root, r)
 
 
 def tarinfo(name, st, kind):

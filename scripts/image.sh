@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# image.sh: podtrail's container image, built without Docker or a registry.
+#
+# Usage:
+#   scripts/image.sh [--ref REF] [--binary PATH] [--out FILE]   build the OCI image archive
+#   scripts/image.sh --stage DIR [--binary PATH]                only stage its file tree in DIR
+#                                                               (what the Dockerfile COPYs)
+# Defaults: REF podtrail:<version of Cargo.toml>, PATH target/release/podtrail (build it first:
+# `cargo build --release`), FILE target/image/podtrail-<version>.oci.tar.
+# Output: the archive's path and size on stdout (stage mode: the directory). Import it with
+# `ctr -n k8s.io images import FILE` (or `docker load`/`podman load` of an OCI archive); for a
+# kubelet use a qualified ref such as `--ref podtrail.test/podtrail:dev` (tests/harness/oci.py
+# explains why).
+#
+# What the image holds, and nothing else:
+#   /usr/local/bin/podtrail        the release binary without debug info (strip --strip-debug:
+#                                  symbol names stay so a panic's backtrace stays readable)
+#   the shared libraries `ldd` lists for it (glibc's loader, libc, libm, libgcc_s ...), copied
+#   from this host at the same paths, with the host's /lib and /lib64 symlinks
+#   /etc/ssl/certs/ca-certificates.crt  Debian's ca-certificates bundle (the OTLP exporter and
+#                                  the Kubernetes client may verify against system roots)
+#   /etc/passwd, /etc/group        root and nonroot (65532), the receiver's user
+#   /etc/nsswitch.conf             files, then DNS: glibc reads it to resolve the collector's name
+#   /tmp                           1777
+#   /usr/share/doc/<package>/copyright  for each Debian package a shipped file comes from
+# Config: ENTRYPOINT ["podtrail"] found on PATH (the manifests run `podtrail run ...`), USER
+# 65532:65532 (the agent's DaemonSet sets runAsUser 0 itself), no shell.
+# Same input, same archive: tests/harness/oci.py writes sorted entries with fixed owners and
+# times. tests/image/compare.sh proves the Dockerfile at the repository root yields the same
+# files and config.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VERSION=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$REPO/Cargo.toml" | head -n 1)
+[ -n "$VERSION" ] || { echo "image.sh: no version in Cargo.toml" >&2; exit 1; }
+
+REF="podtrail:$VERSION"
+BINARY="$REPO/target/release/podtrail"
+OUT="$REPO/target/image/podtrail-$VERSION.oci.tar"
+STAGE=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --ref) REF=${2:?--ref needs a value}; shift 2 ;;
+        --binary) BINARY=${2:?--binary needs a value}; shift 2 ;;
+        --out) OUT=${2:?--out needs a value}; shift 2 ;;
+        --stage) STAGE=${2:?--stage needs a directory}; shift 2 ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        *) echo "image.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+die() { echo "image.sh: error: $*" >&2; exit 1; }
+
+# The image's config, shared with the Dockerfile (tests/image/compare.sh checks they agree).
+IMAGE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+IMAGE_USER=65532:65532
+IMAGE_ENTRYPOINT='["podtrail"]'
+
+[ -x "$BINARY" ] || die "no binary at $BINARY: run cargo build --release first"
+command -v strip >/dev/null || die "strip (binutils) is missing: apt-get install binutils"
+[ -s /etc/ssl/certs/ca-certificates.crt ] \
+    || die "/etc/ssl/certs/ca-certificates.crt is missing: apt-get install ca-certificates"
+
+stage() {
+    local dir=$1
+    rm -rf "$dir"
+    mkdir -p "$dir/usr/local/bin" "$dir/etc/ssl/certs" "$dir/tmp"
+    chmod 0755 "$dir" "$dir/usr" "$dir/usr/local" "$dir/usr/local/bin" "$dir/etc" \
+        "$dir/etc/ssl" "$dir/etc/ssl/certs"
+    chmod 1777 "$dir/tmp"
+    strip --strip-debug -o "$dir/usr/local/bin/podtrail" "$BINARY"
+    chmod 0755 "$dir/usr/local/bin/podtrail"
+    install -m 0644 /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/ca-certificates.crt"
+    printf '%s\n' 'root:x:0:0:root:/root:/usr/sbin/nologin' \
+        'nonroot:x:65532:65532:nonroot:/nonexistent:/usr/sbin/nologin' >"$dir/etc/passwd"
+    printf '%s\n' 'root:x:0:' 'nonroot:x:65532:' >"$dir/etc/group"
+    printf '%s\n' 'passwd: files' 'group: files' 'hosts: files dns' >"$dir/etc/nsswitch.conf"
+    chmod 0644 "$dir/etc/passwd" "$dir/etc/group" "$dir/etc/nsswitch.conf"
+
+    # Shared libraries: exactly what the loader would map for this binary on this host. A
+    # statically linked binary has none, and ldd says "not a dynamic executable".
+    local libs
+    libs=$(ldd "$BINARY" 2>/dev/null | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p; s/^\s*\(\/[^ ]*\) (0x.*/\1/p') || true
+    python3 - "$dir" $libs <<'PY'
+import os, shutil, subprocess, sys
+
+stage, libs = sys.argv[1], sys.argv[2:]
+copied = []
+
+def copy_path(p):
+    """Copy host path p into the stage at the same path, recreating every symlink met on the
+    way (Debian's /lib -> usr/lib), so the loader finds it where the binary's ELF header says."""
+    parts = p.strip("/").split("/")
+    cur = "/"
+    for i, c in enumerate(parts):
+        host = os.path.join(cur, c)
+        dst = stage + host
+        if os.path.islink(host):
+            target = os.readlink(host)
+            if not os.path.lexists(dst):
+                os.symlink(target, dst)
+            resolved = os.path.normpath(target if target.startswith("/") else os.path.join(cur, target))
+            return copy_path("/".join([resolved] + parts[i + 1:]))
+        if i == len(parts) - 1:
+            shutil.copyfile(host, dst)
+            os.chmod(dst, 0o755 if os.access(host, os.X_OK) else 0o644)
+            copied.append(host)
+        elif not os.path.isdir(dst):
+            os.mkdir(dst)
+            os.chmod(dst, 0o755)
+        cur = host
+
+for lib in libs:
+    copy_path(lib)
+
+# Licences: the copyright file of every Debian package a shipped file comes from.
+pkgs = {"ca-certificates"}
+for f in copied:
+    out = subprocess.run(["dpkg", "-S", f], capture_output=True, text=True).stdout
+    if not out:  # merged /usr: dpkg may know the file under /lib rather than /usr/lib
+        alt = f.replace("/usr/lib/", "/lib/", 1)
+        out = subprocess.run(["dpkg", "-S", alt], capture_output=True, text=True).stdout
+    if not out:
+        sys.exit(f"image.sh: no Debian package owns {f}; cannot ship its licence")
+    pkgs.add(out.split(":")[0])
+for pkg in sorted(pkgs):
+    src = f"/usr/share/doc/{pkg}/copyright"
+    if not os.path.isfile(src):
+        sys.exit(f"image.sh: {src} is missing")
+    for d in ("usr/share", "usr/share/doc", f"usr/share/doc/{pkg}"):
+        os.makedirs(os.path.join(stage, d), mode=0o755, exist_ok=True)
+        os.chmod(os.path.join(stage, d), 0o755)
+    shutil.copyfile(src, os.path.join(stage, "usr/share/doc", pkg, "copyright"))
+    os.chmod(os.path.join(stage, "usr/share/doc", pkg, "copyright"), 0o644)
+PY
+}
+
+if [ -n "$STAGE" ]; then
+    stage "$STAGE"
+    echo "$STAGE"
+    exit 0
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+stage "$tmp/rootfs"
+mkdir -p "$(dirname "$OUT")"
+python3 "$REPO/tests/harness/oci.py" --ref "$REF" --rootfs "$tmp/rootfs" \
+    --entrypoint "$IMAGE_ENTRYPOINT" --env "PATH=$IMAGE_PATH" --user "$IMAGE_USER" \
+    --out "$OUT" >/dev/null
+size=$(stat -c %s "$OUT")
+echo "$OUT"
+echo "$REF: $size bytes ($(( (size + 524288) / 1048576 )) MiB compressed; $(du -sm --apparent-size "$tmp/rootfs" | cut -f1) MiB unpacked)"

@@ -29,7 +29,7 @@
 #   KUBE_ADMISSION_CONFIG          file for --admission-control-config-file (e.g. the client
 #                                  certificate the API server presents to admission webhooks).
 #   KUBE_EXTRA_IMAGES              space-separated OCI archives to import besides busybox/pause.
-#   KUBE_POD_CIDR                  the node's pod /24 (default: a free 10.N.0.0/24, N=200..250).
+#   KUBE_POD_CIDR                  the node's pod /24 (default: a free 10.N.0.0/24, N=200..249).
 #   KUBE_START_TIMEOUT             seconds to wait for the cluster (default 180).
 #
 # Output of `start` (stdout, and the same lines in DIR/env, shell- and dotenv-compatible):
@@ -206,7 +206,15 @@ images() {
 # ---------------------------------------------------------------------------------------
 # start
 
-alive() { [ -f "$1/pid" ] && kill -0 "$(cat "$1/pid")" 2>/dev/null; }
+# running PID: the process exists and is not a zombie (this machine's init reaps orphans only
+# every second or so, and a zombie holds nothing).
+running() {
+    local st
+    st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+    [ -n "$st" ] && [ "$st" != Z ]
+}
+
+alive() { [ -f "$1/pid" ] && running "$(cat "$1/pid")"; }
 
 # stop_daemons SIG DIR/NAME...: signal them all at once, KILL what is left after 5 s. A pid counts
 # only while its command line still names DIR (every component's does), so a stale pid file
@@ -227,7 +235,7 @@ stop_daemons() {
     for i in $(seq 1 100); do
         [ "$i" -eq 50 ] && { kill -KILL $pids 2>/dev/null || true; }
         local up=""
-        for pid in $pids; do kill -0 "$pid" 2>/dev/null && up=1; done
+        for pid in $pids; do running "$pid" && up=1; done
         [ -n "$up" ] || return 0
         sleep 0.1
     done
@@ -247,6 +255,23 @@ wait_for() {
     local secs=$1 what=$2 end; shift 2
     end=$((SECONDS + secs))
     until "$@" >/dev/null 2>&1; do
+        if [ "$SECONDS" -ge "$end" ]; then log "timed out waiting for $what"; return 1; fi
+        sleep 0.25
+    done
+}
+
+# wait_up SECONDS WHAT DIR/NAME... -- CMD...: like wait_for, but gives up at once when one of
+# the daemons has exited (a bad flag or config kills them in the first second).
+wait_up() {
+    local secs=$1 what=$2 end d; shift 2
+    local daemons=()
+    while [ "$1" != -- ]; do daemons+=("$1"); shift; done
+    shift
+    end=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        for d in "${daemons[@]}"; do
+            alive "$d" || { log "$(basename "$d") exited while waiting for $what"; return 1; }
+        done
         if [ "$SECONDS" -ge "$end" ]; then log "timed out waiting for $what"; return 1; fi
         sleep 0.25
     done
@@ -324,14 +349,18 @@ make_pki() {
     kubeconfig "$pki/mallory.kubeconfig" mallory@example.com mallory
 }
 
-# pick_pod_cidr: a 10.N.0.0/24 that no interface or route on this machine uses.
+# pick_pod_cidr: a 10.N.0.0/24 (N in 200..249) that no interface or route on this machine
+# uses. The search starts at a place derived from DIR, because a cluster's bridge (and its
+# route) only appears with its first pod: two clusters starting together would otherwise both
+# take the first free N.
 pick_pod_cidr() {
-    local n used
+    local n i used
     used=$( { ip -4 route show table all; ip -4 addr show; } 2>/dev/null)
-    for n in $(seq 200 250); do
+    for i in $(seq 0 49); do
+        n=$((200 + (16#$ID + i) % 50))
         if ! grep -qE "(^|[^0-9.])10\.$n\." <<<"$used"; then echo "10.$n.0.0/24"; return; fi
     done
-    die "no free 10.N.0.0/24 (N=200..250) for pods; set KUBE_POD_CIDR"
+    die "no free 10.N.0.0/24 (N=200..249) for pods; set KUBE_POD_CIDR"
 }
 
 # cgroup_mounts: the mount points of every cgroup hierarchy (v1 controllers, named v1
@@ -392,6 +421,7 @@ EOF
 
     make_pki
     local pki=$dir/pki kubectl=$bin/kubectl admin=$dir/pki/admin.kubeconfig
+    for x in etcd apiserver controller-manager scheduler kubelet; do rm -f "$dir/$x/log"; done
 
     # etcd (Debian's 3.4): loopback only, its own data dir.
     rm -rf "$dir/etcd"
@@ -478,7 +508,7 @@ EOF
 EOF
     launch "$dir/containerd" containerd --config "$dir/containerd/config.toml"
 
-    wait_for 30 etcd wait_http "http://127.0.0.1:$P_ETCD/health" 1 \
+    wait_up 30 etcd "$dir/etcd" -- wait_http "http://127.0.0.1:$P_ETCD/health" 1 \
         || fail_start "etcd did not become healthy"
 
     # kube-apiserver
@@ -518,14 +548,14 @@ EOF
     fi
     launch "$dir/apiserver" "$bin/kube-apiserver" "${api_args[@]}"
 
-    wait_for 30 containerd "$(command -v ctr)" -a "$sock" version \
+    wait_up 30 containerd "$dir/containerd" -- "$(command -v ctr)" -a "$sock" version \
         || fail_start "containerd did not answer on $sock"
     for x in "${imgs[@]}" ${KUBE_EXTRA_IMAGES:-}; do
         ctr -a "$sock" -n k8s.io images import "$x" >"$dir/containerd/import.log" 2>&1 \
             || { cat "$dir/containerd/import.log" >&2; fail_start "could not import $x"; }
     done
 
-    wait_for "$timeout" "kube-apiserver /readyz" \
+    wait_up "$timeout" "kube-apiserver /readyz" "$dir/apiserver" -- \
         "$kubectl" --kubeconfig "$admin" get --raw=/readyz \
         || fail_start "kube-apiserver did not become ready"
     "$kubectl" --kubeconfig "$admin" apply -f "$HERE/kube/rbac.yaml" >&2 \
@@ -606,7 +636,9 @@ EOF
             'jsonpath={.status.conditions[?(@.type=="Ready")].status} {.spec.podCIDR} {.spec.taints}')
         [ "$out" = "True $cidr " ]
     }
-    wait_for "$timeout" "node 127.0.0.1 Ready with podCIDR $cidr and no taints" node_ready \
+    wait_up "$timeout" "node 127.0.0.1 Ready with podCIDR $cidr and no taints" \
+        "$dir/apiserver" "$dir/controller-manager" "$dir/scheduler" "$dir/containerd" \
+        "$dir/kubelet" -- node_ready \
         || fail_start "node did not become Ready (kubelet log: $dir/kubelet/log)"
     wait_for 60 "ServiceAccount default/default" \
         "$kubectl" --kubeconfig "$admin" -n default get serviceaccount default \
@@ -700,7 +732,7 @@ stop() {
     local ID="" BRIDGE="" CNI_NETWORK="" CGROUP_PARENT="" CONTAINERD_SOCK="" CREATED_DIRS=""
     if [ -f "$dir/state" ]; then . "$dir/state"; fi
     local kubectl=$BIN_DIR/kubectl admin=$dir/pki/admin.kubeconfig sock=$CONTAINERD_SOCK
-    local t0=$SECONDS c p
+    local t0=$SECONDS c p id
 
     # 1. Nothing may re-create pods while they go: controllers first.
     # They hold no state worth a graceful exit (KILL saves ~2 s a stop).
@@ -713,7 +745,7 @@ stop() {
             --grace-period=0 --force --wait=false >/dev/null 2>&1 || true
         if alive "$dir/containerd"; then
             running_tasks() { ctr -a "$sock" -n k8s.io tasks ls 2>/dev/null | awk 'NR>1 && $3=="RUNNING"' | grep -q .; }
-            wait_for 30 "pods to stop" eval '! running_tasks' || true
+            wait_for 5 "pods to stop" eval '! running_tasks' || true
         fi
     fi
     stop_daemons KILL "$dir/kubelet"
@@ -802,9 +834,16 @@ stop() {
     # the kubelet's /var/log/containers links, the shims' sockets in /run/containerd/s
     # (containerd 1.6 puts them there whatever its state dir: sha256(address/ns/id)).
     [ -z "$BRIDGE" ] || ip link del "$BRIDGE" 2>/dev/null || true
+    # libcni caches one result per sandbox and network: ours ("$CNI_NETWORK-<id>-eth0") and
+    # the loopback one containerd adds ("cni-loopback-<id>-lo").
     if [ -n "$CNI_NETWORK" ]; then
         rm -f /var/lib/cni/results/"$CNI_NETWORK"-* 2>/dev/null || true
     fi
+    for id in "$dir"/containerd/state/io.containerd.grpc.v1.cri/sandboxes/* \
+        "$dir"/containerd/root/io.containerd.grpc.v1.cri/sandboxes/*; do
+        [ -e "$id" ] || continue
+        rm -f "/var/lib/cni/results/cni-loopback-$(basename "$id")-lo"
+    done
     for p in /var/log/containers/*; do
         [ -L "$p" ] || continue
         case "$(readlink "$p")" in "$dir"/*) rm -f "$p" ;; esac

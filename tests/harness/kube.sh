@@ -31,6 +31,12 @@
 #   KUBE_EXTRA_IMAGES              space-separated OCI archives to import besides busybox/pause.
 #   KUBE_POD_CIDR                  the node's pod /24 (default: a free 10.N.0.0/24, N=200..249).
 #   KUBE_START_TIMEOUT             seconds to wait for the cluster (default 180).
+#   KUBE_API_BIND_ADDRESS          the API server's --bind-address (default 127.0.0.1). Set
+#                                  0.0.0.0 to let pods (own network namespace) reach it at
+#                                  https://KUBE_GATEWAY_IP:<port>: they have no route to
+#                                  the kubernetes Service IP, so a pod's in-cluster config
+#                                  needs KUBERNETES_SERVICE_HOST/PORT pointed there. The
+#                                  certificate names 127.0.0.1, KUBE_GATEWAY_IP and 10.96.0.1.
 #
 # Output of `start` (stdout, and the same lines in DIR/env, shell- and dotenv-compatible):
 #   KUBECONFIG=DIR/pki/admin.kubeconfig     cluster admin (group system:masters)
@@ -330,7 +336,7 @@ make_pki() {
         -sha256 -addext "basicConstraints=critical,CA:TRUE" \
         -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" -out "$pki/ca.crt"
     mkcert "$pki" apiserver /CN=kube-apiserver serverAuth \
-        "IP:127.0.0.1,IP:$SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+        "IP:127.0.0.1,IP:$SERVICE_IP,IP:$GATEWAY_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
     mkcert "$pki" apiserver-kubelet-client "/CN=kube-apiserver-kubelet-client/O=system:masters" clientAuth
     mkcert "$pki" admin "/CN=podtrail-admin/O=system:masters" clientAuth
     mkcert "$pki" controller-manager /CN=system:kube-controller-manager clientAuth
@@ -399,8 +405,9 @@ start() {
     local bridge=ptk$ID net=podtrail-$ID cgparent=/podtrail-$ID
     local cidr=${KUBE_POD_CIDR:-$(pick_pod_cidr)}
     local gw
-    gw=$(python3 -c 'import ipaddress,sys; print(ipaddress.ip_network(sys.argv[1])[1])' "$cidr") \
+    GATEWAY_IP=$(python3 -c 'import ipaddress,sys; print(ipaddress.ip_network(sys.argv[1])[1])' "$cidr") \
         || die "KUBE_POD_CIDR=$cidr is not a network"
+    gw=$GATEWAY_IP
     local sock=$dir/containerd/containerd.sock
     [ ${#sock} -lt 100 ] || die "DIR is too long for a unix socket path: $sock"
     cat >"$dir/state" <<EOF
@@ -515,7 +522,7 @@ EOF
     # A fresh audit log: tests read it from the start.
     rm -rf "$dir/audit"; mkdir -p "$dir/audit"
     local api_args=(
-        --bind-address=127.0.0.1 --secure-port="$P_API"
+        --bind-address="${KUBE_API_BIND_ADDRESS:-127.0.0.1}" --secure-port="$P_API"
         --etcd-servers="http://127.0.0.1:$P_ETCD"
         --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key"
         --client-ca-file="$pki/ca.crt"

@@ -17,8 +17,9 @@
 #                                  symbol names stay so a panic's backtrace stays readable)
 #   the shared libraries `ldd` lists for it (glibc's loader, libc, libm, libgcc_s ...), copied
 #   from this host at the same paths, with the host's /lib and /lib64 symlinks
-#   /etc/ssl/certs/ca-certificates.crt  Debian's ca-certificates bundle (the OTLP exporter and
-#                                  the Kubernetes client may verify against system roots)
+#   /etc/ssl/certs/ca-certificates.crt  Debian's ca-certificates bundle, from the package's
+#                                  files, not this host's bundle (which may hold local CAs);
+#                                  the OTLP exporter may verify against system roots
 #   /etc/passwd, /etc/group        root and nonroot (65532), the receiver's user
 #   /etc/nsswitch.conf             files, then DNS: glibc reads it to resolve the collector's name
 #   /tmp                           1777
@@ -29,6 +30,7 @@
 # times. tests/image/compare.sh proves the Dockerfile at the repository root yields the same
 # files and config.
 set -euo pipefail
+export LC_ALL=C # byte order for globs: the CA bundle must not depend on the locale
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VERSION=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$REPO/Cargo.toml" | head -n 1)
 [ -n "$VERSION" ] || { echo "image.sh: no version in Cargo.toml" >&2; exit 1; }
@@ -56,8 +58,8 @@ IMAGE_ENTRYPOINT='["podtrail"]'
 
 [ -x "$BINARY" ] || die "no binary at $BINARY: run cargo build --release first"
 command -v strip >/dev/null || die "strip (binutils) is missing: apt-get install binutils"
-[ -s /etc/ssl/certs/ca-certificates.crt ] \
-    || die "/etc/ssl/certs/ca-certificates.crt is missing: apt-get install ca-certificates"
+ls /usr/share/ca-certificates/mozilla/*.crt >/dev/null 2>&1 \
+    || die "Debian's CA certificates are missing: apt-get install ca-certificates"
 
 stage() {
     local dir=$1
@@ -68,7 +70,16 @@ stage() {
     chmod 1777 "$dir/tmp"
     strip --strip-debug -o "$dir/usr/local/bin/podtrail" "$BINARY"
     chmod 0755 "$dir/usr/local/bin/podtrail"
-    install -m 0644 /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/ca-certificates.crt"
+    # The bundle update-ca-certificates builds on a clean Debian host (every certificate of the
+    # package, sorted, each ending in a newline), made here from the package's files: the
+    # host's own /etc/ssl/certs/ca-certificates.crt also holds any CA the host added under
+    # /usr/local/share/ca-certificates, which must not leak into an image others pull.
+    local crt
+    for crt in /usr/share/ca-certificates/mozilla/*.crt; do
+        cat "$crt"
+        [ -z "$(tail -c 1 "$crt")" ] || echo
+    done >"$dir/etc/ssl/certs/ca-certificates.crt"
+    chmod 0644 "$dir/etc/ssl/certs/ca-certificates.crt"
     printf '%s\n' 'root:x:0:0:root:/root:/usr/sbin/nologin' \
         'nonroot:x:65532:65532:nonroot:/nonexistent:/usr/sbin/nologin' >"$dir/etc/passwd"
     printf '%s\n' 'root:x:0:' 'nonroot:x:65532:' >"$dir/etc/group"

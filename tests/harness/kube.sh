@@ -60,6 +60,7 @@
 #   KUBE_BRIDGE=ptk<id>                     the bridge interface
 #   KUBE_SERVICE_CIDR=10.96.0.0/16          no kube-proxy, no DNS: Service IPs do not route
 #   KUBE_DIR=DIR
+#   KUBECACHEDIR=DIR/kube-cache             for kubectl: keeps its discovery cache out of ~/.kube
 # DIR also holds: <component>/log (etcd, apiserver, controller-manager, scheduler, containerd,
 # kubelet), pki/, state (what stop needs), and the data directories.
 #
@@ -428,6 +429,8 @@ EOF
 
     make_pki
     local pki=$dir/pki kubectl=$bin/kubectl admin=$dir/pki/admin.kubeconfig
+    # kubectl's discovery and HTTP caches stay in DIR, not in ~/.kube.
+    export KUBECACHEDIR=$dir/kube-cache
     for x in etcd apiserver controller-manager scheduler kubelet; do rm -f "$dir/$x/log"; done
 
     # etcd (Debian's 3.4): loopback only, its own data dir.
@@ -674,6 +677,7 @@ KUBE_GATEWAY_IP=$gw
 KUBE_BRIDGE=$bridge
 KUBE_SERVICE_CIDR=$SERVICE_CIDR
 KUBE_DIR=$dir
+KUBECACHEDIR=$dir/kube-cache
 EOF
     log "cluster up in $((SECONDS - t0)) s (logs in $dir/*/log)"
     cat "$dir/env"
@@ -739,6 +743,7 @@ stop() {
     local ID="" BRIDGE="" CNI_NETWORK="" CGROUP_PARENT="" CONTAINERD_SOCK="" CREATED_DIRS=""
     if [ -f "$dir/state" ]; then . "$dir/state"; fi
     local kubectl=$BIN_DIR/kubectl admin=$dir/pki/admin.kubeconfig sock=$CONTAINERD_SOCK
+    export KUBECACHEDIR=$dir/kube-cache
     local t0=$SECONDS c p id
 
     # 1. Nothing may re-create pods while they go: controllers first.

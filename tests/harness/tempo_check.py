@@ -7,7 +7,8 @@ Usage (with the environment `tempo.sh start DIR` prints):
 Sends one span with `foo = "bar"` and a unique `run` attribute through the OpenTelemetry SDK's
 OTLP/gRPC exporter (a sender podtrail did not write), finds it with
 `{ span.foo = "bar" && span.run = "<run>" }` in /api/search, then fetches it from
-/api/traces/<id>. Prints how long each step took; exits non-zero with the reason on failure.
+/api/traces/<id>; then one OTLP/JSON span POSTed to TEMPO_OTLP_HTTP/v1/traces (when set), found
+the same way. Prints how long each step took; exits non-zero with the reason on failure.
 """
 import json
 import os
@@ -28,6 +29,40 @@ def get(url):
         return json.load(r)
 
 
+def find(http, run, trace_id, sent):
+    """Polls /api/search for the span tagged run until it shows trace_id (15 s at most)."""
+    q = '{ span.foo = "bar" && span.run = "%s" }' % run
+    url = f"{http}/api/search?" + urllib.parse.urlencode(
+        {"q": q, "start": int(sent) - 300, "end": int(sent) + 60})
+    while time.time() - sent < 15:
+        for t in get(url).get("traces", []):
+            # Tempo's search may drop a trace id's leading zeros
+            if t["traceID"].zfill(32) == trace_id:
+                print(f"search: {q} -> {t['traceID']} after {time.time() - sent:.1f} s")
+                return
+        time.sleep(0.2)
+    sys.exit(f"tempo_check: trace {trace_id} not found by {q} within 15 s")
+
+
+def send_otlp_http(otlp_http, run):
+    """POSTs one span as OTLP/JSON; returns its trace id."""
+    trace_id, now = uuid.uuid4().hex, time.time_ns()
+    body = {"resourceSpans": [{
+        "resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": "tempo-check-http"}}]},
+        "scopeSpans": [{"spans": [{
+            "traceId": trace_id, "spanId": uuid.uuid4().hex[:16], "name": "check-http",
+            "kind": 1, "startTimeUnixNano": str(now - 1000000), "endTimeUnixNano": str(now),
+            "attributes": [{"key": "foo", "value": {"stringValue": "bar"}},
+                           {"key": "run", "value": {"stringValue": run}}]}]}]}]}
+    req = urllib.request.Request(f"{otlp_http}/v1/traces", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        if r.status != 200:
+            sys.exit(f"tempo_check: OTLP/HTTP POST answered {r.status}")
+    return trace_id
+
+
 def main():
     grpc, http = os.environ["TEMPO_OTLP_GRPC"], os.environ["TEMPO_HTTP"]
     run = uuid.uuid4().hex
@@ -39,23 +74,7 @@ def main():
         span.set_attribute("run", run)
         trace_id = format(span.get_span_context().trace_id, "032x")
     provider.shutdown()
-    sent = time.time()
-
-    q = '{ span.foo = "bar" && span.run = "%s" }' % run
-    url = f"{http}/api/search?" + urllib.parse.urlencode(
-        {"q": q, "start": int(sent) - 300, "end": int(sent) + 60})
-    found = None
-    while time.time() - sent < 15:
-        for t in get(url).get("traces", []):
-            # Tempo's search may drop a trace id's leading zeros
-            if t["traceID"].zfill(32) == trace_id:
-                found = t
-        if found:
-            break
-        time.sleep(0.2)
-    if not found:
-        sys.exit(f"tempo_check: trace {trace_id} not found by {q} within 15 s")
-    print(f"search: {q} -> {found['traceID']} after {time.time() - sent:.1f} s")
+    find(http, run, trace_id, time.time())
 
     body = get(f"{http}/api/traces/{trace_id}")
     spans = [s for b in body.get("batches", body.get("resourceSpans", []))
@@ -66,6 +85,10 @@ def main():
     if attrs.get("foo") != "bar" or attrs.get("run") != run:
         sys.exit(f"tempo_check: /api/traces/{trace_id} lacks foo=bar, run={run}: {body}")
     print(f"trace: /api/traces/{trace_id} -> {len(spans)} span, foo={attrs['foo']}")
+
+    if os.environ.get("TEMPO_OTLP_HTTP"):
+        run = uuid.uuid4().hex
+        find(http, run, send_otlp_http(os.environ["TEMPO_OTLP_HTTP"], run), time.time())
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ PY=$("$HARNESS/pyenv.sh")
 # the first part is module download) and fail early with their logs if one breaks.
 logs=$(mktemp -d)
 pids=()
-for s in jaeger.sh collector.sh composecheck.sh; do
+for s in jaeger.sh collector.sh composecheck.sh tempo.sh; do
     bash "$HARNESS/$s" build >"$logs/$s.out" 2>"$logs/$s.err" &
     pids+=($!)
 done
 failed=0
 i=0
-for s in jaeger.sh collector.sh composecheck.sh; do
+for s in jaeger.sh collector.sh composecheck.sh tempo.sh; do
     if ! wait "${pids[$i]}"; then
         echo "tests/stack: $s build failed:" >&2
         tail -n 40 "$logs/$s.err" >&2

@@ -59,3 +59,19 @@ def test_dashboards_seven_day_range_is_within_the_query_limits(tempo):
     q = urllib.parse.urlencode({"q": '{ span.foo = "bar" }', "start": now - 30 * 86400, "end": now})
     status, body = get(f"{tempo['TEMPO_HTTP']}/api/search?{q}")
     assert status == 200, f"30-day search refused: {body}"
+
+
+def test_the_four_questions_search_dedicated_columns(repo):
+    """Every span attribute the README's four questions match on has a dedicated column."""
+    import re
+
+    import yaml
+
+    cfg = yaml.safe_load((repo / "grafana" / "stack" / "tempo.yaml").read_text())
+    cols = cfg["storage"]["trace"]["block"]["parquet_dedicated_columns"]
+    assert len([c for c in cols if c["scope"] == "span"]) <= 10, "Tempo allows 10 span-level columns"
+    dedicated = {c["name"] for c in cols if c["scope"] == "span"}
+    readme = (repo / "README.md").read_text()
+    keys = set(re.findall(r"span\.([a-z0-9_.]+)\s*=\s*\"", readme))
+    assert {"k8s.namespace.name", "user.name", "process.executable.name"} <= keys, keys
+    assert keys <= dedicated, f"README queries match on keys without a dedicated column: {keys - dedicated}"

@@ -155,6 +155,10 @@ pub struct AttributionConfig {
     pub match_window_s: u64,
     /// Seconds a session whose environment names an audit id waits for that record.
     pub env_id_grace_s: u64,
+    /// Milliseconds a session that only an admission review fits waits for the audit record
+    /// of the same request, where audit events come too (they have the real requester and
+    /// the source IP; the review arrives first).
+    pub audit_wait_ms: u64,
     /// Most request records held.
     pub max_records: usize,
     /// Seconds a record is held.
@@ -181,6 +185,7 @@ impl Default for AttributionConfig {
             audit_log: None,
             match_window_s: 120,
             env_id_grace_s: 60,
+            audit_wait_ms: 3000,
             max_records: 10_000,
             retention_s: 900,
             hold_ms: 10_000,
@@ -261,6 +266,7 @@ impl Config {
         let store = StoreConfig {
             match_window: Duration::from_secs(a.match_window_s),
             env_id_grace: Duration::from_secs(a.env_id_grace_s),
+            audit_wait: Duration::from_millis(a.audit_wait_ms),
             max_records: a.max_records,
             retention: Duration::from_secs(a.retention_s),
         };

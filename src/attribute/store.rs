@@ -22,7 +22,7 @@ use super::{
 };
 use prometheus_client::registry::Registry;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -39,6 +39,14 @@ pub struct StoreConfig {
     pub max_records: usize,
     /// How long a record is held after it arrived. Default 15 min.
     pub retention: Duration,
+    /// Where the cluster sends audit events too, the admission review of an exec arrives
+    /// first (the API server calls the webhook before the stream opens; audit events come in
+    /// batches a second or more later). A session only an admission record fits waits this
+    /// long from that record's arrival for the audit record of the same request, which has
+    /// the real requester, the source IP and the audit id the trace is named after. Default
+    /// 3 s; only while audit events are expected ([`RecordStore::expect_audit`], or one was
+    /// held within `retention`).
+    pub audit_wait: Duration,
 }
 
 impl Default for StoreConfig {
@@ -48,6 +56,7 @@ impl Default for StoreConfig {
             env_id_grace: Duration::from_secs(60),
             max_records: 10_000,
             retention: Duration::from_secs(15 * 60),
+            audit_wait: Duration::from_secs(3),
         }
     }
 }
@@ -90,6 +99,8 @@ struct Inner {
     /// Audit ids that already gave a session its trace id, with how many times.
     used_ids: HashMap<String, u32>,
     used_order: VecDeque<String>,
+    /// When the last audit record (webhook or log) arrived.
+    audit_seen: Option<SystemTime>,
 }
 
 /// Called with every stage the store accepted (new or merged, never a duplicate), after the
@@ -104,6 +115,8 @@ pub struct RecordStore {
     tap: Option<RecordTap>,
     /// Stages accepted (new or merged) so far: see [`RecordStore::revision`].
     revision: AtomicU64,
+    /// A source said audit events will come (a receiver that takes the audit webhook).
+    expect_audit: AtomicBool,
 }
 
 impl RecordStore {
@@ -114,7 +127,14 @@ impl RecordStore {
             metrics: AttributeMetrics::default(),
             tap: None,
             revision: AtomicU64::new(0),
+            expect_audit: AtomicBool::new(false),
         }
+    }
+
+    /// Audit events for the cluster's requests will come (besides admission reviews): an
+    /// admission-only match then waits `audit_wait` for the audit record of the same request.
+    pub fn expect_audit(&self) {
+        self.expect_audit.store(true, Ordering::Relaxed);
     }
 
     /// A store that also hands every accepted stage to `tap`.
@@ -190,6 +210,9 @@ impl RecordStore {
         let key: Key = (rec.audit_id.clone(), rec.received);
         let mut inner = self.lock();
         self.expire(&mut inner, now);
+        if rec.source != AttributionSource::Admission {
+            inner.audit_seen = Some(now);
+        }
         let outcome = match inner.slots.get_mut(&key) {
             Some(slot) if slot.rec.stages & stage.bit() != 0 => {
                 self.metrics.duplicates.get_or_create(&vec![("source", source)]).inc();
@@ -300,6 +323,13 @@ impl RecordStore {
         let group = |s: &Slot| (s.rec.source == AttributionSource::Admission, kind_rank(s.rec.kind));
         let best = fits.iter().filter(|(_, s)| s.state == State::Free).map(|(_, s)| group(s)).min()?;
         let in_group: Vec<&(&Key, &Slot)> = fits.iter().filter(|(_, s)| group(s) == best).collect();
+        // Only admission fits: where audit events come too, give the request's audit record
+        // time to arrive (it outranks the review); the review answers once it has waited.
+        let audit_expected = self.expect_audit.load(Ordering::Relaxed)
+            || inner.audit_seen.is_some_and(|t| t + self.cfg.retention >= now);
+        if best.0 && audit_expected && in_group.iter().any(|(_, s)| s.arrived + self.cfg.audit_wait > now) {
+            return None;
+        }
         let candidates = in_group.len() as u32;
         let key = in_group
             .iter()

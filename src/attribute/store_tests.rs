@@ -362,6 +362,39 @@ fn audit_record_wins_over_the_admission_review_of_the_same_exec() {
     assert!(s.take_unmatched_requests(at("2026-03-02T15:00:00Z")).is_empty(), "its admission twin is used up too");
 }
 
+/// Seen in the real cluster (tests/cluster): the API server calls the admission webhook before
+/// the stream opens and sends the audit events a second later, so the review used to win and
+/// name the trace after its uid instead of the audit id.
+#[test]
+fn admission_review_waits_for_the_audit_record_where_audit_events_come_too() {
+    let s = store();
+    s.expect_audit();
+    s.insert_admission(&admission(
+        "705ab4f5-6393-11e8-b7cc-42010a800002",
+        "john.doe@example.com",
+        &["sh", "-c", "echo hi"],
+        at("2026-03-02T14:05:07.13Z"),
+    ));
+    let q = query("api-7d9c", Some("api"), &["sh", "-c", "echo hi"], "2026-03-02T14:05:07.2Z");
+    assert_eq!(s.match_session(&q), None, "the review alone waits while audit events are expected");
+    load(&s, WS);
+    let a = s.match_session(&q).expect("the audit record answers");
+    assert_eq!(a.source, AttributionSource::AuditWebhook);
+    assert_eq!(hex::encode(a.trace_id.unwrap()), "4b5f3c7e8d2a4f199c3e2a1b0d9e8f70");
+    assert!(s.take_unmatched_requests(at("2026-03-02T15:00:00Z")).is_empty(), "the review is its twin");
+}
+
+#[test]
+fn admission_review_answers_once_it_has_waited_for_an_audit_record_that_never_came() {
+    let s = RecordStore::new(StoreConfig { audit_wait: Duration::from_millis(50), ..StoreConfig::default() });
+    s.expect_audit();
+    s.insert_admission(&admission("705ab4f5-6393-11e8-b7cc-42010a800002", "john.doe@example.com", &["sh"], at("2026-03-02T14:05:07Z")));
+    let q = query("api-7d9c", Some("api"), &["sh"], "2026-03-02T14:05:07.5Z");
+    assert_eq!(s.match_session(&q), None);
+    std::thread::sleep(Duration::from_millis(80));
+    assert_eq!(s.match_session(&q).expect("the review after its wait").source, AttributionSource::Admission);
+}
+
 #[test]
 fn store_is_bounded_and_counts_evictions() {
     let s = RecordStore::new(StoreConfig { max_records: 2, ..StoreConfig::default() });

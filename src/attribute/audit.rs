@@ -238,7 +238,13 @@ impl AuditEvent {
             source_ips: self.source_ips,
             user_agent: self.user_agent,
             received: received.or(if stage == Stage::RequestReceived { stage_time } else { None }),
-            started: if stage == Stage::ResponseStarted { stage_time } else { None },
+            // ResponseStarted means the stream opened only with its 101: a real API server
+            // also sends ResponseStarted, with 403, for an exec RBAC denies (tests/cluster).
+            started: if stage == Stage::ResponseStarted && !matches!(code, Some(c) if c >= 400) {
+                stage_time
+            } else {
+                None
+            },
             completed: if stage == Stage::ResponseComplete { stage_time } else { None },
             response_code: if stage == Stage::RequestReceived { None } else { code },
             stages: stage.bit(),

@@ -163,8 +163,12 @@ impl Receiver {
             )),
             None => None,
         };
-        let stream_addr =
-            bound(WebhookServer::bind(&cfg.stream, stream_router(buffer.clone(), cfg.heartbeat), am).await?);
+        // Tell the agents whether audit events come through this receiver: where they do, an
+        // exec's admission review (which arrives first) waits for its audit record.
+        let takes_audit = audit_addr.is_some() || audit_log.is_some();
+        let stream_addr = bound(
+            WebhookServer::bind(&cfg.stream, stream_router(buffer.clone(), cfg.heartbeat, takes_audit), am).await?,
+        );
         Ok(Self { store, buffer, audit_addr, admission_addr, stream_addr, servers, audit_log })
     }
 

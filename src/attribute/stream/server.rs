@@ -37,11 +37,13 @@ pub struct SubscribeQuery {
 struct Shared {
     buffer: Arc<ReplayBuffer>,
     heartbeat: Duration,
+    audit: bool,
 }
 
-/// Routes `GET /v1/records` to the stream; `heartbeat` is the idle time before a heartbeat line.
-pub fn stream_router(buffer: Arc<ReplayBuffer>, heartbeat: Duration) -> Router {
-    Router::new().route("/v1/records", get(subscribe)).with_state(Shared { buffer, heartbeat })
+/// Routes `GET /v1/records` to the stream; `heartbeat` is the idle time before a heartbeat line;
+/// `audit` says in the hello whether audit events come through this receiver.
+pub fn stream_router(buffer: Arc<ReplayBuffer>, heartbeat: Duration, audit: bool) -> Router {
+    Router::new().route("/v1/records", get(subscribe)).with_state(Shared { buffer, heartbeat, audit })
 }
 
 /// Counts the subscriber while its body stream lives.
@@ -83,6 +85,7 @@ async fn subscribe(State(st): State<Shared>, Query(q): Query<SubscribeQuery>) ->
         replay_from: since,
         last_seq: last,
         missed: first.missed,
+        audit: st.audit,
     });
     let cursor = Cursor {
         wake: buffer.subscribe(),

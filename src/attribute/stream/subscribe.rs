@@ -446,7 +446,10 @@ async fn stream_once(
 fn handle_line(line: &[u8], sink: &RecordSink, resume: &mut Resume) {
     let m = &sink.metrics;
     match serde_json::from_slice::<Line>(line) {
-        Ok(Line::Hello { instance, replay_from, missed, .. }) => {
+        Ok(Line::Hello { instance, replay_from, missed, audit, .. }) => {
+            if audit {
+                sink.store.expect_audit();
+            }
             // The receiver decides where the replay starts (0 after it restarted).
             resume.instance = instance;
             resume.last = replay_from;

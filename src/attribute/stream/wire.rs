@@ -20,8 +20,17 @@ use std::time::SystemTime;
 pub enum Line {
     /// First line of every response. `instance` changes when the receiver restarts (its
     /// sequence starts again at 1); `missed` counts records the subscriber asked for that the
-    /// bounded replay buffer no longer held.
-    Hello { instance: String, node: String, replay_from: u64, last_seq: u64, missed: u64 },
+    /// bounded replay buffer no longer held. `audit`: audit events come through this receiver
+    /// (absent from older receivers: false).
+    Hello {
+        instance: String,
+        node: String,
+        replay_from: u64,
+        last_seq: u64,
+        missed: u64,
+        #[serde(default)]
+        audit: bool,
+    },
     /// One stage of one request. `seq` grows by one per record within an instance.
     Record { seq: u64, stage: String, record: WireRecord },
     /// The subscriber fell behind by more than the replay buffer while streaming.

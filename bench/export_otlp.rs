@@ -39,7 +39,7 @@ use podtrail::capture::event::{ExitStatus, ProcessKey, Transport};
 use podtrail::clock::BootClock;
 use podtrail::export::{ExportConfig, RunExport};
 use podtrail::metrics::Metrics;
-use podtrail::process::model::*;
+use podtrail::model::*;
 use podtrail::spans::{BuildCtx, NoAttributor, Output, SpanStage, SpansConfig};
 use prost::Message;
 

@@ -15,6 +15,24 @@
 #include "podtrail.h"
 
 /* Settings written by user space before load (EbpfLoader::set_global). */
+/* Anchors podtrail.h's enums in the object's BTF: a type reaches BTF only through something
+ * that uses it, and user space reads the enums' values from there to compare them with its
+ * mirror (src/capture/btf.rs). Never read by a program. */
+struct pt_abi_enums {
+	enum pt_abi abi;
+	enum pt_kind kind;
+	enum pt_limits limits;
+	enum pt_exec_flags exec_flags;
+	enum pt_exec_slots exec_slots;
+	enum pt_result_phase result_phase;
+	enum pt_file_op file_op;
+	enum pt_file_flags file_flags;
+	enum pt_file_limits file_limits;
+	enum pt_filter_mode filter_mode;
+	enum pt_inflight inflight;
+};
+const volatile struct pt_abi_enums pt_abi_anchor = { .abi = PT_ABI_VERSION };
+
 const volatile __u32 filter_mode = PT_FILTER_ALL;
 const volatile __u32 host_pidns_ino = 0;    /* the host's pid namespace: filter reference */
 const volatile __u32 self_tgid = 0;         /* podtrail itself: never traced */
@@ -48,6 +66,21 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } sent_by_kind SEC(".maps");
+
+/* In-flight entries started and finished, per map (enum pt_inflight). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PT_INFLIGHT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} inflight SEC(".maps");
+
+static __always_inline void inflight_count(__u32 what)
+{
+	__u64 *n = bpf_map_lookup_elem(&inflight, &what);
+	if (n)
+		(*n)++;
+}
 
 /* cgroups user space asked to trace in PT_FILTER_CONTAINERS mode (hostPID containers). */
 struct {

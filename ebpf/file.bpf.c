@@ -183,7 +183,8 @@ static __always_inline int file_enter(__u32 op, int d1, const char *p1, int d2, 
 	if (write)
 		r->fflags |= PT_FILE_F_WRITE;
 	__u32 tid = t->pid;
-	bpf_map_update_elem(&file_inflight, &tid, r, BPF_ANY);
+	if (bpf_map_update_elem(&file_inflight, &tid, r, BPF_ANY) == 0)
+		inflight_count(PT_INFLIGHT_FILE_STARTED);
 	return 0;
 }
 
@@ -305,5 +306,6 @@ int pt_exit_file(struct trace_event_raw_sys_exit *ctx)
 	r->result = ctx->ret;
 	emit(r, sizeof(*r));
 	bpf_map_delete_elem(&file_inflight, &tid);
+	inflight_count(PT_INFLIGHT_FILE_FINISHED);
 	return 0;
 }

@@ -83,7 +83,8 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, __u8 family)
 
 	__u32 tid = (__u32)id;
 	__u8 one = 1;
-	bpf_map_update_elem(&connect_inflight, &tid, &c.cookie, BPF_ANY);
+	if (bpf_map_update_elem(&connect_inflight, &tid, &c.cookie, BPF_ANY) == 0)
+		inflight_count(PT_INFLIGHT_CONNECT_STARTED);
 	if (proto == IPPROTO_TCP)
 		bpf_map_update_elem(&tcp_pending, &c.cookie, &one, BPF_ANY);
 	else
@@ -114,6 +115,7 @@ int pt_sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
 	struct pt_connect_result r = {};
 	r.cookie = *cookie;
 	bpf_map_delete_elem(&connect_inflight, &tid);
+	inflight_count(PT_INFLIGHT_CONNECT_FINISHED);
 
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
 	fill_header(&r.h, PT_KIND_CONNECT_RESULT, sizeof(r), t, bpf_get_current_cgroup_id());

@@ -31,7 +31,8 @@ int pt_sys_enter_setns(struct trace_event_raw_sys_enter *ctx)
 	b.nstype = ctx->args[1];
 	b.pidns_for_children_ino = BPF_CORE_READ(t, nsproxy, pid_ns_for_children, ns.inum);
 	b.mntns_ino = BPF_CORE_READ(t, nsproxy, mnt_ns, ns.inum);
-	bpf_map_update_elem(&setns_inflight, &tid, &b, BPF_ANY);
+	if (bpf_map_update_elem(&setns_inflight, &tid, &b, BPF_ANY) == 0)
+		inflight_count(PT_INFLIGHT_SETNS_STARTED);
 	return 0;
 }
 
@@ -45,6 +46,7 @@ int pt_sys_exit_setns(struct trace_event_raw_sys_exit *ctx)
 		return 0;
 	struct ns_before before = *b;
 	bpf_map_delete_elem(&setns_inflight, &tid);
+	inflight_count(PT_INFLIGHT_SETNS_FINISHED);
 	if (ctx->ret != 0)
 		return 0;
 

@@ -9,7 +9,11 @@
  *  - a record kind number is never reused: retire it and take the next one;
  *  - variable-length data (paths, argv) sits in the slots after the fixed part of a record,
  *    each with an explicit length; the record's `len` says how many bytes were written;
- *  - every struct has a _Static_assert on its size, so a change is a deliberate one.
+ *  - every struct has a _Static_assert on its size, so a change is a deliberate one;
+ *  - every number user space must agree on (version, kinds, flags, slot sizes and offsets)
+ *    is an enum constant, not a #define: enums reach the object's BTF (a #define never
+ *    does), so the loader and tests/abi.rs read their values back and compare them with
+ *    src/capture/abi.rs. The enum types are anchored in BTF by `pt_abi_anchor` (common.h).
  */
 #ifndef PODTRAIL_H
 #define PODTRAIL_H
@@ -30,14 +34,20 @@ enum pt_kind {
 	PT_KIND_MAX = 9, /* one past the last kind: sizes the per-kind counters */
 };
 
+/* Raised with every change of a record, a limit or a constant below. */
+enum pt_abi {
+	PT_ABI_VERSION = 2,
+};
+
 /* Limits of the variable parts. Raising one changes the ABI version. */
-#define PT_ABI_VERSION 2
-#define PT_FILENAME_MAX 256  /* bprm->filename, as passed to execve */
-#define PT_INTERP_MAX 256    /* bprm->interp: the interpreter of a #! script */
-#define PT_EXE_PATH_MAX 1024 /* resolved executable path, components leaf first */
-#define PT_AUDIT_ID_MAX 128  /* value of KUBERNETES_EXEC_AUDIT_ID */
-#define PT_ARGV_MAX 4096     /* argv bytes kept; the rest is cut and flagged */
-#define PT_COMM_LEN 16
+enum pt_limits {
+	PT_FILENAME_MAX = 256,  /* bprm->filename, as passed to execve */
+	PT_INTERP_MAX = 256,    /* bprm->interp: the interpreter of a #! script */
+	PT_EXE_PATH_MAX = 1024, /* resolved executable path, components leaf first */
+	PT_AUDIT_ID_MAX = 128,  /* value of KUBERNETES_EXEC_AUDIT_ID */
+	PT_ARGV_MAX = 4096,     /* argv bytes kept; the rest is cut and flagged */
+	PT_COMM_LEN = 16,
+};
 
 /* Common header: (pid, start_ns) is a process's identity, safe against pid reuse. */
 struct pt_header {
@@ -52,16 +62,18 @@ struct pt_header {
 _Static_assert(sizeof(struct pt_header) == 40, "pt_header size");
 
 /* pt_exec.flags */
-#define PT_EXEC_F_ARGV_TRUNCATED (1u << 0)  /* argv longer than PT_ARGV_MAX */
-#define PT_EXEC_F_FILENAME_TRUNC (1u << 1)  /* filename longer than its slot */
-#define PT_EXEC_F_EXE_TRUNCATED (1u << 2)   /* exe path longer than its slot or too deep */
-#define PT_EXEC_F_FILELESS (1u << 3)        /* executable has no link on disk (memfd, deleted) */
-#define PT_EXEC_F_TTY (1u << 4)             /* the process has a controlling terminal */
-#define PT_EXEC_F_PARENT_OTHER_CGROUP (1u << 5) /* real_parent is in another cgroup */
-#define PT_EXEC_F_PARENT_OTHER_PIDNS (1u << 6)  /* real_parent is in another pid namespace */
-#define PT_EXEC_F_ENV_SCANNED (1u << 7)     /* the environment was searched for the audit id */
-#define PT_EXEC_F_AUDIT_ID_TRUNC (1u << 8)  /* audit id longer than its slot */
-#define PT_EXEC_F_ENV_TRUNCATED (1u << 9)   /* env too long to search to its end */
+enum pt_exec_flags {
+	PT_EXEC_F_ARGV_TRUNCATED = 1 << 0,  /* argv longer than PT_ARGV_MAX */
+	PT_EXEC_F_FILENAME_TRUNC = 1 << 1,  /* filename longer than its slot */
+	PT_EXEC_F_EXE_TRUNCATED = 1 << 2,   /* exe path longer than its slot or too deep */
+	PT_EXEC_F_FILELESS = 1 << 3,        /* executable has no link on disk (memfd, deleted) */
+	PT_EXEC_F_TTY = 1 << 4,             /* the process has a controlling terminal */
+	PT_EXEC_F_PARENT_OTHER_CGROUP = 1 << 5, /* real_parent is in another cgroup */
+	PT_EXEC_F_PARENT_OTHER_PIDNS = 1 << 6,  /* real_parent is in another pid namespace */
+	PT_EXEC_F_ENV_SCANNED = 1 << 7,     /* the environment was searched for the audit id */
+	PT_EXEC_F_AUDIT_ID_TRUNC = 1 << 8,  /* audit id longer than its slot */
+	PT_EXEC_F_ENV_TRUNCATED = 1 << 9,   /* env too long to search to its end */
+};
 
 /*
  * exec: the new image of a process, read from kernel structures after the exec succeeded
@@ -101,12 +113,14 @@ struct pt_exec {
 };
 _Static_assert(sizeof(struct pt_exec) == 152, "pt_exec size");
 
-#define PT_EXEC_FILENAME_OFF 152
-#define PT_EXEC_INTERP_OFF (PT_EXEC_FILENAME_OFF + PT_FILENAME_MAX)
-#define PT_EXEC_EXE_PATH_OFF (PT_EXEC_INTERP_OFF + PT_INTERP_MAX)
-#define PT_EXEC_AUDIT_ID_OFF (PT_EXEC_EXE_PATH_OFF + PT_EXE_PATH_MAX)
-#define PT_EXEC_ARGV_OFF (PT_EXEC_AUDIT_ID_OFF + PT_AUDIT_ID_MAX)
-#define PT_EXEC_MAX_LEN (PT_EXEC_ARGV_OFF + PT_ARGV_MAX)
+enum pt_exec_slots {
+	PT_EXEC_FILENAME_OFF = 152,
+	PT_EXEC_INTERP_OFF = PT_EXEC_FILENAME_OFF + PT_FILENAME_MAX,
+	PT_EXEC_EXE_PATH_OFF = PT_EXEC_INTERP_OFF + PT_INTERP_MAX,
+	PT_EXEC_AUDIT_ID_OFF = PT_EXEC_EXE_PATH_OFF + PT_EXE_PATH_MAX,
+	PT_EXEC_ARGV_OFF = PT_EXEC_AUDIT_ID_OFF + PT_AUDIT_ID_MAX,
+	PT_EXEC_MAX_LEN = PT_EXEC_ARGV_OFF + PT_ARGV_MAX,
+};
 
 /* fork: a new process (threads are not reported). The header names the child. */
 struct pt_fork {
@@ -160,8 +174,10 @@ struct pt_connect {
 };
 _Static_assert(sizeof(struct pt_connect) == 72, "pt_connect size");
 
-#define PT_RESULT_SYSCALL 1   /* connect(2) returned (error 0, -EINPROGRESS, -ECONNREFUSED...) */
-#define PT_RESULT_TCP_STATE 2 /* a TCP handshake finished: ESTABLISHED (error 0) or CLOSE */
+enum pt_result_phase {
+	PT_RESULT_SYSCALL = 1,   /* connect(2) returned (error 0, -EINPROGRESS, -ECONNREFUSED...) */
+	PT_RESULT_TCP_STATE = 2, /* a TCP handshake finished: ESTABLISHED (error 0) or CLOSE */
+};
 
 /* connect result: how a connect ended. TCP_STATE results come from softirq context: their
  * header has pid 0; the cookie says which connect they finish. */
@@ -187,23 +203,29 @@ struct pt_udp_send {
 _Static_assert(sizeof(struct pt_udp_send) == 56, "pt_udp_send size");
 
 /* File operations (pt_file.op). Bits of the same numbers form the watch masks. */
-#define PT_FILE_OPEN 0
-#define PT_FILE_UNLINK 1
-#define PT_FILE_RENAME 2
-#define PT_FILE_TRUNCATE 3
-#define PT_FILE_CHMOD 4
-#define PT_FILE_LINK 5
-#define PT_FILE_SYMLINK 6
-#define PT_WATCH_READ (1u << 7) /* watch opens for reading too (secrets), not only writes */
+enum pt_file_op {
+	PT_FILE_OPEN = 0,
+	PT_FILE_UNLINK = 1,
+	PT_FILE_RENAME = 2,
+	PT_FILE_TRUNCATE = 3,
+	PT_FILE_CHMOD = 4,
+	PT_FILE_LINK = 5,
+	PT_FILE_SYMLINK = 6,
+	PT_WATCH_READ = 1 << 7, /* watch opens for reading too (secrets), not only writes */
+};
 
 /* pt_file.fflags */
-#define PT_FILE_F_WRITE (1u << 0)     /* opened for writing, creating or truncating */
-#define PT_FILE_F_TRUNCATED (1u << 1) /* a path or directory was longer than its slot */
-#define PT_FILE_F_PATH_FD (1u << 2)   /* path came from an fd (ftruncate, fchmod): in dir */
+enum pt_file_flags {
+	PT_FILE_F_WRITE = 1 << 0,     /* opened for writing, creating or truncating */
+	PT_FILE_F_TRUNCATED = 1 << 1, /* a path or directory was longer than its slot */
+	PT_FILE_F_PATH_FD = 1 << 2,   /* path came from an fd (ftruncate, fchmod): in dir */
+};
 
-#define PT_PATH_MAX 256 /* a path as the process gave it */
-#define PT_DIR_MAX 512  /* a resolved directory (or fd path), components leaf first */
-#define PT_WATCH_NAME_MAX 64
+enum pt_file_limits {
+	PT_PATH_MAX = 256, /* a path as the process gave it */
+	PT_DIR_MAX = 512,  /* a resolved directory (or fd path), components leaf first */
+	PT_WATCH_NAME_MAX = 64,
+};
 
 /*
  * file: an operation on a file whose base name is in the `watched_names` map (shell
@@ -231,9 +253,28 @@ struct pt_file {
 _Static_assert(sizeof(struct pt_file) == 1608, "pt_file size");
 
 /* Kernel-side filter modes (global `filter_mode`). */
-#define PT_FILTER_ALL 0        /* every process on the host */
-#define PT_FILTER_CONTAINERS 1 /* processes outside the host's pid namespace, or in a cgroup of
-                                  the `traced_cgroups` map (hostPID containers) */
+/*
+ * Entries kept from a syscall's entry to its exit, per thread, in LRU maps (file_inflight,
+ * setns_inflight, connect_inflight): counted per CPU in `inflight` where one starts and where
+ * one finishes. A full LRU map evicts without telling; user space takes started - finished -
+ * entries still in the map = entries lost (evicted, or left by a thread that died inside the
+ * syscall), each a file operation, namespace join or connect outcome that was not reported.
+ */
+enum pt_inflight {
+	PT_INFLIGHT_FILE_STARTED = 0,
+	PT_INFLIGHT_FILE_FINISHED = 1,
+	PT_INFLIGHT_SETNS_STARTED = 2,
+	PT_INFLIGHT_SETNS_FINISHED = 3,
+	PT_INFLIGHT_CONNECT_STARTED = 4,
+	PT_INFLIGHT_CONNECT_FINISHED = 5,
+	PT_INFLIGHT_MAX = 6,
+};
+
+enum pt_filter_mode {
+	PT_FILTER_ALL = 0,        /* every process on the host */
+	PT_FILTER_CONTAINERS = 1, /* processes outside the host's pid namespace, or in a cgroup
+	                             of the `traced_cgroups` map (hostPID containers) */
+};
 
 /* Per-cgroup loss counters: key is the cgroup2 id, value this struct. */
 struct pt_cgroup_drops {

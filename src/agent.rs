@@ -25,10 +25,8 @@ use crate::{
     config::Ready,
     export::{self, ExportReport, RunExport},
     metrics::Metrics,
-    process::{
-        model::SessionInfo,
-        run::{Control, ProcessStats},
-    },
+    model::SessionInfo,
+    process::{metrics::ProcessMetrics, run::Control},
     spans::{Attributor, NoAttributor, SessionIdentity},
     text,
 };
@@ -120,15 +118,13 @@ async fn learn_ranges(
 /// `stop`. None when not watching.
 async fn pod_index(
     cfg: &crate::config::KubeConfig,
+    node: &str,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Option<crate::enrich::kube::PodIndex>> {
     if !kube_watched(cfg) {
         return Ok(None);
     }
-    let node = Some(cfg.node_name.clone())
-        .filter(|n| !n.is_empty())
-        .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
-        .unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned());
+    let node = node.to_owned();
     let client = kube::Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("cannot reach the Kubernetes API to watch this node's pods ({e}): run with a service account allowed to list and watch pods, or set kube.watch = \"off\"")
     })?;
@@ -143,17 +139,14 @@ async fn pod_index(
 /// them without a pod index: one machine).
 fn subscribe_receivers(
     mut sub: attribute::stream::SubscribeConfig,
-    kube: &crate::config::KubeConfig,
+    node: &str,
     store: Arc<RecordStore>,
     pods: Option<crate::enrich::kube::PodIndex>,
     reg: &mut Registry,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use attribute::stream::{PodFilter, RecordSink, StreamMetrics};
-    sub.node = Some(kube.node_name.clone())
-        .filter(|n| !n.is_empty())
-        .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
-        .unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned());
+    sub.node = node.to_owned();
     let keep = pods.map(|idx| -> PodFilter {
         Arc::new(move |r: &attribute::record::RequestRecord| {
             idx.has_pod(r.namespace.as_deref().unwrap_or(""), r.pod_name.as_deref().unwrap_or(""), r.pod_uid.as_deref())
@@ -170,8 +163,6 @@ fn subscribe_receivers(
 /// Gauges the agent samples from the stages every second.
 #[derive(Default, Clone)]
 struct AgentGauges {
-    table: Gauge,
-    containers: Gauge,
     kernel_dropped: Family<Vec<(&'static str, &'static str)>, Gauge>,
     kernel_dropped_cgroups: Gauge,
 }
@@ -191,8 +182,6 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     let mut reg = Registry::default();
     metrics.register(&mut reg);
     let gauges = AgentGauges::default();
-    reg.register("podtrail_process_table_size", "Processes in the process table", gauges.table.clone());
-    reg.register("podtrail_containers", "Containers known to the process stage", gauges.containers.clone());
     reg.register(
         "podtrail_kernel_dropped",
         "Ring buffer records the kernel could not write, by kind (cumulative)",
@@ -250,8 +239,7 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     }
 
     // export first, so nothing the process stage produces waits for it
-    let setup = cfg.export.resolve(|k| std::env::var(k).ok())?;
-    let run_export = RunExport { spans: cfg.spans.clone(), export: setup, boot_id: crate::clock::boot_id(), clock };
+    let run_export = RunExport { spans: cfg.spans.clone(), export: cfg.export.clone(), boot_id: crate::clock::boot_id(), clock };
     let (upd_tx, upd_rx) = mpsc::channel(cfg.process_channel);
     let (rules, rule_errors) = crate::rules::RuleSource::load(cfg.rules.clone())?;
     for e in &rule_errors {
@@ -264,11 +252,11 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
 
     // in a cluster, between the process and span stages: the API's pod metadata on every
     // session (so attribution matches on it) and exec probes held back, counted
-    let pods = pod_index(&cfg.kube, stopped(stop_rx.clone())).await?;
+    let pods = pod_index(&cfg.kube, &cfg.node_name, stopped(stop_rx.clone())).await?;
     learn_ranges(&cfg, &reg, stopped(stop_rx.clone())).await?;
     if let Some(sub) = cfg.receivers.clone() {
         let mut r = reg.lock().unwrap_or_else(|p| p.into_inner());
-        tasks.push(subscribe_receivers(sub, &cfg.kube, store.clone(), pods.clone(), &mut r, stopped(stop_rx.clone()))?);
+        tasks.push(subscribe_receivers(sub, &cfg.node_name, store.clone(), pods.clone(), &mut r, stopped(stop_rx.clone()))?);
     }
     let upd_tx = match pods {
         Some(index) => {
@@ -298,21 +286,21 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     let mut capture = Capture::start(cfg.capture.clone())?;
     tracing::info!(programs = capture.attached.len(), "kernel programs attached");
     let events = std::mem::replace(&mut capture.events, mpsc::channel(1).1);
-    let pstats = Arc::new(ProcessStats::default());
-    // kernel drops per cgroup (below) and pod metadata reach the process stage here; clone
-    // `control_tx` for other senders (the Kubernetes pod index: `Control::Container`)
+    // the process stage publishes its own counts (and the shared outbound and rate-limit series)
+    let pmetrics = ProcessMetrics::new(metrics.clone());
+    pmetrics.register(&mut reg.lock().unwrap_or_else(|p| p.into_inner()));
+    // the kernel's drops per cgroup (sampled below) reach the process stage here; pod metadata
+    // does not: the pod index adds it after the process stage (the filter above)
     let (control_tx, control_rx) = mpsc::channel::<Control>(1024);
     let process_task =
-        tokio::spawn(crate::process::run::run(events, upd_tx, cfg.process.clone(), pstats.clone(), control_rx));
+        tokio::spawn(crate::process::run::run(events, upd_tx, cfg.process.clone(), pmetrics, control_rx));
 
-    // sample the stages' counters into metrics once a second
+    // sample the capture reader's counters into metrics once a second
     let sampler = {
-        let (metrics, gauges, pstats, capture_stats) =
-            (metrics.clone(), gauges.clone(), pstats.clone(), capture.stats.clone());
+        let (metrics, capture_stats) = (metrics.clone(), capture.stats.clone());
         let mut stop = stop_rx.clone();
         let mut last_decoded = [0u64; crate::capture::abi::KIND_MAX as usize];
         let mut last_undecodable = 0u64;
-        let mut last_suppressed = 0u64;
         async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -326,44 +314,13 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
                 let bad: u64 = capture_stats.undecodable_by_reason().iter().map(|(_, n)| n).sum();
                 metrics.events_lost.get_or_create(&vec![("reason", "decode")]).inc_by(bad - last_undecodable);
                 last_undecodable = bad;
-                // outbound connects the per-container rate limit held back (marked on the
-                // container's next outbound span too)
-                use std::sync::atomic::Ordering::Relaxed;
-                let sup = pstats.outbound_suppressed.load(Relaxed);
-                if sup > last_suppressed {
-                    metrics.events_lost.get_or_create(&vec![("reason", "rate_limit")]).inc_by(sup - last_suppressed);
-                    last_suppressed = sup;
-                }
-                // the outbound counters, each advanced to the process stage's total
-                let advance = |c: &prometheus_client::metrics::counter::Counter, total: u64| {
-                    c.inc_by(total.saturating_sub(c.get()));
-                };
-                advance(&metrics.outbound_records, pstats.outbound_records.load(Relaxed));
-                advance(
-                    &metrics.outbound_connects.get_or_create(&vec![("how", "recorded")]),
-                    pstats.outbound_opened.load(Relaxed),
-                );
-                advance(
-                    &metrics.outbound_connects.get_or_create(&vec![("how", "folded")]),
-                    pstats.outbound_folded.load(Relaxed),
-                );
-                metrics
-                    .outbound_pending
-                    .get_or_create(&vec![("what", "open")])
-                    .set(pstats.outbound_open.load(Relaxed) as i64);
-                metrics
-                    .outbound_pending
-                    .get_or_create(&vec![("what", "unmarked")])
-                    .set(pstats.outbound_unmarked.load(Relaxed) as i64);
-                gauges.table.set(pstats.table_len.load(Relaxed) as i64);
-                gauges.containers.set(pstats.containers.load(Relaxed) as i64);
-                metrics.sessions_open.set(pstats.sessions_open.load(Relaxed) as i64);
             }
         }
     };
     let sampler_task = tokio::spawn(sampler);
     // kernel counters need the maps, which the Capture owns: read them on this task
     let mut ring_lost_seen = 0u64;
+    let mut inflight_lost_seen = 0u64;
     let mut cgroup_lost_sent: std::collections::HashMap<u64, u64> = Default::default();
     let mut read_kernel = |capture: &Capture| {
         let k = capture.counters.read();
@@ -376,6 +333,12 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
             tracing::warn!(lost = total - ring_lost_seen, by_cgroup = ?k.dropped_by_cgroup, "the kernel ring buffer was full: events lost");
             metrics.events_lost.get_or_create(&vec![("reason", "ring_buffer")]).inc_by(total - ring_lost_seen);
             ring_lost_seen = total;
+        }
+        let inflight: u64 = k.inflight_lost.iter().map(|(_, n)| n).sum();
+        if inflight > inflight_lost_seen {
+            tracing::warn!(lost = inflight - inflight_lost_seen, by_map = ?k.inflight_lost, "kernel in-flight entries lost (LRU map full, or a thread died inside the syscall): file operations, namespace joins or connect outcomes not reported");
+            metrics.events_lost.get_or_create(&vec![("reason", "in_flight")]).inc_by(inflight - inflight_lost_seen);
+            inflight_lost_seen = inflight;
         }
         // only changed counts; a full channel is retried next second (the totals are cumulative)
         for &(cgroup_id, total) in &k.dropped_by_cgroup {

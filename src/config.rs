@@ -1,5 +1,6 @@
-//! One configuration for the agent, a section per stage, read from TOML and validated once into
-//! ready values before any stage starts. Every field has a default that works on a laptop:
+//! One configuration for the agent, a section per stage, read from TOML and validated once,
+//! together with the environment it reads (OTLP variables, NODE_NAME), into ready values
+//! before any stage starts or any listener binds: a bad value is a usage error (exit 2). Every field has a default that works on a laptop:
 //! `podtrail run` with no file traces container sessions on this machine and prints them.
 //! `podtrail.example.toml` at the top of the repository is the documented example; a test
 //! checks that it parses to exactly these defaults.
@@ -12,7 +13,7 @@ use thiserror::Error;
 use crate::{
     attribute::{ListenerConfig, StoreConfig},
     capture::loader::{CaptureOptions, Filter},
-    export::ExportConfig,
+    export::{ExportConfig, ExportSetup},
     metrics::MetricsConfig,
     process::run::ProcessOptions,
     spans::SpansConfig,
@@ -50,7 +51,8 @@ pub struct KubeConfig {
     /// `auto`, `on` or `off`: pod metadata (names, uid, workload) and exec probe commands of
     /// this node's pods, from a watch on `pods` with `spec.nodeName`.
     pub watch: KubeWatch,
-    /// This node's name; empty: the NODE_NAME variable (set it from the downward API's
+    /// This node's name, for the pod watch, the receiver subscription and `k8s.node.name`;
+    /// empty: `export.node_name`, else the NODE_NAME variable (set it from the downward API's
     /// `spec.nodeName`), else the host name.
     pub node_name: String,
     /// Export the sessions of exec probes too (they are counted either way).
@@ -164,7 +166,8 @@ pub struct AttributionConfig {
     /// Seconds a record is held.
     pub retention_s: u64,
     /// Milliseconds a session's spans wait for attribution when a source is configured (the
-    /// API server batches audit events: set its webhook batch max wait to 1 s).
+    /// API server batches audit events: set its webhook batch max wait to 1 s). The one hold
+    /// deadline: without a source nothing waits.
     pub hold_ms: u64,
     /// `podtrail receiver` replicas to take records from over mutual TLS, e.g.
     /// `https://podtrail-receiver-peers.podtrail.svc:7443`; a name that resolves to several
@@ -221,8 +224,14 @@ impl Config {
         toml::from_str(text).map_err(|e| ConfigError::Parse { path: "config".into(), message: e.to_string() })
     }
 
-    /// Checks every value and turns the sections into what the stages take.
+    /// Checks every value and turns the sections into what the stages take, reading the
+    /// process environment.
     pub fn validate(self) -> Result<Ready, ConfigError> {
+        self.validate_with(|k| std::env::var(k).ok())
+    }
+
+    /// [`Config::validate`] against the given environment.
+    pub fn validate_with(self, env: impl Fn(&str) -> Option<String>) -> Result<Ready, ConfigError> {
         let c = &self.capture;
         if !c.ring_mib.is_power_of_two() || c.ring_mib > 1024 {
             return Err(ConfigError::Invalid(format!(
@@ -286,9 +295,10 @@ impl Config {
         let attributed =
             audit_webhook.is_some() || admission_webhook.is_some() || a.audit_log.is_some() || receivers.is_some();
         let mut spans = self.spans.clone();
-        if attributed && spans.hold.deadline_ms == 0 {
-            spans.hold.deadline_ms = a.hold_ms;
-        }
+        spans.hold.deadline_ms = if attributed { a.hold_ms } else { 0 };
+        let node_name = node_name(&self.kube, &self.export, &env)?;
+        let mut export = self.export.resolve(&env).map_err(|e| ConfigError::Invalid(format!("export: {e}")))?;
+        export.node_name = Some(node_name.clone());
         let metrics_listen = if self.metrics.listen.is_empty() {
             None
         } else {
@@ -306,12 +316,34 @@ impl Config {
             audit_log: a.audit_log.clone(),
             receivers,
             spans,
-            export: self.export.clone(),
+            export,
+            node_name,
             metrics_listen,
             rules: self.rules.clone(),
             kube: self.kube.clone(),
         })
     }
+}
+
+/// The one node name: `kube.node_name`, `export.node_name`, NODE_NAME, the host name.
+fn node_name(
+    kube: &KubeConfig,
+    export: &ExportConfig,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let configured = [Some(kube.node_name.clone()), export.node_name.clone()];
+    let mut set = configured.into_iter().flatten().filter(|n| !n.trim().is_empty());
+    let (first, second) = (set.next(), set.next());
+    if let (Some(a), Some(b)) = (&first, &second) {
+        if a != b {
+            return Err(ConfigError::Invalid(format!(
+                "kube.node_name {a:?} and export.node_name {b:?} disagree: set one of them"
+            )));
+        }
+    }
+    Ok(first
+        .or_else(|| env("NODE_NAME").filter(|n| !n.trim().is_empty()))
+        .unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned()))
 }
 
 fn listener(section: &str, w: &WebhookListen, audit: bool) -> Result<ListenerConfig, ConfigError> {
@@ -361,7 +393,10 @@ pub struct Ready {
     /// Subscriptions to `podtrail receiver` (the agent fills in its node name).
     pub receivers: Option<crate::attribute::stream::SubscribeConfig>,
     pub spans: SpansConfig,
-    pub export: ExportConfig,
+    /// Export settings resolved against the OTLP environment variables.
+    pub export: ExportSetup,
+    /// This node's name, resolved once (see [`KubeConfig::node_name`]).
+    pub node_name: String,
     pub metrics_listen: Option<SocketAddr>,
     pub rules: crate::rules::RulesConfig,
     pub kube: KubeConfig,
@@ -376,6 +411,68 @@ mod tests {
         let text = include_str!("../podtrail.example.toml");
         let parsed = Config::from_toml(text).expect("example parses");
         assert_eq!(parsed, Config::default(), "podtrail.example.toml drifted from the defaults");
+    }
+
+    /// Dotted key paths of a JSON tree: `(path, is_null)`; an empty table is a key itself.
+    fn keys(v: &serde_json::Value, prefix: &str, out: &mut Vec<(String, bool)>) {
+        match v {
+            serde_json::Value::Object(m) if !m.is_empty() => {
+                for (k, v) in m {
+                    keys(v, &if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, out);
+                }
+            }
+            serde_json::Value::Null => out.push((prefix.to_owned(), true)),
+            _ => out.push((prefix.to_owned(), false)),
+        }
+    }
+
+    /// The commented text of the example's section `[section]`, up to the next section.
+    fn section_text<'a>(text: &'a str, section: &str) -> &'a str {
+        let head = format!("\n[{section}]\n");
+        let Some(start) = text.find(&head) else { return "" };
+        let rest = &text[start + head.len()..];
+        &rest[..rest.find("\n[").unwrap_or(rest.len())]
+    }
+
+    /// Every key of the configuration (serde_json keeps the unset optional ones, as null)
+    /// against the example: a key with a default is set in it, an optional one is at least
+    /// shown in a comment of its section, and the example has nothing else.
+    fn example_key_problems(text: &str) -> Vec<String> {
+        let mut schema = Vec::new();
+        keys(&serde_json::to_value(Config::default()).unwrap(), "", &mut schema);
+        let example: toml::Value = toml::from_str(text).expect("example parses");
+        let mut present = Vec::new();
+        keys(&serde_json::to_value(example).unwrap(), "", &mut present);
+        let present: Vec<String> = present.into_iter().map(|(k, _)| k).collect();
+        let mut problems = Vec::new();
+        for (key, optional) in &schema {
+            if present.contains(key) {
+                continue;
+            }
+            let (section, name) = key.rsplit_once('.').unwrap_or(("", key));
+            let shown = section_text(text, section).lines().any(|l| {
+                let l = l.trim_start_matches('#').trim();
+                l.starts_with(&format!("{name} =")) || l.starts_with(&format!("[{key}]"))
+            });
+            if !(*optional && shown) {
+                problems.push(format!("missing: {key}"));
+            }
+        }
+        let known: Vec<&String> = schema.iter().map(|(k, _)| k).collect();
+        problems.extend(present.iter().filter(|k| !known.contains(k)).map(|k| format!("extra: {k}")));
+        problems
+    }
+
+    #[test]
+    fn shipped_example_documents_every_key() {
+        let text = include_str!("../podtrail.example.toml");
+        assert_eq!(example_key_problems(text), Vec::<String>::new());
+        // and the check notices a key taken out, set or commented
+        let without = text.replacen("\nexport_probes = false\n", "\n", 1);
+        assert_ne!(without, text, "the example sets kube.export_probes");
+        assert_eq!(example_key_problems(&without), ["missing: kube.export_probes"]);
+        let without = text.replacen("#   otlp_endpoint = ", "#   ", 1);
+        assert_eq!(example_key_problems(&without), ["missing: export.otlp_endpoint"]);
     }
 
     #[test]
@@ -402,7 +499,7 @@ mod tests {
         assert!(a.outbound("10.9.0.1".parse().unwrap()), "private, outside the pod range");
         assert!(!a.outbound("10.244.0.1".parse().unwrap()), "pod range");
         // what the API watches learn into the span stage's ranges, the process stage sees
-        r.spans.scope.learned.set([(crate::spans::scope::RangeKind::Pod, "10.9.0.0/24".parse().unwrap())]);
+        r.spans.scope.learned.set([(crate::scope::RangeKind::Pod, "10.9.0.0/24".parse().unwrap())]);
         assert!(!a.outbound("10.9.0.1".parse().unwrap()), "learned pod range");
         let e = Config::from_toml("[process.activity]\noutbound_scopes = [\"outside\"]\n")
             .unwrap()
@@ -418,5 +515,28 @@ mod tests {
         let r = Config::from_toml(c).unwrap().validate().unwrap();
         assert_eq!(r.spans.hold.deadline_ms, 10_000);
         assert_eq!(Config::default().validate().unwrap().spans.hold.deadline_ms, 0);
+        // the deadline has one setting: the span stage's own knob is not a config key
+        assert!(Config::from_toml("[spans.hold]\ndeadline_ms = 5\n").unwrap_err().to_string().contains("deadline_ms"));
+    }
+
+    #[test]
+    fn export_settings_and_the_node_name_are_resolved_before_anything_starts() {
+        let none = |_: &str| None;
+        let e = Config::from_toml("[export]\notlp_endpoint = \"collector:4317\"\n")
+            .unwrap()
+            .validate_with(none)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("export") && e.contains("collector:4317"), "{e}");
+        let env = |k: &str| (k == "OTEL_EXPORTER_OTLP_PROTOCOL").then(|| "thrift".to_string());
+        let e = Config::from_toml("[export]\notlp_endpoint = \"http://c:4317\"\n").unwrap().validate_with(env);
+        assert!(e.unwrap_err().to_string().contains("thrift"));
+        let env = |k: &str| (k == "NODE_NAME").then(|| "node-7".to_string());
+        let r = Config::default().validate_with(env).unwrap();
+        assert_eq!((r.node_name.as_str(), r.export.node_name.as_deref()), ("node-7", Some("node-7")));
+        let r = Config::from_toml("[kube]\nnode_name = \"n1\"\n").unwrap().validate_with(env).unwrap();
+        assert_eq!(r.node_name, "n1");
+        let both = "[kube]\nnode_name = \"n1\"\n[export]\nnode_name = \"n2\"\n";
+        assert!(Config::from_toml(both).unwrap().validate_with(env).unwrap_err().to_string().contains("disagree"));
     }
 }

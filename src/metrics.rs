@@ -47,12 +47,12 @@ impl Metrics {
         reg.register("podtrail_events", "Kernel events decoded, by kind", self.events.clone());
         reg.register(
             "podtrail_events_lost",
-            "Events lost, by reason (ring_buffer, decode, rate_limit)",
+            "Events lost, by reason (ring_buffer, decode, rate_limit, in_flight)",
             self.events_lost.clone(),
         );
         reg.register(
             "podtrail_sessions_open",
-            "Sessions open (held for attribution or running)",
+            "Sessions the span stage has open (running, or ended and held for attribution)",
             self.sessions_open.clone(),
         );
         reg.register("podtrail_sessions_held", "Sessions waiting for attribution", self.sessions_held.clone());

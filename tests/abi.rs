@@ -35,3 +35,32 @@ fn a_drifted_field_is_reported() {
     assert!(diffs.iter().any(|d| d.starts_with("pt_header.pid")), "{diffs:?}");
     assert!(diffs.iter().any(|d| d.starts_with("struct pt_exit: C has 3 fields")), "{diffs:?}");
 }
+
+#[test]
+fn every_c_constant_reaches_btf_and_matches_the_rust_mirror() {
+    let enums = btf::enum_values(BPF_OBJECT).unwrap();
+    // the ABI version, a kind, a flag, a slot size and a derived offset: all read from the object
+    assert_eq!(enums["PT_ABI_VERSION"], abi::ABI_VERSION as i64);
+    assert_eq!(enums["PT_KIND_FILE"], abi::KIND_FILE as i64);
+    assert_eq!(enums["PT_EXEC_F_ENV_TRUNCATED"], abi::EXEC_F_ENV_TRUNCATED as i64);
+    assert_eq!(enums["PT_ARGV_MAX"], abi::ARGV_MAX as i64);
+    assert_eq!(enums["PT_EXEC_ARGV_OFF"], abi::EXEC_ARGV_OFF as i64);
+    let mirrored: Vec<&str> = abi::constants().iter().map(|c| c.0).collect();
+    let mut in_c: Vec<&str> = enums.keys().map(String::as_str).filter(|n| n.starts_with("PT_")).collect();
+    in_c.sort();
+    assert_eq!(in_c.len(), mirrored.len(), "C constants {in_c:?}");
+    assert!(btf::compare_constants(&enums, &abi::constants()).is_empty());
+}
+
+#[test]
+fn a_drifted_constant_is_reported() {
+    let enums = btf::enum_values(BPF_OBJECT).unwrap();
+    let mut rust = abi::constants();
+    // pretend the Rust side bumped the version alone and forgot a flag
+    rust.iter_mut().find(|c| c.0 == "PT_ABI_VERSION").unwrap().1 += 1;
+    rust.retain(|c| c.0 != "PT_EXEC_F_TTY");
+    let diffs = btf::compare_constants(&enums, &rust);
+    assert!(diffs.iter().any(|d| d.starts_with("PT_ABI_VERSION: C 2 != Rust 3")), "{diffs:?}");
+    assert!(diffs.iter().any(|d| d.starts_with("PT_EXEC_F_TTY: in C, not mirrored")), "{diffs:?}");
+    assert_eq!(diffs.len(), 2, "{diffs:?}");
+}

@@ -2,7 +2,8 @@
 //! receiver's real webhook and stream listeners, and the agent's real subscription code feeding
 //! a `RecordStore`.
 
-use podtrail::attribute::stream::subscribe::{parse_receiver, reloading_client_config, subscription};
+use podtrail::attribute::stream::subscribe::{parse_receiver, subscription};
+use podtrail::tls::reloading_client_config;
 use podtrail::attribute::stream::{Receiver, ReceiverConfig, RecordSink, StreamMetrics, SubscribeConfig};
 use podtrail::attribute::{AttributeMetrics, AttributionSource, RecordStore, SessionQuery, StoreConfig};
 use prometheus_client::registry::Registry;
@@ -125,7 +126,7 @@ impl Pki {
             Some((cert, key)) => b
                 .with_client_auth_cert(
                     pem_certs(cert),
-                    rustls_pemfile::private_key(&mut key.as_bytes()).unwrap().unwrap(),
+                    podtrail::tls::key_from_pem(key.as_bytes()).unwrap(),
                 )
                 .unwrap(),
             None => b.with_no_client_auth(),
@@ -134,7 +135,7 @@ impl Pki {
 }
 
 fn pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
-    rustls_pemfile::certs(&mut pem.as_bytes()).map(Result::unwrap).collect()
+    podtrail::tls::certs_from_pem(pem.as_bytes())
 }
 
 /// One HTTP/1.1 request over TLS; the status line and the (raw) rest.

@@ -76,7 +76,7 @@ impl Pki {
 }
 
 fn pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
-    rustls_pemfile::certs(&mut pem.as_bytes()).map(Result::unwrap).collect()
+    podtrail::tls::certs_from_pem(pem.as_bytes())
 }
 
 fn client_config(pki: &Pki, identity: Option<&(String, String)>) -> Arc<ClientConfig> {
@@ -90,7 +90,7 @@ fn client_config(pki: &Pki, identity: Option<&(String, String)>) -> Arc<ClientCo
         .with_root_certificates(roots);
     let cfg = match identity {
         Some((cert, key)) => {
-            let key = rustls_pemfile::private_key(&mut key.as_bytes()).unwrap().unwrap();
+            let key = podtrail::tls::key_from_pem(key.as_bytes()).unwrap();
             b.with_client_auth_cert(pem_certs(cert), key).unwrap()
         }
         None => b.with_no_client_auth(),

@@ -74,3 +74,19 @@ fn config_prints_the_defaults_as_valid_toml() {
     let parsed = podtrail::config::Config::from_toml(&text).expect("round trip");
     assert_eq!(parsed, podtrail::config::Config::default());
 }
+
+#[test]
+fn a_bad_export_setting_is_a_usage_error_before_anything_starts() {
+    // a listener would fail to bind on this taken port: the export error must come first
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = podtrail()
+        .args(["run", "--duration", "1", "--metrics-listen", "", "--audit-webhook-loopback", &addr])
+        .args(["--otlp-endpoint", "collector:4317"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(err.contains("export") && err.contains("collector:4317"), "{err}");
+    assert!(!err.contains("cannot listen"), "validated before binding: {err}");
+}

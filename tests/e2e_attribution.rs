@@ -518,7 +518,7 @@ impl Pki {
     /// A TLS client trusting the CA, presenting `identity` if any.
     fn client(&self, identity: Option<&(String, String)>) -> std::sync::Arc<tokio_rustls::rustls::ClientConfig> {
         use tokio_rustls::rustls;
-        let certs = |pem: &str| rustls_pemfile::certs(&mut pem.as_bytes()).map(Result::unwrap).collect::<Vec<_>>();
+        let certs = |pem: &str| podtrail::tls::certs_from_pem(pem.as_bytes());
         let mut roots = rustls::RootCertStore::empty();
         for c in certs(&self.ca_pem) {
             roots.add(c).unwrap();
@@ -530,7 +530,7 @@ impl Pki {
                 .with_root_certificates(roots);
         std::sync::Arc::new(match identity {
             Some((cert, key)) => b
-                .with_client_auth_cert(certs(cert), rustls_pemfile::private_key(&mut key.as_bytes()).unwrap().unwrap())
+                .with_client_auth_cert(certs(cert), podtrail::tls::key_from_pem(key.as_bytes()).unwrap())
                 .unwrap(),
             None => b.with_no_client_auth(),
         })

@@ -10,7 +10,7 @@ mod kube_fake;
 use kube_fake::{ev, eventually, gone, list, FakeApi, ListStep, Route, WatchStep};
 use podtrail::enrich::ranges::{learn, RangeLearner, RangeSource};
 use podtrail::process::activity::ActivityConfig;
-use podtrail::spans::scope::{RangeKind, ScopeConfig};
+use podtrail::scope::{RangeKind, ScopeConfig};
 use serde_json::{json, Value};
 
 fn node(name: &str, rv: &str, pod_cidrs: &[&str], addresses: &[(&str, &str)]) -> Value {

@@ -14,7 +14,7 @@ use podtrail::metrics::Metrics;
 use podtrail::spans::SpansConfig;
 
 fn alice_attributor() -> Arc<dyn podtrail::spans::Attributor> {
-    Arc::new(|_: &podtrail::process::model::SessionInfo| Some(spans_common::alice()))
+    Arc::new(|_: &podtrail::model::SessionInfo| Some(spans_common::alice()))
 }
 
 /// The shell session's tree as received: name -> parent name, for the session's trace.

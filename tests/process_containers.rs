@@ -8,15 +8,16 @@ use std::{
     io::{Read, Write},
     net::TcpListener,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Mutex,
     time::Duration,
 };
 
 use common::containers::{Container, Containerd};
 use podtrail::capture::loader::{Capture, CaptureOptions};
-use podtrail::enrich::containerd::ContainerdClient;
-use podtrail::process::model::{ProcessRecord, SessionInfo, SessionKind, SessionUpdate};
-use podtrail::process::run::{run, ProcessOptions, ProcessStats};
+use podtrail::process::containerd::ContainerdClient;
+use podtrail::model::{ProcessRecord, SessionInfo, SessionKind, SessionUpdate};
+use podtrail::process::metrics::ProcessMetrics;
+use podtrail::process::run::{run, ProcessOptions};
 use tokio::sync::mpsc;
 
 /// One kernel capture at a time in this binary: the tests count sessions per container, and
@@ -95,7 +96,7 @@ fn track_while<T: Send + 'static>(
         let (ev_tx, ev_rx) = mpsc::channel(65536);
         let (tx, mut rx) = mpsc::channel(65536);
         let (_control, control_rx) = mpsc::channel(16);
-        let stage = tokio::spawn(run(ev_rx, tx, opts, Arc::new(ProcessStats::default()), control_rx));
+        let stage = tokio::spawn(run(ev_rx, tx, opts, ProcessMetrics::default(), control_rx));
         // forward capture -> stage so that stopping the capture closes the stage's input
         let fwd = tokio::spawn(async move {
             let mut events = events;

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use podtrail::capture::event::*;
 use podtrail::process::containers::StaticContainers;
-use podtrail::process::model::*;
+use podtrail::model::*;
 use podtrail::process::proc_scan::ScannedProcess;
 use podtrail::process::SessionTracker;
 
@@ -717,12 +717,11 @@ fn kernel_drops_mid_session_mark_only_that_session() {
 }
 
 #[test]
-fn pod_metadata_from_the_pod_index_reaches_open_and_later_sessions() {
-    use podtrail::process::run::Control;
+fn better_container_metadata_reaches_open_and_later_sessions_and_is_not_undone() {
     let mut t = tracker();
     let mut out = start_container_c(&mut t);
     out.extend(runc_exec(&mut t, 100, 1010, &["sh"]));
-    // the pod index knows the container id, not the cgroup
+    // a source that knows the container id, not the cgroup
     let kube = ContainerInfo {
         id: "web".into(),
         pod_namespace: Some("billing".into()),
@@ -731,7 +730,7 @@ fn pod_metadata_from_the_pod_index_reaches_open_and_later_sessions() {
         source: "kube_api",
         ..Default::default()
     };
-    t.control(Control::Container(kube));
+    t.update_container(kube);
     // a late containerd answer must not undo it
     let labels = ContainerInfo {
         id: "web".into(),

@@ -5,7 +5,7 @@ mod rules_common;
 mod spans_common;
 
 use podtrail::capture::event::{FileOp, Transport};
-use podtrail::process::model::*;
+use podtrail::model::*;
 use rules_common::*;
 use spans_common::*;
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use opentelemetry_sdk::trace::SpanData;
 use podtrail::capture::event::{FileOp, Transport};
-use podtrail::process::model::*;
+use podtrail::model::*;
 use rules_common::*;
 use spans_common::*;
 

@@ -5,8 +5,8 @@ mod rules_common;
 mod spans_common;
 
 use podtrail::capture::event::{FileOp, Transport};
-use podtrail::process::model::*;
-use podtrail::spans::scope::ScopeConfig;
+use podtrail::model::*;
+use podtrail::scope::ScopeConfig;
 use rules_common::*;
 use spans_common::*;
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use opentelemetry_sdk::trace::SpanData;
 use podtrail::clock::BootClock;
-use podtrail::process::model::SessionUpdate;
+use podtrail::model::SessionUpdate;
 use podtrail::spans::{keys, Attributor, BuildCtx, NoAttributor, Output, SessionIdentity, SpanStage, SpansConfig};
 use spans_common::*;
 
@@ -87,7 +87,7 @@ fn check_invariants(spans: &[SpanData]) {
 }
 
 fn alice_attributor() -> Arc<dyn Attributor> {
-    Arc::new(|_: &podtrail::process::model::SessionInfo| Some(alice()))
+    Arc::new(|_: &podtrail::model::SessionInfo| Some(alice()))
 }
 
 #[test]
@@ -157,7 +157,7 @@ fn hold_waits_for_attribution_then_releases() {
     let known = Arc::new(AtomicBool::new(false));
     let k2 = known.clone();
     let attributor: Arc<dyn Attributor> =
-        Arc::new(move |_: &podtrail::process::model::SessionInfo| -> Option<SessionIdentity> {
+        Arc::new(move |_: &podtrail::model::SessionInfo| -> Option<SessionIdentity> {
             k2.load(Ordering::SeqCst).then(alice)
         });
     let mut cfg = SpansConfig::default();

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::time::SystemTime;
+use crate::text::percent_decode;
 
 /// The audit webhook's POST body.
 #[derive(Debug, Deserialize)]
@@ -270,7 +271,7 @@ pub fn parse_pod_path(uri: &str) -> (Option<String>, Option<String>, Option<Stri
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     match parts.as_slice() {
         ["api", "v1", "namespaces", ns, "pods", name, sub, ..] => {
-            (Some("pods".into()), Some(percent_decode(ns)), Some(percent_decode(name)), Some(percent_decode(sub)))
+            (Some("pods".into()), Some(percent_decode(ns, false)), Some(percent_decode(name, false)), Some(percent_decode(sub, false)))
         }
         _ => (None, None, None, None),
     }
@@ -282,8 +283,8 @@ pub fn parse_query(uri: &str) -> RequestOptions {
     let Some((_, query)) = uri.split_once('?') else { return opts };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v);
-        match percent_decode(k).as_str() {
+        let v = percent_decode(v, true);
+        match percent_decode(k, true).as_str() {
             "command" => opts.command.push(v),
             // The API server converts a repeated string parameter by taking the first value.
             "container" if opts.container.is_none() && !v.is_empty() => opts.container = Some(v),
@@ -299,33 +300,6 @@ pub fn parse_query(uri: &str) -> RequestOptions {
 /// Go's `strconv.ParseBool`, false for anything it would reject.
 fn parse_bool(v: &str) -> bool {
     matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True")
-}
-
-/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte; invalid
-/// escapes are kept literally and invalid UTF-8 is replaced, never an error.
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hex_val(b[i + 1]), hex_val(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex_val(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
 }
 
 #[cfg(test)]
@@ -382,7 +356,7 @@ mod tests {
         assert_eq!(o.container.as_deref(), Some("one"));
         assert!(o.tty && !o.stdin);
         assert_eq!(o.ports, vec![80, 443]);
-        assert_eq!(percent_decode("%C3%A9%FF"), "é\u{FFFD}");
+        assert_eq!(percent_decode("%C3%A9%FF", true), "é\u{FFFD}");
     }
 
     #[test]

@@ -20,7 +20,6 @@ pub mod follow;
 pub mod matcher;
 pub mod metrics;
 pub mod record;
-pub mod reload;
 pub mod serve;
 pub mod store;
 pub mod stream;

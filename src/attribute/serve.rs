@@ -3,13 +3,13 @@
 //!
 //! In: TCP connections. Out: HTTP/1.1 requests handed to an axum [`Router`].
 //! The certificate, key and client CA are re-read when their files change (checked per new
-//! connection, [`super::reload`]), so a rotated certificate needs no restart.
+//! connection, [`crate::tls`]), so a rotated certificate needs no restart.
 //! Dropped (counted in `records_rejected`): connections whose TLS handshake fails or times out
 //! (`tls_handshake`: no TLS, an untrusted client certificate), and requests without a client
 //! certificate where one is required (`no_client_cert`, answered 401).
 
 use super::metrics::AttributeMetrics;
-use super::reload::Reloading;
+use crate::tls::{self, Reloading, TlsError};
 use axum::body::Body;
 use axum::Router;
 use hyper::body::Incoming;
@@ -20,14 +20,12 @@ use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
+use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
 /// Certificate files of a TLS listener (PEM).
@@ -87,20 +85,14 @@ pub enum ServeError {
     NoClientCa(SocketAddr),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("cannot read {path}: {source}")]
-    ReadFile { path: PathBuf, source: std::io::Error },
-    #[error("{0} holds no PEM certificate")]
-    NoCertificate(PathBuf),
-    #[error("{0} holds no PEM private key")]
-    NoPrivateKey(PathBuf),
-    #[error("TLS configuration rejected: {0}")]
-    Tls(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A bound listener, ready to [`run`](WebhookServer::run).
 pub struct WebhookServer {
     listener: TcpListener,
-    /// Follows the certificate files (cert-manager rotates them): see [`super::reload`].
+    /// Follows the certificate files (cert-manager rotates them): see [`crate::tls`].
     tls: Option<Arc<Reloading<ServerConfig>>>,
     router: Router,
     metrics: AttributeMetrics,
@@ -119,13 +111,11 @@ impl WebhookServer {
                 if cfg.require_client_cert && files.client_ca.is_none() {
                     return Err(ServeError::NoClientCa(cfg.listen));
                 }
-                let mut paths = vec![files.cert.clone(), files.key.clone()];
-                paths.extend(files.client_ca.clone());
-                let f = files.clone();
-                Some(Arc::new(Reloading::new(
+                Some(Arc::new(tls::reloading_server_config(
                     "webhook listener",
-                    paths,
-                    move || server_config(&f),
+                    &files.cert,
+                    &files.key,
+                    files.client_ca.as_deref(),
                     metrics.tls_reloads.clone(),
                 )?))
             }
@@ -206,55 +196,5 @@ where
     });
     if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(io), svc).await {
         tracing::debug!(error = %e, "webhook connection ended with an error");
-    }
-}
-
-fn server_config(files: &TlsFiles) -> Result<ServerConfig, ServeError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs = load_certs(&files.cert)?;
-    let key = load_key(&files.key)?;
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ServeError::Tls(e.to_string()))?;
-    let builder = match &files.client_ca {
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in load_certs(ca)? {
-                roots.add(c).map_err(|e| ServeError::Tls(format!("client CA {}: {e}", ca.display())))?;
-            }
-            // Requests without a certificate get through the handshake and are answered 401
-            // at the HTTP layer (a clear status, and a counted reason); a certificate that is
-            // not signed by the CA fails the handshake.
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| ServeError::Tls(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut cfg = builder.with_single_cert(certs, key).map_err(|e| ServeError::Tls(e.to_string()))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(cfg)
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, ServeError> {
-    std::fs::read(path).map_err(|source| ServeError::ReadFile { path: path.to_owned(), source })
-}
-
-pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServeError> {
-    let pem = read(path)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice()).filter_map(Result::ok).collect();
-    if certs.is_empty() {
-        return Err(ServeError::NoCertificate(path.to_owned()));
-    }
-    Ok(certs)
-}
-
-pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ServeError> {
-    let pem = read(path)?;
-    match rustls_pemfile::private_key(&mut pem.as_slice()) {
-        Ok(Some(k)) => Ok(k),
-        _ => Err(ServeError::NoPrivateKey(path.to_owned())),
     }
 }

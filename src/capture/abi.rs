@@ -2,8 +2,9 @@
 //!
 //! In: nothing. Out: `#[repr(C)]` structs and constants that only the decoder reads.
 //! `tests/abi.rs` (and the loader at start-up) compare every struct's size and every field's
-//! offset with the BTF clang wrote into the compiled object, so a change on one side that is
-//! not made on the other fails before it can misread a byte.
+//! offset, and every constant's value ([`constants`]: the C side's enums), with the BTF clang
+//! wrote into the compiled object, so a change on one side that is not made on the other fails
+//! before it can misread a byte.
 
 pub const ABI_VERSION: u32 = 2;
 
@@ -63,6 +64,15 @@ pub const FILE_F_PATH_FD: u32 = 1 << 2;
 pub const PATH_MAX: usize = 256;
 pub const DIR_MAX: usize = 512;
 pub const WATCH_NAME_MAX: usize = 64;
+
+/// Counters of in-flight entries (the `inflight` map's indexes): started and finished per map.
+pub const INFLIGHT_FILE_STARTED: u32 = 0;
+pub const INFLIGHT_FILE_FINISHED: u32 = 1;
+pub const INFLIGHT_SETNS_STARTED: u32 = 2;
+pub const INFLIGHT_SETNS_FINISHED: u32 = 3;
+pub const INFLIGHT_CONNECT_STARTED: u32 = 4;
+pub const INFLIGHT_CONNECT_FINISHED: u32 = 5;
+pub const INFLIGHT_MAX: u32 = 6;
 
 pub const FILTER_ALL: u32 = 0;
 pub const FILTER_CONTAINERS: u32 = 1;
@@ -246,6 +256,8 @@ unsafe impl Plain for CgroupDrops {}
 unsafe impl Plain for File {}
 // SAFETY: as for Plain.
 unsafe impl aya::Pod for CgroupDrops {}
+// read from `file_inflight` only to count its entries
+unsafe impl aya::Pod for File {}
 
 /// One field of a mirrored struct: name, offset, size. Used by the ABI check.
 pub type FieldLayout = (&'static str, usize, usize);
@@ -258,6 +270,75 @@ macro_rules! layout {
 
 fn field_size<T, F>(_: impl Fn(&T) -> &F) -> usize {
     std::mem::size_of::<F>()
+}
+
+/// Every mirrored constant under its C name (`PT_` + the Rust name), for the comparison with
+/// the enum constants in the object's BTF.
+pub fn constants() -> Vec<(&'static str, i64)> {
+    macro_rules! c {
+        ($n:ident) => {
+            (concat!("PT_", stringify!($n)), $n as i64)
+        };
+    }
+    vec![
+        c!(ABI_VERSION),
+        c!(KIND_EXEC),
+        c!(KIND_FORK),
+        c!(KIND_EXIT),
+        c!(KIND_CONNECT),
+        c!(KIND_CONNECT_RESULT),
+        c!(KIND_NS_JOIN),
+        c!(KIND_UDP_SEND),
+        c!(KIND_FILE),
+        c!(KIND_MAX),
+        c!(FILENAME_MAX),
+        c!(INTERP_MAX),
+        c!(EXE_PATH_MAX),
+        c!(AUDIT_ID_MAX),
+        c!(ARGV_MAX),
+        c!(COMM_LEN),
+        c!(EXEC_FILENAME_OFF),
+        c!(EXEC_INTERP_OFF),
+        c!(EXEC_EXE_PATH_OFF),
+        c!(EXEC_AUDIT_ID_OFF),
+        c!(EXEC_ARGV_OFF),
+        c!(EXEC_MAX_LEN),
+        c!(EXEC_F_ARGV_TRUNCATED),
+        c!(EXEC_F_FILENAME_TRUNC),
+        c!(EXEC_F_EXE_TRUNCATED),
+        c!(EXEC_F_FILELESS),
+        c!(EXEC_F_TTY),
+        c!(EXEC_F_PARENT_OTHER_CGROUP),
+        c!(EXEC_F_PARENT_OTHER_PIDNS),
+        c!(EXEC_F_ENV_SCANNED),
+        c!(EXEC_F_AUDIT_ID_TRUNC),
+        c!(EXEC_F_ENV_TRUNCATED),
+        c!(RESULT_SYSCALL),
+        c!(RESULT_TCP_STATE),
+        c!(FILE_OPEN),
+        c!(FILE_UNLINK),
+        c!(FILE_RENAME),
+        c!(FILE_TRUNCATE),
+        c!(FILE_CHMOD),
+        c!(FILE_LINK),
+        c!(FILE_SYMLINK),
+        c!(WATCH_READ),
+        c!(FILE_F_WRITE),
+        c!(FILE_F_TRUNCATED),
+        c!(FILE_F_PATH_FD),
+        c!(PATH_MAX),
+        c!(DIR_MAX),
+        c!(WATCH_NAME_MAX),
+        c!(FILTER_ALL),
+        c!(FILTER_CONTAINERS),
+        c!(INFLIGHT_FILE_STARTED),
+        c!(INFLIGHT_FILE_FINISHED),
+        c!(INFLIGHT_SETNS_STARTED),
+        c!(INFLIGHT_SETNS_FINISHED),
+        c!(INFLIGHT_CONNECT_STARTED),
+        c!(INFLIGHT_CONNECT_FINISHED),
+        c!(INFLIGHT_MAX),
+    ]
 }
 
 /// Every mirrored struct: its C name, its size, and its fields' layouts.

@@ -1,8 +1,9 @@
-//! Reads struct layouts back from the BTF that clang wrote into the compiled BPF object, and
-//! compares them with the Rust mirror in `abi.rs`.
+//! Reads struct layouts and enum constants back from the BTF that clang wrote into the
+//! compiled BPF object, and compares them with the Rust mirror in `abi.rs`.
 //!
 //! In: the object's bytes. Out: each named struct's size and its members' offsets and sizes,
-//! or the list of disagreements. Used by `tests/abi.rs` and by the loader at start-up, so a
+//! each enum constant's value (the ABI version, kinds, flags, slot sizes and offsets are enums
+//! in `ebpf/podtrail.h` so that they reach BTF), or the list of disagreements. Used by `tests/abi.rs` and by the loader at start-up, so a
 //! build whose two sides drifted apart refuses to run instead of misreading events.
 //! Only the BTF kinds needed to size struct members are understood; anything else is skipped.
 
@@ -75,6 +76,17 @@ impl Reader<'_> {
 
 /// Every struct with a name in the object's BTF.
 pub fn struct_layouts(obj_bytes: &[u8]) -> Result<HashMap<String, StructLayout>, BtfError> {
+    Ok(parse(obj_bytes)?.0)
+}
+
+/// Every enum constant in the object's BTF, by name (C enum constants share one namespace).
+pub fn enum_values(obj_bytes: &[u8]) -> Result<HashMap<String, i64>, BtfError> {
+    Ok(parse(obj_bytes)?.1)
+}
+
+type Parsed = (HashMap<String, StructLayout>, HashMap<String, i64>);
+
+fn parse(obj_bytes: &[u8]) -> Result<Parsed, BtfError> {
     let obj = object::File::parse(obj_bytes)?;
     let sec = obj.section_by_name(".BTF").ok_or(BtfError::NoBtf)?;
     let data = sec.data()?;
@@ -95,6 +107,7 @@ pub fn struct_layouts(obj_bytes: &[u8]) -> Result<HashMap<String, StructLayout>,
     };
 
     let mut all = vec![Ty::Other]; // type id 0 is void
+    let mut enums = HashMap::new();
     let mut r = Reader { b: types, pos: 0 };
     while r.pos < types.len() {
         let name_off = r.u32()?;
@@ -127,11 +140,19 @@ pub fn struct_layouts(obj_bytes: &[u8]) -> Result<HashMap<String, StructLayout>,
                 Ty::Struct { name: name(name_off), size: size_or_type as usize, members }
             }
             KIND_ENUM => {
-                r.skip(8 * vlen);
+                for _ in 0..vlen {
+                    let (n, v) = (r.u32()?, r.u32()?);
+                    // kflag: signed values
+                    let v = if kflag { v as i32 as i64 } else { v as i64 };
+                    enums.insert(name(n), v);
+                }
                 Ty::Sized(size_or_type as usize)
             }
             KIND_ENUM64 => {
-                r.skip(12 * vlen);
+                for _ in 0..vlen {
+                    let (n, lo, hi) = (r.u32()?, r.u32()?, r.u32()?);
+                    enums.insert(name(n), ((hi as u64) << 32 | lo as u64) as i64);
+                }
                 Ty::Sized(size_or_type as usize)
             }
             KIND_FWD | KIND_FUNC => Ty::Other,
@@ -181,12 +202,36 @@ pub fn struct_layouts(obj_bytes: &[u8]) -> Result<HashMap<String, StructLayout>,
             out.insert(name.clone(), StructLayout { size: *size, members });
         }
     }
-    Ok(out)
+    Ok((out, enums))
 }
 
-/// Compares the Rust mirror (`abi::layouts`) with the object's BTF: one line per difference.
+/// Compares the Rust mirror (`abi::layouts`, `abi::constants`) with the object's BTF: one
+/// line per difference.
 pub fn check_abi(obj_bytes: &[u8]) -> Result<Vec<String>, BtfError> {
-    Ok(compare(&struct_layouts(obj_bytes)?, &super::abi::layouts()))
+    let (structs, enums) = parse(obj_bytes)?;
+    let mut diffs = compare(&structs, &super::abi::layouts());
+    diffs.extend(compare_constants(&enums, &super::abi::constants()));
+    Ok(diffs)
+}
+
+/// The differences between the object's enum constants and the Rust constants.
+pub fn compare_constants(btf: &HashMap<String, i64>, constants: &[(&'static str, i64)]) -> Vec<String> {
+    let mut diffs = Vec::new();
+    for (name, rust) in constants {
+        match btf.get(*name) {
+            None => diffs.push(format!("{name}: not an enum constant in the object's BTF")),
+            Some(c) if c != rust => diffs.push(format!("{name}: C {c} != Rust {rust}")),
+            Some(_) => {}
+        }
+    }
+    // a C constant of podtrail's with no Rust counterpart is drift too
+    for name in btf.keys().filter(|n| n.starts_with("PT_")) {
+        if !constants.iter().any(|(r, _)| r == name) {
+            diffs.push(format!("{name}: in C, not mirrored in src/capture/abi.rs"));
+        }
+    }
+    diffs.sort();
+    diffs
 }
 
 /// The differences between the object's structs and a set of Rust layouts.

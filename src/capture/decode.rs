@@ -2,8 +2,8 @@
 //!
 //! In: one ring buffer record. Out: an `Event`, or a `DecodeError` whose `reason()` the reader
 //! counts. This is the only code that reads the kernel's structs. It never panics, whatever
-//! the bytes (see the property test below and `fuzz/`): lengths come from the record and are
-//! checked against the slots they claim to fill.
+//! the bytes (the property tests below feed it random and half-valid records): lengths come
+//! from the record and are checked against the slots they claim to fill.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

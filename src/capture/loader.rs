@@ -120,21 +120,29 @@ pub enum CaptureError {
     NoTracefs(std::io::Error),
     #[error("loading the BPF object failed: {0}")]
     Load(#[from] aya::EbpfError),
-    #[error("no cgroup2 mount found (looked in /proc/self/mountinfo): mount cgroup2 (e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`) or run without connect tracing (--no-network)")]
+    #[error("no cgroup2 mount found (looked in /proc/self/mountinfo): mount cgroup2 (e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`) or run without connect tracing (`podtrail capture --no-network`, or `network = false` under `[capture]` for `podtrail run`)")]
     NoCgroup2,
     #[error("opening {path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("map {0} is missing from the BPF object")]
     MissingMap(&'static str),
+    #[error("program {0} is missing from the BPF object")]
+    MissingProgram(&'static str),
     #[error("BPF map: {0}")]
     Map(#[from] aya::maps::MapError),
 }
 
-/// The kernel's own counters: records written and records lost, per kind and per cgroup.
+/// The kernel's own counters: records written and records lost, per kind and per cgroup, and
+/// the in-flight entries (syscall entry to exit) the LRU maps lost.
 pub struct Counters {
     sent: PerCpuArray<MapData, u64>,
     dropped: PerCpuArray<MapData, u64>,
     dropped_cgroups: BpfHashMap<MapData, u64, abi::CgroupDrops>,
+    inflight: PerCpuArray<MapData, u64>,
+    file_inflight: BpfHashMap<MapData, u32, abi::File>,
+    /// `struct ns_before` (ns.bpf.c): three u32.
+    setns_inflight: BpfHashMap<MapData, u32, [u32; 3]>,
+    connect_inflight: BpfHashMap<MapData, u32, u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -145,6 +153,10 @@ pub struct KernelCounts {
     pub dropped: Vec<(&'static str, u64)>,
     /// Per cgroup id: records lost.
     pub dropped_by_cgroup: Vec<(u64, u64)>,
+    /// Per in-flight map (`file`, `setns`, `connect`): entries started and neither finished
+    /// nor still in the map, so lost: evicted when the LRU map was full, or left by a thread
+    /// that died inside the syscall. Each is an operation that was not reported.
+    pub inflight_lost: Vec<(&'static str, u64)>,
 }
 
 impl KernelCounts {
@@ -163,6 +175,24 @@ impl Counters {
             c.dropped.push((name, sum(&self.dropped, k)));
         }
         c.dropped_by_cgroup = self.dropped_cgroups.iter().filter_map(Result::ok).map(|(k, v)| (k, v.events)).collect();
+        // started, then present, then finished: an entry started before the first read is
+        // present at the second or finished before the third, so nothing is counted lost
+        // that was not (an entry started meanwhile only lowers the count until next time)
+        let maps: [(&'static str, u32, usize); 3] = [
+            ("file", abi::INFLIGHT_FILE_STARTED, 0),
+            ("setns", abi::INFLIGHT_SETNS_STARTED, 1),
+            ("connect", abi::INFLIGHT_CONNECT_STARTED, 2),
+        ];
+        for (name, started, which) in maps {
+            let s = sum(&self.inflight, started);
+            let present = match which {
+                0 => self.file_inflight.keys().filter(Result::is_ok).count(),
+                1 => self.setns_inflight.keys().filter(Result::is_ok).count(),
+                _ => self.connect_inflight.keys().filter(Result::is_ok).count(),
+            } as u64;
+            let f = sum(&self.inflight, started + 1);
+            c.inflight_lost.push((name, s.saturating_sub(f + present)));
+        }
         c
     }
 }
@@ -266,6 +296,16 @@ impl Capture {
             dropped_cgroups: BpfHashMap::try_from(
                 ebpf.take_map("drops_by_cgroup").ok_or(CaptureError::MissingMap("drops_by_cgroup"))?,
             )?,
+            inflight: PerCpuArray::try_from(ebpf.take_map("inflight").ok_or(CaptureError::MissingMap("inflight"))?)?,
+            file_inflight: BpfHashMap::try_from(
+                ebpf.take_map("file_inflight").ok_or(CaptureError::MissingMap("file_inflight"))?,
+            )?,
+            setns_inflight: BpfHashMap::try_from(
+                ebpf.take_map("setns_inflight").ok_or(CaptureError::MissingMap("setns_inflight"))?,
+            )?,
+            connect_inflight: BpfHashMap::try_from(
+                ebpf.take_map("connect_inflight").ok_or(CaptureError::MissingMap("connect_inflight"))?,
+            )?,
         };
         let ring = RingBuf::try_from(ebpf.take_map("events").ok_or(CaptureError::MissingMap("events"))?)?;
         let (tx, rx) = mpsc::channel(opts.channel_capacity);
@@ -363,7 +403,7 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, C
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let p = ebpf.program_mut(name).ok_or(CaptureError::MissingMap(name))?;
+    let p = ebpf.program_mut(name).ok_or(CaptureError::MissingProgram(name))?;
     p.try_into().map_err(|e| refused(name, "type", e))
 }
 
@@ -402,7 +442,7 @@ fn preflight(opts: &CaptureOptions) -> Result<(), CaptureError> {
         missing.push("CAP_PERFMON");
     }
     if opts.network && !has(CAP_NET_ADMIN) {
-        missing.push("CAP_NET_ADMIN (for the connect hooks; or pass --no-network)");
+        missing.push("CAP_NET_ADMIN (for the connect hooks; or turn them off: `podtrail capture --no-network`, `network = false` under `[capture]` for `podtrail run`)");
     }
     if !missing.is_empty() {
         return Err(CaptureError::Privilege { missing: missing.join(", ") });

@@ -10,8 +10,8 @@
 //! down leave no stale mapping; a pod recreated under the same name (new uid) replaces the
 //! old one's mappings even before the old one's delete is seen.
 
-use crate::attribute::matcher::command_matches;
-use crate::process::model::{ContainerInfo, SessionId, SessionUpdate};
+use crate::model::command_matches;
+use crate::model::{ContainerInfo, SessionId, SessionUpdate};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, EphemeralContainer, Pod, Probe};
 use kube::runtime::watcher::{self, watcher, Event};
@@ -393,8 +393,8 @@ mod tests {
         .unwrap()
     }
 
-    fn session(pid: u32, argv: &[&str]) -> crate::process::model::SessionInfo {
-        use crate::process::model::*;
+    fn session(pid: u32, argv: &[&str]) -> crate::model::SessionInfo {
+        use crate::model::*;
         SessionInfo {
             root_argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
             ..SessionInfo::new(

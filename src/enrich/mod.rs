@@ -1,11 +1,11 @@
-//! Enrichment: container id -> pod, namespace, container name, workload, node; and the
+//! Enrichment: pod metadata from the Kubernetes API onto the process stage's sessions, and the
 //! cluster's own address ranges.
 //!
-//! In: container ids from the process stage; the API's nodes and ServiceCIDRs. Out: pod
-//! metadata for spans and probe classification; learned ranges for destination scopes
-//! ([`ranges`]). See each submodule for what it reads and what it can drop.
+//! In: `SessionUpdate`s from the process stage (their container ids); the API's pods, nodes
+//! and ServiceCIDRs. Out: the same updates with pod, namespace, container name, workload and
+//! node, minus exec-probe sessions ([`kube::SessionFilter`]); learned ranges for destination
+//! scopes ([`ranges`]). The host's own container lookup (cgroup path, containerd labels) is
+//! part of the process stage. See each submodule for what it reads and what it can drop.
 
-pub mod cgroup;
-pub mod containerd;
 pub mod kube;
 pub mod ranges;

@@ -31,7 +31,7 @@ use kube::runtime::WatchStreamExt;
 use kube::Api;
 use prometheus_client::metrics::{family::Family, gauge::Gauge};
 
-use crate::spans::scope::{Cidr, LearnedRanges, RangeKind, ScopeConfig};
+use crate::scope::{Cidr, LearnedRanges, RangeKind, ScopeConfig};
 
 /// Where a known range comes from (the `source` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
+use crate::text::percent_decode;
 
 use serde::{Deserialize, Serialize};
 
@@ -110,31 +111,12 @@ pub enum ConfigError {
     Zero(&'static str),
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = |c: u8| (c as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// `k1=v1,k2=v2` with percent-encoded values (the OTLP exporter specification's format).
 pub fn parse_headers(s: &str) -> Result<BTreeMap<String, String>, ConfigError> {
     let mut out = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').ok_or_else(|| ConfigError::Header(part.into()))?;
-        out.insert(percent_decode(k.trim()), percent_decode(v.trim()));
+        out.insert(percent_decode(k.trim(), false), percent_decode(v.trim(), false));
     }
     Ok(out)
 }

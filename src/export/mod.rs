@@ -28,7 +28,7 @@ pub use config::{ConfigError, ExportConfig, ExportSetup, Protocol};
 pub use queue::{Delivery, ExportQueue, Queued, RetryRules};
 
 use crate::metrics::Metrics;
-use crate::process::model::SessionUpdate;
+use crate::model::SessionUpdate;
 use crate::spans::{self, keys, Attributor, BuildCtx, Output, SpanStage};
 
 /// Where spans go.
@@ -393,7 +393,7 @@ fn request_spans(
 ) {
     for a in src.unmatched_requests(now) {
         let who = spans::SessionIdentity::from(&a);
-        let container = crate::process::model::ContainerInfo {
+        let container = crate::model::ContainerInfo {
             pod_namespace: a.pod_namespace.clone(),
             pod_name: a.pod_name.clone(),
             pod_uid: a.pod_uid.clone(),

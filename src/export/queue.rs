@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
-use crate::process::model::SessionId;
+use crate::model::SessionId;
 use crate::spans::keys;
 
 /// One span waiting to be sent.

@@ -32,7 +32,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{
+use crate::model::{
     ActivityMarks, ConnectOutcome, ConnectRecord, ContainerInfo, ProcessRecord, SessionId, SessionInfo, SessionKind,
     SessionUpdate,
 };
@@ -77,7 +77,7 @@ pub struct ActivityConfig {
     /// The cluster's ranges, a clone of `[spans.scope]` made when the config is validated
     /// (sharing its learned ranges).
     #[serde(skip)]
-    pub ranges: crate::spans::scope::ScopeConfig,
+    pub ranges: crate::scope::ScopeConfig,
 }
 
 /// Destination scopes `outbound_scopes` may name.
@@ -309,7 +309,7 @@ impl Outbound {
             self.unfolded += 1;
             self.unfolded
         };
-        let k: WindowKey = (proc.key, exec_index, c.transport, crate::spans::scope::normalize(c.addr), c.port, serial);
+        let k: WindowKey = (proc.key, exec_index, c.transport, crate::scope::normalize(c.addr), c.port, serial);
         if let Some(w) = self.windows.get_mut(&k).filter(|_| fold) {
             w.count += 1;
             w.last_ns = w.last_ns.max(c.ts_ns);

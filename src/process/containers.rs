@@ -9,9 +9,11 @@
 
 use std::collections::HashMap;
 
+use crate::lru::Lru;
+
 use crate::capture::event::ProcessKey;
 
-use super::model::ContainerInfo;
+use crate::model::ContainerInfo;
 
 /// Answers "is this cgroup a container, and which". Called once per new cgroup id by the
 /// tracker; implementations cache.
@@ -65,20 +67,37 @@ pub struct ContainerState {
 }
 
 /// Container cgroups the tracker has seen, and their namespaces.
-#[derive(Default)]
+/// Entries each bounded cache keeps; when full, the least recently used one is forgotten and
+/// counted ([`Containers::evictions`]).
+const CACHE_ENTRIES: usize = 65_536;
+
 pub struct Containers {
     pub by_cgroup: HashMap<u64, ContainerState>,
     /// Host cgroups already asked about.
-    not_containers: HashMap<u64, ()>,
+    not_containers: Lru<u64, ()>,
     by_mntns: HashMap<u32, u64>,
     by_pidns: HashMap<u32, u64>,
     host_pidns: u32,
     /// Metadata that arrived for a container id (Kubernetes pod index, containerd) before or
     /// after its cgroup was seen: applied whenever the cgroup is (re)learned. Bounded.
-    pinned: HashMap<String, ContainerInfo>,
+    pinned: Lru<String, ContainerInfo>,
     /// Live processes of cgroups not learned yet (neither container nor host): a container's
     /// state starts with them when it is learned. Bounded.
-    unlearned_live: HashMap<u64, u32>,
+    unlearned_live: Lru<u64, u32>,
+}
+
+impl Default for Containers {
+    fn default() -> Self {
+        Containers {
+            by_cgroup: HashMap::new(),
+            not_containers: Lru::new(CACHE_ENTRIES),
+            by_mntns: HashMap::new(),
+            by_pidns: HashMap::new(),
+            host_pidns: 0,
+            pinned: Lru::new(CACHE_ENTRIES),
+            unlearned_live: Lru::new(CACHE_ENTRIES),
+        }
+    }
 }
 
 /// Which of two descriptions of a container wins: the Kubernetes API over containerd's labels
@@ -126,6 +145,15 @@ impl Containers {
         self.host_pidns
     }
 
+    /// Entries the bounded caches forgot to make room, by cache.
+    pub fn evictions(&self) -> [(&'static str, u64); 3] {
+        [
+            ("host_cgroups", self.not_containers.evicted()),
+            ("container_metadata", self.pinned.evicted()),
+            ("unlearned_cgroups", self.unlearned_live.evicted()),
+        ]
+    }
+
     /// The state of a container cgroup, asking `lookup` the first time a cgroup is seen.
     /// Returns whether it is a container.
     pub fn learn(&mut self, cgroup_id: u64, lookup: &mut dyn ContainerLookup, from_proc: bool) -> bool {
@@ -138,7 +166,7 @@ impl Containers {
         match lookup.container(cgroup_id) {
             Some(mut info) => {
                 info.cgroup_id = cgroup_id;
-                if let Some(m) = self.pinned.get(&info.id) {
+                if let Some(m) = self.pinned.get(info.id.as_str()) {
                     merge_info(&mut info, m);
                 }
                 let live = self.unlearned_live.remove(&cgroup_id).unwrap_or(0);
@@ -148,10 +176,7 @@ impl Containers {
             }
             None => {
                 // bounded: host cgroups are few, but a churn of transient units must not grow
-                // this forever
-                if self.not_containers.len() > 65_536 {
-                    self.not_containers.clear();
-                }
+                // this forever (one forgotten is asked about again)
                 self.not_containers.insert(cgroup_id, ());
                 self.unlearned_live.remove(&cgroup_id);
                 false
@@ -164,10 +189,7 @@ impl Containers {
     /// Returns the cgroups it applied to.
     pub fn pin(&mut self, info: &ContainerInfo) -> Vec<u64> {
         if !info.id.is_empty() {
-            if self.pinned.len() >= 65_536 && !self.pinned.contains_key(&info.id) {
-                self.pinned.clear();
-            }
-            let e = self.pinned.entry(info.id.clone()).or_insert_with(|| info.clone());
+            let e = self.pinned.get_or_insert_with(info.id.clone(), || info.clone());
             merge_info(e, info);
         }
         let mut hit = Vec::new();
@@ -223,10 +245,7 @@ impl Containers {
             // not learned yet (a child forked straight into the container's cgroup, as
             // runc's init is with CLONE_INTO_CGROUP): counted now, so that the state learned
             // at its exec starts with it and is not forgotten while it lives
-            if self.unlearned_live.len() >= 65_536 && !self.unlearned_live.contains_key(&cgroup_id) {
-                self.unlearned_live.clear();
-            }
-            *self.unlearned_live.entry(cgroup_id).or_insert(0) += 1;
+            *self.unlearned_live.get_or_insert_with(cgroup_id, || 0) += 1;
         }
     }
 

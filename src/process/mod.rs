@@ -1,12 +1,14 @@
 //! Process stage: process table, trees and exec sessions.
 //!
-//! In: decoded kernel events (`crate::capture::event::Event`). Out: [`model::SessionUpdate`]s
+//! In: decoded kernel events (`crate::capture::event::Event`). Out: [`crate::model::SessionUpdate`]s
 //! for the span builder and the console view. [`session::SessionTracker`] is the pure core;
 //! [`run::run`] is the pipeline task around it (container lookup, /proc scan at start-up).
 
 pub mod activity;
+pub mod cgroup;
+pub mod containerd;
 pub mod containers;
-pub mod model;
+pub mod metrics;
 pub mod proc_scan;
 pub mod run;
 

@@ -15,7 +15,7 @@ use std::{collections::HashMap, fs, os::unix::fs::MetadataExt, path::Path};
 
 use crate::capture::event::ProcessKey;
 
-use super::model::{ImageRecord, SessionId, SessionInfo, SessionKind, SessionUpdate};
+use crate::model::{ImageRecord, SessionId, SessionInfo, SessionKind, SessionUpdate};
 use super::session::SessionTracker;
 use super::table::Proc;
 

@@ -1,35 +1,32 @@
 //! The process stage as a pipeline task: events in, session updates out.
 //!
 //! In: `Event`s from capture (bounded channel). Out: `SessionUpdate`s to the span stage
-//! (bounded channel; waiting on it is fine here, the capture reader never waits on us, it
-//! counts its own drops). Around the pure [`SessionTracker`]: the /proc scan at start-up, and
+//! (bounded channel). Waiting on it is fine: the span stage never waits on anything after
+//! it, and the capture reader waiting on us is what makes the kernel count, per cgroup, what
+//! the ring could not hold (ARCHITECTURE.md, backpressure). Around the pure [`SessionTracker`]: the /proc scan at start-up, and
 //! [`HostContainers`], the real container lookup: cgroup id -> path -> container id at once
 //! (kernfs, no blocking I/O worth the name), pod labels and init pid from containerd in a
 //! background task whose answers reach the tracker as they come. A [`Control`] channel
-//! carries what other parts of the agent learn about containers: the kernel's per-cgroup drop
-//! counts (which mark the open sessions of that cgroup) and pod metadata from the Kubernetes
-//! pod index. Closing the event input is the shutdown signal: open sessions end marked
+//! carries the kernel's per-cgroup drop counts (which mark the open sessions of that cgroup).
+//! Pod metadata from the Kubernetes API does not come through here: the pod index puts it on
+//! the session updates after this stage (`crate::enrich::kube::SessionFilter`). Closing the event input is the shutdown signal: open sessions end marked
 //! incomplete, then the output closes (the control channel closing does not stop anything).
 
 use std::{
-    collections::HashMap,
     path::PathBuf,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
 };
 
 use tokio::sync::mpsc;
 
 use crate::capture::event::Event;
-use crate::enrich::{
-    cgroup::CgroupIndex,
-    containerd::{self, ContainerMeta, ContainerdClient},
-};
+use super::cgroup::CgroupIndex;
+use super::containerd::{self, ContainerMeta, ContainerdClient};
 
 use super::containers::ContainerLookup;
-use super::model::{ContainerInfo, SessionUpdate};
+use super::metrics::ProcessMetrics;
+use crate::lru::Lru;
+use crate::model::{ContainerInfo, SessionUpdate};
 use super::proc_scan;
 use super::session::SessionTracker;
 
@@ -39,9 +36,6 @@ pub enum Control {
     /// The kernel's cumulative count of ring-buffer records lost for a cgroup (the capture
     /// counters' `dropped_by_cgroup`): the increase marks that cgroup's open sessions.
     EventsLost { cgroup_id: u64, total: u64 },
-    /// Metadata for a container, matched by `cgroup_id` when non-zero, else by `id`; a
-    /// `source` of `kube_api` wins over containerd's labels.
-    Container(ContainerInfo),
 }
 
 impl SessionTracker {
@@ -49,7 +43,6 @@ impl SessionTracker {
     pub fn control(&mut self, c: Control) {
         match c {
             Control::EventsLost { cgroup_id, total } => self.note_events_lost_total(cgroup_id, total),
-            Control::Container(info) => self.update_container(info),
         }
     }
 }
@@ -84,63 +77,10 @@ impl Default for ProcessOptions {
     }
 }
 
-/// Gauges and counters for the metrics endpoint, updated as events are handled.
-#[derive(Debug, Default)]
-pub struct ProcessStats {
-    /// Live processes in the table.
-    pub table_len: AtomicU64,
-    pub sessions_open: AtomicU64,
-    pub containers: AtomicU64,
-    pub sessions_started: AtomicU64,
-    pub sessions_ended: AtomicU64,
-    pub exits_unknown: AtomicU64,
-    pub connects_unknown_pid: AtomicU64,
-    pub results_unmatched: AtomicU64,
-    pub execs_before_fork: AtomicU64,
-    pub exits_early: AtomicU64,
-    pub pids_reused_unexited: AtomicU64,
-    pub ns_joins_idle: AtomicU64,
-    pub containerd_errors: AtomicU64,
-    /// Outbound records outside sessions (issue 6): handed out, connects that opened one,
-    /// connects folded into one, connects suppressed by the per-container rate limit; and
-    /// what the stage still holds: connects in records not handed out, suppressed connects not
-    /// yet marked on a record. At any time `opened + folded = exported counts + open` and
-    /// `suppressed = exported marks + unmarked`.
-    pub outbound_records: AtomicU64,
-    pub outbound_opened: AtomicU64,
-    pub outbound_folded: AtomicU64,
-    pub outbound_suppressed: AtomicU64,
-    pub outbound_open: AtomicU64,
-    pub outbound_unmarked: AtomicU64,
-}
+/// containerd's answers by container id; the least recently used is forgotten when full.
+type MetaCache = Arc<Mutex<Lru<String, ContainerMeta>>>;
 
-impl ProcessStats {
-    fn update(&self, t: &SessionTracker) {
-        let c = t.counters();
-        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
-        set(&self.table_len, t.len() as u64);
-        set(&self.sessions_open, t.sessions() as u64);
-        set(&self.containers, t.containers() as u64);
-        set(&self.sessions_started, c.sessions_started);
-        set(&self.sessions_ended, c.sessions_ended);
-        set(&self.exits_unknown, c.exits_unknown);
-        set(&self.connects_unknown_pid, c.connects_unknown_pid);
-        set(&self.results_unmatched, c.results_unmatched);
-        set(&self.execs_before_fork, c.execs_before_fork);
-        set(&self.exits_early, c.exits_early);
-        set(&self.pids_reused_unexited, c.pids_reused_unexited);
-        set(&self.ns_joins_idle, c.ns_joins_idle);
-        let o = t.outbound();
-        set(&self.outbound_records, o.records);
-        set(&self.outbound_opened, o.opened);
-        set(&self.outbound_folded, o.folded);
-        set(&self.outbound_suppressed, o.suppressed);
-        set(&self.outbound_open, o.open_connects);
-        set(&self.outbound_unmarked, o.unmarked);
-    }
-}
-
-type MetaCache = Arc<Mutex<HashMap<String, ContainerMeta>>>;
+const META_CACHE_ENTRIES: usize = 65_536;
 
 /// The host's container lookup: cgroup paths first, containerd's labels when they are in.
 pub struct HostContainers {
@@ -156,7 +96,7 @@ impl HostContainers {
     pub fn new(index: Option<CgroupIndex>, opts: &ProcessOptions) -> Self {
         HostContainers {
             index,
-            meta: Default::default(),
+            meta: Arc::new(Mutex::new(Lru::new(META_CACHE_ENTRIES))),
             ask: None,
             namespaces: opts.containerd_namespaces.clone(),
             state_dirs: opts.containerd_state_dirs.clone(),
@@ -169,7 +109,7 @@ impl ContainerLookup for HostContainers {
         let c = self.index.as_mut()?.container(cgroup_id)?;
         let mut info =
             ContainerInfo { id: c.id.clone(), cgroup_id, pod_uid: c.pod_uid, source: "cgroup", ..Default::default() };
-        let known = self.meta.lock().ok().and_then(|m| m.get(&c.id).cloned());
+        let known = self.meta.lock().ok().and_then(|mut m| m.get(c.id.as_str()).cloned());
         match known {
             Some(meta) => meta.apply(&mut info),
             None => {
@@ -182,7 +122,7 @@ impl ContainerLookup for HostContainers {
     }
 
     fn init_pid(&mut self, _cgroup_id: u64, info: &ContainerInfo) -> Option<u32> {
-        if let Some(pid) = self.meta.lock().ok().and_then(|m| m.get(&info.id).and_then(|x| x.init_pid)) {
+        if let Some(pid) = self.meta.lock().ok().and_then(|m| m.peek(info.id.as_str()).and_then(|x| x.init_pid)) {
             return Some(pid);
         }
         containerd::init_pid_from_state(&self.state_dirs, &self.namespaces, &info.id)
@@ -196,7 +136,8 @@ async fn containerd_worker(
     meta: MetaCache,
     mut ask: mpsc::Receiver<(u64, ContainerInfo)>,
     answers: mpsc::Sender<ContainerInfo>,
-    stats: Arc<ProcessStats>,
+    errors: prometheus_client::metrics::counter::Counter,
+    evicted: prometheus_client::metrics::counter::Counter,
 ) {
     let Ok(mut client) = ContainerdClient::new(&socket) else { return };
     while let Some((cgroup_id, mut info)) = ask.recv().await {
@@ -208,16 +149,15 @@ async fn containerd_worker(
                 m.apply(&mut info);
                 info.cgroup_id = cgroup_id;
                 if let Ok(mut c) = meta.lock() {
-                    if c.len() > 65_536 {
-                        c.clear();
+                    if c.insert(m.id.clone(), m).is_some() {
+                        evicted.inc();
                     }
-                    c.insert(m.id.clone(), m);
                 }
                 let _ = answers.send(info).await;
             }
             Ok(None) => {}
             Err(e) => {
-                stats.containerd_errors.fetch_add(1, Ordering::Relaxed);
+                errors.inc();
                 tracing::debug!(error = %e, "containerd lookup");
             }
         }
@@ -231,10 +171,10 @@ pub async fn run(
     mut rx: mpsc::Receiver<Event>,
     tx: mpsc::Sender<SessionUpdate>,
     opts: ProcessOptions,
-    stats: Arc<ProcessStats>,
+    mut metrics: ProcessMetrics,
     mut control: mpsc::Receiver<Control>,
 ) {
-    let cgroup_root = opts.cgroup_root.clone().or_else(crate::enrich::cgroup::cgroup2_mount);
+    let cgroup_root = opts.cgroup_root.clone().or_else(crate::process::cgroup::cgroup2_mount);
     let index = cgroup_root.clone().map(CgroupIndex::new);
     let mut lookup = HostContainers::new(index, &opts);
     let (answer_tx, mut answers) = mpsc::channel::<ContainerInfo>(256);
@@ -247,7 +187,8 @@ pub async fn run(
             lookup.meta.clone(),
             ask_rx,
             answer_tx,
-            stats.clone(),
+            metrics.containerd_errors.clone(),
+            metrics.cache_evictions.get_or_create(&vec![("cache", "containerd_metadata")]).clone(),
         );
         tokio::spawn(worker);
     } else {
@@ -266,7 +207,7 @@ pub async fn run(
             }
         }
     }
-    stats.update(&tracker);
+    metrics.observe(&tracker);
 
     let mut answers_open = true;
     let mut control_open = true;
@@ -281,7 +222,7 @@ pub async fn run(
                         return;
                     }
                 }
-                stats.update(&tracker);
+                metrics.observe(&tracker);
             }
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
@@ -290,7 +231,7 @@ pub async fn run(
                         return;
                     }
                 }
-                stats.update(&tracker);
+                metrics.observe(&tracker);
             }
             info = answers.recv(), if answers_open => match info {
                 Some(info) => tracker.update_container(info),
@@ -307,5 +248,5 @@ pub async fn run(
             return;
         }
     }
-    stats.update(&tracker);
+    metrics.observe(&tracker);
 }

@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::capture::event::{ExitEvent, ProcessKey};
 
-use super::model::{ContainerInfo, ImageRecord, SessionId};
+use crate::model::{ContainerInfo, ImageRecord, SessionId};
 
 /// A namespace join that has not yet led anywhere: it becomes a node session when the joiner
 /// or a child it forks afterwards runs something (exec) or connects. runc's own setns (into

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use super::lang::Rule;
 use super::subject::{ProcCtx, SessionCtx, Subject, Trigger};
 use crate::capture::event::{FileOp, Transport};
-use crate::process::model::{FileRecord, ImageRecord, ProcessRecord};
-use crate::spans::scope::{normalize, ScopeConfig};
+use crate::model::{FileRecord, ImageRecord, ProcessRecord};
+use crate::scope::{normalize, ScopeConfig};
 
 /// The span an alert goes on: an image span, or one of its connect spans.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -108,7 +108,7 @@ pub fn evaluate(
 mod tests {
     use super::*;
     use crate::capture::event::ProcessKey;
-    use crate::process::model::{ContainerInfo, SessionId, SessionInfo, SessionKind};
+    use crate::model::{ContainerInfo, SessionId, SessionInfo, SessionKind};
 
     const S: u64 = 1_000_000_000;
     const RULE: &str = "Download then execute";

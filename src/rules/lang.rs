@@ -16,7 +16,7 @@ use serde_norway::Value;
 use super::matchers::{self, StrMatcher};
 use super::subject::{On, Subject, Trigger};
 use crate::capture::event::FileOp;
-use crate::spans::scope::{normalize, Cidr};
+use crate::scope::{normalize, Cidr};
 use crate::text::escape;
 
 /// Ordered: the root carries the highest one of its session.

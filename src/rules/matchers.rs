@@ -7,7 +7,7 @@
 use regex::Regex;
 use serde_norway::Value;
 
-use crate::spans::scope::Cidr;
+use crate::scope::Cidr;
 
 /// One string pattern.
 #[derive(Clone, Debug)]

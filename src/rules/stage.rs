@@ -25,9 +25,9 @@ use super::lang::{Rule, Severity};
 use super::subject::SessionCtx;
 use crate::capture::event::ProcessKey;
 use crate::clock::BootClock;
-use crate::process::model::{ProcessRecord, SessionId, SessionInfo, SessionUpdate};
+use crate::model::{ProcessRecord, SessionId, SessionInfo, SessionUpdate};
 use crate::spans::hold::Output;
-use crate::spans::scope::ScopeConfig;
+use crate::scope::ScopeConfig;
 use crate::spans::{ids, keys, Attributor, SessionIdentity};
 use crate::text::{basename, escape};
 

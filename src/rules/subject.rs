@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use crate::process::model::{ConnectRecord, FileRecord, ImageRecord, ProcessRecord, SessionInfo};
+use crate::model::{ConnectRecord, FileRecord, ImageRecord, ProcessRecord, SessionInfo};
 use crate::spans::SessionIdentity;
 use crate::text::{basename, escape};
 

@@ -19,7 +19,7 @@ use super::identity::SessionIdentity;
 use super::{ids, keys};
 use crate::capture::event::ExitStatus;
 use crate::clock::BootClock;
-use crate::process::model::{ConnectOutcome, ConnectRecord, ContainerInfo, FileRecord, ProcessRecord, SessionInfo};
+use crate::model::{ConnectOutcome, ConnectRecord, ContainerInfo, FileRecord, ProcessRecord, SessionInfo};
 use crate::text::{basename, escape};
 
 /// What every builder needs: where ids come from, how to read kernel time, the budgets.
@@ -257,8 +257,8 @@ pub fn attribution_span(
 }
 
 /// The root's name when no request matched: what kind of activity the trace is.
-pub fn root_name(kind: crate::process::model::SessionKind) -> &'static str {
-    use crate::process::model::SessionKind;
+pub fn root_name(kind: crate::model::SessionKind) -> &'static str {
+    use crate::model::SessionKind;
     match kind {
         SessionKind::Watched => "watched exec",
         SessionKind::Outbound => "outbound",
@@ -286,8 +286,8 @@ pub fn request_only_span(
         end_ns: Some(ctx.clock.to_boot_ns(end)),
         root_argv: vec![],
         ..SessionInfo::new(
-            crate::process::model::SessionId(crate::capture::event::ProcessKey { pid: 0, start_ns: 0 }),
-            crate::process::model::SessionKind::Exec,
+            crate::model::SessionId(crate::capture::event::ProcessKey { pid: 0, start_ns: 0 }),
+            crate::model::SessionKind::Exec,
             container.clone(),
             ctx.clock.to_boot_ns(start),
         )
@@ -431,13 +431,13 @@ fn errno_name(err: i32) -> String {
 
 /// One connect, a CLIENT span under its image, from `connect()` to its outcome.
 pub fn connect_span(ctx: &BuildCtx, frame: &SessionFrame, id: SpanId, image: SpanId, c: &ConnectRecord) -> SpanData {
-    let addr = super::scope::normalize(c.addr);
+    let addr = crate::scope::normalize(c.addr);
     let mut attrs = frame.common.clone();
     attrs.push(KeyValue::new(sc::NETWORK_TRANSPORT, c.transport.as_str()));
     attrs.push(KeyValue::new(sc::NETWORK_TYPE, if addr.is_ipv4() { "ipv4" } else { "ipv6" }));
     attrs.push(KeyValue::new(sc::SERVER_ADDRESS, addr.to_string()));
     attrs.push(KeyValue::new(sc::SERVER_PORT, c.port as i64));
-    let (peer, peer_port) = c.final_addr.map(|(a, p)| (super::scope::normalize(a), p)).unwrap_or((addr, c.port));
+    let (peer, peer_port) = c.final_addr.map(|(a, p)| (crate::scope::normalize(a), p)).unwrap_or((addr, c.port));
     attrs.push(KeyValue::new(sc::NETWORK_PEER_ADDRESS, peer.to_string()));
     attrs.push(KeyValue::new(sc::NETWORK_PEER_PORT, peer_port as i64));
     attrs.push(KeyValue::new(keys::NETWORK_OUTCOME, c.outcome.as_str()));

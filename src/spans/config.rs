@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use super::scope::ScopeConfig;
+use crate::scope::ScopeConfig;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -42,8 +42,10 @@ impl Default for SpansConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HoldConfig {
-    /// Longest a session's spans wait for its attribution, in milliseconds (0: no wait). Audit
-    /// webhooks batch for up to 30 s by default; 0 until an attributor is wired in.
+    /// Longest a session's spans wait for its attribution, in milliseconds (0: no wait). Not a
+    /// config key: the one setting is `attribution.hold_ms`, which the configuration applies
+    /// here when an attribution source is configured (0 otherwise).
+    #[serde(skip)]
     pub deadline_ms: u64,
     /// How often held sessions ask the attributor again, in milliseconds.
     pub poll_ms: u64,

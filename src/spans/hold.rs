@@ -28,7 +28,7 @@ use opentelemetry_sdk::trace::SpanData;
 use super::build::BuildCtx;
 use super::identity::Attributor;
 use super::session::{BuiltSpan, SessionSpans};
-use crate::process::model::{SessionId, SessionInfo, SessionUpdate};
+use crate::model::{SessionId, SessionInfo, SessionUpdate};
 
 /// Why a held session was let go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -356,7 +356,7 @@ impl SpanStage {
         id: SessionId,
         s: SessionSpans,
         info: SessionInfo,
-        remaining: Vec<crate::process::model::ProcessRecord>,
+        remaining: Vec<crate::model::ProcessRecord>,
         out: &mut Output,
     ) {
         let incomplete = info.incomplete || info.events_lost > 0;
@@ -372,7 +372,7 @@ mod tests {
     use super::*;
     use crate::capture::event::ProcessKey;
     use crate::clock::BootClock;
-    use crate::process::model::{ContainerInfo, SessionKind};
+    use crate::model::{ContainerInfo, SessionKind};
     use crate::spans::{keys, SessionIdentity, SpansConfig};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Mutex;

@@ -8,7 +8,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::attribute::Attribution;
-use crate::process::model::SessionInfo;
+use crate::model::SessionInfo;
 
 /// Who opened a session, as span attributes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

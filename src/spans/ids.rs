@@ -9,7 +9,7 @@ use opentelemetry::trace::{SpanId, TraceId};
 use sha2::{Digest, Sha256};
 
 use crate::capture::event::ProcessKey;
-use crate::process::model::SessionId;
+use crate::model::SessionId;
 
 fn digest(tag: &str, boot_id: &[u8; 16], parts: &[&[u8]]) -> [u8; 32] {
     let mut h = Sha256::new();

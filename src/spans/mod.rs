@@ -8,7 +8,7 @@
 //! Layout: [`keys`] (podtrail's attribute keys, documented in docs/attributes.md), [`ids`]
 //! (ids derived from the kernel's view), [`build`] (one pure function per span kind),
 //! [`budget`] (argv cap, folding), [`session`] (one session's assembly), [`hold`] (waiting
-//! for attribution), [`scope`] (destination scope of a connect), [`config`].
+//! for attribution), [`config`]. Destination scopes are [`crate::scope`].
 
 pub mod budget;
 pub mod build;
@@ -17,7 +17,6 @@ pub mod hold;
 pub mod identity;
 pub mod ids;
 pub mod keys;
-pub mod scope;
 pub mod session;
 
 pub use build::BuildCtx;

@@ -22,7 +22,7 @@ use super::build::{self, BuildCtx, RootMarks, SessionFrame};
 use super::identity::SessionIdentity;
 use super::{ids, keys};
 use crate::capture::event::{ProcessKey, Transport};
-use crate::process::model::{ProcessRecord, SessionInfo};
+use crate::model::{ProcessRecord, SessionInfo};
 
 /// Where an ended process's images are, for its children and later images.
 #[derive(Clone, Copy, Debug)]

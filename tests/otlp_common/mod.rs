@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use podtrail::clock::BootClock;
 use podtrail::export::{ExportConfig, ExportReport, RunExport};
 use podtrail::metrics::Metrics;
-use podtrail::process::model::SessionUpdate;
+use podtrail::model::SessionUpdate;
 use podtrail::spans::{Attributor, SpansConfig};
 use prost::Message;
 

@@ -9,9 +9,9 @@ use opentelemetry::Value;
 use opentelemetry_sdk::trace::SpanData;
 use podtrail::capture::event::FileOp;
 use podtrail::clock::BootClock;
-use podtrail::process::model::{FileRecord, SessionInfo, SessionUpdate};
+use podtrail::model::{FileRecord, SessionInfo, SessionUpdate};
 use podtrail::rules::{lang, AlertStage, RecordingAttributor, RuleSource, RulesConfig};
-use podtrail::spans::scope::ScopeConfig;
+use podtrail::scope::ScopeConfig;
 use podtrail::spans::{Attributor, BuildCtx, NoAttributor, Output, SessionIdentity, SpanStage, SpansConfig};
 
 use crate::spans_common::{link_parent_images, S};

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use opentelemetry::Value;
 use opentelemetry_sdk::trace::SpanData;
 use podtrail::capture::event::{ExitStatus, ProcessKey, Transport};
-use podtrail::process::model::*;
+use podtrail::model::*;
 use podtrail::spans::SessionIdentity;
 
 pub const S: u64 = 1_000_000_000;

@@ -14,8 +14,8 @@ use super::metrics::StreamMetrics;
 use super::wire::Line;
 use crate::attribute::audit::Stage;
 use crate::attribute::record::RequestRecord;
-use crate::attribute::reload::Reloading;
-use crate::attribute::serve::{load_certs, load_key, ServeError};
+use crate::text::percent_encode;
+use crate::tls::{self, Reloading, TlsError};
 use crate::attribute::RecordStore;
 use futures::StreamExt;
 use hyper_util::rt::TokioIo;
@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
 
 /// Longest line accepted from a receiver.
@@ -79,7 +79,7 @@ impl SubscribeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {
     #[error("receiver stream TLS: {0}")]
-    Tls(#[from] ServeError),
+    Tls(#[from] TlsError),
     #[error("receiver {0:?} is not an https://host:port URL")]
     BadUrl(String),
     #[error("connect: {0}")]
@@ -194,50 +194,9 @@ pub fn parse_receiver(url: &str) -> Result<Target, SubscribeError> {
     Ok(Target { url: url.to_owned(), port: uri.port_u16().unwrap_or(7443), host, server_name })
 }
 
-/// The agent's TLS client: its certificate, and only the configured CA trusted.
-pub fn client_config(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-    ca: &std::path::Path,
-) -> Result<Arc<ClientConfig>, ServeError> {
-    let mut roots = RootCertStore::empty();
-    for c in load_certs(ca)? {
-        roots.add(c).map_err(|e| ServeError::Tls(format!("CA {}: {e}", ca.display())))?;
-    }
-    let mut cfg = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ServeError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
-        .map_err(|e| ServeError::Tls(format!("client certificate {}: {e}", cert.display())))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
-}
-
 /// The agent's TLS client, following its files: a rotated certificate or CA is used from the
-/// next connection on ([`crate::attribute::reload`]).
+/// next connection on ([`crate::tls`]).
 pub type ClientTls = Arc<Reloading<ClientConfig>>;
-
-/// [`client_config`], re-read when the files change; `reloads` counts the re-reads by result.
-pub fn reloading_client_config(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-    ca: &std::path::Path,
-    reloads: prometheus_client::metrics::family::Family<
-        Vec<(&'static str, &'static str)>,
-        prometheus_client::metrics::counter::Counter,
-    >,
-) -> Result<ClientTls, ServeError> {
-    let (c, k, a) = (cert.to_owned(), key.to_owned(), ca.to_owned());
-    let files = vec![c.clone(), k.clone(), a.clone()];
-    let r = Reloading::new(
-        "receiver stream client",
-        files,
-        move || client_config(&c, &k, &a).map(Arc::unwrap_or_clone),
-        reloads,
-    )?;
-    Ok(Arc::new(r))
-}
 
 /// Check the configuration, then subscribe to every receiver until `stop` resolves.
 pub fn start(
@@ -245,7 +204,7 @@ pub fn start(
     sink: Arc<RecordSink>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<JoinHandle<()>, SubscribeError> {
-    let tls = reloading_client_config(&cfg.tls_cert, &cfg.tls_key, &cfg.ca, sink.metrics().tls_reloads.clone())?;
+    let tls = tls::reloading_client_config(&cfg.tls_cert, &cfg.tls_key, &cfg.ca, sink.metrics().tls_reloads.clone())?;
     let targets = cfg.receivers.iter().map(|u| parse_receiver(u)).collect::<Result<Vec<_>, _>>()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     Ok(tokio::spawn(async move {
@@ -403,9 +362,9 @@ async fn stream_once(
     });
     let path = format!(
         "/v1/records?node={}&since={}&instance={}",
-        query_escape(&cfg.node),
+        percent_encode(&cfg.node),
         resume.last,
-        query_escape(&resume.instance)
+        percent_encode(&resume.instance)
     );
     let req = hyper::Request::get(path)
         .header(hyper::header::HOST, format!("{}:{}", target.host, target.port))
@@ -477,18 +436,6 @@ fn handle_line(line: &[u8], sink: &RecordSink, resume: &mut Resume) {
     }
 }
 
-fn query_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,6 +447,5 @@ mod tests {
         assert_eq!(parse_receiver("https://127.0.0.1:9000").unwrap().port, 9000);
         assert!(parse_receiver("http://receiver:7443").is_err());
         assert!(parse_receiver("receiver:7443").is_err());
-        assert_eq!(query_escape("node a/b"), "node%20a%2Fb");
     }
 }

@@ -3,7 +3,7 @@
 //! process trees of the `containers` and `all` scopes.
 
 use crate::capture::event::ExecEvent;
-use crate::process::model::{ContainerInfo, SessionId, SessionInfo, SessionKind, SessionUpdate};
+use crate::model::{ContainerInfo, SessionId, SessionInfo, SessionKind, SessionUpdate};
 
 use super::{image_from_exec, SessionTracker};
 

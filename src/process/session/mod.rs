@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use crate::capture::event::{Event, ExecEvent, ExitEvent, ExitStatus, ForkEvent, ProcessKey};
 
 use super::containers::{ContainerLookup, Containers};
-use super::model::{ImageRecord, ProcessRecord, SessionId, SessionInfo, SessionKind, SessionUpdate};
+use crate::model::{ImageRecord, ProcessRecord, SessionId, SessionInfo, SessionKind, SessionUpdate};
 use super::table::{Proc, ProcessTable};
 
 /// What the tracker had to drop or repair, for metrics.
@@ -70,7 +70,7 @@ pub struct SessionTracker {
     sessions: HashMap<SessionId, Session>,
     pub(crate) counters: TrackerCounters,
     /// Last cumulative kernel drop count seen per cgroup.
-    lost_seen: HashMap<u64, u64>,
+    lost_seen: crate::lru::Lru<u64, u64>,
     /// What is recorded beside exec sessions.
     activity: super::activity::ActivityConfig,
     /// Outbound connects outside sessions, folded and rate-limited.
@@ -121,7 +121,7 @@ impl SessionTracker {
             lookup,
             sessions: HashMap::new(),
             counters: TrackerCounters::default(),
-            lost_seen: HashMap::new(),
+            lost_seen: crate::lru::Lru::new(65_536),
             activity: Default::default(),
             outbound: Default::default(),
             clock: crate::clock::BootClock::now(),
@@ -159,6 +159,12 @@ impl SessionTracker {
 
     pub fn counters(&self) -> &TrackerCounters {
         &self.counters
+    }
+
+    /// Entries the tracker's bounded caches forgot to make room, by cache.
+    pub fn cache_evictions(&self) -> [(&'static str, u64); 4] {
+        let [a, b, c] = self.containers.evictions();
+        [a, b, c, ("cgroup_drop_totals", self.lost_seen.evicted())]
     }
 
     /// Outbound records (issue 6): what was counted, folded and suppressed.
@@ -229,9 +235,9 @@ impl SessionTracker {
 
     /// Better metadata for a container (containerd labels, the Kubernetes API) arrived: later
     /// updates of its sessions carry it. Matched by cgroup id, or by container id when the
-    /// sender does not know the cgroup (the pod index); kept for containers not seen yet. A
+    /// sender does not know the cgroup; kept for containers not seen yet. A
     /// lesser source never overwrites a better one ([`super::containers::merge_info`]).
-    pub fn update_container(&mut self, info: super::model::ContainerInfo) {
+    pub fn update_container(&mut self, info: crate::model::ContainerInfo) {
         let cgroups = self.containers.pin(&info);
         for s in self.sessions.values_mut() {
             let c = &mut s.info.container;
@@ -270,13 +276,11 @@ impl SessionTracker {
     /// polled about once a second, so a session that started within that second of a drop may
     /// be marked too: a false "incomplete" is the safe error, a silent loss is not.
     pub fn note_events_lost_total(&mut self, cgroup_id: u64, total: u64) {
-        let seen = self.lost_seen.entry(cgroup_id).or_insert(0);
+        // a cgroup forgotten to make room counts its whole total again: a false
+        // "incomplete", the safe error
+        let seen = self.lost_seen.get_or_insert_with(cgroup_id, || 0);
         let n = total.saturating_sub(*seen);
         *seen = (*seen).max(total);
-        if self.lost_seen.len() > 65_536 {
-            self.lost_seen.clear();
-            self.lost_seen.insert(cgroup_id, total);
-        }
         self.note_events_lost(cgroup_id, n);
     }
 

@@ -3,7 +3,7 @@
 //! folding of `process::activity`.
 
 use crate::capture::event::{ConnectEvent, ConnectResultEvent, FileEvent, ProcessKey, ResultPhase, UdpSendEvent};
-use crate::process::model::{ConnectOutcome, ConnectRecord, FileRecord, ImageRecord, SessionUpdate};
+use crate::model::{ConnectOutcome, ConnectRecord, FileRecord, ImageRecord, SessionUpdate};
 use crate::process::table::CookieSlot;
 
 use super::{record_of, SessionTracker, MAX_FILES_PER_IMAGE};

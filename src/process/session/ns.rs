@@ -2,7 +2,7 @@
 //! session once the joiner or a child of it runs something or connects.
 
 use crate::capture::event::{ExecEvent, NsJoinEvent, ProcessKey};
-use crate::process::model::{SessionId, SessionInfo, SessionKind, SessionUpdate};
+use crate::model::{SessionId, SessionInfo, SessionKind, SessionUpdate};
 use crate::process::table::{PendingJoin, Proc};
 
 use super::SessionTracker;

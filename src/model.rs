@@ -312,3 +312,36 @@ pub enum SessionUpdate {
     /// processes that never ended, closed at `info.end_ns`.
     Ended(SessionInfo, Vec<ProcessRecord>),
 }
+
+/// Commands as the API server and the kernel see them: shared by attribution (does a request
+/// fit a session?) and the pod index (is a session one of its container's exec probes?).
+/// Basename of a path-like argv element (`/bin/sh` -> `sh`, `./backup.sh` -> `backup.sh`).
+fn basename(s: &str) -> &str {
+    s.rsplit('/').next().unwrap_or(s)
+}
+
+/// argv[0] of a request and of the kernel are the same program when equal or when their
+/// basenames are (runc resolves `sh` through PATH and the kernel may report `/bin/sh`).
+fn same_program(requested: &str, kernel: &str) -> bool {
+    requested == kernel || (!basename(requested).is_empty() && basename(requested) == basename(kernel))
+}
+
+/// Does the kernel argv of a session root fit the command a request asked for?
+///
+/// Allows for the kernel's rewriting of `#!` scripts: a request for `[./s.sh, a]` becomes
+/// `[/bin/sh, ./s.sh, a]` (or `[/usr/bin/env, bash, /path/s.sh, a]` with an interpreter
+/// argument), where the script is the path runc resolved.
+pub fn command_matches(requested: &[String], kernel: &[String]) -> bool {
+    let Some((req0, req_rest)) = requested.split_first() else { return false };
+    let direct = |k: &[String]| -> bool {
+        match k.split_first() {
+            Some((k0, k_rest)) => same_program(req0, k0) && k_rest == req_rest,
+            None => false,
+        }
+    };
+    if direct(kernel) {
+        return true;
+    }
+    // `#!interp` and `#!interp arg`: the script and its arguments follow the interpreter part.
+    (1..=2).any(|skip| kernel.len() == requested.len() + skip && direct(&kernel[skip..]))
+}

@@ -26,7 +26,7 @@ use tonic::{
     transport::{Channel, Endpoint, Uri},
 };
 
-use crate::process::model::ContainerInfo;
+use crate::model::ContainerInfo;
 
 pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";
 /// kubelet's namespace first, then `ctr`'s default.

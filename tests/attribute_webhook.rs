@@ -8,7 +8,7 @@ use podtrail::attribute::{
     ServeError, SessionQuery, StoreConfig, WebhookConfig, WebhookServer,
 };
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

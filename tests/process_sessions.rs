@@ -530,9 +530,9 @@ fn watched_executables_are_recorded_anywhere_outside_sessions() {
         let mut out = start_container_c(t);
         // the node's shell runs tcpdump, then ls
         out.extend(t.handle(&exec(40, X::host(600, 1, &["bash"]))));
-        out.extend(feed(&mut t, spawn(50, X::host(601, 600, &["tcpdump", "-i", "any", "port", "53"]))));
+        out.extend(feed(t, spawn(50, X::host(601, 600, &["tcpdump", "-i", "any", "port", "53"]))));
         out.extend(t.handle(&exit(60, 601, HOST, 0)));
-        out.extend(feed(&mut t, spawn(70, X::host(602, 600, &["ls"]))));
+        out.extend(feed(t, spawn(70, X::host(602, 600, &["ls"]))));
         out.extend(t.handle(&exit(72, 602, HOST, 0)));
         // the container's own process runs tcpdump
         out.extend(t.handle(&fork(80, 1050, 1001, C)));

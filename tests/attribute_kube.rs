@@ -1,13 +1,13 @@
 //! Pod metadata against a local HTTP server that speaks the API server's list/watch wire
-//! format (tests/kube_fake): a `PodList` with a resourceVersion, then `watch=true` streams of
+//! format (tests/support/kube.rs): a `PodList` with a resourceVersion, then `watch=true` streams of
 //! newline-delimited `{"type":..,"object":..}` events in chunked encoding, a `410 Gone` ERROR
 //! event, a 503 while the "API server" restarts.
 
-mod kube_fake;
+mod support;
 
-use kube_fake::{ev, eventually, gone, FakeApi, ListStep, Route, WatchStep};
 use podtrail::enrich::kube::{watch_pods, ContainerKind, PodIndex, Workload};
 use serde_json::{json, Value};
+use support::kube::{ev, eventually, gone, FakeApi, ListStep, Route, WatchStep};
 
 /// This node's pods, as the pod watch asks for them.
 async fn pods_api(lists: Vec<ListStep>, watches: Vec<WatchStep>) -> FakeApi {
@@ -16,7 +16,7 @@ async fn pods_api(lists: Vec<ListStep>, watches: Vec<WatchStep>) -> FakeApi {
 }
 
 fn pod_list(rv: &str, items: Vec<Value>) -> Value {
-    kube_fake::list("PodList", rv, items)
+    support::kube::list("PodList", rv, items)
 }
 
 fn status(name: &str, id: &str) -> Value {

@@ -2,12 +2,13 @@
 //! receiver's real webhook and stream listeners, and the agent's real subscription code feeding
 //! a `RecordStore`.
 
+mod support;
+
 use podtrail::attribute::stream::subscribe::{parse_receiver, subscription};
 use podtrail::tls::reloading_client_config;
 use podtrail::attribute::stream::{Receiver, ReceiverConfig, RecordSink, StreamMetrics, SubscribeConfig};
 use podtrail::attribute::{AttributeMetrics, AttributionSource, RecordStore, SessionQuery, StoreConfig};
 use prometheus_client::registry::Registry;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,29 +19,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(FIXTURES).join(name)).expect("fixture exists")
-}
-
-fn issuer(cn: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, cn);
-    CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
-}
-
-fn leaf(ca: &CertifiedIssuer<'static, KeyPair>, sans: &[&str], cn: &str) -> (String, String) {
-    let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, ca).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
+use support::audit::fixture_bytes as fixture;
+use support::tls::{self, issuer, leaf, pem_certs};
 
 /// One CA for the receiver's serving certificate, the API server's webhook client and the
 /// agents; a stranger CA with an agent certificate of its own. All written as PEM files.
@@ -114,28 +97,8 @@ impl Pki {
 
     /// A TLS client for raw requests: trusts the CA, presents `identity` if any.
     fn raw_client(&self, identity: Option<&(String, String)>) -> Arc<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        for c in pem_certs(&self.ca_pem) {
-            roots.add(c).unwrap();
-        }
-        let b = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-        Arc::new(match identity {
-            Some((cert, key)) => b
-                .with_client_auth_cert(
-                    pem_certs(cert),
-                    podtrail::tls::key_from_pem(key.as_bytes()).unwrap(),
-                )
-                .unwrap(),
-            None => b.with_no_client_auth(),
-        })
+        tls::client(&self.ca_pem, identity)
     }
-}
-
-fn pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
-    podtrail::tls::certs_from_pem(pem.as_bytes())
 }
 
 /// One HTTP/1.1 request over TLS; the status line and the (raw) rest.

@@ -1,27 +1,25 @@
 //! The audit and admission webhooks over real TLS: certificates made at test time, a rustls
 //! client speaking HTTP/1.1, and the fixtures in the format the API server sends.
 
+mod support;
+
 use podtrail::attribute::{
     admission_router, audit_router, AttributeMetrics, AttributionSource, Confidence, ListenerConfig, RecordStore,
     ServeError, SessionQuery, StoreConfig, WebhookConfig, WebhookServer,
 };
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(FIXTURES).join(name)).expect("fixture exists")
-}
+use support::audit::fixture_bytes as fixture;
+use support::tls::{self, issuer, leaf};
 
 /// A CA, a server certificate for localhost, and client certificates from that CA and from a
 /// stranger CA, written as PEM files.
@@ -30,21 +28,6 @@ struct Pki {
     ca_pem: String,
     client: (String, String),
     stranger: (String, String),
-}
-
-fn issuer(cn: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, cn);
-    CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
-}
-
-fn leaf(ca: &CertifiedIssuer<'static, KeyPair>, sans: &[&str], cn: &str) -> (String, String) {
-    let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, ca).unwrap();
-    (cert.pem(), key.serialize_pem())
 }
 
 impl Pki {
@@ -75,27 +58,8 @@ impl Pki {
     }
 }
 
-fn pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
-    podtrail::tls::certs_from_pem(pem.as_bytes())
-}
-
 fn client_config(pki: &Pki, identity: Option<&(String, String)>) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for c in pem_certs(&pki.ca_pem) {
-        roots.add(c).unwrap();
-    }
-    let b = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let cfg = match identity {
-        Some((cert, key)) => {
-            let key = podtrail::tls::key_from_pem(key.as_bytes()).unwrap();
-            b.with_client_auth_cert(pem_certs(cert), key).unwrap()
-        }
-        None => b.with_no_client_auth(),
-    };
-    Arc::new(cfg)
+    tls::client(&pki.ca_pem, identity)
 }
 
 struct Reply {

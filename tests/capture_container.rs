@@ -1,19 +1,17 @@
 //! The capture stage against a real container: containerd + runc start a busybox container and
 //! `ctr task exec` (a real runc exec, what kubelet does for `kubectl exec`) runs a shell in it.
 
-mod common;
 mod support;
 
 use std::os::unix::fs::MetadataExt;
 
-use common::containers::{prerequisites_or_skip, Containerd};
 use podtrail::capture::loader::{find_cgroup2, CaptureOptions};
-use support::capture_while;
+use support::containers::Containerd;
+use support::kernel::capture_while;
 
 #[test]
 fn runc_exec_shell_is_in_the_container_with_its_parent_outside() {
-    assert!(prerequisites_or_skip(), "container prerequisites missing");
-    let ctrd = std::sync::Arc::new(Containerd::start().expect("start containerd"));
+    let ctrd = std::sync::Arc::new(Containerd::start());
     let c = ctrd.clone();
     let ((existing, fresh), cap) =
         capture_while(CaptureOptions { ignore_self: false, ..Default::default() }, move || {

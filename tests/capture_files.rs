@@ -9,7 +9,7 @@ use podtrail::capture::{
     event::{Event, FileEvent, FileOp},
     loader::CaptureOptions,
 };
-use support::capture_while;
+use support::kernel::{capture_while, run};
 
 fn sh(dir: &std::path::Path, script: &str) {
     let st = Command::new("/bin/sh").arg("-c").arg(script).current_dir(dir).status().unwrap();
@@ -110,8 +110,8 @@ fn a_freshly_written_executable_carries_its_change_time() {
     std::fs::copy("/bin/true", &bin).unwrap();
     let b2 = bin.clone();
     let (pid, cap) = capture_while(CaptureOptions { ignore_self: false, ..Default::default() }, move || {
-        let (pid, _) = support::run(Command::new(&b2).arg("new"));
-        let (old, _) = support::run(Command::new("/bin/true").arg("old"));
+        let (pid, _) = run(Command::new(&b2).arg("new"));
+        let (old, _) = run(Command::new("/bin/true").arg("old"));
         (pid, old)
     });
     let fresh = cap.execs().find(|e| e.pid == pid.0).expect("exec of the fresh file");

@@ -16,7 +16,7 @@ use podtrail::capture::{
     event::{Event, ExitStatus, ResultPhase, Transport},
     loader::CaptureOptions,
 };
-use support::{capture_while, run};
+use support::kernel::{capture_while, run, Captured};
 
 /// The test process makes some of the connections itself, so it must not be filtered out.
 fn opts() -> CaptureOptions {
@@ -154,7 +154,7 @@ fn fork_exit_code_and_signal() {
     }
 }
 
-fn connect_outcome(cap: &support::Captured, port: u16, transport: Transport) -> (u64, Vec<(ResultPhase, i32)>) {
+fn connect_outcome(cap: &Captured, port: u16, transport: Transport) -> (u64, Vec<(ResultPhase, i32)>) {
     let me = std::process::id();
     let c = cap
         .events

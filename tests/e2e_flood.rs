@@ -16,19 +16,19 @@
 //! shares the host's network (`--net-host`, as in tests/e2e_activity.rs) so the route applies.
 //!
 //! Needs root, containerd/runc/ctr, busybox-static, a C compiler with a static libc and `ip`;
-//! fails (never skips) under CI when one is missing. Run:
+//! fails (never skips) when one is missing. Run:
 //! `cargo test --release --test e2e_flood`.
 
-mod common;
-mod e2e_support;
+mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::containers::Containerd;
-use e2e_support::*;
+use support::agent::{containerd_config, exit_report, metric, Podtrail, Scratch};
+use support::containers::Containerd;
+use support::otlp_json::{self, Span};
 
 /// Destinations: ADDRS addresses times PORTS ports, each connected to ROUNDS times.
 const ADDRS: u32 = 50;
@@ -44,6 +44,7 @@ struct LocalRoute(String);
 
 impl LocalRoute {
     fn add(cidr: &str) -> LocalRoute {
+        support::prereq::program("ip", "iproute2");
         let out = Command::new("ip").args(["route", "add", "local", cidr, "dev", "lo"]).output().expect("run ip");
         assert!(out.status.success(), "ip route add local {cidr}: {}", String::from_utf8_lossy(&out.stderr));
         LocalRoute(cidr.to_owned())
@@ -56,20 +57,18 @@ impl Drop for LocalRoute {
     }
 }
 
-/// The flood program, compiled statically (the container has no libc). None outside CI when
-/// there is no compiler.
-fn compile_flood(dir: &Path) -> Option<std::path::PathBuf> {
+/// The flood program, compiled statically (the container has no libc); fails the test when it
+/// cannot be.
+fn compile_flood(dir: &Path) -> std::path::PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/connect_flood.c");
     let bin = dir.join("connect_flood");
     let out = Command::new("cc").args(["-static", "-O2", "-o"]).arg(&bin).arg(&src).output();
     match out {
-        Ok(o) if o.status.success() => Some(bin),
-        other => {
-            let why = format!("cannot build a static tests/fixtures/connect_flood.c with cc: {other:?}");
-            assert!(std::env::var_os("CI").is_none(), "CI must run the flood test: {why}");
-            eprintln!("SKIPPED (not CI): {why}");
-            None
-        }
+        Ok(o) if o.status.success() => bin,
+        other => support::prereq::missing(
+            &format!("a C compiler with a static libc (cc -static tests/fixtures/connect_flood.c: {other:?})"),
+            "apt-get install gcc libc6-dev",
+        ),
     }
 }
 
@@ -101,19 +100,15 @@ fn outbound_metrics(text: &str) -> Outbound {
     }
 }
 
-fn attr<'a>(attrs: &'a [(String, String)], k: &str) -> Option<&'a str> {
-    attrs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
-}
-
-fn int_attr(attrs: &[(String, String)], k: &str) -> u64 {
-    attr(attrs, k).map(|v| v.trim_matches('"').parse().unwrap_or_else(|_| panic!("{k} = {v}"))).unwrap_or(0)
+fn int_attr(span: &Span, k: &str) -> u64 {
+    span.text(k).map(|v| v.parse().unwrap_or_else(|_| panic!("{k} = {v}"))).unwrap_or(0)
 }
 
 #[test]
 fn a_connect_flood_is_folded_and_limited_and_every_connect_is_accounted_for() {
-    let Some(cd) = Containerd::start() else { return };
+    let cd = Containerd::start();
     let dir = Scratch::new("flood");
-    let Some(flood) = compile_flood(&dir) else { return };
+    let flood = compile_flood(&dir);
     // a /24 of our own (two runs of this test at once must not share one)
     let net = format!("198.18.{}", 100 + std::process::id() % 150);
     let _route = LocalRoute::add(&format!("{net}.0/24"));
@@ -175,16 +170,17 @@ fn a_connect_flood_is_folded_and_limited_and_every_connect_is_accounted_for() {
     let (kernel_dropped, delivery) = exit_report(&log, "file");
 
     // What was exported: the container's outbound connect spans (one per trace).
-    let spans = file_spans(&traces);
-    let outbound: Vec<_> = spans
+    let spans = otlp_json::read(&traces);
+    let outbound: Vec<&Span> = spans
         .iter()
-        .filter(|(_, _, name, a)| name.starts_with("connect ") && attr(a, "podtrail.session.kind") == Some("outbound"))
+        .filter(|s| s.name.starts_with("connect ") && s.text("podtrail.session.kind").as_deref() == Some("outbound"))
         .collect();
-    let mine: Vec<_> = outbound.iter().filter(|(_, _, _, a)| attr(a, "container.id") == Some(c.id.as_str())).collect();
-    let counted: u64 = mine.iter().map(|(_, _, _, a)| int_attr(a, "podtrail.folded.count")).sum();
-    let marked: u64 = mine.iter().map(|(_, _, _, a)| int_attr(a, "podtrail.activity.suppressed")).sum();
-    let folded: u64 = mine.iter().map(|(_, _, _, a)| int_attr(a, "podtrail.folded.count").saturating_sub(1)).sum();
-    let traces_mine: BTreeSet<&String> = mine.iter().map(|(t, ..)| t).collect();
+    let mine: Vec<&Span> =
+        outbound.iter().copied().filter(|s| s.text("container.id").as_deref() == Some(c.id.as_str())).collect();
+    let counted: u64 = mine.iter().map(|s| int_attr(s, "podtrail.folded.count")).sum();
+    let marked: u64 = mine.iter().map(|s| int_attr(s, "podtrail.activity.suppressed")).sum();
+    let folded: u64 = mine.iter().map(|s| int_attr(s, "podtrail.folded.count").saturating_sub(1)).sum();
+    let traces_mine: BTreeSet<String> = mine.iter().map(|s| s.trace_id.clone()).collect();
     eprintln!(
         "exported: {} outbound traces of the container, {counted} connects counted ({folded} folded), \
          {marked} marked suppressed; kernel dropped {kernel_dropped}; delivery {delivery:?}",
@@ -196,10 +192,10 @@ fn a_connect_flood_is_folded_and_limited_and_every_connect_is_accounted_for() {
     assert_eq!(m.ring_lost, 0);
     assert_eq!(delivery.lost(), 0, "the file sink lost spans: {delivery:?}");
     assert_eq!(traces_mine.len(), mine.len(), "one connect span per outbound trace");
-    for (_, _, name, a) in &mine {
-        let to = attr(a, "server.address").unwrap_or_default();
-        assert!(to.starts_with(&format!("{net}.")), "{name}: a flood destination");
-        assert_eq!(attr(a, "podtrail.network.destination.scope"), Some("external"));
+    for s in &mine {
+        let to = s.text("server.address").unwrap_or_default();
+        assert!(to.starts_with(&format!("{net}.")), "{}: a flood destination", s.name);
+        assert_eq!(s.text("podtrail.network.destination.scope").as_deref(), Some("external"));
     }
     assert_eq!(
         counted + marked,
@@ -215,10 +211,10 @@ fn a_connect_flood_is_folded_and_limited_and_every_connect_is_accounted_for() {
 
     // /metrics agrees with the export. The agent sees the whole node: connects of other
     // containers (another test running at the same time) are in both sides.
-    let others: Vec<_> =
-        outbound.iter().filter(|(_, _, _, a)| attr(a, "container.id") != Some(c.id.as_str())).collect();
-    let other_counted: u64 = others.iter().map(|(_, _, _, a)| int_attr(a, "podtrail.folded.count")).sum();
-    let other_marked: u64 = others.iter().map(|(_, _, _, a)| int_attr(a, "podtrail.activity.suppressed")).sum();
+    let others: Vec<&Span> =
+        outbound.iter().copied().filter(|s| s.text("container.id").as_deref() != Some(c.id.as_str())).collect();
+    let other_counted: u64 = others.iter().map(|s| int_attr(s, "podtrail.folded.count")).sum();
+    let other_marked: u64 = others.iter().map(|s| int_attr(s, "podtrail.activity.suppressed")).sum();
     let note = format!("{} outbound traces of other containers were exported too", others.len());
     assert_eq!((m.open, m.unmarked), (0, 0), "nothing left in the agent once quiet");
     assert_eq!(
@@ -228,7 +224,7 @@ fn a_connect_flood_is_folded_and_limited_and_every_connect_is_accounted_for() {
     );
     assert_eq!(
         m.folded,
-        folded + others.iter().map(|(_, _, _, a)| int_attr(a, "podtrail.folded.count").saturating_sub(1)).sum::<u64>(),
+        folded + others.iter().map(|s| int_attr(s, "podtrail.folded.count").saturating_sub(1)).sum::<u64>(),
         "folded ({note})"
     );
     assert_eq!(m.suppressed, marked + other_marked, "suppressed: /metrics against the marks exported ({note})");
@@ -240,9 +236,9 @@ fn a_connect_flood_is_folded_and_limited_and_every_connect_is_accounted_for() {
 /// one destination outside the cluster is one outbound trace whose connect span counts 1 000.
 #[test]
 fn a_thousand_identical_connects_are_one_span_counting_a_thousand() {
-    let Some(cd) = Containerd::start() else { return };
+    let cd = Containerd::start();
     let dir = Scratch::new("flood-1000");
-    let Some(flood) = compile_flood(&dir) else { return };
+    let flood = compile_flood(&dir);
     let net = format!("198.19.{}", 100 + std::process::id() % 150);
     let _route = LocalRoute::add(&format!("{net}.0/24"));
     let config = dir.join("podtrail.toml");
@@ -266,18 +262,15 @@ fn a_thousand_identical_connects_are_one_span_counting_a_thousand() {
     assert!(report.starts_with("connects=1000 refused=1000 other=0 "), "{report}");
     std::thread::sleep(Duration::from_secs(1));
     agent.stop();
-    let spans = read_otlp_file(&traces);
+    let spans = otlp_json::read(&traces);
     let mine: Vec<_> = spans
         .iter()
-        .filter(|s| {
-            e2e_support::attr(s, "container.id").as_deref() == Some(c.id.as_str())
-                && s["name"].as_str().is_some_and(|n| n.starts_with("connect "))
-        })
+        .filter(|s| s.text("container.id").as_deref() == Some(c.id.as_str()) && s.name.starts_with("connect "))
         .collect();
     assert_eq!(mine.len(), 1, "one span for the 1 000 connects: {mine:#?}");
     let s = mine[0];
-    assert_eq!(e2e_support::attr(s, "server.address"), Some(format!("{net}.1")));
-    assert_eq!(e2e_support::attr(s, "podtrail.folded.count").as_deref(), Some("1000"));
-    assert_eq!(e2e_support::attr(s, "podtrail.session.kind").as_deref(), Some("outbound"));
-    assert!(e2e_support::attr(s, "podtrail.activity.suppressed").is_none(), "nothing suppressed");
+    assert_eq!(s.text("server.address"), Some(format!("{net}.1")));
+    assert_eq!(s.text("podtrail.folded.count").as_deref(), Some("1000"));
+    assert_eq!(s.text("podtrail.session.kind").as_deref(), Some("outbound"));
+    assert!(s.text("podtrail.activity.suppressed").is_none(), "nothing suppressed");
 }

@@ -4,16 +4,15 @@
 //! `tar`), and Jaeger's query API asked what a user would ask.
 //!
 //! Needs root, containerd/runc/ctr, busybox-static and Go (Jaeger is built once and cached by
-//! tests/harness/jaeger.sh). Outside CI a missing container prerequisite skips with a message;
-//! under `CI` it fails. Run: `cargo test --release --test e2e_jaeger`.
+//! tests/harness/jaeger.sh); fails (never skips) when one is missing. Run:
+//! `cargo test --release --test e2e_jaeger`.
 //!
 //! busybox note: Debian's busybox-static 1.35 is built without wget's timeout option; `-T`
 //! is missing from its usage and passing it crashes wget with SIGSEGV during option parsing,
 //! before any socket is opened (whatever the target). The sessions below bound wget with the
 //! server being local instead.
 
-mod common;
-mod e2e_support;
+mod support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,8 +20,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::containers::{unique, Container, Containerd};
-use e2e_support::*;
+use support::agent::{containerd_config, exit_report, metric, Podtrail, Scratch};
+use support::containers::{unique, Container, Containerd};
+use support::jaeger::{JSpan, Jaeger};
+use support::otlp_json;
 
 /// One agent, one Jaeger, one containerd at a time: two cores, and each test's counts must be
 /// its own.
@@ -58,15 +59,7 @@ fn web_container(cd: &Containerd, name: &str) -> Container {
 /// podtrail's config for the private containerd (pod labels come from its socket).
 fn agent_config(dir: &Path, cd: &Containerd, export: &str) -> PathBuf {
     let p = dir.join("podtrail.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "[process]\ncontainerd_socket = \"{}\"\ncontainerd_namespaces = [\"{}\"]\n\n[export]\n{export}\n",
-            cd.address.display(),
-            cd.namespace
-        ),
-    )
-    .unwrap();
+    std::fs::write(&p, containerd_config(&cd.address, &cd.namespace, &format!("[export]\n{export}\n"))).unwrap();
     p
 }
 
@@ -103,7 +96,7 @@ fn exec_session_is_one_jaeger_trace_shaped_as_its_process_tree() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     // Dropped last (declared first): the guards below keep state in it.
     let dir = Scratch::new("tree");
-    let Some(cd) = Containerd::start() else { return };
+    let cd = Containerd::start();
     let name = unique("api");
     let c = web_container(&cd, &name);
     let jaeger = Jaeger::start(&dir.join("jaeger"));
@@ -210,7 +203,7 @@ fn backend_outage_is_counted_exactly_marked_on_the_root_and_never_slows_the_read
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     // Dropped last (declared first): the guards below keep state in it.
     let dir = Scratch::new("loss");
-    let Some(cd) = Containerd::start() else { return };
+    let cd = Containerd::start();
     let name = unique("api");
     let c = web_container(&cd, &name);
     let rootfs = cd.dir.join("rootfs").join(&c.id);
@@ -240,9 +233,9 @@ fn backend_outage_is_counted_exactly_marked_on_the_root_and_never_slows_the_read
     let deadline = Instant::now() + Duration::from_secs(30);
     let lost_while_down = loop {
         let m = agent.scrape();
-        let tar_in_file = file_spans(&file)
+        let tar_in_file = otlp_json::read(&file)
             .iter()
-            .any(|s| s.2 == "tar" && s.3.iter().any(|(k, v)| k == "k8s.container.name" && v == &name));
+            .any(|s| s.name == "tar" && s.str("k8s.container.name").as_deref() == Some(name.as_str()));
         let lost = metric(&m, "podtrail_spans_lost_total").unwrap_or(0.0);
         if tar_in_file && lost >= 3.0 {
             assert_eq!(metric(&m, "podtrail_kernel_dropped{").unwrap_or(0.0), 0.0, "the reader kept up:\n{m}");
@@ -259,11 +252,11 @@ fn backend_outage_is_counted_exactly_marked_on_the_root_and_never_slows_the_read
     assert!(String::from_utf8_lossy(&out.stdout).contains("done"), "session did not finish");
 
     let root_in_file = jaeger.wait_for(30, "the session's root in the file", |_| {
-        file_spans(&file)
+        otlp_json::read(&file)
             .into_iter()
-            .find(|s| s.2 == "exec" && s.3.iter().any(|(k, v)| k == "k8s.container.name" && v == &name))
+            .find(|s| s.name == "exec" && s.str("k8s.container.name").as_deref() == Some(name.as_str()))
     });
-    let trace_id = root_in_file.0.clone();
+    let trace_id = root_in_file.trace_id.clone();
     let spans = jaeger.wait_for(30, "the session's root after the outage", |j| {
         j.trace(&trace_id).filter(|t| t.iter().any(|s| s.parent.is_none()))
     });
@@ -272,8 +265,8 @@ fn backend_outage_is_counted_exactly_marked_on_the_root_and_never_slows_the_read
 
     // Exact: the file sink got every span; what Jaeger lacks of this session is what the
     // root says was lost.
-    let in_file: Vec<_> = file_spans(&file).into_iter().filter(|s| s.0 == trace_id).collect();
-    let missing = in_file.iter().filter(|s| !spans.iter().any(|j| j.id == s.1)).count() as u64;
+    let in_file: Vec<_> = otlp_json::read(&file).into_iter().filter(|s| s.trace_id == trace_id).collect();
+    let missing = in_file.iter().filter(|s| !spans.iter().any(|j| j.id == s.span_id)).count() as u64;
     let root = spans.iter().find(|s| s.parent.is_none()).unwrap();
     assert!(missing >= 3, "wget, tar and the connect at least were lost: {missing}\n{}", show(&spans));
     assert_eq!(root.tag("podtrail.session.spans_lost"), Some(missing.to_string().as_str()), "root: {:?}", root.tags);

@@ -1,21 +1,21 @@
-//! Issue 6 end to end: the real `podtrail run`, watching a fake Kubernetes API (tests/kube_fake,
-//! through a kubeconfig) and a busybox container of a private containerd (tests/common) whose
-//! own processes (no exec session) connect to 203.0.113.7. While no node claims that address
+//! Issue 6 end to end: the real `podtrail run`, watching a fake Kubernetes API
+//! (tests/support/kube.rs, through a kubeconfig) and a busybox container of a private
+//! containerd (tests/support/containers.rs) whose own processes (no exec session) connect to
+//! 203.0.113.7. While no node claims that address
 //! it is external and its connects are outbound traces; once the API announces a node whose
 //! podCIDR holds it, the agent logs the learned range, counts it in /metrics, and connects to
 //! it are no longer recorded, while connects to another outside address still are.
-//! Needs root and containerd; fails (never skips) under CI when they are missing.
+//! Needs root and containerd; fails (never skips) when one is missing.
 
-mod common;
-mod e2e_support;
-mod kube_fake;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::containers::Containerd;
-use e2e_support::{file_spans, metric, Podtrail, Scratch};
-use kube_fake::{ev, list, FakeApi, ListStep, Route, WatchStep};
 use serde_json::{json, Value};
+use support::agent::{containerd_config, metric, Podtrail, Scratch};
+use support::containers::Containerd;
+use support::kube::{ev, list, FakeApi, ListStep, Route, WatchStep};
+use support::otlp_json;
 
 const BECOMES_POD: &str = "203.0.113.7";
 const STAYS_OUT: &str = "198.51.100.7";
@@ -36,7 +36,7 @@ fn wait_log(agent: &Podtrail, what: &str, cond: impl Fn(&str) -> bool) {
 
 #[test]
 fn connects_stop_being_outbound_once_a_node_podcidr_claims_the_address() {
-    let Some(cd) = Containerd::start() else { return };
+    let cd = Containerd::start();
     let dir = Scratch::new("ranges");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let pods = Route::new("/api/v1/pods", "PodList").containing("fieldSelector=spec.nodeName%3Dnode-1");
@@ -50,11 +50,7 @@ fn connects_stop_being_outbound_once_a_node_podcidr_claims_the_address() {
     let cidrs = Route::new("/apis/networking.k8s.io/v1/servicecidrs", "ServiceCIDRList");
     let api = rt.block_on(FakeApi::start(vec![pods, nodes, cidrs]));
     api.kubeconfig(&dir.join("kubeconfig"));
-    let config = format!(
-        "[process]\ncontainerd_socket = {:?}\ncontainerd_namespaces = [{:?}]\n\n[kube]\nwatch = \"on\"\nnode_name = \"node-1\"\n",
-        cd.address.display().to_string(),
-        cd.namespace
-    );
+    let config = containerd_config(&cd.address, &cd.namespace, "[kube]\nwatch = \"on\"\nnode_name = \"node-1\"\n");
     std::fs::write(dir.join("podtrail.toml"), config).unwrap();
     // the agent's kube client reads KUBECONFIG; this test is the only one in its process
     std::env::set_var("KUBECONFIG", dir.join("kubeconfig"));
@@ -84,15 +80,12 @@ fn connects_stop_being_outbound_once_a_node_podcidr_claims_the_address() {
     assert_eq!(metric(&scraped, "podtrail_cluster_ranges{kind=\"pod\",source=\"nodes\"}"), Some(2.0), "{scraped}");
     assert_eq!(metric(&scraped, "podtrail_cluster_ranges{kind=\"node\",source=\"nodes\"}"), Some(2.0), "{scraped}");
     assert_eq!(metric(&scraped, "podtrail_cluster_ranges{kind=\"pod\",source=\"config\"}"), Some(0.0), "{scraped}");
-    let spans = file_spans(&traces);
-    let attr = |a: &[(String, String)], k: &str| a.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let spans = otlp_json::read(&traces);
     let connects: Vec<(String, String, String)> = spans
         .iter()
-        .filter(|(_, _, name, a)| {
-            name.starts_with("connect ") && attr(a, "container.id").as_deref() == Some(c.id.as_str())
-        })
-        .map(|(_, _, _, a)| {
-            let get = |k| attr(a, k).unwrap_or_default();
+        .filter(|s| s.name.starts_with("connect ") && s.str("container.id").as_deref() == Some(c.id.as_str()))
+        .map(|s| {
+            let get = |k| s.text(k).unwrap_or_default();
             (get("server.address"), get("server.port"), get("podtrail.network.destination.scope"))
         })
         .collect();

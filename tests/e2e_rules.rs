@@ -1,4 +1,4 @@
-//! The shipped detection rules end to end: a private containerd + runc (tests/common), a
+//! The shipped detection rules end to end: a private containerd + runc (tests/support), a
 //! busybox container whose init is busybox `httpd` serving a payload on its loopback, the real
 //! `podtrail run` binary writing OTLP/JSON to a file, and real `ctr task exec` sessions (with a
 //! terminal where the scenario needs one: `ctr task exec -t` is given a pty by a small Python
@@ -11,27 +11,27 @@
 //! Not covered here: memfd execution (busybox cannot create a memfd; a deleted executable,
 //! the rule's other case, is), `unlinkat` with a directory fd (busybox `rm` does not use one;
 //! tests/capture_files.rs covers it at the kernel level).
-//! Needs root, containerd and python3; fails (never skips) under CI when they are missing.
+//! Needs root, containerd and python3; fails (never skips) when one is missing.
 
-mod common;
-mod e2e_support;
+mod support;
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     os::unix::fs::symlink,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     sync::Mutex,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
-use common::containers::{Container, Containerd};
 use serde_json::{json, Value};
+use support::agent::{containerd_config, FileAgent};
+use support::audit::{event_list, exec_events, new_audit_id, pod_labels};
+use support::containers::{unique, Container, Containerd};
+use support::otlp_json::{self, Span};
 
 /// One agent (kernel programs, containerd) at a time in this binary.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 const SHELL: &str = "Terminal shell in a container";
 const DOWNLOAD: &str = "Download then execute";
@@ -45,16 +45,6 @@ const CAPTURE: &str = "Packet capture";
 
 /// Applets the scenarios need beyond the harness's list.
 const MORE_APPLETS: &[&str] = &["httpd", "gzip", "gunzip", "ln", "truncate", "chmod", "cp", "tcpdump"];
-
-/// The CRI labels kubelet puts on a pod's container (so an audit record can match).
-fn pod_labels() -> Vec<(&'static str, &'static str)> {
-    vec![
-        ("io.kubernetes.pod.name", "api-7d9c"),
-        ("io.kubernetes.pod.namespace", "billing"),
-        ("io.kubernetes.pod.uid", "3f9d2c4e-1b7a-4c55-8e21-7a6b5c4d3e2f"),
-        ("io.kubernetes.container.name", "api"),
-    ]
-}
 
 /// What the image ships: more applets, /etc/shadow, a history file, and under /www what
 /// httpd serves: `payload` (a static busybox) and `kit.tar.gz` (kit/busybox).
@@ -80,28 +70,21 @@ fn prepare(root: &Path) {
 /// `podtrail run` with a loopback audit webhook (so "no Kubernetes request" means something),
 /// writing OTLP/JSON to a file; SIGTERM on drop.
 struct Agent {
-    inner: e2e_support::FileAgent,
-    webhook: String,
+    inner: FileAgent,
+}
+
+impl std::ops::Deref for Agent {
+    type Target = FileAgent;
+    fn deref(&self) -> &FileAgent {
+        &self.inner
+    }
 }
 
 impl Agent {
     fn start(cd: &Containerd) -> Agent {
-        let webhook = format!("127.0.0.1:{}", e2e_support::free_port());
         let extra = "[attribution]\nhold_ms = 2000\n\n[metrics]\nlisten = \"\"\n";
-        let config = e2e_support::containerd_config(&cd.address, &cd.namespace, extra);
-        Agent { inner: e2e_support::FileAgent::start(&config, &["--audit-webhook-loopback", &webhook]), webhook }
-    }
-
-    fn log(&self) -> String {
-        self.inner.log()
-    }
-
-    fn file(&self) -> PathBuf {
-        self.inner.file()
-    }
-
-    fn post_audit(&self, body: &Value) {
-        self.inner.post_audit(&self.webhook, body)
+        let config = containerd_config(&cd.address, &cd.namespace, extra);
+        Agent { inner: FileAgent::start_audited(&config, &[]) }
     }
 
     /// Waits until a span's argv holds each marker and its trace's root is in the file (the
@@ -109,7 +92,7 @@ impl Agent {
     fn stop_after(mut self, markers: &[&str], timeout: Duration) -> Vec<Span> {
         let deadline = Instant::now() + timeout;
         loop {
-            let spans = read_spans(&self.file());
+            let spans = otlp_json::read(&self.file());
             let missing: Vec<&&str> = markers.iter().filter(|m| !has_root(&spans, m)).collect();
             if missing.is_empty() {
                 break;
@@ -121,37 +104,19 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(250));
         }
         self.inner.terminate();
-        read_spans(&self.file())
+        otlp_json::read(&self.file())
     }
 }
 
-/// A span as the OTLP/JSON file holds it, with its events.
-#[derive(Clone, Debug)]
-struct Span {
-    trace_id: String,
-    parent: String,
-    name: String,
-    attrs: Value,
-    events: Vec<(String, Value)>,
-}
-
-impl Span {
-    fn attr(&self, key: &str) -> Option<Value> {
-        attr_of(&self.attrs, key)
-    }
-
-    fn str(&self, key: &str) -> Option<String> {
-        self.attr(key).and_then(|v| v.as_str().map(str::to_owned))
-    }
-
-    fn args(&self) -> Vec<String> {
-        match self.attr("process.command_args") {
-            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
-            _ => vec![],
-        }
-    }
-
+/// The rules stage's `alert` events on a span.
+trait Alerts {
     /// Rules that fired on this span.
+    fn alerts(&self) -> Vec<String>;
+    /// Each alert event's attributes as a plain JSON object.
+    fn alert_events(&self) -> Vec<Value>;
+}
+
+impl Alerts for Span {
     fn alerts(&self) -> Vec<String> {
         self.alert_events()
             .iter()
@@ -159,73 +124,9 @@ impl Span {
             .collect()
     }
 
-    /// Each alert event's attributes as a plain JSON object.
     fn alert_events(&self) -> Vec<Value> {
-        self.events
-            .iter()
-            .filter(|(n, _)| n == "alert")
-            .map(|(_, a)| {
-                let mut o = serde_json::Map::new();
-                for kv in a.as_array().into_iter().flatten() {
-                    o.insert(kv["key"].as_str().unwrap_or("").to_owned(), plain(&kv["value"]));
-                }
-                Value::Object(o)
-            })
-            .collect()
+        self.events_named("alert")
     }
-}
-
-fn attr_of(attrs: &Value, key: &str) -> Option<Value> {
-    attrs.as_array()?.iter().find(|kv| kv["key"] == key).map(|kv| plain(&kv["value"]))
-}
-
-/// An OTLP/JSON AnyValue as plain JSON (`intValue` is a string in OTLP/JSON).
-fn plain(v: &Value) -> Value {
-    if let Some(s) = v.get("stringValue") {
-        return s.clone();
-    }
-    if let Some(b) = v.get("boolValue") {
-        return b.clone();
-    }
-    if let Some(i) = v.get("intValue") {
-        return match i {
-            Value::String(s) => json!(s.parse::<i64>().expect("intValue")),
-            other => other.clone(),
-        };
-    }
-    if let Some(a) = v.get("arrayValue") {
-        return Value::Array(a["values"].as_array().map(|v| v.iter().map(plain).collect()).unwrap_or_default());
-    }
-    v.clone()
-}
-
-/// Every span in an OTLP/JSON lines file (one ExportTraceServiceRequest per line).
-fn read_spans(path: &Path) -> Vec<Span> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let req: Value = serde_json::from_str(line).expect("each line is one OTLP/JSON request");
-        for rs in req["resourceSpans"].as_array().into_iter().flatten() {
-            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
-                for s in ss["spans"].as_array().into_iter().flatten() {
-                    let events = s["events"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|e| (e["name"].as_str().unwrap_or("").to_owned(), e["attributes"].clone()))
-                        .collect();
-                    out.push(Span {
-                        trace_id: s["traceId"].as_str().expect("traceId").to_owned(),
-                        parent: s["parentSpanId"].as_str().unwrap_or("").to_owned(),
-                        name: s["name"].as_str().unwrap_or("").to_owned(),
-                        attrs: s["attributes"].clone(),
-                        events,
-                    });
-                }
-            }
-        }
-    }
-    out
 }
 
 /// The trace whose processes ran with `marker` in an argument.
@@ -335,7 +236,7 @@ sys.exit(os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcod
 "#;
 
 fn tty_session(cd: &Containerd, c: &Container, lines: &[&str]) -> String {
-    let exec_id = common::containers::unique("tty");
+    let exec_id = unique("tty");
     let out = Command::new("python3")
         .arg("-c")
         .arg(PTY_DRIVER)
@@ -371,77 +272,28 @@ fn sh(cd: &Containerd, c: &Container, script: &str) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
-// --- audit records (for the "no Kubernetes request" pair), as in tests/e2e_attribution.rs ---
-
-fn audit_time(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap();
-    let ts = jiff::Timestamp::from_second(d.as_secs() as i64).unwrap();
-    format!("{}.{:06}Z", ts.strftime("%Y-%m-%dT%H:%M:%S"), d.subsec_micros())
-}
-
-fn query_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            b' ' => "+".into(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// The audit EventList of one `kubectl exec` of `command` into billing/api-7d9c.
+/// The audit EventList of one `kubectl exec` of `command` into billing/api-7d9c (for the
+/// "no Kubernetes request" pair).
 fn exec_request(audit_id: &str, command: &[&str], received: SystemTime) -> Value {
-    let fixture: Value =
-        serde_json::from_slice(&std::fs::read(Path::new(FIXTURES).join("audit/exec_websocket.json")).unwrap()).unwrap();
-    let template = "4b5f3c7e-8d2a-4f19-9c3e-2a1b0d9e8f70";
-    let mut items = Vec::new();
-    for ev in fixture["items"].as_array().unwrap() {
-        if ev["auditID"] != template || !["RequestReceived", "ResponseStarted"].contains(&ev["stage"].as_str().unwrap())
-        {
-            continue;
-        }
-        let mut ev = ev.clone();
-        ev["auditID"] = json!(audit_id);
-        let uri = ev["requestURI"].as_str().unwrap().to_owned();
-        let (path, query) = uri.split_once('?').unwrap();
-        let mut params: Vec<String> = command.iter().map(|c| format!("command={}", query_escape(c))).collect();
-        params.extend(query.split('&').filter(|p| !p.starts_with("command=")).map(str::to_owned));
-        ev["requestURI"] = json!(format!("{path}?{}", params.join("&")));
-        let at = if ev["stage"] == "RequestReceived" { received } else { received + Duration::from_millis(40) };
-        ev["requestReceivedTimestamp"] = json!(audit_time(received));
-        ev["stageTimestamp"] = json!(audit_time(at));
-        items.push(ev);
-    }
-    assert_eq!(items.len(), 2, "fixture lacks a stage");
-    json!({ "kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}, "items": items })
+    event_list(exec_events(audit_id, command, received, &["RequestReceived", "ResponseStarted"]))
 }
 
-fn new_audit_id() -> String {
-    let mut b = [0u8; 16];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).expect("urandom");
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    uuid::Uuid::from_bytes(b).hyphenated().to_string()
-}
-
-fn setup() -> Option<(std::sync::MutexGuard<'static, ()>, Containerd, Container)> {
+fn setup() -> (std::sync::MutexGuard<'static, ()>, Containerd, Container) {
     let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let cd = Containerd::start()?;
+    let cd = Containerd::start();
     if std::process::Command::new("python3").arg("-c").arg("import pty").status().map(|s| !s.success()).unwrap_or(true)
     {
-        assert!(std::env::var_os("CI").is_none(), "CI must run the rule scenarios: python3 with pty is missing");
-        eprintln!("SKIPPED (not CI): python3 with pty is missing");
-        return None;
+        support::prereq::missing("python3 with its pty module (the terminal driver)", "apt-get install python3");
     }
     let c = cd.run_prepared(&pod_labels(), &[], &["httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/www"], &prepare);
-    Some((guard, cd, c))
+    (guard, cd, c)
 }
 
 const HTTP: &str = "http://127.0.0.1:8080";
 
 #[test]
 fn each_shipped_rule_fires_on_a_real_session_and_stays_quiet_on_a_close_one() {
-    let Some((_g, cd, c)) = setup() else { return };
+    let (_g, cd, c) = setup();
     let agent = Agent::start(&cd);
     let mut markers: Vec<&str> = Vec::new();
     let mut run = |marker: &'static str, script: String| {
@@ -573,12 +425,10 @@ fn each_shipped_rule_fires_on_a_real_session_and_stays_quiet_on_a_close_one() {
     let append = t("mark-hist-append");
     append.assert_quiet(HISTORY);
     assert!(
-        append
-            .spans
+        append.spans.iter().any(|s| s
+            .events_named("file open")
             .iter()
-            .any(|s| s.events.iter().any(
-                |(n, a)| n == "file open" && attr_of(a, "podtrail.file.path") == Some(json!("/root/.ash_history"))
-            )),
+            .any(|a| a["podtrail.file.path"] == json!("/root/.ash_history"))),
         "the append is seen, as a file event without an alert: {:#?}",
         append.spans
     );
@@ -623,7 +473,7 @@ fn each_shipped_rule_fires_on_a_real_session_and_stays_quiet_on_a_close_one() {
 
 #[test]
 fn seed_incident_in_one_terminal_session_with_each_alert_on_its_span() {
-    let Some((_g, cd, c)) = setup() else { return };
+    let (_g, cd, c) = setup();
     let agent = Agent::start(&cd);
     let shown = tty_session(
         &cd,

@@ -1,17 +1,17 @@
 //! Cluster ranges learned from the Kubernetes API (issue 6), against a local server speaking
-//! the API's list/watch wire format (tests/kube_fake): Nodes' podCIDRs and addresses and
+//! the API's list/watch wire format (tests/support/kube.rs): Nodes' podCIDRs and addresses and
 //! ServiceCIDRs are learned, watch events update them, a `410 Gone` re-list forgets what is no
 //! longer listed, and the classification the process stage and the span builder use follows.
 //! A cluster that does not serve ServiceCIDRs (404) gives the default/kubernetes Service's
 //! address as a hint.
 
-mod kube_fake;
+mod support;
 
-use kube_fake::{ev, eventually, gone, list, FakeApi, ListStep, Route, WatchStep};
 use podtrail::enrich::ranges::{learn, RangeLearner, RangeSource};
 use podtrail::process::activity::ActivityConfig;
 use podtrail::scope::{RangeKind, ScopeConfig};
 use serde_json::{json, Value};
+use support::kube::{ev, eventually, gone, list, FakeApi, ListStep, Route, WatchStep};
 
 fn node(name: &str, rv: &str, pod_cidrs: &[&str], addresses: &[(&str, &str)]) -> Value {
     json!({"kind":"Node","apiVersion":"v1",

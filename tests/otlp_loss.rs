@@ -2,15 +2,14 @@
 //! span); a backend that refuses some requests loses those spans, and the session's root
 //! (sent last) says how many.
 
-mod otlp_common;
-mod spans_common;
+mod support;
 
 use std::sync::Arc;
 
-use otlp_common::*;
 use podtrail::export::ExportConfig;
 use podtrail::metrics::Metrics;
 use podtrail::spans::{NoAttributor, SpansConfig};
+use support::otlp::*;
 
 fn fast_retry(endpoint: String, protocol: &str) -> ExportConfig {
     ExportConfig {
@@ -34,7 +33,7 @@ fn expected_spans() -> u64 {
     };
     let mut st = podtrail::spans::SpanStage::new(ctx, Arc::new(NoAttributor));
     let mut out = podtrail::spans::Output::default();
-    for u in spans_common::shell_session() {
+    for u in support::sessions::shell_session() {
         st.update(u, std::time::Instant::now(), &mut out);
     }
     out.spans.len() as u64 + 2
@@ -49,7 +48,7 @@ async fn backend_down_every_span_is_counted_lost() {
     for proto in ["grpc", "http/protobuf"] {
         let metrics = Metrics::default();
         let report = export(
-            spans_common::shell_session(),
+            support::sessions::shell_session(),
             run_config(fast_retry(format!("http://{addr}"), proto), SpansConfig::default()),
             Arc::new(NoAttributor),
             metrics.clone(),
@@ -73,7 +72,7 @@ async fn refused_spans_are_counted_and_marked_on_the_root() {
         *rec.refuse_span.lock().unwrap() = Some("tar".into());
         let metrics = Metrics::default();
         let report = export(
-            spans_common::shell_session(),
+            support::sessions::shell_session(),
             run_config(fast_retry(format!("http://{addr}"), proto), SpansConfig::default()),
             Arc::new(NoAttributor),
             metrics.clone(),
@@ -103,7 +102,7 @@ async fn a_full_queue_loses_spans_but_keeps_the_roots_mark() {
     cfg.queue_spans = 2;
     let metrics = Metrics::default();
     let report = export(
-        spans_common::shell_session(),
+        support::sessions::shell_session(),
         run_config(cfg, SpansConfig::default()),
         Arc::new(NoAttributor),
         metrics.clone(),

@@ -2,19 +2,18 @@
 //! (gRPC and HTTP/protobuf), and as Python's `opentelemetry-proto` (a decoder we did not
 //! write) decodes the same bytes; and the OTLP/JSON file.
 
-mod otlp_common;
-mod spans_common;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use otlp_common::*;
 use podtrail::export::ExportConfig;
 use podtrail::metrics::Metrics;
 use podtrail::spans::SpansConfig;
+use support::otlp::*;
 
 fn alice_attributor() -> Arc<dyn podtrail::spans::Attributor> {
-    Arc::new(|_: &podtrail::model::SessionInfo| Some(spans_common::alice()))
+    Arc::new(|_: &podtrail::model::SessionInfo| Some(support::sessions::alice()))
 }
 
 /// The shell session's tree as received: name -> parent name, for the session's trace.
@@ -54,7 +53,7 @@ fn check_shell_session(rec: &Received) {
     let connect = spans.iter().find(|s| s.name == "connect 10.244.1.5:8080").unwrap();
     assert_eq!(connect.kind, 3, "CLIENT");
     // Times are the events' times, not the export's.
-    assert_eq!(wget.start_time_unix_nano, 1_700_000_000_000_000_000 + 12 * spans_common::S);
+    assert_eq!(wget.start_time_unix_nano, 1_700_000_000_000_000_000 + 12 * support::sessions::S);
     let root = spans.iter().find(|s| s.name == "kubectl exec").unwrap();
     assert!(root.parent_span_id.is_empty());
     assert_eq!(attr(root, "user.roles").as_deref(), Some("[\"system:authenticated\", \"sre\"]"));
@@ -79,7 +78,8 @@ async fn grpc_receiver_gets_the_session_tree() {
     };
     let metrics = Metrics::default();
     let report =
-        export(spans_common::shell_session(), run_config(cfg, spans_cfg()), alice_attributor(), metrics.clone()).await;
+        export(support::sessions::shell_session(), run_config(cfg, spans_cfg()), alice_attributor(), metrics.clone())
+            .await;
     assert_eq!(report.lost(), 0, "{report:?}");
     check_shell_session(&rec);
     let sent = rec.spans().len() as u64;
@@ -95,9 +95,13 @@ async fn http_protobuf_receiver_and_python_decode_the_same_bytes() {
         otlp_protocol: Some("http/protobuf".into()),
         ..Default::default()
     };
-    let report =
-        export(spans_common::shell_session(), run_config(cfg, spans_cfg()), alice_attributor(), Metrics::default())
-            .await;
+    let report = export(
+        support::sessions::shell_session(),
+        run_config(cfg, spans_cfg()),
+        alice_attributor(),
+        Metrics::default(),
+    )
+    .await;
     assert_eq!(report.lost(), 0, "{report:?}");
     check_shell_session(&rec);
 
@@ -150,9 +154,13 @@ async fn otlp_json_file_is_one_request_per_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spans.jsonl");
     let cfg = ExportConfig { file: Some(path.clone()), batch_spans: 4, ..Default::default() };
-    let report =
-        export(spans_common::shell_session(), run_config(cfg, spans_cfg()), alice_attributor(), Metrics::default())
-            .await;
+    let report = export(
+        support::sessions::shell_session(),
+        run_config(cfg, spans_cfg()),
+        alice_attributor(),
+        Metrics::default(),
+    )
+    .await;
     assert_eq!(report.lost(), 0);
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -189,7 +197,7 @@ async fn console_prints_the_session_tree() {
         };
         let mut st = podtrail::spans::SpanStage::new(ctx, alice_attributor());
         let mut out = podtrail::spans::Output::default();
-        for u in spans_common::shell_session() {
+        for u in support::sessions::shell_session() {
             st.update(u, std::time::Instant::now(), &mut out);
         }
         out.spans.into_iter().map(|(_, b)| b.span).collect::<Vec<_>>()

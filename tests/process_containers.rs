@@ -1,8 +1,8 @@
 //! The process stage against real containers: a private containerd + runc started by the
-//! harness (tests/common/containers.rs), the real kernel programs, and the session stage task.
-//! Needs root and containerd; fails (never skips) under CI when they are missing.
+//! harness (tests/support/containers.rs), the real kernel programs, and the session stage task.
+//! Needs root, a kernel with BTF and containerd; fails (never skips) when one is missing.
 
-mod common;
+mod support;
 
 use std::{
     io::{Read, Write},
@@ -12,12 +12,12 @@ use std::{
     time::Duration,
 };
 
-use common::containers::{Container, Containerd};
 use podtrail::capture::loader::{Capture, CaptureOptions};
 use podtrail::process::containerd::ContainerdClient;
 use podtrail::model::{ProcessRecord, SessionInfo, SessionKind, SessionUpdate};
 use podtrail::process::metrics::ProcessMetrics;
 use podtrail::process::run::{run, ProcessOptions};
+use support::containers::{Container, Containerd};
 use tokio::sync::mpsc;
 
 /// One kernel capture at a time in this binary: the tests count sessions per container, and
@@ -89,6 +89,7 @@ fn track_while<T: Send + 'static>(
     settle: Duration,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> (T, Vec<SessionUpdate>) {
+    support::prereq::kernel();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         let mut cap = Capture::start(CaptureOptions::default()).expect("load the BPF programs");
@@ -131,7 +132,7 @@ fn run_ok(cd: &Containerd, c: &Container, script: &str) -> String {
 #[test]
 fn exec_with_background_child_and_connect_is_one_session_and_the_init_none() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(cd) = Containerd::start() else { return };
+    let cd = Containerd::start();
     let labels = [
         ("io.kubernetes.pod.name", "web-0"),
         ("io.kubernetes.pod.namespace", "billing"),
@@ -186,7 +187,7 @@ fn exec_with_background_child_and_connect_is_one_session_and_the_init_none() {
 #[test]
 fn two_concurrent_execs_are_two_sessions() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(cd) = Containerd::start() else { return };
+    let cd = Containerd::start();
     let c = cd.run(&[], &[], &["sleep", "1000"]);
     let (cd, updates) = track_while(opts(&cd), Duration::from_millis(700), {
         let c = c.clone();
@@ -211,7 +212,7 @@ fn two_concurrent_execs_are_two_sessions() {
 #[test]
 fn shared_and_host_pid_namespace_inits_are_not_sessions_but_their_execs_are() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(cd) = Containerd::start() else { return };
+    let cd = Containerd::start();
     let a = cd.run(&[], &[], &["sleep", "1000"]);
     let a_pid = cd.task_pid(&a.id).unwrap();
     let ((cd, shared, host), updates) = track_while(opts(&cd), Duration::from_millis(700), {
@@ -239,7 +240,7 @@ fn shared_and_host_pid_namespace_inits_are_not_sessions_but_their_execs_are() {
 #[test]
 fn nsenter_from_the_host_is_a_node_session() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(cd) = Containerd::start() else { return };
+    let cd = Containerd::start();
     let c = cd.run(&[], &[], &["sleep", "1000"]);
     let pid = cd.task_pid(&c.id).unwrap().to_string();
     let (cd, updates) = track_while(opts(&cd), Duration::from_millis(700), move || {
@@ -263,7 +264,7 @@ fn nsenter_from_the_host_is_a_node_session() {
 #[test]
 fn a_session_running_when_the_stage_starts_is_learned_from_proc() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(cd) = Containerd::start() else { return };
+    let cd = Containerd::start();
     let c = cd.run(&[], &[], &["sleep", "1000"]);
     // long enough to outlive loading the kernel programs on a busy machine
     let early = cd.exec_cmd(&c.id, &["sh", "-c", "sleep 6; /bin/id; true"]).spawn().unwrap();
@@ -283,7 +284,7 @@ fn a_session_running_when_the_stage_starts_is_learned_from_proc() {
 #[test]
 fn containerd_api_gives_labels_and_the_task_pid() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(cd) = Containerd::start() else { return };
+    let cd = Containerd::start();
     let c = cd.run(&[("io.kubernetes.pod.name", "api-7"), ("io.kubernetes.pod.uid", "u-1")], &[], &["sleep", "1000"]);
     let want_pid = cd.task_pid(&c.id);
     let socket: PathBuf = cd.address.clone();

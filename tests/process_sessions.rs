@@ -2,202 +2,15 @@
 //! what the kernel side emits for a real scenario (runc exec, nsenter, runc create), written
 //! out by hand with the fields the tracker reads.
 
+mod support;
+
 use std::net::{IpAddr, Ipv4Addr};
 
 use podtrail::capture::event::*;
 use podtrail::process::containers::StaticContainers;
 use podtrail::model::*;
-use podtrail::process::proc_scan::ScannedProcess;
 use podtrail::process::SessionTracker;
-
-const HOST: u64 = 1; // a host cgroup (containerd-shim, runc, the node's shell)
-const C: u64 = 100; // container "web"
-const D: u64 = 200; // container "db"
-const HOST_PIDNS: u32 = 4026531836;
-const PIDNS_C: u32 = 4026532001;
-const PIDNS_D: u32 = 4026532002;
-const MNT_HOST: u32 = 4026531841;
-const MNT_C: u32 = 4026532100;
-const MNT_D: u32 = 4026532200;
-const TICK: u64 = 10_000_000;
-
-fn tracker() -> SessionTracker {
-    let lookup = StaticContainers::default().with(C, "web").with(D, "db");
-    SessionTracker::new(Box::new(lookup), HOST_PIDNS, TICK)
-}
-
-/// start time of a pid in these sequences: unique per pid unless a test reuses one
-fn st(pid: u32) -> u64 {
-    1_000_000_000 + pid as u64 * 1_000
-}
-
-fn key(pid: u32) -> ProcessKey {
-    ProcessKey { pid, start_ns: st(pid) }
-}
-
-fn fork(ts: u64, pid: u32, ppid: u32, cg: u64) -> Event {
-    Event::Fork(ForkEvent {
-        ts_ns: ts,
-        pid,
-        start_ns: st(pid),
-        cgroup_id: cg,
-        ppid,
-        parent_start_ns: st(ppid),
-        creator_pid: ppid,
-        pidns_ino: HOST_PIDNS,
-        nspid: pid,
-        uid: 0,
-    })
-}
-
-struct X {
-    pid: u32,
-    ppid: u32,
-    cg: u64,
-    pcg: u64,
-    nspid: u32,
-    pidns: u32,
-    mnt: u32,
-    argv: &'static [&'static str],
-}
-
-fn exec(ts: u64, x: X) -> Event {
-    Event::Exec(ExecEvent {
-        ts_ns: ts,
-        pid: x.pid,
-        tid: x.pid,
-        start_ns: st(x.pid),
-        cgroup_id: x.cg,
-        ppid: x.ppid,
-        parent_start_ns: st(x.ppid),
-        parent_cgroup_id: x.pcg,
-        nspid: x.nspid,
-        pidns_ino: x.pidns,
-        parent_pidns_ino: HOST_PIDNS,
-        mntns_ino: x.mnt,
-        uid: 0,
-        gid: 0,
-        euid: 0,
-        loginuid: None,
-        filename: b"/bin/busybox".to_vec(),
-        interp: None,
-        exe_path: b"/bin/busybox".to_vec(),
-        exe_ino: 1,
-        exe_dev: 1,
-        exe_nlink: 1,
-        exe_ctime_ns: 0,
-        argc: x.argv.len() as u32,
-        argv: x.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
-        audit_id: None,
-        comm: b"exe".to_vec(),
-        flags: ExecFlags { parent_other_cgroup: x.cg != x.pcg, ..Default::default() },
-    })
-}
-
-/// A process in container C, parent in C.
-fn exec_in(ts: u64, pid: u32, ppid: u32, argv: &'static [&'static str]) -> Event {
-    exec(ts, X { pid, ppid, cg: C, pcg: C, nspid: pid - 1000, pidns: PIDNS_C, mnt: MNT_C, argv })
-}
-
-fn exit(ts: u64, pid: u32, cg: u64, code: i32) -> Event {
-    Event::Exit(ExitEvent { ts_ns: ts, pid, start_ns: st(pid), cgroup_id: cg, status: ExitStatus::Code(code) })
-}
-
-fn connect(ts: u64, pid: u32, cookie: u64, transport: Transport, port: u16) -> Event {
-    Event::Connect(ConnectEvent {
-        ts_ns: ts,
-        pid,
-        tid: pid,
-        cgroup_id: C,
-        cookie,
-        transport,
-        addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
-        port,
-        mapped: false,
-    })
-}
-
-fn result(ts: u64, cookie: u64, error: i32) -> Event {
-    Event::ConnectResult(ConnectResultEvent {
-        ts_ns: ts,
-        pid: 0,
-        cookie,
-        error,
-        phase: ResultPhase::Syscall,
-        final_addr: None,
-        final_port: None,
-    })
-}
-
-fn ns_join(ts: u64, pid: u32, cg: u64, old_mnt: u32, mnt: u32, old_pidns: u32, pidns: u32, loginuid: u32) -> Event {
-    Event::NsJoin(NsJoinEvent {
-        ts_ns: ts,
-        pid,
-        tid: pid,
-        start_ns: st(pid),
-        cgroup_id: cg,
-        nstype: 0,
-        pidns_for_children_ino: pidns,
-        mntns_ino: mnt,
-        netns_ino: 0,
-        old_pidns_for_children_ino: old_pidns,
-        old_mntns_ino: old_mnt,
-        loginuid: Some(loginuid),
-        uid: 0,
-    })
-}
-
-/// runc create for container C: runc (pid 500, host) clones the init (1001) with
-/// CLONE_PARENT, which execs `sleep 1000` inside C as pid 1 of its namespace.
-fn start_container_c(t: &mut SessionTracker) -> Vec<SessionUpdate> {
-    let mut out = Vec::new();
-    out.extend(t.handle(&exec(
-        10,
-        X {
-            pid: 500,
-            ppid: 1,
-            cg: HOST,
-            pcg: HOST,
-            nspid: 500,
-            pidns: HOST_PIDNS,
-            mnt: MNT_HOST,
-            argv: &["containerd-shim"],
-        },
-    )));
-    out.extend(t.handle(&fork(20, 1001, 500, HOST)));
-    out.extend(t.handle(&exec(
-        30,
-        X { pid: 1001, ppid: 500, cg: C, pcg: HOST, nspid: 1, pidns: PIDNS_C, mnt: MNT_C, argv: &["sleep", "1000"] },
-    )));
-    out
-}
-
-/// runc exec: the shim (500) gets a child `pid` that execs argv inside C.
-fn runc_exec(t: &mut SessionTracker, ts: u64, pid: u32, argv: &'static [&'static str]) -> Vec<SessionUpdate> {
-    let mut out = t.handle(&fork(ts, pid, 500, HOST));
-    out.extend(t.handle(&exec(
-        ts + 1,
-        X { pid, ppid: 500, cg: C, pcg: HOST, nspid: pid - 1000, pidns: PIDNS_C, mnt: MNT_C, argv },
-    )));
-    out
-}
-
-fn started(u: &[SessionUpdate]) -> Vec<&SessionInfo> {
-    u.iter().filter_map(|u| if let SessionUpdate::Started(i) = u { Some(i) } else { None }).collect()
-}
-
-fn ended(u: &[SessionUpdate]) -> Vec<&SessionInfo> {
-    u.iter().filter_map(|u| if let SessionUpdate::Ended(i, _) = u { Some(i) } else { None }).collect()
-}
-
-fn procs_of(u: &[SessionUpdate], sid: SessionId) -> Vec<&ProcessRecord> {
-    u.iter()
-        .filter_map(|u| match u {
-            SessionUpdate::ProcessEnded(i, r) if i.id == sid => Some(r),
-            _ => None,
-        })
-        .collect()
-}
+use support::events::*;
 
 #[test]
 fn container_init_and_its_children_open_no_session() {
@@ -406,32 +219,12 @@ fn nsenter_from_the_node_is_a_node_session_with_its_login_user() {
     });
     let mut out = start_container_c(&mut t);
     // a shell on the node (600) runs nsenter (601): setns mnt + pid, fork 602, exec sh
-    out.extend(t.handle(&exec(
-        200,
-        X { pid: 600, ppid: 1, cg: HOST, pcg: HOST, nspid: 600, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["bash"] },
-    )));
-    out.extend(t.handle(&fork(210, 601, 600, HOST)));
-    out.extend(t.handle(&exec(
-        211,
-        X {
-            pid: 601,
-            ppid: 600,
-            cg: HOST,
-            pcg: HOST,
-            nspid: 601,
-            pidns: HOST_PIDNS,
-            mnt: MNT_HOST,
-            argv: &["nsenter", "-t", "1001", "-a", "sh"],
-        },
-    )));
+    out.extend(t.handle(&exec(200, X::host(600, 1, &["bash"]))));
+    out.extend(feed(&mut t, spawn(210, X::host(601, 600, &["nsenter", "-t", "1001", "-a", "sh"]))));
     out.extend(t.handle(&ns_join(212, 601, HOST, MNT_HOST, MNT_HOST, HOST_PIDNS, PIDNS_C, 1000)));
     out.extend(t.handle(&ns_join(213, 601, HOST, MNT_HOST, MNT_C, PIDNS_C, PIDNS_C, 1000)));
     assert!(started(&out).is_empty(), "nothing ran in the container yet");
-    out.extend(t.handle(&fork(220, 602, 601, HOST)));
-    out.extend(t.handle(&exec(
-        221,
-        X { pid: 602, ppid: 601, cg: HOST, pcg: HOST, nspid: 5, pidns: PIDNS_C, mnt: MNT_C, argv: &["sh"] },
-    )));
+    out.extend(feed(&mut t, spawn(220, X::host(602, 601, &["sh"]).in_namespaces_of(C, 5))));
     out.extend(t.handle(&exit(230, 602, HOST, 0)));
     out.extend(t.handle(&exit(231, 601, HOST, 0)));
     let s = started(&out);
@@ -453,28 +246,12 @@ fn runc_setns_without_exec_is_not_a_session() {
     let mut out = start_container_c(&mut t);
     // runc exec: stage-1 (510) joins C's namespaces, clones the final child with
     // CLONE_PARENT (so its real parent is runc, 505), and exits
-    out.extend(t.handle(&fork(100, 505, 500, HOST)));
-    out.extend(t.handle(&exec(
-        101,
-        X {
-            pid: 505,
-            ppid: 500,
-            cg: HOST,
-            pcg: HOST,
-            nspid: 505,
-            pidns: HOST_PIDNS,
-            mnt: MNT_HOST,
-            argv: &["runc", "exec"],
-        },
-    )));
+    out.extend(feed(&mut t, spawn(100, X::host(505, 500, &["runc", "exec"]))));
     out.extend(t.handle(&fork(102, 510, 505, HOST)));
     out.extend(t.handle(&ns_join(103, 510, HOST, MNT_HOST, MNT_C, HOST_PIDNS, PIDNS_C, u32::MAX)));
     out.extend(t.handle(&fork(104, 1080, 505, HOST)));
     out.extend(t.handle(&exit(105, 510, HOST, 0)));
-    out.extend(t.handle(&exec(
-        106,
-        X { pid: 1080, ppid: 505, cg: C, pcg: HOST, nspid: 80, pidns: PIDNS_C, mnt: MNT_C, argv: &["id"] },
-    )));
+    out.extend(t.handle(&exec(106, X::entering(1080, 505, C, 80, &["id"]))));
     out.extend(t.handle(&exit(107, 1080, C, 0)));
     let s = started(&out);
     assert_eq!(s.len(), 1);
@@ -487,11 +264,7 @@ fn nsenter_from_inside_a_session_opens_a_linked_session() {
     let mut t = tracker();
     let mut out = start_container_c(&mut t);
     // container D with its init
-    out.extend(t.handle(&fork(40, 2001, 500, HOST)));
-    out.extend(t.handle(&exec(
-        41,
-        X { pid: 2001, ppid: 500, cg: D, pcg: HOST, nspid: 1, pidns: PIDNS_D, mnt: MNT_D, argv: &["db"] },
-    )));
+    out.extend(feed(&mut t, spawn(40, X::entering(2001, 500, D, 1, &["db"]))));
     // a privileged exec into C runs nsenter into D
     out.extend(runc_exec(&mut t, 100, 1090, &["sh"]));
     out.extend(t.handle(&fork(110, 1091, 1090, C)));
@@ -544,10 +317,7 @@ fn init_in_a_shared_or_host_pid_namespace_is_still_the_init() {
     let mut t = SessionTracker::new(Box::new(lookup), HOST_PIDNS, TICK);
     let mut out = runc_exec(&mut t, 100, 1101, &["sh"]);
     out.extend(t.handle(&fork(20, 1002, 500, HOST)));
-    out.extend(t.handle(&exec(
-        30,
-        X { pid: 1002, ppid: 500, cg: C, pcg: HOST, nspid: 2, pidns: PIDNS_C, mnt: MNT_C, argv: &["pause"] },
-    )));
+    out.extend(t.handle(&exec(30, X::entering(1002, 500, C, 2, &["pause"]))));
     let s = started(&out);
     assert_eq!(s.len(), 1);
     assert_eq!(s[0].id, SessionId(key(1101)));
@@ -567,21 +337,6 @@ fn shutdown_ends_open_sessions_as_incomplete() {
     assert_eq!(procs.iter().map(|p| p.key.pid).collect::<Vec<_>>(), vec![1110, 1111]);
     assert!(procs.iter().all(|p| p.exit.is_none() && p.images.last().unwrap().end_ns == Some(999)));
     assert_eq!(t.sessions(), 0);
-}
-
-fn scanned(pid: u32, ppid: u32, cg: u64, nspid: u32, pidns: u32, mnt: u32, argv: &[&str]) -> ScannedProcess {
-    ScannedProcess {
-        pid,
-        ppid,
-        start_ticks: st(pid) / TICK,
-        cgroup_id: cg,
-        nspid,
-        pidns_ino: pidns,
-        mntns_ino: mnt,
-        loginuid: Some(1000),
-        argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
-        ..Default::default()
-    }
 }
 
 #[test]
@@ -687,16 +442,8 @@ fn kernel_drops_mid_session_mark_only_that_session() {
     let mut t = tracker();
     let mut out = start_container_c(&mut t);
     // container D: its own init, and a session in it that runs through the drop
-    out.extend(t.handle(&fork(35, 2001, 500, HOST)));
-    out.extend(t.handle(&exec(
-        36,
-        X { pid: 2001, ppid: 500, cg: D, pcg: HOST, nspid: 1, pidns: PIDNS_D, mnt: MNT_D, argv: &["postgres"] },
-    )));
-    out.extend(t.handle(&fork(40, 2010, 500, HOST)));
-    out.extend(t.handle(&exec(
-        41,
-        X { pid: 2010, ppid: 500, cg: D, pcg: HOST, nspid: 10, pidns: PIDNS_D, mnt: MNT_D, argv: &["psql"] },
-    )));
+    out.extend(feed(&mut t, spawn(35, X::entering(2001, 500, D, 1, &["postgres"]))));
+    out.extend(feed(&mut t, spawn(40, X::entering(2010, 500, D, 10, &["psql"]))));
     // a session in C that ends before the drop, and one that is open during it
     out.extend(runc_exec(&mut t, 100, 1010, &["ls"]));
     out.extend(t.handle(&exit(110, 1010, C, 0)));
@@ -781,30 +528,10 @@ fn watched_executables_are_recorded_anywhere_outside_sessions() {
     let run = |t: &mut SessionTracker| {
         let mut out = start_container_c(t);
         // the node's shell runs tcpdump, then ls
-        out.extend(t.handle(&exec(
-            40,
-            X { pid: 600, ppid: 1, cg: HOST, pcg: HOST, nspid: 600, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["bash"] },
-        )));
-        out.extend(t.handle(&fork(50, 601, 600, HOST)));
-        out.extend(t.handle(&exec(
-            51,
-            X {
-                pid: 601,
-                ppid: 600,
-                cg: HOST,
-                pcg: HOST,
-                nspid: 601,
-                pidns: HOST_PIDNS,
-                mnt: MNT_HOST,
-                argv: &["tcpdump", "-i", "any", "port", "53"],
-            },
-        )));
+        out.extend(t.handle(&exec(40, X::host(600, 1, &["bash"]))));
+        out.extend(feed(t, spawn(50, X::host(601, 600, &["tcpdump", "-i", "any", "port", "53"]))));
         out.extend(t.handle(&exit(60, 601, HOST, 0)));
-        out.extend(t.handle(&fork(70, 602, 600, HOST)));
-        out.extend(t.handle(&exec(
-            71,
-            X { pid: 602, ppid: 600, cg: HOST, pcg: HOST, nspid: 602, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["ls"] },
-        )));
+        out.extend(feed(t, spawn(70, X::host(602, 600, &["ls"]))));
         out.extend(t.handle(&exit(72, 602, HOST, 0)));
         // the container's own process runs tcpdump
         out.extend(t.handle(&fork(80, 1050, 1001, C)));
@@ -839,31 +566,11 @@ fn watched_executables_are_recorded_anywhere_outside_sessions() {
 fn a_watched_nsenter_into_a_container_becomes_the_node_session() {
     let mut t = tracker();
     let mut out = start_container_c(&mut t);
-    out.extend(t.handle(&exec(
-        200,
-        X { pid: 600, ppid: 1, cg: HOST, pcg: HOST, nspid: 600, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["bash"] },
-    )));
-    out.extend(t.handle(&fork(210, 601, 600, HOST)));
-    out.extend(t.handle(&exec(
-        211,
-        X {
-            pid: 601,
-            ppid: 600,
-            cg: HOST,
-            pcg: HOST,
-            nspid: 601,
-            pidns: HOST_PIDNS,
-            mnt: MNT_HOST,
-            argv: &["nsenter", "-t", "1001", "-a", "sh"],
-        },
-    )));
+    out.extend(t.handle(&exec(200, X::host(600, 1, &["bash"]))));
+    out.extend(feed(&mut t, spawn(210, X::host(601, 600, &["nsenter", "-t", "1001", "-a", "sh"]))));
     assert_eq!(started(&out).iter().map(|i| i.kind).collect::<Vec<_>>(), vec![SessionKind::Watched]);
     out.extend(t.handle(&ns_join(213, 601, HOST, MNT_HOST, MNT_C, HOST_PIDNS, PIDNS_C, 1000)));
-    out.extend(t.handle(&fork(220, 602, 601, HOST)));
-    out.extend(t.handle(&exec(
-        221,
-        X { pid: 602, ppid: 601, cg: HOST, pcg: HOST, nspid: 5, pidns: PIDNS_C, mnt: MNT_C, argv: &["sh"] },
-    )));
+    out.extend(feed(&mut t, spawn(220, X::host(602, 601, &["sh"]).in_namespaces_of(C, 5))));
     out.extend(t.handle(&exit(230, 602, HOST, 0)));
     out.extend(t.handle(&exit(231, 601, HOST, 0)));
     // one trace: re-announced (Started again, same id) when it becomes the node session
@@ -881,21 +588,6 @@ fn a_watched_nsenter_into_a_container_becomes_the_node_session() {
 // ---- issue 6: outbound connects outside sessions -------------------------------------------
 
 const SEC: u64 = 1_000_000_000;
-
-/// A connect by `pid` (cgroup `cg`) to `addr:port`.
-fn connect_to(ts: u64, pid: u32, cg: u64, cookie: u64, transport: Transport, addr: &str, port: u16) -> Event {
-    Event::Connect(ConnectEvent {
-        ts_ns: ts,
-        pid,
-        tid: pid,
-        cgroup_id: cg,
-        cookie,
-        transport,
-        addr: addr.parse().unwrap(),
-        port,
-        mapped: false,
-    })
-}
 
 /// The cluster's ranges as configured: pods 10.244/16, services 10.96/12; 203.0.113.0/24 is
 /// outside every range (external).
@@ -1130,24 +822,9 @@ fn a_fold_window_of_zero_folds_nothing_and_keeps_each_outcome() {
 fn a_container_whose_init_was_forked_into_its_cgroup_is_not_forgotten_when_a_child_exits() {
     // runc applies the cgroup before its init's clones, so the init's fork is already in C
     let mut t = outbound_tracker(|_| {});
-    let mut out = t.handle(&exec(
-        10,
-        X {
-            pid: 500,
-            ppid: 1,
-            cg: HOST,
-            pcg: HOST,
-            nspid: 500,
-            pidns: HOST_PIDNS,
-            mnt: MNT_HOST,
-            argv: &["containerd-shim"],
-        },
-    ));
+    let mut out = t.handle(&exec(10, X::host(500, 1, &["containerd-shim"])));
     out.extend(t.handle(&fork(20, 1001, 500, C)));
-    out.extend(t.handle(&exec(
-        30,
-        X { pid: 1001, ppid: 500, cg: C, pcg: HOST, nspid: 1, pidns: PIDNS_C, mnt: MNT_C, argv: &["sh", "-c", "loop"] },
-    )));
+    out.extend(t.handle(&exec(30, X::entering(1001, 500, C, 1, &["sh", "-c", "loop"]))));
     // the init's first child comes and goes (e2e_activity's `sleep 1`)
     out.extend(t.handle(&fork(40, 1002, 1001, C)));
     out.extend(t.handle(&exec_in(41, 1002, 1001, &["sleep", "1"])));
@@ -1242,11 +919,7 @@ fn scopes_choose_which_process_trees_outside_sessions_are_recorded() {
         out.extend(t.handle(&exit(49, 1002, C, 0)));
         // the init connects out itself: an outbound record in every scope but sessions
         out.extend(t.handle(&connect_to(50, 1001, C, 78, Transport::Tcp, "203.0.113.8", 443)));
-        out.extend(t.handle(&fork(60, 602, 1, HOST)));
-        out.extend(t.handle(&exec(
-            61,
-            X { pid: 602, ppid: 1, cg: HOST, pcg: HOST, nspid: 602, pidns: HOST_PIDNS, mnt: MNT_HOST, argv: &["ls"] },
-        )));
+        out.extend(feed(&mut t, spawn(60, X::host(602, 1, &["ls"]))));
         out.extend(t.handle(&exit(62, 602, HOST, 0)));
         out.extend(t.shutdown(100));
         out

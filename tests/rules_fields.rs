@@ -1,13 +1,12 @@
 //! Each field of the rule language on a recorded session: one rule per field, and where it
 //! fired (docs/rules.md lists the fields).
 
-mod rules_common;
-mod spans_common;
+mod support;
 
 use podtrail::capture::event::{FileOp, Transport};
 use podtrail::model::*;
-use rules_common::*;
-use spans_common::*;
+use support::rules::*;
+use support::sessions::*;
 
 const RULES: &str = r#"
 - name: by-parent

@@ -3,16 +3,15 @@
 //! unpacked, reads the service account token and removes the shell history. Compared with
 //! tests/golden/rules_incident.txt (ids and times left out); `UPDATE_GOLDEN=1` rewrites it.
 
-mod rules_common;
-mod spans_common;
+mod support;
 
 use std::collections::BTreeMap;
 
 use opentelemetry_sdk::trace::SpanData;
 use podtrail::capture::event::{FileOp, Transport};
 use podtrail::model::*;
-use rules_common::*;
-use spans_common::*;
+use support::rules::*;
+use support::sessions::*;
 
 fn incident() -> Vec<SessionUpdate> {
     let i = info(100, SessionKind::Exec, 10 * S, None);
@@ -84,16 +83,7 @@ fn render(spans: &[SpanData]) -> String {
 fn seed_incident_alerts_sit_on_the_spans_that_triggered_them() {
     let spans = Run { who: Some(alice()), attribution_configured: true, ..Run::default() }.spans(incident());
     let actual = render(&spans);
-    let path = format!("{}/tests/golden/rules_incident.txt", env!("CARGO_MANIFEST_DIR"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &actual).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{path}: {e} (run with UPDATE_GOLDEN=1 to create it)"));
-    assert!(
-        expected == actual,
-        "span tree differs from {path}; run with UPDATE_GOLDEN=1 to accept:\n--- actual ---\n{actual}"
-    );
+    support::golden::check("rules_incident", &actual);
     // and, whatever the golden says, where each alert sits:
     let fired = fired(&spans);
     for (span, rule) in [

@@ -1,14 +1,13 @@
 //! Each shipped rule (rules/default.yaml) on a recorded session that must fire it, and on a
 //! close one that must not.
 
-mod rules_common;
-mod spans_common;
+mod support;
 
 use podtrail::capture::event::{FileOp, Transport};
 use podtrail::model::*;
 use podtrail::scope::ScopeConfig;
-use rules_common::*;
-use spans_common::*;
+use support::rules::*;
+use support::sessions::*;
 
 /// A session rooted in `root` (pid 100) with `children` (pids 101..), each forked from the
 /// root and ended in order.

@@ -2,7 +2,7 @@
 //! attributes; ids and times left out), compared with tests/golden/*.txt. Rewrite the files
 //! with `UPDATE_GOLDEN=1` only after reading the diff.
 
-mod spans_common;
+mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -12,7 +12,8 @@ use opentelemetry_sdk::trace::SpanData;
 use podtrail::clock::BootClock;
 use podtrail::model::SessionUpdate;
 use podtrail::spans::{keys, Attributor, BuildCtx, NoAttributor, Output, SessionIdentity, SpanStage, SpansConfig};
-use spans_common::*;
+use support::golden::{self, render};
+use support::sessions::*;
 
 const BOOT: [u8; 16] = [0xb0; 16];
 const EPOCH: u64 = 1_700_000_000 * S;
@@ -30,20 +31,6 @@ fn run(cfg: SpansConfig, attributor: Arc<dyn Attributor>, updates: Vec<SessionUp
     }
     stage.shutdown(99 * S, &mut out);
     out.spans.into_iter().map(|(_, b)| b.span).collect()
-}
-
-fn golden(name: &str, actual: &str) {
-    let path = format!("{}/tests/golden/{name}.txt", env!("CARGO_MANIFEST_DIR"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{path}: {e} (run with UPDATE_GOLDEN=1 to create it)"));
-    assert!(
-        expected == actual,
-        "span tree differs from {path}; run with UPDATE_GOLDEN=1 to accept:\n--- actual ---\n{actual}"
-    );
 }
 
 /// Structural rules every session's spans must keep, whatever the golden says.
@@ -104,14 +91,14 @@ fn attributed_shell_session_is_the_process_tree() {
         .find(|s| s.name == "sh" && s.parent_span_id == spans.last().unwrap().span_context.span_id())
         .unwrap();
     assert_eq!(sh.start_time, BootClock::fixed(EPOCH).to_system_time(10 * S), "times come from the events");
-    golden("shell_session", &render(&spans));
+    golden::check("shell_session", &render(&spans));
 }
 
 #[test]
 fn unattributed_node_session_says_so() {
     let spans = run(SpansConfig::default(), Arc::new(NoAttributor), nsenter_session());
     check_invariants(&spans);
-    golden("nsenter_session", &render(&spans));
+    golden::check("nsenter_session", &render(&spans));
 }
 
 #[test]
@@ -119,7 +106,7 @@ fn loops_fold_long_argv_is_cut_and_the_cap_holds() {
     let cfg = SpansConfig { fold_after: 5, argv_max_bytes: 64, max_spans_per_session: 7, ..Default::default() };
     let spans = run(cfg, Arc::new(NoAttributor), loop_session());
     check_invariants(&spans);
-    golden("loop_session", &render(&spans));
+    golden::check("loop_session", &render(&spans));
 }
 
 #[test]
@@ -128,19 +115,46 @@ fn a_session_open_at_shutdown_is_exported_incomplete() {
     updates.truncate(3); // Started, wget and tar ended; the shell is still running.
     let spans = run(SpansConfig::default(), alice_attributor(), updates);
     check_invariants(&spans);
-    golden("shutdown_session", &render(&spans));
+    golden::check("shutdown_session", &render(&spans));
 }
+
+/// The first line where tests/golden/wrong_parent.txt leaves shell_session.txt: where wget
+/// should stand under sh, the wrong file goes on with sh's next child.
+const WRONG_PARENT_FIRST_DIFFERENCE: usize = 38;
 
 #[test]
 fn a_wrong_golden_does_not_match() {
     // tests/golden/wrong_parent.txt is shell_session.txt with wget hung under the root
-    // instead of under sh: the comparison must see the difference.
+    // instead of under sh: the comparison the goldens use must fail on it, at that line.
     let spans = run(SpansConfig::default(), alice_attributor(), shell_session());
     let actual = render(&spans);
-    let wrong =
-        std::fs::read_to_string(format!("{}/tests/golden/wrong_parent.txt", env!("CARGO_MANIFEST_DIR"))).unwrap();
-    assert!(wrong.contains("wget"), "the wrong golden is a real tree");
-    assert_ne!(wrong, actual);
+    let wrong = std::fs::read_to_string(golden::path("wrong_parent")).unwrap();
+    assert!(wrong.contains("wget") && wrong.len() > actual.len() / 2, "the wrong golden is a real tree");
+    assert_eq!(golden::compare(&std::fs::read_to_string(golden::path("shell_session")).unwrap(), &actual), Ok(()));
+    let n = WRONG_PARENT_FIRST_DIFFERENCE;
+    let err = golden::compare(&wrong, &actual).expect_err("a wrong tree must not match");
+    let line = |text: &str| text.lines().nth(n - 1).unwrap_or_default().to_owned();
+    assert!(err.starts_with(&format!("line {n} differs:")), "{err}");
+    assert!(err.contains(&format!("golden: {}", line(&wrong))), "{err}");
+    assert!(err.contains(&format!("actual: {}", line(&actual))), "{err}");
+}
+
+#[test]
+fn a_span_without_the_sessions_attributes_does_not_match() {
+    // podtrail repeats the session-wide attributes on every span; the golden prints them once
+    // per trace, so the renderer must show a span whose copy differs or is missing.
+    let mut spans = run(SpansConfig::default(), alice_attributor(), shell_session());
+    let tar = spans.iter_mut().find(|s| s.name == "tar").expect("tar");
+    tar.attributes.retain(|kv| kv.key.as_str() != "user.name");
+    for kv in tar.attributes.iter_mut().filter(|kv| kv.key.as_str() == "k8s.pod.name") {
+        kv.value = "another-pod".into();
+    }
+    let actual = render(&spans);
+    assert!(actual.contains("  ! k8s.pod.name = \"another-pod\", not the trace's \"api-7d9f8-x2x7q\"\n"), "{actual}");
+    assert!(actual.contains("  ! user.name missing (the trace's: \"alice@example.com\")\n"), "{actual}");
+    let golden = std::fs::read_to_string(golden::path("shell_session")).unwrap();
+    let err = golden::compare(&golden, &actual).expect_err("a span lacking the session's attributes must not match");
+    assert!(err.contains("! "), "the first difference is the span's: {err}");
 }
 
 #[test]

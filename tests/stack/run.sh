@@ -3,7 +3,7 @@
 # deploy/, docs). Builds what it needs first (cached in $PODTRAIL_CACHE, default
 # /var/cache/podtrail: Jaeger, the collector, composecheck, the Python venv), then runs pytest.
 # Exit status is pytest's (non-zero on any failure; "no tests ran" is a failure too).
-# With CI set, a missing prerequisite fails the suite instead of skipping.
+# A missing prerequisite fails the suite (never a skip), in CI or not.
 # Extra arguments go to pytest, e.g.  tests/stack/run.sh -k collector
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -1,73 +1,36 @@
-//! Shared by the kernel tests: run something while the real programs capture, and collect the
-//! events. These tests need root (CI runs as root); without it they fail, never skip.
+//! Everything the integration tests share, one module per concern. Each test binary says
+//! `mod support;` and uses the modules it needs:
+//!
+//! - [`prereq`]: the one way a test states what it needs (missing means failed, never skipped)
+//! - [`kernel`]: the real BPF programs capturing while a workload runs
+//! - [`containers`]: a private containerd with busybox containers
+//! - [`agent`]: the real `podtrail run` as a subprocess, and what it reports
+//! - [`otlp`]: in-process OTLP receivers and the export task; [`otlp_json`]: the one reader of
+//!   OTLP/JSON files
+//! - [`jaeger`]: a real Jaeger and its query API; [`net`]: loopback HTTP without a client
+//! - [`kube`]: a fake Kubernetes API server (list/watch wire format); [`audit`]: audit records
+//!   of a `kubectl exec`
+//! - [`events`]: capture events for the process stage; [`sessions`]: recorded session updates
+//!   for the span stage; [`golden`]: span trees as text and the golden comparison
+//! - [`rules`]: sessions through the span and rules stages
+//! - [`tls`]: a throwaway CA and certificates for the TLS listeners and clients
+
+// Each test binary compiles all of `support` but uses only part of it: what one binary leaves
+// unused is used by another, so unused-item warnings here say nothing.
 #![allow(dead_code)]
 
-use std::time::Duration;
-
-use podtrail::capture::{
-    event::{Event, ExecEvent},
-    loader::{Capture, CaptureOptions, KernelCounts},
-};
-
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "kernel tests need root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN); run the suite as root: CI does");
-}
-
-pub struct Captured {
-    pub events: Vec<Event>,
-    pub kernel: KernelCounts,
-}
-
-impl Captured {
-    pub fn execs(&self) -> impl Iterator<Item = &ExecEvent> {
-        self.events.iter().filter_map(|e| match e {
-            Event::Exec(x) => Some(x),
-            _ => None,
-        })
-    }
-}
-
-/// Starts the real programs, runs `f` on a blocking thread, then keeps collecting until the
-/// ring has been quiet for 300 ms.
-pub fn capture_while<T: Send + 'static>(opts: CaptureOptions, f: impl FnOnce() -> T + Send + 'static) -> (T, Captured) {
-    require_root();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(async move {
-        let mut cap = Capture::start(opts).expect("load the BPF programs");
-        let mut events = Vec::new();
-        let work = tokio::task::spawn_blocking(f);
-        tokio::pin!(work);
-        let out = loop {
-            tokio::select! {
-                ev = cap.events.recv() => events.push(ev.expect("reader stopped early")),
-                r = &mut work => break r.expect("test workload panicked"),
-            }
-        };
-        while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(300), cap.events.recv()).await {
-            events.push(ev);
-        }
-        let kernel = cap.counters.read();
-        let (_c, _s) = stop_draining(cap, &mut events).await;
-        (out, Captured { events, kernel })
-    })
-}
-
-async fn stop_draining(
-    mut cap: Capture,
-    events: &mut Vec<Event>,
-) -> (podtrail::capture::loader::Counters, std::sync::Arc<podtrail::capture::reader::ReaderStats>) {
-    while let Ok(ev) = cap.events.try_recv() {
-        events.push(ev);
-    }
-    cap.stop().await
-}
-
-/// Runs a command to completion, returning its pid.
-pub fn run(cmd: &mut std::process::Command) -> (u32, std::process::ExitStatus) {
-    let mut child = cmd.spawn().expect("spawn");
-    let pid = child.id();
-    let st = child.wait().expect("wait");
-    (pid, st)
-}
+pub mod agent;
+pub mod audit;
+pub mod containers;
+pub mod events;
+pub mod golden;
+pub mod jaeger;
+pub mod kernel;
+pub mod kube;
+pub mod net;
+pub mod otlp;
+pub mod otlp_json;
+pub mod prereq;
+pub mod rules;
+pub mod sessions;
+pub mod tls;

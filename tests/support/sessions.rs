@@ -1,11 +1,9 @@
-//! Recorded sessions for the span tests, and a tree rendering that ignores ids and times.
-#![allow(dead_code)]
+//! Recorded sessions for the span, rules and export tests: the session updates the process
+//! stage hands on (builders for sessions, processes, images and connects, and whole sessions
+//! recorded by hand: a shell, an nsenter, a loop).
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use opentelemetry::Value;
-use opentelemetry_sdk::trace::SpanData;
 use podtrail::capture::event::{ExitStatus, ProcessKey, Transport};
 use podtrail::model::*;
 use podtrail::spans::SessionIdentity;
@@ -218,44 +216,6 @@ pub fn loop_session() -> Vec<SessionUpdate> {
         info(300, SessionKind::Exec, S, Some(4 * S)),
         vec![process(300, None, S, 4 * S, 0, vec![sh])],
     ));
-    out
-}
-
-fn value(v: &Value) -> String {
-    match v {
-        Value::String(s) => format!("{:?}", s.as_str()),
-        Value::Array(a) => format!("{a}"),
-        other => other.to_string(),
-    }
-}
-
-/// The span tree as text: names, kinds, status, attributes (sorted); ids and times left out.
-/// Siblings are ordered by start time then name.
-pub fn render(spans: &[SpanData]) -> String {
-    let mut children: BTreeMap<[u8; 8], Vec<&SpanData>> = BTreeMap::new();
-    for s in spans {
-        children.entry(s.parent_span_id.to_bytes()).or_default().push(s);
-    }
-    for v in children.values_mut() {
-        v.sort_by(|a, b| (a.start_time, &a.name).cmp(&(b.start_time, &b.name)));
-    }
-    let mut out = String::new();
-    fn walk(out: &mut String, children: &BTreeMap<[u8; 8], Vec<&SpanData>>, s: &SpanData, depth: usize) {
-        let pad = "  ".repeat(depth);
-        out.push_str(&format!("{pad}{} [{:?}] status={:?}\n", s.name, s.span_kind, s.status));
-        let mut attrs: Vec<(String, String)> =
-            s.attributes.iter().map(|kv| (kv.key.to_string(), value(&kv.value))).collect();
-        attrs.sort();
-        for (k, v) in attrs {
-            out.push_str(&format!("{pad}  | {k} = {v}\n"));
-        }
-        for c in children.get(&s.span_context.span_id().to_bytes()).map(|v| v.as_slice()).unwrap_or(&[]) {
-            walk(out, children, c, depth + 1);
-        }
-    }
-    for root in children.get(&[0u8; 8]).cloned().unwrap_or_default() {
-        walk(&mut out, &children, root, 0);
-    }
     out
 }
 

@@ -1,6 +1,5 @@
 //! In-process OTLP receivers built from the OTLP protobuf definitions (gRPC with tonic's
 //! generated `TraceServiceServer`, HTTP/protobuf with axum), and the run helper.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

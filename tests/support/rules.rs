@@ -1,6 +1,5 @@
 //! Recorded sessions through the span stage and the rules stage, as `podtrail run` wires
 //! them (tap before the span stage, annotate after), and what fired where.
-#![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +13,7 @@ use podtrail::rules::{lang, AlertStage, RecordingAttributor, RuleSource, RulesCo
 use podtrail::scope::ScopeConfig;
 use podtrail::spans::{Attributor, BuildCtx, NoAttributor, Output, SessionIdentity, SpanStage, SpansConfig};
 
-use crate::spans_common::{link_parent_images, S};
+use super::sessions::{link_parent_images, S};
 
 pub const BOOT: [u8; 16] = [0xb0; 16];
 pub const EPOCH: u64 = 1_700_000_000 * S;

@@ -3,7 +3,6 @@
 //! `{"type":..,"object":..}` events in chunked encoding, a `410 Gone` ERROR event, a 503 while
 //! the "API server" restarts, a 404 Status for what it does not serve. Each resource is a
 //! [`Route`] with its own script; a gate the test opens releases watch steps in order.
-#![allow(dead_code)]
 
 use serde_json::{json, Value};
 use std::collections::VecDeque;

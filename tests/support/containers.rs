@@ -2,14 +2,10 @@
 //! temp dir, so tests never touch or collide with a system containerd), busybox root
 //! filesystems, `ctr run` and `ctr task exec`.
 //!
-//! Use from any test binary with `mod common;` (tests/common/mod.rs) or
-//! `#[path = "common/containers.rs"] mod containers;`.
-//!
-//! Prerequisites: root, `containerd`, `containerd-shim-runc-v2`, `runc`, `ctr`, and a static
-//! busybox at /bin/busybox (Debian: `apt-get install containerd runc busybox-static`).
-//! [`Containerd::start`] returns `None` when one is missing, after saying which, and panics
-//! instead when `CI` is set: CI must run these tests, never skip them.
-#![allow(dead_code)]
+//! Prerequisites ([`super::prereq::containers`]): root, `containerd`, `containerd-shim-runc-v2`,
+//! `runc`, `ctr`, and a static busybox at /bin/busybox (Debian: `apt-get install containerd
+//! runc busybox-static`, as scripts/setup.sh does). [`Containerd::start`] fails the test when
+//! one is missing, in CI or not.
 
 use std::{
     fs,
@@ -25,41 +21,6 @@ pub const APPLETS: &[&str] = &[
     "sh", "ash", "sleep", "wget", "nc", "tar", "cat", "echo", "ls", "ps", "id", "true", "false", "env", "nslookup",
     "hostname", "uname", "touch", "rm", "mkdir", "grep", "head", "seq", "timeout", "kill",
 ];
-
-const BINARIES: &[&str] = &["containerd", "containerd-shim-runc-v2", "runc", "ctr"];
-
-fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file())).unwrap_or(false)
-}
-
-/// What is missing to run container tests, if anything.
-pub fn missing_prerequisite() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("container tests need root".into());
-    }
-    for b in BINARIES {
-        if !on_path(b) {
-            return Some(format!("`{b}` is not on PATH (apt-get install containerd runc)"));
-        }
-    }
-    if !Path::new("/bin/busybox").is_file() {
-        return Some("/bin/busybox is missing (apt-get install busybox-static)".into());
-    }
-    None
-}
-
-/// None (after printing why) when the prerequisites are missing; a panic under CI.
-pub fn prerequisites_or_skip() -> bool {
-    match missing_prerequisite() {
-        None => true,
-        Some(why) if std::env::var_os("CI").is_some() => panic!("CI must run container tests: {why}"),
-        Some(why) => {
-            eprintln!("SKIPPED (not CI): {why}");
-            false
-        }
-    }
-}
 
 /// A short unique name: container ids, exec ids.
 pub fn unique(prefix: &str) -> String {
@@ -98,11 +59,9 @@ pub struct Containerd {
 
 impl Containerd {
     /// Starts containerd with everything under a fresh temp dir and waits for its socket.
-    /// None when prerequisites are missing outside CI (see [`prerequisites_or_skip`]).
-    pub fn start() -> Option<Containerd> {
-        if !prerequisites_or_skip() {
-            return None;
-        }
+    /// Fails the test when a prerequisite is missing.
+    pub fn start() -> Containerd {
+        super::prereq::containers();
         // short path: the socket path must fit in sun_path (108 bytes)
         let dir = PathBuf::from(format!("/tmp/ptc-{}", unique("d")));
         let _ = fs::remove_dir_all(&dir);
@@ -135,7 +94,7 @@ impl Containerd {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Some(cd)
+        cd
     }
 
     pub fn log(&self) -> String {

@@ -1,4 +1,0 @@
-//! Test helpers shared by integration tests that need real parts (containers).
-#![allow(dead_code)]
-
-pub mod containers;

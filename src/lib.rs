@@ -9,7 +9,8 @@
 //! - [`enrich`]: container id -> pod, namespace, container name, workload, node;
 //! - [`attribute`]: audit and admission records -> user, groups, source IP, audit id;
 //! - [`spans`]: sessions -> OpenTelemetry `SpanData`, held (bounded) until attributed;
-//! - [`export`]: OTLP gRPC or HTTP, OTLP/JSON file, console tree.
+//! - [`export`]: OTLP gRPC or HTTP, OTLP/JSON file, console tree; secrets in commands are
+//!   replaced by keyed tokens ([`redact`]) where updates enter it, before any sink.
 //!
 //! Data can be lost in three places only, each counted and marked on its session: the ring
 //! buffer (counted per cgroup in the kernel), the rate limit, and the export queue.
@@ -23,6 +24,7 @@ pub mod enrich;
 pub mod export;
 pub mod metrics;
 pub mod process;
+pub mod redact;
 pub mod rules;
 pub mod spans;
 pub mod text;

@@ -311,7 +311,7 @@ fn time_redaction(recs: &[Vec<u8>], rounds: usize) {
         ..Default::default()
     })
     .unwrap();
-    let mut time = |set: &[SessionUpdate]| {
+    let time = |set: &[SessionUpdate]| {
         let mut v = Vec::new();
         let mut n = 0u64;
         for _ in 0..rounds {

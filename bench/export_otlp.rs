@@ -115,6 +115,7 @@ fn image(start: u64, argv: &[String]) -> ImageRecord {
         inherited: false,
         argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
         argv_truncated: false,
+        argv_redacted: 0,
         filename: b"/proc/self/exe".to_vec(),
         interp: None,
         exe_path: b"/bin/busybox".to_vec(),

@@ -15,6 +15,12 @@
 //! Memory: a counting global allocator; bytes still allocated after 10 000 processes were
 //! forked and exec'd and are still alive, per process (host processes, then session members).
 //!
+//! Redaction (issue 13): the secrets pass (`export::redact_update`, what the export task does
+//! to every update) over the `session` storm's updates, per exec, beside the process stage's
+//! own cost per exec (decode + tracker) in the same run: once with the storm's argv (nothing
+//! to redact, the common case), once with every argv replaced by a command carrying secrets
+//! (`curl -H 'Authorization: Bearer ...' https://user:pass@host/ -u admin:pw`).
+//!
 //! Run: `cargo bench --bench process_stage -- [--execs N] [--connects N] [--rounds R]`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -249,6 +255,94 @@ fn time_storm(name: &str, recs: &[Vec<u8>], rounds: usize) {
     println!("| {name:<8} | {:>8} | {updates:>8} | {d:>14.0} | {p:>15.0} | {:>5.2} |", recs.len(), p / d);
 }
 
+/// Redaction per exec beside the process stage per exec, same storm, same run.
+fn time_redaction(recs: &[Vec<u8>], rounds: usize) {
+    use podtrail::model::SessionUpdate;
+    let mut stage = Vec::new();
+    let mut updates: Vec<SessionUpdate> = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let mut tr = tracker();
+        let mut out = Vec::new();
+        for b in recs {
+            out.extend(tr.handle(&decode(b).expect("the storm decodes")));
+        }
+        stage.push(t.elapsed().as_secs_f64());
+        updates = out;
+    }
+    let images: usize = updates
+        .iter()
+        .map(|u| match u {
+            SessionUpdate::ProcessEnded(_, r) => r.images.len(),
+            SessionUpdate::Ended(_, rs) => rs.iter().map(|r| r.images.len()).sum(),
+            SessionUpdate::Started(_) => 0,
+        })
+        .sum();
+    let with_secrets: Vec<SessionUpdate> = updates
+        .iter()
+        .cloned()
+        .map(|mut u| {
+            let recs: &mut [podtrail::model::ProcessRecord] = match &mut u {
+                SessionUpdate::ProcessEnded(_, r) => std::slice::from_mut(r),
+                SessionUpdate::Ended(_, rs) => rs,
+                SessionUpdate::Started(_) => &mut [],
+            };
+            for r in recs {
+                for img in &mut r.images {
+                    img.argv = [
+                        "curl",
+                        "-sS",
+                        "-H",
+                        "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.abc",
+                        "-u",
+                        "admin:hunter2",
+                        "https://user:pass@api.example.com/v1/items?limit=10",
+                    ]
+                    .iter()
+                    .map(|a| a.as_bytes().to_vec())
+                    .collect();
+                }
+            }
+            u
+        })
+        .collect();
+    let red = podtrail::redact::Redactor::new(&podtrail::redact::RedactConfig {
+        key: "bench".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let time = |set: &[SessionUpdate]| {
+        let mut v = Vec::new();
+        let mut n = 0u64;
+        for _ in 0..rounds {
+            let mut batch = set.to_vec();
+            let t = Instant::now();
+            for u in &mut batch {
+                podtrail::export::redact_update(&red, u);
+            }
+            v.push(t.elapsed().as_secs_f64());
+            n = batch
+                .iter()
+                .map(|u| match u {
+                    SessionUpdate::ProcessEnded(_, r) => r.images.iter().map(|i| i.argv_redacted as u64).sum::<u64>(),
+                    _ => 0,
+                })
+                .sum();
+            std::hint::black_box(&batch);
+        }
+        (median(v) / images as f64 * 1e9, n)
+    };
+    let (plain, n0) = time(&updates);
+    let (secret, n1) = time(&with_secrets);
+    let per_exec = median(stage) / images as f64 * 1e9;
+    println!("
+redaction per exec ({images} images of the session storm; the stage: decode + tracker):");
+    println!("| argv                 | redaction ns/exec | values redacted | process stage ns/exec | redaction / stage |");
+    println!("|----------------------|------------------:|----------------:|----------------------:|------------------:|");
+    println!("| storm (no secret)    | {plain:>17.0} | {n0:>15} | {per_exec:>21.0} | {:>16.2}x |", plain / per_exec);
+    println!("| curl with 3 secrets  | {secret:>17.0} | {n1:>15} | {per_exec:>21.0} | {:>16.2}x |", secret / per_exec);
+}
+
 /// Bytes held per live process after `n` fork+exec with nothing exited.
 fn memory(in_session: bool, n: u32) -> f64 {
     let recs = storm(in_session, 0, 0);
@@ -294,6 +388,7 @@ fn main() {
     println!("|----------|---------:|---------:|---------------:|----------------:|------:|");
     time_storm("session", &storm(true, execs, connects), rounds);
     time_storm("host", &storm(false, execs, connects), rounds);
+    time_redaction(&storm(true, execs, 0), rounds);
     let n = 10_000;
     println!("\ntable memory at {n} live processes (fork + exec, 4-argument argv):");
     println!(

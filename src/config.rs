@@ -294,6 +294,8 @@ impl Config {
         });
         let attributed =
             audit_webhook.is_some() || admission_webhook.is_some() || a.audit_log.is_some() || receivers.is_some();
+        // the key file and the patterns are checked here, once, with the section's name
+        crate::redact::Redactor::new(&self.spans.redact).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let mut spans = self.spans.clone();
         spans.hold.deadline_ms = if attributed { a.hold_ms } else { 0 };
         let node_name = node_name(&self.kube, &self.export, &env)?;

@@ -12,7 +12,8 @@
 //! - [`attribute`]: audit and admission records -> user, groups, source IP, audit id;
 //! - [`spans`]: sessions -> OpenTelemetry `SpanData`, held (bounded) until attributed;
 //! - [`rules`]: alerts on what the spans say;
-//! - [`export`]: OTLP gRPC or HTTP, OTLP/JSON file, console tree.
+//! - [`export`]: OTLP gRPC or HTTP, OTLP/JSON file, console tree; secrets in commands are
+//!   replaced by keyed tokens ([`redact`]) where updates enter it, before any sink.
 //!
 //! Shared, owned by no stage: [`model`] (what the stages pass each other), [`scope`]
 //! (destination scopes), [`tls`] (certificate loading and reloading), [`lru`] (bounded,
@@ -35,6 +36,7 @@ pub mod lru;
 pub mod metrics;
 pub mod model;
 pub mod process;
+pub mod redact;
 pub mod rules;
 pub mod scope;
 pub mod spans;

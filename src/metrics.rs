@@ -26,6 +26,7 @@ pub struct Metrics {
     pub sessions_open: Gauge,
     pub sessions_held: Gauge,
     pub sessions_released: Family<Labels, Counter>,
+    pub probe_sessions: Family<Labels, Counter>,
     pub sessions_exported: Counter,
     pub sessions_incomplete: Counter,
     pub spans_exported: Counter,
@@ -60,6 +61,11 @@ impl Metrics {
             "podtrail_sessions_released",
             "Sessions let out of the hold stage, by why (attributed, deadline, overflow, shutdown, unattributable)",
             self.sessions_released.clone(),
+        );
+        reg.register(
+            "podtrail_probe_sessions",
+            "Sessions whose command is one of the container's exec probe commands, by outcome: dropped (no API request matched within the hold and no terminal) or session (exported)",
+            self.probe_sessions.clone(),
         );
         reg.register(
             "podtrail_sessions_exported",

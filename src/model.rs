@@ -191,6 +191,9 @@ pub struct ImageRecord {
     pub inherited: bool,
     pub argv: Vec<Vec<u8>>,
     pub argv_truncated: bool,
+    /// Values in `argv` replaced by redaction tokens (`crate::redact`); 0 until the export
+    /// task redacts the record.
+    pub argv_redacted: u32,
     pub filename: Vec<u8>,
     pub interp: Option<Vec<u8>>,
     pub exe_path: Vec<u8>,
@@ -278,6 +281,10 @@ pub struct SessionInfo {
     /// The agent stopped (or started) while the session ran: part of it was not seen.
     pub incomplete: bool,
     pub from_proc: bool,
+    /// The root's command is one of its container's exec probe commands (set between the
+    /// process and span stages, `crate::enrich::kube::SessionFilter`): the span stage drops
+    /// the session only if no API request matches it within the hold and it has no terminal.
+    pub probe: bool,
 }
 
 impl SessionInfo {
@@ -297,6 +304,7 @@ impl SessionInfo {
             events_lost: 0,
             incomplete: false,
             from_proc: false,
+            probe: false,
         }
     }
 }

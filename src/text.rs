@@ -3,8 +3,75 @@
 //! result can be read back without ambiguity. Used by the JSON capture output, the console
 //! tree and span attributes alike. Also the one percent-encoder and decoder (URL queries,
 //! audit request URIs, OTLP header values).
+//!
+//! For a terminal, [`display_safe`] also shows every character that would act on the terminal
+//! rather than be read (C0 and C1 controls, ESC, DEL, bidi overrides and isolates, zero-width
+//! and other format characters) as an escape (`\x1b`, `\u{202e}`), and [`shell_quote`] quotes
+//! one argv element the way a POSIX shell would read it back.
+
+use std::borrow::Cow;
 
 use serde::Serializer;
+
+/// A character that changes how a terminal shows the text around it instead of showing itself.
+pub fn acts_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00ad}' | '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
+}
+
+/// `s` with every character that acts on a terminal escaped (`\x1b` below U+0080, else
+/// `\u{202e}`); newlines kept when `keep_newlines` (a multi-line rendering).
+pub fn display_safe(s: &str, keep_newlines: bool) -> Cow<'_, str> {
+    if !s.chars().any(|c| acts_on_terminal(c) && !(keep_newlines && c == '\n')) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if !acts_on_terminal(c) || (keep_newlines && c == '\n') {
+            out.push(c);
+        } else if (c as u32) < 0x80 {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A JSON text with every character that acts on a terminal written as a JSON `\uXXXX`
+/// escape (UTF-16 units), so the line still parses to the same strings.
+pub fn json_terminal_safe(json: &str) -> Cow<'_, str> {
+    if !json.chars().any(acts_on_terminal) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 8);
+    for c in json.chars() {
+        if acts_on_terminal(c) {
+            let mut buf = [0u16; 2];
+            for u in c.encode_utf16(&mut buf) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// One argv element as a POSIX shell would read it back: as is when it holds only characters
+/// no shell treats specially, else in single quotes (`'` written `'\''`). `sh -c 'a | b'`
+/// then reads unambiguously. Characters that act on a terminal are escaped as well.
+pub fn shell_quote(s: &str) -> Cow<'_, str> {
+    let plain = !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(&b));
+    if plain {
+        return Cow::Borrowed(s);
+    }
+    let quoted = format!("'{}'", s.replace('\'', "'\\''"));
+    Cow::Owned(display_safe(&quoted, false).into_owned())
+}
 
 pub fn escape(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
@@ -95,6 +162,35 @@ mod tests {
         assert_eq!(escape(b"caf\xc3\xa9"), "café");
         assert_eq!(escape(b"\xff\xfeok"), "\\xff\\xfeok");
         assert_eq!(escape(b"a\\xff"), "a\\\\xff");
+    }
+
+    #[test]
+    fn terminal_controls_and_bidi_are_shown_escaped() {
+        assert_eq!(display_safe("ls -la", false), "ls -la");
+        assert_eq!(display_safe("a\x1b[2Jb", false), "a\\x1b[2Jb");
+        assert_eq!(display_safe("x\u{202e}gpj.exe", false), "x\\u{202e}gpj.exe");
+        assert_eq!(display_safe("\u{2066}a\u{2069}\u{9b}", false), "\\u{2066}a\\u{2069}\\u{9b}");
+        assert_eq!(display_safe("a\nb\r", true), "a\nb\\x0d");
+        assert_eq!(display_safe("a\nb", false), "a\\x0ab");
+        assert_eq!(display_safe("café ✓", false), "café ✓");
+    }
+
+    #[test]
+    fn json_lines_stay_json_and_terminal_safe() {
+        let j = serde_json::to_string(&"a\u{202e}b\x1b").unwrap();
+        let safe = json_terminal_safe(&j);
+        assert!(!safe.contains('\u{202e}') && !safe.contains('\x1b'), "{safe}");
+        assert_eq!(serde_json::from_str::<String>(&safe).unwrap(), "a\u{202e}b\x1b");
+    }
+
+    #[test]
+    fn argv_elements_are_quoted_as_a_shell_reads_them() {
+        assert_eq!(shell_quote("ls"), "ls");
+        assert_eq!(shell_quote("/bin/sh"), "/bin/sh");
+        assert_eq!(shell_quote("a | b"), "'a | b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("\x1b]0;pwned\x07"), "'\\x1b]0;pwned\\x07'");
     }
 
     #[test]

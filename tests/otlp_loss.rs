@@ -18,7 +18,7 @@ fn fast_retry(endpoint: String, protocol: &str) -> ExportConfig {
         max_attempts: 3,
         retry_initial_ms: 10,
         retry_max_ms: 20,
-        otlp_timeout_ms: 2000,
+        otlp_timeout_ms: Some(2000),
         batch_spans: 1,
         ..Default::default()
     }

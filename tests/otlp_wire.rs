@@ -225,7 +225,8 @@ async fn console_prints_the_session_tree() {
         "wget -q -O- http://10.244.1.5:8080/  [pid 101 nspid 11, exit 0, 1.0s]",
         "connect 10.244.1.5:8080 tcp connected (private)",
         "connect 93.184.216.34:443 tcp refused (external)",
-        "sh -c exit 3  [pid 100 nspid 10, exit 3",
+        // argv shell-quoted: `sh -c 'exit 3'`, as it ran
+        "sh -c 'exit 3'  [pid 100 nspid 10, exit 3",
     ] {
         assert!(text.contains(want), "{want:?} not in:\n{text}");
     }

@@ -89,7 +89,10 @@ pub async fn run(a: CaptureArgs) -> anyhow::Result<()> {
                 if !a.kinds.is_empty() && !a.kinds.iter().any(|k| k == ev.kind()) {
                     continue;
                 }
-                serde_json::to_writer(&mut out, &ev)?;
+                // JSON already escapes controls; bidi and other format characters it leaves
+                // as they are, and they would reorder the analyst's terminal line
+                let line = serde_json::to_string(&ev)?;
+                out.write_all(podtrail::text::json_terminal_safe(&line).as_bytes())?;
                 out.write_all(b"\n")?;
                 if cap.events.is_empty() {
                     out.flush()?;

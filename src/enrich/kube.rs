@@ -272,9 +272,12 @@ impl PodInfo {
 }
 
 /// Between the process and span stages, in a cluster: puts the pod index's metadata on every
-/// update of a session whose container it knows, and holds back the sessions of exec probes
-/// (a root whose argv is one of its container's probe commands) unless `export_probes`.
-/// Dropped: probe sessions, counted in `probes` (once per session).
+/// update of a session whose container it knows, and marks the sessions that look like exec
+/// probes (a root whose argv is one of its container's probe commands; `SessionInfo::probe`)
+/// unless `export_probes`. The span stage drops a marked session only when nothing else
+/// explains it: no API request matched within the hold and no terminal (a `kubectl exec` of
+/// the probe's command is still a session). Counted here once per session (`probes`), and
+/// by outcome in the span stage (`podtrail_probe_sessions_total`).
 pub struct SessionFilter {
     index: PodIndex,
     export_probes: bool,
@@ -288,7 +291,7 @@ impl SessionFilter {
         SessionFilter { index, export_probes, seen: HashMap::new(), probes: Default::default() }
     }
 
-    /// The update to pass on, enriched; None for a probe's.
+    /// The update to pass on, enriched and marked when it looks like a probe's.
     pub fn pass(&mut self, mut u: SessionUpdate) -> Option<SessionUpdate> {
         let (info, end) = match &mut u {
             SessionUpdate::Started(i) => (i, false),
@@ -308,9 +311,7 @@ impl SessionFilter {
         if end {
             self.seen.remove(&id);
         }
-        if probe && !self.export_probes {
-            return None;
-        }
+        info.probe = probe && !self.export_probes;
         if let Some(p) = pod {
             p.apply_to(&mut info.container);
         }
@@ -407,19 +408,24 @@ mod tests {
     }
 
     #[test]
-    fn probe_sessions_are_held_back_and_counted_once_and_others_get_the_pod() {
+    fn probe_sessions_are_marked_and_counted_once_and_others_get_the_pod() {
         let index = PodIndex::new();
         index.apply(&probed_pod());
         let mut f = SessionFilter::new(index, false);
         let probe = session(10, &["/bin/cat", "/tmp/healthy"]);
-        assert_eq!(f.pass(SessionUpdate::Started(probe.clone())), None);
-        assert_eq!(f.pass(SessionUpdate::Ended(probe, vec![])), None);
+        let marked = |u: Option<SessionUpdate>| match u {
+            Some(SessionUpdate::Started(i) | SessionUpdate::Ended(i, _) | SessionUpdate::ProcessEnded(i, _)) => i.probe,
+            None => panic!("the filter passes every update on; the span stage decides"),
+        };
+        assert!(marked(f.pass(SessionUpdate::Started(probe.clone()))));
+        assert!(marked(f.pass(SessionUpdate::Ended(probe, vec![]))));
         assert_eq!(f.probes.get(), 1);
         let Some(SessionUpdate::Started(i)) =
             f.pass(SessionUpdate::Started(session(11, &["sh", "-c", "cat /tmp/healthy"])))
         else {
             panic!("a user's exec passes")
         };
+        assert!(!i.probe);
         assert_eq!(
             (i.container.pod_namespace.as_deref(), i.container.pod_name.as_deref()),
             (Some("billing"), Some("api-7d9c"))
@@ -431,7 +437,7 @@ mod tests {
             "unknown pod: no probe"
         );
         let mut all = SessionFilter::new(f.index.clone(), true);
-        assert!(all.pass(SessionUpdate::Started(session(13, &["cat", "/tmp/healthy"]))).is_some());
+        assert!(!marked(all.pass(SessionUpdate::Started(session(13, &["cat", "/tmp/healthy"])))));
         assert_eq!(all.probes.get(), 1, "exported on request, still counted");
     }
 

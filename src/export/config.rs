@@ -1,9 +1,18 @@
 //! Configuration of the export stage (`[export]`), and its resolution with the standard
 //! `OTEL_EXPORTER_OTLP_*` / `OTEL_RESOURCE_ATTRIBUTES` variables into ready values.
 //!
-//! Precedence: config file / command line, then the trace-specific variable
-//! (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, used as-is), then the generic one
-//! (`OTEL_EXPORTER_OTLP_ENDPOINT`, a base URL: `/v1/traces` is appended for HTTP).
+//! Precedence, for every setting podtrail resolves itself: config file / command line, then
+//! the trace-specific variable (`OTEL_EXPORTER_OTLP_TRACES_*`), then the generic one
+//! (`OTEL_EXPORTER_OTLP_*`), then the default. The endpoint: `..._TRACES_ENDPOINT` is used
+//! as-is, `OTEL_EXPORTER_OTLP_ENDPOINT` is a base URL (`/v1/traces` is appended for HTTP).
+//! Resolved here: endpoint, protocol, timeout (the export queue needs it too), and the TLS
+//! files (`..._CERTIFICATE`, `..._CLIENT_CERTIFICATE`, `..._CLIENT_KEY`, which
+//! opentelemetry-otlp 0.33 does not read).
+//!
+//! Left to the exporter, which reads them itself: `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`
+//! (merged over `otlp_headers`: on the same header name the variable wins, as the exporter
+//! does it) and `OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION` (used when `otlp_compression` is
+//! unset).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,10 +31,23 @@ pub struct ExportConfig {
     /// `grpc` or `http/protobuf`. Unset: `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`, else `http/protobuf`
     /// when the endpoint's port is 4318, else `grpc`.
     pub otlp_protocol: Option<String>,
-    /// Extra request headers (e.g. authentication), merged over `OTEL_EXPORTER_OTLP_HEADERS`.
+    /// Extra request headers (e.g. authentication). The exporter adds
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS` over these (the variable wins on the same name).
     pub otlp_headers: BTreeMap<String, String>,
-    /// Longest one export request may take, in milliseconds.
-    pub otlp_timeout_ms: u64,
+    /// Longest one export request may take, in milliseconds. Unset:
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT`, else 10 000.
+    pub otlp_timeout_ms: Option<u64>,
+    /// `gzip` or `none`. Unset or `none`: as `OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION` says
+    /// (read by the exporter; it has no way to force "none" over the variable), else none.
+    pub otlp_compression: Option<String>,
+    /// PEM CA certificates that verify an `https://` endpoint, instead of the system's roots.
+    /// Unset: `OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE`, else the system's roots.
+    pub otlp_ca: Option<PathBuf>,
+    /// PEM client certificate (chain) for mutual TLS, with `otlp_client_key`. Unset:
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)CLIENT_CERTIFICATE`.
+    pub otlp_client_cert: Option<PathBuf>,
+    /// PEM private key of `otlp_client_cert`. Unset: `OTEL_EXPORTER_OTLP_(TRACES_)CLIENT_KEY`.
+    pub otlp_client_key: Option<PathBuf>,
     /// Append OTLP/JSON here, one ExportTraceServiceRequest per line (the Collector's file
     /// exporter format).
     pub file: Option<PathBuf>,
@@ -55,7 +77,11 @@ impl Default for ExportConfig {
             otlp_endpoint: None,
             otlp_protocol: None,
             otlp_headers: BTreeMap::new(),
-            otlp_timeout_ms: 10_000,
+            otlp_timeout_ms: None,
+            otlp_compression: None,
+            otlp_ca: None,
+            otlp_client_cert: None,
+            otlp_client_key: None,
             file: None,
             console: None,
             queue_spans: 65_536,
@@ -75,13 +101,27 @@ pub enum Protocol {
     HttpProtobuf,
 }
 
+/// Certificates for an `https://` endpoint (read when the exporter is built).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA bundle; None: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key (mutual TLS).
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OtlpTarget {
     pub protocol: Protocol,
     /// Full URL: for HTTP, including `/v1/traces`.
     pub url: String,
+    /// `otlp_headers` only: the exporter adds the environment's headers itself.
     pub headers: BTreeMap<String, String>,
     pub timeout: Duration,
+    /// Some for an `https://` endpoint.
+    pub tls: Option<TlsFiles>,
+    /// Some(true): gzip; otherwise as the exporter's environment says (default none).
+    pub gzip: Option<bool>,
 }
 
 /// Validated, ready to start.
@@ -109,6 +149,14 @@ pub enum ConfigError {
     Header(String),
     #[error("export.{0} must be greater than 0")]
     Zero(&'static str),
+    #[error("OTLP compression {0:?} is not supported: use gzip or none")]
+    Compression(String),
+    #[error("{0} is set without {1}: a client certificate needs its key and the key its certificate")]
+    ClientPair(&'static str, &'static str),
+    #[error("{0} {1:?} is not a number of milliseconds")]
+    Timeout(&'static str, String),
+    #[error("{0} is set for the http:// endpoint {1}: use https:// (or drop the certificate)")]
+    TlsOnPlaintext(&'static str, String),
 }
 
 /// `k1=v1,k2=v2` with percent-encoded values (the OTLP exporter specification's format).
@@ -160,13 +208,61 @@ impl ExportConfig {
                     }
                     _ => url,
                 };
-                let mut headers =
-                    match env("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS")) {
-                        Some(h) => parse_headers(&h)?,
-                        None => BTreeMap::new(),
-                    };
-                headers.extend(self.otlp_headers.clone());
-                Some(OtlpTarget { protocol, url, headers, timeout: Duration::from_millis(self.otlp_timeout_ms.max(1)) })
+                // the headers variables are the exporter's to read (and it does); checked here
+                // only so that a malformed one is one clear error at start
+                for k in ["OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"] {
+                    if let Some(h) = env(k) {
+                        parse_headers(&h)?;
+                    }
+                }
+                let timeout_ms = match self.otlp_timeout_ms {
+                    Some(ms) => ms,
+                    None => match self.signal_env(&env, "TIMEOUT") {
+                        Some((k, v)) => v.trim().parse().map_err(|_| ConfigError::Timeout(k, v.clone()))?,
+                        None => 10_000,
+                    },
+                };
+                let gzip = match self.otlp_compression.as_deref().map(str::trim) {
+                    Some("gzip") => Some(true),
+                    Some("none") => Some(false),
+                    Some(other) => return Err(ConfigError::Compression(other.into())),
+                    None => None,
+                };
+                let file = |own: &Option<PathBuf>, var: &str| {
+                    own.clone().map(|p| ("export config", p)).or_else(|| {
+                        self.signal_env(&env, var).map(|(k, v)| (k, PathBuf::from(v.trim())))
+                    })
+                };
+                let ca = file(&self.otlp_ca, "CERTIFICATE");
+                let cert = file(&self.otlp_client_cert, "CLIENT_CERTIFICATE");
+                let key = file(&self.otlp_client_key, "CLIENT_KEY");
+                let client = match (cert, key) {
+                    (Some((_, c)), Some((_, k))) => Some((c, k)),
+                    (Some(_), None) => return Err(ConfigError::ClientPair("the OTLP client certificate", "its key")),
+                    (None, Some(_)) => return Err(ConfigError::ClientPair("the OTLP client key", "its certificate")),
+                    (None, None) => None,
+                };
+                let tls = if url.starts_with("https://") {
+                    Some(TlsFiles { ca: ca.map(|(_, p)| p), client })
+                } else {
+                    // certificates for a plaintext endpoint: most likely a mistake, unless
+                    // they came from a variable shared with other exporters
+                    if let Some((from, _)) = ca.filter(|(k, _)| *k == "export config") {
+                        return Err(ConfigError::TlsOnPlaintext(from, url));
+                    }
+                    if client.is_some() && self.otlp_client_cert.is_some() {
+                        return Err(ConfigError::TlsOnPlaintext("export.otlp_client_cert", url));
+                    }
+                    None
+                };
+                Some(OtlpTarget {
+                    protocol,
+                    url,
+                    headers: self.otlp_headers.clone(),
+                    timeout: Duration::from_millis(timeout_ms.max(1)),
+                    tls,
+                    gzip,
+                })
             }
         };
         for (name, v) in [
@@ -191,6 +287,22 @@ impl ExportConfig {
             shutdown_flush: Duration::from_millis(self.shutdown_flush_ms),
             node_name: self.node_name.clone().or_else(|| env("NODE_NAME")),
         })
+    }
+}
+
+impl ExportConfig {
+    /// `OTEL_EXPORTER_OTLP_TRACES_<what>`, else `OTEL_EXPORTER_OTLP_<what>`: (name, value).
+    fn signal_env(&self, env: &impl Fn(&str) -> Option<String>, what: &str) -> Option<(&'static str, String)> {
+        let (traces, generic) = match what {
+            "TIMEOUT" => ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"),
+            "CERTIFICATE" => ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"),
+            "CLIENT_CERTIFICATE" => {
+                ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")
+            }
+            "CLIENT_KEY" => ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY"),
+            _ => return None,
+        };
+        env(traces).map(|v| (traces, v)).or_else(|| env(generic).map(|v| (generic, v)))
     }
 }
 
@@ -225,9 +337,56 @@ mod tests {
             .unwrap();
         let o = s.otlp.unwrap();
         assert_eq!((o.protocol, o.url.as_str()), (Protocol::HttpProtobuf, "http://c:4318/v1/traces"));
-        assert_eq!(o.headers.get("authorization").map(String::as_str), Some("Bearer x"));
-        assert_eq!(o.headers.get("tenant").map(String::as_str), Some("a"));
+        // the headers variable is the exporter's to read: not copied into the target
+        assert!(o.headers.is_empty(), "{:?}", o.headers);
+        assert_eq!((o.tls, o.gzip, o.timeout), (None, None, Duration::from_secs(10)));
         assert!(!s.console);
+        let bad = ExportConfig::default()
+            .resolve(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"), ("OTEL_EXPORTER_OTLP_HEADERS", "novalue")]));
+        assert_eq!(bad.unwrap_err(), ConfigError::Header("novalue".into()));
+    }
+
+    #[test]
+    fn tls_timeout_and_compression_follow_config_then_traces_then_generic_variables() {
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/generic/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/traces/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/generic/client.pem"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/generic/client.key"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1500"),
+        ];
+        let o = ExportConfig::default().resolve(env(&vars)).unwrap().otlp.unwrap();
+        let tls = o.tls.expect("https:// endpoint");
+        assert_eq!(tls.ca, Some(PathBuf::from("/traces/ca.pem")), "the traces variable wins over the generic one");
+        assert_eq!(tls.client, Some((PathBuf::from("/generic/client.pem"), PathBuf::from("/generic/client.key"))));
+        assert_eq!(o.timeout, Duration::from_millis(1500));
+        let c = ExportConfig {
+            otlp_ca: Some("/cfg/ca.pem".into()),
+            otlp_timeout_ms: Some(700),
+            otlp_compression: Some("gzip".into()),
+            ..Default::default()
+        };
+        let o = c.resolve(env(&vars)).unwrap().otlp.unwrap();
+        assert_eq!(o.tls.unwrap().ca, Some(PathBuf::from("/cfg/ca.pem")), "config wins");
+        assert_eq!((o.timeout, o.gzip), (Duration::from_millis(700), Some(true)));
+        // a key without its certificate, an unknown compression, a bad timeout: one clear error each
+        let half = [("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317"), ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/k")];
+        assert!(matches!(ExportConfig::default().resolve(env(&half)), Err(ConfigError::ClientPair(..))));
+        let zstd = ExportConfig { otlp_compression: Some("zstd".into()), ..Default::default() };
+        assert!(matches!(zstd.resolve(env(&vars)), Err(ConfigError::Compression(_))));
+        let slow = [("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317"), ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s")];
+        assert!(matches!(ExportConfig::default().resolve(env(&slow)), Err(ConfigError::Timeout(..))));
+        // a CA in the config for a plaintext endpoint is a mistake; a shared variable is not
+        let plain = ExportConfig {
+            otlp_endpoint: Some("http://c:4317".into()),
+            otlp_ca: Some("/ca".into()),
+            ..Default::default()
+        };
+        assert!(matches!(plain.resolve(env(&[])), Err(ConfigError::TlsOnPlaintext(..))));
+        let shared = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/ca")];
+        assert_eq!(ExportConfig::default().resolve(env(&shared)).unwrap().otlp.unwrap().tls, None);
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! wait here until its root arrives; at most `MAX_PENDING` sessions wait (the oldest is
 //! printed as it is, without its root, when more arrive).
 //!
+//! Every line is terminal-safe: control, ESC and bidi characters are shown escaped
+//! (`crate::text::display_safe`) and argv elements are shell-quoted.
+//!
 //! A process line is `ARGV  [pid P nspid N, exit C, DURATION]` (nspid only when it differs
 //! from the host pid); a forked child that never exec'd is `NAME (fork)`.
 
@@ -56,7 +59,10 @@ fn attr<'a>(s: &'a SpanData, key: &str) -> Option<&'a Value> {
 fn text(s: &SpanData, key: &str) -> Option<String> {
     attr(s, key).map(|v| match v {
         Value::Array(a) => match a {
-            opentelemetry::Array::String(v) => v.iter().map(|x| x.as_str().to_owned()).collect::<Vec<_>>().join(" "),
+            // argv as a shell reads it back: `sh -c 'a | b'`, not `sh -c a | b`
+            opentelemetry::Array::String(v) => {
+                v.iter().map(|x| crate::text::shell_quote(x.as_str()).into_owned()).collect::<Vec<_>>().join(" ")
+            }
             other => other.to_string(),
         },
         other => other.to_string(),
@@ -141,8 +147,17 @@ fn alerts(s: &SpanData) -> String {
     out
 }
 
-/// The whole session as text.
+/// The whole session as text. Everything in it came from the kernel or from clients: nothing
+/// may drive the analyst's terminal (ESC sequences, bidi overrides), so all of it is escaped.
 pub fn render_session(spans: &[SpanData]) -> String {
+    let text = render_raw(spans);
+    match crate::text::display_safe(&text, true) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(safe) => safe,
+    }
+}
+
+fn render_raw(spans: &[SpanData]) -> String {
     let mut kids: HashMap<SpanId, Vec<&SpanData>> = HashMap::new();
     let ids: std::collections::HashSet<SpanId> = spans.iter().map(|s| s.span_context.span_id()).collect();
     let mut roots = Vec::new();
@@ -328,12 +343,17 @@ mod tests {
         let text = render_session(&spans);
         let lines: Vec<&str> = text.lines().collect();
         assert!(
-            lines[1].starts_with("  └─ sh -c wget -q -O- http://x/ | tar -x; sleep 1 &  [pid 4242 nspid 7, 5ms]"),
+            lines[1].starts_with("  └─ sh -c 'wget -q -O- http://x/ | tar -x; sleep 1 &'  [pid 4242 nspid 7, 5ms]"),
             "{text}"
         );
         assert!(lines.iter().any(|l| l.contains("─ sh (fork)  [pid 4243 nspid 8, 5ms]")), "{text}");
         assert_eq!(text.matches("tar -x").count(), 1, "the parent's argv is printed once:\n{text}");
         assert!(lines.iter().any(|l| l.contains("─ wget -q http://x/  [pid 4243 nspid 8, 5ms]")), "{text}");
+        // an argv that would drive the terminal prints escaped, quoted as one word
+        let evil = vec![span(1, 0, "exec", vec![]), span(9, 1, "echo", vec![argv(&["echo", "a\x1b[2J\u{202e}b"])])];
+        let text = render_session(&evil);
+        assert!(text.contains("echo 'a\\x1b[2J\\u{202e}b'"), "{text}");
+        assert!(!text.contains('\x1b') && !text.contains('\u{202e}'), "{text}");
         assert!(lines.iter().any(|l| l.contains("─ id  [pid 99, 5ms]")), "{text}");
     }
 }

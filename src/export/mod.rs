@@ -240,6 +240,12 @@ pub async fn run_export_with(
     });
 
     let ctx = BuildCtx { boot_id: cfg.boot_id, clock: cfg.clock, cfg: cfg.spans.clone() };
+    // Secrets leave nothing past this point: every update is redacted as it arrives and every
+    // identity as the attributor hands it over, so the rules, the span stage and every sink
+    // see only tokens (crate::redact).
+    let redactor = Arc::new(build_redactor(&cfg.spans.redact));
+    let attributor: Arc<dyn Attributor> =
+        Arc::new(Sanitizing { inner: attributor, redactor: redactor.clone(), cfg: cfg.spans.clone() });
     // asked for request-only traces directly: a wrapping attributor need not forward that
     let requests = attributor.clone();
     // The rules stage sees each update before the span stage, and each span after it; it
@@ -291,6 +297,9 @@ pub async fn run_export_with(
             );
             push(Queued { session: None, span: l.span, root: false });
         }
+        for outcome in out.probes {
+            metrics.probe_sessions.get_or_create(&vec![("outcome", outcome)]).inc();
+        }
         for reason in out.forgotten {
             metrics.attribution_late_forgotten.get_or_create(&vec![("reason", reason)]).inc();
         }
@@ -310,7 +319,8 @@ pub async fn run_export_with(
         let mut out = Output::default();
         tokio::select! {
             u = rx.recv() => match u {
-                Some(u) => {
+                Some(mut u) => {
+                    redact_update(&redactor, &mut u);
                     if let Some((a, _)) = alerts.as_mut() {
                         a.tap(&u);
                     }
@@ -392,18 +402,91 @@ fn request_spans(
     report: &mut ExportReport,
 ) {
     for a in src.unmatched_requests(now) {
-        let who = spans::SessionIdentity::from(&a);
+        // `src` is the sanitizing attributor: this identity is redacted and capped
+        let who = src.identity_of(&a);
         let container = crate::model::ContainerInfo {
             pod_namespace: a.pod_namespace.clone(),
             pod_name: a.pod_name.clone(),
             pod_uid: a.pod_uid.clone(),
-            container_name: a.container.clone(),
+            container_name: who.container.clone(),
             ..Default::default()
         };
         let span = spans::build::request_only_span(ctx, &who, &container, SystemTime::now());
         push(Queued { session: None, span, root: true });
         report.sessions += 1;
         metrics.sessions_exported.inc();
+    }
+}
+
+/// The redactor for this run: the configured key, or (none configured, or the key file gone
+/// since the configuration was checked) a random one, said once in the log. Never the key.
+fn build_redactor(cfg: &crate::redact::RedactConfig) -> crate::redact::Redactor {
+    use crate::redact::{KeySource, Redactor};
+    let r = Redactor::new(cfg).unwrap_or_else(|e| {
+        tracing::error!("{e}: secrets are redacted under a random key for this run instead");
+        Redactor::random()
+    });
+    match r.source {
+        KeySource::Random => tracing::warn!(
+            "spans.redact: no key configured, secrets are redacted under a random key for this run (one secret gives one token only within this run; set spans.redact.key_file to the cluster's key)"
+        ),
+        KeySource::Config | KeySource::File => {
+            tracing::info!(source = ?r.source, "spans.redact: secrets are redacted under the configured key")
+        }
+    }
+    r
+}
+
+/// Replaces the secrets in the argv of every process record of an update, counting them on
+/// the image. The root's `root_argv` stays as the kernel saw it: it is only compared with the
+/// API request's command (itself redacted after the match) and never written.
+pub fn redact_update(r: &crate::redact::Redactor, u: &mut SessionUpdate) {
+    let recs: &mut [crate::model::ProcessRecord] = match u {
+        SessionUpdate::Started(_) => return,
+        SessionUpdate::ProcessEnded(_, rec) => std::slice::from_mut(rec),
+        SessionUpdate::Ended(_, recs) => recs,
+    };
+    for rec in recs {
+        for img in &mut rec.images {
+            img.argv_redacted += r.argv(&mut img.argv);
+        }
+    }
+}
+
+/// The attributor as the span stage sees it: every identity redacted and capped
+/// ([`spans::SessionIdentity::sanitize`]) before any span, rule or log reads it.
+struct Sanitizing {
+    inner: Arc<dyn Attributor>,
+    redactor: Arc<crate::redact::Redactor>,
+    cfg: spans::SpansConfig,
+}
+
+impl Sanitizing {
+    fn clean(&self, mut w: spans::SessionIdentity) -> spans::SessionIdentity {
+        w.sanitize(&self.redactor, &self.cfg);
+        w
+    }
+}
+
+impl Attributor for Sanitizing {
+    fn attribute(&self, info: &crate::model::SessionInfo) -> Option<spans::SessionIdentity> {
+        self.inner.attribute(info).map(|w| self.clean(w))
+    }
+    fn unmatched_requests(&self, now: SystemTime) -> Vec<crate::attribute::Attribution> {
+        self.inner.unmatched_requests(now)
+    }
+    fn attribute_late(
+        &self,
+        info: &crate::model::SessionInfo,
+        settled: std::time::Duration,
+    ) -> Option<spans::SessionIdentity> {
+        self.inner.attribute_late(info, settled).map(|w| self.clean(w))
+    }
+    fn revision(&self) -> Option<u64> {
+        self.inner.revision()
+    }
+    fn identity_of(&self, a: &crate::attribute::Attribution) -> spans::SessionIdentity {
+        self.clean(spans::SessionIdentity::from(a))
     }
 }
 

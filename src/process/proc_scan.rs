@@ -165,6 +165,7 @@ impl SessionTracker {
                 inherited: false,
                 argv: sp.argv.clone(),
                 argv_truncated: false,
+                argv_redacted: 0,
                 filename: sp.exe_path.clone(),
                 interp: None,
                 exe_path: sp.exe_path.clone(),

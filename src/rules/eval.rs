@@ -141,6 +141,7 @@ mod tests {
             inherited: false,
             argv: vec![exe.as_bytes().to_vec()],
             argv_truncated: false,
+            argv_redacted: 0,
             filename: exe.as_bytes().to_vec(),
             interp: None,
             exe_path: exe.as_bytes().to_vec(),

@@ -47,6 +47,7 @@ pub struct RootMarks {
     pub folded: u64,
     pub spans_capped: u64,
     pub argv_truncated: u64,
+    pub args_redacted: u64,
     pub udp_unsent: u64,
 }
 
@@ -200,6 +201,7 @@ pub fn root_span(
         (keys::SESSION_FOLDED, marks.folded),
         (keys::SESSION_SPANS_CAPPED, marks.spans_capped),
         (keys::SESSION_ARGV_TRUNCATED, marks.argv_truncated),
+        (keys::SESSION_ARGS_REDACTED, marks.args_redacted),
         (keys::SESSION_UDP_UNSENT, marks.udp_unsent),
     ] {
         if v > 0 {
@@ -229,6 +231,11 @@ fn request_attributes(attrs: &mut Vec<KeyValue>, w: &SessionIdentity) {
     attrs.push(KeyValue::new(keys::ATTRIBUTION_CANDIDATES, w.candidates as i64));
     if let Some(code) = w.response_code {
         attrs.push(KeyValue::new(keys::K8S_RESPONSE_CODE, code as i64));
+    }
+    for (k, n) in [(keys::K8S_COMMAND_REDACTED, w.redacted), (keys::K8S_FIELDS_TRUNCATED, w.truncated)] {
+        if n > 0 {
+            attrs.push(KeyValue::new(k, n as i64));
+        }
     }
 }
 
@@ -340,6 +347,9 @@ pub fn image_span(
     attrs.push(KeyValue::new(sc::PROCESS_INTERACTIVE, img.tty));
     if let Some(i) = &img.interp {
         attrs.push(KeyValue::new(keys::PROCESS_INTERPRETER, escape(i)));
+    }
+    if img.argv_redacted > 0 {
+        attrs.push(KeyValue::new(keys::PROCESS_ARGS_REDACTED, img.argv_redacted as i64));
     }
     for (k, on) in [
         (keys::PROCESS_ARGV_TRUNCATED, cut),

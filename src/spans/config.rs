@@ -20,8 +20,14 @@ pub struct SpansConfig {
     pub fold_after: u32,
     /// Spans per session (root excluded); the rest are counted on the root and not exported.
     pub max_spans_per_session: u32,
+    /// Bytes of each client-chosen string on a span (audit ids that are not UUIDs, user agent,
+    /// user, group and container names); longer ones are cut with a mark (`…`) and counted in
+    /// `podtrail.k8s.fields_truncated`. The requested command is capped like argv.
+    pub attribute_max_bytes: usize,
     /// The cluster's address ranges for `podtrail.network.destination.scope`.
     pub scope: ScopeConfig,
+    /// How secrets in commands and URLs are replaced before anything leaves the agent.
+    pub redact: crate::redact::RedactConfig,
     /// How long spans wait for attribution.
     pub hold: HoldConfig,
 }
@@ -33,7 +39,9 @@ impl Default for SpansConfig {
             argv_max_bytes: 1024,
             fold_after: 20,
             max_spans_per_session: 10_000,
+            attribute_max_bytes: 256,
             scope: ScopeConfig::default(),
+            redact: Default::default(),
             hold: HoldConfig::default(),
         }
     }

@@ -12,6 +12,12 @@
 //! late question only once they have been held a while (`settle`), so a record meant for a new
 //! session that is about to ask is not taken by an older unattributed one.
 //!
+//! A session marked as an exec probe (`SessionInfo::probe`: its command is one of the
+//! container's probe commands) is dropped when it leaves the hold unattributed and without a
+//! terminal: nothing but the kubelet explains it. Matched by a request, or with a terminal, it
+//! is a session like any other (`echo id | kubectl exec -i pod -- sh` against a probe of
+//! `["sh"]`). Either outcome is counted ([`Output::probes`]).
+//!
 //! In: `SessionUpdate`s; an [`Attributor`] asked on each tick. Out: [`Output`]: spans with
 //! their session, late attribution spans. Dropped: nothing is dropped from a trace; a session
 //! released without attribution is exported with `podtrail.attribution.source=none`, how each
@@ -65,6 +71,9 @@ pub struct Output {
     /// Remembered unattributed sessions given up on: "expired" (no record within `late_ms`),
     /// "overflow" (`late_max_sessions` reached).
     pub forgotten: Vec<&'static str>,
+    /// Sessions marked as probes, by outcome: "dropped" (no request, no terminal) or
+    /// "session" (exported).
+    pub probes: Vec<&'static str>,
 }
 
 /// A record that arrived after its session was exported unattributed, and the span it adds.
@@ -108,6 +117,8 @@ pub struct SpanStage {
     unattributed_order: VecDeque<SessionId>,
     /// The attributor's last revision and when it was first seen.
     revision: Option<(Option<u64>, Instant)>,
+    /// Probe sessions dropped while still open: their later updates are dropped too.
+    dropped: std::collections::HashSet<SessionId>,
 }
 
 impl SpanStage {
@@ -129,6 +140,7 @@ impl SpanStage {
             unattributed: HashMap::new(),
             unattributed_order: VecDeque::new(),
             revision: None,
+            dropped: Default::default(),
         }
     }
 
@@ -155,6 +167,12 @@ impl SpanStage {
             SessionUpdate::Started(i) | SessionUpdate::ProcessEnded(i, _) | SessionUpdate::Ended(i, _) => i,
         };
         let id = info.id;
+        if self.dropped.contains(&id) {
+            if matches!(u, SessionUpdate::Ended(..)) {
+                self.dropped.remove(&id);
+            }
+            return;
+        }
         if let Some(w) = self.unattributed.get_mut(&id) {
             w.info = info.clone(); // pod metadata may arrive after the release
         }
@@ -177,12 +195,19 @@ impl SpanStage {
         }
         // New session (or one whose Started we missed): ask once, hold if there is time.
         if let Some(who) = self.attributor.attribute(info) {
+            if info.probe {
+                out.probes.push("session");
+            }
             self.live.insert(id, SessionSpans::new(&self.ctx, info.clone(), Some(who)));
             out.released.push(Release::Attributed);
             self.apply(id, u, out);
             return;
         }
         if self.hold_for.is_zero() {
+            if self.drop_probe(info, matches!(u, SessionUpdate::Ended(..)), out) {
+                out.released.push(Release::Deadline);
+                return;
+            }
             let s = SessionSpans::new(&self.ctx, info.clone(), None);
             self.remember(&s, now, out);
             self.live.insert(id, s);
@@ -263,6 +288,24 @@ impl SpanStage {
         }
     }
 
+    /// A session leaving the hold unattributed: when it is marked as a probe and has no
+    /// terminal, nothing but the probe explains it, and it is dropped (its later updates too,
+    /// unless it has `ended`). True when dropped. Counted either way.
+    fn drop_probe(&mut self, info: &SessionInfo, ended: bool, out: &mut Output) -> bool {
+        if !info.probe {
+            return false;
+        }
+        if info.root_tty {
+            out.probes.push("session");
+            return false;
+        }
+        out.probes.push("dropped");
+        if !ended {
+            self.dropped.insert(info.id);
+        }
+        true
+    }
+
     /// A session leaves the hold without attribution: remember it for a late record.
     fn remember(&mut self, s: &SessionSpans, now: Instant, out: &mut Output) {
         let info = s.info();
@@ -318,6 +361,14 @@ impl SpanStage {
         let Some(h) = self.held.remove(&id) else { return };
         self.order.retain(|x| *x != id);
         out.released.push(how);
+        if who.is_none() {
+            let ended = h.updates.iter().any(|u| matches!(u, SessionUpdate::Ended(..)));
+            if self.drop_probe(&h.info, ended, out) {
+                return;
+            }
+        } else if h.info.probe {
+            out.probes.push("session");
+        }
         let unattributed = who.is_none() && how != Release::Shutdown;
         let s = SessionSpans::new(&self.ctx, h.info, who);
         if unattributed {
@@ -467,6 +518,55 @@ mod tests {
         assert!(root.root);
         assert_eq!(attr(&root.span, keys::ATTRIBUTION_SOURCE).map(|v| v.to_string()), Some("none".into()));
         root.span
+    }
+
+    fn probe(pid: u32, tty: bool) -> SessionInfo {
+        SessionInfo { probe: true, root_tty: tty, ..info(pid, SessionKind::Exec) }
+    }
+
+    /// Issue 13: `echo id | kubectl exec -i pod -- sh` against a probe of `["sh"]` is a session.
+    #[test]
+    fn a_probe_command_is_dropped_only_when_no_request_and_no_terminal_explain_it() {
+        let fake = Arc::new(Fake::default());
+        let mut st = stage(&fake, 3_000, 60_000, 100);
+        let t0 = Instant::now();
+
+        // the kubelet's probe: nothing matches within the hold, no terminal -> dropped, and
+        // its later updates with it
+        let mut out = Output::default();
+        st.update(SessionUpdate::Started(probe(20, false)), t0, &mut out);
+        st.tick(t0 + Duration::from_secs(4), &mut out);
+        st.update(ended(probe(20, false)), t0 + Duration::from_secs(4), &mut out);
+        assert_eq!(out.probes, vec!["dropped"]);
+        assert!(out.spans.is_empty() && out.ended.is_empty(), "{out:?}");
+        assert_eq!((st.open(), st.unattributed()), (0, 0), "nothing kept, nothing waits for a late record");
+
+        // the same command, and an API request matches it within the hold -> a session
+        let mut out = Output::default();
+        st.update(SessionUpdate::Started(probe(21, false)), t0, &mut out);
+        fake.arrive();
+        st.tick(t0 + Duration::from_secs(1), &mut out);
+        st.update(ended(probe(21, false)), t0 + Duration::from_secs(2), &mut out);
+        assert_eq!(out.probes, vec!["session"]);
+        let root = &out.spans.last().expect("root").1;
+        assert!(root.root);
+        assert_eq!(attr(&root.span, "user.name").map(|v| v.to_string()), Some("john.doe@example.com".into()));
+
+        // no request, but a terminal -> a session (exported unattributed)
+        let mut out = Output::default();
+        st.update(SessionUpdate::Started(probe(22, true)), t0, &mut out);
+        st.tick(t0 + Duration::from_secs(4), &mut out);
+        st.update(ended(probe(22, true)), t0 + Duration::from_secs(4), &mut out);
+        assert_eq!(out.probes, vec!["session"]);
+        assert_eq!(out.ended.len(), 1);
+
+        // without a hold (no attribution source) a probe is dropped at once
+        let fake = Arc::new(Fake::default());
+        let mut st = stage(&fake, 0, 60_000, 100);
+        let mut out = Output::default();
+        st.update(SessionUpdate::Started(probe(23, false)), t0, &mut out);
+        st.update(ended(probe(23, false)), t0, &mut out);
+        assert_eq!((out.probes, out.spans.len()), (vec!["dropped"], 0));
     }
 
     #[test]

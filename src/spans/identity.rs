@@ -3,7 +3,8 @@
 //! for it ([`Attributor`]).
 //!
 //! In: an `Attribution` (or nothing: the session is exported unattributed, which is a finding
-//! in itself). Out: [`SessionIdentity`]. Nothing is dropped.
+//! in itself). Out: [`SessionIdentity`], made safe to write by [`SessionIdentity::sanitize`]
+//! (secrets redacted, client-chosen strings capped with a mark). Nothing is dropped.
 
 use std::time::{Duration, SystemTime};
 
@@ -36,6 +37,10 @@ pub struct SessionIdentity {
     pub request_started: Option<SystemTime>,
     pub request_completed: Option<SystemTime>,
     pub response_code: Option<u16>,
+    /// Values of `requested_command` and `user_agent` replaced by redaction tokens.
+    pub redacted: u32,
+    /// Client-chosen fields cut to `spans.attribute_max_bytes` (or argv's cap, for the command).
+    pub truncated: u32,
 }
 
 impl From<&Attribution> for SessionIdentity {
@@ -61,11 +66,90 @@ impl From<&Attribution> for SessionIdentity {
             request_started: a.request_started,
             request_completed: a.request_completed,
             response_code: a.response_code,
+            redacted: 0,
+            truncated: 0,
         }
     }
 }
 
+/// The mark a cut string ends with.
+pub const CUT_MARK: char = '…';
+
+/// Cuts `s` to at most `max` bytes on a character boundary, plus [`CUT_MARK`]; true if cut.
+pub fn cap_string(s: &mut String, max: usize) -> bool {
+    if s.len() <= max {
+        return false;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push(CUT_MARK);
+    true
+}
+
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() })
+}
+
 impl SessionIdentity {
+    /// Makes the identity safe to write: the requested command and the user agent redacted
+    /// (`crate::redact`), and every string a client chose capped: the command like argv, the
+    /// others at `cfg.attribute_max_bytes`. An audit id that is not a UUID keeps its first
+    /// bytes and a hash of the whole (so two long ids stay apart); the trace id was derived
+    /// from the whole id before this. Counts what it changed in `redacted` and `truncated`.
+    pub fn sanitize(&mut self, redactor: &crate::redact::Redactor, cfg: &super::SpansConfig) {
+        let max = cfg.attribute_max_bytes.max(16);
+        self.redacted += redactor.strings(&mut self.requested_command);
+        if let Some(ua) = self.user_agent.as_mut() {
+            self.redacted += redactor.string(ua);
+        }
+        // like argv: whole arguments while they fit, the first one cut if it alone is too long
+        let mut used = 0usize;
+        if let Some(keep) = self.requested_command.iter().position(|a| {
+            used += a.len();
+            used > cfg.argv_max_bytes
+        }) {
+            self.requested_command.truncate(keep.max(1));
+            if keep == 0 {
+                cap_string(&mut self.requested_command[0], cfg.argv_max_bytes);
+            }
+            self.truncated += 1;
+        }
+        if let Some(id) = self.audit_id.as_mut().filter(|id| !is_uuid(id) && id.len() > 64) {
+            use sha2::{Digest, Sha256};
+            let h = hex::encode(&Sha256::digest(id.as_bytes())[..8]);
+            cap_string(id, 40);
+            id.push_str(&h);
+            self.truncated += 1;
+        }
+        for f in [
+            &mut self.user_name,
+            &mut self.user_uid,
+            &mut self.impersonated_name,
+            &mut self.client_address,
+            &mut self.user_agent,
+            &mut self.container,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            self.truncated += u32::from(cap_string(f, max));
+        }
+        for groups in [&mut self.user_groups, &mut self.impersonated_groups] {
+            if groups.len() > 64 {
+                groups.truncate(64);
+                groups.push(CUT_MARK.to_string());
+                self.truncated += 1;
+            }
+            for g in groups.iter_mut() {
+                self.truncated += u32::from(cap_string(g, max));
+            }
+        }
+    }
+
     /// The root span's name for this request kind.
     pub fn root_name(&self) -> &'static str {
         match self.request_kind {
@@ -104,6 +188,12 @@ pub trait Attributor: Send + Sync {
     fn revision(&self) -> Option<u64> {
         None
     }
+
+    /// The identity a request exported on its own (from [`Attributor::unmatched_requests`])
+    /// carries; an attributor that sanitizes identities sanitizes this one too.
+    fn identity_of(&self, a: &Attribution) -> SessionIdentity {
+        SessionIdentity::from(a)
+    }
 }
 
 /// The attributor used until attribution is wired in: nobody, immediately.
@@ -126,5 +216,42 @@ where
 {
     fn attribute(&self, info: &SessionInfo) -> Option<SessionIdentity> {
         self(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redactor() -> crate::redact::Redactor {
+        crate::redact::Redactor::new(&crate::redact::RedactConfig { key: "k".into(), ..Default::default() }).unwrap()
+    }
+
+    #[test]
+    fn client_strings_are_capped_with_a_mark_and_secrets_redacted() {
+        let cfg = crate::spans::SpansConfig::default();
+        let long_id = "x".repeat(1 << 20);
+        let mut w = SessionIdentity {
+            audit_id: Some(long_id.clone()),
+            user_agent: Some(format!("curl/8 {}", "u".repeat(5000))),
+            requested_command: vec!["mysql".into(), "-pS3cret".into(), "y".repeat(4000)],
+            user_groups: (0..100).map(|i| format!("g{i}")).collect(),
+            ..Default::default()
+        };
+        w.sanitize(&redactor(), &cfg);
+        let id = w.audit_id.as_deref().unwrap();
+        assert!(id.len() < 80 && id.contains(CUT_MARK), "{id}");
+        let mut other = SessionIdentity { audit_id: Some(format!("{long_id}z")), ..Default::default() };
+        other.sanitize(&redactor(), &cfg);
+        assert_ne!(other.audit_id.as_deref(), Some(id), "two long ids stay apart");
+        assert!(w.user_agent.as_ref().unwrap().len() <= cfg.attribute_max_bytes + 3);
+        assert_eq!(w.requested_command.len(), 2, "{:?}", w.requested_command);
+        assert!(w.requested_command[1].starts_with("-p<redacted:"));
+        assert_eq!(w.user_groups.len(), 65);
+        assert_eq!((w.redacted, w.truncated), (1, 4));
+        // a UUID and short strings are left alone
+        let mut u = SessionIdentity { audit_id: Some("4b5f3c7e-8d2a-4f19-9c3e-2a1b0d9e8f70".into()), ..Default::default() };
+        u.sanitize(&redactor(), &cfg);
+        assert_eq!((u.audit_id.as_deref(), u.truncated), (Some("4b5f3c7e-8d2a-4f19-9c3e-2a1b0d9e8f70"), 0));
     }
 }

@@ -22,6 +22,10 @@ pub const K8S_CONTAINER: &str = "podtrail.k8s.container";
 pub const K8S_TTY: &str = "podtrail.k8s.tty";
 pub const K8S_STDIN: &str = "podtrail.k8s.stdin";
 pub const K8S_RESPONSE_CODE: &str = "podtrail.k8s.response_code";
+/// Values of the requested command and user agent replaced by redaction tokens.
+pub const K8S_COMMAND_REDACTED: &str = "podtrail.k8s.command_redacted";
+/// Client-chosen request fields cut to their cap (marked `…`).
+pub const K8S_FIELDS_TRUNCATED: &str = "podtrail.k8s.fields_truncated";
 
 // The session, marked on the root (kind also on every span).
 pub const SESSION_KIND: &str = "podtrail.session.kind";
@@ -31,6 +35,7 @@ pub const SESSION_EVENTS_LOST: &str = "podtrail.session.events_lost";
 pub const SESSION_FOLDED: &str = "podtrail.session.folded";
 pub const SESSION_SPANS_CAPPED: &str = "podtrail.session.spans_capped";
 pub const SESSION_ARGV_TRUNCATED: &str = "podtrail.session.argv_truncated";
+pub const SESSION_ARGS_REDACTED: &str = "podtrail.session.args_redacted";
 pub const SESSION_UDP_UNSENT: &str = "podtrail.session.udp_unsent";
 pub const SESSION_PROCESSES: &str = "podtrail.session.processes";
 pub const SESSION_CONTAINER_SOURCE: &str = "podtrail.session.container_source";
@@ -38,6 +43,8 @@ pub const NODE_USER: &str = "podtrail.node.user";
 
 // Process images.
 pub const PROCESS_ARGV_TRUNCATED: &str = "podtrail.process.argv_truncated";
+/// Values of this image's argv replaced by redaction tokens (`crate::redact`).
+pub const PROCESS_ARGS_REDACTED: &str = "podtrail.process.args_redacted";
 pub const PROCESS_FILELESS: &str = "podtrail.process.fileless";
 pub const PROCESS_INHERITED: &str = "podtrail.process.inherited";
 pub const PROCESS_EXIT_SIGNAL: &str = "podtrail.process.exit.signal";
@@ -89,6 +96,8 @@ pub const PODTRAIL_KEYS: &[&str] = &[
     K8S_TTY,
     K8S_STDIN,
     K8S_RESPONSE_CODE,
+    K8S_COMMAND_REDACTED,
+    K8S_FIELDS_TRUNCATED,
     SESSION_KIND,
     SESSION_INCOMPLETE,
     SESSION_SPANS_LOST,
@@ -96,11 +105,13 @@ pub const PODTRAIL_KEYS: &[&str] = &[
     SESSION_FOLDED,
     SESSION_SPANS_CAPPED,
     SESSION_ARGV_TRUNCATED,
+    SESSION_ARGS_REDACTED,
     SESSION_UDP_UNSENT,
     SESSION_PROCESSES,
     SESSION_CONTAINER_SOURCE,
     NODE_USER,
     PROCESS_ARGV_TRUNCATED,
+    PROCESS_ARGS_REDACTED,
     PROCESS_FILELESS,
     PROCESS_INHERITED,
     PROCESS_EXIT_SIGNAL,

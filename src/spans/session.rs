@@ -209,6 +209,7 @@ impl SessionSpans {
         let mut slots = Vec::with_capacity(rec.images.len());
         for idx in 0..rec.images.len() {
             let img = &rec.images[idx];
+            self.marks.args_redacted += img.argv_redacted as u64;
             let end = build::image_end_ns(&rec, idx, fallback);
             let own = ids::image_span_id(&ctx.boot_id, rec.key, img.exec_index);
             let last = idx + 1 == rec.images.len();

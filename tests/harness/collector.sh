@@ -22,6 +22,10 @@
 #   QUEUE_DIRECTORY       persistent queue directory (default DIR/queue, so a restart with the
 #                         same DIR resumes the queue). Any other variable of config.yaml
 #                         (QUEUE_SPANS, MEMORY_LIMIT_MIB, LOG_LEVEL, ...) passes through.
+#   OTLP_TLS_CERT_FILE, OTLP_TLS_KEY_FILE, OTLP_TLS_CLIENT_CA_FILE  the OTLP receiver's TLS
+#                         (config.yaml requires TLS with client certificates); unset: a
+#                         throwaway CA, server and client certificate are made in DIR/tls
+#                         (openssl) and used.
 #
 # Output of `start` (stdout, and the same lines in DIR/env):
 #   COLLECTOR_PID=<pid>
@@ -30,6 +34,9 @@
 #   COLLECTOR_HEALTH=http://127.0.0.1:<port>/
 #   COLLECTOR_METRICS=http://127.0.0.1:<port>/metrics   the collector's own Prometheus metrics
 #   COLLECTOR_QUEUE_DIR=<dir>
+#   COLLECTOR_TLS_CA=<file>            CA that signed the receiver's certificate
+#   COLLECTOR_TLS_CLIENT_CERT=<file>   a client certificate the receiver accepts (and its key:)
+#   COLLECTOR_TLS_CLIENT_KEY=<file>    (both empty when OTLP_TLS_* were given)
 # DIR also holds: pid, collector.log.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -86,6 +93,13 @@ start() {
     metrics=${COLLECTOR_METRICS_PORT:-$(free_port)}
     queue=${QUEUE_DIRECTORY:-$dir/queue}
     mkdir -p "$queue"
+    local ca="" ccert="" ckey=""
+    if [ -z "${OTLP_TLS_CERT_FILE:-}" ]; then
+        bash "$REPO/scripts/otlp-certs.sh" "$dir/tls" || die "could not make test certificates (openssl)"
+        export OTLP_TLS_CERT_FILE=$dir/tls/tls.crt OTLP_TLS_KEY_FILE=$dir/tls/tls.key \
+            OTLP_TLS_CLIENT_CA_FILE=$dir/tls/ca.crt
+        ca=$dir/tls/ca.crt ccert=$dir/tls/client.crt ckey=$dir/tls/client.key
+    fi
     OTLP_GRPC_ENDPOINT=127.0.0.1:$grpc OTLP_HTTP_ENDPOINT=127.0.0.1:$http \
     HEALTH_ENDPOINT=127.0.0.1:$health METRICS_HOST=127.0.0.1 METRICS_PORT=$metrics \
     QUEUE_DIRECTORY=$queue \
@@ -95,10 +109,13 @@ start() {
     cat >"$dir/env" <<ENV
 COLLECTOR_PID=$(cat "$dir/pid")
 COLLECTOR_OTLP_GRPC=127.0.0.1:$grpc
-COLLECTOR_OTLP_HTTP=http://127.0.0.1:$http
+COLLECTOR_OTLP_HTTP=https://127.0.0.1:$http
 COLLECTOR_HEALTH=http://127.0.0.1:$health/
 COLLECTOR_METRICS=http://127.0.0.1:$metrics/metrics
 COLLECTOR_QUEUE_DIR=$queue
+COLLECTOR_TLS_CA=$ca
+COLLECTOR_TLS_CLIENT_CERT=$ccert
+COLLECTOR_TLS_CLIENT_KEY=$ckey
 ENV
     if ! wait_http "http://127.0.0.1:$health/" "${COLLECTOR_START_TIMEOUT:-60}"; then
         tail -n 40 "$dir/collector.log" >&2 || true
@@ -111,6 +128,8 @@ ENV
 validate() {
     local bin; bin=$(build)
     TEMPO_ENDPOINT=${TEMPO_ENDPOINT:-127.0.0.1:1} JAEGER_ENDPOINT=${JAEGER_ENDPOINT:-127.0.0.1:1} \
+    OTLP_TLS_CERT_FILE=${OTLP_TLS_CERT_FILE:-/dev/null} OTLP_TLS_KEY_FILE=${OTLP_TLS_KEY_FILE:-/dev/null} \
+    OTLP_TLS_CLIENT_CA_FILE=${OTLP_TLS_CLIENT_CA_FILE:-/dev/null} \
         "$bin" validate --config "${1:-$REPO/otel-collector/config.yaml}"
 }
 
@@ -120,5 +139,5 @@ case "${1:-}" in
     stop) stop_pidfile "${2:?usage: collector.sh stop DIR}" ;;
     env) cat "${2:?usage: collector.sh env DIR}/env" ;;
     validate) validate "${2:-}" ;;
-    *) sed -n '2,36p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,44p' "$0" >&2; exit 2 ;;
 esac

@@ -73,8 +73,11 @@ def daemons(workdir, binaries):
     d.close()
 
 
-def send_sessions(endpoint, batch, n_traces=10, spans_per_trace=5):
-    """Sends n_traces traces shaped like podtrail sessions; returns their trace ids (hex)."""
+def send_sessions(col, batch, n_traces=10, spans_per_trace=5):
+    """Sends n_traces traces shaped like podtrail sessions to the collector (`col`: its env from
+    collector.sh start) over TLS with the client certificate the receiver requires; returns
+    their trace ids (hex)."""
+    import grpc
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
@@ -82,7 +85,14 @@ def send_sessions(endpoint, batch, n_traces=10, spans_per_trace=5):
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
     provider = TracerProvider(resource=Resource.create({"service.name": SERVICE}))
-    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))
+    def read(k):
+        with open(col[k], "rb") as f:
+            return f.read()
+    creds = grpc.ssl_channel_credentials(root_certificates=read("COLLECTOR_TLS_CA"),
+                                         private_key=read("COLLECTOR_TLS_CLIENT_KEY"),
+                                         certificate_chain=read("COLLECTOR_TLS_CLIENT_CERT"))
+    exporter = OTLPSpanExporter(endpoint=col["COLLECTOR_OTLP_GRPC"], credentials=creds, insecure=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("podtrail-stack-test")
     ids = []
     for t in range(n_traces):
@@ -171,7 +181,7 @@ def test_spans_survive_backend_outage_and_collector_restart(daemons):
     per = 5
 
     # 1. Both backends up: every span reaches both.
-    first = send_sessions(col["COLLECTOR_OTLP_GRPC"], "first", spans_per_trace=per)
+    first = send_sessions(col, "first", spans_per_trace=per)
     for name, q in (("tempo", tempo["JAEGER_QUERY"]), ("jaeger", jaeger["JAEGER_QUERY"])):
         counts = wait_all(q, first, per, 30)
         assert all(c == per for c in counts.values()), (name, counts, daemons.log("collector", "collector.log"))
@@ -186,7 +196,7 @@ def test_spans_survive_backend_outage_and_collector_restart(daemons):
 
     # 2. Jaeger down: Tempo keeps receiving, Jaeger's share waits in the on-disk queue.
     daemons.stop("jaeger.sh", "jaeger")
-    second = send_sessions(col["COLLECTOR_OTLP_GRPC"], "second", spans_per_trace=per)
+    second = send_sessions(col, "second", spans_per_trace=per)
     counts = wait_all(tempo["JAEGER_QUERY"], second, per, 30)
     assert all(c == per for c in counts.values()), ("tempo during outage", counts)
     time.sleep(2)  # let the exporter fail and retry at least once
@@ -206,7 +216,7 @@ def test_spans_survive_backend_outage_and_collector_restart(daemons):
     assert trace_span_count(jaeger["JAEGER_QUERY"], first[0]) == 0
 
     # 5. And the pipeline still flows after recovery.
-    third = send_sessions(col["COLLECTOR_OTLP_GRPC"], "third", n_traces=3, spans_per_trace=per)
+    third = send_sessions(col, "third", n_traces=3, spans_per_trace=per)
     for q in (tempo["JAEGER_QUERY"], jaeger["JAEGER_QUERY"]):
         counts = wait_all(q, third, per, 30)
         assert all(c == per for c in counts.values()), counts

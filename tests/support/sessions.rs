@@ -47,6 +47,7 @@ pub fn image(idx: u32, start: u64, exe: &str, argv: &[&str]) -> ImageRecord {
         inherited: false,
         argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
         argv_truncated: false,
+        argv_redacted: 0,
         filename: exe.as_bytes().to_vec(),
         interp: None,
         exe_path: exe.as_bytes().to_vec(),

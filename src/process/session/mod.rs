@@ -94,6 +94,7 @@ pub(crate) fn image_from_exec(e: &ExecEvent, exec_index: u32, clock: &crate::clo
         inherited: false,
         argv: e.argv.clone(),
         argv_truncated: e.flags.argv_truncated,
+        argv_redacted: 0,
         filename: e.filename.clone(),
         interp: e.interp.clone(),
         exe_path: e.exe_path.clone(),

@@ -33,6 +33,7 @@ impl SessionTracker {
                 inherited: true,
                 argv: Vec::new(),
                 argv_truncated: false,
+                argv_redacted: 0,
                 filename: Vec::new(),
                 interp: None,
                 exe_path: Vec::new(),

@@ -1,0 +1,573 @@
+//! Secrets stay out of the trail: argv, the requested command of an API request and the URLs
+//! inside them are redacted once, where session updates and identities enter the export task
+//! (`crate::export::run_export_with`), so every sink (OTLP, OTLP/JSON file, console, the rules'
+//! alerts, podtrail's own logs of those spans) only ever sees the redacted form.
+//!
+//! In: argv (bytes, maybe not UTF-8) and strings from clients. Out: the same with each secret
+//! value replaced by a keyed token `<redacted:0123456789>` (HMAC-SHA256 of the value under the
+//! cluster's key, first 5 bytes in hex), and how many values were replaced, which the span
+//! builder puts on the span (`podtrail.process.args_redacted`). The same secret gives the same
+//! token under one key, so two sessions using one leaked credential can still be found; without
+//! the key a token says nothing about the value.
+//!
+//! What is recognised (built in, always on):
+//! - the value after a password or token flag: `--password X`, `--token X`, `--api-key X`,
+//!   `--client-secret X`, `-storepass X` (a separate word), and `--password=X` (any
+//!   `name=value` whose name says password, passwd, secret, token, api key, access key,
+//!   private key, credential, `_pwd`);
+//! - `-pSECRET` of MySQL/MariaDB clients (their `-p` takes the password attached), `sshpass -p`,
+//!   `redis-cli -a X`, curl's `-u user:password`;
+//! - `Authorization:` (and `Proxy-Authorization`, `X-Api-Key`, `X-Auth-Token`, `Private-Token`,
+//!   `Cookie`) header values, and the token after `Bearer`, also inside one argv element
+//!   (`-H 'Authorization: Bearer abc'`, or a whole `sh -c '...'` script);
+//! - the password in a URL's user info (`https://user:pass@host/`: the user stays);
+//! - AWS access key ids (`AKIA...`, `ASIA...`), GitHub, GitLab and Slack tokens by their prefix;
+//! - configured regular expressions (`[spans.redact] patterns`): the first capture group when
+//!   the pattern has one, else the whole match.
+//!
+//! Words inside one argv element (a shell script given to `sh -c`) get the same flag rules as
+//! argv itself. Dropped: nothing; a value that only looks like a secret is redacted as well
+//! (the cost of a false positive is a token where a word was).
+//!
+//! The session root's raw argv (`SessionInfo::root_argv`) is kept in memory for matching the
+//! API request's command (which is redacted only after the match); it is never written out.
+
+use std::path::PathBuf;
+use std::sync::LazyLock;
+
+use regex::bytes::{Captures, Regex};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// `[spans.redact]`: how secrets in commands are replaced.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedactConfig {
+    /// The cluster's redaction key, any text (hashed into the HMAC key). The same key on every
+    /// agent makes tokens comparable across nodes and restarts. Empty: `key_file`, else a
+    /// random key for this run (logged as such; tokens then match only within one run).
+    pub key: String,
+    /// A file holding the key (a mounted Kubernetes Secret); trailing whitespace is ignored.
+    /// Takes precedence over `key`.
+    pub key_file: Option<PathBuf>,
+    /// Extra regular expressions (Rust `regex` syntax, matched on bytes) whose first capture
+    /// group, or whole match without one, is redacted: e.g. `"(?i)--db-url=\\S+://[^@]*@"`.
+    pub patterns: Vec<String>,
+}
+
+/// Why a redaction config cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RedactError {
+    #[error("spans.redact.key_file {path}: {source}")]
+    KeyFile { path: String, source: std::io::Error },
+    #[error("spans.redact.key_file {0} is empty")]
+    EmptyKey(String),
+    #[error("spans.redact.patterns {pattern:?}: {message}")]
+    Pattern { pattern: String, message: String },
+}
+
+/// Where the key came from: logged at start (never the key itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    Config,
+    File,
+    /// No key configured: random for this run.
+    Random,
+}
+
+/// The built redactor: HMAC states precomputed, patterns compiled.
+#[derive(Clone)]
+pub struct Redactor {
+    inner: Sha256,
+    outer: Sha256,
+    custom: Vec<Regex>,
+    pub source: KeySource,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor").field("source", &self.source).field("patterns", &self.custom.len()).finish()
+    }
+}
+
+/// The mark a redacted value leaves; also how an already redacted value is recognised.
+pub const TOKEN_PREFIX: &str = "<redacted:";
+
+// One alternation for the text patterns; group `s` is the secret in each branch.
+static BUILTIN: LazyLock<Regex> = LazyLock::new(|| {
+    let header = r"(?i:\b(?:(?:proxy-)?authorization|x-api-key|x-auth-token|x-access-token|private-token|cookie)[ \t]*:[ \t]*(?:(?:bearer|basic|token|digest|negotiate)[ \t]+)?)(?P<h>[^\s'\x22]+)";
+    let bearer = r"(?i:\bbearer[ \t]+)(?P<b>[A-Za-z0-9\-._~+/]+=*)";
+    let url = r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#@:'\x22]*:(?P<u>[^\s/?#@'\x22]+)@";
+    let assign = r"[A-Za-z0-9_.\-]*(?i:password|passwd|secret|token|api[_\-]?key|access[_\-]?key|private[_\-]?key|credentials?|_pwd|auth[_\-]?key)[A-Za-z0-9_.\-]*=(?P<a>[^\s&;'\x22]+)";
+    let cloud = r"\b(?P<c>(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{16}|(?:ghp|gho|ghu|ghs|ghr|github_pat)_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_\-]{20,}|xox[abprs]-[A-Za-z0-9\-]{10,})";
+    Regex::new(&format!("(?-u:{header}|{bearer}|{url}|{assign}|{cloud})")).expect("built-in redaction patterns")
+});
+
+const GROUPS: [&str; 5] = ["h", "b", "u", "a", "c"];
+
+fn random_key() -> [u8; 32] {
+    let mut k = [0u8; 32];
+    use std::io::Read;
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut k)).is_err() {
+        // No urandom (should not happen on Linux): time and pid still make a key no one
+        // outside this process knows in advance.
+        let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+        k = Sha256::digest(seed.as_bytes()).into();
+    }
+    k
+}
+
+impl Redactor {
+    /// Reads the key (file, config, or random) and compiles the patterns.
+    pub fn new(cfg: &RedactConfig) -> Result<Redactor, RedactError> {
+        let (key, source) = match &cfg.key_file {
+            Some(p) => {
+                let text = std::fs::read(p)
+                    .map_err(|source| RedactError::KeyFile { path: p.display().to_string(), source })?;
+                let trimmed = text.trim_ascii_end();
+                if trimmed.is_empty() {
+                    return Err(RedactError::EmptyKey(p.display().to_string()));
+                }
+                (Sha256::digest(trimmed).into(), KeySource::File)
+            }
+            None if !cfg.key.is_empty() => (Sha256::digest(cfg.key.as_bytes()).into(), KeySource::Config),
+            None => (random_key(), KeySource::Random),
+        };
+        let custom = cfg
+            .patterns
+            .iter()
+            .map(|p| Regex::new(p).map_err(|e| RedactError::Pattern { pattern: p.clone(), message: e.to_string() }))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Redactor::with_key(key, custom, source))
+    }
+
+    /// A redactor under a random key and the built-in patterns only.
+    pub fn random() -> Redactor {
+        Redactor::with_key(random_key(), Vec::new(), KeySource::Random)
+    }
+
+    fn with_key(key: [u8; 32], custom: Vec<Regex>, source: KeySource) -> Redactor {
+        // HMAC (RFC 2104) with a 32-byte key: the padded key xor ipad / opad, absorbed once.
+        let (mut ipad, mut opad) = ([0x36u8; 64], [0x5cu8; 64]);
+        for i in 0..32 {
+            ipad[i] ^= key[i];
+            opad[i] ^= key[i];
+        }
+        let mut inner = Sha256::new();
+        inner.update(ipad);
+        let mut outer = Sha256::new();
+        outer.update(opad);
+        Redactor { inner, outer, custom, source }
+    }
+
+    /// The token standing for `secret`: `<redacted:` + 10 hex digits of its HMAC + `>`.
+    pub fn token(&self, secret: &[u8]) -> String {
+        let mut i = self.inner.clone();
+        i.update(secret);
+        let mut o = self.outer.clone();
+        o.update(i.finalize());
+        let mac = o.finalize();
+        format!("{TOKEN_PREFIX}{}>", hex::encode(&mac[..5]))
+    }
+
+    /// Redacts an argv in place; returns how many values were replaced.
+    pub fn argv(&self, argv: &mut [Vec<u8>]) -> u32 {
+        let mut n = 0;
+        let hits = word_rules(argv.iter().map(|a| a.as_slice()));
+        for (i, from) in hits {
+            let v = &argv[i];
+            let mut out = v[..from].to_vec();
+            out.extend_from_slice(self.token(unquote(&v[from..])).as_bytes());
+            argv[i] = out;
+            n += 1;
+        }
+        for a in argv.iter_mut() {
+            if let Some((new, k)) = self.text(a) {
+                *a = new;
+                n += k;
+            }
+        }
+        n
+    }
+
+    /// Redacts strings (a requested command, a user agent) in place; returns the count.
+    pub fn strings(&self, v: &mut [String]) -> u32 {
+        let mut bytes: Vec<Vec<u8>> = v.iter().map(|s| s.as_bytes().to_vec()).collect();
+        let n = self.argv(&mut bytes);
+        if n > 0 {
+            for (s, b) in v.iter_mut().zip(bytes) {
+                *s = String::from_utf8_lossy(&b).into_owned();
+            }
+        }
+        n
+    }
+
+    /// One string (a user agent, a URL): the text patterns and the flag rules of its words.
+    pub fn string(&self, s: &mut String) -> u32 {
+        match self.text(s.as_bytes()) {
+            Some((new, n)) => {
+                *s = String::from_utf8_lossy(&new).into_owned();
+                n
+            }
+            None => 0,
+        }
+    }
+
+    /// One element: flag rules on its words when it has several (a script), then the text
+    /// patterns. None when nothing was redacted (the common case allocates nothing).
+    fn text(&self, s: &[u8]) -> Option<(Vec<u8>, u32)> {
+        let mut n = 0u32;
+        let mut cur: Option<Vec<u8>> = None;
+        if s.iter().any(|b| b.is_ascii_whitespace()) {
+            let words = split_words(s);
+            let hits = word_rules(words.iter().map(|&(a, b)| &s[a..b]));
+            if !hits.is_empty() {
+                let mut out = Vec::with_capacity(s.len());
+                let mut last = 0;
+                for (wi, from) in hits {
+                    let (a, b) = words[wi];
+                    out.extend_from_slice(&s[last..a + from]);
+                    out.extend_from_slice(self.token(unquote(&s[a + from..b])).as_bytes());
+                    last = b;
+                    n += 1;
+                }
+                out.extend_from_slice(&s[last..]);
+                cur = Some(out);
+            }
+        }
+        for re in std::iter::once(&*BUILTIN).chain(self.custom.iter()) {
+            let src = cur.as_deref().unwrap_or(s);
+            if !re.is_match(src) {
+                continue;
+            }
+            let builtin = std::ptr::eq(re, &*BUILTIN);
+            let mut k = 0u32;
+            let out = re.replace_all(src, |c: &Captures| {
+                let whole = c.get(0).expect("group 0");
+                let secret = if builtin {
+                    GROUPS.iter().find_map(|g| c.name(g))
+                } else {
+                    c.get(1).or(Some(whole))
+                };
+                match secret {
+                    Some(m) if !m.as_bytes().is_empty() && !m.as_bytes().starts_with(TOKEN_PREFIX.as_bytes()) => {
+                        k += 1;
+                        let mut r = src[whole.start()..m.start()].to_vec();
+                        r.extend_from_slice(self.token(m.as_bytes()).as_bytes());
+                        r.extend_from_slice(&src[m.end()..whole.end()]);
+                        r
+                    }
+                    _ => whole.as_bytes().to_vec(),
+                }
+            });
+            if k > 0 {
+                n += k;
+                cur = Some(out.into_owned());
+            }
+        }
+        cur.map(|c| (c, n))
+    }
+}
+
+/// Byte ranges of the whitespace-separated words of `s`.
+fn split_words(s: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (i, b) in s.iter().enumerate() {
+        match (b.is_ascii_whitespace(), start) {
+            (true, Some(a)) => {
+                out.push((a, i));
+                start = None;
+            }
+            (false, None) => start = Some(i),
+            _ => {}
+        }
+    }
+    if let Some(a) = start {
+        out.push((a, s.len()));
+    }
+    out
+}
+
+/// A value without one layer of surrounding quotes: `'S3cret'` and `S3cret` give one token.
+fn unquote(v: &[u8]) -> &[u8] {
+    let v = v.strip_prefix(b"'").or_else(|| v.strip_prefix(b"\"")).unwrap_or(v);
+    v.strip_suffix(b"'").or_else(|| v.strip_suffix(b"\"")).unwrap_or(v)
+}
+
+/// Clients whose flags carry a password in a form the text patterns cannot see.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// `-pSECRET` attached; `-p` / `--password` alone prompt, so the next word is not a value.
+    MySql,
+    /// `-u user:password`.
+    Curl,
+    /// `-a password`.
+    Redis,
+    /// `-p password` or `-pPASSWORD`.
+    SshPass,
+}
+
+fn client(word: &[u8]) -> Option<Client> {
+    match crate::text::basename(unquote(word)) {
+        b"mysql" | b"mysqldump" | b"mysqladmin" | b"mysqlimport" | b"mysqlshow" | b"mysqlcheck" | b"mysqlpump"
+        | b"mysqlslap" | b"mysqlsh" | b"mariadb" | b"mariadb-dump" | b"mariadb-admin" | b"mariadb-import"
+        | b"mariadb-check" => Some(Client::MySql),
+        b"curl" => Some(Client::Curl),
+        b"redis-cli" | b"valkey-cli" => Some(Client::Redis),
+        b"sshpass" => Some(Client::SshPass),
+        _ => None,
+    }
+}
+
+/// A flag (without its dashes, lower case) whose next word is a secret.
+fn secret_flag(name: &str) -> bool {
+    const EXACT: &[&str] = &["pass", "pw", "pwd", "storepass", "keypass", "srcstorepass", "deststorepass"];
+    const HAS: &[&str] =
+        &["password", "passwd", "passphrase", "secret", "token", "apikey", "api-key", "api_key", "access-key", "access_key"];
+    // A flag naming where the secret is (a file, a variable) takes no secret.
+    const NOT: &[&str] = &["-file", "_file", "-path", "-dir", "-env", "-fd", "-stdin", "-cmd", "-command", "-type"];
+    if NOT.iter().any(|s| name.ends_with(s)) {
+        return false;
+    }
+    EXACT.contains(&name) || HAS.iter().any(|k| name.contains(k))
+}
+
+/// For each word that is (or ends in) a secret: its index and the offset the secret starts at.
+fn word_rules<'a>(words: impl Iterator<Item = &'a [u8]>) -> Vec<(usize, usize)> {
+    #[derive(Clone, Copy)]
+    enum Next {
+        No,
+        Whole,
+        UserPass,
+    }
+    let mut hits = Vec::new();
+    let mut cl: Option<Client> = None;
+    let mut next = Next::No;
+    for (i, w) in words.enumerate() {
+        let bare = unquote(w);
+        match next {
+            Next::Whole if !bare.is_empty() && !bare.starts_with(b"-") => hits.push((i, 0)),
+            Next::UserPass => {
+                if let Some(c) = w.iter().position(|&b| b == b':') {
+                    hits.push((i, c + 1));
+                }
+            }
+            _ => {}
+        }
+        let was = std::mem::replace(&mut next, Next::No);
+        if !matches!(was, Next::No) {
+            continue;
+        }
+        if matches!(bare, b"|" | b";" | b"&&" | b"||" | b"&") || w.ends_with(b";") {
+            cl = None;
+            continue;
+        }
+        if let Some(c) = client(w) {
+            cl = Some(c);
+            continue;
+        }
+        if !bare.starts_with(b"-") || bare.contains(&b'=') {
+            continue;
+        }
+        match (cl, bare) {
+            (Some(Client::MySql), b"-p" | b"--password") => continue,
+            (Some(Client::MySql | Client::SshPass), f) if f.len() > 2 && f.starts_with(b"-p") && f[2] != b'-' => {
+                // attached: -pS3cret (the quote, if any, stays with the value)
+                let lead = usize::from(w.starts_with(b"'") || w.starts_with(b"\""));
+                hits.push((i, lead + 2));
+                continue;
+            }
+            (Some(Client::SshPass), b"-p") | (Some(Client::Redis), b"-a") => {
+                next = Next::Whole;
+                continue;
+            }
+            (Some(Client::Curl), b"-u" | b"--user" | b"--proxy-user" | b"-U") => {
+                next = Next::UserPass;
+                continue;
+            }
+            (Some(Client::Curl), f) if f.len() > 2 && f.starts_with(b"-u") && f[2] != b'-' => {
+                if let Some(c) = w.iter().position(|&b| b == b':') {
+                    hits.push((i, c + 1));
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let name = String::from_utf8_lossy(bare.trim_ascii_start()).trim_start_matches('-').to_ascii_lowercase();
+        if name.len() >= 2 && secret_flag(&name) {
+            next = Next::Whole;
+        }
+    }
+    hits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r() -> Redactor {
+        Redactor::new(&RedactConfig { key: "test-key".into(), ..Default::default() }).unwrap()
+    }
+
+    fn red(args: &[&str]) -> (Vec<String>, u32) {
+        let mut v: Vec<Vec<u8>> = args.iter().map(|a| a.as_bytes().to_vec()).collect();
+        let n = r().argv(&mut v);
+        (v.into_iter().map(|a| String::from_utf8(a).unwrap()).collect(), n)
+    }
+
+    fn none_left(out: &[String], secrets: &[&str]) {
+        let all = out.join(" ");
+        for s in secrets {
+            assert!(!all.contains(s), "{s} survived in {all}");
+        }
+    }
+
+    #[test]
+    fn the_token_is_keyed_stable_and_short() {
+        let a = r();
+        assert_eq!(a.token(b"S3cret"), a.token(b"S3cret"));
+        assert_ne!(a.token(b"S3cret"), a.token(b"S3cret2"));
+        let other = Redactor::new(&RedactConfig { key: "other".into(), ..Default::default() }).unwrap();
+        assert_ne!(a.token(b"S3cret"), other.token(b"S3cret"), "the key changes the token");
+        let t = a.token(b"S3cret");
+        assert!(t.starts_with("<redacted:") && t.ends_with('>') && t.len() == 10 + 10 + 1, "{t}");
+        // RFC 4231 test case 2 checks the HMAC construction itself ("Jefe" is hashed first
+        // here, so compare against HMAC under SHA-256("Jefe") computed independently).
+        let k: [u8; 32] = Sha256::digest(b"Jefe").into();
+        let h = Redactor::with_key(k, vec![], KeySource::Config);
+        let mut i = Sha256::new();
+        let mut ipad = [0x36u8; 64];
+        let mut opad = [0x5cu8; 64];
+        for j in 0..32 {
+            ipad[j] ^= k[j];
+            opad[j] ^= k[j];
+        }
+        i.update(ipad);
+        i.update(b"what do ya want for nothing?");
+        let mut o = Sha256::new();
+        o.update(opad);
+        o.update(i.finalize());
+        assert_eq!(h.token(b"what do ya want for nothing?"), format!("<redacted:{}>", hex::encode(&o.finalize()[..5])));
+    }
+
+    #[test]
+    fn password_and_token_flags() {
+        let (o, n) = red(&["app", "--password", "S3cret", "--token=T0ken", "--api-key", "K3y", "-v"]);
+        assert_eq!(n, 3, "{o:?}");
+        none_left(&o, &["S3cret", "T0ken", "K3y"]);
+        assert_eq!(o[1], "--password");
+        assert!(o[3].starts_with("--token=<redacted:"), "{o:?}");
+        assert_eq!(o[6], "-v");
+        // a flag naming a file takes no secret
+        let (o, n) = red(&["app", "--token-file", "/var/run/token"]);
+        assert_eq!((n, o[2].as_str()), (0, "/var/run/token"));
+    }
+
+    #[test]
+    fn database_clients_attached_password() {
+        let (o, n) = red(&["mysql", "-uroot", "-pS3cret", "-h", "db"]);
+        assert_eq!(n, 1);
+        assert!(o[2].starts_with("-p<redacted:"), "{o:?}");
+        assert_eq!(o[1], "-uroot");
+        // -p alone prompts: the database name after it stays
+        let (o, n) = red(&["mysql", "-p", "shop"]);
+        assert_eq!((n, o[2].as_str()), (0, "shop"));
+        // psql's -p is a port and is left alone
+        let (o, n) = red(&["psql", "-p5432"]);
+        assert_eq!((n, o[1].as_str()), (0, "-p5432"));
+        // inside a script, and the same secret gives the same token
+        let (o, n) = red(&["sh", "-c", "mysql -pS3cret -e 'select 1' | mariadb -p'S3cret'"]);
+        assert_eq!(n, 2, "{o:?}");
+        none_left(&o, &["S3cret"]);
+        let toks: Vec<&str> = o[2].matches("<redacted:").collect();
+        assert_eq!(toks.len(), 2);
+        let t = r().token(b"S3cret");
+        assert_eq!(o[2].matches(t.as_str()).count(), 2, "{}", o[2]);
+    }
+
+    #[test]
+    fn headers_bearer_and_url_credentials() {
+        let (o, n) = red(&[
+            "wget",
+            "--header",
+            "Authorization: Bearer abc.def-123",
+            "https://user:pa55word@example.com/x?access_token=qq1&y=1",
+        ]);
+        none_left(&o, &["abc.def-123", "pa55word", "qq1"]);
+        assert_eq!(n, 3, "{o:?}");
+        assert!(o[2].starts_with("Authorization: Bearer <redacted:"), "{o:?}");
+        assert!(o[3].starts_with("https://user:<redacted:") && o[3].contains("@example.com/x?access_token=<redacted:"));
+        assert!(o[3].ends_with("&y=1"));
+        let (o, _) = red(&["curl", "-H", "authorization: Basic dXNlcjpwYXNz", "-u", "admin:hunter2", "x"]);
+        none_left(&o, &["dXNlcjpwYXNz", "hunter2"]);
+        assert!(o[4].starts_with("admin:<redacted:"), "{o:?}");
+        let (o, _) = red(&["sh", "-c", "curl -H 'Authorization: Bearer xyz123' https://h/"]);
+        none_left(&o, &["xyz123"]);
+    }
+
+    #[test]
+    fn assignments_and_cloud_keys() {
+        let (o, n) = red(&[
+            "env",
+            "DB_PASSWORD=pw1",
+            "GITHUB_TOKEN=ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "PATH=/bin",
+            "AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE",
+            "aws_secret_access_key=wJalrXUtnFEMI/K7MDENG",
+            "MYSQL_PWD=pw2",
+            "PWD=/root",
+        ]);
+        none_left(&o, &["pw1", "ghp_aaaa", "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI", "pw2"]);
+        assert_eq!(o[3], "PATH=/bin");
+        assert_eq!(o[7], "PWD=/root");
+        assert_eq!(n, 5, "{o:?}");
+        let (o, n) = red(&["aws", "configure", "set", "x", "ASIAXXXXXXXXXXXXXXXX"]);
+        assert_eq!(n, 1);
+        none_left(&o, &["ASIAXXXXXXXXXXXXXXXX"]);
+    }
+
+    #[test]
+    fn configured_patterns_and_bad_ones() {
+        let cfg = RedactConfig { key: "k".into(), patterns: vec!["--pin (\\d+)".into()], ..Default::default() };
+        let red = Redactor::new(&cfg).unwrap();
+        let mut s = "unlock --pin 1234 now".to_string();
+        assert_eq!(red.string(&mut s), 1);
+        assert!(s.starts_with("unlock --pin <redacted:") && s.ends_with(" now"), "{s}");
+        let bad = RedactConfig { patterns: vec!["(".into()], ..Default::default() };
+        assert!(Redactor::new(&bad).unwrap_err().to_string().contains("spans.redact.patterns"));
+    }
+
+    #[test]
+    fn plain_commands_are_untouched_and_tokens_are_not_redacted_again() {
+        let (o, n) = red(&["ls", "-la", "/tmp", "--color=auto"]);
+        assert_eq!((n, o.join(" ").as_str()), (0, "ls -la /tmp --color=auto"));
+        let mut v: Vec<Vec<u8>> = vec![b"x".to_vec(), b"Authorization: Bearer abc".to_vec()];
+        let a = r();
+        a.argv(&mut v);
+        let once = v.clone();
+        assert_eq!(a.argv(&mut v), 0);
+        assert_eq!(v, once);
+        // not UTF-8: still scanned, the bytes around the secret kept
+        let mut v = vec![b"\xff--password=zz\xfe".to_vec()];
+        assert_eq!(a.argv(&mut v), 1);
+        assert!(!v[0].windows(2).any(|w| w == b"zz"));
+    }
+
+    #[test]
+    fn key_file_and_random_key() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("key");
+        std::fs::write(&p, "cluster-key\n").unwrap();
+        let f = Redactor::new(&RedactConfig { key_file: Some(p.clone()), ..Default::default() }).unwrap();
+        let c = Redactor::new(&RedactConfig { key: "cluster-key".into(), ..Default::default() }).unwrap();
+        assert_eq!(f.source, KeySource::File);
+        assert_eq!(f.token(b"x"), c.token(b"x"), "trailing newline of a Secret file ignored");
+        let a = Redactor::new(&RedactConfig::default()).unwrap();
+        let b = Redactor::new(&RedactConfig::default()).unwrap();
+        assert_eq!(a.source, KeySource::Random);
+        assert_ne!(a.token(b"x"), b.token(b"x"));
+        std::fs::write(&p, "\n").unwrap();
+        assert!(Redactor::new(&RedactConfig { key_file: Some(p), ..Default::default() }).is_err());
+    }
+}

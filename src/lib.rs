@@ -25,4 +25,5 @@ pub mod metrics;
 pub mod process;
 pub mod rules;
 pub mod spans;
+pub mod state;
 pub mod text;

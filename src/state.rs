@@ -27,12 +27,12 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot create podtrail's state directory {path}: {source} (create it, or choose another with --state-dir or export.queue.directory)")]
-    Create { path: PathBuf, source: io::Error },
+    #[error("cannot create podtrail's state directory {path}: {err} (create it, or choose another with --state-dir or export.queue.directory)")]
+    Create { path: PathBuf, err: io::Error },
     #[error("podtrail's state directory {path} is held by another agent (pid {pid}): give each agent its own directory with --state-dir or export.queue.directory")]
     Locked { path: PathBuf, pid: String },
-    #[error("state directory {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("state directory {path}: {err}")]
+    Io { path: PathBuf, err: io::Error },
 }
 
 /// A time the node was not watched: from the previous agent's last sign of life to this start.
@@ -80,8 +80,8 @@ impl StateDir {
     /// Creates (if needed) and takes the directory; returns the gap when the previous agent
     /// on it did not stop cleanly.
     pub fn open(dir: &Path) -> Result<(StateDir, Option<Gap>), StateError> {
-        fs::create_dir_all(dir).map_err(|source| StateError::Create { path: dir.to_owned(), source })?;
-        let io_err = |p: PathBuf| move |source| StateError::Io { path: p, source };
+        fs::create_dir_all(dir).map_err(|source| StateError::Create { path: dir.to_owned(), err: source })?;
+        let io_err = |p: PathBuf| move |source| StateError::Io { path: p, err: source };
         let lock_path = dir.join("lock");
         let mut lock = OpenOptions::new()
             .create(true)
@@ -89,7 +89,7 @@ impl StateDir {
             .read(true)
             .write(true)
             .open(&lock_path)
-            .map_err(|source| StateError::Create { path: lock_path.clone(), source })?;
+            .map_err(|source| StateError::Create { path: lock_path.clone(), err: source })?;
         // SAFETY: flock(2) on a descriptor this function owns.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = io::Error::last_os_error();
@@ -102,7 +102,7 @@ impl StateDir {
                     pid: if pid.is_empty() { "unknown".into() } else { pid },
                 });
             }
-            return Err(StateError::Io { path: lock_path, source: e });
+            return Err(StateError::Io { path: lock_path, err: e });
         }
         let me = std::process::id();
         lock.set_len(0).map_err(io_err(lock_path.clone()))?;

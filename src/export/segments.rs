@@ -95,10 +95,10 @@ pub struct Evicted {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot create the queue directory {path}: {source}")]
-    Create { path: PathBuf, source: io::Error },
-    #[error("queue file {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("cannot create the queue directory {path}: {err}")]
+    Create { path: PathBuf, err: io::Error },
+    #[error("queue file {path}: {err}")]
+    Io { path: PathBuf, err: io::Error },
     #[error("a batch of {0} bytes does not fit the queue's budget of {1} bytes")]
     TooLarge(u64, u64),
 }
@@ -126,7 +126,7 @@ fn seg_path(dir: &Path, seq: u64) -> PathBuf {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_owned(), source }
+    move |source| StoreError::Io { path: path.to_owned(), err: source }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -248,7 +248,7 @@ impl SegmentStore {
     pub fn open(cfg: StoreConfig) -> Result<(SegmentStore, Recovery), StoreError> {
         let t0 = Instant::now();
         let dir = cfg.dir.clone();
-        fs::create_dir_all(&dir).map_err(|source| StoreError::Create { path: dir.clone(), source })?;
+        fs::create_dir_all(&dir).map_err(|source| StoreError::Create { path: dir.clone(), err: source })?;
         let ack_path = dir.join("ack");
         let acked = read_ack(&ack_path).unwrap_or_default();
         let mut seqs: Vec<u64> = fs::read_dir(&dir)
@@ -409,7 +409,7 @@ impl SegmentStore {
             if self.writer.set_len(before).is_err() {
                 self.roll()?;
             }
-            return Err(StoreError::Io { path, source });
+            return Err(StoreError::Io { path, err: source });
         }
         self.active().len = before + total;
         self.bytes += total;

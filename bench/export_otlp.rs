@@ -21,7 +21,16 @@
 //! sessions open (started, some processes ended, not ended), against the plain SDK holding one
 //! open root span per session with the same attributes.
 //!
-//! Run: `cargo bench --bench export_otlp -- [--sessions N] [--rounds R]`.
+//! - disk/never, disk/batch, disk/always: the podtrail path with `podtrail run`'s durable
+//!   queue (issue 14) under each fsync policy, files on `--dir` (default
+//!   /var/lib/podtrail-bench: a real disk, not a tmpfs).
+//!
+//! Then the recovery of a backlog left on disk by a killed run (`--backlog-mib`, 1024 by
+//! default): opening the queue (every record's checksum checked, the page cache dropped
+//! first) and sending it all.
+//!
+//! Run: `cargo bench --bench export_otlp -- [--sessions N] [--rounds R] [--backlog-mib M] [--dir D]`
+//! (`--recovery-only`: just the backlog).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, Write};
@@ -37,7 +46,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest
 use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
 use podtrail::capture::event::{ExitStatus, ProcessKey, Transport};
 use podtrail::clock::BootClock;
-use podtrail::export::{ExportConfig, RunExport};
+use podtrail::export::segments::Fsync;
+use podtrail::export::{ExportConfig, ExportQueue, Queued, RetryRules, RunExport};
 use podtrail::metrics::Metrics;
 use podtrail::model::*;
 use podtrail::spans::{BuildCtx, NoAttributor, Output, SpanStage, SpansConfig};
@@ -308,10 +318,20 @@ fn export_config(addr: &str, spans: u64) -> ExportConfig {
     }
 }
 
-async fn podtrail_path(rx_: &Receiver, updates: &[SessionUpdate], expect: u64) -> Run {
+async fn podtrail_path(rx_: &Receiver, updates: &[SessionUpdate], expect: u64, disk: Option<Fsync>) -> Run {
+    let mut export = export_config(&rx_.addr, expect).resolve(|_| None).unwrap();
+    // the durable queue in a fresh state directory on the bench's disk (not a tmpfs)
+    let state = bench_dir().join("state");
+    let _ = std::fs::remove_dir_all(&state);
+    let held = disk.map(|fsync| {
+        export.queue.fsync = fsync;
+        let (dir, _) = podtrail::state::StateDir::open(&state).expect("bench state directory");
+        podtrail::state::Held { dir: Arc::new(dir), gap: None }
+    });
+    export.queue.held = held.clone();
     let cfg = RunExport {
         spans: SpansConfig::default(),
-        export: export_config(&rx_.addr, expect).resolve(|_| None).unwrap(),
+        export,
         boot_id: [0xb0; 16],
         clock: BootClock::fixed(1_700_000_000 * S),
     };
@@ -325,6 +345,7 @@ async fn podtrail_path(rx_: &Receiver, updates: &[SessionUpdate], expect: u64) -
     }
     drop(tx);
     let report = task.await.unwrap().unwrap();
+    drop(held);
     // + the agent's own start and run spans
     let after = rx_.wait(before.0 + expect + 2);
     let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
@@ -415,6 +436,64 @@ fn memory(n: u32) -> (f64, f64) {
     (podtrail, sdk)
 }
 
+/// Where the durable queue's files go: `--dir`, else /var/lib/podtrail-bench (a real disk:
+/// fsync on a tmpfs costs nothing and would prove nothing).
+fn bench_dir() -> std::path::PathBuf {
+    let a: Vec<String> = std::env::args().collect();
+    a.iter()
+        .position(|x| x == "--dir")
+        .and_then(|i| a.get(i + 1))
+        .map(Into::into)
+        .unwrap_or_else(|| "/var/lib/podtrail-bench".into())
+}
+
+/// A backlog of `mib` MiB left on disk by a "crashed" run, then a new run's queue opening it
+/// (scan, checksums) and sending it all to the receiver: (spans, open s, drain s).
+fn recovery(rt: &tokio::runtime::Runtime, rx_: &Receiver, spans: &[SpanData], mib: u64) -> (u64, f64, f64) {
+    let dir = bench_dir().join("backlog");
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = || podtrail::export::segments::StoreConfig::new(dir.clone(), (mib + 64) << 20, Fsync::Never);
+    let q = ExportQueue::durable("otlp", store(), Metrics::default()).unwrap();
+    let batch: Vec<Queued> =
+        spans.iter().take(512).map(|s| Queued { session: None, span: s.clone(), root: false }).collect();
+    let mut n = 0u64;
+    let mut bytes = 0u64;
+    while bytes < mib << 20 {
+        q.push_batch(&batch);
+        n += batch.len() as u64;
+        bytes = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
+    }
+    drop(q); // never sent, never acknowledged: what a kill -9 leaves
+             // what a restart costs: drop the page cache, so the backlog is read from the disk
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+    let before = rx_.totals();
+    let t0 = Instant::now();
+    let q = ExportQueue::durable("otlp", store(), Metrics::default()).unwrap();
+    let open = t0.elapsed().as_secs_f64();
+    let _rt = rt.enter(); // the tonic channel is built inside the runtime
+    let mut exp = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(format!("http://{}", rx_.addr))
+        .build()
+        .unwrap();
+    exp.set_resource(&opentelemetry_sdk::Resource::builder().with_service_name("podtrail").build());
+    let rules = RetryRules {
+        batch: 512,
+        max_attempts: 5,
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(1),
+        timeout: Duration::from_secs(10),
+        shutdown_flush: Duration::from_secs(3600),
+    };
+    q.close(rules.shutdown_flush);
+    let d = rt.block_on(q.clone().drive(exp, rules));
+    rx_.wait(before.0 + n);
+    let drain = t0.elapsed().as_secs_f64() - open;
+    assert_eq!((d.exported, d.lost()), (n, 0), "{d:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+    (n, open, drain)
+}
+
 fn arg(name: &str, default: u32) -> u32 {
     let a: Vec<String> = std::env::args().collect();
     a.iter().position(|x| x == name).and_then(|i| a.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -431,9 +510,15 @@ fn main() {
     let updates: Vec<SessionUpdate> = (0..sessions).flat_map(|k| session(k, true)).collect();
     let spans = built_spans(&updates);
     let expect = spans.len() as u64;
+    let backlog = arg("--backlog-mib", 1024) as u64;
+    if std::env::args().any(|a| a == "--recovery-only") {
+        let (n, open, drain) = recovery(&rt, &rx, &spans, backlog);
+        println!("recovery of a {backlog} MiB backlog ({n} spans) left by a killed run: open and check {open:.2} s, send all {drain:.1} s ({:.0} spans/s)", n as f64 / drain);
+        return;
+    }
     println!("export benchmark: {sessions} sessions, {expect} spans per run, OTLP/gRPC to a receiver in a child process, {rounds} rounds");
     println!(
-        "{:<9} {:>5} {:>8} {:>8} {:>12} {:>12} {:>10} {:>9} {:>8} {:>5}",
+        "{:<11} {:>5} {:>8} {:>8} {:>12} {:>12} {:>10} {:>9} {:>8} {:>5}",
         "path", "round", "spans", "wall s", "spans/s", "spans/s/core", "CPU us/span", "B/span", "requests", "lost"
     );
     let mut ratios = Vec::new();
@@ -442,19 +527,29 @@ fn main() {
     let mut same_batches = Vec::new();
     for round in 1..=rounds {
         // rotate the order so no path always runs first
-        let mut runs: [Option<Run>; 3] = [None; 3];
-        for i in 0..3 {
-            let which = (i + round as usize) % 3;
+        let mut runs: [Option<Run>; 6] = [None; 6];
+        for i in 0..6 {
+            let which = (i + round as usize) % 6;
             runs[which] = Some(match which {
-                0 => rt.block_on(podtrail_path(&rx, &updates, expect)),
+                0 => rt.block_on(podtrail_path(&rx, &updates, expect, None)),
                 1 => rt.block_on(minimal_path(&rx, &spans, false)),
-                _ => rt.block_on(minimal_path(&rx, &spans, true)),
+                2 => rt.block_on(minimal_path(&rx, &spans, true)),
+                3 => rt.block_on(podtrail_path(&rx, &updates, expect, Some(Fsync::Never))),
+                4 => rt.block_on(podtrail_path(&rx, &updates, expect, Some(Fsync::Batch))),
+                _ => rt.block_on(podtrail_path(&rx, &updates, expect, Some(Fsync::Always))),
             });
         }
-        let [p, m, mb] = runs.map(Option::unwrap);
-        for (name, r) in [("podtrail", p), ("minimal", m), ("minimal/s", mb)] {
+        let [p, m, mb, dn, db, da] = runs.map(Option::unwrap);
+        for (name, r) in [
+            ("podtrail", p),
+            ("minimal", m),
+            ("minimal/s", mb),
+            ("disk/never", dn),
+            ("disk/batch", db),
+            ("disk/always", da),
+        ] {
             println!(
-                "{:<9} {:>5} {:>8} {:>8.3} {:>12.0} {:>12.0} {:>10.2} {:>9.0} {:>8} {:>5}",
+                "{:<11} {:>5} {:>8} {:>8.3} {:>12.0} {:>12.0} {:>10.2} {:>9.0} {:>8} {:>5}",
                 name,
                 round,
                 r.spans,
@@ -483,6 +578,8 @@ fn main() {
         "CPU per span, podtrail / minimal/s (podtrail's requests, one per session): {}",
         median(&mut same_batches)
     );
+    let (n, open, drain) = recovery(&rt, &rx, &spans, backlog);
+    println!("recovery of a {backlog} MiB backlog ({n} spans) left by a killed run: open and check {open:.2} s, send all {drain:.1} s ({:.0} spans/s)", n as f64 / drain);
     let (pm, sm) = memory(1000);
     println!("memory with 1000 sessions open: podtrail span stage {:.0} B/session ({:.2} MiB), plain SDK open root span {:.0} B/session ({:.2} MiB), ratio {:.2}x", pm, pm * 1000.0 / 1048576.0, sm, sm * 1000.0 / 1048576.0, pm / sm);
 }

@@ -239,7 +239,25 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     }
 
     // export first, so nothing the process stage produces waits for it
-    let run_export = RunExport { spans: cfg.spans.clone(), export: cfg.export.clone(), boot_id: crate::clock::boot_id(), clock };
+    let mut setup = cfg.export.clone();
+    // the state directory before anything is accepted: the lock, the crash mark, the queue
+    let (state, gap) = crate::state::StateDir::open(&setup.queue.directory)?;
+    let state = Arc::new(state);
+    tracing::info!(dir = %state.dir().display(), unclean_previous_stop = gap.is_some(), "state directory held");
+    setup.queue.held = Some(crate::state::Held { dir: state.clone(), gap });
+    let heartbeat = {
+        let (state, mut stop) = (state.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::state::HEARTBEAT);
+            loop {
+                tokio::select! { _ = tick.tick() => {}, _ = stop.changed() => break }
+                if let Err(e) = state.heartbeat() {
+                    tracing::warn!(dir = %state.dir().display(), error = %e, "cannot write the heartbeat");
+                }
+            }
+        })
+    };
+    let run_export = RunExport { spans: cfg.spans.clone(), export: setup, boot_id: crate::clock::boot_id(), clock };
     let (upd_tx, upd_rx) = mpsc::channel(cfg.process_channel);
     let (rules, rule_errors) = crate::rules::RuleSource::load(cfg.rules.clone())?;
     for e in &rule_errors {
@@ -367,6 +385,11 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     let report = export_task.await??;
     let _ = stop_tx.send(true);
     let _ = sampler_task.await;
+    let _ = heartbeat.await;
+    // everything is sent or on disk: the next start finds no gap
+    if let Err(e) = state.stopped() {
+        tracing::warn!(dir = %state.dir().display(), error = %e, "cannot record the clean stop");
+    }
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }

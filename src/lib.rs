@@ -40,6 +40,7 @@ pub mod redact;
 pub mod rules;
 pub mod scope;
 pub mod spans;
+pub mod state;
 pub mod text;
 pub mod tls;
 

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub spans_lost: Family<Labels, Counter>,
     pub spans_budgeted: Family<Labels, Counter>,
     pub export_queue_spans: Gauge,
+    pub export_queue_bytes: Gauge,
+    pub export_queue_events: Family<Labels, Counter>,
     pub export_requests: Family<Labels, Counter>,
     pub udp_unsent: Counter,
     pub attribution_late: Counter,
@@ -94,6 +96,17 @@ impl Metrics {
             self.export_queue_spans.clone(),
         );
         reg.register(
+            "podtrail_export_queue_bytes",
+            "Bytes of the durable export queue's segment files on disk",
+            self.export_queue_bytes.clone(),
+        );
+        reg.register(
+            "podtrail_export_queue_events",
+            "Durable queue trouble, by event (torn_tail, corrupt_segment, write_failed, segment_evicted, \
+             record_undecodable, read_failed, ack_failed); the spans it cost are podtrail_spans_lost_total",
+            self.export_queue_events.clone(),
+        );
+        reg.register(
             "podtrail_export_requests",
             "Export requests, by result (ok, retry, failed)",
             self.export_requests.clone(),
@@ -139,6 +152,12 @@ impl Metrics {
 
     pub fn lost(&self, reason: &'static str, n: u64) {
         self.spans_lost.get_or_create(&vec![("reason", reason)]).inc_by(n);
+    }
+
+    pub fn queue_events(&self, event: &'static str, n: u64) {
+        if n > 0 {
+            self.export_queue_events.get_or_create(&vec![("event", event)]).inc_by(n);
+        }
     }
 
     pub fn lost_count(&self, reason: &'static str) -> u64 {

@@ -208,11 +208,12 @@ fn backend_outage_is_counted_exactly_marked_on_the_root_and_never_slows_the_read
     let c = web_container(&cd, &name);
     let rootfs = cd.dir.join("rootfs").join(&c.id);
     let mut jaeger = Jaeger::start(&dir.join("jaeger"));
-    // Fail fast: two attempts 50 ms apart, then the batch counts as lost.
+    // The in-memory queue (no disk budget; the durable queue is tests/e2e_durable.rs). Fail
+    // fast: two attempts 50 ms apart, then the batch counts as lost.
     let cfg = agent_config(
         &dir,
         &cd,
-        "max_attempts = 2\nretry_initial_ms = 50\nretry_max_ms = 100\notlp_timeout_ms = 1000\nshutdown_flush_ms = 3000",
+        "max_attempts = 2\nretry_initial_ms = 50\nretry_max_ms = 100\notlp_timeout_ms = 1000\nshutdown_flush_ms = 3000\n[export.queue]\nbudget_mib = 0",
     );
     let file = dir.join("spans.jsonl");
     let endpoint = format!("http://{}", jaeger.otlp_grpc);

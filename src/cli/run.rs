@@ -38,6 +38,10 @@ pub struct RunArgs {
     /// `k8s.cluster.name` on every span.
     #[arg(long)]
     pub cluster_name: Option<String>,
+    /// podtrail's state directory: the durable export queue, the lock that keeps a second
+    /// agent off it, the heartbeat (default /var/lib/podtrail; export.queue.directory).
+    #[arg(long, env = "PODTRAIL_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Stop after this many seconds (default: until SIGINT or SIGTERM).
     #[arg(long)]
     pub duration: Option<f64>,
@@ -69,6 +73,9 @@ pub fn config(a: &RunArgs) -> anyhow::Result<Config> {
     }
     if let Some(m) = &a.metrics_listen {
         cfg.metrics.listen = m.clone();
+    }
+    if let Some(d) = &a.state_dir {
+        cfg.export.queue.directory = d.clone();
     }
     if let Some(c) = &a.cluster_name {
         cfg.spans.cluster_name = c.clone();

@@ -69,6 +69,49 @@ pub struct ExportConfig {
     /// `k8s.node.name` on the resource. Unset: `NODE_NAME` (set by the DaemonSet from the
     /// downward API), else the host name.
     pub node_name: Option<String>,
+    /// `[export.queue]`: the durable queue of `podtrail run`'s OTLP sink, on the node's disk.
+    pub queue: QueueConfig,
+}
+
+/// Where `podtrail run` keeps spans until the OTLP backend has them (docs: ARCHITECTURE.md,
+/// "Where data can be lost"). With the durable queue, `queue_spans` and `max_attempts` do not
+/// apply to the OTLP sink: it retries without a time limit while the budget holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// podtrail's state directory: one agent's lock, heartbeat and queue (`queue/otlp/`). The
+    /// DaemonSet mounts it from the host so a restarted agent sends what its predecessor left.
+    /// One directory per agent: a second agent on it is refused. Also `--state-dir`.
+    pub directory: PathBuf,
+    /// Disk the queue may use, in MiB. Beyond it the oldest segment goes (its spans counted in
+    /// `podtrail_spans_lost_total{reason="disk_budget"}` and marked on their sessions' roots).
+    /// 0: no disk queue; the OTLP sink's spans wait in memory (`queue_spans`, `max_attempts`)
+    /// and a crash loses them.
+    pub budget_mib: u64,
+    /// When written spans are forced to disk: `never` (they survive a crash of the agent, not
+    /// of the node), `batch` (after each batch the export stage writes) or `always` (after each
+    /// span). Costs in BENCHMARKS.md.
+    pub fsync: super::segments::Fsync,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            directory: PathBuf::from("/var/lib/podtrail"),
+            budget_mib: 1024,
+            fsync: super::segments::Fsync::Batch,
+        }
+    }
+}
+
+/// The durable queue, ready: `held` is set by `podtrail run` once it holds the directory
+/// (library callers without it get the in-memory queue).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSetup {
+    pub directory: PathBuf,
+    pub budget: u64,
+    pub fsync: super::segments::Fsync,
+    pub held: Option<crate::state::Held>,
 }
 
 impl Default for ExportConfig {
@@ -91,6 +134,7 @@ impl Default for ExportConfig {
             retry_max_ms: 8_000,
             shutdown_flush_ms: 5_000,
             node_name: None,
+            queue: QueueConfig::default(),
         }
     }
 }
@@ -137,6 +181,7 @@ pub struct ExportSetup {
     pub retry_max: Duration,
     pub shutdown_flush: Duration,
     pub node_name: Option<String>,
+    pub queue: QueueSetup,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -286,6 +331,12 @@ impl ExportConfig {
             retry_max: Duration::from_millis(self.retry_max_ms.max(self.retry_initial_ms)),
             shutdown_flush: Duration::from_millis(self.shutdown_flush_ms),
             node_name: self.node_name.clone().or_else(|| env("NODE_NAME")),
+            queue: QueueSetup {
+                directory: self.queue.directory.clone(),
+                budget: self.queue.budget_mib.saturating_mul(1 << 20),
+                fsync: self.queue.fsync,
+                held: None,
+            },
         })
     }
 }

@@ -7,11 +7,13 @@
 //! counted by reason and marked on the session's root. The agent's own run is a trace of its
 //! own (`podtrail agent`): a `start` span sent at start-up and a `run` span at a clean stop.
 
+pub mod codec;
 pub mod config;
 pub mod console;
 pub mod file;
 pub mod otlp;
 pub mod queue;
+pub mod segments;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -24,7 +26,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_semantic_conventions::attribute as sc;
 use tokio::sync::mpsc;
 
-pub use config::{ConfigError, ExportConfig, ExportSetup, Protocol};
+pub use config::{ConfigError, ExportConfig, ExportSetup, Protocol, QueueConfig};
 pub use queue::{Delivery, ExportQueue, Queued, RetryRules};
 
 use crate::metrics::Metrics;
@@ -153,6 +155,11 @@ fn agent_span(
     }
 }
 
+fn unix_secs(t: SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
 fn root_int(s: &SpanData, key: &str) -> u64 {
     s.attributes.iter().find(|kv| kv.key.as_str() == key).and_then(|kv| kv.value.to_string().parse().ok()).unwrap_or(0)
 }
@@ -217,7 +224,25 @@ pub async fn run_export_with(
     let mut tasks = Vec::new();
     for sink in sinks {
         let name = sink.name();
-        let q = ExportQueue::new(name, cfg.export.queue_spans, metrics.clone());
+        let q = match (&sink, &cfg.export.queue.held) {
+            // the network sink is the one a backend's bad day can hold up: it gets the disk
+            (Sink::Otlp(_), Some(held)) if cfg.export.queue.budget > 0 => {
+                let store = segments::StoreConfig::new(
+                    held.dir.queue_dir(name),
+                    cfg.export.queue.budget,
+                    cfg.export.queue.fsync,
+                );
+                match ExportQueue::durable(name, store, metrics.clone()) {
+                    Ok(q) => q,
+                    Err(e) => {
+                        metrics.queue_events("open_failed", 1);
+                        tracing::error!(sink = name, error = %e, "cannot open the durable queue: spans wait in memory only (lost on a crash, counted)");
+                        ExportQueue::new(name, cfg.export.queue_spans, metrics.clone())
+                    }
+                }
+            }
+            _ => ExportQueue::new(name, cfg.export.queue_spans, metrics.clone()),
+        };
         let r = rules.clone();
         let task = match sink {
             Sink::Otlp(e) => tokio::spawn(q.clone().drive(e, r)),
@@ -227,17 +252,47 @@ pub async fn run_export_with(
         queues.push(q);
         tasks.push((name, task));
     }
-    let push = |q: Queued| {
+    // the disk first: a span any sink has was written to the durable queue before
+    queues.sort_by_key(|q| !q.is_durable());
+    let replayed: u64 = queues.iter().map(|q| q.delivery().replayed).sum();
+    // spans collect here and go to the queues once per pass of the loop below: one write (and
+    // one fsync) per batch on disk, as many spans as the stage had ready
+    // (a Mutex, not a RefCell: the task's future must be Send; it is never contended)
+    let pending = std::sync::Mutex::new(Vec::<Queued>::new());
+    let take = || std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
+    let push = |q: Queued| pending.lock().unwrap_or_else(|p| p.into_inner()).push(q);
+    let flush = || {
+        let batch = take();
         for queue in &queues {
-            queue.push(q.clone());
+            queue.push_batch(&batch);
         }
     };
     let start_time = SystemTime::now();
+    let mut start_attrs = vec![];
+    if replayed > 0 {
+        start_attrs.push(KeyValue::new(keys::AGENT_QUEUE_REPLAYED, replayed as i64));
+    }
     push(Queued {
         session: None,
-        span: agent_span(&cfg, started_ns, "start", start_time, start_time, vec![]),
+        span: agent_span(&cfg, started_ns, "start", start_time, start_time, start_attrs),
         root: false,
     });
+    if let Some(gap) = cfg.export.queue.held.as_ref().and_then(|h| h.gap.clone()) {
+        let blind = gap.to.duration_since(gap.from).unwrap_or_default();
+        tracing::warn!(
+            previous_pid = gap.previous_pid,
+            from = %unix_secs(gap.from),
+            to = %unix_secs(gap.to),
+            blind_s = blind.as_secs(),
+            "the previous agent did not stop cleanly: the node was not watched in between (a `gap` span in the agent's trace)"
+        );
+        let mut attrs = vec![KeyValue::new(keys::AGENT_GAP_FROM, gap.from_source)];
+        if let Some(p) = gap.previous_pid {
+            attrs.push(KeyValue::new(keys::AGENT_GAP_PREVIOUS_PID, p as i64));
+        }
+        push(Queued { session: None, span: agent_span(&cfg, started_ns, "gap", gap.from, gap.to, attrs), root: false });
+    }
+    flush();
 
     let ctx = BuildCtx { boot_id: cfg.boot_id, clock: cfg.clock, cfg: cfg.spans.clone() };
     // Secrets leave nothing past this point: every update is redacted as it arrives and every
@@ -324,17 +379,31 @@ pub async fn run_export_with(
                     if let Some((a, _)) = alerts.as_mut() {
                         a.tap(&u);
                     }
-                    stage.update(u, Instant::now(), &mut out)
+                    stage.update(u, Instant::now(), &mut out);
+                    annotate(&mut alerts, &mut out);
+                    dispatch(out, &stage, &mut report);
+                    // what else is ready joins the same write (a group commit under load)
+                    for _ in 0..255 {
+                        let Ok(u) = rx.try_recv() else { break };
+                        let mut out = Output::default();
+                        if let Some((a, _)) = alerts.as_mut() {
+                            a.tap(&u);
+                        }
+                        stage.update(u, Instant::now(), &mut out);
+                        annotate(&mut alerts, &mut out);
+                        dispatch(out, &stage, &mut report);
+                    }
                 }
                 None => break,
             },
             _ = tick.tick() => {
                 stage.tick(Instant::now(), &mut out);
                 request_spans(&*requests, stage.ctx(), SystemTime::now(), &push, &metrics, &mut report);
+                annotate(&mut alerts, &mut out);
+                dispatch(out, &stage, &mut report);
             }
         }
-        annotate(&mut alerts, &mut out);
-        dispatch(out, &stage, &mut report);
+        flush();
     }
     let mut out = Output::default();
     let open_at_stop = stage.open() as i64;
@@ -360,6 +429,7 @@ pub async fn run_export_with(
         ),
         root: false,
     });
+    flush();
 
     for q in &queues {
         q.close(cfg.export.shutdown_flush);
@@ -373,8 +443,13 @@ pub async fn run_export_with(
                 queue_full = d.queue_full,
                 export_failed = d.export_failed,
                 shutdown = d.shutdown,
+                disk_budget = d.disk_budget,
+                disk_write = d.disk_write,
                 "spans were not exported"
             );
+        }
+        if d.kept > 0 {
+            tracing::info!(sink = name, spans = d.kept, "spans left in the durable queue for the next start");
         }
         report.sinks.push((name, d));
     }

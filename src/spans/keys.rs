@@ -64,6 +64,12 @@ pub const ACTIVITY_SUPPRESSED: &str = "podtrail.activity.suppressed";
 pub const AGENT_EVENT: &str = "podtrail.agent.event";
 pub const AGENT_SESSIONS_EXPORTED: &str = "podtrail.agent.sessions_exported";
 pub const AGENT_SESSIONS_INCOMPLETE: &str = "podtrail.agent.sessions_incomplete";
+/// On a `gap` span: the pid of the agent that stopped uncleanly before this one.
+pub const AGENT_GAP_PREVIOUS_PID: &str = "podtrail.agent.gap.previous_pid";
+/// On a `gap` span: what its start is (`heartbeat`: the previous agent's last one).
+pub const AGENT_GAP_FROM: &str = "podtrail.agent.gap.from";
+/// On the `start` span: spans the previous run left in the durable queue, sent by this one.
+pub const AGENT_QUEUE_REPLAYED: &str = "podtrail.agent.queue.replayed";
 
 // Written by other stages (alerts), documented in the same table.
 pub const ALERTS_COUNT: &str = "podtrail.alerts.count";
@@ -123,6 +129,9 @@ pub const PODTRAIL_KEYS: &[&str] = &[
     AGENT_EVENT,
     AGENT_SESSIONS_EXPORTED,
     AGENT_SESSIONS_INCOMPLETE,
+    AGENT_GAP_PREVIOUS_PID,
+    AGENT_GAP_FROM,
+    AGENT_QUEUE_REPLAYED,
     ALERTS_COUNT,
     ALERTS_MAX_SEVERITY,
     ALERTS_RULES,

@@ -92,6 +92,10 @@ def test_agent_daemonset_is_least_privilege(objects):
         assert m.get("readOnly") is True, f"{where} must be read-only"
         assert vols[m["name"]]["hostPath"]["path"] == host
     assert pod["serviceAccountName"] == "podtrail-agent"
+    # the durable queue outlives the pod: a writable hostPath at the default state directory
+    state = mounts.get("/var/lib/podtrail")
+    assert state is not None and not state.get("readOnly"), "the state directory is mounted writable"
+    assert vols[state["name"]]["hostPath"]["path"] == "/var/lib/podtrail"
 
 
 def test_receiver_is_unprivileged_with_tls(objects):

@@ -58,8 +58,13 @@ impl Podtrail {
         let metrics = format!("127.0.0.1:{}", free_port());
         let log = dir.join("podtrail.log");
         let err = std::fs::File::create(&log).unwrap();
+        // each agent its own state directory (the durable queue), unless the test shares one
+        let state = dir.join("state");
+        let own_state: &[&str] =
+            if args.contains(&"--state-dir") { &[] } else { &["--state-dir", state.to_str().unwrap()] };
         let child = Command::new(env!("CARGO_BIN_EXE_podtrail"))
             .args(["--log-json", "run", "--metrics-listen", &metrics])
+            .args(own_state)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -86,6 +91,19 @@ impl Podtrail {
     /// The Prometheus text of `/metrics`.
     pub fn scrape(&self) -> String {
         http_get(&self.metrics).expect("scrape /metrics").1
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL (a crash, an OOM kill: nothing runs at exit), waited for; returns the log.
+    pub fn kill9(&mut self) -> String {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+        self.log_text()
     }
 
     /// SIGTERM, wait (bounded) for a clean exit, and return the log.
@@ -212,6 +230,8 @@ impl FileAgent {
             .arg("--config")
             .arg(dir.path().join("podtrail.toml"))
             .args(args)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
             .arg("--otlp-file")
             .arg(dir.path().join("traces.jsonl"))
             .stdin(Stdio::null())

@@ -11,7 +11,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["text", "clock", "lru"],
     &["capture"],
-    &["scope", "model", "tls", "metrics"],
+    &["scope", "model", "tls", "metrics", "redact", "state"],
     &["process"],
     &["enrich"],
     &["attribute"],

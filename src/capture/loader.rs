@@ -140,8 +140,8 @@ pub struct Counters {
     dropped_cgroups: BpfHashMap<MapData, u64, abi::CgroupDrops>,
     inflight: PerCpuArray<MapData, u64>,
     file_inflight: BpfHashMap<MapData, u32, abi::File>,
-    /// `struct ns_before` (ns.bpf.c): three u32.
-    setns_inflight: BpfHashMap<MapData, u32, [u32; 3]>,
+    /// `struct ns_before` (ns.bpf.c): a u64 and two u32, 16 bytes; only counted, never read.
+    setns_inflight: BpfHashMap<MapData, u32, [u64; 2]>,
     connect_inflight: BpfHashMap<MapData, u32, u64>,
 }
 

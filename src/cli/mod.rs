@@ -45,7 +45,9 @@ pub enum Command {
 pub fn init_logging(l: &LogArgs) {
     let filter = tracing_subscriber::EnvFilter::try_new(&l.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: `kubectl logs` of the DaemonSet showed raw escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if l.log_json {
         b.json().init();
     } else {

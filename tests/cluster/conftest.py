@@ -291,6 +291,9 @@ def write_overlay(d, ports, env, backends, pki_files):
             {"name": "podtrail-client-ca", "namespace": "podtrail", "files": ["ca.crt=ca.crt"]},
             {"name": "podtrail-agent-tls", "namespace": "podtrail", "type": "kubernetes.io/tls",
              "files": ["tls.crt=agent.crt", "tls.key=agent.key", "ca.crt=ca.crt"]},
+            {"name": "podtrail-otlp-tls", "namespace": "podtrail",
+             "files": ["ca.crt=otlp-ca.crt", "tls.crt=otlp-client.crt", "tls.key=otlp-client.key"]},
+            {"name": "podtrail-redact-key", "namespace": "podtrail", "literals": ["key=cluster-test-redaction-key"]},
         ],
         "patches": [
             # strategic merge: env and volumes merge by name, so the base's order does not matter
@@ -301,10 +304,14 @@ def write_overlay(d, ports, env, backends, pki_files):
                         # no kube-proxy: the API server's own address instead of the Service's
                         {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
                         {"name": "KUBERNETES_SERVICE_PORT", "value": str(api_port)},
-                        {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": f"http://{backends['COLLECTOR_OTLP_GRPC']}"},
+                        # the shipped collector config: TLS, client certificates required
+                        {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": f"https://{backends['COLLECTOR_OTLP_GRPC']}"},
                         {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": "k8s.cluster.name=podtrail-test"},
                     ]}],
-                    "volumes": [{"name": "containerd-sock", "hostPath": {"path": sock, "type": "Socket"}}],
+                    "volumes": [{"name": "containerd-sock", "hostPath": {"path": sock, "type": "Socket"}},
+                                # this run's state directory, not the machine's /var/lib/podtrail
+                                {"name": "state", "hostPath": {"path": str(d / "agent-state"),
+                                                               "type": "DirectoryOrCreate"}}],
                 }}},
             })},
             # in the host network a container port is a host port: this run's free ports, so the
@@ -395,6 +402,8 @@ def cluster():
         overlay = write_overlay(work / "overlay", ports, env, backends, {
             "ca.crt": pki.ca_crt, "receiver.crt": recv_crt, "receiver.key": recv_key,
             "agent.crt": agent_crt, "agent.key": agent_key,
+            "otlp-ca.crt": backends["COLLECTOR_TLS_CA"], "otlp-client.crt": backends["COLLECTOR_TLS_CLIENT_CERT"],
+            "otlp-client.key": backends["COLLECTOR_TLS_CLIENT_KEY"],
         })
         c.kubectl("apply", "-k", overlay, timeout=120)
         c.kubectl("-n", "podtrail", "rollout", "status", "deploy/podtrail-receiver", "--timeout=180s", timeout=200)

@@ -1,5 +1,5 @@
 """Scenarios 4 and 5 of the real-cluster issue: every other kind of request is a trace of its
-own kind with its request (attach, debug, cp, port-forward), and exec probes are not sessions
+own kind with its request (attach, cp, port-forward), and exec probes are not sessions
 while a real `kubectl exec` of the very same command is."""
 import socket
 import subprocess
@@ -76,31 +76,6 @@ def test_cp_is_an_exec_of_tar(cluster, pods, tmp_path):
     assert root.get("podtrail.session.kind") == "exec"
     assert root.get("user.name") == "alice@example.com"
     assert "tar" in str(root.get("podtrail.k8s.command")), root.attrs
-
-
-def test_debug_ephemeral_container_is_a_debug_trace(cluster, pods):
-    t0 = time.time() - 1
-    cluster.kubectl("-n", NAMESPACE, "debug", "shell", f"--image={BUSYBOX}", "--image-pull-policy=Never",
-                    "-c", "dbg", "--", "sh", "-c", "cat /etc/hostname; sleep 2", user="alice")
-    patch_ids = _request_ids(cluster, "shell", "ephemeralcontainers", t0)
-    assert patch_ids
-
-    def debug_trace():
-        for audit_id in patch_ids:
-            data = cluster.jaeger_trace(audit_id.replace("-", ""))
-            if data:
-                return data
-        # the session may be keyed otherwise: search by kind and pod
-        return None
-
-    from traces import from_jaeger
-
-    t = from_jaeger(eventually("the debug session's trace", debug_trace, timeout=150, interval=1))
-    root = session_root(t)
-    assert root.name == "kubectl debug", t.tree()
-    assert root.get("podtrail.session.kind") == "debug"
-    assert root.get("user.name") == "alice@example.com"
-    assert t.named("cat"), t.tree()
 
 
 def test_probes_are_not_sessions_but_the_same_command_by_kubectl_is(cluster):

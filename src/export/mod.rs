@@ -384,7 +384,9 @@ pub async fn run_export_with(
                     dispatch(out, &stage, &mut report);
                     // what else is ready joins the same write (a group commit under load)
                     for _ in 0..255 {
-                        let Ok(u) = rx.try_recv() else { break };
+                        let Ok(mut u) = rx.try_recv() else { break };
+                        // every update, however it is read, is redacted before anything sees it
+                        redact_update(&redactor, &mut u);
                         let mut out = Output::default();
                         if let Some((a, _)) = alerts.as_mut() {
                             a.tap(&u);

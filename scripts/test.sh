@@ -5,7 +5,10 @@
 #   1. setup.sh installs what is missing (clang, libbpf-dev, containerd, runc, busybox, ...);
 #   2. the Go-built backends (Jaeger, the collector) and the Python venv are built once and
 #      cached in $PODTRAIL_CACHE, in the background while Rust compiles;
-#   3. cargo test (unit, kernel, container, OTLP, Jaeger end-to-end), then the stack suite.
+#   3. cargo test (unit, kernel, container, OTLP, Jaeger end-to-end), then the stack suite,
+#      then the real-cluster suite (tests/cluster: a real one-node Kubernetes, Tempo, Jaeger,
+#      the collector and podtrail installed from deploy/); it runs last and alone because the
+#      agent it installs sees the whole host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PODTRAIL_CACHE="${PODTRAIL_CACHE:-/var/cache/podtrail}"
@@ -15,7 +18,11 @@ bash scripts/setup.sh
 
 # Backends build on Go while cargo compiles: two cores, two toolchains.
 prep_log=$(mktemp)
-( bash tests/harness/jaeger.sh build && bash tests/harness/pyenv.sh ) >"$prep_log" 2>&1 &
+# The first run builds Jaeger, the collector, Kubernetes and Tempo (README: "What the first run
+# builds"); later runs find them in $PODTRAIL_CACHE.
+( bash tests/harness/jaeger.sh build && bash tests/harness/pyenv.sh \
+    && bash tests/harness/collector.sh build && bash tests/harness/kube.sh build \
+    && bash tests/harness/kube.sh images && bash tests/harness/tempo.sh build ) >"$prep_log" 2>&1 &
 prep=$!
 
 cargo build --release --all-targets
@@ -33,5 +40,8 @@ echo "test.sh: built in $(( $(date +%s) - start ))s" >&2
 status=0
 cargo test --release --no-fail-fast -- --test-threads=2 || status=$?
 bash tests/stack/run.sh || status=$?
+# the image the cluster suite installs, and proof that the Dockerfile builds the same one
+bash tests/image/compare.sh || status=$?
+bash tests/cluster/run.sh || status=$?
 echo "test.sh: finished in $(( $(date +%s) - start ))s with status $status" >&2
 exit $status

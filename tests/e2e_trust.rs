@@ -19,9 +19,10 @@ use std::{
     net::{TcpListener, TcpStream},
     path::Path,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
+use support::audit::audit_time;
 use support::containers::Containerd;
 use serde_json::{json, Value};
 
@@ -111,12 +112,6 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn audit_time(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap();
-    let ts = jiff::Timestamp::from_second(d.as_secs() as i64).unwrap();
-    format!("{}.{:06}Z", ts.strftime("%Y-%m-%dT%H:%M:%S"), d.subsec_micros())
 }
 
 fn query_escape(s: &str) -> String {

@@ -306,11 +306,9 @@ fn time_redaction(recs: &[Vec<u8>], rounds: usize) {
             u
         })
         .collect();
-    let red = podtrail::redact::Redactor::new(&podtrail::redact::RedactConfig {
-        key: "bench".into(),
-        ..Default::default()
-    })
-    .unwrap();
+    let red =
+        podtrail::redact::Redactor::new(&podtrail::redact::RedactConfig { key: "bench".into(), ..Default::default() })
+            .unwrap();
     let time = |set: &[SessionUpdate]| {
         let mut v = Vec::new();
         let mut n = 0u64;
@@ -335,10 +333,16 @@ fn time_redaction(recs: &[Vec<u8>], rounds: usize) {
     let (plain, n0) = time(&updates);
     let (secret, n1) = time(&with_secrets);
     let per_exec = median(stage) / images as f64 * 1e9;
-    println!("
-redaction per exec ({images} images of the session storm; the stage: decode + tracker):");
-    println!("| argv                 | redaction ns/exec | values redacted | process stage ns/exec | redaction / stage |");
-    println!("|----------------------|------------------:|----------------:|----------------------:|------------------:|");
+    println!(
+        "
+redaction per exec ({images} images of the session storm; the stage: decode + tracker):"
+    );
+    println!(
+        "| argv                 | redaction ns/exec | values redacted | process stage ns/exec | redaction / stage |"
+    );
+    println!(
+        "|----------------------|------------------:|----------------:|----------------------:|------------------:|"
+    );
     println!("| storm (no secret)    | {plain:>17.0} | {n0:>15} | {per_exec:>21.0} | {:>16.2}x |", plain / per_exec);
     println!("| curl with 3 secrets  | {secret:>17.0} | {n1:>15} | {per_exec:>21.0} | {:>16.2}x |", secret / per_exec);
 }

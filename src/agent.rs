@@ -274,7 +274,14 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     learn_ranges(&cfg, &reg, stopped(stop_rx.clone())).await?;
     if let Some(sub) = cfg.receivers.clone() {
         let mut r = reg.lock().unwrap_or_else(|p| p.into_inner());
-        tasks.push(subscribe_receivers(sub, &cfg.node_name, store.clone(), pods.clone(), &mut r, stopped(stop_rx.clone()))?);
+        tasks.push(subscribe_receivers(
+            sub,
+            &cfg.node_name,
+            store.clone(),
+            pods.clone(),
+            &mut r,
+            stopped(stop_rx.clone()),
+        )?);
     }
     let upd_tx = match pods {
         Some(index) => {

@@ -244,11 +244,7 @@ impl Redactor {
             let mut k = 0u32;
             let out = re.replace_all(src, |c: &Captures| {
                 let whole = c.get(0).expect("group 0");
-                let secret = if builtin {
-                    GROUPS.iter().find_map(|g| c.name(g))
-                } else {
-                    c.get(1).or(Some(whole))
-                };
+                let secret = if builtin { GROUPS.iter().find_map(|g| c.name(g)) } else { c.get(1).or(Some(whole)) };
                 match secret {
                     Some(m) if !m.as_bytes().is_empty() && !m.as_bytes().starts_with(TOKEN_PREFIX.as_bytes()) => {
                         k += 1;
@@ -323,8 +319,18 @@ fn client(word: &[u8]) -> Option<Client> {
 /// A flag (without its dashes, lower case) whose next word is a secret.
 fn secret_flag(name: &str) -> bool {
     const EXACT: &[&str] = &["pass", "pw", "pwd", "storepass", "keypass", "srcstorepass", "deststorepass"];
-    const HAS: &[&str] =
-        &["password", "passwd", "passphrase", "secret", "token", "apikey", "api-key", "api_key", "access-key", "access_key"];
+    const HAS: &[&str] = &[
+        "password",
+        "passwd",
+        "passphrase",
+        "secret",
+        "token",
+        "apikey",
+        "api-key",
+        "api_key",
+        "access-key",
+        "access_key",
+    ];
     // A flag naming where the secret is (a file, a variable) takes no secret.
     const NOT: &[&str] = &["-file", "_file", "-path", "-dir", "-env", "-fd", "-stdin", "-cmd", "-command", "-type"];
     if NOT.iter().any(|s| name.ends_with(s)) {

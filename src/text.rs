@@ -64,8 +64,7 @@ pub fn json_terminal_safe(json: &str) -> Cow<'_, str> {
 /// no shell treats specially, else in single quotes (`'` written `'\''`). `sh -c 'a | b'`
 /// then reads unambiguously. Characters that act on a terminal are escaped as well.
 pub fn shell_quote(s: &str) -> Cow<'_, str> {
-    let plain = !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(&b));
+    let plain = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(&b));
     if plain {
         return Cow::Borrowed(s);
     }

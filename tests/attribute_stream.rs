@@ -5,9 +5,9 @@
 mod support;
 
 use podtrail::attribute::stream::subscribe::{parse_receiver, subscription};
-use podtrail::tls::reloading_client_config;
 use podtrail::attribute::stream::{Receiver, ReceiverConfig, RecordSink, StreamMetrics, SubscribeConfig};
 use podtrail::attribute::{AttributeMetrics, AttributionSource, RecordStore, SessionQuery, StoreConfig};
+use podtrail::tls::reloading_client_config;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use support::agent::*;
 use support::containers::{unique, Container, Containerd};
 use support::jaeger::Jaeger;
 use support::net::http_get;
-use serde_json::Value;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 

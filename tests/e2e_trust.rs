@@ -22,9 +22,9 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use serde_json::{json, Value};
 use support::audit::audit_time;
 use support::containers::Containerd;
-use serde_json::{json, Value};
 
 const KEY: &str = "e2e-cluster-redaction-key";
 const DB_PASSWORD: &str = "S3cretDB-77";
@@ -127,10 +127,8 @@ fn query_escape(s: &str) -> String {
 /// into billing/api-7d9c, as the API server's webhook backend posts them.
 fn exec_events(audit_id: &str, command: &[&str], received: SystemTime) -> Value {
     let q: Vec<String> = command.iter().map(|c| format!("command={}", query_escape(c))).collect();
-    let uri = format!(
-        "/api/v1/namespaces/billing/pods/api-7d9c/exec?{}&container=api&stdin=true&stdout=true",
-        q.join("&")
-    );
+    let uri =
+        format!("/api/v1/namespaces/billing/pods/api-7d9c/exec?{}&container=api&stdin=true&stdout=true", q.join("&"));
     let ev = |stage: &str, at: SystemTime| {
         json!({
             "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
@@ -189,10 +187,7 @@ fn secrets_never_leave_the_agent_and_the_console_is_safe_to_read() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let spans = support::otlp_json::read(&agent.dir.path().join("traces.jsonl"));
-        let roots = spans
-            .iter()
-            .filter(|s| s.is_root() && s.text("container.id").as_deref() == Some(&c.id))
-            .count();
+        let roots = spans.iter().filter(|s| s.is_root() && s.text("container.id").as_deref() == Some(&c.id)).count();
         if roots >= 5 {
             break;
         }
@@ -211,17 +206,15 @@ fn secrets_never_leave_the_agent_and_the_console_is_safe_to_read() {
         }
     }
     // each became the keyed token: the same password in three places, one token
-    let red = podtrail::redact::Redactor::new(&podtrail::redact::RedactConfig { key: KEY.into(), ..Default::default() })
-        .unwrap();
+    let red =
+        podtrail::redact::Redactor::new(&podtrail::redact::RedactConfig { key: KEY.into(), ..Default::default() })
+            .unwrap();
     let db = red.token(DB_PASSWORD.as_bytes());
     let spans = support::otlp_json::read(&agent.dir.path().join("traces.jsonl"));
     let mine: Vec<&support::otlp_json::Span> =
         spans.iter().filter(|s| s.text("container.id").as_deref() == Some(&c.id)).collect();
-    let args_with = |tok: &str| {
-        mine.iter()
-            .filter(|s| s.text("process.command_args").is_some_and(|a| a.contains(tok)))
-            .count()
-    };
+    let args_with =
+        |tok: &str| mine.iter().filter(|s| s.text("process.command_args").is_some_and(|a| a.contains(tok))).count();
     assert!(args_with(&db) >= 2, "the same password gives {db} in both sessions: {mine:#?}");
     for s in [BEARER, URL_PASSWORD, ENV_SECRET, AWS_ID] {
         let t = red.token(s.as_bytes());

@@ -13,8 +13,8 @@ use std::{
 };
 
 use podtrail::capture::loader::{Capture, CaptureOptions};
-use podtrail::process::containerd::ContainerdClient;
 use podtrail::model::{ProcessRecord, SessionInfo, SessionKind, SessionUpdate};
+use podtrail::process::containerd::ContainerdClient;
 use podtrail::process::metrics::ProcessMetrics;
 use podtrail::process::run::{run, ProcessOptions};
 use support::containers::{Container, Containerd};

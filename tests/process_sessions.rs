@@ -7,8 +7,8 @@ mod support;
 use std::net::{IpAddr, Ipv4Addr};
 
 use podtrail::capture::event::*;
-use podtrail::process::containers::StaticContainers;
 use podtrail::model::*;
+use podtrail::process::containers::StaticContainers;
 use podtrail::process::SessionTracker;
 use support::events::*;
 

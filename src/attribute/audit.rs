@@ -10,11 +10,11 @@
 
 use super::record::{Identity, RequestOptions, RequestRecord};
 use super::{AttributionSource, RequestKind};
+use crate::text::percent_decode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::time::SystemTime;
-use crate::text::percent_decode;
 
 /// The audit webhook's POST body.
 #[derive(Debug, Deserialize)]
@@ -270,9 +270,12 @@ pub fn parse_pod_path(uri: &str) -> (Option<String>, Option<String>, Option<Stri
     let path = uri.split('?').next().unwrap_or("");
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     match parts.as_slice() {
-        ["api", "v1", "namespaces", ns, "pods", name, sub, ..] => {
-            (Some("pods".into()), Some(percent_decode(ns, false)), Some(percent_decode(name, false)), Some(percent_decode(sub, false)))
-        }
+        ["api", "v1", "namespaces", ns, "pods", name, sub, ..] => (
+            Some("pods".into()),
+            Some(percent_decode(ns, false)),
+            Some(percent_decode(name, false)),
+            Some(percent_decode(sub, false)),
+        ),
         _ => (None, None, None, None),
     }
 }

@@ -388,7 +388,12 @@ fn admission_review_waits_for_the_audit_record_where_audit_events_come_too() {
 fn admission_review_answers_once_it_has_waited_for_an_audit_record_that_never_came() {
     let s = RecordStore::new(StoreConfig { audit_wait: Duration::from_millis(50), ..StoreConfig::default() });
     s.expect_audit();
-    s.insert_admission(&admission("705ab4f5-6393-11e8-b7cc-42010a800002", "john.doe@example.com", &["sh"], at("2026-03-02T14:05:07Z")));
+    s.insert_admission(&admission(
+        "705ab4f5-6393-11e8-b7cc-42010a800002",
+        "john.doe@example.com",
+        &["sh"],
+        at("2026-03-02T14:05:07Z"),
+    ));
     let q = query("api-7d9c", Some("api"), &["sh"], "2026-03-02T14:05:07.5Z");
     assert_eq!(s.match_session(&q), None);
     std::thread::sleep(Duration::from_millis(80));

@@ -14,10 +14,10 @@
 //! does it) and `OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION` (used when `otlp_compression` is
 //! unset).
 
+use crate::text::percent_decode;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
-use crate::text::percent_decode;
 
 use serde::{Deserialize, Serialize};
 
@@ -274,9 +274,9 @@ impl ExportConfig {
                     None => None,
                 };
                 let file = |own: &Option<PathBuf>, var: &str| {
-                    own.clone().map(|p| ("export config", p)).or_else(|| {
-                        self.signal_env(&env, var).map(|(k, v)| (k, PathBuf::from(v.trim())))
-                    })
+                    own.clone()
+                        .map(|p| ("export config", p))
+                        .or_else(|| self.signal_env(&env, var).map(|(k, v)| (k, PathBuf::from(v.trim()))))
                 };
                 let ca = file(&self.otlp_ca, "CERTIFICATE");
                 let cert = file(&self.otlp_client_cert, "CLIENT_CERTIFICATE");
@@ -392,8 +392,10 @@ mod tests {
         assert!(o.headers.is_empty(), "{:?}", o.headers);
         assert_eq!((o.tls, o.gzip, o.timeout), (None, None, Duration::from_secs(10)));
         assert!(!s.console);
-        let bad = ExportConfig::default()
-            .resolve(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"), ("OTEL_EXPORTER_OTLP_HEADERS", "novalue")]));
+        let bad = ExportConfig::default().resolve(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"),
+        ]));
         assert_eq!(bad.unwrap_err(), ConfigError::Header("novalue".into()));
     }
 

@@ -37,7 +37,11 @@ pub enum OtlpError {
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, OtlpError> {
-    std::fs::read(path).map_err(|e| OtlpError::TlsFile { what, path: path.display().to_string(), message: e.to_string() })
+    std::fs::read(path).map_err(|e| OtlpError::TlsFile {
+        what,
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// tonic's TLS settings: the CA bundle or the system's roots, the client identity.
@@ -138,7 +142,8 @@ pub fn exporter(target: &OtlpTarget, resource: &Resource) -> Result<opentelemetr
             let client = reqwest::Client::builder()
                 .timeout(target.timeout)
                 .tls_backend_preconfigured(tls)
-                .build().map_err(|e| OtlpError::Tls(format!("HTTP client: {e}")))?;
+                .build()
+                .map_err(|e| OtlpError::Tls(format!("HTTP client: {e}")))?;
             let mut b = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_http_client(client)

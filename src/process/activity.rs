@@ -32,11 +32,11 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::capture::event::{ProcessKey, Transport};
 use crate::model::{
     ActivityMarks, ConnectOutcome, ConnectRecord, ContainerInfo, ProcessRecord, SessionId, SessionInfo, SessionKind,
     SessionUpdate,
 };
-use crate::capture::event::{ProcessKey, Transport};
 
 /// How much is recorded beside exec sessions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -53,7 +53,11 @@ impl ProcessMetrics {
             "Sessions the process stage has open (their root still runs)",
             self.sessions_open.clone(),
         );
-        reg.register("podtrail_process_sessions", "Sessions the process stage saw, by what (started, ended)", self.sessions.clone());
+        reg.register(
+            "podtrail_process_sessions",
+            "Sessions the process stage saw, by what (started, ended)",
+            self.sessions.clone(),
+        );
         reg.register(
             "podtrail_process_anomalies",
             "Events the process stage could not place as they came, by what (exit_early, exit_unknown, \

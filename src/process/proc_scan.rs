@@ -15,9 +15,9 @@ use std::{collections::HashMap, fs, os::unix::fs::MetadataExt, path::Path};
 
 use crate::capture::event::ProcessKey;
 
-use crate::model::{ImageRecord, SessionId, SessionInfo, SessionKind, SessionUpdate};
 use super::session::SessionTracker;
 use super::table::Proc;
+use crate::model::{ImageRecord, SessionId, SessionInfo, SessionKind, SessionUpdate};
 
 /// One process as /proc shows it.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -19,16 +19,16 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use crate::capture::event::Event;
 use super::cgroup::CgroupIndex;
 use super::containerd::{self, ContainerMeta, ContainerdClient};
+use crate::capture::event::Event;
 
 use super::containers::ContainerLookup;
 use super::metrics::ProcessMetrics;
-use crate::lru::Lru;
-use crate::model::{ContainerInfo, SessionUpdate};
 use super::proc_scan;
 use super::session::SessionTracker;
+use crate::lru::Lru;
+use crate::model::{ContainerInfo, SessionUpdate};
 
 /// What the rest of the agent tells the process stage, beside the events.
 #[derive(Clone, Debug, PartialEq)]

@@ -26,8 +26,8 @@ use super::subject::SessionCtx;
 use crate::capture::event::ProcessKey;
 use crate::clock::BootClock;
 use crate::model::{ProcessRecord, SessionId, SessionInfo, SessionUpdate};
-use crate::spans::hold::Output;
 use crate::scope::ScopeConfig;
+use crate::spans::hold::Output;
 use crate::spans::{ids, keys, Attributor, SessionIdentity};
 use crate::text::{basename, escape};
 

@@ -91,7 +91,9 @@ pub fn cap_string(s: &mut String, max: usize) -> bool {
 
 fn is_uuid(s: &str) -> bool {
     s.len() == 36
-        && s.bytes().enumerate().all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() })
+        && s.bytes()
+            .enumerate()
+            .all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() })
 }
 
 impl SessionIdentity {
@@ -250,7 +252,8 @@ mod tests {
         assert_eq!(w.user_groups.len(), 65);
         assert_eq!((w.redacted, w.truncated), (1, 4));
         // a UUID and short strings are left alone
-        let mut u = SessionIdentity { audit_id: Some("4b5f3c7e-8d2a-4f19-9c3e-2a1b0d9e8f70".into()), ..Default::default() };
+        let mut u =
+            SessionIdentity { audit_id: Some("4b5f3c7e-8d2a-4f19-9c3e-2a1b0d9e8f70".into()), ..Default::default() };
         u.sanitize(&redactor(), &cfg);
         assert_eq!((u.audit_id.as_deref(), u.truncated), (Some("4b5f3c7e-8d2a-4f19-9c3e-2a1b0d9e8f70"), 0));
     }

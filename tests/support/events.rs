@@ -9,8 +9,8 @@
 use std::net::IpAddr;
 
 use podtrail::capture::event::*;
-use podtrail::process::containers::StaticContainers;
 use podtrail::model::*;
+use podtrail::process::containers::StaticContainers;
 use podtrail::process::proc_scan::ScannedProcess;
 use podtrail::process::SessionTracker;
 

@@ -28,8 +28,8 @@ use std::collections::HashMap;
 use crate::capture::event::{Event, ExecEvent, ExitEvent, ExitStatus, ForkEvent, ProcessKey};
 
 use super::containers::{ContainerLookup, Containers};
-use crate::model::{ImageRecord, ProcessRecord, SessionId, SessionInfo, SessionKind, SessionUpdate};
 use super::table::{Proc, ProcessTable};
+use crate::model::{ImageRecord, ProcessRecord, SessionId, SessionInfo, SessionKind, SessionUpdate};
 
 /// What the tracker had to drop or repair, for metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -283,6 +283,13 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
             stopped(stop_rx.clone()),
         )?);
     }
+    // the process stage learns from the same index which containers are ephemeral (their init
+    // is a `kubectl debug` session)
+    let ephemeral = pods.clone().map(|idx| {
+        crate::process::containers::EphemeralOracle(Arc::new(move |c: &crate::model::ContainerInfo| {
+            idx.is_ephemeral(&c.id)
+        }))
+    });
     let upd_tx = match pods {
         Some(index) => {
             let mut filter = crate::enrich::kube::SessionFilter::new(index, cfg.kube.export_probes);
@@ -317,8 +324,9 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     // the kernel's drops per cgroup (sampled below) reach the process stage here; pod metadata
     // does not: the pod index adds it after the process stage (the filter above)
     let (control_tx, control_rx) = mpsc::channel::<Control>(1024);
+    let process_opts = crate::process::run::ProcessOptions { ephemeral, ..cfg.process.clone() };
     let process_task =
-        tokio::spawn(crate::process::run::run(events, upd_tx, cfg.process.clone(), pmetrics, control_rx));
+        tokio::spawn(crate::process::run::run(events, upd_tx, process_opts, pmetrics, control_rx));
 
     // sample the capture reader's counters into metrics once a second
     let sampler = {

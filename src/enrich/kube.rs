@@ -90,6 +90,11 @@ impl PodIndex {
             .is_some_and(|info| info.probe_commands.iter().any(|p| command_matches(p, argv)))
     }
 
+    /// Is this container (by id) an ephemeral one? None while no pod's status names it yet.
+    pub fn is_ephemeral(&self, container_id: &str) -> Option<bool> {
+        self.by_container_id(container_id).map(|p| p.container_kind == ContainerKind::Ephemeral)
+    }
+
     /// Is this pod (by uid when given, else namespace/name) one of the indexed pods? The
     /// receiver stream asks it to keep only this node's records.
     pub fn has_pod(&self, namespace: &str, name: &str, uid: Option<&str>) -> bool {

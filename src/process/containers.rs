@@ -25,6 +25,24 @@ pub trait ContainerLookup: Send {
     fn init_pid(&mut self, _cgroup_id: u64, _info: &ContainerInfo) -> Option<u32> {
         None
     }
+
+    /// Is this pod container an ephemeral one (`kubectl debug`)? None while whoever knows (the
+    /// pod's API object) does not know this container yet; the tracker asks again on its tick.
+    /// Without a source that can tell, every container is an ordinary one.
+    fn is_ephemeral(&mut self, _cgroup_id: u64, _info: &ContainerInfo) -> Option<bool> {
+        Some(false)
+    }
+}
+
+/// Answers [`ContainerLookup::is_ephemeral`] for the host's lookup: the agent builds it from the
+/// pod index (a later stage, so it comes in as a function).
+#[derive(Clone)]
+pub struct EphemeralOracle(pub std::sync::Arc<dyn Fn(&ContainerInfo) -> Option<bool> + Send + Sync>);
+
+impl std::fmt::Debug for EphemeralOracle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EphemeralOracle")
+    }
 }
 
 /// A fixed map, for tests and replays.
@@ -32,6 +50,8 @@ pub trait ContainerLookup: Send {
 pub struct StaticContainers {
     pub containers: HashMap<u64, ContainerInfo>,
     pub init_pids: HashMap<u64, u32>,
+    /// Ephemeral containers by cgroup id (others are ordinary).
+    pub ephemeral: std::collections::HashSet<u64>,
 }
 
 impl StaticContainers {
@@ -48,6 +68,9 @@ impl ContainerLookup for StaticContainers {
     }
     fn init_pid(&mut self, cgroup_id: u64, _info: &ContainerInfo) -> Option<u32> {
         self.init_pids.get(&cgroup_id).copied()
+    }
+    fn is_ephemeral(&mut self, cgroup_id: u64, _info: &ContainerInfo) -> Option<bool> {
+        Some(self.ephemeral.contains(&cgroup_id))
     }
 }
 

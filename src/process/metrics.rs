@@ -87,7 +87,7 @@ impl ProcessMetrics {
         let m = self.shared.clone();
         // (family, label, total); a guard from `get_or_create` is never held across another
         // call on the same family (it would deadlock when that one inserts)
-        let totals: [(&Family<Labels, Counter>, (&'static str, &'static str), u64); 14] = [
+        let totals: [(&Family<Labels, Counter>, (&'static str, &'static str), u64); 16] = [
             (&self.sessions, ("what", "started"), c.sessions_started),
             (&self.sessions, ("what", "ended"), c.sessions_ended),
             (&self.anomalies, ("what", "exit_early"), c.exits_early),
@@ -99,6 +99,8 @@ impl ProcessMetrics {
             (&self.anomalies, ("what", "result_unmatched"), c.results_unmatched),
             (&self.anomalies, ("what", "ns_join_idle"), c.ns_joins_idle),
             (&self.anomalies, ("what", "file_over_cap"), c.files_over_cap),
+            (&self.anomalies, ("what", "debug_undecided"), c.debug_undecided),
+            (&self.anomalies, ("what", "debug_ended_over_cap"), c.debug_ended_over_cap),
             // outbound connects the per-container rate limit held back (marked on the
             // container's next outbound span too)
             (&m.events_lost, ("reason", "rate_limit"), o.suppressed),

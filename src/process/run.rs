@@ -61,6 +61,9 @@ pub struct ProcessOptions {
     pub containerd_state_dirs: Vec<PathBuf>,
     /// What is recorded outside exec sessions (issue 6).
     pub activity: super::activity::ActivityConfig,
+    /// Which pod containers are ephemeral (`kubectl debug`): the pod index, in a cluster.
+    /// None: no container is taken for one.
+    pub ephemeral: Option<super::containers::EphemeralOracle>,
 }
 
 impl Default for ProcessOptions {
@@ -73,6 +76,7 @@ impl Default for ProcessOptions {
             containerd_namespaces: containerd::DEFAULT_NAMESPACES.iter().map(|s| s.to_string()).collect(),
             containerd_state_dirs: vec![PathBuf::from("/run/containerd")],
             activity: Default::default(),
+            ephemeral: None,
         }
     }
 }
@@ -90,6 +94,7 @@ pub struct HostContainers {
     ask: Option<mpsc::Sender<(u64, ContainerInfo)>>,
     namespaces: Vec<String>,
     state_dirs: Vec<PathBuf>,
+    ephemeral: Option<super::containers::EphemeralOracle>,
 }
 
 impl HostContainers {
@@ -100,6 +105,7 @@ impl HostContainers {
             ask: None,
             namespaces: opts.containerd_namespaces.clone(),
             state_dirs: opts.containerd_state_dirs.clone(),
+            ephemeral: opts.ephemeral.clone(),
         }
     }
 }
@@ -126,6 +132,13 @@ impl ContainerLookup for HostContainers {
             return Some(pid);
         }
         containerd::init_pid_from_state(&self.state_dirs, &self.namespaces, &info.id)
+    }
+
+    fn is_ephemeral(&mut self, _cgroup_id: u64, info: &ContainerInfo) -> Option<bool> {
+        match &self.ephemeral {
+            Some(oracle) => (oracle.0)(info),
+            None => Some(false),
+        }
     }
 }
 

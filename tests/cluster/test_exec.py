@@ -54,11 +54,12 @@ def session_root(trace):
     return roots[0]
 
 
-def interactive(cluster, pod_name, lines, user="alice", timeout=60):
-    """`kubectl exec -it` on a real pseudo-terminal, typing `lines` one by one."""
+def interactive(cluster, pod_name, lines, user="alice", timeout=60, how=("exec", "-it")):
+    """`kubectl exec -it` (or `how`, such as `debug -it --image=...`) of `sh` on a real
+    pseudo-terminal, typing `lines` one by one."""
     master, slave = pty.openpty()
     kc = cluster.env["KUBECONFIG_ALICE" if user == "alice" else "KUBECONFIG"]
-    p = subprocess.Popen([cluster.kubectl_bin, "--kubeconfig", kc, "-n", NAMESPACE, "exec", "-it", pod_name,
+    p = subprocess.Popen([cluster.kubectl_bin, "--kubeconfig", kc, "-n", NAMESPACE, *how, pod_name,
                           "--", "sh"], stdin=slave, stdout=slave, stderr=slave, close_fds=True,
                          start_new_session=True)
     os.close(slave)
@@ -123,6 +124,8 @@ def test_interactive_shell_download_unpack_and_history_wipe(cluster, pods, seen)
     for g in ("sre", "podtrail-exec-allowed"):
         assert g in roles, f"group {g} missing from user.roles={roles}"
     assert root.get("client.address") == "127.0.0.1"
+    # what a released kubectl sends (the harness builds kubectl with client-go's version set)
+    assert str(root.get("user_agent.original")).startswith("kubectl/v1.34.4 (linux/amd64)"), root.attrs
     assert root.get("podtrail.k8s.audit_id") == audit_id
     assert root.get("podtrail.attribution.source") == "audit_webhook", root.attrs
     assert root.get("podtrail.attribution.confidence") in ("unique", "exact"), root.attrs
@@ -187,7 +190,7 @@ def test_non_interactive_exec(cluster, pods, transport, seen):
     assert sh and marker in str(sh[0].get("process.command_args")), t.tree()
 
 
-def test_exec_rbac_forbids(cluster, pods):
+def test_exec_rbac_forbids(cluster, pods, seen):
     t0 = time.time() - 1
     p = cluster.kubectl("-n", NAMESPACE, "exec", "shell", "--", "sh", "-c", "echo should-not-run",
                         user="mallory", check=False)
@@ -199,6 +202,7 @@ def test_exec_rbac_forbids(cluster, pods):
         and (e.get("user") or {}).get("username") == "mallory@example.com"
         and parse_code(e) == 403 and e_ts(e) >= t0], timeout=30)
     assert len(ids) >= 1
+    seen["denied_audit_ids"] = ids
     for audit_id in ids:
         t = wait_trace(cluster, audit_id, what="(denied request)", timeout=120)
         root = session_root(t)

@@ -8,7 +8,7 @@ import urllib.request
 
 from conftest import NAMESPACE, eventually, parse_ts
 from conftest import BUSYBOX, pod
-from test_exec import session_root, wait_trace
+from test_exec import interactive, session_root, wait_trace
 
 
 def _request_ids(cluster, pod_name, subresource, t0):
@@ -33,6 +33,30 @@ def test_attach_is_a_trace_with_its_request(cluster):
     assert root.get("podtrail.session.kind") == "attach"
     assert root.get("user.name") == "alice@example.com"
     assert root.get("k8s.pod.name") == "attached"
+
+
+def test_debug_is_a_trace_of_the_ephemeral_containers_shell(cluster, pods, seen):
+    """`kubectl debug -it`: kubectl adds an ephemeral container (a write to
+    pods/ephemeralcontainers), waits for it to run, then attaches to its shell. The shell is
+    that container's init, which podtrail holds until the pod's status says the container is
+    ephemeral; it is then the session's root."""
+    t0 = time.time() - 1
+    rc, screen = interactive(cluster, "shell", ["cat /etc/hostname", "ls /proc/1/root >/dev/null"],
+                             how=("debug", "-it", f"--image={BUSYBOX}", "--image-pull-policy=Never",
+                                  "--container=debugger", "--target=main"), timeout=90)
+    assert rc == 0, screen
+    (audit_id,) = _request_ids(cluster, "shell", "ephemeralcontainers", t0)[:1]
+    seen["debug_audit_ids"] = [audit_id] + cluster.audit_ids_for("shell", "attach", after=t0)
+    t = wait_trace(cluster, audit_id, lambda t: any(s.name == "cat" for s in t.spans), "(debug) with its cat",
+                   timeout=150)
+    root = session_root(t)
+    assert root.name == "kubectl debug", t.tree()
+    assert root.get("podtrail.session.kind") == "debug", root.attrs
+    assert root.get("user.name") == "alice@example.com"
+    assert root.get("k8s.pod.name") == "shell" and root.get("k8s.container.name") == "debugger", root.attrs
+    (cat,) = t.named("cat")
+    assert "/etc/hostname" in str(cat.get("process.command_args")), t.tree()
+    assert any(a.name == "sh" for a in t.ancestors(cat)), f"cat not under the debug shell:\n{t.tree()}"
 
 
 def test_port_forward_is_a_trace_with_its_request(cluster, pods):

@@ -105,13 +105,22 @@ def test_tcpdump_on_the_host_and_in_a_pod(cluster, seen):
     cluster.apply(pod("sniffer", ["/usr/bin/timeout", "5", "/usr/bin/tcpdump", "-i", "lo", "-c", "1", "-n"],
                       extra=with_host_usr))
 
+    found = {}
+
     def both():
         ts = jaeger_search(cluster, {"process.executable.name": "tcpdump"})
         host = [t for t in ts if any(s.get("k8s.pod.name") is None and "tcpdump" in s.name for s in t.spans)]
         inpod = [t for t in ts if any(s.get("k8s.pod.name") == "sniffer" for s in t.spans)]
+        found.update(traces=len(ts), host=len(host), inpod=len(inpod))
         return (host, inpod) if host and inpod else None
 
-    host, inpod = eventually("tcpdump traces from the host and from the pod", both, timeout=120, interval=1)
+    try:
+        host, inpod = eventually("tcpdump traces from the host and from the pod", both, timeout=120, interval=1)
+    except BaseException:
+        status = cluster.kubectl("-n", NAMESPACE, "get", "pod", "sniffer", "-o", "jsonpath={.status}", check=False)
+        logs = cluster.kubectl("-n", NAMESPACE, "logs", "sniffer", check=False)
+        print(f"tcpdump traces found: {found}; sniffer status: {status.stdout}\nlogs: {logs.stdout}{logs.stderr}")
+        raise
     assert host and inpod
     seen["tcpdump_trace_ids"] = {t.trace_id.rjust(32, "0") for t in host + inpod}
 

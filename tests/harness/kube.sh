@@ -5,7 +5,7 @@
 #   kube.sh build        Install missing Debian packages (etcd-server, containernetworking-
 #                        plugins, containerd, runc, busybox-static, gcc, openssl) and build
 #                        (once) kube-apiserver, kube-controller-manager, kube-scheduler, kubelet
-#                        and kubectl; print their directory ($PODTRAIL_CACHE/bin/k8s-v1.34.4).
+#                        and kubectl; print their directory ($PODTRAIL_CACHE/bin/k8s-v1.34.4-r2).
 #   kube.sh images       Build (once) and print two OCI image archives, one path a line:
 #                        podtrail.test/busybox:1 (Debian's busybox-static, applets in /bin,
 #                        CMD ["sh"]) and podtrail.test/pause:3.10 (kubernetes' pause.c).
@@ -73,7 +73,10 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 K8S_VERSION=v1.34.4
 # Published version of the k8s.io/* staging modules that belong to K8S_VERSION.
 K8S_STAGING_VERSION=v0.34.4
-BIN_DIR="$PODTRAIL_CACHE/bin/k8s-$K8S_VERSION"
+# The build recipe's revision: bump it when the go build flags change, so a cache built by the
+# old recipe is not taken for the new one.
+K8S_RECIPE=r2
+BIN_DIR="$PODTRAIL_CACHE/bin/k8s-$K8S_VERSION-$K8S_RECIPE"
 K8S_BINS="kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl"
 SRC="$PODTRAIL_CACHE/build/kubernetes-$K8S_VERSION"
 IMG_DIR="$PODTRAIL_CACHE/images"
@@ -139,7 +142,7 @@ build() {
     apt_need etcd-server containernetworking-plugins containerd runc busybox-static gcc \
         libc6-dev openssl iproute2 util-linux python3
     if bins_complete; then echo "$BIN_DIR"; return; fi
-    build_lock "k8s-$K8S_VERSION"
+    build_lock "k8s-$K8S_VERSION-$K8S_RECIPE"
     if bins_complete; then echo "$BIN_DIR"; return; fi
     local go
     go=$(find_go)
@@ -153,12 +156,17 @@ build() {
         "$go" mod download
         # One go build for all five: they share most packages, so this is far cheaper than
         # five builds. -s -w drops ~40% of 440 MB; the -X flags make `--version` truthful
-        # (the API server reports it and kubectl warns on skew).
-        "$go" build -trimpath -ldflags "-s -w \
-            -X k8s.io/component-base/version.gitVersion=$K8S_VERSION \
-            -X k8s.io/component-base/version.gitMajor=1 \
-            -X k8s.io/component-base/version.gitMinor=34 \
-            -X k8s.io/component-base/version.gitTreeState=clean" \
+        # (the API server reports it and kubectl warns on skew) and give kubectl the user agent
+        # a released kubectl sends (`kubectl/v1.34.4 (linux/amd64) kubernetes/<commit>`, here
+        # `kubernetes/unknown`: the module proxy does not say which commit the tag is; client-go
+        # builds it from its own version package), which is what audit events and so podtrail's
+        # root spans carry. Kubernetes' hack/lib/version.sh sets the same two packages.
+        local ld="-s -w" pkg
+        for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+            ld="$ld -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=34"
+            ld="$ld -X $pkg.gitCommit= -X $pkg.gitTreeState=clean"
+        done
+        "$go" build -trimpath -ldflags "$ld" \
             -o "$BIN_DIR.tmp/" ./cmd/kube-apiserver ./cmd/kube-controller-manager \
             ./cmd/kube-scheduler ./cmd/kubelet ./cmd/kubectl
     ) >&2 || die "Kubernetes build failed"

@@ -20,8 +20,11 @@
 //! processes outside every session. Nothing here panics on any event sequence.
 
 mod activity;
+mod debug;
 mod net;
 mod ns;
+
+pub use debug::DEBUG_DECISION_NS;
 
 use std::collections::HashMap;
 
@@ -52,6 +55,10 @@ pub struct TrackerCounters {
     pub ns_joins_idle: u64,
     /// Watched-file operations past `MAX_FILES_PER_IMAGE` on one image (a loop over a file).
     pub files_over_cap: u64,
+    /// New pod containers whose kind (ephemeral or not) the lookup did not tell in time.
+    pub debug_undecided: u64,
+    /// Ended processes of an undecided container past what is held for it (`debug.rs`).
+    pub debug_ended_over_cap: u64,
 }
 
 /// File operations kept per image: a loop that opens a watched file forever must not grow a
@@ -77,6 +84,8 @@ pub struct SessionTracker {
     outbound: super::activity::Outbound,
     /// Turns the executable's wall-clock change time into boot ns.
     clock: crate::clock::BootClock,
+    /// New pod containers' inits, until the lookup says whether they are ephemeral.
+    pending: Vec<debug::PendingInit>,
 }
 
 /// A wall-clock time (ns since the epoch) as boot ns; None for 0 (unknown) and for times
@@ -126,6 +135,7 @@ impl SessionTracker {
             activity: Default::default(),
             outbound: Default::default(),
             clock: crate::clock::BootClock::now(),
+            pending: Vec::new(),
         }
     }
 
@@ -178,6 +188,7 @@ impl SessionTracker {
     pub fn tick(&mut self, now_ns: u64) -> Vec<SessionUpdate> {
         let mut out = Vec::new();
         self.outbound.flush(&self.activity, now_ns, false, &mut out);
+        self.decide_inits(now_ns, &mut out);
         out
     }
 
@@ -410,9 +421,13 @@ impl SessionTracker {
             // a session is named after its root: a root that crosses again (moved to another
             // cgroup, then exec'd) stays in the session it already roots
             let roots_one = self.sessions.contains_key(&SessionId(key));
-            if crossing && !here && !roots_one && !self.is_init(e) {
-                self.start_exec_session(e, session, out);
-                return;
+            if crossing && !here && !roots_one {
+                if !self.is_init(e) {
+                    self.start_exec_session(e, session, out);
+                    return;
+                }
+                // an ephemeral container's init is a session: held until the pod says (debug.rs)
+                self.hold_init(e);
             }
         }
         if let Some(j) = join {
@@ -543,7 +558,10 @@ impl SessionTracker {
 
     /// A process is gone: its record goes to its session, which ends with its last member.
     fn finish(&mut self, p: Proc, status: Option<ExitStatus>, ts_ns: u64, out: &mut Vec<SessionUpdate>) {
-        let Some(sid) = p.session else { return };
+        let Some(sid) = p.session else {
+            self.hold_ended(&p, status, ts_ns);
+            return;
+        };
         let Some(s) = self.sessions.get_mut(&sid) else { return };
         let exit_ns = status.map(|_| ts_ns);
         let mut rec = record_of(&p, exit_ns, status);

@@ -5,7 +5,8 @@
 #   1. setup.sh installs what is missing (clang, libbpf-dev, containerd, runc, busybox, ...);
 #   2. the Go-built backends (Jaeger, the collector) and the Python venv are built once and
 #      cached in $PODTRAIL_CACHE, in the background while Rust compiles;
-#   3. cargo test (unit, kernel, container, OTLP, Jaeger end-to-end), then the stack suite,
+#   3. the gates: cargo fmt --check, cargo clippy -D warnings;
+#   4. cargo test (unit, kernel, container, OTLP, Jaeger end-to-end), then the stack suite,
 #      then the real-cluster suite (tests/cluster: a real one-node Kubernetes, Tempo, Jaeger,
 #      the collector and podtrail installed from deploy/); it runs last and alone because the
 #      agent it installs sees the whole host.
@@ -26,6 +27,17 @@ prep_log=$(mktemp)
 prep=$!
 
 cargo build --release --all-targets
+# The gates: the tree as rustfmt.toml formats it, and no clippy warning (the lints the project
+# allows are in Cargo.toml's [lints] table, each with its reason). Either fails the run here,
+# before the long suites.
+if ! cargo fmt --check; then
+    echo "test.sh: cargo fmt --check failed: run \`cargo fmt\` and commit the result (the diff above is what it changes)" >&2
+    exit 1
+fi
+if ! cargo clippy --release --all-targets -- -D warnings; then
+    echo "test.sh: cargo clippy --release --all-targets -- -D warnings failed: fix the warnings above (or, for a lint the project disagrees with, allow it in Cargo.toml's [lints] table with the reason)" >&2
+    exit 1
+fi
 if ! wait "$prep"; then
     echo "test.sh: building the test backends failed:" >&2
     tail -n 50 "$prep_log" >&2

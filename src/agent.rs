@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     attribute::{self, follow, RecordStore, SessionQuery, WebhookConfig, WebhookServer},
-    capture::loader::Capture,
+    capture::{loader::Capture, reader::ReaderStats},
     clock::BootClock,
     config::Ready,
     export::{self, ExportReport, RunExport},
@@ -77,10 +77,8 @@ impl Attributor for StoreAttributor {
 }
 
 /// Resolves once the stop flag is set.
-fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = rx.wait_for(|v| *v).await;
-    }
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
 }
 
 /// Is the Kubernetes API watched (`kube.watch`, `auto`: when running in a pod)?
@@ -160,7 +158,7 @@ fn subscribe_receivers(
         .map_err(|e| anyhow::anyhow!("{e}: set attribution.receiver_tls_cert, receiver_tls_key and receiver_ca to this agent's certificate, key and the receivers' CA"))
 }
 
-/// Gauges the agent samples from the stages every second.
+/// The kernel's loss counters, read from the BPF maps (which the Capture owns) once a second.
 #[derive(Default, Clone)]
 struct AgentGauges {
     kernel_dropped: Family<Vec<(&'static str, &'static str)>, Gauge>,
@@ -315,7 +313,8 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     };
 
     // capture, then the process stage between them
-    let mut capture = Capture::start(cfg.capture.clone())?;
+    // the reader counts decoded and undecodable records into the shared series as it reads
+    let mut capture = Capture::start_counted(cfg.capture.clone(), ReaderStats::registered(&metrics))?;
     tracing::info!(programs = capture.attached.len(), "kernel programs attached");
     let events = std::mem::replace(&mut capture.events, mpsc::channel(1).1);
     // the process stage publishes its own counts (and the shared outbound and rate-limit series)
@@ -328,29 +327,6 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     let process_task =
         tokio::spawn(crate::process::run::run(events, upd_tx, process_opts, pmetrics, control_rx));
 
-    // sample the capture reader's counters into metrics once a second
-    let sampler = {
-        let (metrics, capture_stats) = (metrics.clone(), capture.stats.clone());
-        let mut stop = stop_rx.clone();
-        let mut last_decoded = [0u64; crate::capture::abi::KIND_MAX as usize];
-        let mut last_undecodable = 0u64;
-        async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! { _ = tick.tick() => {}, _ = stop.changed() => break }
-                for (k, n) in capture_stats.decoded.iter().enumerate() {
-                    let n = n.load(std::sync::atomic::Ordering::Relaxed);
-                    let name = crate::capture::abi::KIND_NAMES.get(k).copied().unwrap_or("none");
-                    metrics.events.get_or_create(&vec![("kind", name)]).inc_by(n - last_decoded[k]);
-                    last_decoded[k] = n;
-                }
-                let bad: u64 = capture_stats.undecodable_by_reason().iter().map(|(_, n)| n).sum();
-                metrics.events_lost.get_or_create(&vec![("reason", "decode")]).inc_by(bad - last_undecodable);
-                last_undecodable = bad;
-            }
-        }
-    };
-    let sampler_task = tokio::spawn(sampler);
     // kernel counters need the maps, which the Capture owns: read them on this task
     let mut ring_lost_seen = 0u64;
     let mut inflight_lost_seen = 0u64;
@@ -399,7 +375,6 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     let _ = process_task.await;
     let report = export_task.await??;
     let _ = stop_tx.send(true);
-    let _ = sampler_task.await;
     let _ = heartbeat.await;
     // everything is sent or on disk: the next start finds no gap
     if let Err(e) = state.stopped() {

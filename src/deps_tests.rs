@@ -9,9 +9,9 @@ use std::path::Path;
 /// The layers, in order. Shared modules come first; a stage may use them and the stages
 /// before it. `config` and `agent` sit on top and wire everything.
 const LAYERS: &[&[&str]] = &[
-    &["text", "clock", "lru"],
+    &["text", "clock", "lru", "metrics", "diag"],
     &["capture"],
-    &["scope", "model", "tls", "metrics", "redact", "state"],
+    &["scope", "model", "tls", "redact", "state"],
     &["process"],
     &["enrich"],
     &["attribute"],

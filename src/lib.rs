@@ -17,7 +17,8 @@
 //!
 //! Shared, owned by no stage: [`model`] (what the stages pass each other), [`scope`]
 //! (destination scopes), [`tls`] (certificate loading and reloading), [`lru`] (bounded,
-//! counted caches), [`text`] (bytes as text, percent-encoding), [`clock`], [`metrics`].
+//! counted caches), [`text`] (bytes as text, percent-encoding), [`clock`], [`metrics`], [`diag`]
+//! (podtrail's own run as a trace, from `tracing` spans through `tracing-opentelemetry`).
 //! [`config`] and [`agent`] sit on top and may use everything.
 //!
 //! Data can be lost in five places, each counted (ARCHITECTURE.md lists them): the ring
@@ -30,6 +31,7 @@ pub mod attribute;
 pub mod capture;
 pub mod clock;
 pub mod config;
+pub mod diag;
 pub mod enrich;
 pub mod export;
 pub mod lru;

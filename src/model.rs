@@ -61,10 +61,7 @@ impl SessionKind {
     /// Whether a Kubernetes request can stand behind this kind (kubectl exec, kubectl debug):
     /// the others never wait for attribution.
     pub fn attributable(&self) -> bool {
-        match self {
-            SessionKind::Exec | SessionKind::Debug => true,
-            _ => false,
-        }
+        matches!(self, SessionKind::Exec | SessionKind::Debug)
     }
 }
 

@@ -96,9 +96,11 @@ fn raw_span_ids(j: &Jaeger, trace: &str) -> Vec<String> {
     out
 }
 
-/// (trace id, span id, name, attributes as (key, string value)) of each span of an OTLP/JSON
-/// file sink.
-fn file_spans(path: &Path) -> Vec<(String, String, String, Vec<(String, String)>)> {
+/// (trace id, span id, name, attributes as (key, string value)) of a span.
+type FileSpan = (String, String, String, Vec<(String, String)>);
+
+/// Each span of an OTLP/JSON file sink.
+fn file_spans(path: &Path) -> Vec<FileSpan> {
     support::otlp_json::read(path)
         .into_iter()
         .map(|s| {

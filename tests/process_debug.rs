@@ -130,7 +130,7 @@ fn an_ordinary_containers_init_is_never_a_session() {
     out.extend(t.tick(2_000));
     out.extend(t.handle(&exit(3_000, 1001, C, 0)));
     assert!(out.is_empty(), "{out:?}");
-    assert_eq!(t.counters().debug_undecided, 0);
+    assert_eq!(t.counters().debug_undecided.get(), 0);
 }
 
 #[test]
@@ -140,9 +140,9 @@ fn a_container_the_pod_never_names_is_given_up_on_and_counted() {
     let mut out = Vec::new();
     debug_container_runs(&mut t, &mut out);
     out.extend(t.tick(11 + DEBUG_DECISION_NS - 1));
-    assert_eq!(t.counters().debug_undecided, 0, "still waiting just before the deadline");
+    assert_eq!(t.counters().debug_undecided.get(), 0, "still waiting just before the deadline");
     out.extend(t.tick(11 + DEBUG_DECISION_NS));
-    assert_eq!(t.counters().debug_undecided, 1);
+    assert_eq!(t.counters().debug_undecided.get(), 1);
     // a late answer changes nothing: the container was judged ordinary
     pod.says(true);
     out.extend(t.tick(11 + DEBUG_DECISION_NS + 1));

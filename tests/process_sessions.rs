@@ -116,8 +116,8 @@ fn exit_and_exec_before_fork_are_reordered() {
     let mut t = tracker();
     let mut out = start_container_c(&mut t);
     out.extend(runc_exec(&mut t, 100, 1050, &["sh"]));
-    let before = t.counters().execs_before_fork; // the shim's exec had no fork either
-                                                 // child 1051: exec, exit, then the parent's fork record
+    let before = t.counters().execs_before_fork.get(); // the shim's exec had no fork either
+                                                       // child 1051: exec, exit, then the parent's fork record
     out.extend(t.handle(&exec_in(111, 1051, 1050, &["true"])));
     out.extend(t.handle(&exit(112, 1051, C, 0)));
     out.extend(t.handle(&fork(110, 1051, 1050, C)));
@@ -130,8 +130,8 @@ fn exit_and_exec_before_fork_are_reordered() {
     assert_eq!(pids, vec![1051, 1052, 1050]);
     assert_eq!(procs[1].exit, Some(ExitStatus::Code(3)));
     assert_eq!(ended(&out).len(), 1);
-    assert_eq!(t.counters().execs_before_fork - before, 1);
-    assert_eq!(t.counters().exits_early, 1);
+    assert_eq!(t.counters().execs_before_fork.get() - before, 1);
+    assert_eq!(t.counters().exits_early.get(), 1);
     assert_eq!(t.len(), 2);
 }
 
@@ -179,7 +179,7 @@ fn udp_connect_without_data_is_marked_for_skipping() {
     let procs = procs_of(&out, SessionId(key(1070)));
     let c = &procs[0].images[0].connects;
     assert_eq!((c[0].udp_sent, c[1].udp_sent), (false, true));
-    assert_eq!(t.counters().connects_unknown_pid, 1);
+    assert_eq!(t.counters().connects_unknown_pid.get(), 1);
 }
 
 #[test]
@@ -256,7 +256,7 @@ fn runc_setns_without_exec_is_not_a_session() {
     let s = started(&out);
     assert_eq!(s.len(), 1);
     assert_eq!(s[0].kind, SessionKind::Exec);
-    assert_eq!(t.counters().ns_joins_idle, 1);
+    assert_eq!(t.counters().ns_joins_idle.get(), 1);
 }
 
 #[test]
@@ -398,7 +398,9 @@ mod arbitrary_sequences {
                 },
             ),
             2 => exit(pid as u64, pid, cg, 0),
-            3 => connect(pid as u64, pid, cookie, if ns % 2 == 0 { Transport::Tcp } else { Transport::Udp }, 80),
+            3 => {
+                connect(pid as u64, pid, cookie, if ns.is_multiple_of(2) { Transport::Tcp } else { Transport::Udp }, 80)
+            }
             4 => result(pid as u64, cookie, -(ns as i32 % 120)),
             5 => Event::UdpSend(UdpSendEvent { ts_ns: 1, cgroup_id: cg, cookie, bytes: 1 }),
             _ => ns_join(
@@ -587,6 +589,11 @@ fn a_watched_nsenter_into_a_container_becomes_the_node_session() {
 
 // ---- issue 6: outbound connects outside sessions -------------------------------------------
 
+/// A TCP connect of pid 1001 in container C to `203.0.113.<d+1>:443` at `ts`, socket `cookie`.
+fn to_test_net(t: &mut SessionTracker, ts: u64, cookie: u64, d: u64) -> Vec<SessionUpdate> {
+    t.handle(&connect_to(ts, 1001, C, cookie, Transport::Tcp, &format!("203.0.113.{}", d + 1), 443))
+}
+
 const SEC: u64 = 1_000_000_000;
 
 /// The cluster's ranges as configured: pods 10.244/16, services 10.96/12; 203.0.113.0/24 is
@@ -675,7 +682,7 @@ fn a_thousand_identical_connects_are_one_span_counting_a_thousand() {
     assert_eq!(o.len(), 1);
     let a = o[0].1.activity.unwrap();
     assert_eq!((a.count, a.first_ns, a.last_ns), (1000, 100, 100 + 999 * 1_000_000));
-    assert_eq!((t.outbound().records, t.outbound().folded, t.outbound().suppressed), (1, 999, 0));
+    assert_eq!((t.outbound().records.get(), t.outbound().folded.get(), t.outbound().suppressed.get()), (1, 999, 0));
 }
 
 #[test]
@@ -690,15 +697,7 @@ fn the_rate_limit_counts_exactly_what_it_suppressed_and_marks_the_next_record() 
     for round in 0..3u64 {
         for d in 0..20u64 {
             n += 1;
-            out.extend(t.handle(&connect_to(
-                100 + round,
-                1001,
-                C,
-                n,
-                Transport::Tcp,
-                &format!("203.0.113.{}", d + 1),
-                443,
-            )));
+            out.extend(to_test_net(&mut t, 100 + round, n, d));
         }
     }
     // two seconds later: two tokens back
@@ -708,8 +707,8 @@ fn the_rate_limit_counts_exactly_what_it_suppressed_and_marks_the_next_record() 
     let o = outbound(&out);
     assert_eq!(o.len(), 6, "five from the burst, one after the refill");
     let o_counts: u64 = o.iter().map(|(_, c)| c.activity.unwrap().count).sum();
-    assert_eq!(t.outbound().suppressed, 15 * 3, "the 15 destinations over the burst, each 3 times");
-    assert_eq!(o_counts + t.outbound().suppressed, n, "folded and suppressed add up to the flood");
+    assert_eq!(t.outbound().suppressed.get(), 15 * 3, "the 15 destinations over the burst, each 3 times");
+    assert_eq!(o_counts + t.outbound().suppressed.get(), n, "folded and suppressed add up to the flood");
     let last = o.iter().find(|(_, c)| c.addr.to_string() == "198.51.100.1").unwrap();
     assert_eq!(last.1.activity.unwrap().suppressed_before, 45, "marked on the container's next record");
     assert!(o.iter().filter(|(_, c)| c.addr.to_string() != "198.51.100.1").all(|(_, c)| c
@@ -728,17 +727,9 @@ fn suppressed_connects_no_record_follows_are_marked_on_a_record_of_their_own() {
     let mut out = start_container_c(&mut t);
     // 10 destinations at once: 2 records, 8 suppressed, and then the flood stops
     for d in 0..10u64 {
-        out.extend(t.handle(&connect_to(
-            100 + d,
-            1001,
-            C,
-            1 + d,
-            Transport::Tcp,
-            &format!("203.0.113.{}", d + 1),
-            443,
-        )));
+        out.extend(to_test_net(&mut t, 100 + d, 1 + d, d));
     }
-    assert_eq!((t.outbound().suppressed, t.outbound().unmarked), (8, 8));
+    assert_eq!((t.outbound().suppressed.get(), t.outbound().unmarked), (8, 8));
     // a fold window of quiet later: the two records leave, and the eight are marked on one
     // that counts none of its own (the last destination suppressed)
     out.extend(t.tick(200 + 12 * SEC));
@@ -761,15 +752,7 @@ fn suppressed_connects_still_unmarked_at_shutdown_are_marked_then() {
     });
     let mut out = start_container_c(&mut t);
     for d in 0..5u64 {
-        out.extend(t.handle(&connect_to(
-            100 + d,
-            1001,
-            C,
-            1 + d,
-            Transport::Tcp,
-            &format!("203.0.113.{}", d + 1),
-            443,
-        )));
+        out.extend(to_test_net(&mut t, 100 + d, 1 + d, d));
     }
     out.extend(t.shutdown(200));
     let marks: Vec<(u64, u64)> =
@@ -788,7 +771,7 @@ fn with_no_folding_a_sustained_flood_makes_one_mark_only_record_once_it_stops() 
     // 100 new destinations over half a second, the run loop ticking every 50 ms meanwhile
     for i in 0..100u64 {
         let ts = 100 + i * 5_000_000;
-        out.extend(t.handle(&connect_to(ts, 1001, C, 1 + i, Transport::Tcp, &format!("203.0.113.{}", i + 1), 443)));
+        out.extend(to_test_net(&mut t, ts, 1 + i, i));
         out.extend(t.handle(&result(ts + 1, 1 + i, -111)));
         if i % 10 == 9 {
             out.extend(t.tick(ts + 2));
@@ -815,7 +798,7 @@ fn a_fold_window_of_zero_folds_nothing_and_keeps_each_outcome() {
     let o = outbound(&out);
     assert_eq!(o.len(), 5, "one record per connect: {o:?}");
     assert!(o.iter().all(|(_, c)| c.activity.unwrap().count == 1 && c.outcome == ConnectOutcome::Refused), "{o:?}");
-    assert_eq!((t.outbound().folded, t.outbound().opened, t.counters().results_unmatched), (0, 5, 0));
+    assert_eq!((t.outbound().folded.get(), t.outbound().opened.get(), t.counters().results_unmatched.get()), (0, 5, 0));
 }
 
 #[test]
@@ -849,7 +832,7 @@ fn udp_counts_as_outbound_only_once_it_carried_data() {
     let o = outbound(&out);
     assert_eq!(o.len(), 1, "{o:?}");
     assert_eq!((o[0].1.addr.to_string().as_str(), o[0].1.udp_sent), ("198.51.100.53", true));
-    assert_eq!(t.counters().results_unmatched, 0);
+    assert_eq!(t.counters().results_unmatched.get(), 0);
 }
 
 #[test]
@@ -990,5 +973,5 @@ fn idle_rate_limit_buckets_are_dropped_once_refilled() {
     out.extend(t.handle(&connect_to(62_000_000_000, 1001, C, 2, Transport::Tcp, "203.0.113.8", 443)));
     out.extend(t.shutdown(63_000_000_000));
     assert_eq!(outbound(&out).len(), 2, "both connects recorded");
-    assert_eq!(t.outbound().suppressed, 0);
+    assert_eq!(t.outbound().suppressed.get(), 0);
 }

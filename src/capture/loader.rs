@@ -212,6 +212,12 @@ pub struct Capture {
 impl Capture {
     /// Loads, attaches and starts reading. Must run inside a tokio runtime.
     pub fn start(opts: CaptureOptions) -> Result<Capture, CaptureError> {
+        Capture::start_counted(opts, reader::ReaderStats::default())
+    }
+
+    /// [`Capture::start`], the reader counting into `stats` (the agent's are registered
+    /// series: [`reader::ReaderStats::registered`]).
+    pub fn start_counted(opts: CaptureOptions, stats: reader::ReaderStats) -> Result<Capture, CaptureError> {
         preflight(&opts)?;
         raise_memlock();
         let diffs = super::btf::check_abi(BPF_OBJECT).map_err(|e| CaptureError::Abi(e.to_string()))?;
@@ -309,7 +315,7 @@ impl Capture {
         };
         let ring = RingBuf::try_from(ebpf.take_map("events").ok_or(CaptureError::MissingMap("events"))?)?;
         let (tx, rx) = mpsc::channel(opts.channel_capacity);
-        let stats = Arc::new(reader::ReaderStats::default());
+        let stats = Arc::new(stats);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let reader = tokio::spawn(reader::run(ring, tx, stats.clone(), opts.poll_interval, stop_rx));
         Ok(Capture { _ebpf: ebpf, counters, stats, events: rx, attached, stop, reader })

@@ -1,18 +1,16 @@
 //! The ring buffer reader: drains the kernel's ring, decodes each record and passes it on.
 //!
 //! In: the `events` ring buffer. Out: [`Event`]s on a bounded channel. Lost: records that do
-//! not decode, counted by reason in [`ReaderStats`]. The kernel batches wakeups (one per
+//! not decode, counted by reason in [`ReaderStats`] as they are read. The kernel batches wakeups (one per
 //! `wakeup_bytes` queued), so the reader also drains on a short timer. When the next stage is
 //! slower than the kernel, `send` waits and the ring fills: the kernel then counts what it
 //! cannot write per kind and per cgroup, which is where a session can be marked. Nothing
 //! after the process stage ever makes this wait (export drops at its own queue).
 
-use std::{
-    sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
-};
+use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
+use prometheus_client::metrics::counter::Counter;
 use tokio::{io::unix::AsyncFd, sync::mpsc, sync::watch};
 
 use super::{
@@ -20,22 +18,38 @@ use super::{
     decode::{decode, DecodeError},
     event::Event,
 };
+use crate::metrics::Metrics;
 
+/// The reader's counts, taken as each record is read: handles on the agent's series once
+/// [`ReaderStats::registered`] (`podtrail_events_total{kind}`,
+/// `podtrail_events_lost_total{reason="decode"}`), detached counters otherwise.
 #[derive(Default, Debug)]
 pub struct ReaderStats {
     /// Records decoded, by kind number.
-    pub decoded: [AtomicU64; abi::KIND_MAX as usize],
+    pub decoded: [Counter; abi::KIND_MAX as usize],
     /// Records that did not decode, by `DecodeError::REASONS` index.
-    pub undecodable: [AtomicU64; DecodeError::REASONS.len()],
+    pub undecodable: [Counter; DecodeError::REASONS.len()],
+    /// Every record that did not decode, whatever the reason.
+    pub lost: Counter,
 }
 
 impl ReaderStats {
+    /// Counts into `m`'s series.
+    pub fn registered(m: &Metrics) -> Self {
+        let mut s = ReaderStats::default();
+        for (c, name) in s.decoded.iter_mut().zip(abi::KIND_NAMES) {
+            *c = m.events.get_or_create(&vec![("kind", name)]).clone();
+        }
+        s.lost = m.events_lost.get_or_create(&vec![("reason", "decode")]).clone();
+        s
+    }
+
     pub fn decoded_total(&self) -> u64 {
-        self.decoded.iter().map(|a| a.load(Ordering::Relaxed)).sum()
+        self.decoded.iter().map(Counter::get).sum()
     }
 
     pub fn undecodable_by_reason(&self) -> Vec<(&'static str, u64)> {
-        DecodeError::REASONS.iter().zip(&self.undecodable).map(|(r, n)| (*r, n.load(Ordering::Relaxed))).collect()
+        DecodeError::REASONS.iter().zip(&self.undecodable).map(|(r, n)| (*r, n.get())).collect()
     }
 
     fn count(&self, res: &Result<Event, DecodeError>, bytes: &[u8]) {
@@ -43,12 +57,13 @@ impl ReaderStats {
             Ok(_) => {
                 let kind = abi::read::<abi::Header>(bytes).map(|h| h.kind).unwrap_or(0) as usize;
                 if let Some(c) = self.decoded.get(kind) {
-                    c.fetch_add(1, Ordering::Relaxed);
+                    c.inc();
                 }
             }
             Err(e) => {
                 let i = DecodeError::REASONS.iter().position(|r| *r == e.reason()).unwrap_or(0);
-                self.undecodable[i].fetch_add(1, Ordering::Relaxed);
+                self.undecodable[i].inc();
+                self.lost.inc();
             }
         }
     }

@@ -5,7 +5,9 @@
 //! In: `mpsc::Receiver<SessionUpdate>` (its close is the shutdown signal). Out: spans on the
 //! wire, a [`ExportReport`] when done. Dropped: only in each sink's [`queue::ExportQueue`],
 //! counted by reason and marked on the session's root. The agent's own run is a trace of its
-//! own (`podtrail agent`): a `start` span sent at start-up and a `run` span at a clean stop.
+//! own (`podtrail agent`, made with `tracing` through [`crate::diag`]): a `start` span sent at
+//! start-up, a `gap` span after an unclean stop, an `export trouble` span for each outage of a
+//! durable sink's backend, and the `run` span at a clean stop.
 
 pub mod codec;
 pub mod config;
@@ -18,10 +20,9 @@ pub mod segments;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::resource::EnvResourceDetector;
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
 use opentelemetry_semantic_conventions::attribute as sc;
 use tokio::sync::mpsc;
@@ -121,38 +122,18 @@ pub fn sinks(cfg: &RunExport, resource: &Resource) -> Result<Vec<Sink>, ExportEr
     Ok(out)
 }
 
-fn agent_span(
-    cfg: &RunExport,
-    started_ns: u64,
-    what: &'static str,
-    start: SystemTime,
-    end: SystemTime,
-    extra: Vec<KeyValue>,
-) -> SpanData {
-    let trace = spans::ids::agent_trace_id(&cfg.boot_id, started_ns);
-    let run = spans::ids::agent_span_id(&cfg.boot_id, started_ns, "run");
-    let (id, parent) = if what == "run" {
-        (run, SpanId::INVALID)
-    } else {
-        (spans::ids::agent_span_id(&cfg.boot_id, started_ns, what), run)
-    };
-    let mut attributes = vec![KeyValue::new(keys::AGENT_EVENT, what)];
-    attributes.extend(extra);
-    SpanData {
-        span_context: SpanContext::new(trace, id, TraceFlags::SAMPLED, false, TraceState::NONE),
-        parent_span_id: parent,
-        parent_span_is_remote: false,
-        span_kind: SpanKind::Internal,
-        name: if what == "run" { "podtrail agent".into() } else { format!("podtrail agent {what}").into() },
-        start_time: start,
-        end_time: end,
-        attributes,
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
-        status: Status::Unset,
-        instrumentation_scope: spans::build::scope(),
-    }
+/// The agent's own trace for one run ([`crate::diag`]): one trace per (boot, agent start), the
+/// first span made (the run's root) with the id `service.instance.id` names.
+fn agent_trace(cfg: &RunExport, started_ns: u64) -> crate::diag::AgentTrace {
+    let boot_id = cfg.boot_id;
+    crate::diag::AgentTrace::new(
+        spans::ids::agent_trace_id(&boot_id, started_ns),
+        move |n| match n {
+            0 => spans::ids::agent_span_id(&boot_id, started_ns, "run"),
+            n => spans::ids::agent_span_id(&boot_id, started_ns, &n.to_string()),
+        },
+        spans::build::scope(),
+    )
 }
 
 fn unix_secs(t: SystemTime) -> String {
@@ -174,7 +155,7 @@ pub async fn run_export(
     metrics: Metrics,
 ) -> Result<ExportReport, ExportError> {
     let started_ns = crate::clock::boot_ns_now();
-    let run_id = hex::encode(&spans::ids::agent_span_id(&cfg.boot_id, started_ns, "run").to_bytes());
+    let run_id = hex::encode(spans::ids::agent_span_id(&cfg.boot_id, started_ns, "run").to_bytes());
     let res = resource(&cfg, &run_id);
     let sinks = sinks(&cfg, &res)?;
     Ok(run_export_with(rx, cfg, attributor, metrics, sinks, started_ns, None).await)
@@ -196,7 +177,7 @@ pub async fn run_export_alerting(
     alerting: Alerting,
 ) -> Result<ExportReport, ExportError> {
     let started_ns = crate::clock::boot_ns_now();
-    let run_id = hex::encode(&spans::ids::agent_span_id(&cfg.boot_id, started_ns, "run").to_bytes());
+    let run_id = hex::encode(spans::ids::agent_span_id(&cfg.boot_id, started_ns, "run").to_bytes());
     let res = resource(&cfg, &run_id);
     let sinks = sinks(&cfg, &res)?;
     Ok(run_export_with(rx, cfg, attributor, metrics, sinks, started_ns, Some(alerting)).await)
@@ -220,6 +201,17 @@ pub async fn run_export_with(
         timeout: cfg.export.otlp.as_ref().map(|o| o.timeout).unwrap_or(std::time::Duration::from_secs(10)),
         shutdown_flush: cfg.export.shutdown_flush,
     };
+    // the agent's run, start, gaps and export trouble: `tracing` spans and events, exported
+    // through tracing-opentelemetry with the rest (crate::diag)
+    let agent = agent_trace(&cfg, started_ns);
+    let run = agent.in_scope(|| {
+        tracing::info_span!(
+            "podtrail agent",
+            podtrail.agent.event = "run",
+            podtrail.agent.sessions_exported = tracing::field::Empty,
+            podtrail.agent.sessions_incomplete = tracing::field::Empty,
+        )
+    });
     let mut queues = Vec::new();
     let mut tasks = Vec::new();
     for sink in sinks {
@@ -244,10 +236,11 @@ pub async fn run_export_with(
             _ => ExportQueue::new(name, cfg.export.queue_spans, metrics.clone()),
         };
         let r = rules.clone();
+        // an outage while sending is a span of the agent's trace, under the run
         let task = match sink {
-            Sink::Otlp(e) => tokio::spawn(q.clone().drive(e, r)),
-            Sink::File(e) => tokio::spawn(q.clone().drive(e, r)),
-            Sink::Console(e) => tokio::spawn(q.clone().drive(e, r)),
+            Sink::Otlp(e) => tokio::spawn(agent.attach(&run, q.clone().drive(e, r))),
+            Sink::File(e) => tokio::spawn(agent.attach(&run, q.clone().drive(e, r))),
+            Sink::Console(e) => tokio::spawn(agent.attach(&run, q.clone().drive(e, r))),
         };
         queues.push(q);
         tasks.push((name, task));
@@ -262,36 +255,46 @@ pub async fn run_export_with(
     let take = || std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
     let push = |q: Queued| pending.lock().unwrap_or_else(|p| p.into_inner()).push(q);
     let flush = || {
+        for span in agent.take() {
+            push(Queued { session: None, span, root: false });
+        }
         let batch = take();
         for queue in &queues {
             queue.push_batch(&batch);
         }
     };
-    let start_time = SystemTime::now();
-    let mut start_attrs = vec![];
-    if replayed > 0 {
-        start_attrs.push(KeyValue::new(keys::AGENT_QUEUE_REPLAYED, replayed as i64));
-    }
-    push(Queued {
-        session: None,
-        span: agent_span(&cfg, started_ns, "start", start_time, start_time, start_attrs),
-        root: false,
-    });
-    if let Some(gap) = cfg.export.queue.held.as_ref().and_then(|h| h.gap.clone()) {
-        let blind = gap.to.duration_since(gap.from).unwrap_or_default();
-        tracing::warn!(
-            previous_pid = gap.previous_pid,
-            from = %unix_secs(gap.from),
-            to = %unix_secs(gap.to),
-            blind_s = blind.as_secs(),
-            "the previous agent did not stop cleanly: the node was not watched in between (a `gap` span in the agent's trace)"
+    agent.in_scope(|| {
+        let start = tracing::info_span!(
+            parent: &run,
+            "podtrail agent start",
+            podtrail.agent.event = "start",
+            podtrail.agent.queue.replayed = tracing::field::Empty,
         );
-        let mut attrs = vec![KeyValue::new(keys::AGENT_GAP_FROM, gap.from_source)];
-        if let Some(p) = gap.previous_pid {
-            attrs.push(KeyValue::new(keys::AGENT_GAP_PREVIOUS_PID, p as i64));
+        if replayed > 0 {
+            start.record("podtrail.agent.queue.replayed", replayed as i64);
         }
-        push(Queued { session: None, span: agent_span(&cfg, started_ns, "gap", gap.from, gap.to, attrs), root: false });
-    }
+        drop(start);
+        let Some(gap) = cfg.export.queue.held.as_ref().and_then(|h| h.gap.clone()) else { return };
+        let span = tracing::info_span!(
+            parent: &run,
+            "podtrail agent gap",
+            podtrail.agent.event = "gap",
+            podtrail.agent.gap.from = gap.from_source,
+            podtrail.agent.gap.previous_pid = gap.previous_pid.map(i64::from),
+            podtrail.diag.start_unix_ns = crate::diag::unix_ns(gap.from),
+            podtrail.diag.end_unix_ns = crate::diag::unix_ns(gap.to),
+        );
+        let blind = gap.to.duration_since(gap.from).unwrap_or_default();
+        span.in_scope(|| {
+            tracing::warn!(
+                previous_pid = gap.previous_pid,
+                from = %unix_secs(gap.from),
+                to = %unix_secs(gap.to),
+                blind_s = blind.as_secs(),
+                "the previous agent did not stop cleanly: the node was not watched in between (a `gap` span in the agent's trace)"
+            )
+        });
+    });
     flush();
 
     let ctx = BuildCtx { boot_id: cfg.boot_id, clock: cfg.clock, cfg: cfg.spans.clone() };
@@ -415,22 +418,9 @@ pub async fn run_export_with(
     request_spans(&*requests, stage.ctx(), all, &push, &metrics, &mut report);
     annotate(&mut alerts, &mut out);
     dispatch(out, &stage, &mut report);
-    let stop = SystemTime::now();
-    push(Queued {
-        session: None,
-        span: agent_span(
-            &cfg,
-            started_ns,
-            "run",
-            start_time,
-            stop,
-            vec![
-                KeyValue::new(keys::AGENT_SESSIONS_EXPORTED, report.sessions as i64),
-                KeyValue::new(keys::AGENT_SESSIONS_INCOMPLETE, open_at_stop),
-            ],
-        ),
-        root: false,
-    });
+    run.record("podtrail.agent.sessions_exported", report.sessions as i64);
+    run.record("podtrail.agent.sessions_incomplete", open_at_stop);
+    drop(run);
     flush();
 
     for q in &queues {

@@ -473,7 +473,9 @@ impl ExportQueue {
     /// Sends everything pushed until the queue is closed and drained; returns what happened.
     pub async fn drive<E: SpanExporter>(self: Arc<Self>, exporter: E, rules: RetryRules) -> Delivery {
         let durable = self.is_durable();
-        let mut failing_since: Option<Instant> = None;
+        // an outage of the durable queue's backend: when it began, and the agent trace's span
+        // for it (`export_trouble`, from the first failure to the first success)
+        let mut failing_since: Option<(Instant, tracing::Span)> = None;
         while let Some(batch) = self.next_batch(rules.batch).await {
             let spans: Vec<SpanData> = batch.iter().map(|q| q.span.clone()).collect();
             let mut delay = rules.initial;
@@ -489,19 +491,27 @@ impl ExportQueue {
                 let Some(err) = err else {
                     self.metrics.request("ok");
                     self.delivered(&batch);
-                    if let Some(t) = failing_since.take() {
-                        tracing::info!(
-                            sink = self.name,
-                            after_s = t.elapsed().as_secs(),
-                            queued = self.len(),
-                            "export works again"
-                        );
+                    if let Some((t, trouble)) = failing_since.take() {
+                        trouble.in_scope(|| {
+                            tracing::info!(
+                                sink = self.name,
+                                after_s = t.elapsed().as_secs(),
+                                queued = self.len(),
+                                "export works again"
+                            )
+                        });
                     }
                     break;
                 };
                 if durable && failing_since.is_none() {
-                    failing_since = Some(Instant::now());
-                    tracing::warn!(sink = self.name, error = %err, "export failing; spans wait in the durable queue and are retried without a time limit");
+                    let trouble = tracing::warn_span!(
+                        "podtrail agent export trouble",
+                        podtrail.agent.event = "export_trouble",
+                        podtrail.agent.sink = self.name,
+                        podtrail.agent.error = %err,
+                    );
+                    trouble.in_scope(|| tracing::warn!(sink = self.name, error = %err, "export failing; spans wait in the durable queue and are retried without a time limit"));
+                    failing_since = Some((Instant::now(), trouble));
                 }
                 let deadline = self.flush_deadline();
                 let now = Instant::now();

@@ -33,10 +33,12 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::capture::event::{ProcessKey, Transport};
+use crate::lru::Lru;
 use crate::model::{
     ActivityMarks, ConnectOutcome, ConnectRecord, ContainerInfo, ProcessRecord, SessionId, SessionInfo, SessionKind,
     SessionUpdate,
 };
+use prometheus_client::metrics::counter::Counter;
 
 /// How much is recorded beside exec sessions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,8 +189,10 @@ struct Suppressed {
 pub struct Outbound {
     windows: HashMap<WindowKey, Window>,
     /// Connects waiting for their outcome or (UDP) their first datagram: cookie -> window or
-    /// the UDP connect not yet counted.
-    cookies: HashMap<u64, Pending>,
+    /// the UDP connect not yet counted. Bounded: when full the least recently used goes
+    /// (counted, [`Outbound::cookies_evicted`]): a window then shows its first connect's
+    /// outcome as pending, or a UDP connect that sends later is not recorded.
+    cookies: Cookies,
     buckets: HashMap<u64, Bucket>,
     /// No window can be due before this (a lower bound of the oldest window's first connect).
     windows_from_ns: u64,
@@ -197,16 +201,20 @@ pub struct Outbound {
     unmarked_from_ns: u64,
     /// When idle buckets were last dropped.
     pruned_at_ns: u64,
-    /// Connects suppressed by the rate limit, in total.
-    pub suppressed: u64,
-    /// Connects folded into a record that was already open (each record counts 1 itself).
-    pub folded: u64,
-    /// Records handed out (each one trace), mark-only records included.
-    pub records: u64,
+    /// Connects suppressed by the rate limit, in total
+    /// (`podtrail_events_lost_total{reason="rate_limit"}` after [`Outbound::count_into`]).
+    pub suppressed: Counter,
+    /// Connects folded into a record that was already open (each record counts 1 itself;
+    /// `podtrail_outbound_connects_total{how="folded"}`).
+    pub folded: Counter,
+    /// Records handed out (each one trace), mark-only records included
+    /// (`podtrail_outbound_records_total`).
+    pub records: Counter,
     /// Records handed out that count no connect of their own, only suppressed marks.
     pub mark_only: u64,
-    /// Connects that opened a record (each record counts its first connect itself).
-    pub opened: u64,
+    /// Connects that opened a record (each record counts its first connect itself;
+    /// `podtrail_outbound_connects_total{how="recorded"}`).
+    pub opened: Counter,
     /// Connects counted in records not handed out yet.
     pub open_connects: u64,
     /// Suppressed connects not marked on a record yet.
@@ -217,12 +225,36 @@ pub struct Outbound {
     unfolded: u64,
 }
 
+/// [`Outbound`]'s pending cookies, at most [`MAX_PENDING`].
+#[derive(Debug)]
+struct Cookies(Lru<u64, Pending>);
+
+impl Default for Cookies {
+    fn default() -> Self {
+        Cookies(Lru::new(MAX_PENDING))
+    }
+}
+
+impl std::ops::Deref for Cookies {
+    type Target = Lru<u64, Pending>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Cookies {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Pending {
     /// Counted in this window (its outcome may still come).
     Counted(WindowKey),
-    /// A UDP connect not yet counted: it counts at its first datagram.
-    Udp(ConnectRecord, ProcessRecord, ContainerInfo, u64),
+    /// A UDP connect not yet counted: it counts at its first datagram (boxed: most entries
+    /// are `Counted`, and the cache holds up to [`MAX_PENDING`] of them).
+    Udp(Box<(ConnectRecord, ProcessRecord, ContainerInfo, u64)>),
 }
 
 /// How often idle rate-limit buckets are dropped.
@@ -240,6 +272,14 @@ const OUTCOME_WAIT_NS: u64 = 1_000_000_000;
 const MARK_QUIET_NS: u64 = 1_000_000_000;
 
 impl Outbound {
+    /// Count into the shared series from now on (before the first connect).
+    pub fn count_into(&mut self, m: &crate::metrics::Metrics) {
+        self.suppressed = m.events_lost.get_or_create(&vec![("reason", "rate_limit")]).clone();
+        self.folded = m.outbound_connects.get_or_create(&vec![("how", "folded")]).clone();
+        self.opened = m.outbound_connects.get_or_create(&vec![("how", "recorded")]).clone();
+        self.records = m.outbound_records.clone();
+    }
+
     /// A connect by a container process outside every session, already judged in scope.
     /// `proc` is its record (current image only, no connects), `cgroup_id` its container.
     pub fn connect(
@@ -251,11 +291,8 @@ impl Outbound {
         container: ContainerInfo,
         cgroup_id: u64,
     ) {
-        if self.cookies.len() >= MAX_PENDING {
-            self.cookies.clear();
-        }
         if c.transport == Transport::Udp {
-            self.cookies.insert(cookie, Pending::Udp(c, proc, container, cgroup_id));
+            self.cookies.insert(cookie, Pending::Udp(Box::new((c, proc, container, cgroup_id))));
             return;
         }
         if let Some((k, true)) = self.count(cfg, c, cookie, proc, container, cgroup_id) {
@@ -266,7 +303,8 @@ impl Outbound {
     /// The first datagram of a connected UDP socket: its connect counts now.
     pub fn udp_sent(&mut self, cfg: &ActivityConfig, cookie: u64) -> bool {
         match self.cookies.remove(&cookie) {
-            Some(Pending::Udp(mut c, proc, container, cg)) => {
+            Some(Pending::Udp(b)) => {
+                let (mut c, proc, container, cg) = *b;
                 c.udp_sent = true;
                 if let Some((k, true)) = self.count(cfg, c, cookie, proc, container, cg) {
                     self.cookies.insert(cookie, Pending::Counted(k));
@@ -286,7 +324,7 @@ impl Outbound {
     pub fn result(&mut self, cookie: u64) -> Option<&mut ConnectRecord> {
         match self.cookies.get_mut(&cookie)? {
             Pending::Counted(k) => self.windows.get_mut(k).map(|w| &mut w.first),
-            Pending::Udp(c, ..) => Some(c),
+            Pending::Udp(b) => Some(&mut b.0),
         }
     }
 
@@ -313,7 +351,7 @@ impl Outbound {
         if let Some(w) = self.windows.get_mut(&k).filter(|_| fold) {
             w.count += 1;
             w.last_ns = w.last_ns.max(c.ts_ns);
-            self.folded += 1;
+            self.folded.inc();
             self.open_connects += 1;
             return Some((k, false));
         }
@@ -334,7 +372,7 @@ impl Outbound {
                 }
                 b.unmarked += 1;
                 b.last = Some(Box::new(Suppressed { c, proc, container }));
-                self.suppressed += 1;
+                self.suppressed.inc();
                 self.unmarked += 1;
                 return None;
             }
@@ -343,7 +381,7 @@ impl Outbound {
         let suppressed_before = std::mem::take(&mut b.unmarked);
         b.last = None;
         self.unmarked -= suppressed_before;
-        self.opened += 1;
+        self.opened.inc();
         self.open_connects += 1;
         self.windows_from_ns = if self.windows.is_empty() { c.ts_ns } else { self.windows_from_ns.min(c.ts_ns) };
         let last_ns = c.ts_ns;
@@ -415,8 +453,13 @@ impl Outbound {
         }
         self.cookies.retain(|_, p| match p {
             Pending::Counted(k) => k.0 != key,
-            Pending::Udp(_, proc, ..) => proc.key != key,
+            Pending::Udp(b) => b.1.key != key,
         });
+    }
+
+    /// Pending cookies forgotten to make room (least recently used first), in total.
+    pub fn cookies_evicted(&self) -> u64 {
+        self.cookies.evicted()
     }
 
     /// Open windows (for tests and the metrics).
@@ -456,7 +499,7 @@ impl Outbound {
     fn emit(&mut self, k: WindowKey, w: Window, out: &mut Vec<SessionUpdate>) {
         self.open_connects -= w.count;
         if let Some(cookie) = w.cookie {
-            if matches!(self.cookies.get(&cookie), Some(Pending::Counted(ck)) if *ck == k) {
+            if matches!(self.cookies.peek(&cookie), Some(Pending::Counted(ck)) if *ck == k) {
                 self.cookies.remove(&cookie);
             }
         }
@@ -464,7 +507,7 @@ impl Outbound {
     }
 
     fn emit_record(&mut self, w: Window, out: &mut Vec<SessionUpdate>) {
-        self.records += 1;
+        self.records.inc();
         self.serial = self.serial.wrapping_add(1);
         let mut c = w.first;
         c.activity = Some(ActivityMarks {
@@ -514,5 +557,48 @@ mod tests {
         assert_eq!(parsed.scope, ActivityScope::All);
         assert!(parsed.watched(b"/usr/bin/strace", None));
         assert!(toml::from_str::<ActivityConfig>("scope = \"some\"").is_err());
+    }
+
+    #[test]
+    fn pending_cookies_past_the_cap_forget_the_least_recently_used_one_and_count_it() {
+        let cfg = ActivityConfig::default();
+        let udp = |cookie: u64| {
+            let ev = crate::capture::event::ConnectEvent {
+                ts_ns: cookie,
+                pid: 7,
+                tid: 7,
+                cgroup_id: 1,
+                cookie,
+                transport: Transport::Udp,
+                addr: "8.8.8.8".parse().unwrap(),
+                port: 53,
+                mapped: false,
+            };
+            let proc = ProcessRecord {
+                key: ProcessKey { pid: 7, start_ns: 1 },
+                parent: None,
+                parent_exec_index: None,
+                nspid: 7,
+                fork_ns: 1,
+                exit_ns: None,
+                exit: None,
+                from_proc: false,
+                images: Vec::new(),
+            };
+            (ConnectRecord::pending(&ev), proc)
+        };
+        let mut o = Outbound::default();
+        for cookie in 1..=MAX_PENDING as u64 {
+            let (c, p) = udp(cookie);
+            o.connect(&cfg, c, cookie, p, ContainerInfo::default(), 1);
+        }
+        // the first socket sends: it is now the most recently used
+        assert!(o.udp_sent(&cfg, 1));
+        assert_eq!(o.cookies_evicted(), 0, "nothing forgotten below the cap");
+        let (c, p) = udp(MAX_PENDING as u64 + 1);
+        o.connect(&cfg, c, MAX_PENDING as u64 + 1, p, ContainerInfo::default(), 1);
+        assert_eq!(o.cookies_evicted(), 1, "one forgotten, not all");
+        assert!(o.result(2).is_none(), "the least recently used cookie went");
+        assert!(o.result(1).is_some() && o.result(3).is_some() && o.result(MAX_PENDING as u64 + 1).is_some());
     }
 }

@@ -1,10 +1,9 @@
-//! The process stage's own metrics handle: the stage publishes what it counts itself, right
-//! after each event or tick it handled (no atomics in between, no sampler elsewhere).
-//!
-//! In: the [`SessionTracker`]'s cumulative counters and sizes, containerd lookup failures as
-//! they happen. Out: Prometheus series (registered by [`ProcessMetrics::register`]), and the
+//! The process stage's own metrics handle. Counts are taken where they happen: the
+//! [`SessionTracker`] holds handles on these series ([`SessionTracker::count_into`]) and on the
 //! shared ones the dashboards read (`podtrail_events_lost_total{reason="rate_limit"}`,
-//! `podtrail_outbound_*`) through a clone of [`Metrics`]. Nothing is dropped.
+//! `podtrail_outbound_*`), and containerd lookup failures are counted by the task that makes
+//! them. What is a size, not a count (the table, containers, open sessions, what the
+//! outbound fold holds), is set after each event or tick; nothing is sampled elsewhere.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -31,13 +30,6 @@ pub struct ProcessMetrics {
     pub containerd_errors: Counter,
     /// Entries the stage's bounded caches forgot to make room, by cache.
     pub cache_evictions: Family<Labels, Counter>,
-    /// The tracker's totals already published: counters advance by the difference.
-    seen: Seen,
-}
-
-#[derive(Clone, Debug, Default)]
-struct Seen {
-    totals: Vec<u64>,
 }
 
 impl ProcessMetrics {
@@ -77,49 +69,19 @@ impl ProcessMetrics {
         );
     }
 
-    /// Publishes the tracker's state after it handled something.
-    pub fn observe(&mut self, t: &SessionTracker) {
+    /// Publishes the tracker's sizes after it handled something (its counts go straight into
+    /// the series through [`SessionTracker::count_into`]).
+    pub fn observe(&self, t: &SessionTracker) {
         self.table_size.set(t.len() as i64);
         self.containers.set(t.containers() as i64);
         self.sessions_open.set(t.sessions() as i64);
-        let c = t.counters();
         let o = t.outbound();
-        let m = self.shared.clone();
-        // (family, label, total); a guard from `get_or_create` is never held across another
-        // call on the same family (it would deadlock when that one inserts)
-        let totals: [(&Family<Labels, Counter>, (&'static str, &'static str), u64); 16] = [
-            (&self.sessions, ("what", "started"), c.sessions_started),
-            (&self.sessions, ("what", "ended"), c.sessions_ended),
-            (&self.anomalies, ("what", "exit_early"), c.exits_early),
-            (&self.anomalies, ("what", "exit_unknown"), c.exits_unknown),
-            (&self.anomalies, ("what", "exec_before_fork"), c.execs_before_fork),
-            (&self.anomalies, ("what", "parent_unknown"), c.parents_unknown),
-            (&self.anomalies, ("what", "pid_reused_unexited"), c.pids_reused_unexited),
-            (&self.anomalies, ("what", "connect_unknown_pid"), c.connects_unknown_pid),
-            (&self.anomalies, ("what", "result_unmatched"), c.results_unmatched),
-            (&self.anomalies, ("what", "ns_join_idle"), c.ns_joins_idle),
-            (&self.anomalies, ("what", "file_over_cap"), c.files_over_cap),
-            (&self.anomalies, ("what", "debug_undecided"), c.debug_undecided),
-            (&self.anomalies, ("what", "debug_ended_over_cap"), c.debug_ended_over_cap),
-            // outbound connects the per-container rate limit held back (marked on the
-            // container's next outbound span too)
-            (&m.events_lost, ("reason", "rate_limit"), o.suppressed),
-            (&m.outbound_connects, ("how", "recorded"), o.opened),
-            (&m.outbound_connects, ("how", "folded"), o.folded),
-        ];
-        let seen = &mut self.seen.totals;
-        seen.resize(totals.len() + 1, 0);
-        for (i, (family, label, total)) in totals.iter().enumerate() {
-            family.get_or_create(&vec![*label]).inc_by(total.saturating_sub(seen[i]));
-            seen[i] = seen[i].max(*total);
-        }
-        let last = totals.len();
-        m.outbound_records.inc_by(o.records.saturating_sub(seen[last]));
-        seen[last] = seen[last].max(o.records);
+        // the caches count their own evictions; the series follows their totals
         for (cache, n) in t.cache_evictions() {
             let c = self.cache_evictions.get_or_create(&vec![("cache", cache)]);
             c.inc_by(n.saturating_sub(c.get()));
         }
+        let m = &self.shared;
         m.outbound_pending.get_or_create(&vec![("what", "open")]).set(o.open_connects as i64);
         m.outbound_pending.get_or_create(&vec![("what", "unmarked")]).set(o.unmarked as i64);
     }

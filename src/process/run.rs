@@ -184,7 +184,7 @@ pub async fn run(
     mut rx: mpsc::Receiver<Event>,
     tx: mpsc::Sender<SessionUpdate>,
     opts: ProcessOptions,
-    mut metrics: ProcessMetrics,
+    metrics: ProcessMetrics,
     mut control: mpsc::Receiver<Control>,
 ) {
     let cgroup_root = opts.cgroup_root.clone().or_else(crate::process::cgroup::cgroup2_mount);
@@ -210,6 +210,7 @@ pub async fn run(
     let host_pidns = proc_scan::host_pidns();
     let mut tracker = SessionTracker::new(Box::new(lookup), host_pidns, proc_scan::tick_ns());
     tracker.set_activity(opts.activity.clone());
+    tracker.count_into(&metrics);
 
     if opts.scan_proc {
         let (root, cg) = (opts.proc_root.clone(), cgroup_root.clone().unwrap_or_default());

@@ -60,7 +60,8 @@ pub const NETWORK_DESTINATION_SCOPE: &str = "podtrail.network.destination.scope"
 /// suppressed since that container's previous record.
 pub const ACTIVITY_SUPPRESSED: &str = "podtrail.activity.suppressed";
 
-// The agent's own run (coverage gaps).
+// The agent's own run (coverage gaps, export trouble): written as `tracing` fields in
+// src/export (crate::diag); these name them for the table.
 pub const AGENT_EVENT: &str = "podtrail.agent.event";
 pub const AGENT_SESSIONS_EXPORTED: &str = "podtrail.agent.sessions_exported";
 pub const AGENT_SESSIONS_INCOMPLETE: &str = "podtrail.agent.sessions_incomplete";
@@ -70,6 +71,10 @@ pub const AGENT_GAP_PREVIOUS_PID: &str = "podtrail.agent.gap.previous_pid";
 pub const AGENT_GAP_FROM: &str = "podtrail.agent.gap.from";
 /// On the `start` span: spans the previous run left in the durable queue, sent by this one.
 pub const AGENT_QUEUE_REPLAYED: &str = "podtrail.agent.queue.replayed";
+/// On an `export_trouble` span (an outage of a durable sink's backend): the sink.
+pub const AGENT_SINK: &str = "podtrail.agent.sink";
+/// On an `export_trouble` span: the first failure.
+pub const AGENT_ERROR: &str = "podtrail.agent.error";
 
 // Written by other stages (alerts), documented in the same table.
 pub const ALERTS_COUNT: &str = "podtrail.alerts.count";
@@ -132,6 +137,8 @@ pub const PODTRAIL_KEYS: &[&str] = &[
     AGENT_GAP_PREVIOUS_PID,
     AGENT_GAP_FROM,
     AGENT_QUEUE_REPLAYED,
+    AGENT_SINK,
+    AGENT_ERROR,
     ALERTS_COUNT,
     ALERTS_MAX_SEVERITY,
     ALERTS_RULES,

@@ -18,6 +18,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -27,6 +28,8 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 HARNESS = REPO / "tests" / "harness"
+sys.path.insert(0, str(HARNESS))
+from harness_env import parse_env  # noqa: E402  (one reader of the harness scripts' output)
 OVERLAY = REPO / "tests" / "cluster" / "overlay"
 # The namespace of the investigation questions in README.md and docs/investigate.md, so their
 # queries run here unchanged.
@@ -52,15 +55,6 @@ def sh(cmd, check=True, timeout=600, env=None, input=None):
 def harness(script, *args, env=None, timeout=3600):
     p = sh(["bash", str(HARNESS / script), *map(str, args)], env=env, timeout=timeout)
     return parse_env(p.stdout), p.stdout.strip()
-
-
-def parse_env(text):
-    out = {}
-    for line in text.splitlines():
-        if "=" in line:
-            k, v = line.split("=", 1)
-            out[k.strip()] = v.strip()
-    return out
 
 
 def free_port():

@@ -8,11 +8,14 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 HARNESS = REPO / "tests" / "harness"
+sys.path.insert(0, str(HARNESS))
+from harness_env import parse_env  # noqa: E402  (one reader of the harness scripts' output)
 
 
 def require(ok, why):
@@ -42,15 +45,6 @@ def harness(script, *args, env=None, timeout=1800):
     if p.returncode != 0:
         raise RuntimeError(f"{script} {' '.join(args)} failed ({p.returncode}):\n{p.stderr[-4000:]}")
     return p.stdout
-
-
-def parse_env(text):
-    out = {}
-    for line in text.splitlines():
-        if "=" in line:
-            k, v = line.split("=", 1)
-            out[k.strip()] = v.strip()
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -196,8 +196,9 @@ pub fn containerd_config(address: &Path, namespace: &str, extra: &str) -> String
 }
 
 /// `podtrail run --config DIR/podtrail.toml ARGS --otlp-file DIR/traces.jsonl` with its
-/// plain-text log in DIR/agent.log, for the end-to-end tests that read what the agent wrote;
-/// SIGTERM (then SIGKILL after 30 s) on drop.
+/// plain-text log in DIR/agent.log and its stdout (the console tree, when configured) in
+/// DIR/console.txt, for the end-to-end tests that read what the agent wrote; SIGTERM (then
+/// SIGKILL after 30 s) on drop.
 pub struct FileAgent {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
@@ -235,7 +236,7 @@ impl FileAgent {
             .arg("--otlp-file")
             .arg(dir.path().join("traces.jsonl"))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("console.txt")).unwrap())
             .stderr(stderr)
             .spawn()
             .expect("spawn podtrail run");
@@ -253,8 +254,19 @@ impl FileAgent {
         agent
     }
 
+    /// A file of its directory as text (bytes that are not UTF-8 replaced, never dropped: a
+    /// test that looks for what must not be there must see everything).
+    pub fn read(&self, name: &str) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.dir.path().join(name)).unwrap_or_default()).into_owned()
+    }
+
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+        self.read("agent.log")
+    }
+
+    /// What it printed on stdout (the console tree).
+    pub fn console(&self) -> String {
+        self.read("console.txt")
     }
 
     /// The OTLP/JSON lines file it writes.
@@ -284,7 +296,7 @@ impl FileAgent {
         let webhook = self.webhook.as_deref().expect("an agent started with start_audited");
         let body = serde_json::to_vec(body).unwrap();
         let mut s = TcpStream::connect(webhook).expect("connect to the audit webhook");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         write!(s, "POST /audit HTTP/1.1\r\nHost: {webhook}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
         s.write_all(&body).unwrap();
         let mut reply = String::new();

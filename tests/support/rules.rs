@@ -18,18 +18,13 @@ use super::sessions::{link_parent_images, S};
 pub const BOOT: [u8; 16] = [0xb0; 16];
 pub const EPOCH: u64 = 1_700_000_000 * S;
 
+#[derive(Default)]
 pub struct Run {
     pub who: Option<SessionIdentity>,
     pub attribution_configured: bool,
     pub scope: ScopeConfig,
     /// None: the shipped rules.
     pub rules: Option<&'static str>,
-}
-
-impl Default for Run {
-    fn default() -> Self {
-        Run { who: None, attribution_configured: false, scope: ScopeConfig::default(), rules: None }
-    }
 }
 
 impl Run {

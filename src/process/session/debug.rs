@@ -54,7 +54,7 @@ impl SessionTracker {
             return;
         }
         if self.pending.len() >= PENDING_MAX {
-            self.counters.debug_undecided += 1;
+            self.counters.debug_undecided.inc();
             return;
         }
         self.pending.push(PendingInit {
@@ -76,7 +76,7 @@ impl SessionTracker {
             if !pending.ended_over_cap {
                 pending.ended_over_cap = true;
             }
-            self.counters.debug_ended_over_cap += 1;
+            self.counters.debug_ended_over_cap.inc();
             return;
         }
         let mut rec = super::record_of(p, status.map(|_| ts_ns), status);
@@ -106,7 +106,7 @@ impl SessionTracker {
                 }
                 None if now_ns.saturating_sub(self.pending[i].ts_ns) >= DEBUG_DECISION_NS => {
                     self.pending.swap_remove(i);
-                    self.counters.debug_undecided += 1;
+                    self.counters.debug_undecided.inc();
                 }
                 None => i += 1,
             }

@@ -15,7 +15,7 @@
 //! - every process forked by a member is a member, also after the root exited; membership is
 //!   fixed at fork, so a session ends when its last member exits.
 //!
-//! Dropped, and counted in [`TrackerCounters`]: exits of processes never seen (parked first,
+//! Dropped, and counted where it happens in [`TrackerCounters`]: exits of processes never seen (parked first,
 //! in case their fork is late), connects from pids not in the table, results for sockets of
 //! processes outside every session. Nothing here panics on any event sequence.
 
@@ -30,35 +30,63 @@ use std::collections::HashMap;
 
 use crate::capture::event::{Event, ExecEvent, ExitEvent, ExitStatus, ForkEvent, ProcessKey};
 
+use prometheus_client::metrics::counter::Counter;
+
 use super::containers::{ContainerLookup, Containers};
+use super::metrics::ProcessMetrics;
 use super::table::{Proc, ProcessTable};
 use crate::model::{ImageRecord, ProcessRecord, SessionId, SessionInfo, SessionKind, SessionUpdate};
 
-/// What the tracker had to drop or repair, for metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What the tracker had to drop or repair, counted where it happens: each field is a handle
+/// on one series of the stage's [`ProcessMetrics`] once [`SessionTracker::count_into`] was
+/// called (detached counters before that, as in replays), so nothing copies the counts later.
+#[derive(Clone, Debug, Default)]
 pub struct TrackerCounters {
-    pub sessions_started: u64,
-    pub sessions_ended: u64,
+    pub sessions_started: Counter,
+    pub sessions_ended: Counter,
     /// An exit came before anything else about its process (parked, waiting for its fork).
-    pub exits_early: u64,
+    pub exits_early: Counter,
     /// Parked exits pushed out before their process showed up.
-    pub exits_unknown: u64,
+    pub exits_unknown: Counter,
     /// An exec came before its fork (the child ran on another CPU first).
-    pub execs_before_fork: u64,
+    pub execs_before_fork: Counter,
     /// A fork or exec whose parent was never seen.
-    pub parents_unknown: u64,
+    pub parents_unknown: Counter,
     /// A new process took the pid of one whose exit was never seen.
-    pub pids_reused_unexited: u64,
-    pub connects_unknown_pid: u64,
-    pub results_unmatched: u64,
+    pub pids_reused_unexited: Counter,
+    pub connects_unknown_pid: Counter,
+    pub results_unmatched: Counter,
     /// Namespace joins into a container that were never followed by an exec or a connect.
-    pub ns_joins_idle: u64,
+    pub ns_joins_idle: Counter,
     /// Watched-file operations past `MAX_FILES_PER_IMAGE` on one image (a loop over a file).
-    pub files_over_cap: u64,
+    pub files_over_cap: Counter,
     /// New pod containers whose kind (ephemeral or not) the lookup did not tell in time.
-    pub debug_undecided: u64,
+    pub debug_undecided: Counter,
     /// Ended processes of an undecided container past what is held for it (`debug.rs`).
-    pub debug_ended_over_cap: u64,
+    pub debug_ended_over_cap: Counter,
+}
+
+impl TrackerCounters {
+    /// Handles on `podtrail_process_sessions{what}` and `podtrail_process_anomalies{what}`.
+    pub fn registered(m: &ProcessMetrics) -> Self {
+        let session = |what| m.sessions.get_or_create(&vec![("what", what)]).clone();
+        let anomaly = |what| m.anomalies.get_or_create(&vec![("what", what)]).clone();
+        TrackerCounters {
+            sessions_started: session("started"),
+            sessions_ended: session("ended"),
+            exits_early: anomaly("exit_early"),
+            exits_unknown: anomaly("exit_unknown"),
+            execs_before_fork: anomaly("exec_before_fork"),
+            parents_unknown: anomaly("parent_unknown"),
+            pids_reused_unexited: anomaly("pid_reused_unexited"),
+            connects_unknown_pid: anomaly("connect_unknown_pid"),
+            results_unmatched: anomaly("result_unmatched"),
+            ns_joins_idle: anomaly("ns_join_idle"),
+            files_over_cap: anomaly("file_over_cap"),
+            debug_undecided: anomaly("debug_undecided"),
+            debug_ended_over_cap: anomaly("debug_ended_over_cap"),
+        }
+    }
 }
 
 /// File operations kept per image: a loop that opens a watched file forever must not grow a
@@ -139,6 +167,12 @@ impl SessionTracker {
         }
     }
 
+    /// Count into the stage's series from now on (the agent calls this before the first event).
+    pub fn count_into(&mut self, m: &ProcessMetrics) {
+        self.counters = TrackerCounters::registered(m);
+        self.outbound.count_into(&m.shared);
+    }
+
     /// The clock that converts the executable's change time (replays pin a fixed one).
     pub fn set_clock(&mut self, clock: crate::clock::BootClock) {
         self.clock = clock;
@@ -173,9 +207,15 @@ impl SessionTracker {
     }
 
     /// Entries the tracker's bounded caches forgot to make room, by cache.
-    pub fn cache_evictions(&self) -> [(&'static str, u64); 4] {
+    pub fn cache_evictions(&self) -> [(&'static str, u64); 5] {
         let [a, b, c] = self.containers.evictions();
-        [a, b, c, ("cgroup_drop_totals", self.lost_seen.evicted())]
+        [
+            a,
+            b,
+            c,
+            ("cgroup_drop_totals", self.lost_seen.evicted()),
+            ("outbound_cookies", self.outbound.cookies_evicted()),
+        ]
     }
 
     /// Outbound records (issue 6): what was counted, folded and suppressed.
@@ -234,7 +274,7 @@ impl SessionTracker {
                 s.info.incomplete = true;
                 let mut procs = open.remove(&sid).unwrap_or_default();
                 procs.sort_by_key(|r| r.key);
-                self.counters.sessions_ended += 1;
+                self.counters.sessions_ended.inc();
                 out.push(SessionUpdate::Ended(s.info, procs));
             }
         }
@@ -298,13 +338,13 @@ impl SessionTracker {
 
     /// Open a session learned from /proc (its members are added with [`Self::adopt`]).
     pub(crate) fn open_session(&mut self, info: SessionInfo) {
-        self.counters.sessions_started += 1;
+        self.counters.sessions_started.inc();
         self.sessions.insert(info.id, Session { info, live: 0 });
     }
 
     /// Opens a session with `live` members already counted and announces it.
     fn start_session(&mut self, info: SessionInfo, live: u32, out: &mut Vec<SessionUpdate>) {
-        self.counters.sessions_started += 1;
+        self.counters.sessions_started.inc();
         self.sessions.insert(info.id, Session { info: info.clone(), live });
         out.push(SessionUpdate::Started(info));
     }
@@ -329,7 +369,7 @@ impl SessionTracker {
     pub(crate) fn insert_proc(&mut self, p: Proc, ts_ns: u64, out: &mut Vec<SessionUpdate>) {
         let (cg, session) = (p.cgroup_id, p.session);
         if let Some(stale) = self.table.insert(p) {
-            self.counters.pids_reused_unexited += 1;
+            self.counters.pids_reused_unexited.inc();
             self.containers.process_removed(stale.cgroup_id);
             self.finish(stale, None, ts_ns, out);
         }
@@ -366,7 +406,7 @@ impl SessionTracker {
         } else if let Some(s) = self.table.session_of(&parent) {
             p.session = s;
         } else {
-            self.counters.parents_unknown += 1;
+            self.counters.parents_unknown.inc();
         }
         if p.session.is_some_and(|s| !self.sessions.contains_key(&s)) {
             p.session = None;
@@ -393,7 +433,7 @@ impl SessionTracker {
     fn on_exec(&mut self, e: &ExecEvent, out: &mut Vec<SessionUpdate>) {
         let key = e.key();
         if self.table.resolve(key).is_none() {
-            self.counters.execs_before_fork += 1;
+            self.counters.execs_before_fork.inc();
             let parent = self.table.resolve(e.parent_key()).unwrap_or(e.parent_key());
             let mut p = Proc::new(key, Some(parent));
             p.cgroup_id = e.cgroup_id;
@@ -534,16 +574,16 @@ impl SessionTracker {
     fn end(&mut self, sid: SessionId, ts_ns: u64, out: &mut Vec<SessionUpdate>) {
         if let Some(mut s) = self.sessions.remove(&sid) {
             s.info.end_ns = Some(ts_ns);
-            self.counters.sessions_ended += 1;
+            self.counters.sessions_ended.inc();
             out.push(SessionUpdate::Ended(s.info, Vec::new()));
         }
     }
 
     fn on_exit(&mut self, x: &ExitEvent, out: &mut Vec<SessionUpdate>) {
         let Some(key) = self.table.resolve(x.key()) else {
-            self.counters.exits_early += 1;
+            self.counters.exits_early.inc();
             if self.table.park_exit(x.clone()).is_some() {
-                self.counters.exits_unknown += 1;
+                self.counters.exits_unknown.inc();
             }
             return;
         };
@@ -551,7 +591,7 @@ impl SessionTracker {
         self.outbound.process_exited(key, out);
         self.containers.process_removed(p.cgroup_id);
         if p.join.as_ref().is_some_and(|j| j.joiner == key) && p.session.is_none_or(|s| s != SessionId(key)) {
-            self.counters.ns_joins_idle += 1;
+            self.counters.ns_joins_idle.inc();
         }
         self.finish(p, Some(x.status), x.ts_ns, out);
     }

@@ -11,7 +11,7 @@ use super::{record_of, SessionTracker, MAX_FILES_PER_IMAGE};
 impl SessionTracker {
     pub(super) fn on_connect(&mut self, c: &ConnectEvent, out: &mut Vec<SessionUpdate>) {
         let Some(key) = self.table.by_pid(c.pid) else {
-            self.counters.connects_unknown_pid += 1;
+            self.counters.connects_unknown_pid.inc();
             return;
         };
         let Some(p) = self.table.get(&key) else { return };
@@ -84,7 +84,7 @@ impl SessionTracker {
 
     pub(super) fn on_result(&mut self, r: &ConnectResultEvent) {
         let Some(rec) = self.connect_mut(r.cookie) else {
-            self.counters.results_unmatched += 1;
+            self.counters.results_unmatched.inc();
             return;
         };
         let outcome = ConnectOutcome::from_error(r.error);
@@ -115,7 +115,7 @@ impl SessionTracker {
         }
         if let Some(img) = p.images.last_mut() {
             if img.files.len() >= MAX_FILES_PER_IMAGE {
-                self.counters.files_over_cap += 1;
+                self.counters.files_over_cap.inc();
                 return;
             }
             img.files.push(FileRecord {
@@ -137,7 +137,9 @@ impl SessionTracker {
         }
         match self.connect_mut(u.cookie) {
             Some(rec) => rec.udp_sent = true,
-            None => self.counters.results_unmatched += 1,
+            None => {
+                self.counters.results_unmatched.inc();
+            }
         }
     }
 }

@@ -36,6 +36,9 @@ pub const PENDING_MAX: usize = 256;
 #[derive(Debug)]
 pub(crate) struct PendingInit {
     cgroup_id: u64,
+    /// The container as known at the init's exec (the tracker forgets a container whose last
+    /// process exited, and a short debug command can end before the answer).
+    container: crate::model::ContainerInfo,
     init: ProcessKey,
     ts_ns: u64,
     argv: Vec<Vec<u8>>,
@@ -49,8 +52,8 @@ pub(crate) struct PendingInit {
 impl SessionTracker {
     /// `e` is the init of a container: hold it when the container belongs to a pod.
     pub(super) fn hold_init(&mut self, e: &ExecEvent) {
-        let in_pod = self.containers.get(e.cgroup_id).is_some_and(|c| c.info.pod_uid.is_some());
-        if !in_pod || self.pending.iter().any(|p| p.cgroup_id == e.cgroup_id) {
+        let Some(container) = self.containers.get(e.cgroup_id).map(|c| c.info.clone()) else { return };
+        if container.pod_uid.is_none() || self.pending.iter().any(|p| p.cgroup_id == e.cgroup_id) {
             return;
         }
         if self.pending.len() >= PENDING_MAX {
@@ -59,6 +62,7 @@ impl SessionTracker {
         }
         self.pending.push(PendingInit {
             cgroup_id: e.cgroup_id,
+            container,
             init: e.key(),
             ts_ns: e.ts_ns,
             argv: e.argv.clone(),
@@ -91,15 +95,12 @@ impl SessionTracker {
         let mut i = 0;
         while i < self.pending.len() {
             let cg = self.pending[i].cgroup_id;
-            let info = self.containers.get(cg).map(|c| c.info.clone());
-            let answer = match &info {
-                Some(info) => self.lookup.is_ephemeral(cg, info),
-                None => Some(false), // the container is gone from the tracker
-            };
-            match answer {
+            let info =
+                self.containers.get(cg).map(|c| c.info.clone()).unwrap_or_else(|| self.pending[i].container.clone());
+            match self.lookup.is_ephemeral(cg, &info) {
                 Some(true) => {
                     let p = self.pending.swap_remove(i);
-                    self.start_debug(p, info.unwrap_or_default(), now_ns, out);
+                    self.start_debug(p, info, now_ns, out);
                 }
                 Some(false) => {
                     self.pending.swap_remove(i);
@@ -113,7 +114,13 @@ impl SessionTracker {
         }
     }
 
-    fn start_debug(&mut self, p: PendingInit, container: crate::model::ContainerInfo, now_ns: u64, out: &mut Vec<SessionUpdate>) {
+    fn start_debug(
+        &mut self,
+        p: PendingInit,
+        container: crate::model::ContainerInfo,
+        now_ns: u64,
+        out: &mut Vec<SessionUpdate>,
+    ) {
         let sid = SessionId(p.init);
         let info = SessionInfo {
             root_argv: p.argv,

@@ -196,7 +196,8 @@ async fn every_fixture_batch_is_accepted() {
         assert_eq!(reply.status, 200, "{f}: {}", reply.body);
         assert!(reply.body.contains("\"rejected\":0"), "{f}: {}", reply.body);
     }
-    assert_eq!(r.store.len(), 12);
+    // one record per request: the recorded denial is two requests (WebSocket, then SPDY)
+    assert_eq!(r.store.len(), 13);
 }
 
 #[tokio::test]

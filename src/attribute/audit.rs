@@ -374,9 +374,15 @@ mod tests {
 
     #[test]
     fn ephemeral_container_names_come_from_the_logged_patch() {
-        let (r, _) = record(events(include_str!("../../tests/fixtures/audit/ephemeral_debug.json")).remove(0));
-        assert_eq!(r.kind, RequestKind::Debug);
-        assert_eq!(r.options.ephemeral_containers, vec!["debugger-x7k2p"]);
+        // recorded from a real `kubectl debug -it --container=debugger` (tests/cluster): the API
+        // server logs the patch's body only at ResponseComplete
+        let mut evs = events(include_str!("../../tests/fixtures/audit/ephemeral_debug.json"));
+        let (received, _) = record(evs.remove(0));
+        assert_eq!(received.kind, RequestKind::Debug);
+        assert!(received.options.ephemeral_containers.is_empty());
+        let (complete, _) = record(evs.remove(0));
+        assert_eq!(complete.kind, RequestKind::Debug);
+        assert_eq!(complete.options.ephemeral_containers, vec!["debugger"]);
     }
 
     #[test]

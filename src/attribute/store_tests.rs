@@ -104,15 +104,21 @@ fn spdy_exec_stages_out_of_order_merge_into_one_request() {
 
 #[test]
 fn denied_exec_never_matches_and_is_reported_on_its_own() {
+    // recorded from a real API server: kubectl 1.34 tries WebSocket (get), is refused, and
+    // tries SPDY (create): two requests, each RequestReceived, ResponseStarted 403,
+    // ResponseComplete 403
     let s = store();
     load(&s, DENIED);
-    assert_eq!(s.match_session(&query("api-7d9c", Some("api"), &["sh"], "2026-03-02T14:20:00.6Z")), None);
-    let out = s.take_unmatched_requests(at("2026-03-02T14:20:01Z"));
-    assert_eq!(out.len(), 1);
-    assert_eq!(out[0].response_code, Some(403));
-    assert_eq!(out[0].user_name.as_deref(), Some("intern@example.com"));
-    assert_eq!(out[0].confidence, Confidence::None);
-    assert!(s.take_unmatched_requests(at("2026-03-02T15:00:00Z")).is_empty(), "reported once");
+    let argv = &["sh", "-c", "echo should-not-run"];
+    assert_eq!(s.match_session(&query("shell", Some("main"), argv, "2026-12-06T08:20:28.5Z")), None);
+    let out = s.take_unmatched_requests(at("2026-12-06T08:20:29Z"));
+    assert_eq!(out.len(), 2, "{out:?}");
+    for a in &out {
+        assert_eq!(a.response_code, Some(403));
+        assert_eq!(a.user_name.as_deref(), Some("mallory@example.com"));
+        assert_eq!(a.confidence, Confidence::None);
+    }
+    assert!(s.take_unmatched_requests(at("2026-12-06T09:00:00Z")).is_empty(), "reported once");
 }
 
 #[test]
@@ -309,11 +315,12 @@ fn unmatched_exec_is_reported_after_its_window() {
 fn kubectl_debug_matches_the_ephemeral_container_and_takes_its_attach() {
     let s = store();
     load(&s, DEBUG);
-    let a = s.match_session(&query("api-7d9c", Some("debugger-x7k2p"), &["sh"], "2026-03-02T14:50:01Z")).unwrap();
+    // recorded from a real `kubectl debug -it shell --container=debugger`
+    let a = s.match_session(&query("shell", Some("debugger"), &["sh"], "2026-12-06T08:20:37Z")).unwrap();
     assert_eq!(a.request_kind, RequestKind::Debug);
-    assert_eq!(a.audit_id.as_deref(), Some("7f8e9d0c-1b2a-4394-8576-a1b2c3d4e5f6"));
+    assert_eq!(a.audit_id.as_deref(), Some("3d43ecb4-db41-42e1-ab46-dc1470059991"));
     assert!(
-        s.take_unmatched_requests(at("2026-03-02T16:00:00Z")).is_empty(),
+        s.take_unmatched_requests(at("2026-12-06T10:00:00Z")).is_empty(),
         "the attach belonged to the debug session"
     );
 }

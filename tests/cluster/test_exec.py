@@ -18,15 +18,25 @@ from traces import from_jaeger, from_tempo
 def wait_trace(cluster, audit_id, want=lambda t: True, what="", timeout=90):
     """The trace whose id is the audit id, from Jaeger, once `want(trace)` holds."""
     tid = audit_id.replace("-", "")
+    last = []
 
     def get():
         data = cluster.jaeger_trace(tid)
         if not data:
             return None
         t = from_jaeger(data)
+        last[:] = [t]
         return t if want(t) else None
 
-    return eventually(f"trace {tid} in Jaeger {what}", get, timeout=timeout, interval=1)
+    try:
+        return eventually(f"trace {tid} in Jaeger {what}", get, timeout=timeout, interval=1)
+    except BaseException:
+        if last:
+            t = last[0]
+            print(f"trace {tid} as last seen:\n{t.tree()}")
+            for r in t.roots:
+                print(f"root {r.name} {r.attrs}")
+        raise
 
 
 def tempo_trace(cluster, audit_id, want=lambda t: True, timeout=60):
@@ -113,9 +123,12 @@ def test_interactive_shell_download_unpack_and_history_wipe(cluster, pods, seen)
     seen["exec_audit_id"] = audit_id
     seen["alice_audit_ids"].add(audit_id)
 
-    t = wait_trace(cluster, audit_id, lambda t: history_unlinks(t) and
-                   any(s.get("podtrail.session.kind") == "exec" and s.parent_id is None for s in t.spans),
-                   "with the history file's unlink and its root")
+    # spans leave as their processes end and the root at the session's end, in batches: wait
+    # for the whole trace (one tree under its root, the unlink, wget's connect), then judge it
+    t = wait_trace(cluster, audit_id, lambda t: history_unlinks(t) and len(t.roots) == 1
+                   and t.roots[0].get("podtrail.session.kind") == "exec"
+                   and any(s.get("server.port") in (8080, "8080") for s in t.spans),
+                   "as one tree with the history file's unlink and wget's connect", timeout=150)
     root = session_root(t)
     assert root.name == "kubectl exec", t.tree()
     assert root.get("user.name") == "alice@example.com"

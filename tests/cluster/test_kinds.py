@@ -47,8 +47,8 @@ def test_debug_is_a_trace_of_the_ephemeral_containers_shell(cluster, pods, seen)
     assert rc == 0, screen
     (audit_id,) = _request_ids(cluster, "shell", "ephemeralcontainers", t0)[:1]
     seen["debug_audit_ids"] = [audit_id] + cluster.audit_ids_for("shell", "attach", after=t0)
-    t = wait_trace(cluster, audit_id, lambda t: any(s.name == "cat" for s in t.spans), "(debug) with its cat",
-                   timeout=150)
+    t = wait_trace(cluster, audit_id, lambda t: any(s.name == "cat" for s in t.spans) and len(t.roots) == 1
+                   and t.roots[0].name == "kubectl debug", "(debug) as one tree with its cat", timeout=150)
     root = session_root(t)
     assert root.name == "kubectl debug", t.tree()
     assert root.get("podtrail.session.kind") == "debug", root.attrs

@@ -32,10 +32,13 @@ pub const AUDIENCE: &str = "podtrail";
 /// Where the API server puts the node of a pod-bound token (TokenReview `user.extra`).
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 
+/// (namespace, pod name) → node name.
+type NodeMap = HashMap<(String, String), Arc<str>>;
+
 /// (namespace, pod name) → node name, for every pod of the cluster.
 #[derive(Clone, Default)]
 pub struct PodNodes {
-    map: Arc<RwLock<HashMap<(String, String), Arc<str>>>>,
+    map: Arc<RwLock<NodeMap>>,
 }
 
 impl PodNodes {
@@ -249,11 +252,14 @@ pub struct TokenReviewer {
     review: ReviewFn,
     /// Service accounts whose tokens are agents' (`system:serviceaccount:NS:NAME`).
     agents: Vec<String>,
-    cache: Mutex<HashMap<[u8; 32], (Instant, Arc<str>)>>,
+    cache: Mutex<TokenCache>,
     ttl: Duration,
 }
 
 const CACHE_MAX: usize = 50_000;
+
+/// SHA-256 of a token → (when reviewed, the node it proved).
+type TokenCache = HashMap<[u8; 32], (Instant, Arc<str>)>;
 
 impl TokenReviewer {
     pub fn new(review: ReviewFn, agents: Vec<String>, ttl: Duration) -> Self {

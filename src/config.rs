@@ -137,11 +137,17 @@ pub struct WebhookListen {
     /// Server certificate and key (PEM).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
-    /// CA that signs the clients' certificates (the API server's); required for the audit
-    /// webhook unless plaintext_loopback.
+    /// CA that signs the clients' certificates (the API server's); required unless
+    /// plaintext_loopback, or `unverified` on the admission webhook.
     pub client_ca: Option<PathBuf>,
+    /// Names the client certificate must carry one of (subject CN, DNS or URI SAN; a trailing
+    /// `*` matches by prefix). Empty: any certificate `client_ca` signed.
+    pub allowed_clients: Vec<String>,
     /// Plain HTTP: only allowed on a loopback address (single machine, tests).
     pub plaintext_loopback: bool,
+    /// Admission webhook only: take reviews without a client certificate (a managed cluster's
+    /// API server presents none), kept as unverified records (docs/attribution.md).
+    pub unverified: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -178,6 +184,10 @@ pub struct AttributionConfig {
     pub receiver_tls_key: PathBuf,
     /// CA that signed the receivers' serving certificates.
     pub receiver_ca: PathBuf,
+    /// This agent's bound service-account token (audience `podtrail`, projected by the
+    /// kubelet), sent to the receivers to prove the node it runs on; re-read at every connect
+    /// (the kubelet rotates it). "" sends none (a receiver with `agent_auth = "none"`).
+    pub receiver_token: PathBuf,
 }
 
 impl Default for AttributionConfig {
@@ -196,6 +206,7 @@ impl Default for AttributionConfig {
             receiver_tls_cert: PathBuf::from("/etc/podtrail-tls/tls.crt"),
             receiver_tls_key: PathBuf::from("/etc/podtrail-tls/tls.key"),
             receiver_ca: PathBuf::from("/etc/podtrail-tls/ca.crt"),
+            receiver_token: PathBuf::from("/var/run/secrets/podtrail/token"),
         }
     }
 }
@@ -284,13 +295,15 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("attribution.receivers: {e}")))?;
         }
         let receivers = (!a.receivers.is_empty()).then(|| {
-            crate::attribute::stream::SubscribeConfig::new(
+            let mut s = crate::attribute::stream::SubscribeConfig::new(
                 a.receivers.clone(),
                 a.receiver_tls_cert.clone(),
                 a.receiver_tls_key.clone(),
                 a.receiver_ca.clone(),
                 String::new(),
-            )
+            );
+            s.token_file = (!a.receiver_token.as_os_str().is_empty()).then(|| a.receiver_token.clone());
+            s
         });
         let attributed =
             audit_webhook.is_some() || admission_webhook.is_some() || a.audit_log.is_some() || receivers.is_some();
@@ -349,6 +362,11 @@ fn node_name(
 }
 
 fn listener(section: &str, w: &WebhookListen, audit: bool) -> Result<ListenerConfig, ConfigError> {
+    let name = if audit { "audit" } else { "admission" };
+    listener_unnamed(section, w, audit).map(|l| l.named(name))
+}
+
+fn listener_unnamed(section: &str, w: &WebhookListen, audit: bool) -> Result<ListenerConfig, ConfigError> {
     let listen: SocketAddr = w
         .listen
         .parse()
@@ -366,19 +384,23 @@ fn listener(section: &str, w: &WebhookListen, audit: bool) -> Result<ListenerCon
             "{section}: tls_cert and tls_key are required (or plaintext_loopback on 127.0.0.1)"
         )));
     };
-    match (&w.client_ca, audit) {
-        (Some(ca), _) => Ok(ListenerConfig::mtls(listen, cert.clone(), key.clone(), ca.clone())),
-        (None, true) => Err(ConfigError::Invalid(format!(
-            "{section}: client_ca is required: the audit webhook authenticates the API server by its client certificate"
+    if w.unverified && audit {
+        return Err(ConfigError::Invalid(format!(
+            "{section}: unverified is for the admission webhook only: the audit webhook always authenticates the API server"
+        )));
+    }
+    if w.unverified && w.client_ca.is_some() {
+        return Err(ConfigError::Invalid(format!(
+            "{section}: unverified and client_ca exclude each other: with a client CA the reviews are verified"
+        )));
+    }
+    match (&w.client_ca, w.unverified) {
+        (Some(ca), _) => Ok(ListenerConfig::mtls(listen, cert.clone(), key.clone(), ca.clone())
+            .allowing(w.allowed_clients.clone())),
+        (None, true) => Ok(ListenerConfig::unverified(listen, cert.clone(), key.clone())),
+        (None, false) => Err(ConfigError::Invalid(format!(
+            "{section}: client_ca is required: the webhook authenticates the API server by its client certificate (on a managed cluster, whose API server presents none to an admission webhook, set unverified = true)"
         ))),
-        (None, false) => {
-            let mut l = ListenerConfig::mtls(listen, cert.clone(), key.clone(), PathBuf::new());
-            if let Some(tls) = l.tls.as_mut() {
-                tls.client_ca = None;
-            }
-            l.require_client_cert = false;
-            Ok(l)
-        }
     }
 }
 

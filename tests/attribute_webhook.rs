@@ -251,12 +251,15 @@ async fn malformed_json_gets_400_with_a_counted_reason() {
 }
 
 /// A batch far beyond what the API server sends by default (400 events): 30 000 events, most
-/// about other resources, is accepted in one piece while the store stays within its bound.
+/// about other resources, is accepted in one piece, where the body limit is raised for it (the
+/// default, matched to the API server's largest truncated batch, refuses it: attribute_intake),
+/// while the store stays within its bound.
 #[tokio::test]
 async fn very_large_batch_is_accepted_and_memory_stays_bounded() {
     let pki = Pki::new();
     let scfg = StoreConfig { max_records: 1000, ..StoreConfig::default() };
-    let r = start(pki.mtls(), false, WebhookConfig::default(), scfg).await;
+    let wcfg = WebhookConfig { max_body_bytes: 48 << 20, ..WebhookConfig::default() };
+    let r = start(pki.mtls(), false, wcfg, scfg).await;
     let template: serde_json::Value = serde_json::from_slice(&fixture("audit/exec_websocket.json")).unwrap();
     let unrelated = template["items"][0].clone();
     let exec = template["items"][2].clone();
@@ -315,20 +318,24 @@ async fn plain_http_is_refused_off_loopback_and_served_on_it() {
     assert_eq!(r.store.len(), 1);
 }
 
+/// The admission webhook as the receiver runs it: the API server's client certificate
+/// required (an unverified one is tests/attribute_intake.rs's and e2e_forged.rs's).
 fn admission_listener(pki: &Pki) -> ListenerConfig {
-    let mut cfg = pki.mtls();
-    cfg.require_client_cert = false;
-    cfg.tls.as_mut().unwrap().client_ca = None;
-    cfg
+    pki.mtls()
 }
 
 #[tokio::test]
 async fn admission_review_is_allowed_annotated_and_recorded() {
     let pki = Pki::new();
     let r = start(admission_listener(&pki), true, WebhookConfig::default(), StoreConfig::default()).await;
-    let reply = post(r.addr, Some(client_config(&pki, None)), "/admission", &fixture("admission/exec_review.json"))
-        .await
-        .unwrap();
+    let reply = post(
+        r.addr,
+        Some(client_config(&pki, Some(&pki.client))),
+        "/admission",
+        &fixture("admission/exec_review.json"),
+    )
+    .await
+    .unwrap();
     assert_eq!(reply.status, 200, "{}", reply.body);
     let v: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
     assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
@@ -352,14 +359,16 @@ async fn admission_review_of_something_else_is_allowed_and_not_recorded() {
     let pki = Pki::new();
     let r = start(admission_listener(&pki), true, WebhookConfig::default(), StoreConfig::default()).await;
     let reply =
-        post(r.addr, Some(client_config(&pki, None)), "/", &fixture("admission/pod_create_review.json")).await.unwrap();
+        post(r.addr, Some(client_config(&pki, Some(&pki.client))), "/", &fixture("admission/pod_create_review.json"))
+            .await
+            .unwrap();
     assert_eq!(reply.status, 200);
     let v: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
     assert_eq!(v["response"]["allowed"], true);
     assert!(v["response"].get("auditAnnotations").is_none());
     assert!(r.store.is_empty());
 
-    let bad = post(r.addr, Some(client_config(&pki, None)), "/", b"{\"request\":").await.unwrap();
+    let bad = post(r.addr, Some(client_config(&pki, Some(&pki.client))), "/", b"{\"request\":").await.unwrap();
     assert_eq!(bad.status, 400);
 }
 
@@ -369,7 +378,9 @@ async fn attach_and_impersonated_reviews_are_recorded() {
     let r = start(admission_listener(&pki), true, WebhookConfig::default(), StoreConfig::default()).await;
     for f in ["attach_review", "exec_review_impersonated"] {
         let reply =
-            post(r.addr, Some(client_config(&pki, None)), "/", &fixture(&format!("admission/{f}.json"))).await.unwrap();
+            post(r.addr, Some(client_config(&pki, Some(&pki.client))), "/", &fixture(&format!("admission/{f}.json")))
+                .await
+                .unwrap();
         assert_eq!(reply.status, 200);
         assert!(reply.body.contains("trace-id"), "{f}: {}", reply.body);
     }

@@ -337,7 +337,7 @@ impl Pki {
             std::fs::write(dir.path().join(format!("{name}.key")), key).unwrap();
         }
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        Pki { ca_pem: ca.pem(), apiserver: tls::leaf(&ca, &[], "kube-apiserver-audit-webhook"), dir }
+        Pki { ca_pem: ca.pem(), apiserver: tls::leaf(&ca, &[], "kube-apiserver"), dir }
     }
 
     fn path(&self, f: &str) -> String {
@@ -394,9 +394,10 @@ impl ReceiverProc {
         let dir = tempfile::tempdir().unwrap();
         let (audit, stream, metrics) = (free_port(), free_port(), format!("127.0.0.1:{}", free_port()));
         let config = format!(
-            "[receiver]\naudit_listen = \"127.0.0.1:{audit}\"\nadmission_listen = \"\"\nstream_listen = \"127.0.0.1:{stream}\"\ntls_cert = {:?}\ntls_key = {:?}\nclient_ca = {:?}\nheartbeat_s = 1\nmetrics_listen = {metrics:?}\n",
+            "[receiver]\naudit_listen = \"127.0.0.1:{audit}\"\nadmission_listen = \"\"\nstream_listen = \"127.0.0.1:{stream}\"\ntls_cert = {:?}\ntls_key = {:?}\nclient_ca = {:?}\napiserver_client_ca = {:?}\nagent_auth = \"none\"\nheartbeat_s = 1\nmetrics_listen = {metrics:?}\n",
             pki.path("server.pem"),
             pki.path("server.key"),
+            pki.path("ca.pem"),
             pki.path("ca.pem"),
         );
         std::fs::write(dir.path().join("receiver.toml"), config).unwrap();
@@ -535,10 +536,19 @@ fn agent_without_a_certificate_the_receiver_trusts_gets_nothing() {
     assert_eq!(status, 401, "{reply}");
     assert!(!reply.contains("\"type\":\"record\""), "{reply}");
     assert_eq!(receiver.metric("podtrail_attribution_records_rejected_total{reason=\"no_client_cert\"}"), 1.0);
-    // while a trusted client would have been streamed the record (the receiver has it)
+    // the API server's certificate, of the same CA, is not an agent's: 403
     let (status, reply) =
         tls_request(receiver.stream, pki.client(Some(&pki.apiserver)), "GET", "/v1/records?node=x&since=0", b"")
             .unwrap();
+    assert_eq!(status, 403, "{reply}");
+    assert_eq!(receiver.metric("podtrail_attribution_records_rejected_total{reason=\"peer_not_allowed\"}"), 1.0);
+    // while a trusted agent would have been streamed the record (the receiver has it)
+    let agent_id = (
+        std::fs::read_to_string(pki.path("agent.pem")).unwrap(),
+        std::fs::read_to_string(pki.path("agent.key")).unwrap(),
+    );
+    let (status, reply) =
+        tls_request(receiver.stream, pki.client(Some(&agent_id)), "GET", "/v1/records?node=x&since=0", b"").unwrap();
     assert_eq!(status, 200, "{reply}");
     assert!(reply.contains(&audit_id), "the receiver holds the record: {reply}");
     assert_eq!(agent.metric("podtrail_stream_records_received_total"), 0.0);

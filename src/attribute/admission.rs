@@ -104,6 +104,8 @@ pub struct AdmissionRecord {
     pub options: RequestOptions,
     /// When podtrail received the review (the API server sends no time).
     pub received_at: SystemTime,
+    /// The webhook's client proved no identity (see [`RequestRecord::unverified`]).
+    pub unverified: bool,
 }
 
 impl AdmissionRecord {
@@ -136,6 +138,7 @@ impl AdmissionRecord {
             user: req.user_info.clone().into(),
             options,
             received_at,
+            unverified: false,
         }))
     }
 
@@ -163,6 +166,7 @@ impl AdmissionRecord {
             response_code: None,
             // One review per request: a retried review dedupes like a repeated audit stage.
             stages: super::audit::Stage::RequestReceived.bit(),
+            unverified: self.unverified,
         }
     }
 }

@@ -249,6 +249,7 @@ impl AuditEvent {
             completed: if stage == Stage::ResponseComplete { stage_time } else { None },
             response_code: if stage == Stage::RequestReceived { None } else { code },
             stages: stage.bit(),
+            unverified: false,
         };
         Ok(ToRecord::Record(Box::new(record), stage))
     }

@@ -12,11 +12,12 @@
 //!
 //! Layout: [`audit`] and [`admission`] parse the wire formats into [`record::RequestRecord`];
 //! [`matcher`] holds the pure matching rules; [`store`] keeps records and matches sessions;
-//! [`webhook`] and [`serve`] are the HTTPS endpoints; [`follow`] tails an audit log file.
+//! [`webhook`] and [`serve`] are the HTTPS endpoints, bounded by [`intake`]; [`follow`] tails an audit log file.
 
 pub mod admission;
 pub mod audit;
 pub mod follow;
+pub mod intake;
 pub mod matcher;
 pub mod metrics;
 pub mod record;
@@ -31,6 +32,7 @@ use std::time::SystemTime;
 
 pub use admission::{AdmissionRecord, AdmissionReview};
 pub use audit::{AuditEvent, EventList, Stage};
+pub use intake::{IntakeLimits, Peer};
 pub use metrics::AttributeMetrics;
 pub use serve::{ListenerConfig, ServeError, TlsFiles, WebhookServer};
 pub use store::{InsertOutcome, RecordStore, StoreConfig};
@@ -170,6 +172,9 @@ pub struct Attribution {
     /// ResponseComplete time.
     pub request_completed: Option<SystemTime>,
     pub response_code: Option<u16>,
+    /// False when the record came from a client that proved no identity (an unverified
+    /// admission webhook): `podtrail.attribution.verified=false` on the spans.
+    pub verified: bool,
 }
 
 /// Trace id for an audit id: the UUID's 16 bytes when it parses as a UUID, else the first 16

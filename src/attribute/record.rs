@@ -56,6 +56,10 @@ pub struct RequestRecord {
     pub response_code: Option<u16>,
     /// Bit per [`super::audit::Stage`] seen.
     pub stages: u8,
+    /// Taken from a client that proved no identity (an admission webhook without client
+    /// authentication: a managed cluster's API server presents none). Never matched above
+    /// `ambiguous`, and any verified record that fits wins over it.
+    pub unverified: bool,
 }
 
 impl RequestRecord {
@@ -76,6 +80,9 @@ impl RequestRecord {
     /// stage are kept; a later stage fills what is missing and brings its own time and code.
     pub fn merge(&mut self, other: RequestRecord) {
         self.stages |= other.stages;
+        // Verified once any stage is (the dedupe key keeps sources apart, so this is one
+        // request's stages from one source).
+        self.unverified &= other.unverified;
         fill(&mut self.namespace, other.namespace);
         fill(&mut self.pod_name, other.pod_name);
         fill(&mut self.pod_uid, other.pod_uid);
@@ -140,6 +147,7 @@ impl RequestRecord {
             request_started: self.received.or(self.started),
             request_completed: self.completed,
             response_code: self.response_code,
+            verified: !self.unverified,
         }
     }
 }

@@ -301,7 +301,10 @@ impl RecordStore {
                 .collect();
             exact.sort_by_key(|k| inner.slots[*k].seq);
             if let Some(key) = exact.first().map(|k| (*k).clone()) {
-                return Some(self.take(&mut inner, &key, AttributionSource::KernelEnv, Confidence::Exact, 1, q));
+                // An unverified record names whatever id its sender chose: never exact.
+                let confidence =
+                    if inner.slots[&key].rec.unverified { Confidence::Ambiguous } else { Confidence::Exact };
+                return Some(self.take(&mut inner, &key, AttributionSource::KernelEnv, confidence, 1, q));
             }
             // No record with that id yet: wait for it (the variable is the better key) until
             // the grace period ends. A record with that id that does not fit means the
@@ -319,8 +322,9 @@ impl RecordStore {
             .filter(|(_, s)| request_fits(q, &s.rec) && time_matches(q, &s.rec, self.cfg.match_window))
             .collect();
         // Prefer the strongest evidence that still has a free record: audit over admission
-        // (more fields, and the real requester), exec over debug over attach.
-        let group = |s: &Slot| (s.rec.source == AttributionSource::Admission, kind_rank(s.rec.kind));
+        // (more fields, and the real requester), verified over unverified (a record anyone
+        // could have sent loses to one that disagrees with it), exec over debug over attach.
+        let group = |s: &Slot| (s.rec.source == AttributionSource::Admission, s.rec.unverified, kind_rank(s.rec.kind));
         let best = fits.iter().filter(|(_, s)| s.state == State::Free).map(|(_, s)| group(s)).min()?;
         let in_group: Vec<&(&Key, &Slot)> = fits.iter().filter(|(_, s)| group(s) == best).collect();
         // Only admission fits: where audit events come too, give the request's audit record
@@ -336,7 +340,9 @@ impl RecordStore {
             .filter(|(_, s)| s.state == State::Free)
             .min_by_key(|(_, s)| (s.rec.request_time(), s.seq))
             .map(|(k, _)| (*k).clone())?;
-        let confidence = if candidates > 1 { Confidence::Ambiguous } else { Confidence::Unique };
+        let unverified = inner.slots[&key].rec.unverified;
+        // Unverified evidence is never more than ambiguous, however alone it is.
+        let confidence = if candidates > 1 || unverified { Confidence::Ambiguous } else { Confidence::Unique };
         let source = inner.slots[&key].rec.source;
         Some(self.take(&mut inner, &key, source, confidence, candidates, q))
     }

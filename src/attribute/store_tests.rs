@@ -338,6 +338,7 @@ fn admission(uid: &str, user: &str, command: &[&str], at_time: SystemTime) -> Ad
             ..Default::default()
         },
         received_at: at_time,
+        unverified: false,
     }
 }
 
@@ -436,4 +437,33 @@ fn a_late_question_is_answered_only_by_settled_records_and_revision_tracks_new_s
     assert_eq!(s.match_settled(&q, Duration::from_secs(3600)), None);
     let a = s.match_settled(&q, Duration::ZERO).expect("settled enough");
     assert_eq!(a.user_name.as_deref(), Some("john.doe@example.com"));
+}
+
+#[test]
+fn an_unverified_review_loses_to_a_verified_one_that_disagrees_and_alone_is_never_unique() {
+    let s = store();
+    let mut forged = admission("11111111-1111-4111-8111-111111111111", "mallory", &["sh"], at("2026-03-02T14:05:07Z"));
+    forged.unverified = true;
+    s.insert_admission(&forged);
+    s.insert_admission(&admission(
+        "22222222-2222-4222-8222-222222222222",
+        "jane",
+        &["sh"],
+        at("2026-03-02T14:05:07.1Z"),
+    ));
+    let a = s.match_session(&query("api-7d9c", Some("api"), &["sh"], "2026-03-02T14:05:07.5Z")).unwrap();
+    assert_eq!((a.user_name.as_deref(), a.verified, a.confidence), (Some("jane"), true, Confidence::Unique));
+
+    // alone: taken, but labelled and never more than ambiguous
+    let a = s.match_session(&query("api-7d9c", Some("api"), &["sh"], "2026-03-02T14:05:08Z")).unwrap();
+    assert_eq!((a.user_name.as_deref(), a.verified, a.confidence), (Some("mallory"), false, Confidence::Ambiguous));
+
+    // an unverified record naming the session's environment audit id is not exact either
+    let mut env = admission("33333333-3333-4333-8333-333333333333", "mallory", &["id"], at("2026-03-02T14:05:07Z"));
+    env.unverified = true;
+    s.insert_admission(&env);
+    let mut q = query("api-7d9c", Some("api"), &["id"], "2026-03-02T14:05:07.5Z");
+    q.env_audit_id = Some("33333333-3333-4333-8333-333333333333".into());
+    let a = s.match_session(&q).unwrap();
+    assert_eq!((a.confidence, a.verified), (Confidence::Ambiguous, false));
 }

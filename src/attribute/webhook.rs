@@ -3,32 +3,54 @@
 //! In: `POST` of an `audit.k8s.io/v1` `EventList`, or of an `admission.k8s.io/v1`
 //! `AdmissionReview`. Out: records in the [`RecordStore`]; the audit webhook answers 200 only
 //! once the whole batch is in the store; the admission webhook always allows.
-//! Dropped (counted by reason): bodies over the limit (413: `body_too_large`), bodies that are
-//! not JSON of the right shape (400: `malformed_json`), single malformed events in a batch
-//! (`malformed_event`, the rest of the batch is kept).
+//! Dropped (counted by reason, logged once per peer per interval): bodies over the limit (413:
+//! `body_too_large`; the limits and where they come from: [`AUDIT_BODY_LIMIT`],
+//! [`ADMISSION_BODY_LIMIT`]), bodies slower than `body_timeout` (408: `body_timeout`), bodies
+//! the listener's memory budget cannot hold (503: `memory_budget`), bodies that are not JSON
+//! of the right shape (400: `malformed_json`), single malformed events in a batch
+//! (`malformed_event`, the rest of the batch is kept). A parse permit is taken only once the
+//! body is read, so slow uploads hold no permit a valid review would wait for.
 
 use super::admission::{review_response, AdmissionRecord, AdmissionReview};
 use super::audit::EventList;
+use super::intake::Peer;
 use super::store::{InsertOutcome, RecordStore};
 use super::AttributionSource;
-use axum::body::{to_bytes, Body};
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::SystemTime;
-use tokio::sync::Semaphore;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The largest audit webhook body: the API server's `--audit-webhook-truncate-max-batch-size`
+/// default (10 485 760 bytes, the most a batch may weigh when truncation is on; the deployment
+/// guide turns it on), plus 64 KiB for the `EventList` envelope and the separators between its
+/// at most `--audit-webhook-batch-max-size` (400) items.
+pub const AUDIT_BODY_LIMIT: usize = (10 << 20) + (64 << 10);
+
+/// The largest admission review body: a `CONNECT` review carries the exec options, which come
+/// from the request's query string, and the API server reads at most 1 MiB of request line and
+/// headers (Go's `http.DefaultMaxHeaderBytes`, which the API server's listener keeps); JSON
+/// escaping of what a query string can carry at most doubles it.
+pub const ADMISSION_BODY_LIMIT: usize = 2 << 20;
 
 /// Limits and names of the webhook endpoints.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebhookConfig {
-    /// Largest body accepted. The API server drops a whole batch on 413, so this is large;
-    /// memory is bounded by it times `max_concurrent_batches`. Default 64 MiB.
+    /// Largest audit batch accepted ([`AUDIT_BODY_LIMIT`]); a larger one is answered 413.
     pub max_body_bytes: usize,
-    /// Batches read and parsed at once; more wait. Default 4.
+    /// Largest admission review accepted ([`ADMISSION_BODY_LIMIT`]).
+    pub max_admission_body_bytes: usize,
+    /// From the end of the header to the end of the body; a slower upload is answered 408.
+    pub body_timeout: Duration,
+    /// Bodies parsed at once; more wait, but only once they are read: a slow upload holds no
+    /// permit. Default 4.
     pub max_concurrent_batches: usize,
     /// The source recorded for audit events from this endpoint (`audit_webhook`, or
     /// `audit_log` when a receiver forwards a log).
@@ -41,7 +63,9 @@ pub struct WebhookConfig {
 impl Default for WebhookConfig {
     fn default() -> Self {
         Self {
-            max_body_bytes: 64 << 20,
+            max_body_bytes: AUDIT_BODY_LIMIT,
+            max_admission_body_bytes: ADMISSION_BODY_LIMIT,
+            body_timeout: Duration::from_secs(30),
             max_concurrent_batches: 4,
             audit_source: AttributionSource::AuditWebhook,
             annotation_key: "trace-id".into(),
@@ -81,36 +105,94 @@ fn shared(store: Arc<RecordStore>, cfg: &WebhookConfig) -> Shared {
     Shared { store, cfg: cfg.clone(), permits: Arc::new(Semaphore::new(cfg.max_concurrent_batches.max(1))) }
 }
 
-fn reject(st: &Shared, code: StatusCode, reason: &'static str, detail: String) -> Response {
-    st.store.metrics().reject(reason);
-    (code, Json(json!({ "error": reason, "detail": detail }))).into_response()
+fn reject(st: &Shared, peer: Option<&Peer>, code: StatusCode, reason: &'static str, detail: String) -> Response {
+    match peer {
+        Some(p) => p.refuse(reason),
+        None => st.store.metrics().reject(reason),
+    }
+    let mut resp = (code, Json(json!({ "error": reason, "detail": detail }))).into_response();
+    if code != StatusCode::BAD_REQUEST {
+        // The rest of a refused body is not read: the connection cannot carry another request.
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
-/// Read the body within the limit, holding a permit so at most N bodies are in memory.
-async fn read_body(st: &Shared, body: Body) -> Result<(bytes::Bytes, tokio::sync::OwnedSemaphorePermit), Response> {
-    let permit = st
-        .permits
+/// A body read within the limit and the time, holding its share of the listener's memory
+/// budget.
+struct ReadBody {
+    bytes: Bytes,
+    _budget: Vec<OwnedSemaphorePermit>,
+}
+
+/// Read the body within `limit` bytes and `body_timeout`, chunk by chunk against the
+/// listener's memory budget. No parse permit is held meanwhile: a slow upload delays no one.
+async fn read_body(st: &Shared, peer: Option<&Peer>, req: Request, limit: usize) -> Result<ReadBody, Response> {
+    // A declared length over the limit is refused before a byte of the body is read.
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(reject(
+            st,
+            peer,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("body over {limit} bytes"),
+        ));
+    }
+    let mut stream = req.into_body().into_data_stream();
+    let mut buf = BytesMut::new();
+    let mut budget = Vec::new();
+    let deadline = tokio::time::Instant::now() + st.cfg.body_timeout;
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => {
+                return Err(reject(
+                    st,
+                    peer,
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!("body not received within {:?}", st.cfg.body_timeout),
+                ))
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(reject(st, peer, StatusCode::BAD_REQUEST, "body_read", e.to_string())),
+            Ok(Some(Ok(c))) => c,
+        };
+        if buf.len() + chunk.len() > limit {
+            return Err(reject(
+                st,
+                peer,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("body over {limit} bytes"),
+            ));
+        }
+        if let Some(p) = peer {
+            match p.intake.take_budget(chunk.len()) {
+                Some(permit) => budget.push(permit),
+                None => {
+                    return Err(reject(
+                        st,
+                        peer,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "memory_budget",
+                        "too many request bodies in memory; retry".into(),
+                    ))
+                }
+            }
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(ReadBody { bytes: buf.freeze(), _budget: budget })
+}
+
+/// A permit to parse, taken only once the body is in memory.
+async fn parse_permit(st: &Shared) -> Result<OwnedSemaphorePermit, Response> {
+    st.permits
         .clone()
         .acquire_owned()
         .await
-        .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response())?;
-    match to_bytes(body, st.cfg.max_body_bytes).await {
-        Ok(b) => Ok((b, permit)),
-        Err(e) => {
-            // to_bytes fails for an over-limit body and for a broken connection alike.
-            let too_large = error_chain(&e).contains("length limit exceeded");
-            if too_large {
-                Err(reject(
-                    st,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("body over {} bytes", st.cfg.max_body_bytes),
-                ))
-            } else {
-                Err(reject(st, StatusCode::BAD_REQUEST, "body_read", e.to_string()))
-            }
-        }
-    }
+        .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response())
 }
 
 #[derive(Default, serde::Serialize)]
@@ -123,8 +205,13 @@ struct BatchSummary {
 }
 
 async fn audit(State(st): State<Shared>, req: Request) -> Response {
-    let (body, permit) = match read_body(&st, req.into_body()).await {
+    let peer = req.extensions().get::<Peer>().cloned();
+    let body = match read_body(&st, peer.as_ref(), req, st.cfg.max_body_bytes).await {
         Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let permit = match parse_permit(&st).await {
+        Ok(p) => p,
         Err(resp) => return resp,
     };
     let store = st.store.clone();
@@ -132,7 +219,7 @@ async fn audit(State(st): State<Shared>, req: Request) -> Response {
     // Parsing tens of megabytes is CPU work: keep it off the async workers.
     let parsed = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let list: EventList = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let list: EventList = serde_json::from_slice(&body.bytes).map_err(|e| e.to_string())?;
         drop(body);
         let mut sum = BatchSummary::default();
         for item in list.items {
@@ -154,22 +241,29 @@ async fn audit(State(st): State<Shared>, req: Request) -> Response {
     .await;
     match parsed {
         Ok(Ok(sum)) => (StatusCode::OK, Json(sum)).into_response(),
-        Ok(Err(e)) => reject(&st, StatusCode::BAD_REQUEST, "malformed_json", e),
-        Err(e) => reject(&st, StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        Ok(Err(e)) => reject(&st, peer.as_ref(), StatusCode::BAD_REQUEST, "malformed_json", e),
+        Err(e) => reject(&st, peer.as_ref(), StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
 }
 
 async fn admission(State(st): State<Shared>, req: Request) -> Response {
-    let (body, _permit) = match read_body(&st, req.into_body()).await {
+    let peer = req.extensions().get::<Peer>().cloned();
+    let body = match read_body(&st, peer.as_ref(), req, st.cfg.max_admission_body_bytes).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
-    let review: AdmissionReview = match serde_json::from_slice(&body) {
+    let _permit = match parse_permit(&st).await {
+        Ok(p) => p,
+        Err(resp) => return resp,
+    };
+    let review: AdmissionReview = match serde_json::from_slice(&body.bytes) {
         Ok(r) => r,
-        Err(e) => return reject(&st, StatusCode::BAD_REQUEST, "malformed_json", e.to_string()),
+        Err(e) => return reject(&st, peer.as_ref(), StatusCode::BAD_REQUEST, "malformed_json", e.to_string()),
     };
     match AdmissionRecord::from_review(&review, SystemTime::now()) {
-        Ok(Some(rec)) => {
+        Ok(Some(mut rec)) => {
+            // Without a peer (a router called directly: tests) the caller vouches for it.
+            rec.unverified = peer.as_ref().is_some_and(|p| !p.verified);
             st.store.insert_admission(&rec);
             Json(review_response(&review, Some(rec.trace_id()), &st.cfg.annotation_key)).into_response()
         }
@@ -177,17 +271,6 @@ async fn admission(State(st): State<Shared>, req: Request) -> Response {
             st.store.metrics().ignored.get_or_create(&vec![("source", AttributionSource::Admission.as_str())]).inc();
             Json(review_response(&review, None, &st.cfg.annotation_key)).into_response()
         }
-        Err(e) => reject(&st, StatusCode::BAD_REQUEST, e.reason(), e.to_string()),
+        Err(e) => reject(&st, peer.as_ref(), StatusCode::BAD_REQUEST, e.reason(), e.to_string()),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

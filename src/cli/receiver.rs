@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use clap::Args;
+use podtrail::attribute::stream::receive::NodeProof;
 use podtrail::attribute::stream::Receiver;
 use podtrail::config::Config;
 use prometheus_client::registry::Registry;
@@ -29,7 +30,15 @@ pub async fn run(a: ReceiverArgs) -> anyhow::Result<()> {
     let ready = cfg.receiver.validate().map_err(super::UsageError)?;
     let store_cfg = cfg.clone().validate().map_err(|e| super::UsageError(e.to_string()))?.store;
     let mut reg = Registry::default();
-    let receiver = Receiver::bind(&ready, store_cfg, cfg.attribution.audit_log.clone(), &mut reg).await?;
+    let nodes = if ready.node_filter {
+        let client = kube::Client::try_default().await.map_err(|e| {
+            anyhow::anyhow!("receiver.agent_auth = \"token\" needs the Kubernetes API (to review agents' tokens and watch pods): {e}; set agent_auth = \"none\" to send every record to every agent")
+        })?;
+        Some(NodeProof::kube(client))
+    } else {
+        None
+    };
+    let receiver = Receiver::bind_with(&ready, store_cfg, cfg.attribution.audit_log.clone(), &mut reg, nodes).await?;
     tracing::info!(
         audit = ?receiver.audit_addr,
         admission = ?receiver.admission_addr,

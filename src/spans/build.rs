@@ -114,6 +114,9 @@ pub fn common_attributes(cluster: &str, info: &SessionInfo, who: Option<&Session
             push_opt(&mut out, keys::K8S_IMPERSONATED_NAME, &w.impersonated_name);
             out.push(KeyValue::new(keys::ATTRIBUTION_SOURCE, w.source));
             out.push(KeyValue::new(keys::ATTRIBUTION_CONFIDENCE, w.confidence));
+            if w.unverified {
+                out.push(KeyValue::new(keys::ATTRIBUTION_VERIFIED, false));
+            }
         }
         None => {
             out.push(KeyValue::new(keys::ATTRIBUTION_SOURCE, "none"));

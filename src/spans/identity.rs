@@ -41,6 +41,9 @@ pub struct SessionIdentity {
     pub redacted: u32,
     /// Client-chosen fields cut to `spans.attribute_max_bytes` (or argv's cap, for the command).
     pub truncated: u32,
+    /// The record came from a client that proved no identity (an unverified admission
+    /// webhook): `podtrail.attribution.verified=false` on every span.
+    pub unverified: bool,
 }
 
 impl From<&Attribution> for SessionIdentity {
@@ -68,6 +71,7 @@ impl From<&Attribution> for SessionIdentity {
             response_code: a.response_code,
             redacted: 0,
             truncated: 0,
+            unverified: !a.verified,
         }
     }
 }

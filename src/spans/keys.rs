@@ -11,6 +11,9 @@ use opentelemetry_semantic_conventions::attribute as sc;
 pub const ATTRIBUTION_SOURCE: &str = "podtrail.attribution.source";
 pub const ATTRIBUTION_CONFIDENCE: &str = "podtrail.attribution.confidence";
 pub const ATTRIBUTION_CANDIDATES: &str = "podtrail.attribution.candidates";
+/// `false` when the record came from a client that proved no identity (an admission webhook
+/// without client authentication); absent when verified.
+pub const ATTRIBUTION_VERIFIED: &str = "podtrail.attribution.verified";
 /// On the `attribution` span a record that arrived after the session was exported adds.
 pub const ATTRIBUTION_LATE: &str = "podtrail.attribution.late";
 pub const ATTRIBUTION_DELAY_MS: &str = "podtrail.attribution.delay_ms";
@@ -97,6 +100,7 @@ pub const PODTRAIL_KEYS: &[&str] = &[
     ATTRIBUTION_SOURCE,
     ATTRIBUTION_CONFIDENCE,
     ATTRIBUTION_CANDIDATES,
+    ATTRIBUTION_VERIFIED,
     ATTRIBUTION_LATE,
     ATTRIBUTION_DELAY_MS,
     K8S_AUDIT_ID,

@@ -259,7 +259,6 @@ audit_listen = "127.0.0.1:{ports['audit']}"
 admission_listen = "127.0.0.1:{ports['admission']}"
 stream_listen = "127.0.0.1:{ports['stream']}"
 metrics_listen = "127.0.0.1:{ports['receiver_metrics']}"
-admission_client_ca = "/etc/podtrail-client-ca/ca.crt"
 """
 
 
@@ -283,6 +282,9 @@ def write_overlay(d, ports, env, backends, pki_files):
             {"name": "podtrail-receiver-tls", "namespace": "podtrail", "type": "kubernetes.io/tls",
              "files": ["tls.crt=receiver.crt", "tls.key=receiver.key"]},
             {"name": "podtrail-client-ca", "namespace": "podtrail", "files": ["ca.crt=ca.crt"]},
+            # the API server's webhook client CA (one CA here; the listeners tell the API
+            # server's certificate from the agents' by name: receiver.apiserver_clients)
+            {"name": "podtrail-apiserver-client-ca", "namespace": "podtrail", "files": ["ca.crt=ca.crt"]},
             {"name": "podtrail-agent-tls", "namespace": "podtrail", "type": "kubernetes.io/tls",
              "files": ["tls.crt=agent.crt", "tls.key=agent.key", "ca.crt=ca.crt"]},
             {"name": "podtrail-otlp-tls", "namespace": "podtrail",
@@ -307,6 +309,14 @@ def write_overlay(d, ports, env, backends, pki_files):
                                 {"name": "state", "hostPath": {"path": str(d / "agent-state"),
                                                                "type": "DirectoryOrCreate"}}],
                 }}},
+            })},
+            # the receiver watches pods and reviews the agents' tokens: no kube-proxy here either
+            {"target": {"kind": "Deployment", "name": "podtrail-receiver"}, "patch": json.dumps({
+                "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "podtrail-receiver"},
+                "spec": {"template": {"spec": {"containers": [{"name": "receiver", "env": [
+                    {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+                    {"name": "KUBERNETES_SERVICE_PORT", "value": str(api_port)},
+                ]}]}}},
             })},
             # in the host network a container port is a host port: this run's free ports, so the
             # receiver does not collide with the agent's metrics port or anything on the machine

@@ -78,6 +78,9 @@ struct Script {
     objects: Vec<(String, Value)>,
     gate: watch::Sender<usize>,
     requests: Mutex<Vec<String>>,
+    /// token → (service account user name, node name) the `TokenReview` endpoint vouches for;
+    /// any other token reviews as not authenticated.
+    tokens: Mutex<Vec<(String, String, String)>>,
 }
 
 pub struct FakeApi {
@@ -104,7 +107,13 @@ impl FakeApi {
                 watches: Mutex::new(r.watches.into()),
             })
             .collect();
-        let script = Arc::new(Script { routes, objects, gate: watch::channel(0).0, requests: Mutex::new(Vec::new()) });
+        let script = Arc::new(Script {
+            routes,
+            objects,
+            gate: watch::channel(0).0,
+            requests: Mutex::new(Vec::new()),
+            tokens: Mutex::new(Vec::new()),
+        });
         let s = script.clone();
         tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
@@ -112,6 +121,13 @@ impl FakeApi {
             }
         });
         Self { url, script }
+    }
+
+    /// `POST /apis/authentication.k8s.io/v1/tokenreviews` with `token` answers: authenticated,
+    /// audience `podtrail`, user `user`, bound to a pod on `node` (the `user.extra` the API
+    /// server sets for pod-bound tokens).
+    pub fn add_token(&self, token: &str, user: &str, node: &str) {
+        self.script.tokens.lock().unwrap().push((token.into(), user.into(), node.into()));
     }
 
     pub fn open_gate(&self, n: usize) {
@@ -160,6 +176,7 @@ async fn serve(conn: TcpStream, script: Arc<Script>) {
         if rd.read_line(&mut request_line).await.unwrap_or(0) == 0 {
             return;
         }
+        let mut length = 0usize;
         loop {
             let mut h = String::new();
             if rd.read_line(&mut h).await.unwrap_or(0) == 0 {
@@ -168,9 +185,36 @@ async fn serve(conn: TcpStream, script: Arc<Script>) {
             if h == "\r\n" {
                 break;
             }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        if tokio::io::AsyncReadExt::read_exact(&mut rd, &mut body).await.is_err() {
+            return;
         }
         let target = request_line.split_whitespace().nth(1).unwrap_or("").to_owned();
         script.requests.lock().unwrap().push(target.clone());
+        if request_line.starts_with("POST ") && target.starts_with("/apis/authentication.k8s.io/v1/tokenreviews") {
+            let review: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let token = review["spec"]["token"].as_str().unwrap_or("").to_owned();
+            let known = script.tokens.lock().unwrap().iter().find(|(t, _, _)| *t == token).cloned();
+            let st = match known {
+                Some((_, user, node)) => json!({"authenticated": true, "audiences": review["spec"]["audiences"],
+                    "user": {"username": user, "uid": "u-1", "groups": ["system:serviceaccounts"],
+                             "extra": {"authentication.kubernetes.io/node-name": [node],
+                                       "authentication.kubernetes.io/pod-name": ["podtrail-agent-x"]}}}),
+                None => json!({"authenticated": false, "error": "invalid bearer token", "user": {}}),
+            };
+            let out = json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "metadata": {},
+                             "spec": review["spec"], "status": st});
+            if !respond(&mut wr, 200, &out).await {
+                return;
+            }
+            continue;
+        }
         if let Some((_, obj)) = script.objects.iter().find(|(p, _)| *p == target) {
             if !respond(&mut wr, 200, obj).await {
                 return;

@@ -26,6 +26,12 @@ pub struct StreamMetrics {
     pub replay_dropped: Counter,
     /// Records in the replay buffer.
     pub replay_records: Gauge,
+    /// Records not streamed because their line would be over the stream's line limit.
+    pub records_too_large: Counter,
+    /// Records dropped because their pod's node was not known within the wait (node filter).
+    pub records_unplaced: Counter,
+    /// Records waiting for their pod's node now.
+    pub records_pending: Gauge,
     // agent side
     /// Receivers this agent is streaming from now.
     pub subscriptions_connected: Gauge,
@@ -40,6 +46,8 @@ pub struct StreamMetrics {
     pub records_other_node: Counter,
     /// Lines that did not parse, or named an unknown source, kind or stage.
     pub lines_malformed: Counter,
+    /// Lines over the line limit, skipped (the stream reads on).
+    pub lines_too_long: Counter,
     /// Records the receivers reported as missed (gap in their replay buffers).
     pub records_gap: Counter,
     /// The agent's client certificate files re-read after they changed, by result.
@@ -61,6 +69,17 @@ impl StreamMetrics {
         s.register("replay_dropped", "Oldest records dropped from the full replay buffer", self.replay_dropped.clone());
         s.register("replay_records", "Records in the replay buffer", self.replay_records.clone());
         s.register(
+            "records_too_large",
+            "Records not streamed: their line would be over the stream's line limit",
+            self.records_too_large.clone(),
+        );
+        s.register(
+            "records_unplaced",
+            "Records dropped: their pod's node was not known within the wait",
+            self.records_unplaced.clone(),
+        );
+        s.register("records_pending", "Records waiting for their pod's node", self.records_pending.clone());
+        s.register(
             "subscriptions_connected",
             "Receivers this agent streams from",
             self.subscriptions_connected.clone(),
@@ -70,6 +89,7 @@ impl StreamMetrics {
         s.register("records_kept", "Streamed records put into the agent's store", self.records_kept.clone());
         s.register("records_other_node", "Streamed records about pods on other nodes", self.records_other_node.clone());
         s.register("lines_malformed", "Stream lines that did not parse", self.lines_malformed.clone());
+        s.register("lines_too_long", "Stream lines over the line limit, skipped", self.lines_too_long.clone());
         s.register("records_gap", "Records receivers reported missed by this agent", self.records_gap.clone());
         s.register(
             "tls_reloads",

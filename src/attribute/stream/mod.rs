@@ -12,11 +12,15 @@
 //! other nodes' pods; malformed lines. Subscribers without a certificate from the configured
 //! CA get a 401 or a failed handshake and no records.
 //!
-//! Every record goes to every agent (the audit event names the pod, not its node); each agent
-//! keeps those whose pod its pod index knows. Cheap at exec rates, and no receiver needs API
-//! access to map pods to nodes.
+//! With `agent_auth = "token"` (the default) each agent gets only the records of its own node:
+//! the receiver watches the cluster's pods to tag each record with its pod's node
+//! ([`nodes::Placement`]: a record whose pod is not known yet waits, bounded and counted), and
+//! each subscriber proves its node with a bound service-account token reviewed by the API server
+//! ([`nodes::TokenReviewer`]). With `agent_auth = "none"` every record goes to every agent and
+//! each keeps those whose pod its pod index knows.
 
 pub mod metrics;
+pub mod nodes;
 pub mod receive;
 pub mod replay;
 pub mod server;
@@ -24,7 +28,8 @@ pub mod subscribe;
 pub mod wire;
 
 pub use metrics::StreamMetrics;
+pub use nodes::{PodNodes, TokenReviewer};
 pub use receive::{Receiver, ReceiverConfig, ReceiverReady};
 pub use replay::ReplayBuffer;
-pub use server::stream_router;
+pub use server::{stream_router, stream_router_for_nodes};
 pub use subscribe::{PodFilter, RecordSink, SubscribeConfig, SubscribeError};

@@ -13,12 +13,13 @@ use crate::attribute::audit::Stage;
 use crate::attribute::record::RequestRecord;
 use bytes::Bytes;
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 struct Buf {
-    /// (seq, encoded line), seq strictly increasing by one.
-    lines: VecDeque<(u64, Bytes)>,
+    /// (seq, the node of the record's pod, encoded line), seq strictly increasing by one.
+    /// `None`: no node filter (every subscriber gets it).
+    lines: VecDeque<(u64, Option<Arc<str>>, Bytes)>,
     last_seq: u64,
 }
 
@@ -35,8 +36,11 @@ pub struct ReplayBuffer {
 /// Lines after a sequence number.
 pub struct Batch {
     pub lines: Vec<(u64, Bytes)>,
-    /// Records after the asked-for number that the buffer no longer holds.
+    /// Records after the asked-for number that the buffer no longer holds (of any node).
     pub missed: u64,
+    /// The last sequence number looked at: a subscriber of one node moves past the other
+    /// nodes' records up to here.
+    pub scanned_to: u64,
 }
 
 impl ReplayBuffer {
@@ -63,13 +67,27 @@ impl ReplayBuffer {
         self.buf.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Number, encode and keep one record; returns its sequence number.
-    pub fn push(&self, rec: &RequestRecord, stage: Stage) -> u64 {
+    /// Number, encode and keep one record; returns its sequence number, or `None` for a record
+    /// whose line would be over [`wire::MAX_LINE`] (counted, not streamed).
+    pub fn push(&self, rec: &RequestRecord, stage: Stage) -> Option<u64> {
+        self.push_for(rec, stage, None)
+    }
+
+    /// [`Self::push`] for the subscribers of `node` only (`None`: all of them).
+    pub fn push_for(&self, rec: &RequestRecord, stage: Stage, node: Option<Arc<str>>) -> Option<u64> {
         let seq = {
             let mut b = self.lock();
-            b.last_seq += 1;
-            let seq = b.last_seq;
-            b.lines.push_back((seq, wire::encode_record(seq, rec, stage)));
+            let seq = b.last_seq + 1;
+            let line = wire::encode_record(seq, rec, stage);
+            if line.len() > wire::MAX_LINE {
+                drop(b);
+                self.metrics.records_too_large.inc();
+                let id: String = rec.audit_id.chars().take(64).collect();
+                tracing::warn!(audit_id = %id, bytes = line.len(), "record too large to stream: not sent to the agents");
+                return None;
+            }
+            b.last_seq = seq;
+            b.lines.push_back((seq, node, line));
             while b.lines.len() > self.capacity {
                 b.lines.pop_front();
                 self.metrics.replay_dropped.inc();
@@ -78,7 +96,7 @@ impl ReplayBuffer {
             seq
         };
         self.last.send_replace(seq);
-        seq
+        Some(seq)
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -87,13 +105,33 @@ impl ReplayBuffer {
 
     /// Up to `max` lines with a sequence number above `after`.
     pub fn after(&self, after: u64, max: usize) -> Batch {
+        self.after_for(after, max, None)
+    }
+
+    /// Up to `max` lines above `after` for a subscriber of `node` (`None`: every line).
+    pub fn after_for(&self, after: u64, max: usize, node: Option<&str>) -> Batch {
         let b = self.lock();
-        let Some(&(oldest, _)) = b.lines.front() else {
-            return Batch { lines: Vec::new(), missed: b.last_seq.saturating_sub(after) };
+        let Some(&(oldest, _, _)) = b.lines.front() else {
+            return Batch { lines: Vec::new(), missed: b.last_seq.saturating_sub(after), scanned_to: b.last_seq };
         };
         let missed = oldest.saturating_sub(after + 1);
         let skip = (after + 1).saturating_sub(oldest) as usize;
-        Batch { lines: b.lines.iter().skip(skip).take(max).cloned().collect(), missed }
+        let mut lines = Vec::new();
+        let mut scanned_to = after.max(oldest.saturating_sub(1));
+        for (seq, n, line) in b.lines.iter().skip(skip) {
+            if lines.len() >= max {
+                break;
+            }
+            scanned_to = *seq;
+            let mine = match (node, n) {
+                (Some(want), Some(n)) => **n == *want,
+                _ => true,
+            };
+            if mine {
+                lines.push((*seq, line.clone()));
+            }
+        }
+        Batch { lines, missed, scanned_to }
     }
 
     /// Resolves whenever a record is pushed.
@@ -135,6 +173,7 @@ mod tests {
             completed: None,
             response_code: None,
             stages: 1,
+            unverified: false,
         }
     }
 
@@ -143,7 +182,7 @@ mod tests {
         let m = StreamMetrics::default();
         let b = ReplayBuffer::new(3, m.clone());
         for i in 1..=5 {
-            assert_eq!(b.push(&rec(&format!("r{i}")), Stage::RequestReceived), i);
+            assert_eq!(b.push(&rec(&format!("r{i}")), Stage::RequestReceived), Some(i));
         }
         assert_eq!(m.replay_dropped.get(), 2);
         let all = b.after(0, 100);

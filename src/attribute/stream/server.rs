@@ -7,13 +7,16 @@
 //! live records as they arrive, and a heartbeat when idle.
 //! Dropped: nothing here; a subscriber slower than the buffer is told what it missed (`gap`).
 
+use super::nodes::{TokenError, TokenReviewer};
 use super::replay::ReplayBuffer;
 use super::wire::{self, Line};
+use crate::attribute::intake::Peer;
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::header;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -38,12 +41,25 @@ struct Shared {
     buffer: Arc<ReplayBuffer>,
     heartbeat: Duration,
     audit: bool,
+    /// Proves each subscriber's node from its bearer token; `None`: every subscriber gets
+    /// every record (no node filter: one machine, tests, or `agent_auth = "none"`).
+    nodes: Option<Arc<TokenReviewer>>,
 }
 
 /// Routes `GET /v1/records` to the stream; `heartbeat` is the idle time before a heartbeat line;
 /// `audit` says in the hello whether audit events come through this receiver.
 pub fn stream_router(buffer: Arc<ReplayBuffer>, heartbeat: Duration, audit: bool) -> Router {
-    Router::new().route("/v1/records", get(subscribe)).with_state(Shared { buffer, heartbeat, audit })
+    stream_router_for_nodes(buffer, heartbeat, audit, None)
+}
+
+/// [`stream_router`] sending each subscriber only the records of the node its token proves.
+pub fn stream_router_for_nodes(
+    buffer: Arc<ReplayBuffer>,
+    heartbeat: Duration,
+    audit: bool,
+    nodes: Option<Arc<TokenReviewer>>,
+) -> Router {
+    Router::new().route("/v1/records", get(subscribe)).with_state(Shared { buffer, heartbeat, audit, nodes })
 }
 
 /// Counts the subscriber while its body stream lives.
@@ -63,10 +79,48 @@ struct Cursor {
     replay_until: u64,
     wake: tokio::sync::watch::Receiver<u64>,
     heartbeat: Duration,
+    /// The subscriber's proven node (`None`: no filter).
+    node: Option<Arc<str>>,
     _connected: Connected,
 }
 
-async fn subscribe(State(st): State<Shared>, Query(q): Query<SubscribeQuery>) -> Response {
+async fn subscribe(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    peer: Option<Extension<Peer>>,
+    Query(q): Query<SubscribeQuery>,
+) -> Response {
+    let node = match &st.nodes {
+        None => None,
+        Some(reviewer) => {
+            let token = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            match reviewer.node_of(token).await {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    let reason = e.reason();
+                    match &peer {
+                        Some(Extension(p)) => p.refuse(reason),
+                        None => tracing::warn!(reason, "subscription refused"),
+                    }
+                    let code = match e {
+                        TokenError::Missing | TokenError::Invalid(_) => StatusCode::UNAUTHORIZED,
+                        TokenError::NotAgent(_) | TokenError::NoNode(_) => StatusCode::FORBIDDEN,
+                        TokenError::Review(_) => StatusCode::SERVICE_UNAVAILABLE,
+                    };
+                    return (code, format!("{e}\n")).into_response();
+                }
+            }
+        }
+    };
+    if let Some(n) = &node {
+        if !q.node.is_empty() && q.node != **n {
+            tracing::warn!(asked = %q.node, proven = %n, "agent asked for another node's records: it gets its own");
+        }
+    }
     let buffer = st.buffer.clone();
     let m = buffer.metrics().clone();
     // Another instance's numbers mean nothing here: a restarted receiver starts over at 1.
@@ -77,7 +131,7 @@ async fn subscribe(State(st): State<Shared>, Query(q): Query<SubscribeQuery>) ->
     if last > since + first.missed {
         m.replays.inc();
     }
-    tracing::info!(node = %q.node, since, last, missed = first.missed, "agent subscribed");
+    tracing::info!(node = %q.node, proven_node = node.as_deref().unwrap_or(""), since, last, missed = first.missed, "agent subscribed");
     m.subscribers.inc();
     let hello = wire::encode(&Line::Hello {
         instance: buffer.instance().to_owned(),
@@ -95,6 +149,7 @@ async fn subscribe(State(st): State<Shared>, Query(q): Query<SubscribeQuery>) ->
         after: since + first.missed,
         replay_until: last,
         heartbeat: st.heartbeat,
+        node,
         _connected: Connected(m),
     };
     let body = futures::stream::unfold(cursor, |mut c| async move {
@@ -112,8 +167,17 @@ async fn next_line(c: &mut Cursor) -> Bytes {
         }
         // Mark the version seen before reading, so a push between the read and the wait wakes us.
         c.wake.borrow_and_update();
-        let batch = c.buffer.after(c.after, BATCH);
+        let batch = c.buffer.after_for(c.after, BATCH, c.node.as_deref());
         let m = c.buffer.metrics();
+        if batch.lines.is_empty() && batch.scanned_to > c.after {
+            // Only other nodes' records: move past them (saying what fell out of the buffer).
+            c.after = batch.scanned_to;
+            if batch.missed > 0 {
+                m.records_missed.inc_by(batch.missed);
+                c.next = vec![wire::encode(&Line::Gap { missed: batch.missed })].into_iter();
+            }
+            continue;
+        }
         if let Some(&(seq, _)) = batch.lines.last() {
             let replayed = batch.lines.iter().filter(|(s, _)| *s <= c.replay_until).count() as u64;
             m.records_streamed.inc_by(batch.lines.len() as u64);
@@ -125,7 +189,7 @@ async fn next_line(c: &mut Cursor) -> Bytes {
                 lines.push(wire::encode(&Line::Gap { missed: batch.missed }));
             }
             lines.extend(batch.lines.into_iter().map(|(_, l)| l));
-            c.after = seq;
+            c.after = seq.max(batch.scanned_to);
             c.next = lines.into_iter();
             continue;
         }

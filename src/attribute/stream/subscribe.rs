@@ -4,7 +4,8 @@
 //! In: receiver URLs (`https://host:port`); a host that resolves to several addresses (the
 //! headless Service) is one subscription per address, re-resolved periodically. Out: records
 //! in the store, through [`RecordSink`], which keeps those whose pod is on this node.
-//! Dropped (counted in [`StreamMetrics`]): malformed lines; records about pods on other nodes
+//! Dropped (counted in [`StreamMetrics`]): malformed lines; lines over [`MAX_LINE`], skipped
+//! without losing the stream (`lines_too_long`); records about pods on other nodes
 //! (after waiting `pending_for` for the pod index to learn a new pod); records the receiver's
 //! replay buffer no longer held when this agent asked (`records_gap`). Duplicates (the same
 //! record from two replicas, or replayed) are the store's to drop: it dedupes on
@@ -32,8 +33,7 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
 
-/// Longest line accepted from a receiver.
-const MAX_LINE: usize = 4 << 20;
+use super::wire::MAX_LINE;
 
 /// Where and how to subscribe.
 #[derive(Clone, Debug)]
@@ -55,6 +55,9 @@ pub struct SubscribeConfig {
     /// How long a record about a pod the index does not know waits for it to appear.
     pub pending_for: Duration,
     pub max_pending: usize,
+    /// A bound service-account token proving this agent's node, read at every connect and sent
+    /// as `Authorization: Bearer` (`None`: no token).
+    pub token_file: Option<PathBuf>,
 }
 
 impl SubscribeConfig {
@@ -72,6 +75,7 @@ impl SubscribeConfig {
             backoff_max: Duration::from_secs(30),
             pending_for: Duration::from_secs(30),
             max_pending: 10_000,
+            token_file: None,
         }
     }
 }
@@ -92,8 +96,6 @@ pub enum SubscribeError {
     Status(u16),
     #[error("{0} timed out")]
     Timeout(&'static str),
-    #[error("a line longer than {MAX_LINE} bytes")]
-    LineTooLong,
     #[error("stream body: {0}")]
     Body(String),
     #[error("the receiver ended the stream")]
@@ -366,10 +368,23 @@ async fn stream_once(
         resume.last,
         percent_encode(&resume.instance)
     );
-    let req = hyper::Request::get(path)
+    let mut req = hyper::Request::get(path)
         .header(hyper::header::HOST, format!("{}:{}", target.host, target.port))
         .body(axum::body::Body::empty())
         .expect("a valid request");
+    if let Some(f) = &cfg.token_file {
+        match std::fs::read_to_string(f) {
+            Ok(t) => match hyper::header::HeaderValue::from_str(&format!("Bearer {}", t.trim())) {
+                Ok(v) => {
+                    req.headers_mut().insert(hyper::header::AUTHORIZATION, v);
+                }
+                Err(_) => tracing::warn!(file = %f.display(), "receiver token is not a header value: sent without"),
+            },
+            Err(e) => {
+                tracing::warn!(file = %f.display(), error = %e, "cannot read the receiver token: subscribing without")
+            }
+        }
+    }
     let resp = tokio::time::timeout(cfg.connect_timeout, sender.send_request(req))
         .await
         .map_err(|_| SubscribeError::Timeout("subscribe"))??;
@@ -381,6 +396,8 @@ async fn stream_once(
     let _connected = Connected(sink.metrics.clone(), conn_task);
     let mut body = axum::body::Body::new(resp.into_body()).into_data_stream();
     let mut buf: Vec<u8> = Vec::new();
+    // Inside a line over MAX_LINE: its bytes are thrown away up to its newline.
+    let mut skipping = false;
     loop {
         let chunk = match tokio::time::timeout(cfg.read_timeout, body.next()).await {
             Err(_) => return Err(SubscribeError::Timeout("read")),
@@ -388,18 +405,40 @@ async fn stream_once(
             Ok(Some(Err(e))) => return Err(SubscribeError::Body(e.to_string())),
             Ok(Some(Ok(c))) => c,
         };
-        buf.extend_from_slice(&chunk);
+        let mut chunk: &[u8] = &chunk;
+        if skipping {
+            match chunk.iter().position(|b| *b == b'\n') {
+                None => continue,
+                Some(nl) => {
+                    skipping = false;
+                    chunk = &chunk[nl + 1..];
+                }
+            }
+        }
+        buf.extend_from_slice(chunk);
         let mut start = 0;
         while let Some(nl) = buf[start..].iter().position(|b| *b == b'\n') {
-            handle_line(&buf[start..start + nl], sink, resume);
+            if nl > MAX_LINE {
+                too_long(sink, &target.url);
+            } else {
+                handle_line(&buf[start..start + nl], sink, resume);
+            }
             *streamed = true;
             start += nl + 1;
         }
         buf.drain(..start);
         if buf.len() > MAX_LINE {
-            return Err(SubscribeError::LineTooLong);
+            // Skip it and read on: a resume would only bring the same line back.
+            too_long(sink, &target.url);
+            buf.clear();
+            skipping = true;
         }
     }
+}
+
+fn too_long(sink: &RecordSink, receiver: &str) {
+    sink.metrics.lines_too_long.inc();
+    tracing::warn!(receiver, max = MAX_LINE, "stream line over the limit skipped");
 }
 
 fn handle_line(line: &[u8], sink: &RecordSink, resume: &mut Resume) {

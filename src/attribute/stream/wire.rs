@@ -14,6 +14,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+/// Longest line either end handles (4 MiB). The receiver does not stream a record whose line
+/// is longer (`records_too_large`), and an agent skips one it gets anyway (`lines_too_long`)
+/// and reads on: one huge record never stalls a stream. An audit event the API server sends
+/// with truncation on is at most 100 KiB, and a record is smaller than its event.
+pub const MAX_LINE: usize = 4 << 20;
+
 /// One line of the stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -80,6 +86,9 @@ pub struct WireRecord {
     pub completed: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_code: Option<u16>,
+    /// See [`RequestRecord::unverified`]; absent means verified.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unverified: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -167,6 +176,7 @@ impl From<&RequestRecord> for WireRecord {
             started: time_out(r.started),
             completed: time_out(r.completed),
             response_code: r.response_code,
+            unverified: r.unverified,
         }
     }
 }
@@ -201,6 +211,7 @@ impl WireRecord {
             completed: time_in(self.completed)?,
             response_code: self.response_code,
             stages: stage.bit(),
+            unverified: self.unverified,
         };
         Ok((rec, stage))
     }
@@ -252,6 +263,7 @@ mod tests {
             completed: None,
             response_code: Some(101),
             stages: Stage::ResponseStarted.bit(),
+            unverified: false,
         };
         let line = encode_record(7, &rec, Stage::ResponseStarted);
         assert!(line.ends_with(b"\n"));
@@ -282,6 +294,7 @@ mod tests {
             completed: None,
             response_code: None,
             stages: 1,
+            unverified: true,
         });
         assert!(w.clone().into_record("RequestReceived").is_ok());
         assert_eq!(w.clone().into_record("Later").unwrap_err(), WireError::Unknown("stage", "Later".into()));

@@ -37,7 +37,11 @@ pub trait ContainerLookup: Send {
 /// Answers [`ContainerLookup::is_ephemeral`] for the host's lookup: the agent builds it from the
 /// pod index (a later stage, so it comes in as a function).
 #[derive(Clone)]
-pub struct EphemeralOracle(pub std::sync::Arc<dyn Fn(&ContainerInfo) -> Option<bool> + Send + Sync>);
+pub struct EphemeralOracle(pub std::sync::Arc<IsEphemeral>);
+
+/// The question [`EphemeralOracle`] answers: Some(true) for an ephemeral container, None while
+/// the answer is not known yet.
+pub type IsEphemeral = dyn Fn(&ContainerInfo) -> Option<bool> + Send + Sync;
 
 impl std::fmt::Debug for EphemeralOracle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -63,6 +63,33 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
+    /// An audited exec request with this id and nothing else known: the base the unit tests
+    /// build their records from.
+    #[cfg(test)]
+    pub(crate) fn test_exec(audit_id: &str) -> Self {
+        RequestRecord {
+            audit_id: audit_id.into(),
+            source: super::AttributionSource::AuditWebhook,
+            kind: super::RequestKind::Exec,
+            namespace: None,
+            pod_name: None,
+            pod_uid: None,
+            options: Default::default(),
+            user: Default::default(),
+            impersonated: None,
+            source_ips: vec![],
+            user_agent: None,
+            received: None,
+            started: None,
+            completed: None,
+            response_code: None,
+            stages: 1,
+            unverified: false,
+        }
+    }
+}
+
+impl RequestRecord {
     /// A request the API server refused (or that failed) never ran a process.
     pub fn denied(&self) -> bool {
         if self.started.is_some() {

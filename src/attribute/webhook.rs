@@ -128,16 +128,12 @@ struct ReadBody {
 /// Read the body within `limit` bytes and `body_timeout`, chunk by chunk against the
 /// listener's memory budget. No parse permit is held meanwhile: a slow upload delays no one.
 async fn read_body(st: &Shared, peer: Option<&Peer>, req: Request, limit: usize) -> Result<ReadBody, Response> {
+    let too_large =
+        || reject(st, peer, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("body over {limit} bytes"));
     // A declared length over the limit is refused before a byte of the body is read.
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(reject(
-            st,
-            peer,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("body over {limit} bytes"),
-        ));
+        return Err(too_large());
     }
     let mut stream = req.into_body().into_data_stream();
     let mut buf = BytesMut::new();
@@ -159,13 +155,7 @@ async fn read_body(st: &Shared, peer: Option<&Peer>, req: Request, limit: usize)
             Ok(Some(Ok(c))) => c,
         };
         if buf.len() + chunk.len() > limit {
-            return Err(reject(
-                st,
-                peer,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("body over {limit} bytes"),
-            ));
+            return Err(too_large());
         }
         if let Some(p) = peer {
             match p.intake.take_budget(chunk.len()) {

@@ -299,27 +299,12 @@ impl TokenReviewer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attribute::{AttributionSource, RequestKind};
 
     fn rec(ns: &str, pod: &str) -> RequestRecord {
         RequestRecord {
-            audit_id: format!("{ns}/{pod}"),
-            source: AttributionSource::AuditWebhook,
-            kind: RequestKind::Exec,
             namespace: Some(ns.into()),
             pod_name: Some(pod.into()),
-            pod_uid: None,
-            options: Default::default(),
-            user: Default::default(),
-            impersonated: None,
-            source_ips: vec![],
-            user_agent: None,
-            received: None,
-            started: None,
-            completed: None,
-            response_code: None,
-            stages: 1,
-            unverified: false,
+            ..RequestRecord::test_exec(&format!("{ns}/{pod}"))
         }
     }
 

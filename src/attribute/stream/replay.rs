@@ -153,28 +153,9 @@ fn rand_u128() -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attribute::{AttributionSource, RequestKind};
 
     fn rec(id: &str) -> RequestRecord {
-        RequestRecord {
-            audit_id: id.into(),
-            source: AttributionSource::AuditWebhook,
-            kind: RequestKind::Exec,
-            namespace: None,
-            pod_name: None,
-            pod_uid: None,
-            options: Default::default(),
-            user: Default::default(),
-            impersonated: None,
-            source_ips: vec![],
-            user_agent: None,
-            received: None,
-            started: None,
-            completed: None,
-            response_code: None,
-            stages: 1,
-            unverified: false,
-        }
+        RequestRecord::test_exec(id)
     }
 
     #[test]

@@ -278,23 +278,10 @@ mod tests {
     fn unknown_line_types_and_values_are_told_apart() {
         assert_eq!(serde_json::from_str::<Line>(r#"{"type":"future","x":1}"#).unwrap(), Line::Unknown);
         let mut w = WireRecord::from(&RequestRecord {
-            audit_id: "a".into(),
             source: AttributionSource::Admission,
             kind: RequestKind::Attach,
-            namespace: None,
-            pod_name: None,
-            pod_uid: None,
-            options: Default::default(),
-            user: Default::default(),
-            impersonated: None,
-            source_ips: vec![],
-            user_agent: None,
-            received: None,
-            started: None,
-            completed: None,
-            response_code: None,
-            stages: 1,
             unverified: true,
+            ..RequestRecord::test_exec("a")
         });
         assert!(w.clone().into_record("RequestReceived").is_ok());
         assert_eq!(w.clone().into_record("Later").unwrap_err(), WireError::Unknown("stage", "Later".into()));

@@ -223,14 +223,17 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
         if attributed { Arc::new(StoreAttributor { store: store.clone(), clock }) } else { Arc::new(NoAttributor) };
 
     let reg = Arc::new(Mutex::new(reg));
+    // /readyz answers 200 once the programs are attached and the process stage consumes events
+    let ready = crate::metrics::Readiness::default();
     if let Some(addr) = cfg.metrics_listen {
         let r = reg.clone();
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             anyhow::anyhow!("metrics endpoint {addr}: {e} (set metrics.listen, or \"\" to turn it off)")
         })?;
-        tracing::info!(listen = %addr, "metrics at /metrics");
+        tracing::info!(listen = %addr, "metrics at /metrics, readiness at /readyz");
+        let ready = ready.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(listener, r).await {
+            if let Err(e) = crate::metrics::serve_with(listener, r, ready).await {
                 tracing::error!("metrics endpoint stopped: {e}");
             }
         });
@@ -323,8 +326,9 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     // the kernel's drops per cgroup (sampled below) reach the process stage here; pod metadata
     // does not: the pod index adds it after the process stage (the filter above)
     let (control_tx, control_rx) = mpsc::channel::<Control>(1024);
-    let process_opts = crate::process::run::ProcessOptions { ephemeral, ..cfg.process.clone() };
-    let process_task = tokio::spawn(crate::process::run::run(events, upd_tx, process_opts, pmetrics, control_rx));
+    let process_opts =
+        crate::process::run::ProcessOptions { ephemeral, started: Some(ready.clone()), ..cfg.process.clone() };
+    let mut process_task = tokio::spawn(crate::process::run::run(events, upd_tx, process_opts, pmetrics, control_rx));
 
     // kernel counters need the maps, which the Capture owns: read them on this task
     let mut ring_lost_seen = 0u64;
@@ -359,6 +363,12 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
         k
     };
 
+    // running means: what starts from now on is seen (the stage has read /proc and consumes
+    // the events the programs queued meanwhile); it reads /proc once, a bounded walk
+    tokio::select! {
+        _ = ready.wait() => {}
+        _ = &mut process_task => anyhow::bail!("the process stage stopped before it was running"),
+    }
     tracing::info!("podtrail is running");
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -195,28 +195,96 @@ pub fn render(reg: &Registry) -> String {
     s
 }
 
-pub fn router(reg: SharedRegistry) -> axum::Router {
-    axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let reg = reg.clone();
-            async move {
-                let body = match reg.lock() {
-                    Ok(r) => render(&r),
-                    Err(p) => render(&p.into_inner()),
-                };
-                (
-                    [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-                    body,
-                )
-            }
-        }),
-    )
+/// Whether the process serving `/metrics` does its job yet: `GET /readyz` answers 200 once
+/// [`Readiness::set`] was called, 503 before (the agent sets it when its kernel programs are
+/// attached and the process stage has read /proc and consumes events, so a Kubernetes
+/// readiness probe, and `kubectl rollout status`, wait for the moment nothing is missed).
+#[derive(Clone, Debug)]
+pub struct Readiness(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
 }
 
-/// Serves `/metrics` until the task is dropped.
+impl Readiness {
+    /// Ready from the start (the receiver: ready when its listeners are bound).
+    pub fn ready() -> Self {
+        let r = Readiness::default();
+        r.set();
+        r
+    }
+
+    pub fn set(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Returns once [`Self::set`] was called.
+    pub async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        // the sender lives in self: wait_for cannot see it closed
+        let _ = rx.wait_for(|r| *r).await;
+    }
+}
+
+pub fn router(reg: SharedRegistry) -> axum::Router {
+    router_with(reg, Readiness::ready())
+}
+
+/// `/metrics`, and `/readyz` answering from `ready`.
+pub fn router_with(reg: SharedRegistry, ready: Readiness) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready.is_ready() {
+                        (axum::http::StatusCode::OK, "ready\n")
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let reg = reg.clone();
+                async move {
+                    let body = match reg.lock() {
+                        Ok(r) => render(&r),
+                        Err(p) => render(&p.into_inner()),
+                    };
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                }
+            }),
+        )
+}
+
+/// Serves `/metrics` (and `/readyz`, always ready) until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, reg: SharedRegistry) -> std::io::Result<()> {
     axum::serve(listener, router(reg)).await
+}
+
+/// Serves `/metrics` and `/readyz` answering from `ready` until the task is dropped.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    reg: SharedRegistry,
+    ready: Readiness,
+) -> std::io::Result<()> {
+    axum::serve(listener, router_with(reg, ready)).await
 }
 
 /// Binds `addr` (one clear error when it is taken) and serves.
@@ -228,6 +296,30 @@ pub async fn bind_and_serve(addr: SocketAddr, reg: SharedRegistry) -> std::io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.unwrap();
+        buf
+    }
+
+    #[tokio::test]
+    async fn readyz_answers_503_until_ready_then_200() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let ready = Readiness::default();
+        tokio::spawn(serve_with(l, Arc::new(Mutex::new(Registry::default())), ready.clone()));
+        let before = get(addr, "/readyz").await;
+        assert!(before.starts_with("HTTP/1.0 503") || before.starts_with("HTTP/1.1 503"), "{before}");
+        assert!(get(addr, "/metrics").await.contains(" 200 "), "metrics serve while starting");
+        ready.set();
+        ready.wait().await;
+        let after = get(addr, "/readyz").await;
+        assert!(after.contains(" 200 ") && after.ends_with("ready\n"), "{after}");
+    }
 
     #[test]
     fn dashboard_metric_names_are_exposed() {

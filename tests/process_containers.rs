@@ -261,15 +261,42 @@ fn nsenter_from_the_host_is_a_node_session() {
     drop(cd);
 }
 
+/// SIGTERM to every process whose argv is exactly `argv` (the shell's `kill` builtin: no
+/// procps needed).
+fn kill_by_argv(argv: &[&[u8]]) {
+    let want: Vec<u8> = argv.iter().flat_map(|a| a.iter().copied().chain([0])).collect();
+    let pids: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .map(|pid| pid.to_string())
+        .collect();
+    assert!(!pids.is_empty(), "no process runs {argv:?}");
+    let st = std::process::Command::new("sh").arg("-c").arg(format!("kill {}", pids.join(" "))).status().unwrap();
+    assert!(st.success());
+}
+
 #[test]
 fn a_session_running_when_the_stage_starts_is_learned_from_proc() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cd = Containerd::start();
     let c = cd.run(&[], &[], &["sleep", "1000"]);
-    // long enough to outlive loading the kernel programs on a busy machine
-    let early = cd.exec_cmd(&c.id, &["sh", "-c", "sleep 6; /bin/id; true"]).spawn().unwrap();
+    // the shell waits in `sleep 3617` until the stage is running (it has read /proc), however
+    // long loading the kernel programs takes; then the test ends that sleep and the shell
+    // runs `id`, a child the stage sees being born into the session it learned from /proc
+    let early = cd.exec_cmd(&c.id, &["sh", "-c", "sleep 3617; /bin/id; true"]).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(700));
-    let (cd, updates) = track_while(opts(&cd), Duration::from_millis(500), move || {
+    let ready = podtrail::metrics::Readiness::default();
+    let mut o = opts(&cd);
+    o.started = Some(ready.clone());
+    let (cd, updates) = track_while(o, Duration::from_millis(500), move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !ready.is_ready() {
+            assert!(std::time::Instant::now() < deadline, "the process stage never said it was running");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        kill_by_argv(&[b"sleep".as_slice(), b"3617".as_slice()]);
         assert!(early.wait_with_output().unwrap().status.success());
         cd
     });

@@ -373,6 +373,72 @@ fn sessions_running_at_start_up_are_learned_from_proc() {
     assert_eq!(procs_of(&out, node.id).len(), 1);
 }
 
+/// /proc as the agent reads it just after attaching its programs: the shim, the container's
+/// init, and `sh` (1120) that a `runc exec` started in C; the scan happens at `scan_ns`.
+fn scan_with_exec_shell(t: &mut SessionTracker, scan_ns: u64) -> SessionInfo {
+    let procs = vec![
+        scanned(1, 0, HOST, 1, HOST_PIDNS, MNT_HOST, &["init"]),
+        scanned(500, 1, HOST, 500, HOST_PIDNS, MNT_HOST, &["containerd-shim"]),
+        scanned(1001, 500, C, 1, PIDNS_C, MNT_C, &["sleep", "1000"]),
+        scanned(1120, 500, C, 120, PIDNS_C, MNT_C, &["sh"]),
+    ];
+    let out = t.learn_from_proc(&procs, scan_ns);
+    let s = started(&out);
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert!(s[0].from_proc && s[0].incomplete);
+    s[0].clone()
+}
+
+#[test]
+fn an_exec_between_attach_and_the_proc_scan_is_a_complete_session_of_one_tree() {
+    // the shell's fork and exec happened after the programs attached but before /proc was
+    // read: the ring holds them, and the stage reads them after the scan
+    let mut t = tracker();
+    let learned = scan_with_exec_shell(&mut t, 50);
+    let mut out = feed(&mut t, spawn(40, X::entering(1120, 500, C, 120, &["sh"])));
+    out.extend(t.handle(&fork(60, 1121, 1120, C)));
+    out.extend(t.handle(&exec_in(61, 1121, 1120, &["cat", "/etc/hostname"])));
+    out.extend(t.handle(&exit(62, 1121, C, 0)));
+    out.extend(t.handle(&exit(70, 1120, C, 0)));
+    let e = ended(&out);
+    assert_eq!(e.len(), 1, "{out:#?}");
+    let info = e[0];
+    assert_eq!(info.id, learned.id, "the session /proc opened, not a second one");
+    assert!(!info.incomplete && !info.from_proc, "its beginning was seen after all: {info:?}");
+    assert_eq!(info.start_ns, 41, "it starts at the exec the kernel reported");
+    assert_eq!(t.counters().sessions_proc_completed.get(), 1);
+    let procs = procs_of(&out, info.id);
+    let root = procs.iter().find(|r| r.key.pid == 1120).expect("the shell's record");
+    // the span stage puts the process whose key names the session under the root span
+    assert_eq!(root.key, info.id.0);
+    assert_eq!(root.images.len(), 1, "the exec is the image /proc showed, not a second one: {root:?}");
+    assert_eq!((root.images[0].exec_index, root.images[0].start_ns), (0, 41));
+    let cat = procs.iter().find(|r| r.key.pid == 1121).expect("cat's record");
+    assert_eq!(cat.parent, Some(root.key), "cat hangs under the shell");
+}
+
+#[test]
+fn a_session_begun_before_attach_stays_incomplete_but_one_tree() {
+    // no exec in the ring: /proc is all there is of the shell; its children come as events
+    // with the kernel's exact start times, which /proc rounds to clock ticks
+    let mut t = tracker();
+    let learned = scan_with_exec_shell(&mut t, 50);
+    assert_ne!(learned.id.0, key(1120), "the /proc key is in ticks, the kernel's in ns");
+    let mut out = t.handle(&fork(60, 1121, 1120, C));
+    out.extend(t.handle(&exec_in(61, 1121, 1120, &["wget", "http://x/"])));
+    out.extend(t.handle(&exit(62, 1121, C, 0)));
+    out.extend(t.handle(&exit(70, 1120, C, 0)));
+    let e = ended(&out);
+    assert_eq!(e.len(), 1, "{out:?}");
+    assert!(e[0].incomplete && e[0].from_proc);
+    let procs = procs_of(&out, learned.id);
+    let root = procs.iter().find(|r| r.key.pid == 1120).expect("the shell's record");
+    assert_eq!(root.key, learned.id.0, "the shell keeps the key its session is named after");
+    let wget = procs.iter().find(|r| r.key.pid == 1121).expect("wget's record");
+    assert_eq!(wget.parent, Some(root.key));
+    assert_eq!(t.counters().sessions_proc_completed.get(), 0);
+}
+
 /// Any order of any events over a few pids, cgroups and namespaces: never a panic, and every
 /// session that starts ends exactly once (at the latest at shutdown).
 mod arbitrary_sequences {

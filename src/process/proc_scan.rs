@@ -146,6 +146,7 @@ impl SessionTracker {
         let tick = self.table.tick_ns();
         let key_of = |p: &ScannedProcess| ProcessKey { pid: p.pid, start_ns: p.start_ticks * tick };
         let by_pid: HashMap<u32, &ScannedProcess> = procs.iter().map(|p| (p.pid, p)).collect();
+        self.proc_scanned_ns = self.proc_scanned_ns.max(now_ns);
         let mut out = Vec::new();
         for sp in procs {
             let parent = by_pid.get(&sp.ppid).map(|pp| key_of(pp));

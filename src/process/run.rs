@@ -64,6 +64,9 @@ pub struct ProcessOptions {
     /// Which pod containers are ephemeral (`kubectl debug`): the pod index, in a cluster.
     /// None: no container is taken for one.
     pub ephemeral: Option<super::containers::EphemeralOracle>,
+    /// Set once /proc is read and events are consumed: from then on nothing that starts is
+    /// missed (the agent's `/readyz` and its "podtrail is running" line wait for it).
+    pub started: Option<crate::metrics::Readiness>,
 }
 
 impl Default for ProcessOptions {
@@ -77,6 +80,7 @@ impl Default for ProcessOptions {
             containerd_state_dirs: vec![PathBuf::from("/run/containerd")],
             activity: Default::default(),
             ephemeral: None,
+            started: None,
         }
     }
 }
@@ -222,6 +226,9 @@ pub async fn run(
         }
     }
     metrics.observe(&tracker);
+    if let Some(r) = &opts.started {
+        r.set();
+    }
 
     let mut answers_open = true;
     let mut control_open = true;

@@ -128,7 +128,9 @@ impl ProcessTable {
     }
 
     /// The key the table holds for `key`: itself, or a /proc-learned entry of the same pid
-    /// and clock tick, which is re-keyed to the exact key on the way.
+    /// and clock tick (/proc tells start times in ticks, the kernel in ns). The entry keeps
+    /// its /proc key: the sessions it roots and the span ids of its images are named after
+    /// it, and records already sent name its children's parent by it.
     pub fn resolve(&mut self, key: ProcessKey) -> Option<ProcessKey> {
         if self.procs.contains_key(&key) {
             return Some(key);
@@ -138,21 +140,7 @@ impl ProcessTable {
         if !p.from_proc || old.start_ns / self.tick_ns != key.start_ns / self.tick_ns {
             return None;
         }
-        let mut p = self.procs.remove(&old)?;
-        p.key = key;
-        for c in &p.cookies {
-            if let Some(slot) = self.cookies.get_mut(c) {
-                slot.key = key;
-            }
-        }
-        self.procs.insert(key, p);
-        self.by_pid.insert(key.pid, key);
-        for q in self.procs.values_mut() {
-            if q.parent == Some(old) {
-                q.parent = Some(key);
-            }
-        }
-        Some(key)
+        Some(old)
     }
 
     pub fn get(&self, key: &ProcessKey) -> Option<&Proc> {
@@ -290,8 +278,9 @@ mod tests {
         let mut c = Proc::new(k(6, 2_000_000_000), Some(k(5, 1_230_000_000)));
         c.from_proc = true;
         t.insert(c);
-        assert_eq!(t.resolve(k(5, 1_239_999_999)), Some(k(5, 1_239_999_999)));
-        assert_eq!(t.get(&k(6, 2_000_000_000)).unwrap().parent, Some(k(5, 1_239_999_999)));
+        // the /proc key stays: sessions and span ids are named after it
+        assert_eq!(t.resolve(k(5, 1_239_999_999)), Some(k(5, 1_230_000_000)));
+        assert_eq!(t.get(&k(6, 2_000_000_000)).unwrap().parent, Some(k(5, 1_230_000_000)));
         assert_eq!(t.resolve(k(5, 1_240_000_000)), None, "another tick is another process");
     }
 

@@ -81,6 +81,9 @@ impl Podtrail {
             assert!(Instant::now() < deadline, "podtrail did not start:\n{}", p.log_text());
             std::thread::sleep(Duration::from_millis(100));
         }
+        // running means ready: what starts from now on is seen (the probe the DaemonSet uses)
+        let ready = p.metrics.replace("/metrics", "/readyz");
+        assert_eq!(http_get(&ready).map(|r| r.0).ok(), Some(200), "running but {ready} is not 200");
         p
     }
 

@@ -28,7 +28,7 @@ pub use debug::DEBUG_DECISION_NS;
 
 use std::collections::HashMap;
 
-use crate::capture::event::{Event, ExecEvent, ExitEvent, ExitStatus, ForkEvent, ProcessKey};
+use crate::capture::event::{Event, ExecEvent, ExitEvent, ExitStatus, FileEvent, ForkEvent, NsJoinEvent, ProcessKey};
 
 use prometheus_client::metrics::counter::Counter;
 
@@ -64,6 +64,9 @@ pub struct TrackerCounters {
     pub debug_undecided: Counter,
     /// Ended processes of an undecided container past what is held for it (`debug.rs`).
     pub debug_ended_over_cap: Counter,
+    /// Sessions opened from /proc whose root's exec then arrived from the kernel (it ran
+    /// between the programs' attach and the scan): complete after all.
+    pub sessions_proc_completed: Counter,
 }
 
 impl TrackerCounters {
@@ -74,6 +77,7 @@ impl TrackerCounters {
         TrackerCounters {
             sessions_started: session("started"),
             sessions_ended: session("ended"),
+            sessions_proc_completed: session("proc_completed"),
             exits_early: anomaly("exit_early"),
             exits_unknown: anomaly("exit_unknown"),
             execs_before_fork: anomaly("exec_before_fork"),
@@ -114,6 +118,9 @@ pub struct SessionTracker {
     clock: crate::clock::BootClock,
     /// New pod containers' inits, until the lookup says whether they are ephemeral.
     pending: Vec<debug::PendingInit>,
+    /// When /proc was last read ([`Self::learn_from_proc`]; 0: never). An exec event older
+    /// than this, of a process learned there, is the image /proc showed, not a new one.
+    pub(crate) proc_scanned_ns: u64,
 }
 
 /// A wall-clock time (ns since the epoch) as boot ns; None for 0 (unknown) and for times
@@ -160,6 +167,7 @@ impl SessionTracker {
             sessions: HashMap::new(),
             counters: TrackerCounters::default(),
             lost_seen: crate::lru::Lru::new(65_536),
+            proc_scanned_ns: 0,
             activity: Default::default(),
             outbound: Default::default(),
             clock: crate::clock::BootClock::now(),
@@ -237,6 +245,8 @@ impl SessionTracker {
         if self.outbound.open() > 0 {
             self.outbound.flush(&self.activity, ev.ts_ns(), false, &mut out);
         }
+        let canonical = self.canonical(ev);
+        let ev = canonical.as_ref().unwrap_or(ev);
         match ev {
             Event::Exec(e) => self.on_exec(e, &mut out),
             Event::Fork(f) => self.on_fork(f, &mut out),
@@ -248,6 +258,42 @@ impl SessionTracker {
             Event::File(f) => self.on_file(f),
         }
         out
+    }
+
+    /// The event with the kernel's keys of /proc-learned processes replaced by the keys the
+    /// table holds for them (same pid, same clock tick: [`ProcessTable::resolve`]); None when
+    /// no key needs it (the usual case: no copy).
+    fn canonical(&mut self, ev: &Event) -> Option<Event> {
+        let mut held = |pid: u32, start_ns: u64| {
+            let k = ProcessKey { pid, start_ns };
+            self.table.resolve(k).filter(|h| *h != k).map(|h| h.start_ns)
+        };
+        match ev {
+            Event::Exec(e) => {
+                let (me, parent) = (held(e.pid, e.start_ns), held(e.ppid, e.parent_start_ns));
+                (me.is_some() || parent.is_some()).then(|| {
+                    let mut e = e.clone();
+                    e.start_ns = me.unwrap_or(e.start_ns);
+                    e.parent_start_ns = parent.unwrap_or(e.parent_start_ns);
+                    Event::Exec(e)
+                })
+            }
+            Event::Fork(f) => {
+                let (me, parent) = (held(f.pid, f.start_ns), held(f.ppid, f.parent_start_ns));
+                (me.is_some() || parent.is_some()).then(|| {
+                    let mut f = f.clone();
+                    f.start_ns = me.unwrap_or(f.start_ns);
+                    f.parent_start_ns = parent.unwrap_or(f.parent_start_ns);
+                    Event::Fork(f)
+                })
+            }
+            Event::Exit(x) => held(x.pid, x.start_ns).map(|s| Event::Exit(ExitEvent { start_ns: s, ..x.clone() })),
+            Event::NsJoin(j) => {
+                held(j.pid, j.start_ns).map(|s| Event::NsJoin(NsJoinEvent { start_ns: s, ..j.clone() }))
+            }
+            Event::File(f) => held(f.pid, f.start_ns).map(|s| Event::File(FileEvent { start_ns: s, ..f.clone() })),
+            _ => None,
+        }
     }
 
     /// The agent is stopping: every open session ends now, marked incomplete, with the
@@ -441,6 +487,9 @@ impl SessionTracker {
             self.insert_proc(p, e.ts_ns, out);
         }
         let is_container = self.containers.learn(e.cgroup_id, self.lookup.as_mut(), false);
+        if self.exec_seen_in_proc(e, key, is_container) {
+            return;
+        }
         let Some(p) = self.table.get_mut(&key) else { return };
         let old_cg = p.cgroup_id;
         p.cgroup_id = e.cgroup_id;
@@ -503,6 +552,41 @@ impl SessionTracker {
         } else if let Some(p) = self.table.get_mut(&key) {
             p.images = vec![image_from_exec(e, next_index(&p.images), &self.clock)];
         }
+    }
+
+    /// The programs attach before /proc is read, so an exec of the moments between reaches
+    /// this stage after the scan that already shows its result. Such an exec replaces the
+    /// image learned from /proc instead of following it, and a session /proc opened at it
+    /// (its beginning unseen, so incomplete) turns out seen from its first exec: it takes the
+    /// exec's start, argv, terminal and audit id, and is complete unless events were lost.
+    /// True when the exec was taken so (nothing else to do for it).
+    fn exec_seen_in_proc(&mut self, e: &ExecEvent, key: ProcessKey, is_container: bool) -> bool {
+        if e.ts_ns > self.proc_scanned_ns {
+            return false;
+        }
+        let Some(p) = self.table.get_mut(&key) else { return false };
+        if !p.from_proc || p.images.len() != 1 || p.images[0].exec_index != 0 {
+            return false;
+        }
+        // (the entry stays `from_proc`: its key is in clock ticks, which resolve() matches)
+        p.images[0] = image_from_exec(e, 0, &self.clock);
+        p.cgroup_id = e.cgroup_id;
+        p.nspid = e.nspid;
+        p.pidns_ino = e.pidns_ino;
+        p.mntns_ino = e.mntns_ino;
+        p.loginuid = e.loginuid;
+        let crossing = is_container && e.parent_cgroup_id != e.cgroup_id;
+        if let Some(s) = self.sessions.get_mut(&SessionId(key)).filter(|s| s.info.from_proc && crossing) {
+            let i = &mut s.info;
+            i.start_ns = e.ts_ns;
+            i.root_argv = e.argv.clone();
+            i.root_tty = e.flags.tty;
+            i.env_audit_id = e.audit_id.clone();
+            i.from_proc = false;
+            i.incomplete = false;
+            self.counters.sessions_proc_completed.inc();
+        }
+        true
     }
 
     /// Is this boundary-crossing exec the container's init? Its first process is: judged by

@@ -324,8 +324,7 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     // does not: the pod index adds it after the process stage (the filter above)
     let (control_tx, control_rx) = mpsc::channel::<Control>(1024);
     let process_opts = crate::process::run::ProcessOptions { ephemeral, ..cfg.process.clone() };
-    let process_task =
-        tokio::spawn(crate::process::run::run(events, upd_tx, process_opts, pmetrics, control_rx));
+    let process_task = tokio::spawn(crate::process::run::run(events, upd_tx, process_opts, pmetrics, control_rx));
 
     // kernel counters need the maps, which the Capture owns: read them on this task
     let mut ring_lost_seen = 0u64;

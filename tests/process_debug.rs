@@ -51,7 +51,19 @@ fn debug_container_runs(t: &mut SessionTracker, out: &mut Vec<SessionUpdate>) {
     }
     out.extend(t.handle(&fork(10, 1001, 500, HOST)));
     out.extend(t.handle(&init));
-    for ev in spawn(20, X { pid: 1002, ppid: 1001, cg: C, pcg: C, nspid: 2, pidns: PIDNS_C, mnt: MNT_C, argv: &["cat", "/etc/hostname"] }) {
+    for ev in spawn(
+        20,
+        X {
+            pid: 1002,
+            ppid: 1001,
+            cg: C,
+            pcg: C,
+            nspid: 2,
+            pidns: PIDNS_C,
+            mnt: MNT_C,
+            argv: &["cat", "/etc/hostname"],
+        },
+    ) {
         out.extend(t.handle(&ev));
     }
     out.extend(t.handle(&exit(30, 1002, C, 0)));
@@ -87,7 +99,9 @@ fn an_ephemeral_containers_init_is_a_debug_session_with_what_ran_before_the_answ
 
     // what the shell runs after the answer is in the same session, and it ends with the shell
     let mut out = Vec::new();
-    for ev in spawn(3_000, X { pid: 1003, ppid: 1001, cg: C, pcg: C, nspid: 3, pidns: PIDNS_C, mnt: MNT_C, argv: &["ls"] }) {
+    for ev in
+        spawn(3_000, X { pid: 1003, ppid: 1001, cg: C, pcg: C, nspid: 3, pidns: PIDNS_C, mnt: MNT_C, argv: &["ls"] })
+    {
         out.extend(t.handle(&ev));
     }
     out.extend(t.handle(&exit(3_100, 1003, C, 0)));

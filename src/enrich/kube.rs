@@ -49,6 +49,9 @@ pub struct PodInfo {
     pub labels: BTreeMap<String, String>,
     pub workload: Option<Workload>,
     pub node_name: Option<String>,
+    /// `containerStatuses[].image` and `.imageID` (empty until the kubelet reports them).
+    pub image: String,
+    pub image_id: String,
     /// Exec commands of this container's liveness, readiness and startup probes.
     pub probe_commands: Vec<Vec<String>>,
 }
@@ -234,6 +237,8 @@ fn pod_entries(pod: &Pod) -> Vec<(String, PodInfo)> {
         labels: pod.metadata.labels.clone().unwrap_or_default(),
         workload: workload(pod),
         node_name: spec.node_name.clone(),
+        image: String::new(),
+        image_id: String::new(),
         probe_commands: Vec::new(),
     };
     let Some(status) = pod.status.as_ref() else { return Vec::new() };
@@ -251,6 +256,8 @@ fn pod_entries(pod: &Pod) -> Vec<(String, PodInfo)> {
             let mut info = base.clone();
             info.container_name = cs.name.clone();
             info.container_kind = kind;
+            info.image = cs.image.clone();
+            info.image_id = cs.image_id.clone();
             info.probe_commands = probe_map.get(cs.name.as_str()).cloned().unwrap_or_default();
             out.push((id.to_owned(), info));
         }
@@ -271,6 +278,12 @@ impl PodInfo {
         }
         if self.node_name.is_some() {
             c.node_name = self.node_name.clone();
+        }
+        if !self.image.is_empty() {
+            c.image_name = Some(self.image.clone());
+        }
+        if !self.image_id.is_empty() {
+            c.image_id = Some(self.image_id.clone());
         }
         c.source = "kube_api";
     }

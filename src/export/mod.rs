@@ -317,7 +317,8 @@ pub async fn run_export_with(
                 cfg.spans.scope.clone(),
                 a.attribution_configured,
                 who.clone(),
-            );
+            )
+            .counting(metrics.alerts.clone());
             (who as Arc<dyn Attributor>, Some((stage, a.rules)))
         }
         None => (attributor, None),

@@ -37,7 +37,10 @@ pub trait ContainerLookup: Send {
 /// Answers [`ContainerLookup::is_ephemeral`] for the host's lookup: the agent builds it from the
 /// pod index (a later stage, so it comes in as a function).
 #[derive(Clone)]
-pub struct EphemeralOracle(pub std::sync::Arc<dyn Fn(&ContainerInfo) -> Option<bool> + Send + Sync>);
+pub struct EphemeralOracle(pub std::sync::Arc<IsEphemeral>);
+
+/// Whether a container is an ephemeral (`kubectl debug`) one; None while unknown.
+pub type IsEphemeral = dyn Fn(&ContainerInfo) -> Option<bool> + Send + Sync;
 
 impl std::fmt::Debug for EphemeralOracle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -113,7 +113,13 @@ impl SessionTracker {
         }
     }
 
-    fn start_debug(&mut self, p: PendingInit, container: crate::model::ContainerInfo, now_ns: u64, out: &mut Vec<SessionUpdate>) {
+    fn start_debug(
+        &mut self,
+        p: PendingInit,
+        container: crate::model::ContainerInfo,
+        now_ns: u64,
+        out: &mut Vec<SessionUpdate>,
+    ) {
         let sid = SessionId(p.init);
         let info = SessionInfo {
             root_argv: p.argv,

@@ -407,7 +407,8 @@ mod tests {
             "spec": {"nodeName": "n1", "containers": [{"name": "api",
                 "livenessProbe": {"exec": {"command": ["cat", "/tmp/healthy"]}}}]},
             "status": {"containerStatuses": [{"name": "api", "containerID": "containerd://c1",
-                "image": "i", "imageID": "", "ready": true, "restartCount": 0}]}
+                "image": "registry.example/billing/api:1.4", "ready": true, "restartCount": 0,
+                "imageID": "registry.example/billing/api@sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}]}
         }))
         .unwrap()
     }
@@ -449,6 +450,13 @@ mod tests {
             (Some("billing"), Some("api-7d9c"))
         );
         assert_eq!((i.container.container_name.as_deref(), i.container.source), (Some("api"), "kube_api"));
+        // the image as the kubelet reports it: container.image.name / .id on the spans
+        assert_eq!(i.container.image_name.as_deref(), Some("registry.example/billing/api:1.4"));
+        assert!(
+            i.container.image_id.as_deref().is_some_and(
+                |id| id.ends_with("@sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")
+            )
+        );
         let mut keep = SessionFilter::new(PodIndex::new(), false);
         assert!(
             keep.pass(SessionUpdate::Started(session(12, &["cat", "/tmp/healthy"]))).is_some(),

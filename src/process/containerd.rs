@@ -267,10 +267,16 @@ mod tests {
         labels.insert(LABEL_POD_NAME.to_string(), "web-0".to_string());
         labels.insert(LABEL_POD_NAMESPACE.to_string(), "billing".to_string());
         labels.insert(LABEL_CONTAINER_NAME.to_string(), "app".to_string());
-        let meta = ContainerMeta { id: "c1".into(), labels, ..Default::default() };
+        let meta = ContainerMeta {
+            id: "c1".into(),
+            labels,
+            image: "docker.io/library/busybox:1.36".into(),
+            ..Default::default()
+        };
         let mut info =
             ContainerInfo { id: "c1".into(), pod_uid: Some("u-1".into()), source: "cgroup", ..Default::default() };
         meta.apply(&mut info);
+        assert_eq!(info.image_name.as_deref(), Some("docker.io/library/busybox:1.36"));
         assert_eq!(info.pod_name.as_deref(), Some("web-0"));
         assert_eq!(info.pod_namespace.as_deref(), Some("billing"));
         assert_eq!(info.container_name.as_deref(), Some("app"));

@@ -514,3 +514,17 @@ pub fn connect_span(ctx: &BuildCtx, frame: &SessionFrame, id: SpanId, image: Spa
         status,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_tag_is_after_the_last_slash_and_before_a_digest() {
+        assert_eq!(image_tag("registry.example:5000/team/app:1.4.2"), Some("1.4.2"));
+        assert_eq!(image_tag("busybox:1.36@sha256:abcd"), Some("1.36"));
+        assert_eq!(image_tag("registry.example:5000/team/app"), None, "a registry port is not a tag");
+        assert_eq!(image_tag("app@sha256:abcd"), None);
+        assert_eq!(image_tag("app:"), None);
+    }
+}

@@ -100,6 +100,8 @@ fn container() -> ContainerInfo {
         workload_name: Some("api".into()),
         started_ns: None,
         node_name: Some("node-1".into()),
+        image_name: Some("registry.example:5000/billing/api:1.4.2".into()),
+        image_id: None,
         source: "kube_api",
     }
 }

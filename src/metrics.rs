@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 
 type Labels = Vec<(&'static str, &'static str)>;
 
+/// `podtrail_alerts_total{rule, severity}`: rule names come from the rule files, so the label
+/// values are owned (bounded by the loaded rule set).
+pub type AlertCounter = Family<Vec<(&'static str, String)>, Counter>;
+
 /// Cheap to clone: every clone updates the same series.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -43,6 +47,7 @@ pub struct Metrics {
     pub outbound_records: Counter,
     pub outbound_connects: Family<Labels, Counter>,
     pub outbound_pending: Family<Labels, Gauge>,
+    pub alerts: AlertCounter,
 }
 
 impl Metrics {
@@ -147,6 +152,11 @@ impl Metrics {
             "Outbound connects the process stage still holds, by what (open: in a trace not handed out yet, \
              unmarked: suppressed, not yet marked on a trace)",
             self.outbound_pending.clone(),
+        );
+        reg.register(
+            "podtrail_alerts",
+            "Alerts raised by the rules (docs/rules.md), by rule and severity, counted as each is raised",
+            self.alerts.clone(),
         );
     }
 

@@ -79,6 +79,10 @@ pub struct ContainerInfo {
     pub workload_kind: Option<String>,
     pub workload_name: Option<String>,
     pub node_name: Option<String>,
+    /// The image as the pod spec or the runtime names it (`registry/repo:tag`), and its id
+    /// (the digest the runtime resolved: `containerStatuses[].imageID`), when known.
+    pub image_name: Option<String>,
+    pub image_id: Option<String>,
     /// Where the pod identity came from: "kube_api", "containerd_labels", "cgroup".
     pub source: &'static str,
     /// When the container's init process started (boot ns), as the process stage saw it (its

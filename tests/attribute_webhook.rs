@@ -350,6 +350,9 @@ async fn admission_review_is_allowed_annotated_and_recorded() {
     assert_eq!((a.source, a.confidence), (AttributionSource::Admission, Confidence::Unique));
     assert_eq!(a.user_name.as_deref(), Some("john.doe@example.com"));
     assert_eq!(a.user_extra["authentication.kubernetes.io/credential-id"], vec!["X509SHA256=2f1c0e9b7a".to_string()]);
+    // parsed, and emitted: the identity the span builder gets carries it as key=value
+    let who = podtrail::spans::SessionIdentity::from(&a);
+    assert_eq!(who.user_extra, ["authentication.kubernetes.io/credential-id=X509SHA256=2f1c0e9b7a"]);
     assert_eq!(a.client_address, None);
     assert_eq!(a.trace_id.map(hex::encode).as_deref(), Some("705ab4f5639311e8b7cc42010a800002"));
 }

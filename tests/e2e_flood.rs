@@ -173,7 +173,7 @@ fn a_connect_flood_is_folded_and_limited_and_every_connect_is_accounted_for() {
     let spans = otlp_json::read(&traces);
     let outbound: Vec<&Span> = spans
         .iter()
-        .filter(|s| s.name.starts_with("connect ") && s.text("podtrail.session.kind").as_deref() == Some("outbound"))
+        .filter(|s| s.name == "connect" && s.text("podtrail.session.kind").as_deref() == Some("outbound"))
         .collect();
     let mine: Vec<&Span> =
         outbound.iter().copied().filter(|s| s.text("container.id").as_deref() == Some(c.id.as_str())).collect();
@@ -265,7 +265,7 @@ fn a_thousand_identical_connects_are_one_span_counting_a_thousand() {
     let spans = otlp_json::read(&traces);
     let mine: Vec<_> = spans
         .iter()
-        .filter(|s| s.text("container.id").as_deref() == Some(c.id.as_str()) && s.name.starts_with("connect "))
+        .filter(|s| s.text("container.id").as_deref() == Some(c.id.as_str()) && s.name == "connect")
         .collect();
     assert_eq!(mine.len(), 1, "one span for the 1 000 connects: {mine:#?}");
     let s = mine[0];

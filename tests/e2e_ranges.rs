@@ -83,7 +83,7 @@ fn connects_stop_being_outbound_once_a_node_podcidr_claims_the_address() {
     let spans = otlp_json::read(&traces);
     let connects: Vec<(String, String, String)> = spans
         .iter()
-        .filter(|s| s.name.starts_with("connect ") && s.str("container.id").as_deref() == Some(c.id.as_str()))
+        .filter(|s| s.name == "connect" && s.str("container.id").as_deref() == Some(c.id.as_str()))
         .map(|s| {
             let get = |k| s.text(k).unwrap_or_default();
             (get("server.address"), get("server.port"), get("podtrail.network.destination.scope"))

@@ -412,8 +412,7 @@ fn each_shipped_rule_fires_on_a_real_session_and_stays_quiet_on_a_close_one() {
                 && s.alert_events().iter().any(|a| {
                     a["security_rule.name"] == HISTORY
                         && a["podtrail.file.op"] == op
-                        && (a["podtrail.file.path"] == "/root/.ash_history"
-                            || a["podtrail.file.path2"] == "/root/.ash_history")
+                        && (a["file.path"] == "/root/.ash_history" || a["podtrail.file.path2"] == "/root/.ash_history")
                 })
         });
         assert!(
@@ -425,10 +424,10 @@ fn each_shipped_rule_fires_on_a_real_session_and_stays_quiet_on_a_close_one() {
     let append = t("mark-hist-append");
     append.assert_quiet(HISTORY);
     assert!(
-        append.spans.iter().any(|s| s
-            .events_named("file open")
+        append
+            .spans
             .iter()
-            .any(|a| a["podtrail.file.path"] == json!("/root/.ash_history"))),
+            .any(|s| s.events_named("file open").iter().any(|a| a["file.path"] == json!("/root/.ash_history"))),
         "the append is seen, as a file event without an alert: {:#?}",
         append.spans
     );
@@ -497,7 +496,12 @@ fn seed_incident_in_one_terminal_session_with_each_alert_on_its_span() {
     for step in ["sh", "wget", "gzip", "tar", "busybox"] {
         assert!(names.iter().any(|n| n == step), "no {step} span in {names:?}");
     }
-    assert!(names.iter().any(|n| n == "connect 127.0.0.1:8080"), "wget's connect: {names:?}");
+    assert!(
+        tr.spans.iter().any(|s| s.name == "connect"
+            && s.str("server.address").as_deref() == Some("127.0.0.1")
+            && s.text("server.port").as_deref() == Some("8080")),
+        "wget's connect: {names:?}"
+    );
 
     // the alerts, each on the span that did it
     let on = |rule: &str| tr.assert_fired(rule).iter().map(|s| s.name.clone()).collect::<Vec<_>>();
@@ -510,9 +514,7 @@ fn seed_incident_in_one_terminal_session_with_each_alert_on_its_span() {
     let rm = tr.fired(HISTORY)[0];
     assert_eq!(rm.attr("process.interactive"), Some(json!(true)), "the terminal shell: {rm:#?}");
     assert!(
-        rm.alert_events()
-            .iter()
-            .any(|a| a["podtrail.file.path"] == "/root/.ash_history" && a["podtrail.file.op"] == "unlink"),
+        rm.alert_events().iter().any(|a| a["file.path"] == "/root/.ash_history" && a["podtrail.file.op"] == "unlink"),
         "{:#?}",
         rm.alert_events()
     );

@@ -144,7 +144,7 @@ fn an_application_spawning_sh_c_is_a_workload_trace_in_the_containers_scope_only
     assert_eq!(wget.parent, sh.span_id, "wget under sh");
     let connect = trace
         .iter()
-        .find(|s| s.name.starts_with("connect ") && s.text("server.port") == Some(http.port.to_string()))
+        .find(|s| s.name == "connect" && s.text("server.port") == Some(http.port.to_string()))
         .expect("wget's connect in the tree");
     assert_eq!(connect.parent, wget.span_id);
     assert_eq!(connect.text("podtrail.network.destination.scope").as_deref(), Some("loopback"));
@@ -385,7 +385,7 @@ fn glibc_name_lookup_is_one_outbound_query_and_its_address_sorting_is_not_traffi
     let connects: Vec<&Span> = spans
         .iter()
         .filter(|s| s.trace_id != session.trace_id)
-        .filter(|s| s.text("container.id").as_deref() == Some(c.id.as_str()) && s.name.starts_with("connect "))
+        .filter(|s| s.text("container.id").as_deref() == Some(c.id.as_str()) && s.name == "connect")
         .collect();
     let to = |a: &str| connects.iter().filter(|s| s.text("server.address").as_deref() == Some(a)).count();
     assert_eq!(to("198.51.100.53"), 1, "the query is one outbound record: {connects:#?}");

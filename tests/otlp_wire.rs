@@ -24,7 +24,11 @@ fn tree(spans: &[opentelemetry_proto::tonic::trace::v1::Span]) -> Vec<(String, S
         .filter(|s| hex::encode(&s.trace_id) == "4b5f3c7e8d2a4f199c3e2a1b0d9e8f70")
         .map(|s| {
             (
-                format!("{}#{}", s.name, attr(s, "process.pid").unwrap_or_default()),
+                match (s.name.as_str(), attr(s, "server.address"), attr(s, "server.port")) {
+                    // a connect is named `connect`; its destination is in server.*
+                    ("connect", Some(a), Some(p)) => format!("connect {a}:{p}#"),
+                    _ => format!("{}#{}", s.name, attr(s, "process.pid").unwrap_or_default()),
+                },
                 by_id.get(&s.parent_span_id).copied().unwrap_or("-").to_owned(),
             )
         })
@@ -50,12 +54,25 @@ fn check_shell_session(rec: &Received) {
     assert_eq!(attr(wget, "k8s.container.name").as_deref(), Some("api"));
     assert_eq!(attr(wget, "user.name").as_deref(), Some("alice@example.com"));
     assert_eq!(wget.kind, 1, "INTERNAL");
-    let connect = spans.iter().find(|s| s.name == "connect 10.244.1.5:8080").unwrap();
+    // every connect is named `connect` (one operation in Jaeger, one series in span
+    // metrics); the destination is in server.*
+    let connects: Vec<_> = spans.iter().filter(|s| attr(s, "server.address").is_some()).collect();
+    assert!(connects.len() >= 2 && connects.iter().all(|c| c.name == "connect"), "{connects:?}");
+    let connect = connects.iter().find(|s| attr(s, "server.address").as_deref() == Some("10.244.1.5")).unwrap();
     assert_eq!(connect.kind, 3, "CLIENT");
+    assert_eq!(attr(connect, "server.port").as_deref(), Some("8080"));
+    // status ERROR for a refused connect, not for `sh -c 'exit 3'`
+    let refused = connects.iter().find(|s| attr(s, "podtrail.network.outcome").as_deref() == Some("refused")).unwrap();
+    assert_eq!(refused.status.as_ref().map(|s| s.code), Some(2), "ERROR: {refused:?}");
+    let exit3 = spans.iter().find(|s| attr(s, "process.exit.code").as_deref() == Some("3")).unwrap();
+    assert_ne!(exit3.status.as_ref().map(|s| s.code).unwrap_or(0), 2, "a non-zero exit is not an error: {exit3:?}");
+    assert_eq!(attr(wget, "container.image.name").as_deref(), Some("registry.example:5000/billing/api:1.4.2"));
+    assert_eq!(attr(wget, "process.real_user.id").as_deref(), Some("0"));
     // Times are the events' times, not the export's.
     assert_eq!(wget.start_time_unix_nano, 1_700_000_000_000_000_000 + 12 * support::sessions::S);
     let root = spans.iter().find(|s| s.name == "kubectl exec").unwrap();
     assert!(root.parent_span_id.is_empty());
+    assert_eq!(root.kind, 2, "SERVER: a request is behind an attributed exec");
     assert_eq!(attr(root, "user.roles").as_deref(), Some("[\"system:authenticated\", \"sre\"]"));
     assert_eq!(rec.resource_attr("service.name").as_deref(), Some("podtrail"));
     assert_eq!(rec.resource_attr("k8s.cluster.name").as_deref(), Some("test-cluster"));

@@ -109,3 +109,31 @@ fn the_console_tree_shows_each_alert_on_its_line_and_the_total_on_the_session() 
     let xmrig = text.lines().find(|l| l.contains("/tmp/xmrig -o")).unwrap_or_default();
     assert!(xmrig.contains("!! [high] Download then execute"), "{text}");
 }
+
+#[test]
+fn every_alert_is_counted_by_rule_and_severity_and_carries_a_sortable_severity() {
+    let metrics = podtrail::metrics::Metrics::default();
+    let spans =
+        Run { who: Some(alice()), attribution_configured: true, counter: metrics.alerts.clone(), ..Run::default() }
+            .spans(incident());
+    let mut reg = prometheus_client::registry::Registry::default();
+    metrics.register(&mut reg);
+    let text = podtrail::metrics::render(&reg);
+    let fired = fired(&spans);
+    assert_eq!(fired.len(), 5, "{fired:?}");
+    for (rule, severity) in [
+        ("Terminal shell in a container", "medium"),
+        ("Outbound connection outside the cluster", "medium"),
+        ("Download then execute", "high"),
+        ("Sensitive file read", "high"),
+        ("Shell history tampering", "high"),
+    ] {
+        let n = fired.iter().filter(|(_, r)| r == rule).count();
+        let series = format!("podtrail_alerts_total{{rule=\"{rule}\",severity=\"{severity}\"}} {n}");
+        assert!(text.contains(&series), "{series} not in:\n{text}");
+    }
+    // worst first sorts on a number: high (4) above medium (3)
+    let root = spans.last().unwrap();
+    let num = |k: &str| root.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| kv.value.to_string());
+    assert_eq!(num("podtrail.alerts.max_severity_number").as_deref(), Some("4"));
+}

@@ -128,7 +128,7 @@ fn history_tampering_fires_on_every_way_of_erasing_and_not_on_the_shell_appendin
     assert!(alert
         .attributes
         .iter()
-        .any(|kv| kv.key.as_str() == "podtrail.file.path" && kv.value.to_string() == "/root/.bash_history"));
+        .any(|kv| kv.key.as_str() == "file.path" && kv.value.to_string() == "/root/.bash_history"));
     assert!(rm_span.events.iter().any(|e| e.name == "file unlink"), "the file operation is an event of its own too");
 
     // the shell appending to its history, reading it, and a file that only looks alike
@@ -209,9 +209,7 @@ fn sensitive_file_reads_fire_on_shadow_and_tokens_not_on_passwd() {
     let hits: Vec<String> = spans
         .iter()
         .flat_map(|s| s.events.iter().filter(|e| e.name == "alert"))
-        .flat_map(|e| {
-            e.attributes.iter().filter(|kv| kv.key.as_str() == "podtrail.file.path").map(|kv| kv.value.to_string())
-        })
+        .flat_map(|e| e.attributes.iter().filter(|kv| kv.key.as_str() == "file.path").map(|kv| kv.value.to_string()))
         .collect();
     assert_eq!(hits, ["/etc/shadow", "/var/run/secrets/kubernetes.io/serviceaccount/..2024_01_01/token"]);
 }

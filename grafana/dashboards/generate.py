@@ -11,7 +11,10 @@ Conventions the queries follow (see docs/investigate.md):
 - Session and pod attributes are matched with the `span.` scope: a collector's k8sattributes
   processor stamps podtrail's own pod as resource attributes.
 - A session's root span is named `kubectl exec|attach|debug|port-forward` or `exec`; process
-  spans are named after argv[0]'s basename, connect spans `connect <address>:<port>`.
+  spans are named after argv[0]'s basename, connect spans `connect` (the destination is in
+  `server.*`).
+- Namespaces, users and pods are dropdowns filled from Tempo's tag values (its
+  `/api/v2/search/tag/<attribute>/values`), not free text an analyst must type exactly.
 - Jaeger searches use service `podtrail` and exact `key=value` tags on one span.
 """
 import json
@@ -25,6 +28,11 @@ PROM = {"type": "prometheus", "uid": "prometheus"}
 
 # Root spans of real sessions (probes excluded): TraceQL regexes are fully anchored.
 ROOT = 'name =~ "kubectl (exec|attach|debug|port-forward)|exec"'
+# Sessions no Kubernetes request explains: exec and debug sessions no request matched, and
+# node sessions (nsenter from the node). The same string is in README.md and
+# docs/investigate.md (tests/stack/test_grafana.py holds them to it).
+UNEXPLAINED = ('{ span.podtrail.attribution.source = "none" && '
+               'span.podtrail.session.kind =~ "exec|debug|node" }')
 SESSION_COLUMNS = ("span.user.name, span.client.address, span.k8s.namespace.name, "
                    "span.k8s.pod.name, span.k8s.container.name, span.podtrail.k8s.command")
 
@@ -116,11 +124,24 @@ def textbox(name, label, default=""):
             "current": {"text": default, "value": default}, "hide": 0}
 
 
+def tempo_values(name, label, attribute):
+    """A dropdown of the values Tempo has seen for `attribute` (a scoped TraceQL name) in the
+    dashboard's time range."""
+    return {"type": "query", "name": name, "label": label, "datasource": TEMPO,
+            "query": {"refId": "TempoDatasourceVariableQueryEditor-VariableQuery", "type": 1,
+                      "label": attribute},
+            "definition": attribute, "refresh": 2, "sort": 1, "includeAll": False,
+            "multi": False, "current": {}, "options": [], "regex": "", "hide": 0}
+
+
 def investigate():
     b = Board("podtrail-investigate", "podtrail / Investigate",
               "The SOC questions, one query each (docs/investigate.md).",
-              [textbox("namespace", "Namespace", "billing"), textbox("user", "User"),
-               textbox("audit_id", "Audit ID"), textbox("trace_id", "Trace ID"),
+              [tempo_values("namespace", "Namespace", "span.k8s.namespace.name"),
+               tempo_values("user", "User", "span.user.name"),
+               tempo_values("pod", "Pod", "span.k8s.pod.name"),
+               textbox("audit_id", "Audit ID (as Kubernetes prints it)"),
+               textbox("trace_id", "Trace ID"),
                textbox("command", "Command", "tcpdump")])
     b.text("Each panel is one query; click a trace id to open the session as a tree. "
            "Queries use the `span.` scope on purpose (see docs/investigate.md). "
@@ -137,14 +158,15 @@ def investigate():
     b.tempo_table(
         "One kubectl exec: the session with audit id $audit_id",
         "Q2: every span of the session (the root request, each process with its arguments, "
-        "each connection), with who ran it and from where.",
+        "each connection), with who ran it and from where. Paste the audit id as the audit "
+        "log or kubectl prints it, dashes and all.",
         '{ span.podtrail.k8s.audit_id = "$audit_id" } | select(span.user.name, span.user.roles, '
         'span.client.address, span.user_agent.original, span.k8s.pod.name, '
         'span.process.command_args, span.server.address, span.server.port)')
     b.tempo_trace(
         "Session $trace_id as a tree",
-        "Q2 as a tree: the trace id is the audit id's 16 bytes in hex when the audit id is a "
-        "UUID (remove the dashes).", "$trace_id")
+        "Q2 as a tree: click a trace id in the table above, or give one here (`podtrail show "
+        "--audit-id` takes the audit id with or without dashes).", "$trace_id")
     b.tempo_table(
         "Every $command run, on any node, in any workload",
         "Q3: process spans named after argv[0], or whose real binary has that name (a "
@@ -158,6 +180,12 @@ def investigate():
         '{ span.user.name = "$user" && span.podtrail.session.kind != "probe" } | '
         'select(span.k8s.namespace.name, span.k8s.pod.name, span.client.address, '
         'span.process.command_args, span.server.address, span.server.port)')
+    b.tempo_table(
+        "Sessions in pod $pod",
+        "Every session in the chosen namespace and pod, with who opened it.",
+        "{ " + ROOT + ' && span.k8s.namespace.name = "$namespace" && '
+        'span.k8s.pod.name = "$pod" } | select(' + SESSION_COLUMNS + ")",
+        table_type="traces")
     b.row("Jaeger (same questions; exact tags on one span, service podtrail)")
     b.jaeger_table("Jaeger: outbound external connections from $namespace",
                    "Q1 in Jaeger's search.",
@@ -182,16 +210,18 @@ def sessions():
         "{ " + ROOT + ' && span.podtrail.session.kind != "probe" } | '
         "count_over_time() by (span.k8s.namespace.name, span.k8s.pod.name)", x=12)
     b.tempo_table(
-        "Sessions with alerts", "Sessions in which podtrail raised alerts.",
-        "{ span.podtrail.alerts.count > 0 } | select(span.podtrail.alerts.max_severity, "
-        + SESSION_COLUMNS + ")", table_type="traces")
+        "Sessions with alerts",
+        "Sessions in which podtrail raised alerts; sort on max_severity_number for worst "
+        "first (info 1 ... critical 5).",
+        "{ span.podtrail.alerts.count > 0 } | select(span.podtrail.alerts.max_severity_number, "
+        "span.podtrail.alerts.max_severity, " + SESSION_COLUMNS + ")", table_type="traces")
     b.tempo_table(
-        "Unattributed sessions",
-        "No Kubernetes request matched: node-level crictl exec, nsenter, or someone on the node. "
-        "The absence is the finding; podtrail.node.user is the node login.",
-        "{ " + ROOT + ' && span.podtrail.attribution.source = "none" } | '
-        "select(span.podtrail.session.kind, span.podtrail.node.user, span.k8s.node.name, "
-        "span.k8s.namespace.name, span.k8s.pod.name)", table_type="traces", w=12)
+        "Sessions no request explains",
+        "No Kubernetes request matched: node-level crictl exec, nsenter (node sessions), or "
+        "someone on the node. The absence is the finding; podtrail.node.user is the node login.",
+        UNEXPLAINED + " | select(span.podtrail.session.kind, span.podtrail.node.user, "
+        "span.k8s.node.name, span.k8s.namespace.name, span.k8s.pod.name)",
+        table_type="traces", w=12)
     b.tempo_table(
         "Ambiguous attribution",
         "Overlapping identical requests: the user is one of podtrail.attribution.candidates.",
@@ -234,6 +264,9 @@ def agents():
            unit="ops")
     b.prom("Export queue", "Spans waiting for the collector; a growing queue means a slow backend.",
            [("sum by (instance) (podtrail_export_queue_spans)", "{{instance}}")], x=12)
+    b.prom("Alerts by rule", "Alerts raised per second, by rule and severity.",
+           [(f"sum by (rule, severity) (rate(podtrail_alerts_total{rate}))",
+             "{{severity}}: {{rule}}")], unit="ops", w=24)
     b.prom("Total losses in range", "Any non-zero value here is a gap in the audit trail.",
            [("sum (increase(podtrail_events_lost_total[$__range]))", "events lost"),
             ("sum (increase(podtrail_spans_lost_total[$__range]))", "spans lost")],

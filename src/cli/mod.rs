@@ -1,10 +1,12 @@
-//! Command line: `podtrail capture` (raw events as JSON lines) and `podtrail run` (the agent).
+//! Command line: `podtrail capture` (raw events as JSON lines), `podtrail run` (the agent),
+//! `podtrail receiver`, `podtrail config`, `podtrail show` (OTLP/JSON files as session trees).
 
 use clap::{Args, Parser, Subcommand};
 
 mod capture;
 mod receiver;
 mod run;
+mod show;
 
 #[derive(Parser, Debug)]
 #[command(name = "podtrail", version, about = "Kubernetes container activity as OpenTelemetry traces: one trace per kubectl exec", long_about = None)]
@@ -37,6 +39,9 @@ pub enum Command {
     /// Print the configuration `podtrail run` would use (the defaults, or a file with the
     /// flags applied) as TOML, after checking it.
     Config(run::RunArgs),
+    /// Render OTLP/JSON files (`export.file`) as session trees, filtered; `--follow` a growing
+    /// file. Needs no privileges.
+    Show(show::ShowArgs),
     /// Take the audit and admission webhooks (in a cluster, a Deployment) and stream the
     /// records to the agents over mutual TLS. Needs no privileges.
     Receiver(receiver::ReceiverArgs),
@@ -60,6 +65,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Capture(a) => capture::run(a).await,
         Command::Run(a) => run::run(a).await,
         Command::Receiver(a) => receiver::run(a).await,
+        Command::Show(a) => show::run(a).await,
         Command::Config(a) => {
             let cfg = run::config(&a)?;
             cfg.clone().validate().map_err(|e| UsageError(e.to_string()))?;

@@ -49,6 +49,9 @@ pub struct PodInfo {
     pub labels: BTreeMap<String, String>,
     pub workload: Option<Workload>,
     pub node_name: Option<String>,
+    /// `containerStatuses[].image` and `.imageID` (empty until the kubelet reports them).
+    pub image: String,
+    pub image_id: String,
     /// Exec commands of this container's liveness, readiness and startup probes.
     pub probe_commands: Vec<Vec<String>>,
 }
@@ -234,6 +237,8 @@ fn pod_entries(pod: &Pod) -> Vec<(String, PodInfo)> {
         labels: pod.metadata.labels.clone().unwrap_or_default(),
         workload: workload(pod),
         node_name: spec.node_name.clone(),
+        image: String::new(),
+        image_id: String::new(),
         probe_commands: Vec::new(),
     };
     let Some(status) = pod.status.as_ref() else { return Vec::new() };
@@ -251,6 +256,8 @@ fn pod_entries(pod: &Pod) -> Vec<(String, PodInfo)> {
             let mut info = base.clone();
             info.container_name = cs.name.clone();
             info.container_kind = kind;
+            info.image = cs.image.clone();
+            info.image_id = cs.image_id.clone();
             info.probe_commands = probe_map.get(cs.name.as_str()).cloned().unwrap_or_default();
             out.push((id.to_owned(), info));
         }
@@ -271,6 +278,12 @@ impl PodInfo {
         }
         if self.node_name.is_some() {
             c.node_name = self.node_name.clone();
+        }
+        if !self.image.is_empty() {
+            c.image_name = Some(self.image.clone());
+        }
+        if !self.image_id.is_empty() {
+            c.image_id = Some(self.image_id.clone());
         }
         c.source = "kube_api";
     }
@@ -394,7 +407,8 @@ mod tests {
             "spec": {"nodeName": "n1", "containers": [{"name": "api",
                 "livenessProbe": {"exec": {"command": ["cat", "/tmp/healthy"]}}}]},
             "status": {"containerStatuses": [{"name": "api", "containerID": "containerd://c1",
-                "image": "i", "imageID": "", "ready": true, "restartCount": 0}]}
+                "image": "registry.example/billing/api:1.4", "ready": true, "restartCount": 0,
+                "imageID": "registry.example/billing/api@sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}]}
         }))
         .unwrap()
     }
@@ -436,6 +450,13 @@ mod tests {
             (Some("billing"), Some("api-7d9c"))
         );
         assert_eq!((i.container.container_name.as_deref(), i.container.source), (Some("api"), "kube_api"));
+        // the image as the kubelet reports it: container.image.name / .id on the spans
+        assert_eq!(i.container.image_name.as_deref(), Some("registry.example/billing/api:1.4"));
+        assert!(
+            i.container.image_id.as_deref().is_some_and(
+                |id| id.ends_with("@sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")
+            )
+        );
         let mut keep = SessionFilter::new(PodIndex::new(), false);
         assert!(
             keep.pass(SessionUpdate::Started(session(12, &["cat", "/tmp/healthy"]))).is_some(),

@@ -156,7 +156,8 @@ fn attributes(kvs: Vec<PKeyValue>) -> Vec<KeyValue> {
     kvs.into_iter().map(|kv| KeyValue::new(kv.key, value(kv.value))).collect()
 }
 
-fn span_data(p: Span) -> Result<SpanData, DecodeError> {
+/// A proto `Span` back into `SpanData` (the durable queue's records, `podtrail show`'s lines).
+pub fn span_data(p: Span) -> Result<SpanData, DecodeError> {
     // flags: low byte is the W3C trace flags; bit 9 says the parent was remote
     let remote_parent = p.flags & 0x200 != 0;
     let kind = match span::SpanKind::try_from(p.kind).unwrap_or(span::SpanKind::Internal) {

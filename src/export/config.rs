@@ -51,6 +51,12 @@ pub struct ExportConfig {
     /// Append OTLP/JSON here, one ExportTraceServiceRequest per line (the Collector's file
     /// exporter format).
     pub file: Option<PathBuf>,
+    /// Rotate the OTLP/JSON file when the next line would take it past this many MiB: it is
+    /// renamed `FILE.1` (the previous `FILE.1` becomes `FILE.2`, ...). 0: never rotate.
+    pub file_max_mib: u64,
+    /// Rotated files kept besides the current one (`FILE.1` ... `FILE.N`); the oldest beyond
+    /// goes. At least 1 when `file_max_mib` is set.
+    pub file_keep: u32,
     /// Print each finished session as a tree on stdout. Unset: only when neither OTLP nor a
     /// file is configured.
     pub console: Option<bool>,
@@ -126,6 +132,8 @@ impl Default for ExportConfig {
             otlp_client_cert: None,
             otlp_client_key: None,
             file: None,
+            file_max_mib: 100,
+            file_keep: 5,
             console: None,
             queue_spans: 65_536,
             batch_spans: 512,
@@ -173,6 +181,8 @@ pub struct OtlpTarget {
 pub struct ExportSetup {
     pub otlp: Option<OtlpTarget>,
     pub file: Option<PathBuf>,
+    /// When and how the file sink rotates; None: never.
+    pub file_rotation: Option<super::file::Rotation>,
     pub console: bool,
     pub queue_spans: usize,
     pub batch_spans: usize,
@@ -319,10 +329,17 @@ impl ExportConfig {
                 return Err(ConfigError::Zero(name));
             }
         }
+        if self.file_max_mib > 0 && self.file_keep == 0 {
+            return Err(ConfigError::Zero("file_keep"));
+        }
         let console = self.console.unwrap_or(otlp.is_none() && self.file.is_none());
         Ok(ExportSetup {
             otlp,
             file: self.file.clone(),
+            file_rotation: (self.file_max_mib > 0).then(|| super::file::Rotation {
+                max_bytes: self.file_max_mib.saturating_mul(1 << 20),
+                keep: self.file_keep,
+            }),
             console,
             queue_spans: self.queue_spans,
             batch_spans: self.batch_spans,

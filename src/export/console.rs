@@ -85,9 +85,12 @@ fn clock(t: SystemTime) -> String {
 
 /// One line for a span.
 fn line(s: &SpanData) -> String {
-    if attr(s, "server.address").is_some() {
+    if let Some(addr) = text(s, "server.address") {
+        // the destination from `server.*`: the span's name is only `connect`
+        let port = text(s, "server.port").unwrap_or_default();
+        let dest = if addr.contains(':') { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") };
         let mut l = format!(
-            "{} {} {}",
+            "{} {dest} {} {}",
             s.name,
             text(s, "network.transport").unwrap_or_default(),
             text(s, keys::NETWORK_OUTCOME).unwrap_or_default()
@@ -124,9 +127,7 @@ fn line(s: &SpanData) -> String {
         l.push_str(" (argv cut)");
     }
     if let Status::Error { description } = &s.status {
-        if !description.starts_with("exit code") {
-            l.push_str(&format!(" ({description})"));
-        }
+        l.push_str(&format!(" ({description})"));
     }
     l
 }
@@ -139,7 +140,7 @@ fn alerts(s: &SpanData) -> String {
             e.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| kv.value.to_string()).unwrap_or_default()
         };
         out.push_str(&format!("  !! [{}] {}", get(keys::ALERT_SEVERITY), get("security_rule.name")));
-        let path = get(keys::FILE_PATH);
+        let path = get("file.path");
         if !path.is_empty() {
             out.push_str(&format!(" ({} {path})", get(keys::FILE_OP)));
         }

@@ -16,6 +16,7 @@ pub mod file;
 pub mod otlp;
 pub mod queue;
 pub mod segments;
+pub mod show;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -112,7 +113,7 @@ pub fn sinks(cfg: &RunExport, resource: &Resource) -> Result<Vec<Sink>, ExportEr
         out.push(Sink::Otlp(otlp::exporter(t, resource)?));
     }
     if let Some(p) = &cfg.export.file {
-        let f = file::FileExporter::open(p, resource)
+        let f = file::FileExporter::open_rotating(p, cfg.export.file_rotation, resource)
             .map_err(|source| ExportError::File { path: p.display().to_string(), source })?;
         out.push(Sink::File(f));
     }
@@ -317,7 +318,8 @@ pub async fn run_export_with(
                 cfg.spans.scope.clone(),
                 a.attribution_configured,
                 who.clone(),
-            );
+            )
+            .counting(metrics.alerts.clone());
             (who as Arc<dyn Attributor>, Some((stage, a.rules)))
         }
         None => (attributor, None),

@@ -112,6 +112,8 @@ pub struct ContainerMeta {
     pub id: String,
     pub namespace: String,
     pub labels: HashMap<String, String>,
+    /// The image reference the container was created from (`docker.io/library/busybox:1.36`).
+    pub image: String,
     /// The task's init pid (host pid namespace), when the task is running.
     pub init_pid: Option<u32>,
 }
@@ -126,6 +128,9 @@ impl ContainerMeta {
         info.pod_namespace = l(LABEL_POD_NAMESPACE).or(before.pod_namespace);
         info.pod_uid = l(LABEL_POD_UID).or(before.pod_uid);
         info.container_name = l(LABEL_CONTAINER_NAME).or(before.container_name);
+        if !self.image.is_empty() && info.image_name.is_none() {
+            info.image_name = Some(self.image.clone());
+        }
         if l(LABEL_POD_NAME).is_some() && info.source != "kube_api" {
             info.source = "containerd_labels";
         }
@@ -219,7 +224,13 @@ impl ContainerdClient {
         for ns in namespaces {
             if let Some(c) = self.get(ns, id).await? {
                 let init_pid = self.task_pid(ns, id).await.unwrap_or(None);
-                return Ok(Some(ContainerMeta { id: c.id, namespace: ns.clone(), labels: c.labels, init_pid }));
+                return Ok(Some(ContainerMeta {
+                    id: c.id,
+                    namespace: ns.clone(),
+                    labels: c.labels,
+                    image: c.image,
+                    init_pid,
+                }));
             }
         }
         Ok(None)
@@ -256,10 +267,16 @@ mod tests {
         labels.insert(LABEL_POD_NAME.to_string(), "web-0".to_string());
         labels.insert(LABEL_POD_NAMESPACE.to_string(), "billing".to_string());
         labels.insert(LABEL_CONTAINER_NAME.to_string(), "app".to_string());
-        let meta = ContainerMeta { id: "c1".into(), labels, ..Default::default() };
+        let meta = ContainerMeta {
+            id: "c1".into(),
+            labels,
+            image: "docker.io/library/busybox:1.36".into(),
+            ..Default::default()
+        };
         let mut info =
             ContainerInfo { id: "c1".into(), pod_uid: Some("u-1".into()), source: "cgroup", ..Default::default() };
         meta.apply(&mut info);
+        assert_eq!(info.image_name.as_deref(), Some("docker.io/library/busybox:1.36"));
         assert_eq!(info.pod_name.as_deref(), Some("web-0"));
         assert_eq!(info.pod_namespace.as_deref(), Some("billing"));
         assert_eq!(info.container_name.as_deref(), Some("app"));

@@ -40,6 +40,11 @@ impl Severity {
             Severity::Critical => "critical",
         }
     }
+
+    /// 1 (info) to 5 (critical): a number a table can sort worst first.
+    pub fn number(self) -> i64 {
+        self as i64 + 1
+    }
 }
 
 /// A rule that did not parse: where, which, why.

@@ -104,6 +104,8 @@ pub struct AlertStage {
     attribution_configured: bool,
     who: Arc<RecordingAttributor>,
     sessions: HashMap<SessionId, SessionState>,
+    /// `podtrail_alerts_total{rule, severity}`: every alert raised, as it is raised.
+    fired: crate::metrics::AlertCounter,
 }
 
 impl AlertStage {
@@ -115,7 +117,21 @@ impl AlertStage {
         attribution_configured: bool,
         who: Arc<RecordingAttributor>,
     ) -> Self {
-        AlertStage { boot_id, clock, scope, attribution_configured, who, sessions: HashMap::new() }
+        AlertStage {
+            boot_id,
+            clock,
+            scope,
+            attribution_configured,
+            who,
+            sessions: HashMap::new(),
+            fired: Default::default(),
+        }
+    }
+
+    /// Counts every alert into `counter` (a handle on the agent's `podtrail_alerts_total`).
+    pub fn counting(mut self, counter: crate::metrics::AlertCounter) -> Self {
+        self.fired = counter;
+        self
     }
 
     /// Sessions whose root has not passed yet.
@@ -192,6 +208,9 @@ impl AlertStage {
         for a in alerts {
             st.count += 1;
             st.max = st.max.max(Some(a.rule.severity));
+            self.fired
+                .get_or_create(&vec![("rule", a.rule.name.clone()), ("severity", a.rule.severity.as_str().to_owned())])
+                .inc();
             st.fired.insert(a.rule.name.clone());
             let own = ids::image_span_id(
                 &self.boot_id,
@@ -231,6 +250,7 @@ pub fn alert_event(clock: &BootClock, a: &Alert) -> Event {
         KeyValue::new(sc::SECURITY_RULE_DESCRIPTION, r.description.clone()),
         KeyValue::new(sc::SECURITY_RULE_RULESET_NAME, r.ruleset.clone()),
         KeyValue::new(keys::ALERT_SEVERITY, r.severity.as_str()),
+        KeyValue::new(keys::ALERT_SEVERITY_NUMBER, r.severity.number()),
     ];
     if let Some(c) = &r.category {
         attrs.push(KeyValue::new(sc::SECURITY_RULE_CATEGORY, c.clone()));
@@ -240,7 +260,7 @@ pub fn alert_event(clock: &BootClock, a: &Alert) -> Event {
     }
     if let Some(f) = &a.file {
         attrs.push(KeyValue::new(keys::FILE_OP, f.op.as_str()));
-        attrs.push(KeyValue::new(keys::FILE_PATH, escape(&f.path)));
+        attrs.push(KeyValue::new(sc::FILE_PATH, escape(&f.path)));
         if let Some(p2) = &f.path2 {
             attrs.push(KeyValue::new(keys::FILE_PATH2, escape(p2)));
         }
@@ -255,6 +275,7 @@ fn mark_root(root: &mut SpanData, st: &SessionState) {
     root.attributes.push(KeyValue::new(keys::ALERTS_COUNT, st.count as i64));
     if let Some(m) = st.max {
         root.attributes.push(KeyValue::new(keys::ALERTS_MAX_SEVERITY, m.as_str()));
+        root.attributes.push(KeyValue::new(keys::ALERTS_MAX_SEVERITY_NUMBER, m.number()));
     }
     let names: Vec<opentelemetry::StringValue> = st.fired.iter().map(|n| n.clone().into()).collect();
     root.attributes.push(KeyValue::new(keys::ALERTS_RULES, opentelemetry::Value::Array(names.into())));

@@ -6,7 +6,6 @@
 //! never from the clock at export. Nothing is dropped here; budgets live in `budget.rs`.
 
 use std::borrow::Cow;
-use std::net::IpAddr;
 use std::time::SystemTime;
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
@@ -82,6 +81,11 @@ fn pod_attributes(out: &mut Vec<KeyValue>, c: &ContainerInfo) {
     if !c.id.is_empty() {
         out.push(KeyValue::new(sc::CONTAINER_ID, c.id.clone()));
     }
+    push_opt(out, sc::CONTAINER_IMAGE_NAME, &c.image_name);
+    push_opt(out, sc::CONTAINER_IMAGE_ID, &c.image_id);
+    if let Some(tag) = c.image_name.as_deref().and_then(image_tag) {
+        out.push(KeyValue::new(sc::CONTAINER_IMAGE_TAGS, strs(&[tag.to_owned()])));
+    }
     let workload_key = match c.workload_kind.as_deref() {
         Some("Deployment") => Some(sc::K8S_DEPLOYMENT_NAME),
         Some("StatefulSet") => Some(sc::K8S_STATEFULSET_NAME),
@@ -94,6 +98,14 @@ fn pod_attributes(out: &mut Vec<KeyValue>, c: &ContainerInfo) {
     if let Some(k) = workload_key {
         push_opt(out, k, &c.workload_name);
     }
+}
+
+/// `registry:5000/team/app:1.4@sha256:..` -> `1.4`: the tag is after the last `/`, before
+/// any digest; a registry's port is not a tag.
+pub fn image_tag(name: &str) -> Option<&str> {
+    let name = name.split('@').next().unwrap_or(name);
+    let last = name.rsplit('/').next().unwrap_or(name);
+    last.split_once(':').map(|(_, t)| t).filter(|t| !t.is_empty())
 }
 
 /// The session's identity and pod: on every span, because Jaeger and TraceQL match one span
@@ -211,7 +223,27 @@ pub fn root_span(
             attrs.push(KeyValue::new(k, v as i64));
         }
     }
-    span(frame, frame.root_id, SpanId::INVALID, SpanKind::Server, name.to_owned(), start, end, attrs, Status::Unset)
+    span(frame, frame.root_id, SpanId::INVALID, root_kind(info, who), name.to_owned(), start, end, attrs, Status::Unset)
+}
+
+/// SERVER where a request is (or may be) behind the trace: an attributed session, or a
+/// container exec or debug session whose request was not found (a runc exec is always
+/// somebody's request). INTERNAL for what no request starts: outbound, workload, host,
+/// watched activity and node sessions (`nsenter`): a backend that reads SERVER as "a request
+/// this service handled" would count them as traffic.
+pub fn root_kind(info: &SessionInfo, who: Option<&SessionIdentity>) -> SpanKind {
+    use crate::model::SessionKind;
+    match (who, info.kind) {
+        (Some(_), _) | (None, SessionKind::Exec | SessionKind::Debug) => SpanKind::Server,
+        (
+            None,
+            SessionKind::Node
+            | SessionKind::Watched
+            | SessionKind::Outbound
+            | SessionKind::Workload
+            | SessionKind::Host,
+        ) => SpanKind::Internal,
+    }
 }
 
 /// What the request says beyond the identity on every span: groups, client, the requested
@@ -220,6 +252,9 @@ pub fn root_span(
 fn request_attributes(attrs: &mut Vec<KeyValue>, w: &SessionIdentity) {
     if !w.user_groups.is_empty() {
         attrs.push(KeyValue::new(sc::USER_ROLES, strs(&w.user_groups)));
+    }
+    if !w.user_extra.is_empty() {
+        attrs.push(KeyValue::new(keys::K8S_USER_EXTRA, strs(&w.user_extra)));
     }
     if !w.impersonated_groups.is_empty() {
         attrs.push(KeyValue::new(keys::K8S_IMPERSONATED_ROLES, strs(&w.impersonated_groups)));
@@ -347,6 +382,7 @@ pub fn image_span(
     let cut = cut || img.argv_truncated;
     attrs.push(KeyValue::new(sc::PROCESS_COMMAND_ARGS, strs(&args)));
     attrs.push(KeyValue::new(sc::PROCESS_USER_ID, img.euid as i64));
+    attrs.push(KeyValue::new(sc::PROCESS_REAL_USER_ID, img.uid as i64));
     attrs.push(KeyValue::new(sc::PROCESS_INTERACTIVE, img.tty));
     if let Some(i) = &img.interp {
         attrs.push(KeyValue::new(keys::PROCESS_INTERPRETER, escape(i)));
@@ -368,10 +404,9 @@ pub fn image_span(
     if idx + 1 == proc.images.len() {
         match proc.exit {
             Some(ExitStatus::Code(c)) => {
+                // `grep` without a match and `test` false exit non-zero: not an error to an
+                // analyst, who filters on `process.exit.code` when it matters.
                 attrs.push(KeyValue::new(sc::PROCESS_EXIT_CODE, c as i64));
-                if c != 0 {
-                    status = Status::error(format!("exit code {c}"));
-                }
             }
             Some(ExitStatus::Signal { signal, .. }) => {
                 attrs.push(KeyValue::new(sc::PROCESS_EXIT_CODE, 128 + signal as i64));
@@ -401,7 +436,7 @@ pub fn image_span(
 pub fn file_event(ctx: &BuildCtx, f: &FileRecord) -> opentelemetry::trace::Event {
     let mut attrs = vec![
         KeyValue::new(keys::FILE_OP, f.op.as_str()),
-        KeyValue::new(keys::FILE_PATH, escape(&f.path)),
+        KeyValue::new(sc::FILE_PATH, escape(&f.path)),
         KeyValue::new(keys::FILE_WRITE, f.write),
         KeyValue::new(keys::FILE_FLAGS, f.flags as i64),
     ];
@@ -417,13 +452,9 @@ pub fn file_event(ctx: &BuildCtx, f: &FileRecord) -> opentelemetry::trace::Event
     opentelemetry::trace::Event::new(format!("file {}", f.op.as_str()), ctx.clock.to_system_time(f.ts_ns), attrs, 0)
 }
 
-/// `connect 10.0.0.1:443` / `connect [fd00::1]:53`.
-pub fn connect_name(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("connect {a}:{port}"),
-        IpAddr::V6(a) => format!("connect [{a}]:{port}"),
-    }
-}
+/// Every connect span is named `connect`: a name per destination floods Jaeger's operation
+/// list and Tempo's span metrics; the destination is in `server.*` and `network.*`.
+pub const CONNECT_NAME: &str = "connect";
 
 fn errno_name(err: i32) -> String {
     match -err {
@@ -479,10 +510,24 @@ pub fn connect_span(ctx: &BuildCtx, frame: &SessionFrame, id: SpanId, image: Spa
         id,
         image,
         SpanKind::Client,
-        connect_name(addr, c.port),
+        CONNECT_NAME.to_owned(),
         ctx.clock.to_system_time(start),
         ctx.clock.to_system_time(end),
         attrs,
         status,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_tag_is_after_the_last_slash_and_before_a_digest() {
+        assert_eq!(image_tag("registry.example:5000/team/app:1.4.2"), Some("1.4.2"));
+        assert_eq!(image_tag("busybox:1.36@sha256:abcd"), Some("1.36"));
+        assert_eq!(image_tag("registry.example:5000/team/app"), None, "a registry port is not a tag");
+        assert_eq!(image_tag("app@sha256:abcd"), None);
+        assert_eq!(image_tag("app:"), None);
+    }
 }

@@ -24,6 +24,9 @@ pub struct SessionIdentity {
     pub user_name: Option<String>,
     pub user_uid: Option<String>,
     pub user_groups: Vec<String>,
+    /// Audit `user.extra` as `key=value`, one per value, in key order (the cloud identity
+    /// behind a user: an EKS `arn`, GKE's, the token's credential id).
+    pub user_extra: Vec<String>,
     pub impersonated_name: Option<String>,
     pub impersonated_groups: Vec<String>,
     pub client_address: Option<String>,
@@ -57,6 +60,7 @@ impl From<&Attribution> for SessionIdentity {
             user_name: a.user_name.clone(),
             user_uid: a.user_uid.clone(),
             user_groups: a.user_groups.clone(),
+            user_extra: a.user_extra.iter().flat_map(|(k, vs)| vs.iter().map(move |v| format!("{k}={v}"))).collect(),
             impersonated_name: a.impersonated_name.clone(),
             impersonated_groups: a.impersonated_groups.clone(),
             client_address: a.client_address.clone(),
@@ -109,6 +113,7 @@ impl SessionIdentity {
     pub fn sanitize(&mut self, redactor: &crate::redact::Redactor, cfg: &super::SpansConfig) {
         let max = cfg.attribute_max_bytes.max(16);
         self.redacted += redactor.strings(&mut self.requested_command);
+        self.redacted += redactor.strings(&mut self.user_extra);
         if let Some(ua) = self.user_agent.as_mut() {
             self.redacted += redactor.string(ua);
         }
@@ -144,7 +149,7 @@ impl SessionIdentity {
         {
             self.truncated += u32::from(cap_string(f, max));
         }
-        for groups in [&mut self.user_groups, &mut self.impersonated_groups] {
+        for groups in [&mut self.user_groups, &mut self.impersonated_groups, &mut self.user_extra] {
             if groups.len() > 64 {
                 groups.truncate(64);
                 groups.push(CUT_MARK.to_string());

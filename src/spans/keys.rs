@@ -18,6 +18,8 @@ pub const ATTRIBUTION_VERIFIED: &str = "podtrail.attribution.verified";
 pub const ATTRIBUTION_LATE: &str = "podtrail.attribution.late";
 pub const ATTRIBUTION_DELAY_MS: &str = "podtrail.attribution.delay_ms";
 pub const K8S_AUDIT_ID: &str = "podtrail.k8s.audit_id";
+/// Audit `user.extra` as `key=value` strings (cloud identities such as an EKS `arn`).
+pub const K8S_USER_EXTRA: &str = "podtrail.k8s.user.extra";
 pub const K8S_IMPERSONATED_NAME: &str = "podtrail.k8s.impersonated.name";
 pub const K8S_IMPERSONATED_ROLES: &str = "podtrail.k8s.impersonated.roles";
 pub const K8S_COMMAND: &str = "podtrail.k8s.command";
@@ -82,13 +84,15 @@ pub const AGENT_ERROR: &str = "podtrail.agent.error";
 // Written by other stages (alerts), documented in the same table.
 pub const ALERTS_COUNT: &str = "podtrail.alerts.count";
 pub const ALERTS_MAX_SEVERITY: &str = "podtrail.alerts.max_severity";
+/// `ALERTS_MAX_SEVERITY` as a number (info 1 ... critical 5), so "worst first" can sort.
+pub const ALERTS_MAX_SEVERITY_NUMBER: &str = "podtrail.alerts.max_severity_number";
 pub const ALERTS_RULES: &str = "podtrail.alerts.rules";
 /// On each `alert` span event, beside `security_rule.*`.
 pub const ALERT_SEVERITY: &str = "podtrail.alert.severity";
+pub const ALERT_SEVERITY_NUMBER: &str = "podtrail.alert.severity_number";
 
 // File operations: span events on the process image span (and on file alerts).
 pub const FILE_OP: &str = "podtrail.file.op";
-pub const FILE_PATH: &str = "podtrail.file.path";
 pub const FILE_PATH2: &str = "podtrail.file.path2";
 pub const FILE_WRITE: &str = "podtrail.file.write";
 pub const FILE_FLAGS: &str = "podtrail.file.flags";
@@ -104,6 +108,7 @@ pub const PODTRAIL_KEYS: &[&str] = &[
     ATTRIBUTION_LATE,
     ATTRIBUTION_DELAY_MS,
     K8S_AUDIT_ID,
+    K8S_USER_EXTRA,
     K8S_IMPERSONATED_NAME,
     K8S_IMPERSONATED_ROLES,
     K8S_COMMAND,
@@ -145,10 +150,11 @@ pub const PODTRAIL_KEYS: &[&str] = &[
     AGENT_ERROR,
     ALERTS_COUNT,
     ALERTS_MAX_SEVERITY,
+    ALERTS_MAX_SEVERITY_NUMBER,
     ALERTS_RULES,
     ALERT_SEVERITY,
+    ALERT_SEVERITY_NUMBER,
     FILE_OP,
-    FILE_PATH,
     FILE_PATH2,
     FILE_WRITE,
     FILE_FLAGS,
@@ -169,6 +175,9 @@ pub const SEMCONV_KEYS: &[&str] = &[
     sc::K8S_POD_UID,
     sc::K8S_CONTAINER_NAME,
     sc::CONTAINER_ID,
+    sc::CONTAINER_IMAGE_NAME,
+    sc::CONTAINER_IMAGE_ID,
+    sc::CONTAINER_IMAGE_TAGS,
     sc::K8S_DEPLOYMENT_NAME,
     sc::K8S_STATEFULSET_NAME,
     sc::K8S_DAEMONSET_NAME,
@@ -188,6 +197,7 @@ pub const SEMCONV_KEYS: &[&str] = &[
     sc::PROCESS_COMMAND,
     sc::PROCESS_COMMAND_ARGS,
     sc::PROCESS_USER_ID,
+    sc::PROCESS_REAL_USER_ID,
     sc::PROCESS_EXIT_CODE,
     sc::PROCESS_INTERACTIVE,
     sc::SERVER_ADDRESS,
@@ -197,6 +207,7 @@ pub const SEMCONV_KEYS: &[&str] = &[
     sc::NETWORK_TRANSPORT,
     sc::NETWORK_TYPE,
     sc::ERROR_TYPE,
+    sc::FILE_PATH,
     sc::SECURITY_RULE_NAME,
     sc::SECURITY_RULE_DESCRIPTION,
     sc::SECURITY_RULE_CATEGORY,

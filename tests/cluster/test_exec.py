@@ -55,7 +55,7 @@ def tempo_trace(cluster, audit_id, want=lambda t: True, timeout=60):
 def history_unlinks(trace):
     """Spans that unlinked /root/.ash_history (a `file unlink` event)."""
     return [s for s in trace.spans for ev in s.events
-            if ev["name"] == "file unlink" and ev["attrs"].get("podtrail.file.path") == "/root/.ash_history"]
+            if ev["name"] == "file unlink" and ev["attrs"].get("file.path") == "/root/.ash_history"]
 
 
 def session_root(trace):

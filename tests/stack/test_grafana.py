@@ -194,3 +194,31 @@ def test_tempo_config_keeps_the_trail():
     assert "local-blocks" in cfg["overrides"]["defaults"]["metrics_generator"]["processors"], \
         "TraceQL metrics (sessions over time) need the local-blocks processor"
     assert "sampl" not in (REPO / "grafana/stack/tempo.yaml").read_text().split("No sampling")[1].lower()
+
+
+def test_the_sessions_no_request_explains_query_is_one_query_everywhere():
+    """README.md, docs/investigate.md and the Sessions dashboard give the same query for the
+    sessions no Kubernetes request explains, and it takes node sessions in."""
+    sys.path.insert(0, str(REPO / "grafana" / "dashboards"))
+    try:
+        import generate
+    finally:
+        sys.path.pop(0)
+    q = generate.UNEXPLAINED
+    assert '"none"' in q and "node" in q, q
+    assert f"`{q}`" in (REPO / "README.md").read_text()
+    assert any(line.strip().startswith(q) for block in investigate_blocks("traceql") for line in block.splitlines())
+    board = dashboards()["podtrail-sessions.json"]
+    assert any(t["query"].startswith(q) for p in panels(board) for t in p.get("targets", [])
+               if p.get("title") == "Sessions no request explains")
+
+
+def test_namespace_user_and_pod_are_dropdowns_of_tempo_tag_values():
+    board = dashboards()["podtrail-investigate.json"]
+    by_name = {v["name"]: v for v in board["templating"]["list"]}
+    for name, attr in [("namespace", "span.k8s.namespace.name"), ("user", "span.user.name"),
+                       ("pod", "span.k8s.pod.name")]:
+        v = by_name[name]
+        assert v["type"] == "query" and v["datasource"]["type"] == "tempo", v
+        # type 1: Grafana's Tempo variable query "label values" (GET /api/v2/search/tag/<attr>/values)
+        assert v["query"]["type"] == 1 and v["query"]["label"] == attr, v

@@ -19,6 +19,9 @@ use opentelemetry_sdk::trace::SpanData;
 /// Session-wide keys besides `k8s.*` (the pod's and the cluster's, all session-wide).
 const SESSION_WIDE: &[&str] = &[
     "container.id",
+    "container.image.name",
+    "container.image.id",
+    "container.image.tags",
     "client.address",
     "user.name",
     "user.id",

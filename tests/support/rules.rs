@@ -25,6 +25,8 @@ pub struct Run {
     pub scope: ScopeConfig,
     /// None: the shipped rules.
     pub rules: Option<&'static str>,
+    /// `podtrail_alerts_total`, counted as `podtrail run` counts it.
+    pub counter: podtrail::metrics::AlertCounter,
 }
 
 impl Run {
@@ -44,7 +46,8 @@ impl Run {
         let who = RecordingAttributor::new(inner);
         let clock = BootClock::fixed(EPOCH);
         let cfg = SpansConfig { scope: self.scope.clone(), ..SpansConfig::default() };
-        let mut alerts = AlertStage::new(BOOT, clock, self.scope, self.attribution_configured, who.clone());
+        let mut alerts = AlertStage::new(BOOT, clock, self.scope, self.attribution_configured, who.clone())
+            .counting(self.counter.clone());
         let mut stage = SpanStage::new(BuildCtx { boot_id: BOOT, clock, cfg }, who);
         let mut spans = Vec::new();
         for u in link_parent_images(updates) {
@@ -67,7 +70,17 @@ fn event_attr(e: &opentelemetry::trace::Event, key: &str) -> Option<String> {
     e.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
 }
 
-/// (span name, rule name) of every alert, in span order.
+/// A span as a test names it: its name, and for a connect (named only `connect`) its
+/// destination from `server.*`: `connect 10.0.0.1:443`.
+pub fn label(s: &SpanData) -> String {
+    let get = |k: &str| s.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| kv.value.to_string());
+    match (s.name.as_ref(), get("server.address"), get("server.port")) {
+        ("connect", Some(a), Some(p)) => format!("connect {a}:{p}"),
+        _ => s.name.to_string(),
+    }
+}
+
+/// (span label, rule name) of every alert, in span order.
 pub fn fired(spans: &[SpanData]) -> Vec<(String, String)> {
     spans
         .iter()
@@ -75,7 +88,7 @@ pub fn fired(spans: &[SpanData]) -> Vec<(String, String)> {
             s.events
                 .iter()
                 .filter(|e| e.name == "alert")
-                .map(move |e| (s.name.to_string(), event_attr(e, "security_rule.name").unwrap_or_default()))
+                .map(move |e| (label(s), event_attr(e, "security_rule.name").unwrap_or_default()))
         })
         .collect()
 }

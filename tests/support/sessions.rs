@@ -25,6 +25,11 @@ pub fn container() -> ContainerInfo {
         workload_kind: Some("Deployment".into()),
         workload_name: Some("api".into()),
         node_name: Some("node-1".into()),
+        image_name: Some("registry.example:5000/billing/api:1.4.2".into()),
+        image_id: Some(
+            "registry.example:5000/billing/api@sha256:3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a"
+                .into(),
+        ),
         source: "kube_api",
         started_ns: None,
     }
@@ -118,6 +123,10 @@ pub fn alice() -> SessionIdentity {
         user_name: Some("alice@example.com".into()),
         user_uid: Some("u-1234".into()),
         user_groups: vec!["system:authenticated".into(), "sre".into()],
+        user_extra: vec![
+            "arn=arn:aws:iam::111122223333:role/sre-oncall".into(),
+            "authentication.kubernetes.io/credential-id=JTI=7f2c0e4a-1b9d-4c3e-8a5f-0d6e7f8a9b0c".into(),
+        ],
         client_address: Some("203.0.113.7".into()),
         user_agent: Some("kubectl/v1.31.0 (linux/amd64) kubernetes/abc".into()),
         request_kind: "exec",
@@ -169,7 +178,14 @@ pub fn shell_session() -> Vec<SessionUpdate> {
         SessionUpdate::ProcessEnded(i.clone(), process(102, Some(100), 14 * S, 15 * S, 0, vec![tar])),
         SessionUpdate::ProcessEnded(i.clone(), process(103, Some(100), 16 * S, 17 * S, 1, vec![sub])),
         SessionUpdate::ProcessEnded(i.clone(), process(104, Some(100), 18 * S, 19 * S, 0, vec![env, ls])),
-        SessionUpdate::ProcessEnded(i.clone(), process(105, Some(100), 21 * S, 22 * S, 0, vec![late])),
+        // killed (SIGTERM): the one process of the session whose status is ERROR
+        SessionUpdate::ProcessEnded(
+            i.clone(),
+            ProcessRecord {
+                exit: Some(ExitStatus::Signal { signal: 15, core_dumped: false }),
+                ..process(105, Some(100), 21 * S, 22 * S, 0, vec![late])
+            },
+        ),
         SessionUpdate::Ended(
             info(100, SessionKind::Exec, 10 * S, Some(23 * S)),
             vec![process(100, None, 10 * S, 23 * S, 3, vec![sh, sh2])],

@@ -113,7 +113,19 @@ impl SessionIdentity {
     pub fn sanitize(&mut self, redactor: &crate::redact::Redactor, cfg: &super::SpansConfig) {
         let max = cfg.attribute_max_bytes.max(16);
         self.redacted += redactor.strings(&mut self.requested_command);
-        self.redacted += redactor.strings(&mut self.user_extra);
+        for e in self.user_extra.iter_mut() {
+            // `key=value`: the key is an authenticator's name, never a secret (a name like
+            // `.../credential-id` must not read as a password's); its value is what a token or
+            // a URL with a password could hide in. A credential id (`X509SHA256=...`, a
+            // fingerprint Kubernetes puts in audit events for this very use) stays.
+            let Some((k, v)) = e.split_once('=') else { continue };
+            let mut v = v.to_owned();
+            let n = redactor.string(&mut v);
+            if n > 0 {
+                *e = format!("{k}={v}");
+                self.redacted += n;
+            }
+        }
         if let Some(ua) = self.user_agent.as_mut() {
             self.redacted += redactor.string(ua);
         }
@@ -233,6 +245,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_extra_keeps_credential_ids_and_redacts_secrets_in_values() {
+        let mut w = SessionIdentity {
+            user_extra: vec![
+                "authentication.kubernetes.io/credential-id=X509SHA256=2f1c0e9b7a".into(),
+                "example.com/session=Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl".into(),
+            ],
+            ..Default::default()
+        };
+        w.sanitize(&redactor(), &Default::default());
+        assert_eq!(w.user_extra[0], "authentication.kubernetes.io/credential-id=X509SHA256=2f1c0e9b7a");
+        assert!(w.user_extra[1].starts_with("example.com/session=Bearer <redacted:"), "{:?}", w.user_extra);
+        assert_eq!(w.redacted, 1);
+    }
 
     fn redactor() -> crate::redact::Redactor {
         crate::redact::Redactor::new(&crate::redact::RedactConfig { key: "k".into(), ..Default::default() }).unwrap()

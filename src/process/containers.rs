@@ -25,6 +25,14 @@ pub trait ContainerLookup: Send {
     fn init_pid(&mut self, _cgroup_id: u64, _info: &ContainerInfo) -> Option<u32> {
         None
     }
+
+    /// A regular file as process `pid` sees it, to read its content
+    /// (`crate::process::identity`): with no path the executable it runs, else `path` in its
+    /// root (absolute) or its cwd (relative). None when it cannot be opened (the process is
+    /// gone) or is not a regular file; replays have no files.
+    fn open_executable(&mut self, _pid: u32, _path: Option<&[u8]>) -> Option<std::fs::File> {
+        None
+    }
 }
 
 /// A fixed map, for tests and replays.

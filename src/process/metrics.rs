@@ -31,6 +31,8 @@ pub struct ProcessMetrics {
     pub containerd_errors: Counter,
     /// Entries the stage's bounded caches forgot to make room, by cache.
     pub cache_evictions: Family<Labels, Counter>,
+    /// Executables judged by content (issue 18), by what (hashed, unreadable, renamed).
+    pub identities: Family<Labels, Counter>,
     /// The tracker's totals already published: counters advance by the difference.
     seen: Seen,
 }
@@ -61,9 +63,17 @@ impl ProcessMetrics {
         reg.register(
             "podtrail_process_anomalies",
             "Events the process stage could not place as they came, by what (exit_early, exit_unknown, \
-             exec_before_fork, parent_unknown, pid_reused_unexited, connect_unknown_pid, result_unmatched, \
+             exec_before_fork, parent_unknown, pid_reused_unexited, connect_unknown_pid, socket_unknown_pid, \
+             result_unmatched, \
              ns_join_idle, file_over_cap)",
             self.anomalies.clone(),
+        );
+        reg.register(
+            "podtrail_process_identities",
+            "Executables judged by content, by what (hashed: binaries read and hashed; unreadable: gone \
+             before they could be read, so a renamed watched tool among them would be missed; renamed: \
+             images found to be a watched tool under another name)",
+            self.identities.clone(),
         );
         reg.register(
             "podtrail_containerd_errors",
@@ -87,7 +97,11 @@ impl ProcessMetrics {
         let m = self.shared.clone();
         // (family, label, total); a guard from `get_or_create` is never held across another
         // call on the same family (it would deadlock when that one inserts)
-        let totals: [(&Family<Labels, Counter>, (&'static str, &'static str), u64); 14] = [
+        let ids = t.identity_counters();
+        let totals: [(&Family<Labels, Counter>, (&'static str, &'static str), u64); 18] = [
+            (&self.identities, ("what", "hashed"), ids.hashed),
+            (&self.identities, ("what", "unreadable"), ids.unreadable),
+            (&self.identities, ("what", "renamed"), ids.renamed),
             (&self.sessions, ("what", "started"), c.sessions_started),
             (&self.sessions, ("what", "ended"), c.sessions_ended),
             (&self.anomalies, ("what", "exit_early"), c.exits_early),
@@ -96,6 +110,7 @@ impl ProcessMetrics {
             (&self.anomalies, ("what", "parent_unknown"), c.parents_unknown),
             (&self.anomalies, ("what", "pid_reused_unexited"), c.pids_reused_unexited),
             (&self.anomalies, ("what", "connect_unknown_pid"), c.connects_unknown_pid),
+            (&self.anomalies, ("what", "socket_unknown_pid"), c.sockets_unknown_pid),
             (&self.anomalies, ("what", "result_unmatched"), c.results_unmatched),
             (&self.anomalies, ("what", "ns_join_idle"), c.ns_joins_idle),
             (&self.anomalies, ("what", "file_over_cap"), c.files_over_cap),

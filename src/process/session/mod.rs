@@ -47,6 +47,8 @@ pub struct TrackerCounters {
     /// A new process took the pid of one whose exit was never seen.
     pub pids_reused_unexited: u64,
     pub connects_unknown_pid: u64,
+    /// Datagrams, listens, accepts or raw sockets from pids not in the table.
+    pub sockets_unknown_pid: u64,
     pub results_unmatched: u64,
     /// Namespace joins into a container that were never followed by an exec or a connect.
     pub ns_joins_idle: u64,
@@ -77,6 +79,10 @@ pub struct SessionTracker {
     outbound: super::activity::Outbound,
     /// Turns the executable's wall-clock change time into boot ns.
     clock: crate::clock::BootClock,
+    /// Watched tools by content (issue 18).
+    identities: super::identity::Identities,
+    /// What the exec being handled runs (set at the start of `on_exec`).
+    exec_identity: super::identity::ExecIdentity,
 }
 
 /// A wall-clock time (ns since the epoch) as boot ns; None for 0 (unknown) and for times
@@ -86,7 +92,12 @@ fn wall_to_boot_ns(clock: &crate::clock::BootClock, wall_ns: u64) -> Option<u64>
     (wall_ns != 0).then(|| wall_ns.checked_sub(boot_epoch)).flatten()
 }
 
-pub(crate) fn image_from_exec(e: &ExecEvent, exec_index: u32, clock: &crate::clock::BootClock) -> ImageRecord {
+pub(crate) fn image_from_exec(
+    e: &ExecEvent,
+    exec_index: u32,
+    clock: &crate::clock::BootClock,
+    ident: &super::identity::ExecIdentity,
+) -> ImageRecord {
     ImageRecord {
         exec_index,
         start_ns: e.ts_ns,
@@ -105,6 +116,9 @@ pub(crate) fn image_from_exec(e: &ExecEvent, exec_index: u32, clock: &crate::clo
         connects: Vec::new(),
         files: Vec::new(),
         exe_written_ns: wall_to_boot_ns(clock, e.exe_ctime_ns),
+        exe_file: (e.exe_dev, e.exe_ino),
+        identity: ident.tool.clone(),
+        program: ident.program.clone(),
     }
 }
 
@@ -126,6 +140,8 @@ impl SessionTracker {
             activity: Default::default(),
             outbound: Default::default(),
             clock: crate::clock::BootClock::now(),
+            identities: super::identity::Identities::new(&Default::default()),
+            exec_identity: Default::default(),
         }
     }
 
@@ -136,7 +152,13 @@ impl SessionTracker {
 
     /// Choose what is recorded outside exec sessions (defaults: the watch list).
     pub fn set_activity(&mut self, cfg: super::activity::ActivityConfig) {
+        self.identities = super::identity::Identities::new(&cfg);
         self.activity = cfg;
+    }
+
+    /// What the content identification hashed, could not read, and found renamed.
+    pub fn identity_counters(&self) -> &super::identity::IdentityCounters {
+        &self.identities.counters
     }
 
     /// Live processes in the table (the size metric).
@@ -195,6 +217,7 @@ impl SessionTracker {
             Event::UdpSend(u) => self.on_udp_send(u),
             Event::NsJoin(j) => self.on_ns_join(j, &mut out),
             Event::File(f) => self.on_file(f),
+            Event::Sock(so) => self.on_sock(so, &mut out),
         }
         out
     }
@@ -381,6 +404,7 @@ impl SessionTracker {
 
     fn on_exec(&mut self, e: &ExecEvent, out: &mut Vec<SessionUpdate>) {
         let key = e.key();
+        self.exec_identity = self.identities.identify(&self.activity, e, self.lookup.as_mut());
         if self.table.resolve(key).is_none() {
             self.counters.execs_before_fork += 1;
             let parent = self.table.resolve(e.parent_key()).unwrap_or(e.parent_key());
@@ -433,7 +457,8 @@ impl SessionTracker {
             (session, tree) = (None, None);
         }
         if (session.is_none() || tree.is_some())
-            && self.activity.watched(&e.exe_path, e.argv.first().map(|a| a.as_slice()))
+            && (self.activity.watched(&e.exe_path, e.argv.first().map(|a| a.as_slice()))
+                || self.exec_identity.tool.is_some())
         {
             self.start_activity(e, SessionKind::Watched, is_container, tree, out);
             return;
@@ -446,7 +471,7 @@ impl SessionTracker {
         if session.is_some() {
             self.push_image(key, e);
         } else if let Some(p) = self.table.get_mut(&key) {
-            p.images = vec![image_from_exec(e, next_index(&p.images), &self.clock)];
+            p.images = vec![image_from_exec(e, next_index(&p.images), &self.clock, &self.exec_identity)];
         }
     }
 
@@ -493,7 +518,7 @@ impl SessionTracker {
         if let Some(p) = self.table.get_mut(&key) {
             p.session = Some(sid);
             p.join = None;
-            p.images = vec![image_from_exec(e, 0, &self.clock)];
+            p.images = vec![image_from_exec(e, 0, &self.clock, &self.exec_identity)];
         }
     }
 
@@ -504,7 +529,7 @@ impl SessionTracker {
         if let Some(last) = p.images.last_mut() {
             last.end_ns.get_or_insert(e.ts_ns);
         }
-        p.images.push(image_from_exec(e, idx, &self.clock));
+        p.images.push(image_from_exec(e, idx, &self.clock, &self.exec_identity));
     }
 
     /// A process leaves a session without exiting (it roots a nested one).

@@ -99,6 +99,7 @@ pub enum NetOp {
     Connect,
     /// Datagrams that named their destination (sendto/sendmsg): `addr`/`port`, folded per
     /// image and destination (`activity.count` datagrams).
+    #[serde(rename = "sendto")]
     SendTo,
     /// A TCP socket started listening: `addr`/`port` is the local address.
     Listen,

@@ -315,6 +315,7 @@ pub struct UdpSendEvent {
 #[serde(rename_all = "snake_case")]
 pub enum SockOp {
     /// A datagram that names its destination (sendto/sendmsg): `peer`.
+    #[serde(rename = "sendto")]
     SendTo,
     /// A TCP socket started listening: `local`.
     Listen,

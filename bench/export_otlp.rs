@@ -138,6 +138,9 @@ fn image(start: u64, argv: &[String]) -> ImageRecord {
         connects: vec![],
         files: vec![],
         exe_written_ns: None,
+        exe_file: (0, 0),
+        identity: None,
+        program: None,
     }
 }
 
@@ -163,6 +166,8 @@ fn session(k: u32, end: bool) -> Vec<SessionUpdate> {
     let i = info(r, t, None);
     let mut wget = image(t + 1000, &s(&["wget", "-q", "-O", "/tmp/page", &format!("http://10.244.1.5:8080/item/{k}")]));
     wget.connects = vec![ConnectRecord {
+        op: podtrail::model::NetOp::Connect,
+        local: None,
         ts_ns: t + 2000,
         end_ns: Some(t + 3000),
         transport: Transport::Tcp,

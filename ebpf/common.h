@@ -30,6 +30,7 @@ struct pt_abi_enums {
 	enum pt_file_limits file_limits;
 	enum pt_filter_mode filter_mode;
 	enum pt_inflight inflight;
+	enum pt_sock_op sock_op;
 };
 const volatile struct pt_abi_enums pt_abi_anchor = { .abi = PT_ABI_VERSION };
 
@@ -112,6 +113,7 @@ struct pt_abi_anchor {
 	struct pt_udp_send udp_send;
 	struct pt_cgroup_drops cgroup_drops;
 	struct pt_file file;
+	struct pt_sock sock;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -154,6 +154,35 @@ int BPF_PROG(pt_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 	return 0;
 }
 
+/* The datagram's real destination, from its IP and UDP headers (the skb starts at the
+ * network header here). IPv6 extension headers are not walked: family stays 0. */
+static __always_inline void egress_destination(struct pt_udp_send *u, struct __sk_buff *skb)
+{
+	__u8 vihl = 0;
+	if (bpf_skb_load_bytes(skb, 0, &vihl, 1) != 0)
+		return;
+	if ((vihl >> 4) == 4) {
+		__u8 proto = 0;
+		__u16 port = 0;
+		__u32 ihl = (vihl & 0xf) * 4;
+		if (bpf_skb_load_bytes(skb, 9, &proto, 1) != 0 || proto != IPPROTO_UDP)
+			return;
+		if (bpf_skb_load_bytes(skb, 16, u->daddr, 4) != 0 || bpf_skb_load_bytes(skb, ihl + 2, &port, 2) != 0)
+			return;
+		u->dport = bpf_ntohs(port);
+		u->family = AF_INET;
+	} else if ((vihl >> 4) == 6) {
+		__u8 next = 0;
+		__u16 port = 0;
+		if (bpf_skb_load_bytes(skb, 6, &next, 1) != 0 || next != IPPROTO_UDP)
+			return;
+		if (bpf_skb_load_bytes(skb, 24, u->daddr, 16) != 0 || bpf_skb_load_bytes(skb, 42, &port, 2) != 0)
+			return;
+		u->dport = bpf_ntohs(port);
+		u->family = AF_INET6;
+	}
+}
+
 SEC("cgroup_skb/egress")
 int pt_egress(struct __sk_buff *skb)
 {
@@ -169,6 +198,7 @@ int pt_egress(struct __sk_buff *skb)
 	u.h.cgroup_id = bpf_skb_cgroup_id(skb);
 	u.cookie = cookie;
 	u.bytes = skb->len;
+	egress_destination(&u, skb);
 	emit(&u, sizeof(u));
 	return 1;
 }

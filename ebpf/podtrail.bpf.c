@@ -8,5 +8,6 @@
 #include "net.bpf.c"
 #include "ns.bpf.c"
 #include "file.bpf.c"
+#include "sock.bpf.c"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

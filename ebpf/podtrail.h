@@ -31,12 +31,13 @@ enum pt_kind {
 	PT_KIND_NS_JOIN = 6,
 	PT_KIND_UDP_SEND = 7,
 	PT_KIND_FILE = 8,
-	PT_KIND_MAX = 9, /* one past the last kind: sizes the per-kind counters */
+	PT_KIND_SOCK = 9,
+	PT_KIND_MAX = 10, /* one past the last kind: sizes the per-kind counters */
 };
 
 /* Raised with every change of a record, a limit or a constant below. */
 enum pt_abi {
-	PT_ABI_VERSION = 2,
+	PT_ABI_VERSION = 3,
 };
 
 /* Limits of the variable parts. Raising one changes the ABI version. */
@@ -193,14 +194,47 @@ struct pt_connect_result {
 _Static_assert(sizeof(struct pt_connect_result) == 72, "pt_connect_result size");
 
 /* udp send: the first datagram a connected UDP socket sent (cgroup_skb/egress). A UDP
- * connect without one is address sorting by a resolver, not traffic. */
+ * connect without one is address sorting by a resolver, not traffic. The destination is the
+ * packet's own (IP header and UDP port), whatever rewrote the connect's. */
 struct pt_udp_send {
 	struct pt_header h;
 	__u64 cookie;
-	__u32 bytes; /* size of that first datagram */
-	__u32 _pad0;
+	__u32 bytes;    /* size of that first datagram */
+	__u8 family;    /* 0: the packet could not be read */
+	__u8 _pad0;
+	__u16 dport;    /* host byte order */
+	__u8 daddr[16];
 };
-_Static_assert(sizeof(struct pt_udp_send) == 56, "pt_udp_send size");
+_Static_assert(sizeof(struct pt_udp_send) == 72, "pt_udp_send size");
+
+/* pt_sock.op */
+enum pt_sock_op {
+	PT_SOCK_SENDTO = 1, /* a datagram naming its destination (sendto/sendmsg): peer */
+	PT_SOCK_LISTEN = 2, /* a TCP socket started listening: local */
+	PT_SOCK_ACCEPT = 3, /* accept(2) returned a connection: peer and local */
+	PT_SOCK_CREATE = 4, /* a raw or ICMP socket was created: family, type, protocol */
+};
+
+/*
+ * sock: a way out that is not a connect (sock.bpf.c). Records from cgroup socket programs
+ * (SENDTO, CREATE) have start_ns 0, like pt_connect. Addresses in network byte order, ports
+ * in host byte order; an IPv4 address is in the first 4 bytes.
+ */
+struct pt_sock {
+	struct pt_header h;
+	__u64 cookie;
+	__s32 result;   /* ACCEPT: the new descriptor */
+	__u8 op;        /* PT_SOCK_* */
+	__u8 family;
+	__u8 protocol;
+	__u8 sock_type;
+	__u16 peer_port;
+	__u16 local_port;
+	__u32 _pad0;
+	__u8 peer_addr[16];
+	__u8 local_addr[16];
+};
+_Static_assert(sizeof(struct pt_sock) == 96, "pt_sock size");
 
 /* File operations (pt_file.op). Bits of the same numbers form the watch masks. */
 enum pt_file_op {

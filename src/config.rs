@@ -72,6 +72,10 @@ pub struct CaptureConfig {
     pub scan_env: bool,
     /// Trace connects (cgroup socket hooks; needs CAP_NET_ADMIN).
     pub network: bool,
+    /// With `network`: also the ways out that are not a connect: UDP datagrams that name
+    /// their destination (sendto/sendmsg), listening and accepted TCP sockets, raw and ICMP
+    /// sockets.
+    pub sockets: bool,
     /// Queued KiB that make the kernel wake the reader at once.
     pub wakeup_kib: u64,
     /// How often the reader drains the ring when no wakeup came, in milliseconds.
@@ -92,6 +96,7 @@ impl Default for CaptureConfig {
             ring_mib: 16,
             scan_env: true,
             network: true,
+            sockets: true,
             wakeup_kib: 256,
             poll_ms: 20,
             channel_capacity: 65_536,
@@ -253,6 +258,12 @@ impl Config {
         if c.channel_capacity == 0 || self.process.channel_capacity == 0 {
             return Err(ConfigError::Invalid("channel capacities must be at least 1".into()));
         }
+        if self.spans.max_kept_spans_per_session < self.spans.max_spans_per_session {
+            return Err(ConfigError::Invalid(format!(
+                "spans.max_kept_spans_per_session ({}) must be at least spans.max_spans_per_session ({})",
+                self.spans.max_kept_spans_per_session, self.spans.max_spans_per_session
+            )));
+        }
         let capture = CaptureOptions {
             ring_bytes: c.ring_mib * 1024 * 1024,
             filter: c.filter,
@@ -262,6 +273,7 @@ impl Config {
             channel_capacity: c.channel_capacity,
             cgroup2_root: None,
             network: c.network,
+            sockets: c.sockets,
             ignore_self: true,
             watch_changes: c.watch_changes.clone(),
             watch_reads: c.watch_reads.clone(),

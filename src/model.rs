@@ -91,9 +91,45 @@ pub struct ContainerInfo {
     pub started_ns: Option<u64>,
 }
 
-/// A connect made by a process image, with its outcome once known.
+/// How a [`ConnectRecord`] leads out of (or into) the container (issue 18).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetOp {
+    /// connect(2): `addr`/`port` is the destination.
+    #[default]
+    Connect,
+    /// Datagrams that named their destination (sendto/sendmsg): `addr`/`port`, folded per
+    /// image and destination (`activity.count` datagrams).
+    #[serde(rename = "sendto")]
+    SendTo,
+    /// A TCP socket started listening: `addr`/`port` is the local address.
+    Listen,
+    /// An accepted connection: `addr`/`port` is the client, `local` the accepting address.
+    Accept,
+    /// A raw or ICMP socket was created (`transport` says which); no address.
+    Socket,
+}
+
+impl NetOp {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NetOp::Connect => "connect",
+            NetOp::SendTo => "sendto",
+            NetOp::Listen => "listen",
+            NetOp::Accept => "accept",
+            NetOp::Socket => "socket",
+        }
+    }
+}
+
+/// A connect made by a process image, with its outcome once known; or another way out
+/// (`op`): a datagram's destination, a listening socket, an accepted connection, a raw socket.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ConnectRecord {
+    /// What this record is; `Connect` unless a [`NetOp`] says otherwise.
+    pub op: NetOp,
+    /// Accept: the local address that accepted.
+    pub local: Option<(IpAddr, u16)>,
     pub ts_ns: u64,
     /// When the outcome was known.
     pub end_ns: Option<u64>,
@@ -118,6 +154,8 @@ impl ConnectRecord {
     /// A connect as the kernel reported it, its outcome not known yet.
     pub fn pending(c: &crate::capture::event::ConnectEvent) -> Self {
         ConnectRecord {
+            op: NetOp::Connect,
+            local: None,
             ts_ns: c.ts_ns,
             end_ns: None,
             transport: c.transport,
@@ -128,6 +166,46 @@ impl ConnectRecord {
             error: None,
             udp_sent: false,
             activity: None,
+            scope: None,
+        }
+    }
+}
+
+impl ConnectRecord {
+    /// A way out that is not a connect, from its kernel record: done when seen (`outcome`
+    /// `sent`, `listening`, `accepted` or `opened`), a sendto counting one datagram.
+    pub fn from_sock(s: &crate::capture::event::SockEvent) -> Self {
+        use crate::capture::event::SockOp;
+        let (op, outcome) = match s.op {
+            SockOp::SendTo => (NetOp::SendTo, ConnectOutcome::Sent),
+            SockOp::Listen => (NetOp::Listen, ConnectOutcome::Listening),
+            SockOp::Accept => (NetOp::Accept, ConnectOutcome::Accepted),
+            SockOp::Create => (NetOp::Socket, ConnectOutcome::Opened),
+        };
+        let unspecified = (IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+        let (addr, port) = match s.op {
+            SockOp::Listen => s.local,
+            _ => s.peer,
+        }
+        .unwrap_or(unspecified);
+        ConnectRecord {
+            op,
+            local: if s.op == SockOp::Accept { s.local } else { None },
+            ts_ns: s.ts_ns,
+            end_ns: None,
+            transport: s.transport,
+            addr,
+            port,
+            final_addr: None,
+            outcome,
+            error: None,
+            udp_sent: s.op == SockOp::SendTo,
+            activity: (s.op == SockOp::SendTo).then_some(ActivityMarks {
+                count: 1,
+                first_ns: s.ts_ns,
+                last_ns: s.ts_ns,
+                suppressed_before: 0,
+            }),
             scope: None,
         }
     }
@@ -153,6 +231,14 @@ pub enum ConnectOutcome {
     TimedOut,
     Unreachable,
     Error,
+    /// A datagram that named its destination left (sendto/sendmsg).
+    Sent,
+    /// A socket started listening.
+    Listening,
+    /// A connection was accepted.
+    Accepted,
+    /// A raw or ICMP socket was created.
+    Opened,
 }
 
 impl ConnectOutcome {
@@ -164,6 +250,10 @@ impl ConnectOutcome {
             ConnectOutcome::TimedOut => "timed_out",
             ConnectOutcome::Unreachable => "unreachable",
             ConnectOutcome::Error => "error",
+            ConnectOutcome::Sent => "sent",
+            ConnectOutcome::Listening => "listening",
+            ConnectOutcome::Accepted => "accepted",
+            ConnectOutcome::Opened => "opened",
         }
     }
 
@@ -209,6 +299,14 @@ pub struct ImageRecord {
     /// the session's or the container's start means it was written there (a download), not
     /// shipped with the image. None when unknown or older than the boot.
     pub exe_written_ns: Option<u64>,
+    /// The executable's (device, inode) as the kernel ran it: what it is, whatever its name
+    /// ((0, 0): unknown).
+    pub exe_file: (u32, u64),
+    /// The watched tool this image runs, judged by content as well as by the executable's
+    /// name (`crate::process::identity`): `tcpdump` for a renamed copy of tcpdump too.
+    pub identity: Option<String>,
+    /// For a run through the dynamic loader (`ld.so /bin/x`): the program it runs.
+    pub program: Option<Vec<u8>>,
 }
 
 /// What an image did to a watched file (from `Event::File`; see `FileEvent` for the fields).

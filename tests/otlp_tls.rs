@@ -118,6 +118,9 @@ fn session(pod: &str) -> Vec<SessionUpdate> {
         connects: vec![],
         files: vec![],
         exe_written_ns: None,
+        exe_file: (0, 0),
+        identity: None,
+        program: None,
     };
     let rec = ProcessRecord {
         key,

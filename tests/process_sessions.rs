@@ -173,13 +173,85 @@ fn udp_connect_without_data_is_marked_for_skipping() {
     out.extend(t.handle(&result(111, 8, 0)));
     out.extend(t.handle(&connect(112, 1070, 9, Transport::Udp, 53)));
     out.extend(t.handle(&result(113, 9, 0)));
-    out.extend(t.handle(&Event::UdpSend(UdpSendEvent { ts_ns: 114, cgroup_id: C, cookie: 9, bytes: 40 })));
+    out.extend(t.handle(&Event::UdpSend(UdpSendEvent { ts_ns: 114, cgroup_id: C, cookie: 9, bytes: 40, dest: None })));
     out.extend(t.handle(&connect(115, 424242, 10, Transport::Tcp, 1)));
     out.extend(t.handle(&exit(120, 1070, C, 0)));
     let procs = procs_of(&out, SessionId(key(1070)));
     let c = &procs[0].images[0].connects;
     assert_eq!((c[0].udp_sent, c[1].udp_sent), (false, true));
     assert_eq!(t.counters().connects_unknown_pid.get(), 1);
+}
+
+#[test]
+fn datagrams_fold_per_destination_and_each_is_counted_issue_18() {
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    out.extend(runc_exec(&mut t, 100, 1071, &["python3", "x.py"]));
+    for i in 0..5 {
+        out.extend(t.handle(&sock(110 + i, 1071, C, SockOp::SendTo, "203.0.113.9", 53)));
+    }
+    out.extend(t.handle(&sock(120, 1071, C, SockOp::SendTo, "203.0.113.10", 53)));
+    out.extend(t.handle(&sock(121, 1071, C, SockOp::Listen, "0.0.0.0", 4444)));
+    out.extend(t.handle(&sock(122, 1071, C, SockOp::Accept, "10.9.9.9", 50000)));
+    out.extend(t.handle(&sock(123, 1071, C, SockOp::Accept, "10.9.9.9", 50001)));
+    out.extend(t.handle(&sock(124, 1071, C, SockOp::Create, "0.0.0.0", 0)));
+    // a connected UDP socket whose first datagram went elsewhere than its connect said
+    out.extend(t.handle(&connect_to(125, 1071, C, 31, Transport::Udp, "10.96.0.10", 53)));
+    out.extend(t.handle(&Event::UdpSend(UdpSendEvent {
+        ts_ns: 126,
+        cgroup_id: C,
+        cookie: 31,
+        bytes: 40,
+        dest: Some(("10.244.1.7".parse().unwrap(), 5353)),
+    })));
+    out.extend(t.handle(&sock(127, 424242, C, SockOp::SendTo, "203.0.113.9", 53)));
+    out.extend(t.handle(&exit(130, 1071, C, 0)));
+    let procs = procs_of(&out, SessionId(key(1071)));
+    let c = &procs[0].images[0].connects;
+    let ops: Vec<(NetOp, String, u16, u64)> =
+        c.iter().map(|r| (r.op, r.addr.to_string(), r.port, r.activity.map(|a| a.count).unwrap_or(0))).collect();
+    assert_eq!(
+        ops,
+        vec![
+            (NetOp::SendTo, "203.0.113.9".into(), 53, 5),
+            (NetOp::SendTo, "203.0.113.10".into(), 53, 1),
+            (NetOp::Listen, "0.0.0.0".into(), 4444, 0),
+            (NetOp::Accept, "10.9.9.9".into(), 50000, 2),
+            (NetOp::Socket, "0.0.0.0".into(), 0, 1),
+            (NetOp::Connect, "10.96.0.10".into(), 53, 0),
+        ]
+    );
+    assert_eq!(c[3].local, Some(("10.1.0.5".parse().unwrap(), 4444)));
+    assert_eq!(c[4].transport, Transport::Icmp);
+    assert_eq!(c[5].final_addr, Some(("10.244.1.7".parse().unwrap(), 5353)), "the datagram's real destination");
+    assert!(c[5].udp_sent);
+    assert_eq!(t.counters().sockets_unknown_pid.get(), 1);
+}
+
+#[test]
+fn datagrams_outside_sessions_fold_and_rate_limit_like_outbound_connects() {
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    // the container's init (pid 1001, outside every session) sends 30 datagrams out
+    for i in 0..30 {
+        out.extend(t.handle(&sock(200 + i, 1001, C, SockOp::SendTo, "203.0.113.9", 53)));
+    }
+    // and listens: not recorded outside sessions
+    out.extend(t.handle(&sock(240, 1001, C, SockOp::Listen, "0.0.0.0", 80)));
+    out.extend(t.shutdown(300));
+    let rec: Vec<&ProcessRecord> = out
+        .iter()
+        .filter_map(|u| match u {
+            SessionUpdate::ProcessEnded(i, p) if i.kind == SessionKind::Outbound => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rec.len(), 1, "one outbound record: {out:#?}");
+    let c = &rec[0].images[0].connects;
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].op, NetOp::SendTo);
+    assert_eq!(c[0].activity.map(|a| a.count), Some(30), "every datagram counted");
+    assert_eq!(t.outbound().opened.get() + t.outbound().folded.get(), 30);
 }
 
 #[test]
@@ -448,7 +520,7 @@ mod arbitrary_sequences {
     fn event(kind: u8, pid: u32, ppid: u32, cg: u64, pcg: u64, ns: u32, cookie: u64) -> Event {
         let pid = 1000 + pid;
         let ppid = 1000 + ppid;
-        match kind % 7 {
+        match kind % 8 {
             0 => fork(pid as u64, pid, ppid, cg),
             1 => exec(
                 pid as u64,
@@ -468,7 +540,15 @@ mod arbitrary_sequences {
                 connect(pid as u64, pid, cookie, if ns.is_multiple_of(2) { Transport::Tcp } else { Transport::Udp }, 80)
             }
             4 => result(pid as u64, cookie, -(ns as i32 % 120)),
-            5 => Event::UdpSend(UdpSendEvent { ts_ns: 1, cgroup_id: cg, cookie, bytes: 1 }),
+            5 => Event::UdpSend(UdpSendEvent { ts_ns: 1, cgroup_id: cg, cookie, bytes: 1, dest: None }),
+            6 => sock(
+                pid as u64,
+                pid,
+                cg,
+                [SockOp::SendTo, SockOp::Listen, SockOp::Accept, SockOp::Create][ns as usize % 4],
+                "203.0.113.9",
+                (cookie % 3) as u16,
+            ),
             _ => ns_join(
                 pid as u64,
                 pid,
@@ -893,7 +973,7 @@ fn udp_counts_as_outbound_only_once_it_carried_data() {
     out.extend(t.handle(&connect_to(101, 1001, C, 2, Transport::Udp, "203.0.113.8", 443)));
     // a real query
     out.extend(t.handle(&connect_to(102, 1001, C, 3, Transport::Udp, "198.51.100.53", 53)));
-    out.extend(t.handle(&Event::UdpSend(UdpSendEvent { ts_ns: 103, cgroup_id: C, cookie: 3, bytes: 40 })));
+    out.extend(t.handle(&Event::UdpSend(UdpSendEvent { ts_ns: 103, cgroup_id: C, cookie: 3, bytes: 40, dest: None })));
     out.extend(t.shutdown(100 + 30 * SEC));
     let o = outbound(&out);
     assert_eq!(o.len(), 1, "{o:?}");

@@ -244,7 +244,7 @@ fn an_alert_whose_span_was_capped_goes_on_the_root() {
         let rules = RuleSource::load(RulesConfig::default()).unwrap().0.rules();
         let who = RecordingAttributor::new(Arc::new(NoAttributor));
         let clock = podtrail::clock::BootClock::fixed(EPOCH);
-        let cfg = SpansConfig { max_spans_per_session: 1, ..SpansConfig::default() };
+        let cfg = SpansConfig { max_spans_per_session: 1, max_kept_spans_per_session: 1, ..SpansConfig::default() };
         let mut alerts = AlertStage::new(BOOT, clock, ScopeConfig::default(), false, who.clone());
         let mut stage = SpanStage::new(BuildCtx { boot_id: BOOT, clock, cfg }, who);
         let mut spans = Vec::new();

@@ -103,7 +103,13 @@ fn unattributed_node_session_says_so() {
 
 #[test]
 fn loops_fold_long_argv_is_cut_and_the_cap_holds() {
-    let cfg = SpansConfig { fold_after: 5, argv_max_bytes: 64, max_spans_per_session: 7, ..Default::default() };
+    let cfg = SpansConfig {
+        fold_after: 5,
+        argv_max_bytes: 64,
+        max_spans_per_session: 7,
+        max_kept_spans_per_session: 7,
+        ..Default::default()
+    };
     let spans = run(cfg, Arc::new(NoAttributor), loop_session());
     check_invariants(&spans);
     golden::check("loop_session", &render(&spans));

@@ -6,7 +6,7 @@
 //! wrote into the compiled object, so a change on one side that is not made on the other fails
 //! before it can misread a byte.
 
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 pub const KIND_EXEC: u32 = 1;
 pub const KIND_FORK: u32 = 2;
@@ -16,11 +16,12 @@ pub const KIND_CONNECT_RESULT: u32 = 5;
 pub const KIND_NS_JOIN: u32 = 6;
 pub const KIND_UDP_SEND: u32 = 7;
 pub const KIND_FILE: u32 = 8;
-pub const KIND_MAX: u32 = 9;
+pub const KIND_SOCK: u32 = 9;
+pub const KIND_MAX: u32 = 10;
 
 /// Human names of the kinds, indexed by kind number (0 is unused).
 pub const KIND_NAMES: [&str; KIND_MAX as usize] =
-    ["none", "exec", "fork", "exit", "connect", "connect_result", "ns_join", "udp_send", "file"];
+    ["none", "exec", "fork", "exit", "connect", "connect_result", "ns_join", "udp_send", "file", "sock"];
 
 pub const FILENAME_MAX: usize = 256;
 pub const INTERP_MAX: usize = 256;
@@ -73,6 +74,11 @@ pub const INFLIGHT_SETNS_FINISHED: u32 = 3;
 pub const INFLIGHT_CONNECT_STARTED: u32 = 4;
 pub const INFLIGHT_CONNECT_FINISHED: u32 = 5;
 pub const INFLIGHT_MAX: u32 = 6;
+
+pub const SOCK_SENDTO: u8 = 1;
+pub const SOCK_LISTEN: u8 = 2;
+pub const SOCK_ACCEPT: u8 = 3;
+pub const SOCK_CREATE: u8 = 4;
 
 pub const FILTER_ALL: u32 = 0;
 pub const FILTER_CONTAINERS: u32 = 1;
@@ -187,7 +193,27 @@ pub struct UdpSend {
     pub h: Header,
     pub cookie: u64,
     pub bytes: u32,
+    pub family: u8,
+    pub _pad0: u8,
+    pub dport: u16,
+    pub daddr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sock {
+    pub h: Header,
+    pub cookie: u64,
+    pub result: i32,
+    pub op: u8,
+    pub family: u8,
+    pub protocol: u8,
+    pub sock_type: u8,
+    pub peer_port: u16,
+    pub local_port: u16,
     pub _pad0: u32,
+    pub peer_addr: [u8; 16],
+    pub local_addr: [u8; 16],
 }
 
 #[repr(C)]
@@ -252,6 +278,7 @@ unsafe impl Plain for NsJoin {}
 unsafe impl Plain for Connect {}
 unsafe impl Plain for ConnectResult {}
 unsafe impl Plain for UdpSend {}
+unsafe impl Plain for Sock {}
 unsafe impl Plain for CgroupDrops {}
 unsafe impl Plain for File {}
 // SAFETY: as for Plain.
@@ -290,6 +317,7 @@ pub fn constants() -> Vec<(&'static str, i64)> {
         c!(KIND_NS_JOIN),
         c!(KIND_UDP_SEND),
         c!(KIND_FILE),
+        c!(KIND_SOCK),
         c!(KIND_MAX),
         c!(FILENAME_MAX),
         c!(INTERP_MAX),
@@ -329,6 +357,10 @@ pub fn constants() -> Vec<(&'static str, i64)> {
         c!(PATH_MAX),
         c!(DIR_MAX),
         c!(WATCH_NAME_MAX),
+        c!(SOCK_SENDTO),
+        c!(SOCK_LISTEN),
+        c!(SOCK_ACCEPT),
+        c!(SOCK_CREATE),
         c!(FILTER_ALL),
         c!(FILTER_CONTAINERS),
         c!(INFLIGHT_FILE_STARTED),
@@ -396,7 +428,12 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<FieldLayout>)> {
         ),
         layout!(Connect, "pt_connect", [h, cookie, family, protocol, sock_type, _pad0, dport, _pad1, daddr]),
         layout!(ConnectResult, "pt_connect_result", [h, cookie, error, phase, family, dport, daddr]),
-        layout!(UdpSend, "pt_udp_send", [h, cookie, bytes, _pad0]),
+        layout!(UdpSend, "pt_udp_send", [h, cookie, bytes, family, _pad0, dport, daddr]),
+        layout!(
+            Sock,
+            "pt_sock",
+            [h, cookie, result, op, family, protocol, sock_type, peer_port, local_port, _pad0, peer_addr, local_addr]
+        ),
         layout!(CgroupDrops, "pt_cgroup_drops", [events, last_ts_ns]),
         layout!(
             File,

@@ -139,16 +139,59 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         abi::KIND_UDP_SEND => {
             let u: abi::UdpSend = need(bytes, h.kind)?;
+            let dest = match u.family {
+                0 => None,
+                f => Some((address(f, &u.daddr)?.0, u.dport)),
+            };
             Ok(Event::UdpSend(UdpSendEvent {
                 ts_ns: h.ts_ns,
                 cgroup_id: h.cgroup_id,
                 cookie: u.cookie,
                 bytes: u.bytes,
+                dest,
             }))
         }
         abi::KIND_FILE => decode_file(bytes),
+        abi::KIND_SOCK => decode_sock(bytes),
         k => Err(DecodeError::UnknownKind(k)),
     }
+}
+
+fn decode_sock(rec: &[u8]) -> Result<Event, DecodeError> {
+    let s: abi::Sock = need(rec, abi::KIND_SOCK)?;
+    let op = match s.op {
+        abi::SOCK_SENDTO => SockOp::SendTo,
+        abi::SOCK_LISTEN => SockOp::Listen,
+        abi::SOCK_ACCEPT => SockOp::Accept,
+        abi::SOCK_CREATE => SockOp::Create,
+        _ => return Err(DecodeError::FieldOverrun("sock op")),
+    };
+    let transport = Transport::from_socket(s.protocol, s.sock_type).ok_or(DecodeError::BadProtocol(s.protocol))?;
+    let (peer, local) = match op {
+        SockOp::SendTo => (Some((address(s.family, &s.peer_addr)?.0, s.peer_port)), None),
+        SockOp::Listen => (None, Some((address(s.family, &s.local_addr)?.0, s.local_port))),
+        SockOp::Accept => (
+            Some((address(s.family, &s.peer_addr)?.0, s.peer_port)),
+            Some((address(s.family, &s.local_addr)?.0, s.local_port)),
+        ),
+        SockOp::Create => {
+            address(s.family, &s.peer_addr)?;
+            (None, None)
+        }
+    };
+    Ok(Event::Sock(SockEvent {
+        ts_ns: s.h.ts_ns,
+        pid: s.h.pid,
+        tid: s.h.tid,
+        start_ns: s.h.start_ns,
+        cgroup_id: s.h.cgroup_id,
+        op,
+        cookie: s.cookie,
+        transport,
+        peer,
+        local,
+        result: s.result,
+    }))
 }
 
 fn decode_file(rec: &[u8]) -> Result<Event, DecodeError> {
@@ -428,6 +471,49 @@ mod tests {
         assert_eq!(decode(&rec[..10]), Err(DecodeError::Short(10)));
     }
 
+    fn sock_bytes(s: &abi::Sock) -> Vec<u8> {
+        // SAFETY: Sock is Plain (repr(C), integers only): its bytes are all initialised.
+        unsafe { std::slice::from_raw_parts(s as *const abi::Sock as *const u8, std::mem::size_of::<abi::Sock>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn sock_records_decode_by_op() {
+        let mut s = abi::Sock {
+            h: abi::Header {
+                kind: abi::KIND_SOCK,
+                len: std::mem::size_of::<abi::Sock>() as u32,
+                pid: 7,
+                ..Default::default()
+            },
+            op: abi::SOCK_ACCEPT,
+            family: 2,
+            protocol: 6,
+            sock_type: 1,
+            peer_port: 51000,
+            local_port: 4444,
+            result: 5,
+            ..Default::default()
+        };
+        s.peer_addr[..4].copy_from_slice(&[203, 0, 113, 9]);
+        s.local_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let bytes = sock_bytes(&s);
+        let Ok(Event::Sock(e)) = decode(&bytes) else { panic!("{:?}", decode(&bytes)) };
+        assert_eq!(e.op, SockOp::Accept);
+        assert_eq!(e.transport, Transport::Tcp);
+        assert_eq!(e.peer, Some(("203.0.113.9".parse().unwrap(), 51000)));
+        assert_eq!(e.local, Some(("10.0.0.1".parse().unwrap(), 4444)));
+        s.op = abi::SOCK_CREATE;
+        s.protocol = 1;
+        s.sock_type = 3;
+        let bytes = sock_bytes(&s);
+        let Ok(Event::Sock(e)) = decode(&bytes) else { panic!() };
+        assert_eq!((e.op, e.transport, e.peer), (SockOp::Create, Transport::Icmp, None));
+        s.op = 99;
+        let bytes = sock_bytes(&s);
+        assert_eq!(decode(&bytes), Err(DecodeError::FieldOverrun("sock op")));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(20000))]
         #[test]
@@ -436,7 +522,7 @@ mod tests {
         }
 
         #[test]
-        fn decode_never_panics_on_valid_headers(kind in 0u32..10, len in 0u32..7000, tail in proptest::collection::vec(any::<u8>(), 0..6000)) {
+        fn decode_never_panics_on_valid_headers(kind in 0u32..11, len in 0u32..7000, tail in proptest::collection::vec(any::<u8>(), 0..6000)) {
             let mut b = Vec::new();
             b.extend_from_slice(&kind.to_le_bytes());
             b.extend_from_slice(&len.to_le_bytes());

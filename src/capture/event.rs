@@ -30,6 +30,7 @@ pub enum Event {
     NsJoin(NsJoinEvent),
     UdpSend(UdpSendEvent),
     File(FileEvent),
+    Sock(SockEvent),
 }
 
 impl Event {
@@ -44,6 +45,7 @@ impl Event {
             Event::NsJoin(e) => e.ts_ns,
             Event::UdpSend(e) => e.ts_ns,
             Event::File(e) => e.ts_ns,
+            Event::Sock(e) => e.ts_ns,
         }
     }
 
@@ -57,6 +59,7 @@ impl Event {
             Event::NsJoin(_) => "ns_join",
             Event::UdpSend(_) => "udp_send",
             Event::File(_) => "file",
+            Event::Sock(_) => "sock",
         }
     }
 }
@@ -205,6 +208,10 @@ impl ExitEvent {
 pub enum Transport {
     Tcp,
     Udp,
+    /// An ICMP socket (ping sockets, or raw ICMP).
+    Icmp,
+    /// Any other raw IP socket.
+    Raw,
 }
 
 impl Transport {
@@ -212,6 +219,19 @@ impl Transport {
         match self {
             Transport::Tcp => "tcp",
             Transport::Udp => "udp",
+            Transport::Icmp => "icmp",
+            Transport::Raw => "raw",
+        }
+    }
+
+    /// From a socket's protocol and type: ICMP before raw (a raw ICMP socket is `icmp`).
+    pub fn from_socket(protocol: u8, sock_type: u8) -> Option<Transport> {
+        match (protocol, sock_type) {
+            (1 | 58, _) => Some(Transport::Icmp),
+            (_, 3) => Some(Transport::Raw),
+            (6, _) => Some(Transport::Tcp),
+            (17, _) => Some(Transport::Udp),
+            _ => None,
         }
     }
 }
@@ -286,6 +306,55 @@ pub struct UdpSendEvent {
     pub cgroup_id: u64,
     pub cookie: u64,
     pub bytes: u32,
+    /// Where the datagram really went, read from its headers (None: not readable).
+    pub dest: Option<(IpAddr, u16)>,
+}
+
+/// What a [`SockEvent`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SockOp {
+    /// A datagram that names its destination (sendto/sendmsg): `peer`.
+    #[serde(rename = "sendto")]
+    SendTo,
+    /// A TCP socket started listening: `local`.
+    Listen,
+    /// accept(2) returned a connection: `peer` connected to `local`.
+    Accept,
+    /// A raw or ICMP socket was created.
+    Create,
+}
+
+impl SockOp {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SockOp::SendTo => "sendto",
+            SockOp::Listen => "listen",
+            SockOp::Accept => "accept",
+            SockOp::Create => "socket",
+        }
+    }
+}
+
+/// A way out of a container that is not a connect(2): a datagram to a named destination, a
+/// listening socket, an accepted connection, a raw or ICMP socket.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SockEvent {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// 0 for records from cgroup socket hooks (SendTo, Create): resolve by pid.
+    pub start_ns: u64,
+    pub cgroup_id: u64,
+    pub op: SockOp,
+    pub cookie: u64,
+    pub transport: Transport,
+    /// The other end: a datagram's destination, an accepted connection's client.
+    pub peer: Option<(IpAddr, u16)>,
+    /// This end: the listening or accepting address.
+    pub local: Option<(IpAddr, u16)>,
+    /// Accept: the new descriptor.
+    pub result: i32,
 }
 
 /// What a process did to a watched file.

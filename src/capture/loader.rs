@@ -15,7 +15,9 @@ use std::{
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, TracePoint,
+    },
     Btf, Ebpf, EbpfLoader,
 };
 use thiserror::Error;
@@ -52,6 +54,9 @@ pub struct CaptureOptions {
     pub cgroup2_root: Option<PathBuf>,
     /// Attach the connect hooks (needs CAP_NET_ADMIN).
     pub network: bool,
+    /// With `network`: also the other ways out (datagrams naming a destination, listening
+    /// and accepted sockets, raw and ICMP sockets).
+    pub sockets: bool,
     /// Leave podtrail's own process out (its OTLP connections are not evidence).
     pub ignore_self: bool,
     /// Base names whose changes (open for writing, unlink, rename, truncate, chmod, link,
@@ -94,6 +99,7 @@ impl Default for CaptureOptions {
             channel_capacity: 65536,
             cgroup2_root: None,
             network: true,
+            sockets: true,
             ignore_self: true,
             watch_changes: DEFAULT_WATCH_CHANGES.iter().map(|s| s.to_string()).collect(),
             watch_reads: DEFAULT_WATCH_READS.iter().map(|s| s.to_string()).collect(),
@@ -290,6 +296,9 @@ impl Capture {
                 "pt_connect6",
                 "pt_egress",
             ]);
+            if opts.sockets {
+                attached.extend(attach_socket_hooks(&mut ebpf, &btf, &cg)?);
+            }
         }
 
         let counters = Counters {
@@ -327,6 +336,30 @@ impl Capture {
         let _ = self.reader.await;
         (self.counters, self.stats)
     }
+}
+
+/// The ways out that are not a connect (sock.bpf.c): datagrams naming a destination,
+/// listening and accepted TCP sockets, raw and ICMP sockets.
+fn attach_socket_hooks(ebpf: &mut Ebpf, btf: &Btf, cg: &fs::File) -> Result<Vec<&'static str>, CaptureError> {
+    for prog in ["pt_sendmsg4", "pt_sendmsg6"] {
+        let p: &mut CgroupSockAddr = program(ebpf, prog)?;
+        p.load().map_err(|e| refused(prog, "cgroup/sendmsg", e))?;
+        p.attach(cg, CgroupAttachMode::Single).map_err(|e| refused(prog, "cgroup/sendmsg", e))?;
+    }
+    let p: &mut CgroupSock = program(ebpf, "pt_sock_create")?;
+    p.load().map_err(|e| refused("pt_sock_create", "cgroup/sock_create", e))?;
+    p.attach(cg, CgroupAttachMode::Single).map_err(|e| refused("pt_sock_create", "cgroup/sock_create", e))?;
+    attach_btf_tp(ebpf, btf, "pt_sock_listen", "inet_sock_set_state")?;
+    attach_tp(ebpf, "pt_sys_exit_accept", "syscalls", "sys_exit_accept")?;
+    attach_tp(ebpf, "pt_sys_exit_accept4", "syscalls", "sys_exit_accept4")?;
+    Ok(vec![
+        "pt_sendmsg4",
+        "pt_sendmsg6",
+        "pt_sock_create",
+        "pt_sock_listen",
+        "pt_sys_exit_accept",
+        "pt_sys_exit_accept4",
+    ])
 }
 
 /// The syscalls whose paths are checked against the watched names, and their programs.

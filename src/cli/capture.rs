@@ -35,7 +35,13 @@ Every object has "kind" and "ts_ns". Per kind:
                   returned; "tcp_state": the handshake finished), final_addr/final_port (the
                   destination the socket really reached, tcp_state only)
   udp_send        a connected UDP socket sent its first datagram: cookie, bytes (a UDP
-                  connect without one is a resolver sorting addresses)
+                  connect without one is a resolver sorting addresses), dest (where the
+                  datagram really went, from its headers)
+  sock            a way out that is not a connect: op ("sendto": a datagram naming its
+                  destination, "listen", "accept", "socket": a raw or ICMP socket created),
+                  pid, tid, start_ns (0 for sendto and socket), cgroup_id, cookie, transport
+                  (tcp, udp, icmp, raw), peer [addr, port] (sendto's destination, accept's
+                  client), local [addr, port] (listen, accept), result (accept's descriptor)
   ns_join         setns(2) succeeded: pid, nstype, pidns_for_children_ino, mntns_ino,
                   netns_ino, old_pidns_for_children_ino, old_mntns_ino, loginuid, uid"#;
 
@@ -47,6 +53,10 @@ pub struct CaptureArgs {
     /// Do not attach the connect hooks (no CAP_NET_ADMIN needed).
     #[arg(long)]
     pub no_network: bool,
+    /// Attach the connect hooks only, not those of the other ways out (sendto, listen,
+    /// accept, raw sockets).
+    #[arg(long)]
+    pub no_sockets: bool,
     /// Ring buffer size in MiB (a power of two).
     #[arg(long, default_value_t = 16)]
     pub ring_mib: u32,
@@ -68,6 +78,7 @@ pub async fn run(a: CaptureArgs) -> anyhow::Result<()> {
         ring_bytes: a.ring_mib * 1024 * 1024,
         filter: a.filter,
         network: !a.no_network,
+        sockets: !a.no_sockets,
         ..Default::default()
     };
     let mut cap = Capture::start(opts)?;

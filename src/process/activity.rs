@@ -35,8 +35,8 @@ use serde::{Deserialize, Serialize};
 use crate::capture::event::{ProcessKey, Transport};
 use crate::lru::Lru;
 use crate::model::{
-    ActivityMarks, ConnectOutcome, ConnectRecord, ContainerInfo, ProcessRecord, SessionId, SessionInfo, SessionKind,
-    SessionUpdate,
+    ActivityMarks, ConnectOutcome, ConnectRecord, ContainerInfo, NetOp, ProcessRecord, SessionId, SessionInfo,
+    SessionKind, SessionUpdate,
 };
 use prometheus_client::metrics::counter::Counter;
 
@@ -62,8 +62,16 @@ pub struct ActivityConfig {
     /// `sessions`, `default`, `containers` or `all`.
     pub scope: ActivityScope,
     /// Executables whose every run is recorded, wherever it happens: matched against the
-    /// basename of the executable the kernel ran and of argv[0] (busybox applets, symlinks).
+    /// basename of the executable the kernel ran and of argv[0] (busybox applets, symlinks),
+    /// and by content: a copy under another name is the same tool (its digest is learned from
+    /// the first run of the name, or from the bin directories of each new mount namespace).
     pub watch: Vec<String>,
+    /// sha256 digests (hex) of more binaries to treat as a watched tool, by tool name:
+    /// `{ tcpdump = ["<64 hex digits>", ...] }`. With any configured, every distinct binary
+    /// run is hashed once (up to `hash_max_mib`).
+    pub watch_sha256: std::collections::BTreeMap<String, Vec<String>>,
+    /// Binaries larger than this (MiB) are not hashed to be identified.
+    pub hash_max_mib: u64,
     /// Destination scopes (`podtrail.network.destination.scope`) whose connects from a
     /// container process outside any session are recorded, each as a trace of kind
     /// `outbound`: any of `external`, `private`, `node`, `service`, `pod`, `loopback`.
@@ -93,6 +101,8 @@ impl Default for ActivityConfig {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            watch_sha256: Default::default(),
+            hash_max_mib: 256,
             outbound_scopes: vec!["external".into()],
             fold_window_ms: 10_000,
             rate_per_s: 20,
@@ -134,6 +144,13 @@ impl ActivityConfig {
 
     /// The first setting that is not valid, in words.
     pub fn check(&self) -> Result<(), String> {
+        for (name, digests) in &self.watch_sha256 {
+            if let Some(d) = digests.iter().find(|d| super::identity::parse_digest(d).is_none()) {
+                return Err(format!(
+                    "process.activity.watch_sha256.{name}: {d:?} is not a sha256 digest (64 hex digits)"
+                ));
+            }
+        }
         match self.outbound_scopes.iter().find(|s| !DESTINATION_SCOPES.contains(&s.as_str())) {
             Some(s) => Err(format!("process.activity.outbound_scopes: {s:?} is not one of {DESTINATION_SCOPES:?}")),
             None => Ok(()),
@@ -154,9 +171,9 @@ struct Window {
     container: ContainerInfo,
 }
 
-/// (process image, transport, destination, serial): the serial is 0 when folding, and unique
-/// per connect when `fold_window_ms` is 0 (no two connects share a record).
-type WindowKey = (ProcessKey, u32, Transport, IpAddr, u16, u64);
+/// (process image, connect or sendto, transport, destination, serial): the serial is 0 when
+/// folding, and unique per connect when `fold_window_ms` is 0 (no two connects share a record).
+type WindowKey = (ProcessKey, u32, NetOp, Transport, IpAddr, u16, u64);
 
 /// A token bucket per container, in event time.
 #[derive(Clone, Debug)]
@@ -291,6 +308,11 @@ impl Outbound {
         container: ContainerInfo,
         cgroup_id: u64,
     ) {
+        if c.op == NetOp::SendTo {
+            // the datagram left: it counts now, and no outcome or datagram follows by cookie
+            self.count(cfg, c, cookie, proc, container, cgroup_id);
+            return;
+        }
         if c.transport == Transport::Udp {
             self.cookies.insert(cookie, Pending::Udp(Box::new((c, proc, container, cgroup_id))));
             return;
@@ -300,12 +322,14 @@ impl Outbound {
         }
     }
 
-    /// The first datagram of a connected UDP socket: its connect counts now.
-    pub fn udp_sent(&mut self, cfg: &ActivityConfig, cookie: u64) -> bool {
+    /// The first datagram of a connected UDP socket: its connect counts now. `dest` is where
+    /// the datagram really went (from its headers).
+    pub fn udp_sent(&mut self, cfg: &ActivityConfig, cookie: u64, dest: Option<(IpAddr, u16)>) -> bool {
         match self.cookies.remove(&cookie) {
             Some(Pending::Udp(b)) => {
                 let (mut c, proc, container, cg) = *b;
                 c.udp_sent = true;
+                c.final_addr = dest.filter(|d| *d != (c.addr, c.port) && !d.0.is_unspecified());
                 if let Some((k, true)) = self.count(cfg, c, cookie, proc, container, cg) {
                     self.cookies.insert(cookie, Pending::Counted(k));
                 }
@@ -347,7 +371,7 @@ impl Outbound {
             self.unfolded += 1;
             self.unfolded
         };
-        let k: WindowKey = (proc.key, exec_index, c.transport, crate::scope::normalize(c.addr), c.port, serial);
+        let k: WindowKey = (proc.key, exec_index, c.op, c.transport, crate::scope::normalize(c.addr), c.port, serial);
         if let Some(w) = self.windows.get_mut(&k).filter(|_| fold) {
             w.count += 1;
             w.last_ns = w.last_ns.max(c.ts_ns);
@@ -593,7 +617,7 @@ mod tests {
             o.connect(&cfg, c, cookie, p, ContainerInfo::default(), 1);
         }
         // the first socket sends: it is now the most recently used
-        assert!(o.udp_sent(&cfg, 1));
+        assert!(o.udp_sent(&cfg, 1, None));
         assert_eq!(o.cookies_evicted(), 0, "nothing forgotten below the cap");
         let (c, p) = udp(MAX_PENDING as u64 + 1);
         o.connect(&cfg, c, MAX_PENDING as u64 + 1, p, ContainerInfo::default(), 1);

@@ -26,6 +26,14 @@ pub trait ContainerLookup: Send {
         None
     }
 
+    /// A regular file as process `pid` sees it, to read its content
+    /// (`crate::process::identity`): with no path the executable it runs, else `path` in its
+    /// root (absolute) or its cwd (relative). None when it cannot be opened (the process is
+    /// gone) or is not a regular file; replays have no files.
+    fn open_executable(&mut self, _pid: u32, _path: Option<&[u8]>) -> Option<std::fs::File> {
+        None
+    }
+
     /// Is this pod container an ephemeral one (`kubectl debug`)? None while whoever knows (the
     /// pod's API object) does not know this container yet; the tracker asks again on its tick.
     /// Without a source that can tell, every container is an ordinary one.

@@ -30,6 +30,8 @@ pub struct ProcessMetrics {
     pub containerd_errors: Counter,
     /// Entries the stage's bounded caches forgot to make room, by cache.
     pub cache_evictions: Family<Labels, Counter>,
+    /// Executables judged by content (issue 18), by what (hashed, unreadable, renamed).
+    pub identities: Family<Labels, Counter>,
 }
 
 impl ProcessMetrics {
@@ -53,9 +55,17 @@ impl ProcessMetrics {
         reg.register(
             "podtrail_process_anomalies",
             "Events the process stage could not place as they came, by what (exit_early, exit_unknown, \
-             exec_before_fork, parent_unknown, pid_reused_unexited, connect_unknown_pid, result_unmatched, \
+             exec_before_fork, parent_unknown, pid_reused_unexited, connect_unknown_pid, socket_unknown_pid, \
+             result_unmatched, \
              ns_join_idle, file_over_cap)",
             self.anomalies.clone(),
+        );
+        reg.register(
+            "podtrail_process_identities",
+            "Executables judged by content, by what (hashed: binaries read and hashed; unreadable: gone \
+             before they could be read, so a renamed watched tool among them would be missed; renamed: \
+             images found to be a watched tool under another name)",
+            self.identities.clone(),
         );
         reg.register(
             "podtrail_containerd_errors",
@@ -76,7 +86,12 @@ impl ProcessMetrics {
         self.containers.set(t.containers() as i64);
         self.sessions_open.set(t.sessions() as i64);
         let o = t.outbound();
-        // the caches count their own evictions; the series follows their totals
+        // the caches and the identity cache count their own totals; the series follow them
+        let ids = t.identity_counters();
+        for (what, n) in [("hashed", ids.hashed), ("unreadable", ids.unreadable), ("renamed", ids.renamed)] {
+            let c = self.identities.get_or_create(&vec![("what", what)]);
+            c.inc_by(n.saturating_sub(c.get()));
+        }
         for (cache, n) in t.cache_evictions() {
             let c = self.cache_evictions.get_or_create(&vec![("cache", cache)]);
             c.inc_by(n.saturating_sub(c.get()));

@@ -177,6 +177,9 @@ impl SessionTracker {
                 connects: Vec::new(),
                 files: Vec::new(),
                 exe_written_ns: None,
+                exe_file: (0, 0),
+                identity: None,
+                program: None,
             }];
             if self.containers.learn(sp.cgroup_id, self.lookup.as_mut(), true) {
                 self.containers.note_namespaces(sp.cgroup_id, sp.mntns_ino, sp.pidns_ino);

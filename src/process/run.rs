@@ -144,6 +144,47 @@ impl ContainerLookup for HostContainers {
             None => Some(false),
         }
     }
+    fn open_executable(&mut self, pid: u32, path: Option<&[u8]>) -> Option<std::fs::File> {
+        open_in_process(pid, path)
+    }
+}
+
+/// `/proc/PID/exe`, or `path` resolved inside the process's root (absolute) or cwd (relative)
+/// with `openat2(RESOLVE_IN_ROOT)`, so a container's absolute symlinks stay in the container.
+/// Regular files only.
+pub fn open_in_process(pid: u32, path: Option<&[u8]>) -> Option<std::fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let f = match path {
+        None => std::fs::File::open(format!("/proc/{pid}/exe")).ok()?,
+        Some(p) => {
+            let (base, rel) = match p.strip_prefix(b"/") {
+                Some(r) => (format!("/proc/{pid}/root"), r),
+                None => (format!("/proc/{pid}/cwd"), p),
+            };
+            let dir = std::fs::File::open(base).ok()?;
+            let rel = std::ffi::CString::new(rel).ok()?;
+            // SAFETY: open_how is plain data; zeroed is a valid value.
+            let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+            how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
+            how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+            // SAFETY: valid dirfd, NUL-terminated path, and an open_how of the size given.
+            let fd = unsafe {
+                libc::syscall(
+                    libc::SYS_openat2,
+                    dir.as_raw_fd(),
+                    rel.as_ptr(),
+                    &how as *const libc::open_how,
+                    std::mem::size_of::<libc::open_how>(),
+                )
+            };
+            if fd < 0 {
+                return None;
+            }
+            // SAFETY: openat2 returned a new descriptor that nothing else owns.
+            unsafe { std::fs::File::from_raw_fd(fd as i32) }
+        }
+    };
+    f.metadata().ok()?.is_file().then_some(f)
 }
 
 /// Answers containerd questions one at a time, off the event loop.

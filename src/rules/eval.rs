@@ -92,6 +92,9 @@ pub fn evaluate(
             if c.transport == Transport::Udp && !c.udp_sent {
                 continue; // resolver address sorting: not a span, not traffic
             }
+            if !matches!(c.op, crate::model::NetOp::Connect | crate::model::NetOp::SendTo) {
+                continue; // listens, accepts and raw sockets are not connects (no rule field yet)
+            }
             let ip = normalize(c.addr);
             let target = Target::Connect { exec_index: img.exec_index, index: ci as u32 };
             check(Trigger::Connect(c, ip, c.scope.unwrap_or_else(|| scope.classify(ip))), target, c.ts_ns, None);
@@ -152,6 +155,9 @@ mod tests {
             connects: vec![],
             files: vec![],
             exe_written_ns: written,
+            exe_file: (0, 0),
+            identity: None,
+            program: None,
         };
         ProcessRecord {
             key: ProcessKey { pid: 101, start_ns: 50 * S },

@@ -18,7 +18,7 @@ use super::identity::SessionIdentity;
 use super::{ids, keys};
 use crate::capture::event::ExitStatus;
 use crate::clock::BootClock;
-use crate::model::{ConnectOutcome, ConnectRecord, ContainerInfo, FileRecord, ProcessRecord, SessionInfo};
+use crate::model::{ConnectOutcome, ConnectRecord, ContainerInfo, FileRecord, NetOp, ProcessRecord, SessionInfo};
 use crate::text::{basename, escape};
 
 /// What every builder needs: where ids come from, how to read kernel time, the budgets.
@@ -45,6 +45,11 @@ pub struct RootMarks {
     pub processes: u64,
     pub folded: u64,
     pub spans_capped: u64,
+    /// Of `spans_capped`: process image spans, and connect (or other way out) spans.
+    pub spans_capped_process: u64,
+    pub spans_capped_network: u64,
+    /// Spans past the first cap kept because they matter (`max_kept_spans_per_session`).
+    pub spans_kept_over_cap: u64,
     pub argv_truncated: u64,
     pub args_redacted: u64,
     pub udp_unsent: u64,
@@ -215,6 +220,9 @@ pub fn root_span(
         (keys::SESSION_EVENTS_LOST, info.events_lost),
         (keys::SESSION_FOLDED, marks.folded),
         (keys::SESSION_SPANS_CAPPED, marks.spans_capped),
+        (keys::SESSION_SPANS_CAPPED_PROCESS, marks.spans_capped_process),
+        (keys::SESSION_SPANS_CAPPED_NETWORK, marks.spans_capped_network),
+        (keys::SESSION_SPANS_KEPT_OVER_CAP, marks.spans_kept_over_cap),
         (keys::SESSION_ARGV_TRUNCATED, marks.argv_truncated),
         (keys::SESSION_ARGS_REDACTED, marks.args_redacted),
         (keys::SESSION_UDP_UNSENT, marks.udp_unsent),
@@ -387,6 +395,12 @@ pub fn image_span(
     if let Some(i) = &img.interp {
         attrs.push(KeyValue::new(keys::PROCESS_INTERPRETER, escape(i)));
     }
+    if let Some(t) = &img.identity {
+        attrs.push(KeyValue::new(keys::PROCESS_IDENTITY, t.clone()));
+    }
+    if let Some(p) = &img.program {
+        attrs.push(KeyValue::new(keys::PROCESS_LOADER_PROGRAM, escape(p)));
+    }
     if img.argv_redacted > 0 {
         attrs.push(KeyValue::new(keys::PROCESS_ARGS_REDACTED, img.argv_redacted as i64));
     }
@@ -473,20 +487,75 @@ fn errno_name(err: i32) -> String {
     }
 }
 
-/// One connect, a CLIENT span under its image, from `connect()` to its outcome.
+/// The span name of a connect or another way out: its operation (`connect`, `sendto`,
+/// `listen`, `accept`, `socket`); the peer and the transport are attributes.
+pub fn net_name(c: &ConnectRecord) -> &'static str {
+    // low-cardinality, as OpenTelemetry asks of span names: the peer is in server.*/client.*
+    match c.op {
+        NetOp::Connect => CONNECT_NAME,
+        op => op.as_str(),
+    }
+}
+
+/// One connect, a CLIENT span under its image, from `connect()` to its outcome; or another
+/// way out (issue 18): a `sendto` CLIENT span (datagrams to one destination, folded), a
+/// `listen` INTERNAL span (the local address), an `accept` SERVER span (the client as the
+/// peer, the accepting address as the server), a `socket` INTERNAL span (raw or ICMP).
 pub fn connect_span(ctx: &BuildCtx, frame: &SessionFrame, id: SpanId, image: SpanId, c: &ConnectRecord) -> SpanData {
     let addr = crate::scope::normalize(c.addr);
     let mut attrs = frame.common.clone();
     attrs.push(KeyValue::new(sc::NETWORK_TRANSPORT, c.transport.as_str()));
-    attrs.push(KeyValue::new(sc::NETWORK_TYPE, if addr.is_ipv4() { "ipv4" } else { "ipv6" }));
-    attrs.push(KeyValue::new(sc::SERVER_ADDRESS, addr.to_string()));
-    attrs.push(KeyValue::new(sc::SERVER_PORT, c.port as i64));
-    let (peer, peer_port) = c.final_addr.map(|(a, p)| (crate::scope::normalize(a), p)).unwrap_or((addr, c.port));
-    attrs.push(KeyValue::new(sc::NETWORK_PEER_ADDRESS, peer.to_string()));
-    attrs.push(KeyValue::new(sc::NETWORK_PEER_PORT, peer_port as i64));
+    if c.op != NetOp::Socket {
+        attrs.push(KeyValue::new(sc::NETWORK_TYPE, if addr.is_ipv4() { "ipv4" } else { "ipv6" }));
+    }
+    let kind = match c.op {
+        NetOp::Connect | NetOp::SendTo => {
+            attrs.push(KeyValue::new(sc::SERVER_ADDRESS, addr.to_string()));
+            attrs.push(KeyValue::new(sc::SERVER_PORT, c.port as i64));
+            let (peer, peer_port) =
+                c.final_addr.map(|(a, p)| (crate::scope::normalize(a), p)).unwrap_or((addr, c.port));
+            attrs.push(KeyValue::new(sc::NETWORK_PEER_ADDRESS, peer.to_string()));
+            attrs.push(KeyValue::new(sc::NETWORK_PEER_PORT, peer_port as i64));
+            SpanKind::Client
+        }
+        NetOp::Listen => {
+            attrs.push(KeyValue::new(sc::NETWORK_LOCAL_ADDRESS, addr.to_string()));
+            attrs.push(KeyValue::new(sc::NETWORK_LOCAL_PORT, c.port as i64));
+            SpanKind::Internal
+        }
+        NetOp::Accept => {
+            attrs.push(KeyValue::new(sc::NETWORK_PEER_ADDRESS, addr.to_string()));
+            attrs.push(KeyValue::new(sc::NETWORK_PEER_PORT, c.port as i64));
+            if let Some((la, lp)) = c.local {
+                let la = crate::scope::normalize(la);
+                attrs.push(KeyValue::new(sc::SERVER_ADDRESS, la.to_string()));
+                attrs.push(KeyValue::new(sc::SERVER_PORT, lp as i64));
+                attrs.push(KeyValue::new(sc::NETWORK_LOCAL_ADDRESS, la.to_string()));
+                attrs.push(KeyValue::new(sc::NETWORK_LOCAL_PORT, lp as i64));
+            }
+            SpanKind::Server
+        }
+        NetOp::Socket => SpanKind::Internal,
+    };
+    if c.op != NetOp::Connect {
+        attrs.push(KeyValue::new(keys::NETWORK_OPERATION, c.op.as_str()));
+    }
     attrs.push(KeyValue::new(keys::NETWORK_OUTCOME, c.outcome.as_str()));
-    attrs.push(KeyValue::new(keys::NETWORK_DESTINATION_SCOPE, c.scope.unwrap_or_else(|| ctx.cfg.scope.classify(addr))));
-    let failed = !matches!(c.outcome, ConnectOutcome::Connected | ConnectOutcome::Pending);
+    if matches!(c.op, NetOp::Connect | NetOp::SendTo | NetOp::Accept) {
+        attrs.push(KeyValue::new(
+            keys::NETWORK_DESTINATION_SCOPE,
+            c.scope.unwrap_or_else(|| ctx.cfg.scope.classify(addr)),
+        ));
+    }
+    let failed = !matches!(
+        c.outcome,
+        ConnectOutcome::Connected
+            | ConnectOutcome::Pending
+            | ConnectOutcome::Sent
+            | ConnectOutcome::Listening
+            | ConnectOutcome::Accepted
+            | ConnectOutcome::Opened
+    );
     let mut status = Status::Unset;
     if failed {
         let et = c.error.filter(|e| *e != 0).map(errno_name).unwrap_or_else(|| c.outcome.as_str().to_owned());
@@ -497,7 +566,7 @@ pub fn connect_span(ctx: &BuildCtx, frame: &SessionFrame, id: SpanId, image: Spa
     let mut end = c.end_ns.unwrap_or(c.ts_ns);
     let mut start = c.ts_ns;
     if let Some(a) = &c.activity {
-        // an outbound record: the first to the last of the connects it folds
+        // an outbound record, or folded datagrams or accepts: the first to the last
         attrs.push(KeyValue::new(keys::FOLDED_COUNT, a.count as i64));
         if a.suppressed_before > 0 {
             attrs.push(KeyValue::new(keys::ACTIVITY_SUPPRESSED, a.suppressed_before as i64));
@@ -509,8 +578,8 @@ pub fn connect_span(ctx: &BuildCtx, frame: &SessionFrame, id: SpanId, image: Spa
         frame,
         id,
         image,
-        SpanKind::Client,
-        CONNECT_NAME.to_owned(),
+        kind,
+        net_name(c).to_owned(),
         ctx.clock.to_system_time(start),
         ctx.clock.to_system_time(end),
         attrs,

@@ -20,6 +20,11 @@ pub struct SpansConfig {
     pub fold_after: u32,
     /// Spans per session (root excluded); the rest are counted on the root and not exported.
     pub max_spans_per_session: u32,
+    /// Past `max_spans_per_session`, the spans that matter are still kept up to this many in
+    /// all: a connect or other way out and the image that made it, an image of an executable
+    /// the session had not run before (so a payload after thousands of decoys is kept).
+    /// At least `max_spans_per_session`.
+    pub max_kept_spans_per_session: u32,
     /// Bytes of each client-chosen string on a span (audit ids that are not UUIDs, user agent,
     /// user, group and container names); longer ones are cut with a mark (`…`) and counted in
     /// `podtrail.k8s.fields_truncated`. The requested command is capped like argv.
@@ -39,6 +44,7 @@ impl Default for SpansConfig {
             argv_max_bytes: 1024,
             fold_after: 20,
             max_spans_per_session: 10_000,
+            max_kept_spans_per_session: 15_000,
             attribute_max_bytes: 256,
             scope: ScopeConfig::default(),
             redact: Default::default(),

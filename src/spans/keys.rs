@@ -39,6 +39,12 @@ pub const SESSION_SPANS_LOST: &str = "podtrail.session.spans_lost";
 pub const SESSION_EVENTS_LOST: &str = "podtrail.session.events_lost";
 pub const SESSION_FOLDED: &str = "podtrail.session.folded";
 pub const SESSION_SPANS_CAPPED: &str = "podtrail.session.spans_capped";
+/// Of the capped spans: process image spans.
+pub const SESSION_SPANS_CAPPED_PROCESS: &str = "podtrail.session.spans_capped.process";
+/// Of the capped spans: connect and other way-out spans.
+pub const SESSION_SPANS_CAPPED_NETWORK: &str = "podtrail.session.spans_capped.network";
+/// Spans past the first cap kept because they matter.
+pub const SESSION_SPANS_KEPT_OVER_CAP: &str = "podtrail.session.spans_kept_over_cap";
 pub const SESSION_ARGV_TRUNCATED: &str = "podtrail.session.argv_truncated";
 pub const SESSION_ARGS_REDACTED: &str = "podtrail.session.args_redacted";
 pub const SESSION_UDP_UNSENT: &str = "podtrail.session.udp_unsent";
@@ -54,11 +60,18 @@ pub const PROCESS_FILELESS: &str = "podtrail.process.fileless";
 pub const PROCESS_INHERITED: &str = "podtrail.process.inherited";
 pub const PROCESS_EXIT_SIGNAL: &str = "podtrail.process.exit.signal";
 pub const PROCESS_INTERPRETER: &str = "podtrail.process.interpreter";
+/// The watched tool an image runs, by content or name (`tcpdump` for a renamed copy too).
+pub const PROCESS_IDENTITY: &str = "podtrail.process.identity";
+/// The program a dynamic loader ran (`ld.so /tmp/x`: `/tmp/x`).
+pub const PROCESS_LOADER_PROGRAM: &str = "podtrail.process.loader.program";
 pub const FOLDED_COUNT: &str = "podtrail.folded.count";
 
 // Connects.
 pub const NETWORK_OUTCOME: &str = "podtrail.network.outcome";
 pub const NETWORK_DESTINATION_SCOPE: &str = "podtrail.network.destination.scope";
+/// On spans of the ways out that are not a connect: `sendto`, `listen`, `accept`, `socket`
+/// (absent on connect spans).
+pub const NETWORK_OPERATION: &str = "podtrail.network.operation";
 
 // Activity outside sessions (issue 6).
 /// On an outbound record's connect span: connects of the same container the rate limit
@@ -124,12 +137,18 @@ pub const PODTRAIL_KEYS: &[&str] = &[
     SESSION_EVENTS_LOST,
     SESSION_FOLDED,
     SESSION_SPANS_CAPPED,
+    SESSION_SPANS_CAPPED_PROCESS,
+    SESSION_SPANS_CAPPED_NETWORK,
+    SESSION_SPANS_KEPT_OVER_CAP,
     SESSION_ARGV_TRUNCATED,
     SESSION_ARGS_REDACTED,
     SESSION_UDP_UNSENT,
     SESSION_PROCESSES,
     SESSION_CONTAINER_SOURCE,
     NODE_USER,
+    NETWORK_OPERATION,
+    PROCESS_IDENTITY,
+    PROCESS_LOADER_PROGRAM,
     PROCESS_ARGV_TRUNCATED,
     PROCESS_ARGS_REDACTED,
     PROCESS_FILELESS,
@@ -204,6 +223,8 @@ pub const SEMCONV_KEYS: &[&str] = &[
     sc::SERVER_PORT,
     sc::NETWORK_PEER_ADDRESS,
     sc::NETWORK_PEER_PORT,
+    sc::NETWORK_LOCAL_ADDRESS,
+    sc::NETWORK_LOCAL_PORT,
     sc::NETWORK_TRANSPORT,
     sc::NETWORK_TYPE,
     sc::ERROR_TYPE,

@@ -50,6 +50,21 @@ pub struct SessionSpans {
     folds: FoldTable<SpanData>,
     marks: RootMarks,
     spans: u64,
+    /// Executables (device, inode) this session has run: a new one matters past the cap.
+    contents: HashSet<(u32, u64)>,
+    /// Span ids exported or to be exported (own, reserved, fold spans) once the cap was
+    /// reached: a span kept past the cap whose parent is not among them hangs on the root.
+    kept: HashSet<SpanId>,
+}
+
+/// Executables remembered per session for "not run before" (beyond: not new).
+const MAX_CONTENTS: usize = 65_536;
+
+/// What a span past the first cap is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Capped {
+    Process,
+    Network,
 }
 
 impl SessionSpans {
@@ -65,6 +80,8 @@ impl SessionSpans {
             folds: FoldTable::new(ctx.cfg.fold_after),
             marks: RootMarks::default(),
             spans: 0,
+            contents: HashSet::new(),
+            kept: HashSet::new(),
         }
     }
 
@@ -192,13 +209,36 @@ impl SessionSpans {
         Some(id)
     }
 
-    fn under_cap(&mut self, ctx: &BuildCtx) -> bool {
-        if self.spans >= ctx.cfg.max_spans_per_session as u64 {
-            self.marks.spans_capped += 1;
-            false
-        } else {
+    /// Takes a place under the cap for a span of `kind`; one that `matters` may take one
+    /// under the second, larger cap. Counts what it refuses, by kind.
+    fn under_cap(&mut self, ctx: &BuildCtx, kind: Capped, matters: bool) -> bool {
+        if self.spans < ctx.cfg.max_spans_per_session as u64 {
             self.spans += 1;
-            true
+            return true;
+        }
+        if matters && self.spans < ctx.cfg.max_kept_spans_per_session as u64 {
+            self.spans += 1;
+            self.marks.spans_kept_over_cap += 1;
+            return true;
+        }
+        self.marks.spans_capped += 1;
+        match kind {
+            Capped::Process => self.marks.spans_capped_process += 1,
+            Capped::Network => self.marks.spans_capped_network += 1,
+        }
+        false
+    }
+
+    /// Past the cap, a parent that was not exported is replaced by the root.
+    fn kept_parent(&self, parent: SpanId) -> SpanId {
+        if self.marks.spans_capped == 0
+            || parent == self.frame.root_id
+            || self.kept.contains(&parent)
+            || self.referenced.contains(&parent)
+        {
+            parent
+        } else {
+            self.frame.root_id
         }
     }
 
@@ -218,6 +258,12 @@ impl SessionSpans {
             parts.push(&img.exe_path);
             parts.push(exit.as_bytes());
             let digest = fold_digest(&parts);
+            // what makes the image matter past the cap: a way out, or a binary the session
+            // had not run before
+            let new_content =
+                img.exe_file != (0, 0) && self.contents.len() < MAX_CONTENTS && self.contents.insert(img.exe_file);
+            let ways_out = img.connects.iter().any(|c| c.transport != Transport::Udp || c.udp_sent);
+            let matters = new_content || ways_out;
             let frame = &self.frame;
             let reserved = self.referenced.contains(&own);
             let decision = if reserved {
@@ -228,14 +274,19 @@ impl SessionSpans {
                 })
             };
             let slot_span = match decision {
-                FoldDecision::Folded(f) => f,
+                FoldDecision::Folded(f) => {
+                    self.kept.insert(f);
+                    f
+                }
                 FoldDecision::Keep => {
-                    if reserved || self.under_cap(ctx) {
-                        let (s, cut) = build::image_span(ctx, &self.frame, &rec, idx, own, parent_for_image, end);
+                    if reserved || self.under_cap(ctx, Capped::Process, matters) {
+                        let parent = self.kept_parent(parent_for_image);
+                        let (s, cut) = build::image_span(ctx, &self.frame, &rec, idx, own, parent, end);
                         if cut {
                             self.marks.argv_truncated += 1;
                         }
                         out.push(s);
+                        self.kept.insert(own);
                     }
                     own
                 }
@@ -260,8 +311,9 @@ impl SessionSpans {
                 {
                     FoldDecision::Folded(_) => {}
                     FoldDecision::Keep => {
-                        if self.under_cap(ctx) {
-                            out.push(build::connect_span(ctx, &self.frame, cid, slot_span, c));
+                        if self.under_cap(ctx, Capped::Network, true) {
+                            let parent = self.kept_parent(slot_span);
+                            out.push(build::connect_span(ctx, &self.frame, cid, parent, c));
                         }
                     }
                 }

@@ -124,7 +124,7 @@ def test_question_1_outbound_from_billing_to_outside(cluster, seen):
 
 
 def test_question_3_every_tcpdump(cluster, seen):
-    q = '{ span.process.executable.name = "tcpdump" }'
+    q = '{ span.podtrail.process.identity = "tcpdump" }'
     assert q in readme_queries()
     want = seen["tcpdump_trace_ids"]
     ids = eventually("question 3 in Tempo", lambda: (want <= tempo(cluster, q)) or None, timeout=60)

@@ -159,6 +159,32 @@ pub fn connect_to(ts: u64, pid: u32, cg: u64, cookie: u64, transport: Transport,
     })
 }
 
+/// A way out that is not a connect (issue 18) by `pid` in cgroup `cg`: a datagram to
+/// `addr:port`, a listen on it, a connection accepted from it (on local port 4444), a raw ICMP
+/// socket. Like the kernel's cgroup hooks, no start time.
+pub fn sock(ts: u64, pid: u32, cg: u64, op: SockOp, addr: &str, port: u16) -> Event {
+    let a: IpAddr = addr.parse().unwrap();
+    let (peer, local, transport) = match op {
+        SockOp::SendTo => (Some((a, port)), None, Transport::Udp),
+        SockOp::Listen => (None, Some((a, port)), Transport::Tcp),
+        SockOp::Accept => (Some((a, port)), Some(("10.1.0.5".parse().unwrap(), 4444)), Transport::Tcp),
+        SockOp::Create => (None, None, Transport::Icmp),
+    };
+    Event::Sock(SockEvent {
+        ts_ns: ts,
+        pid,
+        tid: pid,
+        start_ns: 0,
+        cgroup_id: cg,
+        op,
+        cookie: 77,
+        transport,
+        peer,
+        local,
+        result: 3,
+    })
+}
+
 /// A connect by `pid` in container C to 10.0.0.9:`port`.
 pub fn connect(ts: u64, pid: u32, cookie: u64, transport: Transport, port: u16) -> Event {
     connect_to(ts, pid, C, cookie, transport, "10.0.0.9", port)

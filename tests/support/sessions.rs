@@ -63,6 +63,9 @@ pub fn image(idx: u32, start: u64, exe: &str, argv: &[&str]) -> ImageRecord {
         connects: vec![],
         files: vec![],
         exe_written_ns: None,
+        exe_file: (0, 0),
+        identity: None,
+        program: None,
     }
 }
 
@@ -76,6 +79,8 @@ pub fn connect(
     udp_sent: bool,
 ) -> ConnectRecord {
     ConnectRecord {
+        op: podtrail::model::NetOp::Connect,
+        local: None,
         ts_ns: ts,
         end_ns: Some(ts + 1_000_000),
         transport: t,

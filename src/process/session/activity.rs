@@ -63,7 +63,7 @@ impl SessionTracker {
         self.start_session(info, 1, out);
         if let Some(p) = self.table.get_mut(&key) {
             p.session = Some(sid);
-            p.images = vec![image_from_exec(e, 0, &self.clock)];
+            p.images = vec![image_from_exec(e, 0, &self.clock, &self.exec_identity)];
         }
     }
 }

@@ -55,6 +55,8 @@ pub struct TrackerCounters {
     /// A new process took the pid of one whose exit was never seen.
     pub pids_reused_unexited: Counter,
     pub connects_unknown_pid: Counter,
+    /// Datagrams, listens, accepts or raw sockets from pids not in the table.
+    pub sockets_unknown_pid: Counter,
     pub results_unmatched: Counter,
     /// Namespace joins into a container that were never followed by an exec or a connect.
     pub ns_joins_idle: Counter,
@@ -84,6 +86,7 @@ impl TrackerCounters {
             parents_unknown: anomaly("parent_unknown"),
             pids_reused_unexited: anomaly("pid_reused_unexited"),
             connects_unknown_pid: anomaly("connect_unknown_pid"),
+            sockets_unknown_pid: anomaly("socket_unknown_pid"),
             results_unmatched: anomaly("result_unmatched"),
             ns_joins_idle: anomaly("ns_join_idle"),
             files_over_cap: anomaly("file_over_cap"),
@@ -121,6 +124,10 @@ pub struct SessionTracker {
     /// When /proc was last read ([`Self::learn_from_proc`]; 0: never). An exec event older
     /// than this, of a process learned there, is the image /proc showed, not a new one.
     pub(crate) proc_scanned_ns: u64,
+    /// Watched tools by content (issue 18).
+    identities: super::identity::Identities,
+    /// What the exec being handled runs (set at the start of `on_exec`).
+    exec_identity: super::identity::ExecIdentity,
 }
 
 /// A wall-clock time (ns since the epoch) as boot ns; None for 0 (unknown) and for times
@@ -130,7 +137,12 @@ fn wall_to_boot_ns(clock: &crate::clock::BootClock, wall_ns: u64) -> Option<u64>
     (wall_ns != 0).then(|| wall_ns.checked_sub(boot_epoch)).flatten()
 }
 
-pub(crate) fn image_from_exec(e: &ExecEvent, exec_index: u32, clock: &crate::clock::BootClock) -> ImageRecord {
+pub(crate) fn image_from_exec(
+    e: &ExecEvent,
+    exec_index: u32,
+    clock: &crate::clock::BootClock,
+    ident: &super::identity::ExecIdentity,
+) -> ImageRecord {
     ImageRecord {
         exec_index,
         start_ns: e.ts_ns,
@@ -149,6 +161,9 @@ pub(crate) fn image_from_exec(e: &ExecEvent, exec_index: u32, clock: &crate::clo
         connects: Vec::new(),
         files: Vec::new(),
         exe_written_ns: wall_to_boot_ns(clock, e.exe_ctime_ns),
+        exe_file: (e.exe_dev, e.exe_ino),
+        identity: ident.tool.clone(),
+        program: ident.program.clone(),
     }
 }
 
@@ -172,6 +187,8 @@ impl SessionTracker {
             outbound: Default::default(),
             clock: crate::clock::BootClock::now(),
             pending: Vec::new(),
+            identities: super::identity::Identities::new(&Default::default()),
+            exec_identity: Default::default(),
         }
     }
 
@@ -188,7 +205,13 @@ impl SessionTracker {
 
     /// Choose what is recorded outside exec sessions (defaults: the watch list).
     pub fn set_activity(&mut self, cfg: super::activity::ActivityConfig) {
+        self.identities = super::identity::Identities::new(&cfg);
         self.activity = cfg;
+    }
+
+    /// What the content identification hashed, could not read, and found renamed.
+    pub fn identity_counters(&self) -> &super::identity::IdentityCounters {
+        &self.identities.counters
     }
 
     /// Live processes in the table (the size metric).
@@ -256,6 +279,7 @@ impl SessionTracker {
             Event::UdpSend(u) => self.on_udp_send(u),
             Event::NsJoin(j) => self.on_ns_join(j, &mut out),
             Event::File(f) => self.on_file(f),
+            Event::Sock(so) => self.on_sock(so, &mut out),
         }
         out
     }
@@ -478,6 +502,7 @@ impl SessionTracker {
 
     fn on_exec(&mut self, e: &ExecEvent, out: &mut Vec<SessionUpdate>) {
         let key = e.key();
+        self.exec_identity = self.identities.identify(&self.activity, e, self.lookup.as_mut());
         if self.table.resolve(key).is_none() {
             self.counters.execs_before_fork.inc();
             let parent = self.table.resolve(e.parent_key()).unwrap_or(e.parent_key());
@@ -537,7 +562,8 @@ impl SessionTracker {
             (session, tree) = (None, None);
         }
         if (session.is_none() || tree.is_some())
-            && self.activity.watched(&e.exe_path, e.argv.first().map(|a| a.as_slice()))
+            && (self.activity.watched(&e.exe_path, e.argv.first().map(|a| a.as_slice()))
+                || self.exec_identity.tool.is_some())
         {
             self.start_activity(e, SessionKind::Watched, is_container, tree, out);
             return;
@@ -550,7 +576,7 @@ impl SessionTracker {
         if session.is_some() {
             self.push_image(key, e);
         } else if let Some(p) = self.table.get_mut(&key) {
-            p.images = vec![image_from_exec(e, next_index(&p.images), &self.clock)];
+            p.images = vec![image_from_exec(e, next_index(&p.images), &self.clock, &self.exec_identity)];
         }
     }
 
@@ -569,7 +595,7 @@ impl SessionTracker {
             return false;
         }
         // (the entry stays `from_proc`: its key is in clock ticks, which resolve() matches)
-        p.images[0] = image_from_exec(e, 0, &self.clock);
+        p.images[0] = image_from_exec(e, 0, &self.clock, &self.exec_identity);
         p.cgroup_id = e.cgroup_id;
         p.nspid = e.nspid;
         p.pidns_ino = e.pidns_ino;
@@ -632,7 +658,7 @@ impl SessionTracker {
         if let Some(p) = self.table.get_mut(&key) {
             p.session = Some(sid);
             p.join = None;
-            p.images = vec![image_from_exec(e, 0, &self.clock)];
+            p.images = vec![image_from_exec(e, 0, &self.clock, &self.exec_identity)];
         }
     }
 
@@ -643,7 +669,7 @@ impl SessionTracker {
         if let Some(last) = p.images.last_mut() {
             last.end_ns.get_or_insert(e.ts_ns);
         }
-        p.images.push(image_from_exec(e, idx, &self.clock));
+        p.images.push(image_from_exec(e, idx, &self.clock, &self.exec_identity));
     }
 
     /// A process leaves a session without exiting (it roots a nested one).

@@ -2,8 +2,10 @@
 //! image of a session member that made them, or (outside sessions) handed to the outbound
 //! folding of `process::activity`.
 
-use crate::capture::event::{ConnectEvent, ConnectResultEvent, FileEvent, ProcessKey, ResultPhase, UdpSendEvent};
-use crate::model::{ConnectOutcome, ConnectRecord, FileRecord, ImageRecord, SessionUpdate};
+use crate::capture::event::{
+    ConnectEvent, ConnectResultEvent, FileEvent, ProcessKey, ResultPhase, SockEvent, SockOp, UdpSendEvent,
+};
+use crate::model::{ConnectOutcome, ConnectRecord, FileRecord, ImageRecord, NetOp, SessionUpdate};
 use crate::process::table::CookieSlot;
 
 use super::{record_of, SessionTracker, MAX_FILES_PER_IMAGE};
@@ -14,17 +16,51 @@ impl SessionTracker {
             self.counters.connects_unknown_pid.inc();
             return;
         };
-        let Some(p) = self.table.get(&key) else { return };
+        let scope = self.activity.ranges.classify(c.addr);
+        let rec = ConnectRecord { scope: Some(scope), ..ConnectRecord::pending(c) };
+        let Some(slot) = self.keep_connect(key, rec, c.cookie, out) else { return };
+        self.table.set_cookie(c.cookie, slot);
+    }
+
+    /// A way out that is not a connect (issue 18): kept in the image like a connect; a
+    /// datagram to a destination this image already sent to, a connection accepted from a
+    /// client address already seen on the same local address, a raw socket of a transport
+    /// already opened, folds into that record's count (`activity.count`). Outside sessions,
+    /// datagrams go to the outbound folding like connects; the rest is not recorded there.
+    pub(super) fn on_sock(&mut self, s: &SockEvent, out: &mut Vec<SessionUpdate>) {
+        let found = match s.start_ns {
+            0 => self.table.by_pid(s.pid),
+            st => self.table.resolve(ProcessKey { pid: s.pid, start_ns: st }).or_else(|| self.table.by_pid(s.pid)),
+        };
+        let Some(key) = found else {
+            self.counters.sockets_unknown_pid.inc();
+            return;
+        };
+        let mut rec = ConnectRecord::from_sock(s);
+        if s.op != SockOp::Create {
+            rec.scope = Some(self.activity.ranges.classify(rec.addr));
+        }
+        if s.op != SockOp::SendTo {
+            // folds need the image; outside sessions these are not recorded
+            if let Some(img) = self.member_image(key, out) {
+                fold_or_push(img, rec);
+            }
+            return;
+        }
+        self.keep_connect(key, rec, s.cookie, out);
+    }
+
+    /// The current image of a session member (one made for a process seen only by its fork),
+    /// after a node join's promotion; None outside sessions.
+    fn member_image(&mut self, key: ProcessKey, out: &mut Vec<SessionUpdate>) -> Option<&mut ImageRecord> {
+        let p = self.table.get(&key)?;
         if let Some(j) = p.join.clone() {
             if self.session_container(p.session) != Some(j.container.cgroup_id) {
                 self.promote(j, key, None, out);
             }
         }
-        let Some(p) = self.table.get_mut(&key) else { return };
-        if p.session.is_none() {
-            self.outbound_connect(c, key);
-            return; // sessions' connects are kept in their images; others only as outbound
-        }
+        let p = self.table.get_mut(&key)?;
+        p.session?;
         if p.images.is_empty() {
             p.images.push(ImageRecord {
                 exec_index: 0,
@@ -44,21 +80,45 @@ impl SessionTracker {
                 connects: Vec::new(),
                 files: Vec::new(),
                 exe_written_ns: None,
+                exe_file: (0, 0),
+                identity: None,
+                program: None,
             });
         }
-        let image = p.images.len() - 1;
-        let conns = &mut p.images[image].connects;
-        let scope = self.activity.ranges.classify(c.addr);
-        conns.push(ConnectRecord { scope: Some(scope), ..ConnectRecord::pending(c) });
-        let slot = CookieSlot { key, image, connect: conns.len() - 1 };
-        self.table.set_cookie(c.cookie, slot);
+        p.images.last_mut()
     }
 
-    /// A connect outside every session: an outbound record when it comes from a container
-    /// process and its destination is in a recorded scope.
-    pub(super) fn outbound_connect(&mut self, c: &ConnectEvent, key: ProcessKey) {
+    /// A connect or a datagram: in its image when the process is a session member (the slot
+    /// its outcome will find), else to the outbound folding.
+    fn keep_connect(
+        &mut self,
+        key: ProcessKey,
+        rec: ConnectRecord,
+        cookie: u64,
+        out: &mut Vec<SessionUpdate>,
+    ) -> Option<CookieSlot> {
+        if self.member_image(key, out).is_none() {
+            self.outbound_connect(rec, cookie, key);
+            return None; // sessions' connects are kept in their images; others only as outbound
+        }
+        let p = self.table.get_mut(&key)?;
+        let image = p.images.len() - 1;
+        let img = &mut p.images[image];
+        if rec.op == NetOp::SendTo {
+            fold_or_push(img, rec);
+            return None;
+        }
+        img.connects.push(rec);
+        Some(CookieSlot { key, image, connect: img.connects.len() - 1 })
+    }
+
+    /// A connect (or datagram) outside every session: an outbound record when it comes from a
+    /// container process and its destination is in a recorded scope.
+    pub(super) fn outbound_connect(&mut self, conn: ConnectRecord, cookie: u64, key: ProcessKey) {
         let Some(p) = self.table.get(&key) else { return };
-        let scope = self.activity.ranges.classify(c.addr);
+        // the scope the decision was made on is the one the span shows (ranges learned
+        // before the record leaves do not relabel it)
+        let scope = conn.scope.unwrap_or_else(|| self.activity.ranges.classify(conn.addr));
         if !self.activity.outbound_scope(scope) || self.containers.get(p.cgroup_id).is_none() {
             return;
         }
@@ -67,11 +127,9 @@ impl SessionTracker {
         if let Some(img) = rec.images.pop() {
             rec.images = vec![ImageRecord { connects: Vec::new(), files: Vec::new(), ..img }];
         }
-        // the scope the decision was made on is the one the span shows (ranges learned
-        // before the record leaves do not relabel it)
-        let conn = ConnectRecord { scope: Some(scope), ..ConnectRecord::pending(c) };
+        let conn = ConnectRecord { scope: Some(scope), ..conn };
         let cg = p.cgroup_id;
-        self.outbound.connect(&self.activity, conn, c.cookie, rec, container, cg);
+        self.outbound.connect(&self.activity, conn, cookie, rec, container, cg);
     }
 
     pub(super) fn connect_mut(&mut self, cookie: u64) -> Option<&mut ConnectRecord> {
@@ -132,14 +190,60 @@ impl SessionTracker {
     }
 
     pub(super) fn on_udp_send(&mut self, u: &UdpSendEvent) {
-        if self.outbound.udp_sent(&self.activity, u.cookie) {
+        if self.outbound.udp_sent(&self.activity, u.cookie, u.dest) {
             return;
         }
         match self.connect_mut(u.cookie) {
-            Some(rec) => rec.udp_sent = true,
+            Some(rec) => {
+                rec.udp_sent = true;
+                // the connected socket's datagram went elsewhere than the connect said (a
+                // program rewrote it): the real destination, as for a TCP handshake's
+                if let Some(d) = u.dest.filter(|d| *d != (rec.addr, rec.port) && !d.0.is_unspecified()) {
+                    rec.final_addr = Some(d);
+                }
+            }
             None => {
                 self.counters.results_unmatched.inc();
             }
         }
     }
+}
+
+/// How many of an image's latest records a new datagram, accept or raw socket is compared
+/// with for folding: a bounded cost per event; a record further back gets a new record
+/// (still counted exactly, in two records).
+const FOLD_SCAN: usize = 64;
+
+fn fold_or_push(img: &mut ImageRecord, rec: ConnectRecord) {
+    let same = |c: &ConnectRecord| {
+        c.op == rec.op
+            && c.transport == rec.transport
+            && match rec.op {
+                NetOp::SendTo => (c.addr, c.port) == (rec.addr, rec.port),
+                NetOp::Accept => c.addr == rec.addr && c.local == rec.local,
+                NetOp::Socket => true,
+                NetOp::Connect | NetOp::Listen => false,
+            }
+    };
+    if let Some(c) = img.connects.iter_mut().rev().take(FOLD_SCAN).find(|c| same(c)) {
+        let a = c.activity.get_or_insert(crate::model::ActivityMarks {
+            count: 1,
+            first_ns: c.ts_ns,
+            last_ns: c.ts_ns,
+            suppressed_before: 0,
+        });
+        a.count += 1;
+        a.last_ns = a.last_ns.max(rec.ts_ns);
+        return;
+    }
+    let mut rec = rec;
+    if rec.op != NetOp::Listen && rec.activity.is_none() {
+        rec.activity = Some(crate::model::ActivityMarks {
+            count: 1,
+            first_ns: rec.ts_ns,
+            last_ns: rec.ts_ns,
+            suppressed_before: 0,
+        });
+    }
+    img.connects.push(rec);
 }

@@ -152,7 +152,19 @@ fn datagrams_that_name_their_destination_are_spans_counted_exactly_and_folded_ou
     // outside sessions: one outbound trace, the 7 datagrams folded into it
     let out = op_to(&mine, "sendto", "203.0.113.12", 4000);
     assert_eq!(out.len(), 1, "one outbound record: {mine:#?}");
-    assert_eq!(out[0].text("podtrail.session.kind").as_deref(), Some("outbound"));
+    // on failure, the trace it landed in: root kind, processes and their parents
+    let trace_of = |s: &Span| -> Vec<String> {
+        mine.iter()
+            .filter(|x| x.trace_id == s.trace_id)
+            .map(|x| format!("{} <- {} [{}] {:?} {:?}", x.span_id, x.parent, x.name, x.args(), x.text("process.pid")))
+            .collect()
+    };
+    assert_eq!(
+        out[0].text("podtrail.session.kind").as_deref(),
+        Some("outbound"),
+        "the init's datagrams are outside every session: {:#?}",
+        trace_of(out[0])
+    );
     assert_eq!(out[0].text("podtrail.folded.count").as_deref(), Some("7"));
     let root = mine.iter().find(|r| r.trace_id == out[0].trace_id && r.is_root()).expect("its root");
     assert_eq!(root.name, "outbound");

@@ -73,5 +73,5 @@ def test_the_four_questions_search_dedicated_columns(repo):
     dedicated = {c["name"] for c in cols if c["scope"] == "span"}
     readme = (repo / "README.md").read_text()
     keys = set(re.findall(r"span\.([a-z0-9_.]+)\s*=\s*\"", readme))
-    assert {"k8s.namespace.name", "user.name", "process.executable.name"} <= keys, keys
+    assert {"k8s.namespace.name", "user.name", "podtrail.process.identity"} <= keys, keys
     assert keys <= dedicated, f"README queries match on keys without a dedicated column: {keys - dedicated}"

@@ -118,6 +118,7 @@ fn session(pod: &str) -> Vec<SessionUpdate> {
         connects: vec![],
         files: vec![],
         exe_written_ns: None,
+        connects_over_cap: 0,
     };
     let rec = ProcessRecord {
         key,
@@ -155,7 +156,9 @@ async fn export(
     }
     drop(tx);
     let metrics = Metrics::default();
-    let report = podtrail::export::run_export(rx, run, Arc::new(NoAttributor), metrics.clone()).await.expect("export");
+    let report = podtrail::export::run_export(rx, run, Arc::new(NoAttributor), metrics.clone(), Default::default())
+        .await
+        .expect("export");
     (report.sinks.iter().find(|(n, _)| *n == "otlp").expect("otlp sink").1, metrics)
 }
 

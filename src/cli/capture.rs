@@ -68,6 +68,7 @@ pub async fn run(a: CaptureArgs) -> anyhow::Result<()> {
         ring_bytes: a.ring_mib * 1024 * 1024,
         filter: a.filter,
         network: !a.no_network,
+        cgroup_share_bytes: a.ring_mib as u64 * 1024 * 1024 / 10,
         ..Default::default()
     };
     let mut cap = Capture::start(opts)?;

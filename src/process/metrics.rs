@@ -62,7 +62,9 @@ impl ProcessMetrics {
             "podtrail_process_anomalies",
             "Events the process stage could not place as they came, by what (exit_early, exit_unknown, \
              exec_before_fork, parent_unknown, pid_reused_unexited, connect_unknown_pid, result_unmatched, \
-             ns_join_idle, file_over_cap)",
+             ns_join_idle, file_over_cap, root_exec_lost: a session opened partial because its root's exec \
+             was lost, connect_folded: a session connect counted on its destination's record, \
+             connect_over_cap: a session connect only counted, past an image's record cap)",
             self.anomalies.clone(),
         );
         reg.register(
@@ -87,7 +89,7 @@ impl ProcessMetrics {
         let m = self.shared.clone();
         // (family, label, total); a guard from `get_or_create` is never held across another
         // call on the same family (it would deadlock when that one inserts)
-        let totals: [(&Family<Labels, Counter>, (&'static str, &'static str), u64); 14] = [
+        let totals: [(&Family<Labels, Counter>, (&'static str, &'static str), u64); 17] = [
             (&self.sessions, ("what", "started"), c.sessions_started),
             (&self.sessions, ("what", "ended"), c.sessions_ended),
             (&self.anomalies, ("what", "exit_early"), c.exits_early),
@@ -99,6 +101,9 @@ impl ProcessMetrics {
             (&self.anomalies, ("what", "result_unmatched"), c.results_unmatched),
             (&self.anomalies, ("what", "ns_join_idle"), c.ns_joins_idle),
             (&self.anomalies, ("what", "file_over_cap"), c.files_over_cap),
+            (&self.anomalies, ("what", "root_exec_lost"), c.roots_lost),
+            (&self.anomalies, ("what", "connect_over_cap"), c.connects_over_cap),
+            (&self.anomalies, ("what", "connect_folded"), c.connects_folded),
             // outbound connects the per-container rate limit held back (marked on the
             // container's next outbound span too)
             (&m.events_lost, ("reason", "rate_limit"), o.suppressed),

@@ -176,6 +176,7 @@ impl SessionTracker {
                 connects: Vec::new(),
                 files: Vec::new(),
                 exe_written_ns: None,
+                connects_over_cap: 0,
             }];
             if self.containers.learn(sp.cgroup_id, self.lookup.as_mut(), true) {
                 self.containers.note_namespaces(sp.cgroup_id, sp.mntns_ino, sp.pidns_ino);

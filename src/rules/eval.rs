@@ -152,6 +152,7 @@ mod tests {
             connects: vec![],
             files: vec![],
             exe_written_ns: written,
+            connects_over_cap: 0,
         };
         ProcessRecord {
             key: ProcessKey { pid: 101, start_ns: 50 * S },

@@ -37,6 +37,8 @@ pub const SESSION_SPANS_CAPPED: &str = "podtrail.session.spans_capped";
 pub const SESSION_ARGV_TRUNCATED: &str = "podtrail.session.argv_truncated";
 pub const SESSION_ARGS_REDACTED: &str = "podtrail.session.args_redacted";
 pub const SESSION_UDP_UNSENT: &str = "podtrail.session.udp_unsent";
+/// Connects only counted: past their image's cap on connect records (memory stays bounded).
+pub const SESSION_CONNECTS_OVER_CAP: &str = "podtrail.session.connects_over_cap";
 pub const SESSION_PROCESSES: &str = "podtrail.session.processes";
 pub const SESSION_CONTAINER_SOURCE: &str = "podtrail.session.container_source";
 pub const NODE_USER: &str = "podtrail.node.user";
@@ -77,6 +79,8 @@ pub const ALERTS_MAX_SEVERITY: &str = "podtrail.alerts.max_severity";
 pub const ALERTS_RULES: &str = "podtrail.alerts.rules";
 /// On each `alert` span event, beside `security_rule.*`.
 pub const ALERT_SEVERITY: &str = "podtrail.alert.severity";
+/// On an `alert` span (an alert sent when raised): the span it is about (hex span id).
+pub const ALERT_SPAN_ID: &str = "podtrail.alert.span_id";
 
 // File operations: span events on the process image span (and on file alerts).
 pub const FILE_OP: &str = "podtrail.file.op";
@@ -113,6 +117,7 @@ pub const PODTRAIL_KEYS: &[&str] = &[
     SESSION_ARGV_TRUNCATED,
     SESSION_ARGS_REDACTED,
     SESSION_UDP_UNSENT,
+    SESSION_CONNECTS_OVER_CAP,
     SESSION_PROCESSES,
     SESSION_CONTAINER_SOURCE,
     NODE_USER,
@@ -136,6 +141,7 @@ pub const PODTRAIL_KEYS: &[&str] = &[
     ALERTS_MAX_SEVERITY,
     ALERTS_RULES,
     ALERT_SEVERITY,
+    ALERT_SPAN_ID,
     FILE_OP,
     FILE_PATH,
     FILE_PATH2,

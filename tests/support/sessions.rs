@@ -58,6 +58,7 @@ pub fn image(idx: u32, start: u64, exe: &str, argv: &[&str]) -> ImageRecord {
         connects: vec![],
         files: vec![],
         exe_written_ns: None,
+        connects_over_cap: 0,
     }
 }
 

@@ -20,7 +20,7 @@
 //! processes outside every session. Nothing here panics on any event sequence.
 
 mod activity;
-mod net;
+pub mod net;
 mod ns;
 
 use std::collections::HashMap;
@@ -52,6 +52,12 @@ pub struct TrackerCounters {
     pub ns_joins_idle: u64,
     /// Watched-file operations past `MAX_FILES_PER_IMAGE` on one image (a loop over a file).
     pub files_over_cap: u64,
+    /// Sessions whose root's exec the kernel lost, opened as partial sessions from a child.
+    pub roots_lost: u64,
+    /// Session connects folded into their image's record for the same destination.
+    pub connects_folded: u64,
+    /// Session connects to new destinations past an image's record cap: counted only.
+    pub connects_over_cap: u64,
 }
 
 /// File operations kept per image: a loop that opens a watched file forever must not grow a
@@ -77,6 +83,11 @@ pub struct SessionTracker {
     outbound: super::activity::Outbound,
     /// Turns the executable's wall-clock change time into boot ns.
     clock: crate::clock::BootClock,
+    /// Ended sessions held until the kernel's per-cgroup loss counts have been read after
+    /// their end (release time in boot ns), so a loss in a short session still marks it.
+    ending: std::collections::VecDeque<(u64, SessionInfo)>,
+    /// How long an ended session waits there; 0: it leaves at once.
+    loss_settle_ns: u64,
 }
 
 /// A wall-clock time (ns since the epoch) as boot ns; None for 0 (unknown) and for times
@@ -105,6 +116,7 @@ pub(crate) fn image_from_exec(e: &ExecEvent, exec_index: u32, clock: &crate::clo
         connects: Vec::new(),
         files: Vec::new(),
         exe_written_ns: wall_to_boot_ns(clock, e.exe_ctime_ns),
+        connects_over_cap: 0,
     }
 }
 
@@ -126,6 +138,23 @@ impl SessionTracker {
             activity: Default::default(),
             outbound: Default::default(),
             clock: crate::clock::BootClock::now(),
+            ending: Default::default(),
+            loss_settle_ns: 0,
+        }
+    }
+
+    /// Hold each ended session this long before its `Ended` leaves, so the kernel's loss
+    /// counts, polled about once a second, can still mark it ([`Self::note_events_lost`]).
+    pub fn set_loss_settle(&mut self, d: std::time::Duration) {
+        self.loss_settle_ns = d.as_nanos() as u64;
+    }
+
+    /// Ended sessions whose wait is over at `now_ns` leave.
+    fn release_ended(&mut self, now_ns: u64, out: &mut Vec<SessionUpdate>) {
+        while self.ending.front().is_some_and(|(at, _)| *at <= now_ns) {
+            if let Some((_, info)) = self.ending.pop_front() {
+                out.push(SessionUpdate::Ended(info, Vec::new()));
+            }
         }
     }
 
@@ -178,6 +207,7 @@ impl SessionTracker {
     pub fn tick(&mut self, now_ns: u64) -> Vec<SessionUpdate> {
         let mut out = Vec::new();
         self.outbound.flush(&self.activity, now_ns, false, &mut out);
+        self.release_ended(now_ns, &mut out);
         out
     }
 
@@ -186,8 +216,14 @@ impl SessionTracker {
         if self.outbound.open() > 0 {
             self.outbound.flush(&self.activity, ev.ts_ns(), false, &mut out);
         }
+        if !self.ending.is_empty() {
+            self.release_ended(ev.ts_ns(), &mut out);
+        }
         match ev {
-            Event::Exec(e) => self.on_exec(e, &mut out),
+            Event::Exec(e) => {
+                self.on_exec(e, &mut out);
+                self.announce_exec(e, &mut out);
+            }
             Event::Fork(f) => self.on_fork(f, &mut out),
             Event::Exit(x) => self.on_exit(x, &mut out),
             Event::Connect(c) => self.on_connect(c, &mut out),
@@ -199,11 +235,38 @@ impl SessionTracker {
         out
     }
 
+    /// A member's new image, said at once (`SessionUpdate::Exec`) so an alert on it need not
+    /// wait for the process to end. The new image travels with the one before it (whether it
+    /// is the first exec), without connects or files: those come with the final record.
+    fn announce_exec(&self, e: &ExecEvent, out: &mut Vec<SessionUpdate>) {
+        let Some(p) = self.table.get(&e.key()) else { return };
+        let Some(s) = p.session.and_then(|sid| self.sessions.get(&sid)) else { return };
+        let Some(img) = p.images.last().filter(|i| i.start_ns == e.ts_ns && !i.inherited) else { return };
+        let strip = |i: &ImageRecord| ImageRecord { connects: Vec::new(), files: Vec::new(), ..i.clone() };
+        // the image before it, if any, says whether this is the process's first exec (an
+        // inherited image can only come first)
+        let mut images: Vec<ImageRecord> = p.images.iter().rev().skip(1).take(1).map(strip).collect();
+        images.push(strip(img));
+        let rec = ProcessRecord {
+            key: p.key,
+            parent: p.parent,
+            parent_exec_index: p.parent_exec_index,
+            nspid: p.nspid,
+            fork_ns: p.fork_ns,
+            exit_ns: None,
+            exit: None,
+            from_proc: p.from_proc,
+            images,
+        };
+        out.push(SessionUpdate::Exec(s.info.clone(), rec));
+    }
+
     /// The agent is stopping: every open session ends now, marked incomplete, with the
     /// processes still running.
     pub fn shutdown(&mut self, now_ns: u64) -> Vec<SessionUpdate> {
         let mut early = Vec::new();
         self.outbound.flush(&self.activity, now_ns, true, &mut early);
+        self.release_ended(u64::MAX, &mut early);
         let mut open: HashMap<SessionId, Vec<ProcessRecord>> = HashMap::new();
         for p in self.table.iter() {
             if let Some(sid) = p.session {
@@ -269,6 +332,12 @@ impl SessionTracker {
                 s.info.events_lost += n;
                 s.info.incomplete = true;
             }
+        }
+        // ended, but the loss may have happened while they ran: a false "incomplete" is the
+        // safe error
+        for (_, info) in self.ending.iter_mut().filter(|(_, i)| i.container.cgroup_id == cgroup_id) {
+            info.events_lost += n;
+            info.incomplete = true;
         }
     }
 
@@ -348,6 +417,7 @@ impl SessionTracker {
                 last.files = files;
                 img.exec_index = 0;
                 img.inherited = true;
+                img.connects_over_cap = 0;
                 img.start_ns = p.key.start_ns;
                 img.end_ns = None;
                 p.images = vec![img];
@@ -397,7 +467,7 @@ impl SessionTracker {
         p.pidns_ino = e.pidns_ino;
         p.mntns_ino = e.mntns_ino;
         p.loginuid = e.loginuid;
-        let (session, join) = (p.session, p.join.clone());
+        let session = p.session;
         if old_cg != e.cgroup_id {
             self.containers.process_removed(old_cg);
             self.containers.process_added(e.cgroup_id);
@@ -414,7 +484,12 @@ impl SessionTracker {
                 self.start_exec_session(e, session, out);
                 return;
             }
+            if !crossing && session.is_none() {
+                self.recover_lost_root(key, e, out);
+            }
         }
+        let Some(p) = self.table.get(&key) else { return };
+        let (session, join) = (p.session, p.join.clone());
         if let Some(j) = join {
             if self.session_container(session) != Some(j.container.cgroup_id) || session.is_none() {
                 self.promote(j, key, Some(e), out);
@@ -475,6 +550,39 @@ impl SessionTracker {
         verdict
     }
 
+    /// A process execs inside a container whose parent never exec'd there: the parent runs
+    /// an image it inherited in another mount namespace (the runtime's), yet its child runs in
+    /// the container's. That parent entered the container and its exec was lost (the kernel
+    /// could not write it): it roots a session, opened now as a partial one (incomplete, one
+    /// event lost at least), with the parent and this child in it. Counted.
+    fn recover_lost_root(&mut self, key: ProcessKey, e: &ExecEvent, out: &mut Vec<SessionUpdate>) {
+        let Some(parent) = self.table.get(&key).and_then(|p| p.parent) else { return };
+        let Some(pp) = self.table.get(&parent) else { return };
+        let from_outside = pp.mntns_ino != 0 && pp.mntns_ino != e.mntns_ino;
+        let never_exec = !pp.images.is_empty() && pp.images.iter().all(|i| i.inherited);
+        if pp.session.is_some() || !from_outside || !never_exec || self.sessions.contains_key(&SessionId(parent)) {
+            return;
+        }
+        if self.containers.get(e.cgroup_id).and_then(|c| c.init) == Some(parent) {
+            return;
+        }
+        let container = self.containers.get(e.cgroup_id).map(|c| c.info.clone()).unwrap_or_default();
+        let sid = SessionId(parent);
+        let info = SessionInfo {
+            incomplete: true,
+            events_lost: 1,
+            ..SessionInfo::new(sid, SessionKind::Exec, container, parent.start_ns)
+        };
+        self.counters.roots_lost += 1;
+        self.start_session(info, 0, out);
+        for k in [parent, key] {
+            if let Some(p) = self.table.get_mut(&k) {
+                p.join = None;
+            }
+            self.adopt(k, sid);
+        }
+    }
+
     fn start_exec_session(&mut self, e: &ExecEvent, previous: Option<SessionId>, out: &mut Vec<SessionUpdate>) {
         let key = e.key();
         let container = self.containers.get(e.cgroup_id).map(|c| c.info.clone()).unwrap_or_default();
@@ -520,7 +628,11 @@ impl SessionTracker {
         if let Some(mut s) = self.sessions.remove(&sid) {
             s.info.end_ns = Some(ts_ns);
             self.counters.sessions_ended += 1;
-            out.push(SessionUpdate::Ended(s.info, Vec::new()));
+            if self.loss_settle_ns == 0 {
+                out.push(SessionUpdate::Ended(s.info, Vec::new()));
+            } else {
+                self.ending.push_back((ts_ns.saturating_add(self.loss_settle_ns), s.info));
+            }
         }
     }
 

@@ -3,10 +3,17 @@
 //! folding of `process::activity`.
 
 use crate::capture::event::{ConnectEvent, ConnectResultEvent, FileEvent, ProcessKey, ResultPhase, UdpSendEvent};
-use crate::model::{ConnectOutcome, ConnectRecord, FileRecord, ImageRecord, SessionUpdate};
+use crate::model::{ActivityMarks, ConnectOutcome, ConnectRecord, FileRecord, ImageRecord, SessionUpdate};
 use crate::process::table::CookieSlot;
 
 use super::{record_of, SessionTracker, MAX_FILES_PER_IMAGE};
+
+/// Connects an image keeps one by one; later ones fold per destination
+/// (`podtrail.folded.count` on the connect span).
+pub const KEEP_CONNECTS: usize = 256;
+/// Connect records an image holds at most (kept and folded): past it, a connect to a new
+/// destination is only counted (`podtrail.session.connects_over_cap`).
+pub const MAX_CONNECT_RECORDS: usize = 1024;
 
 impl SessionTracker {
     pub(super) fn on_connect(&mut self, c: &ConnectEvent, out: &mut Vec<SessionUpdate>) {
@@ -44,14 +51,52 @@ impl SessionTracker {
                 connects: Vec::new(),
                 files: Vec::new(),
                 exe_written_ns: None,
+                connects_over_cap: 0,
             });
         }
         let image = p.images.len() - 1;
-        let conns = &mut p.images[image].connects;
+        let exec_index = p.images[image].exec_index;
         let scope = self.activity.ranges.classify(c.addr);
-        conns.push(ConnectRecord { scope: Some(scope), ..ConnectRecord::pending(c) });
-        let slot = CookieSlot { key, image, connect: conns.len() - 1 };
-        self.table.set_cookie(c.cookie, slot);
+        let rec = ConnectRecord { scope: Some(scope), ..ConnectRecord::pending(c) };
+        let img = &mut p.images[image];
+        // the first connects are kept one by one; after those, one record per destination
+        // counts its repeats; past the cap on records, connects are only counted
+        let connect = if img.connects.len() < KEEP_CONNECTS {
+            img.connects.push(rec);
+            img.connects.len() - 1
+        } else {
+            let index = match &mut p.connect_index {
+                Some((i, m)) if *i == exec_index => m,
+                slot => &mut slot.insert((exec_index, Default::default())).1,
+            };
+            let dest = (c.transport, c.addr, c.port);
+            match index.get(&dest) {
+                Some(&at) => {
+                    let r = &mut img.connects[at];
+                    let a = r.activity.get_or_insert(ActivityMarks {
+                        count: 1,
+                        first_ns: r.ts_ns,
+                        last_ns: r.ts_ns,
+                        suppressed_before: 0,
+                    });
+                    a.count += 1;
+                    a.last_ns = a.last_ns.max(c.ts_ns);
+                    self.counters.connects_folded += 1;
+                    at
+                }
+                None if img.connects.len() < MAX_CONNECT_RECORDS => {
+                    img.connects.push(rec);
+                    index.insert(dest, img.connects.len() - 1);
+                    img.connects.len() - 1
+                }
+                None => {
+                    img.connects_over_cap += 1;
+                    self.counters.connects_over_cap += 1;
+                    return;
+                }
+            }
+        };
+        self.table.set_cookie(c.cookie, CookieSlot { key, image, connect });
     }
 
     /// A connect outside every session: an outbound record when it comes from a container

@@ -141,6 +141,7 @@ fn image(start: u64, argv: &[String]) -> ImageRecord {
         exe_file: (0, 0),
         identity: None,
         program: None,
+        connects_over_cap: 0,
     }
 }
 
@@ -346,7 +347,7 @@ async fn podtrail_path(rx_: &Receiver, updates: &[SessionUpdate], expect: u64, d
     let metrics = Metrics::default();
     let (tx, rx) = tokio::sync::mpsc::channel(16_384);
     let (t0, c0) = (Instant::now(), cpu_seconds());
-    let task = tokio::spawn(podtrail::export::run_export(rx, cfg, Arc::new(NoAttributor), metrics));
+    let task = tokio::spawn(podtrail::export::run_export(rx, cfg, Arc::new(NoAttributor), metrics, Default::default()));
     for u in updates {
         tx.send(u.clone()).await.unwrap();
     }

@@ -15,7 +15,7 @@
 //! Memory: a counting global allocator; bytes still allocated after 10 000 processes were
 //! forked and exec'd and are still alive, per process (host processes, then session members).
 //!
-//! Redaction (issue 13): the secrets pass (`export::redact_update`, what the export task does
+//! Redaction (issue 13): the secrets pass (`spans::redact_update`, what the span task does
 //! to every update) over the `session` storm's updates, per exec, beside the process stage's
 //! own cost per exec (decode + tracker) in the same run: once with the storm's argv (nothing
 //! to redact, the common case), once with every argv replaced by a command carrying secrets
@@ -275,7 +275,7 @@ fn time_redaction(recs: &[Vec<u8>], rounds: usize) {
         .map(|u| match u {
             SessionUpdate::ProcessEnded(_, r) => r.images.len(),
             SessionUpdate::Ended(_, rs) => rs.iter().map(|r| r.images.len()).sum(),
-            SessionUpdate::Started(_) => 0,
+            SessionUpdate::Started(_) | SessionUpdate::Exec(..) => 0,
         })
         .sum();
     let with_secrets: Vec<SessionUpdate> = updates
@@ -285,7 +285,7 @@ fn time_redaction(recs: &[Vec<u8>], rounds: usize) {
             let recs: &mut [podtrail::model::ProcessRecord] = match &mut u {
                 SessionUpdate::ProcessEnded(_, r) => std::slice::from_mut(r),
                 SessionUpdate::Ended(_, rs) => rs,
-                SessionUpdate::Started(_) => &mut [],
+                SessionUpdate::Started(_) | SessionUpdate::Exec(..) => &mut [],
             };
             for r in recs {
                 for img in &mut r.images {
@@ -316,7 +316,7 @@ fn time_redaction(recs: &[Vec<u8>], rounds: usize) {
             let mut batch = set.to_vec();
             let t = Instant::now();
             for u in &mut batch {
-                podtrail::export::redact_update(&red, u);
+                podtrail::spans::redact_update(&red, u);
             }
             v.push(t.elapsed().as_secs_f64());
             n = batch

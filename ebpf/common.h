@@ -39,6 +39,10 @@ const volatile __u32 host_pidns_ino = 0;    /* the host's pid namespace: filter 
 const volatile __u32 self_tgid = 0;         /* podtrail itself: never traced */
 const volatile __u32 scan_env = 1;          /* look for KUBERNETES_EXEC_AUDIT_ID */
 const volatile __u64 wakeup_bytes = 256 * 1024; /* wake the reader once this much is queued */
+/* Each cgroup's fair share of the ring (see emit): bytes of network records per window once
+ * the ring is half full; 0 turns the share off. */
+const volatile __u64 cgroup_share_bytes = 0;
+const volatile __u64 cgroup_share_window_ns = 100 * 1000 * 1000;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -59,6 +63,27 @@ struct {
 	__type(key, __u64);
 	__type(value, struct pt_cgroup_drops);
 } drops_by_cgroup SEC(".maps");
+
+/* Records refused because their cgroup was over its share of a filling ring, per kind (also
+ * counted in drops_by_kind and drops_by_cgroup: they are lost events of that cgroup). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PT_KIND_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} refused_by_kind SEC(".maps");
+
+/* Network record bytes each cgroup wrote in its current window. Kernel-only state. */
+struct cgroup_share {
+	__u64 window_start_ns;
+	__u64 bytes;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct cgroup_share);
+} share_by_cgroup SEC(".maps");
 
 /* Records written, per event kind: with drops_by_kind, the loss ratio. */
 struct {
@@ -150,10 +175,46 @@ static __always_inline __u64 wakeup_flag(void)
 									      : BPF_RB_NO_WAKEUP;
 }
 
+/* The ring is shared by every container, so one container's flood of connects would leave no
+ * room for another's exec, fork and exit records (and its session would lose events). Network
+ * records are what a flood is made of: each cgroup may write cgroup_share_bytes of them per
+ * window, counted always and enforced only while the ring is at least half full. What is over
+ * is refused and counted as that cgroup's loss (its sessions are marked). Process records are
+ * never refused here: without them sessions would not end. */
+static __always_inline bool over_share(struct pt_header *h, __u64 size)
+{
+	if (cgroup_share_bytes == 0)
+		return false;
+	if (h->kind != PT_KIND_CONNECT && h->kind != PT_KIND_CONNECT_RESULT && h->kind != PT_KIND_UDP_SEND)
+		return false;
+	__u64 cg = h->cgroup_id;
+	struct cgroup_share *s = bpf_map_lookup_elem(&share_by_cgroup, &cg);
+	if (!s) {
+		struct cgroup_share init = { .window_start_ns = h->ts_ns, .bytes = size };
+		bpf_map_update_elem(&share_by_cgroup, &cg, &init, BPF_ANY);
+		return false;
+	}
+	if (h->ts_ns - s->window_start_ns >= cgroup_share_window_ns) {
+		s->window_start_ns = h->ts_ns;
+		s->bytes = 0;
+	}
+	__u64 used = __sync_fetch_and_add(&s->bytes, size);
+	if (used + size <= cgroup_share_bytes)
+		return false;
+	__u64 queued = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 ring = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
+	return queued * 2 >= ring;
+}
+
 /* Write a record (its header's kind and len already set) or count its loss. */
 static __always_inline int emit(void *rec, __u64 size)
 {
 	struct pt_header *h = rec;
+	if (over_share(h, size)) {
+		count(&refused_by_kind, h->kind);
+		count_drop(h->kind, h->cgroup_id, h->ts_ns);
+		return -1;
+	}
 	if (bpf_ringbuf_output(&events, rec, size, wakeup_flag()) != 0) {
 		count_drop(h->kind, h->cgroup_id, h->ts_ns);
 		return -1;

@@ -266,8 +266,8 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     }
     tracing::info!(rules = rules.rules().len(), "detection rules loaded");
     let alerting = export::Alerting { rules, attribution_configured: attributed };
-    let export_task =
-        tokio::spawn(export::run_export_alerting(upd_rx, run_export, attributor, metrics.clone(), alerting));
+    let opts = export::ExportOptions { alerting: Some(alerting), ..Default::default() };
+    let export_task = tokio::spawn(export::run_export(upd_rx, run_export, attributor, metrics.clone(), opts));
 
     // in a cluster, between the process and span stages: the API's pod metadata on every
     // session (so attribution matches on it) and exec probes held back, counted
@@ -332,6 +332,7 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
 
     // kernel counters need the maps, which the Capture owns: read them on this task
     let mut ring_lost_seen = 0u64;
+    let mut refused_seen = 0u64;
     let mut inflight_lost_seen = 0u64;
     let mut cgroup_lost_sent: std::collections::HashMap<u64, u64> = Default::default();
     let mut read_kernel = |capture: &Capture| {
@@ -340,7 +341,14 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
             gauges.kernel_dropped.get_or_create(&vec![("kind", *kind)]).set(*n as i64);
         }
         gauges.kernel_dropped_cgroups.set(k.dropped_by_cgroup.len() as i64);
-        let total = k.total_dropped();
+        // refused for a cgroup over its share, or no room at all: both are lost events
+        let refused = k.total_refused();
+        if refused > refused_seen {
+            tracing::warn!(refused = refused - refused_seen, by_kind = ?k.refused, by_cgroup = ?k.dropped_by_cgroup, "a cgroup was over its share of a filling ring: its network events were refused");
+            metrics.events_lost.get_or_create(&vec![("reason", "cgroup_share")]).inc_by(refused - refused_seen);
+            refused_seen = refused;
+        }
+        let total = k.total_dropped().saturating_sub(refused);
         if total > ring_lost_seen {
             tracing::warn!(lost = total - ring_lost_seen, by_cgroup = ?k.dropped_by_cgroup, "the kernel ring buffer was full: events lost");
             metrics.events_lost.get_or_create(&vec![("reason", "ring_buffer")]).inc_by(total - ring_lost_seen);

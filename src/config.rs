@@ -82,6 +82,11 @@ pub struct CaptureConfig {
     pub poll_ms: u64,
     /// Events queued between the reader and the process stage.
     pub channel_capacity: usize,
+    /// Each cgroup's fair share of the ring, in percent of it per 100 ms: once the ring is
+    /// half full, a cgroup's network records (connects, their outcomes, first datagrams) over
+    /// its share are refused in the kernel and counted as that cgroup's loss, so one
+    /// container's flood cannot crowd out another's sessions. 0 turns it off; at most 50.
+    pub cgroup_share_percent: u32,
     /// Base names of files whose changes are recorded (open for writing, unlink, rename,
     /// truncate, chmod, link, symlink), filtered in the kernel.
     pub watch_changes: Vec<String>,
@@ -100,6 +105,7 @@ impl Default for CaptureConfig {
             wakeup_kib: 256,
             poll_ms: 20,
             channel_capacity: 65_536,
+            cgroup_share_percent: 10,
             watch_changes: crate::capture::loader::DEFAULT_WATCH_CHANGES.iter().map(|s| s.to_string()).collect(),
             watch_reads: crate::capture::loader::DEFAULT_WATCH_READS.iter().map(|s| s.to_string()).collect(),
         }
@@ -255,6 +261,12 @@ impl Config {
                 c.ring_mib
             )));
         }
+        if c.cgroup_share_percent > 50 {
+            return Err(ConfigError::Invalid(format!(
+                "capture.cgroup_share_percent must be 0 (off) to 50, not {}",
+                c.cgroup_share_percent
+            )));
+        }
         if c.channel_capacity == 0 || self.process.channel_capacity == 0 {
             return Err(ConfigError::Invalid("channel capacities must be at least 1".into()));
         }
@@ -269,6 +281,7 @@ impl Config {
             filter: c.filter,
             scan_env: c.scan_env,
             wakeup_bytes: c.wakeup_kib * 1024,
+            cgroup_share_bytes: c.ring_mib as u64 * 1024 * 1024 * c.cgroup_share_percent as u64 / 100,
             poll_interval: Duration::from_millis(c.poll_ms.max(1)),
             channel_capacity: c.channel_capacity,
             cgroup2_root: None,

@@ -55,7 +55,7 @@ impl Metrics {
         reg.register("podtrail_events", "Kernel events decoded, by kind", self.events.clone());
         reg.register(
             "podtrail_events_lost",
-            "Events lost, by reason (ring_buffer, decode, rate_limit, in_flight)",
+            "Events lost, by reason (ring_buffer, cgroup_share, decode, rate_limit, in_flight)",
             self.events_lost.clone(),
         );
         reg.register(

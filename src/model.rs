@@ -307,6 +307,9 @@ pub struct ImageRecord {
     pub identity: Option<String>,
     /// For a run through the dynamic loader (`ld.so /bin/x`): the program it runs.
     pub program: Option<Vec<u8>>,
+    /// Connects to destinations past the image's cap of folded destinations: counted, not
+    /// kept (`MAX_CONNECT_RECORDS`: memory stays bounded whatever one process does).
+    pub connects_over_cap: u64,
 }
 
 /// What an image did to a watched file (from `Event::File`; see `FileEvent` for the fields).
@@ -413,11 +416,26 @@ impl SessionInfo {
 pub enum SessionUpdate {
     /// A new session (its root just exec'd or joined).
     Started(SessionInfo),
+    /// A member exec'd: the process as it is now, with only the new image (no connects or
+    /// files yet). Not final: its `ProcessEnded` follows. Lets the rules raise an alert when
+    /// the exec happens, not when a long-lived process ends.
+    Exec(SessionInfo, ProcessRecord),
     /// A process of the session exited; its record is final.
     ProcessEnded(SessionInfo, ProcessRecord),
     /// The last process exited (or the agent is stopping: `info.incomplete`). Carries the
     /// processes that never ended, closed at `info.end_ns`.
     Ended(SessionInfo, Vec<ProcessRecord>),
+}
+
+impl SessionUpdate {
+    pub fn info(&self) -> &SessionInfo {
+        match self {
+            SessionUpdate::Started(i)
+            | SessionUpdate::Exec(i, _)
+            | SessionUpdate::ProcessEnded(i, _)
+            | SessionUpdate::Ended(i, _) => i,
+        }
+    }
 }
 
 /// Commands as the API server and the kernel see them: shared by attribution (does a request

@@ -1,6 +1,6 @@
 //! Secrets stay out of the trail: argv, the requested command of an API request and the URLs
-//! inside them are redacted once, where session updates and identities enter the export task
-//! (`crate::export::run_export_with`), so every sink (OTLP, OTLP/JSON file, console, the rules'
+//! inside them are redacted once, where session updates and identities enter the span stage
+//! (`crate::spans::redaction`), so every sink (OTLP, OTLP/JSON file, console, the rules'
 //! alerts, podtrail's own logs of those spans) only ever sees the redacted form.
 //!
 //! In: argv (bytes, maybe not UTF-8) and strings from clients. Out: the same with each secret

@@ -121,6 +121,7 @@ fn session(pod: &str) -> Vec<SessionUpdate> {
         exe_file: (0, 0),
         identity: None,
         program: None,
+        connects_over_cap: 0,
     };
     let rec = ProcessRecord {
         key,
@@ -158,7 +159,9 @@ async fn export(
     }
     drop(tx);
     let metrics = Metrics::default();
-    let report = podtrail::export::run_export(rx, run, Arc::new(NoAttributor), metrics.clone()).await.expect("export");
+    let report = podtrail::export::run_export(rx, run, Arc::new(NoAttributor), metrics.clone(), Default::default())
+        .await
+        .expect("export");
     (report.sinks.iter().find(|(n, _)| *n == "otlp").expect("otlp sink").1, metrics)
 }
 

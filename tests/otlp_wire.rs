@@ -234,7 +234,14 @@ async fn console_prints_the_session_tree() {
     let c = podtrail::export::console::ConsoleExporter::to_writer(Box::new(buf.clone()));
     let (a, b) = stage_spans.split_at(3);
     c.export(a.to_vec()).await.unwrap();
-    assert!(buf.0.lock().unwrap().is_empty(), "nothing printed before the root");
+    // issue 14: the session shows as it happens: one line when it is opened, the tree at
+    // its root
+    let early = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(early.lines().count(), 1, "only the opened line before the root:\n{early}");
+    assert!(
+        early.contains(">> exec session opened  alice@example.com from 203.0.113.7  billing/api-7d9f8-x2x7q"),
+        "{early}"
+    );
     c.export(b.to_vec()).await.unwrap();
     let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     for want in [

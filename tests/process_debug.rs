@@ -111,10 +111,7 @@ fn an_ephemeral_containers_init_is_a_debug_session_with_what_ran_before_the_answ
         out.iter().filter_map(|u| if let SessionUpdate::Ended(i, _) = u { Some(i) } else { None }).collect();
     assert_eq!(ends.len(), 1);
     assert_eq!(ends[0].id, SessionId(key(1001)));
-    assert!(out.iter().all(|u| match u {
-        SessionUpdate::ProcessEnded(i, _) | SessionUpdate::Ended(i, _) | SessionUpdate::Started(i) =>
-            i.kind == SessionKind::Debug,
-    }));
+    assert!(out.iter().all(|u| u.info().kind == SessionKind::Debug));
     assert_eq!(t.sessions(), 0);
 }
 

@@ -1002,6 +1002,7 @@ fn an_outbound_trace_is_a_root_named_outbound_a_process_span_and_one_client_conn
             SessionUpdate::Started(i) => spans = Some(podtrail::spans::SessionSpans::new(&ctx, i, None)),
             SessionUpdate::ProcessEnded(i, r) => built.extend(spans.as_mut().unwrap().process_ended(&ctx, i, r).into_iter().map(|s| (s, false))),
             SessionUpdate::Ended(i, rest) => built.extend(spans.take().unwrap().finish(&ctx, i, rest).into_iter().map(|b| (b.span, b.root))),
+            SessionUpdate::Exec(..) => {}
         }
     }
     let names: Vec<(&str, SpanKind)> = built.iter().map(|(s, _)| (s.name.as_ref(), s.span_kind.clone())).collect();
@@ -1121,4 +1122,69 @@ fn idle_rate_limit_buckets_are_dropped_once_refilled() {
     out.extend(t.shutdown(63_000_000_000));
     assert_eq!(outbound(&out).len(), 2, "both connects recorded");
     assert_eq!(t.outbound().suppressed.get(), 0);
+}
+
+/// Issue 14: the kernel's loss counts arrive about a second late; a session that ended in
+/// between is marked all the same, however short it was.
+#[test]
+fn a_short_session_that_ended_before_the_loss_count_arrived_is_marked() {
+    use podtrail::process::run::{Control, LOSS_SETTLE};
+    let mut t = tracker();
+    t.set_loss_settle(LOSS_SETTLE);
+    let settle = LOSS_SETTLE.as_nanos() as u64;
+    let mut out = start_container_c(&mut t);
+    out.extend(feed(&mut t, spawn(35, X::entering(2001, 500, D, 1, &["postgres"]))));
+    out.extend(runc_exec(&mut t, 100, 1010, &["ls"]));
+    out.extend(t.handle(&exit(110, 1010, C, 0)));
+    out.extend(feed(&mut t, spawn(120, X::entering(2010, 500, D, 10, &["psql"]))));
+    out.extend(t.handle(&exit(130, 2010, D, 0)));
+    assert!(ended(&out).is_empty(), "both wait for the next loss counts");
+    // the poll after the end: the kernel lost 4 events of C
+    t.control(Control::EventsLost { cgroup_id: C, total: 4 });
+    out.extend(t.tick(110 + settle - 1));
+    assert!(ended(&out).is_empty(), "not before the wait is over");
+    out.extend(t.tick(130 + settle));
+    let e = ended(&out);
+    assert_eq!(e.len(), 2, "{e:?}");
+    let by_root = |pid| e.iter().find(|i| i.id == SessionId(key(pid))).unwrap();
+    assert_eq!((by_root(1010).events_lost, by_root(1010).incomplete), (4, true), "ran in C while C lost events");
+    assert_eq!((by_root(2010).events_lost, by_root(2010).incomplete), (0, false), "another container");
+    assert_eq!(by_root(1010).end_ns, Some(110), "its end is when it ended, not when it left");
+    // shutdown lets what still waits go at once
+    out.extend(runc_exec(&mut t, 200, 1020, &["id"]));
+    out.extend(t.handle(&exit(210, 1020, C, 0)));
+    let rest = t.shutdown(220);
+    assert_eq!(ended(&rest).iter().map(|i| i.id).collect::<Vec<_>>(), [SessionId(key(1020))]);
+}
+
+/// Issue 14: the kernel could not write a session root's exec; its child's exec inside the
+/// container still opens the session, partial and marked.
+#[test]
+fn a_lost_session_root_exec_still_opens_a_partial_session() {
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    // runc's child 1010 enters C; its exec of sh is lost; sh forks 1011, which runs ls
+    out.extend(t.handle(&fork(100, 1010, 500, HOST)));
+    out.extend(t.handle(&fork(110, 1011, 1010, C)));
+    out.extend(t.handle(&exec_in(111, 1011, 1010, &["ls", "/"])));
+    out.extend(t.handle(&exit(120, 1011, C, 0)));
+    out.extend(t.handle(&exit(130, 1010, C, 0)));
+    let s = started(&out);
+    assert_eq!(s.len(), 1, "{out:?}");
+    assert_eq!(s[0].id, SessionId(key(1010)), "rooted at the process whose exec was lost");
+    assert_eq!(s[0].kind, SessionKind::Exec);
+    assert_eq!(s[0].container.id, "web");
+    let e = ended(&out);
+    assert_eq!(e.len(), 1);
+    assert!(e[0].incomplete && e[0].events_lost >= 1, "{:?}", e[0]);
+    let pids: Vec<u32> = procs_of(&out, s[0].id).iter().map(|p| p.key.pid).collect();
+    assert_eq!(pids, [1011, 1010]);
+    assert_eq!(t.counters().roots_lost.get(), 1);
+    // the container's own children (init's) never count as such
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    out.extend(t.handle(&fork(200, 1020, 1001, C)));
+    out.extend(t.handle(&exec_in(201, 1020, 1001, &["ls"])));
+    assert!(started(&out).is_empty(), "{out:?}");
+    assert_eq!(t.counters().roots_lost.get(), 0);
 }

@@ -242,15 +242,13 @@ fn an_alert_whose_span_was_capped_goes_on_the_root() {
         use podtrail::spans::*;
         use std::sync::Arc;
         let rules = RuleSource::load(RulesConfig::default()).unwrap().0.rules();
-        let who = RecordingAttributor::new(Arc::new(NoAttributor));
         let clock = podtrail::clock::BootClock::fixed(EPOCH);
         let cfg = SpansConfig { max_spans_per_session: 1, max_kept_spans_per_session: 1, ..SpansConfig::default() };
-        let mut alerts = AlertStage::new(BOOT, clock, ScopeConfig::default(), false, who.clone());
-        let mut stage = SpanStage::new(BuildCtx { boot_id: BOOT, clock, cfg }, who);
+        let mut alerts = AlertStage::new(BOOT, clock, ScopeConfig::default(), false);
+        let mut stage = SpanStage::new(BuildCtx { boot_id: BOOT, clock, cfg }, Arc::new(NoAttributor)).with_records();
         let mut spans = Vec::new();
         for u in link_parent_images(updates) {
             let mut out = Output::default();
-            alerts.tap(&u);
             stage.update(u, std::time::Instant::now(), &mut out);
             alerts.annotate(&rules, &mut out);
             spans.extend(out.spans.into_iter().map(|(_, b)| b.span));

@@ -46,6 +46,9 @@ pub struct CaptureOptions {
     pub scan_env: bool,
     /// Queued bytes that make the kernel wake the reader at once.
     pub wakeup_bytes: u64,
+    /// Bytes of network records each cgroup may write per 100 ms while the ring is half full
+    /// (its fair share; 0: no share enforced).
+    pub cgroup_share_bytes: u64,
     /// How often the reader drains the ring when no wakeup came.
     pub poll_interval: Duration,
     /// Capacity of the channel to the next stage.
@@ -95,6 +98,7 @@ impl Default for CaptureOptions {
             filter: Filter::All,
             scan_env: true,
             wakeup_bytes: 256 * 1024,
+            cgroup_share_bytes: 16 * 1024 * 1024 / 10,
             poll_interval: Duration::from_millis(20),
             channel_capacity: 65536,
             cgroup2_root: None,
@@ -143,6 +147,7 @@ pub enum CaptureError {
 pub struct Counters {
     sent: PerCpuArray<MapData, u64>,
     dropped: PerCpuArray<MapData, u64>,
+    refused: PerCpuArray<MapData, u64>,
     dropped_cgroups: BpfHashMap<MapData, u64, abi::CgroupDrops>,
     inflight: PerCpuArray<MapData, u64>,
     file_inflight: BpfHashMap<MapData, u32, abi::File>,
@@ -155,8 +160,11 @@ pub struct Counters {
 pub struct KernelCounts {
     /// Per kind name: records written into the ring.
     pub sent: Vec<(&'static str, u64)>,
-    /// Per kind name: records the ring had no room for.
+    /// Per kind name: records the ring had no room for (those refused included).
     pub dropped: Vec<(&'static str, u64)>,
+    /// Per kind name: records refused because their cgroup was over its share of a ring at
+    /// least half full.
+    pub refused: Vec<(&'static str, u64)>,
     /// Per cgroup id: records lost.
     pub dropped_by_cgroup: Vec<(u64, u64)>,
     /// Per in-flight map (`file`, `setns`, `connect`): entries started and neither finished
@@ -169,6 +177,10 @@ impl KernelCounts {
     pub fn total_dropped(&self) -> u64 {
         self.dropped.iter().map(|(_, n)| n).sum()
     }
+
+    pub fn total_refused(&self) -> u64 {
+        self.refused.iter().map(|(_, n)| n).sum()
+    }
 }
 
 impl Counters {
@@ -179,6 +191,7 @@ impl Counters {
             let name = abi::KIND_NAMES[k as usize];
             c.sent.push((name, sum(&self.sent, k)));
             c.dropped.push((name, sum(&self.dropped, k)));
+            c.refused.push((name, sum(&self.refused, k)));
         }
         c.dropped_by_cgroup = self.dropped_cgroups.iter().filter_map(Result::ok).map(|(k, v)| (k, v.events)).collect();
         // started, then present, then finished: an entry started before the first read is
@@ -251,6 +264,7 @@ impl Capture {
             .override_global("self_tgid", &self_tgid, true)
             .override_global("scan_env", &scan_env, true)
             .override_global("wakeup_bytes", &opts.wakeup_bytes, true)
+            .override_global("cgroup_share_bytes", &opts.cgroup_share_bytes, true)
             .load(BPF_OBJECT)?;
 
         let mut attached = Vec::new();
@@ -307,6 +321,9 @@ impl Capture {
             )?,
             dropped: PerCpuArray::try_from(
                 ebpf.take_map("drops_by_kind").ok_or(CaptureError::MissingMap("drops_by_kind"))?,
+            )?,
+            refused: PerCpuArray::try_from(
+                ebpf.take_map("refused_by_kind").ok_or(CaptureError::MissingMap("refused_by_kind"))?,
             )?,
             dropped_cgroups: BpfHashMap::try_from(
                 ebpf.take_map("drops_by_cgroup").ok_or(CaptureError::MissingMap("drops_by_cgroup"))?,

@@ -79,6 +79,7 @@ pub async fn run(a: CaptureArgs) -> anyhow::Result<()> {
         filter: a.filter,
         network: !a.no_network,
         sockets: !a.no_sockets,
+        cgroup_share_bytes: a.ring_mib as u64 * 1024 * 1024 / 10,
         ..Default::default()
     };
     let mut cap = Capture::start(opts)?;

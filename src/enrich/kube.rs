@@ -313,7 +313,7 @@ impl SessionFilter {
     pub fn pass(&mut self, mut u: SessionUpdate) -> Option<SessionUpdate> {
         let (info, end) = match &mut u {
             SessionUpdate::Started(i) => (i, false),
-            SessionUpdate::ProcessEnded(i, _) => (i, false),
+            SessionUpdate::ProcessEnded(i, _) | SessionUpdate::Exec(i, _) => (i, false),
             SessionUpdate::Ended(i, _) => (i, true),
         };
         let id = info.id;
@@ -433,7 +433,7 @@ mod tests {
         let mut f = SessionFilter::new(index, false);
         let probe = session(10, &["/bin/cat", "/tmp/healthy"]);
         let marked = |u: Option<SessionUpdate>| match u {
-            Some(SessionUpdate::Started(i) | SessionUpdate::Ended(i, _) | SessionUpdate::ProcessEnded(i, _)) => i.probe,
+            Some(u) => u.info().probe,
             None => panic!("the filter passes every update on; the span stage decides"),
         };
         assert!(marked(f.pass(SessionUpdate::Started(probe.clone()))));

@@ -1,6 +1,7 @@
 //! The readable view: each finished session printed as a tree (who, pod, commands with their
-//! arguments, connects with their outcome, exit codes, durations). The default output when no
-//! OTLP endpoint or file is configured.
+//! arguments, connects with their outcome, exit codes, durations), and, as they happen, one
+//! line when a session is opened and one per alert raised. The default output when no OTLP
+//! endpoint or file is configured.
 //!
 //! In: spans, a session's root last. Out: text on stdout (or any writer). Spans of a session
 //! wait here until its root arrives; at most `MAX_PENDING` sessions wait (the oldest is
@@ -148,6 +149,34 @@ fn alerts(s: &SpanData) -> String {
     out
 }
 
+/// A span sent while its session runs, as one line: `>> ... opened` with who and where, or
+/// `!! [severity] rule` with the process; None for any other span.
+pub fn live_line(s: &SpanData) -> Option<String> {
+    let trace = s.span_context.trace_id();
+    let pod = match (text(s, "k8s.namespace.name"), text(s, "k8s.pod.name")) {
+        (Some(ns), Some(p)) => format!("{ns}/{p}"),
+        _ => text(s, "container.id").map(|c| c.chars().take(12).collect()).unwrap_or_default(),
+    };
+    let who = text(s, "user.name").unwrap_or_else(|| "unattributed".into());
+    match s.name.as_ref() {
+        crate::spans::build::OPENED_SPAN => {
+            let from = text(s, "client.address").map(|a| format!(" from {a}")).unwrap_or_default();
+            let cmd = text(s, keys::K8S_COMMAND).map(|c| format!("  {c}")).unwrap_or_default();
+            let kind = text(s, keys::SESSION_KIND).unwrap_or_default();
+            Some(format!("{} >> {kind} session opened  {who}{from}  {pod}{cmd}  trace {trace}\n", clock(s.start_time)))
+        }
+        crate::spans::build::ALERT_SPAN => Some(format!(
+            "{} !! [{}] {}  {} [pid {}]  {who}  {pod}  trace {trace}\n",
+            clock(s.start_time),
+            text(s, keys::ALERT_SEVERITY).unwrap_or_default(),
+            text(s, "security_rule.name").unwrap_or_default(),
+            text(s, "process.command").unwrap_or_default(),
+            text(s, "process.pid").unwrap_or_default(),
+        )),
+        _ => None,
+    }
+}
+
 /// The whole session as text. Everything in it came from the kernel or from clients: nothing
 /// may drive the analyst's terminal (ESC sequences, bidi overrides), so all of it is escaped.
 pub fn render_session(spans: &[SpanData]) -> String {
@@ -239,6 +268,12 @@ impl SpanExporter for ConsoleExporter {
         let mut ready = Vec::new();
         for s in batch {
             if attr(&s, keys::AGENT_EVENT).is_some() {
+                continue;
+            }
+            // sent while the session runs: one line now (the tree comes when the root does)
+            if let Some(l) = live_line(&s) {
+                let safe = crate::text::display_safe(&l, true).into_owned();
+                st.out.write_all(safe.as_bytes()).map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?;
                 continue;
             }
             let t = s.span_context.trace_id();

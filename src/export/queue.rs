@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::trace::SpanData;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -115,17 +115,6 @@ impl Inner {
             }
         }
     }
-}
-
-/// Retry and batching rules.
-#[derive(Clone, Debug)]
-pub struct RetryRules {
-    pub batch: usize,
-    pub max_attempts: u32,
-    pub initial: Duration,
-    pub max: Duration,
-    pub timeout: Duration,
-    pub shutdown_flush: Duration,
 }
 
 pub struct ExportQueue {
@@ -242,61 +231,6 @@ impl ExportQueue {
             self.lose(&refused, "queue_full");
         }
         self.notify.notify_one();
-    }
-
-    fn write(&self, batch: &[Queued], bodies: Vec<Vec<u8>>) {
-        let mut g = self.lock();
-        let Store::Disk(store) = &mut g.store else { return };
-        let res = store.append(&bodies);
-        let bytes = store.bytes();
-        match res {
-            Ok(ev) => {
-                self.metrics.export_queue_spans.inc_by(batch.len() as i64);
-                self.metrics.export_queue_bytes.set(bytes as i64);
-                drop(g);
-                self.evicted(ev);
-            }
-            Err(e) => {
-                let now = Instant::now();
-                let warn = g.last_write_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10));
-                if warn {
-                    g.last_write_warning = Some(now);
-                }
-                drop(g);
-                self.metrics.queue_events("write_failed", 1);
-                if warn {
-                    tracing::error!(sink = self.name, error = %e, spans = batch.len(), "durable queue: write failed (logged at most every 10 s; every failure counted in podtrail_export_queue_events_total{{event=\"write_failed\"}})");
-                }
-                self.lose(batch, "disk_write");
-            }
-        }
-    }
-
-    /// Accounts for segments the budget or damage took.
-    fn evicted(&self, ev: Evicted) {
-        if ev.segments > 0 {
-            self.metrics.queue_events("segment_evicted", ev.segments);
-            tracing::warn!(
-                sink = self.name,
-                segments = ev.segments,
-                bytes = ev.bytes,
-                spans = ev.unread.len(),
-                "durable queue over its budget: oldest segments dropped"
-            );
-        }
-        for p in &ev.corrupt {
-            self.metrics.queue_events("corrupt_segment", 1);
-            tracing::error!(sink = self.name, moved_to = %p.display(), "durable queue: a damaged segment was moved aside");
-        }
-        if !ev.unread.is_empty() {
-            let n = ev.unread.len() as u64;
-            let mut g = self.lock();
-            g.account(ev.unread.into_iter());
-            g.delivery.disk_budget += n;
-            drop(g);
-            self.metrics.export_queue_spans.dec_by(n as i64);
-            self.metrics.lost("disk_budget", n);
-        }
     }
 
     pub fn len(&self) -> usize {
@@ -426,123 +360,6 @@ impl ExportQueue {
             notified.await;
         }
     }
-
-    /// Disk: the next records, decoded; one that does not decode is counted and skipped.
-    fn read_disk(&self, max: usize) -> Vec<Queued> {
-        let mut g = self.lock();
-        let Store::Disk(store) = &mut g.store else { return Vec::new() };
-        let mut ev = Evicted::default();
-        let res = store.read(max, &mut ev);
-        let mut out = Vec::new();
-        let mut bad = 0u64;
-        match res {
-            Ok(records) => {
-                if let Some((_, end)) = records.last() {
-                    g.in_flight = Some(*end);
-                }
-                for (body, _) in records {
-                    match codec::decode(&body) {
-                        Ok(q) => out.push(q),
-                        Err(e) => {
-                            bad += 1;
-                            tracing::warn!(sink = self.name, error = %e, "durable queue: a record does not decode; skipped");
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                drop(g);
-                self.metrics.queue_events("read_failed", 1);
-                tracing::error!(sink = self.name, error = %e, "durable queue: read failed; retrying");
-                return out;
-            }
-        }
-        drop(g);
-        self.evicted(ev);
-        if bad > 0 {
-            self.metrics.queue_events("record_undecodable", bad);
-            let mut g = self.lock();
-            g.delivery.corrupt += bad;
-            drop(g);
-            self.metrics.lost("corrupt", bad);
-            self.metrics.export_queue_spans.dec_by(bad as i64);
-        }
-        out
-    }
-
-    /// Sends everything pushed until the queue is closed and drained; returns what happened.
-    pub async fn drive<E: SpanExporter>(self: Arc<Self>, exporter: E, rules: RetryRules) -> Delivery {
-        let durable = self.is_durable();
-        // an outage of the durable queue's backend: when it began, and the agent trace's span
-        // for it (`export_trouble`, from the first failure to the first success)
-        let mut failing_since: Option<(Instant, tracing::Span)> = None;
-        while let Some(batch) = self.next_batch(rules.batch).await {
-            let spans: Vec<SpanData> = batch.iter().map(|q| q.span.clone()).collect();
-            let mut delay = rules.initial;
-            let mut attempt = 1u32;
-            loop {
-                let res =
-                    tokio::time::timeout(rules.timeout + Duration::from_secs(1), exporter.export(spans.clone())).await;
-                let err = match res {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(_) => Some("timed out".to_string()),
-                };
-                let Some(err) = err else {
-                    self.metrics.request("ok");
-                    self.delivered(&batch);
-                    if let Some((t, trouble)) = failing_since.take() {
-                        trouble.in_scope(|| {
-                            tracing::info!(
-                                sink = self.name,
-                                after_s = t.elapsed().as_secs(),
-                                queued = self.len(),
-                                "export works again"
-                            )
-                        });
-                    }
-                    break;
-                };
-                if durable && failing_since.is_none() {
-                    let trouble = tracing::warn_span!(
-                        "podtrail agent export trouble",
-                        podtrail.agent.event = "export_trouble",
-                        podtrail.agent.sink = self.name,
-                        podtrail.agent.error = %err,
-                    );
-                    trouble.in_scope(|| tracing::warn!(sink = self.name, error = %err, "export failing; spans wait in the durable queue and are retried without a time limit"));
-                    failing_since = Some((Instant::now(), trouble));
-                }
-                let deadline = self.flush_deadline();
-                let now = Instant::now();
-                if durable && deadline.is_some_and(|d| now >= d) {
-                    // left on disk, unacknowledged: the next start sends it
-                    self.metrics.request("failed");
-                    tracing::warn!(sink = self.name, error = %err, spans = batch.len(), "export failed at shutdown; the batch stays in the durable queue for the next start");
-                    self.lock().delivery.kept += batch.len() as u64;
-                    break;
-                }
-                if !durable && (attempt >= rules.max_attempts || deadline.is_some_and(|d| now >= d)) {
-                    self.metrics.request("failed");
-                    tracing::warn!(sink = self.name, attempts = attempt, error = %err, spans = batch.len(), "export failed; spans counted as lost");
-                    let reason = if deadline.is_some_and(|d| now >= d) { "shutdown" } else { "export_failed" };
-                    self.lose(&batch, reason);
-                    break;
-                }
-                self.metrics.request("retry");
-                tracing::debug!(sink = self.name, attempt, error = %err, "export failed; retrying");
-                let wait = match deadline {
-                    Some(d) => delay.min(d.saturating_duration_since(now)),
-                    None => delay,
-                };
-                tokio::time::sleep(wait).await;
-                delay = (delay * 2).min(rules.max);
-                attempt += 1;
-            }
-        }
-        let _ = exporter.force_flush();
-        self.delivery()
-    }
 }
 
 /// Sets (or replaces) the loss marks on a root span.
@@ -553,72 +370,9 @@ pub fn mark_lost(span: &mut SpanData, lost: u64) {
     span.attributes.push(KeyValue::new(keys::SESSION_SPANS_LOST, lost as i64));
 }
 
+mod disk;
+mod drive;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::capture::event::ProcessKey;
-    use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
-    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+mod tests;
 
-    fn span(i: u64) -> SpanData {
-        SpanData {
-            span_context: SpanContext::new(
-                TraceId::from_bytes([9; 16]),
-                SpanId::from_bytes((i + 1).to_be_bytes()),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::NONE,
-            ),
-            parent_span_id: SpanId::from_bytes([1; 8]),
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Internal,
-            name: format!("process {i} with a name long enough to take some room on the disk").into(),
-            start_time: std::time::UNIX_EPOCH,
-            end_time: std::time::UNIX_EPOCH,
-            attributes: vec![KeyValue::new("process.command_args", "x".repeat(200))],
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: Status::Unset,
-            instrumentation_scope: crate::spans::build::scope(),
-        }
-    }
-
-    fn attr(s: &SpanData, k: &str) -> Option<String> {
-        s.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| kv.value.to_string())
-    }
-
-    /// With the backend away, a session bigger than the budget: its oldest spans go, counted,
-    /// and its root (still on disk) says how many.
-    #[tokio::test]
-    async fn over_the_disk_budget_the_oldest_spans_go_and_the_root_carries_the_count() {
-        let d = tempfile::tempdir().unwrap();
-        let metrics = Metrics::default();
-        let cfg = StoreConfig::new(d.path().to_owned(), 512 << 10, super::super::segments::Fsync::Never);
-        let q = ExportQueue::durable("otlp", cfg, metrics.clone()).unwrap();
-        let s = Some(SessionId(ProcessKey { pid: 42, start_ns: 1 }));
-        let n = 5000u64;
-        for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
-            let batch: Vec<Queued> = chunk.iter().map(|i| Queued { session: s, span: span(*i), root: false }).collect();
-            q.push_batch(&batch);
-        }
-        q.push(Queued { session: s, span: span(n), root: true });
-        let lost = q.delivery().disk_budget;
-        assert!(lost > 1000, "{n} spans of ~350 bytes through 512 KiB: {lost} evicted");
-        assert_eq!(metrics.lost_count("disk_budget"), lost);
-        q.close(Duration::from_secs(1));
-        let mut got = Vec::new();
-        while let Some(b) = q.next_batch(512).await {
-            q.delivered(&b);
-            got.extend(b);
-        }
-        assert_eq!(got.len() as u64 + lost, n + 1, "every span is delivered or counted lost");
-        let root = got.iter().find(|g| g.root).expect("the root survives: it is the newest");
-        assert_eq!(attr(&root.span, keys::SESSION_SPANS_LOST), Some(lost.to_string()));
-        assert_eq!(attr(&root.span, keys::SESSION_INCOMPLETE), Some("true".into()));
-        // the survivors are the newest, oldest first
-        let first = u64::from_be_bytes(got[0].span.span_context.span_id().to_bytes()) - 1;
-        assert_eq!(first, lost);
-        assert_eq!(q.delivery().sessions_marked_lost, 1);
-    }
-}
+pub use drive::RetryRules;

@@ -56,8 +56,10 @@ impl ProcessMetrics {
             "podtrail_process_anomalies",
             "Events the process stage could not place as they came, by what (exit_early, exit_unknown, \
              exec_before_fork, parent_unknown, pid_reused_unexited, connect_unknown_pid, socket_unknown_pid, \
-             result_unmatched, \
-             ns_join_idle, file_over_cap)",
+             result_unmatched, ns_join_idle, file_over_cap, debug_undecided, debug_ended_over_cap, \
+             root_exec_lost: a session opened partial because its root's exec was lost, connect_folded: a \
+             session connect counted on its destination's record, connect_over_cap: a session connect only \
+             counted, past an image's record cap)",
             self.anomalies.clone(),
         );
         reg.register(

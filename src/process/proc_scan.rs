@@ -180,6 +180,7 @@ impl SessionTracker {
                 exe_file: (0, 0),
                 identity: None,
                 program: None,
+                connects_over_cap: 0,
             }];
             if self.containers.learn(sp.cgroup_id, self.lookup.as_mut(), true) {
                 self.containers.note_namespaces(sp.cgroup_id, sp.mntns_ino, sp.pidns_ino);

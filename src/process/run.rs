@@ -222,6 +222,9 @@ async fn containerd_worker(
     }
 }
 
+/// How long an ended session waits for the kernel's loss counts (polled every second).
+pub const LOSS_SETTLE: std::time::Duration = std::time::Duration::from_millis(2_500);
+
 /// Runs the process stage until `rx` closes. Sends `Started` for sessions found in /proc
 /// first, then updates as events arrive, then the incomplete ends of open sessions.
 /// `control` is read alongside the events (see [`Control`]).
@@ -256,6 +259,9 @@ pub async fn run(
     let mut tracker = SessionTracker::new(Box::new(lookup), host_pidns, proc_scan::tick_ns());
     tracker.set_activity(opts.activity.clone());
     tracker.count_into(&metrics);
+    // the kernel's loss counts are polled once a second: an ended session waits for the
+    // next two polls, so a loss while it ran marks it however short it was
+    tracker.set_loss_settle(LOSS_SETTLE);
 
     if opts.scan_proc {
         let (root, cg) = (opts.proc_root.clone(), cgroup_root.clone().unwrap_or_default());

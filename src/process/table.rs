@@ -14,6 +14,12 @@ use crate::capture::event::{ExitEvent, ProcessKey};
 
 use crate::model::{ContainerInfo, ImageRecord, SessionId};
 
+/// An image's folded connect records by destination (transport, address, port).
+pub type ConnectIndex = HashMap<(crate::capture::event::Transport, std::net::IpAddr, u16), usize>;
+
+/// Socket routes (cookie -> connect record) one process keeps for results still to come.
+pub const MAX_COOKIES_PER_PROCESS: usize = 4096;
+
 /// A namespace join that has not yet led anywhere: it becomes a node session when the joiner
 /// or a child it forks afterwards runs something (exec) or connects. runc's own setns (into
 /// the container it is about to exec in) never does, so it never becomes a session.
@@ -47,7 +53,10 @@ pub struct Proc {
     pub images: Vec<ImageRecord>,
     pub join: Option<PendingJoin>,
     /// Sockets whose outcome is still routed to this process.
-    pub cookies: Vec<u64>,
+    pub cookies: VecDeque<u64>,
+    /// The last image's folded connects by destination (exec index, (transport, address,
+    /// port) -> index in its `connects`): see `process::session::net`.
+    pub connect_index: Option<(u32, ConnectIndex)>,
 }
 
 impl Proc {
@@ -66,7 +75,8 @@ impl Proc {
             session: None,
             images: Vec::new(),
             join: None,
-            cookies: Vec::new(),
+            cookies: Default::default(),
+            connect_index: None,
         }
     }
 }
@@ -83,6 +93,7 @@ pub struct ProcessTable {
     procs: HashMap<ProcessKey, Proc>,
     by_pid: HashMap<u32, ProcessKey>,
     cookies: HashMap<u64, CookieSlot>,
+    cookies_evicted: u64,
     early_exits: HashMap<ProcessKey, ExitEvent>,
     early_order: VecDeque<ProcessKey>,
     recent: HashMap<ProcessKey, Option<SessionId>>,
@@ -99,6 +110,7 @@ impl ProcessTable {
             procs: HashMap::new(),
             by_pid: HashMap::new(),
             cookies: HashMap::new(),
+            cookies_evicted: 0,
             early_exits: HashMap::new(),
             early_order: VecDeque::new(),
             recent: HashMap::new(),
@@ -225,11 +237,25 @@ impl ProcessTable {
         Some(x)
     }
 
+    /// Routes a socket's later results to its connect record. A process keeps at most
+    /// `MAX_COOKIES_PER_PROCESS` routes: the oldest goes first (its late results are then
+    /// counted unmatched), so a process that connects a million times stays bounded.
     pub fn set_cookie(&mut self, cookie: u64, slot: CookieSlot) {
         self.cookies.insert(cookie, slot);
         if let Some(p) = self.procs.get_mut(&slot.key) {
-            p.cookies.push(cookie);
+            p.cookies.push_back(cookie);
+            if p.cookies.len() > MAX_COOKIES_PER_PROCESS {
+                if let Some(old) = p.cookies.pop_front() {
+                    self.cookies.remove(&old);
+                    self.cookies_evicted += 1;
+                }
+            }
         }
+    }
+
+    /// Routes forgotten to keep a process's routes bounded.
+    pub fn cookies_evicted(&self) -> u64 {
+        self.cookies_evicted
     }
 
     pub fn cookie(&self, cookie: u64) -> Option<CookieSlot> {

@@ -158,6 +158,7 @@ mod tests {
             exe_file: (0, 0),
             identity: None,
             program: None,
+            connects_over_cap: 0,
         };
         ProcessRecord {
             key: ProcessKey { pid: 101, start_ns: 50 * S },

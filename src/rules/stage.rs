@@ -1,19 +1,24 @@
-//! The alert stage, between the span stage and the sinks (in the export task): it sees each
-//! `SessionUpdate` before the span stage does, and each built span after; it evaluates the
-//! rules for a process when that process's spans pass (the session is released by then, so
-//! who opened it is known), puts every match as a span event on the span it belongs to, and
-//! marks the session's root with the count, the highest severity and the rules that fired.
+//! The alert stage, after the span stage: it reads what the span stage did in one step
+//! ([`Output`]): who opened each session it let out of the hold, the execs of live sessions,
+//! the final records it built spans from, and the spans. It evaluates the rules when the span
+//! stage has the identity: an exec at once (each alert sent as an `alert` span under the
+//! session's root, so it is searchable within seconds, whatever the process does next), and a
+//! process's final record when its spans pass; every match is also a span event on the span it
+//! belongs to, and the session's root carries the count, the highest severity and the rules
+//! that fired.
 //!
 //! Why here: the identity (user, groups, source IP, attributed or not) exists only once the
 //! span stage's hold has released a session, and the span ids of a record's spans are derived
 //! from the record, so a built span can be matched to the image or connect it shows.
 //!
-//! In: `SessionUpdate`s (tap), [`Output`]s of the span stage. Out: the same spans with alert
-//! events; the root with `podtrail.alerts.*`. Dropped: nothing. An alert whose span was not
-//! exported (over the span cap, folded into a repeat) goes on the root instead.
+//! In: [`Output`]s of the span stage (built [`crate::spans::SpanStage::with_records`]). Out: the
+//! same, with `alert` spans, alert events, and `podtrail.alerts.*` on roots. Dropped: nothing.
+//! An alert whose span was not exported (over the span cap, folded into a repeat) goes on the
+//! root instead. Per session, memory is bounded: names kept for ancestry (`MAX_NAMES`, least
+//! recently used forgotten) and written paths (`MAX_WRITTEN`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use opentelemetry::trace::{Event, SpanId};
 use opentelemetry::KeyValue;
@@ -25,53 +30,12 @@ use super::lang::{Rule, Severity};
 use super::subject::SessionCtx;
 use crate::capture::event::ProcessKey;
 use crate::clock::BootClock;
-use crate::model::{ProcessRecord, SessionId, SessionInfo, SessionUpdate};
+use crate::model::{ProcessRecord, SessionId, SessionInfo};
 use crate::scope::ScopeConfig;
-use crate::spans::hold::Output;
-use crate::spans::{ids, keys, Attributor, SessionIdentity};
+use crate::spans::build::{live_span, ALERT_SPAN};
+use crate::spans::hold::{LiveExec, Output};
+use crate::spans::{ids, keys, BuiltSpan, SessionIdentity};
 use crate::text::{basename, escape};
-
-/// Wraps the span stage's attributor and remembers, per session, the identity it handed out:
-/// the span stage uses every identity it is given, so this is who the spans say opened it.
-pub struct RecordingAttributor {
-    inner: Arc<dyn Attributor>,
-    seen: Mutex<HashMap<SessionId, SessionIdentity>>,
-}
-
-impl RecordingAttributor {
-    pub fn new(inner: Arc<dyn Attributor>) -> Arc<Self> {
-        Arc::new(RecordingAttributor { inner, seen: Mutex::new(HashMap::new()) })
-    }
-
-    fn get(&self, id: SessionId) -> Option<SessionIdentity> {
-        self.seen.lock().ok()?.get(&id).cloned()
-    }
-
-    fn forget(&self, id: SessionId) {
-        if let Ok(mut m) = self.seen.lock() {
-            m.remove(&id);
-        }
-    }
-}
-
-impl Attributor for RecordingAttributor {
-    fn attribute(&self, info: &SessionInfo) -> Option<SessionIdentity> {
-        let who = self.inner.attribute(info)?;
-        if let Ok(mut m) = self.seen.lock() {
-            m.insert(info.id, who.clone());
-        }
-        Some(who)
-    }
-
-    // A late answer is not recorded: the session's spans (and its root) have already passed.
-    fn attribute_late(&self, info: &SessionInfo, settled: std::time::Duration) -> Option<SessionIdentity> {
-        self.inner.attribute_late(info, settled)
-    }
-
-    fn revision(&self) -> Option<u64> {
-        self.inner.revision()
-    }
-}
 
 /// A process's images as its descendants see them: (start, command name).
 struct Names {
@@ -79,10 +43,21 @@ struct Names {
     images: Vec<(u64, String)>,
 }
 
-#[derive(Default)]
+/// Processes whose names a session's rules remember for their descendants' ancestry (the
+/// least recently used forgotten first: a chain then ends early, and no more).
+const MAX_NAMES: usize = 16_384;
+/// Paths a session's rules remember as written ("download then execute"); past it, new
+/// paths are not remembered.
+const MAX_WRITTEN: usize = 4_096;
+
 struct SessionState {
     info: Option<SessionInfo>,
-    names: HashMap<ProcessKey, Names>,
+    /// Who the span stage says opened the session (its `Output::identified`).
+    who: Option<SessionIdentity>,
+    /// Alerts already raised at exec time: (rule, span, time). The final record's
+    /// evaluation does not raise them again.
+    raised: HashSet<(String, SpanId, u64)>,
+    names: crate::lru::Lru<ProcessKey, Names>,
     /// Records whose spans have not passed yet.
     pending: HashMap<ProcessKey, ProcessRecord>,
     span_of: HashMap<SpanId, ProcessKey>,
@@ -94,6 +69,24 @@ struct SessionState {
     fired: BTreeSet<String>,
 }
 
+impl Default for SessionState {
+    fn default() -> Self {
+        SessionState {
+            info: None,
+            who: None,
+            raised: HashSet::new(),
+            names: crate::lru::Lru::new(MAX_NAMES),
+            pending: HashMap::new(),
+            span_of: HashMap::new(),
+            alerts: HashMap::new(),
+            written: HashSet::new(),
+            count: 0,
+            max: None,
+            fired: BTreeSet::new(),
+        }
+    }
+}
+
 /// The rules the stage applies: swapped whole on reload.
 pub type RuleSet = Arc<Vec<Arc<Rule>>>;
 
@@ -102,27 +95,18 @@ pub struct AlertStage {
     clock: BootClock,
     scope: ScopeConfig,
     attribution_configured: bool,
-    who: Arc<RecordingAttributor>,
     sessions: HashMap<SessionId, SessionState>,
     /// `podtrail_alerts_total{rule, severity}`: every alert raised, as it is raised.
     fired: crate::metrics::AlertCounter,
 }
 
 impl AlertStage {
-    /// `who` must be the attributor the span stage was given.
-    pub fn new(
-        boot_id: [u8; 16],
-        clock: BootClock,
-        scope: ScopeConfig,
-        attribution_configured: bool,
-        who: Arc<RecordingAttributor>,
-    ) -> Self {
+    pub fn new(boot_id: [u8; 16], clock: BootClock, scope: ScopeConfig, attribution_configured: bool) -> Self {
         AlertStage {
             boot_id,
             clock,
             scope,
             attribution_configured,
-            who,
             sessions: HashMap::new(),
             fired: Default::default(),
         }
@@ -139,37 +123,57 @@ impl AlertStage {
         self.sessions.len()
     }
 
-    /// Sees an update before the span stage does.
-    pub fn tap(&mut self, u: &SessionUpdate) {
-        let (info, recs): (&SessionInfo, Vec<&ProcessRecord>) = match u {
-            SessionUpdate::Started(i) => (i, vec![]),
-            SessionUpdate::ProcessEnded(i, r) => (i, vec![r]),
-            SessionUpdate::Ended(i, rs) => (i, rs.iter().collect()),
-        };
+    /// A final record the span stage built spans from: its names for its descendants, the
+    /// paths it wrote, and its evaluation when its spans pass.
+    fn take_record(&mut self, info: SessionInfo, r: ProcessRecord) {
         let st = self.sessions.entry(info.id).or_default();
-        st.info = Some(info.clone());
-        for r in recs {
-            st.names.insert(
-                r.key,
-                Names {
-                    parent: r.parent,
-                    images: r.images.iter().map(|i| (i.start_ns, escape(&i.command_name()))).collect(),
-                },
-            );
-            for img in &r.images {
-                st.written.extend(eval::written_paths(&img.files).map(<[u8]>::to_vec));
-                let own = ids::image_span_id(&self.boot_id, r.key, img.exec_index);
-                st.span_of.insert(own, r.key);
-                for ci in 0..img.connects.len() {
-                    st.span_of.insert(ids::connect_span_id(own, ci as u32), r.key);
+        st.info = Some(info);
+        st.names.insert(
+            r.key,
+            Names {
+                parent: r.parent,
+                images: r.images.iter().map(|i| (i.start_ns, escape(&i.command_name()))).collect(),
+            },
+        );
+        for img in &r.images {
+            for p in eval::written_paths(&img.files) {
+                if st.written.len() < MAX_WRITTEN {
+                    st.written.insert(p.to_vec());
                 }
             }
-            st.pending.insert(r.key, r.clone());
+            let own = ids::image_span_id(&self.boot_id, r.key, img.exec_index);
+            st.span_of.insert(own, r.key);
+            for ci in 0..img.connects.len() {
+                st.span_of.insert(ids::connect_span_id(own, ci as u32), r.key);
+            }
         }
+        st.pending.insert(r.key, r);
     }
 
-    /// Adds alert events to the spans of `out`, and the session marks to each root.
+    /// Raises the alerts of the execs in `out` as `alert` spans, adds alert events to the
+    /// spans of `out`, and the session marks to each root.
     pub fn annotate(&mut self, rules: &[Arc<Rule>], out: &mut Output) {
+        for (sid, who) in out.identified.drain(..) {
+            self.sessions.entry(sid).or_default().who = who;
+        }
+        for (info, r) in std::mem::take(&mut out.records) {
+            self.take_record(info, r);
+        }
+        let mut live = Vec::new();
+        for x in out.execs.drain(..) {
+            let mut st = self.sessions.remove(&x.session).unwrap_or_default();
+            st.info = Some(x.info.clone());
+            // the live image's name, for the descendants it forks
+            let n = st.names.get_or_insert_with(x.record.key, || Names { parent: x.record.parent, images: vec![] });
+            if let Some(img) = x.record.images.last().filter(|i| !n.images.iter().any(|(s, _)| *s == i.start_ns)) {
+                n.images.push((img.start_ns, escape(&img.command_name())));
+            }
+            for span in self.raise(rules, &mut st, &x) {
+                live.push((x.session, BuiltSpan { span, root: false }));
+            }
+            self.sessions.insert(x.session, st);
+        }
+        out.spans.splice(0..0, live);
         for (sid, b) in out.spans.iter_mut() {
             let sid = *sid;
             let Some(mut st) = self.sessions.remove(&sid) else { continue };
@@ -183,7 +187,6 @@ impl AlertStage {
                 left.sort_by_key(|a| a.ts_ns);
                 self.attach(&mut b.span, &left);
                 mark_root(&mut b.span, &st);
-                self.who.forget(sid);
                 continue;
             }
             let id = b.span.span_context.span_id();
@@ -197,33 +200,75 @@ impl AlertStage {
         }
     }
 
+    /// The span an alert is about: its image's, or one of the image's connects.
+    fn span_of(&self, key: ProcessKey, t: Target) -> SpanId {
+        let exec_index = match t {
+            Target::Image { exec_index } | Target::Connect { exec_index, .. } => exec_index,
+        };
+        let own = ids::image_span_id(&self.boot_id, key, exec_index);
+        match t {
+            Target::Image { .. } => own,
+            Target::Connect { index, .. } => ids::connect_span_id(own, index),
+        }
+    }
+
+    /// Counts an alert on its session and in `podtrail_alerts_total` (once, as it is raised);
+    /// it waits for its span to pass (as an event on it).
+    fn record(&self, st: &mut SessionState, span: SpanId, a: Alert) {
+        self.fired
+            .get_or_create(&vec![("rule", a.rule.name.clone()), ("severity", a.rule.severity.as_str().to_owned())])
+            .inc();
+        st.count += 1;
+        st.max = st.max.max(Some(a.rule.severity));
+        st.fired.insert(a.rule.name.clone());
+        st.alerts.entry(span).or_default().push(a);
+    }
+
+    /// The rules over a live exec, with the identity the span stage has: each alert at once
+    /// as an `alert` span under the session's root (the root closes the trace later, so the
+    /// tree holds whatever order they arrive in), and later as an event on its image span.
+    fn raise(&self, rules: &[Arc<Rule>], st: &mut SessionState, x: &LiveExec) -> Vec<SpanData> {
+        let Some(info) = st.info.as_ref() else { return vec![] };
+        let Some(img) = x.record.images.last() else { return vec![] };
+        let ctx = SessionCtx { info, who: st.who.as_ref(), attribution_configured: self.attribution_configured };
+        let chain = ancestors(st, info, &x.record);
+        let alerts = eval::evaluate(rules, ctx, &x.record, &chain, &st.written, &self.scope);
+        let mut out = Vec::new();
+        for a in alerts {
+            // only the new image: the one before it came along to say whether this is the
+            // first exec, and was evaluated when it was new
+            if !matches!(a.target, Target::Image { exec_index } if exec_index == img.exec_index) {
+                continue;
+            }
+            let about = self.span_of(x.record.key, a.target);
+            if !st.raised.insert((a.rule.name.clone(), about, a.ts_ns)) {
+                continue;
+            }
+            let id = ids::alert_span_id(about, &a.rule.name, a.ts_ns);
+            let mut attrs = alert_event(&self.clock, &a).attributes;
+            attrs.push(KeyValue::new(sc::PROCESS_PID, x.record.key.pid as i64));
+            attrs.push(KeyValue::new(sc::PROCESS_COMMAND, escape(&img.command_name())));
+            attrs.push(KeyValue::new(keys::ALERT_SPAN_ID, about.to_string()));
+            let at = self.clock.to_system_time(a.ts_ns);
+            out.push(live_span(&x.frame, id, x.frame.root_id, ALERT_SPAN, at, attrs));
+            self.record(st, about, a);
+        }
+        out
+    }
+
     /// Evaluates one pending record; its alerts wait for their spans.
-    fn evaluate(&self, rules: &[Arc<Rule>], sid: SessionId, st: &mut SessionState, key: ProcessKey) {
+    fn evaluate(&self, rules: &[Arc<Rule>], _sid: SessionId, st: &mut SessionState, key: ProcessKey) {
         let Some(rec) = st.pending.remove(&key) else { return };
         let Some(info) = st.info.as_ref() else { return };
-        let who = self.who.get(sid);
-        let ctx = SessionCtx { info, who: who.as_ref(), attribution_configured: self.attribution_configured };
+        let ctx = SessionCtx { info, who: st.who.as_ref(), attribution_configured: self.attribution_configured };
         let chain = ancestors(st, info, &rec);
         let alerts = eval::evaluate(rules, ctx, &rec, &chain, &st.written, &self.scope);
         for a in alerts {
-            st.count += 1;
-            st.max = st.max.max(Some(a.rule.severity));
-            self.fired
-                .get_or_create(&vec![("rule", a.rule.name.clone()), ("severity", a.rule.severity.as_str().to_owned())])
-                .inc();
-            st.fired.insert(a.rule.name.clone());
-            let own = ids::image_span_id(
-                &self.boot_id,
-                rec.key,
-                match a.target {
-                    Target::Image { exec_index } | Target::Connect { exec_index, .. } => exec_index,
-                },
-            );
-            let span = match a.target {
-                Target::Image { .. } => own,
-                Target::Connect { index, .. } => ids::connect_span_id(own, index),
-            };
-            st.alerts.entry(span).or_default().push(a);
+            let span = self.span_of(rec.key, a.target);
+            if st.raised.contains(&(a.rule.name.clone(), span, a.ts_ns)) {
+                continue; // raised when the image was exec'd
+            }
+            self.record(st, span, a);
         }
         for img in &rec.images {
             let own = ids::image_span_id(&self.boot_id, rec.key, img.exec_index);
@@ -291,7 +336,7 @@ fn ancestors(st: &SessionState, info: &SessionInfo, rec: &ProcessRecord) -> Vec<
         if out.len() >= 16 || k == rec.key {
             break;
         }
-        match st.names.get(&k) {
+        match st.names.peek(&k) {
             Some(n) => {
                 let name = n.images.iter().rev().find(|(s, _)| *s <= at).or(n.images.first()).map(|(_, c)| c.clone());
                 out.extend(name);

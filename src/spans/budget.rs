@@ -60,12 +60,20 @@ pub struct Fold<T> {
     pub template: T,
 }
 
+/// Distinct (parent, command) pairs a session's fold table remembers: the least recently seen
+/// is forgotten first (a command seen again after that may keep `after` more spans, under the
+/// session's span cap), so a session of a hundred thousand distinct commands stays bounded.
+pub const MAX_FOLD_KEYS: usize = 16_384;
+/// Fold spans a session holds until its end: past this, a new group of repeats is not folded
+/// but capped (counted on the root as `podtrail.session.spans_capped`).
+pub const MAX_FOLDS: usize = 1_024;
+
 /// Per-session fold state: the first `after` identical spans under one parent pass; the rest
 /// join one fold span per (parent, digest).
 #[derive(Debug)]
 pub struct FoldTable<T> {
     after: u32,
-    seen: HashMap<(SpanId, [u8; 8]), u32>,
+    seen: crate::lru::Lru<(SpanId, [u8; 8]), u32>,
     folds: HashMap<(SpanId, [u8; 8]), Fold<T>>,
     order: Vec<(SpanId, [u8; 8])>,
 }
@@ -75,11 +83,13 @@ pub enum FoldDecision {
     Keep,
     /// Folded into the span with this id (use it as the parent of its children).
     Folded(SpanId),
+    /// A repeat past the threshold with no room for another fold span: not exported.
+    Capped,
 }
 
 impl<T> FoldTable<T> {
     pub fn new(after: u32) -> Self {
-        FoldTable { after, seen: HashMap::new(), folds: HashMap::new(), order: Vec::new() }
+        FoldTable { after, seen: crate::lru::Lru::new(MAX_FOLD_KEYS), folds: HashMap::new(), order: Vec::new() }
     }
 
     pub fn offer(
@@ -91,10 +101,13 @@ impl<T> FoldTable<T> {
         template: impl FnOnce() -> T,
     ) -> FoldDecision {
         let key = (parent, digest);
-        let n = self.seen.entry(key).or_insert(0);
+        let n = self.seen.get_or_insert_with(key, || 0);
         if *n < self.after {
             *n += 1;
             return FoldDecision::Keep;
+        }
+        if !self.folds.contains_key(&key) && self.folds.len() >= MAX_FOLDS {
+            return FoldDecision::Capped;
         }
         let fold = self.folds.entry(key).or_insert_with(|| {
             self.order.push(key);
@@ -161,5 +174,23 @@ mod tests {
         assert_eq!(folds.len(), 1);
         let f = &folds[0].1;
         assert_eq!((f.count, f.first_start_ns, f.last_end_ns, f.template), (2, 30, 41, 3));
+    }
+
+    #[test]
+    fn the_table_stays_bounded_whatever_the_session_runs() {
+        let mut t: FoldTable<u32> = FoldTable::new(1);
+        let p = SpanId::from_bytes([1; 8]);
+        let mut capped = 0;
+        for i in 0..(MAX_FOLD_KEYS as u32 * 2) {
+            let d = fold_digest(&[&i.to_le_bytes()]);
+            for _ in 0..2 {
+                if matches!(t.offer(p, d, 1, 2, || 0), FoldDecision::Capped) {
+                    capped += 1;
+                }
+            }
+        }
+        assert!(t.seen.len() <= MAX_FOLD_KEYS);
+        assert_eq!(t.folds.len(), MAX_FOLDS);
+        assert_eq!(t.folded() + capped, MAX_FOLD_KEYS as u64 * 2, "every repeat folded or capped");
     }
 }

@@ -53,6 +53,8 @@ pub struct RootMarks {
     pub argv_truncated: u64,
     pub args_redacted: u64,
     pub udp_unsent: u64,
+    /// Connects only counted, past their image's cap on connect records.
+    pub connects_over_cap: u64,
 }
 
 pub fn scope() -> InstrumentationScope {
@@ -226,6 +228,7 @@ pub fn root_span(
         (keys::SESSION_ARGV_TRUNCATED, marks.argv_truncated),
         (keys::SESSION_ARGS_REDACTED, marks.args_redacted),
         (keys::SESSION_UDP_UNSENT, marks.udp_unsent),
+        (keys::SESSION_CONNECTS_OVER_CAP, marks.connects_over_cap),
     ] {
         if v > 0 {
             attrs.push(KeyValue::new(k, v as i64));
@@ -307,6 +310,52 @@ pub fn attribution_span(
     let end = who.request_completed.unwrap_or(start);
     let id = ids::attribution_span_id(&ctx.boot_id, info.id);
     span(&frame, id, root_id, SpanKind::Internal, "attribution".into(), start, end, attrs, Status::Unset)
+}
+
+/// `session opened`: sent as soon as a session leaves the hold (attributed, or its deadline
+/// passed), under the root that closes the trace at the end. It carries what the root will
+/// (the identity, the pod, the request) without the totals, so a search for the user, the
+/// audit id or the pod finds a session that is still open.
+pub fn opened_span(
+    ctx: &BuildCtx,
+    frame: &SessionFrame,
+    info: &SessionInfo,
+    who: Option<&SessionIdentity>,
+) -> SpanData {
+    let mut attrs = frame.common.clone();
+    let mut start = ctx.clock.to_system_time(info.start_ns);
+    if let Some(w) = who {
+        request_attributes(&mut attrs, w);
+        if let Some(s) = w.request_started {
+            start = start.min(s);
+        }
+    }
+    if let Some(src) = Some(info.container.source).filter(|s| !s.is_empty()) {
+        attrs.push(KeyValue::new(keys::SESSION_CONTAINER_SOURCE, src));
+    }
+    let at = ctx.clock.to_system_time(info.start_ns).max(start);
+    let id = ids::opened_span_id(&ctx.boot_id, info.id);
+    span(frame, id, frame.root_id, SpanKind::Internal, OPENED_SPAN.into(), start, at, attrs, Status::Unset)
+}
+
+/// The name of [`opened_span`]'s span.
+pub const OPENED_SPAN: &str = "session opened";
+/// The name of a span an alert is sent as when it is raised ([`live_span`]).
+pub const ALERT_SPAN: &str = "alert";
+
+/// A span of the session sent while it is open (an alert when raised): the session's common
+/// attributes, then `extra`; instantaneous at `at`.
+pub fn live_span(
+    frame: &SessionFrame,
+    id: SpanId,
+    parent: SpanId,
+    name: &str,
+    at: SystemTime,
+    extra: Vec<KeyValue>,
+) -> SpanData {
+    let mut attrs = frame.common.clone();
+    attrs.extend(extra);
+    span(frame, id, parent, SpanKind::Internal, name.to_owned(), at, at, attrs, Status::Unset)
 }
 
 /// The root's name when no request matched: what kind of activity the trace is.

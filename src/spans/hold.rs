@@ -31,10 +31,10 @@ use std::time::{Duration, Instant};
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::SpanData;
 
-use super::build::BuildCtx;
-use super::identity::Attributor;
+use super::build::{BuildCtx, SessionFrame};
+use super::identity::{Attributor, SessionIdentity};
 use super::session::{BuiltSpan, SessionSpans};
-use crate::model::{SessionId, SessionInfo, SessionUpdate};
+use crate::model::{SessionId, SessionInfo, SessionKind, SessionUpdate};
 
 /// Why a held session was let go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -74,6 +74,46 @@ pub struct Output {
     /// Sessions marked as probes, by outcome: "dropped" (no request, no terminal) or
     /// "session" (exported).
     pub probes: Vec<&'static str>,
+    /// Sessions that left the hold, with who opened them (None: nobody known): the rules
+    /// stage takes the identity from here, as the spans carry it.
+    pub identified: Vec<(SessionId, Option<SessionIdentity>)>,
+    /// Execs of sessions out of the hold, in order, with their session's frame: the rules
+    /// stage raises alerts on them at once.
+    pub execs: Vec<LiveExec>,
+    /// The final records the stage built spans from, in order (only when asked for with
+    /// [`SpanStage::with_records`]): the rules stage evaluates them when their spans pass.
+    pub records: Vec<(SessionInfo, crate::model::ProcessRecord)>,
+    /// Root spans of requests that started no process (attach, port-forward, denied or
+    /// unmatched execs), counted as sessions.
+    pub requests: Vec<SpanData>,
+    /// Set on the last output of a run: sessions still open when the agent stopped.
+    pub open_at_stop: Option<usize>,
+}
+
+impl Output {
+    /// Nothing to pass on.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+            && self.released.is_empty()
+            && self.ended.is_empty()
+            && self.late.is_empty()
+            && self.forgotten.is_empty()
+            && self.probes.is_empty()
+            && self.identified.is_empty()
+            && self.execs.is_empty()
+            && self.records.is_empty()
+            && self.requests.is_empty()
+            && self.open_at_stop.is_none()
+    }
+}
+
+/// A member of a live session exec'd (`SessionUpdate::Exec`).
+#[derive(Debug)]
+pub struct LiveExec {
+    pub session: SessionId,
+    pub info: SessionInfo,
+    pub record: crate::model::ProcessRecord,
+    pub frame: SessionFrame,
 }
 
 /// A record that arrived after its session was exported unattributed, and the span it adds.
@@ -85,14 +125,6 @@ pub struct Late {
     pub user: Option<String>,
     /// From the session's unattributed release to the match.
     pub delay: Duration,
-}
-
-/// A session released unattributed, waiting for a record that arrives late.
-struct Unattributed {
-    info: SessionInfo,
-    trace_id: TraceId,
-    root_id: SpanId,
-    released: Instant,
 }
 
 struct Held {
@@ -119,6 +151,8 @@ pub struct SpanStage {
     revision: Option<(Option<u64>, Instant)>,
     /// Probe sessions dropped while still open: their later updates are dropped too.
     dropped: std::collections::HashSet<SessionId>,
+    /// Hand the records spans are built from to [`Output::records`] (for the rules).
+    records: bool,
 }
 
 impl SpanStage {
@@ -141,7 +175,15 @@ impl SpanStage {
             unattributed_order: VecDeque::new(),
             revision: None,
             dropped: Default::default(),
+            records: false,
         }
+    }
+
+    /// Also hand out the records spans are built from ([`Output::records`]), so the rules
+    /// stage sees each process once its session's identity is known.
+    pub fn with_records(mut self) -> Self {
+        self.records = true;
+        self
     }
 
     /// Sessions exported unattributed still waiting for a late record.
@@ -163,9 +205,7 @@ impl SpanStage {
     }
 
     pub fn update(&mut self, u: SessionUpdate, now: Instant, out: &mut Output) {
-        let info = match &u {
-            SessionUpdate::Started(i) | SessionUpdate::ProcessEnded(i, _) | SessionUpdate::Ended(i, _) => i,
-        };
+        let info = u.info();
         let id = info.id;
         if self.dropped.contains(&id) {
             if matches!(u, SessionUpdate::Ended(..)) {
@@ -188,7 +228,8 @@ impl SpanStage {
             return;
         }
         if !info.kind.attributable() {
-            self.live.insert(id, SessionSpans::new(&self.ctx, info.clone(), None));
+            let s = SessionSpans::new(&self.ctx, info.clone(), None);
+            self.go_live(id, s, out);
             out.released.push(Release::Unattributable);
             self.apply(id, u, out);
             return;
@@ -198,7 +239,8 @@ impl SpanStage {
             if info.probe {
                 out.probes.push("session");
             }
-            self.live.insert(id, SessionSpans::new(&self.ctx, info.clone(), Some(who)));
+            let s = SessionSpans::new(&self.ctx, info.clone(), Some(who));
+            self.go_live(id, s, out);
             out.released.push(Release::Attributed);
             self.apply(id, u, out);
             return;
@@ -210,7 +252,7 @@ impl SpanStage {
             }
             let s = SessionSpans::new(&self.ctx, info.clone(), None);
             self.remember(&s, now, out);
-            self.live.insert(id, s);
+            self.go_live(id, s, out);
             out.released.push(Release::Deadline);
             self.apply(id, u, out);
             return;
@@ -240,54 +282,6 @@ impl SpanStage {
         self.ask_late(now, false, out);
     }
 
-    /// Asks again for the sessions exported unattributed (when the attributor's records may
-    /// have changed, or always when `all`), and forgets those past `late_for`.
-    fn ask_late(&mut self, now: Instant, all: bool, out: &mut Output) {
-        while let Some(id) = self.unattributed_order.front().copied() {
-            match self.unattributed.get(&id) {
-                Some(w) if now.saturating_duration_since(w.released) < self.late_for => break,
-                Some(_) => {
-                    self.unattributed.remove(&id);
-                    out.forgotten.push("expired");
-                }
-                None => {}
-            }
-            self.unattributed_order.pop_front();
-        }
-        if self.unattributed.is_empty() {
-            return;
-        }
-        let rev = self.attributor.revision();
-        let changed_at = match self.revision {
-            Some((r, at)) if r == rev => at,
-            _ => now,
-        };
-        self.revision = Some((rev, changed_at));
-        // Records that arrived with the last change answer once settled: keep asking until
-        // then, then only when something new arrives.
-        let quiet = now.saturating_duration_since(changed_at) > self.settle + 2 * self.ctx.cfg.hold.poll();
-        if !all && rev.is_some() && quiet {
-            return;
-        }
-        let settle = if all { Duration::ZERO } else { self.settle };
-        let ids: Vec<SessionId> = self.unattributed_order.iter().copied().collect();
-        for id in ids {
-            let Some(w) = self.unattributed.get(&id) else { continue };
-            let Some(who) = self.attributor.attribute_late(&w.info, settle) else { continue };
-            let w = self.unattributed.remove(&id).expect("checked above");
-            self.unattributed_order.retain(|x| *x != id);
-            let delay = now.saturating_duration_since(w.released);
-            let span = super::build::attribution_span(&self.ctx, w.trace_id, w.root_id, &w.info, &who, delay);
-            out.late.push(Late {
-                session: id,
-                span,
-                audit_id: who.audit_id.clone(),
-                user: who.user_name.clone(),
-                delay,
-            });
-        }
-    }
-
     /// A session leaving the hold unattributed: when it is marked as a probe and has no
     /// terminal, nothing but the probe explains it, and it is dropped (its later updates too,
     /// unless it has `ended`). True when dropped. Counted either way.
@@ -304,28 +298,6 @@ impl SpanStage {
             self.dropped.insert(info.id);
         }
         true
-    }
-
-    /// A session leaves the hold without attribution: remember it for a late record.
-    fn remember(&mut self, s: &SessionSpans, now: Instant, out: &mut Output) {
-        let info = s.info();
-        if !info.kind.attributable() || self.late_for.is_zero() || self.max_late == 0 {
-            return;
-        }
-        let w = Unattributed { info: info.clone(), trace_id: s.trace_id(), root_id: s.root_id(), released: now };
-        if self.unattributed.insert(info.id, w).is_none() {
-            self.unattributed_order.push_back(info.id);
-        }
-        while self.unattributed.len() > self.max_late {
-            match self.unattributed_order.pop_front() {
-                Some(old) => {
-                    if self.unattributed.remove(&old).is_some() {
-                        out.forgotten.push("overflow");
-                    }
-                }
-                None => break,
-            }
-        }
     }
 
     /// The agent is stopping: release every held session (one last attribution attempt) and
@@ -353,7 +325,7 @@ impl SpanStage {
     fn release_with(
         &mut self,
         id: SessionId,
-        who: Option<super::identity::SessionIdentity>,
+        who: Option<SessionIdentity>,
         how: Release,
         now: Instant,
         out: &mut Output,
@@ -374,20 +346,42 @@ impl SpanStage {
         if unattributed {
             self.remember(&s, now, out);
         }
-        self.live.insert(id, s);
+        self.go_live(id, s, out);
         for u in h.updates {
             self.apply(id, u, out);
         }
     }
 
+    /// A session leaves the hold: from here its spans are built as its processes end. Who
+    /// opened it goes to the rules, and a session someone opened (exec, debug, node) says so
+    /// at once with a `session opened` span, so it is searchable while it still runs.
+    fn go_live(&mut self, id: SessionId, s: SessionSpans, out: &mut Output) {
+        out.identified.push((id, s.who().cloned()));
+        let info = s.info();
+        if matches!(info.kind, SessionKind::Exec | SessionKind::Debug | SessionKind::Node) {
+            let span = super::build::opened_span(&self.ctx, s.frame(), info, s.who());
+            out.spans.push((id, BuiltSpan { span, root: false }));
+        }
+        self.live.insert(id, s);
+    }
+
     fn apply(&mut self, id: SessionId, u: SessionUpdate, out: &mut Output) {
         match u {
+            SessionUpdate::Exec(info, record) => {
+                if let Some(s) = self.live.get_mut(&id) {
+                    s.refresh(&self.ctx, info.clone());
+                    out.execs.push(LiveExec { session: id, info, record, frame: s.frame().clone() });
+                }
+            }
             SessionUpdate::Started(info) => {
                 if let Some(s) = self.live.get_mut(&id) {
                     s.refresh(&self.ctx, info);
                 }
             }
             SessionUpdate::ProcessEnded(info, rec) => {
+                if self.records && self.live.contains_key(&id) {
+                    out.records.push((info.clone(), rec.clone()));
+                }
                 if let Some(s) = self.live.get_mut(&id) {
                     for span in s.process_ended(&self.ctx, info, rec) {
                         out.spans.push((id, BuiltSpan { span, root: false }));
@@ -411,6 +405,9 @@ impl SpanStage {
         out: &mut Output,
     ) {
         let incomplete = info.incomplete || info.events_lost > 0;
+        if self.records {
+            out.records.extend(remaining.iter().map(|r| (info.clone(), r.clone())));
+        }
         for b in s.finish(&self.ctx, info, remaining) {
             out.spans.push((id, b));
         }
@@ -418,277 +415,8 @@ impl SpanStage {
     }
 }
 
+mod late;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::capture::event::ProcessKey;
-    use crate::clock::BootClock;
-    use crate::model::{ContainerInfo, SessionKind};
-    use crate::spans::{keys, SessionIdentity, SpansConfig};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Mutex;
+mod tests;
 
-    /// Answers once `ready` is set (and only late questions, when `late_only`), counting asks.
-    #[derive(Default)]
-    struct Fake {
-        ready: Mutex<Option<SessionIdentity>>,
-        revision: AtomicU64,
-        asked: AtomicU64,
-        asked_late: AtomicU64,
-        settled: Mutex<Vec<Duration>>,
-    }
-
-    impl Attributor for Fake {
-        fn attribute(&self, _info: &SessionInfo) -> Option<SessionIdentity> {
-            self.asked.fetch_add(1, Ordering::Relaxed);
-            self.ready.lock().unwrap().take()
-        }
-        fn attribute_late(&self, _info: &SessionInfo, settled: Duration) -> Option<SessionIdentity> {
-            self.asked_late.fetch_add(1, Ordering::Relaxed);
-            self.settled.lock().unwrap().push(settled);
-            self.ready.lock().unwrap().take()
-        }
-        fn revision(&self) -> Option<u64> {
-            Some(self.revision.load(Ordering::Relaxed))
-        }
-    }
-
-    impl Fake {
-        /// A record for the session arrives.
-        fn arrive(&self) {
-            *self.ready.lock().unwrap() = Some(who());
-            self.revision.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn who() -> SessionIdentity {
-        SessionIdentity {
-            source: "audit_webhook",
-            confidence: "unique",
-            candidates: 1,
-            audit_id: Some("4b5f3c7e-8d2a-4f19-9c3e-2a1b0d9e8f70".into()),
-            trace_id: Some([7; 16]),
-            user_name: Some("john.doe@example.com".into()),
-            user_groups: vec!["dev".into(), "system:authenticated".into()],
-            client_address: Some("66.249.64.55".into()),
-            request_kind: "exec",
-            requested_command: vec!["sh".into()],
-            ..Default::default()
-        }
-    }
-
-    fn info(pid: u32, kind: SessionKind) -> SessionInfo {
-        SessionInfo {
-            root_argv: vec![b"sh".to_vec()],
-            ..SessionInfo::new(
-                SessionId(ProcessKey { pid, start_ns: 1_000 }),
-                kind,
-                ContainerInfo { id: "c1".into(), pod_name: Some("api-7d9c".into()), ..Default::default() },
-                1_000,
-            )
-        }
-    }
-
-    fn ended(mut i: SessionInfo) -> SessionUpdate {
-        i.end_ns = Some(2_000);
-        SessionUpdate::Ended(i, vec![])
-    }
-
-    fn stage(fake: &Arc<Fake>, hold_ms: u64, late_ms: u64, late_max: usize) -> SpanStage {
-        let mut cfg = SpansConfig::default();
-        cfg.hold.deadline_ms = hold_ms;
-        cfg.hold.late_ms = late_ms;
-        cfg.hold.late_max_sessions = late_max;
-        let ctx = BuildCtx { boot_id: [1; 16], clock: BootClock::fixed(1_700_000_000_000_000_000), cfg };
-        SpanStage::new(ctx, fake.clone())
-    }
-
-    fn attr<'a>(s: &'a SpanData, key: &str) -> Option<&'a opentelemetry::Value> {
-        s.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| &kv.value)
-    }
-
-    /// Holds an exec session past its deadline and ends it: exported unattributed. Its root.
-    fn export_unattributed(st: &mut SpanStage, t0: Instant, i: &SessionInfo) -> SpanData {
-        let mut out = Output::default();
-        st.update(SessionUpdate::Started(i.clone()), t0, &mut out);
-        st.tick(t0 + Duration::from_secs(4), &mut out);
-        assert_eq!(out.released, vec![Release::Deadline]);
-        st.update(ended(i.clone()), t0 + Duration::from_secs(4), &mut out);
-        let (_, root) = out.spans.pop().expect("root");
-        assert!(root.root);
-        assert_eq!(attr(&root.span, keys::ATTRIBUTION_SOURCE).map(|v| v.to_string()), Some("none".into()));
-        root.span
-    }
-
-    fn probe(pid: u32, tty: bool) -> SessionInfo {
-        SessionInfo { probe: true, root_tty: tty, ..info(pid, SessionKind::Exec) }
-    }
-
-    /// Issue 13: `echo id | kubectl exec -i pod -- sh` against a probe of `["sh"]` is a session.
-    #[test]
-    fn a_probe_command_is_dropped_only_when_no_request_and_no_terminal_explain_it() {
-        let fake = Arc::new(Fake::default());
-        let mut st = stage(&fake, 3_000, 60_000, 100);
-        let t0 = Instant::now();
-
-        // the kubelet's probe: nothing matches within the hold, no terminal -> dropped, and
-        // its later updates with it
-        let mut out = Output::default();
-        st.update(SessionUpdate::Started(probe(20, false)), t0, &mut out);
-        st.tick(t0 + Duration::from_secs(4), &mut out);
-        st.update(ended(probe(20, false)), t0 + Duration::from_secs(4), &mut out);
-        assert_eq!(out.probes, vec!["dropped"]);
-        assert!(out.spans.is_empty() && out.ended.is_empty(), "{out:?}");
-        assert_eq!((st.open(), st.unattributed()), (0, 0), "nothing kept, nothing waits for a late record");
-
-        // the same command, and an API request matches it within the hold -> a session
-        let mut out = Output::default();
-        st.update(SessionUpdate::Started(probe(21, false)), t0, &mut out);
-        fake.arrive();
-        st.tick(t0 + Duration::from_secs(1), &mut out);
-        st.update(ended(probe(21, false)), t0 + Duration::from_secs(2), &mut out);
-        assert_eq!(out.probes, vec!["session"]);
-        let root = &out.spans.last().expect("root").1;
-        assert!(root.root);
-        assert_eq!(attr(&root.span, "user.name").map(|v| v.to_string()), Some("john.doe@example.com".into()));
-
-        // no request, but a terminal -> a session (exported unattributed)
-        let mut out = Output::default();
-        st.update(SessionUpdate::Started(probe(22, true)), t0, &mut out);
-        st.tick(t0 + Duration::from_secs(4), &mut out);
-        st.update(ended(probe(22, true)), t0 + Duration::from_secs(4), &mut out);
-        assert_eq!(out.probes, vec!["session"]);
-        assert_eq!(out.ended.len(), 1);
-
-        // without a hold (no attribution source) a probe is dropped at once
-        let fake = Arc::new(Fake::default());
-        let mut st = stage(&fake, 0, 60_000, 100);
-        let mut out = Output::default();
-        st.update(SessionUpdate::Started(probe(23, false)), t0, &mut out);
-        st.update(ended(probe(23, false)), t0, &mut out);
-        assert_eq!((out.probes, out.spans.len()), (vec!["dropped"], 0));
-    }
-
-    #[test]
-    fn a_late_record_adds_one_attribution_span_under_the_exported_root() {
-        let fake = Arc::new(Fake::default());
-        let mut st = stage(&fake, 3_000, 60_000, 100);
-        let t0 = Instant::now();
-        let root = export_unattributed(&mut st, t0, &info(10, SessionKind::Exec));
-        assert_eq!(st.unattributed(), 1);
-
-        fake.arrive();
-        let mut out = Output::default();
-        st.tick(t0 + Duration::from_secs(9), &mut out);
-        assert_eq!(out.late.len(), 1, "{out:?}");
-        let late = &out.late[0];
-        assert_eq!(late.delay, Duration::from_secs(5), "from the release at 4 s to the match at 9 s");
-        let s = &late.span;
-        assert_eq!(s.name, "attribution");
-        assert_eq!(s.span_context.trace_id(), root.span_context.trace_id(), "same trace as the exported root");
-        assert_eq!(s.parent_span_id, root.span_context.span_id(), "under the root");
-        assert_eq!(attr(s, "user.name").map(|v| v.to_string()), Some("john.doe@example.com".into()));
-        assert_eq!(attr(s, "client.address").map(|v| v.to_string()), Some("66.249.64.55".into()));
-        assert!(attr(s, "user.roles").is_some(), "request attributes as on a root");
-        assert_eq!(attr(s, keys::ATTRIBUTION_LATE), Some(&opentelemetry::Value::Bool(true)));
-        assert_eq!(attr(s, keys::ATTRIBUTION_DELAY_MS), Some(&opentelemetry::Value::I64(5_000)));
-        assert_eq!(attr(s, "k8s.pod.name").map(|v| v.to_string()), Some("api-7d9c".into()));
-        assert_eq!(fake.settled.lock().unwrap()[0], Duration::from_secs(3), "records must have settled");
-        assert!(out.spans.is_empty(), "nothing else is exported");
-        assert_eq!(st.unattributed(), 0, "one attribution per session");
-
-        fake.arrive();
-        let mut out = Output::default();
-        st.tick(t0 + Duration::from_secs(10), &mut out);
-        assert!(out.late.is_empty(), "a session is attributed late at most once");
-    }
-
-    #[test]
-    fn exported_sessions_ask_again_only_after_a_record_arrived() {
-        let fake = Arc::new(Fake::default());
-        let mut st = stage(&fake, 3_000, 60_000, 100);
-        let t0 = Instant::now();
-        export_unattributed(&mut st, t0, &info(10, SessionKind::Exec));
-        // nothing arrives: after the settle period, no more questions
-        for s in 5..40 {
-            st.tick(t0 + Duration::from_secs(s), &mut Output::default());
-        }
-        let quiet = fake.asked_late.load(Ordering::Relaxed);
-        for s in 40..60 {
-            st.tick(t0 + Duration::from_secs(s), &mut Output::default());
-        }
-        assert_eq!(fake.asked_late.load(Ordering::Relaxed), quiet, "no record arrived, so no question");
-        fake.revision.fetch_add(1, Ordering::Relaxed);
-        st.tick(t0 + Duration::from_secs(59), &mut Output::default());
-        assert_eq!(fake.asked_late.load(Ordering::Relaxed), quiet + 1, "asked again once a record arrived");
-    }
-
-    #[test]
-    fn remembered_sessions_are_forgotten_after_late_ms() {
-        let fake = Arc::new(Fake::default());
-        let mut st = stage(&fake, 3_000, 20_000, 2);
-        let t0 = Instant::now();
-        for pid in 1..=3 {
-            export_unattributed(&mut st, t0, &info(pid, SessionKind::Exec));
-        }
-        let mut out = Output::default();
-        st.tick(t0 + Duration::from_secs(5), &mut out);
-        assert_eq!(st.unattributed(), 2);
-        // the third release pushed the first out (counted where it happened)
-        let mut out = Output::default();
-        st.tick(t0 + Duration::from_secs(30), &mut out);
-        assert_eq!(out.forgotten, vec!["expired", "expired"]);
-        assert_eq!(st.unattributed(), 0);
-        fake.arrive();
-        let mut out = Output::default();
-        st.tick(t0 + Duration::from_secs(31), &mut out);
-        assert!(out.late.is_empty(), "a forgotten session gains nothing");
-    }
-
-    #[test]
-    fn overflow_of_remembered_sessions_is_reported() {
-        let fake = Arc::new(Fake::default());
-        let mut st = stage(&fake, 3_000, 60_000, 1);
-        let t0 = Instant::now();
-        let mut out = Output::default();
-        for pid in 1..=2 {
-            st.update(SessionUpdate::Started(info(pid, SessionKind::Exec)), t0, &mut out);
-        }
-        st.tick(t0 + Duration::from_secs(4), &mut out);
-        assert_eq!(out.forgotten, vec!["overflow"]);
-        assert_eq!(st.unattributed(), 1);
-    }
-
-    #[test]
-    fn kinds_no_request_stands_behind_are_not_held() {
-        let fake = Arc::new(Fake::default());
-        let mut st = stage(&fake, 3_000, 60_000, 100);
-        let t0 = Instant::now();
-        for (pid, kind) in [(1, SessionKind::Node), (2, SessionKind::Watched), (3, SessionKind::Outbound)] {
-            let mut out = Output::default();
-            st.update(SessionUpdate::Started(info(pid, kind)), t0, &mut out);
-            assert_eq!(out.released, vec![Release::Unattributable], "{kind:?}");
-            st.update(ended(info(pid, kind)), t0, &mut out);
-            assert!(out.spans.iter().any(|(_, b)| b.root), "{kind:?} exported at once");
-        }
-        assert_eq!(st.held(), 0);
-        assert_eq!(st.unattributed(), 0, "and never asked about later");
-        assert_eq!(fake.asked.load(Ordering::Relaxed), 0, "never asked at all");
-        // an exec session still waits
-        st.update(SessionUpdate::Started(info(4, SessionKind::Exec)), t0, &mut Output::default());
-        assert_eq!(st.held(), 1);
-    }
-
-    #[test]
-    fn shutdown_gives_remembered_sessions_a_last_unsettled_chance() {
-        let fake = Arc::new(Fake::default());
-        let mut st = stage(&fake, 3_000, 60_000, 100);
-        let t0 = Instant::now();
-        export_unattributed(&mut st, t0, &info(10, SessionKind::Exec));
-        *fake.ready.lock().unwrap() = Some(who());
-        let mut out = Output::default();
-        st.shutdown(3_000, &mut out);
-        assert_eq!(out.late.len(), 1);
-        assert_eq!(*fake.settled.lock().unwrap().last().unwrap(), Duration::ZERO);
-    }
-}
+use late::Unattributed;

@@ -64,6 +64,16 @@ pub fn attribution_span_id(boot_id: &[u8; 16], session: SessionId) -> SpanId {
     span_id_from(&digest("attribution", boot_id, &[&key_bytes(session.0)]))
 }
 
+/// The span that says a session was opened, and by whom, sent as soon as that is known.
+pub fn opened_span_id(boot_id: &[u8; 16], session: SessionId) -> SpanId {
+    span_id_from(&digest("opened", boot_id, &[&key_bytes(session.0)]))
+}
+
+/// The span an alert is sent as when it is raised: one per (span it is about, rule, time).
+pub fn alert_span_id(about: SpanId, rule: &str, ts_ns: u64) -> SpanId {
+    span_id_from(&digest("alert", &[0; 16], &[&about.to_bytes(), rule.as_bytes(), &ts_ns.to_le_bytes()]))
+}
+
 /// The trace of a session: the attribution's trace id when there is one (from the audit id,
 /// so anyone holding the audit line can open the trace), else derived from the session root.
 pub fn session_trace_id(boot_id: &[u8; 16], session: SessionId, attributed: Option<[u8; 16]>) -> TraceId {

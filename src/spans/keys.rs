@@ -48,6 +48,8 @@ pub const SESSION_SPANS_KEPT_OVER_CAP: &str = "podtrail.session.spans_kept_over_
 pub const SESSION_ARGV_TRUNCATED: &str = "podtrail.session.argv_truncated";
 pub const SESSION_ARGS_REDACTED: &str = "podtrail.session.args_redacted";
 pub const SESSION_UDP_UNSENT: &str = "podtrail.session.udp_unsent";
+/// Connects only counted: past their image's cap on connect records (memory stays bounded).
+pub const SESSION_CONNECTS_OVER_CAP: &str = "podtrail.session.connects_over_cap";
 pub const SESSION_PROCESSES: &str = "podtrail.session.processes";
 pub const SESSION_CONTAINER_SOURCE: &str = "podtrail.session.container_source";
 pub const NODE_USER: &str = "podtrail.node.user";
@@ -103,6 +105,8 @@ pub const ALERTS_RULES: &str = "podtrail.alerts.rules";
 /// On each `alert` span event, beside `security_rule.*`.
 pub const ALERT_SEVERITY: &str = "podtrail.alert.severity";
 pub const ALERT_SEVERITY_NUMBER: &str = "podtrail.alert.severity_number";
+/// On an `alert` span (an alert sent when raised): the span it is about (hex span id).
+pub const ALERT_SPAN_ID: &str = "podtrail.alert.span_id";
 
 // File operations: span events on the process image span (and on file alerts).
 pub const FILE_OP: &str = "podtrail.file.op";
@@ -143,6 +147,7 @@ pub const PODTRAIL_KEYS: &[&str] = &[
     SESSION_ARGV_TRUNCATED,
     SESSION_ARGS_REDACTED,
     SESSION_UDP_UNSENT,
+    SESSION_CONNECTS_OVER_CAP,
     SESSION_PROCESSES,
     SESSION_CONTAINER_SOURCE,
     NODE_USER,
@@ -173,6 +178,7 @@ pub const PODTRAIL_KEYS: &[&str] = &[
     ALERTS_RULES,
     ALERT_SEVERITY,
     ALERT_SEVERITY_NUMBER,
+    ALERT_SPAN_ID,
     FILE_OP,
     FILE_PATH2,
     FILE_WRITE,

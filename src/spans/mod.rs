@@ -8,7 +8,9 @@
 //! Layout: [`keys`] (podtrail's attribute keys, documented in docs/attributes.md), [`ids`]
 //! (ids derived from the kernel's view), [`build`] (one pure function per span kind),
 //! [`budget`] (argv cap, folding), [`session`] (one session's assembly), [`hold`] (waiting
-//! for attribution), [`config`]. Destination scopes are [`crate::scope`].
+//! for attribution, live `session opened` spans), [`redaction`] (secrets out of updates and
+//! identities), [`task`] (the stage as a task between bounded channels), [`config`].
+//! Destination scopes are [`crate::scope`].
 
 pub mod budget;
 pub mod build;
@@ -17,10 +19,14 @@ pub mod hold;
 pub mod identity;
 pub mod ids;
 pub mod keys;
+pub mod redaction;
 pub mod session;
+pub mod task;
 
 pub use build::BuildCtx;
 pub use config::{HoldConfig, SpansConfig};
-pub use hold::{Output, Release, SpanStage};
+pub use hold::{LiveExec, Output, Release, SpanStage};
 pub use identity::{Attributor, NoAttributor, SessionIdentity};
+pub use redaction::{build_redactor, redact_update, Sanitizing};
 pub use session::{BuiltSpan, SessionSpans};
+pub use task::SpanTask;

@@ -32,6 +32,9 @@ struct Slot {
     span: SpanId,
 }
 
+/// Ended processes whose image spans a session remembers for children yet to end.
+pub const MAX_SLOTS: usize = 16_384;
+
 /// A built span and whether it is the session's root.
 #[derive(Clone, Debug)]
 pub struct BuiltSpan {
@@ -43,7 +46,10 @@ pub struct SessionSpans {
     info: SessionInfo,
     who: Option<SessionIdentity>,
     frame: SessionFrame,
-    slots: HashMap<ProcessKey, Vec<Slot>>,
+    /// Bounded ([`MAX_SLOTS`]): a child whose parent's slot was forgotten names the parent's
+    /// image by `parent_exec_index` (the process stage fills it), or waits for the session's
+    /// end and hangs under the root.
+    slots: crate::lru::Lru<ProcessKey, Vec<Slot>>,
     waiting: HashMap<ProcessKey, Vec<ProcessRecord>>,
     /// Image spans named as a parent before they were built: never folded.
     referenced: HashSet<SpanId>,
@@ -74,7 +80,7 @@ impl SessionSpans {
             info,
             who,
             frame,
-            slots: HashMap::new(),
+            slots: crate::lru::Lru::new(MAX_SLOTS),
             waiting: HashMap::new(),
             referenced: HashSet::new(),
             folds: FoldTable::new(ctx.cfg.fold_after),
@@ -87,6 +93,15 @@ impl SessionSpans {
 
     pub fn info(&self) -> &SessionInfo {
         &self.info
+    }
+
+    pub fn who(&self) -> Option<&SessionIdentity> {
+        self.who.as_ref()
+    }
+
+    /// The trace, root and attributes every span of the session carries.
+    pub fn frame(&self) -> &SessionFrame {
+        &self.frame
     }
 
     pub fn trace_id(&self) -> opentelemetry::trace::TraceId {
@@ -249,6 +264,7 @@ impl SessionSpans {
         let mut slots = Vec::with_capacity(rec.images.len());
         for idx in 0..rec.images.len() {
             let img = &rec.images[idx];
+            self.marks.connects_over_cap += img.connects_over_cap;
             self.marks.args_redacted += img.argv_redacted as u64;
             let end = build::image_end_ns(&rec, idx, fallback);
             let own = ids::image_span_id(&ctx.boot_id, rec.key, img.exec_index);
@@ -278,6 +294,12 @@ impl SessionSpans {
                     self.kept.insert(f);
                     f
                 }
+                // a repeat with no room for another fold span: not exported, counted as capped
+                FoldDecision::Capped => {
+                    self.marks.spans_capped += 1;
+                    self.marks.spans_capped_process += 1;
+                    parent_for_image
+                }
                 FoldDecision::Keep => {
                     if reserved || self.under_cap(ctx, Capped::Process, matters) {
                         let parent = self.kept_parent(parent_for_image);
@@ -305,11 +327,18 @@ impl SessionSpans {
                 ]);
                 let frame = &self.frame;
                 let end = c.end_ns.unwrap_or(c.ts_ns);
-                match self
-                    .folds
-                    .offer(slot_span, d, c.ts_ns, end, || build::connect_span(ctx, frame, cid, slot_span, c))
-                {
+                // a record the process stage already folded per destination is a fold itself
+                let decision = if c.activity.is_some() {
+                    FoldDecision::Keep
+                } else {
+                    self.folds.offer(slot_span, d, c.ts_ns, end, || build::connect_span(ctx, frame, cid, slot_span, c))
+                };
+                match decision {
                     FoldDecision::Folded(_) => {}
+                    FoldDecision::Capped => {
+                        self.marks.spans_capped += 1;
+                        self.marks.spans_capped_network += 1;
+                    }
                     FoldDecision::Keep => {
                         if self.under_cap(ctx, Capped::Network, true) {
                             let parent = self.kept_parent(slot_span);

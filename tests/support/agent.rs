@@ -297,6 +297,15 @@ impl FileAgent {
     /// webhook backend does; the agent answers 200 once the batch is in its store.
     pub fn post_audit(&self, body: &Value) {
         let webhook = self.webhook.as_deref().expect("an agent started with start_audited");
+        post_audit(webhook, body, &self.log());
+    }
+}
+
+/// POSTs an audit EventList to a loopback audit webhook (`127.0.0.1:port`) the way the API
+/// server's webhook backend does, and checks the 200 the agent answers once the batch is in
+/// its store (`log` is shown when it does not).
+pub fn post_audit(webhook: &str, body: &Value, log: &str) {
+    {
         let body = serde_json::to_vec(body).unwrap();
         let mut s = TcpStream::connect(webhook).expect("connect to the audit webhook");
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -304,7 +313,7 @@ impl FileAgent {
         s.write_all(&body).unwrap();
         let mut reply = String::new();
         let _ = s.read_to_string(&mut reply);
-        assert!(reply.starts_with("HTTP/1.1 200"), "audit webhook answered: {reply}\n{}", self.log());
+        assert!(reply.starts_with("HTTP/1.1 200"), "audit webhook answered: {reply}\n{log}");
     }
 }
 

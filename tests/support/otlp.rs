@@ -144,7 +144,7 @@ pub async fn export(
     metrics: Metrics,
 ) -> ExportReport {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let task = tokio::spawn(podtrail::export::run_export(rx, cfg, attributor, metrics));
+    let task = tokio::spawn(podtrail::export::run_export(rx, cfg, attributor, metrics, Default::default()));
     for u in updates {
         tx.send(u).await.unwrap();
     }

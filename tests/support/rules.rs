@@ -1,5 +1,5 @@
 //! Recorded sessions through the span stage and the rules stage, as `podtrail run` wires
-//! them (tap before the span stage, annotate after), and what fired where.
+//! them (the rules stage reads the span stage's output), and what fired where.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,7 +9,7 @@ use opentelemetry_sdk::trace::SpanData;
 use podtrail::capture::event::FileOp;
 use podtrail::clock::BootClock;
 use podtrail::model::{FileRecord, SessionInfo, SessionUpdate};
-use podtrail::rules::{lang, AlertStage, RecordingAttributor, RuleSource, RulesConfig};
+use podtrail::rules::{lang, AlertStage, RuleSource, RulesConfig};
 use podtrail::scope::ScopeConfig;
 use podtrail::spans::{Attributor, BuildCtx, NoAttributor, Output, SessionIdentity, SpanStage, SpansConfig};
 
@@ -43,16 +43,14 @@ impl Run {
             Some(w) => Arc::new(move |_: &SessionInfo| Some(w.clone())),
             None => Arc::new(NoAttributor),
         };
-        let who = RecordingAttributor::new(inner);
         let clock = BootClock::fixed(EPOCH);
         let cfg = SpansConfig { scope: self.scope.clone(), ..SpansConfig::default() };
-        let mut alerts = AlertStage::new(BOOT, clock, self.scope, self.attribution_configured, who.clone())
-            .counting(self.counter.clone());
-        let mut stage = SpanStage::new(BuildCtx { boot_id: BOOT, clock, cfg }, who);
+        let mut alerts =
+            AlertStage::new(BOOT, clock, self.scope, self.attribution_configured).counting(self.counter.clone());
+        let mut stage = SpanStage::new(BuildCtx { boot_id: BOOT, clock, cfg }, inner).with_records();
         let mut spans = Vec::new();
         for u in link_parent_images(updates) {
             let mut out = Output::default();
-            alerts.tap(&u);
             stage.update(u, Instant::now(), &mut out);
             alerts.annotate(&rules, &mut out);
             spans.extend(out.spans.into_iter().map(|(_, b)| b.span));

@@ -66,6 +66,7 @@ pub fn image(idx: u32, start: u64, exe: &str, argv: &[&str]) -> ImageRecord {
         exe_file: (0, 0),
         identity: None,
         program: None,
+        connects_over_cap: 0,
     }
 }
 

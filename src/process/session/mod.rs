@@ -21,7 +21,7 @@
 
 mod activity;
 mod debug;
-mod net;
+pub mod net;
 mod ns;
 
 pub use debug::DEBUG_DECISION_NS;
@@ -69,6 +69,12 @@ pub struct TrackerCounters {
     /// Sessions opened from /proc whose root's exec then arrived from the kernel (it ran
     /// between the programs' attach and the scan): complete after all.
     pub sessions_proc_completed: Counter,
+    /// Sessions whose root's exec the kernel lost, opened as partial sessions from a child.
+    pub roots_lost: Counter,
+    /// Session connects folded into their image's record for the same destination.
+    pub connects_folded: Counter,
+    /// Session connects to new destinations past an image's record cap: counted only.
+    pub connects_over_cap: Counter,
 }
 
 impl TrackerCounters {
@@ -92,6 +98,9 @@ impl TrackerCounters {
             files_over_cap: anomaly("file_over_cap"),
             debug_undecided: anomaly("debug_undecided"),
             debug_ended_over_cap: anomaly("debug_ended_over_cap"),
+            roots_lost: anomaly("root_exec_lost"),
+            connects_folded: anomaly("connect_folded"),
+            connects_over_cap: anomaly("connect_over_cap"),
         }
     }
 }
@@ -128,6 +137,11 @@ pub struct SessionTracker {
     identities: super::identity::Identities,
     /// What the exec being handled runs (set at the start of `on_exec`).
     exec_identity: super::identity::ExecIdentity,
+    /// Ended sessions held until the kernel's per-cgroup loss counts have been read after
+    /// their end (release time in boot ns), so a loss in a short session still marks it.
+    ending: std::collections::VecDeque<(u64, SessionInfo)>,
+    /// How long an ended session waits there; 0: it leaves at once.
+    loss_settle_ns: u64,
 }
 
 /// A wall-clock time (ns since the epoch) as boot ns; None for 0 (unknown) and for times
@@ -164,6 +178,7 @@ pub(crate) fn image_from_exec(
         exe_file: (e.exe_dev, e.exe_ino),
         identity: ident.tool.clone(),
         program: ident.program.clone(),
+        connects_over_cap: 0,
     }
 }
 
@@ -189,6 +204,23 @@ impl SessionTracker {
             pending: Vec::new(),
             identities: super::identity::Identities::new(&Default::default()),
             exec_identity: Default::default(),
+            ending: Default::default(),
+            loss_settle_ns: 0,
+        }
+    }
+
+    /// Hold each ended session this long before its `Ended` leaves, so the kernel's loss
+    /// counts, polled about once a second, can still mark it ([`Self::note_events_lost`]).
+    pub fn set_loss_settle(&mut self, d: std::time::Duration) {
+        self.loss_settle_ns = d.as_nanos() as u64;
+    }
+
+    /// Ended sessions whose wait is over at `now_ns` leave.
+    fn release_ended(&mut self, now_ns: u64, out: &mut Vec<SessionUpdate>) {
+        while self.ending.front().is_some_and(|(at, _)| *at <= now_ns) {
+            if let Some((_, info)) = self.ending.pop_front() {
+                out.push(SessionUpdate::Ended(info, Vec::new()));
+            }
         }
     }
 
@@ -238,7 +270,7 @@ impl SessionTracker {
     }
 
     /// Entries the tracker's bounded caches forgot to make room, by cache.
-    pub fn cache_evictions(&self) -> [(&'static str, u64); 5] {
+    pub fn cache_evictions(&self) -> [(&'static str, u64); 6] {
         let [a, b, c] = self.containers.evictions();
         [
             a,
@@ -246,6 +278,8 @@ impl SessionTracker {
             c,
             ("cgroup_drop_totals", self.lost_seen.evicted()),
             ("outbound_cookies", self.outbound.cookies_evicted()),
+            // a session process's oldest socket routes past MAX_COOKIES_PER_PROCESS
+            ("session_cookies", self.table.cookies_evicted()),
         ]
     }
 
@@ -260,6 +294,7 @@ impl SessionTracker {
         let mut out = Vec::new();
         self.outbound.flush(&self.activity, now_ns, false, &mut out);
         self.decide_inits(now_ns, &mut out);
+        self.release_ended(now_ns, &mut out);
         out
     }
 
@@ -270,8 +305,14 @@ impl SessionTracker {
         }
         let canonical = self.canonical(ev);
         let ev = canonical.as_ref().unwrap_or(ev);
+        if !self.ending.is_empty() {
+            self.release_ended(ev.ts_ns(), &mut out);
+        }
         match ev {
-            Event::Exec(e) => self.on_exec(e, &mut out),
+            Event::Exec(e) => {
+                self.on_exec(e, &mut out);
+                self.announce_exec(e, &mut out);
+            }
             Event::Fork(f) => self.on_fork(f, &mut out),
             Event::Exit(x) => self.on_exit(x, &mut out),
             Event::Connect(c) => self.on_connect(c, &mut out),
@@ -320,11 +361,38 @@ impl SessionTracker {
         }
     }
 
+    /// A member's new image, said at once (`SessionUpdate::Exec`) so an alert on it need not
+    /// wait for the process to end. The new image travels with the one before it (whether it
+    /// is the first exec), without connects or files: those come with the final record.
+    fn announce_exec(&self, e: &ExecEvent, out: &mut Vec<SessionUpdate>) {
+        let Some(p) = self.table.get(&e.key()) else { return };
+        let Some(s) = p.session.and_then(|sid| self.sessions.get(&sid)) else { return };
+        let Some(img) = p.images.last().filter(|i| i.start_ns == e.ts_ns && !i.inherited) else { return };
+        let strip = |i: &ImageRecord| ImageRecord { connects: Vec::new(), files: Vec::new(), ..i.clone() };
+        // the image before it, if any, says whether this is the process's first exec (an
+        // inherited image can only come first)
+        let mut images: Vec<ImageRecord> = p.images.iter().rev().skip(1).take(1).map(strip).collect();
+        images.push(strip(img));
+        let rec = ProcessRecord {
+            key: p.key,
+            parent: p.parent,
+            parent_exec_index: p.parent_exec_index,
+            nspid: p.nspid,
+            fork_ns: p.fork_ns,
+            exit_ns: None,
+            exit: None,
+            from_proc: p.from_proc,
+            images,
+        };
+        out.push(SessionUpdate::Exec(s.info.clone(), rec));
+    }
+
     /// The agent is stopping: every open session ends now, marked incomplete, with the
     /// processes still running.
     pub fn shutdown(&mut self, now_ns: u64) -> Vec<SessionUpdate> {
         let mut early = Vec::new();
         self.outbound.flush(&self.activity, now_ns, true, &mut early);
+        self.release_ended(u64::MAX, &mut early);
         let mut open: HashMap<SessionId, Vec<ProcessRecord>> = HashMap::new();
         for p in self.table.iter() {
             if let Some(sid) = p.session {
@@ -390,6 +458,12 @@ impl SessionTracker {
                 s.info.events_lost += n;
                 s.info.incomplete = true;
             }
+        }
+        // ended, but the loss may have happened while they ran: a false "incomplete" is the
+        // safe error
+        for (_, info) in self.ending.iter_mut().filter(|(_, i)| i.container.cgroup_id == cgroup_id) {
+            info.events_lost += n;
+            info.incomplete = true;
         }
     }
 
@@ -469,6 +543,7 @@ impl SessionTracker {
                 last.files = files;
                 img.exec_index = 0;
                 img.inherited = true;
+                img.connects_over_cap = 0;
                 img.start_ns = p.key.start_ns;
                 img.end_ns = None;
                 p.images = vec![img];
@@ -522,7 +597,7 @@ impl SessionTracker {
         p.pidns_ino = e.pidns_ino;
         p.mntns_ino = e.mntns_ino;
         p.loginuid = e.loginuid;
-        let (session, join) = (p.session, p.join.clone());
+        let session = p.session;
         if old_cg != e.cgroup_id {
             self.containers.process_removed(old_cg);
             self.containers.process_added(e.cgroup_id);
@@ -543,7 +618,12 @@ impl SessionTracker {
                 // an ephemeral container's init is a session: held until the pod says (debug.rs)
                 self.hold_init(e);
             }
+            if !crossing && session.is_none() {
+                self.recover_lost_root(key, e, out);
+            }
         }
+        let Some(p) = self.table.get(&key) else { return };
+        let (session, join) = (p.session, p.join.clone());
         if let Some(j) = join {
             if self.session_container(session) != Some(j.container.cgroup_id) || session.is_none() {
                 self.promote(j, key, Some(e), out);
@@ -640,6 +720,39 @@ impl SessionTracker {
         verdict
     }
 
+    /// A process execs inside a container whose parent never exec'd there: the parent runs
+    /// an image it inherited in another mount namespace (the runtime's), yet its child runs in
+    /// the container's. That parent entered the container and its exec was lost (the kernel
+    /// could not write it): it roots a session, opened now as a partial one (incomplete, one
+    /// event lost at least), with the parent and this child in it. Counted.
+    fn recover_lost_root(&mut self, key: ProcessKey, e: &ExecEvent, out: &mut Vec<SessionUpdate>) {
+        let Some(parent) = self.table.get(&key).and_then(|p| p.parent) else { return };
+        let Some(pp) = self.table.get(&parent) else { return };
+        let from_outside = pp.mntns_ino != 0 && pp.mntns_ino != e.mntns_ino;
+        let never_exec = !pp.images.is_empty() && pp.images.iter().all(|i| i.inherited);
+        if pp.session.is_some() || !from_outside || !never_exec || self.sessions.contains_key(&SessionId(parent)) {
+            return;
+        }
+        if self.containers.get(e.cgroup_id).and_then(|c| c.init) == Some(parent) {
+            return;
+        }
+        let container = self.containers.get(e.cgroup_id).map(|c| c.info.clone()).unwrap_or_default();
+        let sid = SessionId(parent);
+        let info = SessionInfo {
+            incomplete: true,
+            events_lost: 1,
+            ..SessionInfo::new(sid, SessionKind::Exec, container, parent.start_ns)
+        };
+        self.counters.roots_lost.inc();
+        self.start_session(info, 0, out);
+        for k in [parent, key] {
+            if let Some(p) = self.table.get_mut(&k) {
+                p.join = None;
+            }
+            self.adopt(k, sid);
+        }
+    }
+
     fn start_exec_session(&mut self, e: &ExecEvent, previous: Option<SessionId>, out: &mut Vec<SessionUpdate>) {
         let key = e.key();
         let container = self.containers.get(e.cgroup_id).map(|c| c.info.clone()).unwrap_or_default();
@@ -685,7 +798,11 @@ impl SessionTracker {
         if let Some(mut s) = self.sessions.remove(&sid) {
             s.info.end_ns = Some(ts_ns);
             self.counters.sessions_ended.inc();
-            out.push(SessionUpdate::Ended(s.info, Vec::new()));
+            if self.loss_settle_ns == 0 {
+                out.push(SessionUpdate::Ended(s.info, Vec::new()));
+            } else {
+                self.ending.push_back((ts_ns.saturating_add(self.loss_settle_ns), s.info));
+            }
         }
     }
 

@@ -5,10 +5,17 @@
 use crate::capture::event::{
     ConnectEvent, ConnectResultEvent, FileEvent, ProcessKey, ResultPhase, SockEvent, SockOp, UdpSendEvent,
 };
-use crate::model::{ConnectOutcome, ConnectRecord, FileRecord, ImageRecord, NetOp, SessionUpdate};
+use crate::model::{ActivityMarks, ConnectOutcome, ConnectRecord, FileRecord, ImageRecord, NetOp, SessionUpdate};
 use crate::process::table::CookieSlot;
 
 use super::{record_of, SessionTracker, MAX_FILES_PER_IMAGE};
+
+/// Connects an image keeps one by one; later ones fold per destination
+/// (`podtrail.folded.count` on the connect span).
+pub const KEEP_CONNECTS: usize = 256;
+/// Connect records an image holds at most (kept and folded): past it, a connect to a new
+/// destination is only counted (`podtrail.session.connects_over_cap`).
+pub const MAX_CONNECT_RECORDS: usize = 1024;
 
 impl SessionTracker {
     pub(super) fn on_connect(&mut self, c: &ConnectEvent, out: &mut Vec<SessionUpdate>) {
@@ -42,9 +49,7 @@ impl SessionTracker {
         }
         if s.op != SockOp::SendTo {
             // folds need the image; outside sessions these are not recorded
-            if let Some(img) = self.member_image(key, out) {
-                fold_or_push(img, rec);
-            }
+            self.keep_sock(key, rec, out);
             return;
         }
         self.keep_connect(key, rec, s.cookie, out);
@@ -83,13 +88,27 @@ impl SessionTracker {
                 exe_file: (0, 0),
                 identity: None,
                 program: None,
+                connects_over_cap: 0,
             });
         }
         p.images.last_mut()
     }
 
+    /// A way out other than a connect into its image ([`fold_or_push`]); past the image's cap
+    /// on records, one to something new is only counted.
+    fn keep_sock(&mut self, key: ProcessKey, rec: ConnectRecord, out: &mut Vec<SessionUpdate>) {
+        let Some(img) = self.member_image(key, out) else { return };
+        if !fold_or_push(img, rec) {
+            img.connects_over_cap += 1;
+            self.counters.connects_over_cap.inc();
+        }
+    }
+
     /// A connect or a datagram: in its image when the process is a session member (the slot
-    /// its outcome will find), else to the outbound folding.
+    /// its outcome will find), else to the outbound folding. The first connects of an image
+    /// are kept one by one; after those, one record per destination counts its repeats; past
+    /// the cap on records, a connect to a new destination is only counted (memory stays
+    /// bounded whatever one process does).
     fn keep_connect(
         &mut self,
         key: ProcessKey,
@@ -101,15 +120,50 @@ impl SessionTracker {
             self.outbound_connect(rec, cookie, key);
             return None; // sessions' connects are kept in their images; others only as outbound
         }
-        let p = self.table.get_mut(&key)?;
-        let image = p.images.len() - 1;
-        let img = &mut p.images[image];
         if rec.op == NetOp::SendTo {
-            fold_or_push(img, rec);
+            self.keep_sock(key, rec, out);
             return None;
         }
-        img.connects.push(rec);
-        Some(CookieSlot { key, image, connect: img.connects.len() - 1 })
+        let p = self.table.get_mut(&key)?;
+        let image = p.images.len() - 1;
+        let exec_index = p.images[image].exec_index;
+        let img = &mut p.images[image];
+        let connect = if img.connects.len() < KEEP_CONNECTS {
+            img.connects.push(rec);
+            img.connects.len() - 1
+        } else {
+            let index = match &mut p.connect_index {
+                Some((i, m)) if *i == exec_index => m,
+                slot => &mut slot.insert((exec_index, Default::default())).1,
+            };
+            let dest = (rec.transport, rec.addr, rec.port);
+            match index.get(&dest) {
+                Some(&at) => {
+                    let r = &mut img.connects[at];
+                    let a = r.activity.get_or_insert(ActivityMarks {
+                        count: 1,
+                        first_ns: r.ts_ns,
+                        last_ns: r.ts_ns,
+                        suppressed_before: 0,
+                    });
+                    a.count += 1;
+                    a.last_ns = a.last_ns.max(rec.ts_ns);
+                    self.counters.connects_folded.inc();
+                    at
+                }
+                None if img.connects.len() < MAX_CONNECT_RECORDS => {
+                    img.connects.push(rec);
+                    index.insert(dest, img.connects.len() - 1);
+                    img.connects.len() - 1
+                }
+                None => {
+                    img.connects_over_cap += 1;
+                    self.counters.connects_over_cap.inc();
+                    return None;
+                }
+            }
+        };
+        Some(CookieSlot { key, image, connect })
     }
 
     /// A connect (or datagram) outside every session: an outbound record when it comes from a
@@ -214,7 +268,9 @@ impl SessionTracker {
 /// (still counted exactly, in two records).
 const FOLD_SCAN: usize = 64;
 
-fn fold_or_push(img: &mut ImageRecord, rec: ConnectRecord) {
+/// Folds `rec` into a like record of the image, else pushes it; false (nothing kept) when the
+/// image already holds `MAX_CONNECT_RECORDS`.
+fn fold_or_push(img: &mut ImageRecord, rec: ConnectRecord) -> bool {
     let same = |c: &ConnectRecord| {
         c.op == rec.op
             && c.transport == rec.transport
@@ -234,7 +290,10 @@ fn fold_or_push(img: &mut ImageRecord, rec: ConnectRecord) {
         });
         a.count += 1;
         a.last_ns = a.last_ns.max(rec.ts_ns);
-        return;
+        return true;
+    }
+    if img.connects.len() >= MAX_CONNECT_RECORDS {
+        return false;
     }
     let mut rec = rec;
     if rec.op != NetOp::Listen && rec.activity.is_none() {
@@ -246,4 +305,5 @@ fn fold_or_push(img: &mut ImageRecord, rec: ConnectRecord) {
         });
     }
     img.connects.push(rec);
+    true
 }

@@ -1,0 +1,105 @@
+//! The durable side of the queue: a batch written to the segment store before it counts as
+//! accepted, the oldest segment's unsent spans counted (and marked) when the budget evicts it,
+//! and batches read back from disk, oldest first.
+
+use super::*;
+
+impl ExportQueue {
+    pub(super) fn write(&self, batch: &[Queued], bodies: Vec<Vec<u8>>) {
+        let mut g = self.lock();
+        let Store::Disk(store) = &mut g.store else { return };
+        let res = store.append(&bodies);
+        let bytes = store.bytes();
+        match res {
+            Ok(ev) => {
+                self.metrics.export_queue_spans.inc_by(batch.len() as i64);
+                self.metrics.export_queue_bytes.set(bytes as i64);
+                drop(g);
+                self.evicted(ev);
+            }
+            Err(e) => {
+                let now = Instant::now();
+                let warn = g.last_write_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10));
+                if warn {
+                    g.last_write_warning = Some(now);
+                }
+                drop(g);
+                self.metrics.queue_events("write_failed", 1);
+                if warn {
+                    tracing::error!(sink = self.name, error = %e, spans = batch.len(), "durable queue: write failed (logged at most every 10 s; every failure counted in podtrail_export_queue_events_total{{event=\"write_failed\"}})");
+                }
+                self.lose(batch, "disk_write");
+            }
+        }
+    }
+
+    /// Accounts for segments the budget or damage took.
+    pub(super) fn evicted(&self, ev: Evicted) {
+        if ev.segments > 0 {
+            self.metrics.queue_events("segment_evicted", ev.segments);
+            tracing::warn!(
+                sink = self.name,
+                segments = ev.segments,
+                bytes = ev.bytes,
+                spans = ev.unread.len(),
+                "durable queue over its budget: oldest segments dropped"
+            );
+        }
+        for p in &ev.corrupt {
+            self.metrics.queue_events("corrupt_segment", 1);
+            tracing::error!(sink = self.name, moved_to = %p.display(), "durable queue: a damaged segment was moved aside");
+        }
+        if !ev.unread.is_empty() {
+            let n = ev.unread.len() as u64;
+            let mut g = self.lock();
+            g.account(ev.unread.into_iter());
+            g.delivery.disk_budget += n;
+            drop(g);
+            self.metrics.export_queue_spans.dec_by(n as i64);
+            self.metrics.lost("disk_budget", n);
+        }
+    }
+
+    /// Disk: the next records, decoded; one that does not decode is counted and skipped.
+    pub(super) fn read_disk(&self, max: usize) -> Vec<Queued> {
+        let mut g = self.lock();
+        let Store::Disk(store) = &mut g.store else { return Vec::new() };
+        let mut ev = Evicted::default();
+        let res = store.read(max, &mut ev);
+        let mut out = Vec::new();
+        let mut bad = 0u64;
+        match res {
+            Ok(records) => {
+                if let Some((_, end)) = records.last() {
+                    g.in_flight = Some(*end);
+                }
+                for (body, _) in records {
+                    match codec::decode(&body) {
+                        Ok(q) => out.push(q),
+                        Err(e) => {
+                            bad += 1;
+                            tracing::warn!(sink = self.name, error = %e, "durable queue: a record does not decode; skipped");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                drop(g);
+                self.metrics.queue_events("read_failed", 1);
+                tracing::error!(sink = self.name, error = %e, "durable queue: read failed; retrying");
+                return out;
+            }
+        }
+        drop(g);
+        self.evicted(ev);
+        if bad > 0 {
+            self.metrics.queue_events("record_undecodable", bad);
+            let mut g = self.lock();
+            g.delivery.corrupt += bad;
+            drop(g);
+            self.metrics.lost("corrupt", bad);
+            self.metrics.export_queue_spans.dec_by(bad as i64);
+        }
+        out
+    }
+}

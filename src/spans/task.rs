@@ -1,0 +1,115 @@
+//! The span stage as a pipeline task: session updates in, one [`Output`] per pass out.
+//!
+//! In: `SessionUpdate`s from the process stage (bounded channel; its close is the shutdown
+//! signal), identities from an [`Attributor`]. Each update is redacted as it arrives (one
+//! function, [`SpanTask::take`], whichever way it was read), then goes through the hold. On a
+//! timer (`spans.hold.poll_ms`) held sessions are asked about again and requests that started
+//! no process become root spans of their own. Out: [`Output`]s on a bounded channel to the
+//! rules stage (or straight to export); waiting on it is the backpressure that reaches the
+//! process stage, never the ring reader's kernel side directly. At shutdown every open session
+//! ends incomplete and the last output says how many were open ([`Output::open_at_stop`]).
+//! Dropped: nothing here (see [`super::hold`]).
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::mpsc;
+
+use super::build::BuildCtx;
+use super::hold::{Output, SpanStage};
+use super::identity::Attributor;
+use super::redaction::redact_update;
+use crate::metrics::Metrics;
+use crate::model::SessionUpdate;
+use crate::redact::Redactor;
+
+/// Updates read in one pass at most (what is ready joins the pass: one write per pass downstream).
+const PASS: usize = 256;
+
+pub struct SpanTask {
+    stage: SpanStage,
+    /// The sanitizing attributor, asked for request-only traces directly.
+    requests: Arc<dyn Attributor>,
+    redactor: Arc<Redactor>,
+    metrics: Metrics,
+}
+
+impl SpanTask {
+    /// `attributor` must already sanitize what it hands out ([`super::redaction::Sanitizing`]).
+    /// `records`: the rules stage follows (it needs the records, [`SpanStage::with_records`]).
+    pub fn new(
+        ctx: BuildCtx,
+        attributor: Arc<dyn Attributor>,
+        redactor: Arc<Redactor>,
+        records: bool,
+        metrics: Metrics,
+    ) -> Self {
+        let stage = SpanStage::new(ctx, attributor.clone());
+        let stage = if records { stage.with_records() } else { stage };
+        SpanTask { stage, requests: attributor, redactor, metrics }
+    }
+
+    /// One update, however it was read: redacted first, then through the hold.
+    pub fn take(&mut self, mut u: SessionUpdate, out: &mut Output) {
+        redact_update(&self.redactor, &mut u);
+        self.stage.update(u, Instant::now(), out);
+    }
+
+    /// Requests that started no process, as root spans of their own (up to `now`).
+    fn requests(&self, now: SystemTime, out: &mut Output) {
+        for a in self.requests.unmatched_requests(now) {
+            // the sanitizing attributor: this identity is redacted and capped
+            let who = self.requests.identity_of(&a);
+            let container = crate::model::ContainerInfo {
+                pod_namespace: a.pod_namespace.clone(),
+                pod_name: a.pod_name.clone(),
+                pod_uid: a.pod_uid.clone(),
+                container_name: who.container.clone(),
+                ..Default::default()
+            };
+            out.requests.push(super::build::request_only_span(self.stage.ctx(), &who, &container, SystemTime::now()));
+        }
+    }
+
+    fn gauges(&self) {
+        self.metrics.sessions_open.set(self.stage.open() as i64);
+        self.metrics.sessions_held.set(self.stage.held() as i64);
+        self.metrics.sessions_unattributed.set(self.stage.unattributed() as i64);
+    }
+
+    /// Runs until `rx` closes, then ends what is open and sends the last output.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<SessionUpdate>, tx: mpsc::Sender<Output>) {
+        let clock = self.stage.ctx().clock;
+        let mut tick = tokio::time::interval(self.stage.ctx().cfg.hold.poll());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut out = Output::default();
+            tokio::select! {
+                u = rx.recv() => match u {
+                    Some(u) => {
+                        self.take(u, &mut out);
+                        for _ in 1..PASS {
+                            let Ok(u) = rx.try_recv() else { break };
+                            self.take(u, &mut out);
+                        }
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    self.stage.tick(Instant::now(), &mut out);
+                    self.requests(SystemTime::now(), &mut out);
+                }
+            }
+            self.gauges();
+            if !out.is_empty() && tx.send(out).await.is_err() {
+                return;
+            }
+        }
+        let mut out = Output { open_at_stop: Some(self.stage.open()), ..Default::default() };
+        self.stage.shutdown(clock.to_boot_ns(SystemTime::now()), &mut out);
+        // every session is out: whatever request is still free never had one
+        self.requests(SystemTime::now() + std::time::Duration::from_secs(366 * 86_400), &mut out);
+        self.gauges();
+        let _ = tx.send(out).await;
+    }
+}

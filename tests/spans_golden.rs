@@ -126,7 +126,7 @@ fn a_session_open_at_shutdown_is_exported_incomplete() {
 
 /// The first line where tests/golden/wrong_parent.txt leaves shell_session.txt: where wget
 /// should stand under sh, the wrong file goes on with sh's next child.
-const WRONG_PARENT_FIRST_DIFFERENCE: usize = 53;
+const WRONG_PARENT_FIRST_DIFFERENCE: usize = 54;
 
 #[test]
 fn a_wrong_golden_does_not_match() {

@@ -262,6 +262,10 @@ fn a_thousand_identical_connects_are_one_span_counting_a_thousand() {
     assert!(report.starts_with("connects=1000 refused=1000 other=0 "), "{report}");
     std::thread::sleep(Duration::from_secs(1));
     agent.stop();
+    // shown with a failure: why each exec session began
+    for l in agent.log_text().lines().filter(|l| l.contains("exec session")) {
+        eprintln!("agent: {l}");
+    }
     let spans = otlp_json::read(&traces);
     let mine: Vec<_> = spans
         .iter()

@@ -69,6 +69,10 @@ fn agent(cd: &Containerd) -> FileAgent {
 
 fn stop(mut a: FileAgent) -> Vec<Span> {
     a.terminate();
+    // shown with a failure: why each exec session began
+    for l in a.log().lines().filter(|l| l.contains("exec session")) {
+        eprintln!("agent: {l}");
+    }
     otlp_json::read(&a.file())
 }
 

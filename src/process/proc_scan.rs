@@ -214,6 +214,16 @@ impl SessionTracker {
                 st.entered = true;
                 st.info.started_ns = init.map(|k| k.start_ns);
             }
+            for p in list.iter().filter(|p| Some(key_of(p)) != init) {
+                tracing::debug!(
+                    pid = p.pid,
+                    nspid = p.nspid,
+                    ppid = p.ppid,
+                    cgroup = cg,
+                    ?hint,
+                    "exec session from /proc: a process crossed into a container and is not its init"
+                );
+            }
             roots.extend(list.into_iter().filter(|p| Some(key_of(p)) != init).map(|p| (p, SessionKind::Exec)));
         }
         // node sessions: outside every container cgroup, inside a container's namespaces,

@@ -63,6 +63,7 @@ impl Podtrail {
         let own_state: &[&str] =
             if args.contains(&"--state-dir") { &[] } else { &["--state-dir", state.to_str().unwrap()] };
         let child = Command::new(env!("CARGO_BIN_EXE_podtrail"))
+            .env("PODTRAIL_LOG", log_filter())
             .args(["--log-json", "run", "--metrics-listen", &metrics])
             .args(own_state)
             .args(args)
@@ -198,6 +199,13 @@ pub fn containerd_config(address: &Path, namespace: &str, extra: &str) -> String
     )
 }
 
+/// The agents' log filter: PODTRAIL_LOG when set, else info with why each exec session began
+/// (a test that finds a process in the wrong session prints those lines).
+fn log_filter() -> String {
+    std::env::var("PODTRAIL_LOG")
+        .unwrap_or_else(|_| "info,podtrail::process::session=debug,podtrail::process::proc_scan=debug".to_string())
+}
+
 /// `podtrail run --config DIR/podtrail.toml ARGS --otlp-file DIR/traces.jsonl` with its
 /// plain-text log in DIR/agent.log and its stdout (the console tree, when configured) in
 /// DIR/console.txt, for the end-to-end tests that read what the agent wrote; SIGTERM (then
@@ -230,6 +238,7 @@ impl FileAgent {
         std::fs::write(dir.path().join("podtrail.toml"), config).unwrap();
         let stderr = std::fs::File::create(dir.path().join("agent.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_podtrail"))
+            .env("PODTRAIL_LOG", log_filter())
             .arg("run")
             .arg("--config")
             .arg(dir.path().join("podtrail.toml"))

@@ -32,7 +32,8 @@ pub struct RunArgs {
     /// Follow this audit log file (JSON lines).
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
-    /// Prometheus endpoint address ("" turns it off).
+    /// Prometheus endpoint address, also serving /readyz (200 once nothing that starts is
+    /// missed); "" turns both off.
     #[arg(long)]
     pub metrics_listen: Option<String>,
     /// `k8s.cluster.name` on every span.

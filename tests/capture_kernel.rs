@@ -269,10 +269,19 @@ fn ns_join_is_reported_with_the_target_namespaces() {
     // container tests do the same against a real runc container
     let (ok, cap) = capture_while(opts(), || {
         let mut target = Command::new("unshare").args(["--pid", "--mount", "--fork", "sleep", "5"]).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        // the sleep is unshare's child
-        let children = std::fs::read_to_string(format!("/proc/{}/task/{}/children", target.id(), target.id())).unwrap();
-        let sleeper: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+        // the sleep is unshare's child: wait until it exists (a loaded machine forks late)
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let sleeper: u32 = loop {
+            let children =
+                std::fs::read_to_string(format!("/proc/{}/task/{}/children", target.id(), target.id())).unwrap();
+            if let Some(pid) = children.split_whitespace().next() {
+                break pid.parse().unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "unshare never forked its sleep");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // and has entered its namespaces (unshare forks after unsharing)
+        std::thread::sleep(Duration::from_millis(100));
         let st = Command::new("nsenter").args(["-t", &sleeper.to_string(), "-p", "-m", "true"]).status().unwrap();
         let _ = target.kill();
         let _ = target.wait();

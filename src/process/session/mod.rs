@@ -333,25 +333,16 @@ impl SessionTracker {
             let k = ProcessKey { pid, start_ns };
             self.table.resolve(k).filter(|h| *h != k).map(|h| h.start_ns)
         };
+        // a process and its parent: both start times, when either needs replacing
+        let mut both = |pid, start_ns, ppid, parent_start_ns| {
+            let (me, parent) = (held(pid, start_ns), held(ppid, parent_start_ns));
+            (me.is_some() || parent.is_some()).then(|| (me.unwrap_or(start_ns), parent.unwrap_or(parent_start_ns)))
+        };
         match ev {
-            Event::Exec(e) => {
-                let (me, parent) = (held(e.pid, e.start_ns), held(e.ppid, e.parent_start_ns));
-                (me.is_some() || parent.is_some()).then(|| {
-                    let mut e = e.clone();
-                    e.start_ns = me.unwrap_or(e.start_ns);
-                    e.parent_start_ns = parent.unwrap_or(e.parent_start_ns);
-                    Event::Exec(e)
-                })
-            }
-            Event::Fork(f) => {
-                let (me, parent) = (held(f.pid, f.start_ns), held(f.ppid, f.parent_start_ns));
-                (me.is_some() || parent.is_some()).then(|| {
-                    let mut f = f.clone();
-                    f.start_ns = me.unwrap_or(f.start_ns);
-                    f.parent_start_ns = parent.unwrap_or(f.parent_start_ns);
-                    Event::Fork(f)
-                })
-            }
+            Event::Exec(e) => both(e.pid, e.start_ns, e.ppid, e.parent_start_ns)
+                .map(|(start_ns, parent_start_ns)| Event::Exec(ExecEvent { start_ns, parent_start_ns, ..e.clone() })),
+            Event::Fork(f) => both(f.pid, f.start_ns, f.ppid, f.parent_start_ns)
+                .map(|(start_ns, parent_start_ns)| Event::Fork(ForkEvent { start_ns, parent_start_ns, ..f.clone() })),
             Event::Exit(x) => held(x.pid, x.start_ns).map(|s| Event::Exit(ExitEvent { start_ns: s, ..x.clone() })),
             Event::NsJoin(j) => {
                 held(j.pid, j.start_ns).map(|s| Event::NsJoin(NsJoinEvent { start_ns: s, ..j.clone() }))
@@ -587,9 +578,6 @@ impl SessionTracker {
             self.insert_proc(p, e.ts_ns, out);
         }
         let is_container = self.containers.learn(e.cgroup_id, self.lookup.as_mut(), false);
-        if self.exec_seen_in_proc(e, key, is_container) {
-            return;
-        }
         let Some(p) = self.table.get_mut(&key) else { return };
         let old_cg = p.cgroup_id;
         p.cgroup_id = e.cgroup_id;
@@ -601,6 +589,9 @@ impl SessionTracker {
         if old_cg != e.cgroup_id {
             self.containers.process_removed(old_cg);
             self.containers.process_added(e.cgroup_id);
+        }
+        if self.exec_seen_in_proc(e, key, is_container) {
+            return;
         }
 
         if is_container {
@@ -680,13 +671,9 @@ impl SessionTracker {
         if !p.from_proc || p.images.len() != 1 || p.images[0].exec_index != 0 {
             return false;
         }
-        // (the entry stays `from_proc`: its key is in clock ticks, which resolve() matches)
+        // (the entry stays `from_proc`: its key is in clock ticks, which resolve() matches;
+        // on_exec has already taken the exec's cgroup and namespaces)
         p.images[0] = image_from_exec(e, 0, &self.clock, &self.exec_identity);
-        p.cgroup_id = e.cgroup_id;
-        p.nspid = e.nspid;
-        p.pidns_ino = e.pidns_ino;
-        p.mntns_ino = e.mntns_ino;
-        p.loginuid = e.loginuid;
         let crossing = is_container && e.parent_cgroup_id != e.cgroup_id;
         if let Some(s) = self.sessions.get_mut(&SessionId(key)).filter(|s| s.info.from_proc && crossing) {
             let i = &mut s.info;

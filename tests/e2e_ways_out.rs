@@ -70,7 +70,7 @@ fn agent(cd: &Containerd) -> FileAgent {
 fn stop(mut a: FileAgent) -> Vec<Span> {
     a.terminate();
     // shown with a failure: why each exec session began
-    for l in a.log().lines().filter(|l| l.contains("exec session")) {
+    for l in a.log().lines().filter(|l| l.contains("session")) {
         eprintln!("agent: {l}");
     }
     otlp_json::read(&a.file())

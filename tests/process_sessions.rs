@@ -1188,3 +1188,23 @@ fn a_lost_session_root_exec_still_opens_a_partial_session() {
     assert!(started(&out).is_empty(), "{out:?}");
     assert_eq!(t.counters().roots_lost.get(), 0);
 }
+
+/// A container's init whose own exec the kernel could not write is still its init: pid 1 of
+/// a pid namespace of its own. Its child's exec opens no session (a busy node loses the init's
+/// exec more often than anything, since the runtime starts many containers at once).
+#[test]
+fn a_lost_init_exec_opens_no_session_for_the_inits_children() {
+    let mut t = tracker();
+    let mut out = feed(&mut t, [exec(10, X::host(500, 1, &["containerd-shim"]))]);
+    // runc's last child enters C as pid 1 of C's pid namespace; its exec of sh is lost
+    let Event::Fork(mut init) = fork(20, 1001, 500, C) else { unreachable!() };
+    (init.nspid, init.pidns_ino) = (1, PIDNS_C);
+    out.extend(t.handle(&Event::Fork(init)));
+    out.extend(t.handle(&fork(30, 1002, 1001, C)));
+    out.extend(t.handle(&exec_in(31, 1002, 1001, &["/bin/connect_flood"])));
+    assert!(started(&out).is_empty(), "the init's child is in no session: {out:?}");
+    assert_eq!(t.counters().roots_lost.get(), 0);
+    // and a process runc puts in C from outside later is a session of its own
+    out.extend(runc_exec(&mut t, 40, 1010, &["sh"]));
+    assert_eq!(started(&out).len(), 1, "{out:?}");
+}

@@ -187,11 +187,23 @@ pub fn render_session(spans: &[SpanData]) -> String {
     }
 }
 
+/// A span sent while its session ran (`session opened`, an alert when raised): what it says is
+/// on the root and the process spans too, so the tree leaves it out. Told by name and by what
+/// only it carries, since a process span's name is its argv[0], which anyone chooses.
+fn is_live(s: &SpanData) -> bool {
+    match s.name.as_ref() {
+        crate::spans::build::OPENED_SPAN => text(s, "process.pid").is_none(),
+        crate::spans::build::ALERT_SPAN => text(s, keys::ALERT_SPAN_ID).is_some(),
+        _ => false,
+    }
+}
+
 fn render_raw(spans: &[SpanData]) -> String {
+    let spans: Vec<&SpanData> = spans.iter().filter(|s| !is_live(s)).collect();
     let mut kids: HashMap<SpanId, Vec<&SpanData>> = HashMap::new();
     let ids: std::collections::HashSet<SpanId> = spans.iter().map(|s| s.span_context.span_id()).collect();
     let mut roots = Vec::new();
-    for s in spans {
+    for s in spans.iter().copied() {
         if s.parent_span_id == SpanId::INVALID || !ids.contains(&s.parent_span_id) {
             roots.push(s);
         } else {

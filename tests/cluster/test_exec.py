@@ -15,8 +15,15 @@ import pytest
 from conftest import BUSYBOX, NAMESPACE, eventually, pod
 from traces import from_jaeger, from_tempo
 
-def wait_trace(cluster, audit_id, want=lambda t: True, what="", timeout=90):
-    """The trace whose id is the audit id, from Jaeger, once `want(trace)` holds."""
+def ended(t):
+    """The session's root is in: it goes out when the session ends, after the spans sent
+    while it ran (`session opened`, alerts) and those of processes that ended before it."""
+    return any(not s.parent_id for s in t.spans)
+
+
+def wait_trace(cluster, audit_id, want=lambda t: True, what="", timeout=90, whole=True):
+    """The trace whose id is the audit id, from Jaeger, once `want(trace)` holds (and, with
+    `whole`, once its root is in)."""
     tid = audit_id.replace("-", "")
     last = []
 
@@ -26,7 +33,7 @@ def wait_trace(cluster, audit_id, want=lambda t: True, what="", timeout=90):
             return None
         t = from_jaeger(data)
         last[:] = [t]
-        return t if want(t) else None
+        return t if want(t) and (ended(t) or not whole) else None
 
     try:
         return eventually(f"trace {tid} in Jaeger {what}", get, timeout=timeout, interval=1)
@@ -47,7 +54,7 @@ def tempo_trace(cluster, audit_id, want=lambda t: True, timeout=60):
         if not data:
             return None
         t = from_tempo(tid, data)
-        return t if t.spans and want(t) else None
+        return t if t.spans and want(t) and ended(t) else None
 
     return eventually(f"trace {tid} in Tempo", get, timeout=timeout, interval=1)
 

@@ -143,10 +143,13 @@ def test_jaeger_searches_of_the_docs_return_the_traces(cluster, seen):
     assert lines
     errors = []
     for line in lines:
-        m = re.fullmatch(r"service=podtrail\s+tags:\s*(.+)", substitute(line, seen))
+        m = re.fullmatch(r'service=podtrail(?:\s+operation="([^"]+)")?\s+tags:\s*(.+)', substitute(line, seen))
         assert m, line
-        tags = dict(kv.split("=", 1) for kv in m.group(1).split())
-        q = urllib.parse.urlencode({"service": "podtrail", "tags": json.dumps(tags), "limit": 100, "lookback": "1h"})
+        tags = dict(kv.split("=", 1) for kv in m.group(2).split())
+        params = {"service": "podtrail", "tags": json.dumps(tags), "limit": 100, "lookback": "1h"}
+        if m.group(1):
+            params["operation"] = m.group(1)
+        q = urllib.parse.urlencode(params)
         try:
             http_json(f"{cluster.backends['JAEGER_QUERY']}/api/traces?{q}", timeout=15)
         except urllib.error.HTTPError as e:

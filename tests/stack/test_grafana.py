@@ -87,6 +87,10 @@ def test_every_jaeger_search_uses_known_tags(attrs):
     assert not errors, "\n".join(errors)
 
 
+# span names an operation filter may use: the fixed ones (process spans are named argv[0])
+SPAN_NAMES = {"session opened", "alert", "connect", "outbound", "attribution", "sendto", "accept", "listen", "socket"}
+
+
 def test_investigate_md_queries_use_known_attributes(attrs):
     traceql = investigate_blocks("traceql")
     jaeger = investigate_blocks("jaeger")
@@ -97,9 +101,11 @@ def test_investigate_md_queries_use_known_attributes(attrs):
             errors += attrcheck.check_traceql(q, attrs)
     for block in jaeger:
         for line in block.strip().splitlines():
-            m = re.fullmatch(r"service=podtrail\s+tags:\s*(.+)", line.strip())
-            assert m, f"jaeger block line must read 'service=podtrail tags: k=v ...': {line!r}"
-            errors += attrcheck.check_jaeger_tags(m.group(1), attrs)
+            m = re.fullmatch(r'service=podtrail(?:\s+operation="([^"]+)")?\s+tags:\s*(.+)', line.strip())
+            assert m, f"jaeger block line must read 'service=podtrail [operation=\"...\"] tags: k=v ...': {line!r}"
+            if m.group(1) is not None and m.group(1) not in SPAN_NAMES:
+                errors.append(f"jaeger operation {m.group(1)!r} is no span name podtrail sends ({sorted(SPAN_NAMES)})")
+            errors += attrcheck.check_jaeger_tags(m.group(2), attrs)
     assert not errors, "\n".join(errors)
 
 

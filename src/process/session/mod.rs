@@ -480,6 +480,13 @@ impl SessionTracker {
     /// Opens a session with `live` members already counted and announces it.
     fn start_session(&mut self, info: SessionInfo, live: u32, out: &mut Vec<SessionUpdate>) {
         self.counters.sessions_started.inc();
+        if info.kind != SessionKind::Watched {
+            tracing::debug!(
+                kind = info.kind.as_str(), root_pid = info.id.0.pid, container = %info.container.id,
+                cgroup = info.container.cgroup_id, incomplete = info.incomplete, from_proc = info.from_proc,
+                "session started"
+            );
+        }
         self.sessions.insert(info.id, Session { info: info.clone(), live });
         out.push(SessionUpdate::Started(info));
     }
@@ -729,7 +736,20 @@ impl SessionTracker {
         if self.containers.get(e.cgroup_id).and_then(|c| c.init) == Some(parent) {
             return;
         }
-        let container = self.containers.get(e.cgroup_id).map(|c| c.info.clone()).unwrap_or_default();
+        // the parent may be the container's init whose own exec was lost: pid 1 of a pid
+        // namespace of its own, or the pid the runtime names. That is no session.
+        let (nspid, pidns) = (pp.nspid, pp.pidns_ino);
+        let host = self.containers.host_pidns();
+        let info = self.containers.get(e.cgroup_id).map(|c| c.info.clone()).unwrap_or_default();
+        let hint = self.lookup.init_pid(e.cgroup_id, &info);
+        if hint == Some(parent.pid) || (hint.is_none() && nspid == 1 && pidns != 0 && pidns != host) {
+            if let Some(st) = self.containers.get_mut(e.cgroup_id).filter(|st| st.init.is_none()) {
+                st.init = Some(parent);
+                st.entered = true;
+            }
+            return;
+        }
+        let container = info;
         let sid = SessionId(parent);
         let info = SessionInfo {
             incomplete: true,

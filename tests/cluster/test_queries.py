@@ -7,6 +7,7 @@ them from the real Jaeger. Runs last (pytest orders files by name): it reads wha
 test_exec.py, test_kinds.py and test_node.py recorded in `cluster.seen`.
 """
 import json
+import shlex
 import re
 import time
 import urllib.error
@@ -143,12 +144,12 @@ def test_jaeger_searches_of_the_docs_return_the_traces(cluster, seen):
     assert lines
     errors = []
     for line in lines:
-        m = re.fullmatch(r'service=podtrail(?:\s+operation="([^"]+)")?\s+tags:\s*(.+)', substitute(line, seen))
+        m = re.fullmatch(r'service=podtrail(?:\s+operation=(?:"([^"]+)"|(\S+)))?\s+tags:\s*(.+)', substitute(line, seen))
         assert m, line
-        tags = dict(kv.split("=", 1) for kv in m.group(2).split())
+        tags = dict(kv.split("=", 1) for kv in shlex.split(m.group(3)))
         params = {"service": "podtrail", "tags": json.dumps(tags), "limit": 100, "lookback": "1h"}
-        if m.group(1):
-            params["operation"] = m.group(1)
+        if m.group(1) or m.group(2):
+            params["operation"] = m.group(1) or m.group(2)
         q = urllib.parse.urlencode(params)
         try:
             http_json(f"{cluster.backends['JAEGER_QUERY']}/api/traces?{q}", timeout=15)

@@ -8,6 +8,7 @@ error: so renaming an attribute or a value in podtrail breaks the dashboards' te
 queries follow.
 """
 import re
+import shlex
 from dataclasses import dataclass, field
 
 # TraceQL words that are not attributes: intrinsics, operators, functions, literals.
@@ -115,7 +116,7 @@ def check_traceql(query, attrs, session_scope="span"):
 def check_jaeger_tags(tags, attrs):
     """Jaeger tag search: space-separated exact key=value pairs (logfmt), all on one span."""
     errors = []
-    for pair in tags.split():
+    for pair in shlex.split(tags):
         if "=" not in pair:
             errors.append(f"not key=value: {pair!r}")
             continue

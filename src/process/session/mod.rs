@@ -613,7 +613,7 @@ impl SessionTracker {
                     tracing::debug!(
                         pid = e.pid, nspid = e.nspid, ppid = e.ppid, cgroup = e.cgroup_id,
                         parent_cgroup = e.parent_cgroup_id, previous = ?session,
-                        argv0 = %String::from_utf8_lossy(e.argv.first().map(|a| a.as_slice()).unwrap_or_default()),
+                        argv0 = ?String::from_utf8_lossy(e.argv.first().map(|a| a.as_slice()).unwrap_or_default()),
                         "exec session: an exec crossed into a container and is not its init"
                     );
                     self.start_exec_session(e, session, out);

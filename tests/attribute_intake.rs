@@ -17,15 +17,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::ClientConfig;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsAcceptor;
 
 use support::audit::{event_list, exec_events, fixture, new_audit_id};
 use support::tls::{self, issuer, leaf};
+use support::wait::eventually;
 
 /// A CA, the receiver's serving certificate, the API server's client certificate and an
 /// agent's, as PEM files.
@@ -70,39 +70,6 @@ impl Pki {
     }
 }
 
-async fn tls_connect(addr: SocketAddr, cfg: Arc<ClientConfig>) -> std::io::Result<impl AsyncRead + AsyncWrite + Unpin> {
-    let tcp = TcpStream::connect(addr).await?;
-    TlsConnector::from(cfg).connect(ServerName::try_from("localhost").unwrap(), tcp).await
-}
-
-/// One POST over TLS, `Connection: close`: (status, raw response). The body is written while
-/// the answer is read, as an HTTP client does: a refusal may come before the body is sent.
-async fn post(addr: SocketAddr, cfg: Arc<ClientConfig>, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
-    let s = tls_connect(addr, cfg).await?;
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let (mut rd, mut wr) = tokio::io::split(s);
-    let mut out = head.into_bytes();
-    out.extend_from_slice(body);
-    let writer = tokio::spawn(async move {
-        let _ = wr.write_all(&out).await;
-        let _ = wr.flush().await;
-        wr
-    });
-    let mut raw = Vec::new();
-    let _ = rd.read_to_end(&mut raw).await;
-    writer.abort();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no HTTP response: {text:?}")))?;
-    Ok((status, text))
-}
-
 struct Running {
     addr: SocketAddr,
     store: Arc<RecordStore>,
@@ -136,16 +103,6 @@ fn review_uid(body: &[u8]) -> String {
     v["request"]["uid"].as_str().unwrap().to_owned()
 }
 
-async fn eventually(what: &str, f: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_uploads_on_every_permit_do_not_delay_a_valid_review() {
     let pki = Pki::new();
@@ -155,7 +112,7 @@ async fn slow_uploads_on_every_permit_do_not_delay_a_valid_review() {
     // dribbling a byte every 100 ms.
     let mut slow = Vec::new();
     for _ in 0..8 {
-        let mut s = tls_connect(r.addr, pki.apiserver_client()).await.unwrap();
+        let mut s = tls::connect(r.addr, pki.apiserver_client()).await.unwrap();
         s.write_all(b"POST /admission HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 65536\r\n\r\n{").await.unwrap();
         slow.push(tokio::spawn(async move {
             for _ in 0..200 {
@@ -172,11 +129,13 @@ async fn slow_uploads_on_every_permit_do_not_delay_a_valid_review() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let body = review(&["sh"]);
     let started = Instant::now();
-    let (status, text) =
-        tokio::time::timeout(Duration::from_secs(1), post(r.addr, pki.apiserver_client(), "/admission", &body))
-            .await
-            .expect("a valid review is answered within 1 s while slow uploads hold every permit")
-            .unwrap();
+    let (status, text) = tokio::time::timeout(
+        Duration::from_secs(1),
+        tls::request(r.addr, pki.apiserver_client(), "POST", "/admission", &body),
+    )
+    .await
+    .expect("a valid review is answered within 1 s while slow uploads hold every permit")
+    .unwrap();
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("\"allowed\":true"), "{text}");
     assert!(
@@ -200,11 +159,11 @@ async fn a_5_mib_webhook_body_is_refused_and_the_next_review_arrives() {
     let huge = "x".repeat(5 << 20);
     let big = review(&["sh", "-c", &huge]);
     assert!(big.len() > 5 << 20);
-    let (status, text) = post(r.addr, pki.apiserver_client(), "/admission", &big).await.unwrap();
+    let (status, text) = tls::request(r.addr, pki.apiserver_client(), "POST", "/admission", &big).await.unwrap();
     assert_eq!(status, 413, "{}", &text[..text.len().min(300)]);
     assert_eq!(r.store.metrics().rejected_count("body_too_large"), 1);
     // a chunked upload declares no length: refused when it passes the limit
-    let mut s = tls_connect(r.addr, pki.apiserver_client()).await.unwrap();
+    let mut s = tls::connect(r.addr, pki.apiserver_client()).await.unwrap();
     s.write_all(b"POST /admission HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
     for c in big.chunks(64 << 10) {
         if s.write_all(format!("{:x}\r\n", c.len()).as_bytes()).await.is_err()
@@ -217,7 +176,7 @@ async fn a_5_mib_webhook_body_is_refused_and_the_next_review_arrives() {
     eventually("the chunked upload is refused", || r.store.metrics().rejected_count("body_too_large") == 2).await;
     drop(s);
     let body = review(&["sh"]);
-    let (status, text) = post(r.addr, pki.apiserver_client(), "/admission", &body).await.unwrap();
+    let (status, text) = tls::request(r.addr, pki.apiserver_client(), "POST", "/admission", &body).await.unwrap();
     assert_eq!(status, 200, "{text}");
     assert_eq!(r.store.len(), 1, "the normal review after the oversized one is kept");
     assert!(text.contains(&review_uid(&body)), "{text}");
@@ -228,16 +187,16 @@ async fn connections_over_the_peer_cap_are_closed_and_counted_and_a_slot_comes_b
     let pki = Pki::new();
     let limits = IntakeLimits { max_connections_per_peer: 2, ..Default::default() };
     let r = start_admission(&pki, limits, WebhookConfig::default()).await;
-    let first = tls_connect(r.addr, pki.apiserver_client()).await.unwrap();
-    let _second = tls_connect(r.addr, pki.apiserver_client()).await.unwrap();
+    let first = tls::connect(r.addr, pki.apiserver_client()).await.unwrap();
+    let _second = tls::connect(r.addr, pki.apiserver_client()).await.unwrap();
     // The third is closed at accept: no handshake.
-    assert!(tls_connect(r.addr, pki.apiserver_client()).await.is_err());
+    assert!(tls::connect(r.addr, pki.apiserver_client()).await.is_err());
     assert_eq!(r.store.metrics().rejected_count("connections_peer"), 1);
     drop(first);
     let body = review(&["sh"]);
     let mut ok = false;
     for _ in 0..50 {
-        if let Ok((200, _)) = post(r.addr, pki.apiserver_client(), "/admission", &body).await {
+        if let Ok((200, _)) = tls::request(r.addr, pki.apiserver_client(), "POST", "/admission", &body).await {
             ok = true;
             break;
         }
@@ -255,9 +214,9 @@ async fn a_header_that_never_ends_and_a_silent_connection_are_closed_and_counted
         ..Default::default()
     };
     let r = start_admission(&pki, limits, WebhookConfig::default()).await;
-    let mut slowloris = tls_connect(r.addr, pki.apiserver_client()).await.unwrap();
+    let mut slowloris = tls::connect(r.addr, pki.apiserver_client()).await.unwrap();
     slowloris.write_all(b"POST /admission HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
-    let mut silent = tls_connect(r.addr, pki.apiserver_client()).await.unwrap();
+    let mut silent = tls::connect(r.addr, pki.apiserver_client()).await.unwrap();
     let mut buf = Vec::new();
     let at = Instant::now();
     let _ = tokio::time::timeout(Duration::from_secs(10), slowloris.read_to_end(&mut buf)).await.expect("closed");
@@ -266,7 +225,8 @@ async fn a_header_that_never_ends_and_a_silent_connection_are_closed_and_counted
     let _ = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut buf)).await.expect("closed");
     assert_eq!(r.store.metrics().rejected_count("idle_timeout"), 1);
     // Neither stops a valid review.
-    let (status, text) = post(r.addr, pki.apiserver_client(), "/admission", &review(&["sh"])).await.unwrap();
+    let (status, text) =
+        tls::request(r.addr, pki.apiserver_client(), "POST", "/admission", &review(&["sh"])).await.unwrap();
     assert_eq!(status, 200, "{text}");
 }
 
@@ -327,12 +287,16 @@ async fn a_5_mib_audit_record_is_not_streamed_and_the_next_one_reaches_the_agent
     let huge = "y".repeat(5 << 20);
     let big = event_list(exec_events(&new_audit_id(), &["sh", "-c", &huge], now, &["RequestReceived"]));
     let (status, text) =
-        post(audit, pki.apiserver_client(), "/audit", &serde_json::to_vec(&big).unwrap()).await.unwrap();
+        tls::request(audit, pki.apiserver_client(), "POST", "/audit", &serde_json::to_vec(&big).unwrap())
+            .await
+            .unwrap();
     assert_eq!(status, 200, "a 5 MiB batch is within the API server's batch size: {}", &text[..text.len().min(300)]);
     let id = new_audit_id();
     let normal = event_list(exec_events(&id, &["sh"], now, &["RequestReceived"]));
     let (status, text) =
-        post(audit, pki.apiserver_client(), "/audit", &serde_json::to_vec(&normal).unwrap()).await.unwrap();
+        tls::request(audit, pki.apiserver_client(), "POST", "/audit", &serde_json::to_vec(&normal).unwrap())
+            .await
+            .unwrap();
     assert_eq!(status, 200, "{text}");
     eventually("the normal record reaches the agent", || sink.metrics().records_kept.get() == 1).await;
     assert_eq!(metrics.records_too_large.get(), 1);

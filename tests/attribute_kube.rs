@@ -7,7 +7,8 @@ mod support;
 
 use podtrail::enrich::kube::{watch_pods, ContainerKind, PodIndex, Workload};
 use serde_json::{json, Value};
-use support::kube::{ev, eventually, gone, FakeApi, ListStep, Route, WatchStep};
+use support::kube::{ev, gone, FakeApi, ListStep, Route, WatchStep};
+use support::wait::eventually;
 
 /// This node's pods, as the pod watch asks for them.
 async fn pods_api(lists: Vec<ListStep>, watches: Vec<WatchStep>) -> FakeApi {

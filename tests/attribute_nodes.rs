@@ -26,6 +26,7 @@ use tokio_rustls::TlsConnector;
 use support::audit::{event_list, exec_events, new_audit_id};
 use support::kube::{ev, list, FakeApi, Route, WatchStep};
 use support::tls::{self, issuer, leaf};
+use support::wait::eventually;
 
 const AGENT_SA: &str = "system:serviceaccount:podtrail:podtrail-agent";
 
@@ -125,16 +126,6 @@ fn agent(pki: &Pki, addr: SocketAddr, node: &str, token: &Path) -> (Arc<RecordSi
     let tls = reloading_client_config(&cfg.tls_cert, &cfg.tls_key, &cfg.ca, Default::default()).unwrap();
     let task = tokio::spawn(subscription(addr, parse_receiver(&url).unwrap(), tls, cfg, sink.clone()));
     (sink, task)
-}
-
-async fn eventually(what: &str, f: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -24,6 +23,7 @@ use tokio_rustls::TlsConnector;
 
 use support::audit::fixture_bytes as fixture;
 use support::tls::{self, issuer, leaf, pem_certs};
+use support::wait::eventually;
 
 /// One CA for the receiver's serving certificate, the API server's webhook client and the
 /// agents; a stranger CA with an agent certificate of its own. All written as PEM files.
@@ -104,34 +104,6 @@ impl Pki {
     }
 }
 
-/// One HTTP/1.1 request over TLS; the status line and the (raw) rest.
-async fn request(
-    addr: SocketAddr,
-    tls: Arc<ClientConfig>,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> std::io::Result<(u16, String)> {
-    let tcp = TcpStream::connect(addr).await?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let mut s = TlsConnector::from(tls).connect(ServerName::try_from("localhost").unwrap(), tcp).await?;
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(body).await?;
-    s.flush().await?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no HTTP response: {text:?}")))?;
-    Ok((status, text))
-}
-
 struct RunningReceiver {
     audit: SocketAddr,
     stream: SocketAddr,
@@ -160,7 +132,7 @@ async fn start_receiver(pki: &Pki, replay_records: usize) -> RunningReceiver {
 
 async fn post_audit(pki: &Pki, r: &RunningReceiver, name: &str) {
     let (status, text) =
-        request(r.audit, pki.raw_client(Some(&pki.apiserver)), "POST", "/audit", &fixture(name)).await.unwrap();
+        tls::request(r.audit, pki.raw_client(Some(&pki.apiserver)), "POST", "/audit", &fixture(name)).await.unwrap();
     assert_eq!(status, 200, "{text}");
 }
 
@@ -181,16 +153,6 @@ fn subscribe(pki: &Pki, identity: &str, addr: SocketAddr, sink: &Arc<RecordSink>
     let cfg = pki.subscribe_config(identity, vec![url.clone()]);
     let tls = reloading_client_config(&cfg.tls_cert, &cfg.tls_key, &cfg.ca, Default::default()).unwrap();
     tokio::spawn(subscription(addr, parse_receiver(&url).unwrap(), tls, cfg, sink.clone()))
-}
-
-async fn eventually(what: &str, f: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 fn ws_query() -> SessionQuery {
@@ -347,7 +309,7 @@ async fn subscriber_without_a_trusted_client_certificate_gets_nothing() {
 
     // No certificate: the handshake completes, the request is refused.
     let (status, text) =
-        request(r.stream, pki.raw_client(None), "GET", "/v1/records?node=x&since=0", b"").await.unwrap();
+        tls::request(r.stream, pki.raw_client(None), "GET", "/v1/records?node=x&since=0", b"").await.unwrap();
     assert_eq!(status, 401, "{text}");
     assert!(!text.contains("\"record\""), "{text}");
     assert_eq!(r.store.metrics().rejected_count("no_client_cert"), 1);
@@ -390,7 +352,7 @@ async fn replay_buffer_is_bounded_and_a_late_subscriber_is_told_what_it_missed()
     denied["items"].as_array_mut().unwrap().truncate(2);
     let denied = serde_json::to_vec(&denied).unwrap();
     let (status, text) =
-        request(r.audit, pki.raw_client(Some(&pki.apiserver)), "POST", "/audit", &denied).await.unwrap();
+        tls::request(r.audit, pki.raw_client(Some(&pki.apiserver)), "POST", "/audit", &denied).await.unwrap();
     assert_eq!(status, 200, "{text}");
     eventually("live after replay", || sink.metrics().records_received.get() == 4).await;
     assert_eq!(r.metrics.replay_dropped.get(), 3);
@@ -477,7 +439,7 @@ async fn rotated_certificate_files_are_picked_up_by_listeners_and_the_agent_with
     post_audit(&pki, &r, "audit/exec_websocket.json").await;
     assert_eq!(server_reloads("ok"), 2, "the audit listener reloaded");
     assert!(
-        request(r.audit, old_apiserver, "POST", "/audit", b"{}").await.is_err(),
+        tls::request(r.audit, old_apiserver, "POST", "/audit", b"{}").await.is_err(),
         "a client trusting only the old CA no longer connects"
     );
     // The agent's new certificate is trusted by the receiver: the real subscription, with the

@@ -23,11 +23,11 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::agent::{containerd_config, exit_report, metric, Podtrail, Scratch};
 use support::containers::Containerd;
+use support::fixtures::{compile_static, LocalRoute};
 use support::otlp_json::{self, Span};
 
 /// Destinations: ADDRS addresses times PORTS ports, each connected to ROUNDS times.
@@ -38,39 +38,6 @@ const FIRST_PORT: u32 = 20000;
 /// The rate limit's settings (the defaults, written out: the assertions below lean on them).
 const RATE_PER_S: u64 = 20;
 const BURST: u64 = 100;
-
-/// A route that makes a /24 local to this host; removed on drop.
-struct LocalRoute(String);
-
-impl LocalRoute {
-    fn add(cidr: &str) -> LocalRoute {
-        support::prereq::program("ip", "iproute2");
-        let out = Command::new("ip").args(["route", "add", "local", cidr, "dev", "lo"]).output().expect("run ip");
-        assert!(out.status.success(), "ip route add local {cidr}: {}", String::from_utf8_lossy(&out.stderr));
-        LocalRoute(cidr.to_owned())
-    }
-}
-
-impl Drop for LocalRoute {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["route", "del", "local", &self.0, "dev", "lo"]).status();
-    }
-}
-
-/// The flood program, compiled statically (the container has no libc); fails the test when it
-/// cannot be.
-fn compile_flood(dir: &Path) -> std::path::PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/connect_flood.c");
-    let bin = dir.join("connect_flood");
-    let out = Command::new("cc").args(["-static", "-O2", "-o"]).arg(&bin).arg(&src).output();
-    match out {
-        Ok(o) if o.status.success() => bin,
-        other => support::prereq::missing(
-            &format!("a C compiler with a static libc (cc -static tests/fixtures/connect_flood.c: {other:?})"),
-            "apt-get install gcc libc6-dev",
-        ),
-    }
-}
 
 fn metric_u64(text: &str, prefix: &str) -> u64 {
     metric(text, prefix).unwrap_or_else(|| panic!("{prefix} missing in /metrics:\n{text}")) as u64
@@ -108,7 +75,7 @@ fn int_attr(span: &Span, k: &str) -> u64 {
 fn a_connect_flood_is_folded_and_limited_and_every_connect_is_accounted_for() {
     let cd = Containerd::start();
     let dir = Scratch::new("flood");
-    let flood = compile_flood(&dir);
+    let flood = compile_static(&dir, "connect_flood");
     // a /24 of our own (two runs of this test at once must not share one)
     let net = format!("198.18.{}", 100 + std::process::id() % 150);
     let _route = LocalRoute::add(&format!("{net}.0/24"));
@@ -238,7 +205,7 @@ fn a_connect_flood_is_folded_and_limited_and_every_connect_is_accounted_for() {
 fn a_thousand_identical_connects_are_one_span_counting_a_thousand() {
     let cd = Containerd::start();
     let dir = Scratch::new("flood-1000");
-    let flood = compile_flood(&dir);
+    let flood = compile_static(&dir, "connect_flood");
     let net = format!("198.19.{}", 100 + std::process::id() % 150);
     let _route = LocalRoute::add(&format!("{net}.0/24"));
     let config = dir.join("podtrail.toml");

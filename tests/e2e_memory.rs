@@ -21,11 +21,11 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::agent::{containerd_config, exit_report, Podtrail, Scratch};
 use support::containers::Containerd;
+use support::fixtures::{compile_static, LocalRoute};
 use support::otlp_json::{self, Span};
 
 const ADDRS: u32 = 50;
@@ -34,36 +34,6 @@ const ROUNDS: u32 = 500;
 const COMMANDS: u32 = 100_000;
 /// The bound on the agent's anonymous memory (RssAnon) while the session runs.
 const RSS_ANON_BOUND_MIB: u64 = 160;
-
-struct LocalRoute(String);
-
-impl LocalRoute {
-    fn add(cidr: &str) -> LocalRoute {
-        support::prereq::program("ip", "iproute2");
-        let out = Command::new("ip").args(["route", "add", "local", cidr, "dev", "lo"]).output().expect("run ip");
-        assert!(out.status.success(), "ip route add local {cidr}: {}", String::from_utf8_lossy(&out.stderr));
-        LocalRoute(cidr.to_owned())
-    }
-}
-
-impl Drop for LocalRoute {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["route", "del", "local", &self.0, "dev", "lo"]).status();
-    }
-}
-
-fn compile_flood(dir: &Path) -> std::path::PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/connect_flood.c");
-    let bin = dir.join("connect_flood");
-    let out = Command::new("cc").args(["-static", "-O2", "-o"]).arg(&bin).arg(&src).output();
-    match out {
-        Ok(o) if o.status.success() => bin,
-        other => support::prereq::missing(
-            &format!("a C compiler with a static libc (cc -static tests/fixtures/connect_flood.c: {other:?})"),
-            "apt-get install gcc libc6-dev",
-        ),
-    }
-}
 
 /// `RssAnon` of a process, in KiB.
 fn rss_anon_kib(pid: u32) -> u64 {
@@ -82,7 +52,7 @@ fn int_attr(span: &Span, k: &str) -> Option<u64> {
 fn a_session_of_a_million_connects_and_a_hundred_thousand_commands_stays_bounded_and_counted() {
     let cd = Containerd::start();
     let dir = Scratch::new("memory");
-    let flood = compile_flood(&dir);
+    let flood = compile_static(&dir, "connect_flood");
     let net = format!("198.18.{}", 100 + std::process::id() % 150);
     let _route = LocalRoute::add(&format!("{net}.0/24"));
     let c = cd.run_prepared(&[], &["--net-host"], &["sleep", "100000"], &|root: &Path| {

@@ -15,46 +15,16 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::agent::{containerd_config, exit_report, metric, Podtrail, Scratch};
 use support::containers::Containerd;
+use support::fixtures::{compile_static, LocalRoute};
 use support::otlp_json::{self, Span};
 
 const SESSIONS: usize = 4;
 const COMMANDS: u64 = 300;
 const FLOOD_S: u64 = 15;
-
-struct LocalRoute(String);
-
-impl LocalRoute {
-    fn add(cidr: &str) -> LocalRoute {
-        support::prereq::program("ip", "iproute2");
-        let out = Command::new("ip").args(["route", "add", "local", cidr, "dev", "lo"]).output().expect("run ip");
-        assert!(out.status.success(), "ip route add local {cidr}: {}", String::from_utf8_lossy(&out.stderr));
-        LocalRoute(cidr.to_owned())
-    }
-}
-
-impl Drop for LocalRoute {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["route", "del", "local", &self.0, "dev", "lo"]).status();
-    }
-}
-
-fn compile(dir: &Path, name: &str) -> std::path::PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.c"));
-    let bin = dir.join(name);
-    let out = Command::new("cc").args(["-static", "-O2", "-o"]).arg(&bin).arg(&src).output();
-    match out {
-        Ok(o) if o.status.success() => bin,
-        other => support::prereq::missing(
-            &format!("a C compiler with a static libc (cc -static tests/fixtures/{name}.c: {other:?})"),
-            "apt-get install gcc libc6-dev",
-        ),
-    }
-}
 
 fn int_attr(span: &Span, k: &str) -> u64 {
     span.text(k).map(|v| v.parse().unwrap_or_else(|_| panic!("{k} = {v}"))).unwrap_or(0)
@@ -149,7 +119,7 @@ fn run(cd: &Containerd, dir: &Path, net: &str, share_percent: u32) -> Seen {
 fn a_neighbours_udp_flood_does_not_cost_another_containers_sessions_events() {
     let cd = Containerd::start();
     let dir = Scratch::new("neighbour");
-    compile(&dir, "udp_flood");
+    compile_static(&dir, "udp_flood");
     let net = format!("198.19.{}", 100 + std::process::id() % 150);
     let _route = LocalRoute::add(&format!("{net}.0/24"));
 

@@ -11,7 +11,8 @@ use podtrail::enrich::ranges::{learn, RangeLearner, RangeSource};
 use podtrail::process::activity::ActivityConfig;
 use podtrail::scope::{RangeKind, ScopeConfig};
 use serde_json::{json, Value};
-use support::kube::{ev, eventually, gone, list, FakeApi, ListStep, Route, WatchStep};
+use support::kube::{ev, gone, list, FakeApi, ListStep, Route, WatchStep};
+use support::wait::eventually;
 
 fn node(name: &str, rv: &str, pod_cidrs: &[&str], addresses: &[(&str, &str)]) -> Value {
     json!({"kind":"Node","apiVersion":"v1",

@@ -302,13 +302,3 @@ pub fn ev(kind: &str, obj: Value) -> Value {
 pub fn gone() -> Value {
     json!({"type":"ERROR","object":status(410, "Expired", "too old resource version: 102 (150)")})
 }
-
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..300 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}

@@ -3,7 +3,8 @@
 //!
 //! - [`prereq`]: the one way a test states what it needs (missing means failed, never skipped)
 //! - [`kernel`]: the real BPF programs capturing while a workload runs
-//! - [`containers`]: a private containerd with busybox containers
+//! - [`containers`]: a private containerd with busybox containers; [`fixtures`]: the static C
+//!   programs they run, and a local route for their floods
 //! - [`agent`]: the real `podtrail run` as a subprocess, and what it reports
 //! - [`otlp`]: in-process OTLP receivers and the export task; [`otlp_json`]: the one reader of
 //!   OTLP/JSON files
@@ -14,6 +15,7 @@
 //!   for the span stage; [`golden`]: span trees as text and the golden comparison
 //! - [`rules`]: sessions through the span and rules stages
 //! - [`tls`]: a throwaway CA and certificates for the TLS listeners and clients
+//! - [`wait`]: polling a condition in async tests
 
 // Each test binary compiles all of `support` but uses only part of it: what one binary leaves
 // unused is used by another, so unused-item warnings here say nothing.
@@ -23,6 +25,7 @@ pub mod agent;
 pub mod audit;
 pub mod containers;
 pub mod events;
+pub mod fixtures;
 pub mod golden;
 pub mod jaeger;
 pub mod kernel;
@@ -34,3 +37,4 @@ pub mod prereq;
 pub mod rules;
 pub mod sessions;
 pub mod tls;
+pub mod wait;

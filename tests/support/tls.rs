@@ -48,3 +48,50 @@ pub fn client(ca_pem: &str, identity: Option<&(String, String)>) -> Arc<ClientCo
         None => b.with_no_client_auth(),
     })
 }
+
+/// A TLS connection to `addr` as a client configured by `cfg`, checking the name `localhost`.
+pub async fn connect(
+    addr: std::net::SocketAddr,
+    cfg: Arc<ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+/// One HTTP/1.1 request over TLS with `Connection: close`: (status, raw response). The body is
+/// written while the answer is read, as an HTTP client does: a listener may refuse (413, a
+/// closed connection) before the body is sent. Err when no status line comes back.
+pub async fn request(
+    addr: std::net::SocketAddr,
+    cfg: Arc<ClientConfig>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = connect(addr, cfg).await?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let (mut rd, mut wr) = tokio::io::split(s);
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body);
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&out).await;
+        let _ = wr.flush().await;
+        wr
+    });
+    let mut raw = Vec::new();
+    let _ = rd.read_to_end(&mut raw).await;
+    writer.abort();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP response: {text:?}")))?;
+    Ok((status, text))
+}

@@ -112,6 +112,52 @@ pub fn ser_bytes_list<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Er
     s.collect_seq(v.iter().map(|b| escape(b)))
 }
 
+/// The inverse of [`escape`]: `\\` is a backslash, `\xNN` the byte NN, anything else as is.
+/// Err names the first escape that is neither (escape never writes one).
+pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            out.push(b[i]);
+            i += 1;
+            continue;
+        }
+        match b.get(i + 1) {
+            Some(b'\\') => {
+                out.push(b'\\');
+                i += 2;
+            }
+            Some(b'x') => {
+                let hex = s.get(i + 2..i + 4).ok_or_else(|| format!("a cut \\x escape at byte {i}"))?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("\\x{hex} at byte {i} is not hex"))?);
+                i += 4;
+            }
+            _ => return Err(format!("a lone backslash at byte {i}")),
+        }
+    }
+    Ok(out)
+}
+
+/// Reads what [`ser_bytes`] wrote.
+pub fn de_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    unescape(&s).map_err(serde::de::Error::custom)
+}
+
+/// Reads what [`ser_opt_bytes`] wrote.
+pub fn de_opt_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    let s = <Option<String> as serde::Deserialize>::deserialize(d)?;
+    s.map(|s| unescape(&s).map_err(serde::de::Error::custom)).transpose()
+}
+
+/// Reads what [`ser_bytes_list`] wrote.
+pub fn de_bytes_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+    let v = <Vec<String> as serde::Deserialize>::deserialize(d)?;
+    v.iter().map(|s| unescape(s).map_err(serde::de::Error::custom)).collect()
+}
+
 /// Percent-encodes every byte but RFC 3986's unreserved ones (`A-Z a-z 0-9 - . _ ~`), so
 /// the result is safe in a path segment and a query value alike.
 pub fn percent_encode(s: &str) -> String {
@@ -154,6 +200,16 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unescape_reads_back_what_escape_wrote_and_refuses_what_it_never_writes() {
+        let raw: &[u8] = b"a\\x41 \xff\x00 \\ \xc3\x28 done";
+        assert_eq!(unescape(&escape(raw)).unwrap(), raw);
+        assert_eq!(unescape("caf\u{e9}").unwrap(), "caf\u{e9}".as_bytes());
+        assert!(unescape("a\\q").unwrap_err().contains("lone backslash"), "an unknown escape is an error");
+        assert!(unescape("a\\x4").is_err(), "a cut \\x escape is an error");
+        assert!(unescape("a\\xzz").is_err(), "non-hex is an error");
+    }
 
     #[test]
     fn invalid_utf8_becomes_hex_and_backslash_is_doubled() {

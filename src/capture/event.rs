@@ -2,24 +2,24 @@
 //!
 //! In: nothing (built by `decode`). Out: `Event` values. Byte strings from the kernel (argv,
 //! paths) are kept as bytes; `crate::text::escape` is the one rule that turns them into text.
+//! Events serialize as `podtrail capture` prints them and deserialize from the same JSON, so a
+//! recorded capture replays through the process stage (tests/process_recorded.rs).
 
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::text::ser_bytes;
-use crate::text::ser_bytes_list;
-use crate::text::ser_opt_bytes;
+use crate::text::{de_bytes, de_bytes_list, de_opt_bytes, ser_bytes, ser_bytes_list, ser_opt_bytes};
 
 /// A process's identity: the pid alone is reused, the pair is not.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ProcessKey {
     pub pid: u32,
     /// Start time in ns since boot (the kernel's `start_boottime`).
     pub start_ns: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
     Exec(ExecEvent),
@@ -64,7 +64,7 @@ impl Event {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecFlags {
     pub argv_truncated: bool,
     pub filename_truncated: bool,
@@ -80,7 +80,7 @@ pub struct ExecFlags {
 }
 
 /// A new image of a process (execve succeeded).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExecEvent {
     pub ts_ns: u64,
     pub pid: u32,
@@ -102,23 +102,23 @@ pub struct ExecEvent {
     /// Audit login uid (the node user behind a session), None when unset.
     pub loginuid: Option<u32>,
     /// As passed to execve: may be `/proc/self/exe`, `/dev/fd/N` or a script.
-    #[serde(serialize_with = "ser_bytes")]
+    #[serde(serialize_with = "ser_bytes", deserialize_with = "de_bytes")]
     pub filename: Vec<u8>,
     /// The interpreter of a `#!` script, when there is one.
-    #[serde(serialize_with = "ser_opt_bytes")]
+    #[serde(serialize_with = "ser_opt_bytes", deserialize_with = "de_opt_bytes")]
     pub interp: Option<Vec<u8>>,
     /// The executable the kernel runs, resolved (inside the container for container processes).
-    #[serde(serialize_with = "ser_bytes")]
+    #[serde(serialize_with = "ser_bytes", deserialize_with = "de_bytes")]
     pub exe_path: Vec<u8>,
     pub exe_ino: u64,
     pub exe_dev: u32,
     pub exe_nlink: u32,
     pub argc: u32,
-    #[serde(serialize_with = "ser_bytes_list")]
+    #[serde(serialize_with = "ser_bytes_list", deserialize_with = "de_bytes_list")]
     pub argv: Vec<Vec<u8>>,
     /// `KUBERNETES_EXEC_AUDIT_ID` from the environment (only looked for on session roots).
     pub audit_id: Option<String>,
-    #[serde(serialize_with = "ser_bytes")]
+    #[serde(serialize_with = "ser_bytes", deserialize_with = "de_bytes")]
     pub comm: Vec<u8>,
     /// The executable's inode change time (wall clock, ns): later than the start of its
     /// container or session means the file was written there.
@@ -136,7 +136,7 @@ impl ExecEvent {
 }
 
 /// A new process (not a thread).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ForkEvent {
     pub ts_ns: u64,
     pub pid: u32,
@@ -161,7 +161,7 @@ impl ForkEvent {
 }
 
 /// How a process ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExitStatus {
     Code(i32),
@@ -188,7 +188,7 @@ impl ExitStatus {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExitEvent {
     pub ts_ns: u64,
     pub pid: u32,
@@ -203,7 +203,7 @@ impl ExitEvent {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     Tcp,
@@ -237,7 +237,7 @@ impl Transport {
 }
 
 /// A connect(2) on a TCP or UDP socket, as the kernel was about to try it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConnectEvent {
     pub ts_ns: u64,
     pub pid: u32,
@@ -252,7 +252,7 @@ pub struct ConnectEvent {
     pub mapped: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResultPhase {
     /// connect(2) returned.
@@ -261,7 +261,7 @@ pub enum ResultPhase {
     TcpState,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConnectResultEvent {
     pub ts_ns: u64,
     /// 0 for results seen outside process context (TCP state changes).
@@ -276,7 +276,7 @@ pub struct ConnectResultEvent {
 }
 
 /// A process entered namespaces with setns(2) (nsenter).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NsJoinEvent {
     pub ts_ns: u64,
     pub pid: u32,
@@ -300,7 +300,7 @@ impl NsJoinEvent {
 }
 
 /// The first datagram of a connected UDP socket: the connect was real traffic.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UdpSendEvent {
     pub ts_ns: u64,
     pub cgroup_id: u64,
@@ -311,7 +311,7 @@ pub struct UdpSendEvent {
 }
 
 /// What a [`SockEvent`] reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SockOp {
     /// A datagram that names its destination (sendto/sendmsg): `peer`.
@@ -338,7 +338,7 @@ impl SockOp {
 
 /// A way out of a container that is not a connect(2): a datagram to a named destination, a
 /// listening socket, an accepted connection, a raw or ICMP socket.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SockEvent {
     pub ts_ns: u64,
     pub pid: u32,
@@ -358,7 +358,7 @@ pub struct SockEvent {
 }
 
 /// What a process did to a watched file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileOp {
     /// open/openat/openat2; `write` says whether for writing (O_WRONLY, O_RDWR, O_CREAT, O_TRUNC).
@@ -391,7 +391,7 @@ impl FileOp {
 /// An operation on a file whose name the kernel was asked to watch (shell histories,
 /// /etc/shadow, ssh keys, service account tokens, ...), with the path resolved to absolute
 /// (relative paths against the process's cwd, `*at` paths against their directory fd).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FileEvent {
     pub ts_ns: u64,
     pub pid: u32,
@@ -403,9 +403,9 @@ pub struct FileEvent {
     pub write: bool,
     /// open(2) flags, or the mode for chmod.
     pub flags: u32,
-    #[serde(serialize_with = "ser_bytes")]
+    #[serde(serialize_with = "ser_bytes", deserialize_with = "de_bytes")]
     pub path: Vec<u8>,
-    #[serde(serialize_with = "ser_opt_bytes")]
+    #[serde(serialize_with = "ser_opt_bytes", deserialize_with = "de_opt_bytes")]
     pub path2: Option<Vec<u8>>,
     /// The syscall's result: 0 / a file descriptor, or a negative errno.
     pub result: i64,

@@ -44,7 +44,8 @@ FULL_VALUES = {
                  "tolerations": [{"key": "dedicated", "operator": "Exists"}]},
     "admissionWebhook": {"timeoutSeconds": 2},
     "networkPolicy": {"webhookFrom": [{"ipBlock": {"cidr": "10.0.0.0/24"}}]},
-    "certManager": {"enabled": True, "apiserverClient": True},
+    "certManager": {"enabled": True, "apiserverClient": True, "receiverDnsNames": ["podtrail.example.internal"],
+                    "receiverIpAddresses": ["192.0.2.10"]},
 }
 CERT_MANAGER = {"certManager": {"enabled": True}}
 HELM_LABELS = {"app.kubernetes.io/managed-by", "app.kubernetes.io/instance", "app.kubernetes.io/version",

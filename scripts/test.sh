@@ -8,7 +8,7 @@
 #   3. the gates: cargo fmt --check, cargo clippy -D warnings;
 #   4. cargo test (unit, kernel, container, OTLP, Jaeger end-to-end), then the stack suite,
 #      then the real-cluster suite (tests/cluster: a real one-node Kubernetes, Tempo, Jaeger,
-#      the collector and podtrail installed from deploy/); it runs last and alone because the
+#      the collector and podtrail installed with its Helm chart); it runs last and alone because the
 #      agent it installs sees the whole host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,11 +19,12 @@ bash scripts/setup.sh
 
 # Backends build on Go while cargo compiles: two cores, two toolchains.
 prep_log=$(mktemp)
-# The first run builds Jaeger, the collector, Kubernetes and Tempo (README: "What the first run
-# builds"); later runs find them in $PODTRAIL_CACHE.
+# The first run builds Jaeger, the collector, Kubernetes, Tempo and helm (README: "What the
+# first run builds"); later runs find them in $PODTRAIL_CACHE.
 ( bash tests/harness/jaeger.sh build && bash tests/harness/pyenv.sh \
     && bash tests/harness/collector.sh build && bash tests/harness/kube.sh build \
-    && bash tests/harness/kube.sh images && bash tests/harness/tempo.sh build ) >"$prep_log" 2>&1 &
+    && bash tests/harness/kube.sh images && bash tests/harness/tempo.sh build \
+    && bash tests/harness/helm.sh build && bash tests/harness/helm.sh cert-manager-crds ) >"$prep_log" 2>&1 &
 prep=$!
 
 cargo build --release --all-targets

@@ -5,10 +5,11 @@ What runs, all started here and torn down at the end:
     (tests/harness/kube.sh), with the API server's audit webhook and admission webhook client
     certificate pointing at podtrail's receiver;
   - Jaeger, Tempo and podtrail's own OpenTelemetry Collector (tests/harness/*.sh);
-  - podtrail itself, installed the way docs/deploy.md tells a user: `kubectl apply -k` of
-    deploy/ (through tests/cluster/overlay, which only adds what a cluster without DNS and
-    kube-proxy lacks) with the image scripts/image.sh builds. The agent runs as the DaemonSet's
-    pod, the receiver as the Deployment's.
+  - podtrail itself, installed the way docs/deploy.md tells a user: `helm install` of the chart
+    deploy/helm/podtrail (with values that only add what a cluster without DNS and kube-proxy
+    lacks: chart_values) with the image scripts/image.sh builds. The agent runs as the
+    DaemonSet's pod, the receiver as the Deployment's. test_chart.py checks the kustomize base
+    (deploy/) against the chart, and every rendered object against this API server.
 
 Every test asserts only on its own pods and trace ids (the agent sees the whole host).
 Nothing here skips: a missing prerequisite is a failure with the reason.
@@ -30,7 +31,6 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 HARNESS = REPO / "tests" / "harness"
 sys.path.insert(0, str(HARNESS))
 from harness_env import parse_env  # noqa: E402  (one reader of the harness scripts' output)
-OVERLAY = REPO / "tests" / "cluster" / "overlay"
 # The namespace of the investigation questions in README.md and docs/investigate.md, so their
 # queries run here unchanged.
 NAMESPACE = "billing"
@@ -205,6 +205,18 @@ class Cluster:
                 return None
             raise
 
+    def why_not_ready(self):
+        """What a failed rollout leaves to read: podtrail's pods, their events and logs."""
+        out = []
+        for args in (["get", "pods", "-o", "wide"], ["describe", "pods"],
+                     ["logs", "-l", "app.kubernetes.io/name", "--all-containers", "--tail=30",
+                      "--prefix"],
+                     ["logs", "-l", "app.kubernetes.io/name", "--all-containers", "--tail=30", "--prefix",
+                      "--previous"]):
+            p = self.kubectl("-n", "podtrail", *args, check=False)
+            out.append(f"$ kubectl {' '.join(args)}\n{p.stdout[-4000:]}{p.stderr[-1000:]}")
+        return "\n".join(out)
+
     def agent_logs(self):
         return self.kubectl("-n", "podtrail", "logs", "ds/podtrail-agent", "--tail=-1", check=False).stdout
 
@@ -262,85 +274,87 @@ metrics_listen = "127.0.0.1:{ports['receiver_metrics']}"
 """
 
 
-def write_overlay(d, ports, env, backends, pki_files):
-    d = pathlib.Path(d)
-    d.mkdir(parents=True, exist_ok=True)
-    for name, src in pki_files.items():
-        shutil.copy(src, d / name)
-    (d / "config.toml").write_text(podtrail_config(ports, pki_files))
-    base = os.path.relpath(OVERLAY, d)
+CHART = REPO / "deploy" / "helm" / "podtrail"
+RELEASE_NAMESPACE = "podtrail"
+
+
+def chart_values(ports, env, backends, pki_files, state_dir):
+    """The Helm values of this run: podtrail's chart as a user installs it (docs/deploy.md,
+    "Install with Helm", the manual TLS path), plus only what this one-node cluster without
+    kube-proxy and cluster DNS lacks, or what differs per run:
+      - podtrail's own pods in the host network, meeting the API server on loopback (no Service
+        routing or names without kube-proxy and DNS; the receiver's test certificate names
+        127.0.0.1), one receiver replica (two would bind the same host ports), and this run's
+        free ports;
+      - the image scripts/image.sh built, imported into the node's containerd (no registry);
+      - this run's containerd socket, state directory and collector.
+    Nothing here changes what the agent or the receiver may do: capabilities, mounts and
+    service accounts are the chart's defaults."""
+    import base64
+
     api_port = urllib.parse.urlparse(env["KUBE_API"]).port
-    sock = env["CONTAINERD_SOCK"]
-    (d / "kustomization.yaml").write_text(json.dumps({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": [base],
-        "generatorOptions": {"disableNameSuffixHash": True},
-        "configMapGenerator": [{"name": "podtrail-config", "namespace": "podtrail", "behavior": "replace",
-                                "files": ["config.toml"]}],
-        "secretGenerator": [
-            {"name": "podtrail-receiver-tls", "namespace": "podtrail", "type": "kubernetes.io/tls",
-             "files": ["tls.crt=receiver.crt", "tls.key=receiver.key"]},
-            {"name": "podtrail-client-ca", "namespace": "podtrail", "files": ["ca.crt=ca.crt"]},
-            # the API server's webhook client CA (one CA here; the listeners tell the API
-            # server's certificate from the agents' by name: receiver.apiserver_clients)
-            {"name": "podtrail-apiserver-client-ca", "namespace": "podtrail", "files": ["ca.crt=ca.crt"]},
-            {"name": "podtrail-agent-tls", "namespace": "podtrail", "type": "kubernetes.io/tls",
-             "files": ["tls.crt=agent.crt", "tls.key=agent.key", "ca.crt=ca.crt"]},
-            {"name": "podtrail-otlp-tls", "namespace": "podtrail",
-             "files": ["ca.crt=otlp-ca.crt", "tls.crt=otlp-client.crt", "tls.key=otlp-client.key"]},
-            {"name": "podtrail-redact-key", "namespace": "podtrail", "literals": ["key=cluster-test-redaction-key"]},
-        ],
-        "patches": [
-            # strategic merge: env and volumes merge by name, so the base's order does not matter
-            {"target": {"kind": "DaemonSet", "name": "podtrail-agent"}, "patch": json.dumps({
-                "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "podtrail-agent"},
-                "spec": {"template": {"spec": {
-                    "containers": [{"name": "podtrail", "env": [
-                        # no kube-proxy: the API server's own address instead of the Service's
-                        {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
-                        {"name": "KUBERNETES_SERVICE_PORT", "value": str(api_port)},
-                        # the shipped collector config: TLS, client certificates required
-                        {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": f"https://{backends['COLLECTOR_OTLP_GRPC']}"},
-                        {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": "k8s.cluster.name=podtrail-test"},
-                    ]}],
-                    "volumes": [{"name": "containerd-sock", "hostPath": {"path": sock, "type": "Socket"}},
-                                # this run's state directory, not the machine's /var/lib/podtrail
-                                {"name": "state", "hostPath": {"path": str(d / "agent-state"),
-                                                               "type": "DirectoryOrCreate"}}],
-                }}},
-            })},
-            # the receiver watches pods and reviews the agents' tokens: no kube-proxy here either
-            {"target": {"kind": "Deployment", "name": "podtrail-receiver"}, "patch": json.dumps({
-                "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "podtrail-receiver"},
-                "spec": {"template": {"spec": {"containers": [{"name": "receiver", "env": [
-                    {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
-                    {"name": "KUBERNETES_SERVICE_PORT", "value": str(api_port)},
-                ]}]}}},
-            })},
-            # in the host network a container port is a host port: this run's free ports, so the
-            # receiver does not collide with the agent's metrics port or anything on the machine
-            {"target": {"kind": "Deployment", "name": "podtrail-receiver"}, "patch": json.dumps([
-                {"op": "replace", "path": "/spec/template/spec/containers/0/ports", "value": [
-                    {"name": "audit", "containerPort": ports["audit"], "protocol": "TCP"},
-                    {"name": "admission", "containerPort": ports["admission"], "protocol": "TCP"},
-                    {"name": "stream", "containerPort": ports["stream"], "protocol": "TCP"},
-                    {"name": "metrics", "containerPort": ports["receiver_metrics"], "protocol": "TCP"},
-                ]},
-            ])},
-            {"target": {"kind": "DaemonSet", "name": "podtrail-agent"}, "patch": json.dumps([
-                {"op": "replace", "path": "/spec/template/spec/containers/0/ports", "value": [
-                    {"name": "metrics", "containerPort": ports["agent_metrics"], "protocol": "TCP"}]},
-            ])},
-            {"target": {"kind": "ValidatingWebhookConfiguration", "name": "podtrail-exec"}, "patch": json.dumps([
-                {"op": "replace", "path": "/webhooks/0/clientConfig",
-                 "value": {"url": f"https://127.0.0.1:{ports['admission']}/admission",
-                           "caBundle": __import__("base64").b64encode(
-                               pathlib.Path(pki_files["ca.crt"]).read_bytes()).decode()}},
-            ])},
-        ],
-    }, indent=1))
-    return d
+    # no kube-proxy: the API server's own address instead of the kubernetes Service's
+    api_env = [{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+               {"name": "KUBERNETES_SERVICE_PORT", "value": str(api_port)}]
+    return {
+        "image": {"repository": "podtrail.test/podtrail", "tag": "dev", "pullPolicy": "Never"},
+        "clusterName": "podtrail-test",
+        # the shipped collector config: TLS, client certificates required
+        "collector": {"endpoint": f"https://{backends['COLLECTOR_OTLP_GRPC']}"},
+        "agent": {"hostNetwork": True, "containerdSocket": env["CONTAINERD_SOCK"],
+                  # this run's state directory, not the machine's /var/lib/podtrail
+                  "stateDir": str(state_dir), "metricsPort": ports["agent_metrics"],
+                  "extraEnv": api_env},
+        "receiver": {"replicas": 1, "hostNetwork": True, "extraEnv": api_env,
+                     "ports": {"audit": ports["audit"], "admission": ports["admission"],
+                               "stream": ports["stream"], "metrics": ports["receiver_metrics"]}},
+        "admissionWebhook": {"url": f"https://127.0.0.1:{ports['admission']}/admission",
+                             "caBundle": base64.b64encode(pathlib.Path(pki_files["ca.crt"]).read_bytes()).decode()},
+        # loopback listeners: in the host network a pod's 0.0.0.0 is the machine's
+        "config": {
+            "attribution": {"receivers": [f"https://127.0.0.1:{ports['stream']}"]},
+            "metrics": {"listen": f"127.0.0.1:{ports['agent_metrics']}"},
+            "receiver": {"audit_listen": f"127.0.0.1:{ports['audit']}",
+                         "admission_listen": f"127.0.0.1:{ports['admission']}",
+                         "stream_listen": f"127.0.0.1:{ports['stream']}",
+                         "metrics_listen": f"127.0.0.1:{ports['receiver_metrics']}"},
+        },
+    }
+
+
+def create_tls_secrets(c, pki_files, namespace=RELEASE_NAMESPACE):
+    """The Secrets docs/deploy.md's manual TLS path tells a user to create before the chart."""
+    f = {k: str(v) for k, v in pki_files.items()}
+    for args in [
+        ["tls", "podtrail-receiver-tls", f"--cert={f['receiver.crt']}", f"--key={f['receiver.key']}"],
+        ["generic", "podtrail-client-ca", f"--from-file=ca.crt={f['ca.crt']}"],
+        # the API server's webhook client CA (one CA here; the listeners tell the API server's
+        # certificate from the agents' by name: receiver.apiserver_clients)
+        ["generic", "podtrail-apiserver-client-ca", f"--from-file=ca.crt={f['ca.crt']}"],
+        ["generic", "podtrail-agent-tls", "--type=kubernetes.io/tls", f"--from-file=tls.crt={f['agent.crt']}",
+         f"--from-file=tls.key={f['agent.key']}", f"--from-file=ca.crt={f['ca.crt']}"],
+        ["generic", "podtrail-otlp-tls", f"--from-file=ca.crt={f['otlp-ca.crt']}",
+         f"--from-file=tls.crt={f['otlp-client.crt']}", f"--from-file=tls.key={f['otlp-client.key']}"],
+        ["generic", "podtrail-redact-key", "--from-literal=key=cluster-test-redaction-key"],
+    ]:
+        c.kubectl("-n", namespace, "create", "secret", *args)
+
+
+class Helm:
+    """The helm binary tests/harness/helm.sh builds, against this cluster, with its own config
+    and cache directories (nothing written to the machine's ~/.config or ~/.cache)."""
+
+    def __init__(self, binary, kubeconfig, home):
+        self.binary = binary
+        self.kubeconfig = kubeconfig
+        self.env = {"HELM_CONFIG_HOME": str(home / "config"), "HELM_CACHE_HOME": str(home / "cache"),
+                    "HELM_DATA_HOME": str(home / "data")}
+
+    def __call__(self, *args, check=True, timeout=300):
+        return sh([self.binary, *map(str, args)], check=check, timeout=timeout, env=self.env)
+
+    def cluster(self, *args, **kw):
+        return self(*args, "--kubeconfig", self.kubeconfig, **kw)
 
 
 @pytest.fixture(scope="session")
@@ -403,15 +417,30 @@ def cluster():
         started.append(("kube.sh", work / "kube"))
         c = Cluster(env, work, ports, backends)
 
-        overlay = write_overlay(work / "overlay", ports, env, backends, {
+        # podtrail as docs/deploy.md tells a user to install it with Helm: the namespace labelled
+        # for hostPID, the TLS Secrets (the manual path), then the chart
+        pki_files = {
             "ca.crt": pki.ca_crt, "receiver.crt": recv_crt, "receiver.key": recv_key,
             "agent.crt": agent_crt, "agent.key": agent_key,
             "otlp-ca.crt": backends["COLLECTOR_TLS_CA"], "otlp-client.crt": backends["COLLECTOR_TLS_CLIENT_CERT"],
             "otlp-client.key": backends["COLLECTOR_TLS_CLIENT_KEY"],
-        })
-        c.kubectl("apply", "-k", overlay, timeout=120)
-        c.kubectl("-n", "podtrail", "rollout", "status", "deploy/podtrail-receiver", "--timeout=180s", timeout=200)
-        c.kubectl("-n", "podtrail", "rollout", "status", "ds/podtrail-agent", "--timeout=180s", timeout=200)
+        }
+        c.pki_files = pki_files
+        c.kubectl("create", "namespace", RELEASE_NAMESPACE)
+        c.kubectl("label", "namespace", RELEASE_NAMESPACE, "pod-security.kubernetes.io/enforce=privileged")
+        create_tls_secrets(c, pki_files)
+        _, helm_bin = harness("helm.sh", "build")
+        c.helm = Helm(helm_bin, env["KUBECONFIG"], work / "helm")
+        values = work / "values.json"
+        values.write_text(json.dumps(chart_values(ports, env, backends, pki_files, work / "agent-state"), indent=1))
+        c.values_file = values
+        c.helm.cluster("install", "podtrail", CHART, "--namespace", RELEASE_NAMESPACE, "--values", values,
+                       timeout=300)
+        for what in ("deploy/podtrail-receiver", "ds/podtrail-agent"):
+            try:
+                c.kubectl("-n", "podtrail", "rollout", "status", what, "--timeout=180s", timeout=200)
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{c.why_not_ready()}") from None
         # the agent is ready when its metrics answer and it says it is watching
         eventually("the agent's metrics endpoint", lambda: "podtrail_" in c.agent_metrics(), timeout=60)
         c.kubectl("create", "namespace", NAMESPACE)

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # tests/cluster/run.sh: the real-cluster suite. One real one-node Kubernetes (kube-apiserver,
 # controller-manager, scheduler, etcd, kubelet on its own containerd), a real Tempo, Jaeger and
-# podtrail's collector, and podtrail installed into it with `kubectl apply -k` from deploy/.
+# podtrail's collector, and podtrail installed into it with `helm install` of its chart
+# (deploy/helm/podtrail; test_chart.py checks the kustomize base deploy/ against it).
 # Run it after the other suites, never beside them: the agent sees the whole host.
 #
 # Builds what it needs first (cached in $PODTRAIL_CACHE, default /var/cache/podtrail): the
-# Kubernetes binaries, Tempo, Jaeger, the collector, the busybox and pause images, the Python
-# venv; and podtrail's image from target/release/podtrail (cargo build --release first).
+# Kubernetes binaries, Tempo, Jaeger, the collector, helm and cert-manager's CRDs (its Go
+# module), the busybox and pause images, the Python venv; and podtrail's image from target/release/podtrail (cargo build --release first).
 # Exit status is pytest's; a missing prerequisite fails, never skips.
 # Extra arguments go to pytest, e.g.  tests/cluster/run.sh -k interactive
 # PODTRAIL_KEEP_CLUSTER=1 leaves the cluster running for a look (its directory is printed).
@@ -23,7 +24,8 @@ start=$(date +%s)
 PY=$(bash "$HARNESS/pyenv.sh")
 # Each build is cached; the first run builds Kubernetes (~10 min on 2 cores) and Tempo (~4 min).
 logs=$(mktemp -d)
-for s in "kube.sh build" "kube.sh images" "tempo.sh build" "jaeger.sh build" "collector.sh build"; do
+for s in "kube.sh build" "kube.sh images" "tempo.sh build" "jaeger.sh build" "collector.sh build" \
+         "helm.sh build" "helm.sh cert-manager-crds"; do
     # shellcheck disable=SC2086
     if ! bash "$HARNESS/"$s >"$logs/out" 2>"$logs/err"; then
         echo "tests/cluster: $s failed:" >&2; tail -n 60 "$logs/err" >&2; exit 1

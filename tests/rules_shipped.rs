@@ -259,3 +259,69 @@ fn an_alert_whose_span_was_capped_goes_on_the_root() {
     assert_eq!(fired_on(&spans, "Packet capture"), ["exec"], "on the root: {:?}", fired(&spans));
     assert_eq!(root_attr(&spans, "podtrail.alerts.count").as_deref(), Some("1"));
 }
+
+fn attr(s: &opentelemetry_sdk::trace::SpanData, key: &str) -> Option<String> {
+    s.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
+}
+
+/// A long-lived process (it never exits before the checks) connects outside the cluster and
+/// truncates a shell history: each alert leaves as an `alert` span with the update that said
+/// it, not with the process's end; the end adds the events on their spans and raises nothing
+/// twice.
+#[test]
+fn connect_and_file_alerts_of_a_live_process_are_raised_as_they_happen_and_once() {
+    use support::events::*;
+    const OUTBOUND: &str = "Outbound connection outside the cluster";
+    const HISTORY: &str = "Shell history tampering";
+    let mut t = tracker();
+    let mut updates = start_container_c(&mut t);
+    updates.extend(runc_exec(&mut t, 100, 1090, &["sh"]));
+    updates.extend(t.handle(&fork(110, 1091, 1090, C)));
+    updates.extend(t.handle(&exec_in(111, 1091, 1090, &["nc", "203.0.113.5", "4444"])));
+    let net_at = updates.len();
+    updates.extend(t.handle(&connect_to(120, 1091, C, 41, Transport::Tcp, "203.0.113.5", 4444)));
+    updates.extend(t.handle(&podtrail::capture::event::Event::File(podtrail::capture::event::FileEvent {
+        ts_ns: 130,
+        pid: 1091,
+        tid: 1091,
+        start_ns: st(1091),
+        cgroup_id: C,
+        op: FileOp::Open,
+        write: true,
+        flags: O_WRONLY | O_TRUNC,
+        path: b"/root/.ash_history".to_vec(),
+        path2: None,
+        result: 3,
+        truncated: false,
+    })));
+    let file_at = updates.len() - 1;
+    assert!(matches!(updates[net_at], SessionUpdate::Live(_, _, Live::Net { index: 0 })), "{:?}", updates[net_at]);
+    assert!(matches!(updates[file_at], SessionUpdate::Live(_, _, Live::File)), "{:?}", updates[file_at]);
+    updates.extend(t.handle(&exit(200, 1091, C, 0)));
+    updates.extend(t.handle(&exit(210, 1090, C, 0)));
+    let n = updates.len();
+    let steps = Run::default().steps(updates);
+    let alert_spans = |i: usize| -> Vec<String> {
+        steps[i].iter().filter(|s| s.name == "alert").filter_map(|s| attr(s, "security_rule.name")).collect()
+    };
+    assert_eq!(alert_spans(net_at), [OUTBOUND], "raised with the connect, before nc ended");
+    assert_eq!(alert_spans(file_at), [HISTORY], "raised with the truncation, before nc ended");
+    let all: Vec<_> = steps.concat();
+    assert_eq!(all.iter().filter(|s| s.name == "alert").count(), 2, "nothing raised twice: {:?}", fired(&all));
+    let about = |rule: &str| {
+        let s =
+            all.iter().find(|s| s.name == "alert" && attr(s, "security_rule.name").as_deref() == Some(rule)).unwrap();
+        assert_eq!(attr(s, "process.pid").as_deref(), Some("1091"));
+        attr(s, "podtrail.alert.span_id").expect("names the span it is about")
+    };
+    // the events land on the spans built at the end, which the alert spans name
+    let connect = all.iter().find(|s| label(s) == "connect 203.0.113.5:4444").expect("the connect span");
+    assert_eq!(about(OUTBOUND), connect.span_context.span_id().to_string());
+    assert_eq!(fired_on(&all, OUTBOUND), ["connect 203.0.113.5:4444"]);
+    let nc = all.iter().find(|s| s.name == "nc").expect("nc's span");
+    assert_eq!(about(HISTORY), nc.span_context.span_id().to_string());
+    assert_eq!(fired_on(&all, HISTORY), ["nc"]);
+    assert!(steps[..n].iter().flatten().any(|s| s.name == "nc"));
+    assert_eq!(root_attr(&all, "podtrail.alerts.count").as_deref(), Some("2"));
+    assert_eq!(root_attr(&all, "podtrail.alerts.max_severity").as_deref(), Some("high"));
+}

@@ -30,10 +30,10 @@ use super::lang::{Rule, Severity};
 use super::subject::SessionCtx;
 use crate::capture::event::ProcessKey;
 use crate::clock::BootClock;
-use crate::model::{ProcessRecord, SessionId, SessionInfo};
+use crate::model::{Live, ProcessRecord, SessionId, SessionInfo};
 use crate::scope::ScopeConfig;
 use crate::spans::build::{live_span, ALERT_SPAN};
-use crate::spans::hold::{LiveExec, Output};
+use crate::spans::hold::{LiveUpdate, Output};
 use crate::spans::{ids, keys, BuiltSpan, SessionIdentity};
 use crate::text::{basename, escape};
 
@@ -49,14 +49,34 @@ const MAX_NAMES: usize = 16_384;
 /// Paths a session's rules remember as written ("download then execute"); past it, new
 /// paths are not remembered.
 const MAX_WRITTEN: usize = 4_096;
+/// Alerts a session raises live that wait for their process's final record (which must not
+/// raise them again): past it, a live match is left for that record (late, not lost), counted
+/// in `podtrail_alerts_deferred_total`.
+const MAX_LIVE: usize = 4_096;
+
+/// The target of an alert `what` a live update says, in the real image's numbering (a live
+/// connect travels alone, as record 0); None for an alert about something else.
+fn said(what: Live, exec_index: u32, a: &Alert) -> Option<Target> {
+    match (what, a.target) {
+        (Live::Exec, Target::Image { exec_index: e }) if e == exec_index && a.file.is_none() => Some(a.target),
+        (Live::File, Target::Image { exec_index: e }) if e == exec_index && a.file.is_some() => Some(a.target),
+        (Live::Net { index }, Target::Connect { exec_index: e, index: 0 }) if e == exec_index => {
+            Some(Target::Connect { exec_index: e, index })
+        }
+        _ => None,
+    }
+}
 
 struct SessionState {
     info: Option<SessionInfo>,
     /// Who the span stage says opened the session (its `Output::identified`).
     who: Option<SessionIdentity>,
-    /// Alerts already raised at exec time: (rule, span, time). The final record's
-    /// evaluation does not raise them again.
-    raised: HashSet<(String, SpanId, u64)>,
+    /// Alerts already raised live, per process: (rule, span, time). The final record's
+    /// evaluation does not raise them again, and forgets its process's set.
+    raised: HashMap<ProcessKey, HashSet<(String, SpanId, u64)>>,
+    /// Alerts raised live whose process's record has not been evaluated yet (bounded by
+    /// `MAX_LIVE`).
+    live_waiting: usize,
     names: crate::lru::Lru<ProcessKey, Names>,
     /// Records whose spans have not passed yet.
     pending: HashMap<ProcessKey, ProcessRecord>,
@@ -74,7 +94,8 @@ impl Default for SessionState {
         SessionState {
             info: None,
             who: None,
-            raised: HashSet::new(),
+            raised: HashMap::new(),
+            live_waiting: 0,
             names: crate::lru::Lru::new(MAX_NAMES),
             pending: HashMap::new(),
             span_of: HashMap::new(),
@@ -98,6 +119,8 @@ pub struct AlertStage {
     sessions: HashMap<SessionId, SessionState>,
     /// `podtrail_alerts_total{rule, severity}`: every alert raised, as it is raised.
     fired: crate::metrics::AlertCounter,
+    /// `podtrail_alerts_deferred_total`: live matches past `MAX_LIVE`, left for the final record.
+    deferred: prometheus_client::metrics::counter::Counter,
 }
 
 impl AlertStage {
@@ -109,12 +132,20 @@ impl AlertStage {
             attribution_configured,
             sessions: HashMap::new(),
             fired: Default::default(),
+            deferred: Default::default(),
         }
     }
 
     /// Counts every alert into `counter` (a handle on the agent's `podtrail_alerts_total`).
     pub fn counting(mut self, counter: crate::metrics::AlertCounter) -> Self {
         self.fired = counter;
+        self
+    }
+
+    /// Counts live matches left for the final record into `counter` (the agent's
+    /// `podtrail_alerts_deferred_total`).
+    pub fn deferring(mut self, counter: prometheus_client::metrics::counter::Counter) -> Self {
+        self.deferred = counter;
         self
     }
 
@@ -160,7 +191,7 @@ impl AlertStage {
             self.take_record(info, r);
         }
         let mut live = Vec::new();
-        for x in out.execs.drain(..) {
+        for x in out.live.drain(..) {
             let mut st = self.sessions.remove(&x.session).unwrap_or_default();
             st.info = Some(x.info.clone());
             // the live image's name, for the descendants it forks
@@ -224,10 +255,12 @@ impl AlertStage {
         st.alerts.entry(span).or_default().push(a);
     }
 
-    /// The rules over a live exec, with the identity the span stage has: each alert at once
-    /// as an `alert` span under the session's root (the root closes the trace later, so the
-    /// tree holds whatever order they arrive in), and later as an event on its image span.
-    fn raise(&self, rules: &[Arc<Rule>], st: &mut SessionState, x: &LiveExec) -> Vec<SpanData> {
+    /// The rules over what a live member just did (an exec, a connect, a file operation),
+    /// with the identity the span stage has: each alert at once as an `alert` span under the
+    /// session's root (the root closes the trace later, so the tree holds whatever order they
+    /// arrive in), and later as an event on the span it is about. Past `MAX_LIVE` alerts
+    /// waiting for their process's end, the rest wait for it too (counted).
+    fn raise(&self, rules: &[Arc<Rule>], st: &mut SessionState, x: &LiveUpdate) -> Vec<SpanData> {
         let Some(info) = st.info.as_ref() else { return vec![] };
         let Some(img) = x.record.images.last() else { return vec![] };
         let ctx = SessionCtx { info, who: st.who.as_ref(), attribution_configured: self.attribution_configured };
@@ -235,15 +268,20 @@ impl AlertStage {
         let alerts = eval::evaluate(rules, ctx, &x.record, &chain, &st.written, &self.scope);
         let mut out = Vec::new();
         for a in alerts {
-            // only the new image: the one before it came along to say whether this is the
-            // first exec, and was evaluated when it was new
-            if !matches!(a.target, Target::Image { exec_index } if exec_index == img.exec_index) {
+            // only what the update says: the image before it came along to say whether this
+            // is the first exec, and the new image's exec was said when it was new
+            let Some(target) = said(x.what, img.exec_index, &a) else { continue };
+            let about = self.span_of(x.record.key, target);
+            let key = (a.rule.name.clone(), about, a.ts_ns);
+            if st.raised.get(&x.record.key).is_some_and(|r| r.contains(&key)) {
                 continue;
             }
-            let about = self.span_of(x.record.key, a.target);
-            if !st.raised.insert((a.rule.name.clone(), about, a.ts_ns)) {
-                continue;
+            if st.live_waiting >= MAX_LIVE {
+                self.deferred.inc();
+                continue; // raised when the process's record is final, as before live alerts
             }
+            st.live_waiting += 1;
+            st.raised.entry(x.record.key).or_default().insert(key);
             let id = ids::alert_span_id(about, &a.rule.name, a.ts_ns);
             let mut attrs = alert_event(&self.clock, &a).attributes;
             attrs.push(KeyValue::new(sc::PROCESS_PID, x.record.key.pid as i64));
@@ -263,10 +301,12 @@ impl AlertStage {
         let ctx = SessionCtx { info, who: st.who.as_ref(), attribution_configured: self.attribution_configured };
         let chain = ancestors(st, info, &rec);
         let alerts = eval::evaluate(rules, ctx, &rec, &chain, &st.written, &self.scope);
+        let raised = st.raised.remove(&key).unwrap_or_default();
+        st.live_waiting = st.live_waiting.saturating_sub(raised.len());
         for a in alerts {
             let span = self.span_of(rec.key, a.target);
-            if st.raised.contains(&(a.rule.name.clone(), span, a.ts_ns)) {
-                continue; // raised when the image was exec'd
+            if raised.contains(&(a.rule.name.clone(), span, a.ts_ns)) {
+                continue; // raised when it happened
             }
             self.record(st, span, a);
         }

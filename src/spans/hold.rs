@@ -77,9 +77,10 @@ pub struct Output {
     /// Sessions that left the hold, with who opened them (None: nobody known): the rules
     /// stage takes the identity from here, as the spans carry it.
     pub identified: Vec<(SessionId, Option<SessionIdentity>)>,
-    /// Execs of sessions out of the hold, in order, with their session's frame: the rules
+    /// What members of sessions out of the hold did as it happened (execs, connects, file
+    /// operations: `SessionUpdate::Live`), in order, with their session's frame: the rules
     /// stage raises alerts on them at once.
-    pub execs: Vec<LiveExec>,
+    pub live: Vec<LiveUpdate>,
     /// The final records the stage built spans from, in order (only when asked for with
     /// [`SpanStage::with_records`]): the rules stage evaluates them when their spans pass.
     pub records: Vec<(SessionInfo, crate::model::ProcessRecord)>,
@@ -100,19 +101,21 @@ impl Output {
             && self.forgotten.is_empty()
             && self.probes.is_empty()
             && self.identified.is_empty()
-            && self.execs.is_empty()
+            && self.live.is_empty()
             && self.records.is_empty()
             && self.requests.is_empty()
             && self.open_at_stop.is_none()
     }
 }
 
-/// A member of a live session exec'd (`SessionUpdate::Exec`).
+/// A member of a live session exec'd, connected or touched a watched file
+/// (`SessionUpdate::Live`).
 #[derive(Debug)]
-pub struct LiveExec {
+pub struct LiveUpdate {
     pub session: SessionId,
     pub info: SessionInfo,
     pub record: crate::model::ProcessRecord,
+    pub what: crate::model::Live,
     pub frame: SessionFrame,
 }
 
@@ -367,10 +370,10 @@ impl SpanStage {
 
     fn apply(&mut self, id: SessionId, u: SessionUpdate, out: &mut Output) {
         match u {
-            SessionUpdate::Exec(info, record) => {
+            SessionUpdate::Live(info, record, what) => {
                 if let Some(s) = self.live.get_mut(&id) {
                     s.refresh(&self.ctx, info.clone());
-                    out.execs.push(LiveExec { session: id, info, record, frame: s.frame().clone() });
+                    out.live.push(LiveUpdate { session: id, info, record, what, frame: s.frame().clone() });
                 }
             }
             SessionUpdate::Started(info) => {

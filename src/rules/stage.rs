@@ -1,9 +1,10 @@
 //! The alert stage, after the span stage: it reads what the span stage did in one step
-//! ([`Output`]): who opened each session it let out of the hold, the execs of live sessions,
-//! the final records it built spans from, and the spans. It evaluates the rules when the span
-//! stage has the identity: an exec at once (each alert sent as an `alert` span under the
-//! session's root, so it is searchable within seconds, whatever the process does next), and a
-//! process's final record when its spans pass; every match is also a span event on the span it
+//! ([`Output`]): who opened each session it let out of the hold, what members of live sessions
+//! did as it happened (execs, connects, file operations), the final records it built spans
+//! from, and the spans. It evaluates the rules when the span stage has the identity: what
+//! happened at once (each alert sent as an `alert` span under the session's root, so it is
+//! searchable within seconds, whatever the process does next), and a process's final record
+//! when its spans pass (raising only what was not raised live); every match is also a span event on the span it
 //! belongs to, and the session's root carries the count, the highest severity and the rules
 //! that fired.
 //!
@@ -15,7 +16,8 @@
 //! same, with `alert` spans, alert events, and `podtrail.alerts.*` on roots. Dropped: nothing.
 //! An alert whose span was not exported (over the span cap, folded into a repeat) goes on the
 //! root instead. Per session, memory is bounded: names kept for ancestry (`MAX_NAMES`, least
-//! recently used forgotten) and written paths (`MAX_WRITTEN`).
+//! recently used forgotten), written paths (`MAX_WRITTEN`), and live alerts waiting for their
+//! process's final record (`MAX_LIVE`; past it a match waits for that record, counted).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;

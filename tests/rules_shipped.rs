@@ -244,7 +244,8 @@ fn an_alert_whose_span_was_capped_goes_on_the_root() {
         let rules = RuleSource::load(RulesConfig::default()).unwrap().0.rules();
         let clock = podtrail::clock::BootClock::fixed(EPOCH);
         let cfg = SpansConfig { max_spans_per_session: 1, max_kept_spans_per_session: 1, ..SpansConfig::default() };
-        let mut alerts = AlertStage::new(BOOT, clock, ScopeConfig::default(), false);
+        // no room past the cap (the second cap is the first): nothing is kept for its alert
+        let mut alerts = AlertStage::new(BOOT, clock, ScopeConfig::default(), false).keeping(0);
         let mut stage = SpanStage::new(BuildCtx { boot_id: BOOT, clock, cfg }, Arc::new(NoAttributor)).with_records();
         let mut spans = Vec::new();
         for u in link_parent_images(updates) {
@@ -324,4 +325,61 @@ fn connect_and_file_alerts_of_a_live_process_are_raised_as_they_happen_and_once(
     assert!(steps[..n].iter().flatten().any(|s| s.name == "nc"));
     assert_eq!(root_attr(&all, "podtrail.alerts.count").as_deref(), Some("2"));
     assert_eq!(root_attr(&all, "podtrail.alerts.max_severity").as_deref(), Some("high"));
+}
+
+/// Issue 18: fifty decoy commands past a span cap of ten, then the payload: the payload's span
+/// is kept for its alert (the second cap's room is two), with the alert event on it; every
+/// decoy past the cap is dropped and counted on the root by kind, and what was kept for its
+/// alert is counted as kept over the cap, not as capped.
+#[test]
+fn past_the_span_cap_a_span_that_raised_an_alert_is_still_kept() {
+    let mut decoys: Vec<ImageRecord> =
+        (0..50).map(|i| cmd(11, "/bin/busybox", &["echo", &format!("decoy-{i}")])).collect();
+    for (i, d) in decoys.iter_mut().enumerate() {
+        d.start_ns = 11 * S + i as u64 * 1_000;
+    }
+    decoys.push(cmd(12, "/bin/busybox", &["tcpdump", "-i", "any"]));
+    let run = Run {
+        tune: Some(|c| {
+            c.max_spans_per_session = 10;
+            c.max_kept_spans_per_session = 12;
+        }),
+        ..Run::default()
+    };
+    let spans = run.spans(session(SessionKind::Exec, sh(false), decoys));
+    assert_eq!(fired_on(&spans, "Packet capture"), ["tcpdump"], "the event on its own span: {:?}", fired(&spans));
+    let exported = spans.iter().filter(|s| s.name == "echo").count() as u64;
+    assert!(exported < 50, "the cap dropped decoys");
+    let int = |k: &str| root_attr(&spans, k).map(|v| v.parse::<u64>().unwrap()).unwrap_or(0);
+    assert_eq!(int("podtrail.session.spans_capped.process"), 50 - exported, "each dropped decoy counted by kind");
+    assert_eq!(int("podtrail.session.spans_capped"), 50 - exported);
+    assert_eq!(int("podtrail.session.spans_kept_over_cap"), 1, "the payload, kept for its alert");
+    assert_eq!(root_attr(&spans, "podtrail.alerts.count").as_deref(), Some("1"));
+
+    // a second payload past the room (two kept: the third goes on the root)
+    let mut decoys: Vec<ImageRecord> =
+        (0..50).map(|i| cmd(11, "/bin/busybox", &["echo", &format!("decoy-{i}")])).collect();
+    for (i, d) in decoys.iter_mut().enumerate() {
+        d.start_ns = 11 * S + i as u64 * 1_000;
+    }
+    for i in 0..3 {
+        decoys.push(cmd(12 + i, "/bin/busybox", &["tcpdump", &format!("-c{i}")]));
+    }
+    let run = Run {
+        tune: Some(|c| {
+            c.max_spans_per_session = 10;
+            c.max_kept_spans_per_session = 12;
+        }),
+        ..Run::default()
+    };
+    let spans = run.spans(session(SessionKind::Exec, sh(false), decoys));
+    assert_eq!(fired_on(&spans, "Packet capture").len(), 3, "{:?}", fired(&spans));
+    assert_eq!(spans.iter().filter(|s| s.name == "tcpdump").count(), 2, "kept up to the room");
+    assert_eq!(int_of(&spans, "podtrail.session.spans_kept_over_cap"), 2);
+    let on_root = fired(&spans).into_iter().filter(|(s, _)| s == "exec").count();
+    assert_eq!(on_root, 1, "the third on the root");
+}
+
+fn int_of(spans: &[opentelemetry_sdk::trace::SpanData], k: &str) -> u64 {
+    root_attr(spans, k).map(|v| v.parse::<u64>().unwrap()).unwrap_or(0)
 }

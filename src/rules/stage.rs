@@ -14,8 +14,9 @@
 //!
 //! In: [`Output`]s of the span stage (built [`crate::spans::SpanStage::with_records`]). Out: the
 //! same, with `alert` spans, alert events, and `podtrail.alerts.*` on roots. Dropped: nothing.
-//! An alert whose span was not exported (over the span cap, folded into a repeat) goes on the
-//! root instead. Per session, memory is bounded: names kept for ancestry (`MAX_NAMES`, least
+//! A span the caps refused that raised an alert is kept after all (up to the second cap's room
+//! a session, taken off the root's capped count); an alert whose span was not exported (over
+//! that, folded into a repeat) goes on the root instead. Per session, memory is bounded: names kept for ancestry (`MAX_NAMES`, least
 //! recently used forgotten), written paths (`MAX_WRITTEN`), and live alerts waiting for their
 //! process's final record (`MAX_LIVE`; past it a match waits for that record, counted).
 
@@ -36,7 +37,7 @@ use crate::model::{Live, ProcessRecord, SessionId, SessionInfo};
 use crate::scope::ScopeConfig;
 use crate::spans::build::{live_span, ALERT_SPAN};
 use crate::spans::hold::{LiveUpdate, Output};
-use crate::spans::{ids, keys, BuiltSpan, SessionIdentity};
+use crate::spans::{ids, keys, BuiltSpan, Capped, SessionIdentity};
 use crate::text::{basename, escape};
 
 /// A process's images as its descendants see them: (start, command name).
@@ -89,6 +90,9 @@ struct SessionState {
     count: u64,
     max: Option<Severity>,
     fired: BTreeSet<String>,
+    /// Spans the caps refused that this stage kept for their alerts: image, connect.
+    kept_process: u64,
+    kept_network: u64,
 }
 
 impl Default for SessionState {
@@ -106,6 +110,8 @@ impl Default for SessionState {
             count: 0,
             max: None,
             fired: BTreeSet::new(),
+            kept_process: 0,
+            kept_network: 0,
         }
     }
 }
@@ -123,6 +129,8 @@ pub struct AlertStage {
     fired: crate::metrics::AlertCounter,
     /// `podtrail_alerts_deferred_total`: live matches past `MAX_LIVE`, left for the final record.
     deferred: prometheus_client::metrics::counter::Counter,
+    /// Spans the caps refused a session may still keep here because they raised an alert.
+    keep_over_cap: u64,
 }
 
 impl AlertStage {
@@ -135,12 +143,23 @@ impl AlertStage {
             sessions: HashMap::new(),
             fired: Default::default(),
             deferred: Default::default(),
+            keep_over_cap: {
+                let d = crate::spans::SpansConfig::default();
+                d.max_kept_spans_per_session.saturating_sub(d.max_spans_per_session) as u64
+            },
         }
     }
 
     /// Counts every alert into `counter` (a handle on the agent's `podtrail_alerts_total`).
     pub fn counting(mut self, counter: crate::metrics::AlertCounter) -> Self {
         self.fired = counter;
+        self
+    }
+
+    /// Spans the caps refused that a session keeps at most for their alerts (the agent gives
+    /// the room of the second cap: `max_kept_spans_per_session - max_spans_per_session`).
+    pub fn keeping(mut self, n: u64) -> Self {
+        self.keep_over_cap = n;
         self
     }
 
@@ -207,6 +226,8 @@ impl AlertStage {
             self.sessions.insert(x.session, st);
         }
         out.spans.splice(0..0, live);
+        let kept = self.keep_alerted(rules, out);
+        out.spans.splice(0..0, kept);
         for (sid, b) in out.spans.iter_mut() {
             let sid = *sid;
             let Some(mut st) = self.sessions.remove(&sid) else { continue };
@@ -220,6 +241,7 @@ impl AlertStage {
                 left.sort_by_key(|a| a.ts_ns);
                 self.attach(&mut b.span, &left);
                 mark_root(&mut b.span, &st);
+                crate::spans::build::kept_for_alerts(&mut b.span, st.kept_process, st.kept_network);
                 continue;
             }
             let id = b.span.span_context.span_id();
@@ -231,6 +253,30 @@ impl AlertStage {
             }
             self.sessions.insert(sid, st);
         }
+    }
+
+    /// The spans the caps refused ([`Output::over_cap`]): those that raised an alert are kept
+    /// (up to `keep_over_cap` a session; their events are attached as they pass), the rest
+    /// dropped (the span stage counted them as capped on the root; what is kept here is taken
+    /// off that count there).
+    fn keep_alerted(&mut self, rules: &[Arc<Rule>], out: &mut Output) -> Vec<(SessionId, BuiltSpan)> {
+        let mut kept = Vec::new();
+        for (sid, c) in std::mem::take(&mut out.over_cap) {
+            let Some(mut st) = self.sessions.remove(&sid) else { continue };
+            let id = c.span.span_context.span_id();
+            if let Some(k) = st.span_of.get(&id).copied() {
+                self.evaluate(rules, sid, &mut st, k);
+            }
+            if st.alerts.contains_key(&id) && st.kept_process + st.kept_network < self.keep_over_cap {
+                match c.kind {
+                    Capped::Process => st.kept_process += 1,
+                    Capped::Network => st.kept_network += 1,
+                }
+                kept.push((sid, BuiltSpan { span: c.span, root: false }));
+            }
+            self.sessions.insert(sid, st);
+        }
+        kept
     }
 
     /// The span an alert is about: its image's, or one of the image's connects.

@@ -55,8 +55,10 @@ impl Run {
         if let Some(tune) = self.tune {
             tune(&mut cfg);
         }
-        let mut alerts =
-            AlertStage::new(BOOT, clock, self.scope, self.attribution_configured).counting(self.counter.clone());
+        let room = cfg.max_kept_spans_per_session.saturating_sub(cfg.max_spans_per_session) as u64;
+        let mut alerts = AlertStage::new(BOOT, clock, self.scope, self.attribution_configured)
+            .counting(self.counter.clone())
+            .keeping(room);
         let mut stage = SpanStage::new(BuildCtx { boot_id: BOOT, clock, cfg }, inner).with_records();
         let mut spans = Vec::new();
         for u in link_parent_images(updates) {

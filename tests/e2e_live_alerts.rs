@@ -50,6 +50,8 @@ fn setup() -> (std::sync::MutexGuard<'static, ()>, Containerd, Container, tempfi
     let c = cd.run_prepared(&pod_labels(), &[], &["sleep", "100000"], &|root| {
         std::fs::create_dir_all(root.join("root")).unwrap();
         std::fs::write(root.join("root/.ash_history"), "ls\n").unwrap();
+        // a watched tool's name on the image's busybox: the payload the decoys hide
+        std::os::unix::fs::symlink("busybox", root.join("bin/tcpdump")).unwrap();
     });
     (guard, cd, c, tempfile::tempdir().unwrap())
 }
@@ -185,4 +187,41 @@ fn a_history_truncated_by_a_process_that_keeps_running_raises_its_alert_while_it
     let on = spans.iter().find(|s| Some(&s.span_id) == alert.str("podtrail.alert.span_id").as_ref()).unwrap();
     assert_eq!(on.text("process.pid"), Some(pid.to_string()), "the alert is about the image that truncated");
     agent.terminate();
+}
+
+/// Issue 18: ten thousand decoy commands fill the session's span cap (10 000, the default),
+/// then the payload (a packet capture tool) raises an alert: its span is still in the trail,
+/// kept for its alert past the cap, with the alert event on it, and the root counts the
+/// dropped decoys by kind and the payload as kept over the cap.
+#[test]
+fn the_payload_after_ten_thousand_decoys_keeps_its_span_and_alert() {
+    const CAPTURE: &str = "Packet capture";
+    let (_g, cd, c, dir) = setup();
+    let mut agent = agent(&cd, dir.path(), "");
+    let script = "i=0; while [ $i -lt 10050 ]; do /bin/echo decoy-$i; i=$((i+1)); done >/dev/null; \
+                  /bin/tcpdump -i any payload-marker; echo done";
+    let out = cd.exec(&c.id, &["sh", "-c", script]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("done"), "{out:?}");
+    let spans = wait_for(&agent, 180, "the root of the decoy session", |all| {
+        let t = all.iter().find(|s| s.args().iter().any(|a| a == "payload-marker"))?.trace_id.clone();
+        all.iter()
+            .any(|s| s.trace_id == t && s.is_root())
+            .then(|| all.iter().filter(|s| s.trace_id == t).cloned().collect::<Vec<_>>())
+    });
+    agent.terminate();
+    let root = spans.iter().find(|s| s.is_root()).unwrap();
+    let int = |k: &str| root.text(k).map(|v| v.parse::<u64>().unwrap()).unwrap_or(0);
+    let decoys = spans.iter().filter(|s| s.name == "echo").count() as u64;
+    assert!(int("podtrail.session.spans_capped") > 0, "the cap was reached: {:?}", root.attrs);
+    assert_eq!(int("podtrail.session.spans_capped.process") + decoys, 10_050, "every decoy exported or counted");
+    assert_eq!(int("podtrail.session.spans_kept_over_cap"), 1, "the payload kept over the cap: {:?}", root.attrs);
+    let payload = spans.iter().find(|s| s.name == "tcpdump").expect("the payload's span is in the trail");
+    let rules: Vec<String> = payload
+        .events_named("alert")
+        .iter()
+        .filter_map(|e| e.get("security_rule.name").and_then(|v| v.as_str().map(str::to_owned)))
+        .collect();
+    assert_eq!(rules, [CAPTURE], "the alert event on the payload's span");
+    assert_eq!(alert_spans(&spans, CAPTURE).len(), 1, "and its live alert span, once");
+    assert_eq!(root.text("podtrail.alerts.count").as_deref(), Some("1"));
 }

@@ -4,7 +4,9 @@
 //!
 //! In: `ProcessRecord`s (final) of one session, then its end. Out: `SpanData`, root last.
 //! Dropped (counted on the root): spans over the session's cap, repeats folded into one span,
-//! UDP connects that never sent (resolver address sorting).
+//! UDP connects that never sent (resolver address sorting). With rules following, a span the
+//! caps refuse is built anyway and handed on as [`OverCap`]: the rules stage keeps it if it
+//! raised an alert.
 //! A child usually ends before its parent. Its record names the parent's image current at
 //! fork (`parent_exec_index`), and span ids derive from (process, exec index), so the child is
 //! exported at once under that id; the parent's image span is then never folded away (its id

@@ -383,3 +383,44 @@ fn past_the_span_cap_a_span_that_raised_an_alert_is_still_kept() {
 fn int_of(spans: &[opentelemetry_sdk::trace::SpanData], k: &str) -> u64 {
     root_attr(spans, k).map(|v| v.parse::<u64>().unwrap()).unwrap_or(0)
 }
+
+/// The rules stage's memory for live alerts is bounded: five live processes each make 1 024
+/// connects outside the cluster (an image's most records), 5 120 alerts; the first 4 096 leave
+/// as `alert` spans at once, the rest with their processes' final records, and each is counted
+/// once with its event on its connect span.
+#[test]
+fn live_alerts_past_the_sessions_bound_wait_for_the_final_record_and_count_once() {
+    use support::events::*;
+    const OUTBOUND: &str = "Outbound connection outside the cluster";
+    let mut t = tracker();
+    let mut updates = start_container_c(&mut t);
+    updates.extend(runc_exec(&mut t, 100, 1090, &["sh"]));
+    let mut ts = 1_000;
+    for p in 0..5u32 {
+        updates.extend(t.handle(&fork(ts, 1091 + p, 1090, C)));
+        updates.extend(t.handle(&exec_in(ts + 1, 1091 + p, 1090, &["nc"])));
+        ts += 10;
+    }
+    let mut cookie = 1;
+    for p in 0..5u32 {
+        for i in 0..1024u16 {
+            ts += 1;
+            cookie += 1;
+            updates.extend(t.handle(&connect_to(ts, 1091 + p, C, cookie, Transport::Tcp, "203.0.113.5", 1 + i)));
+        }
+    }
+    let live_end = updates.len();
+    for p in 0..5u32 {
+        updates.extend(t.handle(&exit(ts + 100 + p as u64, 1091 + p, C, 0)));
+    }
+    updates.extend(t.handle(&exit(ts + 200, 1090, C, 0)));
+    let steps = Run::default().steps(updates);
+    let alert_spans =
+        |s: &[Vec<opentelemetry_sdk::trace::SpanData>]| s.iter().flatten().filter(|s| s.name == "alert").count();
+    assert_eq!(alert_spans(&steps[..live_end]), 4_096, "raised at once up to the bound");
+    let all = steps.concat();
+    assert_eq!(alert_spans(&steps), 4_096, "the rest not as alert spans later");
+    assert_eq!(fired_on(&all, OUTBOUND).len(), 5_120, "every alert an event on its connect span");
+    assert!(fired_on(&all, OUTBOUND).iter().all(|s| s.starts_with("connect 203.0.113.5:")));
+    assert_eq!(root_attr(&all, "podtrail.alerts.count").as_deref(), Some("5120"), "each counted once");
+}

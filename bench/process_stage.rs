@@ -21,6 +21,10 @@
 //! to redact, the common case), once with every argv replaced by a command carrying secrets
 //! (`curl -H 'Authorization: Bearer ...' https://user:pass@host/ -u admin:pw`).
 //!
+//! Live records (issue 14): `nc-tcp` is an exec session whose every command makes one TCP
+//! connect, which the tracker says at once (`SessionUpdate::Live`, a rule can match it);
+//! `nc-udp` the same records with UDP connects that never send (kept alike, said nothing).
+//!
 //! Run: `cargo bench --bench process_stage -- [--execs N] [--connects N] [--rounds R]`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -159,6 +163,11 @@ impl Recorder {
     }
 
     fn connect(&mut self, pid: u32, cg: u64, cookie: u64, port: u16) {
+        self.connect_by(pid, cg, cookie, port, 6);
+    }
+
+    /// A connect and its result; `protocol` 6 (TCP) or 17 (UDP, a connect that sends nothing).
+    fn connect_by(&mut self, pid: u32, cg: u64, cookie: u64, port: u16, protocol: u8) {
         let ts = self.tick();
         let mut daddr = [0u8; 16];
         daddr[..4].copy_from_slice(&[10, 0, 0, 9]);
@@ -166,8 +175,8 @@ impl Recorder {
             h: header(abi::KIND_CONNECT, std::mem::size_of::<abi::Connect>(), ts, pid, cg),
             cookie,
             family: 2,
-            protocol: 6,
-            sock_type: 1,
+            protocol,
+            sock_type: if protocol == 17 { 2 } else { 1 },
             dport: port,
             daddr,
             ..Default::default()
@@ -224,6 +233,37 @@ fn storm(in_session: bool, execs: u32, connects: u32) -> Vec<Vec<u8>> {
     r.recs
 }
 
+/// The `session` storm's commands, each making one connect before it exits: TCP (a rule
+/// subject: said at once, `SessionUpdate::Live`) or UDP that never sends (the same records and
+/// the same keeping, but said nothing). The difference is the cost of saying it.
+fn storm_child_connects(execs: u32, protocol: u8) -> Vec<Vec<u8>> {
+    let mut r = Recorder { recs: Vec::new(), ts: 0 };
+    r.exec(500, 1, HOST_CG, HOST_CG, 500, HOST_PIDNS, MNT_HOST, &[b"containerd-shim"], b"containerd-shim\0bin\0usr\0");
+    r.fork(1001, 500, HOST_CG, HOST_PIDNS, 1001);
+    r.exec(1001, 500, C, HOST_CG, 1, PIDNS_C, MNT_C, &[b"sleep", b"1000"], b"sleep\0bin\0");
+    r.fork(2000, 500, HOST_CG, HOST_PIDNS, 2000);
+    r.exec(
+        2000,
+        500,
+        C,
+        HOST_CG,
+        20,
+        PIDNS_C,
+        MNT_C,
+        &[b"sh", b"-c", b"for i in $(seq N); do nc host $i; done"],
+        b"busybox\0bin\0",
+    );
+    for i in 0..execs {
+        let pid = 3000 + i;
+        let arg = format!("{}", 1 + i % 60_000);
+        r.fork(pid, 2000, C, PIDNS_C, pid);
+        r.exec(pid, 2000, C, C, pid, PIDNS_C, MNT_C, &[b"nc", b"10.0.0.9", arg.as_bytes()], b"nc\0bin\0");
+        r.connect_by(pid, C, 1 + i as u64, 1 + (i % 60_000) as u16, protocol);
+        r.exit(pid, C);
+    }
+    r.recs
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -275,7 +315,7 @@ fn time_redaction(recs: &[Vec<u8>], rounds: usize) {
         .map(|u| match u {
             SessionUpdate::ProcessEnded(_, r) => r.images.len(),
             SessionUpdate::Ended(_, rs) => rs.iter().map(|r| r.images.len()).sum(),
-            SessionUpdate::Started(_) | SessionUpdate::Exec(..) => 0,
+            SessionUpdate::Started(_) | SessionUpdate::Live(..) => 0,
         })
         .sum();
     let with_secrets: Vec<SessionUpdate> = updates
@@ -285,7 +325,7 @@ fn time_redaction(recs: &[Vec<u8>], rounds: usize) {
             let recs: &mut [podtrail::model::ProcessRecord] = match &mut u {
                 SessionUpdate::ProcessEnded(_, r) => std::slice::from_mut(r),
                 SessionUpdate::Ended(_, rs) => rs,
-                SessionUpdate::Started(_) | SessionUpdate::Exec(..) => &mut [],
+                SessionUpdate::Started(_) | SessionUpdate::Live(..) => &mut [],
             };
             for r in recs {
                 for img in &mut r.images {
@@ -392,6 +432,10 @@ fn main() {
     println!("|----------|---------:|---------:|---------------:|----------------:|------:|");
     time_storm("session", &storm(true, execs, connects), rounds);
     time_storm("host", &storm(false, execs, connects), rounds);
+    // issue 14: every command's connect said at once (tcp) beside the same records said
+    // nothing (udp that never sends)
+    time_storm("nc-tcp", &storm_child_connects(execs, 6), rounds);
+    time_storm("nc-udp", &storm_child_connects(execs, 17), rounds);
     time_redaction(&storm(true, execs, 0), rounds);
     let n = 10_000;
     println!("\ntable memory at {n} live processes (fork + exec, 4-argument argv):");

@@ -48,6 +48,7 @@ pub struct Metrics {
     pub outbound_connects: Family<Labels, Counter>,
     pub outbound_pending: Family<Labels, Gauge>,
     pub alerts: AlertCounter,
+    pub alerts_deferred: Counter,
 }
 
 impl Metrics {
@@ -157,6 +158,12 @@ impl Metrics {
             "podtrail_alerts",
             "Alerts raised by the rules (docs/rules.md), by rule and severity, counted as each is raised",
             self.alerts.clone(),
+        );
+        reg.register(
+            "podtrail_alerts_deferred",
+            "Alerts that matched as it happened but were raised only with their process's final record: \
+             a session had 4096 live alerts waiting for their processes' end (late, not lost)",
+            self.alerts_deferred.clone(),
         );
     }
 

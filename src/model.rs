@@ -151,6 +151,14 @@ pub struct ConnectRecord {
 }
 
 impl ConnectRecord {
+    /// What a rule's `on: connect` looks at: a connect or a datagram that carries traffic (a
+    /// UDP connect that never sent is a resolver sorting addresses). Listens, accepts and raw
+    /// sockets have no rule fields yet. The process stage says such a record at once
+    /// ([`Live::Net`]) and the rules evaluate exactly these: one predicate for both.
+    pub fn is_rule_subject(&self) -> bool {
+        matches!(self.op, NetOp::Connect | NetOp::SendTo) && (self.transport != Transport::Udp || self.udp_sent)
+    }
+
     /// A connect as the kernel reported it, its outcome not known yet.
     pub fn pending(c: &crate::capture::event::ConnectEvent) -> Self {
         ConnectRecord {
@@ -411,15 +419,29 @@ impl SessionInfo {
     }
 }
 
+/// What a [`SessionUpdate::Live`] says about the last image of its record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Live {
+    /// The image was just exec'd.
+    Exec,
+    /// The image's connect (or datagram) record `index` became traffic a rule can match
+    /// ([`ConnectRecord::is_rule_subject`]); the record's image holds only it.
+    Net { index: u32 },
+    /// The image made the watched-file operation its record's image holds (the only one).
+    File,
+}
+
 /// The process stage's output stream.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum SessionUpdate {
     /// A new session (its root just exec'd or joined).
     Started(SessionInfo),
-    /// A member exec'd: the process as it is now, with only the new image (no connects or
-    /// files yet). Not final: its `ProcessEnded` follows. Lets the rules raise an alert when
-    /// the exec happens, not when a long-lived process ends.
-    Exec(SessionInfo, ProcessRecord),
+    /// A member did something a rule can match, said as it happens ([`Live`]): the process as
+    /// it is now, its image carrying only that (no other connects or files), after the image
+    /// before it (without its records: it says whether this is the process's first exec). Not
+    /// final: its `ProcessEnded` follows. Lets the rules raise an alert when it happens, not
+    /// when a long-lived process ends.
+    Live(SessionInfo, ProcessRecord, Live),
     /// A process of the session exited; its record is final.
     ProcessEnded(SessionInfo, ProcessRecord),
     /// The last process exited (or the agent is stopping: `info.incomplete`). Carries the
@@ -431,7 +453,7 @@ impl SessionUpdate {
     pub fn info(&self) -> &SessionInfo {
         match self {
             SessionUpdate::Started(i)
-            | SessionUpdate::Exec(i, _)
+            | SessionUpdate::Live(i, ..)
             | SessionUpdate::ProcessEnded(i, _)
             | SessionUpdate::Ended(i, _) => i,
         }

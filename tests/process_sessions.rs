@@ -1002,7 +1002,7 @@ fn an_outbound_trace_is_a_root_named_outbound_a_process_span_and_one_client_conn
             SessionUpdate::Started(i) => spans = Some(podtrail::spans::SessionSpans::new(&ctx, i, None)),
             SessionUpdate::ProcessEnded(i, r) => built.extend(spans.as_mut().unwrap().process_ended(&ctx, i, r).into_iter().map(|s| (s, false))),
             SessionUpdate::Ended(i, rest) => built.extend(spans.take().unwrap().finish(&ctx, i, rest).into_iter().map(|b| (b.span, b.root))),
-            SessionUpdate::Exec(..) => {}
+            SessionUpdate::Live(..) => {}
         }
     }
     let names: Vec<(&str, SpanKind)> = built.iter().map(|(s, _)| (s.name.as_ref(), s.span_kind.clone())).collect();
@@ -1207,4 +1207,133 @@ fn a_lost_init_exec_opens_no_session_for_the_inits_children() {
     // and a process runc puts in C from outside later is a session of its own
     out.extend(runc_exec(&mut t, 40, 1010, &["sh"]));
     assert_eq!(started(&out).len(), 1, "{out:?}");
+}
+
+/// The `Live` updates of `out`: (pid, what, the record's last image).
+fn live(out: &[SessionUpdate]) -> Vec<(u32, Live, &ImageRecord)> {
+    out.iter()
+        .filter_map(|u| match u {
+            SessionUpdate::Live(_, r, what) => r.images.last().map(|i| (r.key.pid, *what, i)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn history_truncate(ts: u64, pid: u32) -> Event {
+    Event::File(FileEvent {
+        ts_ns: ts,
+        pid,
+        tid: pid,
+        start_ns: st(pid),
+        cgroup_id: C,
+        op: FileOp::Open,
+        write: true,
+        flags: 0o1001, // O_WRONLY | O_TRUNC
+        path: b"/root/.ash_history".to_vec(),
+        path2: None,
+        result: 3,
+        truncated: false,
+    })
+}
+
+#[test]
+fn a_live_members_connects_datagrams_and_file_operations_are_said_as_they_happen() {
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    out.extend(runc_exec(&mut t, 100, 1090, &["sh"]));
+    out.extend(t.handle(&fork(110, 1091, 1090, C)));
+    out.extend(t.handle(&exec_in(111, 1091, 1090, &["nc", "10.0.0.9", "4444"])));
+    let before = out.len();
+    out.extend(t.handle(&connect(120, 1091, 41, Transport::Tcp, 4444)));
+    // said at once: the TCP connect, alone in its image, after the image before it
+    let said = live(&out[before..]);
+    assert_eq!(said.len(), 1, "{:?}", &out[before..]);
+    let (pid, what, img) = said[0];
+    assert_eq!((pid, what), (1091, Live::Net { index: 0 }));
+    assert_eq!(img.argv[0], b"nc");
+    assert_eq!(img.connects.len(), 1);
+    assert_eq!((img.connects[0].port, img.connects[0].outcome), (4444, ConnectOutcome::Pending));
+    assert!(img.files.is_empty());
+    let SessionUpdate::Live(info, rec, _) = &out[before] else { unreachable!() };
+    assert_eq!(info.id, SessionId(key(1090)));
+    assert_eq!(rec.images.len(), 2, "the inherited sh image says nc is the first exec");
+    assert!(rec.images[0].inherited && rec.images[0].connects.is_empty());
+    assert_eq!(rec.exit, None, "not final");
+
+    // an outcome says nothing new; a UDP connect waits for its first datagram, and only the
+    // first says it; a listen is no rule subject
+    let before = out.len();
+    out.extend(t.handle(&result(121, 41, 0)));
+    out.extend(t.handle(&connect(122, 1091, 42, Transport::Udp, 53)));
+    assert!(live(&out[before..]).is_empty(), "{:?}", &out[before..]);
+    let first = Event::UdpSend(UdpSendEvent { ts_ns: 123, cgroup_id: C, cookie: 42, bytes: 40, dest: None });
+    out.extend(t.handle(&first));
+    out.extend(t.handle(&Event::UdpSend(UdpSendEvent {
+        ts_ns: 124,
+        ..match first {
+            Event::UdpSend(u) => u,
+            _ => unreachable!(),
+        }
+    })));
+    out.extend(t.handle(&sock(125, 1091, C, SockOp::Listen, "0.0.0.0", 4444)));
+    // two datagrams to one destination: one record, said once
+    out.extend(t.handle(&sock(126, 1091, C, SockOp::SendTo, "203.0.113.9", 53)));
+    out.extend(t.handle(&sock(127, 1091, C, SockOp::SendTo, "203.0.113.9", 53)));
+    out.extend(t.handle(&history_truncate(128, 1091)));
+    // outside every session: nothing said
+    out.extend(t.handle(&connect(129, 424242, 43, Transport::Tcp, 80)));
+    let said: Vec<(u32, Live, Vec<u16>, usize)> = live(&out[before..])
+        .into_iter()
+        .map(|(p, w, i)| (p, w, i.connects.iter().map(|c| c.port).collect(), i.files.len()))
+        .collect();
+    assert_eq!(
+        said,
+        vec![
+            (1091, Live::Net { index: 1 }, vec![53], 0),
+            (1091, Live::Net { index: 3 }, vec![53], 0),
+            (1091, Live::File, vec![], 1),
+        ]
+    );
+    let files = live(&out[before..])[2].2.files.clone();
+    assert_eq!(files[0].path, b"/root/.ash_history");
+    assert!(live(&out[before..])[0].2.connects[0].udp_sent);
+
+    // the final record still carries everything, in the indices the live updates named
+    out.extend(t.handle(&exit(130, 1091, C, 0)));
+    let procs = procs_of(&out, SessionId(key(1090)));
+    let nc = procs.iter().find(|p| p.key.pid == 1091).unwrap();
+    let c = &nc.images[1].connects;
+    assert_eq!(c.len(), 4);
+    assert_eq!((c[0].port, c[1].port, c[2].op, c[3].op), (4444, 53, NetOp::Listen, NetOp::SendTo));
+    assert_eq!(c[3].activity.map(|a| a.count), Some(2));
+    assert_eq!(nc.images[1].files.len(), 1);
+}
+
+#[test]
+fn what_is_said_live_is_bounded_by_the_records_an_image_keeps() {
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    out.extend(runc_exec(&mut t, 100, 1092, &["scan"]));
+    // 300 connects to one destination: the first 256 one by one, then one record that folds
+    // the rest
+    for i in 0..300u64 {
+        out.extend(t.handle(&connect(200 + i, 1092, 1_000 + i, Transport::Tcp, 80)));
+    }
+    assert_eq!(live(&out).iter().filter(|(_, w, _)| matches!(w, Live::Net { .. })).count(), 257);
+    // 2 000 destinations more: records up to the image's cap, each said once; past it, counted only
+    for i in 0..2_000u64 {
+        out.extend(t.handle(&connect(1_000 + i, 1092, 10_000 + i, Transport::Tcp, 1_000 + i as u16)));
+    }
+    let nets = live(&out).iter().filter(|(_, w, _)| matches!(w, Live::Net { .. })).count();
+    assert_eq!(nets, podtrail::process::session::net::MAX_CONNECT_RECORDS);
+    // file operations past an image's cap are not said either
+    for i in 0..400u64 {
+        out.extend(t.handle(&history_truncate(5_000 + i, 1092)));
+    }
+    let files = live(&out).iter().filter(|(_, w, _)| *w == Live::File).count();
+    assert_eq!(files, podtrail::process::session::MAX_FILES_PER_IMAGE);
+    out.extend(t.handle(&exit(9_000, 1092, C, 0)));
+    let rec = procs_of(&out, SessionId(key(1092)))[0];
+    assert_eq!(rec.images[0].connects.len(), podtrail::process::session::net::MAX_CONNECT_RECORDS);
+    assert_eq!(rec.images[0].connects_over_cap, 2_000 + 256 + 1 - 1024);
 }

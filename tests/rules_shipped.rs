@@ -244,7 +244,8 @@ fn an_alert_whose_span_was_capped_goes_on_the_root() {
         let rules = RuleSource::load(RulesConfig::default()).unwrap().0.rules();
         let clock = podtrail::clock::BootClock::fixed(EPOCH);
         let cfg = SpansConfig { max_spans_per_session: 1, max_kept_spans_per_session: 1, ..SpansConfig::default() };
-        let mut alerts = AlertStage::new(BOOT, clock, ScopeConfig::default(), false);
+        // no room past the cap (the second cap is the first): nothing is kept for its alert
+        let mut alerts = AlertStage::new(BOOT, clock, ScopeConfig::default(), false).keeping(0);
         let mut stage = SpanStage::new(BuildCtx { boot_id: BOOT, clock, cfg }, Arc::new(NoAttributor)).with_records();
         let mut spans = Vec::new();
         for u in link_parent_images(updates) {
@@ -258,4 +259,168 @@ fn an_alert_whose_span_was_capped_goes_on_the_root() {
     assert!(!spans.iter().any(|s| s.name == "tcpdump"), "capped");
     assert_eq!(fired_on(&spans, "Packet capture"), ["exec"], "on the root: {:?}", fired(&spans));
     assert_eq!(root_attr(&spans, "podtrail.alerts.count").as_deref(), Some("1"));
+}
+
+fn attr(s: &opentelemetry_sdk::trace::SpanData, key: &str) -> Option<String> {
+    s.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
+}
+
+/// A long-lived process (it never exits before the checks) connects outside the cluster and
+/// truncates a shell history: each alert leaves as an `alert` span with the update that said
+/// it, not with the process's end; the end adds the events on their spans and raises nothing
+/// twice.
+#[test]
+fn connect_and_file_alerts_of_a_live_process_are_raised_as_they_happen_and_once() {
+    use support::events::*;
+    const OUTBOUND: &str = "Outbound connection outside the cluster";
+    const HISTORY: &str = "Shell history tampering";
+    let mut t = tracker();
+    let mut updates = start_container_c(&mut t);
+    updates.extend(runc_exec(&mut t, 100, 1090, &["sh"]));
+    updates.extend(t.handle(&fork(110, 1091, 1090, C)));
+    updates.extend(t.handle(&exec_in(111, 1091, 1090, &["nc", "203.0.113.5", "4444"])));
+    let net_at = updates.len();
+    updates.extend(t.handle(&connect_to(120, 1091, C, 41, Transport::Tcp, "203.0.113.5", 4444)));
+    updates.extend(t.handle(&podtrail::capture::event::Event::File(podtrail::capture::event::FileEvent {
+        ts_ns: 130,
+        pid: 1091,
+        tid: 1091,
+        start_ns: st(1091),
+        cgroup_id: C,
+        op: FileOp::Open,
+        write: true,
+        flags: O_WRONLY | O_TRUNC,
+        path: b"/root/.ash_history".to_vec(),
+        path2: None,
+        result: 3,
+        truncated: false,
+    })));
+    let file_at = updates.len() - 1;
+    assert!(matches!(updates[net_at], SessionUpdate::Live(_, _, Live::Net { index: 0 })), "{:?}", updates[net_at]);
+    assert!(matches!(updates[file_at], SessionUpdate::Live(_, _, Live::File)), "{:?}", updates[file_at]);
+    updates.extend(t.handle(&exit(200, 1091, C, 0)));
+    updates.extend(t.handle(&exit(210, 1090, C, 0)));
+    let n = updates.len();
+    let steps = Run::default().steps(updates);
+    let alert_spans = |i: usize| -> Vec<String> {
+        steps[i].iter().filter(|s| s.name == "alert").filter_map(|s| attr(s, "security_rule.name")).collect()
+    };
+    assert_eq!(alert_spans(net_at), [OUTBOUND], "raised with the connect, before nc ended");
+    assert_eq!(alert_spans(file_at), [HISTORY], "raised with the truncation, before nc ended");
+    let all: Vec<_> = steps.concat();
+    assert_eq!(all.iter().filter(|s| s.name == "alert").count(), 2, "nothing raised twice: {:?}", fired(&all));
+    let about = |rule: &str| {
+        let s =
+            all.iter().find(|s| s.name == "alert" && attr(s, "security_rule.name").as_deref() == Some(rule)).unwrap();
+        assert_eq!(attr(s, "process.pid").as_deref(), Some("1091"));
+        attr(s, "podtrail.alert.span_id").expect("names the span it is about")
+    };
+    // the events land on the spans built at the end, which the alert spans name
+    let connect = all.iter().find(|s| label(s) == "connect 203.0.113.5:4444").expect("the connect span");
+    assert_eq!(about(OUTBOUND), connect.span_context.span_id().to_string());
+    assert_eq!(fired_on(&all, OUTBOUND), ["connect 203.0.113.5:4444"]);
+    let nc = all.iter().find(|s| s.name == "nc").expect("nc's span");
+    assert_eq!(about(HISTORY), nc.span_context.span_id().to_string());
+    assert_eq!(fired_on(&all, HISTORY), ["nc"]);
+    assert!(steps[..n].iter().flatten().any(|s| s.name == "nc"));
+    assert_eq!(root_attr(&all, "podtrail.alerts.count").as_deref(), Some("2"));
+    assert_eq!(root_attr(&all, "podtrail.alerts.max_severity").as_deref(), Some("high"));
+}
+
+/// Issue 18: fifty decoy commands past a span cap of ten, then the payload: the payload's span
+/// is kept for its alert (the second cap's room is two), with the alert event on it; every
+/// decoy past the cap is dropped and counted on the root by kind, and what was kept for its
+/// alert is counted as kept over the cap, not as capped.
+#[test]
+fn past_the_span_cap_a_span_that_raised_an_alert_is_still_kept() {
+    let mut decoys: Vec<ImageRecord> =
+        (0..50).map(|i| cmd(11, "/bin/busybox", &["echo", &format!("decoy-{i}")])).collect();
+    for (i, d) in decoys.iter_mut().enumerate() {
+        d.start_ns = 11 * S + i as u64 * 1_000;
+    }
+    decoys.push(cmd(12, "/bin/busybox", &["tcpdump", "-i", "any"]));
+    let run = Run {
+        tune: Some(|c| {
+            c.max_spans_per_session = 10;
+            c.max_kept_spans_per_session = 12;
+        }),
+        ..Run::default()
+    };
+    let spans = run.spans(session(SessionKind::Exec, sh(false), decoys));
+    assert_eq!(fired_on(&spans, "Packet capture"), ["tcpdump"], "the event on its own span: {:?}", fired(&spans));
+    let exported = spans.iter().filter(|s| s.name == "echo").count() as u64;
+    assert!(exported < 50, "the cap dropped decoys");
+    let int = |k: &str| root_attr(&spans, k).map(|v| v.parse::<u64>().unwrap()).unwrap_or(0);
+    assert_eq!(int("podtrail.session.spans_capped.process"), 50 - exported, "each dropped decoy counted by kind");
+    assert_eq!(int("podtrail.session.spans_capped"), 50 - exported);
+    assert_eq!(int("podtrail.session.spans_kept_over_cap"), 1, "the payload, kept for its alert");
+    assert_eq!(root_attr(&spans, "podtrail.alerts.count").as_deref(), Some("1"));
+
+    // a second payload past the room (two kept: the third goes on the root)
+    let mut decoys: Vec<ImageRecord> =
+        (0..50).map(|i| cmd(11, "/bin/busybox", &["echo", &format!("decoy-{i}")])).collect();
+    for (i, d) in decoys.iter_mut().enumerate() {
+        d.start_ns = 11 * S + i as u64 * 1_000;
+    }
+    for i in 0..3 {
+        decoys.push(cmd(12 + i, "/bin/busybox", &["tcpdump", &format!("-c{i}")]));
+    }
+    let run = Run {
+        tune: Some(|c| {
+            c.max_spans_per_session = 10;
+            c.max_kept_spans_per_session = 12;
+        }),
+        ..Run::default()
+    };
+    let spans = run.spans(session(SessionKind::Exec, sh(false), decoys));
+    assert_eq!(fired_on(&spans, "Packet capture").len(), 3, "{:?}", fired(&spans));
+    assert_eq!(spans.iter().filter(|s| s.name == "tcpdump").count(), 2, "kept up to the room");
+    assert_eq!(int_of(&spans, "podtrail.session.spans_kept_over_cap"), 2);
+    let on_root = fired(&spans).into_iter().filter(|(s, _)| s == "exec").count();
+    assert_eq!(on_root, 1, "the third on the root");
+}
+
+fn int_of(spans: &[opentelemetry_sdk::trace::SpanData], k: &str) -> u64 {
+    root_attr(spans, k).map(|v| v.parse::<u64>().unwrap()).unwrap_or(0)
+}
+
+/// The rules stage's memory for live alerts is bounded: five live processes each make 1 024
+/// connects outside the cluster (an image's most records), 5 120 alerts; the first 4 096 leave
+/// as `alert` spans at once, the rest with their processes' final records, and each is counted
+/// once with its event on its connect span.
+#[test]
+fn live_alerts_past_the_sessions_bound_wait_for_the_final_record_and_count_once() {
+    use support::events::*;
+    const OUTBOUND: &str = "Outbound connection outside the cluster";
+    let mut t = tracker();
+    let mut updates = start_container_c(&mut t);
+    updates.extend(runc_exec(&mut t, 100, 1090, &["sh"]));
+    let mut ts = 1_000;
+    for p in 0..5u32 {
+        updates.extend(t.handle(&fork(ts, 1091 + p, 1090, C)));
+        updates.extend(t.handle(&exec_in(ts + 1, 1091 + p, 1090, &["nc"])));
+        ts += 10;
+    }
+    let mut cookie = 1;
+    for p in 0..5u32 {
+        for i in 0..1024u16 {
+            ts += 1;
+            cookie += 1;
+            updates.extend(t.handle(&connect_to(ts, 1091 + p, C, cookie, Transport::Tcp, "203.0.113.5", 1 + i)));
+        }
+    }
+    let live_end = updates.len();
+    for p in 0..5u32 {
+        updates.extend(t.handle(&exit(ts + 100 + p as u64, 1091 + p, C, 0)));
+    }
+    updates.extend(t.handle(&exit(ts + 200, 1090, C, 0)));
+    let steps = Run::default().steps(updates);
+    let alert_spans =
+        |s: &[Vec<opentelemetry_sdk::trace::SpanData>]| s.iter().flatten().filter(|s| s.name == "alert").count();
+    assert_eq!(alert_spans(&steps[..live_end]), 4_096, "raised at once up to the bound");
+    let all = steps.concat();
+    assert_eq!(alert_spans(&steps), 4_096, "the rest not as alert spans later");
+    assert_eq!(fired_on(&all, OUTBOUND).len(), 5_120, "every alert an event on its connect span");
+    assert!(fired_on(&all, OUTBOUND).iter().all(|s| s.starts_with("connect 203.0.113.5:")));
+    assert_eq!(root_attr(&all, "podtrail.alerts.count").as_deref(), Some("5120"), "each counted once");
 }

@@ -61,7 +61,7 @@ fn elsewhere(updates: Vec<SessionUpdate>, ns: &str, pod: &str, shift: u64) -> Ve
         .map(|mut u| {
             match &mut u {
                 SessionUpdate::Started(i) => move_info(i),
-                SessionUpdate::Exec(i, r) | SessionUpdate::ProcessEnded(i, r) => {
+                SessionUpdate::Live(i, r, _) | SessionUpdate::ProcessEnded(i, r) => {
                     move_info(i);
                     move_rec(r);
                 }

@@ -186,7 +186,9 @@ pub async fn run_export(
                 cfg.spans.scope.clone(),
                 a.attribution_configured,
             )
-            .counting(metrics.alerts.clone());
+            .counting(metrics.alerts.clone())
+            .deferring(metrics.alerts_deferred.clone())
+            .keeping(cfg.spans.max_kept_spans_per_session.saturating_sub(cfg.spans.max_spans_per_session) as u64);
             let (tx, rx) = mpsc::channel(STAGE_CHANNEL);
             tasks.push(tokio::spawn(crate::rules::task::run(span_rx, stage, a.rules, tx)));
             rx

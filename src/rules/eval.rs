@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::lang::Rule;
 use super::subject::{ProcCtx, SessionCtx, Subject, Trigger};
-use crate::capture::event::{FileOp, Transport};
+use crate::capture::event::FileOp;
 use crate::model::{FileRecord, ImageRecord, ProcessRecord};
 use crate::scope::{normalize, ScopeConfig};
 
@@ -89,11 +89,8 @@ pub fn evaluate(
             check(Trigger::Exec, image, img.start_ns, None);
         }
         for (ci, c) in img.connects.iter().enumerate() {
-            if c.transport == Transport::Udp && !c.udp_sent {
-                continue; // resolver address sorting: not a span, not traffic
-            }
-            if !matches!(c.op, crate::model::NetOp::Connect | crate::model::NetOp::SendTo) {
-                continue; // listens, accepts and raw sockets are not connects (no rule field yet)
+            if !c.is_rule_subject() {
+                continue; // resolver address sorting; listens, accepts, raw sockets (no rule field yet)
             }
             let ip = normalize(c.addr);
             let target = Target::Connect { exec_index: img.exec_index, index: ci as u32 };

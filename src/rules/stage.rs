@@ -1,9 +1,10 @@
 //! The alert stage, after the span stage: it reads what the span stage did in one step
-//! ([`Output`]): who opened each session it let out of the hold, the execs of live sessions,
-//! the final records it built spans from, and the spans. It evaluates the rules when the span
-//! stage has the identity: an exec at once (each alert sent as an `alert` span under the
-//! session's root, so it is searchable within seconds, whatever the process does next), and a
-//! process's final record when its spans pass; every match is also a span event on the span it
+//! ([`Output`]): who opened each session it let out of the hold, what members of live sessions
+//! did as it happened (execs, connects, file operations), the final records it built spans
+//! from, and the spans. It evaluates the rules when the span stage has the identity: what
+//! happened at once (each alert sent as an `alert` span under the session's root, so it is
+//! searchable within seconds, whatever the process does next), and a process's final record
+//! when its spans pass (raising only what was not raised live); every match is also a span event on the span it
 //! belongs to, and the session's root carries the count, the highest severity and the rules
 //! that fired.
 //!
@@ -13,9 +14,11 @@
 //!
 //! In: [`Output`]s of the span stage (built [`crate::spans::SpanStage::with_records`]). Out: the
 //! same, with `alert` spans, alert events, and `podtrail.alerts.*` on roots. Dropped: nothing.
-//! An alert whose span was not exported (over the span cap, folded into a repeat) goes on the
-//! root instead. Per session, memory is bounded: names kept for ancestry (`MAX_NAMES`, least
-//! recently used forgotten) and written paths (`MAX_WRITTEN`).
+//! A span the caps refused that raised an alert is kept after all (up to the second cap's room
+//! a session, taken off the root's capped count); an alert whose span was not exported (over
+//! that, folded into a repeat) goes on the root instead. Per session, memory is bounded: names kept for ancestry (`MAX_NAMES`, least
+//! recently used forgotten), written paths (`MAX_WRITTEN`), and live alerts waiting for their
+//! process's final record (`MAX_LIVE`; past it a match waits for that record, counted).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -30,11 +33,11 @@ use super::lang::{Rule, Severity};
 use super::subject::SessionCtx;
 use crate::capture::event::ProcessKey;
 use crate::clock::BootClock;
-use crate::model::{ProcessRecord, SessionId, SessionInfo};
+use crate::model::{Live, ProcessRecord, SessionId, SessionInfo};
 use crate::scope::ScopeConfig;
 use crate::spans::build::{live_span, ALERT_SPAN};
-use crate::spans::hold::{LiveExec, Output};
-use crate::spans::{ids, keys, BuiltSpan, SessionIdentity};
+use crate::spans::hold::{LiveUpdate, Output};
+use crate::spans::{ids, keys, BuiltSpan, Capped, SessionIdentity};
 use crate::text::{basename, escape};
 
 /// A process's images as its descendants see them: (start, command name).
@@ -49,14 +52,34 @@ const MAX_NAMES: usize = 16_384;
 /// Paths a session's rules remember as written ("download then execute"); past it, new
 /// paths are not remembered.
 const MAX_WRITTEN: usize = 4_096;
+/// Alerts a session raises live that wait for their process's final record (which must not
+/// raise them again): past it, a live match is left for that record (late, not lost), counted
+/// in `podtrail_alerts_deferred_total`.
+const MAX_LIVE: usize = 4_096;
+
+/// The target of an alert `what` a live update says, in the real image's numbering (a live
+/// connect travels alone, as record 0); None for an alert about something else.
+fn said(what: Live, exec_index: u32, a: &Alert) -> Option<Target> {
+    match (what, a.target) {
+        (Live::Exec, Target::Image { exec_index: e }) if e == exec_index && a.file.is_none() => Some(a.target),
+        (Live::File, Target::Image { exec_index: e }) if e == exec_index && a.file.is_some() => Some(a.target),
+        (Live::Net { index }, Target::Connect { exec_index: e, index: 0 }) if e == exec_index => {
+            Some(Target::Connect { exec_index: e, index })
+        }
+        _ => None,
+    }
+}
 
 struct SessionState {
     info: Option<SessionInfo>,
     /// Who the span stage says opened the session (its `Output::identified`).
     who: Option<SessionIdentity>,
-    /// Alerts already raised at exec time: (rule, span, time). The final record's
-    /// evaluation does not raise them again.
-    raised: HashSet<(String, SpanId, u64)>,
+    /// Alerts already raised live, per process: (rule, span, time). The final record's
+    /// evaluation does not raise them again, and forgets its process's set.
+    raised: HashMap<ProcessKey, HashSet<(String, SpanId, u64)>>,
+    /// Alerts raised live whose process's record has not been evaluated yet (bounded by
+    /// `MAX_LIVE`).
+    live_waiting: usize,
     names: crate::lru::Lru<ProcessKey, Names>,
     /// Records whose spans have not passed yet.
     pending: HashMap<ProcessKey, ProcessRecord>,
@@ -67,6 +90,9 @@ struct SessionState {
     count: u64,
     max: Option<Severity>,
     fired: BTreeSet<String>,
+    /// Spans the caps refused that this stage kept for their alerts: image, connect.
+    kept_process: u64,
+    kept_network: u64,
 }
 
 impl Default for SessionState {
@@ -74,7 +100,8 @@ impl Default for SessionState {
         SessionState {
             info: None,
             who: None,
-            raised: HashSet::new(),
+            raised: HashMap::new(),
+            live_waiting: 0,
             names: crate::lru::Lru::new(MAX_NAMES),
             pending: HashMap::new(),
             span_of: HashMap::new(),
@@ -83,6 +110,8 @@ impl Default for SessionState {
             count: 0,
             max: None,
             fired: BTreeSet::new(),
+            kept_process: 0,
+            kept_network: 0,
         }
     }
 }
@@ -98,6 +127,10 @@ pub struct AlertStage {
     sessions: HashMap<SessionId, SessionState>,
     /// `podtrail_alerts_total{rule, severity}`: every alert raised, as it is raised.
     fired: crate::metrics::AlertCounter,
+    /// `podtrail_alerts_deferred_total`: live matches past `MAX_LIVE`, left for the final record.
+    deferred: prometheus_client::metrics::counter::Counter,
+    /// Spans the caps refused a session may still keep here because they raised an alert.
+    keep_over_cap: u64,
 }
 
 impl AlertStage {
@@ -109,12 +142,31 @@ impl AlertStage {
             attribution_configured,
             sessions: HashMap::new(),
             fired: Default::default(),
+            deferred: Default::default(),
+            keep_over_cap: {
+                let d = crate::spans::SpansConfig::default();
+                d.max_kept_spans_per_session.saturating_sub(d.max_spans_per_session) as u64
+            },
         }
     }
 
     /// Counts every alert into `counter` (a handle on the agent's `podtrail_alerts_total`).
     pub fn counting(mut self, counter: crate::metrics::AlertCounter) -> Self {
         self.fired = counter;
+        self
+    }
+
+    /// Spans the caps refused that a session keeps at most for their alerts (the agent gives
+    /// the room of the second cap: `max_kept_spans_per_session - max_spans_per_session`).
+    pub fn keeping(mut self, n: u64) -> Self {
+        self.keep_over_cap = n;
+        self
+    }
+
+    /// Counts live matches left for the final record into `counter` (the agent's
+    /// `podtrail_alerts_deferred_total`).
+    pub fn deferring(mut self, counter: prometheus_client::metrics::counter::Counter) -> Self {
+        self.deferred = counter;
         self
     }
 
@@ -160,7 +212,7 @@ impl AlertStage {
             self.take_record(info, r);
         }
         let mut live = Vec::new();
-        for x in out.execs.drain(..) {
+        for x in out.live.drain(..) {
             let mut st = self.sessions.remove(&x.session).unwrap_or_default();
             st.info = Some(x.info.clone());
             // the live image's name, for the descendants it forks
@@ -174,6 +226,8 @@ impl AlertStage {
             self.sessions.insert(x.session, st);
         }
         out.spans.splice(0..0, live);
+        let kept = self.keep_alerted(rules, out);
+        out.spans.splice(0..0, kept);
         for (sid, b) in out.spans.iter_mut() {
             let sid = *sid;
             let Some(mut st) = self.sessions.remove(&sid) else { continue };
@@ -187,6 +241,7 @@ impl AlertStage {
                 left.sort_by_key(|a| a.ts_ns);
                 self.attach(&mut b.span, &left);
                 mark_root(&mut b.span, &st);
+                crate::spans::build::kept_for_alerts(&mut b.span, st.kept_process, st.kept_network);
                 continue;
             }
             let id = b.span.span_context.span_id();
@@ -198,6 +253,30 @@ impl AlertStage {
             }
             self.sessions.insert(sid, st);
         }
+    }
+
+    /// The spans the caps refused ([`Output::over_cap`]): those that raised an alert are kept
+    /// (up to `keep_over_cap` a session; their events are attached as they pass), the rest
+    /// dropped (the span stage counted them as capped on the root; what is kept here is taken
+    /// off that count there).
+    fn keep_alerted(&mut self, rules: &[Arc<Rule>], out: &mut Output) -> Vec<(SessionId, BuiltSpan)> {
+        let mut kept = Vec::new();
+        for (sid, c) in std::mem::take(&mut out.over_cap) {
+            let Some(mut st) = self.sessions.remove(&sid) else { continue };
+            let id = c.span.span_context.span_id();
+            if let Some(k) = st.span_of.get(&id).copied() {
+                self.evaluate(rules, sid, &mut st, k);
+            }
+            if st.alerts.contains_key(&id) && st.kept_process + st.kept_network < self.keep_over_cap {
+                match c.kind {
+                    Capped::Process => st.kept_process += 1,
+                    Capped::Network => st.kept_network += 1,
+                }
+                kept.push((sid, BuiltSpan { span: c.span, root: false }));
+            }
+            self.sessions.insert(sid, st);
+        }
+        kept
     }
 
     /// The span an alert is about: its image's, or one of the image's connects.
@@ -224,10 +303,12 @@ impl AlertStage {
         st.alerts.entry(span).or_default().push(a);
     }
 
-    /// The rules over a live exec, with the identity the span stage has: each alert at once
-    /// as an `alert` span under the session's root (the root closes the trace later, so the
-    /// tree holds whatever order they arrive in), and later as an event on its image span.
-    fn raise(&self, rules: &[Arc<Rule>], st: &mut SessionState, x: &LiveExec) -> Vec<SpanData> {
+    /// The rules over what a live member just did (an exec, a connect, a file operation),
+    /// with the identity the span stage has: each alert at once as an `alert` span under the
+    /// session's root (the root closes the trace later, so the tree holds whatever order they
+    /// arrive in), and later as an event on the span it is about. Past `MAX_LIVE` alerts
+    /// waiting for their process's end, the rest wait for it too (counted).
+    fn raise(&self, rules: &[Arc<Rule>], st: &mut SessionState, x: &LiveUpdate) -> Vec<SpanData> {
         let Some(info) = st.info.as_ref() else { return vec![] };
         let Some(img) = x.record.images.last() else { return vec![] };
         let ctx = SessionCtx { info, who: st.who.as_ref(), attribution_configured: self.attribution_configured };
@@ -235,15 +316,20 @@ impl AlertStage {
         let alerts = eval::evaluate(rules, ctx, &x.record, &chain, &st.written, &self.scope);
         let mut out = Vec::new();
         for a in alerts {
-            // only the new image: the one before it came along to say whether this is the
-            // first exec, and was evaluated when it was new
-            if !matches!(a.target, Target::Image { exec_index } if exec_index == img.exec_index) {
+            // only what the update says: the image before it came along to say whether this
+            // is the first exec, and the new image's exec was said when it was new
+            let Some(target) = said(x.what, img.exec_index, &a) else { continue };
+            let about = self.span_of(x.record.key, target);
+            let key = (a.rule.name.clone(), about, a.ts_ns);
+            if st.raised.get(&x.record.key).is_some_and(|r| r.contains(&key)) {
                 continue;
             }
-            let about = self.span_of(x.record.key, a.target);
-            if !st.raised.insert((a.rule.name.clone(), about, a.ts_ns)) {
-                continue;
+            if st.live_waiting >= MAX_LIVE {
+                self.deferred.inc();
+                continue; // raised when the process's record is final, as before live alerts
             }
+            st.live_waiting += 1;
+            st.raised.entry(x.record.key).or_default().insert(key);
             let id = ids::alert_span_id(about, &a.rule.name, a.ts_ns);
             let mut attrs = alert_event(&self.clock, &a).attributes;
             attrs.push(KeyValue::new(sc::PROCESS_PID, x.record.key.pid as i64));
@@ -263,10 +349,12 @@ impl AlertStage {
         let ctx = SessionCtx { info, who: st.who.as_ref(), attribution_configured: self.attribution_configured };
         let chain = ancestors(st, info, &rec);
         let alerts = eval::evaluate(rules, ctx, &rec, &chain, &st.written, &self.scope);
+        let raised = st.raised.remove(&key).unwrap_or_default();
+        st.live_waiting = st.live_waiting.saturating_sub(raised.len());
         for a in alerts {
             let span = self.span_of(rec.key, a.target);
-            if st.raised.contains(&(a.rule.name.clone(), span, a.ts_ns)) {
-                continue; // raised when the image was exec'd
+            if raised.contains(&(a.rule.name.clone(), span, a.ts_ns)) {
+                continue; // raised when it happened
             }
             self.record(st, span, a);
         }

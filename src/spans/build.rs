@@ -185,6 +185,36 @@ fn span(
     }
 }
 
+/// A built root's marks once the rules stage kept `process` image spans and `network` connect
+/// spans the caps had refused ([`super::OverCap`]) because they raised an alert: no longer
+/// capped, kept over the cap (the marks a root carries only when not zero stay so).
+pub fn kept_for_alerts(root: &mut SpanData, process: u64, network: u64) {
+    if process + network == 0 {
+        return;
+    }
+    let mut adjust = |key: &'static str, by: i64| {
+        let at = root.attributes.iter().position(|kv| kv.key.as_str() == key);
+        let was = match at.map(|i| &root.attributes[i].value) {
+            Some(Value::I64(v)) => *v,
+            _ => 0,
+        };
+        let now = (was + by).max(0);
+        match (at, now) {
+            (Some(i), 0) => {
+                root.attributes.remove(i);
+            }
+            (Some(i), n) => root.attributes[i] = KeyValue::new(key, n),
+            (None, 0) => {}
+            (None, n) => root.attributes.push(KeyValue::new(key, n)),
+        }
+    };
+    let (p, n) = (process as i64, network as i64);
+    adjust(keys::SESSION_SPANS_CAPPED, -(p + n));
+    adjust(keys::SESSION_SPANS_CAPPED_PROCESS, -p);
+    adjust(keys::SESSION_SPANS_CAPPED_NETWORK, -n);
+    adjust(keys::SESSION_SPANS_KEPT_OVER_CAP, p + n);
+}
+
 /// The request: `kubectl exec` (attach, debug, port-forward), or `exec` when no request
 /// matched. From the request (or the root's exec) to the session's end (no earlier than the
 /// request's completion).

@@ -22,7 +22,8 @@ pub struct SpansConfig {
     pub max_spans_per_session: u32,
     /// Past `max_spans_per_session`, the spans that matter are still kept up to this many in
     /// all: a connect or other way out and the image that made it, an image of an executable
-    /// the session had not run before (so a payload after thousands of decoys is kept).
+    /// the session had not run before (so a payload after thousands of decoys is kept). The
+    /// rules stage also keeps spans that raised an alert, up to this minus the cap a session.
     /// At least `max_spans_per_session`.
     pub max_kept_spans_per_session: u32,
     /// Bytes of each client-chosen string on a span (audit ids that are not UUIDs, user agent,

@@ -77,9 +77,13 @@ pub struct Output {
     /// Sessions that left the hold, with who opened them (None: nobody known): the rules
     /// stage takes the identity from here, as the spans carry it.
     pub identified: Vec<(SessionId, Option<SessionIdentity>)>,
-    /// Execs of sessions out of the hold, in order, with their session's frame: the rules
+    /// What members of sessions out of the hold did as it happened (execs, connects, file
+    /// operations: `SessionUpdate::Live`), in order, with their session's frame: the rules
     /// stage raises alerts on them at once.
-    pub execs: Vec<LiveExec>,
+    pub live: Vec<LiveUpdate>,
+    /// Spans the session's caps refused, built for the rules stage (only when asked for with
+    /// [`SpanStage::with_records`]): it keeps those that raised an alert and drops the rest.
+    pub over_cap: Vec<(SessionId, super::session::OverCap)>,
     /// The final records the stage built spans from, in order (only when asked for with
     /// [`SpanStage::with_records`]): the rules stage evaluates them when their spans pass.
     pub records: Vec<(SessionInfo, crate::model::ProcessRecord)>,
@@ -100,19 +104,22 @@ impl Output {
             && self.forgotten.is_empty()
             && self.probes.is_empty()
             && self.identified.is_empty()
-            && self.execs.is_empty()
+            && self.live.is_empty()
             && self.records.is_empty()
+            && self.over_cap.is_empty()
             && self.requests.is_empty()
             && self.open_at_stop.is_none()
     }
 }
 
-/// A member of a live session exec'd (`SessionUpdate::Exec`).
+/// A member of a live session exec'd, connected or touched a watched file
+/// (`SessionUpdate::Live`).
 #[derive(Debug)]
-pub struct LiveExec {
+pub struct LiveUpdate {
     pub session: SessionId,
     pub info: SessionInfo,
     pub record: crate::model::ProcessRecord,
+    pub what: crate::model::Live,
     pub frame: SessionFrame,
 }
 
@@ -355,7 +362,9 @@ impl SpanStage {
     /// A session leaves the hold: from here its spans are built as its processes end. Who
     /// opened it goes to the rules, and a session someone opened (exec, debug, node) says so
     /// at once with a `session opened` span, so it is searchable while it still runs.
-    fn go_live(&mut self, id: SessionId, s: SessionSpans, out: &mut Output) {
+    fn go_live(&mut self, id: SessionId, mut s: SessionSpans, out: &mut Output) {
+        // the rules stage keeps a refused span that raised an alert (it drops the others)
+        s.offer_over_cap(self.records);
         out.identified.push((id, s.who().cloned()));
         let info = s.info();
         if matches!(info.kind, SessionKind::Exec | SessionKind::Debug | SessionKind::Node) {
@@ -367,10 +376,10 @@ impl SpanStage {
 
     fn apply(&mut self, id: SessionId, u: SessionUpdate, out: &mut Output) {
         match u {
-            SessionUpdate::Exec(info, record) => {
+            SessionUpdate::Live(info, record, what) => {
                 if let Some(s) = self.live.get_mut(&id) {
                     s.refresh(&self.ctx, info.clone());
-                    out.execs.push(LiveExec { session: id, info, record, frame: s.frame().clone() });
+                    out.live.push(LiveUpdate { session: id, info, record, what, frame: s.frame().clone() });
                 }
             }
             SessionUpdate::Started(info) => {
@@ -386,6 +395,7 @@ impl SpanStage {
                     for span in s.process_ended(&self.ctx, info, rec) {
                         out.spans.push((id, BuiltSpan { span, root: false }));
                     }
+                    out.over_cap.extend(s.take_over_cap().into_iter().map(|c| (id, c)));
                 }
             }
             SessionUpdate::Ended(info, remaining) => {
@@ -408,9 +418,9 @@ impl SpanStage {
         if self.records {
             out.records.extend(remaining.iter().map(|r| (info.clone(), r.clone())));
         }
-        for b in s.finish(&self.ctx, info, remaining) {
-            out.spans.push((id, b));
-        }
+        let (built, over_cap) = s.end(&self.ctx, info, remaining);
+        out.spans.extend(built.into_iter().map(|b| (id, b)));
+        out.over_cap.extend(over_cap.into_iter().map(|c| (id, c)));
         out.ended.push((id, incomplete));
     }
 }

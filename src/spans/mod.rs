@@ -25,8 +25,8 @@ pub mod task;
 
 pub use build::BuildCtx;
 pub use config::{HoldConfig, SpansConfig};
-pub use hold::{LiveExec, Output, Release, SpanStage};
+pub use hold::{LiveUpdate, Output, Release, SpanStage};
 pub use identity::{Attributor, NoAttributor, SessionIdentity};
 pub use redaction::{build_redactor, redact_update, Sanitizing};
-pub use session::{BuiltSpan, SessionSpans};
+pub use session::{BuiltSpan, Capped, OverCap, SessionSpans};
 pub use task::SpanTask;

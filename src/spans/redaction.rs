@@ -37,7 +37,7 @@ pub fn build_redactor(cfg: &crate::redact::RedactConfig) -> crate::redact::Redac
 pub fn redact_update(r: &crate::redact::Redactor, u: &mut SessionUpdate) {
     let recs: &mut [crate::model::ProcessRecord] = match u {
         SessionUpdate::Started(_) => return,
-        SessionUpdate::ProcessEnded(_, rec) | SessionUpdate::Exec(_, rec) => std::slice::from_mut(rec),
+        SessionUpdate::ProcessEnded(_, rec) | SessionUpdate::Live(_, rec, _) => std::slice::from_mut(rec),
         SessionUpdate::Ended(_, recs) => recs,
     };
     for rec in recs {

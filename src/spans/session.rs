@@ -4,7 +4,9 @@
 //!
 //! In: `ProcessRecord`s (final) of one session, then its end. Out: `SpanData`, root last.
 //! Dropped (counted on the root): spans over the session's cap, repeats folded into one span,
-//! UDP connects that never sent (resolver address sorting).
+//! UDP connects that never sent (resolver address sorting). With rules following, a span the
+//! caps refuse is built anyway and handed on as [`OverCap`]: the rules stage keeps it if it
+//! raised an alert.
 //! A child usually ends before its parent. Its record names the parent's image current at
 //! fork (`parent_exec_index`), and span ids derive from (process, exec index), so the child is
 //! exported at once under that id; the parent's image span is then never folded away (its id
@@ -42,6 +44,15 @@ pub struct BuiltSpan {
     pub root: bool,
 }
 
+/// A span the caps refused, built anyway for the rules stage, which keeps it only when it
+/// raised an alert (within its own bound) and otherwise drops it: it is counted as capped on
+/// the root until the rules stage says otherwise ([`super::build::kept_for_alerts`]).
+#[derive(Clone, Debug)]
+pub struct OverCap {
+    pub span: SpanData,
+    pub kind: Capped,
+}
+
 pub struct SessionSpans {
     info: SessionInfo,
     who: Option<SessionIdentity>,
@@ -61,14 +72,18 @@ pub struct SessionSpans {
     /// Span ids exported or to be exported (own, reserved, fold spans) once the cap was
     /// reached: a span kept past the cap whose parent is not among them hangs on the root.
     kept: HashSet<SpanId>,
+    /// Build the spans the caps refuse for the rules stage ([`OverCap`]); off without one.
+    offer_over_cap: bool,
+    /// Built since last taken ([`Self::take_over_cap`]).
+    over_cap: Vec<OverCap>,
 }
 
 /// Executables remembered per session for "not run before" (beyond: not new).
 const MAX_CONTENTS: usize = 65_536;
 
 /// What a span past the first cap is.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Capped {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capped {
     Process,
     Network,
 }
@@ -88,7 +103,19 @@ impl SessionSpans {
             spans: 0,
             contents: HashSet::new(),
             kept: HashSet::new(),
+            offer_over_cap: false,
+            over_cap: Vec::new(),
         }
+    }
+
+    /// Build the spans the caps refuse for a rules stage that follows ([`OverCap`]).
+    pub fn offer_over_cap(&mut self, on: bool) {
+        self.offer_over_cap = on;
+    }
+
+    /// The spans the caps refused since the last call (empty unless offered).
+    pub fn take_over_cap(&mut self) -> Vec<OverCap> {
+        std::mem::take(&mut self.over_cap)
     }
 
     pub fn info(&self) -> &SessionInfo {
@@ -133,7 +160,17 @@ impl SessionSpans {
     /// The session ended (or the agent is stopping): the processes still open, then whatever
     /// still waits for a parent that was never seen (hung under the root), then folds, then
     /// the root.
-    pub fn finish(mut self, ctx: &BuildCtx, info: SessionInfo, remaining: Vec<ProcessRecord>) -> Vec<BuiltSpan> {
+    pub fn finish(self, ctx: &BuildCtx, info: SessionInfo, remaining: Vec<ProcessRecord>) -> Vec<BuiltSpan> {
+        self.end(ctx, info, remaining).0
+    }
+
+    /// [`Self::finish`], with the spans the caps refused meanwhile ([`Self::offer_over_cap`]).
+    pub fn end(
+        mut self,
+        ctx: &BuildCtx,
+        info: SessionInfo,
+        remaining: Vec<ProcessRecord>,
+    ) -> (Vec<BuiltSpan>, Vec<OverCap>) {
         self.refresh(ctx, info);
         let mut out = Vec::new();
         for rec in remaining {
@@ -166,7 +203,7 @@ impl SessionSpans {
         let root = build::root_span(ctx, &self.frame, &self.info, self.who.as_ref(), &self.marks, end_ns);
         let mut built: Vec<BuiltSpan> = out.into_iter().map(|span| BuiltSpan { span, root: false }).collect();
         built.push(BuiltSpan { span: root, root: true });
-        built
+        (built, self.over_cap)
     }
 
     fn fallback_end(&self) -> u64 {
@@ -309,6 +346,10 @@ impl SessionSpans {
                         }
                         out.push(s);
                         self.kept.insert(own);
+                    } else if self.offer_over_cap {
+                        let parent = self.kept_parent(parent_for_image);
+                        let span = build::image_span(ctx, &self.frame, &rec, idx, own, parent, end).0;
+                        self.over_cap.push(OverCap { span, kind: Capped::Process });
                     }
                     own
                 }
@@ -340,9 +381,12 @@ impl SessionSpans {
                         self.marks.spans_capped_network += 1;
                     }
                     FoldDecision::Keep => {
+                        let parent = self.kept_parent(slot_span);
                         if self.under_cap(ctx, Capped::Network, true) {
-                            let parent = self.kept_parent(slot_span);
                             out.push(build::connect_span(ctx, &self.frame, cid, parent, c));
+                        } else if self.offer_over_cap {
+                            let span = build::connect_span(ctx, &self.frame, cid, parent, c);
+                            self.over_cap.push(OverCap { span, kind: Capped::Network });
                         }
                     }
                 }

@@ -27,10 +27,17 @@ pub struct Run {
     pub rules: Option<&'static str>,
     /// `podtrail_alerts_total`, counted as `podtrail run` counts it.
     pub counter: podtrail::metrics::AlertCounter,
+    /// Changes to the span stage's defaults (the span caps).
+    pub tune: Option<fn(&mut SpansConfig)>,
 }
 
 impl Run {
     pub fn spans(self, updates: Vec<SessionUpdate>) -> Vec<SpanData> {
+        self.steps(updates).concat()
+    }
+
+    /// The spans that left after each update, in order, then those of the shutdown.
+    pub fn steps(self, updates: Vec<SessionUpdate>) -> Vec<Vec<SpanData>> {
         let rules = match self.rules {
             None => RuleSource::load(RulesConfig::default()).unwrap().0.rules(),
             Some(text) => {
@@ -44,21 +51,26 @@ impl Run {
             None => Arc::new(NoAttributor),
         };
         let clock = BootClock::fixed(EPOCH);
-        let cfg = SpansConfig { scope: self.scope.clone(), ..SpansConfig::default() };
-        let mut alerts =
-            AlertStage::new(BOOT, clock, self.scope, self.attribution_configured).counting(self.counter.clone());
+        let mut cfg = SpansConfig { scope: self.scope.clone(), ..SpansConfig::default() };
+        if let Some(tune) = self.tune {
+            tune(&mut cfg);
+        }
+        let room = cfg.max_kept_spans_per_session.saturating_sub(cfg.max_spans_per_session) as u64;
+        let mut alerts = AlertStage::new(BOOT, clock, self.scope, self.attribution_configured)
+            .counting(self.counter.clone())
+            .keeping(room);
         let mut stage = SpanStage::new(BuildCtx { boot_id: BOOT, clock, cfg }, inner).with_records();
         let mut spans = Vec::new();
         for u in link_parent_images(updates) {
             let mut out = Output::default();
             stage.update(u, Instant::now(), &mut out);
             alerts.annotate(&rules, &mut out);
-            spans.extend(out.spans.into_iter().map(|(_, b)| b.span));
+            spans.push(out.spans.into_iter().map(|(_, b)| b.span).collect());
         }
         let mut out = Output::default();
         stage.shutdown(99 * S, &mut out);
         alerts.annotate(&rules, &mut out);
-        spans.extend(out.spans.into_iter().map(|(_, b)| b.span));
+        spans.push(out.spans.into_iter().map(|(_, b)| b.span).collect());
         assert_eq!(alerts.open(), 0, "the rules stage forgets ended sessions");
         spans
     }

@@ -2,8 +2,9 @@
 //!
 //! In: [`Event`]s in ring-buffer order (exec, fork, exit, connect and its outcome, setns).
 //! Out: [`SessionUpdate`]s: `Started` when a session root execs (or a namespace join is
-//! followed by an exec or a connect), `ProcessEnded` for each member's exit, `Ended` after the
-//! last one. Pure: no I/O except through the [`ContainerLookup`] it is given, so recorded
+//! followed by an exec or a connect), `Live` as a member execs, makes a connect or datagram a
+//! rule can match, or a watched-file operation (said at once, so alerts need not wait for the
+//! process's end), `ProcessEnded` for each member's exit, `Ended` after the last one. Pure: no I/O except through the [`ContainerLookup`] it is given, so recorded
 //! sequences test it without a kernel.
 //!
 //! Rules (design brief, "Exec sessions"):
@@ -36,7 +37,7 @@ use prometheus_client::metrics::counter::Counter;
 use super::containers::{ContainerLookup, Containers};
 use super::metrics::ProcessMetrics;
 use super::table::{Proc, ProcessTable};
-use crate::model::{ImageRecord, ProcessRecord, SessionId, SessionInfo, SessionKind, SessionUpdate};
+use crate::model::{ImageRecord, Live, ProcessRecord, SessionId, SessionInfo, SessionKind, SessionUpdate};
 
 /// What the tracker had to drop or repair, counted where it happens: each field is a handle
 /// on one series of the stage's [`ProcessMetrics`] once [`SessionTracker::count_into`] was
@@ -318,9 +319,9 @@ impl SessionTracker {
             Event::Exit(x) => self.on_exit(x, &mut out),
             Event::Connect(c) => self.on_connect(c, &mut out),
             Event::ConnectResult(r) => self.on_result(r),
-            Event::UdpSend(u) => self.on_udp_send(u),
+            Event::UdpSend(u) => self.on_udp_send(u, &mut out),
             Event::NsJoin(j) => self.on_ns_join(j, &mut out),
-            Event::File(f) => self.on_file(f),
+            Event::File(f) => self.on_file(f, &mut out),
             Event::Sock(so) => self.on_sock(so, &mut out),
         }
         out
@@ -353,18 +354,42 @@ impl SessionTracker {
         }
     }
 
-    /// A member's new image, said at once (`SessionUpdate::Exec`) so an alert on it need not
-    /// wait for the process to end. The new image travels with the one before it (whether it
-    /// is the first exec), without connects or files: those come with the final record.
+    /// A member's new image, said at once ([`Live::Exec`]) so an alert on it need not wait
+    /// for the process to end.
     fn announce_exec(&self, e: &ExecEvent, out: &mut Vec<SessionUpdate>) {
         let Some(p) = self.table.get(&e.key()) else { return };
+        if p.images.last().is_some_and(|i| i.start_ns == e.ts_ns && !i.inherited) {
+            self.announce(e.key(), p.images.len() - 1, Live::Exec, out);
+        }
+    }
+
+    /// Says at once what a live session member just did (`SessionUpdate::Live`): image `at`
+    /// of the process, carrying only what `what` names (the connect record it indexes, or its
+    /// last file record), after the image before it without its records (it says whether
+    /// `at` is the first exec). Nothing is kept for it here: the cost is one update per record
+    /// an image keeps, and an image keeps at most `MAX_CONNECT_RECORDS` network records and
+    /// `MAX_FILES_PER_IMAGE` file records; a repeat folded into a record says nothing. Outside
+    /// sessions nothing is said.
+    pub(super) fn announce(&self, key: ProcessKey, at: usize, what: Live, out: &mut Vec<SessionUpdate>) {
+        let Some(p) = self.table.get(&key) else { return };
         let Some(s) = p.session.and_then(|sid| self.sessions.get(&sid)) else { return };
-        let Some(img) = p.images.last().filter(|i| i.start_ns == e.ts_ns && !i.inherited) else { return };
+        let Some(img) = p.images.get(at) else { return };
         let strip = |i: &ImageRecord| ImageRecord { connects: Vec::new(), files: Vec::new(), ..i.clone() };
-        // the image before it, if any, says whether this is the process's first exec (an
-        // inherited image can only come first)
-        let mut images: Vec<ImageRecord> = p.images.iter().rev().skip(1).take(1).map(strip).collect();
-        images.push(strip(img));
+        let mut images: Vec<ImageRecord> =
+            at.checked_sub(1).and_then(|b| p.images.get(b)).map(strip).into_iter().collect();
+        let mut now = strip(img);
+        match what {
+            Live::Exec => {}
+            Live::Net { index } => match img.connects.get(index as usize) {
+                Some(c) => now.connects.push(c.clone()),
+                None => return,
+            },
+            Live::File => match img.files.last() {
+                Some(f) => now.files.push(f.clone()),
+                None => return,
+            },
+        }
+        images.push(now);
         let rec = ProcessRecord {
             key: p.key,
             parent: p.parent,
@@ -376,7 +401,7 @@ impl SessionTracker {
             from_proc: p.from_proc,
             images,
         };
-        out.push(SessionUpdate::Exec(s.info.clone(), rec));
+        out.push(SessionUpdate::Live(s.info.clone(), rec, what));
     }
 
     /// The agent is stopping: every open session ends now, marked incomplete, with the

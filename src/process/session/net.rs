@@ -5,7 +5,7 @@
 use crate::capture::event::{
     ConnectEvent, ConnectResultEvent, FileEvent, ProcessKey, ResultPhase, SockEvent, SockOp, UdpSendEvent,
 };
-use crate::model::{ActivityMarks, ConnectOutcome, ConnectRecord, FileRecord, ImageRecord, NetOp, SessionUpdate};
+use crate::model::{ActivityMarks, ConnectOutcome, ConnectRecord, FileRecord, ImageRecord, Live, NetOp, SessionUpdate};
 use crate::process::table::CookieSlot;
 
 use super::{record_of, SessionTracker, MAX_FILES_PER_IMAGE};
@@ -25,8 +25,24 @@ impl SessionTracker {
         };
         let scope = self.activity.ranges.classify(c.addr);
         let rec = ConnectRecord { scope: Some(scope), ..ConnectRecord::pending(c) };
-        let Some(slot) = self.keep_connect(key, rec, c.cookie, out) else { return };
+        let Some((slot, new)) = self.keep_connect(key, rec, c.cookie, out) else { return };
         self.table.set_cookie(c.cookie, slot);
+        if new {
+            self.announce_net(slot, out); // a UDP connect waits for its first datagram
+        }
+    }
+
+    /// A session image's network record said at once when a rule can match it.
+    fn announce_net(&self, slot: CookieSlot, out: &mut Vec<SessionUpdate>) {
+        let subject = self
+            .table
+            .get(&slot.key)
+            .and_then(|p| p.images.get(slot.image))
+            .and_then(|i| i.connects.get(slot.connect))
+            .is_some_and(|c| c.is_rule_subject());
+        if subject {
+            self.announce(slot.key, slot.image, Live::Net { index: slot.connect as u32 }, out);
+        }
     }
 
     /// A way out that is not a connect (issue 18): kept in the image like a connect; a
@@ -98,9 +114,16 @@ impl SessionTracker {
     /// on records, one to something new is only counted.
     fn keep_sock(&mut self, key: ProcessKey, rec: ConnectRecord, out: &mut Vec<SessionUpdate>) {
         let Some(img) = self.member_image(key, out) else { return };
-        if !fold_or_push(img, rec) {
-            img.connects_over_cap += 1;
-            self.counters.connects_over_cap.inc();
+        match fold_or_push(img, rec) {
+            Kept::Folded => {}
+            Kept::New(connect) => {
+                let image = self.table.get(&key).map_or(0, |p| p.images.len().saturating_sub(1));
+                self.announce_net(CookieSlot { key, image, connect }, out);
+            }
+            Kept::Full => {
+                img.connects_over_cap += 1;
+                self.counters.connects_over_cap.inc();
+            }
         }
     }
 
@@ -115,7 +138,7 @@ impl SessionTracker {
         rec: ConnectRecord,
         cookie: u64,
         out: &mut Vec<SessionUpdate>,
-    ) -> Option<CookieSlot> {
+    ) -> Option<(CookieSlot, bool)> {
         if self.member_image(key, out).is_none() {
             self.outbound_connect(rec, cookie, key);
             return None; // sessions' connects are kept in their images; others only as outbound
@@ -128,9 +151,9 @@ impl SessionTracker {
         let image = p.images.len() - 1;
         let exec_index = p.images[image].exec_index;
         let img = &mut p.images[image];
-        let connect = if img.connects.len() < KEEP_CONNECTS {
+        let (connect, new) = if img.connects.len() < KEEP_CONNECTS {
             img.connects.push(rec);
-            img.connects.len() - 1
+            (img.connects.len() - 1, true)
         } else {
             let index = match &mut p.connect_index {
                 Some((i, m)) if *i == exec_index => m,
@@ -149,12 +172,12 @@ impl SessionTracker {
                     a.count += 1;
                     a.last_ns = a.last_ns.max(rec.ts_ns);
                     self.counters.connects_folded.inc();
-                    at
+                    (at, false)
                 }
                 None if img.connects.len() < MAX_CONNECT_RECORDS => {
                     img.connects.push(rec);
                     index.insert(dest, img.connects.len() - 1);
-                    img.connects.len() - 1
+                    (img.connects.len() - 1, true)
                 }
                 None => {
                     img.connects_over_cap += 1;
@@ -163,7 +186,7 @@ impl SessionTracker {
                 }
             }
         };
-        Some(CookieSlot { key, image, connect })
+        Some((CookieSlot { key, image, connect }, new))
     }
 
     /// A connect (or datagram) outside every session: an outbound record when it comes from a
@@ -219,7 +242,7 @@ impl SessionTracker {
     }
 
     /// A watched-file operation goes to the image that made it (sessions' processes only).
-    pub(super) fn on_file(&mut self, f: &FileEvent) {
+    pub(super) fn on_file(&mut self, f: &FileEvent, out: &mut Vec<SessionUpdate>) {
         let Some(key) = self.table.resolve(f.key()).or_else(|| self.table.by_pid(f.pid)) else { return };
         let Some(p) = self.table.get_mut(&key) else { return };
         if p.session.is_none() {
@@ -240,20 +263,28 @@ impl SessionTracker {
                 result: f.result,
                 truncated: f.truncated,
             });
+            let at = p.images.len() - 1;
+            self.announce(key, at, Live::File, out);
         }
     }
 
-    pub(super) fn on_udp_send(&mut self, u: &UdpSendEvent) {
+    pub(super) fn on_udp_send(&mut self, u: &UdpSendEvent, out: &mut Vec<SessionUpdate>) {
         if self.outbound.udp_sent(&self.activity, u.cookie, u.dest) {
             return;
         }
+        // a session's UDP connect becomes traffic (a rule subject) with its first datagram
+        let slot = self.table.cookie(u.cookie);
         match self.connect_mut(u.cookie) {
             Some(rec) => {
+                let first = !rec.udp_sent;
                 rec.udp_sent = true;
                 // the connected socket's datagram went elsewhere than the connect said (a
                 // program rewrote it): the real destination, as for a TCP handshake's
                 if let Some(d) = u.dest.filter(|d| *d != (rec.addr, rec.port) && !d.0.is_unspecified()) {
                     rec.final_addr = Some(d);
+                }
+                if let Some(slot) = slot.filter(|_| first) {
+                    self.announce_net(slot, out);
                 }
             }
             None => {
@@ -268,9 +299,18 @@ impl SessionTracker {
 /// (still counted exactly, in two records).
 const FOLD_SCAN: usize = 64;
 
-/// Folds `rec` into a like record of the image, else pushes it; false (nothing kept) when the
-/// image already holds `MAX_CONNECT_RECORDS`.
-fn fold_or_push(img: &mut ImageRecord, rec: ConnectRecord) -> bool {
+/// What became of a way out offered to an image.
+enum Kept {
+    /// Counted in a like record.
+    Folded,
+    /// A record of its own, at this index of the image's records.
+    New(usize),
+    /// The image already holds `MAX_CONNECT_RECORDS`: only counted.
+    Full,
+}
+
+/// Folds `rec` into a like record of the image, else pushes it.
+fn fold_or_push(img: &mut ImageRecord, rec: ConnectRecord) -> Kept {
     let same = |c: &ConnectRecord| {
         c.op == rec.op
             && c.transport == rec.transport
@@ -290,10 +330,10 @@ fn fold_or_push(img: &mut ImageRecord, rec: ConnectRecord) -> bool {
         });
         a.count += 1;
         a.last_ns = a.last_ns.max(rec.ts_ns);
-        return true;
+        return Kept::Folded;
     }
     if img.connects.len() >= MAX_CONNECT_RECORDS {
-        return false;
+        return Kept::Full;
     }
     let mut rec = rec;
     if rec.op != NetOp::Listen && rec.activity.is_none() {
@@ -305,5 +345,5 @@ fn fold_or_push(img: &mut ImageRecord, rec: ConnectRecord) -> bool {
         });
     }
     img.connects.push(rec);
-    true
+    Kept::New(img.connects.len() - 1)
 }

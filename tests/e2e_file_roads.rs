@@ -8,7 +8,8 @@
 //! - through a path longer than the kernel-side path buffer (256 bytes);
 //! - through io_uring (a C program the test compiles, using io_uring's raw syscalls): openat,
 //!   write, unlinkat and socket requests, none a file syscall;
-//! and a process span carries `process.working_directory` from a real `cd /tmp && cmd`.
+//!
+//! And a process span carries `process.working_directory` from a real `cd /tmp && cmd`.
 
 mod support;
 

@@ -142,6 +142,7 @@ fn image(start: u64, argv: &[String]) -> ImageRecord {
         identity: None,
         program: None,
         connects_over_cap: 0,
+        cwd: None,
     }
 }
 

@@ -177,7 +177,8 @@ static __always_inline __u64 wakeup_flag(void)
 
 /* The ring is shared by every container, so one container's flood of connects would leave no
  * room for another's exec, fork and exit records (and its session would lose events). Network
- * records (connects, their results, datagrams, accepts) are what a flood is made of: each
+ * and file records (connects, their results, datagrams, accepts, watched-file operations and
+ * io_uring submissions) are what a flood is made of: each
  * cgroup may write cgroup_share_bytes of them per
  * window, counted always and enforced only while the ring is at least half full. What is over
  * is refused and counted as that cgroup's loss (its sessions are marked). Process records are
@@ -186,9 +187,10 @@ static __always_inline bool over_share(struct pt_header *h, __u64 size)
 {
 	if (cgroup_share_bytes == 0)
 		return false;
-	/* datagrams, accepts and raw sockets (PT_KIND_SOCK) flood like connects do */
+	/* datagrams, accepts and raw sockets (PT_KIND_SOCK) flood like connects do; so do file
+	 * records (a loop over a watched file, io_uring submissions), 1.6 KB each */
 	if (h->kind != PT_KIND_CONNECT && h->kind != PT_KIND_CONNECT_RESULT && h->kind != PT_KIND_UDP_SEND &&
-	    h->kind != PT_KIND_SOCK)
+	    h->kind != PT_KIND_SOCK && h->kind != PT_KIND_FILE)
 		return false;
 	__u64 cg = h->cgroup_id;
 	struct cgroup_share *s = bpf_map_lookup_elem(&share_by_cgroup, &cg);

@@ -9,5 +9,6 @@
 #include "ns.bpf.c"
 #include "file.bpf.c"
 #include "sock.bpf.c"
+#include "uring.bpf.c"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -37,7 +37,7 @@ enum pt_kind {
 
 /* Raised with every change of a record, a limit or a constant below. */
 enum pt_abi {
-	PT_ABI_VERSION = 3,
+	PT_ABI_VERSION = 4,
 };
 
 /* Limits of the variable parts. Raising one changes the ABI version. */
@@ -47,6 +47,7 @@ enum pt_limits {
 	PT_EXE_PATH_MAX = 1024, /* resolved executable path, components leaf first */
 	PT_AUDIT_ID_MAX = 128,  /* value of KUBERNETES_EXEC_AUDIT_ID */
 	PT_ARGV_MAX = 4096,     /* argv bytes kept; the rest is cut and flagged */
+	PT_CWD_MAX = 512,       /* resolved working directory at exec, components leaf first */
 	PT_COMM_LEN = 16,
 };
 
@@ -74,15 +75,16 @@ enum pt_exec_flags {
 	PT_EXEC_F_ENV_SCANNED = 1 << 7,     /* the environment was searched for the audit id */
 	PT_EXEC_F_AUDIT_ID_TRUNC = 1 << 8,  /* audit id longer than its slot */
 	PT_EXEC_F_ENV_TRUNCATED = 1 << 9,   /* env too long to search to its end */
+	PT_EXEC_F_CWD_TRUNCATED = 1 << 10,  /* working directory longer than its slot or too deep */
 };
 
 /*
  * exec: the new image of a process, read from kernel structures after the exec succeeded
  * (tp_btf/sched_process_exec), never from syscall arguments.
- * Variable part: filename, interp, exe path, audit id and argv, each in a slot at a fixed
- * offset (PT_EXEC_*_OFF) with its length in the fixed part. argv comes last so that `len`
- * stops where argv stops. exe path components are written leaf first, each followed by
- * a NUL: user space reverses them.
+ * Variable part: filename, interp, exe path, audit id, cwd and argv, each in a slot at a
+ * fixed offset (PT_EXEC_*_OFF) with its length in the fixed part. argv comes last so that
+ * `len` stops where argv stops. exe path and cwd components are written leaf first, each
+ * followed by a NUL: user space reverses them.
  */
 struct pt_exec {
 	struct pt_header h;
@@ -107,7 +109,7 @@ struct pt_exec {
 	__u16 exe_path_len;     /* bytes in the exe path slot */
 	__u16 audit_id_len;     /* bytes in the audit id slot, no NUL */
 	__u16 argv_len;         /* bytes in the argv slot: NUL-separated strings */
-	__u16 _pad0;
+	__u16 cwd_len;          /* bytes in the cwd slot (the task's fs->pwd, resolved) */
 	char comm[PT_COMM_LEN]; /* task comm after exec */
 	__u64 exe_ctime_ns;     /* executable's inode change time, CLOCK_REALTIME ns: a file
 	                           written after its container or session started shows it */
@@ -119,7 +121,8 @@ enum pt_exec_slots {
 	PT_EXEC_INTERP_OFF = PT_EXEC_FILENAME_OFF + PT_FILENAME_MAX,
 	PT_EXEC_EXE_PATH_OFF = PT_EXEC_INTERP_OFF + PT_INTERP_MAX,
 	PT_EXEC_AUDIT_ID_OFF = PT_EXEC_EXE_PATH_OFF + PT_EXE_PATH_MAX,
-	PT_EXEC_ARGV_OFF = PT_EXEC_AUDIT_ID_OFF + PT_AUDIT_ID_MAX,
+	PT_EXEC_CWD_OFF = PT_EXEC_AUDIT_ID_OFF + PT_AUDIT_ID_MAX,
+	PT_EXEC_ARGV_OFF = PT_EXEC_CWD_OFF + PT_CWD_MAX,
 	PT_EXEC_MAX_LEN = PT_EXEC_ARGV_OFF + PT_ARGV_MAX,
 };
 
@@ -245,6 +248,8 @@ enum pt_file_op {
 	PT_FILE_CHMOD = 4,
 	PT_FILE_LINK = 5,
 	PT_FILE_SYMLINK = 6,
+	PT_FILE_URING = 7,      /* an io_uring operation no other op names: uring_op says which
+	                           (never a watch mask bit: io_uring ops are judged as opens) */
 	PT_WATCH_READ = 1 << 7, /* watch opens for reading too (secrets), not only writes */
 };
 
@@ -253,6 +258,16 @@ enum pt_file_flags {
 	PT_FILE_F_WRITE = 1 << 0,     /* opened for writing, creating or truncating */
 	PT_FILE_F_TRUNCATED = 1 << 1, /* a path or directory was longer than its slot */
 	PT_FILE_F_PATH_FD = 1 << 2,   /* path came from an fd (ftruncate, fchmod): in dir */
+	PT_FILE_F_RESOLVED = 1 << 3,  /* dir2 holds the file itself, resolved from its dentries
+	                                 (an open's descriptor at syscall exit, an io_uring fd) */
+	PT_FILE_F_PATH_TAIL = 1 << 4, /* path holds the last bytes of a longer path: its head
+	                                 was cut, its base name is whole */
+	PT_FILE_F_URING = 1 << 5,     /* submitted through io_uring: uring_op is the opcode */
+	PT_FILE_F_ALIAS = 1 << 6,     /* the resolved file is another name (hard link) of the
+	                                 file that was opened: the watched one */
+	PT_FILE_F_FOLLOWED = 1 << 7,  /* the name given is not watched: the file it led to is
+	                                 (dir2), and that is the record's subject */
+	PT_FILE_F_PATH2_TAIL = 1 << 8, /* as PT_FILE_F_PATH_TAIL, for path2 */
 };
 
 enum pt_file_limits {
@@ -267,6 +282,10 @@ enum pt_file_limits {
  * result. A relative `path` is resolved by user space against `dir` (the cwd, or the dirfd's
  * path), both read from the task at syscall entry; `path2`/`dir2` the same for the second
  * name of rename, link and symlink (for symlink, `path` is the link's target as given).
+ * An open (open, openat, openat2, creat) is judged again at exit by the file its descriptor
+ * names, resolved from the kernel's dentries into `dir2` (PT_FILE_F_RESOLVED): a symlink, a
+ * hard link or /proc/self/fd/N leads to the watched file whatever name was given. io_uring
+ * submissions (PT_FILE_F_URING) are records of the same shape, sent at submission (result 0).
  */
 struct pt_file {
 	struct pt_header h;
@@ -278,7 +297,7 @@ struct pt_file {
 	__u16 dir_len;
 	__u16 dir2_len;
 	__u32 fflags;       /* PT_FILE_F_* */
-	__u32 _pad0;
+	__u32 uring_op;     /* PT_FILE_F_URING: the io_uring opcode (IORING_OP_*) */
 	char path[PT_PATH_MAX];
 	char path2[PT_PATH_MAX];
 	char dir[PT_DIR_MAX];

@@ -137,6 +137,16 @@ int BPF_PROG(pt_sched_exec, struct task_struct *p, pid_t old_pid, struct linux_b
 			e->flags |= PT_EXEC_F_EXE_TRUNCATED;
 	}
 
+	/* the working directory the program starts in (process.working_directory) */
+	struct fs_struct *fs = BPF_CORE_READ(p, fs);
+	if (fs) {
+		bool cwd_cut = false;
+		e->cwd_len = resolve_path(buf + PT_EXEC_CWD_OFF, BPF_CORE_READ(fs, pwd.dentry), BPF_CORE_READ(fs, pwd.mnt),
+					  PT_CWD_MAX, &cwd_cut);
+		if (cwd_cut)
+			e->flags |= PT_EXEC_F_CWD_TRUNCATED;
+	}
+
 	/* the audit id is only ever trusted on a session's first image: look where a process
 	 * arrives from outside its cgroup or pid namespace, or is about to be judged as such */
 	if (scan_env && (e->flags & (PT_EXEC_F_PARENT_OTHER_CGROUP | PT_EXEC_F_PARENT_OTHER_PIDNS)))

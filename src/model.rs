@@ -318,6 +318,10 @@ pub struct ImageRecord {
     /// Connects to destinations past the image's cap of folded destinations: counted, not
     /// kept (`MAX_CONNECT_RECORDS`: memory stays bounded whatever one process does).
     pub connects_over_cap: u64,
+    /// The working directory the image started in (`process.working_directory`), resolved
+    /// by the kernel at exec; None when unknown (an image found in /proc, or a test's).
+    #[serde(serialize_with = "crate::text::ser_opt_bytes")]
+    pub cwd: Option<Vec<u8>>,
 }
 
 /// What an image did to a watched file (from `Event::File`; see `FileEvent` for the fields).
@@ -334,9 +338,18 @@ pub struct FileRecord {
     /// rename/link: the new name; symlink: the new link.
     #[serde(serialize_with = "crate::text::ser_opt_bytes")]
     pub path2: Option<Vec<u8>>,
-    /// 0 / a file descriptor, or a negative errno.
+    /// 0 / a file descriptor, or a negative errno (0 for io_uring: it completes later).
     pub result: i64,
     pub truncated: bool,
+    /// The name the process gave when it reached `path` by another (a symlink, a hard link,
+    /// `/proc/self/fd/N`); see `FileEvent::given`.
+    #[serde(serialize_with = "crate::text::ser_opt_bytes")]
+    pub given: Option<Vec<u8>>,
+    /// The file a watched name led to, when another (a symlink to /dev/null).
+    #[serde(serialize_with = "crate::text::ser_opt_bytes")]
+    pub resolved: Option<Vec<u8>>,
+    /// Submitted through io_uring: its opcode.
+    pub io_uring: Option<u8>,
 }
 
 impl ImageRecord {

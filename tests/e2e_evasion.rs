@@ -32,8 +32,13 @@ fn agent(cd: &Containerd) -> FileAgent {
     FileAgent::start(&containerd_config(&cd.address, &cd.namespace, "[metrics]\nlisten = \"\"\n"), &[])
 }
 
+/// Stops the agent and reads its export; its session-start lines go to stderr, which cargo
+/// shows only when the test fails (why a process landed in the session it did).
 fn stop(mut a: FileAgent) -> Vec<Span> {
     a.terminate();
+    for l in a.log().lines().filter(|l| l.contains("session")) {
+        eprintln!("agent: {l}");
+    }
     otlp_json::read(&a.file())
 }
 

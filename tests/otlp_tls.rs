@@ -122,6 +122,7 @@ fn session(pod: &str) -> Vec<SessionUpdate> {
         identity: None,
         program: None,
         connects_over_cap: 0,
+        cwd: None,
     };
     let rec = ProcessRecord {
         key,

@@ -6,7 +6,7 @@
 //! wrote into the compiled object, so a change on one side that is not made on the other fails
 //! before it can misread a byte.
 
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 pub const KIND_EXEC: u32 = 1;
 pub const KIND_FORK: u32 = 2;
@@ -28,13 +28,15 @@ pub const INTERP_MAX: usize = 256;
 pub const EXE_PATH_MAX: usize = 1024;
 pub const AUDIT_ID_MAX: usize = 128;
 pub const ARGV_MAX: usize = 4096;
+pub const CWD_MAX: usize = 512;
 pub const COMM_LEN: usize = 16;
 
 pub const EXEC_FILENAME_OFF: usize = 152;
 pub const EXEC_INTERP_OFF: usize = EXEC_FILENAME_OFF + FILENAME_MAX;
 pub const EXEC_EXE_PATH_OFF: usize = EXEC_INTERP_OFF + INTERP_MAX;
 pub const EXEC_AUDIT_ID_OFF: usize = EXEC_EXE_PATH_OFF + EXE_PATH_MAX;
-pub const EXEC_ARGV_OFF: usize = EXEC_AUDIT_ID_OFF + AUDIT_ID_MAX;
+pub const EXEC_CWD_OFF: usize = EXEC_AUDIT_ID_OFF + AUDIT_ID_MAX;
+pub const EXEC_ARGV_OFF: usize = EXEC_CWD_OFF + CWD_MAX;
 pub const EXEC_MAX_LEN: usize = EXEC_ARGV_OFF + ARGV_MAX;
 
 pub const EXEC_F_ARGV_TRUNCATED: u32 = 1 << 0;
@@ -47,6 +49,7 @@ pub const EXEC_F_PARENT_OTHER_PIDNS: u32 = 1 << 6;
 pub const EXEC_F_ENV_SCANNED: u32 = 1 << 7;
 pub const EXEC_F_AUDIT_ID_TRUNC: u32 = 1 << 8;
 pub const EXEC_F_ENV_TRUNCATED: u32 = 1 << 9;
+pub const EXEC_F_CWD_TRUNCATED: u32 = 1 << 10;
 
 pub const RESULT_SYSCALL: u8 = 1;
 pub const RESULT_TCP_STATE: u8 = 2;
@@ -58,10 +61,17 @@ pub const FILE_TRUNCATE: u32 = 3;
 pub const FILE_CHMOD: u32 = 4;
 pub const FILE_LINK: u32 = 5;
 pub const FILE_SYMLINK: u32 = 6;
+pub const FILE_URING: u32 = 7;
 pub const WATCH_READ: u32 = 1 << 7;
 pub const FILE_F_WRITE: u32 = 1 << 0;
 pub const FILE_F_TRUNCATED: u32 = 1 << 1;
 pub const FILE_F_PATH_FD: u32 = 1 << 2;
+pub const FILE_F_RESOLVED: u32 = 1 << 3;
+pub const FILE_F_PATH_TAIL: u32 = 1 << 4;
+pub const FILE_F_URING: u32 = 1 << 5;
+pub const FILE_F_ALIAS: u32 = 1 << 6;
+pub const FILE_F_FOLLOWED: u32 = 1 << 7;
+pub const FILE_F_PATH2_TAIL: u32 = 1 << 8;
 pub const PATH_MAX: usize = 256;
 pub const DIR_MAX: usize = 512;
 pub const WATCH_NAME_MAX: usize = 64;
@@ -120,7 +130,7 @@ pub struct Exec {
     pub exe_path_len: u16,
     pub audit_id_len: u16,
     pub argv_len: u16,
-    pub _pad0: u16,
+    pub cwd_len: u16,
     pub comm: [u8; COMM_LEN],
     pub exe_ctime_ns: u64,
 }
@@ -228,7 +238,7 @@ pub struct File {
     pub dir_len: u16,
     pub dir2_len: u16,
     pub fflags: u32,
-    pub _pad0: u32,
+    pub uring_op: u32,
     pub path: [u8; PATH_MAX],
     pub path2: [u8; PATH_MAX],
     pub dir: [u8; DIR_MAX],
@@ -247,7 +257,7 @@ impl Default for File {
             dir_len: 0,
             dir2_len: 0,
             fflags: 0,
-            _pad0: 0,
+            uring_op: 0,
             path: [0; PATH_MAX],
             path2: [0; PATH_MAX],
             dir: [0; DIR_MAX],
@@ -324,11 +334,13 @@ pub fn constants() -> Vec<(&'static str, i64)> {
         c!(EXE_PATH_MAX),
         c!(AUDIT_ID_MAX),
         c!(ARGV_MAX),
+        c!(CWD_MAX),
         c!(COMM_LEN),
         c!(EXEC_FILENAME_OFF),
         c!(EXEC_INTERP_OFF),
         c!(EXEC_EXE_PATH_OFF),
         c!(EXEC_AUDIT_ID_OFF),
+        c!(EXEC_CWD_OFF),
         c!(EXEC_ARGV_OFF),
         c!(EXEC_MAX_LEN),
         c!(EXEC_F_ARGV_TRUNCATED),
@@ -341,6 +353,7 @@ pub fn constants() -> Vec<(&'static str, i64)> {
         c!(EXEC_F_ENV_SCANNED),
         c!(EXEC_F_AUDIT_ID_TRUNC),
         c!(EXEC_F_ENV_TRUNCATED),
+        c!(EXEC_F_CWD_TRUNCATED),
         c!(RESULT_SYSCALL),
         c!(RESULT_TCP_STATE),
         c!(FILE_OPEN),
@@ -350,10 +363,17 @@ pub fn constants() -> Vec<(&'static str, i64)> {
         c!(FILE_CHMOD),
         c!(FILE_LINK),
         c!(FILE_SYMLINK),
+        c!(FILE_URING),
         c!(WATCH_READ),
         c!(FILE_F_WRITE),
         c!(FILE_F_TRUNCATED),
         c!(FILE_F_PATH_FD),
+        c!(FILE_F_RESOLVED),
+        c!(FILE_F_PATH_TAIL),
+        c!(FILE_F_URING),
+        c!(FILE_F_ALIAS),
+        c!(FILE_F_FOLLOWED),
+        c!(FILE_F_PATH2_TAIL),
         c!(PATH_MAX),
         c!(DIR_MAX),
         c!(WATCH_NAME_MAX),
@@ -403,7 +423,7 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<FieldLayout>)> {
                 exe_path_len,
                 audit_id_len,
                 argv_len,
-                _pad0,
+                cwd_len,
                 comm,
                 exe_ctime_ns
             ]
@@ -438,7 +458,7 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<FieldLayout>)> {
         layout!(
             File,
             "pt_file",
-            [h, result, op, flags, path_len, path2_len, dir_len, dir2_len, fflags, _pad0, path, path2, dir, dir2]
+            [h, result, op, flags, path_len, path2_len, dir_len, dir2_len, fflags, uring_op, path, path2, dir, dir2]
         ),
     ]
 }

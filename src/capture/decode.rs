@@ -204,22 +204,51 @@ fn decode_file(rec: &[u8]) -> Result<Event, DecodeError> {
         abi::FILE_CHMOD => FileOp::Chmod,
         abi::FILE_LINK => FileOp::Link,
         abi::FILE_SYMLINK => FileOp::Symlink,
+        abi::FILE_URING => FileOp::IoUring,
         _ => return Err(DecodeError::FieldOverrun("file op")),
     };
     let field = |buf: &[u8], len: u16, name: &'static str| -> Result<Vec<u8>, DecodeError> {
         buf.get(..len as usize).map(<[u8]>::to_vec).ok_or(DecodeError::FieldOverrun(name))
     };
+    let ff = f.fflags;
     let path = field(&f.path, f.path_len, "path")?;
     let path2 = field(&f.path2, f.path2_len, "path2")?;
     let dir = join_leaf_first(&field(&f.dir, f.dir_len, "dir")?);
     let dir2 = join_leaf_first(&field(&f.dir2, f.dir2_len, "dir2")?);
-    let (path, path2) = if f.fflags & abi::FILE_F_PATH_FD != 0 {
+    // a path whose head was cut cannot be made absolute: its tail, marked
+    let given = |dir: &[u8], p: &[u8], tail: u32| {
+        if ff & tail != 0 {
+            [b"...".as_slice(), p].concat()
+        } else {
+            absolute(dir, p)
+        }
+    };
+    let mut given_name = None;
+    let mut resolved = None;
+    let (path, path2) = if ff & abi::FILE_F_RESOLVED != 0 {
+        // dir2 is the file itself, from its dentries; path/dir the name as given (if any)
+        let file = if dir2.is_empty() { b"/".to_vec() } else { dir2 };
+        let as_given = (!path.is_empty()).then(|| given(&dir, &path, abi::FILE_F_PATH_TAIL));
+        if ff & (abi::FILE_F_FOLLOWED | abi::FILE_F_PATH_TAIL) != 0 {
+            // the file it led to is the subject (a name given only in part, too: the file
+            // is the whole of it)
+            given_name = as_given.filter(|g| *g != file);
+            (file, None)
+        } else {
+            let g = as_given.unwrap_or_default();
+            resolved = (file != g).then_some(file);
+            (g, None)
+        }
+    } else if ff & abi::FILE_F_PATH_FD != 0 {
         (dir, None)
     } else if op == FileOp::Symlink {
         // the target stays as given; the new link's name is resolved
-        (path, Some(absolute(&dir2, &path2)))
+        (path, Some(given(&dir2, &path2, abi::FILE_F_PATH2_TAIL)))
     } else {
-        (absolute(&dir, &path), (!path2.is_empty()).then(|| absolute(&dir2, &path2)))
+        (
+            if path.is_empty() { path } else { given(&dir, &path, abi::FILE_F_PATH_TAIL) },
+            (!path2.is_empty()).then(|| given(&dir2, &path2, abi::FILE_F_PATH2_TAIL)),
+        )
     };
     Ok(Event::File(FileEvent {
         ts_ns: f.h.ts_ns,
@@ -228,12 +257,15 @@ fn decode_file(rec: &[u8]) -> Result<Event, DecodeError> {
         start_ns: f.h.start_ns,
         cgroup_id: f.h.cgroup_id,
         op,
-        write: f.fflags & abi::FILE_F_WRITE != 0,
+        write: ff & abi::FILE_F_WRITE != 0,
         flags: f.flags,
         path,
         path2,
         result: f.result,
-        truncated: f.fflags & abi::FILE_F_TRUNCATED != 0,
+        truncated: ff & abi::FILE_F_TRUNCATED != 0,
+        given: given_name,
+        resolved,
+        io_uring: (ff & abi::FILE_F_URING != 0).then_some(f.uring_op as u8),
     }))
 }
 
@@ -310,6 +342,7 @@ fn decode_exec(rec: &[u8]) -> Result<Event, DecodeError> {
     let interp = slot(rec, abi::EXEC_INTERP_OFF, e.interp_len as usize, abi::INTERP_MAX, "interp")?;
     let exe = slot(rec, abi::EXEC_EXE_PATH_OFF, e.exe_path_len as usize, abi::EXE_PATH_MAX, "exe_path")?;
     let audit = slot(rec, abi::EXEC_AUDIT_ID_OFF, e.audit_id_len as usize, abi::AUDIT_ID_MAX, "audit_id")?;
+    let cwd = slot(rec, abi::EXEC_CWD_OFF, e.cwd_len as usize, abi::CWD_MAX, "cwd")?;
     let argv = slot(rec, abi::EXEC_ARGV_OFF, e.argv_len as usize, abi::ARGV_MAX, "argv")?;
     let comm_len = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
     Ok(Event::Exec(ExecEvent {
@@ -340,6 +373,8 @@ fn decode_exec(rec: &[u8]) -> Result<Event, DecodeError> {
         audit_id: (!audit.is_empty()).then(|| crate::text::escape(audit)),
         comm: e.comm[..comm_len].to_vec(),
         exe_ctime_ns: e.exe_ctime_ns,
+        // the walk writes nothing for the root itself
+        cwd: if cwd.is_empty() { b"/".to_vec() } else { join_leaf_first(cwd) },
         flags: ExecFlags {
             argv_truncated: f & abi::EXEC_F_ARGV_TRUNCATED != 0,
             filename_truncated: f & abi::EXEC_F_FILENAME_TRUNC != 0,
@@ -351,6 +386,7 @@ fn decode_exec(rec: &[u8]) -> Result<Event, DecodeError> {
             env_scanned: f & abi::EXEC_F_ENV_SCANNED != 0,
             audit_id_truncated: f & abi::EXEC_F_AUDIT_ID_TRUNC != 0,
             env_truncated: f & abi::EXEC_F_ENV_TRUNCATED != 0,
+            cwd_truncated: f & abi::EXEC_F_CWD_TRUNCATED != 0,
         },
     }))
 }
@@ -512,6 +548,88 @@ mod tests {
         s.op = 99;
         let bytes = sock_bytes(&s);
         assert_eq!(decode(&bytes), Err(DecodeError::FieldOverrun("sock op")));
+    }
+
+    fn file_bytes(f: &abi::File) -> Vec<u8> {
+        // SAFETY: File is Plain (repr(C), integers only): its bytes are all initialised.
+        unsafe { std::slice::from_raw_parts(f as *const abi::File as *const u8, std::mem::size_of::<abi::File>()) }
+            .to_vec()
+    }
+
+    fn file_record(op: u32, fflags: u32, path: &[u8], dir_leaf_first: &[u8], dir2_leaf_first: &[u8]) -> abi::File {
+        let mut f = abi::File {
+            h: abi::Header {
+                kind: abi::KIND_FILE,
+                len: std::mem::size_of::<abi::File>() as u32,
+                pid: 7,
+                ..Default::default()
+            },
+            op,
+            fflags,
+            path_len: path.len() as u16,
+            dir_len: dir_leaf_first.len() as u16,
+            dir2_len: dir2_leaf_first.len() as u16,
+            ..Default::default()
+        };
+        f.path[..path.len()].copy_from_slice(path);
+        f.dir[..dir_leaf_first.len()].copy_from_slice(dir_leaf_first);
+        f.dir2[..dir2_leaf_first.len()].copy_from_slice(dir2_leaf_first);
+        f
+    }
+
+    #[test]
+    fn an_open_that_followed_a_link_names_the_file_and_keeps_the_name_given() {
+        let f = file_record(
+            abi::FILE_OPEN,
+            abi::FILE_F_RESOLVED | abi::FILE_F_FOLLOWED | abi::FILE_F_WRITE,
+            b"3",
+            b"fd\0self\0proc\0",
+            b".ash_history\0root\0",
+        );
+        let Ok(Event::File(e)) = decode(&file_bytes(&f)) else { panic!() };
+        assert_eq!(e.path, b"/root/.ash_history");
+        assert_eq!(e.given.as_deref(), Some(b"/proc/self/fd/3".as_slice()));
+        assert_eq!(e.resolved, None);
+        assert!(e.write);
+
+        // a watched name that leads elsewhere: the name is the subject, the file beside it
+        let f = file_record(abi::FILE_OPEN, abi::FILE_F_RESOLVED, b"/root/.ash_history", b"", b"null\0dev\0");
+        let Ok(Event::File(e)) = decode(&file_bytes(&f)) else { panic!() };
+        assert_eq!(
+            (e.path.as_slice(), e.resolved.as_deref()),
+            (b"/root/.ash_history".as_slice(), Some(b"/dev/null".as_slice()))
+        );
+    }
+
+    #[test]
+    fn a_path_longer_than_its_slot_keeps_its_tail_marked() {
+        let f =
+            file_record(abi::FILE_UNLINK, abi::FILE_F_PATH_TAIL | abi::FILE_F_TRUNCATED, b"/./.ash_history", b"", b"");
+        let Ok(Event::File(e)) = decode(&file_bytes(&f)) else { panic!() };
+        assert_eq!(e.path, b"..././.ash_history");
+        assert!(e.truncated);
+        // an open: the file it resolved to is the whole path
+        let f = file_record(
+            abi::FILE_OPEN,
+            abi::FILE_F_PATH_TAIL | abi::FILE_F_RESOLVED,
+            b"/./.ash_history",
+            b"",
+            b".ash_history\0root\0",
+        );
+        let Ok(Event::File(e)) = decode(&file_bytes(&f)) else { panic!() };
+        assert_eq!(e.path, b"/root/.ash_history");
+        assert_eq!(e.given.as_deref(), Some(b"..././.ash_history".as_slice()));
+    }
+
+    #[test]
+    fn io_uring_records_carry_their_opcode() {
+        let mut f = file_record(abi::FILE_URING, abi::FILE_F_URING, b"", b"", b"");
+        f.uring_op = 45;
+        let Ok(Event::File(e)) = decode(&file_bytes(&f)) else { panic!() };
+        assert_eq!((e.op, e.io_uring), (FileOp::IoUring, Some(45)));
+        assert_eq!(io_uring_op_name(45), "socket");
+        assert_eq!(io_uring_op_name(23), "write");
+        assert_eq!(io_uring_op_name(200), "op_200");
     }
 
     proptest! {

@@ -77,6 +77,8 @@ pub struct ExecFlags {
     pub env_scanned: bool,
     pub audit_id_truncated: bool,
     pub env_truncated: bool,
+    /// The working directory was longer than podtrail keeps (its top is cut).
+    pub cwd_truncated: bool,
 }
 
 /// A new image of a process (execve succeeded).
@@ -123,6 +125,10 @@ pub struct ExecEvent {
     /// The executable's inode change time (wall clock, ns): later than the start of its
     /// container or session means the file was written there.
     pub exe_ctime_ns: u64,
+    /// The working directory the new image starts in (the task's `fs->pwd`, resolved from the
+    /// kernel's dentries: inside the container for container processes); empty when unknown.
+    #[serde(serialize_with = "ser_bytes")]
+    pub cwd: Vec<u8>,
     pub flags: ExecFlags,
 }
 
@@ -372,6 +378,10 @@ pub enum FileOp {
     Link,
     /// `path2` is the new link's path, `path` what it points to (e.g. /dev/null), as given.
     Symlink,
+    /// An io_uring operation on a watched file's descriptor (a write, a read of a secret...)
+    /// or a socket set-up (socket, connect, accept, bind, listen): `FileEvent::io_uring` is the
+    /// opcode. io_uring path operations (openat, unlinkat, renameat...) take their own op.
+    IoUring,
 }
 
 impl FileOp {
@@ -384,6 +394,7 @@ impl FileOp {
             FileOp::Chmod => "chmod",
             FileOp::Link => "link",
             FileOp::Symlink => "symlink",
+            FileOp::IoUring => "io_uring",
         }
     }
 }
@@ -409,12 +420,97 @@ pub struct FileEvent {
     pub path2: Option<Vec<u8>>,
     /// The syscall's result: 0 / a file descriptor, or a negative errno.
     pub result: i64,
-    /// A path was longer than podtrail keeps (flagged, not dropped).
+    /// A path was longer than podtrail keeps (flagged, not dropped). A path whose head was
+    /// cut starts with `...`: its base name, what the watch judged, is whole.
     pub truncated: bool,
+    /// For an open (or an io_uring operation) that reached the watched file by another name
+    /// (a symlink, a hard link, `/proc/self/fd/N`): that name, as given (made absolute).
+    /// `path` is then the file itself, resolved from the kernel's dentries.
+    #[serde(serialize_with = "ser_opt_bytes")]
+    pub given: Option<Vec<u8>>,
+    /// For an open whose watched name leads elsewhere (a history replaced by a symlink to
+    /// /dev/null): the file it opened, resolved from the kernel's dentries.
+    #[serde(serialize_with = "ser_opt_bytes")]
+    pub resolved: Option<Vec<u8>>,
+    /// Submitted through io_uring: the opcode (`IORING_OP_*`).
+    pub io_uring: Option<u8>,
 }
 
 impl FileEvent {
     pub fn key(&self) -> ProcessKey {
         ProcessKey { pid: self.pid, start_ns: self.start_ns }
+    }
+}
+
+/// The name of an io_uring opcode (`IORING_OP_*`, lower case), for span attributes.
+pub fn io_uring_op_name(op: u8) -> std::borrow::Cow<'static, str> {
+    const NAMES: [&str; 63] = [
+        "nop",
+        "readv",
+        "writev",
+        "fsync",
+        "read_fixed",
+        "write_fixed",
+        "poll_add",
+        "poll_remove",
+        "sync_file_range",
+        "sendmsg",
+        "recvmsg",
+        "timeout",
+        "timeout_remove",
+        "accept",
+        "async_cancel",
+        "link_timeout",
+        "connect",
+        "fallocate",
+        "openat",
+        "close",
+        "files_update",
+        "statx",
+        "read",
+        "write",
+        "fadvise",
+        "madvise",
+        "send",
+        "recv",
+        "openat2",
+        "epoll_ctl",
+        "splice",
+        "provide_buffers",
+        "remove_buffers",
+        "tee",
+        "shutdown",
+        "renameat",
+        "unlinkat",
+        "mkdirat",
+        "symlinkat",
+        "linkat",
+        "msg_ring",
+        "fsetxattr",
+        "setxattr",
+        "fgetxattr",
+        "getxattr",
+        "socket",
+        "uring_cmd",
+        "send_zc",
+        "sendmsg_zc",
+        "read_multishot",
+        "waitid",
+        "futex_wait",
+        "futex_wake",
+        "futex_waitv",
+        "fixed_fd_install",
+        "ftruncate",
+        "bind",
+        "listen",
+        "recv_zc",
+        "epoll_wait",
+        "readv_fixed",
+        "writev_fixed",
+        "pipe",
+    ];
+    match NAMES.get(op as usize) {
+        Some(n) => std::borrow::Cow::Borrowed(n),
+        None => std::borrow::Cow::Owned(format!("op_{op}")),
     }
 }

@@ -282,7 +282,7 @@ impl Capture {
             attach_tp(&mut ebpf, prog, cat, name)?;
             attached.push(prog);
         }
-        let files = attach_file_hooks(&mut ebpf, &opts)?;
+        let files = attach_file_hooks(&mut ebpf, &btf, &opts)?;
         attached.extend(files);
         if opts.network {
             let root = match &opts.cgroup2_root {
@@ -379,30 +379,34 @@ fn attach_socket_hooks(ebpf: &mut Ebpf, btf: &Btf, cg: &fs::File) -> Result<Vec<
     ])
 }
 
-/// The syscalls whose paths are checked against the watched names, and their programs.
-const FILE_SYSCALLS: &[(&str, &str)] = &[
-    ("pt_enter_openat", "openat"),
-    ("pt_enter_open", "open"),
-    ("pt_enter_openat2", "openat2"),
-    ("pt_enter_unlinkat", "unlinkat"),
-    ("pt_enter_unlink", "unlink"),
-    ("pt_enter_renameat2", "renameat2"),
-    ("pt_enter_renameat", "renameat"),
-    ("pt_enter_rename", "rename"),
-    ("pt_enter_truncate", "truncate"),
-    ("pt_enter_ftruncate", "ftruncate"),
-    ("pt_enter_fchmodat", "fchmodat"),
-    ("pt_enter_chmod", "chmod"),
-    ("pt_enter_fchmod", "fchmod"),
-    ("pt_enter_linkat", "linkat"),
-    ("pt_enter_link", "link"),
-    ("pt_enter_symlinkat", "symlinkat"),
-    ("pt_enter_symlink", "symlink"),
+/// The syscalls whose paths are checked against the watched names, their entry programs and
+/// their exit programs: a call that returns a descriptor has its own, which judges the file
+/// the descriptor names; the others share `pt_exit_file`.
+const FILE_SYSCALLS: &[(&str, &str, &str)] = &[
+    ("pt_enter_openat", "openat", "pt_exit_openat"),
+    ("pt_enter_open", "open", "pt_exit_open"),
+    ("pt_enter_openat2", "openat2", "pt_exit_openat2"),
+    ("pt_enter_creat", "creat", "pt_exit_creat"),
+    ("pt_enter_unlinkat", "unlinkat", "pt_exit_file"),
+    ("pt_enter_unlink", "unlink", "pt_exit_file"),
+    ("pt_enter_renameat2", "renameat2", "pt_exit_file"),
+    ("pt_enter_renameat", "renameat", "pt_exit_file"),
+    ("pt_enter_rename", "rename", "pt_exit_file"),
+    ("pt_enter_truncate", "truncate", "pt_exit_file"),
+    ("pt_enter_ftruncate", "ftruncate", "pt_exit_file"),
+    ("pt_enter_fchmodat", "fchmodat", "pt_exit_file"),
+    ("pt_enter_fchmodat2", "fchmodat2", "pt_exit_file"),
+    ("pt_enter_chmod", "chmod", "pt_exit_file"),
+    ("pt_enter_fchmod", "fchmod", "pt_exit_file"),
+    ("pt_enter_linkat", "linkat", "pt_exit_file"),
+    ("pt_enter_link", "link", "pt_exit_file"),
+    ("pt_enter_symlinkat", "symlinkat", "pt_exit_file"),
+    ("pt_enter_symlink", "symlink", "pt_exit_file"),
 ];
 
 /// Fills the watched names and attaches the file hooks. A syscall this architecture lacks
 /// (arm64 has no open, rename, ...) is skipped: its `*at` form covers it there.
-fn attach_file_hooks(ebpf: &mut Ebpf, opts: &CaptureOptions) -> Result<Vec<&'static str>, CaptureError> {
+fn attach_file_hooks(ebpf: &mut Ebpf, btf: &Btf, opts: &CaptureOptions) -> Result<Vec<&'static str>, CaptureError> {
     let mut names: std::collections::HashMap<[u8; abi::WATCH_NAME_MAX], u32> = std::collections::HashMap::new();
     let all_changes = (1 << abi::FILE_OPEN)
         | (1 << abi::FILE_UNLINK)
@@ -439,18 +443,32 @@ fn attach_file_hooks(ebpf: &mut Ebpf, opts: &CaptureOptions) -> Result<Vec<&'sta
     {
         let exit: &mut TracePoint = program(ebpf, "pt_exit_file")?;
         exit.load().map_err(|e| refused("pt_exit_file", "tracepoint", e))?;
-        for (_, sc) in FILE_SYSCALLS.iter().filter(|(_, sc)| have(sc)) {
+        for (_, sc, _) in FILE_SYSCALLS.iter().filter(|(_, sc, x)| *x == "pt_exit_file" && have(sc)) {
             exit.attach("syscalls", &format!("sys_exit_{sc}")).map_err(|e| refused("pt_exit_file", "tracepoint", e))?;
         }
     }
     attached.push("pt_exit_file");
-    for (prog, sc) in FILE_SYSCALLS {
+    for (prog, sc, exit) in FILE_SYSCALLS {
         if !have(sc) {
             tracing::debug!(syscall = sc, "no such syscall tracepoint here; skipped");
             continue;
         }
         attach_tp(ebpf, prog, "syscalls", &format!("sys_enter_{sc}"))?;
         attached.push(*prog);
+        if *exit != "pt_exit_file" {
+            attach_tp(ebpf, exit, "syscalls", &format!("sys_exit_{sc}"))?;
+            attached.push(*exit);
+        }
+    }
+    // io_uring submissions: a kernel without io_uring (or with its tracepoints compiled out)
+    // has no such tracepoint, and the file hooks work without it (logged)
+    if Path::new(&format!("{tracefs}/events/io_uring/io_uring_submit_req")).exists() {
+        attach_btf_tp(ebpf, btf, "pt_uring_submit", "io_uring_submit_req")?;
+        attached.push("pt_uring_submit");
+    } else {
+        tracing::warn!(
+            "no io_uring_submit_req tracepoint on this kernel: operations submitted through io_uring are not seen"
+        );
     }
     Ok(attached)
 }

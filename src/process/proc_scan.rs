@@ -181,6 +181,7 @@ impl SessionTracker {
                 identity: None,
                 program: None,
                 connects_over_cap: 0,
+                cwd: None,
             }];
             if self.containers.learn(sp.cgroup_id, self.lookup.as_mut(), true) {
                 self.containers.note_namespaces(sp.cgroup_id, sp.mntns_ino, sp.pidns_ino);

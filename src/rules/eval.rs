@@ -156,6 +156,7 @@ mod tests {
             identity: None,
             program: None,
             connects_over_cap: 0,
+            cwd: None,
         };
         ProcessRecord {
             key: ProcessKey { pid: 101, start_ns: 50 * S },

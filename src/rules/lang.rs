@@ -303,7 +303,12 @@ fn file_op(s: &str) -> Result<FileOp, String> {
         "chmod" => FileOp::Chmod,
         "link" => FileOp::Link,
         "symlink" => FileOp::Symlink,
-        o => return Err(format!("unknown file op {o:?} (open, unlink, rename, truncate, chmod, link, symlink)")),
+        "io_uring" => FileOp::IoUring,
+        o => {
+            return Err(format!(
+                "unknown file op {o:?} (open, unlink, rename, truncate, chmod, link, symlink, io_uring)"
+            ))
+        }
     })
 }
 

@@ -462,6 +462,9 @@ pub fn image_span(
     }
     attrs.push(KeyValue::new(sc::PROCESS_EXECUTABLE_PATH, escape(&img.exe_path)));
     attrs.push(KeyValue::new(sc::PROCESS_EXECUTABLE_NAME, escape(basename(&img.exe_path))));
+    if let Some(cwd) = &img.cwd {
+        attrs.push(KeyValue::new(sc::PROCESS_WORKING_DIRECTORY, escape(cwd)));
+    }
     if let Some(a0) = img.argv.first() {
         attrs.push(KeyValue::new(sc::PROCESS_COMMAND, escape(a0)));
     }
@@ -541,6 +544,15 @@ pub fn file_event(ctx: &BuildCtx, f: &FileRecord) -> opentelemetry::trace::Event
     }
     if f.truncated {
         attrs.push(KeyValue::new(keys::FILE_TRUNCATED, true));
+    }
+    if let Some(p) = &f.given {
+        attrs.push(KeyValue::new(keys::FILE_GIVEN_PATH, escape(p)));
+    }
+    if let Some(p) = &f.resolved {
+        attrs.push(KeyValue::new(keys::FILE_RESOLVED_PATH, escape(p)));
+    }
+    if let Some(op) = f.io_uring {
+        attrs.push(KeyValue::new(keys::FILE_IO_URING_OP, crate::capture::event::io_uring_op_name(op).into_owned()));
     }
     opentelemetry::trace::Event::new(format!("file {}", f.op.as_str()), ctx.clock.to_system_time(f.ts_ns), attrs, 0)
 }

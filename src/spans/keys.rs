@@ -115,6 +115,13 @@ pub const FILE_WRITE: &str = "podtrail.file.write";
 pub const FILE_FLAGS: &str = "podtrail.file.flags";
 pub const FILE_ERROR: &str = "podtrail.file.error";
 pub const FILE_TRUNCATED: &str = "podtrail.file.truncated";
+/// The name the process gave for a file it reached by another (a symlink, a hard link,
+/// `/proc/self/fd/N`); `file.path` is then the file itself, from the kernel's dentries.
+pub const FILE_GIVEN_PATH: &str = "podtrail.file.given_path";
+/// The file a watched name led to, when another (a history replaced by a symlink).
+pub const FILE_RESOLVED_PATH: &str = "podtrail.file.resolved_path";
+/// An operation submitted through io_uring: its opcode (`write`, `openat`, `connect`...).
+pub const FILE_IO_URING_OP: &str = "podtrail.file.io_uring.op";
 
 /// Every `podtrail.` key above.
 pub const PODTRAIL_KEYS: &[&str] = &[
@@ -185,6 +192,9 @@ pub const PODTRAIL_KEYS: &[&str] = &[
     FILE_FLAGS,
     FILE_ERROR,
     FILE_TRUNCATED,
+    FILE_GIVEN_PATH,
+    FILE_RESOLVED_PATH,
+    FILE_IO_URING_OP,
 ];
 
 /// Every semantic-convention key podtrail emits, on spans or on the resource.
@@ -219,6 +229,7 @@ pub const SEMCONV_KEYS: &[&str] = &[
     sc::PROCESS_VPID,
     sc::PROCESS_EXECUTABLE_NAME,
     sc::PROCESS_EXECUTABLE_PATH,
+    sc::PROCESS_WORKING_DIRECTORY,
     sc::PROCESS_COMMAND,
     sc::PROCESS_COMMAND_ARGS,
     sc::PROCESS_USER_ID,

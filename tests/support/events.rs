@@ -126,6 +126,7 @@ pub fn exec(ts: u64, x: X) -> Event {
         argv: x.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
         audit_id: None,
         comm: b"exe".to_vec(),
+        cwd: Vec::new(),
         flags: ExecFlags { parent_other_cgroup: x.cg != x.pcg, ..Default::default() },
     })
 }

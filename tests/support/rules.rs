@@ -126,6 +126,9 @@ pub fn file(ts: u64, op: FileOp, path: &str, path2: Option<&str>, write: bool, f
         path2: path2.map(|p| p.as_bytes().to_vec()),
         result: 0,
         truncated: false,
+        given: None,
+        resolved: None,
+        io_uring: None,
     }
 }
 

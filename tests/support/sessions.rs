@@ -67,6 +67,7 @@ pub fn image(idx: u32, start: u64, exe: &str, argv: &[&str]) -> ImageRecord {
         identity: None,
         program: None,
         connects_over_cap: 0,
+        cwd: None,
     }
 }
 

@@ -181,6 +181,7 @@ pub(crate) fn image_from_exec(
         identity: ident.tool.clone(),
         program: ident.program.clone(),
         connects_over_cap: 0,
+        cwd: (!e.cwd.is_empty()).then(|| e.cwd.clone()),
     }
 }
 

@@ -105,6 +105,7 @@ impl SessionTracker {
                 identity: None,
                 program: None,
                 connects_over_cap: 0,
+                cwd: None,
             });
         }
         p.images.last_mut()
@@ -262,6 +263,9 @@ impl SessionTracker {
                 path2: f.path2.clone(),
                 result: f.result,
                 truncated: f.truncated,
+                given: f.given.clone(),
+                resolved: f.resolved.clone(),
+                io_uring: f.io_uring,
             });
             let at = p.images.len() - 1;
             self.announce(key, at, Live::File, out);

@@ -128,21 +128,17 @@ def ours(before, after, owned, prefix=""):
     return rt, cnt
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--execs", type=int, default=5000)
-    ap.add_argument("--connects", type=int, default=20000)
-    ap.add_argument("--podtrail", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "podtrail"))
-    a = ap.parse_args()
-    subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"], check=True)
-
+def exec_capture(podtrail, execs):
+    """The exec storm on the host, captured at the same time by `podtrail capture --kinds exec`
+    and by execsnoop: two rows (storm, generated, elapsed, tool, received, BPF run time, BPF
+    runs, user-space CPU). Needs kernel.bpf_stats_enabled=1. Also used by
+    bench/session_storm.py."""
     rows = []
-    # --- exec storm ---
-    pt, pt_ids = start_tool([a.podtrail, "capture", "--kinds", "exec", "--log-level", "warn"])
+    pt, pt_ids = start_tool([podtrail, "capture", "--kinds", "exec", "--log-level", "warn"])
     ref, ref_ids = start_tool(["execsnoop"])
     before = bpf_prog_stats()
     c0 = (proc_cpu(pt.p.pid), proc_cpu(ref.p.pid))
-    el = exec_storm(a.execs)
+    el = exec_storm(execs)
     time.sleep(1.0)
     after = bpf_prog_stats()
     pt_cpu, ref_cpu = proc_cpu(pt.p.pid) - c0[0], proc_cpu(ref.p.pid) - c0[1]
@@ -152,11 +148,23 @@ def main():
     ref_seen = sum(1 for l in ref_out if b"/bin/true storm-" in l)
     pt_rt, pt_cnt = ours(before, after, pt_ids, "pt_sched_exec")
     ref_rt, ref_cnt = ours(before, after, ref_ids)
-    rows.append(("exec", a.execs, el, "podtrail", pt_seen, pt_rt, pt_cnt, pt_cpu))
+    rows.append(("exec", execs, el, "podtrail", pt_seen, pt_rt, pt_cnt, pt_cpu))
     # execsnoop runs one program at execve entry and one at exit: per exec is the run time
     # over the busier program's count (other execs on the machine are in both numbers)
     ref_cnt = max([after[i].get("run_cnt", 0) - before.get(i, {}).get("run_cnt", 0) for i in ref_ids] or [1])
-    rows.append(("exec", a.execs, el, "execsnoop", ref_seen, ref_rt, ref_cnt, ref_cpu))
+    rows.append(("exec", execs, el, "execsnoop", ref_seen, ref_rt, ref_cnt, ref_cpu))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--execs", type=int, default=5000)
+    ap.add_argument("--connects", type=int, default=20000)
+    ap.add_argument("--podtrail", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "podtrail"))
+    a = ap.parse_args()
+    subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"], check=True)
+
+    rows = exec_capture(a.podtrail, a.execs)
 
     # --- connect storm ---
     pt, pt_ids = start_tool([a.podtrail, "capture", "--kinds", "connect,connect_result", "--log-level", "warn"])

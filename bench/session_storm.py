@@ -278,6 +278,41 @@ def mib(b):
     return f"{b / MIB:.1f}"
 
 
+def print_storm(rows, a, ring_mib):
+    n = a.execs
+    med = lambda f: statistics.median(f(r) for r in rows)
+    print(f"\nsession storm: {n} x `/bin/true storm-arg` (fork + exec + wait) in one `ctr task exec`, "
+          f"{len(rows)} rounds; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    hdr = ("round", "storm s", "storm µs/exec", "idle ms/s pt / snoop", "podtrail µs/exec", "execsnoop µs/exec",
+           "ratio", "podtrail counted (spans)", "execsnoop lines")
+    print("| " + " | ".join(hdr) + " |")
+    print("|" + "|".join("---" for _ in hdr) + "|")
+    for i, r in enumerate(rows):
+        print("| " + " | ".join(str(x) for x in (
+            i + 1, f"{r['storm_s']:.1f}", f"{r['storm_cpu'] / n * 1e6:.0f}",
+            f"{r['idle'][0] * 1e3:.1f} / {r['idle'][1] * 1e3:.1f}", f"{cpu_per_exec(r['pt_cpu'], n):.1f}",
+            f"{cpu_per_exec(r['snoop_cpu'], n):.1f}", f"{r['pt_cpu'] / max(r['snoop_cpu'], 1e-9):.2f}x",
+            f"{r['pt_counted']} ({r['pt_spans']})", r["snoop_counted"])) + " |")
+    print("\nmemory of podtrail run (MiB): rest VmRSS / RssAnon / BPF map mappings, peak VmHWM, after VmRSS / "
+          "RssAnon; execsnoop VmRSS")
+    for i, r in enumerate(rows):
+        print(f"  round {i + 1}: rest {mib(r['rest']['VmRSS'])} / {mib(r['rest']['RssAnon'])} / {mib(r['rest_bpf'])}, "
+              f"peak {mib(r['after']['VmHWM'])}, after {mib(r['after']['VmRSS'])} / {mib(r['after']['RssAnon'])}; "
+              f"execsnoop {mib(r['snoop_rss'])}")
+    top = sorted(rows[-1]["smaps"].items(), key=lambda kv: -kv[1][0])[:8]
+    print("  last round, after the storm, RSS by mapping (MiB, Rss / Anonymous): " +
+          ", ".join(f"{k} {mib(v[0])} / {mib(v[1])}" for k, v in top))
+    ring = [l for l in ring_mib.splitlines() if l.strip().startswith("ring_mib")]
+    print(f"  ring: {ring[0].strip() if ring else '(see podtrail.example.toml)'} (default config)")
+
+    pt, sn = med(lambda r: r["pt_cpu"]), med(lambda r: r["snoop_cpu"])
+    print(f"\nmedians: agent CPU per exec podtrail {pt / n * 1e6:.1f} µs, execsnoop {sn / n * 1e6:.1f} µs "
+          f"({pt / max(sn, 1e-9):.2f}x); counted podtrail {med(lambda r: r['pt_counted']):.0f} / {n}, execsnoop "
+          f"{med(lambda r: r['snoop_counted']):.0f} / {n}; RSS rest {mib(med(lambda r: r['rest']['VmRSS']))} MiB "
+          f"(RssAnon {mib(med(lambda r: r['rest']['RssAnon']))}), peak {mib(med(lambda r: r['after']['VmHWM']))}, "
+          f"after {mib(med(lambda r: r['after']['VmRSS']))} (RssAnon {mib(med(lambda r: r['after']['RssAnon']))})")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--execs", type=int, default=20000)
@@ -314,39 +349,8 @@ def main():
         finally:
             subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=0"], check=False)
 
-    n = a.execs
-    med = lambda f: statistics.median(f(r) for r in rows)
-    print(f"\nsession storm: {n} x `/bin/true storm-arg` (fork + exec + wait) in one `ctr task exec`, "
-          f"{len(rows)} rounds; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    hdr = ("round", "storm s", "storm µs/exec", "idle ms/s pt / snoop", "podtrail µs/exec", "execsnoop µs/exec",
-           "ratio", "podtrail counted (spans)", "execsnoop lines")
-    print("| " + " | ".join(hdr) + " |")
-    print("|" + "|".join("---" for _ in hdr) + "|")
-    for i, r in enumerate(rows):
-        print("| " + " | ".join(str(x) for x in (
-            i + 1, f"{r['storm_s']:.1f}", f"{r['storm_cpu'] / n * 1e6:.0f}",
-            f"{r['idle'][0] * 1e3:.1f} / {r['idle'][1] * 1e3:.1f}", f"{cpu_per_exec(r['pt_cpu'], n):.1f}",
-            f"{cpu_per_exec(r['snoop_cpu'], n):.1f}", f"{r['pt_cpu'] / max(r['snoop_cpu'], 1e-9):.2f}x",
-            f"{r['pt_counted']} ({r['pt_spans']})", r["snoop_counted"])) + " |")
-    print("\nmemory of podtrail run (MiB): rest VmRSS / RssAnon / BPF map mappings, peak VmHWM, after VmRSS / "
-          "RssAnon; execsnoop VmRSS")
-    for i, r in enumerate(rows):
-        print(f"  round {i + 1}: rest {mib(r['rest']['VmRSS'])} / {mib(r['rest']['RssAnon'])} / {mib(r['rest_bpf'])}, "
-              f"peak {mib(r['after']['VmHWM'])}, after {mib(r['after']['VmRSS'])} / {mib(r['after']['RssAnon'])}; "
-              f"execsnoop {mib(r['snoop_rss'])}")
-    top = sorted(rows[-1]["smaps"].items(), key=lambda kv: -kv[1][0])[:8]
-    print("  last round, after the storm, RSS by mapping (MiB, Rss / Anonymous): " +
-          ", ".join(f"{k} {mib(v[0])} / {mib(v[1])}" for k, v in top))
-    ring = [l for l in ring_mib.splitlines() if l.strip().startswith("ring_mib")]
-    print(f"  ring: {ring[0].strip() if ring else '(see podtrail.example.toml)'} (default config)")
-
-    pt, sn = med(lambda r: r["pt_cpu"]), med(lambda r: r["snoop_cpu"])
-    print(f"\nmedians: agent CPU per exec podtrail {pt / n * 1e6:.1f} µs, execsnoop {sn / n * 1e6:.1f} µs "
-          f"({pt / max(sn, 1e-9):.2f}x); counted podtrail {med(lambda r: r['pt_counted']):.0f} / {n}, execsnoop "
-          f"{med(lambda r: r['snoop_counted']):.0f} / {n}; RSS rest {mib(med(lambda r: r['rest']['VmRSS']))} MiB "
-          f"(RssAnon {mib(med(lambda r: r['rest']['RssAnon']))}), peak {mib(med(lambda r: r['after']['VmHWM']))}, "
-          f"after {mib(med(lambda r: r['after']['VmRSS']))} (RssAnon {mib(med(lambda r: r['after']['RssAnon']))})")
-
+    if rows:
+        print_storm(rows, a, ring_mib)
     if cap:
         print(f"\nhost storm, `podtrail capture --kinds exec` against execsnoop ({a.capture_execs} execs, "
               "bench/capture_storm.py's exec part):")

@@ -22,6 +22,10 @@ import threading
 import time
 
 
+# warnings, and the one line that says the programs are loaded and capture runs
+LOG = "warn,podtrail::cli::capture=info"
+
+
 def bpf_prog_stats():
     out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True, check=True).stdout
     return {p["id"]: p for p in json.loads(out)}
@@ -47,19 +51,34 @@ class Reaped:
     def __init__(self, cmd):
         self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.out = []
-        self.t = threading.Thread(target=self._read, daemon=True)
+        self.err = []
+        self.t = threading.Thread(target=self._read, args=(self.p.stdout, self.out), daemon=True)
         self.t.start()
+        self.te = threading.Thread(target=self._read, args=(self.p.stderr, self.err), daemon=True)
+        self.te.start()
 
-    def _read(self):
-        for line in self.p.stdout:
-            self.out.append(line)
+    @staticmethod
+    def _read(f, into):
+        for line in f:
+            into.append(line)
+
+    def wait_ready(self, timeout=120):
+        """Until the tool says it captures: a first line on stdout (execsnoop's and tcpstates'
+        header) or podtrail's `capturing` log line. Loading takes seconds on a loaded machine
+        (the verifier), and a storm started before that bills the load to the storm."""
+        deadline = time.time() + timeout
+        while not (self.out or any(b"capturing" in l for l in self.err)):
+            if self.p.poll() is not None or time.time() > deadline:
+                raise SystemExit(f"{self.p.args} did not start: {b''.join(self.err).decode(errors='replace')}")
+            time.sleep(0.05)
 
     def stop(self):
         self.p.send_signal(signal.SIGINT)
         _, status, ru = os.wait4(self.p.pid, 0)
         self.t.join(timeout=30)
+        self.te.join(timeout=30)
         self.p.returncode = status
-        err = self.p.stderr.read().decode(errors="replace")
+        err = b"".join(self.err).decode(errors="replace")
         return self.out, err, ru.ru_utime + ru.ru_stime
 
 
@@ -109,7 +128,8 @@ def start_tool(cmd):
     cannot name a program's owner, so tools start one at a time and the new ids are theirs)."""
     ids0 = set(bpf_prog_stats())
     t = Reaped(cmd)
-    time.sleep(2.5)
+    t.wait_ready()
+    time.sleep(1.0)
     return t, set(bpf_prog_stats()) - ids0
 
 
@@ -134,7 +154,7 @@ def exec_capture(podtrail, execs):
     runs, user-space CPU). Needs kernel.bpf_stats_enabled=1. Also used by
     bench/session_storm.py."""
     rows = []
-    pt, pt_ids = start_tool([podtrail, "capture", "--kinds", "exec", "--log-level", "warn"])
+    pt, pt_ids = start_tool([podtrail, "capture", "--kinds", "exec", "--log-level", LOG])
     ref, ref_ids = start_tool(["execsnoop"])
     before = bpf_prog_stats()
     c0 = (proc_cpu(pt.p.pid), proc_cpu(ref.p.pid))
@@ -167,7 +187,7 @@ def main():
     rows = exec_capture(a.podtrail, a.execs)
 
     # --- connect storm ---
-    pt, pt_ids = start_tool([a.podtrail, "capture", "--kinds", "connect,connect_result", "--log-level", "warn"])
+    pt, pt_ids = start_tool([a.podtrail, "capture", "--kinds", "connect,connect_result", "--log-level", LOG])
     ref, ref_ids = start_tool(["tcpstates"])
     before = bpf_prog_stats()
     c0 = (proc_cpu(pt.p.pid), proc_cpu(ref.p.pid))

@@ -158,7 +158,8 @@ def session_round(cd, tmp, storm, a, perf_out):
     agent = new_agent(a, tmp, f"run-{time.monotonic_ns()}", cd)
     traces = os.path.join(agent.dir, "traces.jsonl")
     snoop = capture_storm.Reaped(["execsnoop"])
-    time.sleep(2.5)  # execsnoop loads its programs
+    snoop.wait_ready()  # its header: the programs are loaded
+    time.sleep(1)
     pid, spid = agent.p.pid, snoop.p.pid
     rest = status(pid)
     rest_bpf = bpf_map_rss(pid)
@@ -169,7 +170,7 @@ def session_round(cd, tmp, storm, a, perf_out):
 
     perf = None
     if perf_out:
-        perf = subprocess.Popen(["perf", "record", "-q", "--call-graph", "dwarf,32768", "-F", "499", "-p", str(pid),
+        perf = subprocess.Popen(["perf", "record", "-q", "--call-graph", "dwarf,32768", "-F", "1999", "-p", str(pid),
                                  "-o", perf_out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)
     t0 = time.time()

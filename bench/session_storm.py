@@ -86,6 +86,22 @@ def bpf_map_rss(pid):
     return sum(v[0] for k, v in smaps(pid).items() if "bpf" in k)
 
 
+def malloc_stats(pid, log_path):
+    """glibc's malloc_stats() called in the agent with gdb (it prints to the agent's stderr, its
+    log file): (bytes the allocator holds from the system, bytes in use), so RssAnon splits into
+    live data and freed memory glibc kept. None without gdb."""
+    if not shutil.which("gdb"):
+        return None
+    subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "call (void)malloc_stats()"], capture_output=True)
+    time.sleep(0.2)
+    text = open(log_path, errors="replace").read()
+    at = text.rfind("Total (incl. mmap):")
+    if at < 0:
+        return None
+    nums = [int(l.split("=")[1]) for l in text[at:].splitlines()[1:3]]
+    return tuple(nums)
+
+
 def otlp_spans(path):
     """(span, resource attributes) of every span in an OTLP/JSON lines file; a line still being
     written is skipped."""
@@ -163,6 +179,7 @@ def session_round(cd, tmp, storm, a, perf_out):
     pid, spid = agent.p.pid, snoop.p.pid
     rest = status(pid)
     rest_bpf = bpf_map_rss(pid)
+    rest_malloc = malloc_stats(pid, agent.log_path) if a.malloc_stats else None
     c0 = (capture_storm.proc_cpu(pid), capture_storm.proc_cpu(spid))
     time.sleep(a.idle)
     c1 = (capture_storm.proc_cpu(pid), capture_storm.proc_cpu(spid))
@@ -201,6 +218,7 @@ def session_round(cd, tmp, storm, a, perf_out):
         perf.wait(timeout=120)
     after = status(pid)
     smap = smaps(pid)
+    after_malloc = malloc_stats(pid, agent.log_path) if a.malloc_stats else None
     trace = root[0]["traceId"]
     mine = [(s, res) for s, res in spans if s["traceId"] == trace]
     # the `true` images (a child's span for its fork image, a copy of exec_storm's argv, is not one)
@@ -230,6 +248,7 @@ def session_round(cd, tmp, storm, a, perf_out):
         "session_processes": attr(*root, "podtrail.session.processes"),
         "snoop_counted": seen, "n": n,
         "rest": rest, "rest_bpf": rest_bpf, "after": after, "after_bpf": sum(v[0] for k, v in smap.items() if "bpf" in k), "smaps": smap, "snoop_rss": snoop_rss,
+        "malloc": (rest_malloc, after_malloc),
         "stopped": stopped,
     }
 
@@ -300,6 +319,11 @@ def print_storm(rows, a, ring_mib):
         print(f"  round {i + 1}: rest {mib(r['rest']['VmRSS'])} / {mib(r['rest']['RssAnon'])} / {mib(r['rest_bpf'])}, "
               f"peak {mib(r['after']['VmHWM'])}, after {mib(r['after']['VmRSS'])} / {mib(r['after']['RssAnon'])}; "
               f"execsnoop {mib(r['snoop_rss'])}")
+    for i, r in enumerate(rows):
+        ms = r["malloc"]
+        if ms[0] and ms[1]:
+            print(f"  round {i + 1}: glibc malloc holds / has in use: rest {mib(ms[0][0])} / {mib(ms[0][1])}, "
+                  f"after {mib(ms[1][0])} / {mib(ms[1][1])}")
     top = sorted(rows[-1]["smaps"].items(), key=lambda kv: -kv[1][0])[:8]
     print("  last round, after the storm, RSS by mapping (MiB, Rss / Anonymous): " +
           ", ".join(f"{k} {mib(v[0])} / {mib(v[1])}" for k, v in top))
@@ -308,7 +332,8 @@ def print_storm(rows, a, ring_mib):
 
     pt, sn = med(lambda r: r["pt_cpu"]), med(lambda r: r["snoop_cpu"])
     print(f"\nmedians: agent CPU per exec podtrail {pt / n * 1e6:.1f} µs, execsnoop {sn / n * 1e6:.1f} µs "
-          f"({pt / max(sn, 1e-9):.2f}x); counted podtrail {med(lambda r: r['pt_counted']):.0f} / {n}, execsnoop "
+          f"({pt / max(sn, 1e-9):.2f}x; median of the rounds' ratios "
+          f"{med(lambda r: r['pt_cpu'] / max(r['snoop_cpu'], 1e-9)):.2f}x); counted podtrail {med(lambda r: r['pt_counted']):.0f} / {n}, execsnoop "
           f"{med(lambda r: r['snoop_counted']):.0f} / {n}; RSS rest {mib(med(lambda r: r['rest']['VmRSS']))} MiB "
           f"(RssAnon {mib(med(lambda r: r['rest']['RssAnon']))}), peak {mib(med(lambda r: r['after']['VmHWM']))}, "
           f"after {mib(med(lambda r: r['after']['VmRSS']))} (RssAnon {mib(med(lambda r: r['after']['RssAnon']))})")
@@ -323,6 +348,8 @@ def main():
     ap.add_argument("--live", type=int, default=10000, help="live processes for the memory figure (0: skip)")
     ap.add_argument("--sessions", type=int, default=1000, help="open exec sessions for the memory figure")
     ap.add_argument("--perf", help="perf record the agent during the last round's storm into this file")
+    ap.add_argument("--malloc-stats", action="store_true",
+                    help="glibc malloc_stats() in the agent (gdb) at rest and after the storm: held vs in use")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (traces, logs)")
     ap.add_argument("--podtrail", default=os.path.join(ROOT, "target", "release", "podtrail"))
     a = ap.parse_args()

@@ -62,15 +62,24 @@ class Reaped:
         for line in f:
             into.append(line)
 
-    def wait_ready(self, timeout=120):
-        """Until the tool says it captures: a first line on stdout (execsnoop's and tcpstates'
-        header) or podtrail's `capturing` log line. Loading takes seconds on a loaded machine
-        (the verifier), and a storm started before that bills the load to the storm."""
+    def wait_ready(self, ids0=None, timeout=120):
+        """Until the tool captures: a first line on stdout (execsnoop's header), podtrail's
+        `capturing` log line, or (tools that buffer their header in a pipe, like tcpstates;
+        needs ids0, the BPF program ids before the start) new BPF programs whose set has not
+        changed for a second. Loading takes seconds on a loaded machine (the verifier), and a
+        storm started before that bills the load to the storm."""
         deadline = time.time() + timeout
+        last, since = None, time.time()
         while not (self.out or any(b"capturing" in l for l in self.err)):
             if self.p.poll() is not None or time.time() > deadline:
                 raise SystemExit(f"{self.p.args} did not start: {b''.join(self.err).decode(errors='replace')}")
-            time.sleep(0.05)
+            if ids0 is not None:
+                new = set(bpf_prog_stats()) - ids0
+                if new != last:
+                    last, since = new, time.time()
+                elif new and time.time() - since >= 1.0:
+                    return
+            time.sleep(0.1)
 
     def stop(self):
         self.p.send_signal(signal.SIGINT)
@@ -128,7 +137,7 @@ def start_tool(cmd):
     cannot name a program's owner, so tools start one at a time and the new ids are theirs)."""
     ids0 = set(bpf_prog_stats())
     t = Reaped(cmd)
-    t.wait_ready()
+    t.wait_ready(ids0)
     time.sleep(1.0)
     return t, set(bpf_prog_stats()) - ids0
 

@@ -30,6 +30,9 @@ M `ctr task exec -d` sessions (`sleep`, left running) are opened in another cont
 steps; podtrail's VmRSS / RssAnon is printed at each step, with the per-process and
 per-session slopes.
 
+--ring-mib N runs the agent with capture.ring_mib = N (the kernel's drops are printed per
+round: the smallest ring that loses nothing).
+
 --perf FILE records the agent (`perf record --call-graph dwarf -p PID`) during the last round's
 storm window, for `perf report -i FILE`.
 
@@ -102,6 +105,14 @@ def malloc_stats(pid, log_path):
     return tuple(nums)
 
 
+def kernel_dropped(stopped_line):
+    """Events the kernel could not put in the ring, from the agent's `stopped` log line."""
+    try:
+        return json.loads(stopped_line)["fields"]["kernel_dropped"]
+    except (ValueError, KeyError):
+        return None
+
+
 def otlp_spans(path):
     """(span, resource attributes) of every span in an OTLP/JSON lines file; a line still being
     written is skipped."""
@@ -152,7 +163,9 @@ def new_agent(a, tmp, name, cd):
     Agent: OTLP/JSON file, JSON log, /metrics), its state directory (the disk queue, on by
     default) in its own scratch directory instead of /var/lib/podtrail."""
     state = os.path.join(tmp, name + "-state")
-    return connect_storm.Agent(a.podtrail, tmp, name, cd, "", extra=("--state-dir", state))
+    # the config's last table: [process.activity] keeps its defaults
+    extra_config = f"\n[capture]\nring_mib = {a.ring_mib}\n" if a.ring_mib else ""
+    return connect_storm.Agent(a.podtrail, tmp, name, cd, extra_config, extra=("--state-dir", state))
 
 
 def start_container(cd, tmp, storm, script):
@@ -249,6 +262,7 @@ def session_round(cd, tmp, storm, a, perf_out):
         "snoop_counted": seen, "n": n,
         "rest": rest, "rest_bpf": rest_bpf, "after": after, "after_bpf": sum(v[0] for k, v in smap.items() if "bpf" in k), "smaps": smap, "snoop_rss": snoop_rss,
         "malloc": (rest_malloc, after_malloc),
+        "kernel_dropped": kernel_dropped(stopped),
         "stopped": stopped,
     }
 
@@ -304,7 +318,7 @@ def print_storm(rows, a, ring_mib):
     print(f"\nsession storm: {n} x `/bin/true storm-arg` (fork + exec + wait) in one `ctr task exec`, "
           f"{len(rows)} rounds; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     hdr = ("round", "storm s", "storm µs/exec", "idle ms/s pt / snoop", "podtrail µs/exec", "execsnoop µs/exec",
-           "ratio", "podtrail counted (spans)", "execsnoop lines")
+           "ratio", "podtrail counted (spans)", "execsnoop lines", "kernel dropped")
     print("| " + " | ".join(hdr) + " |")
     print("|" + "|".join("---" for _ in hdr) + "|")
     for i, r in enumerate(rows):
@@ -312,7 +326,7 @@ def print_storm(rows, a, ring_mib):
             i + 1, f"{r['storm_s']:.1f}", f"{r['storm_cpu'] / n * 1e6:.0f}",
             f"{r['idle'][0] * 1e3:.1f} / {r['idle'][1] * 1e3:.1f}", f"{cpu_per_exec(r['pt_cpu'], n):.1f}",
             f"{cpu_per_exec(r['snoop_cpu'], n):.1f}", f"{r['pt_cpu'] / max(r['snoop_cpu'], 1e-9):.2f}x",
-            f"{r['pt_counted']} ({r['pt_spans']})", r["snoop_counted"])) + " |")
+            f"{r['pt_counted']} ({r['pt_spans']})", r["snoop_counted"], r["kernel_dropped"])) + " |")
     print("\nmemory of podtrail run (MiB): rest VmRSS / RssAnon / BPF map mappings, peak VmHWM, after VmRSS / "
           "RssAnon; execsnoop VmRSS")
     for i, r in enumerate(rows):
@@ -328,7 +342,10 @@ def print_storm(rows, a, ring_mib):
     print("  last round, after the storm, RSS by mapping (MiB, Rss / Anonymous): " +
           ", ".join(f"{k} {mib(v[0])} / {mib(v[1])}" for k, v in top))
     ring = [l for l in ring_mib.splitlines() if l.strip().startswith("ring_mib")]
-    print(f"  ring: {ring[0].strip() if ring else '(see podtrail.example.toml)'} (default config)")
+    if a.ring_mib:
+        print(f"  ring: ring_mib = {a.ring_mib} (--ring-mib)")
+    else:
+        print(f"  ring: {ring[0].strip() if ring else '(see podtrail.example.toml)'} (default config)")
 
     pt, sn = med(lambda r: r["pt_cpu"]), med(lambda r: r["snoop_cpu"])
     print(f"\nmedians: agent CPU per exec podtrail {pt / n * 1e6:.1f} µs, execsnoop {sn / n * 1e6:.1f} µs "
@@ -345,9 +362,10 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--idle", type=float, default=3.0, help="seconds of idle CPU measured before each storm")
     ap.add_argument("--capture-execs", type=int, default=5000, help="host storm for podtrail capture (0: skip)")
-    ap.add_argument("--live", type=int, default=10000, help="live processes for the memory figure (0: skip)")
+    ap.add_argument("--live", type=int, default=10000, help="live processes for the memory figure (0: skip it)")
     ap.add_argument("--sessions", type=int, default=1000, help="open exec sessions for the memory figure")
     ap.add_argument("--perf", help="perf record the agent during the last round's storm into this file")
+    ap.add_argument("--ring-mib", type=int, default=0, help="capture.ring_mib for the agent (0: the default)")
     ap.add_argument("--malloc-stats", action="store_true",
                     help="glibc malloc_stats() in the agent (gdb) at rest and after the storm: held vs in use")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (traces, logs)")
@@ -366,7 +384,7 @@ def main():
             brief = {k: v for k, v in row.items() if k not in ("smaps",)}
             print(f"# round {rep + 1}: {brief}", flush=True)
             rows.append(row)
-        mem = memory_figure(cd, tmp, a) if a.live or a.sessions else None
+        mem = memory_figure(cd, tmp, a) if a.live else None
     finally:
         cd.stop()
     cap = None

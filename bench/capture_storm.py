@@ -22,6 +22,10 @@ import threading
 import time
 
 
+# warnings, and the one line that says the programs are loaded and capture runs
+LOG = "warn,podtrail::cli::capture=info"
+
+
 def bpf_prog_stats():
     out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True, check=True).stdout
     return {p["id"]: p for p in json.loads(out)}
@@ -47,19 +51,43 @@ class Reaped:
     def __init__(self, cmd):
         self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.out = []
-        self.t = threading.Thread(target=self._read, daemon=True)
+        self.err = []
+        self.t = threading.Thread(target=self._read, args=(self.p.stdout, self.out), daemon=True)
         self.t.start()
+        self.te = threading.Thread(target=self._read, args=(self.p.stderr, self.err), daemon=True)
+        self.te.start()
 
-    def _read(self):
-        for line in self.p.stdout:
-            self.out.append(line)
+    @staticmethod
+    def _read(f, into):
+        for line in f:
+            into.append(line)
+
+    def wait_ready(self, ids0=None, timeout=120):
+        """Until the tool captures: a first line on stdout (execsnoop's header), podtrail's
+        `capturing` log line, or (tools that buffer their header in a pipe, like tcpstates;
+        needs ids0, the BPF program ids before the start) new BPF programs whose set has not
+        changed for a second. Loading takes seconds on a loaded machine (the verifier), and a
+        storm started before that bills the load to the storm."""
+        deadline = time.time() + timeout
+        last, since = None, time.time()
+        while not (self.out or any(b"capturing" in l for l in self.err)):
+            if self.p.poll() is not None or time.time() > deadline:
+                raise SystemExit(f"{self.p.args} did not start: {b''.join(self.err).decode(errors='replace')}")
+            if ids0 is not None:
+                new = set(bpf_prog_stats()) - ids0
+                if new != last:
+                    last, since = new, time.time()
+                elif new and time.time() - since >= 1.0:
+                    return
+            time.sleep(0.1)
 
     def stop(self):
         self.p.send_signal(signal.SIGINT)
         _, status, ru = os.wait4(self.p.pid, 0)
         self.t.join(timeout=30)
+        self.te.join(timeout=30)
         self.p.returncode = status
-        err = self.p.stderr.read().decode(errors="replace")
+        err = b"".join(self.err).decode(errors="replace")
         return self.out, err, ru.ru_utime + ru.ru_stime
 
 
@@ -109,7 +137,8 @@ def start_tool(cmd):
     cannot name a program's owner, so tools start one at a time and the new ids are theirs)."""
     ids0 = set(bpf_prog_stats())
     t = Reaped(cmd)
-    time.sleep(2.5)
+    t.wait_ready(ids0)
+    time.sleep(1.0)
     return t, set(bpf_prog_stats()) - ids0
 
 
@@ -128,21 +157,17 @@ def ours(before, after, owned, prefix=""):
     return rt, cnt
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--execs", type=int, default=5000)
-    ap.add_argument("--connects", type=int, default=20000)
-    ap.add_argument("--podtrail", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "podtrail"))
-    a = ap.parse_args()
-    subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"], check=True)
-
+def exec_capture(podtrail, execs):
+    """The exec storm on the host, captured at the same time by `podtrail capture --kinds exec`
+    and by execsnoop: two rows (storm, generated, elapsed, tool, received, BPF run time, BPF
+    runs, user-space CPU). Needs kernel.bpf_stats_enabled=1. Also used by
+    bench/session_storm.py."""
     rows = []
-    # --- exec storm ---
-    pt, pt_ids = start_tool([a.podtrail, "capture", "--kinds", "exec", "--log-level", "warn"])
+    pt, pt_ids = start_tool([podtrail, "capture", "--kinds", "exec", "--log-level", LOG])
     ref, ref_ids = start_tool(["execsnoop"])
     before = bpf_prog_stats()
     c0 = (proc_cpu(pt.p.pid), proc_cpu(ref.p.pid))
-    el = exec_storm(a.execs)
+    el = exec_storm(execs)
     time.sleep(1.0)
     after = bpf_prog_stats()
     pt_cpu, ref_cpu = proc_cpu(pt.p.pid) - c0[0], proc_cpu(ref.p.pid) - c0[1]
@@ -152,14 +177,26 @@ def main():
     ref_seen = sum(1 for l in ref_out if b"/bin/true storm-" in l)
     pt_rt, pt_cnt = ours(before, after, pt_ids, "pt_sched_exec")
     ref_rt, ref_cnt = ours(before, after, ref_ids)
-    rows.append(("exec", a.execs, el, "podtrail", pt_seen, pt_rt, pt_cnt, pt_cpu))
+    rows.append(("exec", execs, el, "podtrail", pt_seen, pt_rt, pt_cnt, pt_cpu))
     # execsnoop runs one program at execve entry and one at exit: per exec is the run time
     # over the busier program's count (other execs on the machine are in both numbers)
     ref_cnt = max([after[i].get("run_cnt", 0) - before.get(i, {}).get("run_cnt", 0) for i in ref_ids] or [1])
-    rows.append(("exec", a.execs, el, "execsnoop", ref_seen, ref_rt, ref_cnt, ref_cpu))
+    rows.append(("exec", execs, el, "execsnoop", ref_seen, ref_rt, ref_cnt, ref_cpu))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--execs", type=int, default=5000)
+    ap.add_argument("--connects", type=int, default=20000)
+    ap.add_argument("--podtrail", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "podtrail"))
+    a = ap.parse_args()
+    subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"], check=True)
+
+    rows = exec_capture(a.podtrail, a.execs)
 
     # --- connect storm ---
-    pt, pt_ids = start_tool([a.podtrail, "capture", "--kinds", "connect,connect_result", "--log-level", "warn"])
+    pt, pt_ids = start_tool([a.podtrail, "capture", "--kinds", "connect,connect_result", "--log-level", LOG])
     ref, ref_ids = start_tool(["tcpstates"])
     before = bpf_prog_stats()
     c0 = (proc_cpu(pt.p.pid), proc_cpu(ref.p.pid))

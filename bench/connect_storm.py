@@ -119,7 +119,7 @@ def rootfs(dest, flood):
 
 
 class Agent:
-    def __init__(self, podtrail, tmp, name, cd, activity):
+    def __init__(self, podtrail, tmp, name, cd, activity, extra=()):
         self.dir = os.path.join(tmp, name)
         os.makedirs(self.dir)
         cfg = os.path.join(self.dir, "podtrail.toml")
@@ -130,7 +130,7 @@ class Agent:
         self.log_path = os.path.join(self.dir, "podtrail.log")
         self.p = subprocess.Popen(
             [podtrail, "--log-json", "run", "--config", cfg, "--metrics-listen", self.metrics, "--otlp-file",
-             os.path.join(self.dir, "traces.jsonl")],
+             os.path.join(self.dir, "traces.jsonl"), *extra],
             stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"), stdin=subprocess.DEVNULL)
         deadline = time.time() + 60
         while "podtrail is running" not in open(self.log_path).read():

@@ -1233,6 +1233,9 @@ fn history_truncate(ts: u64, pid: u32) -> Event {
         path2: None,
         result: 3,
         truncated: false,
+        given: None,
+        resolved: None,
+        io_uring: None,
     })
 }
 

@@ -294,6 +294,9 @@ fn connect_and_file_alerts_of_a_live_process_are_raised_as_they_happen_and_once(
         path2: None,
         result: 3,
         truncated: false,
+        given: None,
+        resolved: None,
+        io_uring: None,
     })));
     let file_at = updates.len() - 1;
     assert!(matches!(updates[net_at], SessionUpdate::Live(_, _, Live::Net { index: 0 })), "{:?}", updates[net_at]);

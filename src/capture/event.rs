@@ -127,7 +127,7 @@ pub struct ExecEvent {
     pub exe_ctime_ns: u64,
     /// The working directory the new image starts in (the task's `fs->pwd`, resolved from the
     /// kernel's dentries: inside the container for container processes); empty when unknown.
-    #[serde(serialize_with = "ser_bytes")]
+    #[serde(serialize_with = "ser_bytes", deserialize_with = "de_bytes")]
     pub cwd: Vec<u8>,
     pub flags: ExecFlags,
 }
@@ -426,11 +426,11 @@ pub struct FileEvent {
     /// For an open (or an io_uring operation) that reached the watched file by another name
     /// (a symlink, a hard link, `/proc/self/fd/N`): that name, as given (made absolute).
     /// `path` is then the file itself, resolved from the kernel's dentries.
-    #[serde(serialize_with = "ser_opt_bytes")]
+    #[serde(serialize_with = "ser_opt_bytes", deserialize_with = "de_opt_bytes")]
     pub given: Option<Vec<u8>>,
     /// For an open whose watched name leads elsewhere (a history replaced by a symlink to
     /// /dev/null): the file it opened, resolved from the kernel's dentries.
-    #[serde(serialize_with = "ser_opt_bytes")]
+    #[serde(serialize_with = "ser_opt_bytes", deserialize_with = "de_opt_bytes")]
     pub resolved: Option<Vec<u8>>,
     /// Submitted through io_uring: the opcode (`IORING_OP_*`).
     pub io_uring: Option<u8>,

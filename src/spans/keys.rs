@@ -198,6 +198,8 @@ pub const SEMCONV_KEYS: &[&str] = &[
     sc::K8S_NAMESPACE_NAME,
     sc::K8S_POD_NAME,
     sc::K8S_POD_UID,
+    // `k8s.pod.label.<key>`: one per configured label the pod has (`kube.pod_labels`)
+    sc::K8S_POD_LABEL,
     sc::K8S_CONTAINER_NAME,
     sc::CONTAINER_ID,
     sc::CONTAINER_IMAGE_NAME,

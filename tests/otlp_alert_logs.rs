@@ -8,7 +8,8 @@
 //! that trace), with the OTLP severity for `high` (ERROR, 17), the rule's word as severity
 //! text, the rule name and the session's identity attributes. Over gRPC with the endpoint and
 //! certificates from the config, and over HTTP/protobuf configured only by the standard
-//! `OTEL_EXPORTER_OTLP_*` variables (so `/v1/logs` is put beside `/v1/traces`). The record
+//! `OTEL_EXPORTER_OTLP_*` variables (so `/v1/logs` is put beside `/v1/traces`); the resource
+//! carries the node's `host.ip` and `host.mac`. The record
 //! is decoded by the collector, not by podtrail. Needs the Go-built collector and Jaeger
 //! (cached under PODTRAIL_CACHE); fails loudly without.
 
@@ -322,8 +323,13 @@ async fn an_alert_log_record_reaches_the_collector_with_the_ids_of_the_alert_spa
             ("podtrail.k8s.audit_id", "Str(4b5f3c7e-8d2a-4f19-9c3e-2a1b0d9e8f70)"),
         ],
     );
+    // the resource names the node beside host.name: its addresses (issue 17)
+    let log = col.log();
+    for k in ["-> host.name: Str(", "-> host.ip: Slice([", "-> host.mac: Slice(["] {
+        assert!(log.contains(k), "{k} not on the records' resource:\n{log}");
+    }
     // exactly one record per alert: the alert was raised once, at exec
-    let all = printed(&col.log());
+    let all = printed(&log);
     for pod in ["api-5101", "api-5201"] {
         let n = all.iter().filter(|p| p.attrs.get("k8s.pod.name") == Some(&format!("Str({pod})"))).count();
         assert_eq!(n, 1, "records of {pod}: {all:?}");

@@ -17,6 +17,7 @@ pub mod codec;
 pub mod config;
 pub mod console;
 pub mod file;
+pub mod host_addrs;
 pub mod otlp;
 pub mod queue;
 pub mod segments;
@@ -93,7 +94,8 @@ fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
-/// `service.name=podtrail`, version, host, node, cluster, this run's id; then
+/// `service.name=podtrail`, version, host (name, addresses: [`host_addrs`]), node, cluster,
+/// this run's id; then
 /// `OTEL_RESOURCE_ATTRIBUTES` over those, then the configured cluster name; `service.name`
 /// stays `podtrail` (one service for Jaeger's search).
 pub fn resource(cfg: &RunExport, run_id: &str) -> Resource {
@@ -104,6 +106,16 @@ pub fn resource(cfg: &RunExport, run_id: &str) -> Resource {
         KeyValue::new(sc::HOST_NAME, host.clone()),
         KeyValue::new(sc::K8S_NODE_NAME, cfg.export.node_name.clone().unwrap_or(host)),
     ];
+    let addrs = host_addrs::read(std::path::Path::new("/proc/1"));
+    let strings = |v: Vec<String>| {
+        opentelemetry::Value::Array(v.into_iter().map(opentelemetry::StringValue::from).collect::<Vec<_>>().into())
+    };
+    if !addrs.ips.is_empty() {
+        base.push(KeyValue::new(sc::HOST_IP, strings(addrs.ips)));
+    }
+    if !addrs.macs.is_empty() {
+        base.push(KeyValue::new(sc::HOST_MAC, strings(addrs.macs)));
+    }
     let mut b =
         Resource::builder_empty().with_attributes(base.drain(..)).with_detector(Box::new(EnvResourceDetector::new()));
     if !cfg.spans.cluster_name.is_empty() {

@@ -193,6 +193,8 @@ pub const SEMCONV_KEYS: &[&str] = &[
     sc::SERVICE_VERSION,
     sc::SERVICE_INSTANCE_ID,
     sc::HOST_NAME,
+    sc::HOST_IP,
+    sc::HOST_MAC,
     sc::K8S_CLUSTER_NAME,
     sc::K8S_NODE_NAME,
     sc::K8S_NAMESPACE_NAME,

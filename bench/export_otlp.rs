@@ -102,6 +102,7 @@ fn container() -> ContainerInfo {
         node_name: Some("node-1".into()),
         image_name: Some("registry.example:5000/billing/api:1.4.2".into()),
         image_id: None,
+        pod_labels: vec![("app".into(), "api".into())],
         source: "kube_api",
     }
 }

@@ -293,7 +293,8 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     });
     let upd_tx = match pods {
         Some(index) => {
-            let mut filter = crate::enrich::kube::SessionFilter::new(index, cfg.kube.export_probes);
+            let mut filter = crate::enrich::kube::SessionFilter::new(index, cfg.kube.export_probes)
+                .with_pod_labels(cfg.kube.pod_labels.clone());
             reg.lock().unwrap_or_else(|p| p.into_inner()).register(
                 "podtrail_sessions_probes",
                 "Exec probe sessions (exported only with kube.export_probes)",

@@ -45,7 +45,7 @@ pub enum KubeWatch {
     Off,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KubeConfig {
     /// `auto`, `on` or `off`: pod metadata (names, uid, workload) and exec probe commands of
@@ -57,6 +57,55 @@ pub struct KubeConfig {
     pub node_name: String,
     /// Export the sessions of exec probes too (they are counted either way).
     pub export_probes: bool,
+    /// Pod labels put on every span of a session as `k8s.pod.label.<key>` (from the pod
+    /// watch), by exact key; at most [`MAX_POD_LABELS`], each a valid Kubernetes label key.
+    pub pod_labels: Vec<String>,
+}
+
+/// At most this many `kube.pod_labels`: every span of a session carries them.
+pub const MAX_POD_LABELS: usize = 16;
+
+impl Default for KubeConfig {
+    fn default() -> Self {
+        KubeConfig {
+            watch: KubeWatch::default(),
+            node_name: String::new(),
+            export_probes: false,
+            pod_labels: vec!["app".into(), "app.kubernetes.io/name".into(), "app.kubernetes.io/instance".into()],
+        }
+    }
+}
+
+/// A Kubernetes label key: an optional DNS-subdomain prefix and `/`, then a name of at most 63
+/// characters, alphanumeric at both ends, `-`, `_`, `.` inside.
+pub fn label_key_problem(key: &str) -> Option<&'static str> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let alnum = |c: char| c.is_ascii_alphanumeric();
+    if name.is_empty() || name.len() > 63 {
+        return Some("the name part must be 1 to 63 characters");
+    }
+    if !name.starts_with(alnum) || !name.ends_with(alnum) {
+        return Some("the name part must begin and end with a letter or digit");
+    }
+    if !name.chars().all(|c| alnum(c) || matches!(c, '-' | '_' | '.')) {
+        return Some("the name part may hold only letters, digits, '-', '_' and '.'");
+    }
+    if let Some(p) = prefix {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && l.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        };
+        if p.is_empty() || p.len() > 253 || !p.split('.').all(label_ok) {
+            return Some("the prefix must be a DNS subdomain (lower-case, at most 253 characters)");
+        }
+    }
+    None
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -269,6 +318,17 @@ impl Config {
         }
         if c.channel_capacity == 0 || self.process.channel_capacity == 0 {
             return Err(ConfigError::Invalid("channel capacities must be at least 1".into()));
+        }
+        if self.kube.pod_labels.len() > MAX_POD_LABELS {
+            return Err(ConfigError::Invalid(format!(
+                "kube.pod_labels holds {} keys: at most {MAX_POD_LABELS} (every span of a session carries them)",
+                self.kube.pod_labels.len()
+            )));
+        }
+        for k in &self.kube.pod_labels {
+            if let Some(why) = label_key_problem(k) {
+                return Err(ConfigError::Invalid(format!("kube.pod_labels: {k:?} is not a label key: {why}")));
+            }
         }
         if self.spans.max_kept_spans_per_session < self.spans.max_spans_per_session {
             return Err(ConfigError::Invalid(format!(
@@ -536,6 +596,21 @@ mod tests {
         let no_ca = "[attribution.audit_webhook]\nlisten = \"0.0.0.0:8443\"\ntls_cert = \"c\"\ntls_key = \"k\"\n";
         let e = Config::from_toml(no_ca).unwrap().validate().unwrap_err().to_string();
         assert!(e.contains("client_ca"), "{e}");
+    }
+
+    #[test]
+    fn pod_label_keys_are_checked_up_front() {
+        for good in ["app", "app.kubernetes.io/name", "tier_2", "example.com/a-b.c", "A1"] {
+            assert_eq!(label_key_problem(good), None, "{good}");
+        }
+        for bad in ["", "-app", "app-", "a b", "Example.com/app", "/app", "app/", &"x".repeat(64)] {
+            assert!(label_key_problem(bad).is_some(), "{bad:?}");
+        }
+        let e = Config::from_toml("[kube]\npod_labels = [\"app\", \"bad key\"]\n").unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("kube.pod_labels: \"bad key\""), "{e}");
+        let many: Vec<String> = (0..=MAX_POD_LABELS).map(|i| format!("\"l{i}\"")).collect();
+        let e = Config::from_toml(&format!("[kube]\npod_labels = [{}]\n", many.join(", "))).unwrap().validate();
+        assert!(e.unwrap_err().to_string().contains("at most 16"));
     }
 
     #[test]

@@ -49,6 +49,12 @@ pub struct Metrics {
     pub outbound_pending: Family<Labels, Gauge>,
     pub alerts: AlertCounter,
     pub alerts_deferred: Counter,
+    /// The alert log records' queue ([`crate::export::alert_logs`]): its own series, so the
+    /// `spans` ones stay about spans.
+    pub alert_logs_exported: Counter,
+    pub alert_logs_lost: Family<Labels, Counter>,
+    pub alert_logs_queued: Gauge,
+    pub alert_logs_queue_bytes: Gauge,
 }
 
 impl Metrics {
@@ -165,6 +171,38 @@ impl Metrics {
              a session had 4096 live alerts waiting for their processes' end (late, not lost)",
             self.alerts_deferred.clone(),
         );
+        reg.register(
+            "podtrail_alert_logs_exported",
+            "Alert log records the OTLP backend accepted",
+            self.alert_logs_exported.clone(),
+        );
+        reg.register(
+            "podtrail_alert_logs_lost",
+            "Alert log records not exported, by reason (as podtrail_spans_lost_total)",
+            self.alert_logs_lost.clone(),
+        );
+        reg.register(
+            "podtrail_alert_logs_queued",
+            "Alert log records waiting in their export queue",
+            self.alert_logs_queued.clone(),
+        );
+        reg.register(
+            "podtrail_alert_logs_queue_bytes",
+            "Bytes of the alert log records' durable queue on disk",
+            self.alert_logs_queue_bytes.clone(),
+        );
+    }
+
+    /// The handles the alert log records' queue counts into: the same queue code, the
+    /// `podtrail_alert_logs_*` series.
+    pub fn for_alert_logs(&self) -> Metrics {
+        Metrics {
+            spans_exported: self.alert_logs_exported.clone(),
+            spans_lost: self.alert_logs_lost.clone(),
+            export_queue_spans: self.alert_logs_queued.clone(),
+            export_queue_bytes: self.alert_logs_queue_bytes.clone(),
+            ..self.clone()
+        }
     }
 
     pub fn lost(&self, reason: &'static str, n: u64) {

@@ -83,6 +83,8 @@ pub struct ContainerInfo {
     /// (the digest the runtime resolved: `containerStatuses[].imageID`), when known.
     pub image_name: Option<String>,
     pub image_id: Option<String>,
+    /// The pod's labels of `kube.pod_labels` it has, in that order (from the pod watch).
+    pub pod_labels: Vec<(String, String)>,
     /// Where the pod identity came from: "kube_api", "containerd_labels", "cgroup".
     pub source: &'static str,
     /// When the container's init process started (boot ns), as the process stage saw it (its

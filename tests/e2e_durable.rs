@@ -30,7 +30,7 @@ fn agent_config(dir: &Path, cd: &Containerd) -> std::path::PathBuf {
     // backoff capped at 2 s, so the queue drains soon after the backend is back
     std::fs::write(
         &p,
-        containerd_config(&cd.address, &cd.namespace, "[export]\nretry_initial_ms = 200\nretry_max_ms = 2000\n"),
+        containerd_config(&cd.address, &cd.namespace, "[export]\nretry_initial_ms = 200\nretry_max_ms = 2000\n# Jaeger takes no logs: no alert log records\nalert_logs = false\n"),
     )
     .unwrap();
     p

@@ -59,7 +59,15 @@ fn web_container(cd: &Containerd, name: &str) -> Container {
 /// podtrail's config for the private containerd (pod labels come from its socket).
 fn agent_config(dir: &Path, cd: &Containerd, export: &str) -> PathBuf {
     let p = dir.join("podtrail.toml");
-    std::fs::write(&p, containerd_config(&cd.address, &cd.namespace, &format!("[export]\n{export}\n"))).unwrap();
+    std::fs::write(
+        &p,
+        containerd_config(
+            &cd.address,
+            &cd.namespace,
+            &format!("[export]\n# Jaeger takes no logs: no alert log records\nalert_logs = false\n{export}\n"),
+        ),
+    )
+    .unwrap();
     p
 }
 

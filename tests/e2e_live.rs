@@ -23,6 +23,8 @@ use support::jaeger::{norm_id, JSpan, Jaeger};
 use support::net::free_port;
 
 const SHELL: &str = "Terminal shell in a container";
+/// Jaeger takes no OTLP logs: the agent sends no alert log records to it.
+const JAEGER_TAKES_NO_LOGS: &str = "[export]\nalert_logs = false\n";
 
 fn show(spans: &[JSpan]) -> String {
     spans.iter().map(|s| format!("{} {} <- {:?}", s.id, s.name, s.parent)).collect::<Vec<_>>().join("\n")
@@ -38,7 +40,7 @@ fn an_open_terminal_session_is_searchable_with_its_identity_and_alert_before_it_
     let c = cd.run(&pod_labels(), &[], &["sleep", "100000"]);
     let jaeger = Jaeger::start(&dir.join("jaeger"));
     let cfg = dir.join("podtrail.toml");
-    std::fs::write(&cfg, containerd_config(&cd.address, &cd.namespace, "")).unwrap();
+    std::fs::write(&cfg, containerd_config(&cd.address, &cd.namespace, JAEGER_TAKES_NO_LOGS)).unwrap();
     let webhook = format!("127.0.0.1:{}", free_port());
     let endpoint = format!("http://{}", jaeger.otlp_grpc);
     let mut agent = Podtrail::start(

@@ -266,8 +266,10 @@ fn pod_entries(pod: &Pod) -> Vec<(String, PodInfo)> {
 }
 
 impl PodInfo {
-    /// The API server's view of a container's pod, over whatever the runtime's labels said.
-    pub fn apply_to(&self, c: &mut ContainerInfo) {
+    /// The API server's view of a container's pod, over whatever the runtime's labels said;
+    /// of its labels, those named in `labels` (`kube.pod_labels`), in that order.
+    pub fn apply_to(&self, c: &mut ContainerInfo, labels: &[String]) {
+        c.pod_labels = labels.iter().filter_map(|k| self.labels.get(k).map(|v| (k.clone(), v.clone()))).collect();
         c.pod_namespace = Some(self.namespace.clone());
         c.pod_name = Some(self.pod_name.clone());
         c.pod_uid = Some(self.pod_uid.clone());
@@ -299,6 +301,8 @@ impl PodInfo {
 pub struct SessionFilter {
     index: PodIndex,
     export_probes: bool,
+    /// `kube.pod_labels`: the pod labels put on the sessions' spans.
+    pod_labels: Vec<String>,
     /// Decided sessions: true for a probe.
     seen: HashMap<SessionId, bool>,
     pub probes: prometheus_client::metrics::counter::Counter,
@@ -306,7 +310,13 @@ pub struct SessionFilter {
 
 impl SessionFilter {
     pub fn new(index: PodIndex, export_probes: bool) -> Self {
-        SessionFilter { index, export_probes, seen: HashMap::new(), probes: Default::default() }
+        SessionFilter { index, export_probes, pod_labels: Vec::new(), seen: HashMap::new(), probes: Default::default() }
+    }
+
+    /// Puts these pod labels (by key) on the sessions' containers.
+    pub fn with_pod_labels(mut self, keys: Vec<String>) -> Self {
+        self.pod_labels = keys;
+        self
     }
 
     /// The update to pass on, enriched and marked when it looks like a probe's.
@@ -331,7 +341,7 @@ impl SessionFilter {
         }
         info.probe = probe && !self.export_probes;
         if let Some(p) = pod {
-            p.apply_to(&mut info.container);
+            p.apply_to(&mut info.container, &self.pod_labels);
         }
         Some(u)
     }
@@ -403,7 +413,8 @@ mod tests {
 
     fn probed_pod() -> Pod {
         serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "api-7d9c", "namespace": "billing", "uid": "u-1"},
+            "metadata": {"name": "api-7d9c", "namespace": "billing", "uid": "u-1",
+                "labels": {"app": "api", "team": "payments", "app.kubernetes.io/name": "billing-api"}},
             "spec": {"nodeName": "n1", "containers": [{"name": "api",
                 "livenessProbe": {"exec": {"command": ["cat", "/tmp/healthy"]}}}]},
             "status": {"containerStatuses": [{"name": "api", "containerID": "containerd://c1",
@@ -424,6 +435,25 @@ mod tests {
                 1,
             )
         }
+    }
+
+    #[test]
+    fn only_the_configured_pod_labels_reach_the_session_in_their_order() {
+        let index = PodIndex::new();
+        index.apply(&probed_pod());
+        let keys = ["app.kubernetes.io/name", "app", "absent"].map(String::from).to_vec();
+        let mut f = SessionFilter::new(index.clone(), false).with_pod_labels(keys);
+        let Some(SessionUpdate::Started(i)) = f.pass(SessionUpdate::Started(session(11, &["sh"]))) else {
+            panic!("passes")
+        };
+        let want = [("app.kubernetes.io/name", "billing-api"), ("app", "api")];
+        let got: Vec<(&str, &str)> = i.container.pod_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(got, want, "`team` is not asked for, `absent` not on the pod");
+        let mut none = SessionFilter::new(index, false);
+        let Some(SessionUpdate::Started(i)) = none.pass(SessionUpdate::Started(session(12, &["sh"]))) else {
+            panic!("passes")
+        };
+        assert!(i.container.pod_labels.is_empty(), "{:?}", i.container.pod_labels);
     }
 
     #[test]

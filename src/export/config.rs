@@ -5,6 +5,8 @@
 //! the trace-specific variable (`OTEL_EXPORTER_OTLP_TRACES_*`), then the generic one
 //! (`OTEL_EXPORTER_OTLP_*`), then the default. The endpoint: `..._TRACES_ENDPOINT` is used
 //! as-is, `OTEL_EXPORTER_OTLP_ENDPOINT` is a base URL (`/v1/traces` is appended for HTTP).
+//! The alerts' log records: `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT` as-is, else the traces'
+//! address (gRPC) or `/v1/logs` in place of `/v1/traces` (HTTP).
 //! Resolved here: endpoint, protocol, timeout (the export queue needs it too), and the TLS
 //! files (`..._CERTIFICATE`, `..._CLIENT_CERTIFICATE`, `..._CLIENT_KEY`, which
 //! opentelemetry-otlp 0.33 does not read).
@@ -77,6 +79,11 @@ pub struct ExportConfig {
     pub node_name: Option<String>,
     /// `[export.queue]`: the durable queue of `podtrail run`'s OTLP sink, on the node's disk.
     pub queue: QueueConfig,
+    /// Send each alert also as an OTLP log record (with the alert span's trace and span ids)
+    /// to the OTLP endpoint, with its settings: gRPC to the same address, HTTP to `/v1/logs`
+    /// beside `/v1/traces`, or `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT` as-is. Turn off for a
+    /// backend that takes no logs (it would refuse every record, retried without end).
+    pub alert_logs: bool,
 }
 
 /// Where `podtrail run` keeps spans until the OTLP backend has them (docs: ARCHITECTURE.md,
@@ -143,6 +150,7 @@ impl Default for ExportConfig {
             shutdown_flush_ms: 5_000,
             node_name: None,
             queue: QueueConfig::default(),
+            alert_logs: true,
         }
     }
 }
@@ -174,6 +182,8 @@ pub struct OtlpTarget {
     pub tls: Option<TlsFiles>,
     /// Some(true): gzip; otherwise as the exporter's environment says (default none).
     pub gzip: Option<bool>,
+    /// Where the alerts' log records go (full URL; for HTTP, including `/v1/logs`).
+    pub logs_url: String,
 }
 
 /// Validated, ready to start.
@@ -192,6 +202,8 @@ pub struct ExportSetup {
     pub shutdown_flush: Duration,
     pub node_name: Option<String>,
     pub queue: QueueSetup,
+    /// Alerts also leave as OTLP log records (only with an OTLP endpoint).
+    pub alert_logs: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -212,6 +224,11 @@ pub enum ConfigError {
     Timeout(&'static str, String),
     #[error("{0} is set for the http:// endpoint {1}: use https:// (or drop the certificate)")]
     TlsOnPlaintext(&'static str, String),
+    #[error(
+        "the OTLP traces endpoint {0} has no /v1/traces path to put /v1/logs beside for the alerts' log records: \
+         set OTEL_EXPORTER_OTLP_LOGS_ENDPOINT, or export.alert_logs = false"
+    )]
+    LogsEndpoint(String),
 }
 
 /// `k1=v1,k2=v2` with percent-encoded values (the OTLP exporter specification's format).
@@ -263,6 +280,18 @@ impl ExportConfig {
                     }
                     _ => url,
                 };
+                let logs_url = match (env("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"), protocol) {
+                    (Some(l), _) => l.trim().to_owned(),
+                    (None, Protocol::Grpc) => url.clone(),
+                    (None, Protocol::HttpProtobuf) => match url.trim_end_matches('/').strip_suffix("/v1/traces") {
+                        Some(base) => format!("{base}/v1/logs"),
+                        None if self.alert_logs => return Err(ConfigError::LogsEndpoint(url)),
+                        None => String::new(),
+                    },
+                };
+                if self.alert_logs && !(logs_url.starts_with("http://") || logs_url.starts_with("https://")) {
+                    return Err(ConfigError::Endpoint(logs_url));
+                }
                 // the headers variables are the exporter's to read (and it does); checked here
                 // only so that a malformed one is one clear error at start
                 for k in ["OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"] {
@@ -317,6 +346,7 @@ impl ExportConfig {
                     timeout: Duration::from_millis(timeout_ms.max(1)),
                     tls,
                     gzip,
+                    logs_url,
                 })
             }
         };
@@ -354,6 +384,7 @@ impl ExportConfig {
                 fsync: self.queue.fsync,
                 held: None,
             },
+            alert_logs: self.alert_logs,
         })
     }
 }
@@ -460,6 +491,26 @@ mod tests {
     }
 
     #[test]
+    fn alert_logs_go_beside_the_traces_or_where_the_logs_variable_says() {
+        let http = ExportConfig::default().resolve(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318")])).unwrap();
+        assert_eq!(http.otlp.unwrap().logs_url, "https://c:4318/v1/logs");
+        let grpc = ExportConfig { otlp_endpoint: Some("http://c:4317".into()), ..Default::default() };
+        assert_eq!(grpc.resolve(env(&[])).unwrap().otlp.unwrap().logs_url, "http://c:4317");
+        let own = grpc.resolve(env(&[("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://logs:4317")])).unwrap();
+        assert_eq!(own.otlp.unwrap().logs_url, "http://logs:4317");
+        // a custom traces path: no place to guess for the logs, one clear error unless told
+        let custom = [
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://x:4318/custom"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ];
+        assert!(matches!(ExportConfig::default().resolve(env(&custom)), Err(ConfigError::LogsEndpoint(_))));
+        let off = ExportConfig { alert_logs: false, ..Default::default() }.resolve(env(&custom)).unwrap();
+        assert!(!off.alert_logs && off.otlp.is_some());
+        let bad = grpc.resolve(env(&[("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "logs:4317")]));
+        assert_eq!(bad.unwrap_err(), ConfigError::Endpoint("logs:4317".into()));
+    }
+
+    #[test]
     fn config_wins_over_env_and_grpc_is_the_default() {
         let c = ExportConfig { otlp_endpoint: Some("http://jaeger:4317".into()), ..Default::default() };
         let s = c.resolve(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://other:4318")])).unwrap();
@@ -468,10 +519,12 @@ mod tests {
         let t = ExportConfig::default()
             .resolve(env(&[
                 ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://x:9999/custom"),
+                ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://x:9999/custom-logs"),
                 ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
             ]))
             .unwrap();
-        assert_eq!(t.otlp.unwrap().url, "http://x:9999/custom");
+        let o = t.otlp.unwrap();
+        assert_eq!((o.url.as_str(), o.logs_url.as_str()), ("http://x:9999/custom", "http://x:9999/custom-logs"));
     }
 
     #[test]

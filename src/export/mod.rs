@@ -12,10 +12,12 @@
 //! clean stop.
 
 pub mod agent_trace;
+pub mod alert_logs;
 pub mod codec;
 pub mod config;
 pub mod console;
 pub mod file;
+pub mod host_addrs;
 pub mod otlp;
 pub mod queue;
 pub mod segments;
@@ -40,6 +42,8 @@ use crate::spans::{self, keys, Attributor, BuildCtx, Output, SpanTask};
 /// Where spans go.
 pub enum Sink {
     Otlp(opentelemetry_otlp::SpanExporter),
+    /// The alert spans, as OTLP log records ([`alert_logs`]); fed only those.
+    AlertLogs(alert_logs::AlertLogExporter),
     File(file::FileExporter),
     Console(console::ConsoleExporter),
 }
@@ -48,6 +52,7 @@ impl Sink {
     pub fn name(&self) -> &'static str {
         match self {
             Sink::Otlp(_) => "otlp",
+            Sink::AlertLogs(_) => "otlp_logs",
             Sink::File(_) => "file",
             Sink::Console(_) => "console",
         }
@@ -89,7 +94,8 @@ fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
-/// `service.name=podtrail`, version, host, node, cluster, this run's id; then
+/// `service.name=podtrail`, version, host (name, addresses: [`host_addrs`]), node, cluster,
+/// this run's id; then
 /// `OTEL_RESOURCE_ATTRIBUTES` over those, then the configured cluster name; `service.name`
 /// stays `podtrail` (one service for Jaeger's search).
 pub fn resource(cfg: &RunExport, run_id: &str) -> Resource {
@@ -100,6 +106,16 @@ pub fn resource(cfg: &RunExport, run_id: &str) -> Resource {
         KeyValue::new(sc::HOST_NAME, host.clone()),
         KeyValue::new(sc::K8S_NODE_NAME, cfg.export.node_name.clone().unwrap_or(host)),
     ];
+    let addrs = host_addrs::read(std::path::Path::new("/proc/1"));
+    let strings = |v: Vec<String>| {
+        opentelemetry::Value::Array(v.into_iter().map(opentelemetry::StringValue::from).collect::<Vec<_>>().into())
+    };
+    if !addrs.ips.is_empty() {
+        base.push(KeyValue::new(sc::HOST_IP, strings(addrs.ips)));
+    }
+    if !addrs.macs.is_empty() {
+        base.push(KeyValue::new(sc::HOST_MAC, strings(addrs.macs)));
+    }
     let mut b =
         Resource::builder_empty().with_attributes(base.drain(..)).with_detector(Box::new(EnvResourceDetector::new()));
     if !cfg.spans.cluster_name.is_empty() {
@@ -113,6 +129,9 @@ pub fn sinks(cfg: &RunExport, resource: &Resource) -> Result<Vec<Sink>, ExportEr
     let mut out = Vec::new();
     if let Some(t) = &cfg.export.otlp {
         out.push(Sink::Otlp(otlp::exporter(t, resource)?));
+        if cfg.export.alert_logs {
+            out.push(Sink::AlertLogs(alert_logs::AlertLogExporter::new(otlp::log_exporter(t)?, resource)));
+        }
     }
     if let Some(p) = &cfg.export.file {
         let f = file::FileExporter::open_rotating(p, cfg.export.file_rotation, resource)
@@ -167,7 +186,10 @@ pub async fn run_export(
         Some(s) => s,
         None => {
             let run_id = hex::encode(spans::ids::agent_span_id(&cfg.boot_id, started_ns, "run").to_bytes());
-            sinks(&cfg, &resource(&cfg, &run_id))?
+            let mut s = sinks(&cfg, &resource(&cfg, &run_id))?;
+            // alert log records only where rules raise alerts
+            s.retain(|s| opts.alerting.is_some() || !matches!(s, Sink::AlertLogs(_)));
+            s
         }
     };
     // Secrets leave nothing past the span stage's input (crate::spans::redaction).
@@ -232,7 +254,7 @@ async fn export_stage(
         )
     });
     let (queues, drivers) = open_queues(cfg, metrics, sinks, &rules, &agent, &run);
-    let replayed: u64 = queues.iter().map(|q| q.delivery().replayed).sum();
+    let replayed: u64 = queues.iter().filter(|(_, f)| *f == Feed::All).map(|(q, _)| q.delivery().replayed).sum();
     let mut pending: Vec<Queued> = Vec::new();
     // the agent's finished spans join each write
     let flush = |pending: &mut Vec<Queued>| {
@@ -243,8 +265,22 @@ async fn export_stage(
         if batch.is_empty() {
             return;
         }
-        for queue in &queues {
-            queue.push_batch(&batch);
+        let mut alerts: Option<Vec<Queued>> = None;
+        for (queue, feed) in &queues {
+            match feed {
+                Feed::All => queue.push_batch(&batch),
+                Feed::Alerts => {
+                    // no session: this queue never sees a root to carry a loss mark
+                    let a = alerts.get_or_insert_with(|| {
+                        batch
+                            .iter()
+                            .filter(|q| alert_logs::is_alert(&q.span))
+                            .map(|q| Queued { session: None, span: q.span.clone(), root: false })
+                            .collect()
+                    });
+                    queue.push_batch(a);
+                }
+            }
         }
     };
     agent.in_scope(|| {
@@ -311,7 +347,7 @@ async fn export_stage(
     drop(run);
     flush(&mut pending);
 
-    for q in &queues {
+    for (q, _) in &queues {
         q.close(cfg.export.shutdown_flush);
     }
     for (name, t) in drivers {
@@ -338,8 +374,20 @@ async fn export_stage(
 
 type Driver = (&'static str, tokio::task::JoinHandle<Delivery>);
 
+/// What a sink's queue is fed: every span, or only the alert spans (the alert log records).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Feed {
+    All,
+    Alerts,
+}
+
+/// The alert logs' durable queue may take this share of `budget_mib` beside the spans' (an
+/// alert span is a few hundred bytes: a sixteenth of a GiB holds hundreds of thousands).
+const ALERT_LOGS_BUDGET_DIVISOR: u64 = 16;
+
 /// A queue per sink, each driven by a task of its own; the disk first (a span any sink has
-/// was written to the durable queue before).
+/// was written to the durable queue before). The alert logs' queue counts into its own series
+/// (`podtrail_alert_logs_*`), so `podtrail_spans_*` stays about spans.
 fn open_queues(
     cfg: &RunExport,
     metrics: &Metrics,
@@ -347,41 +395,44 @@ fn open_queues(
     rules: &RetryRules,
     agent: &crate::diag::AgentTrace,
     run: &tracing::Span,
-) -> (Vec<Arc<ExportQueue>>, Vec<Driver>) {
+) -> (Vec<(Arc<ExportQueue>, Feed)>, Vec<Driver>) {
     let mut queues = Vec::new();
     let mut drivers = Vec::new();
     for sink in sinks {
         let name = sink.name();
+        let (feed, metrics, budget) = match &sink {
+            Sink::AlertLogs(_) => {
+                (Feed::Alerts, metrics.for_alert_logs(), cfg.export.queue.budget / ALERT_LOGS_BUDGET_DIVISOR)
+            }
+            _ => (Feed::All, metrics.clone(), cfg.export.queue.budget),
+        };
         let q = match (&sink, &cfg.export.queue.held) {
-            // the network sink is the one a backend's bad day can hold up: it gets the disk
-            (Sink::Otlp(_), Some(held)) if cfg.export.queue.budget > 0 => {
-                let store = segments::StoreConfig::new(
-                    held.dir.queue_dir(name),
-                    cfg.export.queue.budget,
-                    cfg.export.queue.fsync,
-                );
+            // the network sinks are the ones a backend's bad day can hold up: they get the disk
+            (Sink::Otlp(_) | Sink::AlertLogs(_), Some(held)) if cfg.export.queue.budget > 0 => {
+                let store = segments::StoreConfig::new(held.dir.queue_dir(name), budget, cfg.export.queue.fsync);
                 match ExportQueue::durable(name, store, metrics.clone()) {
                     Ok(q) => q,
                     Err(e) => {
                         metrics.queue_events("open_failed", 1);
                         tracing::error!(sink = name, error = %e, "cannot open the durable queue: spans wait in memory only (lost on a crash, counted)");
-                        ExportQueue::new(name, cfg.export.queue_spans, metrics.clone())
+                        ExportQueue::new(name, cfg.export.queue_spans, metrics)
                     }
                 }
             }
-            _ => ExportQueue::new(name, cfg.export.queue_spans, metrics.clone()),
+            _ => ExportQueue::new(name, cfg.export.queue_spans, metrics),
         };
         let r = rules.clone();
         // an outage while sending is a span of the agent's trace, under the run
         let task = match sink {
             Sink::Otlp(e) => tokio::spawn(agent.attach(run, q.clone().drive(e, r))),
+            Sink::AlertLogs(e) => tokio::spawn(agent.attach(run, q.clone().drive(e, r))),
             Sink::File(e) => tokio::spawn(agent.attach(run, q.clone().drive(e, r))),
             Sink::Console(e) => tokio::spawn(agent.attach(run, q.clone().drive(e, r))),
         };
-        queues.push(q);
+        queues.push((q, feed));
         drivers.push((name, task));
     }
-    queues.sort_by_key(|q| !q.is_durable());
+    queues.sort_by_key(|(q, _)| !q.is_durable());
     (queues, drivers)
 }
 
@@ -441,6 +492,7 @@ fn take_output(out: Output, metrics: &Metrics, report: &mut ExportReport, pendin
 fn _assert_exporters_are_span_exporters() {
     fn is<E: SpanExporter>() {}
     is::<opentelemetry_otlp::SpanExporter>();
+    is::<alert_logs::AlertLogExporter>();
     is::<file::FileExporter>();
     is::<console::ConsoleExporter>();
 }

@@ -9,7 +9,8 @@
 //! client built here on a rustls config with the ring provider. Compression: gzip when
 //! configured, else whatever `OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION` tells the exporter.
 //!
-//! In: a resolved [`OtlpTarget`] and the resource. Out: a ready exporter (connects lazily: a
+//! In: a resolved [`OtlpTarget`] and the resource. Out: a ready exporter (spans; or logs, for
+//! the alerts, to `OtlpTarget::logs_url` with the same settings) (connects lazily: a
 //! wrong CA shows as failed exports, logged with the TLS error and counted as lost spans).
 
 use std::path::Path;
@@ -103,62 +104,83 @@ fn rustls_config(files: &TlsFiles) -> Result<rustls::ClientConfig, OtlpError> {
     }
 }
 
+/// gRPC settings shared by the trace and the log exporter: endpoint, timeout, metadata, TLS,
+/// compression; no retries of its own.
+fn tonic_settings<B: WithExportConfig + WithTonicConfig>(b: B, url: &str, target: &OtlpTarget) -> Result<B, OtlpError> {
+    let mut md = tonic::metadata::MetadataMap::new();
+    for (k, v) in &target.headers {
+        let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+            .map_err(|_| OtlpError::Header(k.clone()))?;
+        let val = v.parse().map_err(|_| OtlpError::Header(k.clone()))?;
+        md.insert(key, val);
+    }
+    let mut b = b
+        .with_endpoint(url.to_owned())
+        .with_timeout(target.timeout)
+        .with_metadata(md)
+        .with_retry_policy(RetryPolicy::disabled());
+    if let Some(files) = &target.tls {
+        b = b.with_tls_config(tonic_tls(files)?);
+    }
+    if target.gzip == Some(true) {
+        b = b.with_compression(Compression::Gzip);
+    }
+    Ok(b)
+}
+
+/// HTTP/protobuf settings shared by the trace and the log exporter: podtrail's own client
+/// (one TLS setup: ring, the configured roots; for http:// too, since reqwest is built
+/// without a default crypto provider), endpoint, timeout, headers, compression, no retries.
+fn http_settings<B: WithExportConfig + WithHttpConfig>(b: B, url: &str, target: &OtlpTarget) -> Result<B, OtlpError> {
+    let tls = match &target.tls {
+        Some(files) => rustls_config(files)?,
+        None => rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| OtlpError::Tls(e.to_string()))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    };
+    let client = reqwest::Client::builder()
+        .timeout(target.timeout)
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(|e| OtlpError::Tls(format!("HTTP client: {e}")))?;
+    let mut b = b
+        .with_http_client(client)
+        .with_protocol(OtlpProtocol::HttpBinary)
+        .with_endpoint(url.to_owned())
+        .with_timeout(target.timeout)
+        .with_headers(target.headers.clone().into_iter().collect())
+        .with_retry_policy(RetryPolicy::disabled());
+    if target.gzip == Some(true) {
+        b = b.with_compression(Compression::Gzip);
+    }
+    Ok(b)
+}
+
 pub fn exporter(target: &OtlpTarget, resource: &Resource) -> Result<opentelemetry_otlp::SpanExporter, OtlpError> {
     let built = match target.protocol {
         Protocol::Grpc => {
-            let mut md = tonic::metadata::MetadataMap::new();
-            for (k, v) in &target.headers {
-                let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-                    .map_err(|_| OtlpError::Header(k.clone()))?;
-                let val = v.parse().map_err(|_| OtlpError::Header(k.clone()))?;
-                md.insert(key, val);
-            }
-            let mut b = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(target.url.clone())
-                .with_timeout(target.timeout)
-                .with_metadata(md)
-                .with_retry_policy(RetryPolicy::disabled());
-            if let Some(files) = &target.tls {
-                b = b.with_tls_config(tonic_tls(files)?);
-            }
-            if target.gzip == Some(true) {
-                b = b.with_compression(Compression::Gzip);
-            }
-            b.build()
+            tonic_settings(opentelemetry_otlp::SpanExporter::builder().with_tonic(), &target.url, target)?.build()
         }
         Protocol::HttpProtobuf => {
-            // podtrail's own client: one TLS setup (ring, the configured roots) for HTTP too
-            // (for http:// too: reqwest is built without a default crypto provider, so it gets
-            // a config even when it will never use it)
-            let tls = match &target.tls {
-                Some(files) => rustls_config(files)?,
-                None => rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| OtlpError::Tls(e.to_string()))?
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-            };
-            let client = reqwest::Client::builder()
-                .timeout(target.timeout)
-                .tls_backend_preconfigured(tls)
-                .build()
-                .map_err(|e| OtlpError::Tls(format!("HTTP client: {e}")))?;
-            let mut b = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_http_client(client)
-                .with_protocol(OtlpProtocol::HttpBinary)
-                .with_endpoint(target.url.clone())
-                .with_timeout(target.timeout)
-                .with_headers(target.headers.clone().into_iter().collect())
-                .with_retry_policy(RetryPolicy::disabled());
-            if target.gzip == Some(true) {
-                b = b.with_compression(Compression::Gzip);
-            }
-            b.build()
+            http_settings(opentelemetry_otlp::SpanExporter::builder().with_http(), &target.url, target)?.build()
         }
     };
     let mut exp = built.map_err(|source| OtlpError::Build { url: target.url.clone(), source })?;
     exp.set_resource(resource);
     Ok(exp)
+}
+
+/// The log exporter for alerts ([`super::alert_logs`]): the trace exporter's settings, to the
+/// logs URL.
+pub fn log_exporter(target: &OtlpTarget) -> Result<opentelemetry_otlp::LogExporter, OtlpError> {
+    let url = &target.logs_url;
+    let built = match target.protocol {
+        Protocol::Grpc => tonic_settings(opentelemetry_otlp::LogExporter::builder().with_tonic(), url, target)?.build(),
+        Protocol::HttpProtobuf => {
+            http_settings(opentelemetry_otlp::LogExporter::builder().with_http(), url, target)?.build()
+        }
+    };
+    built.map_err(|source| OtlpError::Build { url: url.clone(), source })
 }

@@ -88,6 +88,9 @@ fn pod_attributes(out: &mut Vec<KeyValue>, c: &ContainerInfo) {
     if !c.id.is_empty() {
         out.push(KeyValue::new(sc::CONTAINER_ID, c.id.clone()));
     }
+    for (k, v) in &c.pod_labels {
+        out.push(KeyValue::new(format!("{}.{k}", sc::K8S_POD_LABEL), v.clone()));
+    }
     push_opt(out, sc::CONTAINER_IMAGE_NAME, &c.image_name);
     push_opt(out, sc::CONTAINER_IMAGE_ID, &c.image_id);
     if let Some(tag) = c.image_name.as_deref().and_then(image_tag) {

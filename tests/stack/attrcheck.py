@@ -63,6 +63,17 @@ def parse_table(text):
     return attrs
 
 
+def lookup(attrs, key):
+    """The documented attribute `key` is: itself, or a template row (`k8s.pod.label`, whose
+    meaning says it is used as `k8s.pod.label.<key>`) it instantiates."""
+    if key in attrs:
+        return attrs[key]
+    for k, a in attrs.items():
+        if key.startswith(k + ".") and f"`{k}.<key>`" in a.meaning:
+            return a
+    return None
+
+
 def _type_ok(typ, val):
     if val in ("true", "false"):
         return typ.startswith("bool")
@@ -83,7 +94,7 @@ def check_traceql(query, attrs, session_scope="span"):
     for m in ATTR_RE.finditer(re.sub(STRING, '""', query)):
         key = m.group("key").strip('"')
         scope = m.group("scope")
-        a = attrs.get(key)
+        a = lookup(attrs, key)
         if a is None:
             errors.append(f"unknown attribute {key!r} in {query!r}")
             continue
@@ -95,7 +106,7 @@ def check_traceql(query, attrs, session_scope="span"):
                           f"processor stamps podtrail's own pod as resource) in {query!r}")
     for m in COMPARE.finditer(query):
         key, op, val = m.group("key").strip('"'), m.group("op"), m.group("val")
-        a = attrs.get(key)
+        a = lookup(attrs, key)
         if a is None or "$" in val:
             continue
         if op in ("=~", "!~"):
@@ -121,7 +132,7 @@ def check_jaeger_tags(tags, attrs):
             errors.append(f"not key=value: {pair!r}")
             continue
         key, val = pair.split("=", 1)
-        a = attrs.get(key)
+        a = lookup(attrs, key)
         if a is None:
             errors.append(f"unknown attribute {key!r} in Jaeger tags {tags!r}")
         elif a.enum and "$" not in val and val not in a.enum:

@@ -151,7 +151,7 @@ def test_builder_manifest_matches_config():
     manifest = yaml.safe_load((REPO / "otel-collector/builder-config.yaml").read_text())
     config = yaml.safe_load((REPO / "otel-collector/config.yaml").read_text())
     module_to_type = {"otlpreceiver": "otlp", "memorylimiterprocessor": "memory_limiter",
-                      "batchprocessor": "batch", "otlpexporter": "otlp_grpc",
+                      "batchprocessor": "batch", "otlpexporter": "otlp_grpc", "debugexporter": "debug",
                       "healthcheckextension": "health_check", "filestorage": "file_storage"}
     versions = set()
     for section in ("receivers", "processors", "exporters", "extensions"):

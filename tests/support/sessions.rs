@@ -30,6 +30,7 @@ pub fn container() -> ContainerInfo {
             "registry.example:5000/billing/api@sha256:3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a"
                 .into(),
         ),
+        pod_labels: vec![("app".into(), "api".into()), ("app.kubernetes.io/name".into(), "billing-api".into())],
         source: "kube_api",
         started_ns: None,
     }

@@ -1,0 +1,222 @@
+use super::*;
+use proptest::prelude::*;
+
+pub(crate) fn exec_record(argv: &[&[u8]], exe_leaf_first: &[u8], flags: u32) -> Vec<u8> {
+    let mut rec = vec![0u8; abi::EXEC_MAX_LEN];
+    let mut raw_argv = Vec::new();
+    for a in argv {
+        raw_argv.extend_from_slice(a);
+        raw_argv.push(0);
+    }
+    let len = abi::EXEC_ARGV_OFF + raw_argv.len();
+    let e = abi::Exec {
+        h: abi::Header { kind: abi::KIND_EXEC, len: len as u32, ts_ns: 5, pid: 42, tid: 42, start_ns: 7, cgroup_id: 9 },
+        ppid: 1,
+        loginuid: u32::MAX,
+        flags,
+        exe_path_len: exe_leaf_first.len() as u16,
+        argv_len: raw_argv.len() as u16,
+        comm: *b"busybox\0\0\0\0\0\0\0\0\0",
+        ..Default::default()
+    };
+    // SAFETY: Exec is Plain (repr(C), integers only); we copy its bytes.
+    let raw = unsafe { std::slice::from_raw_parts(&e as *const _ as *const u8, std::mem::size_of::<abi::Exec>()) };
+    rec[..raw.len()].copy_from_slice(raw);
+    rec[abi::EXEC_EXE_PATH_OFF..abi::EXEC_EXE_PATH_OFF + exe_leaf_first.len()].copy_from_slice(exe_leaf_first);
+    rec[abi::EXEC_ARGV_OFF..len].copy_from_slice(&raw_argv);
+    rec.truncate(len);
+    rec
+}
+
+#[test]
+fn exec_record_decodes_argv_and_path() {
+    let rec = exec_record(&[b"wget", b"-q", b"a b", b"\xff"], b"busybox\0bin\0", abi::EXEC_F_TTY);
+    let Event::Exec(e) = decode(&rec).unwrap() else { panic!("not exec") };
+    assert_eq!(e.argv, vec![b"wget".to_vec(), b"-q".to_vec(), b"a b".to_vec(), b"\xff".to_vec()]);
+    assert_eq!(e.exe_path, b"/bin/busybox");
+    assert!(e.flags.tty);
+    assert_eq!(e.loginuid, None);
+    assert_eq!(e.comm, b"busybox");
+}
+
+#[test]
+fn relative_paths_are_made_absolute() {
+    assert_eq!(absolute(b"/root", b".bash_history"), b"/root/.bash_history");
+    assert_eq!(absolute(b"/root", b"../etc/./shadow"), b"/etc/shadow");
+    assert_eq!(absolute(b"/tmp", b"/root/.ash_history"), b"/root/.ash_history");
+    assert_eq!(absolute(b"", b"x"), b"/x");
+}
+
+#[test]
+fn truncated_argv_keeps_the_partial_last_argument() {
+    assert_eq!(split_argv(b"ab\0cd"), vec![b"ab".to_vec(), b"cd".to_vec()]);
+    assert_eq!(split_argv(b"ab\0\0"), vec![b"ab".to_vec(), b"".to_vec()]);
+    assert!(split_argv(b"").is_empty());
+}
+
+#[test]
+fn mapped_ipv6_is_ipv4() {
+    let mut raw = [0u8; 16];
+    raw[10] = 0xff;
+    raw[11] = 0xff;
+    raw[12..].copy_from_slice(&[10, 1, 2, 3]);
+    assert_eq!(address(10, &raw).unwrap(), (IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)), true));
+    assert_eq!(address(7, &raw), Err(DecodeError::BadFamily(7)));
+}
+
+#[test]
+fn exit_status_words() {
+    assert_eq!(ExitStatus::from_wait_status(3 << 8), ExitStatus::Code(3));
+    assert_eq!(ExitStatus::from_wait_status(9), ExitStatus::Signal { signal: 9, core_dumped: false });
+    assert_eq!(ExitStatus::from_wait_status(0x80 | 11).shell_code(), 139);
+}
+
+#[test]
+fn lies_about_lengths_are_errors_not_panics() {
+    let mut rec = exec_record(&[b"sh"], b"sh\0bin\0", 0);
+    // argv_len larger than the record
+    let off = std::mem::offset_of!(abi::Exec, argv_len);
+    rec[off..off + 2].copy_from_slice(&4000u16.to_le_bytes());
+    assert_eq!(decode(&rec), Err(DecodeError::FieldOverrun("argv")));
+    assert_eq!(decode(&rec[..10]), Err(DecodeError::Short(10)));
+}
+
+fn sock_bytes(s: &abi::Sock) -> Vec<u8> {
+    // SAFETY: Sock is Plain (repr(C), integers only): its bytes are all initialised.
+    unsafe { std::slice::from_raw_parts(s as *const abi::Sock as *const u8, std::mem::size_of::<abi::Sock>()) }.to_vec()
+}
+
+#[test]
+fn sock_records_decode_by_op() {
+    let mut s = abi::Sock {
+        h: abi::Header {
+            kind: abi::KIND_SOCK,
+            len: std::mem::size_of::<abi::Sock>() as u32,
+            pid: 7,
+            ..Default::default()
+        },
+        op: abi::SOCK_ACCEPT,
+        family: 2,
+        protocol: 6,
+        sock_type: 1,
+        peer_port: 51000,
+        local_port: 4444,
+        result: 5,
+        ..Default::default()
+    };
+    s.peer_addr[..4].copy_from_slice(&[203, 0, 113, 9]);
+    s.local_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+    let bytes = sock_bytes(&s);
+    let Ok(Event::Sock(e)) = decode(&bytes) else { panic!("{:?}", decode(&bytes)) };
+    assert_eq!(e.op, SockOp::Accept);
+    assert_eq!(e.transport, Transport::Tcp);
+    assert_eq!(e.peer, Some(("203.0.113.9".parse().unwrap(), 51000)));
+    assert_eq!(e.local, Some(("10.0.0.1".parse().unwrap(), 4444)));
+    s.op = abi::SOCK_CREATE;
+    s.protocol = 1;
+    s.sock_type = 3;
+    let bytes = sock_bytes(&s);
+    let Ok(Event::Sock(e)) = decode(&bytes) else { panic!() };
+    assert_eq!((e.op, e.transport, e.peer), (SockOp::Create, Transport::Icmp, None));
+    s.op = 99;
+    let bytes = sock_bytes(&s);
+    assert_eq!(decode(&bytes), Err(DecodeError::FieldOverrun("sock op")));
+}
+
+fn file_bytes(f: &abi::File) -> Vec<u8> {
+    // SAFETY: File is Plain (repr(C), integers only): its bytes are all initialised.
+    unsafe { std::slice::from_raw_parts(f as *const abi::File as *const u8, std::mem::size_of::<abi::File>()) }.to_vec()
+}
+
+fn file_record(op: u32, fflags: u32, path: &[u8], dir_leaf_first: &[u8], dir2_leaf_first: &[u8]) -> abi::File {
+    let mut f = abi::File {
+        h: abi::Header {
+            kind: abi::KIND_FILE,
+            len: std::mem::size_of::<abi::File>() as u32,
+            pid: 7,
+            ..Default::default()
+        },
+        op,
+        fflags,
+        path_len: path.len() as u16,
+        dir_len: dir_leaf_first.len() as u16,
+        dir2_len: dir2_leaf_first.len() as u16,
+        ..Default::default()
+    };
+    f.path[..path.len()].copy_from_slice(path);
+    f.dir[..dir_leaf_first.len()].copy_from_slice(dir_leaf_first);
+    f.dir2[..dir2_leaf_first.len()].copy_from_slice(dir2_leaf_first);
+    f
+}
+
+#[test]
+fn an_open_that_followed_a_link_names_the_file_and_keeps_the_name_given() {
+    let f = file_record(
+        abi::FILE_OPEN,
+        abi::FILE_F_RESOLVED | abi::FILE_F_FOLLOWED | abi::FILE_F_WRITE,
+        b"3",
+        b"fd\0self\0proc\0",
+        b".ash_history\0root\0",
+    );
+    let Ok(Event::File(e)) = decode(&file_bytes(&f)) else { panic!() };
+    assert_eq!(e.path, b"/root/.ash_history");
+    assert_eq!(e.given.as_deref(), Some(b"/proc/self/fd/3".as_slice()));
+    assert_eq!(e.resolved, None);
+    assert!(e.write);
+
+    // a watched name that leads elsewhere: the name is the subject, the file beside it
+    let f = file_record(abi::FILE_OPEN, abi::FILE_F_RESOLVED, b"/root/.ash_history", b"", b"null\0dev\0");
+    let Ok(Event::File(e)) = decode(&file_bytes(&f)) else { panic!() };
+    assert_eq!(
+        (e.path.as_slice(), e.resolved.as_deref()),
+        (b"/root/.ash_history".as_slice(), Some(b"/dev/null".as_slice()))
+    );
+}
+
+#[test]
+fn a_path_longer_than_its_slot_keeps_its_tail_marked() {
+    let f = file_record(abi::FILE_UNLINK, abi::FILE_F_PATH_TAIL | abi::FILE_F_TRUNCATED, b"/./.ash_history", b"", b"");
+    let Ok(Event::File(e)) = decode(&file_bytes(&f)) else { panic!() };
+    assert_eq!(e.path, b"..././.ash_history");
+    assert!(e.truncated);
+    // an open: the file it resolved to is the whole path
+    let f = file_record(
+        abi::FILE_OPEN,
+        abi::FILE_F_PATH_TAIL | abi::FILE_F_RESOLVED,
+        b"/./.ash_history",
+        b"",
+        b".ash_history\0root\0",
+    );
+    let Ok(Event::File(e)) = decode(&file_bytes(&f)) else { panic!() };
+    assert_eq!(e.path, b"/root/.ash_history");
+    assert_eq!(e.given.as_deref(), Some(b"..././.ash_history".as_slice()));
+}
+
+#[test]
+fn io_uring_records_carry_their_opcode() {
+    let mut f = file_record(abi::FILE_URING, abi::FILE_F_URING, b"", b"", b"");
+    f.uring_op = 45;
+    let Ok(Event::File(e)) = decode(&file_bytes(&f)) else { panic!() };
+    assert_eq!((e.op, e.io_uring), (FileOp::IoUring, Some(45)));
+    assert_eq!(io_uring_op_name(45), "socket");
+    assert_eq!(io_uring_op_name(23), "write");
+    assert_eq!(io_uring_op_name(200), "op_200");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(20000))]
+    #[test]
+    fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..6000)) {
+        let _ = decode(&bytes);
+    }
+
+    #[test]
+    fn decode_never_panics_on_valid_headers(kind in 0u32..11, len in 0u32..7000, tail in proptest::collection::vec(any::<u8>(), 0..6000)) {
+        let mut b = Vec::new();
+        b.extend_from_slice(&kind.to_le_bytes());
+        b.extend_from_slice(&len.to_le_bytes());
+        b.extend_from_slice(&[0u8; 32]);
+        b.extend_from_slice(&tail);
+        let _ = decode(&b);
+    }
+}

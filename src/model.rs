@@ -282,7 +282,7 @@ impl ConnectOutcome {
 
 /// One image of a process: from its exec (or its fork, for a child that never exec'd) to the
 /// next exec or the exit.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ImageRecord {
     /// 0 for the first image; +1 per exec. With the process key, it names the span.
     pub exec_index: u32,

@@ -160,28 +160,14 @@ impl SessionTracker {
             p.mntns_ino = sp.mntns_ino;
             p.loginuid = sp.loginuid;
             p.images = vec![ImageRecord {
-                exec_index: 0,
                 start_ns: p.key.start_ns,
-                end_ns: None,
-                inherited: false,
                 argv: sp.argv.clone(),
-                argv_truncated: false,
-                argv_redacted: 0,
                 filename: sp.exe_path.clone(),
-                interp: None,
                 exe_path: sp.exe_path.clone(),
-                fileless: false,
                 tty: sp.tty,
                 uid: sp.uid,
                 euid: sp.euid,
-                connects: Vec::new(),
-                files: Vec::new(),
-                exe_written_ns: None,
-                exe_file: (0, 0),
-                identity: None,
-                program: None,
-                connects_over_cap: 0,
-                cwd: None,
+                ..Default::default()
             }];
             if self.containers.learn(sp.cgroup_id, self.lookup.as_mut(), true) {
                 self.containers.note_namespaces(sp.cgroup_id, sp.mntns_ino, sp.pidns_ino);

@@ -83,30 +83,7 @@ impl SessionTracker {
         let p = self.table.get_mut(&key)?;
         p.session?;
         if p.images.is_empty() {
-            p.images.push(ImageRecord {
-                exec_index: 0,
-                start_ns: p.key.start_ns,
-                end_ns: None,
-                inherited: true,
-                argv: Vec::new(),
-                argv_truncated: false,
-                argv_redacted: 0,
-                filename: Vec::new(),
-                interp: None,
-                exe_path: Vec::new(),
-                fileless: false,
-                tty: false,
-                uid: 0,
-                euid: 0,
-                connects: Vec::new(),
-                files: Vec::new(),
-                exe_written_ns: None,
-                exe_file: (0, 0),
-                identity: None,
-                program: None,
-                connects_over_cap: 0,
-                cwd: None,
-            });
+            p.images.push(ImageRecord { start_ns: p.key.start_ns, inherited: true, ..Default::default() });
         }
         p.images.last_mut()
     }

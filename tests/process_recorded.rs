@@ -93,6 +93,12 @@ fn a_recorded_ctr_exec_is_one_session_with_the_shells_commands_and_not_the_init(
             vec!["wc".into(), "-c".into()],
         ]
     );
+    // `ctr task exec` starts in the spec's cwd, and each exec'd image says where it ran
+    for p in procs.iter() {
+        for i in p.images.iter().filter(|i| !i.inherited) {
+            assert_eq!(i.cwd.as_deref(), Some(b"/".as_slice()), "{:?}", i.argv);
+        }
+    }
     let forked = children.iter().find(|p| argv(p) == r.exec).unwrap();
     assert!(forked.images.iter().all(|i| i.inherited), "the fork that never exec'd only inherits");
 

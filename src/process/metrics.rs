@@ -81,8 +81,8 @@ impl ProcessMetrics {
         );
     }
 
-    /// Publishes the tracker's sizes after it handled something (its counts go straight into
-    /// the series through [`SessionTracker::count_into`]).
+    /// Publishes the tracker's sizes: at start, on the stage's 500 ms tick, and at shutdown
+    /// (its counts go straight into the series through [`SessionTracker::count_into`]).
     pub fn observe(&self, t: &SessionTracker) {
         self.table_size.set(t.len() as i64);
         self.containers.set(t.containers() as i64);

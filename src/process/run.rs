@@ -292,6 +292,9 @@ pub async fn run(
                 }
                 metrics.observe(&tracker);
             }
+            // The gauges and cache series follow the tracker on the tick, not after every
+            // event: observing costs 11 label look-ups, 5% of the agent's CPU in an exec
+            // storm (BENCHMARKS.md, issue 15), and a scrape every few seconds cannot tell.
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
                 for u in tracker.handle(&ev) {
@@ -299,7 +302,6 @@ pub async fn run(
                         return;
                     }
                 }
-                metrics.observe(&tracker);
             }
             info = answers.recv(), if answers_open => match info {
                 Some(info) => tracker.update_container(info),

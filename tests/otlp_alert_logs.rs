@@ -97,28 +97,11 @@ fn session(pid: u32, kind: SessionKind) -> Vec<SessionUpdate> {
     let mut info = SessionInfo::new(SessionId(root), kind, container, t0);
     info.root_argv = vec![b"sh".to_vec()];
     let image = |exe: &str, argv: &[&str], start: u64| ImageRecord {
-        exec_index: 0,
         start_ns: start,
-        end_ns: None,
-        inherited: false,
         argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
-        argv_truncated: false,
-        argv_redacted: 0,
         filename: exe.as_bytes().to_vec(),
-        interp: None,
         exe_path: exe.as_bytes().to_vec(),
-        fileless: false,
-        tty: false,
-        uid: 0,
-        euid: 0,
-        connects: vec![],
-        files: vec![],
-        exe_written_ns: None,
-        exe_file: (0, 0),
-        identity: None,
-        program: None,
-        connects_over_cap: 0,
-        cwd: None,
+        ..Default::default()
     };
     let process = |key: ProcessKey, parent: Option<ProcessKey>, img: ImageRecord, exit: Option<u64>| ProcessRecord {
         key,

@@ -1219,26 +1219,6 @@ fn live(out: &[SessionUpdate]) -> Vec<(u32, Live, &ImageRecord)> {
         .collect()
 }
 
-fn history_truncate(ts: u64, pid: u32) -> Event {
-    Event::File(FileEvent {
-        ts_ns: ts,
-        pid,
-        tid: pid,
-        start_ns: st(pid),
-        cgroup_id: C,
-        op: FileOp::Open,
-        write: true,
-        flags: 0o1001, // O_WRONLY | O_TRUNC
-        path: b"/root/.ash_history".to_vec(),
-        path2: None,
-        result: 3,
-        truncated: false,
-        given: None,
-        resolved: None,
-        io_uring: None,
-    })
-}
-
 #[test]
 fn a_live_members_connects_datagrams_and_file_operations_are_said_as_they_happen() {
     let mut t = tracker();

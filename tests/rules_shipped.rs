@@ -281,23 +281,7 @@ fn connect_and_file_alerts_of_a_live_process_are_raised_as_they_happen_and_once(
     updates.extend(t.handle(&exec_in(111, 1091, 1090, &["nc", "203.0.113.5", "4444"])));
     let net_at = updates.len();
     updates.extend(t.handle(&connect_to(120, 1091, C, 41, Transport::Tcp, "203.0.113.5", 4444)));
-    updates.extend(t.handle(&podtrail::capture::event::Event::File(podtrail::capture::event::FileEvent {
-        ts_ns: 130,
-        pid: 1091,
-        tid: 1091,
-        start_ns: st(1091),
-        cgroup_id: C,
-        op: FileOp::Open,
-        write: true,
-        flags: O_WRONLY | O_TRUNC,
-        path: b"/root/.ash_history".to_vec(),
-        path2: None,
-        result: 3,
-        truncated: false,
-        given: None,
-        resolved: None,
-        io_uring: None,
-    })));
+    updates.extend(t.handle(&history_truncate(130, 1091)));
     let file_at = updates.len() - 1;
     assert!(matches!(updates[net_at], SessionUpdate::Live(_, _, Live::Net { index: 0 })), "{:?}", updates[net_at]);
     assert!(matches!(updates[file_at], SessionUpdate::Live(_, _, Live::File)), "{:?}", updates[file_at]);

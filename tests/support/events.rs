@@ -203,6 +203,28 @@ pub fn result(ts: u64, cookie: u64, error: i32) -> Event {
     })
 }
 
+/// `pid` (container [`C`]) opens the ash history for writing with O_TRUNC: the history wipe
+/// the shipped rule watches for, as the file hook reports a successful open (fd 3).
+pub fn history_truncate(ts: u64, pid: u32) -> Event {
+    Event::File(FileEvent {
+        ts_ns: ts,
+        pid,
+        tid: pid,
+        start_ns: st(pid),
+        cgroup_id: C,
+        op: FileOp::Open,
+        write: true,
+        flags: 0o1001, // O_WRONLY | O_TRUNC
+        path: b"/root/.ash_history".to_vec(),
+        path2: None,
+        result: 3,
+        truncated: false,
+        given: None,
+        resolved: None,
+        io_uring: None,
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn ns_join(ts: u64, pid: u32, cg: u64, old_mnt: u32, mnt: u32, old_pidns: u32, pidns: u32, loginuid: u32) -> Event {
     Event::NsJoin(NsJoinEvent {

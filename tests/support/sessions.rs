@@ -49,26 +49,11 @@ pub fn image(idx: u32, start: u64, exe: &str, argv: &[&str]) -> ImageRecord {
     ImageRecord {
         exec_index: idx,
         start_ns: start,
-        end_ns: None,
-        inherited: false,
         argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
-        argv_truncated: false,
-        argv_redacted: 0,
         filename: exe.as_bytes().to_vec(),
-        interp: None,
         exe_path: exe.as_bytes().to_vec(),
-        fileless: false,
         tty: true,
-        uid: 0,
-        euid: 0,
-        connects: vec![],
-        files: vec![],
-        exe_written_ns: None,
-        exe_file: (0, 0),
-        identity: None,
-        program: None,
-        connects_over_cap: 0,
-        cwd: None,
+        ..Default::default()
     }
 }
 

@@ -16,8 +16,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,56 +26,8 @@ use podtrail::model::*;
 use podtrail::rules::{RuleSource, RulesConfig};
 use podtrail::spans::{Attributor, NoAttributor, SpansConfig};
 
+use support::collector::Collector;
 use support::jaeger::{norm_id, Jaeger};
-
-/// The collector with the harness's throwaway certificates; stopped on drop.
-struct Collector {
-    dir: PathBuf,
-    env: BTreeMap<String, String>,
-}
-
-impl Collector {
-    fn start(dir: &Path, backend: &str) -> Collector {
-        let out = Command::new("bash")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/harness/collector.sh"))
-            .arg("start")
-            .arg(dir)
-            .env("TEMPO_ENDPOINT", backend)
-            .env("JAEGER_ENDPOINT", backend)
-            .env("RETRY_INITIAL_INTERVAL", "200ms")
-            .output()
-            .expect("run collector.sh");
-        assert!(
-            out.status.success(),
-            "collector.sh start failed (Go toolchain and module proxy needed for the first build):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let env = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        Collector { dir: dir.to_owned(), env }
-    }
-
-    fn get(&self, k: &str) -> String {
-        self.env.get(k).cloned().unwrap_or_else(|| panic!("{k} missing in {:?}", self.env))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("collector.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/harness/collector.sh"))
-            .arg("stop")
-            .arg(&self.dir)
-            .status();
-    }
-}
 
 /// A session whose shell runs `tcpdump -i any`, as the process stage reports it live, then
 /// ended (a node session is never held for attribution; an exec session leaves the hold once
@@ -264,7 +214,7 @@ fn check(col: &Collector, jaeger: &Jaeger, pod: &str, identity: &[(&str, &str)])
 async fn an_alert_log_record_reaches_the_collector_with_the_ids_of_the_alert_span_jaeger_holds() {
     let tmp = tempfile::tempdir().unwrap();
     let jaeger = Jaeger::start(&tmp.path().join("jaeger"));
-    let col = Collector::start(&tmp.path().join("collector"), &jaeger.otlp_grpc);
+    let col = Collector::start(&tmp.path().join("collector"), &jaeger.otlp_grpc, &[]);
     let (ca, cert, key) =
         (col.get("COLLECTOR_TLS_CA"), col.get("COLLECTOR_TLS_CLIENT_CERT"), col.get("COLLECTOR_TLS_CLIENT_KEY"));
 

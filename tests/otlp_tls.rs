@@ -13,8 +13,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 
 use podtrail::capture::event::{ExitStatus, ProcessKey};
@@ -23,6 +22,7 @@ use podtrail::metrics::Metrics;
 use podtrail::model::*;
 use podtrail::spans::{NoAttributor, SpansConfig};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use support::collector::Collector;
 
 fn issuer(cn: &str) -> CertifiedIssuer<'static, KeyPair> {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -39,52 +39,6 @@ fn leaf(dir: &Path, name: &str, ca: &CertifiedIssuer<'static, KeyPair>, sans: &[
     let cert = p.signed_by(&key, ca).unwrap();
     std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
     std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-}
-
-/// The collector, started by the harness with the test's certificates; stopped on drop.
-struct Collector {
-    dir: PathBuf,
-    grpc: String,
-    http: String,
-}
-
-impl Collector {
-    fn start(dir: &Path, pki: &Path, backend: &str) -> Collector {
-        let out = Command::new("bash")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/harness/collector.sh"))
-            .arg("start")
-            .arg(dir)
-            .env("TEMPO_ENDPOINT", backend)
-            .env("JAEGER_ENDPOINT", backend)
-            .env("OTLP_TLS_CERT_FILE", pki.join("collector.crt"))
-            .env("OTLP_TLS_KEY_FILE", pki.join("collector.key"))
-            .env("OTLP_TLS_CLIENT_CA_FILE", pki.join("ca.crt"))
-            .env("RETRY_INITIAL_INTERVAL", "200ms")
-            .output()
-            .expect("run collector.sh");
-        assert!(
-            out.status.success(),
-            "collector.sh start failed (Go toolchain and module proxy needed for the first build):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let env = String::from_utf8_lossy(&out.stdout).into_owned();
-        let get = |k: &str| env.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).expect(k).to_owned();
-        Collector { dir: dir.to_owned(), grpc: get("COLLECTOR_OTLP_GRPC"), http: get("COLLECTOR_OTLP_HTTP") }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("collector.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/harness/collector.sh"))
-            .arg("stop")
-            .arg(&self.dir)
-            .status();
-    }
 }
 
 /// One exec session (`sh -c 'echo tls'`) in a container of pod `pod`.
@@ -191,9 +145,17 @@ async fn export_over_mutual_tls_to_the_real_collector() {
     leaf(&pki, "agent", &ca, &[]);
 
     let jaeger = support::jaeger::Jaeger::start(&tmp.path().join("jaeger"));
-    let col = Collector::start(&tmp.path().join("collector"), &pki, &jaeger.otlp_grpc);
-    let grpc_url = format!("https://{}", col.grpc);
-    let http_url = col.http.clone();
+    let col = Collector::start(
+        &tmp.path().join("collector"),
+        &jaeger.otlp_grpc,
+        &[
+            ("OTLP_TLS_CERT_FILE", &pki.join("collector.crt")),
+            ("OTLP_TLS_KEY_FILE", &pki.join("collector.key")),
+            ("OTLP_TLS_CLIENT_CA_FILE", &pki.join("ca.crt")),
+        ],
+    );
+    let grpc_url = format!("https://{}", col.get("COLLECTOR_OTLP_GRPC"));
+    let http_url = col.get("COLLECTOR_OTLP_HTTP");
     assert!(http_url.starts_with("https://"), "{http_url}");
     let no_env = BTreeMap::new();
 

@@ -8,7 +8,8 @@
 //! - [`agent`]: the real `podtrail run` as a subprocess, and what it reports
 //! - [`otlp`]: in-process OTLP receivers and the export task; [`otlp_json`]: the one reader of
 //!   OTLP/JSON files
-//! - [`jaeger`]: a real Jaeger and its query API; [`net`]: loopback HTTP without a client
+//! - [`jaeger`]: a real Jaeger and its query API; [`collector`]: the real OpenTelemetry
+//!   Collector on the shipped config; [`net`]: loopback HTTP without a client
 //! - [`kube`]: a fake Kubernetes API server (list/watch wire format); [`audit`]: audit records
 //!   of a `kubectl exec`
 //! - [`events`]: capture events for the process stage; [`sessions`]: recorded session updates
@@ -23,6 +24,7 @@
 
 pub mod agent;
 pub mod audit;
+pub mod collector;
 pub mod containers;
 pub mod events;
 pub mod fixtures;

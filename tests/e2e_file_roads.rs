@@ -134,8 +134,10 @@ fn a_history_reached_by_another_road_is_named_in_the_trail() {
         assert!(hit.is_some(), "{mark}: no truncating open of {HISTORY} given as {given}: {files:#?}");
         let alerts = history_alerts(&trace);
         assert!(
-            alerts.iter().any(|a| a["file.path"] == HISTORY && a["podtrail.file.op"] == "open"),
-            "{mark}: the history rule fired on the history: {alerts:#?}"
+            alerts.iter().any(|a| a["file.path"] == HISTORY
+                && a["podtrail.file.op"] == "open"
+                && a["podtrail.file.given_path"] == given),
+            "{mark}: the history rule fired on the history, naming the road ({given}): {alerts:#?}"
         );
     }
 
@@ -201,8 +203,10 @@ fn a_history_reached_by_another_road_is_named_in_the_trail() {
     let alerts = history_alerts(&trace);
     assert!(
         alerts.iter().any(|a| a["podtrail.file.op"] == "unlink" && a["file.path"] == HISTORY)
-            && alerts.iter().any(|a| a["podtrail.file.op"] == "open" && a["file.path"] == HISTORY),
-        "io_uring's truncation and unlink raise the history rule: {alerts:#?}"
+            && alerts.iter().any(|a| a["podtrail.file.op"] == "open"
+                && a["file.path"] == HISTORY
+                && a["podtrail.file.io_uring.op"] == "openat"),
+        "io_uring's truncation and unlink raise the history rule, naming the opcode: {alerts:#?}"
     );
 
     // process.working_directory from the exec hook's walk of the task's cwd

@@ -35,7 +35,7 @@ use crate::capture::event::ProcessKey;
 use crate::clock::BootClock;
 use crate::model::{Live, ProcessRecord, SessionId, SessionInfo};
 use crate::scope::ScopeConfig;
-use crate::spans::build::{live_span, ALERT_SPAN};
+use crate::spans::build::{file_attrs, live_span, ALERT_SPAN};
 use crate::spans::hold::{LiveUpdate, Output};
 use crate::spans::{ids, keys, BuiltSpan, Capped, SessionIdentity};
 use crate::text::{basename, escape};
@@ -392,11 +392,7 @@ pub fn alert_event(clock: &BootClock, a: &Alert) -> Event {
         attrs.push(KeyValue::new(sc::SECURITY_RULE_REFERENCE, u.clone()));
     }
     if let Some(f) = &a.file {
-        attrs.push(KeyValue::new(keys::FILE_OP, f.op.as_str()));
-        attrs.push(KeyValue::new(sc::FILE_PATH, escape(&f.path)));
-        if let Some(p2) = &f.path2 {
-            attrs.push(KeyValue::new(keys::FILE_PATH2, escape(p2)));
-        }
+        file_attrs(f, &mut attrs);
     }
     Event::new("alert", clock.to_system_time(a.ts_ns), attrs, 0)
 }

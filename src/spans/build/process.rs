@@ -102,12 +102,21 @@ pub fn image_span(
 
 /// A watched-file operation, as a span event `file <op>` on the image that did it.
 pub fn file_event(ctx: &BuildCtx, f: &FileRecord) -> opentelemetry::trace::Event {
-    let mut attrs = vec![
+    let mut attrs = Vec::with_capacity(8);
+    file_attrs(f, &mut attrs);
+    opentelemetry::trace::Event::new(format!("file {}", f.op.as_str()), ctx.clock.to_system_time(f.ts_ns), attrs, 0)
+}
+
+/// What a file operation says, as attributes: the same keys on the `file <op>` event and on an
+/// alert raised by the operation, so a query on either finds the road it took (the path the
+/// caller gave, the one the kernel resolved, the io_uring opcode).
+pub fn file_attrs(f: &FileRecord, attrs: &mut Vec<KeyValue>) {
+    attrs.extend([
         KeyValue::new(keys::FILE_OP, f.op.as_str()),
         KeyValue::new(sc::FILE_PATH, escape(&f.path)),
         KeyValue::new(keys::FILE_WRITE, f.write),
         KeyValue::new(keys::FILE_FLAGS, f.flags as i64),
-    ];
+    ]);
     if let Some(p) = &f.path2 {
         attrs.push(KeyValue::new(keys::FILE_PATH2, escape(p)));
     }
@@ -126,7 +135,6 @@ pub fn file_event(ctx: &BuildCtx, f: &FileRecord) -> opentelemetry::trace::Event
     if let Some(op) = f.io_uring {
         attrs.push(KeyValue::new(keys::FILE_IO_URING_OP, crate::capture::event::io_uring_op_name(op).into_owned()));
     }
-    opentelemetry::trace::Event::new(format!("file {}", f.op.as_str()), ctx.clock.to_system_time(f.ts_ns), attrs, 0)
 }
 
 /// Every connect span is named `connect`: a name per destination floods Jaeger's operation

@@ -41,7 +41,10 @@ FULL_VALUES = {
     "agent": {"extraCapabilities": ["SYS_RESOURCE"], "nodeSelector": {"kubernetes.io/os": "linux"},
               "extraEnv": [{"name": "PODTRAIL_LOG", "value": "info"}], "podAnnotations": {"a": "b"}},
     "receiver": {"replicas": 3, "ports": {"audit": 18443, "admission": 19443, "stream": 17443, "metrics": 19464},
-                 "tolerations": [{"key": "dedicated", "operator": "Exists"}]},
+                 "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+                 "service": {"type": "LoadBalancer", "nodePorts": {"audit": 30443, "admission": 30444},
+                             "loadBalancerSourceRanges": ["10.0.0.0/24"],
+                             "annotations": {"service.beta.kubernetes.io/aws-load-balancer-internal": "true"}}},
     "admissionWebhook": {"timeoutSeconds": 2},
     "networkPolicy": {"webhookFrom": [{"ipBlock": {"cidr": "10.0.0.0/24"}}]},
     "certManager": {"enabled": True, "apiserverClient": True, "receiverDnsNames": ["podtrail.example.internal"],
@@ -150,7 +153,10 @@ def test_values_are_checked_up_front(cluster, tmp_path):
     for values, expect in [({"agent": {"hostnetwork": True}}, "hostnetwork"),
                            ({"receiver": {"ports": {"audit": 0}}}, "/receiver/ports/audit"),
                            ({"collector": {"endpoint": "otel:4317"}}, "/collector/endpoint"),
-                           ({"certManager": {"issuerRef": {"kind": "Issuers"}}}, "/certManager/issuerRef/kind")]:
+                           ({"certManager": {"issuerRef": {"kind": "Issuers"}}}, "/certManager/issuerRef/kind"),
+                           ({"receiver": {"service": {"type": "Nodeport"}}}, "/receiver/service/type"),
+                           ({"receiver": {"service": {"nodePorts": {"audit": 8443}}}},
+                            "/receiver/service/nodePorts/audit")]:
         p = cluster.helm("template", "podtrail", CHART, "--values", values_file(tmp_path, values), check=False)
         assert p.returncode != 0 and expect in p.stderr, (values, p.stderr)
 
@@ -221,6 +227,24 @@ def test_full_render_validates_server_side_without_cert_manager(cluster, tmp_pat
     assert "SYS_RESOURCE" in c["securityContext"]["capabilities"]["add"]
     assert {"name": "rules", "mountPath": "/etc/podtrail-rules", "readOnly": True} in c["volumeMounts"]
     assert find(objs, "ConfigMap", "podtrail-rules")["data"]["rules.yaml"] == FULL_VALUES["rules"]["custom"]
+
+
+def test_receiver_service_types_validate_server_side(cluster, tmp_path, dry_run_namespace):
+    """receiver.service: the audit and admission ports on a node port or a load balancer, for an
+    API server outside the pod network; each render accepted by this API server."""
+    for service, want in [
+        ({"type": "NodePort", "nodePorts": {"audit": 30443}}, {"audit": 30443, "admission": None}),
+        (FULL_VALUES["receiver"]["service"], {"audit": 30443, "admission": 30444}),
+    ]:
+        objs = render(cluster, tmp_path, {"receiver": {"service": service}})
+        dry_run(cluster, objs)
+        spec = find(objs, "Service", "podtrail-receiver")["spec"]
+        assert spec["type"] == service["type"], spec
+        assert {p["name"]: p.get("nodePort") for p in spec["ports"]} == want, spec
+        assert spec.get("loadBalancerSourceRanges") == service.get("loadBalancerSourceRanges"), spec
+    # the default stays a cluster IP with no node port (the kustomize base's)
+    spec = find(render(cluster, tmp_path), "Service", "podtrail-receiver")["spec"]
+    assert spec["type"] == "ClusterIP" and not any("nodePort" in p for p in spec["ports"]), spec
 
 
 def test_kustomize_base_validates_server_side(cluster, dry_run_namespace):

@@ -34,6 +34,7 @@
 //! Run (root not needed; Jaeger and the collector come from /var/cache/podtrail or are built):
 //! `cargo bench --bench outage -- [--outage-secs 600] [--rate 1000] [--dir D]`
 
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -349,7 +350,7 @@ struct Report {
     fed: u64,
 }
 
-struct Path_ {
+struct PathRun {
     name: &'static str,
     pod: String,
     child: Child,
@@ -358,8 +359,8 @@ struct Path_ {
     state: PathBuf,
 }
 
-impl Path_ {
-    fn start(name: &'static str, endpoint: &str, tls: &str, rate: u64, dir: &Path) -> Path_ {
+impl PathRun {
+    fn start(name: &'static str, endpoint: &str, tls: &str, rate: u64, dir: &Path) -> PathRun {
         let pod = format!("outage-{name}-{}", std::process::id());
         let state = dir.join(format!("state-{name}"));
         let _ = std::fs::remove_dir_all(&state);
@@ -399,7 +400,7 @@ impl Path_ {
                 }
             }
         });
-        Path_ { name, pod, child, status, report, state }
+        PathRun { name, pod, child, status, report, state }
     }
 
     fn status(&self) -> Status {
@@ -443,28 +444,24 @@ fn rfc3339(t: std::time::SystemTime) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// Every span Jaeger stored for `pod` whose trace started in [from, to): (span id -> times
-/// stored, traces). Windows of 10 s; each window's search is raw (no adjusters, no merging);
-/// spans are kept by their own `k8s.pod.name` (the search's attribute filter is not relied on).
-fn jaeger_spans(
-    query: &str,
-    pod: &str,
-    from: std::time::SystemTime,
-    to: std::time::SystemTime,
-) -> (std::collections::HashMap<String, u64>, u64) {
-    let mut seen = std::collections::HashMap::new();
-    let mut traces = std::collections::HashSet::new();
-    let mut done = std::collections::HashSet::new();
+/// Every span Jaeger stored for each of `pods` whose trace started in [from, to): per pod,
+/// (span id -> times stored, traces). Windows of 10 s; each window's search is raw (no
+/// adjusters, no merging); spans are kept by their own `k8s.pod.name` (the search's attribute
+/// filter is not relied on).
+type Arrived = (HashMap<String, u64>, u64);
+
+fn jaeger_spans(query: &str, pods: &[&str], from: std::time::SystemTime, to: std::time::SystemTime) -> Vec<Arrived> {
+    let mut seen: Vec<HashMap<String, u64>> = vec![HashMap::new(); pods.len()];
+    let mut traces: Vec<HashSet<String>> = vec![HashSet::new(); pods.len()];
+    let mut done = HashSet::new();
     let mut t = from;
     while t < to {
         let next = t + Duration::from_secs(10);
-        let mut window = std::collections::HashSet::new();
-        let attrs = format!("{{\"k8s.pod.name\":\"{pod}\"}}");
+        let mut window = HashSet::new();
         let url = format!(
-            "{query}/api/v3/traces?query.service_name=podtrail&query.start_time_min={}&query.start_time_max={}&query.num_traces=99999&query.raw_traces=true&query.attributes={}",
+            "{query}/api/v3/traces?query.service_name=podtrail&query.start_time_min={}&query.start_time_max={}&query.num_traces=99999&query.raw_traces=true",
             rfc3339(t),
             rfc3339(next),
-            urlencode(&attrs)
         );
         let body = http_get(&url).unwrap_or_else(|e| panic!("Jaeger search {url}: {e}"));
         let v: Value = serde_json::from_str(&body)
@@ -488,35 +485,22 @@ fn jaeger_spans(
                         continue;
                     }
                     window.insert(trace.clone());
-                    let pod_attr = s["attributes"]
+                    let pod = s["attributes"]
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .any(|kv| kv["key"] == "k8s.pod.name" && kv["value"]["stringValue"].as_str() == Some(pod));
-                    if !pod_attr {
-                        continue;
-                    }
-                    traces.insert(trace);
-                    *seen.entry(hex_id(s["spanId"].as_str().unwrap_or_default())).or_insert(0) += 1;
+                        .find(|kv| kv["key"] == "k8s.pod.name")
+                        .and_then(|kv| kv["value"]["stringValue"].as_str());
+                    let Some(i) = pods.iter().position(|p| Some(*p) == pod) else { continue };
+                    traces[i].insert(trace);
+                    *seen[i].entry(hex_id(s["spanId"].as_str().unwrap_or_default())).or_insert(0) += 1;
                 }
             }
         }
         done.extend(window);
         t = next;
     }
-    (seen, traces.len() as u64)
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    seen.into_iter().zip(traces).map(|(s, t)| (s, t.len() as u64)).collect()
 }
 
 fn mib(b: u64) -> f64 {
@@ -567,14 +551,14 @@ fn main() {
     let t_begin = std::time::SystemTime::now() - Duration::from_secs(60);
 
     let mut paths = [
-        Path_::start("disk", &endpoint, tls.to_str().unwrap(), rate, &dir),
-        Path_::start("memory", &endpoint, tls.to_str().unwrap(), rate, &dir),
+        PathRun::start("disk", &endpoint, tls.to_str().unwrap(), rate, &dir),
+        PathRun::start("memory", &endpoint, tls.to_str().unwrap(), rate, &dir),
     ];
     let pids: Vec<u32> = paths.iter().map(|p| p.child.id()).collect();
     // steady state: the collector up; RSS at its end is the reference for the outage's
     let t0 = Instant::now();
     std::thread::sleep(warm);
-    let before: Vec<Status> = paths.iter().map(Path_::status).collect();
+    let before: Vec<Status> = paths.iter().map(PathRun::status).collect();
     let rss_before: Vec<(u64, u64)> = pids.iter().map(|p| rss_kib(*p)).collect();
     let warm_secs = t0.elapsed().as_secs_f64();
     let steady_rate = |i: usize| before[i].exported as f64 / warm_secs;
@@ -594,8 +578,8 @@ fn main() {
     // the outage
     harness("collector.sh", &["stop", col.to_str().unwrap()], &[]);
     let t_down = Instant::now();
-    let at_down: Vec<Status> = paths.iter().map(Path_::status).collect();
-    let mut rss_max = vec![(0u64, 0u64); 2];
+    let at_down: Vec<Status> = paths.iter().map(PathRun::status).collect();
+    let mut rss_max = [(0u64, 0u64); 2];
     let mut disk_max = 0u64;
     while t_down.elapsed() < outage {
         std::thread::sleep(Duration::from_secs(1));
@@ -605,7 +589,7 @@ fn main() {
         }
         disk_max = disk_max.max(disk_bytes(&paths[0].state));
         let s = t_down.elapsed().as_secs();
-        if s % 60 == 0 {
+        if s.is_multiple_of(60) {
             let (d, m) = (paths[0].status(), paths[1].status());
             println!(
                 "  {s:>4} s down: disk path queue {} spans, {:.1} MiB on disk, lost {}; memory path queue {}, lost {}; RSS disk {} KiB, memory {} KiB",
@@ -619,7 +603,7 @@ fn main() {
             );
         }
     }
-    let at_up: Vec<Status> = paths.iter().map(Path_::status).collect();
+    let at_up: Vec<Status> = paths.iter().map(PathRun::status).collect();
     let backlog = at_up[0].queue;
     let disk_at_up = disk_bytes(&paths[0].state);
     disk_max = disk_max.max(disk_at_up);
@@ -642,29 +626,32 @@ fn main() {
     let after_drain = paths[0].status();
     // a little steady state after the drain, then stop both and let the collector deliver
     std::thread::sleep(Duration::from_secs(10));
-    let reports: Vec<Report> = paths.iter_mut().map(Path_::stop).collect();
+    let reports: Vec<Report> = paths.iter_mut().map(PathRun::stop).collect();
     let t_end = std::time::SystemTime::now() + Duration::from_secs(60);
     std::thread::sleep(Duration::from_secs(15));
 
-    // count what arrived (wait until Jaeger's count stops growing)
-    let mut counts = Vec::new();
-    for (i, p) in paths.iter().enumerate() {
-        let mut last: (std::collections::HashMap<String, u64>, u64) = Default::default();
-        for _ in 0..20 {
-            let got = jaeger_spans(&query, &p.pod, t_begin, t_end);
-            let same = got.0.len() == last.0.len() && !got.0.is_empty();
-            last = got;
-            if same {
-                break;
-            }
-            std::thread::sleep(Duration::from_secs(10));
+    // count what arrived, both paths in one pass over Jaeger; again until the counts stop
+    // growing (the collector may still be delivering its own queue)
+    let pods: Vec<&str> = paths.iter().map(|p| p.pod.as_str()).collect();
+    let mut last: Vec<Arrived> = Vec::new();
+    for _ in 0..20 {
+        let got = jaeger_spans(&query, &pods, t_begin, t_end);
+        let same = got.len() == last.len() && got.iter().zip(&last).all(|(a, b)| a.0.len() == b.0.len());
+        last = got;
+        if same && !last[0].0.is_empty() {
+            break;
         }
-        let (seen, traces) = last;
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    let mut counts = Vec::new();
+    for (i, (seen, traces)) in last.into_iter().enumerate() {
         let distinct = seen.len() as u64;
         let stored: u64 = seen.values().sum();
         counts.push((distinct, stored - distinct, traces));
-        let r = reports[i];
-        eprintln!("{}: report {r:?}, Jaeger distinct {distinct}, stored {stored}, traces {traces}", p.name);
+        eprintln!(
+            "{}: report {:?}, Jaeger distinct {distinct}, stored {stored}, traces {traces}",
+            paths[i].name, reports[i]
+        );
     }
     harness("collector.sh", &["stop", col.to_str().unwrap()], &[]);
     harness("jaeger.sh", &["stop", ja.to_str().unwrap()], &[]);
@@ -707,7 +694,7 @@ fn main() {
         rss_drain_max.0 as f64 / 1024.0
     );
     println!(
-        "memory path, same outage: lost {} ({} queue_full, {} export_failed) of {} produced; sessions whose root was exported: disk {}, memory {}",
+        "memory path, same outage: lost {} ({} queue_full, {} export_failed) of {} produced; sessions the span stage closed: disk {}, memory {}",
         reports[1].lost,
         reports[1].queue_full,
         reports[1].export_failed,

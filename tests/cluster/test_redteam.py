@@ -115,7 +115,10 @@ def test_sendto_an_external_address(cluster, redteam):
     # three datagrams to one external address from an unconnected socket: no connect(2) at all
     send = (f"s.connect(('{EXTERNAL}', 5353)); [s.send(b'exfil') for _ in range(3)]" if BROKEN
             else f"[s.sendto(b'exfil', ('{EXTERNAL}', 5353)) for _ in range(3)]")
-    code = f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); {send}"
+    # a socket bound at the destination takes the datagrams (no ICMP refusal for a connected
+    # sender in the broken run)
+    code = (f"import socket; r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); r.bind(('{EXTERNAL}', 5353)); "
+            f"s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); {send}")
     _, audit_id = exec_as_alice(cluster, "/usr/bin/python3", "-c", code)
     t = wait_trace(cluster, audit_id, lambda t: named(t, "sendto") and named(t, "python3"),
                    "with python3's sendto span", timeout=120)

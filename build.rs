@@ -16,6 +16,7 @@ fn main() -> Result<()> {
         "net.bpf.c",
         "ns.bpf.c",
         "file.bpf.c",
+        "dns.bpf.c",
         "common.h",
         "podtrail.h",
         "vmlinux.h",

@@ -182,6 +182,7 @@ fn session(k: u32, end: bool) -> Vec<SessionUpdate> {
         udp_sent: false,
         activity: None,
         scope: None,
+        name: None,
     }];
     let tar = image(t + 5000, &s(&["tar", "-cf", &format!("/tmp/{k}.tar"), "/tmp/page"]));
     let cat = image(t + 7000, &s(&["cat", &format!("/tmp/{k}.tar")]));

@@ -32,12 +32,13 @@ enum pt_kind {
 	PT_KIND_UDP_SEND = 7,
 	PT_KIND_FILE = 8,
 	PT_KIND_SOCK = 9,
-	PT_KIND_MAX = 10, /* one past the last kind: sizes the per-kind counters */
+	PT_KIND_DNS = 10,
+	PT_KIND_MAX = 11, /* one past the last kind: sizes the per-kind counters */
 };
 
 /* Raised with every change of a record, a limit or a constant below. */
 enum pt_abi {
-	PT_ABI_VERSION = 4,
+	PT_ABI_VERSION = 5,
 };
 
 /* Limits of the variable parts. Raising one changes the ABI version. */
@@ -304,6 +305,32 @@ struct pt_file {
 	char dir2[PT_DIR_MAX];
 };
 _Static_assert(sizeof(struct pt_file) == 1608, "pt_file size");
+
+enum pt_dns_limits {
+	PT_DNS_PAYLOAD_MAX = 512, /* bytes of a DNS message kept: the classic UDP size */
+};
+
+/* pt_dns.flags */
+enum pt_dns_flags {
+	PT_DNS_F_TRUNCATED = 1 << 0, /* the message was longer than PT_DNS_PAYLOAD_MAX */
+};
+
+/*
+ * dns: a UDP datagram from port 53 delivered to a socket (dns.bpf.c, cgroup_skb/ingress): a
+ * DNS answer some process will read. Not in process context: pid, tid and start_ns are 0 and
+ * cgroup_id is the receiving socket's cgroup. The message (its first PT_DNS_PAYLOAD_MAX
+ * bytes) follows the fixed part; `len` stops where it stops. User space parses it.
+ */
+struct pt_dns {
+	struct pt_header h;
+	__u16 payload_len; /* bytes of the message copied after the fixed part */
+	__u16 msg_len;     /* the message's length as the UDP header gave it */
+	__u8 family;       /* of the server's address: 2 = AF_INET, 10 = AF_INET6 */
+	__u8 flags;        /* PT_DNS_F_* */
+	__u16 sport;       /* host byte order: 53 */
+	__u8 saddr[16];    /* the server that answered, network byte order */
+};
+_Static_assert(sizeof(struct pt_dns) == 64, "pt_dns size");
 
 /* Kernel-side filter modes (global `filter_mode`). */
 /*

@@ -13,6 +13,8 @@ want gcc; want libc6-dev
 # tests: real containers (containerd + runc), a busybox rootfs, namespace tools, OTLP decoding
 want containerd; want runc; want busybox-static; want util-linux; want iproute2
 want python3; want python3-venv; want tcpdump; want bpftool; want libbpf-tools; want ca-certificates
+# a real DNS server (destination names, tests/e2e_dns_names.rs): the binary only, no service
+want dnsmasq-base
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "setup: installing ${need_pkgs[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

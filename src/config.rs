@@ -125,6 +125,11 @@ pub struct CaptureConfig {
     /// their destination (sendto/sendmsg), listening and accepted TCP sockets, raw and ICMP
     /// sockets.
     pub sockets: bool,
+    /// With `network`: also read DNS answers as they reach a socket (UDP from port 53, a
+    /// `cgroup_skb/ingress` program), so a connect carries the name its process looked up
+    /// (`server.address`; the cache is `[process.dns]`). DNS over TCP, DoT and DoH are not
+    /// read.
+    pub dns: bool,
     /// Queued KiB that make the kernel wake the reader at once.
     pub wakeup_kib: u64,
     /// How often the reader drains the ring when no wakeup came, in milliseconds.
@@ -151,6 +156,7 @@ impl Default for CaptureConfig {
             scan_env: true,
             network: true,
             sockets: true,
+            dns: true,
             wakeup_kib: 256,
             poll_ms: 20,
             channel_capacity: 65_536,
@@ -175,6 +181,9 @@ pub struct ProcessConfig {
     /// What is recorded beside exec sessions (`[process.activity]`): watched executables,
     /// outbound connects, their folding and rate limit.
     pub activity: crate::process::activity::ActivityConfig,
+    /// The names DNS answers gave each container's addresses (`[process.dns]`), which
+    /// connects carry.
+    pub dns: crate::process::dns::DnsConfig,
 }
 
 impl Default for ProcessConfig {
@@ -185,6 +194,7 @@ impl Default for ProcessConfig {
             containerd_namespaces: vec!["k8s.io".into(), "default".into()],
             channel_capacity: 16_384,
             activity: Default::default(),
+            dns: Default::default(),
         }
     }
 }
@@ -347,6 +357,7 @@ impl Config {
             cgroup2_root: None,
             network: c.network,
             sockets: c.sockets,
+            dns: c.dns,
             ignore_self: true,
             watch_changes: c.watch_changes.clone(),
             watch_reads: c.watch_reads.clone(),
@@ -360,9 +371,11 @@ impl Config {
                 ranges: self.spans.scope.clone(),
                 ..p.activity.clone()
             },
+            dns: p.dns.clone(),
             ..ProcessOptions::default()
         };
         p.activity.check().map_err(ConfigError::Invalid)?;
+        p.dns.check().map_err(|e| ConfigError::Invalid(format!("process.dns: {e}")))?;
         let a = &self.attribution;
         let audit_webhook =
             a.audit_webhook.as_ref().map(|w| listener("attribution.audit_webhook", w, true)).transpose()?;

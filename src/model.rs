@@ -150,6 +150,17 @@ pub struct ConnectRecord {
     /// `podtrail.network.destination.scope` as classified when the connect was seen (the
     /// ranges may be learned later); None: classify when the span is built.
     pub scope: Option<&'static str>,
+    /// Connects and datagrams: the name a DNS answer gave `addr` in this container before
+    /// (the name the process asked for, not a CNAME's target); None: no answer seen.
+    #[serde(serialize_with = "ser_opt_name")]
+    pub name: Option<std::sync::Arc<str>>,
+}
+
+fn ser_opt_name<S: serde::Serializer>(n: &Option<std::sync::Arc<str>>, s: S) -> Result<S::Ok, S::Error> {
+    match n {
+        Some(n) => s.serialize_str(n),
+        None => s.serialize_none(),
+    }
 }
 
 impl ConnectRecord {
@@ -177,6 +188,7 @@ impl ConnectRecord {
             udp_sent: false,
             activity: None,
             scope: None,
+            name: None,
         }
     }
 }
@@ -217,6 +229,7 @@ impl ConnectRecord {
                 suppressed_before: 0,
             }),
             scope: None,
+            name: None,
         }
     }
 }

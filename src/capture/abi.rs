@@ -6,7 +6,7 @@
 //! wrote into the compiled object, so a change on one side that is not made on the other fails
 //! before it can misread a byte.
 
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 pub const KIND_EXEC: u32 = 1;
 pub const KIND_FORK: u32 = 2;
@@ -17,11 +17,12 @@ pub const KIND_NS_JOIN: u32 = 6;
 pub const KIND_UDP_SEND: u32 = 7;
 pub const KIND_FILE: u32 = 8;
 pub const KIND_SOCK: u32 = 9;
-pub const KIND_MAX: u32 = 10;
+pub const KIND_DNS: u32 = 10;
+pub const KIND_MAX: u32 = 11;
 
 /// Human names of the kinds, indexed by kind number (0 is unused).
 pub const KIND_NAMES: [&str; KIND_MAX as usize] =
-    ["none", "exec", "fork", "exit", "connect", "connect_result", "ns_join", "udp_send", "file", "sock"];
+    ["none", "exec", "fork", "exit", "connect", "connect_result", "ns_join", "udp_send", "file", "sock", "dns"];
 
 pub const FILENAME_MAX: usize = 256;
 pub const INTERP_MAX: usize = 256;
@@ -89,6 +90,9 @@ pub const SOCK_SENDTO: u8 = 1;
 pub const SOCK_LISTEN: u8 = 2;
 pub const SOCK_ACCEPT: u8 = 3;
 pub const SOCK_CREATE: u8 = 4;
+
+pub const DNS_PAYLOAD_MAX: usize = 512;
+pub const DNS_F_TRUNCATED: u8 = 1 << 0;
 
 pub const FILTER_ALL: u32 = 0;
 pub const FILTER_CONTAINERS: u32 = 1;
@@ -226,6 +230,19 @@ pub struct Sock {
     pub local_addr: [u8; 16],
 }
 
+/// A DNS message delivered to a socket; its first `payload_len` bytes follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Dns {
+    pub h: Header,
+    pub payload_len: u16,
+    pub msg_len: u16,
+    pub family: u8,
+    pub flags: u8,
+    pub sport: u16,
+    pub saddr: [u8; 16],
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct File {
@@ -289,6 +306,7 @@ unsafe impl Plain for Connect {}
 unsafe impl Plain for ConnectResult {}
 unsafe impl Plain for UdpSend {}
 unsafe impl Plain for Sock {}
+unsafe impl Plain for Dns {}
 unsafe impl Plain for CgroupDrops {}
 unsafe impl Plain for File {}
 // SAFETY: as for Plain.
@@ -328,6 +346,7 @@ pub fn constants() -> Vec<(&'static str, i64)> {
         c!(KIND_UDP_SEND),
         c!(KIND_FILE),
         c!(KIND_SOCK),
+        c!(KIND_DNS),
         c!(KIND_MAX),
         c!(FILENAME_MAX),
         c!(INTERP_MAX),
@@ -381,6 +400,8 @@ pub fn constants() -> Vec<(&'static str, i64)> {
         c!(SOCK_LISTEN),
         c!(SOCK_ACCEPT),
         c!(SOCK_CREATE),
+        c!(DNS_PAYLOAD_MAX),
+        c!(DNS_F_TRUNCATED),
         c!(FILTER_ALL),
         c!(FILTER_CONTAINERS),
         c!(INFLIGHT_FILE_STARTED),
@@ -454,6 +475,7 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<FieldLayout>)> {
             "pt_sock",
             [h, cookie, result, op, family, protocol, sock_type, peer_port, local_port, _pad0, peer_addr, local_addr]
         ),
+        layout!(Dns, "pt_dns", [h, payload_len, msg_len, family, flags, sport, saddr]),
         layout!(CgroupDrops, "pt_cgroup_drops", [events, last_ts_ns]),
         layout!(
             File,

@@ -153,6 +153,19 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         abi::KIND_FILE => decode_file(bytes),
         abi::KIND_SOCK => decode_sock(bytes),
+        abi::KIND_DNS => {
+            let d: abi::Dns = need(bytes, h.kind)?;
+            let payload =
+                slot(bytes, std::mem::size_of::<abi::Dns>(), d.payload_len as usize, abi::DNS_PAYLOAD_MAX, "dns")?;
+            Ok(Event::Dns(DnsEvent {
+                ts_ns: h.ts_ns,
+                cgroup_id: h.cgroup_id,
+                server: (address(d.family, &d.saddr)?.0, d.sport),
+                msg_len: d.msg_len,
+                truncated: d.flags & abi::DNS_F_TRUNCATED != 0,
+                payload: payload.to_vec(),
+            }))
+        }
         k => Err(DecodeError::UnknownKind(k)),
     }
 }

@@ -31,6 +31,7 @@ pub enum Event {
     UdpSend(UdpSendEvent),
     File(FileEvent),
     Sock(SockEvent),
+    Dns(DnsEvent),
 }
 
 impl Event {
@@ -46,6 +47,7 @@ impl Event {
             Event::UdpSend(e) => e.ts_ns,
             Event::File(e) => e.ts_ns,
             Event::Sock(e) => e.ts_ns,
+            Event::Dns(e) => e.ts_ns,
         }
     }
 
@@ -60,6 +62,7 @@ impl Event {
             Event::UdpSend(_) => "udp_send",
             Event::File(_) => "file",
             Event::Sock(_) => "sock",
+            Event::Dns(_) => "dns",
         }
     }
 }
@@ -314,6 +317,24 @@ pub struct UdpSendEvent {
     pub bytes: u32,
     /// Where the datagram really went, read from its headers (None: not readable).
     pub dest: Option<(IpAddr, u16)>,
+}
+
+/// A UDP datagram from port 53 delivered to a socket: a DNS message (an answer, unless
+/// someone sends queries from port 53), as bytes. The process stage parses it
+/// (`process::dns`); nothing here trusts it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DnsEvent {
+    pub ts_ns: u64,
+    /// The receiving socket's cgroup (the container that will read the answer).
+    pub cgroup_id: u64,
+    /// The server that sent it (address and port).
+    pub server: (IpAddr, u16),
+    /// The message's length as its UDP header gave it.
+    pub msg_len: u16,
+    /// Only the first `abi::DNS_PAYLOAD_MAX` bytes were kept.
+    pub truncated: bool,
+    #[serde(serialize_with = "ser_bytes", deserialize_with = "de_bytes")]
+    pub payload: Vec<u8>,
 }
 
 /// What a [`SockEvent`] reports.

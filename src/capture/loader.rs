@@ -60,6 +60,9 @@ pub struct CaptureOptions {
     /// With `network`: also the other ways out (datagrams naming a destination, listening
     /// and accepted sockets, raw and ICMP sockets).
     pub sockets: bool,
+    /// With `network`: also DNS answers delivered to sockets (`cgroup_skb/ingress`, UDP from
+    /// port 53), so connects can carry the name their process looked up.
+    pub dns: bool,
     /// Leave podtrail's own process out (its OTLP connections are not evidence).
     pub ignore_self: bool,
     /// Base names whose changes (open for writing, unlink, rename, truncate, chmod, link,
@@ -104,6 +107,7 @@ impl Default for CaptureOptions {
             cgroup2_root: None,
             network: true,
             sockets: true,
+            dns: true,
             ignore_self: true,
             watch_changes: DEFAULT_WATCH_CHANGES.iter().map(|s| s.to_string()).collect(),
             watch_reads: DEFAULT_WATCH_READS.iter().map(|s| s.to_string()).collect(),
@@ -312,6 +316,13 @@ impl Capture {
             ]);
             if opts.sockets {
                 attached.extend(attach_socket_hooks(&mut ebpf, &btf, &cg)?);
+            }
+            if opts.dns {
+                let p: &mut CgroupSkb = program(&mut ebpf, "pt_dns_ingress")?;
+                p.load().map_err(|e| refused("pt_dns_ingress", "cgroup_skb/ingress", e))?;
+                p.attach(&cg, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
+                    .map_err(|e| refused("pt_dns_ingress", "cgroup_skb/ingress", e))?;
+                attached.push("pt_dns_ingress");
             }
         }
 

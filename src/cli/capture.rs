@@ -42,6 +42,10 @@ Every object has "kind" and "ts_ns". Per kind:
                   pid, tid, start_ns (0 for sendto and socket), cgroup_id, cookie, transport
                   (tcp, udp, icmp, raw), peer [addr, port] (sendto's destination, accept's
                   client), local [addr, port] (listen, accept), result (accept's descriptor)
+  dns             a UDP datagram from port 53 delivered to a socket (a DNS answer):
+                  cgroup_id (the receiving socket's), server [addr, port], msg_len,
+                  truncated (only the first 512 bytes kept), payload (the message's bytes,
+                  escaped)
   ns_join         setns(2) succeeded: pid, nstype, pidns_for_children_ino, mntns_ino,
                   netns_ino, old_pidns_for_children_ino, old_mntns_ino, loginuid, uid"#;
 
@@ -57,6 +61,9 @@ pub struct CaptureArgs {
     /// accept, raw sockets).
     #[arg(long)]
     pub no_sockets: bool,
+    /// Do not attach the DNS answer hook (`cgroup_skb/ingress`).
+    #[arg(long)]
+    pub no_dns: bool,
     /// Ring buffer size in MiB (a power of two).
     #[arg(long, default_value_t = 16)]
     pub ring_mib: u32,
@@ -79,6 +86,7 @@ pub async fn run(a: CaptureArgs) -> anyhow::Result<()> {
         filter: a.filter,
         network: !a.no_network,
         sockets: !a.no_sockets,
+        dns: !a.no_dns,
         cgroup_share_bytes: a.ring_mib as u64 * 1024 * 1024 / 10,
         ..Default::default()
     };

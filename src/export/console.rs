@@ -89,7 +89,13 @@ fn line(s: &SpanData) -> String {
     if let Some(addr) = text(s, "server.address") {
         // the destination from `server.*`: the span's name is only `connect`
         let port = text(s, "server.port").unwrap_or_default();
-        let dest = if addr.contains(':') { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") };
+        let mut dest = if addr.contains(':') { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") };
+        // a name from a DNS answer: the address it stood for beside it
+        if text(s, keys::NETWORK_DESTINATION_NAME_SOURCE).as_deref() == Some("dns") {
+            if let Some(ip) = text(s, "network.peer.address") {
+                dest.push_str(&format!(" at {ip}"));
+            }
+        }
         let mut l = format!(
             "{} {dest} {} {}",
             s.name,

@@ -32,6 +32,8 @@ pub struct ProcessMetrics {
     pub cache_evictions: Family<Labels, Counter>,
     /// Executables judged by content (issue 18), by what (hashed, unreadable, renamed).
     pub identities: Family<Labels, Counter>,
+    /// Names from DNS answers: answers by result, names held, destinations named or not.
+    pub dns: super::dns::DnsMetrics,
 }
 
 impl ProcessMetrics {
@@ -79,6 +81,7 @@ impl ProcessMetrics {
             "Entries the process stage's bounded caches forgot to make room (least recently used first), by cache",
             self.cache_evictions.clone(),
         );
+        self.dns.register(reg);
     }
 
     /// Publishes the tracker's sizes: at start, on the stage's 500 ms tick, and at shutdown

@@ -8,6 +8,7 @@ pub mod activity;
 pub mod cgroup;
 pub mod containerd;
 pub mod containers;
+pub mod dns;
 pub mod identity;
 pub mod metrics;
 pub mod proc_scan;

@@ -61,6 +61,8 @@ pub struct ProcessOptions {
     pub containerd_state_dirs: Vec<PathBuf>,
     /// What is recorded outside exec sessions (issue 6).
     pub activity: super::activity::ActivityConfig,
+    /// The per-container cache of names from DNS answers.
+    pub dns: super::dns::DnsConfig,
     /// Which pod containers are ephemeral (`kubectl debug`): the pod index, in a cluster.
     /// None: no container is taken for one.
     pub ephemeral: Option<super::containers::EphemeralOracle>,
@@ -79,6 +81,7 @@ impl Default for ProcessOptions {
             containerd_namespaces: containerd::DEFAULT_NAMESPACES.iter().map(|s| s.to_string()).collect(),
             containerd_state_dirs: vec![PathBuf::from("/run/containerd")],
             activity: Default::default(),
+            dns: Default::default(),
             ephemeral: None,
             started: None,
         }
@@ -258,6 +261,7 @@ pub async fn run(
     let host_pidns = proc_scan::host_pidns();
     let mut tracker = SessionTracker::new(Box::new(lookup), host_pidns, proc_scan::tick_ns());
     tracker.set_activity(opts.activity.clone());
+    tracker.set_dns(super::dns::DnsNames::new(&opts.dns, &metrics));
     tracker.count_into(&metrics);
     // the kernel's loss counts are polled once a second: an ended session waits for the
     // next two polls, so a loss while it ran marks it however short it was

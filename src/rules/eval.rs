@@ -203,6 +203,41 @@ mod tests {
     }
 
     #[test]
+    fn connect_name_matches_the_name_a_dns_answer_gave_and_never_an_unnamed_ip() {
+        let yaml = "- name: Paste site\n  severity: high\n  category: exfiltration\n  description: x\n  \
+                    on: connect\n  match:\n    connect.name: {suffix: .pastebin.test}\n";
+        let (rules, errors) = super::super::lang::parse(yaml, "t.yaml", "t");
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut rec = exec_of("/usr/bin/curl", None);
+        let conn = |ip: &str, name: Option<&str>| crate::model::ConnectRecord {
+            op: crate::model::NetOp::Connect,
+            local: None,
+            ts_ns: 50 * S,
+            end_ns: None,
+            transport: crate::capture::event::Transport::Tcp,
+            addr: ip.parse().unwrap(),
+            port: 443,
+            final_addr: None,
+            outcome: crate::model::ConnectOutcome::Connected,
+            error: None,
+            udp_sent: false,
+            activity: None,
+            scope: None,
+            name: name.map(Into::into),
+        };
+        rec.images[0].connects = vec![
+            conn("203.0.113.7", Some("api.pastebin.test")),
+            conn("203.0.113.8", None),
+            conn("203.0.113.9", Some("pastebin.test.example")),
+        ];
+        let info = info(40 * S, None);
+        let ctx = SessionCtx { info: &info, who: None, attribution_configured: false };
+        let alerts = evaluate(&rules, ctx, &rec, &[], &HashSet::new(), &ScopeConfig::default());
+        let hit: Vec<_> = alerts.iter().map(|a| a.target).collect();
+        assert_eq!(hit, vec![Target::Connect { exec_index: 0, index: 0 }]);
+    }
+
+    #[test]
     fn an_inherited_image_is_not_an_exec_of_a_written_file() {
         let mut rec = exec_of("/tmp/tool", Some(45 * S));
         rec.images[0].inherited = true;

@@ -148,6 +148,7 @@ enum Field {
     ConnectPort,
     ConnectScope,
     ConnectTransport,
+    ConnectName,
     FileOp,
     FilePath,
     FileWrite,
@@ -183,6 +184,7 @@ const FIELDS: &[(&str, Field)] = &[
     ("connect.port", Field::ConnectPort),
     ("connect.scope", Field::ConnectScope),
     ("connect.transport", Field::ConnectTransport),
+    ("connect.name", Field::ConnectName),
     ("file.op", Field::FileOp),
     ("file.path", Field::FilePath),
     ("file.write", Field::FileWrite),
@@ -194,7 +196,7 @@ impl Field {
     fn needs(self) -> Option<On> {
         use Field::*;
         match self {
-            ConnectAddress | ConnectPort | ConnectScope | ConnectTransport => Some(On::Connect),
+            ConnectAddress | ConnectPort | ConnectScope | ConnectTransport | ConnectName => Some(On::Connect),
             FileOp | FilePath | FileWrite | FileFlags | FileFailed => Some(On::File),
             _ => None,
         }
@@ -279,6 +281,8 @@ fn field_holds(f: Field, t: &Test, s: &Subject) -> bool {
         (F::ConnectTransport, Test::Str(m)) => {
             matches!(s.trigger, Trigger::Connect(c, ..) if m.matches(c.transport.as_str()))
         }
+        // the name a DNS answer gave the address; a destination no answer named never matches
+        (F::ConnectName, Test::Str(m)) => matches!(s.trigger, Trigger::Connect(c, ..) if opt_str(m, c.name.as_deref())),
         (F::FileOp, Test::FileOps(ops)) => matches!(s.trigger, Trigger::File(r) if ops.contains(&r.op)),
         // either name the operation touches: a rename onto, or a symlink at, the path counts
         (F::FilePath, Test::Str(m)) => match s.trigger {

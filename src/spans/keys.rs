@@ -71,6 +71,12 @@ pub const FOLDED_COUNT: &str = "podtrail.folded.count";
 // Connects.
 pub const NETWORK_OUTCOME: &str = "podtrail.network.outcome";
 pub const NETWORK_DESTINATION_SCOPE: &str = "podtrail.network.destination.scope";
+/// Where `server.address`'s name came from: `dns` (an answer the container received), or
+/// `unknown` (no answer named the address: `server.address` is the IP).
+pub const NETWORK_DESTINATION_NAME_SOURCE: &str = "podtrail.network.destination.name_source";
+/// The IP the process asked for, when `server.address` holds its name and the socket reached
+/// another address (`network.peer.address`).
+pub const NETWORK_DESTINATION_ADDRESS: &str = "podtrail.network.destination.address";
 /// On spans of the ways out that are not a connect: `sendto`, `listen`, `accept`, `socket`
 /// (absent on connect spans).
 pub const NETWORK_OPERATION: &str = "podtrail.network.operation";
@@ -170,6 +176,8 @@ pub const PODTRAIL_KEYS: &[&str] = &[
     FOLDED_COUNT,
     NETWORK_OUTCOME,
     NETWORK_DESTINATION_SCOPE,
+    NETWORK_DESTINATION_NAME_SOURCE,
+    NETWORK_DESTINATION_ADDRESS,
     ACTIVITY_SUPPRESSED,
     AGENT_EVENT,
     AGENT_SESSIONS_EXPORTED,

@@ -80,6 +80,7 @@ pub fn connect(
         udp_sent,
         activity: None,
         scope: None,
+        name: None,
     }
 }
 

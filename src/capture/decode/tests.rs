@@ -123,6 +123,36 @@ fn sock_records_decode_by_op() {
     assert_eq!(decode(&bytes), Err(DecodeError::FieldOverrun("sock op")));
 }
 
+#[test]
+fn dns_records_carry_the_message_and_its_server() {
+    let msg = [0x12u8, 0x34, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0, 3, b'f', b'o', b'o', 0];
+    let mut d = abi::Dns {
+        h: abi::Header {
+            kind: abi::KIND_DNS,
+            len: (std::mem::size_of::<abi::Dns>() + msg.len()) as u32,
+            cgroup_id: 77,
+            ..Default::default()
+        },
+        payload_len: msg.len() as u16,
+        msg_len: 900,
+        family: 2,
+        flags: abi::DNS_F_TRUNCATED,
+        sport: 53,
+        ..Default::default()
+    };
+    d.saddr[..4].copy_from_slice(&[203, 0, 113, 53]);
+    // SAFETY: Dns is Plain (repr(C), integers only): its bytes are all initialised.
+    let fixed =
+        unsafe { std::slice::from_raw_parts(&d as *const abi::Dns as *const u8, std::mem::size_of::<abi::Dns>()) };
+    let mut bytes = [fixed, &msg].concat();
+    let Ok(Event::Dns(e)) = decode(&bytes) else { panic!("{:?}", decode(&bytes)) };
+    assert_eq!((e.cgroup_id, e.server, e.msg_len, e.truncated), (77, ("203.0.113.53".parse().unwrap(), 53), 900, true));
+    assert_eq!(e.payload, msg);
+    // a payload length past the record is an error, not a read past it
+    bytes[std::mem::offset_of!(abi::Dns, payload_len)] = 200;
+    assert_eq!(decode(&bytes), Err(DecodeError::FieldOverrun("dns")));
+}
+
 fn file_bytes(f: &abi::File) -> Vec<u8> {
     // SAFETY: File is Plain (repr(C), integers only): its bytes are all initialised.
     unsafe { std::slice::from_raw_parts(f as *const abi::File as *const u8, std::mem::size_of::<abi::File>()) }.to_vec()
@@ -211,7 +241,7 @@ proptest! {
     }
 
     #[test]
-    fn decode_never_panics_on_valid_headers(kind in 0u32..11, len in 0u32..7000, tail in proptest::collection::vec(any::<u8>(), 0..6000)) {
+    fn decode_never_panics_on_valid_headers(kind in 0u32..12, len in 0u32..7000, tail in proptest::collection::vec(any::<u8>(), 0..6000)) {
         let mut b = Vec::new();
         b.extend_from_slice(&kind.to_le_bytes());
         b.extend_from_slice(&len.to_le_bytes());

@@ -145,6 +145,8 @@ pub struct SessionTracker {
     ending: std::collections::VecDeque<(u64, SessionInfo)>,
     /// How long an ended session waits there; 0: it leaves at once.
     loss_settle_ns: u64,
+    /// Names DNS answers gave each container's addresses, for its connects.
+    pub(crate) dns: super::dns::DnsNames,
 }
 
 /// A wall-clock time (ns since the epoch) as boot ns; None for 0 (unknown) and for times
@@ -210,7 +212,13 @@ impl SessionTracker {
             exec_identity: Default::default(),
             ending: Default::default(),
             loss_settle_ns: 0,
+            dns: Default::default(),
         }
+    }
+
+    /// The DNS name cache connects take their names from (the agent's counts into its series).
+    pub fn set_dns(&mut self, dns: super::dns::DnsNames) {
+        self.dns = dns;
     }
 
     /// Hold each ended session this long before its `Ended` leaves, so the kernel's loss
@@ -325,6 +333,7 @@ impl SessionTracker {
             Event::NsJoin(j) => self.on_ns_join(j, &mut out),
             Event::File(f) => self.on_file(f, &mut out),
             Event::Sock(so) => self.on_sock(so, &mut out),
+            Event::Dns(d) => self.dns.learn(d),
         }
         out
     }

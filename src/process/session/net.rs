@@ -24,7 +24,8 @@ impl SessionTracker {
             return;
         };
         let scope = self.activity.ranges.classify(c.addr);
-        let rec = ConnectRecord { scope: Some(scope), ..ConnectRecord::pending(c) };
+        let name = self.dns.name_for(c.cgroup_id, c.addr, c.ts_ns);
+        let rec = ConnectRecord { scope: Some(scope), name, ..ConnectRecord::pending(c) };
         let Some((slot, new)) = self.keep_connect(key, rec, c.cookie, out) else { return };
         self.table.set_cookie(c.cookie, slot);
         if new {
@@ -62,6 +63,9 @@ impl SessionTracker {
         let mut rec = ConnectRecord::from_sock(s);
         if s.op != SockOp::Create {
             rec.scope = Some(self.activity.ranges.classify(rec.addr));
+        }
+        if s.op == SockOp::SendTo {
+            rec.name = self.dns.name_for(s.cgroup_id, rec.addr, s.ts_ns);
         }
         if s.op != SockOp::SendTo {
             // folds need the image; outside sessions these are not recorded

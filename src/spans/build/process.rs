@@ -181,10 +181,25 @@ pub fn connect_span(ctx: &BuildCtx, frame: &SessionFrame, id: SpanId, image: Spa
     }
     let kind = match c.op {
         NetOp::Connect | NetOp::SendTo => {
-            attrs.push(KeyValue::new(sc::SERVER_ADDRESS, addr.to_string()));
-            attrs.push(KeyValue::new(sc::SERVER_PORT, c.port as i64));
             let (peer, peer_port) =
                 c.final_addr.map(|(a, p)| (crate::scope::normalize(a), p)).unwrap_or((addr, c.port));
+            // the semantic conventions' server.address: the name the client asked for when
+            // one is known (from a DNS answer it received), else the IP; the IP itself is
+            // always network.peer.address
+            match &c.name {
+                Some(n) => {
+                    attrs.push(KeyValue::new(sc::SERVER_ADDRESS, n.to_string()));
+                    attrs.push(KeyValue::new(keys::NETWORK_DESTINATION_NAME_SOURCE, "dns"));
+                    if peer != addr {
+                        attrs.push(KeyValue::new(keys::NETWORK_DESTINATION_ADDRESS, addr.to_string()));
+                    }
+                }
+                None => {
+                    attrs.push(KeyValue::new(sc::SERVER_ADDRESS, addr.to_string()));
+                    attrs.push(KeyValue::new(keys::NETWORK_DESTINATION_NAME_SOURCE, "unknown"));
+                }
+            }
+            attrs.push(KeyValue::new(sc::SERVER_PORT, c.port as i64));
             attrs.push(KeyValue::new(sc::NETWORK_PEER_ADDRESS, peer.to_string()));
             attrs.push(KeyValue::new(sc::NETWORK_PEER_PORT, peer_port as i64));
             SpanKind::Client

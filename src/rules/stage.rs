@@ -211,28 +211,33 @@ impl AlertStage {
         for (info, r) in std::mem::take(&mut out.records) {
             self.take_record(info, r);
         }
+        // the sessions' states are worked on in place, out of `self` meanwhile (a state moved
+        // out of the map and back per update was a memmove of the whole struct and two hashes,
+        // per exec, in issue 15's profile)
+        let mut sessions = std::mem::take(&mut self.sessions);
         let mut live = Vec::new();
         for x in out.live.drain(..) {
             let LiveUpdate { session, info, record, what, frame } = x;
-            let mut st = self.sessions.remove(&session).unwrap_or_default();
+            let st = sessions.entry(session).or_default();
             st.info = Some(info); // moved, not cloned: one per exec in a storm
                                   // the live image's name, for the descendants it forks
             let n = st.names.get_or_insert_with(record.key, || Names { parent: record.parent, images: vec![] });
             if let Some(img) = record.images.last().filter(|i| !n.images.iter().any(|(s, _)| *s == i.start_ns)) {
                 n.images.push((img.start_ns, escape(&img.command_name())));
             }
-            for span in self.raise(rules, &mut st, &record, what, &frame) {
+            for span in self.raise(rules, st, &record, what, &frame) {
                 live.push((session, BuiltSpan { span, root: false }));
             }
-            self.sessions.insert(session, st);
         }
+        self.sessions = sessions;
         out.spans.splice(0..0, live);
         let kept = self.keep_alerted(rules, out);
         out.spans.splice(0..0, kept);
+        let mut sessions = std::mem::take(&mut self.sessions);
         for (sid, b) in out.spans.iter_mut() {
             let sid = *sid;
-            let Some(mut st) = self.sessions.remove(&sid) else { continue };
             if b.root {
+                let Some(mut st) = sessions.remove(&sid) else { continue };
                 let keys: Vec<ProcessKey> = st.pending.keys().copied().collect();
                 for k in keys {
                     self.evaluate(rules, sid, &mut st, k);
@@ -245,15 +250,16 @@ impl AlertStage {
                 crate::spans::build::kept_for_alerts(&mut b.span, st.kept_process, st.kept_network);
                 continue;
             }
+            let Some(st) = sessions.get_mut(&sid) else { continue };
             let id = b.span.span_context.span_id();
             if let Some(k) = st.span_of.get(&id).copied() {
-                self.evaluate(rules, sid, &mut st, k);
+                self.evaluate(rules, sid, st, k);
             }
             if let Some(alerts) = st.alerts.remove(&id) {
                 self.attach(&mut b.span, &alerts);
             }
-            self.sessions.insert(sid, st);
         }
+        self.sessions = sessions;
     }
 
     /// The spans the caps refused ([`Output::over_cap`]): those that raised an alert are kept

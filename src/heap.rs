@@ -33,38 +33,46 @@ pub fn trim() {
     }
 }
 
-/// Events in one tick below which the agent counts as quiet (a node always has some).
+/// Events in one tick below which the agent counts as quiet (a node always has some), and the
+/// least work since the last trim worth another.
 const QUIET: u64 = 200;
+/// A tick with less than 1/`DROP` of the busiest tick since the last trim: the burst is over.
+const DROP: u64 = 4;
 /// Ticks after which a trim is due anyway when there was work, quiet or not (a node that is
 /// never quiet still gives back what bursts left).
-const EVERY: u32 = 60;
+const EVERY: u32 = 30;
 
-/// Trims once activity has calmed down: fed a monotonic count of work done (events read) on
-/// a regular tick, it trims on the first quiet tick (fewer than `QUIET` events) after at least
-/// `QUIET` events of work,
-/// and on a node never that quiet every `EVERY` ticks; never while a burst runs (a trim walks
-/// the free lists under the arenas' locks: not something to do per event).
+/// Trims once a burst is over: fed a monotonic count of work done (events read) on a regular
+/// tick, it trims on the first tick after at least `QUIET` events of work that is quiet (fewer
+/// than `QUIET` events) or well below the busiest tick since the last trim (a busy node is
+/// never quiet: the bench machine's own builds and tests ran a few hundred events a second),
+/// and every `EVERY` ticks otherwise; never on a tick of the burst itself (a trim walks the
+/// free lists under the arenas' locks: not something to do per event).
 #[derive(Debug, Default)]
 pub struct Trimmer {
     last: u64,
     trimmed_at: u64,
     ticks: u32,
+    busiest: u64,
 }
 
 impl Trimmer {
     /// The work count at start: the next quiet tick after more work trims.
     pub fn new(done: u64) -> Self {
-        Trimmer { last: done, trimmed_at: done, ticks: 0 }
+        Trimmer { last: done, trimmed_at: done, ticks: 0, busiest: 0 }
     }
 
     /// One tick with the count of work done so far; true when it trimmed.
     pub fn tick(&mut self, done: u64) -> bool {
-        let quiet = done.saturating_sub(self.last) < QUIET;
+        let delta = done.saturating_sub(self.last);
         self.last = done;
+        self.busiest = self.busiest.max(delta);
         self.ticks = self.ticks.saturating_add(1);
-        if done.saturating_sub(self.trimmed_at) >= QUIET && (quiet || self.ticks >= EVERY) {
+        let calm = delta < QUIET || delta.saturating_mul(DROP) < self.busiest;
+        if done.saturating_sub(self.trimmed_at) >= QUIET && (calm || self.ticks >= EVERY) {
             self.trimmed_at = done;
             self.ticks = 0;
+            self.busiest = 0;
             trim();
             return true;
         }
@@ -86,6 +94,20 @@ mod tests {
         assert!(!t.tick(9_050), "already trimmed for that burst");
         assert!(!t.tick(9_100), "a trickle since: not worth a trim");
         assert!(t.tick(9_050 + QUIET), "enough work again, quiet: trimmed");
+    }
+
+    #[test]
+    fn the_end_of_a_burst_on_a_node_that_is_never_quiet_trims() {
+        let mut t = Trimmer::new(0);
+        let mut done = 0;
+        for _ in 0..5 {
+            done += 3_000; // the burst
+            assert!(!t.tick(done));
+        }
+        done += 500; // the node's own background rate: above QUIET, far below the burst
+        assert!(t.tick(done));
+        done += 500;
+        assert!(!t.tick(done), "not again per tick at the background rate");
     }
 
     #[test]

@@ -53,6 +53,11 @@ const CACHE_ENTRIES: usize = 1024;
 /// Argvs longer than this (all arguments' bytes) are redacted every time, not kept.
 const CACHE_ARGV_BYTES: usize = 1024;
 
+/// An argv as the kernel gave it.
+type Argv = Vec<Vec<u8>>;
+/// A redacted argv and how many values it replaced.
+type Redacted = (Argv, u32);
+
 /// Redaction results by argv: the redactor is a pure function of the argv (under one key), and
 /// a busy session runs the same few commands thousands of times, each said live and again when
 /// it ends (issue 15: 20 000 execs of one command were redacted ~60 000 times, 3% of the
@@ -60,8 +65,8 @@ const CACHE_ARGV_BYTES: usize = 1024;
 /// `CACHE_ENTRIES` argvs of at most `CACHE_ARGV_BYTES` each (about 2 MiB at worst).
 #[derive(Debug, Default)]
 pub struct ArgvCache {
-    /// argv -> None (nothing to redact) or the redacted argv and its count.
-    map: HashMap<Vec<Vec<u8>>, Option<(Vec<Vec<u8>>, u32)>>,
+    /// argv -> None (nothing to redact) or what it becomes.
+    map: HashMap<Argv, Option<Redacted>>,
 }
 
 impl ArgvCache {

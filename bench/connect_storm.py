@@ -217,6 +217,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--podtrail", default=os.path.join(ROOT, "target", "release", "podtrail"))
+    ap.add_argument("--ring-mib", type=int, default=0, help="capture.ring_mib for the agent (0: the default)")
     a = ap.parse_args()
     modes = [
         ("none", None),
@@ -236,7 +237,8 @@ def main():
         for rep in range(a.repeat):
             order = modes[rep % len(modes):] + modes[:rep % len(modes)]
             for name, activity in order:
-                agent = Agent(a.podtrail, tmp, f"{name}-{rep}", cd, activity) if activity else None
+                ring = f"\n\n[capture]\nring_mib = {a.ring_mib}\n" if a.ring_mib else ""
+                agent = Agent(a.podtrail, tmp, f"{name}-{rep}", cd, activity + ring) if activity else None
                 row = run_storm(cd, tmp, flood, net, a, agent)
                 if agent:
                     row["stopped"] = agent.stop()

@@ -38,6 +38,8 @@ storm window, for `perf report -i FILE`.
 
 Usage (root; podtrail built with `cargo build --release`):
   python3 bench/session_storm.py [--execs 20000] [--repeat 3] [--live 10000 --sessions 1000]
+  python3 bench/session_storm.py --baseline OTHER_BINARY ...   # A/B: each round runs OTHER_BINARY then
+      # the build, each beside its own execsnoop, and prints the per-round CPU ratio of the two
 """
 import argparse
 import json
@@ -158,14 +160,14 @@ def rootfs(dest, storm):
         shutil.copy(storm, os.path.join(dest, "bin/exec_storm"))
 
 
-def new_agent(a, tmp, name, cd):
+def new_agent(a, tmp, name, cd, binary=None):
     """`podtrail run` with the default config plus the private containerd (connect_storm.py's
     Agent: OTLP/JSON file, JSON log, /metrics), its state directory (the disk queue, on by
     default) in its own scratch directory instead of /var/lib/podtrail."""
     state = os.path.join(tmp, name + "-state")
     # the config's last table: [process.activity] keeps its defaults
     extra_config = f"\n[capture]\nring_mib = {a.ring_mib}\n" if a.ring_mib else ""
-    return connect_storm.Agent(a.podtrail, tmp, name, cd, extra_config, extra=("--state-dir", state))
+    return connect_storm.Agent(binary or a.podtrail, tmp, name, cd, extra_config, extra=("--state-dir", state))
 
 
 def start_container(cd, tmp, storm, script):
@@ -182,13 +184,14 @@ def cpu_per_exec(cpu, n):
     return cpu / n * 1e6
 
 
-def session_round(cd, tmp, storm, a, perf_out):
+def session_round(cd, tmp, storm, a, perf_out, binary=None):
     cid, _ = start_container(cd, tmp, storm, "exec sleep 100000")
-    agent = new_agent(a, tmp, f"run-{time.monotonic_ns()}", cd)
+    agent = new_agent(a, tmp, f"run-{time.monotonic_ns()}", cd, binary)
     traces = os.path.join(agent.dir, "traces.jsonl")
-    snoop = capture_storm.Reaped(["execsnoop"])
-    snoop.wait_ready()  # its header: the programs are loaded
-    time.sleep(1)
+    # ready once its BPF programs are loaded: its header goes through stdio, block-buffered
+    # into our pipe, so waiting for the header alone timed out ("execsnoop did not start");
+    # running it line-buffered would change what it costs
+    snoop, _ = capture_storm.start_tool(["execsnoop"])
     pid, spid = agent.p.pid, snoop.p.pid
     rest = status(pid)
     rest_bpf = bpf_map_rss(pid)
@@ -232,6 +235,8 @@ def session_round(cd, tmp, storm, a, perf_out):
     after = status(pid)
     smap = smaps(pid)
     after_malloc = malloc_stats(pid, agent.log_path) if a.malloc_stats else None
+    time.sleep(3)  # the agent's quiet ticks after the burst (it gives freed memory back then)
+    settled = status(pid)
     trace = root[0]["traceId"]
     mine = [(s, res) for s, res in spans if s["traceId"] == trace]
     # the `true` images (a child's span for its fork image, a copy of exec_storm's argv, is not one)
@@ -260,17 +265,17 @@ def session_round(cd, tmp, storm, a, perf_out):
         "pt_counted": counted, "pt_spans": len(storm_spans), "session_spans": len(mine),
         "session_processes": attr(*root, "podtrail.session.processes"),
         "snoop_counted": seen, "n": n,
-        "rest": rest, "rest_bpf": rest_bpf, "after": after, "after_bpf": sum(v[0] for k, v in smap.items() if "bpf" in k), "smaps": smap, "snoop_rss": snoop_rss,
+        "rest": rest, "rest_bpf": rest_bpf, "after": after, "settled": settled, "after_bpf": sum(v[0] for k, v in smap.items() if "bpf" in k), "smaps": smap, "snoop_rss": snoop_rss,
         "malloc": (rest_malloc, after_malloc),
         "kernel_dropped": kernel_dropped(stopped),
         "stopped": stopped,
     }
 
 
-def memory_figure(cd, tmp, a):
+def memory_figure(cd, tmp, a, binary=None):
     """podtrail run's memory with --live processes in one container and --sessions open exec
     sessions in another, measured in steps."""
-    agent = new_agent(a, tmp, "mem", cd)
+    agent = new_agent(a, tmp, f"mem-{time.monotonic_ns()}", cd, binary)
     pid = agent.p.pid
     time.sleep(2)
     steps = [("at rest", 0, 0, status(pid))]
@@ -328,11 +333,11 @@ def print_storm(rows, a, ring_mib):
             f"{cpu_per_exec(r['snoop_cpu'], n):.1f}", f"{r['pt_cpu'] / max(r['snoop_cpu'], 1e-9):.2f}x",
             f"{r['pt_counted']} ({r['pt_spans']})", r["snoop_counted"], r["kernel_dropped"])) + " |")
     print("\nmemory of podtrail run (MiB): rest VmRSS / RssAnon / BPF map mappings, peak VmHWM, after VmRSS / "
-          "RssAnon; execsnoop VmRSS")
+          "RssAnon (as the root span is exported, and 3 s later); execsnoop VmRSS")
     for i, r in enumerate(rows):
         print(f"  round {i + 1}: rest {mib(r['rest']['VmRSS'])} / {mib(r['rest']['RssAnon'])} / {mib(r['rest_bpf'])}, "
-              f"peak {mib(r['after']['VmHWM'])}, after {mib(r['after']['VmRSS'])} / {mib(r['after']['RssAnon'])}; "
-              f"execsnoop {mib(r['snoop_rss'])}")
+              f"peak {mib(r['after']['VmHWM'])}, after {mib(r['after']['VmRSS'])} / {mib(r['after']['RssAnon'])}, "
+              f"3 s later {mib(r['settled']['VmRSS'])} / {mib(r['settled']['RssAnon'])}; execsnoop {mib(r['snoop_rss'])}")
     for i, r in enumerate(rows):
         ms = r["malloc"]
         if ms[0] and ms[1]:
@@ -353,7 +358,8 @@ def print_storm(rows, a, ring_mib):
           f"{med(lambda r: r['pt_cpu'] / max(r['snoop_cpu'], 1e-9)):.2f}x); counted podtrail {med(lambda r: r['pt_counted']):.0f} / {n}, execsnoop "
           f"{med(lambda r: r['snoop_counted']):.0f} / {n}; RSS rest {mib(med(lambda r: r['rest']['VmRSS']))} MiB "
           f"(RssAnon {mib(med(lambda r: r['rest']['RssAnon']))}), peak {mib(med(lambda r: r['after']['VmHWM']))}, "
-          f"after {mib(med(lambda r: r['after']['VmRSS']))} (RssAnon {mib(med(lambda r: r['after']['RssAnon']))})")
+          f"after {mib(med(lambda r: r['after']['VmRSS']))} (RssAnon {mib(med(lambda r: r['after']['RssAnon']))}; "
+          f"3 s later {mib(med(lambda r: r['settled']['RssAnon']))})")
 
 
 def main():
@@ -370,31 +376,55 @@ def main():
                     help="glibc malloc_stats() in the agent (gdb) at rest and after the storm: held vs in use")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (traces, logs)")
     ap.add_argument("--podtrail", default=os.path.join(ROOT, "target", "release", "podtrail"))
+    ap.add_argument("--baseline", help="another podtrail binary (e.g. main's) run in the same invocation: each "
+                    "round runs it, then --podtrail, each beside its own execsnoop; every figure is printed for both")
     a = ap.parse_args()
     a.podtrail = os.path.abspath(a.podtrail)
+    variants = [("baseline", os.path.abspath(a.baseline)), ("podtrail", a.podtrail)] if a.baseline else [("", a.podtrail)]
     ring_mib = subprocess.run([a.podtrail, "config"], capture_output=True, text=True).stdout
     tmp = tempfile.mkdtemp(prefix="pt-sstorm-")
     storm = os.path.join(tmp, "exec_storm")
     subprocess.run(["cc", "-static", "-O2", "-o", storm, os.path.join(ROOT, "tests/fixtures/exec_storm.c")], check=True)
     cd = connect_storm.Containerd(tmp)
-    rows = []
+    rows = {v: [] for v, _ in variants}
+    mems, caps = {}, {}
     try:
         for rep in range(a.repeat):
-            row = session_round(cd, tmp, storm, a, a.perf if a.perf and rep == a.repeat - 1 else None)
-            brief = {k: v for k, v in row.items() if k not in ("smaps",)}
-            print(f"# round {rep + 1}: {brief}", flush=True)
-            rows.append(row)
-        mem = memory_figure(cd, tmp, a) if a.live else None
+            for v, binary in variants:
+                perf = a.perf if a.perf and rep == a.repeat - 1 and v != "baseline" else None
+                row = session_round(cd, tmp, storm, a, perf, binary)
+                brief = {k: v for k, v in row.items() if k not in ("smaps",)}
+                print(f"# round {rep + 1} {v}: {brief}", flush=True)
+                rows[v].append(row)
+        if a.live:
+            for v, binary in variants:
+                mems[v] = memory_figure(cd, tmp, a, binary)
     finally:
         cd.stop()
-    cap = None
     if a.capture_execs:
         subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"], check=True)
         try:
-            cap = [capture_storm.exec_capture(a.podtrail, a.capture_execs) for _ in range(a.repeat)]
+            for _ in range(a.repeat):
+                for v, binary in variants:
+                    caps.setdefault(v, []).append(capture_storm.exec_capture(binary, a.capture_execs))
         finally:
             subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=0"], check=False)
+    for v, binary in variants:
+        if v:
+            print(f"\n======== {v}: {binary}")
+        report(rows[v], caps.get(v), mems.get(v), a, ring_mib)
+    if a.baseline:
+        b, p = rows["baseline"], rows["podtrail"]
+        ratios = [y["pt_cpu"] / max(x["pt_cpu"], 1e-9) for x, y in zip(b, p)]
+        print(f"\npodtrail / baseline agent CPU per exec, per round (same invocation): "
+              + ", ".join(f"{r:.2f}x" for r in ratios) + f"; median {statistics.median(ratios):.2f}x")
+    if a.keep:
+        print(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
 
+
+def report(rows, cap, mem, a, ring_mib):
     if rows:
         print_storm(rows, a, ring_mib)
     if cap:
@@ -425,10 +455,6 @@ def main():
         print(f"  session metrics: {metrics}")
         top = sorted(smap.items(), key=lambda kv: -kv[1][0])[:8]
         print("  RSS by mapping (MiB, Rss / Anonymous): " + ", ".join(f"{k} {mib(v[0])} / {mib(v[1])}" for k, v in top))
-    if a.keep:
-        print(f"kept {tmp}")
-    else:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

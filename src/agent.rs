@@ -381,10 +381,17 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     tracing::info!("podtrail is running");
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // start-up's garbage (the kernel's BTF, parsed to load the programs, and /proc's walk) goes
+    // back to the kernel now, and after each burst of events once it is over
+    crate::heap::trim();
+    let mut trimmer = crate::heap::Trimmer::new(capture.stats.decoded_total());
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = tick.tick() => { read_kernel(&capture); }
+            _ = tick.tick() => {
+                read_kernel(&capture);
+                trimmer.tick(capture.stats.decoded_total());
+            }
         }
     }
     tracing::info!("stopping: draining the ring, ending open sessions as incomplete, flushing export");

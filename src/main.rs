@@ -7,6 +7,7 @@ use clap::Parser;
 mod cli;
 
 fn main() -> std::process::ExitCode {
+    podtrail::heap::tune();
     let args = cli::Cli::parse();
     cli::init_logging(&args.log);
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

@@ -247,7 +247,6 @@ impl Capture {
         if !diffs.is_empty() {
             return Err(CaptureError::Abi(diffs.join("; ")));
         }
-        let btf = Btf::from_sys_fs().map_err(|_| CaptureError::NoBtf)?;
         // the host's pid namespace: /proc/1's (podtrail runs with hostPID), or our own where
         // /proc/1 cannot be read (a sandbox)
         let host_pidns = fs::metadata("/proc/1/ns/pid")
@@ -260,8 +259,12 @@ impl Capture {
             Filter::Containers => abi::FILTER_CONTAINERS,
         };
         let scan_env = opts.scan_env as u32;
+        // aya 0.14's EbpfLoader::new parses the kernel's BTF itself (unconditionally, and keeps
+        // it private), so the loader uses that copy and drops it with itself at the end of this
+        // statement; podtrail parses its own for the tp_btf attachments only after. Handing the
+        // loader podtrail's copy (`.btf(Some(&btf))`) held both at once: ~17 MB each, the
+        // agent's whole start-up peak (heaptrack, BENCHMARKS.md issue 15).
         let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
             .map_max_entries("events", opts.ring_bytes)
             .override_global("filter_mode", &filter, true)
             .override_global("host_pidns_ino", &host_pidns, true)
@@ -270,6 +273,7 @@ impl Capture {
             .override_global("wakeup_bytes", &opts.wakeup_bytes, true)
             .override_global("cgroup_share_bytes", &opts.cgroup_share_bytes, true)
             .load(BPF_OBJECT)?;
+        let btf = Btf::from_sys_fs().map_err(|_| CaptureError::NoBtf)?;
 
         let mut attached = Vec::new();
         for (prog, tp) in [

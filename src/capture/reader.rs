@@ -69,6 +69,9 @@ impl ReaderStats {
     }
 }
 
+/// Records decoded per wakeup before they are passed on (the ring is drained again at once).
+const BATCH: usize = 4096;
+
 pub async fn run(
     ring: RingBuf<MapData>,
     tx: mpsc::Sender<Event>,
@@ -88,6 +91,10 @@ pub async fn run(
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut more = false;
+    // One batch for the reader's life: a fresh Vec per wakeup grew one doubling at a time up to
+    // the cap, and its allocations were a tenth of the agent's CPU in a session storm (issue 15).
+    // It grows only as far as a burst needs (nothing at rest).
+    let mut batch: Vec<Event> = Vec::new();
     loop {
         let stopping = if more {
             false
@@ -102,7 +109,6 @@ pub async fn run(
             }
         };
         // Decode everything queued before awaiting the channel: RingBufItem borrows the ring.
-        let mut batch = Vec::new();
         {
             let ring = fd.get_mut();
             while let Some(item) = ring.next() {
@@ -111,13 +117,13 @@ pub async fn run(
                 if let Ok(ev) = res {
                     batch.push(ev);
                 }
-                if batch.len() >= 4096 {
+                if batch.len() >= BATCH {
                     break;
                 }
             }
         }
-        more = batch.len() >= 4096;
-        for ev in batch {
+        more = batch.len() >= BATCH;
+        for ev in batch.drain(..) {
             if tx.send(ev).await.is_err() {
                 return; // the next stage is gone: nothing left to deliver to
             }
@@ -125,15 +131,14 @@ pub async fn run(
         if stopping || *stop.borrow() {
             // one last drain, then close the channel by returning
             let ring = fd.get_mut();
-            let mut rest = Vec::new();
             while let Some(item) = ring.next() {
                 let res = decode(&item);
                 stats.count(&res, &item);
                 if let Ok(ev) = res {
-                    rest.push(ev);
+                    batch.push(ev);
                 }
             }
-            for ev in rest {
+            for ev in batch.drain(..) {
                 let _ = tx.send(ev).await;
             }
             return;

@@ -70,16 +70,20 @@ pub fn evaluate(
         let by_ctime = written_at.is_some_and(|t| t >= session.info.start_ns);
         // changed after the container's init started: in its writable layer, not its image
         let in_container = written_at.zip(session.info.container.started_ns).is_some_and(|(t, c)| t >= c);
+        let names = super::subject::names_of(img);
+        let cmdline = std::cell::OnceCell::new();
         let process = ProcCtx {
             rec,
             image: img,
             session_root: is_root && Some(idx) == first_exec,
-            ancestors: ancestors.to_vec(),
+            ancestors,
+            names: &names,
+            cmdline: &cmdline,
             exe_written_in_session: !img.inherited && !img.exe_path.is_empty() && (by_write || by_ctime),
             exe_written_in_container: in_container,
         };
         let mut check = |trigger: Trigger, target: Target, ts_ns: u64, file: Option<&FileRecord>| {
-            let s = Subject { session, process: process.clone(), trigger };
+            let s = Subject { session, process, trigger };
             for r in rules.iter().filter(|r| r.matches(&s)) {
                 out.push(Alert { rule: r.clone(), target, ts_ns, file: file.cloned() });
             }

@@ -245,7 +245,7 @@ fn field_holds(f: Field, t: &Test, s: &Subject) -> bool {
     match (f, t) {
         (F::ProcessName, Test::Str(m)) => m.any(s.names().iter().map(String::as_str)),
         (F::ProcessExe, Test::Str(m)) => m.matches(&escape(&s.process.image.exe_path)),
-        (F::ProcessCmdline, Test::Str(m)) => m.matches(&s.cmdline()),
+        (F::ProcessCmdline, Test::Str(m)) => m.matches(s.cmdline()),
         (F::ProcessArgs, Test::Str(m)) => s.process.image.argv.iter().skip(1).any(|a| m.matches(&escape(a))),
         (F::ProcessTty, Test::Bool(b)) => s.process.image.tty == *b,
         (F::ProcessFileless, Test::Bool(b)) => s.process.image.fileless == *b,

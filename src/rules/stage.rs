@@ -35,7 +35,7 @@ use crate::capture::event::ProcessKey;
 use crate::clock::BootClock;
 use crate::model::{Live, ProcessRecord, SessionId, SessionInfo};
 use crate::scope::ScopeConfig;
-use crate::spans::build::{file_attrs, live_span, ALERT_SPAN};
+use crate::spans::build::{file_attrs, live_span, SessionFrame, ALERT_SPAN};
 use crate::spans::hold::{LiveUpdate, Output};
 use crate::spans::{ids, keys, BuiltSpan, Capped, SessionIdentity};
 use crate::text::{basename, escape};
@@ -211,27 +211,33 @@ impl AlertStage {
         for (info, r) in std::mem::take(&mut out.records) {
             self.take_record(info, r);
         }
+        // the sessions' states are worked on in place, out of `self` meanwhile (a state moved
+        // out of the map and back per update was a memmove of the whole struct and two hashes,
+        // per exec, in issue 15's profile)
+        let mut sessions = std::mem::take(&mut self.sessions);
         let mut live = Vec::new();
         for x in out.live.drain(..) {
-            let mut st = self.sessions.remove(&x.session).unwrap_or_default();
-            st.info = Some(x.info.clone());
-            // the live image's name, for the descendants it forks
-            let n = st.names.get_or_insert_with(x.record.key, || Names { parent: x.record.parent, images: vec![] });
-            if let Some(img) = x.record.images.last().filter(|i| !n.images.iter().any(|(s, _)| *s == i.start_ns)) {
+            let LiveUpdate { session, info, record, what, frame } = x;
+            let st = sessions.entry(session).or_default();
+            st.info = Some(info); // moved, not cloned: one per exec in a storm
+                                  // the live image's name, for the descendants it forks
+            let n = st.names.get_or_insert_with(record.key, || Names { parent: record.parent, images: vec![] });
+            if let Some(img) = record.images.last().filter(|i| !n.images.iter().any(|(s, _)| *s == i.start_ns)) {
                 n.images.push((img.start_ns, escape(&img.command_name())));
             }
-            for span in self.raise(rules, &mut st, &x) {
-                live.push((x.session, BuiltSpan { span, root: false }));
+            for span in self.raise(rules, st, &record, what, &frame) {
+                live.push((session, BuiltSpan { span, root: false }));
             }
-            self.sessions.insert(x.session, st);
         }
+        self.sessions = sessions;
         out.spans.splice(0..0, live);
         let kept = self.keep_alerted(rules, out);
         out.spans.splice(0..0, kept);
+        let mut sessions = std::mem::take(&mut self.sessions);
         for (sid, b) in out.spans.iter_mut() {
             let sid = *sid;
-            let Some(mut st) = self.sessions.remove(&sid) else { continue };
             if b.root {
+                let Some(mut st) = sessions.remove(&sid) else { continue };
                 let keys: Vec<ProcessKey> = st.pending.keys().copied().collect();
                 for k in keys {
                     self.evaluate(rules, sid, &mut st, k);
@@ -244,15 +250,16 @@ impl AlertStage {
                 crate::spans::build::kept_for_alerts(&mut b.span, st.kept_process, st.kept_network);
                 continue;
             }
+            let Some(st) = sessions.get_mut(&sid) else { continue };
             let id = b.span.span_context.span_id();
             if let Some(k) = st.span_of.get(&id).copied() {
-                self.evaluate(rules, sid, &mut st, k);
+                self.evaluate(rules, sid, st, k);
             }
             if let Some(alerts) = st.alerts.remove(&id) {
                 self.attach(&mut b.span, &alerts);
             }
-            self.sessions.insert(sid, st);
         }
+        self.sessions = sessions;
     }
 
     /// The spans the caps refused ([`Output::over_cap`]): those that raised an alert are kept
@@ -308,20 +315,27 @@ impl AlertStage {
     /// session's root (the root closes the trace later, so the tree holds whatever order they
     /// arrive in), and later as an event on the span it is about. Past `MAX_LIVE` alerts
     /// waiting for their process's end, the rest wait for it too (counted).
-    fn raise(&self, rules: &[Arc<Rule>], st: &mut SessionState, x: &LiveUpdate) -> Vec<SpanData> {
+    fn raise(
+        &self,
+        rules: &[Arc<Rule>],
+        st: &mut SessionState,
+        record: &ProcessRecord,
+        what: Live,
+        frame: &SessionFrame,
+    ) -> Vec<SpanData> {
         let Some(info) = st.info.as_ref() else { return vec![] };
-        let Some(img) = x.record.images.last() else { return vec![] };
+        let Some(img) = record.images.last() else { return vec![] };
         let ctx = SessionCtx { info, who: st.who.as_ref(), attribution_configured: self.attribution_configured };
-        let chain = ancestors(st, info, &x.record);
-        let alerts = eval::evaluate(rules, ctx, &x.record, &chain, &st.written, &self.scope);
+        let chain = ancestors(st, info, record);
+        let alerts = eval::evaluate(rules, ctx, record, &chain, &st.written, &self.scope);
         let mut out = Vec::new();
         for a in alerts {
             // only what the update says: the image before it came along to say whether this
             // is the first exec, and the new image's exec was said when it was new
-            let Some(target) = said(x.what, img.exec_index, &a) else { continue };
-            let about = self.span_of(x.record.key, target);
+            let Some(target) = said(what, img.exec_index, &a) else { continue };
+            let about = self.span_of(record.key, target);
             let key = (a.rule.name.clone(), about, a.ts_ns);
-            if st.raised.get(&x.record.key).is_some_and(|r| r.contains(&key)) {
+            if st.raised.get(&record.key).is_some_and(|r| r.contains(&key)) {
                 continue;
             }
             if st.live_waiting >= MAX_LIVE {
@@ -329,14 +343,14 @@ impl AlertStage {
                 continue; // raised when the process's record is final, as before live alerts
             }
             st.live_waiting += 1;
-            st.raised.entry(x.record.key).or_default().insert(key);
+            st.raised.entry(record.key).or_default().insert(key);
             let id = ids::alert_span_id(about, &a.rule.name, a.ts_ns);
             let mut attrs = alert_event(&self.clock, &a).attributes;
-            attrs.push(KeyValue::new(sc::PROCESS_PID, x.record.key.pid as i64));
+            attrs.push(KeyValue::new(sc::PROCESS_PID, record.key.pid as i64));
             attrs.push(KeyValue::new(sc::PROCESS_COMMAND, escape(&img.command_name())));
             attrs.push(KeyValue::new(keys::ALERT_SPAN_ID, about.to_string()));
             let at = self.clock.to_system_time(a.ts_ns);
-            out.push(live_span(&x.frame, id, x.frame.root_id, ALERT_SPAN, at, attrs));
+            out.push(live_span(frame, id, frame.root_id, ALERT_SPAN, at, attrs));
             self.record(st, about, a);
         }
         out

@@ -42,15 +42,21 @@ pub struct SessionCtx<'a> {
     pub attribution_configured: bool,
 }
 
-/// The image a subject happened in.
-#[derive(Clone, Debug)]
+/// The image a subject happened in. Borrowed whole (what is derived from the image, its
+/// names and command line, is made once per image, not per rule: issue 15's profile had the
+/// rules stage's per-condition strings among the agent's largest allocators).
+#[derive(Clone, Copy, Debug)]
 pub struct ProcCtx<'a> {
     pub rec: &'a ProcessRecord,
     pub image: &'a ImageRecord,
     /// The first exec'd image of the session's root process (what the request ran).
     pub session_root: bool,
     /// Command names of the ancestors known when the rule ran, nearest first.
-    pub ancestors: Vec<String>,
+    pub ancestors: &'a [String],
+    /// [`Subject::names`], made once per image.
+    pub names: &'a [String; 2],
+    /// [`Subject::cmdline`], made when a rule first asks.
+    pub cmdline: &'a std::cell::OnceCell<String>,
     /// The executable was written after the session started (by the exe's change time, or by
     /// an earlier file write of the session to that path).
     pub exe_written_in_session: bool,
@@ -84,14 +90,21 @@ pub struct Subject<'a> {
     pub trigger: Trigger<'a>,
 }
 
+/// basename(argv[0]) and the executable's basename (a renamed argv[0] does not hide it).
+pub fn names_of(img: &ImageRecord) -> [String; 2] {
+    [escape(&img.command_name()), escape(basename(&img.exe_path))]
+}
+
 impl Subject<'_> {
     /// basename(argv[0]) and the executable's basename (a renamed argv[0] does not hide it).
-    pub fn names(&self) -> [String; 2] {
-        let img = self.process.image;
-        [escape(&img.command_name()), escape(basename(&img.exe_path))]
+    pub fn names(&self) -> &[String; 2] {
+        self.process.names
     }
 
-    pub fn cmdline(&self) -> String {
-        self.process.image.argv.iter().map(|a| escape(a)).collect::<Vec<_>>().join(" ")
+    /// The argv, each argument escaped, joined by spaces.
+    pub fn cmdline(&self) -> &str {
+        self.process
+            .cmdline
+            .get_or_init(|| self.process.image.argv.iter().map(|a| escape(a)).collect::<Vec<_>>().join(" "))
     }
 }

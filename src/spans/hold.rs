@@ -378,7 +378,7 @@ impl SpanStage {
         match u {
             SessionUpdate::Live(info, record, what) => {
                 if let Some(s) = self.live.get_mut(&id) {
-                    s.refresh(&self.ctx, info.clone());
+                    s.refresh_from(&self.ctx, &info);
                     out.live.push(LiveUpdate { session: id, info, record, what, frame: s.frame().clone() });
                 }
             }
@@ -388,14 +388,17 @@ impl SpanStage {
                 }
             }
             SessionUpdate::ProcessEnded(info, rec) => {
-                if self.records && self.live.contains_key(&id) {
-                    out.records.push((info.clone(), rec.clone()));
-                }
                 if let Some(s) = self.live.get_mut(&id) {
-                    for span in s.process_ended(&self.ctx, info, rec) {
+                    s.refresh_from(&self.ctx, &info);
+                    // the rules stage's copy: the info moves there, the record is cloned once
+                    let for_rules = self.records.then(|| rec.clone());
+                    for span in s.place_ended(&self.ctx, rec) {
                         out.spans.push((id, BuiltSpan { span, root: false }));
                     }
                     out.over_cap.extend(s.take_over_cap().into_iter().map(|c| (id, c)));
+                    if let Some(r) = for_rules {
+                        out.records.push((info, r));
+                    }
                 }
             }
             SessionUpdate::Ended(info, remaining) => {

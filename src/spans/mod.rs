@@ -27,6 +27,6 @@ pub use build::BuildCtx;
 pub use config::{HoldConfig, SpansConfig};
 pub use hold::{LiveUpdate, Output, Release, SpanStage};
 pub use identity::{Attributor, NoAttributor, SessionIdentity};
-pub use redaction::{build_redactor, redact_update, Sanitizing};
+pub use redaction::{build_redactor, redact_update, ArgvCache, Sanitizing};
 pub use session::{BuiltSpan, Capped, OverCap, SessionSpans};
 pub use task::SpanTask;

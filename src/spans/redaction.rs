@@ -6,6 +6,7 @@
 //! replaced by keyed tokens and capped. Dropped: nothing; each replacement is counted on its
 //! image (`argv_redacted`) or identity.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -34,7 +35,7 @@ pub fn build_redactor(cfg: &crate::redact::RedactConfig) -> crate::redact::Redac
 /// Replaces the secrets in the argv of every process record of an update, counting them on
 /// the image. The root's `root_argv` stays as the kernel saw it: it is only compared with the
 /// API request's command (itself redacted after the match) and never written.
-pub fn redact_update(r: &crate::redact::Redactor, u: &mut SessionUpdate) {
+pub fn redact_update(r: &crate::redact::Redactor, cache: &mut ArgvCache, u: &mut SessionUpdate) {
     let recs: &mut [crate::model::ProcessRecord] = match u {
         SessionUpdate::Started(_) => return,
         SessionUpdate::ProcessEnded(_, rec) | SessionUpdate::Live(_, rec, _) => std::slice::from_mut(rec),
@@ -42,8 +43,62 @@ pub fn redact_update(r: &crate::redact::Redactor, u: &mut SessionUpdate) {
     };
     for rec in recs {
         for img in &mut rec.images {
-            img.argv_redacted += r.argv(&mut img.argv);
+            img.argv_redacted += cache.argv(r, &mut img.argv);
         }
+    }
+}
+
+/// Argvs the cache keeps at most; when full it starts over (cheap, and bounded).
+const CACHE_ENTRIES: usize = 1024;
+/// Argvs longer than this (all arguments' bytes) are redacted every time, not kept.
+const CACHE_ARGV_BYTES: usize = 1024;
+
+/// An argv as the kernel gave it.
+type Argv = Vec<Vec<u8>>;
+/// A redacted argv and how many values it replaced.
+type Redacted = (Argv, u32);
+
+/// Redaction results by argv: the redactor is a pure function of the argv (under one key), and
+/// a busy session runs the same few commands thousands of times, each said live and again when
+/// it ends (issue 15: 20 000 execs of one command were redacted ~60 000 times, 3% of the
+/// agent's CPU). Every image is still redacted and counted; only the work is shared. Bounded:
+/// `CACHE_ENTRIES` argvs of at most `CACHE_ARGV_BYTES` each (about 2 MiB at worst).
+#[derive(Debug, Default)]
+pub struct ArgvCache {
+    /// argv -> None (nothing to redact) or what it becomes.
+    map: HashMap<Argv, Option<Redacted>>,
+}
+
+impl ArgvCache {
+    /// [`crate::redact::Redactor::argv`], remembered: redacts `argv` in place, returns the count.
+    pub fn argv(&mut self, r: &crate::redact::Redactor, argv: &mut Vec<Vec<u8>>) -> u32 {
+        if let Some(hit) = self.map.get(argv.as_slice()) {
+            return match hit {
+                None => 0,
+                Some((red, n)) => {
+                    argv.clone_from(red);
+                    *n
+                }
+            };
+        }
+        if argv.iter().map(Vec::len).sum::<usize>() > CACHE_ARGV_BYTES {
+            return r.argv(argv);
+        }
+        let key = argv.clone();
+        let n = r.argv(argv);
+        if self.map.len() >= CACHE_ENTRIES {
+            self.map.clear();
+        }
+        self.map.insert(key, (n > 0).then(|| (argv.clone(), n)));
+        n
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 }
 
@@ -81,5 +136,52 @@ impl Attributor for Sanitizing {
     }
     fn identity_of(&self, a: &crate::attribute::Attribution) -> super::SessionIdentity {
         self.clean(super::SessionIdentity::from(a))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redact::Redactor;
+
+    fn argv(v: &[&str]) -> Vec<Vec<u8>> {
+        v.iter().map(|a| a.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn a_remembered_argv_is_redacted_and_counted_as_the_redactor_would() {
+        let r = Redactor::random();
+        let mut cache = ArgvCache::default();
+        let inputs = [
+            argv(&["curl", "-H", "Authorization: Bearer abc.def", "https://u:pw@x.test/"]),
+            argv(&["app", "--token", "hunter2"]),
+            argv(&["/bin/true", "storm-arg"]),
+        ];
+        for round in 0..3 {
+            for a in &inputs {
+                let (mut plain, mut cached) = (a.clone(), a.clone());
+                let n = r.argv(&mut plain);
+                assert_eq!(cache.argv(&r, &mut cached), n, "round {round}: {a:?}");
+                assert_eq!(cached, plain, "round {round}");
+            }
+        }
+        assert!(r.argv(&mut inputs[1].clone()) > 0, "the fixture has a secret to redact");
+        assert_eq!(cache.len(), 3);
+    }
+
+    #[test]
+    fn the_cache_stays_bounded_and_long_argvs_are_not_kept() {
+        let r = Redactor::random();
+        let mut cache = ArgvCache::default();
+        for i in 0..CACHE_ENTRIES * 2 + 5 {
+            cache.argv(&r, &mut argv(&["cmd", &i.to_string()]));
+            assert!(cache.len() <= CACHE_ENTRIES);
+        }
+        let before = cache.len();
+        let long = "x".repeat(CACHE_ARGV_BYTES + 1);
+        let mut a = argv(&["echo", &long, "--token=s3cret"]);
+        let n = cache.argv(&r, &mut a);
+        assert_eq!(n, r.argv(&mut argv(&["echo", &long, "--token=s3cret"])));
+        assert_eq!(cache.len(), before, "a long argv is redacted, not kept");
     }
 }

@@ -149,9 +149,22 @@ impl SessionSpans {
         }
     }
 
+    /// [`Self::refresh`] from a borrowed info, cloned only when it differs (every update of a
+    /// session repeats its info: in an exec storm nearly all are the same).
+    pub fn refresh_from(&mut self, ctx: &BuildCtx, info: &SessionInfo) {
+        if self.info != *info {
+            self.refresh(ctx, info.clone());
+        }
+    }
+
     /// A process of the session ended: its spans, and those of children that waited for it.
     pub fn process_ended(&mut self, ctx: &BuildCtx, info: SessionInfo, rec: ProcessRecord) -> Vec<SpanData> {
         self.refresh(ctx, info);
+        self.place_ended(ctx, rec)
+    }
+
+    /// [`Self::process_ended`] once the info is refreshed.
+    pub fn place_ended(&mut self, ctx: &BuildCtx, rec: ProcessRecord) -> Vec<SpanData> {
         let mut out = Vec::new();
         self.place(ctx, rec, &mut out);
         out

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use super::build::BuildCtx;
 use super::hold::{Output, SpanStage};
 use super::identity::Attributor;
-use super::redaction::redact_update;
+use super::redaction::{redact_update, ArgvCache};
 use crate::metrics::Metrics;
 use crate::model::SessionUpdate;
 use crate::redact::Redactor;
@@ -31,6 +31,7 @@ pub struct SpanTask {
     /// The sanitizing attributor, asked for request-only traces directly.
     requests: Arc<dyn Attributor>,
     redactor: Arc<Redactor>,
+    argv_cache: ArgvCache,
     metrics: Metrics,
 }
 
@@ -46,12 +47,12 @@ impl SpanTask {
     ) -> Self {
         let stage = SpanStage::new(ctx, attributor.clone());
         let stage = if records { stage.with_records() } else { stage };
-        SpanTask { stage, requests: attributor, redactor, metrics }
+        SpanTask { stage, requests: attributor, redactor, argv_cache: ArgvCache::default(), metrics }
     }
 
     /// One update, however it was read: redacted first, then through the hold.
     pub fn take(&mut self, mut u: SessionUpdate, out: &mut Output) {
-        redact_update(&self.redactor, &mut u);
+        redact_update(&self.redactor, &mut self.argv_cache, &mut u);
         self.stage.update(u, Instant::now(), out);
     }
 

@@ -31,6 +31,8 @@ struct pt_abi_enums {
 	enum pt_filter_mode filter_mode;
 	enum pt_inflight inflight;
 	enum pt_sock_op sock_op;
+	enum pt_tty_flags tty_flags;
+	enum pt_tty_limits tty_limits;
 };
 const volatile struct pt_abi_enums pt_abi_anchor = { .abi = PT_ABI_VERSION };
 
@@ -139,6 +141,7 @@ struct pt_abi_anchor {
 	struct pt_cgroup_drops cgroup_drops;
 	struct pt_file file;
 	struct pt_sock sock;
+	struct pt_tty tty;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -10,5 +10,6 @@
 #include "file.bpf.c"
 #include "sock.bpf.c"
 #include "uring.bpf.c"
+#include "tty.bpf.c"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -67,6 +67,8 @@ pub struct ProcessOptions {
     /// Set once /proc is read and events are consumed: from then on nothing that starts is
     /// missed (the agent's `/readyz` and its "podtrail is running" line wait for it).
     pub started: Option<crate::metrics::Readiness>,
+    /// How terminal bytes become transcript lines (`[transcript]`).
+    pub transcript: super::transcript::TranscriptConfig,
 }
 
 impl Default for ProcessOptions {
@@ -81,6 +83,7 @@ impl Default for ProcessOptions {
             activity: Default::default(),
             ephemeral: None,
             started: None,
+            transcript: Default::default(),
         }
     }
 }
@@ -258,6 +261,7 @@ pub async fn run(
     let host_pidns = proc_scan::host_pidns();
     let mut tracker = SessionTracker::new(Box::new(lookup), host_pidns, proc_scan::tick_ns());
     tracker.set_activity(opts.activity.clone());
+    tracker.set_transcript(opts.transcript.clone());
     tracker.count_into(&metrics);
     // the kernel's loss counts are polled once a second: an ended session waits for the
     // next two polls, so a loss while it ran marks it however short it was

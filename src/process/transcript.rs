@@ -509,7 +509,7 @@ mod tests {
         assert!(TranscriptConfig { max_line_bytes: 4096, ..Default::default() }.check().is_err());
         assert!(TranscriptConfig { lines_per_span: 0, ..Default::default() }.check().is_err());
         assert!(TranscriptConfig { output: true, output_budget_kib: 0, ..Default::default() }.check().is_err());
-        assert!(TranscriptConfig::default().excluded(Some("x")) == false);
+        assert!(!TranscriptConfig::default().excluded(Some("x")));
         let c = TranscriptConfig { exclude_namespaces: vec!["kube-system".into()], ..Default::default() };
         assert!(c.excluded(Some("kube-system")) && !c.excluded(None));
     }

@@ -152,6 +152,7 @@ fn session(k: u64, t: u64, pod: &str) -> Vec<SessionUpdate> {
                 udp_sent: false,
                 activity: None,
                 scope: None,
+                name: None,
             }];
         }
         out.push(SessionUpdate::ProcessEnded(

@@ -315,7 +315,7 @@ fn time_redaction(recs: &[Vec<u8>], rounds: usize) {
         .map(|u| match u {
             SessionUpdate::ProcessEnded(_, r) => r.images.len(),
             SessionUpdate::Ended(_, rs) => rs.iter().map(|r| r.images.len()).sum(),
-            SessionUpdate::Started(_) | SessionUpdate::Live(..) => 0,
+            SessionUpdate::Started(_) | SessionUpdate::Live(..) | SessionUpdate::Transcript(..) => 0,
         })
         .sum();
     let with_secrets: Vec<SessionUpdate> = updates
@@ -325,7 +325,7 @@ fn time_redaction(recs: &[Vec<u8>], rounds: usize) {
             let recs: &mut [podtrail::model::ProcessRecord] = match &mut u {
                 SessionUpdate::ProcessEnded(_, r) => std::slice::from_mut(r),
                 SessionUpdate::Ended(_, rs) => rs,
-                SessionUpdate::Started(_) | SessionUpdate::Live(..) => &mut [],
+                SessionUpdate::Started(_) | SessionUpdate::Live(..) | SessionUpdate::Transcript(..) => &mut [],
             };
             for r in recs {
                 for img in &mut r.images {

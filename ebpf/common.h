@@ -33,6 +33,8 @@ struct pt_abi_enums {
 	enum pt_sock_op sock_op;
 	enum pt_dns_limits dns_limits;
 	enum pt_dns_flags dns_flags;
+	enum pt_tty_flags tty_flags;
+	enum pt_tty_limits tty_limits;
 };
 const volatile struct pt_abi_enums pt_abi_anchor = { .abi = PT_ABI_VERSION };
 
@@ -142,6 +144,7 @@ struct pt_abi_anchor {
 	struct pt_file file;
 	struct pt_sock sock;
 	struct pt_dns dns;
+	struct pt_tty tty;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -11,5 +11,6 @@
 #include "sock.bpf.c"
 #include "uring.bpf.c"
 #include "dns.bpf.c"
+#include "tty.bpf.c"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

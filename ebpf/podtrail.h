@@ -33,12 +33,13 @@ enum pt_kind {
 	PT_KIND_FILE = 8,
 	PT_KIND_SOCK = 9,
 	PT_KIND_DNS = 10,
-	PT_KIND_MAX = 11, /* one past the last kind: sizes the per-kind counters */
+	PT_KIND_TTY = 11,
+	PT_KIND_MAX = 12, /* one past the last kind: sizes the per-kind counters */
 };
 
 /* Raised with every change of a record, a limit or a constant below. */
 enum pt_abi {
-	PT_ABI_VERSION = 5,
+	PT_ABI_VERSION = 6,
 };
 
 /* Limits of the variable parts. Raising one changes the ABI version. */
@@ -331,6 +332,42 @@ struct pt_dns {
 	__u8 saddr[16];    /* the server that answered, network byte order */
 };
 _Static_assert(sizeof(struct pt_dns) == 64, "pt_dns size");
+/* pt_tty.flags */
+enum pt_tty_flags {
+	PT_TTY_F_OUTPUT = 1 << 0,  /* written to the terminal (what was shown), not read from it */
+	PT_TTY_F_SECRET = 1 << 1,  /* read in canonical mode with echo off (a password prompt):
+	                              never copied, only its length is kept */
+	PT_TTY_F_CUT = 1 << 2,     /* the session's byte budget for this direction is spent: not
+	                              copied; sent once, later calls are only counted (END) */
+	PT_TTY_F_PARTIAL = 1 << 3, /* more than the data slot (or the budget left): the rest was not
+	                              copied and is counted as cut */
+	PT_TTY_F_END = 1 << 4,     /* the session's root exited: cut_in/cut_out are the totals */
+	PT_TTY_F_EOL = 1 << 5,     /* SECRET: the last byte read was a newline (the line ended) */
+};
+
+enum pt_tty_limits {
+	PT_TTY_DATA_MAX = 1024, /* bytes copied from one read or write */
+	PT_TTY_DATA_OFF = 72,   /* where data starts; a record is this plus data_len bytes */
+};
+
+/*
+ * tty: bytes a member of a session with a terminal read from it (typed) or, when configured,
+ * wrote to it (shown), at the syscall's exit (tty.bpf.c). Only the terminal a possible
+ * session root had when it exec'd is traced, and only by processes of its cgroup. The record
+ * is variable-length: h.len = PT_TTY_DATA_OFF + data_len.
+ */
+struct pt_tty {
+	struct pt_header h;
+	__u32 bytes;    /* bytes the call returned */
+	__u32 data_len; /* bytes copied into data */
+	__u32 flags;    /* PT_TTY_F_* */
+	__u32 lflag;    /* the terminal's termios c_lflag at the call (ECHO, ICANON) */
+	__u64 cut_in;   /* END: input bytes the budget refused over the session */
+	__u64 cut_out;  /* END: output bytes the budget refused */
+	__u8 data[PT_TTY_DATA_MAX];
+};
+_Static_assert(sizeof(struct pt_tty) == 1096, "pt_tty size");
+_Static_assert(__builtin_offsetof(struct pt_tty, data) == PT_TTY_DATA_OFF, "pt_tty data offset");
 
 /* Kernel-side filter modes (global `filter_mode`). */
 /*

@@ -30,6 +30,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub rules: crate::rules::RulesConfig,
     pub kube: KubeConfig,
+    /// The terminal transcript of sessions with a terminal (kernel budget, lines, spans).
+    pub transcript: crate::process::transcript::TranscriptConfig,
     /// `podtrail receiver` only.
     pub receiver: crate::attribute::stream::ReceiverConfig,
 }
@@ -346,6 +348,8 @@ impl Config {
                 self.spans.max_kept_spans_per_session, self.spans.max_spans_per_session
             )));
         }
+        let t = &self.transcript;
+        t.check().map_err(ConfigError::Invalid)?;
         let capture = CaptureOptions {
             ring_bytes: c.ring_mib * 1024 * 1024,
             filter: c.filter,
@@ -361,6 +365,8 @@ impl Config {
             ignore_self: true,
             watch_changes: c.watch_changes.clone(),
             watch_reads: c.watch_reads.clone(),
+            tty_input_budget: if t.enabled { t.input_budget_kib * 1024 } else { 0 },
+            tty_output_budget: if t.enabled && t.output { t.output_budget_kib * 1024 } else { 0 },
         };
         let p = &self.process;
         let process = ProcessOptions {
@@ -372,6 +378,7 @@ impl Config {
                 ..p.activity.clone()
             },
             dns: p.dns.clone(),
+            transcript: t.clone(),
             ..ProcessOptions::default()
         };
         p.activity.check().map_err(ConfigError::Invalid)?;
@@ -409,6 +416,7 @@ impl Config {
         crate::redact::Redactor::new(&self.spans.redact).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let mut spans = self.spans.clone();
         spans.hold.deadline_ms = if attributed { a.hold_ms } else { 0 };
+        spans.transcript = self.transcript.clone();
         let node_name = node_name(&self.kube, &self.export, &env)?;
         let mut export = self.export.resolve(&env).map_err(|e| ConfigError::Invalid(format!("export: {e}")))?;
         export.node_name = Some(node_name.clone());

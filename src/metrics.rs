@@ -55,6 +55,10 @@ pub struct Metrics {
     pub alert_logs_lost: Family<Labels, Counter>,
     pub alert_logs_queued: Gauge,
     pub alert_logs_queue_bytes: Gauge,
+    /// The terminal transcript (`crate::process::transcript`): bytes, lines, reads by what.
+    pub transcript_bytes: Family<Labels, Counter>,
+    pub transcript_lines: Family<Labels, Counter>,
+    pub transcript_reads: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -170,6 +174,24 @@ impl Metrics {
             "Alerts that matched as it happened but were raised only with their process's final record: \
              a session had 4096 live alerts waiting for their processes' end (late, not lost)",
             self.alerts_deferred.clone(),
+        );
+        reg.register(
+            "podtrail_transcript_bytes",
+            "Terminal bytes of sessions with a terminal, by what (recorded: copied by the kernel into \
+             lines; cut: past the session's kernel budget or a read's slot, counted only)",
+            self.transcript_bytes.clone(),
+        );
+        reg.register(
+            "podtrail_transcript_lines",
+            "Transcript lines, by what (recorded; over_cap: past transcript.max_lines, counted on the \
+             session; excluded: of a namespace in transcript.exclude_namespaces, dropped)",
+            self.transcript_lines.clone(),
+        );
+        reg.register(
+            "podtrail_transcript_reads",
+            "Terminal reads not turned into text, by what (secret: read with echo off at a password prompt, \
+             its length only; outside_session: of a process in no session, dropped)",
+            self.transcript_reads.clone(),
         );
         reg.register(
             "podtrail_alert_logs_exported",

@@ -475,6 +475,49 @@ pub enum SessionUpdate {
     /// The last process exited (or the agent is stopping: `info.incomplete`). Carries the
     /// processes that never ended, closed at `info.end_ns`.
     Ended(SessionInfo, Vec<ProcessRecord>),
+    /// Lines of the session's terminal (typed, and shown when configured), said while the
+    /// session runs: after a number of lines, after a quiet while, and a last one before
+    /// `Ended` (`crate::process::transcript`).
+    Transcript(SessionInfo, TranscriptChunk),
+}
+
+/// One line of a session's terminal.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TranscriptLine {
+    /// When its first byte was read (or written), boot ns.
+    pub ts_ns: u64,
+    /// The process that read (or wrote) its first byte.
+    pub pid: u32,
+    /// Shown (written to the terminal), not typed.
+    pub output: bool,
+    /// The line as edited (backspace, ^U, ^W applied; keys that are not text as `<up>`,
+    /// `^C`...); empty for a secret.
+    #[serde(serialize_with = "crate::text::ser_bytes")]
+    pub text: Vec<u8>,
+    /// Read with echo off at a password prompt: its length, never its bytes.
+    pub secret_bytes: Option<u32>,
+    /// Longer than the line cap: cut, the rest counted here.
+    pub cut_bytes: u32,
+    /// The session ended (or the chunk was forced out) before its end of line.
+    pub unterminated: bool,
+    /// Values replaced by redaction tokens (0 until the span stage redacts it).
+    pub redacted: u32,
+}
+
+/// Lines of a session's terminal said together ([`SessionUpdate::Transcript`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TranscriptChunk {
+    /// 0, 1, ... per session: names the chunk's span.
+    pub seq: u32,
+    pub lines: Vec<TranscriptLine>,
+    /// The session's last chunk (it ended): the totals below are final.
+    pub last: bool,
+    /// Lines past the session's line cap so far, counted, not kept.
+    pub lines_dropped: u64,
+    /// Bytes the kernel's per-session budget refused so far (input, output).
+    pub cut_bytes: (u64, u64),
+    /// Reads at a password prompt so far (their bytes never copied).
+    pub secret_reads: u64,
 }
 
 impl SessionUpdate {
@@ -483,7 +526,8 @@ impl SessionUpdate {
             SessionUpdate::Started(i)
             | SessionUpdate::Live(i, ..)
             | SessionUpdate::ProcessEnded(i, _)
-            | SessionUpdate::Ended(i, _) => i,
+            | SessionUpdate::Ended(i, _)
+            | SessionUpdate::Transcript(i, _) => i,
         }
     }
 }

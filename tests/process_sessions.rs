@@ -1002,7 +1002,7 @@ fn an_outbound_trace_is_a_root_named_outbound_a_process_span_and_one_client_conn
             SessionUpdate::Started(i) => spans = Some(podtrail::spans::SessionSpans::new(&ctx, i, None)),
             SessionUpdate::ProcessEnded(i, r) => built.extend(spans.as_mut().unwrap().process_ended(&ctx, i, r).into_iter().map(|s| (s, false))),
             SessionUpdate::Ended(i, rest) => built.extend(spans.take().unwrap().finish(&ctx, i, rest).into_iter().map(|b| (b.span, b.root))),
-            SessionUpdate::Live(..) => {}
+            SessionUpdate::Live(..) | SessionUpdate::Transcript(..) => {}
         }
     }
     let names: Vec<(&str, SpanKind)> = built.iter().map(|(s, _)| (s.name.as_ref(), s.span_kind.clone())).collect();

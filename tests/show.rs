@@ -60,7 +60,7 @@ fn elsewhere(updates: Vec<SessionUpdate>, ns: &str, pod: &str, shift: u64) -> Ve
         .into_iter()
         .map(|mut u| {
             match &mut u {
-                SessionUpdate::Started(i) => move_info(i),
+                SessionUpdate::Started(i) | SessionUpdate::Transcript(i, _) => move_info(i),
                 SessionUpdate::Live(i, r, _) | SessionUpdate::ProcessEnded(i, r) => {
                     move_info(i);
                     move_rec(r);

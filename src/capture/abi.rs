@@ -6,7 +6,7 @@
 //! wrote into the compiled object, so a change on one side that is not made on the other fails
 //! before it can misread a byte.
 
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 pub const KIND_EXEC: u32 = 1;
 pub const KIND_FORK: u32 = 2;
@@ -18,11 +18,12 @@ pub const KIND_UDP_SEND: u32 = 7;
 pub const KIND_FILE: u32 = 8;
 pub const KIND_SOCK: u32 = 9;
 pub const KIND_DNS: u32 = 10;
-pub const KIND_MAX: u32 = 11;
+pub const KIND_TTY: u32 = 11;
+pub const KIND_MAX: u32 = 12;
 
 /// Human names of the kinds, indexed by kind number (0 is unused).
 pub const KIND_NAMES: [&str; KIND_MAX as usize] =
-    ["none", "exec", "fork", "exit", "connect", "connect_result", "ns_join", "udp_send", "file", "sock", "dns"];
+    ["none", "exec", "fork", "exit", "connect", "connect_result", "ns_join", "udp_send", "file", "sock", "dns", "tty"];
 
 pub const FILENAME_MAX: usize = 256;
 pub const INTERP_MAX: usize = 256;
@@ -93,6 +94,14 @@ pub const SOCK_CREATE: u8 = 4;
 
 pub const DNS_PAYLOAD_MAX: usize = 512;
 pub const DNS_F_TRUNCATED: u8 = 1 << 0;
+pub const TTY_F_OUTPUT: u32 = 1 << 0;
+pub const TTY_F_SECRET: u32 = 1 << 1;
+pub const TTY_F_CUT: u32 = 1 << 2;
+pub const TTY_F_PARTIAL: u32 = 1 << 3;
+pub const TTY_F_END: u32 = 1 << 4;
+pub const TTY_F_EOL: u32 = 1 << 5;
+pub const TTY_DATA_MAX: usize = 1024;
+pub const TTY_DATA_OFF: usize = 72;
 
 pub const FILTER_ALL: u32 = 0;
 pub const FILTER_CONTAINERS: u32 = 1;
@@ -283,6 +292,35 @@ impl Default for File {
     }
 }
 
+/// A terminal read or write (`pt_tty`): variable-length, `data` holds `data_len` bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Tty {
+    pub h: Header,
+    pub bytes: u32,
+    pub data_len: u32,
+    pub flags: u32,
+    pub lflag: u32,
+    pub cut_in: u64,
+    pub cut_out: u64,
+    pub data: [u8; TTY_DATA_MAX],
+}
+
+impl Default for Tty {
+    fn default() -> Self {
+        Tty {
+            h: Header::default(),
+            bytes: 0,
+            data_len: 0,
+            flags: 0,
+            lflag: 0,
+            cut_in: 0,
+            cut_out: 0,
+            data: [0; TTY_DATA_MAX],
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CgroupDrops {
@@ -309,6 +347,7 @@ unsafe impl Plain for Sock {}
 unsafe impl Plain for Dns {}
 unsafe impl Plain for CgroupDrops {}
 unsafe impl Plain for File {}
+unsafe impl Plain for Tty {}
 // SAFETY: as for Plain.
 unsafe impl aya::Pod for CgroupDrops {}
 // read from `file_inflight` only to count its entries
@@ -347,6 +386,7 @@ pub fn constants() -> Vec<(&'static str, i64)> {
         c!(KIND_FILE),
         c!(KIND_SOCK),
         c!(KIND_DNS),
+        c!(KIND_TTY),
         c!(KIND_MAX),
         c!(FILENAME_MAX),
         c!(INTERP_MAX),
@@ -404,6 +444,14 @@ pub fn constants() -> Vec<(&'static str, i64)> {
         c!(DNS_F_TRUNCATED),
         c!(FILTER_ALL),
         c!(FILTER_CONTAINERS),
+        c!(TTY_F_OUTPUT),
+        c!(TTY_F_SECRET),
+        c!(TTY_F_CUT),
+        c!(TTY_F_PARTIAL),
+        c!(TTY_F_END),
+        c!(TTY_F_EOL),
+        c!(TTY_DATA_MAX),
+        c!(TTY_DATA_OFF),
         c!(INFLIGHT_FILE_STARTED),
         c!(INFLIGHT_FILE_FINISHED),
         c!(INFLIGHT_SETNS_STARTED),
@@ -477,6 +525,7 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<FieldLayout>)> {
         ),
         layout!(Dns, "pt_dns", [h, payload_len, msg_len, family, flags, sport, saddr]),
         layout!(CgroupDrops, "pt_cgroup_drops", [events, last_ts_ns]),
+        layout!(Tty, "pt_tty", [h, bytes, data_len, flags, lflag, cut_in, cut_out, data]),
         layout!(
             File,
             "pt_file",

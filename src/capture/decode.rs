@@ -166,8 +166,42 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 payload: payload.to_vec(),
             }))
         }
+        abi::KIND_TTY => decode_tty(bytes),
         k => Err(DecodeError::UnknownKind(k)),
     }
+}
+
+/// A terminal record is variable-length: its fixed part, then `data_len` bytes.
+fn decode_tty(rec: &[u8]) -> Result<Event, DecodeError> {
+    if rec.len() < abi::TTY_DATA_OFF {
+        return Err(DecodeError::Truncated { kind: abi::KIND_TTY, got: rec.len(), need: abi::TTY_DATA_OFF });
+    }
+    let mut full = [0u8; std::mem::size_of::<abi::Tty>()];
+    let n = rec.len().min(full.len());
+    full[..n].copy_from_slice(&rec[..n]);
+    let t: abi::Tty = need(&full, abi::KIND_TTY)?;
+    let len = t.data_len as usize;
+    if len > abi::TTY_DATA_MAX || abi::TTY_DATA_OFF + len > rec.len() {
+        return Err(DecodeError::FieldOverrun("tty data"));
+    }
+    let f = t.flags;
+    Ok(Event::Tty(TtyEvent {
+        ts_ns: t.h.ts_ns,
+        pid: t.h.pid,
+        start_ns: t.h.start_ns,
+        cgroup_id: t.h.cgroup_id,
+        output: f & abi::TTY_F_OUTPUT != 0,
+        secret: f & abi::TTY_F_SECRET != 0,
+        cut: f & abi::TTY_F_CUT != 0,
+        partial: f & abi::TTY_F_PARTIAL != 0,
+        end: f & abi::TTY_F_END != 0,
+        eol: f & abi::TTY_F_EOL != 0,
+        bytes: t.bytes,
+        lflag: t.lflag,
+        cut_in: t.cut_in,
+        cut_out: t.cut_out,
+        data: t.data[..len].to_vec(),
+    }))
 }
 
 fn decode_sock(rec: &[u8]) -> Result<Event, DecodeError> {

@@ -32,6 +32,7 @@ pub enum Event {
     File(FileEvent),
     Sock(SockEvent),
     Dns(DnsEvent),
+    Tty(TtyEvent),
 }
 
 impl Event {
@@ -48,6 +49,7 @@ impl Event {
             Event::File(e) => e.ts_ns,
             Event::Sock(e) => e.ts_ns,
             Event::Dns(e) => e.ts_ns,
+            Event::Tty(e) => e.ts_ns,
         }
     }
 
@@ -63,6 +65,7 @@ impl Event {
             Event::File(_) => "file",
             Event::Sock(_) => "sock",
             Event::Dns(_) => "dns",
+            Event::Tty(_) => "tty",
         }
     }
 }
@@ -382,6 +385,43 @@ pub struct SockEvent {
     pub local: Option<(IpAddr, u16)>,
     /// Accept: the new descriptor.
     pub result: i32,
+}
+
+/// Bytes a member of a session read from its terminal (typed) or wrote to it (shown): see
+/// `ebpf/tty.bpf.c`. A secret (echo off, canonical mode) or a read past the session's budget
+/// carries its length only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtyEvent {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub start_ns: u64,
+    pub cgroup_id: u64,
+    /// Written to the terminal (shown), not read from it (typed).
+    pub output: bool,
+    /// Read with echo off in canonical mode (a password prompt): `data` is empty.
+    pub secret: bool,
+    /// The session's budget for this direction is spent: not copied (sent once).
+    pub cut: bool,
+    /// Only the first `data.len()` of `bytes` were copied.
+    pub partial: bool,
+    /// The session's root exited: `cut_in` and `cut_out` are the session's totals.
+    pub end: bool,
+    /// A secret read whose last byte was a newline: the secret line ended.
+    pub eol: bool,
+    /// Bytes the call returned.
+    pub bytes: u32,
+    /// The terminal's local mode flags (termios `c_lflag`) at the call.
+    pub lflag: u32,
+    pub cut_in: u64,
+    pub cut_out: u64,
+    #[serde(serialize_with = "ser_bytes", deserialize_with = "de_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl TtyEvent {
+    pub fn key(&self) -> ProcessKey {
+        ProcessKey { pid: self.pid, start_ns: self.start_ns }
+    }
 }
 
 /// What a process did to a watched file.

@@ -70,6 +70,12 @@ pub struct CaptureOptions {
     pub watch_changes: Vec<String>,
     /// Base names whose reads are reported too (secrets).
     pub watch_reads: Vec<String>,
+    /// The terminal transcript (`ebpf/tty.bpf.c`): bytes of input copied per session with a
+    /// terminal before the rest is only counted; 0 leaves the transcript hooks out.
+    pub tty_input_budget: u64,
+    /// With the transcript on: bytes of output (what was shown) copied per session; 0 leaves
+    /// the write hook out.
+    pub tty_output_budget: u64,
 }
 
 /// Shell histories, account databases, ssh keys, service account tokens, the preload file.
@@ -111,6 +117,8 @@ impl Default for CaptureOptions {
             ignore_self: true,
             watch_changes: DEFAULT_WATCH_CHANGES.iter().map(|s| s.to_string()).collect(),
             watch_reads: DEFAULT_WATCH_READS.iter().map(|s| s.to_string()).collect(),
+            tty_input_budget: 64 * 1024,
+            tty_output_budget: 0,
         }
     }
 }
@@ -272,6 +280,8 @@ impl Capture {
             .override_global("scan_env", &scan_env, true)
             .override_global("wakeup_bytes", &opts.wakeup_bytes, true)
             .override_global("cgroup_share_bytes", &opts.cgroup_share_bytes, true)
+            .override_global("tty_input_budget", &opts.tty_input_budget, true)
+            .override_global("tty_output_budget", &opts.tty_output_budget, true)
             .load(BPF_OBJECT)?;
         let btf = Btf::from_sys_fs().map_err(|_| CaptureError::NoBtf)?;
 
@@ -292,6 +302,16 @@ impl Capture {
         }
         let files = attach_file_hooks(&mut ebpf, &btf, &opts)?;
         attached.extend(files);
+        if opts.tty_input_budget > 0 {
+            attach_btf_tp(&mut ebpf, &btf, "pt_tty_exec", "sched_process_exec")?;
+            attach_btf_tp(&mut ebpf, &btf, "pt_tty_exit", "sched_process_exit")?;
+            attach_tp(&mut ebpf, "pt_tty_read", "syscalls", "sys_exit_read")?;
+            attached.extend(["pt_tty_exec", "pt_tty_exit", "pt_tty_read"]);
+            if opts.tty_output_budget > 0 {
+                attach_tp(&mut ebpf, "pt_tty_write", "syscalls", "sys_exit_write")?;
+                attached.push("pt_tty_write");
+            }
+        }
         if opts.network {
             let root = match &opts.cgroup2_root {
                 Some(p) => p.clone(),

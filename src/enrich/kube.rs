@@ -323,7 +323,9 @@ impl SessionFilter {
     pub fn pass(&mut self, mut u: SessionUpdate) -> Option<SessionUpdate> {
         let (info, end) = match &mut u {
             SessionUpdate::Started(i) => (i, false),
-            SessionUpdate::ProcessEnded(i, _) | SessionUpdate::Live(i, ..) => (i, false),
+            SessionUpdate::ProcessEnded(i, _) | SessionUpdate::Live(i, ..) | SessionUpdate::Transcript(i, _) => {
+                (i, false)
+            }
             SessionUpdate::Ended(i, _) => (i, true),
         };
         let id = info.id;

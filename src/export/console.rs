@@ -84,8 +84,36 @@ fn clock(t: SystemTime) -> String {
     jiff::Timestamp::from_second(secs as i64).map(|ts| ts.to_string()).unwrap_or_else(|_| secs.to_string())
 }
 
+/// A `transcript` span as one line: what was typed, in order (`$ ...`; `< ...` shown), a
+/// password prompt's answer as its length only, and the mark of lines not kept.
+fn transcript_line(s: &SpanData) -> String {
+    use crate::spans::build::{LINES_TRUNCATED, LINE_OUTPUT};
+    let parts: Vec<String> = s
+        .events
+        .iter()
+        .map(|e| {
+            let get = |k: &str| e.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| kv.value.to_string());
+            if e.name == LINES_TRUNCATED {
+                return format!(
+                    "... {} more line(s) not kept",
+                    get(keys::TRANSCRIPT_LINES_DROPPED).unwrap_or_default()
+                );
+            }
+            let mark = if e.name == LINE_OUTPUT { "<" } else { "$" };
+            match get(keys::TRANSCRIPT_LINE) {
+                Some(t) => format!("{mark} {t}"),
+                None => format!("{mark} <echo off: {} bytes>", get(keys::TRANSCRIPT_SECRET_BYTES).unwrap_or_default()),
+            }
+        })
+        .collect();
+    format!("transcript  {}", parts.join("  |  "))
+}
+
 /// One line for a span.
 fn line(s: &SpanData) -> String {
+    if s.name == crate::spans::build::TRANSCRIPT_SPAN && attr(s, keys::TRANSCRIPT_SEQ).is_some() {
+        return transcript_line(s);
+    }
     if let Some(addr) = text(s, "server.address") {
         // the destination from `server.*`: the span's name is only `connect`
         let port = text(s, "server.port").unwrap_or_default();
@@ -409,5 +437,27 @@ mod tests {
         assert!(text.contains("echo 'a\\x1b[2J\\u{202e}b'"), "{text}");
         assert!(!text.contains('\x1b') && !text.contains('\u{202e}'), "{text}");
         assert!(lines.iter().any(|l| l.contains("─ id  [pid 99, 5ms]")), "{text}");
+    }
+
+    #[test]
+    fn a_transcript_span_prints_its_lines_and_a_secret_as_its_length() {
+        let mut t = span(2, 1, "transcript", vec![KeyValue::new(keys::TRANSCRIPT_SEQ, 0)]);
+        let at = t.start_time;
+        let ev = |name: &'static str, kv: Vec<KeyValue>| opentelemetry::trace::Event::new(name, at, kv, 0);
+        t.events.events.extend([
+            ev("input", vec![KeyValue::new(keys::TRANSCRIPT_LINE, "unset HISTFILE; history -c")]),
+            ev("input", vec![KeyValue::new(keys::TRANSCRIPT_SECRET_BYTES, 11)]),
+            ev("transcript truncated", vec![KeyValue::new(keys::TRANSCRIPT_LINES_DROPPED, 3)]),
+        ]);
+        // a process named `transcript` (argv[0] is anyone's) is not taken for one
+        let fake = span(3, 1, "transcript", vec![argv(&["transcript"]), KeyValue::new("process.pid", 5)]);
+        let text = render_session(&[span(1, 0, "exec", vec![]), t, fake]);
+        assert!(
+            text.contains(
+                "transcript  $ unset HISTFILE; history -c  |  $ <echo off: 11 bytes>  |  ... 3 more line(s) not kept"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("transcript  [pid 5"), "{text}");
     }
 }

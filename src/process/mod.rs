@@ -16,5 +16,6 @@ pub mod run;
 
 pub mod session;
 pub mod table;
+pub mod transcript;
 
 pub use session::{SessionTracker, TrackerCounters};

@@ -69,6 +69,8 @@ pub struct ProcessOptions {
     /// Set once /proc is read and events are consumed: from then on nothing that starts is
     /// missed (the agent's `/readyz` and its "podtrail is running" line wait for it).
     pub started: Option<crate::metrics::Readiness>,
+    /// How terminal bytes become transcript lines (`[transcript]`).
+    pub transcript: super::transcript::TranscriptConfig,
 }
 
 impl Default for ProcessOptions {
@@ -84,6 +86,7 @@ impl Default for ProcessOptions {
             dns: Default::default(),
             ephemeral: None,
             started: None,
+            transcript: Default::default(),
         }
     }
 }
@@ -262,6 +265,7 @@ pub async fn run(
     let mut tracker = SessionTracker::new(Box::new(lookup), host_pidns, proc_scan::tick_ns());
     tracker.set_activity(opts.activity.clone());
     tracker.set_dns(super::dns::DnsNames::new(&opts.dns, &metrics));
+    tracker.set_transcript(opts.transcript.clone());
     tracker.count_into(&metrics);
     // the kernel's loss counts are polled once a second: an ended session waits for the
     // next two polls, so a loss while it ran marks it however short it was

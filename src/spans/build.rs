@@ -22,7 +22,9 @@ use crate::model::{ConnectOutcome, ConnectRecord, ContainerInfo, FileRecord, Net
 use crate::text::{basename, escape};
 
 mod process;
+mod transcript;
 pub use process::{connect_span, file_attrs, file_event, image_end_ns, image_span, net_name, CONNECT_NAME};
+pub use transcript::{transcript_span, LINES_TRUNCATED, LINE_INPUT, LINE_OUTPUT, TRANSCRIPT_SPAN};
 
 /// What every builder needs: where ids come from, how to read kernel time, the budgets.
 #[derive(Clone, Debug)]

@@ -36,6 +36,10 @@ pub struct SpansConfig {
     pub redact: crate::redact::RedactConfig,
     /// How long spans wait for attribution.
     pub hold: HoldConfig,
+    /// Not a config key here: `[transcript]`, which the configuration applies (the span stage
+    /// reads its namespace switch and line cap).
+    #[serde(skip)]
+    pub transcript: crate::process::transcript::TranscriptConfig,
 }
 
 impl Default for SpansConfig {
@@ -50,6 +54,7 @@ impl Default for SpansConfig {
             scope: ScopeConfig::default(),
             redact: Default::default(),
             hold: HoldConfig::default(),
+            transcript: Default::default(),
         }
     }
 }

@@ -406,6 +406,13 @@ impl SpanStage {
                     self.finish(id, s, info, remaining, out);
                 }
             }
+            SessionUpdate::Transcript(info, chunk) => {
+                if let Some(s) = self.live.get_mut(&id) {
+                    s.refresh(&self.ctx, info.clone());
+                    let span = super::build::transcript_span(&self.ctx, s.frame(), &info, &chunk);
+                    out.spans.push((id, BuiltSpan { span, root: false }));
+                }
+            }
         }
     }
 

@@ -69,6 +69,11 @@ pub fn opened_span_id(boot_id: &[u8; 16], session: SessionId) -> SpanId {
     span_id_from(&digest("opened", boot_id, &[&key_bytes(session.0)]))
 }
 
+/// The session's `transcript` span number `seq`.
+pub fn transcript_span_id(boot_id: &[u8; 16], session: SessionId, seq: u32) -> SpanId {
+    span_id_from(&digest("transcript", boot_id, &[&key_bytes(session.0), &seq.to_le_bytes()]))
+}
+
 /// The span an alert is sent as when it is raised: one per (span it is about, rule, time).
 pub fn alert_span_id(about: SpanId, rule: &str, ts_ns: u64) -> SpanId {
     span_id_from(&digest("alert", &[0; 16], &[&about.to_bytes(), rule.as_bytes(), &ts_ns.to_le_bytes()]))

@@ -130,7 +130,45 @@ pub const FILE_RESOLVED_PATH: &str = "podtrail.file.resolved_path";
 pub const FILE_IO_URING_OP: &str = "podtrail.file.io_uring.op";
 
 /// Every `podtrail.` key above.
+// The terminal transcript (`transcript` spans, one event per line).
+/// On a `transcript` span: its number in the session (0, 1, ...).
+pub const TRANSCRIPT_SEQ: &str = "podtrail.transcript.seq";
+/// On a `transcript` span: lines it holds (its events).
+pub const TRANSCRIPT_LINES: &str = "podtrail.transcript.lines";
+/// On the session's last `transcript` span: true.
+pub const TRANSCRIPT_LAST: &str = "podtrail.transcript.last";
+/// Lines past `transcript.max_lines`, counted, not kept (so far; final on the last span).
+pub const TRANSCRIPT_LINES_DROPPED: &str = "podtrail.transcript.lines_dropped";
+/// Input bytes the kernel's per-session budget (or a read's slot) refused.
+pub const TRANSCRIPT_CUT_BYTES: &str = "podtrail.transcript.cut_bytes";
+/// Output bytes refused likewise (with `transcript.output`).
+pub const TRANSCRIPT_OUTPUT_CUT_BYTES: &str = "podtrail.transcript.output_cut_bytes";
+/// Reads at a password prompt (echo off), never copied.
+pub const TRANSCRIPT_SECRET_READS: &str = "podtrail.transcript.secret_reads";
+/// On a line event: the line, edited, redacted and capped.
+pub const TRANSCRIPT_LINE: &str = "podtrail.transcript.line";
+/// On a line event read at a password prompt: its length; the line itself is never recorded.
+pub const TRANSCRIPT_SECRET_BYTES: &str = "podtrail.transcript.secret_bytes";
+/// On a line event: bytes cut off the line (longer than `transcript.max_line_bytes`).
+pub const TRANSCRIPT_LINE_CUT_BYTES: &str = "podtrail.transcript.line_cut_bytes";
+/// On a line event: the session ended before the line did.
+pub const TRANSCRIPT_UNTERMINATED: &str = "podtrail.transcript.unterminated";
+/// On a line event: values replaced by redaction tokens.
+pub const TRANSCRIPT_REDACTED: &str = "podtrail.transcript.redacted";
+
 pub const PODTRAIL_KEYS: &[&str] = &[
+    TRANSCRIPT_SEQ,
+    TRANSCRIPT_LINES,
+    TRANSCRIPT_LAST,
+    TRANSCRIPT_LINES_DROPPED,
+    TRANSCRIPT_CUT_BYTES,
+    TRANSCRIPT_OUTPUT_CUT_BYTES,
+    TRANSCRIPT_SECRET_READS,
+    TRANSCRIPT_LINE,
+    TRANSCRIPT_SECRET_BYTES,
+    TRANSCRIPT_LINE_CUT_BYTES,
+    TRANSCRIPT_UNTERMINATED,
+    TRANSCRIPT_REDACTED,
     ATTRIBUTION_SOURCE,
     ATTRIBUTION_CONFIDENCE,
     ATTRIBUTION_CANDIDATES,

@@ -40,6 +40,14 @@ pub fn redact_update(r: &crate::redact::Redactor, cache: &mut ArgvCache, u: &mut
         SessionUpdate::Started(_) => return,
         SessionUpdate::ProcessEnded(_, rec) | SessionUpdate::Live(_, rec, _) => std::slice::from_mut(rec),
         SessionUpdate::Ended(_, recs) => recs,
+        SessionUpdate::Transcript(_, chunk) => {
+            // a line is redacted as one argv element: the flag rules on its words, then the
+            // text patterns (`export DB_PASSWORD=x`, `mysql -pX`, a Bearer token)
+            for l in &mut chunk.lines {
+                l.redacted += r.argv(std::slice::from_mut(&mut l.text));
+            }
+            return;
+        }
     };
     for rec in recs {
         for img in &mut rec.images {

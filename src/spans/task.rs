@@ -52,6 +52,14 @@ impl SpanTask {
 
     /// One update, however it was read: redacted first, then through the hold.
     pub fn take(&mut self, mut u: SessionUpdate, out: &mut Output) {
+        if let SessionUpdate::Transcript(info, chunk) = &u {
+            // a namespace whose transcript is off: its lines go no further
+            if self.stage.ctx().cfg.transcript.excluded(info.container.pod_namespace.as_deref()) {
+                let n = chunk.lines.len() as u64;
+                self.metrics.transcript_lines.get_or_create(&vec![("what", "excluded")]).inc_by(n);
+                return;
+            }
+        }
         redact_update(&self.redactor, &mut self.argv_cache, &mut u);
         self.stage.update(u, Instant::now(), out);
     }

@@ -141,6 +141,23 @@ pub fn norm_id(s: &str) -> String {
     format!("{:0>32}", s.to_ascii_lowercase())
 }
 
+/// Jaeger's `[{key, type, value}]` as (key, value as text).
+fn fields(v: &Value) -> Vec<(String, String)> {
+    v.as_array()
+        .map(|t| {
+            t.iter()
+                .map(|kv| {
+                    let v = match &kv["value"] {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (kv["key"].as_str().unwrap_or_default().to_owned(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// One span as Jaeger's query API returns it.
 #[derive(Clone, Debug)]
 pub struct JSpan {
@@ -149,29 +166,22 @@ pub struct JSpan {
     pub name: String,
     pub kind: String,
     pub tags: Vec<(String, String)>,
+    /// Span events (Jaeger "logs"): time in µs since the epoch, fields (the name is `event`).
+    pub logs: Vec<(u64, Vec<(String, String)>)>,
 }
 
 impl JSpan {
     fn from_json(s: &Value) -> JSpan {
+        let logs = s["logs"]
+            .as_array()
+            .map(|l| l.iter().map(|e| (e["timestamp"].as_u64().unwrap_or_default(), fields(&e["fields"]))).collect())
+            .unwrap_or_default();
         let parent = s["references"]
             .as_array()
             .and_then(|r| r.iter().find(|r| r["refType"] == "CHILD_OF"))
             .and_then(|r| r["spanID"].as_str())
             .map(str::to_owned);
-        let tags: Vec<(String, String)> = s["tags"]
-            .as_array()
-            .map(|t| {
-                t.iter()
-                    .map(|kv| {
-                        let v = match &kv["value"] {
-                            Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        };
-                        (kv["key"].as_str().unwrap_or_default().to_owned(), v)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let tags = fields(&s["tags"]);
         let kind = tags.iter().find(|(k, _)| k == "span.kind").map(|(_, v)| v.clone()).unwrap_or_default();
         JSpan {
             id: s["spanID"].as_str().unwrap_or_default().to_owned(),
@@ -179,6 +189,7 @@ impl JSpan {
             name: s["operationName"].as_str().unwrap_or_default().to_owned(),
             kind,
             tags,
+            logs,
         }
     }
 

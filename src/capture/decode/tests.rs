@@ -153,6 +153,31 @@ fn dns_records_carry_the_message_and_its_server() {
     assert_eq!(decode(&bytes), Err(DecodeError::FieldOverrun("dns")));
 }
 
+#[test]
+fn tty_records_are_variable_length_and_their_data_is_checked() {
+    let mut t = abi::Tty {
+        h: abi::Header { kind: abi::KIND_TTY, pid: 9, start_ns: 5, ..Default::default() },
+        bytes: 3,
+        data_len: 3,
+        flags: abi::TTY_F_PARTIAL,
+        ..Default::default()
+    };
+    t.data[..3].copy_from_slice(b"ls\r");
+    // SAFETY: Tty is Plain (repr(C), integers only): its bytes are all initialised.
+    let all =
+        unsafe { std::slice::from_raw_parts(&t as *const abi::Tty as *const u8, std::mem::size_of::<abi::Tty>()) };
+    let mut rec = all[..abi::TTY_DATA_OFF + 3].to_vec();
+    rec[4..8].copy_from_slice(&((abi::TTY_DATA_OFF + 3) as u32).to_le_bytes());
+    let Ok(Event::Tty(e)) = decode(&rec) else { panic!("{:?}", decode(&rec)) };
+    assert_eq!((e.pid, e.data.as_slice(), e.partial, e.secret, e.output), (9, b"ls\r".as_slice(), true, false, false));
+    // a data length past what arrived is refused, not read
+    rec[44..48].copy_from_slice(&4u32.to_le_bytes());
+    assert_eq!(decode(&rec), Err(DecodeError::FieldOverrun("tty data")));
+    let short = &mut rec[..40].to_vec();
+    short[4..8].copy_from_slice(&40u32.to_le_bytes());
+    assert!(matches!(decode(short), Err(DecodeError::Truncated { .. })));
+}
+
 fn file_bytes(f: &abi::File) -> Vec<u8> {
     // SAFETY: File is Plain (repr(C), integers only): its bytes are all initialised.
     unsafe { std::slice::from_raw_parts(f as *const abi::File as *const u8, std::mem::size_of::<abi::File>()) }.to_vec()
@@ -241,7 +266,7 @@ proptest! {
     }
 
     #[test]
-    fn decode_never_panics_on_valid_headers(kind in 0u32..12, len in 0u32..7000, tail in proptest::collection::vec(any::<u8>(), 0..6000)) {
+    fn decode_never_panics_on_valid_headers(kind in 0u32..13, len in 0u32..7000, tail in proptest::collection::vec(any::<u8>(), 0..6000)) {
         let mut b = Vec::new();
         b.extend_from_slice(&kind.to_le_bytes());
         b.extend_from_slice(&len.to_le_bytes());

@@ -89,6 +89,7 @@ impl SessionTracker {
             s.info.end_ns = Some(ts_ns);
             self.counters.sessions_ended.inc();
             if self.loss_settle_ns == 0 {
+                self.transcript_end(&s.info, out);
                 out.push(SessionUpdate::Ended(s.info, Vec::new()));
             } else {
                 self.ending.push_back((ts_ns.saturating_add(self.loss_settle_ns), s.info));

@@ -26,6 +26,7 @@ mod exec;
 mod lifecycle;
 pub mod net;
 mod ns;
+mod tty;
 
 pub use debug::DEBUG_DECISION_NS;
 
@@ -147,6 +148,8 @@ pub struct SessionTracker {
     loss_settle_ns: u64,
     /// Names DNS answers gave each container's addresses, for its connects.
     pub(crate) dns: super::dns::DnsNames,
+    /// Sessions' terminal transcripts in the making (`tty.rs`).
+    transcripts: tty::Transcripts,
 }
 
 /// A wall-clock time (ns since the epoch) as boot ns; None for 0 (unknown) and for times
@@ -213,6 +216,7 @@ impl SessionTracker {
             ending: Default::default(),
             loss_settle_ns: 0,
             dns: Default::default(),
+            transcripts: Default::default(),
         }
     }
 
@@ -231,6 +235,7 @@ impl SessionTracker {
     fn release_ended(&mut self, now_ns: u64, out: &mut Vec<SessionUpdate>) {
         while self.ending.front().is_some_and(|(at, _)| *at <= now_ns) {
             if let Some((_, info)) = self.ending.pop_front() {
+                self.transcript_end(&info, out);
                 out.push(SessionUpdate::Ended(info, Vec::new()));
             }
         }
@@ -240,6 +245,7 @@ impl SessionTracker {
     pub fn count_into(&mut self, m: &ProcessMetrics) {
         self.counters = TrackerCounters::registered(m);
         self.outbound.count_into(&m.shared);
+        self.transcripts.counters = crate::process::transcript::TranscriptCounters::registered(&m.shared);
     }
 
     /// The clock that converts the executable's change time (replays pin a fixed one).
@@ -307,6 +313,7 @@ impl SessionTracker {
         self.outbound.flush(&self.activity, now_ns, false, &mut out);
         self.decide_inits(now_ns, &mut out);
         self.release_ended(now_ns, &mut out);
+        self.transcript_tick(now_ns, &mut out);
         out
     }
 
@@ -334,6 +341,7 @@ impl SessionTracker {
             Event::File(f) => self.on_file(f, &mut out),
             Event::Sock(so) => self.on_sock(so, &mut out),
             Event::Dns(d) => self.dns.learn(d),
+            Event::Tty(t) => self.on_tty(t),
         }
         out
     }
@@ -441,6 +449,7 @@ impl SessionTracker {
                 let mut procs = open.remove(&sid).unwrap_or_default();
                 procs.sort_by_key(|r| r.key);
                 self.counters.sessions_ended.inc();
+                self.transcript_end(&s.info, &mut out);
                 out.push(SessionUpdate::Ended(s.info, procs));
             }
         }

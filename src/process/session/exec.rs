@@ -137,6 +137,21 @@ impl SessionTracker {
     pub(super) fn is_init(&mut self, e: &ExecEvent) -> bool {
         let host = self.containers.host_pidns();
         let Some(st) = self.containers.get_mut(e.cgroup_id) else { return false };
+        // pid 1 of a pid namespace other than the host's, entering the container's cgroup: only
+        // a container's init is that (an exec into a running container joins its pid namespace,
+        // where pid 1 is taken). The kernel says so at this exec; what was guessed before (the
+        // first process seen entering, when neither this rule nor the runtime could say) or a
+        // runtime answer about another pid gives way to it.
+        if e.nspid == 1 && e.pidns_ino != host && e.pidns_ino != 0 {
+            if st.init.is_some_and(|k| k != e.key()) {
+                tracing::debug!(pid = e.pid, earlier = ?st.init, cgroup = e.cgroup_id,
+                    "container init: pid 1 of its own pid namespace replaces an earlier guess");
+            }
+            st.entered = true;
+            st.init = Some(e.key());
+            st.info.started_ns = Some(e.key().start_ns);
+            return true;
+        }
         if let Some(init) = st.init {
             return init == e.key();
         }
@@ -145,7 +160,7 @@ impl SessionTracker {
         let info = st.info.clone();
         let verdict = match self.lookup.init_pid(e.cgroup_id, &info) {
             Some(pid) => pid == e.pid,
-            None => (e.nspid == 1 && e.pidns_ino != host) || first,
+            None => first,
         };
         if verdict {
             if let Some(st) = self.containers.get_mut(e.cgroup_id) {

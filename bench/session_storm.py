@@ -235,7 +235,7 @@ def session_round(cd, tmp, storm, a, perf_out, binary=None):
     after = status(pid)
     smap = smaps(pid)
     after_malloc = malloc_stats(pid, agent.log_path) if a.malloc_stats else None
-    time.sleep(3)  # the agent's quiet ticks after the burst (it gives freed memory back then)
+    time.sleep(8)  # the agent trims on its first calm tick after the burst and again 5 ticks later
     settled = status(pid)
     trace = root[0]["traceId"]
     mine = [(s, res) for s, res in spans if s["traceId"] == trace]
@@ -333,11 +333,11 @@ def print_storm(rows, a, ring_mib):
             f"{cpu_per_exec(r['snoop_cpu'], n):.1f}", f"{r['pt_cpu'] / max(r['snoop_cpu'], 1e-9):.2f}x",
             f"{r['pt_counted']} ({r['pt_spans']})", r["snoop_counted"], r["kernel_dropped"])) + " |")
     print("\nmemory of podtrail run (MiB): rest VmRSS / RssAnon / BPF map mappings, peak VmHWM, after VmRSS / "
-          "RssAnon (as the root span is exported, and 3 s later); execsnoop VmRSS")
+          "RssAnon (as the root span is exported, and 8 s later); execsnoop VmRSS")
     for i, r in enumerate(rows):
         print(f"  round {i + 1}: rest {mib(r['rest']['VmRSS'])} / {mib(r['rest']['RssAnon'])} / {mib(r['rest_bpf'])}, "
               f"peak {mib(r['after']['VmHWM'])}, after {mib(r['after']['VmRSS'])} / {mib(r['after']['RssAnon'])}, "
-              f"3 s later {mib(r['settled']['VmRSS'])} / {mib(r['settled']['RssAnon'])}; execsnoop {mib(r['snoop_rss'])}")
+              f"8 s later {mib(r['settled']['VmRSS'])} / {mib(r['settled']['RssAnon'])}; execsnoop {mib(r['snoop_rss'])}")
     for i, r in enumerate(rows):
         ms = r["malloc"]
         if ms[0] and ms[1]:
@@ -359,7 +359,7 @@ def print_storm(rows, a, ring_mib):
           f"{med(lambda r: r['snoop_counted']):.0f} / {n}; RSS rest {mib(med(lambda r: r['rest']['VmRSS']))} MiB "
           f"(RssAnon {mib(med(lambda r: r['rest']['RssAnon']))}), peak {mib(med(lambda r: r['after']['VmHWM']))}, "
           f"after {mib(med(lambda r: r['after']['VmRSS']))} (RssAnon {mib(med(lambda r: r['after']['RssAnon']))}; "
-          f"3 s later {mib(med(lambda r: r['settled']['RssAnon']))})")
+          f"8 s later {mib(med(lambda r: r['settled']['RssAnon']))})")
 
 
 def main():

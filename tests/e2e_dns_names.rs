@@ -15,7 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::agent::{containerd_config, metric, FileAgent};
-use support::containers::{unique, Containerd};
+use support::containers::Containerd;
+use support::fixtures::NetNs;
 use support::net::{free_port, http_get};
 use support::otlp_json::{self, Span};
 
@@ -26,29 +27,12 @@ const UNNAMED: &str = "203.0.113.81";
 const OUTBOUND: &str = "203.0.113.82";
 const HOST_USR: &str = "type=bind,src=/usr,dst=/usr,options=rbind:ro";
 
-/// A network namespace with `addrs` on its loopback (up); deleted on drop.
-struct NetNs(String);
-
+/// What the test runs inside its network namespace (support::fixtures::NetNs).
 impl NetNs {
-    fn new(addrs: &[&str]) -> NetNs {
-        let name = unique("ptdns");
-        let ip = |args: &[&str]| {
-            let st = Command::new("ip").args(args).status().expect("ip (iproute2)");
-            assert!(st.success(), "ip {args:?}");
-        };
-        ip(&["netns", "add", &name]);
-        let ns = NetNs(name.clone());
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        for a in addrs {
-            ip(&["-n", &name, "addr", "add", &format!("{a}/32"), "dev", "lo"]);
-        }
-        ns
-    }
-
     /// `ip netns exec NS ARGS..`, running in the background (killed on drop).
     fn spawn(&self, args: &[&str]) -> Bg {
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.0])
+            .args(["netns", "exec", self.name()])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -64,7 +48,7 @@ impl NetNs {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let out = Command::new("ip")
-                .args(["netns", "exec", &self.0, "ss", "-Hln", proto])
+                .args(["netns", "exec", self.name(), "ss", "-Hln", proto])
                 .output()
                 .expect("ss (iproute2)");
             if String::from_utf8_lossy(&out.stdout).split_whitespace().any(|w| w == want) {
@@ -79,16 +63,6 @@ impl NetNs {
             assert!(Instant::now() < deadline, "nothing listens on {proto} {want}");
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-
-    fn with_ns(&self) -> String {
-        format!("network:/var/run/netns/{}", self.0)
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).stderr(Stdio::null()).status();
     }
 }
 

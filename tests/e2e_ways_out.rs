@@ -14,11 +14,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::agent::{containerd_config, FileAgent};
-use support::containers::{unique, Containerd};
+use support::containers::Containerd;
+use support::fixtures::NetNs;
 use support::otlp_json::{self, Span};
 
 const HOST_USR: &str = "type=bind,src=/usr,dst=/usr,options=rbind:ro";
@@ -30,36 +30,6 @@ fn with_host_usr(root: &Path) {
         if !root.join(l).exists() {
             symlink(format!("usr/{l}"), root.join(l)).unwrap();
         }
-    }
-}
-
-/// A network namespace with `addrs` on its loopback (up); deleted on drop.
-struct NetNs(String);
-
-impl NetNs {
-    fn new(addrs: &[&str]) -> NetNs {
-        let name = unique("ptwo");
-        let ip = |args: &[&str]| {
-            let st = Command::new("ip").args(args).status().expect("ip (iproute2)");
-            assert!(st.success(), "ip {args:?}");
-        };
-        ip(&["netns", "add", &name]);
-        let ns = NetNs(name.clone());
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        for a in addrs {
-            ip(&["-n", &name, "addr", "add", &format!("{a}/32"), "dev", "lo"]);
-        }
-        ns
-    }
-
-    fn with_ns(&self) -> String {
-        format!("network:/var/run/netns/{}", self.0)
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).stderr(Stdio::null()).status();
     }
 }
 

@@ -13,12 +13,12 @@ mod support;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use support::agent::{containerd_config, post_audit, Podtrail, Scratch};
 use support::audit::{event_list, exec_events, new_audit_id, pod_labels};
-use support::containers::{unique, Containerd};
+use support::containers::Containerd;
 use support::jaeger::{norm_id, JSpan, Jaeger};
 use support::net::free_port;
 
@@ -32,9 +32,6 @@ fn show(spans: &[JSpan]) -> String {
 
 #[test]
 fn an_open_terminal_session_is_searchable_with_its_identity_and_alert_before_it_ends() {
-    if Command::new("script").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
-        support::prereq::missing("util-linux `script` (a terminal for ctr task exec -t)", "apt-get install util-linux");
-    }
     let dir = Scratch::new("live");
     let cd = Containerd::start();
     let c = cd.run(&pod_labels(), &[], &["sleep", "100000"]);
@@ -59,21 +56,8 @@ fn an_open_terminal_session_is_searchable_with_its_identity_and_alert_before_it_
     );
 
     // the shell, on a terminal, that nobody tells to exit yet
-    let ctr = format!(
-        "ctr --address {} --namespace {} task exec -t --exec-id {} {} sh",
-        cd.address.display(),
-        cd.namespace,
-        unique("tty"),
-        c.id
-    );
     let opened_at = Instant::now();
-    let mut shell = Command::new("script")
-        .args(["-q", "-e", "-f", "-c", &ctr, "/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("script -c ctr task exec -t");
+    let mut shell = cd.exec_tty_shell(&c.id, Stdio::null());
 
     // what Q2 and Q4 ask (the audit id, the user) finds it while it runs
     let trace_id = jaeger.wait_for(30, "the open session's trace (tag podtrail.k8s.audit_id)", |j| {

@@ -18,12 +18,12 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::agent::{containerd_config, metric, Podtrail, Scratch};
-use support::containers::{unique, Container, Containerd};
+use support::containers::{Container, Containerd};
 use support::jaeger::{JSpan, Jaeger};
 
 const PASSWORD: &str = "hunter2-Qx7v";
@@ -42,20 +42,7 @@ struct Terminal {
 
 impl Terminal {
     fn open(cd: &Containerd, c: &Container) -> Terminal {
-        let ctr = format!(
-            "ctr --address {} --namespace {} task exec -t --exec-id {} {} sh",
-            cd.address.display(),
-            cd.namespace,
-            unique("tty"),
-            c.id
-        );
-        let mut child = Command::new("script")
-            .args(["-q", "-e", "-f", "-c", &ctr, "/dev/null"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("script -c ctr task exec -t");
+        let mut child = cd.exec_tty_shell(&c.id, Stdio::piped());
         let stdin = child.stdin.take().unwrap();
         let mut out = child.stdout.take().unwrap();
         let shown = Arc::new(Mutex::new(Vec::new()));
@@ -158,9 +145,6 @@ fn trace_of(jaeger: &Jaeger, container: &str, what: &str, done: impl Fn(&[JSpan]
 
 #[test]
 fn typed_builtins_are_in_the_transcript_and_a_password_is_not() {
-    if Command::new("script").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
-        support::prereq::missing("util-linux `script` (a terminal for ctr task exec -t)", "apt-get install util-linux");
-    }
     let dir = Scratch::new("transcript");
     let cd = Containerd::start();
     let labels = |ns| {

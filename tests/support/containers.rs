@@ -185,6 +185,31 @@ impl Containerd {
         self.ctr_cmd(&args)
     }
 
+    /// `ctr task exec -t ... sh` in container `id` on a pseudo-terminal (util-linux `script`
+    /// gives it one), stdin piped for typing, stdout to `stdout`; a missing `script` fails the
+    /// test as a missing prerequisite.
+    pub fn exec_tty_shell(&self, id: &str, stdout: Stdio) -> Child {
+        if Command::new("script").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+            super::prereq::missing(
+                "util-linux `script` (a terminal for ctr task exec -t)",
+                "apt-get install util-linux",
+            );
+        }
+        let ctr = format!(
+            "ctr --address {} --namespace {} task exec -t --exec-id {} {id} sh",
+            self.address.display(),
+            self.namespace,
+            unique("tty"),
+        );
+        Command::new("script")
+            .args(["-q", "-e", "-f", "-c", &ctr, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(stdout)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("script -c ctr task exec -t")
+    }
+
     /// The cgroup2 directory of a container started by this containerd (`ctr` puts it at
     /// `/<namespace>/<id>`).
     pub fn cgroup_path(&self, id: &str) -> String {

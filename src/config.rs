@@ -367,6 +367,7 @@ impl Config {
             watch_reads: c.watch_reads.clone(),
             tty_input_budget: if t.enabled { t.input_budget_kib * 1024 } else { 0 },
             tty_output_budget: if t.enabled && t.output { t.output_budget_kib * 1024 } else { 0 },
+            kinds: crate::capture::loader::ALL_KINDS,
         };
         let p = &self.process;
         let process = ProcessOptions {

@@ -86,6 +86,13 @@ pub struct CaptureOptions {
     pub kinds: u32,
 }
 
+/// The ring's default size in MiB. Its pages are mapped twice: VmRSS counts 32 MiB for it. 16,
+/// not less, because of what BENCHMARKS.md (issue 15, capture15) saw: the storms alone lost
+/// nothing with 2 to 16 MiB, but the kernel exec storm test lost 421 records with 4 MiB while
+/// other storms ran on the same two cores (a descheduled reader; an exec record is 2.3 KB,
+/// nearly all of it fixed slots). A packed exec record is the way to a smaller default.
+pub const DEFAULT_RING_MIB: u32 = 16;
+
 /// Every kind.
 pub const ALL_KINDS: u32 = u32::MAX;
 
@@ -127,11 +134,11 @@ pub const DEFAULT_WATCH_READS: &[&str] = &["shadow", "gshadow", "token", "id_rsa
 impl Default for CaptureOptions {
     fn default() -> Self {
         CaptureOptions {
-            ring_bytes: 16 * 1024 * 1024,
+            ring_bytes: DEFAULT_RING_MIB * 1024 * 1024,
             filter: Filter::All,
             scan_env: true,
             wakeup_bytes: 256 * 1024,
-            cgroup_share_bytes: 16 * 1024 * 1024 / 10,
+            cgroup_share_bytes: DEFAULT_RING_MIB as u64 * 1024 * 1024 / 10,
             poll_interval: Duration::from_millis(20),
             channel_capacity: 65536,
             cgroup2_root: None,

@@ -71,8 +71,8 @@ pub struct CaptureArgs {
     /// Do not attach the DNS answer hook (`cgroup_skb/ingress`).
     #[arg(long)]
     pub no_dns: bool,
-    /// Ring buffer size in MiB (a power of two).
-    #[arg(long, default_value_t = 16)]
+    /// Ring buffer size in MiB (a power of two; VmRSS counts it twice).
+    #[arg(long, default_value_t = podtrail::config::DEFAULT_RING_MIB)]
     pub ring_mib: u32,
     /// Only capture events of these kinds (comma separated: exec,fork,exit,connect,...). The
     /// hooks that write only other kinds are not attached, and the kernel writes no record of

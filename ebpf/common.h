@@ -47,6 +47,10 @@ const volatile __u64 wakeup_bytes = 256 * 1024; /* wake the reader once this muc
  * the ring is half full; 0 turns the share off. */
 const volatile __u64 cgroup_share_bytes = 0;
 const volatile __u64 cgroup_share_window_ns = 100 * 1000 * 1000;
+/* The kinds user space asked for, one bit per enum pt_kind (`podtrail capture --kinds`): a
+ * record of another kind is never written, so the reader neither wakes for it nor decodes it.
+ * Not a loss: neither sent nor dropped is counted. */
+const volatile __u32 kind_mask = 0xffffffff;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -221,6 +225,8 @@ static __always_inline bool over_share(struct pt_header *h, __u64 size)
 static __always_inline int emit(void *rec, __u64 size)
 {
 	struct pt_header *h = rec;
+	if (h->kind < 32 && !(kind_mask & (1U << h->kind)))
+		return 0;
 	if (over_share(h, size)) {
 		count(&refused_by_kind, h->kind);
 		count_drop(h->kind, h->cgroup_id, h->ts_ns);

@@ -110,14 +110,17 @@ pub fn label_key_problem(key: &str) -> Option<&'static str> {
     None
 }
 
+pub use crate::capture::loader::DEFAULT_RING_MIB;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
     /// Which processes the kernel reports: `all`, or `containers` (outside the host's pid
     /// namespace). Sessions from the node (nsenter) need `all`.
     pub filter: Filter,
-    /// Ring buffer size in MiB (a power of two). A busy node with bursts of thousands of execs
-    /// per second wants more.
+    /// Ring buffer size in MiB (a power of two). Its pages are mapped twice, so it adds twice
+    /// its size to VmRSS (the default 16: 32 MiB). A node with bursts of thousands of execs
+    /// per second wants more; a quiet one can do with less (BENCHMARKS.md, issue 15).
     pub ring_mib: u32,
     /// Search possible session roots' environment for KUBERNETES_EXEC_AUDIT_ID.
     pub scan_env: bool,
@@ -132,7 +135,8 @@ pub struct CaptureConfig {
     /// (`server.address`; the cache is `[process.dns]`). DNS over TCP, DoT and DoH are not
     /// read.
     pub dns: bool,
-    /// Queued KiB that make the kernel wake the reader at once.
+    /// Queued KiB that make the kernel wake the reader at once; keep it well under the ring
+    /// (at or over its size only the poll drains it).
     pub wakeup_kib: u64,
     /// How often the reader drains the ring when no wakeup came, in milliseconds.
     pub poll_ms: u64,
@@ -154,7 +158,7 @@ impl Default for CaptureConfig {
     fn default() -> Self {
         CaptureConfig {
             filter: Filter::All,
-            ring_mib: 16,
+            ring_mib: DEFAULT_RING_MIB,
             scan_env: true,
             network: true,
             sockets: true,
@@ -367,6 +371,7 @@ impl Config {
             watch_reads: c.watch_reads.clone(),
             tty_input_budget: if t.enabled { t.input_budget_kib * 1024 } else { 0 },
             tty_output_budget: if t.enabled && t.output { t.output_budget_kib * 1024 } else { 0 },
+            kinds: crate::capture::loader::ALL_KINDS,
         };
         let p = &self.process;
         let process = ProcessOptions {

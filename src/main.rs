@@ -10,7 +10,18 @@ fn main() -> std::process::ExitCode {
     podtrail::heap::tune();
     let args = cli::Cli::parse();
     cli::init_logging(&args.log);
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // `capture` is one reader feeding one printer: on one thread the hand-over between them is
+    // a task switch, not a futex wake of another thread per batch (issue 15); the agent's
+    // stages want the two workers
+    let mut builder = match args.command {
+        cli::Command::Capture(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
+        }
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("podtrail: cannot start the async runtime: {e}");

@@ -97,19 +97,28 @@ pub fn basename(path: &[u8]) -> &[u8] {
     }
 }
 
+/// `b` as [`escape`] writes it, borrowed when that is `b` itself (UTF-8 without a backslash:
+/// nearly every argv and path), so serializing an event allocates nothing per field.
+pub fn escaped(b: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) if !s.contains('\\') => Cow::Borrowed(s),
+        _ => Cow::Owned(escape(b)),
+    }
+}
+
 pub fn ser_bytes<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&escape(b))
+    s.serialize_str(&escaped(b))
 }
 
 pub fn ser_opt_bytes<S: Serializer>(b: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
     match b {
-        Some(b) => s.serialize_str(&escape(b)),
+        Some(b) => s.serialize_str(&escaped(b)),
         None => s.serialize_none(),
     }
 }
 
 pub fn ser_bytes_list<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(v.iter().map(|b| escape(b)))
+    s.collect_seq(v.iter().map(|b| escaped(b)))
 }
 
 /// The inverse of [`escape`]: `\\` is a backslash, `\xNN` the byte NN, anything else as is.
@@ -217,6 +226,15 @@ mod tests {
         assert_eq!(escape(b"caf\xc3\xa9"), "café");
         assert_eq!(escape(b"\xff\xfeok"), "\\xff\\xfeok");
         assert_eq!(escape(b"a\\xff"), "a\\\\xff");
+    }
+
+    #[test]
+    fn escaped_borrows_only_what_escape_leaves_alone() {
+        for raw in [&b"a b"[..], b"caf\xc3\xa9", b"\xff\xfeok", b"a\\xff", b"", b"\\", b"x\xc3"] {
+            let e = escaped(raw);
+            assert_eq!(e, escape(raw), "{raw:?}");
+            assert_eq!(matches!(e, Cow::Borrowed(_)), e.as_bytes() == raw, "{raw:?}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::{
 use podtrail::capture::{
     abi,
     event::{Event, ExitStatus, ResultPhase, Transport},
-    loader::CaptureOptions,
+    loader::{self, CaptureOptions},
 };
 use support::kernel::{capture_while, run, Captured};
 
@@ -152,6 +152,27 @@ fn fork_exit_code_and_signal() {
         let exec = cap.execs().find(|e| e.pid == pid).unwrap();
         assert_eq!(exec.start_ns, f.start_ns, "fork and exec agree on the process identity");
     }
+}
+
+/// `podtrail capture --kinds exec` (issue 15): the kinds left out are not written at all, so a
+/// fork and exit storm costs the reader nothing; the kinds asked for are whole.
+#[test]
+fn kinds_left_out_are_never_written() {
+    let kinds = loader::kind_mask(["exec", "exit"]).unwrap();
+    let (pids, cap) = capture_while(CaptureOptions { kinds, ..opts() }, || {
+        (0..20).map(|i| run(Command::new("/bin/true").arg(format!("kinds-{i}"))).0).collect::<Vec<_>>()
+    });
+    for pid in &pids {
+        assert!(cap.execs().any(|e| e.pid == *pid), "exec of {pid}");
+        assert!(cap.events.iter().any(|e| matches!(e, Event::Exit(x) if x.pid == *pid)), "exit of {pid}");
+    }
+    let other: Vec<&str> = cap.events.iter().map(Event::kind).filter(|k| !["exec", "exit"].contains(k)).collect();
+    assert!(other.is_empty(), "kinds not asked for reached user space: {other:?}");
+    let sent = |k: &str| cap.kernel.sent.iter().find(|(n, _)| *n == k).map(|(_, v)| *v).unwrap();
+    assert_eq!(sent("fork"), 0, "{:?}", cap.kernel);
+    assert!(sent("exec") >= 20 && sent("exit") >= 20, "{:?}", cap.kernel);
+    assert_eq!(cap.kernel.total_dropped(), 0, "left out is not lost: {:?}", cap.kernel);
+    assert_eq!(loader::kind_mask(["exec", "forks"]), Err("forks"));
 }
 
 fn connect_outcome(cap: &Captured, port: u16, transport: Transport) -> (u64, Vec<(ResultPhase, i32)>) {

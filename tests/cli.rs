@@ -53,6 +53,11 @@ fn bad_input_is_a_usage_error_naming_the_key() {
     let out = podtrail().args(["capture", "--ring-mib", "3"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--ring-mib"));
+    // a kind that does not exist would print nothing forever: refused before loading anything
+    let out = podtrail().args(["capture", "--kinds", "exec,forks"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--kinds") && err.contains("\"forks\"") && err.contains("connect_result"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");

@@ -15,7 +15,7 @@ use std::{
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
     Btf, Ebpf, EbpfLoader,
 };
 use thiserror::Error;
@@ -24,7 +24,9 @@ use tokio::sync::mpsc;
 use super::{abi, event::Event, reader};
 
 mod attach;
-use attach::{attach_btf_tp, attach_file_hooks, attach_socket_hooks, attach_tp, program, refused};
+use attach::{
+    attach_btf_tp, attach_connect_hooks, attach_file_hooks, attach_socket_hooks, attach_tp, program, refused,
+};
 
 /// The compiled kernel side, built by build.rs from ebpf/podtrail.bpf.c.
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/podtrail.bpf.o"));
@@ -77,6 +79,34 @@ pub struct CaptureOptions {
     /// With the transcript on: bytes of output (what was shown) copied per session; 0 leaves
     /// the write hook out.
     pub tty_output_budget: u64,
+    /// The kinds to report, one bit per kind number (`1 << abi::KIND_EXEC`, ...; see
+    /// [`kind_mask`]). Programs that write only kinds left out are not attached, and the
+    /// kernel writes no record of a kind left out (`kind_mask` in ebpf/common.h), so they cost
+    /// neither BPF time nor the reader's. `podtrail run` wants them all.
+    pub kinds: u32,
+}
+
+/// The ring's default size in MiB. Its pages are mapped twice: VmRSS counts 32 MiB for it. 16,
+/// not less, because of what BENCHMARKS.md (issue 15, capture15) saw: the storms alone lost
+/// nothing with 2 to 16 MiB, but the kernel exec storm test lost 421 records with 4 MiB while
+/// other storms ran on the same two cores (a descheduled reader; an exec record is 2.3 KB,
+/// nearly all of it fixed slots). A packed exec record is the way to a smaller default.
+pub const DEFAULT_RING_MIB: u32 = 16;
+
+/// Every kind.
+pub const ALL_KINDS: u32 = u32::MAX;
+
+/// The mask of kinds named (`exec`, `fork`, ... as in [`abi::KIND_NAMES`]); the first name
+/// that is not a kind is the error.
+pub fn kind_mask<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<u32, &'a str> {
+    let mut mask = 0u32;
+    for n in names {
+        match abi::KIND_NAMES.iter().skip(1).position(|k| *k == n) {
+            Some(i) => mask |= 1 << (i + 1),
+            None => return Err(n),
+        }
+    }
+    Ok(mask)
 }
 
 /// Shell histories, account databases, ssh keys, service account tokens, the preload file.
@@ -104,11 +134,11 @@ pub const DEFAULT_WATCH_READS: &[&str] = &["shadow", "gshadow", "token", "id_rsa
 impl Default for CaptureOptions {
     fn default() -> Self {
         CaptureOptions {
-            ring_bytes: 16 * 1024 * 1024,
+            ring_bytes: DEFAULT_RING_MIB * 1024 * 1024,
             filter: Filter::All,
             scan_env: true,
             wakeup_bytes: 256 * 1024,
-            cgroup_share_bytes: 16 * 1024 * 1024 / 10,
+            cgroup_share_bytes: DEFAULT_RING_MIB as u64 * 1024 * 1024 / 10,
             poll_interval: Duration::from_millis(20),
             channel_capacity: 65536,
             cgroup2_root: None,
@@ -120,6 +150,7 @@ impl Default for CaptureOptions {
             watch_reads: DEFAULT_WATCH_READS.iter().map(|s| s.to_string()).collect(),
             tty_input_budget: 64 * 1024,
             tty_output_budget: 0,
+            kinds: ALL_KINDS,
         }
     }
 }
@@ -268,6 +299,7 @@ impl Capture {
             Filter::Containers => abi::FILTER_CONTAINERS,
         };
         let scan_env = opts.scan_env as u32;
+        let want = |k: u32| opts.kinds & (1 << k) != 0;
         // aya 0.14's EbpfLoader::new parses the kernel's BTF itself (unconditionally, and keeps
         // it private), so the loader uses that copy and drops it with itself at the end of this
         // statement; podtrail parses its own for the tp_btf attachments only after. Handing the
@@ -283,27 +315,35 @@ impl Capture {
             .override_global("cgroup_share_bytes", &opts.cgroup_share_bytes, true)
             .override_global("tty_input_budget", &opts.tty_input_budget, true)
             .override_global("tty_output_budget", &opts.tty_output_budget, true)
+            .override_global("kind_mask", &opts.kinds, true)
             .load(BPF_OBJECT)?;
         let btf = Btf::from_sys_fs().map_err(|_| CaptureError::NoBtf)?;
 
         let mut attached = Vec::new();
-        for (prog, tp) in [
-            ("pt_sched_exec", "sched_process_exec"),
-            ("pt_sched_fork", "sched_process_fork"),
-            ("pt_sched_exit", "sched_process_exit"),
+        for (prog, tp, kind) in [
+            ("pt_sched_exec", "sched_process_exec", abi::KIND_EXEC),
+            ("pt_sched_fork", "sched_process_fork", abi::KIND_FORK),
+            ("pt_sched_exit", "sched_process_exit", abi::KIND_EXIT),
         ] {
-            attach_btf_tp(&mut ebpf, &btf, prog, tp)?;
-            attached.push(prog);
+            if want(kind) {
+                attach_btf_tp(&mut ebpf, &btf, prog, tp)?;
+                attached.push(prog);
+            }
         }
-        for (prog, cat, name) in
-            [("pt_sys_enter_setns", "syscalls", "sys_enter_setns"), ("pt_sys_exit_setns", "syscalls", "sys_exit_setns")]
-        {
-            attach_tp(&mut ebpf, prog, cat, name)?;
-            attached.push(prog);
+        if want(abi::KIND_NS_JOIN) {
+            for (prog, cat, name) in [
+                ("pt_sys_enter_setns", "syscalls", "sys_enter_setns"),
+                ("pt_sys_exit_setns", "syscalls", "sys_exit_setns"),
+            ] {
+                attach_tp(&mut ebpf, prog, cat, name)?;
+                attached.push(prog);
+            }
         }
-        let files = attach_file_hooks(&mut ebpf, &btf, &opts)?;
-        attached.extend(files);
-        if opts.tty_input_budget > 0 {
+        if want(abi::KIND_FILE) {
+            let files = attach_file_hooks(&mut ebpf, &btf, &opts)?;
+            attached.extend(files);
+        }
+        if opts.tty_input_budget > 0 && want(abi::KIND_TTY) {
             attach_btf_tp(&mut ebpf, &btf, "pt_tty_exec", "sched_process_exec")?;
             attach_btf_tp(&mut ebpf, &btf, "pt_tty_exit", "sched_process_exit")?;
             attach_tp(&mut ebpf, "pt_tty_read", "syscalls", "sys_exit_read")?;
@@ -313,36 +353,22 @@ impl Capture {
                 attached.push("pt_tty_write");
             }
         }
-        if opts.network {
+        let connects = want(abi::KIND_CONNECT) || want(abi::KIND_CONNECT_RESULT) || want(abi::KIND_UDP_SEND);
+        let (sockets, dns) = (opts.sockets && want(abi::KIND_SOCK), opts.dns && want(abi::KIND_DNS));
+        if opts.network && (connects || sockets || dns) {
             let root = match &opts.cgroup2_root {
                 Some(p) => p.clone(),
                 None => find_cgroup2().ok_or(CaptureError::NoCgroup2)?,
             };
             let cg = fs::File::open(&root)
                 .map_err(|source| CaptureError::Io { path: root.display().to_string(), source })?;
-            attach_tp(&mut ebpf, "pt_sys_exit_connect", "syscalls", "sys_exit_connect")?;
-            attach_btf_tp(&mut ebpf, &btf, "pt_inet_sock_set_state", "inet_sock_set_state")?;
-            for prog in ["pt_connect4", "pt_connect6"] {
-                let p: &mut CgroupSockAddr = program(&mut ebpf, prog)?;
-                p.load().map_err(|e| refused(prog, "cgroup/connect", e))?;
-                // AllowMultiple is rejected by link_create (aya #1078); cgroup links coexist anyway.
-                p.attach(&cg, CgroupAttachMode::Single).map_err(|e| refused(prog, "cgroup/connect", e))?;
+            if connects {
+                attached.extend(attach_connect_hooks(&mut ebpf, &btf, &cg)?);
             }
-            let p: &mut CgroupSkb = program(&mut ebpf, "pt_egress")?;
-            p.load().map_err(|e| refused("pt_egress", "cgroup_skb/egress", e))?;
-            p.attach(&cg, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
-                .map_err(|e| refused("pt_egress", "cgroup_skb/egress", e))?;
-            attached.extend([
-                "pt_sys_exit_connect",
-                "pt_inet_sock_set_state",
-                "pt_connect4",
-                "pt_connect6",
-                "pt_egress",
-            ]);
-            if opts.sockets {
+            if sockets {
                 attached.extend(attach_socket_hooks(&mut ebpf, &btf, &cg)?);
             }
-            if opts.dns {
+            if dns {
                 let p: &mut CgroupSkb = program(&mut ebpf, "pt_dns_ingress")?;
                 p.load().map_err(|e| refused("pt_dns_ingress", "cgroup_skb/ingress", e))?;
                 p.attach(&cg, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
@@ -407,7 +433,11 @@ fn preflight(opts: &CaptureOptions) -> Result<(), CaptureError> {
     if !(has(CAP_PERFMON) || admin) {
         missing.push("CAP_PERFMON");
     }
-    if opts.network && !has(CAP_NET_ADMIN) {
+    let network_kinds =
+        [abi::KIND_CONNECT, abi::KIND_CONNECT_RESULT, abi::KIND_UDP_SEND, abi::KIND_SOCK, abi::KIND_DNS]
+            .iter()
+            .any(|k| opts.kinds & (1 << k) != 0);
+    if opts.network && network_kinds && !has(CAP_NET_ADMIN) {
         missing.push("CAP_NET_ADMIN (for the connect hooks; or turn them off: `podtrail capture --no-network`, `network = false` under `[capture]` for `podtrail run`)");
     }
     if !missing.is_empty() {

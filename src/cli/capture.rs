@@ -5,7 +5,14 @@
 use std::io::Write;
 
 use clap::Args;
-use podtrail::capture::loader::{Capture, CaptureOptions, Filter};
+use podtrail::capture::{
+    event::Event,
+    loader::{kind_mask, Capture, CaptureOptions, Filter, ALL_KINDS},
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Events taken from the channel per wakeup.
+const BATCH: usize = 1024;
 
 pub const LONG_ABOUT: &str = r#"Print every kernel event as one JSON object per line on stdout.
 
@@ -64,10 +71,12 @@ pub struct CaptureArgs {
     /// Do not attach the DNS answer hook (`cgroup_skb/ingress`).
     #[arg(long)]
     pub no_dns: bool,
-    /// Ring buffer size in MiB (a power of two).
-    #[arg(long, default_value_t = 16)]
+    /// Ring buffer size in MiB (a power of two; VmRSS counts it twice).
+    #[arg(long, default_value_t = podtrail::config::DEFAULT_RING_MIB)]
     pub ring_mib: u32,
-    /// Only print events of these kinds (comma separated: exec,fork,exit,connect,...).
+    /// Only capture events of these kinds (comma separated: exec,fork,exit,connect,...). The
+    /// hooks that write only other kinds are not attached, and the kernel writes no record of
+    /// another kind.
     #[arg(long, value_delimiter = ',')]
     pub kinds: Vec<String>,
     /// Stop after this many seconds (default: until Ctrl-C).
@@ -81,6 +90,16 @@ pub async fn run(a: CaptureArgs) -> anyhow::Result<()> {
             super::UsageError(format!("--ring-mib must be a power of two up to 1024, not {}", a.ring_mib)).into()
         );
     }
+    let kinds = if a.kinds.is_empty() {
+        ALL_KINDS
+    } else {
+        kind_mask(a.kinds.iter().map(String::as_str)).map_err(|k| {
+            super::UsageError(format!(
+                "--kinds: {k:?} is not an event kind (one of {})",
+                podtrail::capture::abi::KIND_NAMES[1..].join(", ")
+            ))
+        })?
+    };
     let opts = CaptureOptions {
         ring_bytes: a.ring_mib * 1024 * 1024,
         filter: a.filter,
@@ -88,39 +107,45 @@ pub async fn run(a: CaptureArgs) -> anyhow::Result<()> {
         sockets: !a.no_sockets,
         dns: !a.no_dns,
         cgroup_share_bytes: a.ring_mib as u64 * 1024 * 1024 / 10,
+        // the kinds not asked for are neither attached nor written by the kernel: a storm of
+        // forks costs `--kinds exec` nothing (issue 15)
+        kinds,
         ..Default::default()
     };
     let mut cap = Capture::start(opts)?;
     tracing::info!(programs = ?cap.attached, "capturing");
     let deadline = a.duration.map(|s| tokio::time::Instant::now() + std::time::Duration::from_secs_f64(s));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let sleep = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(sleep);
+    // the signal streams are made once: `tokio::signal::ctrl_c()` in the loop registered a new
+    // listener per event
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut line = Vec::with_capacity(4096);
     loop {
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
-            ev = cap.events.recv() => {
-                let Some(ev) = ev else { break };
-                if !a.kinds.is_empty() && !a.kinds.iter().any(|k| k == ev.kind()) {
-                    continue;
+            n = cap.events.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    break;
                 }
-                // JSON already escapes controls; bidi and other format characters it leaves
-                // as they are, and they would reorder the analyst's terminal line
-                let line = serde_json::to_string(&ev)?;
-                out.write_all(podtrail::text::json_terminal_safe(&line).as_bytes())?;
-                out.write_all(b"\n")?;
+                for ev in batch.drain(..) {
+                    write_line(&mut out, &mut line, &ev)?;
+                }
                 if cap.events.is_empty() {
                     out.flush()?;
                 }
             }
-            _ = tokio::signal::ctrl_c() => break,
+            _ = int.recv() => break,
             _ = term.recv() => break,
-            _ = sleep => break,
+            _ = &mut sleep => break,
         }
     }
     out.flush()?;
@@ -144,5 +169,22 @@ pub async fn run(a: CaptureArgs) -> anyhow::Result<()> {
             "undecodable": stats.undecodable_by_reason().into_iter().filter(|(_, n)| *n > 0).collect::<Vec<_>>(),
         })
     );
+    Ok(())
+}
+
+/// One event as a JSON line. JSON escapes the controls; bidi and other format characters it
+/// leaves as they are, and they would reorder the analyst's terminal line, so a line with any
+/// byte outside printable ASCII goes through [`podtrail::text::json_terminal_safe`]. `line` is
+/// reused from event to event.
+fn write_line(out: &mut impl Write, line: &mut Vec<u8>, ev: &Event) -> anyhow::Result<()> {
+    line.clear();
+    serde_json::to_writer(&mut *line, ev)?;
+    if line.iter().all(|b| (0x20..0x7f).contains(b)) {
+        out.write_all(line)?;
+    } else {
+        let text = std::str::from_utf8(line)?;
+        out.write_all(podtrail::text::json_terminal_safe(text).as_bytes())?;
+    }
+    out.write_all(b"\n")?;
     Ok(())
 }

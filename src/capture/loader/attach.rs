@@ -5,11 +5,35 @@ use std::{fs, path::Path};
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData},
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, TracePoint},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, TracePoint,
+    },
     Btf, Ebpf,
 };
 
 use super::{abi, CaptureError, CaptureOptions};
+
+/// Connects (cgroup/connect4|6), how they ended (the syscall's exit, the TCP handshake) and
+/// the first datagram of a connected UDP socket (cgroup_skb/egress).
+pub(super) fn attach_connect_hooks(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    cg: &fs::File,
+) -> Result<Vec<&'static str>, CaptureError> {
+    attach_tp(ebpf, "pt_sys_exit_connect", "syscalls", "sys_exit_connect")?;
+    attach_btf_tp(ebpf, btf, "pt_inet_sock_set_state", "inet_sock_set_state")?;
+    for prog in ["pt_connect4", "pt_connect6"] {
+        let p: &mut CgroupSockAddr = program(ebpf, prog)?;
+        p.load().map_err(|e| refused(prog, "cgroup/connect", e))?;
+        // AllowMultiple is rejected by link_create (aya #1078); cgroup links coexist anyway.
+        p.attach(cg, CgroupAttachMode::Single).map_err(|e| refused(prog, "cgroup/connect", e))?;
+    }
+    let p: &mut CgroupSkb = program(ebpf, "pt_egress")?;
+    p.load().map_err(|e| refused("pt_egress", "cgroup_skb/egress", e))?;
+    p.attach(cg, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+        .map_err(|e| refused("pt_egress", "cgroup_skb/egress", e))?;
+    Ok(vec!["pt_sys_exit_connect", "pt_inet_sock_set_state", "pt_connect4", "pt_connect6", "pt_egress"])
+}
 
 /// The ways out that are not a connect (sock.bpf.c): datagrams naming a destination,
 /// listening and accepted TCP sockets, raw and ICMP sockets.

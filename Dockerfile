@@ -2,7 +2,7 @@
 # scripts/image.sh puts in its own archive, which needs no Docker at all; stage that tree first:
 #
 #   cargo build --release
-#   scripts/image.sh --stage target/image/rootfs
+#   scripts/image.sh --stage target/image/rootfs      (a release to publish: add --dist)
 #   docker build -t podtrail:0.1.0 .
 #
 # tests/image/compare.sh builds this file with buildah and checks that both images hold the

@@ -29,8 +29,17 @@
 //! default): opening the queue (every record's checksum checked, the page cache dropped
 //! first) and sending it all.
 //!
-//! Run: `cargo bench --bench export_otlp -- [--sessions N] [--rounds R] [--backlog-mib M] [--dir D]`
-//! (`--recovery-only`: just the backlog).
+//! Redaction (issue 15): rows ending in `+r` run sessions whose argv carries four secrets per
+//! session (a password flag, a bearer header, a URL password, an AWS key id: the span task's
+//! redaction pass replaces each with a keyed token); the rows without run the same pass over
+//! argv with nothing to replace (redaction is always on: "without" means nothing to redact).
+//! The references `minimal` and `minimal+r` send the spans of the same sessions, redacted the
+//! same way, so each podtrail row has its SDK reference in the same round.
+//!
+//! Run: `cargo bench --bench export_otlp -- [--sessions N] [--rounds R] [--backlog-mib M] [--dir D]
+//! [--policies never,always] [--paths NAME,...]` (`--backlog-mib 0`: no recovery;
+//! `--policies none`: only the default fsync policy, `batch`; `--paths`: only those rows, e.g.
+//! under perf; `--recovery-only`: just the backlog; `--memory-only`: just the memory figures).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, Write};
@@ -161,13 +170,31 @@ fn process(pid: u32, parent: Option<u32>, fork: u64, exit: u64, images: Vec<Imag
     }
 }
 
-/// Session `k`: `sh` -> `wget` (one TCP connect), `tar`, `cat`: 6 spans with the root.
-fn session(k: u32, end: bool) -> Vec<SessionUpdate> {
+/// Session `k`: `sh` -> `wget` (one TCP connect), `tar`, `cat`: 7 spans with the root and the
+/// `session opened` span. With `secrets`, `wget` and the `sh -c` script carry four secret
+/// values (a password flag, a bearer header, a URL password, an AWS key id), distinct per
+/// session, so the redaction pass replaces them with tokens; without, it finds nothing.
+fn session(k: u32, end: bool, secrets: bool) -> Vec<SessionUpdate> {
     let r = 10_000 + 8 * k;
     let t = 10 * S + k as u64 * S;
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let i = info(r, t, None);
-    let mut wget = image(t + 1000, &s(&["wget", "-q", "-O", "/tmp/page", &format!("http://10.244.1.5:8080/item/{k}")]));
+    let (url, header, pass, script) = if secrets {
+        (
+            format!("http://svc:pw{k}x9@10.244.1.5:8080/item/{k}"),
+            format!("--header=Authorization: Bearer tok{k}abcdef0123456789"),
+            format!("--password=s3cret{k}"),
+            format!("AWS_ACCESS_KEY_ID=AKIA{k:016} wget ...; tar ...; cat ..."),
+        )
+    } else {
+        (
+            format!("http://10.244.1.5:8080/item/{k}"),
+            format!("--header=Accept: text/plain; v={k}"),
+            format!("--tries={k}"),
+            "wget ...; tar ...; cat ...".to_owned(),
+        )
+    };
+    let mut wget = image(t + 1000, &s(&["wget", "-q", &header, &pass, "-O", "/tmp/page", &url]));
     wget.connects = vec![ConnectRecord {
         op: podtrail::model::NetOp::Connect,
         local: None,
@@ -186,7 +213,7 @@ fn session(k: u32, end: bool) -> Vec<SessionUpdate> {
     }];
     let tar = image(t + 5000, &s(&["tar", "-cf", &format!("/tmp/{k}.tar"), "/tmp/page"]));
     let cat = image(t + 7000, &s(&["cat", &format!("/tmp/{k}.tar")]));
-    let sh = image(t, &s(&["sh", "-c", "wget ...; tar ...; cat ..."]));
+    let sh = image(t, &s(&["sh", "-c", &script]));
     let mut v = vec![
         SessionUpdate::Started(i.clone()),
         SessionUpdate::ProcessEnded(i.clone(), process(r + 1, Some(r), t + 1000, t + 4000, vec![wget])),
@@ -408,12 +435,17 @@ async fn minimal_path(rx_: &Receiver, spans: &[SpanData], per_session: bool) -> 
     Run { spans: after.0 - before.0, bytes: after.1 - before.1, wall, cpu, lost, requests: after.2 - before.2 }
 }
 
-/// The spans podtrail's stage makes from `updates` (outside any timing).
+/// The spans podtrail's stage makes from `updates` (outside any timing), redacted as the
+/// span task redacts them (so the reference sends the same tokens, the same bytes).
 fn built_spans(updates: &[SessionUpdate]) -> Vec<SpanData> {
+    let redactor = podtrail::redact::Redactor::random();
+    let mut cache = podtrail::spans::ArgvCache::default();
     let mut st = SpanStage::new(ctx(), Arc::new(NoAttributor));
     let mut out = Output::default();
     for u in updates {
-        st.update(u.clone(), Instant::now(), &mut out);
+        let mut u = u.clone();
+        podtrail::spans::redact_update(&redactor, &mut cache, &mut u);
+        st.update(u, Instant::now(), &mut out);
     }
     out.spans.into_iter().map(|(_, b)| b.span).collect()
 }
@@ -421,7 +453,7 @@ fn built_spans(updates: &[SessionUpdate]) -> Vec<SpanData> {
 /// Bytes held with `n` sessions open: podtrail's span stage, and the plain SDK holding one
 /// open root span per session with the same attributes.
 fn memory(n: u32) -> (f64, f64) {
-    let updates: Vec<SessionUpdate> = (0..n).flat_map(|k| session(k, false)).collect();
+    let updates: Vec<SessionUpdate> = (0..n).flat_map(|k| session(k, false, false)).collect();
     let base = ALLOCATED.load(Relaxed);
     let mut st = SpanStage::new(ctx(), Arc::new(NoAttributor));
     for u in updates.iter().cloned() {
@@ -510,6 +542,32 @@ fn arg(name: &str, default: u32) -> u32 {
     a.iter().position(|x| x == name).and_then(|i| a.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// The rows of the table: a path, and whether its sessions carry secrets.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Path {
+    /// podtrail's stages, the in-memory queue (`None`) or the durable one under a policy.
+    Podtrail { disk: Option<Fsync>, secrets: bool },
+    /// The plain SDK exporter on the same spans; `per_session`: cut at each root.
+    Minimal { per_session: bool, secrets: bool },
+}
+
+impl Path {
+    fn name(self) -> String {
+        let (base, secrets) = match self {
+            Path::Podtrail { disk: None, secrets } => ("podtrail".to_owned(), secrets),
+            Path::Podtrail { disk: Some(f), secrets } => (format!("disk/{}", format!("{f:?}").to_lowercase()), secrets),
+            Path::Minimal { per_session, secrets } => {
+                ((if per_session { "minimal/s" } else { "minimal" }).to_owned(), secrets)
+            }
+        };
+        if secrets {
+            base + "+r"
+        } else {
+            base
+        }
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--receiver") {
         return receiver_main();
@@ -518,50 +576,74 @@ fn main() {
     let rounds = arg("--rounds", 3);
     let rx = Receiver::start();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let updates: Vec<SessionUpdate> = (0..sessions).flat_map(|k| session(k, true)).collect();
+    let updates: Vec<SessionUpdate> = (0..sessions).flat_map(|k| session(k, true, false)).collect();
+    let updates_r: Vec<SessionUpdate> = (0..sessions).flat_map(|k| session(k, true, true)).collect();
     let spans = built_spans(&updates);
+    let spans_r = built_spans(&updates_r);
     let expect = spans.len() as u64;
+    assert_eq!(expect, spans_r.len() as u64);
     let backlog = arg("--backlog-mib", 1024) as u64;
     if std::env::args().any(|a| a == "--recovery-only") {
         let (n, open, drain) = recovery(&rt, &rx, &spans, backlog);
         println!("recovery of a {backlog} MiB backlog ({n} spans) left by a killed run: open and check {open:.2} s, send all {drain:.1} s ({:.0} spans/s)", n as f64 / drain);
         return;
     }
+    if std::env::args().any(|a| a == "--memory-only") {
+        return print_memory();
+    }
+    // the fsync policies beside the default (`batch`), clean argv only: `--policies never,always`
+    let policies = std::env::args().skip_while(|a| a != "--policies").nth(1).unwrap_or_else(|| "never,always".into());
+    let mut paths = vec![
+        Path::Podtrail { disk: None, secrets: false },
+        Path::Minimal { per_session: false, secrets: false },
+        Path::Podtrail { disk: None, secrets: true },
+        Path::Minimal { per_session: false, secrets: true },
+        Path::Podtrail { disk: Some(Fsync::Batch), secrets: false },
+        Path::Podtrail { disk: Some(Fsync::Batch), secrets: true },
+        Path::Minimal { per_session: true, secrets: false },
+    ];
+    for p in policies.split(',') {
+        match p {
+            "never" => paths.push(Path::Podtrail { disk: Some(Fsync::Never), secrets: false }),
+            "always" => paths.push(Path::Podtrail { disk: Some(Fsync::Always), secrets: false }),
+            _ => {}
+        }
+    }
+    // `--paths podtrail,disk/batch+r`: only those rows (profiling one path)
+    if let Some(only) = std::env::args().skip_while(|a| a != "--paths").nth(1) {
+        let only: Vec<&str> = only.split(',').collect();
+        paths.retain(|p| only.contains(&p.name().as_str()));
+    }
     println!("export benchmark: {sessions} sessions, {expect} spans per run, OTLP/gRPC to a receiver in a child process, {rounds} rounds");
     println!(
-        "{:<11} {:>5} {:>8} {:>8} {:>12} {:>12} {:>10} {:>9} {:>8} {:>5}",
+        "(+r: each session's argv carries 4 secrets the redaction pass replaces; without: the same pass finds none)"
+    );
+    println!(
+        "{:<13} {:>5} {:>8} {:>8} {:>12} {:>12} {:>10} {:>9} {:>8} {:>5}",
         "path", "round", "spans", "wall s", "spans/s", "spans/s/core", "CPU us/span", "B/span", "requests", "lost"
     );
-    let mut ratios = Vec::new();
     // warm up both (connections, allocator)
     rt.block_on(minimal_path(&rx, &spans[..spans.len().min(2048)], false));
-    let mut same_batches = Vec::new();
+    let mut results: Vec<Vec<Run>> = vec![Vec::new(); paths.len()];
     for round in 1..=rounds {
         // rotate the order so no path always runs first
-        let mut runs: [Option<Run>; 6] = [None; 6];
-        for i in 0..6 {
-            let which = (i + round as usize) % 6;
-            runs[which] = Some(match which {
-                0 => rt.block_on(podtrail_path(&rx, &updates, expect, None)),
-                1 => rt.block_on(minimal_path(&rx, &spans, false)),
-                2 => rt.block_on(minimal_path(&rx, &spans, true)),
-                3 => rt.block_on(podtrail_path(&rx, &updates, expect, Some(Fsync::Never))),
-                4 => rt.block_on(podtrail_path(&rx, &updates, expect, Some(Fsync::Batch))),
-                _ => rt.block_on(podtrail_path(&rx, &updates, expect, Some(Fsync::Always))),
-            });
+        for i in 0..paths.len() {
+            let which = (i + round as usize) % paths.len();
+            let r = match paths[which] {
+                Path::Podtrail { disk, secrets } => {
+                    rt.block_on(podtrail_path(&rx, if secrets { &updates_r } else { &updates }, expect, disk))
+                }
+                Path::Minimal { per_session, secrets } => {
+                    rt.block_on(minimal_path(&rx, if secrets { &spans_r } else { &spans }, per_session))
+                }
+            };
+            results[which].push(r);
         }
-        let [p, m, mb, dn, db, da] = runs.map(Option::unwrap);
-        for (name, r) in [
-            ("podtrail", p),
-            ("minimal", m),
-            ("minimal/s", mb),
-            ("disk/never", dn),
-            ("disk/batch", db),
-            ("disk/always", da),
-        ] {
+        for (p, runs) in paths.iter().zip(&results) {
+            let r = runs[round as usize - 1];
             println!(
-                "{:<11} {:>5} {:>8} {:>8.3} {:>12.0} {:>12.0} {:>10.2} {:>9.0} {:>8} {:>5}",
-                name,
+                "{:<13} {:>5} {:>8} {:>8.3} {:>12.0} {:>12.0} {:>10.2} {:>9.0} {:>8} {:>5}",
+                p.name(),
                 round,
                 r.spans,
                 r.wall,
@@ -573,24 +655,76 @@ fn main() {
                 r.lost
             );
         }
-        ratios.push(p.cpu_us_per_span() / m.cpu_us_per_span());
-        same_batches.push(p.cpu_us_per_span() / mb.cpu_us_per_span());
     }
-    let median = |v: &mut Vec<f64>| {
+    let median = |mut v: Vec<f64>| {
+        let rounds = v.iter().map(|r| format!("{r:.2}x")).collect::<Vec<_>>().join(", ");
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        format!(
-            "median {:.2}x (rounds: {})",
-            v[v.len() / 2],
-            v.iter().map(|r| format!("{r:.2}x")).collect::<Vec<_>>().join(", ")
-        )
+        format!("median {:.2}x (rounds: {rounds})", v[v.len() / 2])
     };
-    println!("CPU per span, podtrail / minimal (512-span requests): {}", median(&mut ratios));
-    println!(
-        "CPU per span, podtrail / minimal/s (podtrail's requests, one per session): {}",
-        median(&mut same_batches)
-    );
-    let (n, open, drain) = recovery(&rt, &rx, &spans, backlog);
-    println!("recovery of a {backlog} MiB backlog ({n} spans) left by a killed run: open and check {open:.2} s, send all {drain:.1} s ({:.0} spans/s)", n as f64 / drain);
+    let row = |name: &str| paths.iter().position(|p| p.name() == name);
+    for (a, b, what) in [
+        ("podtrail", "minimal", "no redaction, in memory"),
+        ("podtrail+r", "minimal+r", "redaction, in memory"),
+        ("disk/batch", "minimal", "no redaction, disk queue (fsync batch)"),
+        ("disk/batch+r", "minimal+r", "redaction, disk queue (fsync batch)"),
+        ("disk/never", "minimal", "no redaction, disk queue (fsync never)"),
+        ("disk/always", "minimal", "no redaction, disk queue (fsync always)"),
+        ("podtrail", "minimal/s", "no redaction, in memory, beside requests cut per session"),
+    ] {
+        let (Some(a_), Some(b_)) = (row(a), row(b)) else { continue };
+        let ratios: Vec<f64> =
+            results[a_].iter().zip(&results[b_]).map(|(x, y)| x.cpu_us_per_span() / y.cpu_us_per_span()).collect();
+        println!("CPU per span, {a} / {b} ({what}): {}", median(ratios));
+    }
+    if backlog > 0 {
+        let (n, open, drain) = recovery(&rt, &rx, &spans, backlog);
+        println!("recovery of a {backlog} MiB backlog ({n} spans) left by a killed run: open and check {open:.2} s, send all {drain:.1} s ({:.0} spans/s)", n as f64 / drain);
+    }
+    print_memory();
+}
+
+fn print_memory() {
     let (pm, sm) = memory(1000);
     println!("memory with 1000 sessions open: podtrail span stage {:.0} B/session ({:.2} MiB), plain SDK open root span {:.0} B/session ({:.2} MiB), ratio {:.2}x", pm, pm * 1000.0 / 1048576.0, sm, sm * 1000.0 / 1048576.0, pm / sm);
+    memory_parts(1000);
+}
+
+/// What an open session holds, part by part (bytes per session, 1 000 sessions): the
+/// `SessionSpans` value itself, its heap at creation (the session info's and the frame's
+/// strings), what its three ended processes add, and the rest of the span stage's table.
+fn memory_parts(n: u32) {
+    let c = ctx();
+    let per = |b: usize, a: usize| a.saturating_sub(b) as f64 / n as f64;
+    let infos: Vec<SessionInfo> = (0..n).map(|k| info(10_000 + 8 * k, 10 * S + k as u64 * S, None)).collect();
+    let base = ALLOCATED.load(Relaxed);
+    let mut open: Vec<podtrail::spans::SessionSpans> =
+        infos.iter().map(|i| podtrail::spans::SessionSpans::new(&c, i.clone(), None)).collect();
+    let created = ALLOCATED.load(Relaxed);
+    let mut recs: Vec<(SessionInfo, ProcessRecord)> = Vec::new();
+    for k in 0..n {
+        for u in session(k, false, false) {
+            if let SessionUpdate::ProcessEnded(i, r) = u {
+                recs.push((i, r));
+            }
+        }
+    }
+    let before = ALLOCATED.load(Relaxed);
+    for (k, (i, r)) in recs.into_iter().enumerate() {
+        let spans = open[k / 3].process_ended(&c, i, r);
+        drop(spans);
+    }
+    let ended = ALLOCATED.load(Relaxed);
+    let inline = std::mem::size_of::<podtrail::spans::SessionSpans>();
+    let frame: usize = open
+        .iter()
+        .map(|s| s.frame().common.capacity() * std::mem::size_of::<opentelemetry::KeyValue>())
+        .sum::<usize>()
+        / n as usize;
+    println!(
+        "an open session, part by part (B/session, {n} sessions): SessionSpans inline {inline} (the Vec of them: {:.0}), at creation {:.0} on the heap (of it the frame's Vec<KeyValue> {frame} without its strings), three ended processes +{:.0} (slots, fold keys, referenced ids)",
+        (open.capacity() * inline) as f64 / n as f64,
+        per(base + open.capacity() * inline, created),
+        per(before, ended)
+    );
+    drop(open);
 }

@@ -2,11 +2,15 @@
 # image.sh: podtrail's container image, built without Docker or a registry.
 #
 # Usage:
-#   scripts/image.sh [--ref REF] [--binary PATH] [--out FILE]   build the OCI image archive
-#   scripts/image.sh --stage DIR [--binary PATH]                only stage its file tree in DIR
-#                                                               (what the Dockerfile COPYs)
+#   scripts/image.sh [--dist] [--ref REF] [--binary PATH] [--out FILE]   build the OCI image archive
+#   scripts/image.sh --stage DIR [--dist] [--binary PATH]                only stage its file tree in
+#                                                                         DIR (what the Dockerfile COPYs)
 # Defaults: REF podtrail:<version of Cargo.toml>, PATH target/release/podtrail (build it first:
 # `cargo build --release`), FILE target/image/podtrail-<version>.oci.tar.
+# --dist: the binary of a release to publish: builds Cargo.toml's `dist` profile (the release
+# profile with fat LTO and one codegen unit: a smaller, whole-program optimised binary, but a
+# build several times longer, so the tests and CI image the `--release` build instead) and
+# uses target/dist/podtrail (BENCHMARKS.md, issue 15, export15: sizes and build times).
 # Output: the archive's path and size on stdout (stage mode: the directory). Import it with
 # `ctr -n k8s.io images import FILE` (or `docker load`/`podman load` of an OCI archive); for a
 # kubelet use a qualified ref such as `--ref podtrail.test/podtrail:dev` (tests/harness/oci.py
@@ -15,7 +19,8 @@
 # What the image holds, and nothing else:
 #   /usr/local/bin/podtrail        the release binary without debug info (strip --strip-debug:
 #                                  symbol names stay so a panic's backtrace stays readable):
-#                                  ~26 MB against ~185 MB with the release profile's `debug = 1`
+#                                  ~33 MB against ~186 MB with the release profile's `debug = 1`
+#                                  (--dist: smaller, see BENCHMARKS.md)
 # The debug info is split off beside the archive, not shipped: FILE with `.debug` for
 # `.oci.tar` (`objcopy --only-keep-debug`; the binary keeps its GNU build id, so
 # `perf buildid-cache --add FILE.debug` or a copy under /usr/lib/debug/.build-id/ lets perf and
@@ -44,17 +49,27 @@ REF="podtrail:$VERSION"
 BINARY="$REPO/target/release/podtrail"
 OUT="$REPO/target/image/podtrail-$VERSION.oci.tar"
 STAGE=""
+DIST=0
+BINARY_SET=0
 while [ $# -gt 0 ]; do
     case "$1" in
+        --dist) DIST=1; shift ;;
         --ref) REF=${2:?--ref needs a value}; shift 2 ;;
-        --binary) BINARY=${2:?--binary needs a value}; shift 2 ;;
+        --binary) BINARY=${2:?--binary needs a value}; BINARY_SET=1; shift 2 ;;
         --out) OUT=${2:?--out needs a value}; shift 2 ;;
         --stage) STAGE=${2:?--stage needs a directory}; shift 2 ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
         *) echo "image.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 die() { echo "image.sh: error: $*" >&2; exit 1; }
+
+if [ "$DIST" = 1 ]; then
+    [ "$BINARY_SET" = 0 ] || die "--dist builds its own binary: give --dist or --binary, not both"
+    # cargo's output goes to stderr: stdout stays the archive's path and size
+    (cd "$REPO" && cargo build --profile dist --bin podtrail) || die "cargo build --profile dist failed"
+    BINARY="$REPO/target/dist/podtrail"
+fi
 
 # The image's config, shared with the Dockerfile (tests/image/compare.sh checks they agree).
 IMAGE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin

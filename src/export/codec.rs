@@ -74,9 +74,15 @@ pub enum DecodeError {
 
 /// A record's body: metadata, then the span's protobuf.
 pub fn encode(q: &Queued) -> Vec<u8> {
-    let span: Span = q.span.clone().into();
+    encode_owned(q.clone())
+}
+
+/// [`encode`], consuming the span (its strings move into the protobuf, none is copied twice).
+pub fn encode_owned(q: Queued) -> Vec<u8> {
+    let meta = Meta::of(&q);
+    let span: Span = q.span.into();
     let mut out = Vec::with_capacity(META_LEN + span.encoded_len());
-    Meta::of(q).write(&mut out);
+    meta.write(&mut out);
     // encoding into a Vec with enough capacity cannot fail
     let _ = span.encode(&mut out);
     out

@@ -265,21 +265,22 @@ async fn export_stage(
         if batch.is_empty() {
             return;
         }
-        let mut alerts: Option<Vec<Queued>> = None;
-        for (queue, feed) in &queues {
+        // no session on the alert log records: their queue never sees a root to carry a mark
+        let alerts: Option<Vec<Queued>> = queues.iter().any(|(_, f)| *f == Feed::Alerts).then(|| {
+            batch
+                .iter()
+                .filter(|q| alert_logs::is_alert(&q.span))
+                .map(|q| Queued { session: None, span: q.span.clone(), root: false })
+                .collect()
+        });
+        // the last queue fed every span takes the batch itself, the others a copy
+        let last_all = queues.iter().rposition(|(_, f)| *f == Feed::All);
+        let mut batch = Some(batch);
+        for (i, (queue, feed)) in queues.iter().enumerate() {
             match feed {
-                Feed::All => queue.push_batch(&batch),
-                Feed::Alerts => {
-                    // no session: this queue never sees a root to carry a loss mark
-                    let a = alerts.get_or_insert_with(|| {
-                        batch
-                            .iter()
-                            .filter(|q| alert_logs::is_alert(&q.span))
-                            .map(|q| Queued { session: None, span: q.span.clone(), root: false })
-                            .collect()
-                    });
-                    queue.push_batch(a);
-                }
+                Feed::All if Some(i) == last_all => queue.push_owned(batch.take().unwrap_or_default()),
+                Feed::All => queue.push_batch(batch.as_deref().unwrap_or_default()),
+                Feed::Alerts => queue.push_batch(alerts.as_deref().unwrap_or_default()),
             }
         }
     };

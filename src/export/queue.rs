@@ -80,6 +80,10 @@ struct Inner {
     delivery: Delivery,
     /// Disk: where the batch being exported ends (acknowledged when it is delivered).
     in_flight: Option<Pos>,
+    /// Disk: the records of the batch being exported and the loss marks set on its roots
+    /// (index, count), to read it again for a retry: the exporter consumes what it is given,
+    /// so the batch is handed over without a copy.
+    retry: (Vec<Vec<u8>>, Vec<(usize, u64)>),
     last_write_warning: Option<Instant>,
 }
 
@@ -92,6 +96,7 @@ impl Inner {
             lost_by_session: HashMap::new(),
             delivery: Delivery::default(),
             in_flight: None,
+            retry: Default::default(),
             last_write_warning: None,
         }
     }
@@ -187,25 +192,35 @@ impl ExportQueue {
 
     /// Never blocks: at capacity the span is counted lost (roots have a reserve of 1/8).
     pub fn push(&self, q: Queued) {
-        self.push_batch(std::slice::from_ref(&q));
+        self.push_owned(vec![q]);
     }
 
-    /// Memory: each span as [`Self::push`]. Disk: written (and synced, per the fsync policy)
-    /// before this returns, a batch per write.
+    /// [`Self::push_owned`] of a copy, for a batch another queue takes too.
     pub fn push_batch(&self, batch: &[Queued]) {
+        self.push_owned(batch.to_vec());
+    }
+
+    /// Memory: each span as [`Self::push`], moved in. Disk: encoded (consuming the span, no
+    /// copy) and written (and synced, per the fsync policy) before this returns, a batch per
+    /// write.
+    pub fn push_owned(&self, batch: Vec<Queued>) {
         if batch.is_empty() {
             return;
         }
         if self.chunk_bytes > 0 {
-            let mut bodies = Vec::with_capacity(batch.len());
+            let n = batch.len();
+            let mut metas = Vec::with_capacity(n);
+            let mut bodies = Vec::with_capacity(n);
             let mut size = 0;
-            for (i, q) in batch.iter().enumerate() {
-                let b = codec::encode(q);
+            let mut start = 0;
+            for (i, q) in batch.into_iter().enumerate() {
+                metas.push(Meta::of(&q));
+                let b = codec::encode_owned(q);
                 size += b.len() + 8;
                 bodies.push(b);
-                if size >= self.chunk_bytes || i + 1 == batch.len() {
-                    let start = i + 1 - bodies.len();
-                    self.write(&batch[start..=i], std::mem::take(&mut bodies));
+                if size >= self.chunk_bytes || i + 1 == n {
+                    self.write(&metas[start..=i], std::mem::take(&mut bodies));
+                    start = i + 1;
                     size = 0;
                 }
             }
@@ -217,18 +232,20 @@ impl ExportQueue {
         let closed = inner.closed;
         let Store::Memory(items) = &mut inner.store else { return };
         let mut refused = Vec::new();
+        let mut taken = 0i64;
         for q in batch {
             let limit = if q.root { self.capacity + self.capacity / 8 + 1 } else { self.capacity };
             if closed || items.len() >= limit {
-                refused.push(q.clone());
+                refused.push(Meta::of(&q));
                 continue;
             }
-            items.push_back(q.clone());
-            self.metrics.export_queue_spans.inc();
+            items.push_back(q);
+            taken += 1;
         }
         drop(g);
+        self.metrics.export_queue_spans.inc_by(taken);
         if !refused.is_empty() {
-            self.lose(&refused, "queue_full");
+            self.lose_metas(&refused, "queue_full");
         }
         self.notify.notify_one();
     }
@@ -260,11 +277,17 @@ impl ExportQueue {
 
     /// Counts spans lost for `reason` and remembers, per session, how many, for its root.
     pub fn lose(&self, batch: &[Queued], reason: &'static str) {
+        let metas: Vec<Meta> = batch.iter().map(Meta::of).collect();
+        self.lose_metas(&metas, reason);
+    }
+
+    /// [`Self::lose`] of the spans these records describe.
+    pub fn lose_metas(&self, batch: &[Meta], reason: &'static str) {
         if batch.is_empty() {
             return;
         }
         let mut g = self.lock();
-        g.account(batch.iter().map(Meta::of));
+        g.account(batch.iter().copied());
         let n = batch.len() as u64;
         match reason {
             "queue_full" => g.delivery.queue_full += n,
@@ -279,7 +302,7 @@ impl ExportQueue {
         tracing::warn!(sink = self.name, reason, spans = n, "spans lost");
     }
 
-    fn delivered(&self, batch: &[Queued]) {
+    fn delivered(&self, batch: &[Meta]) {
         let roots = batch.iter().filter(|q| q.root && q.session.is_some()).count() as u64;
         let mut g = self.lock();
         g.delivery.exported += batch.len() as u64;
@@ -340,11 +363,14 @@ impl ExportQueue {
                         }
                     };
                     let mut out = out;
-                    for q in out.iter_mut().filter(|q| q.root) {
+                    for (i, q) in out.iter_mut().enumerate().filter(|(_, q)| q.root) {
                         let lost = q.session.and_then(|s| g.lost_by_session.remove(&s)).unwrap_or(0);
                         if lost > 0 {
                             g.delivery.sessions_marked_lost += 1;
                             mark_lost(&mut q.span, lost);
+                            if matches!(g.store, Store::Disk(_)) {
+                                g.retry.1.push((i, lost));
+                            }
                         }
                     }
                     // a batch runs past session roots: a root's mark only needs the losses

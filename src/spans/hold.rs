@@ -147,7 +147,9 @@ pub struct SpanStage {
     max_held: usize,
     held: HashMap<SessionId, Held>,
     order: VecDeque<SessionId>,
-    live: HashMap<SessionId, SessionSpans>,
+    /// Boxed: a `SessionSpans` is ~1.5 KB, and a map's free slots would each hold one
+    /// (BENCHMARKS.md, issue 15, export15: memory per open session).
+    live: HashMap<SessionId, Box<SessionSpans>>,
     late_for: Duration,
     max_late: usize,
     /// Records younger than this do not answer late questions.
@@ -324,7 +326,7 @@ impl SpanStage {
                 let mut info = s.info().clone();
                 info.incomplete = true;
                 info.end_ns = Some(info.end_ns.unwrap_or(stop_ns));
-                self.finish(id, s, info, vec![], out);
+                self.finish(id, *s, info, vec![], out);
             }
         }
     }
@@ -371,7 +373,7 @@ impl SpanStage {
             let span = super::build::opened_span(&self.ctx, s.frame(), info, s.who());
             out.spans.push((id, BuiltSpan { span, root: false }));
         }
-        self.live.insert(id, s);
+        self.live.insert(id, Box::new(s));
     }
 
     fn apply(&mut self, id: SessionId, u: SessionUpdate, out: &mut Output) {
@@ -403,7 +405,7 @@ impl SpanStage {
             }
             SessionUpdate::Ended(info, remaining) => {
                 if let Some(s) = self.live.remove(&id) {
-                    self.finish(id, s, info, remaining, out);
+                    self.finish(id, *s, info, remaining, out);
                 }
             }
             SessionUpdate::Transcript(info, chunk) => {

@@ -5,7 +5,7 @@
 use super::*;
 
 impl ExportQueue {
-    pub(super) fn write(&self, batch: &[Queued], bodies: Vec<Vec<u8>>) {
+    pub(super) fn write(&self, batch: &[Meta], bodies: Vec<Vec<u8>>) {
         let mut g = self.lock();
         let Store::Disk(store) = &mut g.store else { return };
         let res = store.append(&bodies);
@@ -28,7 +28,7 @@ impl ExportQueue {
                 if warn {
                     tracing::error!(sink = self.name, error = %e, spans = batch.len(), "durable queue: write failed (logged at most every 10 s; every failure counted in podtrail_export_queue_events_total{{event=\"write_failed\"}})");
                 }
-                self.lose(batch, "disk_write");
+                self.lose_metas(batch, "disk_write");
             }
         }
     }
@@ -73,15 +73,20 @@ impl ExportQueue {
                 if let Some((_, end)) = records.last() {
                     g.in_flight = Some(*end);
                 }
+                let mut kept = Vec::with_capacity(records.len());
                 for (body, _) in records {
                     match codec::decode(&body) {
-                        Ok(q) => out.push(q),
+                        Ok(q) => {
+                            out.push(q);
+                            kept.push(body);
+                        }
                         Err(e) => {
                             bad += 1;
                             tracing::warn!(sink = self.name, error = %e, "durable queue: a record does not decode; skipped");
                         }
                     }
                 }
+                g.retry = (kept, Vec::new());
             }
             Err(e) => {
                 drop(g);
@@ -99,6 +104,20 @@ impl ExportQueue {
             drop(g);
             self.metrics.lost("corrupt", bad);
             self.metrics.export_queue_spans.dec_by(bad as i64);
+        }
+        out
+    }
+
+    /// Disk: the batch in flight again, as it was handed out (loss marks included), for a
+    /// retry; its records decoded once already.
+    pub(super) fn reload_in_flight(&self) -> Vec<SpanData> {
+        let g = self.lock();
+        let (bodies, marks) = &g.retry;
+        let mut out: Vec<SpanData> = bodies.iter().filter_map(|b| codec::decode(b).ok()).map(|q| q.span).collect();
+        for (i, lost) in marks {
+            if let Some(s) = out.get_mut(*i) {
+                mark_lost(s, *lost);
+            }
         }
         out
     }

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
+use super::codec::Meta;
 use super::{Delivery, ExportQueue};
 
 /// Retry and batching rules.
@@ -32,12 +33,16 @@ impl ExportQueue {
         // for it (`export_trouble`, from the first failure to the first success)
         let mut failing_since: Option<(Instant, tracing::Span)> = None;
         while let Some(batch) = self.next_batch(rules.batch).await {
-            let spans: Vec<SpanData> = batch.iter().map(|q| q.span.clone()).collect();
+            let metas: Vec<Meta> = batch.iter().map(Meta::of).collect();
+            let mut spans: Vec<SpanData> = batch.into_iter().map(|q| q.span).collect();
             let mut delay = rules.initial;
             let mut attempt = 1u32;
             loop {
-                let res =
-                    tokio::time::timeout(rules.timeout + Duration::from_secs(1), exporter.export(spans.clone())).await;
+                // the exporter consumes the batch: on disk it is read again for a retry, in
+                // memory a copy is kept unless this is the last try
+                let send =
+                    if durable || attempt >= rules.max_attempts { std::mem::take(&mut spans) } else { spans.clone() };
+                let res = tokio::time::timeout(rules.timeout + Duration::from_secs(1), exporter.export(send)).await;
                 let err = match res {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(e.to_string()),
@@ -45,7 +50,7 @@ impl ExportQueue {
                 };
                 let Some(err) = err else {
                     self.metrics.request("ok");
-                    self.delivered(&batch);
+                    self.delivered(&metas);
                     if let Some((t, trouble)) = failing_since.take() {
                         trouble.in_scope(|| {
                             tracing::info!(
@@ -73,15 +78,15 @@ impl ExportQueue {
                 if durable && deadline.is_some_and(|d| now >= d) {
                     // left on disk, unacknowledged: the next start sends it
                     self.metrics.request("failed");
-                    tracing::warn!(sink = self.name, error = %err, spans = batch.len(), "export failed at shutdown; the batch stays in the durable queue for the next start");
-                    self.lock().delivery.kept += batch.len() as u64;
+                    tracing::warn!(sink = self.name, error = %err, spans = metas.len(), "export failed at shutdown; the batch stays in the durable queue for the next start");
+                    self.lock().delivery.kept += metas.len() as u64;
                     break;
                 }
                 if !durable && (attempt >= rules.max_attempts || deadline.is_some_and(|d| now >= d)) {
                     self.metrics.request("failed");
-                    tracing::warn!(sink = self.name, attempts = attempt, error = %err, spans = batch.len(), "export failed; spans counted as lost");
+                    tracing::warn!(sink = self.name, attempts = attempt, error = %err, spans = metas.len(), "export failed; spans counted as lost");
                     let reason = if deadline.is_some_and(|d| now >= d) { "shutdown" } else { "export_failed" };
-                    self.lose(&batch, reason);
+                    self.lose_metas(&metas, reason);
                     break;
                 }
                 self.metrics.request("retry");
@@ -91,6 +96,9 @@ impl ExportQueue {
                     None => delay,
                 };
                 tokio::time::sleep(wait).await;
+                if durable {
+                    spans = self.reload_in_flight();
+                }
                 delay = (delay * 2).min(rules.max);
                 attempt += 1;
             }

@@ -53,7 +53,7 @@ async fn over_the_disk_budget_the_oldest_spans_go_and_the_root_carries_the_count
     q.close(Duration::from_secs(1));
     let mut got = Vec::new();
     while let Some(b) = q.next_batch(512).await {
-        q.delivered(&b);
+        q.delivered(&b.iter().map(Meta::of).collect::<Vec<_>>());
         got.extend(b);
     }
     assert_eq!(got.len() as u64 + lost, n + 1, "every span is delivered or counted lost");
@@ -64,4 +64,85 @@ async fn over_the_disk_budget_the_oldest_spans_go_and_the_root_carries_the_count
     let first = u64::from_be_bytes(got[0].span.span_context.span_id().to_bytes()) - 1;
     assert_eq!(first, lost);
     assert_eq!(q.delivery().sessions_marked_lost, 1);
+}
+
+/// Fails its first `fails` exports; keeps every batch it was handed.
+#[derive(Debug)]
+struct Flaky {
+    fails: std::sync::atomic::AtomicU32,
+    got: Arc<Mutex<Vec<Vec<SpanData>>>>,
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for Flaky {
+    async fn export(&self, batch: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.got.lock().unwrap().push(batch);
+        let left = self.fails.load(std::sync::atomic::Ordering::Relaxed);
+        if left == 0 {
+            return Ok(());
+        }
+        self.fails.store(left - 1, std::sync::atomic::Ordering::Relaxed);
+        Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure("backend down".into()))
+    }
+}
+
+fn rules(max_attempts: u32) -> RetryRules {
+    RetryRules {
+        batch: 512,
+        max_attempts,
+        initial: Duration::from_millis(1),
+        max: Duration::from_millis(2),
+        timeout: Duration::from_secs(5),
+        shutdown_flush: Duration::from_secs(30),
+    }
+}
+
+/// The exporter is handed a batch without a copy: a failed export sends the very same batch
+/// again (on disk read back from its records, with the loss mark its root was given; in
+/// memory from the copy kept for a retry), and every try but the last keeps one.
+#[tokio::test]
+async fn a_failed_export_is_retried_with_the_same_spans_and_marks() {
+    let s = Some(SessionId(ProcessKey { pid: 42, start_ns: 1 }));
+    for durable in [true, false] {
+        let d = tempfile::tempdir().unwrap();
+        let q = if durable {
+            let cfg = StoreConfig::new(d.path().to_owned(), 64 << 20, super::super::segments::Fsync::Never);
+            ExportQueue::durable("otlp", cfg, Metrics::default()).unwrap()
+        } else {
+            ExportQueue::new("otlp", 1000, Metrics::default())
+        };
+        // one span of the session lost before its root: the root goes out marked
+        q.lose(&[Queued { session: s, span: span(0), root: false }], "queue_full");
+        let batch: Vec<Queued> = (1..=3).map(|i| Queued { session: s, span: span(i), root: i == 3 }).collect();
+        q.push_owned(batch);
+        q.close(Duration::from_secs(30));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let exp = Flaky { fails: 2.into(), got: got.clone() };
+        let d = q.clone().drive(exp, rules(5)).await;
+        assert_eq!((d.exported, d.lost() - 1), (3, 0), "durable {durable}: {d:?}");
+        let got = got.lock().unwrap();
+        assert_eq!(got.len(), 3, "two failures, then the export that worked");
+        let ids = |b: &Vec<SpanData>| b.iter().map(|s| s.span_context.span_id()).collect::<Vec<_>>();
+        for b in got.iter() {
+            assert_eq!(ids(b), ids(&got[0]), "durable {durable}: each try sends the same spans");
+            assert_eq!(b.len(), 3);
+            assert_eq!(attr(&b[2], keys::SESSION_SPANS_LOST), Some("1".into()), "durable {durable}: the mark stays");
+            assert_eq!(attr(&b[0], keys::SESSION_SPANS_LOST), None);
+        }
+    }
+}
+
+/// In memory, the last allowed try hands over the batch itself: after it fails the spans are
+/// counted lost, never sent again.
+#[tokio::test]
+async fn in_memory_the_last_try_fails_and_the_batch_is_counted_lost() {
+    let q = ExportQueue::new("otlp", 1000, Metrics::default());
+    q.push_owned((0..4).map(|i| Queued { session: None, span: span(i), root: false }).collect());
+    q.close(Duration::from_secs(30));
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let exp = Flaky { fails: 10.into(), got: got.clone() };
+    let d = q.clone().drive(exp, rules(3)).await;
+    assert_eq!((d.exported, d.export_failed), (0, 4), "{d:?}");
+    let got = got.lock().unwrap();
+    assert_eq!(got.len(), 3, "three tries");
+    assert!(got.iter().all(|b| b.len() == 4), "every try had the whole batch");
 }

@@ -368,6 +368,35 @@ pub struct FileRecord {
 }
 
 impl ImageRecord {
+    /// A copy without its connect and file records (a live update carries only the one it
+    /// says): they are not cloned to be dropped.
+    pub fn without_records(&self) -> ImageRecord {
+        ImageRecord {
+            exec_index: self.exec_index,
+            start_ns: self.start_ns,
+            end_ns: self.end_ns,
+            inherited: self.inherited,
+            argv: self.argv.clone(),
+            argv_truncated: self.argv_truncated,
+            argv_redacted: self.argv_redacted,
+            filename: self.filename.clone(),
+            interp: self.interp.clone(),
+            exe_path: self.exe_path.clone(),
+            fileless: self.fileless,
+            tty: self.tty,
+            uid: self.uid,
+            euid: self.euid,
+            connects: Vec::new(),
+            files: Vec::new(),
+            exe_written_ns: self.exe_written_ns,
+            exe_file: self.exe_file,
+            identity: self.identity.clone(),
+            program: self.program.clone(),
+            connects_over_cap: self.connects_over_cap,
+            cwd: self.cwd.clone(),
+        }
+    }
+
     /// The command as the user typed it: basename of argv[0] (busybox applets, symlinks),
     /// else the executable's basename.
     pub fn command_name(&self) -> Vec<u8> {
@@ -466,7 +495,8 @@ pub enum SessionUpdate {
     Started(SessionInfo),
     /// A member did something a rule can match, said as it happens ([`Live`]): the process as
     /// it is now, its image carrying only that (no other connects or files), after the image
-    /// before it (without its records: it says whether this is the process's first exec). Not
+    /// before it (only its number, times and `inherited`: it says whether this is the
+    /// process's first exec). Not
     /// final: its `ProcessEnded` follows. Lets the rules raise an alert when it happens, not
     /// when a long-lived process ends.
     Live(SessionInfo, ProcessRecord, Live),

@@ -228,6 +228,9 @@ async fn containerd_worker(
     }
 }
 
+/// Events taken from the reader's channel in one pass.
+const EVENTS_PER_PASS: usize = 256;
+
 /// How long an ended session waits for the kernel's loss counts (polled every second).
 pub const LOSS_SETTLE: std::time::Duration = std::time::Duration::from_millis(2_500);
 
@@ -285,6 +288,8 @@ pub async fn run(
         r.set();
     }
 
+    let mut events: Vec<Event> = Vec::new();
+    let mut updates: Vec<SessionUpdate> = Vec::new();
     let mut answers_open = true;
     let mut control_open = true;
     // outbound records leave when their fold window passes, also when no events come
@@ -303,9 +308,16 @@ pub async fn run(
             // The gauges and cache series follow the tracker on the tick, not after every
             // event: observing costs 11 label look-ups, 5% of the agent's CPU in an exec
             // storm (BENCHMARKS.md, issue 15), and a scrape every few seconds cannot tell.
-            ev = rx.recv() => {
-                let Some(ev) = ev else { break };
-                for u in tracker.handle(&ev) {
+            // What the reader has queued is taken at once: one wakeup per batch, not per event
+            // (task switches were 14% of the agent's CPU in the exec storm, issue 15).
+            n = rx.recv_many(&mut events, EVENTS_PER_PASS) => {
+                if n == 0 {
+                    break;
+                }
+                for ev in events.drain(..) {
+                    tracker.handle_into(ev, &mut updates);
+                }
+                for u in updates.drain(..) {
                     if tx.send(u).await.is_err() {
                         return;
                     }

@@ -81,8 +81,11 @@ struct SessionState {
     /// `MAX_LIVE`).
     live_waiting: usize,
     names: crate::lru::Lru<ProcessKey, Names>,
-    /// Records whose spans have not passed yet.
-    pending: HashMap<ProcessKey, ProcessRecord>,
+    /// Records taken in the output being annotated whose spans have not passed yet: those
+    /// left at its end (spans folded, capped, or waiting for a parent) are evaluated then,
+    /// their alerts waiting for their spans (or the root): nothing per process is kept past
+    /// the output but its names (a 20 000-process session kept every record until its root).
+    pending: HashMap<ProcessKey, Arc<ProcessRecord>>,
     span_of: HashMap<SpanId, ProcessKey>,
     /// Evaluated, waiting for their span.
     alerts: HashMap<SpanId, Vec<Alert>>,
@@ -177,16 +180,21 @@ impl AlertStage {
 
     /// A final record the span stage built spans from: its names for its descendants, the
     /// paths it wrote, and its evaluation when its spans pass.
-    fn take_record(&mut self, info: SessionInfo, r: ProcessRecord) {
+    fn take_record(&mut self, info: SessionInfo, r: Arc<ProcessRecord>) {
         let st = self.sessions.entry(info.id).or_default();
         st.info = Some(info);
-        st.names.insert(
-            r.key,
-            Names {
-                parent: r.parent,
-                images: r.images.iter().map(|i| (i.start_ns, escape(&i.command_name()))).collect(),
-            },
-        );
+        // the names its live execs left are kept; only the images not seen live are escaped
+        let n = st.names.get_or_insert_with(r.key, || Names { parent: r.parent, images: vec![] });
+        n.parent = r.parent;
+        let before = n.images.len();
+        for i in &r.images {
+            if !n.images[..before].iter().any(|(s, _)| *s == i.start_ns) {
+                n.images.push((i.start_ns, escape(&i.command_name())));
+            }
+        }
+        if before > 0 && n.images.len() > before {
+            n.images.sort_by_key(|(s, _)| *s);
+        }
         for img in &r.images {
             for p in eval::written_paths(&img.files) {
                 if st.written.len() < MAX_WRITTEN {
@@ -208,7 +216,9 @@ impl AlertStage {
         for (sid, who) in out.identified.drain(..) {
             self.sessions.entry(sid).or_default().who = who;
         }
+        let mut taken = Vec::with_capacity(out.records.len());
         for (info, r) in std::mem::take(&mut out.records) {
+            taken.push((info.id, r.key));
             self.take_record(info, r);
         }
         // the sessions' states are worked on in place, out of `self` meanwhile (a state moved
@@ -257,6 +267,14 @@ impl AlertStage {
             }
             if let Some(alerts) = st.alerts.remove(&id) {
                 self.attach(&mut b.span, &alerts);
+            }
+        }
+        // the records whose spans did not pass here: evaluated now, their alerts wait
+        for (sid, k) in taken {
+            if let Some(st) = sessions.get_mut(&sid) {
+                if st.pending.contains_key(&k) {
+                    self.evaluate(rules, sid, st, k);
+                }
             }
         }
         self.sessions = sessions;

@@ -86,7 +86,8 @@ pub struct Output {
     pub over_cap: Vec<(SessionId, super::session::OverCap)>,
     /// The final records the stage built spans from, in order (only when asked for with
     /// [`SpanStage::with_records`]): the rules stage evaluates them when their spans pass.
-    pub records: Vec<(SessionInfo, crate::model::ProcessRecord)>,
+    /// Shared with the span stage's own copy (a record is not cloned per process).
+    pub records: Vec<(SessionInfo, Arc<crate::model::ProcessRecord>)>,
     /// Root spans of requests that started no process (attach, port-forward, denied or
     /// unmatched execs), counted as sessions.
     pub requests: Vec<SpanData>,
@@ -120,7 +121,7 @@ pub struct LiveUpdate {
     pub info: SessionInfo,
     pub record: crate::model::ProcessRecord,
     pub what: crate::model::Live,
-    pub frame: SessionFrame,
+    pub frame: Arc<SessionFrame>,
 }
 
 /// A record that arrived after its session was exported unattributed, and the span it adds.
@@ -381,7 +382,7 @@ impl SpanStage {
             SessionUpdate::Live(info, record, what) => {
                 if let Some(s) = self.live.get_mut(&id) {
                     s.refresh_from(&self.ctx, &info);
-                    out.live.push(LiveUpdate { session: id, info, record, what, frame: s.frame().clone() });
+                    out.live.push(LiveUpdate { session: id, info, record, what, frame: s.shared_frame() });
                 }
             }
             SessionUpdate::Started(info) => {
@@ -392,9 +393,10 @@ impl SpanStage {
             SessionUpdate::ProcessEnded(info, rec) => {
                 if let Some(s) = self.live.get_mut(&id) {
                     s.refresh_from(&self.ctx, &info);
-                    // the rules stage's copy: the info moves there, the record is cloned once
+                    // the rules stage's copy: the info moves there, the record is shared
+                    let rec = Arc::new(rec);
                     let for_rules = self.records.then(|| rec.clone());
-                    for span in s.place_ended(&self.ctx, rec) {
+                    for span in s.place_shared(&self.ctx, rec) {
                         out.spans.push((id, BuiltSpan { span, root: false }));
                     }
                     out.over_cap.extend(s.take_over_cap().into_iter().map(|c| (id, c)));
@@ -427,6 +429,7 @@ impl SpanStage {
         out: &mut Output,
     ) {
         let incomplete = info.incomplete || info.events_lost > 0;
+        let remaining: Vec<Arc<crate::model::ProcessRecord>> = remaining.into_iter().map(Arc::new).collect();
         if self.records {
             out.records.extend(remaining.iter().map(|r| (info.clone(), r.clone())));
         }

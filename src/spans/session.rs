@@ -14,6 +14,7 @@
 //! ends (or the session does).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use opentelemetry::trace::SpanId;
 use opentelemetry::KeyValue;
@@ -56,12 +57,15 @@ pub struct OverCap {
 pub struct SessionSpans {
     info: SessionInfo,
     who: Option<SessionIdentity>,
-    frame: SessionFrame,
+    /// Shared with every live update of the session (cloned per exec before: its attributes
+    /// are a dozen strings).
+    frame: Arc<SessionFrame>,
     /// Bounded ([`MAX_SLOTS`]): a child whose parent's slot was forgotten names the parent's
     /// image by `parent_exec_index` (the process stage fills it), or waits for the session's
     /// end and hangs under the root.
     slots: crate::lru::Lru<ProcessKey, Vec<Slot>>,
-    waiting: HashMap<ProcessKey, Vec<ProcessRecord>>,
+    /// Shared with the rules stage's copy ([`super::hold::Output::records`]): not cloned.
+    waiting: HashMap<ProcessKey, Vec<Arc<ProcessRecord>>>,
     /// Image spans named as a parent before they were built: never folded.
     referenced: HashSet<SpanId>,
     folds: FoldTable<SpanData>,
@@ -90,7 +94,7 @@ pub enum Capped {
 
 impl SessionSpans {
     pub fn new(ctx: &BuildCtx, info: SessionInfo, who: Option<SessionIdentity>) -> Self {
-        let frame = build::session_frame(ctx, &info, who.as_ref());
+        let frame = Arc::new(build::session_frame(ctx, &info, who.as_ref()));
         SessionSpans {
             info,
             who,
@@ -131,6 +135,11 @@ impl SessionSpans {
         &self.frame
     }
 
+    /// [`Self::frame`], shared.
+    pub fn shared_frame(&self) -> Arc<SessionFrame> {
+        self.frame.clone()
+    }
+
     pub fn trace_id(&self) -> opentelemetry::trace::TraceId {
         self.frame.trace_id
     }
@@ -145,7 +154,7 @@ impl SessionSpans {
         let changed = info.kind != self.info.kind || info.container != self.info.container;
         self.info = info;
         if changed {
-            self.frame = build::session_frame(ctx, &self.info, self.who.as_ref());
+            self.frame = Arc::new(build::session_frame(ctx, &self.info, self.who.as_ref()));
         }
     }
 
@@ -165,6 +174,11 @@ impl SessionSpans {
 
     /// [`Self::process_ended`] once the info is refreshed.
     pub fn place_ended(&mut self, ctx: &BuildCtx, rec: ProcessRecord) -> Vec<SpanData> {
+        self.place_shared(ctx, Arc::new(rec))
+    }
+
+    /// [`Self::place_ended`] with a record shared with the rules stage.
+    pub fn place_shared(&mut self, ctx: &BuildCtx, rec: Arc<ProcessRecord>) -> Vec<SpanData> {
         let mut out = Vec::new();
         self.place(ctx, rec, &mut out);
         out
@@ -174,7 +188,7 @@ impl SessionSpans {
     /// still waits for a parent that was never seen (hung under the root), then folds, then
     /// the root.
     pub fn finish(self, ctx: &BuildCtx, info: SessionInfo, remaining: Vec<ProcessRecord>) -> Vec<BuiltSpan> {
-        self.end(ctx, info, remaining).0
+        self.end(ctx, info, remaining.into_iter().map(Arc::new).collect()).0
     }
 
     /// [`Self::finish`], with the spans the caps refused meanwhile ([`Self::offer_over_cap`]).
@@ -182,7 +196,7 @@ impl SessionSpans {
         mut self,
         ctx: &BuildCtx,
         info: SessionInfo,
-        remaining: Vec<ProcessRecord>,
+        remaining: Vec<Arc<ProcessRecord>>,
     ) -> (Vec<BuiltSpan>, Vec<OverCap>) {
         self.refresh(ctx, info);
         let mut out = Vec::new();
@@ -224,7 +238,7 @@ impl SessionSpans {
     }
 
     /// Emits `rec` if its parent span is known, else parks it; then releases its waiters.
-    fn place(&mut self, ctx: &BuildCtx, rec: ProcessRecord, out: &mut Vec<SpanData>) {
+    fn place(&mut self, ctx: &BuildCtx, rec: Arc<ProcessRecord>, out: &mut Vec<SpanData>) {
         let parent_span = if rec.key == self.info.id.0 {
             Some(self.frame.root_id)
         } else {
@@ -307,7 +321,7 @@ impl SessionSpans {
         }
     }
 
-    fn emit(&mut self, ctx: &BuildCtx, rec: ProcessRecord, parent: SpanId, out: &mut Vec<SpanData>) {
+    fn emit(&mut self, ctx: &BuildCtx, rec: Arc<ProcessRecord>, parent: SpanId, out: &mut Vec<SpanData>) {
         self.marks.processes += 1;
         let fallback = self.fallback_end();
         let mut parent_for_image = parent;

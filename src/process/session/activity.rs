@@ -42,7 +42,7 @@ impl SessionTracker {
             s.info.kind = kind;
             s.info.root_argv = e.argv.clone();
             out.push(SessionUpdate::Started(s.info.clone()));
-            self.push_image(key, e);
+            self.push_image(key, &mut e.clone()); // rare: a tree's root turning into a watched run
             return;
         }
         let container = match is_container {

@@ -6,10 +6,10 @@ use crate::capture::event::{ExecEvent, ProcessKey};
 use crate::model::{SessionId, SessionInfo, SessionKind, SessionUpdate};
 use crate::process::table::Proc;
 
-use super::{image_from_exec, next_index, SessionTracker};
+use super::{image_from_exec, image_taken_from_exec, next_index, SessionTracker};
 
 impl SessionTracker {
-    pub(super) fn on_exec(&mut self, e: &ExecEvent, out: &mut Vec<SessionUpdate>) {
+    pub(super) fn on_exec(&mut self, e: &mut ExecEvent, out: &mut Vec<SessionUpdate>) {
         let key = e.key();
         self.exec_identity = self.identities.identify(&self.activity, e, self.lookup.as_mut());
         if self.table.resolve(key).is_none() {
@@ -93,10 +93,11 @@ impl SessionTracker {
             self.start_activity(e, kind, is_container, None, out);
             return;
         }
+        // the last reads of the event: its buffers move into the image
         if session.is_some() {
             self.push_image(key, e);
         } else if let Some(p) = self.table.get_mut(&key) {
-            p.images = vec![image_from_exec(e, next_index(&p.images), &self.clock, &self.exec_identity)];
+            p.images = vec![image_taken_from_exec(e, next_index(&p.images), &self.clock, &self.exec_identity)];
         }
     }
 
@@ -245,12 +246,12 @@ impl SessionTracker {
     }
 
     /// A member's new image, after the one it ran before.
-    pub(super) fn push_image(&mut self, key: ProcessKey, e: &ExecEvent) {
+    pub(super) fn push_image(&mut self, key: ProcessKey, e: &mut ExecEvent) {
         let Some(p) = self.table.get_mut(&key) else { return };
         let idx = next_index(&p.images);
         if let Some(last) = p.images.last_mut() {
             last.end_ns.get_or_insert(e.ts_ns);
         }
-        p.images.push(image_from_exec(e, idx, &self.clock, &self.exec_identity));
+        p.images.push(image_taken_from_exec(e, idx, &self.clock, &self.exec_identity));
     }
 }

@@ -46,7 +46,10 @@ impl SessionTracker {
                 img.connects_over_cap = 0;
                 img.start_ns = p.key.start_ns;
                 img.end_ns = None;
-                p.images = vec![img];
+                // room for the exec that usually follows: growing a Vec of one image makes
+                // room for four, an allocation past glibc's per-thread cache (issue 15)
+                p.images = Vec::with_capacity(2);
+                p.images.push(img);
             }
         } else if let Some(s) = self.table.session_of(&parent) {
             p.session = s;
@@ -122,7 +125,7 @@ impl SessionTracker {
         };
         let Some(s) = self.sessions.get_mut(&sid) else { return };
         let exit_ns = status.map(|_| ts_ns);
-        let mut rec = record_of(&p, exit_ns, status);
+        let mut rec = record_from(p, exit_ns, status); // moved: the process is gone
         if let Some(img) = rec.images.last_mut() {
             img.end_ns.get_or_insert(ts_ns);
         }

@@ -159,6 +159,36 @@ fn wall_to_boot_ns(clock: &crate::clock::BootClock, wall_ns: u64) -> Option<u64>
     (wall_ns != 0).then(|| wall_ns.checked_sub(boot_epoch)).flatten()
 }
 
+/// [`image_from_exec`] from an event that is not read again: its buffers move.
+pub(crate) fn image_taken_from_exec(
+    e: &mut ExecEvent,
+    exec_index: u32,
+    clock: &crate::clock::BootClock,
+    ident: &super::identity::ExecIdentity,
+) -> ImageRecord {
+    let mut img = ImageRecord {
+        argv: std::mem::take(&mut e.argv),
+        filename: std::mem::take(&mut e.filename),
+        interp: e.interp.take(),
+        exe_path: std::mem::take(&mut e.exe_path),
+        cwd: (!e.cwd.is_empty()).then(|| std::mem::take(&mut e.cwd)),
+        ..Default::default()
+    };
+    let rest = image_from_exec(e, exec_index, clock, ident);
+    img.exec_index = rest.exec_index;
+    img.start_ns = rest.start_ns;
+    img.argv_truncated = rest.argv_truncated;
+    img.fileless = rest.fileless;
+    img.tty = rest.tty;
+    img.uid = rest.uid;
+    img.euid = rest.euid;
+    img.exe_written_ns = rest.exe_written_ns;
+    img.exe_file = rest.exe_file;
+    img.identity = rest.identity;
+    img.program = rest.program;
+    img
+}
+
 pub(crate) fn image_from_exec(
     e: &ExecEvent,
     exec_index: u32,
@@ -319,31 +349,37 @@ impl SessionTracker {
 
     pub fn handle(&mut self, ev: &Event) -> Vec<SessionUpdate> {
         let mut out = Vec::new();
+        self.handle_into(ev.clone(), &mut out);
+        out
+    }
+
+    /// [`Self::handle`] for an event the stage owns (what the agent does): an exec's argv,
+    /// paths and working directory move into the process's image instead of being copied,
+    /// and the updates are appended to `out` (one buffer for a batch of events).
+    pub fn handle_into(&mut self, ev: Event, out: &mut Vec<SessionUpdate>) {
         if self.outbound.open() > 0 {
-            self.outbound.flush(&self.activity, ev.ts_ns(), false, &mut out);
+            self.outbound.flush(&self.activity, ev.ts_ns(), false, out);
         }
-        let canonical = self.canonical(ev);
-        let ev = canonical.as_ref().unwrap_or(ev);
+        let ev = self.canonical(&ev).unwrap_or(ev);
         if !self.ending.is_empty() {
-            self.release_ended(ev.ts_ns(), &mut out);
+            self.release_ended(ev.ts_ns(), out);
         }
         match ev {
-            Event::Exec(e) => {
-                self.on_exec(e, &mut out);
-                self.announce_exec(e, &mut out);
+            Event::Exec(mut e) => {
+                self.on_exec(&mut e, out);
+                self.announce_exec(&e, out);
             }
-            Event::Fork(f) => self.on_fork(f, &mut out),
-            Event::Exit(x) => self.on_exit(x, &mut out),
-            Event::Connect(c) => self.on_connect(c, &mut out),
-            Event::ConnectResult(r) => self.on_result(r),
-            Event::UdpSend(u) => self.on_udp_send(u, &mut out),
-            Event::NsJoin(j) => self.on_ns_join(j, &mut out),
-            Event::File(f) => self.on_file(f, &mut out),
-            Event::Sock(so) => self.on_sock(so, &mut out),
-            Event::Dns(d) => self.dns.learn(d),
-            Event::Tty(t) => self.on_tty(t),
+            Event::Fork(f) => self.on_fork(&f, out),
+            Event::Exit(x) => self.on_exit(&x, out),
+            Event::Connect(c) => self.on_connect(&c, out),
+            Event::ConnectResult(r) => self.on_result(&r),
+            Event::UdpSend(u) => self.on_udp_send(&u, out),
+            Event::NsJoin(j) => self.on_ns_join(&j, out),
+            Event::File(f) => self.on_file(&f, out),
+            Event::Sock(so) => self.on_sock(&so, out),
+            Event::Dns(d) => self.dns.learn(&d),
+            Event::Tty(t) => self.on_tty(&t),
         }
-        out
     }
 
     /// The event with the kernel's keys of /proc-learned processes replaced by the keys the
@@ -393,9 +429,19 @@ impl SessionTracker {
         let Some(p) = self.table.get(&key) else { return };
         let Some(s) = p.session.and_then(|sid| self.sessions.get(&sid)) else { return };
         let Some(img) = p.images.get(at) else { return };
-        let strip = |i: &ImageRecord| ImageRecord { connects: Vec::new(), files: Vec::new(), ..i.clone() };
-        let mut images: Vec<ImageRecord> =
-            at.checked_sub(1).and_then(|b| p.images.get(b)).map(strip).into_iter().collect();
+        let strip = ImageRecord::without_records;
+        // the image before it says only whether `at` is the first exec: its number, times
+        // and whether it was inherited (its argv and paths are nobody's business here, and
+        // copying them was a tenth of the stage in the exec storm, issue 15)
+        let before = |i: &ImageRecord| ImageRecord {
+            exec_index: i.exec_index,
+            start_ns: i.start_ns,
+            end_ns: i.end_ns,
+            inherited: i.inherited,
+            ..Default::default()
+        };
+        let mut images: Vec<ImageRecord> = Vec::with_capacity(2);
+        images.extend(at.checked_sub(1).and_then(|b| p.images.get(b)).map(before));
         let mut now = strip(img);
         match what {
             Live::Exec => {}
@@ -551,6 +597,21 @@ impl SessionTracker {
 
     fn session_container(&self, sid: Option<SessionId>) -> Option<u64> {
         sid.and_then(|s| self.sessions.get(&s)).map(|s| s.info.container.cgroup_id)
+    }
+}
+
+/// [`record_of`] for a process out of the table: its images move into the record.
+pub(crate) fn record_from(p: Proc, exit_ns: Option<u64>, exit: Option<ExitStatus>) -> ProcessRecord {
+    ProcessRecord {
+        key: p.key,
+        parent: p.parent,
+        parent_exec_index: p.parent_exec_index,
+        nspid: p.nspid,
+        fork_ns: p.fork_ns,
+        exit_ns,
+        exit,
+        from_proc: p.from_proc,
+        images: p.images,
     }
 }
 

@@ -11,8 +11,9 @@
 #    sessions. Extra options go to it unchanged (e.g. `--repeat 2 --baseline /tmp/podtrail-main`).
 # 3. The process-stage benchmark (CPU per record beside decoding; table memory per process).
 # 4. The export benchmark (CPU per span beside a minimal SDK exporter; memory per open
-#    session beside an SDK open root span; the disk queue).
-# 5. The binary's size: as built, without debug info (what the image ships), text.
+#    session beside an SDK open root span; with and without redaction and the disk queue).
+# 5. The binary's size: as built, without debug info (what the image ships), text. The smaller
+#    `dist` build (fat LTO, `scripts/image.sh --dist`) takes about an hour here: not run.
 #
 # About 30 minutes on 2 cores with the defaults. Set COST_SKIP_CARGO_BENCHES=1 to run only 1, 2
 # and 5. Read ratios, not absolute times: the machines are shared and noisy.
@@ -37,13 +38,14 @@ if [ "${COST_SKIP_CARGO_BENCHES:-0}" != 1 ]; then
     echo "==== 3. process stage (cargo bench --bench process_stage)"
     cargo bench --quiet --bench process_stage -- --execs 20000 --connects 20000 --rounds 5
     echo "==== 4. export (cargo bench --bench export_otlp)"
-    cargo bench --quiet --bench export_otlp -- --sessions 5000 --rounds 3 --backlog-mib 256
+    cargo bench --quiet --bench export_otlp -- --sessions 5000 --rounds 3 --backlog-mib 0 --policies none
 fi
 
-echo "==== 5. the binary"
+echo "==== 5. the binary (bench/binary_size.py: where its bytes go)"
 stripped=$(mktemp)
 trap 'rm -f "$stripped"' EXIT
 strip --strip-debug -o "$stripped" "$bin"
 mb() { awk -v b="$1" 'BEGIN { printf "%.1f MB", b / 1e6 }'; }
 echo "as built: $(mb "$(stat -c %s "$bin")"); without debug info (what scripts/image.sh ships): $(mb "$(stat -c %s "$stripped")")"
 size -A "$stripped" | awk '$1 == ".text" || $1 == ".rodata" { printf "  %s %.1f MB\n", $1, $2 / 1e6 }'
+python3 bench/binary_size.py "$bin"

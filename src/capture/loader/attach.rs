@@ -23,16 +23,27 @@ pub(super) fn attach_connect_hooks(
     attach_tp(ebpf, "pt_sys_exit_connect", "syscalls", "sys_exit_connect")?;
     attach_btf_tp(ebpf, btf, "pt_inet_sock_set_state", "inet_sock_set_state")?;
     for prog in ["pt_connect4", "pt_connect6"] {
-        let p: &mut CgroupSockAddr = program(ebpf, prog)?;
-        p.load().map_err(|e| refused(prog, "cgroup/connect", e))?;
-        // AllowMultiple is rejected by link_create (aya #1078); cgroup links coexist anyway.
-        p.attach(cg, CgroupAttachMode::Single).map_err(|e| refused(prog, "cgroup/connect", e))?;
+        attach_sock_addr(ebpf, cg, prog, "cgroup/connect")?;
     }
     let p: &mut CgroupSkb = program(ebpf, "pt_egress")?;
     p.load().map_err(|e| refused("pt_egress", "cgroup_skb/egress", e))?;
     p.attach(cg, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
         .map_err(|e| refused("pt_egress", "cgroup_skb/egress", e))?;
     Ok(vec!["pt_sys_exit_connect", "pt_inet_sock_set_state", "pt_connect4", "pt_connect6", "pt_egress"])
+}
+
+/// A cgroup socket-address program (connect, sendmsg) loaded and attached to the cgroup2 root.
+fn attach_sock_addr(
+    ebpf: &mut Ebpf,
+    cg: &fs::File,
+    prog: &'static str,
+    hook: &'static str,
+) -> Result<(), CaptureError> {
+    let p: &mut CgroupSockAddr = program(ebpf, prog)?;
+    p.load().map_err(|e| refused(prog, hook, e))?;
+    // AllowMultiple is rejected by link_create (aya #1078); cgroup links coexist anyway.
+    p.attach(cg, CgroupAttachMode::Single).map_err(|e| refused(prog, hook, e))?;
+    Ok(())
 }
 
 /// The ways out that are not a connect (sock.bpf.c): datagrams naming a destination,
@@ -43,9 +54,7 @@ pub(super) fn attach_socket_hooks(
     cg: &fs::File,
 ) -> Result<Vec<&'static str>, CaptureError> {
     for prog in ["pt_sendmsg4", "pt_sendmsg6"] {
-        let p: &mut CgroupSockAddr = program(ebpf, prog)?;
-        p.load().map_err(|e| refused(prog, "cgroup/sendmsg", e))?;
-        p.attach(cg, CgroupAttachMode::Single).map_err(|e| refused(prog, "cgroup/sendmsg", e))?;
+        attach_sock_addr(ebpf, cg, prog, "cgroup/sendmsg")?;
     }
     let p: &mut CgroupSock = program(ebpf, "pt_sock_create")?;
     p.load().map_err(|e| refused("pt_sock_create", "cgroup/sock_create", e))?;

@@ -136,3 +136,29 @@ impl SessionTracker {
         }
     }
 }
+
+/// A process's record with the images given (its own, moved or copied).
+fn record(p: &Proc, exit_ns: Option<u64>, exit: Option<ExitStatus>, images: Vec<ImageRecord>) -> ProcessRecord {
+    ProcessRecord {
+        key: p.key,
+        parent: p.parent,
+        parent_exec_index: p.parent_exec_index,
+        nspid: p.nspid,
+        fork_ns: p.fork_ns,
+        exit_ns,
+        exit,
+        from_proc: p.from_proc,
+        images,
+    }
+}
+
+/// [`record_of`] for a process out of the table: its images move into the record.
+pub(crate) fn record_from(mut p: Proc, exit_ns: Option<u64>, exit: Option<ExitStatus>) -> ProcessRecord {
+    let images = std::mem::take(&mut p.images);
+    record(&p, exit_ns, exit, images)
+}
+
+/// The record of a process still in the table: its images copied.
+pub(crate) fn record_of(p: &Proc, exit_ns: Option<u64>, exit: Option<ExitStatus>) -> ProcessRecord {
+    record(p, exit_ns, exit, p.images.clone())
+}

@@ -24,6 +24,7 @@ mod activity;
 mod debug;
 mod exec;
 mod lifecycle;
+pub(crate) use lifecycle::record_of;
 pub mod net;
 mod ns;
 mod tty;
@@ -32,13 +33,13 @@ pub use debug::DEBUG_DECISION_NS;
 
 use std::collections::HashMap;
 
-use crate::capture::event::{Event, ExecEvent, ExitEvent, ExitStatus, FileEvent, ForkEvent, NsJoinEvent, ProcessKey};
+use crate::capture::event::{Event, ExecEvent, ExitEvent, FileEvent, ForkEvent, NsJoinEvent, ProcessKey};
 
 use prometheus_client::metrics::counter::Counter;
 
 use super::containers::{ContainerLookup, Containers};
 use super::metrics::ProcessMetrics;
-use super::table::{Proc, ProcessTable};
+use super::table::ProcessTable;
 use crate::model::{ImageRecord, Live, ProcessRecord, SessionId, SessionInfo, SessionKind, SessionUpdate};
 
 /// What the tracker had to drop or repair, counted where it happens: each field is a handle
@@ -166,27 +167,15 @@ pub(crate) fn image_taken_from_exec(
     clock: &crate::clock::BootClock,
     ident: &super::identity::ExecIdentity,
 ) -> ImageRecord {
-    let mut img = ImageRecord {
+    ImageRecord {
         argv: std::mem::take(&mut e.argv),
         filename: std::mem::take(&mut e.filename),
         interp: e.interp.take(),
         exe_path: std::mem::take(&mut e.exe_path),
         cwd: (!e.cwd.is_empty()).then(|| std::mem::take(&mut e.cwd)),
-        ..Default::default()
-    };
-    let rest = image_from_exec(e, exec_index, clock, ident);
-    img.exec_index = rest.exec_index;
-    img.start_ns = rest.start_ns;
-    img.argv_truncated = rest.argv_truncated;
-    img.fileless = rest.fileless;
-    img.tty = rest.tty;
-    img.uid = rest.uid;
-    img.euid = rest.euid;
-    img.exe_written_ns = rest.exe_written_ns;
-    img.exe_file = rest.exe_file;
-    img.identity = rest.identity;
-    img.program = rest.program;
-    img
+        // the buffers are empty now: what it copies of them costs nothing
+        ..image_from_exec(e, exec_index, clock, ident)
+    }
 }
 
 pub(crate) fn image_from_exec(
@@ -597,34 +586,5 @@ impl SessionTracker {
 
     fn session_container(&self, sid: Option<SessionId>) -> Option<u64> {
         sid.and_then(|s| self.sessions.get(&s)).map(|s| s.info.container.cgroup_id)
-    }
-}
-
-/// [`record_of`] for a process out of the table: its images move into the record.
-pub(crate) fn record_from(p: Proc, exit_ns: Option<u64>, exit: Option<ExitStatus>) -> ProcessRecord {
-    ProcessRecord {
-        key: p.key,
-        parent: p.parent,
-        parent_exec_index: p.parent_exec_index,
-        nspid: p.nspid,
-        fork_ns: p.fork_ns,
-        exit_ns,
-        exit,
-        from_proc: p.from_proc,
-        images: p.images,
-    }
-}
-
-pub(crate) fn record_of(p: &Proc, exit_ns: Option<u64>, exit: Option<ExitStatus>) -> ProcessRecord {
-    ProcessRecord {
-        key: p.key,
-        parent: p.parent,
-        parent_exec_index: p.parent_exec_index,
-        nspid: p.nspid,
-        fork_ns: p.fork_ns,
-        exit_ns,
-        exit,
-        from_proc: p.from_proc,
-        images: p.images.clone(),
     }
 }

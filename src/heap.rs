@@ -1,31 +1,58 @@
-//! The process heap: glibc malloc settings and giving freed memory back to the kernel.
+//! The process heap: the allocator the agent runs on, and giving freed memory back to the kernel.
 //!
-//! In: calls from `main` (once, before any thread) and from the agent's 1 s tick. Out: nothing
-//! but resident memory returned (`malloc_trim`). Why: measured in a 20 000-process session
-//! storm (BENCHMARKS.md, issue 15), glibc kept 61 MiB of heap with 2 MiB in use: freed memory
-//! stays in each thread's arena, and freed memory below a live allocation stays in the heap
-//! (start-up parses the kernel's BTF, tens of MiB, and frees it). Two arenas instead of glibc's
-//! eight per core bound how much freed memory the runtime's threads can hold apart, and a trim
-//! once a burst is over returns what is free. Other allocators (musl) have neither: no-ops there.
+//! In: the `podtrail` binary installs [`Allocator`] as its global allocator (src/main.rs), and
+//! the agent's 1 s tick feeds [`Trimmer`]. Out: nothing but resident memory returned.
+//!
+//! Why mimalloc: the stages allocate an event's data in one thread and free it in another
+//! (the reader decodes, the process, span and rules stages take it on), and glibc's malloc
+//! paid for that in its slow paths: in a 20 000-process session storm its leaves
+//! (`unlink_chunk`, `_int_malloc`, `malloc_consolidate`, `cfree`) and `memmove` were 41% of
+//! the agent's samples (BENCHMARKS.md, issue 15, hot16, with the figures beside glibc). Before
+//! that, the bytes problem: glibc kept 61 MiB of heap with 2 MiB in use after a storm (freed
+//! memory held per thread arena and below live allocations, start-up's parsed BTF among it),
+//! which needed arena limits and `malloc_trim`. mimalloc frees a page back to the thread that
+//! owns it and purges free pages to the kernel on its own; [`tune`] makes that at once rather
+//! than after mimalloc's default 1 s (measured: RssAnon 7.6 MiB after the storm's session
+//! instead of 16.6, 29.1 with 10 000 live processes and 1 000 open sessions instead of 30.4),
+//! and a trim once a burst is over (`mi_collect`) returns what the threads still hold.
 
-/// Arenas glibc may create (`M_ARENA_MAX`): the runtime's two workers, each its own.
-const ARENAS: i32 = 2;
+/// The `podtrail` binary's global allocator (tests and benchmarks keep their own).
+pub type Allocator = mimalloc::MiMalloc;
 
-/// Sets glibc's malloc up for a long-running agent; call before any thread starts. The
-/// `MALLOC_ARENA_MAX` environment variable, when set, wins (glibc reads it itself).
+/// The one value of [`Allocator`], for `#[global_allocator]`.
+pub const ALLOCATOR: Allocator = mimalloc::MiMalloc;
+
+extern "C" {
+    /// mimalloc's "give free memory back": with `force`, the calling thread's free pages and
+    /// the process-wide arenas' free memory are returned to the kernel now.
+    fn mi_collect(force: bool);
+    fn mi_option_set(option: libc::c_int, value: libc::c_long);
+    #[cfg(test)]
+    fn mi_option_get(option: libc::c_int) -> libc::c_long;
+}
+
+/// `mi_option_purge_delay` in mimalloc's `mi_option_t` (the same place in its v2 and v3; a
+/// unit test reads its default back to prove it).
+const MI_OPTION_PURGE_DELAY: libc::c_int = 15;
+/// Milliseconds mimalloc waits before it gives freed pages back: none.
+const PURGE_DELAY_MS: libc::c_long = 0;
+
+/// Sets the allocator up for a long-running agent; call first in `main`, before any thread.
+/// `MIMALLOC_PURGE_DELAY` in the environment, when set, wins.
 pub fn tune() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only changes malloc's parameters; no thread is allocating yet.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, ARENAS);
-        }
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: mi_option_set is not thread safe; no other thread runs yet.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
     }
 }
 
-/// Returns the heap's free memory to the kernel (every arena); what it returned is not known
-/// to glibc's API, so nothing is counted.
+/// Returns free memory to the kernel: mimalloc's (the agent's heap) and glibc's (what C code
+/// in the process allocated, and the whole heap when something links this library without
+/// installing [`Allocator`]). What it returned is not known to either API: nothing is counted.
 pub fn trim() {
+    // SAFETY: mi_collect may be called from any thread at any time; with mimalloc not the
+    // global allocator it only visits mimalloc's own (empty) heap.
+    unsafe { mi_collect(true) };
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes each arena's lock itself; it is safe from any thread.
     unsafe {
@@ -97,6 +124,15 @@ impl Trimmer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tune_sets_mimallocs_purge_delay() {
+        // SAFETY: reading an option is thread safe.
+        let before = unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) };
+        assert_eq!(before, 1000, "mimalloc's default purge delay: the option's index is right");
+        tune();
+        assert_eq!(unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }, PURGE_DELAY_MS);
+    }
 
     #[test]
     fn trims_on_the_first_quiet_tick_after_work_and_not_again() {

@@ -6,6 +6,10 @@ use clap::Parser;
 
 mod cli;
 
+/// mimalloc rather than glibc's malloc: src/heap.rs says why.
+#[global_allocator]
+static GLOBAL: podtrail::heap::Allocator = podtrail::heap::ALLOCATOR;
+
 fn main() -> std::process::ExitCode {
     podtrail::heap::tune();
     let args = cli::Cli::parse();

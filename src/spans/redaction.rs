@@ -66,38 +66,67 @@ type Argv = Vec<Vec<u8>>;
 /// A redacted argv and how many values it replaced.
 type Redacted = (Argv, u32);
 
+/// Recent argvs compared before the map is asked: the same command said live and again when
+/// it ends, or repeated by a loop, is found by comparing lengths and bytes, without hashing it.
+const RECENT: usize = 4;
+
 /// Redaction results by argv: the redactor is a pure function of the argv (under one key), and
 /// a busy session runs the same few commands thousands of times, each said live and again when
 /// it ends (issue 15: 20 000 execs of one command were redacted ~60 000 times, 3% of the
 /// agent's CPU). Every image is still redacted and counted; only the work is shared. Bounded:
-/// `CACHE_ENTRIES` argvs of at most `CACHE_ARGV_BYTES` each (about 2 MiB at worst).
+/// `CACHE_ENTRIES` argvs of at most `CACHE_ARGV_BYTES` each (about 2 MiB at worst), plus
+/// `RECENT` of them again. The map keeps std's keyed SipHash: its keys are argvs, which
+/// whoever runs commands in a container chooses (no colliding keys made offline); a hit among
+/// the recent ones costs a comparison instead of hashing every byte of the argv (SipHash of
+/// the argv was ~2% of the agent's samples in the session storm; BENCHMARKS.md, hot16).
 #[derive(Debug, Default)]
 pub struct ArgvCache {
     /// argv -> None (nothing to redact) or what it becomes.
     map: HashMap<Argv, Option<Redacted>>,
+    /// The last argvs looked up, most recent first, with what they become.
+    recent: Vec<(Argv, Option<Redacted>)>,
+}
+
+/// Applies a remembered result to `argv`; the count of values it replaced.
+fn apply(hit: &Option<Redacted>, argv: &mut Vec<Vec<u8>>) -> u32 {
+    match hit {
+        None => 0,
+        Some((red, n)) => {
+            argv.clone_from(red);
+            *n
+        }
+    }
 }
 
 impl ArgvCache {
     /// [`crate::redact::Redactor::argv`], remembered: redacts `argv` in place, returns the count.
     pub fn argv(&mut self, r: &crate::redact::Redactor, argv: &mut Vec<Vec<u8>>) -> u32 {
-        if let Some(hit) = self.map.get(argv.as_slice()) {
-            return match hit {
-                None => 0,
-                Some((red, n)) => {
-                    argv.clone_from(red);
-                    *n
-                }
-            };
+        if let Some(i) = self.recent.iter().position(|(a, _)| a == argv) {
+            self.recent[..=i].rotate_right(1);
+            return apply(&self.recent[0].1, argv);
         }
-        if argv.iter().map(Vec::len).sum::<usize>() > CACHE_ARGV_BYTES {
-            return r.argv(argv);
+        let result = match self.map.get(argv.as_slice()) {
+            Some(hit) => hit.clone(),
+            None => {
+                if argv.iter().map(Vec::len).sum::<usize>() > CACHE_ARGV_BYTES {
+                    return r.argv(argv);
+                }
+                let mut red = argv.clone();
+                let n = r.argv(&mut red);
+                let result = (n > 0).then_some((red, n));
+                if self.map.len() >= CACHE_ENTRIES {
+                    self.map.clear();
+                }
+                self.map.insert(argv.clone(), result.clone());
+                result
+            }
+        };
+        if self.recent.len() >= RECENT {
+            self.recent.pop();
         }
         let key = argv.clone();
-        let n = r.argv(argv);
-        if self.map.len() >= CACHE_ENTRIES {
-            self.map.clear();
-        }
-        self.map.insert(key, (n > 0).then(|| (argv.clone(), n)));
+        let n = apply(&result, argv);
+        self.recent.insert(0, (key, result));
         n
     }
 
@@ -175,6 +204,34 @@ mod tests {
         }
         assert!(r.argv(&mut inputs[1].clone()) > 0, "the fixture has a secret to redact");
         assert_eq!(cache.len(), 3);
+    }
+
+    #[test]
+    fn the_recent_argvs_and_the_map_agree_past_the_recent_window() {
+        let r = Redactor::random();
+        let mut cache = ArgvCache::default();
+        // more distinct argvs than the recent window, with and without secrets, in an order
+        // that makes each lookup hit the recent ones, the map, or neither
+        let inputs: Vec<Vec<Vec<u8>>> =
+            (0..RECENT + 3)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        argv(&["app", "--token", &format!("s{i}")])
+                    } else {
+                        argv(&["ls", &i.to_string()])
+                    }
+                })
+                .collect();
+        let n = inputs.len();
+        let order = (0..4).flat_map(|round| (0..n).map(move |i| (i * (round + 1)) % n));
+        for i in order {
+            let (mut plain, mut cached) = (inputs[i].clone(), inputs[i].clone());
+            let n = r.argv(&mut plain);
+            assert_eq!(cache.argv(&r, &mut cached), n, "{:?}", inputs[i]);
+            assert_eq!(cached, plain);
+            assert!(cache.recent.len() <= RECENT);
+        }
+        assert_eq!(cache.len(), inputs.len());
     }
 
     #[test]

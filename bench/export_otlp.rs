@@ -62,23 +62,56 @@ use podtrail::model::*;
 use podtrail::spans::{BuildCtx, NoAttributor, Output, SpanStage, SpansConfig};
 use prost::Message;
 
+/// The agent's own allocator (`podtrail::heap`), counted: both paths run on what ships. With
+/// `PODTRAIL_BENCH_ALLOC=system` in the environment, glibc's malloc instead (the agent's
+/// allocator before issue 15's hot16 round), to compare the two in one build.
 struct Counting;
 static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+const INNER: podtrail::heap::Allocator = podtrail::heap::ALLOCATOR;
+/// 0: not read yet, 1: the agent's allocator, 2: the system's. Read at the first allocation,
+/// before `main` (one thread), and never changed after: a block is freed by who allocated it.
+static USE_SYSTEM: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
-// SAFETY: delegates to the system allocator; only counts.
+fn system() -> bool {
+    match USE_SYSTEM.load(Relaxed) {
+        0 => {
+            // SAFETY: getenv with a NUL-terminated name; it does not allocate.
+            let v = unsafe { libc::getenv(c"PODTRAIL_BENCH_ALLOC".as_ptr()) };
+            // SAFETY: a non-null getenv result is a NUL-terminated string.
+            let sys = !v.is_null() && unsafe { std::ffi::CStr::from_ptr(v) }.to_bytes() == b"system";
+            USE_SYSTEM.store(if sys { 2 } else { 1 }, Relaxed);
+            sys
+        }
+        n => n == 2,
+    }
+}
+
+// SAFETY: delegates to one allocator for the whole run; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         ALLOCATED.fetch_add(l.size(), Relaxed);
-        System.alloc(l)
+        if system() {
+            System.alloc(l)
+        } else {
+            INNER.alloc(l)
+        }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         ALLOCATED.fetch_sub(l.size(), Relaxed);
-        System.dealloc(p, l)
+        if system() {
+            System.dealloc(p, l)
+        } else {
+            INNER.dealloc(p, l)
+        }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
         ALLOCATED.fetch_add(n, Relaxed);
         ALLOCATED.fetch_sub(l.size(), Relaxed);
-        System.realloc(p, l, n)
+        if system() {
+            System.realloc(p, l, n)
+        } else {
+            INNER.realloc(p, l, n)
+        }
     }
 }
 

@@ -215,13 +215,13 @@ fn session(k: u32, end: bool, secrets: bool) -> Vec<SessionUpdate> {
     let cat = image(t + 7000, &s(&["cat", &format!("/tmp/{k}.tar")]));
     let sh = image(t, &s(&["sh", "-c", &script]));
     let mut v = vec![
-        SessionUpdate::Started(i.clone()),
-        SessionUpdate::ProcessEnded(i.clone(), process(r + 1, Some(r), t + 1000, t + 4000, vec![wget])),
-        SessionUpdate::ProcessEnded(i.clone(), process(r + 2, Some(r), t + 5000, t + 6000, vec![tar])),
-        SessionUpdate::ProcessEnded(i.clone(), process(r + 3, Some(r), t + 7000, t + 8000, vec![cat])),
+        SessionUpdate::Started(i.clone().into()),
+        SessionUpdate::ProcessEnded(i.clone().into(), process(r + 1, Some(r), t + 1000, t + 4000, vec![wget])),
+        SessionUpdate::ProcessEnded(i.clone().into(), process(r + 2, Some(r), t + 5000, t + 6000, vec![tar])),
+        SessionUpdate::ProcessEnded(i.clone().into(), process(r + 3, Some(r), t + 7000, t + 8000, vec![cat])),
     ];
     if end {
-        v.push(SessionUpdate::Ended(info(r, t, Some(t + 9000)), vec![process(r, None, t, t + 9000, vec![sh])]));
+        v.push(SessionUpdate::Ended(info(r, t, Some(t + 9000)).into(), vec![process(r, None, t, t + 9000, vec![sh])]));
     }
     v
 }
@@ -698,9 +698,9 @@ fn memory_parts(n: u32) {
     let infos: Vec<SessionInfo> = (0..n).map(|k| info(10_000 + 8 * k, 10 * S + k as u64 * S, None)).collect();
     let base = ALLOCATED.load(Relaxed);
     let mut open: Vec<podtrail::spans::SessionSpans> =
-        infos.iter().map(|i| podtrail::spans::SessionSpans::new(&c, i.clone(), None)).collect();
+        infos.iter().map(|i| podtrail::spans::SessionSpans::new(&c, i.clone().into(), None)).collect();
     let created = ALLOCATED.load(Relaxed);
-    let mut recs: Vec<(SessionInfo, ProcessRecord)> = Vec::new();
+    let mut recs: Vec<(std::sync::Arc<SessionInfo>, ProcessRecord)> = Vec::new();
     for k in 0..n {
         for u in session(k, false, false) {
             if let SessionUpdate::ProcessEnded(i, r) = u {
@@ -710,7 +710,7 @@ fn memory_parts(n: u32) {
     }
     let before = ALLOCATED.load(Relaxed);
     for (k, (i, r)) in recs.into_iter().enumerate() {
-        let spans = open[k / 3].process_ended(&c, i, r);
+        let spans = open[k / 3].process_ended(&c, i.into(), r);
         drop(spans);
     }
     let ended = ALLOCATED.load(Relaxed);

@@ -456,11 +456,20 @@ fn memory(n: u32) -> (f64, f64) {
     let updates: Vec<SessionUpdate> = (0..n).flat_map(|k| session(k, false, false)).collect();
     let base = ALLOCATED.load(Relaxed);
     let mut st = SpanStage::new(ctx(), Arc::new(NoAttributor));
-    for u in updates.iter().cloned() {
+    // one info per session, made here and shared by its updates, as the process stage does:
+    // the span stage keeps it, so it is counted here (the process stage shares it)
+    let mut infos: std::collections::HashMap<SessionId, Arc<SessionInfo>> = Default::default();
+    for mut u in updates.iter().cloned() {
+        let i = infos.entry(u.info().id).or_insert_with(|| Arc::new(u.info().clone()));
+        if **i != *u.info() {
+            *i = Arc::new(u.info().clone());
+        }
+        *u.info_mut() = i.clone();
         let mut out = Output::default();
         st.update(u, Instant::now(), &mut out);
         drop(out); // exported process spans leave the stage
     }
+    drop(infos);
     let podtrail = ALLOCATED.load(Relaxed).saturating_sub(base) as f64 / n as f64;
     // the roots these sessions would get, for the SDK's open spans
     let mut out = Output::default();

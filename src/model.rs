@@ -524,6 +524,20 @@ fn ser_shared<S: serde::Serializer>(i: &Arc<SessionInfo>, s: S) -> Result<S::Ok,
     i.as_ref().serialize(s)
 }
 
+/// Session updates as the process stage sends them: what one pass over the reader's events
+/// produced, in order, at most [`UPDATES_PER_BATCH`] (one send and one wakeup of the next
+/// stage per batch, not per update: issue 15).
+pub type UpdateBatch = Vec<SessionUpdate>;
+
+/// The most updates one [`UpdateBatch`] holds: a queue of `n / UPDATES_PER_BATCH` batches
+/// holds at most `n` updates.
+pub const UPDATES_PER_BATCH: usize = 256;
+
+/// How many batches a queue of `updates` session updates holds (at least one).
+pub fn batches_for(updates: usize) -> usize {
+    (updates / UPDATES_PER_BATCH).max(1)
+}
+
 /// One line of a session's terminal.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct TranscriptLine {

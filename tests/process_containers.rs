@@ -109,8 +109,8 @@ fn track_while<T: Send + 'static>(
         });
         let collected = tokio::spawn(async move {
             let mut v = Vec::new();
-            while let Some(u) = rx.recv().await {
-                v.push(u);
+            while let Some(batch) = rx.recv().await {
+                v.extend(batch);
             }
             v
         });

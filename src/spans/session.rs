@@ -57,7 +57,8 @@ pub struct OverCap {
 pub struct SessionSpans {
     /// Shared with the process stage and every update of the session (issue 15).
     info: Arc<SessionInfo>,
-    who: Option<SessionIdentity>,
+    /// Boxed: a few hundred bytes most open sessions would hold empty inline (issue 15).
+    who: Option<Box<SessionIdentity>>,
     /// Shared with every live update of the session (cloned per exec before: its attributes
     /// are a dozen strings).
     frame: Arc<SessionFrame>,
@@ -96,6 +97,7 @@ pub enum Capped {
 impl SessionSpans {
     pub fn new(ctx: &BuildCtx, info: Arc<SessionInfo>, who: Option<SessionIdentity>) -> Self {
         let frame = Arc::new(build::session_frame(ctx, &info, who.as_ref()));
+        let who = who.map(Box::new);
         SessionSpans {
             info,
             who,
@@ -133,7 +135,7 @@ impl SessionSpans {
     }
 
     pub fn who(&self) -> Option<&SessionIdentity> {
-        self.who.as_ref()
+        self.who.as_deref()
     }
 
     /// The trace, root and attributes every span of the session carries.
@@ -163,7 +165,7 @@ impl SessionSpans {
         let changed = info.kind != self.info.kind || info.container != self.info.container;
         self.info = info;
         if changed {
-            self.frame = Arc::new(build::session_frame(ctx, &self.info, self.who.as_ref()));
+            self.frame = Arc::new(build::session_frame(ctx, &self.info, self.who.as_deref()));
         }
     }
 
@@ -236,7 +238,7 @@ impl SessionSpans {
             out.push(s);
         }
         let end_ns = self.info.end_ns.unwrap_or(self.info.start_ns);
-        let root = build::root_span(ctx, &self.frame, &self.info, self.who.as_ref(), &self.marks, end_ns);
+        let root = build::root_span(ctx, &self.frame, &self.info, self.who.as_deref(), &self.marks, end_ns);
         let mut built: Vec<BuiltSpan> = out.into_iter().map(|span| BuiltSpan { span, root: false }).collect();
         built.push(BuiltSpan { span: root, root: true });
         (built, self.over_cap)

@@ -719,7 +719,7 @@ fn memory_parts(n: u32) {
     }
     let before = ALLOCATED.load(Relaxed);
     for (k, (i, r)) in recs.into_iter().enumerate() {
-        let spans = open[k / 3].process_ended(&c, i.into(), r);
+        let spans = open[k / 3].process_ended(&c, i, r);
         drop(spans);
     }
     let ended = ALLOCATED.load(Relaxed);

@@ -38,7 +38,7 @@ use crate::scope::ScopeConfig;
 use crate::spans::build::{file_attrs, live_span, SessionFrame, ALERT_SPAN};
 use crate::spans::hold::{LiveUpdate, Output};
 use crate::spans::{ids, keys, BuiltSpan, Capped, SessionIdentity};
-use crate::text::{basename, escape, escaped};
+use crate::text::{basename, escaped};
 
 /// A process's images as its descendants see them: (start, command name).
 struct Names {
@@ -461,7 +461,7 @@ fn ancestors(st: &SessionState, info: &SessionInfo, rec: &ProcessRecord) -> Vec<
                 at = k.start_ns;
             }
             None if k == info.id.0 => {
-                out.extend(info.root_argv.first().map(|a| escape(basename(a))));
+                out.extend(info.root_argv.first().map(|a| escaped(basename(a)).into_owned()));
                 break;
             }
             None => break,

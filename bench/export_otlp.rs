@@ -248,13 +248,13 @@ fn session(k: u32, end: bool, secrets: bool) -> Vec<SessionUpdate> {
     let cat = image(t + 7000, &s(&["cat", &format!("/tmp/{k}.tar")]));
     let sh = image(t, &s(&["sh", "-c", &script]));
     let mut v = vec![
-        SessionUpdate::Started(i.clone()),
-        SessionUpdate::ProcessEnded(i.clone(), process(r + 1, Some(r), t + 1000, t + 4000, vec![wget])),
-        SessionUpdate::ProcessEnded(i.clone(), process(r + 2, Some(r), t + 5000, t + 6000, vec![tar])),
-        SessionUpdate::ProcessEnded(i.clone(), process(r + 3, Some(r), t + 7000, t + 8000, vec![cat])),
+        SessionUpdate::Started(i.clone().into()),
+        SessionUpdate::ProcessEnded(i.clone().into(), process(r + 1, Some(r), t + 1000, t + 4000, vec![wget])),
+        SessionUpdate::ProcessEnded(i.clone().into(), process(r + 2, Some(r), t + 5000, t + 6000, vec![tar])),
+        SessionUpdate::ProcessEnded(i.clone().into(), process(r + 3, Some(r), t + 7000, t + 8000, vec![cat])),
     ];
     if end {
-        v.push(SessionUpdate::Ended(info(r, t, Some(t + 9000)), vec![process(r, None, t, t + 9000, vec![sh])]));
+        v.push(SessionUpdate::Ended(info(r, t, Some(t + 9000)).into(), vec![process(r, None, t, t + 9000, vec![sh])]));
     }
     v
 }
@@ -489,11 +489,20 @@ fn memory(n: u32) -> (f64, f64) {
     let updates: Vec<SessionUpdate> = (0..n).flat_map(|k| session(k, false, false)).collect();
     let base = ALLOCATED.load(Relaxed);
     let mut st = SpanStage::new(ctx(), Arc::new(NoAttributor));
-    for u in updates.iter().cloned() {
+    // one info per session, made here and shared by its updates, as the process stage does:
+    // the span stage keeps it, so it is counted here (the process stage shares it)
+    let mut infos: std::collections::HashMap<SessionId, Arc<SessionInfo>> = Default::default();
+    for mut u in updates.iter().cloned() {
+        let i = infos.entry(u.info().id).or_insert_with(|| Arc::new(u.info().clone()));
+        if **i != *u.info() {
+            *i = Arc::new(u.info().clone());
+        }
+        *u.info_mut() = i.clone();
         let mut out = Output::default();
         st.update(u, Instant::now(), &mut out);
         drop(out); // exported process spans leave the stage
     }
+    drop(infos);
     let podtrail = ALLOCATED.load(Relaxed).saturating_sub(base) as f64 / n as f64;
     // the roots these sessions would get, for the SDK's open spans
     let mut out = Output::default();
@@ -731,9 +740,9 @@ fn memory_parts(n: u32) {
     let infos: Vec<SessionInfo> = (0..n).map(|k| info(10_000 + 8 * k, 10 * S + k as u64 * S, None)).collect();
     let base = ALLOCATED.load(Relaxed);
     let mut open: Vec<podtrail::spans::SessionSpans> =
-        infos.iter().map(|i| podtrail::spans::SessionSpans::new(&c, i.clone(), None)).collect();
+        infos.iter().map(|i| podtrail::spans::SessionSpans::new(&c, i.clone().into(), None)).collect();
     let created = ALLOCATED.load(Relaxed);
-    let mut recs: Vec<(SessionInfo, ProcessRecord)> = Vec::new();
+    let mut recs: Vec<(std::sync::Arc<SessionInfo>, ProcessRecord)> = Vec::new();
     for k in 0..n {
         for u in session(k, false, false) {
             if let SessionUpdate::ProcessEnded(i, r) = u {

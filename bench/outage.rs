@@ -126,7 +126,7 @@ fn session(k: u64, t: u64, pod: &str) -> Vec<SessionUpdate> {
         ..SessionInfo::new(SessionId(root), SessionKind::Exec, container(pod), t)
     };
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    let mut out = vec![SessionUpdate::Started(info(None))];
+    let mut out = vec![SessionUpdate::Started(info(None).into())];
     for i in 1..=COMMANDS as u64 {
         let start = t + i * 1_000_000;
         let (argv, exe) = match i % 5 {
@@ -156,13 +156,13 @@ fn session(k: u64, t: u64, pod: &str) -> Vec<SessionUpdate> {
             }];
         }
         out.push(SessionUpdate::ProcessEnded(
-            info(None),
+            info(None).into(),
             process(key(i), Some(root), start, start + 800_000, vec![img]),
         ));
     }
     let end = t + (COMMANDS as u64 + 1) * 1_000_000;
     let sh = image(t, &s(&["sh"]), "/bin/sh");
-    out.push(SessionUpdate::Ended(info(Some(end)), vec![process(root, None, t, end, vec![sh])]));
+    out.push(SessionUpdate::Ended(info(Some(end)).into(), vec![process(root, None, t, end, vec![sh])]));
     out
 }
 

@@ -259,7 +259,8 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
         })
     };
     let run_export = RunExport { spans: cfg.spans.clone(), export: setup, boot_id: crate::clock::boot_id(), clock };
-    let (upd_tx, upd_rx) = mpsc::channel(cfg.process_channel);
+    // the process stage's updates travel in batches (one per pass over the reader's events)
+    let (upd_tx, upd_rx) = mpsc::channel::<crate::model::UpdateBatch>(crate::model::batches_for(cfg.process_channel));
     let (rules, rule_errors) = crate::rules::RuleSource::load(cfg.rules.clone())?;
     for e in &rule_errors {
         tracing::warn!("rule left out: {e}");
@@ -300,14 +301,14 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
                 "Exec probe sessions (exported only with kube.export_probes)",
                 filter.probes.clone(),
             );
-            let (tx, mut rx) = mpsc::channel(cfg.process_channel);
+            let (tx, mut rx) =
+                mpsc::channel::<crate::model::UpdateBatch>(crate::model::batches_for(cfg.process_channel));
             let out = upd_tx;
             tokio::spawn(async move {
-                while let Some(u) = rx.recv().await {
-                    if let Some(u) = filter.pass(u) {
-                        if out.send(u).await.is_err() {
-                            break;
-                        }
+                while let Some(batch) = rx.recv().await {
+                    let batch: Vec<_> = batch.into_iter().filter_map(|u| filter.pass(u)).collect();
+                    if !batch.is_empty() && out.send(batch).await.is_err() {
+                        break;
                     }
                 }
             });

@@ -182,7 +182,8 @@ pub struct ProcessConfig {
     pub containerd_socket: PathBuf,
     /// containerd namespaces to look containers up in, in order.
     pub containerd_namespaces: Vec<String>,
-    /// Session updates queued between the process stage and the span stage.
+    /// Session updates queued between the process stage and the span stage, at most (they
+    /// travel in batches of up to 256: the queue holds `channel_capacity / 256` batches).
     pub channel_capacity: usize,
     /// What is recorded beside exec sessions (`[process.activity]`): watched executables,
     /// outbound connects, their folding and rate limit.

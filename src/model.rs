@@ -7,6 +7,7 @@
 //! into wall-clock time.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -400,9 +401,14 @@ impl ImageRecord {
     /// The command as the user typed it: basename of argv[0] (busybox applets, symlinks),
     /// else the executable's basename.
     pub fn command_name(&self) -> Vec<u8> {
+        self.command_bytes().to_vec()
+    }
+
+    /// [`Self::command_name`], borrowed.
+    pub fn command_bytes(&self) -> &[u8] {
         match self.argv.first() {
-            Some(a0) if !a0.is_empty() => crate::text::basename(a0).to_vec(),
-            _ => crate::text::basename(&self.exe_path).to_vec(),
+            Some(a0) if !a0.is_empty() => crate::text::basename(a0),
+            _ => crate::text::basename(&self.exe_path),
         }
     }
 }
@@ -488,27 +494,48 @@ pub enum Live {
     File,
 }
 
-/// The process stage's output stream.
+/// The process stage's output stream. The session's info is shared (`Arc`): one per session
+/// and change, not a copy of its container's dozen strings per update (issue 15); a stage that
+/// changes it copies on write (`Arc::make_mut`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum SessionUpdate {
     /// A new session (its root just exec'd or joined).
-    Started(SessionInfo),
+    Started(#[serde(serialize_with = "ser_shared")] Arc<SessionInfo>),
     /// A member did something a rule can match, said as it happens ([`Live`]): the process as
     /// it is now, its image carrying only that (no other connects or files), after the image
     /// before it (only its number, times and `inherited`: it says whether this is the
     /// process's first exec). Not
     /// final: its `ProcessEnded` follows. Lets the rules raise an alert when it happens, not
     /// when a long-lived process ends.
-    Live(SessionInfo, ProcessRecord, Live),
+    Live(#[serde(serialize_with = "ser_shared")] Arc<SessionInfo>, ProcessRecord, Live),
     /// A process of the session exited; its record is final.
-    ProcessEnded(SessionInfo, ProcessRecord),
+    ProcessEnded(#[serde(serialize_with = "ser_shared")] Arc<SessionInfo>, ProcessRecord),
     /// The last process exited (or the agent is stopping: `info.incomplete`). Carries the
     /// processes that never ended, closed at `info.end_ns`.
-    Ended(SessionInfo, Vec<ProcessRecord>),
+    Ended(#[serde(serialize_with = "ser_shared")] Arc<SessionInfo>, Vec<ProcessRecord>),
     /// Lines of the session's terminal (typed, and shown when configured), said while the
     /// session runs: after a number of lines, after a quiet while, and a last one before
     /// `Ended` (`crate::process::transcript`).
-    Transcript(SessionInfo, TranscriptChunk),
+    Transcript(#[serde(serialize_with = "ser_shared")] Arc<SessionInfo>, TranscriptChunk),
+}
+
+/// The shared info serialized as the info itself (serde's `rc` feature left off).
+fn ser_shared<S: serde::Serializer>(i: &Arc<SessionInfo>, s: S) -> Result<S::Ok, S::Error> {
+    i.as_ref().serialize(s)
+}
+
+/// Session updates as the process stage sends them: what one pass over the reader's events
+/// produced, in order, at most [`UPDATES_PER_BATCH`] (one send and one wakeup of the next
+/// stage per batch, not per update: issue 15).
+pub type UpdateBatch = Vec<SessionUpdate>;
+
+/// The most updates one [`UpdateBatch`] holds: a queue of `n / UPDATES_PER_BATCH` batches
+/// holds at most `n` updates.
+pub const UPDATES_PER_BATCH: usize = 256;
+
+/// How many batches a queue of `updates` session updates holds (at least one).
+pub fn batches_for(updates: usize) -> usize {
+    (updates / UPDATES_PER_BATCH).max(1)
 }
 
 /// One line of a session's terminal.
@@ -551,6 +578,28 @@ pub struct TranscriptChunk {
 }
 
 impl SessionUpdate {
+    /// The shared info, to keep or to change (copy on write).
+    pub fn info_mut(&mut self) -> &mut Arc<SessionInfo> {
+        match self {
+            SessionUpdate::Started(i)
+            | SessionUpdate::Live(i, ..)
+            | SessionUpdate::ProcessEnded(i, _)
+            | SessionUpdate::Ended(i, _)
+            | SessionUpdate::Transcript(i, _) => i,
+        }
+    }
+
+    /// The shared info, another reference to it.
+    pub fn shared_info(&self) -> Arc<SessionInfo> {
+        match self {
+            SessionUpdate::Started(i)
+            | SessionUpdate::Live(i, ..)
+            | SessionUpdate::ProcessEnded(i, _)
+            | SessionUpdate::Ended(i, _)
+            | SessionUpdate::Transcript(i, _) => i.clone(),
+        }
+    }
+
     pub fn info(&self) -> &SessionInfo {
         match self {
             SessionUpdate::Started(i)

@@ -70,10 +70,10 @@ fn session(pid: u32, kind: SessionKind) -> Vec<SessionUpdate> {
     let mut ended = info.clone();
     ended.end_ns = Some(end);
     vec![
-        SessionUpdate::Started(info.clone()),
-        SessionUpdate::Live(info.clone(), process(dump, Some(root), dump_img.clone(), None), Live::Exec),
-        SessionUpdate::ProcessEnded(info.clone(), process(dump, Some(root), dump_img, Some(end - 1_000_000))),
-        SessionUpdate::Ended(ended, vec![process(root, None, image("/bin/sh", &["sh"], t0), Some(end))]),
+        SessionUpdate::Started(info.clone().into()),
+        SessionUpdate::Live(info.clone().into(), process(dump, Some(root), dump_img.clone(), None), Live::Exec),
+        SessionUpdate::ProcessEnded(info.clone().into(), process(dump, Some(root), dump_img, Some(end - 1_000_000))),
+        SessionUpdate::Ended(ended.into(), vec![process(root, None, image("/bin/sh", &["sh"], t0), Some(end))]),
     ]
 }
 

@@ -91,7 +91,7 @@ fn session(pod: &str) -> Vec<SessionUpdate> {
     };
     let mut end = info.clone();
     end.end_ns = Some(now - 1_000_000_000);
-    vec![SessionUpdate::Started(info), SessionUpdate::Ended(end, vec![rec])]
+    vec![SessionUpdate::Started(info.into()), SessionUpdate::Ended(end.into(), vec![rec])]
 }
 
 /// Runs the export stage over `updates` with `cfg` resolved against `env`; its report and

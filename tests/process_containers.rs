@@ -63,7 +63,7 @@ fn sessions_of(updates: &[SessionUpdate], container: &str) -> Vec<Finished> {
     for u in updates {
         match u {
             SessionUpdate::Started(i) if i.container.id == container => {
-                out.push(Finished { started: i.clone(), ended: None, procs: vec![] })
+                out.push(Finished { started: (**i).clone(), ended: None, procs: vec![] })
             }
             SessionUpdate::ProcessEnded(i, r) => {
                 if let Some(f) = out.iter_mut().find(|f| f.started.id == i.id) {
@@ -72,7 +72,7 @@ fn sessions_of(updates: &[SessionUpdate], container: &str) -> Vec<Finished> {
             }
             SessionUpdate::Ended(i, rest) => {
                 if let Some(f) = out.iter_mut().find(|f| f.started.id == i.id) {
-                    f.ended = Some(i.clone());
+                    f.ended = Some((**i).clone());
                     f.procs.extend(rest.iter().cloned());
                 }
             }
@@ -109,8 +109,8 @@ fn track_while<T: Send + 'static>(
         });
         let collected = tokio::spawn(async move {
             let mut v = Vec::new();
-            while let Some(u) = rx.recv().await {
-                v.push(u);
+            while let Some(batch) = rx.recv().await {
+                v.extend(batch);
             }
             v
         });

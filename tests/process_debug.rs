@@ -70,7 +70,7 @@ fn debug_container_runs(t: &mut SessionTracker, out: &mut Vec<SessionUpdate>) {
 }
 
 fn started(out: &[SessionUpdate]) -> Vec<&SessionInfo> {
-    out.iter().filter_map(|u| if let SessionUpdate::Started(i) = u { Some(i) } else { None }).collect()
+    out.iter().filter_map(|u| if let SessionUpdate::Started(i) = u { Some(&**i) } else { None }).collect()
 }
 
 fn ended_pids(out: &[SessionUpdate]) -> Vec<u32> {
@@ -108,7 +108,7 @@ fn an_ephemeral_containers_init_is_a_debug_session_with_what_ran_before_the_answ
     out.extend(t.handle(&exit(4_000, 1001, C, 0)));
     assert_eq!(ended_pids(&out), vec![1003, 1001]);
     let ends: Vec<&SessionInfo> =
-        out.iter().filter_map(|u| if let SessionUpdate::Ended(i, _) = u { Some(i) } else { None }).collect();
+        out.iter().filter_map(|u| if let SessionUpdate::Ended(i, _) = u { Some(&**i) } else { None }).collect();
     assert_eq!(ends.len(), 1);
     assert_eq!(ends[0].id, SessionId(key(1001)));
     assert!(out.iter().all(|u| u.info().kind == SessionKind::Debug));

@@ -759,7 +759,7 @@ fn outbound(out: &[SessionUpdate]) -> Vec<(&SessionInfo, &ConnectRecord)> {
     out.iter()
         .filter_map(|u| match u {
             SessionUpdate::ProcessEnded(i, r) if i.kind == SessionKind::Outbound => {
-                Some((i, &r.images.last()?.connects[0]))
+                Some((&**i, &r.images.last()?.connects[0]))
             }
             _ => None,
         })

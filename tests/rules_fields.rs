@@ -137,8 +137,8 @@ fn file_fields_and_failed_operations() {
     let mut end = i.clone();
     end.end_ns = Some(20 * S);
     let updates = vec![
-        SessionUpdate::Started(i),
-        SessionUpdate::Ended(end, vec![process(100, None, 10 * S, 20 * S, 0, vec![img])]),
+        SessionUpdate::Started(i.into()),
+        SessionUpdate::Ended(end.into(), vec![process(100, None, 10 * S, 20 * S, 0, vec![img])]),
     ];
     let spans = Run { rules: Some(FILE_RULES), ..Run::default() }.spans(updates);
     let got: Vec<String> = fired(&spans).into_iter().map(|(_, r)| r).collect();

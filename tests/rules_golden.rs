@@ -33,14 +33,14 @@ fn incident() -> Vec<SessionUpdate> {
     let mut end = i.clone();
     end.end_ns = Some(21 * S);
     vec![
-        SessionUpdate::Started(i.clone()),
-        SessionUpdate::ProcessEnded(i.clone(), process(101, Some(100), 12 * S, 13 * S, 0, vec![wget])),
-        SessionUpdate::ProcessEnded(i.clone(), process(103, Some(102), 14 * S + 5, 15 * S, 0, vec![gzip])),
-        SessionUpdate::ProcessEnded(i.clone(), process(102, Some(100), 14 * S, 15 * S, 0, vec![tar])),
-        SessionUpdate::ProcessEnded(i.clone(), process(104, Some(100), 16 * S, 17 * S, 0, vec![xmrig])),
-        SessionUpdate::ProcessEnded(i.clone(), process(105, Some(100), 18 * S, 18 * S + 5, 0, vec![cat])),
-        SessionUpdate::ProcessEnded(i.clone(), process(106, Some(100), 20 * S, 20 * S + 5, 0, vec![rm])),
-        SessionUpdate::Ended(end, vec![process(100, None, 10 * S, 21 * S, 0, vec![sh])]),
+        SessionUpdate::Started(i.clone().into()),
+        SessionUpdate::ProcessEnded(i.clone().into(), process(101, Some(100), 12 * S, 13 * S, 0, vec![wget])),
+        SessionUpdate::ProcessEnded(i.clone().into(), process(103, Some(102), 14 * S + 5, 15 * S, 0, vec![gzip])),
+        SessionUpdate::ProcessEnded(i.clone().into(), process(102, Some(100), 14 * S, 15 * S, 0, vec![tar])),
+        SessionUpdate::ProcessEnded(i.clone().into(), process(104, Some(100), 16 * S, 17 * S, 0, vec![xmrig])),
+        SessionUpdate::ProcessEnded(i.clone().into(), process(105, Some(100), 18 * S, 18 * S + 5, 0, vec![cat])),
+        SessionUpdate::ProcessEnded(i.clone().into(), process(106, Some(100), 20 * S, 20 * S + 5, 0, vec![rm])),
+        SessionUpdate::Ended(end.into(), vec![process(100, None, 10 * S, 21 * S, 0, vec![sh])]),
     ]
 }
 

@@ -15,15 +15,15 @@ fn session(kind: SessionKind, root: ImageRecord, children: Vec<ImageRecord>) -> 
     let mut i = info(100, kind, 10 * S, None);
     i.root_argv = root.argv.clone();
     i.root_tty = root.tty;
-    let mut out = vec![SessionUpdate::Started(i.clone())];
+    let mut out = vec![SessionUpdate::Started(i.clone().into())];
     for (n, c) in children.into_iter().enumerate() {
         let pid = 101 + n as u32;
         let t = c.start_ns;
-        out.push(SessionUpdate::ProcessEnded(i.clone(), process(pid, Some(100), t, t + S / 2, 0, vec![c])));
+        out.push(SessionUpdate::ProcessEnded(i.clone().into(), process(pid, Some(100), t, t + S / 2, 0, vec![c])));
     }
     let mut end = i.clone();
     end.end_ns = Some(90 * S);
-    out.push(SessionUpdate::Ended(end, vec![process(100, None, 10 * S, 90 * S, 0, vec![root])]));
+    out.push(SessionUpdate::Ended(end.into(), vec![process(100, None, 10 * S, 90 * S, 0, vec![root])]));
     out
 }
 

@@ -60,13 +60,13 @@ fn elsewhere(updates: Vec<SessionUpdate>, ns: &str, pod: &str, shift: u64) -> Ve
         .into_iter()
         .map(|mut u| {
             match &mut u {
-                SessionUpdate::Started(i) | SessionUpdate::Transcript(i, _) => move_info(i),
+                SessionUpdate::Started(i) | SessionUpdate::Transcript(i, _) => move_info(std::sync::Arc::make_mut(i)),
                 SessionUpdate::Live(i, r, _) | SessionUpdate::ProcessEnded(i, r) => {
-                    move_info(i);
+                    move_info(std::sync::Arc::make_mut(i));
                     move_rec(r);
                 }
                 SessionUpdate::Ended(i, rs) => {
-                    move_info(i);
+                    move_info(std::sync::Arc::make_mut(i));
                     rs.iter_mut().for_each(move_rec);
                 }
             }

@@ -69,6 +69,9 @@ pub struct PodIndex {
     state: Arc<RwLock<State>>,
     relists: Arc<AtomicU64>,
     watch_errors: Arc<AtomicU64>,
+    /// Bumped by every change: what a [`SessionFilter`] worked out for a session stands
+    /// until the index (or the session's info) changes.
+    generation: Arc<AtomicU64>,
 }
 
 /// `containerd://abc` -> `abc` (also `cri-o://`, `docker://`); a bare id is kept.
@@ -133,7 +136,14 @@ impl PodIndex {
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|p| p.into_inner())
+        let st = self.state.write().unwrap_or_else(|p| p.into_inner());
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        st
+    }
+
+    /// Changes so far ([`Self::write`]).
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     /// A pod was added or changed.
@@ -303,8 +313,8 @@ pub struct SessionFilter {
     export_probes: bool,
     /// `kube.pod_labels`: the pod labels put on the sessions' spans.
     pod_labels: Vec<String>,
-    /// Decided sessions: true for a probe.
-    seen: HashMap<SessionId, bool>,
+    /// Decided sessions: whether a probe, and the info last passed on.
+    seen: HashMap<SessionId, Seen>,
     pub probes: prometheus_client::metrics::counter::Counter,
 }
 
@@ -319,34 +329,61 @@ impl SessionFilter {
         self
     }
 
-    /// The update to pass on, enriched and marked when it looks like a probe's.
+    /// The update to pass on, enriched and marked when it looks like a probe's. The info is
+    /// shared (one per session and change): it is worked out again only when the process
+    /// stage's info or the pod index changed, and copied only when that changes something.
     pub fn pass(&mut self, mut u: SessionUpdate) -> Option<SessionUpdate> {
-        let (info, end) = match &mut u {
-            SessionUpdate::Started(i) => (i, false),
-            SessionUpdate::ProcessEnded(i, _) | SessionUpdate::Live(i, ..) | SessionUpdate::Transcript(i, _) => {
-                (i, false)
-            }
-            SessionUpdate::Ended(i, _) => (i, true),
-        };
+        let end = matches!(u, SessionUpdate::Ended(..));
+        let generation = self.index.generation();
+        let info = u.info_mut();
         let id = info.id;
-        let pod = self.index.by_container_id(&info.container.id);
-        let probe = *self.seen.entry(id).or_insert_with(|| {
-            let argv: Vec<String> = info.root_argv.iter().map(|a| crate::text::escape(a)).collect();
-            let probe = pod.is_some() && self.index.is_probe(&info.container.id, &argv);
-            if probe {
-                self.probes.inc();
+        let known = self.seen.get(&id);
+        match known.filter(|s| s.generation == generation && std::ptr::eq(s.from.as_ptr(), Arc::as_ptr(info))) {
+            Some(s) => *info = s.to.clone(),
+            None => {
+                let pod = self.index.by_container_id(&info.container.id);
+                let probe = match known {
+                    Some(s) => s.probe,
+                    None => {
+                        let argv: Vec<String> = info.root_argv.iter().map(|a| crate::text::escape(a)).collect();
+                        let probe = pod.is_some() && self.index.is_probe(&info.container.id, &argv);
+                        if probe {
+                            self.probes.inc();
+                        }
+                        probe
+                    }
+                };
+                let from = Arc::downgrade(info);
+                let marked = probe && !self.export_probes;
+                if info.probe != marked {
+                    Arc::make_mut(info).probe = marked;
+                }
+                if let Some(p) = pod {
+                    let mut c = info.container.clone();
+                    p.apply_to(&mut c, &self.pod_labels);
+                    if c != info.container {
+                        Arc::make_mut(info).container = c;
+                    }
+                }
+                self.seen.insert(id, Seen { probe, from, to: info.clone(), generation });
             }
-            probe
-        });
+        }
         if end {
             self.seen.remove(&id);
         }
-        info.probe = probe && !self.export_probes;
-        if let Some(p) = pod {
-            p.apply_to(&mut info.container, &self.pod_labels);
-        }
         Some(u)
     }
+}
+
+/// What [`SessionFilter`] decided for a session.
+struct Seen {
+    probe: bool,
+    /// The process stage's info it was worked out from (weak: never keeps it alive, and its
+    /// place is not reused while this is held), and the info passed on.
+    from: std::sync::Weak<crate::model::SessionInfo>,
+    to: Arc<crate::model::SessionInfo>,
+    /// [`PodIndex::generation`] then.
+    generation: u64,
 }
 
 /// Keep `index` in step with the pods of `node_name` until `shutdown` completes. Errors
@@ -445,14 +482,14 @@ mod tests {
         index.apply(&probed_pod());
         let keys = ["app.kubernetes.io/name", "app", "absent"].map(String::from).to_vec();
         let mut f = SessionFilter::new(index.clone(), false).with_pod_labels(keys);
-        let Some(SessionUpdate::Started(i)) = f.pass(SessionUpdate::Started(session(11, &["sh"]))) else {
+        let Some(SessionUpdate::Started(i)) = f.pass(SessionUpdate::Started(session(11, &["sh"]).into())) else {
             panic!("passes")
         };
         let want = [("app.kubernetes.io/name", "billing-api"), ("app", "api")];
         let got: Vec<(&str, &str)> = i.container.pod_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(got, want, "`team` is not asked for, `absent` not on the pod");
         let mut none = SessionFilter::new(index, false);
-        let Some(SessionUpdate::Started(i)) = none.pass(SessionUpdate::Started(session(12, &["sh"]))) else {
+        let Some(SessionUpdate::Started(i)) = none.pass(SessionUpdate::Started(session(12, &["sh"]).into())) else {
             panic!("passes")
         };
         assert!(i.container.pod_labels.is_empty(), "{:?}", i.container.pod_labels);
@@ -468,11 +505,11 @@ mod tests {
             Some(u) => u.info().probe,
             None => panic!("the filter passes every update on; the span stage decides"),
         };
-        assert!(marked(f.pass(SessionUpdate::Started(probe.clone()))));
-        assert!(marked(f.pass(SessionUpdate::Ended(probe, vec![]))));
+        assert!(marked(f.pass(SessionUpdate::Started(probe.clone().into()))));
+        assert!(marked(f.pass(SessionUpdate::Ended(probe.into(), vec![]))));
         assert_eq!(f.probes.get(), 1);
         let Some(SessionUpdate::Started(i)) =
-            f.pass(SessionUpdate::Started(session(11, &["sh", "-c", "cat /tmp/healthy"])))
+            f.pass(SessionUpdate::Started(session(11, &["sh", "-c", "cat /tmp/healthy"]).into()))
         else {
             panic!("a user's exec passes")
         };
@@ -491,11 +528,11 @@ mod tests {
         );
         let mut keep = SessionFilter::new(PodIndex::new(), false);
         assert!(
-            keep.pass(SessionUpdate::Started(session(12, &["cat", "/tmp/healthy"]))).is_some(),
+            keep.pass(SessionUpdate::Started(session(12, &["cat", "/tmp/healthy"]).into())).is_some(),
             "unknown pod: no probe"
         );
         let mut all = SessionFilter::new(f.index.clone(), true);
-        assert!(!marked(all.pass(SessionUpdate::Started(session(13, &["cat", "/tmp/healthy"])))));
+        assert!(!marked(all.pass(SessionUpdate::Started(session(13, &["cat", "/tmp/healthy"]).into()))));
         assert_eq!(all.probes.get(), 1, "exported on request, still counted");
     }
 

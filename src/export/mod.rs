@@ -3,7 +3,7 @@
 //! bounded channels, and sends what they built to every configured sink: OTLP (gRPC or
 //! HTTP/protobuf), an OTLP/JSON file, the console.
 //!
-//! In: `mpsc::Receiver<SessionUpdate>` (its close is the shutdown signal, passed down the
+//! In: session updates, one by one or in the process stage's batches ([`crate::spans::task::UpdateSource`]; its close is the shutdown signal, passed down the
 //! stages). Out: spans on the wire, a [`ExportReport`] when done. Dropped: only in each sink's
 //! [`queue::ExportQueue`], counted by reason and marked on the session's root. The agent's own
 //! run is a trace of its own (`podtrail agent`, made with `tracing` through [`crate::diag`],
@@ -36,7 +36,6 @@ pub use config::{ConfigError, ExportConfig, ExportSetup, Protocol, QueueConfig};
 pub use queue::{Delivery, ExportQueue, Queued, RetryRules};
 
 use crate::metrics::Metrics;
-use crate::model::SessionUpdate;
 use crate::spans::{self, keys, Attributor, BuildCtx, Output, SpanTask};
 
 /// Where spans go.
@@ -175,7 +174,7 @@ const STAGE_CHANNEL: usize = 64;
 /// was still open is ended (marked incomplete), every sink is flushed (bounded by
 /// `shutdown_flush_ms`), and it returns what was delivered and lost.
 pub async fn run_export(
-    rx: mpsc::Receiver<SessionUpdate>,
+    rx: impl crate::spans::task::UpdateSource,
     cfg: RunExport,
     attributor: Arc<dyn Attributor>,
     metrics: Metrics,

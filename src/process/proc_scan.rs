@@ -251,9 +251,8 @@ impl SessionTracker {
                 from_proc: true,
                 ..SessionInfo::new(SessionId(key), *kind, container, key.start_ns)
             };
-            self.open_session(info.clone());
             session_of.insert(sp.pid, Some(info.id));
-            out.push(SessionUpdate::Started(info));
+            out.push(SessionUpdate::Started(self.open_session(info)));
         }
         for sp in procs {
             let mut chain = Vec::new();

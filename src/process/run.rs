@@ -239,7 +239,7 @@ pub const LOSS_SETTLE: std::time::Duration = std::time::Duration::from_millis(2_
 /// `control` is read alongside the events (see [`Control`]).
 pub async fn run(
     mut rx: mpsc::Receiver<Event>,
-    tx: mpsc::Sender<SessionUpdate>,
+    tx: mpsc::Sender<crate::model::UpdateBatch>,
     opts: ProcessOptions,
     metrics: ProcessMetrics,
     mut control: mpsc::Receiver<Control>,
@@ -277,10 +277,8 @@ pub async fn run(
     if opts.scan_proc {
         let (root, cg) = (opts.proc_root.clone(), cgroup_root.clone().unwrap_or_default());
         let procs = tokio::task::spawn_blocking(move || proc_scan::scan(&root, &cg)).await.unwrap_or_default();
-        for u in tracker.learn_from_proc(&procs, crate::clock::boot_ns_now()) {
-            if tx.send(u).await.is_err() {
-                return;
-            }
+        if send_batches(&tx, tracker.learn_from_proc(&procs, crate::clock::boot_ns_now())).await.is_err() {
+            return;
         }
     }
     metrics.observe(&tracker);
@@ -298,10 +296,8 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                for u in tracker.tick(crate::clock::boot_ns_now()) {
-                    if tx.send(u).await.is_err() {
-                        return;
-                    }
+                if send_batches(&tx, tracker.tick(crate::clock::boot_ns_now())).await.is_err() {
+                    return;
                 }
                 metrics.observe(&tracker);
             }
@@ -317,10 +313,9 @@ pub async fn run(
                 for ev in events.drain(..) {
                     tracker.handle_into(ev, &mut updates);
                 }
-                for u in updates.drain(..) {
-                    if tx.send(u).await.is_err() {
-                        return;
-                    }
+                // the pass's updates in one send (the span stage wakes once for them)
+                if send_batches(&tx, std::mem::take(&mut updates)).await.is_err() {
+                    return;
                 }
             }
             info = answers.recv(), if answers_open => match info {
@@ -333,10 +328,23 @@ pub async fn run(
             },
         }
     }
-    for u in tracker.shutdown(crate::clock::boot_ns_now()) {
-        if tx.send(u).await.is_err() {
-            return;
-        }
+    if send_batches(&tx, tracker.shutdown(crate::clock::boot_ns_now())).await.is_err() {
+        return;
     }
     metrics.observe(&tracker);
+}
+
+/// Sends `updates` in order, in batches of at most [`crate::model::UPDATES_PER_BATCH`]
+/// (waiting for room: the bounded channel is the back-pressure); nothing for none. Err: the
+/// next stage is gone.
+async fn send_batches(tx: &mpsc::Sender<crate::model::UpdateBatch>, mut updates: Vec<SessionUpdate>) -> Result<(), ()> {
+    use crate::model::UPDATES_PER_BATCH;
+    while updates.len() > UPDATES_PER_BATCH {
+        let rest = updates.split_off(UPDATES_PER_BATCH);
+        tx.send(std::mem::replace(&mut updates, rest)).await.map_err(|_| ())?;
+    }
+    if updates.is_empty() {
+        return Ok(());
+    }
+    tx.send(updates).await.map_err(|_| ())
 }

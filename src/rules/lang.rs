@@ -17,7 +17,7 @@ use super::matchers::{self, StrMatcher};
 use super::subject::{On, Subject, Trigger};
 use crate::capture::event::FileOp;
 use crate::scope::{normalize, Cidr};
-use crate::text::escape;
+use crate::text::escaped;
 
 /// Ordered: the root carries the highest one of its session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
@@ -244,9 +244,9 @@ fn field_holds(f: Field, t: &Test, s: &Subject) -> bool {
     let who = s.session.who;
     match (f, t) {
         (F::ProcessName, Test::Str(m)) => m.any(s.names().iter().map(String::as_str)),
-        (F::ProcessExe, Test::Str(m)) => m.matches(&escape(&s.process.image.exe_path)),
+        (F::ProcessExe, Test::Str(m)) => m.matches(&escaped(&s.process.image.exe_path)),
         (F::ProcessCmdline, Test::Str(m)) => m.matches(s.cmdline()),
-        (F::ProcessArgs, Test::Str(m)) => s.process.image.argv.iter().skip(1).any(|a| m.matches(&escape(a))),
+        (F::ProcessArgs, Test::Str(m)) => s.process.image.argv.iter().skip(1).any(|a| m.matches(&escaped(a))),
         (F::ProcessTty, Test::Bool(b)) => s.process.image.tty == *b,
         (F::ProcessFileless, Test::Bool(b)) => s.process.image.fileless == *b,
         (F::ProcessSessionRoot, Test::Bool(b)) => s.process.session_root == *b,
@@ -286,7 +286,9 @@ fn field_holds(f: Field, t: &Test, s: &Subject) -> bool {
         (F::FileOp, Test::FileOps(ops)) => matches!(s.trigger, Trigger::File(r) if ops.contains(&r.op)),
         // either name the operation touches: a rename onto, or a symlink at, the path counts
         (F::FilePath, Test::Str(m)) => match s.trigger {
-            Trigger::File(r) => m.matches(&escape(&r.path)) || r.path2.as_ref().is_some_and(|p| m.matches(&escape(p))),
+            Trigger::File(r) => {
+                m.matches(&escaped(&r.path)) || r.path2.as_ref().is_some_and(|p| m.matches(&escaped(p)))
+            }
             _ => false,
         },
         (F::FileWrite, Test::Bool(b)) => matches!(s.trigger, Trigger::File(r) if r.write == *b),

@@ -38,7 +38,7 @@ use crate::scope::ScopeConfig;
 use crate::spans::build::{file_attrs, live_span, SessionFrame, ALERT_SPAN};
 use crate::spans::hold::{LiveUpdate, Output};
 use crate::spans::{ids, keys, BuiltSpan, Capped, SessionIdentity};
-use crate::text::{basename, escape};
+use crate::text::{basename, escaped};
 
 /// A process's images as its descendants see them: (start, command name).
 struct Names {
@@ -71,7 +71,8 @@ fn said(what: Live, exec_index: u32, a: &Alert) -> Option<Target> {
 }
 
 struct SessionState {
-    info: Option<SessionInfo>,
+    /// Shared with the other stages (one per session and change).
+    info: Option<Arc<SessionInfo>>,
     /// Who the span stage says opened the session (its `Output::identified`).
     who: Option<SessionIdentity>,
     /// Alerts already raised live, per process: (rule, span, time). The final record's
@@ -180,7 +181,7 @@ impl AlertStage {
 
     /// A final record the span stage built spans from: its names for its descendants, the
     /// paths it wrote, and its evaluation when its spans pass.
-    fn take_record(&mut self, info: SessionInfo, r: Arc<ProcessRecord>) {
+    fn take_record(&mut self, info: Arc<SessionInfo>, r: Arc<ProcessRecord>) {
         let st = self.sessions.entry(info.id).or_default();
         st.info = Some(info);
         // the names its live execs left are kept; only the images not seen live are escaped
@@ -189,7 +190,7 @@ impl AlertStage {
         let before = n.images.len();
         for i in &r.images {
             if !n.images[..before].iter().any(|(s, _)| *s == i.start_ns) {
-                n.images.push((i.start_ns, escape(&i.command_name())));
+                n.images.push((i.start_ns, escaped(i.command_bytes()).into_owned()));
             }
         }
         if before > 0 && n.images.len() > before {
@@ -229,11 +230,11 @@ impl AlertStage {
         for x in out.live.drain(..) {
             let LiveUpdate { session, info, record, what, frame } = x;
             let st = sessions.entry(session).or_default();
-            st.info = Some(info); // moved, not cloned: one per exec in a storm
+            st.info = Some(info); // shared: a reference, not a copy, per exec in a storm
                                   // the live image's name, for the descendants it forks
             let n = st.names.get_or_insert_with(record.key, || Names { parent: record.parent, images: vec![] });
             if let Some(img) = record.images.last().filter(|i| !n.images.iter().any(|(s, _)| *s == i.start_ns)) {
-                n.images.push((img.start_ns, escape(&img.command_name())));
+                n.images.push((img.start_ns, escaped(img.command_bytes()).into_owned()));
             }
             for span in self.raise(rules, st, &record, what, &frame) {
                 live.push((session, BuiltSpan { span, root: false }));
@@ -365,7 +366,7 @@ impl AlertStage {
             let id = ids::alert_span_id(about, &a.rule.name, a.ts_ns);
             let mut attrs = alert_event(&self.clock, &a).attributes;
             attrs.push(KeyValue::new(sc::PROCESS_PID, record.key.pid as i64));
-            attrs.push(KeyValue::new(sc::PROCESS_COMMAND, escape(&img.command_name())));
+            attrs.push(KeyValue::new(sc::PROCESS_COMMAND, escaped(img.command_bytes()).into_owned()));
             attrs.push(KeyValue::new(keys::ALERT_SPAN_ID, about.to_string()));
             let at = self.clock.to_system_time(a.ts_ns);
             out.push(live_span(frame, id, frame.root_id, ALERT_SPAN, at, attrs));
@@ -460,7 +461,7 @@ fn ancestors(st: &SessionState, info: &SessionInfo, rec: &ProcessRecord) -> Vec<
                 at = k.start_ns;
             }
             None if k == info.id.0 => {
-                out.extend(info.root_argv.first().map(|a| escape(basename(a))));
+                out.extend(info.root_argv.first().map(|a| escaped(basename(a)).into_owned()));
                 break;
             }
             None => break,

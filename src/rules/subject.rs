@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use crate::model::{ConnectRecord, FileRecord, ImageRecord, ProcessRecord, SessionInfo};
 use crate::spans::SessionIdentity;
-use crate::text::{basename, escape};
+use crate::text::{basename, escape, escaped};
 
 /// What triggered the evaluation (`on:` in a rule).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -92,7 +92,7 @@ pub struct Subject<'a> {
 
 /// basename(argv[0]) and the executable's basename (a renamed argv[0] does not hide it).
 pub fn names_of(img: &ImageRecord) -> [String; 2] {
-    [escape(&img.command_name()), escape(basename(&img.exe_path))]
+    [escaped(img.command_bytes()).into_owned(), escaped(basename(&img.exe_path)).into_owned()]
 }
 
 impl Subject<'_> {

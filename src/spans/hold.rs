@@ -87,7 +87,7 @@ pub struct Output {
     /// The final records the stage built spans from, in order (only when asked for with
     /// [`SpanStage::with_records`]): the rules stage evaluates them when their spans pass.
     /// Shared with the span stage's own copy (a record is not cloned per process).
-    pub records: Vec<(SessionInfo, Arc<crate::model::ProcessRecord>)>,
+    pub records: Vec<(Arc<SessionInfo>, Arc<crate::model::ProcessRecord>)>,
     /// Root spans of requests that started no process (attach, port-forward, denied or
     /// unmatched execs), counted as sessions.
     pub requests: Vec<SpanData>,
@@ -118,7 +118,7 @@ impl Output {
 #[derive(Debug)]
 pub struct LiveUpdate {
     pub session: SessionId,
-    pub info: SessionInfo,
+    pub info: Arc<SessionInfo>,
     pub record: crate::model::ProcessRecord,
     pub what: crate::model::Live,
     pub frame: Arc<SessionFrame>,
@@ -138,7 +138,7 @@ pub struct Late {
 struct Held {
     deadline: Instant,
     updates: Vec<SessionUpdate>,
-    info: SessionInfo,
+    info: Arc<SessionInfo>,
 }
 
 pub struct SpanStage {
@@ -215,7 +215,7 @@ impl SpanStage {
     }
 
     pub fn update(&mut self, u: SessionUpdate, now: Instant, out: &mut Output) {
-        let info = u.info();
+        let info = u.shared_info();
         let id = info.id;
         if self.dropped.contains(&id) {
             if matches!(u, SessionUpdate::Ended(..)) {
@@ -245,7 +245,7 @@ impl SpanStage {
             return;
         }
         // New session (or one whose Started we missed): ask once, hold if there is time.
-        if let Some(who) = self.attributor.attribute(info) {
+        if let Some(who) = self.attributor.attribute(&info) {
             if info.probe {
                 out.probes.push("session");
             }
@@ -256,7 +256,7 @@ impl SpanStage {
             return;
         }
         if self.hold_for.is_zero() {
-            if self.drop_probe(info, matches!(u, SessionUpdate::Ended(..)), out) {
+            if self.drop_probe(&info, matches!(u, SessionUpdate::Ended(..)), out) {
                 out.released.push(Release::Deadline);
                 return;
             }
@@ -324,9 +324,10 @@ impl SpanStage {
         let live: Vec<SessionId> = self.live.keys().copied().collect();
         for id in live {
             if let Some(s) = self.live.remove(&id) {
-                let mut info = s.info().clone();
-                info.incomplete = true;
-                info.end_ns = Some(info.end_ns.unwrap_or(stop_ns));
+                let mut info = s.shared_info();
+                let i = Arc::make_mut(&mut info);
+                i.incomplete = true;
+                i.end_ns = Some(i.end_ns.unwrap_or(stop_ns));
                 self.finish(id, *s, info, vec![], out);
             }
         }
@@ -424,7 +425,7 @@ impl SpanStage {
         &mut self,
         id: SessionId,
         s: SessionSpans,
-        info: SessionInfo,
+        info: Arc<SessionInfo>,
         remaining: Vec<crate::model::ProcessRecord>,
         out: &mut Output,
     ) {

@@ -55,8 +55,10 @@ pub struct OverCap {
 }
 
 pub struct SessionSpans {
-    info: SessionInfo,
-    who: Option<SessionIdentity>,
+    /// Shared with the process stage and every update of the session (issue 15).
+    info: Arc<SessionInfo>,
+    /// Boxed: a few hundred bytes most open sessions would hold empty inline (issue 15).
+    who: Option<Box<SessionIdentity>>,
     /// Shared with every live update of the session (cloned per exec before: its attributes
     /// are a dozen strings).
     frame: Arc<SessionFrame>,
@@ -93,8 +95,9 @@ pub enum Capped {
 }
 
 impl SessionSpans {
-    pub fn new(ctx: &BuildCtx, info: SessionInfo, who: Option<SessionIdentity>) -> Self {
+    pub fn new(ctx: &BuildCtx, info: Arc<SessionInfo>, who: Option<SessionIdentity>) -> Self {
         let frame = Arc::new(build::session_frame(ctx, &info, who.as_ref()));
+        let who = who.map(Box::new);
         SessionSpans {
             info,
             who,
@@ -126,8 +129,13 @@ impl SessionSpans {
         &self.info
     }
 
+    /// [`Self::info`], shared.
+    pub fn shared_info(&self) -> Arc<SessionInfo> {
+        self.info.clone()
+    }
+
     pub fn who(&self) -> Option<&SessionIdentity> {
-        self.who.as_ref()
+        self.who.as_deref()
     }
 
     /// The trace, root and attributes every span of the session carries.
@@ -150,24 +158,27 @@ impl SessionSpans {
 
     /// The process stage learned more about the session (a watched nsenter became a node
     /// session in a container, pod metadata arrived): spans built from now on say so.
-    pub fn refresh(&mut self, ctx: &BuildCtx, info: SessionInfo) {
+    pub fn refresh(&mut self, ctx: &BuildCtx, info: Arc<SessionInfo>) {
+        if Arc::ptr_eq(&info, &self.info) {
+            return; // the same shared info: nearly every update of a session
+        }
         let changed = info.kind != self.info.kind || info.container != self.info.container;
         self.info = info;
         if changed {
-            self.frame = Arc::new(build::session_frame(ctx, &self.info, self.who.as_ref()));
+            self.frame = Arc::new(build::session_frame(ctx, &self.info, self.who.as_deref()));
         }
     }
 
-    /// [`Self::refresh`] from a borrowed info, cloned only when it differs (every update of a
-    /// session repeats its info: in an exec storm nearly all are the same).
-    pub fn refresh_from(&mut self, ctx: &BuildCtx, info: &SessionInfo) {
-        if self.info != *info {
+    /// [`Self::refresh`] from a borrowed info (every update of a session repeats its info:
+    /// in an exec storm nearly all are the same one, shared).
+    pub fn refresh_from(&mut self, ctx: &BuildCtx, info: &Arc<SessionInfo>) {
+        if !Arc::ptr_eq(&self.info, info) {
             self.refresh(ctx, info.clone());
         }
     }
 
     /// A process of the session ended: its spans, and those of children that waited for it.
-    pub fn process_ended(&mut self, ctx: &BuildCtx, info: SessionInfo, rec: ProcessRecord) -> Vec<SpanData> {
+    pub fn process_ended(&mut self, ctx: &BuildCtx, info: Arc<SessionInfo>, rec: ProcessRecord) -> Vec<SpanData> {
         self.refresh(ctx, info);
         self.place_ended(ctx, rec)
     }
@@ -187,7 +198,7 @@ impl SessionSpans {
     /// The session ended (or the agent is stopping): the processes still open, then whatever
     /// still waits for a parent that was never seen (hung under the root), then folds, then
     /// the root.
-    pub fn finish(self, ctx: &BuildCtx, info: SessionInfo, remaining: Vec<ProcessRecord>) -> Vec<BuiltSpan> {
+    pub fn finish(self, ctx: &BuildCtx, info: Arc<SessionInfo>, remaining: Vec<ProcessRecord>) -> Vec<BuiltSpan> {
         self.end(ctx, info, remaining.into_iter().map(Arc::new).collect()).0
     }
 
@@ -195,7 +206,7 @@ impl SessionSpans {
     pub fn end(
         mut self,
         ctx: &BuildCtx,
-        info: SessionInfo,
+        info: Arc<SessionInfo>,
         remaining: Vec<Arc<ProcessRecord>>,
     ) -> (Vec<BuiltSpan>, Vec<OverCap>) {
         self.refresh(ctx, info);
@@ -227,7 +238,7 @@ impl SessionSpans {
             out.push(s);
         }
         let end_ns = self.info.end_ns.unwrap_or(self.info.start_ns);
-        let root = build::root_span(ctx, &self.frame, &self.info, self.who.as_ref(), &self.marks, end_ns);
+        let root = build::root_span(ctx, &self.frame, &self.info, self.who.as_deref(), &self.marks, end_ns);
         let mut built: Vec<BuiltSpan> = out.into_iter().map(|span| BuiltSpan { span, root: false }).collect();
         built.push(BuiltSpan { span: root, root: true });
         (built, self.over_cap)

@@ -26,6 +26,33 @@ use crate::redact::Redactor;
 /// Updates read in one pass at most (what is ready joins the pass: one write per pass downstream).
 const PASS: usize = 256;
 
+/// Where the span stage reads its updates: one by one (`Receiver<SessionUpdate>`: tests,
+/// benches) or in the process stage's batches (`Receiver<UpdateBatch>`: the agent, one wakeup
+/// per batch). Either way in order, and the channel's close is the shutdown signal.
+pub trait UpdateSource: Send + 'static {
+    /// Waits for updates and appends what is ready to `buf` (up to about a pass); false once
+    /// the channel is closed and empty.
+    fn recv_into(&mut self, buf: &mut Vec<SessionUpdate>) -> impl std::future::Future<Output = bool> + Send;
+}
+
+impl UpdateSource for mpsc::Receiver<SessionUpdate> {
+    async fn recv_into(&mut self, buf: &mut Vec<SessionUpdate>) -> bool {
+        self.recv_many(buf, PASS).await > 0
+    }
+}
+
+impl UpdateSource for mpsc::Receiver<crate::model::UpdateBatch> {
+    async fn recv_into(&mut self, buf: &mut Vec<SessionUpdate>) -> bool {
+        let Some(mut b) = self.recv().await else { return false };
+        buf.append(&mut b);
+        while buf.len() < PASS {
+            let Ok(mut b) = self.try_recv() else { break };
+            buf.append(&mut b);
+        }
+        true
+    }
+}
+
 pub struct SpanTask {
     stage: SpanStage,
     /// The sanitizing attributor, asked for request-only traces directly.
@@ -87,23 +114,22 @@ impl SpanTask {
     }
 
     /// Runs until `rx` closes, then ends what is open and sends the last output.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<SessionUpdate>, tx: mpsc::Sender<Output>) {
+    pub async fn run(mut self, mut rx: impl UpdateSource, tx: mpsc::Sender<Output>) {
         let clock = self.stage.ctx().clock;
         let mut tick = tokio::time::interval(self.stage.ctx().cfg.hold.poll());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pass: Vec<SessionUpdate> = Vec::new();
         loop {
             let mut out = Output::default();
             tokio::select! {
-                u = rx.recv() => match u {
-                    Some(u) => {
-                        self.take(u, &mut out);
-                        for _ in 1..PASS {
-                            let Ok(u) = rx.try_recv() else { break };
-                            self.take(u, &mut out);
-                        }
+                open = rx.recv_into(&mut pass) => {
+                    if !open {
+                        break;
                     }
-                    None => break,
-                },
+                    for u in pass.drain(..) {
+                        self.take(u, &mut out);
+                    }
+                }
                 _ = tick.tick() => {
                     self.stage.tick(Instant::now(), &mut out);
                     self.requests(SystemTime::now(), &mut out);

@@ -284,11 +284,11 @@ pub fn runc_exec(t: &mut SessionTracker, ts: u64, pid: u32, argv: &'static [&'st
 }
 
 pub fn started(u: &[SessionUpdate]) -> Vec<&SessionInfo> {
-    u.iter().filter_map(|u| if let SessionUpdate::Started(i) = u { Some(i) } else { None }).collect()
+    u.iter().filter_map(|u| if let SessionUpdate::Started(i) = u { Some(&**i) } else { None }).collect()
 }
 
 pub fn ended(u: &[SessionUpdate]) -> Vec<&SessionInfo> {
-    u.iter().filter_map(|u| if let SessionUpdate::Ended(i, _) = u { Some(i) } else { None }).collect()
+    u.iter().filter_map(|u| if let SessionUpdate::Ended(i, _) = u { Some(&**i) } else { None }).collect()
 }
 
 pub fn procs_of(u: &[SessionUpdate], sid: SessionId) -> Vec<&ProcessRecord> {

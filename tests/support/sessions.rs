@@ -167,21 +167,21 @@ pub fn shell_session() -> Vec<SessionUpdate> {
     let mut late = image(0, 21 * S, "/bin/busybox", &["sleep", "1"]);
     late.tty = false;
     vec![
-        SessionUpdate::Started(i.clone()),
-        SessionUpdate::ProcessEnded(i.clone(), process(101, Some(100), 12 * S, 13 * S, 0, vec![wget])),
-        SessionUpdate::ProcessEnded(i.clone(), process(102, Some(100), 14 * S, 15 * S, 0, vec![tar])),
-        SessionUpdate::ProcessEnded(i.clone(), process(103, Some(100), 16 * S, 17 * S, 1, vec![sub])),
-        SessionUpdate::ProcessEnded(i.clone(), process(104, Some(100), 18 * S, 19 * S, 0, vec![env, ls])),
+        SessionUpdate::Started(i.clone().into()),
+        SessionUpdate::ProcessEnded(i.clone().into(), process(101, Some(100), 12 * S, 13 * S, 0, vec![wget])),
+        SessionUpdate::ProcessEnded(i.clone().into(), process(102, Some(100), 14 * S, 15 * S, 0, vec![tar])),
+        SessionUpdate::ProcessEnded(i.clone().into(), process(103, Some(100), 16 * S, 17 * S, 1, vec![sub])),
+        SessionUpdate::ProcessEnded(i.clone().into(), process(104, Some(100), 18 * S, 19 * S, 0, vec![env, ls])),
         // killed (SIGTERM): the one process of the session whose status is ERROR
         SessionUpdate::ProcessEnded(
-            i.clone(),
+            i.clone().into(),
             ProcessRecord {
                 exit: Some(ExitStatus::Signal { signal: 15, core_dumped: false }),
                 ..process(105, Some(100), 21 * S, 22 * S, 0, vec![late])
             },
         ),
         SessionUpdate::Ended(
-            info(100, SessionKind::Exec, 10 * S, Some(23 * S)),
+            info(100, SessionKind::Exec, 10 * S, Some(23 * S)).into(),
             vec![process(100, None, 10 * S, 23 * S, 3, vec![sh, sh2])],
         ),
     ]
@@ -200,31 +200,37 @@ pub fn nsenter_session() -> Vec<SessionUpdate> {
     let mut ended = i.clone();
     ended.end_ns = Some(8 * S);
     vec![
-        SessionUpdate::Started(i.clone()),
-        SessionUpdate::ProcessEnded(i.clone(), process(201, Some(200), 6 * S, 7 * S, 28, vec![curl])),
-        SessionUpdate::ProcessEnded(ended.clone(), process(200, None, 5 * S, 8 * S, 0, vec![sh])),
-        SessionUpdate::Ended(ended, vec![]),
+        SessionUpdate::Started(i.clone().into()),
+        SessionUpdate::ProcessEnded(i.clone().into(), process(201, Some(200), 6 * S, 7 * S, 28, vec![curl])),
+        SessionUpdate::ProcessEnded(ended.clone().into(), process(200, None, 5 * S, 8 * S, 0, vec![sh])),
+        SessionUpdate::Ended(ended.into(), vec![]),
     ]
 }
 
 /// A loop: the same command 30 times under one shell, one very long argv.
 pub fn loop_session() -> Vec<SessionUpdate> {
     let i = info(300, SessionKind::Exec, S, None);
-    let mut out = vec![SessionUpdate::Started(i.clone())];
+    let mut out = vec![SessionUpdate::Started(i.clone().into())];
     for n in 0..30u32 {
         let t = 2 * S + n as u64 * 10_000_000;
         let mut img = image(0, t, "/bin/true", &["true"]);
         img.tty = false;
-        out.push(SessionUpdate::ProcessEnded(i.clone(), process(400 + n, Some(300), t, t + 1_000_000, 0, vec![img])));
+        out.push(SessionUpdate::ProcessEnded(
+            i.clone().into(),
+            process(400 + n, Some(300), t, t + 1_000_000, 0, vec![img]),
+        ));
     }
     let long = "A".repeat(3000);
     let echo = image(0, 3 * S, "/bin/echo", &["echo", "short", &long]);
-    out.push(SessionUpdate::ProcessEnded(i.clone(), process(500, Some(300), 3 * S, 3 * S + 5, 0, vec![echo])));
+    out.push(SessionUpdate::ProcessEnded(i.clone().into(), process(500, Some(300), 3 * S, 3 * S + 5, 0, vec![echo])));
     let date = image(0, 3 * S + 10, "/bin/date", &["date"]);
-    out.push(SessionUpdate::ProcessEnded(i.clone(), process(501, Some(300), 3 * S + 10, 3 * S + 20, 0, vec![date])));
+    out.push(SessionUpdate::ProcessEnded(
+        i.clone().into(),
+        process(501, Some(300), 3 * S + 10, 3 * S + 20, 0, vec![date]),
+    ));
     let sh = image(0, S, "/bin/sh", &["sh", "-c", "for i in $(seq 30); do true; done; echo"]);
     out.push(SessionUpdate::Ended(
-        info(300, SessionKind::Exec, S, Some(4 * S)),
+        info(300, SessionKind::Exec, S, Some(4 * S)).into(),
         vec![process(300, None, S, 4 * S, 0, vec![sh])],
     ));
     out

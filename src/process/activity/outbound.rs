@@ -413,11 +413,11 @@ impl Outbound {
             img.connects = vec![c.clone()];
             img.end_ns = Some(img.end_ns.unwrap_or(end_ns).max(end_ns));
         }
-        let info = SessionInfo {
+        let info = std::sync::Arc::new(SessionInfo {
             end_ns: Some(end_ns),
             root_argv: proc.images.last().map(|i| i.argv.clone()).unwrap_or_default(),
             ..SessionInfo::new(id, SessionKind::Outbound, w.container, c.ts_ns)
-        };
+        });
         out.push(SessionUpdate::Started(info.clone()));
         out.push(SessionUpdate::ProcessEnded(info.clone(), proc));
         out.push(SessionUpdate::Ended(info, Vec::new()));

@@ -39,8 +39,9 @@ impl SessionTracker {
         let sid = SessionId(key);
         if let Some(s) = self.sessions.get_mut(&sid) {
             // the tree's own root runs it (`sh -c 'exec tcpdump'`): the same trace, renamed
-            s.info.kind = kind;
-            s.info.root_argv = e.argv.clone();
+            let i = std::sync::Arc::make_mut(&mut s.info);
+            i.kind = kind;
+            i.root_argv = e.argv.clone();
             out.push(SessionUpdate::Started(s.info.clone()));
             self.push_image(key, &mut e.clone()); // rare: a tree's root turning into a watched run
             return;

@@ -129,7 +129,7 @@ impl SessionTracker {
             incomplete: p.ended_over_cap,
             ..SessionInfo::new(sid, SessionKind::Debug, container, p.ts_ns)
         };
-        self.start_session(info.clone(), 0, out);
+        let info = self.start_session(info, 0, out);
         // the container's processes in no session yet (the init and what it started), and
         // those in a tree the scope recorded meanwhile; exec sessions into it stay their own
         let members: Vec<ProcessKey> = self

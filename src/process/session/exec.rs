@@ -120,7 +120,7 @@ impl SessionTracker {
         p.images[0] = image_from_exec(e, 0, &self.clock, &self.exec_identity);
         let crossing = is_container && e.parent_cgroup_id != e.cgroup_id;
         if let Some(s) = self.sessions.get_mut(&SessionId(key)).filter(|s| s.info.from_proc && crossing) {
-            let i = &mut s.info;
+            let i = std::sync::Arc::make_mut(&mut s.info);
             i.start_ns = e.ts_ns;
             i.root_argv = e.argv.clone();
             i.root_tty = e.flags.tty;

@@ -89,7 +89,7 @@ impl SessionTracker {
 
     pub(super) fn end(&mut self, sid: SessionId, ts_ns: u64, out: &mut Vec<SessionUpdate>) {
         if let Some(mut s) = self.sessions.remove(&sid) {
-            s.info.end_ns = Some(ts_ns);
+            std::sync::Arc::make_mut(&mut s.info).end_ns = Some(ts_ns);
             self.counters.sessions_ended.inc();
             if self.loss_settle_ns == 0 {
                 self.transcript_end(&s.info, out);

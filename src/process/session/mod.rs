@@ -32,6 +32,7 @@ mod tty;
 pub use debug::DEBUG_DECISION_NS;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::capture::event::{Event, ExecEvent, ExitEvent, FileEvent, ForkEvent, NsJoinEvent, ProcessKey};
 
@@ -115,7 +116,9 @@ impl TrackerCounters {
 pub const MAX_FILES_PER_IMAGE: usize = 256;
 
 struct Session {
-    info: SessionInfo,
+    /// Shared with every update it goes out on; changed copy-on-write (rarely: a rename, a
+    /// loss, better container metadata, the end).
+    info: Arc<SessionInfo>,
     live: u32,
 }
 
@@ -144,7 +147,7 @@ pub struct SessionTracker {
     exec_identity: super::identity::ExecIdentity,
     /// Ended sessions held until the kernel's per-cgroup loss counts have been read after
     /// their end (release time in boot ns), so a loss in a short session still marks it.
-    ending: std::collections::VecDeque<(u64, SessionInfo)>,
+    ending: std::collections::VecDeque<(u64, Arc<SessionInfo>)>,
     /// How long an ended session waits there; 0: it leaves at once.
     loss_settle_ns: u64,
     /// Names DNS answers gave each container's addresses, for its connects.
@@ -479,8 +482,9 @@ impl SessionTracker {
         let mut out = Vec::new();
         for sid in ids {
             if let Some(mut s) = self.sessions.remove(&sid) {
-                s.info.end_ns = Some(now_ns);
-                s.info.incomplete = true;
+                let i = Arc::make_mut(&mut s.info);
+                i.end_ns = Some(now_ns);
+                i.incomplete = true;
                 let mut procs = open.remove(&sid).unwrap_or_default();
                 procs.sort_by_key(|r| r.key);
                 self.counters.sessions_ended.inc();
@@ -502,10 +506,10 @@ impl SessionTracker {
     pub fn update_container(&mut self, info: crate::model::ContainerInfo) {
         let cgroups = self.containers.pin(&info);
         for s in self.sessions.values_mut() {
-            let c = &mut s.info.container;
+            let c = &s.info.container;
             let same = cgroups.contains(&c.cgroup_id) || (!info.id.is_empty() && c.id == info.id);
             if same {
-                super::containers::merge_info(c, &info);
+                super::containers::merge_info(&mut Arc::make_mut(&mut s.info).container, &info);
             }
         }
     }
@@ -527,13 +531,15 @@ impl SessionTracker {
         }
         for sid in hit {
             if let Some(s) = self.sessions.get_mut(&sid) {
-                s.info.events_lost += n;
-                s.info.incomplete = true;
+                let i = Arc::make_mut(&mut s.info);
+                i.events_lost += n;
+                i.incomplete = true;
             }
         }
         // ended, but the loss may have happened while they ran: a false "incomplete" is the
         // safe error
         for (_, info) in self.ending.iter_mut().filter(|(_, i)| i.container.cgroup_id == cgroup_id) {
+            let info = Arc::make_mut(info);
             info.events_lost += n;
             info.incomplete = true;
         }
@@ -553,13 +559,15 @@ impl SessionTracker {
     }
 
     /// Open a session learned from /proc (its members are added with [`Self::adopt`]).
-    pub(crate) fn open_session(&mut self, info: SessionInfo) {
+    pub(crate) fn open_session(&mut self, info: SessionInfo) -> Arc<SessionInfo> {
         self.counters.sessions_started.inc();
-        self.sessions.insert(info.id, Session { info, live: 0 });
+        let info = Arc::new(info);
+        self.sessions.insert(info.id, Session { info: info.clone(), live: 0 });
+        info
     }
 
     /// Opens a session with `live` members already counted and announces it.
-    fn start_session(&mut self, info: SessionInfo, live: u32, out: &mut Vec<SessionUpdate>) {
+    fn start_session(&mut self, info: SessionInfo, live: u32, out: &mut Vec<SessionUpdate>) -> Arc<SessionInfo> {
         self.counters.sessions_started.inc();
         if info.kind != SessionKind::Watched {
             tracing::debug!(
@@ -568,8 +576,10 @@ impl SessionTracker {
                 "session started"
             );
         }
+        let info = Arc::new(info);
         self.sessions.insert(info.id, Session { info: info.clone(), live });
-        out.push(SessionUpdate::Started(info));
+        out.push(SessionUpdate::Started(info.clone()));
+        info
     }
 
     /// Put a process that is in no session yet into one.

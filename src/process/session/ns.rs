@@ -62,10 +62,11 @@ impl SessionTracker {
             // a watched nsenter (or a host tree's root) entering a container: the same trace,
             // now a node session
             // (later updates carry the kind, container and node user)
-            s.info.kind = SessionKind::Node;
-            s.info.container = j.container.clone();
-            s.info.node_user = j.loginuid;
-            s.info.parent_session = j.parent_session;
+            let i = std::sync::Arc::make_mut(&mut s.info);
+            i.kind = SessionKind::Node;
+            i.container = j.container.clone();
+            i.node_user = j.loginuid;
+            i.parent_session = j.parent_session;
             // say it again: the session is now known as a node session in this container
             out.push(SessionUpdate::Started(s.info.clone()));
         }

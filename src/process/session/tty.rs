@@ -61,7 +61,7 @@ impl SessionTracker {
     }
 
     /// The session's last chunk (if it had a terminal record), before its `Ended`.
-    pub(super) fn transcript_end(&mut self, info: &SessionInfo, out: &mut Vec<SessionUpdate>) {
+    pub(super) fn transcript_end(&mut self, info: &std::sync::Arc<SessionInfo>, out: &mut Vec<SessionUpdate>) {
         let Some(mut tr) = self.transcripts.open.remove(&info.id) else { return };
         if let Some(c) = tr.chunk(u64::MAX, &self.transcripts.cfg, true) {
             out.push(SessionUpdate::Transcript(info.clone(), c));

@@ -7,7 +7,7 @@ use super::*;
 
 /// A session released unattributed, waiting for a record that arrives late.
 pub(super) struct Unattributed {
-    pub(super) info: SessionInfo,
+    pub(super) info: std::sync::Arc<SessionInfo>,
     pub(super) trace_id: TraceId,
     pub(super) root_id: SpanId,
     pub(super) released: Instant,
@@ -68,7 +68,7 @@ impl SpanStage {
         if !info.kind.attributable() || self.late_for.is_zero() || self.max_late == 0 {
             return;
         }
-        let w = Unattributed { info: info.clone(), trace_id: s.trace_id(), root_id: s.root_id(), released: now };
+        let w = Unattributed { info: s.shared_info(), trace_id: s.trace_id(), root_id: s.root_id(), released: now };
         if self.unattributed.insert(info.id, w).is_none() {
             self.unattributed_order.push_back(info.id);
         }

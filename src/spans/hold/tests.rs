@@ -70,7 +70,7 @@ fn info(pid: u32, kind: SessionKind) -> SessionInfo {
 
 fn ended(mut i: SessionInfo) -> SessionUpdate {
     i.end_ns = Some(2_000);
-    SessionUpdate::Ended(i, vec![])
+    SessionUpdate::Ended(i.into(), vec![])
 }
 
 fn stage(fake: &Arc<Fake>, hold_ms: u64, late_ms: u64, late_max: usize) -> SpanStage {
@@ -89,7 +89,7 @@ fn attr<'a>(s: &'a SpanData, key: &str) -> Option<&'a opentelemetry::Value> {
 /// Holds an exec session past its deadline and ends it: exported unattributed. Its root.
 fn export_unattributed(st: &mut SpanStage, t0: Instant, i: &SessionInfo) -> SpanData {
     let mut out = Output::default();
-    st.update(SessionUpdate::Started(i.clone()), t0, &mut out);
+    st.update(SessionUpdate::Started(i.clone().into()), t0, &mut out);
     st.tick(t0 + Duration::from_secs(4), &mut out);
     assert_eq!(out.released, vec![Release::Deadline]);
     st.update(ended(i.clone()), t0 + Duration::from_secs(4), &mut out);
@@ -113,7 +113,7 @@ fn a_probe_command_is_dropped_only_when_no_request_and_no_terminal_explain_it() 
     // the kubelet's probe: nothing matches within the hold, no terminal -> dropped, and
     // its later updates with it
     let mut out = Output::default();
-    st.update(SessionUpdate::Started(probe(20, false)), t0, &mut out);
+    st.update(SessionUpdate::Started(probe(20, false).into()), t0, &mut out);
     st.tick(t0 + Duration::from_secs(4), &mut out);
     st.update(ended(probe(20, false)), t0 + Duration::from_secs(4), &mut out);
     assert_eq!(out.probes, vec!["dropped"]);
@@ -122,7 +122,7 @@ fn a_probe_command_is_dropped_only_when_no_request_and_no_terminal_explain_it() 
 
     // the same command, and an API request matches it within the hold -> a session
     let mut out = Output::default();
-    st.update(SessionUpdate::Started(probe(21, false)), t0, &mut out);
+    st.update(SessionUpdate::Started(probe(21, false).into()), t0, &mut out);
     fake.arrive();
     st.tick(t0 + Duration::from_secs(1), &mut out);
     st.update(ended(probe(21, false)), t0 + Duration::from_secs(2), &mut out);
@@ -133,7 +133,7 @@ fn a_probe_command_is_dropped_only_when_no_request_and_no_terminal_explain_it() 
 
     // no request, but a terminal -> a session (exported unattributed)
     let mut out = Output::default();
-    st.update(SessionUpdate::Started(probe(22, true)), t0, &mut out);
+    st.update(SessionUpdate::Started(probe(22, true).into()), t0, &mut out);
     st.tick(t0 + Duration::from_secs(4), &mut out);
     st.update(ended(probe(22, true)), t0 + Duration::from_secs(4), &mut out);
     assert_eq!(out.probes, vec!["session"]);
@@ -143,7 +143,7 @@ fn a_probe_command_is_dropped_only_when_no_request_and_no_terminal_explain_it() 
     let fake = Arc::new(Fake::default());
     let mut st = stage(&fake, 0, 60_000, 100);
     let mut out = Output::default();
-    st.update(SessionUpdate::Started(probe(23, false)), t0, &mut out);
+    st.update(SessionUpdate::Started(probe(23, false).into()), t0, &mut out);
     st.update(ended(probe(23, false)), t0, &mut out);
     assert_eq!((out.probes, out.spans.len()), (vec!["dropped"], 0));
 }
@@ -231,7 +231,7 @@ fn overflow_of_remembered_sessions_is_reported() {
     let t0 = Instant::now();
     let mut out = Output::default();
     for pid in 1..=2 {
-        st.update(SessionUpdate::Started(info(pid, SessionKind::Exec)), t0, &mut out);
+        st.update(SessionUpdate::Started(info(pid, SessionKind::Exec).into()), t0, &mut out);
     }
     st.tick(t0 + Duration::from_secs(4), &mut out);
     assert_eq!(out.forgotten, vec!["overflow"]);
@@ -245,7 +245,7 @@ fn kinds_no_request_stands_behind_are_not_held() {
     let t0 = Instant::now();
     for (pid, kind) in [(1, SessionKind::Node), (2, SessionKind::Watched), (3, SessionKind::Outbound)] {
         let mut out = Output::default();
-        st.update(SessionUpdate::Started(info(pid, kind)), t0, &mut out);
+        st.update(SessionUpdate::Started(info(pid, kind).into()), t0, &mut out);
         assert_eq!(out.released, vec![Release::Unattributable], "{kind:?}");
         st.update(ended(info(pid, kind)), t0, &mut out);
         assert!(out.spans.iter().any(|(_, b)| b.root), "{kind:?} exported at once");
@@ -254,7 +254,7 @@ fn kinds_no_request_stands_behind_are_not_held() {
     assert_eq!(st.unattributed(), 0, "and never asked about later");
     assert_eq!(fake.asked.load(Ordering::Relaxed), 0, "never asked at all");
     // an exec session still waits
-    st.update(SessionUpdate::Started(info(4, SessionKind::Exec)), t0, &mut Output::default());
+    st.update(SessionUpdate::Started(info(4, SessionKind::Exec).into()), t0, &mut Output::default());
     assert_eq!(st.held(), 1);
 }
 

@@ -124,12 +124,26 @@ struct {
 	__type(value, __u8);
 } traced_cgroups SEC(".maps");
 
-/* Scratch space for building an exec record too big for the BPF stack. */
+#define PT_NAME_READ 256 /* bytes read per path component or environment string */
+
+/* Scratch space for building an exec record too big for the BPF stack. The first
+ * PT_EXEC_MAX_LEN bytes are the record as it is sent: its fixed part, then its variable parts
+ * packed (podtrail.h). Past them, each variable part is first read into a slot of its own at a
+ * fixed offset (PT_BUILD_*: not part of the ABI), whose length is known only afterwards; then
+ * it is copied behind the previous part. Reading straight to a packed offset would put every
+ * path walk at an offset that depends on the walks before it. */
+#define PT_BUILD_FILENAME PT_EXEC_MAX_LEN
+#define PT_BUILD_INTERP (PT_BUILD_FILENAME + PT_FILENAME_MAX)
+#define PT_BUILD_EXE_PATH (PT_BUILD_INTERP + PT_INTERP_MAX)
+#define PT_BUILD_AUDIT_ID (PT_BUILD_EXE_PATH + PT_EXE_PATH_MAX)
+#define PT_BUILD_CWD (PT_BUILD_AUDIT_ID + PT_AUDIT_ID_MAX)
+#define PT_BUILD_ENV (PT_BUILD_CWD + PT_CWD_MAX) /* one environment string being searched */
+#define PT_SCRATCH_LEN (PT_BUILD_ENV + PT_NAME_READ)
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u8[PT_EXEC_MAX_LEN]);
+	__type(value, __u8[PT_SCRATCH_LEN]);
 } scratch SEC(".maps");
 
 /* Anchors every record type in the object's BTF, so the ABI test can read each layout back
@@ -295,7 +309,6 @@ static __always_inline void fill_header(struct pt_header *h, __u32 kind, __u32 l
 }
 
 #define PT_PATH_DEPTH 32
-#define PT_NAME_READ 256
 
 /*
  * Resolve a path (dentry, mount) by walking dentries to the root of its mount, crossing

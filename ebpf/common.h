@@ -191,14 +191,12 @@ static __always_inline void count_drop(__u32 kind, __u64 cgroup_id, __u64 ts)
 	}
 }
 
-/* Wakeups: the kernel's default wakes the reader only for a record written after it caught up
- * with the ring (an idle reader sleeps, and is woken at once for a lone record). Once woken, the
- * reader drains, then waits a short while (`poll_ms`) before draining again, so a storm costs a
- * wakeup per batch, not per record. With wakeup_bytes queued every record forces a wakeup (the
- * old scheme's threshold; a reader waiting out poll_ms drains at its end either way). */
+/* Batch wakeups: a wakeup per event costs user space ~10x the event itself. The reader also
+ * polls on a short timer, so a quiet ring is still drained promptly. */
 static __always_inline __u64 wakeup_flag(void)
 {
-	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : 0;
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+									      : BPF_RB_NO_WAKEUP;
 }
 
 /* The ring is shared by every container, so one container's flood of connects would leave no

@@ -110,7 +110,7 @@ pub fn label_key_problem(key: &str) -> Option<&'static str> {
     None
 }
 
-pub use crate::capture::loader::{DEFAULT_POLL_MS, DEFAULT_RING_MIB};
+pub use crate::capture::loader::DEFAULT_RING_MIB;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -135,13 +135,10 @@ pub struct CaptureConfig {
     /// (`server.address`; the cache is `[process.dns]`). DNS over TCP, DoT and DoH are not
     /// read.
     pub dns: bool,
-    /// Queued KiB from which every record forces a wakeup of the reader (a reader waiting
-    /// out `poll_ms` drains at its end either way); keep it well under the ring.
+    /// Queued KiB that make the kernel wake the reader at once; keep it well under the ring
+    /// (at or over its size only the poll drains it).
     pub wakeup_kib: u64,
-    /// After a drain that found records, how long the reader waits before it drains again, in
-    /// milliseconds (0 to 1000): a storm is read in batches, one wakeup per `poll_ms` rather
-    /// than per record. An idle ring is not polled: the kernel wakes the reader at the first
-    /// record, so a lone record (a live alert's) is read at once.
+    /// How often the reader drains the ring when no wakeup came, in milliseconds.
     pub poll_ms: u64,
     /// Events queued between the reader and the process stage.
     pub channel_capacity: usize,
@@ -167,7 +164,7 @@ impl Default for CaptureConfig {
             sockets: true,
             dns: true,
             wakeup_kib: 256,
-            poll_ms: DEFAULT_POLL_MS,
+            poll_ms: 20,
             channel_capacity: 65_536,
             cgroup_share_percent: 10,
             watch_changes: crate::capture::loader::DEFAULT_WATCH_CHANGES.iter().map(|s| s.to_string()).collect(),
@@ -329,12 +326,6 @@ impl Config {
                 c.ring_mib
             )));
         }
-        if c.poll_ms > 1000 {
-            return Err(ConfigError::Invalid(format!(
-                "capture.poll_ms must be 0 to 1000 (a reader that waits longer between drains lets the ring fill), not {}",
-                c.poll_ms
-            )));
-        }
         if c.cgroup_share_percent > 50 {
             return Err(ConfigError::Invalid(format!(
                 "capture.cgroup_share_percent must be 0 (off) to 50, not {}",
@@ -369,7 +360,7 @@ impl Config {
             scan_env: c.scan_env,
             wakeup_bytes: c.wakeup_kib * 1024,
             cgroup_share_bytes: c.ring_mib as u64 * 1024 * 1024 * c.cgroup_share_percent as u64 / 100,
-            batch_wait: Duration::from_millis(c.poll_ms),
+            poll_interval: Duration::from_millis(c.poll_ms.max(1)),
             channel_capacity: c.channel_capacity,
             cgroup2_root: None,
             network: c.network,

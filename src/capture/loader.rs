@@ -52,10 +52,8 @@ pub struct CaptureOptions {
     /// Bytes of network records each cgroup may write per 100 ms while the ring is half full
     /// (its fair share; 0: no share enforced).
     pub cgroup_share_bytes: u64,
-    /// After a drain that found records, how long the reader waits before it drains again
-    /// (a storm is read in batches). An empty ring is never polled: the kernel wakes the
-    /// reader at its next record.
-    pub batch_wait: Duration,
+    /// How often the reader drains the ring when no wakeup came.
+    pub poll_interval: Duration,
     /// Capacity of the channel to the next stage.
     pub channel_capacity: usize,
     /// cgroup2 mount to attach the socket hooks to; found from /proc/self/mountinfo if None.
@@ -94,10 +92,6 @@ pub struct CaptureOptions {
 /// other storms ran on the same two cores (a descheduled reader; an exec record is 2.3 KB,
 /// nearly all of it fixed slots). A packed exec record is the way to a smaller default.
 pub const DEFAULT_RING_MIB: u32 = 16;
-
-/// `capture.poll_ms`: after a drain that found records, the reader waits this long before it
-/// drains again, so a storm is read in batches; an idle ring is not polled (reader.rs).
-pub const DEFAULT_POLL_MS: u64 = 2;
 
 /// Every kind.
 pub const ALL_KINDS: u32 = u32::MAX;
@@ -145,7 +139,7 @@ impl Default for CaptureOptions {
             scan_env: true,
             wakeup_bytes: 256 * 1024,
             cgroup_share_bytes: DEFAULT_RING_MIB as u64 * 1024 * 1024 / 10,
-            batch_wait: Duration::from_millis(DEFAULT_POLL_MS),
+            poll_interval: Duration::from_millis(20),
             channel_capacity: 65536,
             cgroup2_root: None,
             network: true,
@@ -411,7 +405,7 @@ impl Capture {
         let (tx, rx) = mpsc::channel(opts.channel_capacity);
         let stats = Arc::new(stats);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let reader = tokio::spawn(reader::run(ring, tx, stats.clone(), opts.batch_wait, stop_rx));
+        let reader = tokio::spawn(reader::run(ring, tx, stats.clone(), opts.poll_interval, stop_rx));
         Ok(Capture { _ebpf: ebpf, counters, stats, events: rx, attached, stop, reader })
     }
 

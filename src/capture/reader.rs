@@ -1,17 +1,11 @@
 //! The ring buffer reader: drains the kernel's ring, decodes each record and passes it on.
 //!
 //! In: the `events` ring buffer. Out: [`Event`]s on a bounded channel. Lost: records that do
-//! not decode, counted by reason in [`ReaderStats`] as they are read.
-//!
-//! Wakeups: an idle reader sleeps on the ring's descriptor and never polls. The kernel wakes
-//! it at the first record written after the reader caught up (and at once when
-//! `wakeup_bytes` are queued). After a drain that found records, the reader waits `batch`
-//! (`capture.poll_ms`) before it drains again: a storm is read in batches (one wakeup per
-//! `batch`, not one per record), and a lone record is read the moment it is written.
-//! When the next stage is slower than the kernel, `send` waits and the ring fills: the kernel
-//! then counts what it cannot write per kind and per cgroup, which is where a session can be
-//! marked. Nothing after the process stage ever makes this wait (export drops at its own
-//! queue).
+//! not decode, counted by reason in [`ReaderStats`] as they are read. The kernel batches wakeups (one per
+//! `wakeup_bytes` queued), so the reader also drains on a short timer. When the next stage is
+//! slower than the kernel, `send` waits and the ring fills: the kernel then counts what it
+//! cannot write per kind and per cgroup, which is where a session can be marked. Nothing
+//! after the process stage ever makes this wait (export drops at its own queue).
 
 use std::time::Duration;
 
@@ -82,7 +76,7 @@ pub async fn run(
     ring: RingBuf<MapData>,
     tx: mpsc::Sender<Event>,
     stats: std::sync::Arc<ReaderStats>,
-    batch_wait: Duration,
+    poll: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf, and
@@ -94,8 +88,9 @@ pub async fn run(
             return;
         }
     };
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut more = false;
-    let mut found = false;
     // One batch for the reader's life: a fresh Vec per wakeup grew one doubling at a time up to
     // the cap, and its allocations were a tenth of the agent's CPU in a session storm (issue 15).
     // It grows only as far as a burst needs (nothing at rest).
@@ -103,31 +98,20 @@ pub async fn run(
     loop {
         let stopping = if more {
             false
-        } else if found && !batch_wait.is_zero() {
-            // records came: let the next ones gather rather than wake for each
-            tokio::select! {
-                _ = tokio::time::sleep(batch_wait) => false,
-                _ = stop.changed() => true,
-            }
-        } else if found {
-            false
         } else {
-            // caught up: the kernel wakes us at the next record. Readiness is cleared before
-            // the drain below, so a record committed after that drain always wakes us again.
             tokio::select! {
                 r = fd.readable_mut() => {
                     if let Ok(mut g) = r { g.clear_ready(); }
                     false
                 }
+                _ = tick.tick() => false,
                 _ = stop.changed() => true,
             }
         };
         // Decode everything queued before awaiting the channel: RingBufItem borrows the ring.
-        let mut read = 0usize;
         {
             let ring = fd.get_mut();
             while let Some(item) = ring.next() {
-                read += 1;
                 let res = decode(&item);
                 stats.count(&res, &item);
                 if let Ok(ev) = res {
@@ -139,7 +123,6 @@ pub async fn run(
             }
         }
         more = batch.len() >= BATCH;
-        found = read > 0;
         for ev in batch.drain(..) {
             if tx.send(ev).await.is_err() {
                 return; // the next stage is gone: nothing left to deliver to

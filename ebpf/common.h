@@ -191,12 +191,27 @@ static __always_inline void count_drop(__u32 kind, __u64 cgroup_id, __u64 ts)
 	}
 }
 
-/* Batch wakeups: a wakeup per event costs user space ~10x the event itself. The reader also
- * polls on a short timer, so a quiet ring is still drained promptly. */
+/* Set by user space (src/capture/reader.rs) while the reader, having found the ring empty,
+ * sleeps on its descriptor instead of draining it every poll interval. One u32 entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} reader_parked SEC(".maps");
+
+/* Batch wakeups: a wakeup per event costs user space ~10x the event itself. While records
+ * flow the reader drains on a short timer and is woken only when wakeup_bytes are queued. A
+ * parked reader (idle: no timer) is woken by the first record (the default flag wakes a
+ * reader that has caught up), so an idle node costs no polls and a lone record waits for
+ * none. */
 static __always_inline __u64 wakeup_flag(void)
 {
-	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
-									      : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	__u32 zero = 0;
+	__u32 *parked = bpf_map_lookup_elem(&reader_parked, &zero);
+	return parked && *parked ? 0 : BPF_RB_NO_WAKEUP;
 }
 
 /* The ring is shared by every container, so one container's flood of connects would leave no

@@ -14,7 +14,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
     Btf, Ebpf, EbpfLoader,
 };
@@ -405,7 +405,8 @@ impl Capture {
         let (tx, rx) = mpsc::channel(opts.channel_capacity);
         let stats = Arc::new(stats);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let reader = tokio::spawn(reader::run(ring, tx, stats.clone(), opts.poll_interval, stop_rx));
+        let parked = Array::try_from(ebpf.take_map("reader_parked").ok_or(CaptureError::MissingMap("reader_parked"))?)?;
+        let reader = tokio::spawn(reader::run(ring, parked, tx, stats.clone(), opts.poll_interval, stop_rx));
         Ok(Capture { _ebpf: ebpf, counters, stats, events: rx, attached, stop, reader })
     }
 

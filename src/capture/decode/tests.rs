@@ -77,7 +77,8 @@ fn exec_parts_are_read_packed_in_their_order() {
     // a record longer than its parts: a part's length was lost, none of it can be trusted
     rec.extend_from_slice(b"\0\0\0\0");
     let len = std::mem::offset_of!(abi::Header, len);
-    rec[len..len + 4].copy_from_slice(&(rec.len() as u32).to_le_bytes());
+    let total = rec.len() as u32;
+    rec[len..len + 4].copy_from_slice(&total.to_le_bytes());
     assert_eq!(decode(&rec), Err(DecodeError::PartsMismatch { claimed: rec.len(), parts: rec.len() - 4 }));
     assert_eq!(DecodeError::PartsMismatch { claimed: 1, parts: 0 }.reason(), "length_mismatch");
 }

@@ -89,8 +89,10 @@ pub struct CaptureOptions {
 /// The ring's default size in MiB. Its pages are mapped twice: VmRSS counts 32 MiB for it. 16,
 /// not less, because of what BENCHMARKS.md (issue 15, capture15) saw: the storms alone lost
 /// nothing with 2 to 16 MiB, but the kernel exec storm test lost 421 records with 4 MiB while
-/// other storms ran on the same two cores (a descheduled reader; an exec record is 2.3 KB,
-/// nearly all of it fixed slots). A packed exec record is the way to a smaller default.
+/// other storms ran on the same two cores (a descheduled reader; an exec record was 2.3 KB,
+/// nearly all of it fixed slots). The exec record is packed since ABI 7 (a storm's process is
+/// 334 bytes of ring, was 2 492): a smaller default waits for that test and the storms to be
+/// rerun at the new size (BENCHMARKS.md, ring16).
 pub const DEFAULT_RING_MIB: u32 = 16;
 
 /// Every kind.

@@ -105,7 +105,7 @@ impl Recorder {
             raw_argv.extend_from_slice(a);
             raw_argv.push(0);
         }
-        let len = abi::EXEC_ARGV_OFF + raw_argv.len();
+        let len = abi::EXEC_VAR_OFF + exe_leaf_first.len() + raw_argv.len();
         let mut flags = 0;
         if cg != pcg {
             flags |= abi::EXEC_F_PARENT_OTHER_CGROUP;
@@ -131,11 +131,10 @@ impl Recorder {
             comm: *b"true\0\0\0\0\0\0\0\0\0\0\0\0",
             ..Default::default()
         };
-        let mut rec = vec![0u8; len];
-        let raw = bytes_of(&e);
-        rec[..raw.len()].copy_from_slice(&raw);
-        rec[abi::EXEC_EXE_PATH_OFF..abi::EXEC_EXE_PATH_OFF + exe_leaf_first.len()].copy_from_slice(exe_leaf_first);
-        rec[abi::EXEC_ARGV_OFF..len].copy_from_slice(&raw_argv);
+        // packed as the kernel writes it: fixed part, exe path, argv (the other parts empty)
+        let mut rec = bytes_of(&e);
+        rec.extend_from_slice(exe_leaf_first);
+        rec.extend_from_slice(&raw_argv);
         self.recs.push(rec);
     }
 

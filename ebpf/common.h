@@ -124,12 +124,26 @@ struct {
 	__type(value, __u8);
 } traced_cgroups SEC(".maps");
 
-/* Scratch space for building an exec record too big for the BPF stack. */
+#define PT_NAME_READ 256 /* bytes read per path component or environment string */
+
+/* Scratch space for building an exec record too big for the BPF stack. The first
+ * PT_EXEC_MAX_LEN bytes are the record as it is sent: its fixed part, then its variable parts
+ * packed (podtrail.h). Past them, each variable part is first read into a slot of its own at a
+ * fixed offset (PT_BUILD_*: not part of the ABI), whose length is known only afterwards; then
+ * it is copied behind the previous part. Reading straight to a packed offset would put every
+ * path walk at an offset that depends on the walks before it. */
+#define PT_BUILD_FILENAME PT_EXEC_MAX_LEN
+#define PT_BUILD_INTERP (PT_BUILD_FILENAME + PT_FILENAME_MAX)
+#define PT_BUILD_EXE_PATH (PT_BUILD_INTERP + PT_INTERP_MAX)
+#define PT_BUILD_AUDIT_ID (PT_BUILD_EXE_PATH + PT_EXE_PATH_MAX)
+#define PT_BUILD_CWD (PT_BUILD_AUDIT_ID + PT_AUDIT_ID_MAX)
+#define PT_BUILD_ENV (PT_BUILD_CWD + PT_CWD_MAX) /* one environment string being searched */
+#define PT_SCRATCH_LEN (PT_BUILD_ENV + PT_NAME_READ)
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u8[PT_EXEC_MAX_LEN]);
+	__type(value, __u8[PT_SCRATCH_LEN]);
 } scratch SEC(".maps");
 
 /* Anchors every record type in the object's BTF, so the ABI test can read each layout back
@@ -177,12 +191,27 @@ static __always_inline void count_drop(__u32 kind, __u64 cgroup_id, __u64 ts)
 	}
 }
 
-/* Batch wakeups: a wakeup per event costs user space ~10x the event itself. The reader also
- * polls on a short timer, so a quiet ring is still drained promptly. */
+/* Set by user space (src/capture/reader.rs) while the reader, having found the ring empty,
+ * sleeps on its descriptor instead of draining it every poll interval. One u32 entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} reader_parked SEC(".maps");
+
+/* Batch wakeups: a wakeup per event costs user space ~10x the event itself. While records
+ * flow the reader drains on a short timer and is woken only when wakeup_bytes are queued. A
+ * parked reader (idle: no timer) is woken by the first record (the default flag wakes a
+ * reader that has caught up), so an idle node costs no polls and a lone record waits for
+ * none. */
 static __always_inline __u64 wakeup_flag(void)
 {
-	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
-									      : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	__u32 zero = 0;
+	__u32 *parked = bpf_map_lookup_elem(&reader_parked, &zero);
+	return parked && *parked ? 0 : BPF_RB_NO_WAKEUP;
 }
 
 /* The ring is shared by every container, so one container's flood of connects would leave no
@@ -295,7 +324,6 @@ static __always_inline void fill_header(struct pt_header *h, __u32 kind, __u32 l
 }
 
 #define PT_PATH_DEPTH 32
-#define PT_NAME_READ 256
 
 /*
  * Resolve a path (dentry, mount) by walking dentries to the root of its mount, crossing

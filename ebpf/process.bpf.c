@@ -24,14 +24,14 @@ static __always_inline bool is_audit_key(const __u8 *s)
 
 /*
  * Find KUBERNETES_EXEC_AUDIT_ID in the new image's environment. Strings are read 256 bytes
- * at a time; a longer string is skipped in steps, so only real string starts are compared.
- * `tmp` is the argv slot, filled afterwards.
+ * at a time into the scratch's PT_BUILD_ENV; a longer string is skipped in steps, so only
+ * real string starts are compared.
  */
 static __always_inline void scan_audit_id(__u8 *buf, struct pt_exec *e, struct mm_struct *mm)
 {
 	unsigned long p = BPF_CORE_READ(mm, env_start);
 	unsigned long end = BPF_CORE_READ(mm, env_end);
-	__u8 *tmp = buf + PT_EXEC_ARGV_OFF;
+	__u8 *tmp = buf + PT_BUILD_ENV;
 	bool at_start = true;
 	int i;
 
@@ -43,7 +43,7 @@ static __always_inline void scan_audit_id(__u8 *buf, struct pt_exec *e, struct m
 		if (n <= 0)
 			return;
 		if (at_start && n > AUDIT_KEY_LEN && is_audit_key(tmp)) {
-			long v = bpf_probe_read_kernel_str(buf + PT_EXEC_AUDIT_ID_OFF, PT_AUDIT_ID_MAX,
+			long v = bpf_probe_read_kernel_str(buf + PT_BUILD_AUDIT_ID, PT_AUDIT_ID_MAX,
 							   tmp + AUDIT_KEY_LEN);
 			if (v > 0)
 				e->audit_id_len = v - 1;
@@ -61,6 +61,26 @@ static __always_inline void scan_audit_id(__u8 *buf, struct pt_exec *e, struct m
 	}
 	e->flags |= PT_EXEC_F_ENV_TRUNCATED;
 }
+
+/*
+ * Copy a part's `len` bytes from its build slot `src` to the record at `off`; evaluates to
+ * where the next part goes. `mask` is the part's limit minus one, a literal: every limit is a
+ * power of two and no part reaches its limit (the string reads keep a NUL, the path walks
+ * mask their offset), so the mask never changes a length. It bounds the copy, and so every
+ * later offset, for the verifier: a compare would not do, clang makes it on a copy of the
+ * register and passes the unbounded original to the helper.
+ */
+#define PACK(rec, off, src, len, mask)                                                   \
+	({                                                                               \
+		__u64 __len = (len);                                                     \
+		asm volatile("%[l] &= " #mask : [l] "+r"(__len));                        \
+		if (__len)                                                               \
+			bpf_probe_read_kernel((rec) + (off), __len, (src));              \
+		(off) + __len;                                                           \
+	})
+_Static_assert(PT_FILENAME_MAX - 1 == 255 && PT_INTERP_MAX - 1 == 255, "PACK masks");
+_Static_assert(PT_EXE_PATH_MAX - 1 == 1023 && PT_AUDIT_ID_MAX - 1 == 127 && PT_CWD_MAX - 1 == 511,
+	       "PACK masks");
 
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(pt_sched_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
@@ -102,7 +122,7 @@ int BPF_PROG(pt_sched_exec, struct task_struct *p, pid_t old_pid, struct linux_b
 
 	/* filename as passed to execve (may be /proc/self/exe or /dev/fd/N) */
 	const char *filename = BPF_CORE_READ(bprm, filename);
-	long n = bpf_probe_read_kernel_str(buf + PT_EXEC_FILENAME_OFF, PT_FILENAME_MAX, filename);
+	long n = bpf_probe_read_kernel_str(buf + PT_BUILD_FILENAME, PT_FILENAME_MAX, filename);
 	if (n > 0)
 		e->filename_len = n - 1;
 	if (n == PT_FILENAME_MAX)
@@ -110,7 +130,7 @@ int BPF_PROG(pt_sched_exec, struct task_struct *p, pid_t old_pid, struct linux_b
 	/* interp differs from filename for #! scripts and binfmt_misc */
 	const char *interp = BPF_CORE_READ(bprm, interp);
 	if (interp && interp != filename) {
-		n = bpf_probe_read_kernel_str(buf + PT_EXEC_INTERP_OFF, PT_INTERP_MAX, interp);
+		n = bpf_probe_read_kernel_str(buf + PT_BUILD_INTERP, PT_INTERP_MAX, interp);
 		if (n > 0)
 			e->interp_len = n - 1;
 	}
@@ -131,7 +151,7 @@ int BPF_PROG(pt_sched_exec, struct task_struct *p, pid_t old_pid, struct linux_b
 		e->exe_ctime_ns = BPF_CORE_READ(ino, i_ctime_sec) * 1000000000ULL +
 				  (BPF_CORE_READ(ino, i_ctime_nsec) & 0x3fffffffU);
 		bool cut = false;
-		e->exe_path_len = resolve_path(buf + PT_EXEC_EXE_PATH_OFF, BPF_CORE_READ(exe, f_path.dentry),
+		e->exe_path_len = resolve_path(buf + PT_BUILD_EXE_PATH, BPF_CORE_READ(exe, f_path.dentry),
 					       BPF_CORE_READ(exe, f_path.mnt), PT_EXE_PATH_MAX, &cut);
 		if (cut)
 			e->flags |= PT_EXEC_F_EXE_TRUNCATED;
@@ -141,7 +161,7 @@ int BPF_PROG(pt_sched_exec, struct task_struct *p, pid_t old_pid, struct linux_b
 	struct fs_struct *fs = BPF_CORE_READ(p, fs);
 	if (fs) {
 		bool cwd_cut = false;
-		e->cwd_len = resolve_path(buf + PT_EXEC_CWD_OFF, BPF_CORE_READ(fs, pwd.dentry), BPF_CORE_READ(fs, pwd.mnt),
+		e->cwd_len = resolve_path(buf + PT_BUILD_CWD, BPF_CORE_READ(fs, pwd.dentry), BPF_CORE_READ(fs, pwd.mnt),
 					  PT_CWD_MAX, &cwd_cut);
 		if (cwd_cut)
 			e->flags |= PT_EXEC_F_CWD_TRUNCATED;
@@ -152,7 +172,15 @@ int BPF_PROG(pt_sched_exec, struct task_struct *p, pid_t old_pid, struct linux_b
 	if (scan_env && (e->flags & (PT_EXEC_F_PARENT_OTHER_CGROUP | PT_EXEC_F_PARENT_OTHER_PIDNS)))
 		scan_audit_id(buf, e, mm);
 
-	/* argv, as the kernel copied it onto the new stack */
+	/* pack the parts behind the fixed part, in the ABI's order */
+	__u64 off = PT_EXEC_VAR_OFF;
+	off = PACK(buf, off, buf + PT_BUILD_FILENAME, e->filename_len, 255);
+	off = PACK(buf, off, buf + PT_BUILD_INTERP, e->interp_len, 255);
+	off = PACK(buf, off, buf + PT_BUILD_EXE_PATH, e->exe_path_len, 1023);
+	off = PACK(buf, off, buf + PT_BUILD_AUDIT_ID, e->audit_id_len, 127);
+	off = PACK(buf, off, buf + PT_BUILD_CWD, e->cwd_len, 511);
+
+	/* argv, as the kernel copied it onto the new stack: read straight behind the cwd */
 	unsigned long arg_start = BPF_CORE_READ(mm, arg_start);
 	unsigned long arg_end = BPF_CORE_READ(mm, arg_end);
 	__u64 len = arg_end > arg_start ? arg_end - arg_start : 0;
@@ -163,11 +191,11 @@ int BPF_PROG(pt_sched_exec, struct task_struct *p, pid_t old_pid, struct linux_b
 	asm volatile("%[len] &= 0x1fff" : [len] "+r"(len)); /* bound for the verifier */
 	if (len > PT_ARGV_MAX)
 		len = PT_ARGV_MAX;
-	if (len && bpf_probe_read_user(buf + PT_EXEC_ARGV_OFF, len, (void *)arg_start) != 0)
+	if (len && bpf_probe_read_user(buf + off, len, (void *)arg_start) != 0)
 		len = 0;
 	e->argv_len = len;
 
-	__u64 size = PT_EXEC_ARGV_OFF + len;
+	__u64 size = off + len;
 	e->h.len = size;
 	emit(buf, size);
 	return 0;

@@ -13,11 +13,7 @@ fn rust_mirror_matches_the_objects_btf() {
 fn the_btf_reader_sees_the_records_and_their_sizes() {
     let layouts = btf::struct_layouts(BPF_OBJECT).unwrap();
     assert_eq!(layouts["pt_header"].size, 40);
-    assert_eq!(
-        layouts["pt_exec"].size,
-        abi::EXEC_FILENAME_OFF,
-        "exec's variable part starts right after the fixed part"
-    );
+    assert_eq!(layouts["pt_exec"].size, abi::EXEC_VAR_OFF, "exec's variable part starts right after the fixed part");
     let argv_len = layouts["pt_exec"].members.iter().find(|m| m.0 == "argv_len").unwrap();
     assert_eq!((argv_len.1, argv_len.2), (std::mem::offset_of!(abi::Exec, argv_len), 2));
 }
@@ -44,7 +40,8 @@ fn every_c_constant_reaches_btf_and_matches_the_rust_mirror() {
     assert_eq!(enums["PT_KIND_FILE"], abi::KIND_FILE as i64);
     assert_eq!(enums["PT_EXEC_F_ENV_TRUNCATED"], abi::EXEC_F_ENV_TRUNCATED as i64);
     assert_eq!(enums["PT_ARGV_MAX"], abi::ARGV_MAX as i64);
-    assert_eq!(enums["PT_EXEC_ARGV_OFF"], abi::EXEC_ARGV_OFF as i64);
+    assert_eq!(enums["PT_EXEC_VAR_OFF"], abi::EXEC_VAR_OFF as i64);
+    assert_eq!(enums["PT_EXEC_MAX_LEN"], abi::EXEC_MAX_LEN as i64);
     let mirrored: Vec<&str> = abi::constants().iter().map(|c| c.0).collect();
     let mut in_c: Vec<&str> = enums.keys().map(String::as_str).filter(|n| n.starts_with("PT_")).collect();
     in_c.sort();

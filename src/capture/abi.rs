@@ -6,7 +6,7 @@
 //! wrote into the compiled object, so a change on one side that is not made on the other fails
 //! before it can misread a byte.
 
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 pub const KIND_EXEC: u32 = 1;
 pub const KIND_FORK: u32 = 2;
@@ -33,13 +33,12 @@ pub const ARGV_MAX: usize = 4096;
 pub const CWD_MAX: usize = 512;
 pub const COMM_LEN: usize = 16;
 
-pub const EXEC_FILENAME_OFF: usize = 152;
-pub const EXEC_INTERP_OFF: usize = EXEC_FILENAME_OFF + FILENAME_MAX;
-pub const EXEC_EXE_PATH_OFF: usize = EXEC_INTERP_OFF + INTERP_MAX;
-pub const EXEC_AUDIT_ID_OFF: usize = EXEC_EXE_PATH_OFF + EXE_PATH_MAX;
-pub const EXEC_CWD_OFF: usize = EXEC_AUDIT_ID_OFF + AUDIT_ID_MAX;
-pub const EXEC_ARGV_OFF: usize = EXEC_CWD_OFF + CWD_MAX;
-pub const EXEC_MAX_LEN: usize = EXEC_ARGV_OFF + ARGV_MAX;
+/// Where an exec record's variable part starts: filename, interp, exe path, audit id, cwd
+/// and argv follow, packed in that order, each exactly its length in [`Exec`].
+pub const EXEC_VAR_OFF: usize = 152;
+pub const EXEC_MAX_LEN: usize =
+    EXEC_VAR_OFF + FILENAME_MAX + INTERP_MAX + EXE_PATH_MAX + AUDIT_ID_MAX + CWD_MAX + ARGV_MAX;
+const _: () = assert!(std::mem::size_of::<Exec>() == EXEC_VAR_OFF);
 
 pub const EXEC_F_ARGV_TRUNCATED: u32 = 1 << 0;
 pub const EXEC_F_FILENAME_TRUNC: u32 = 1 << 1;
@@ -395,12 +394,7 @@ pub fn constants() -> Vec<(&'static str, i64)> {
         c!(ARGV_MAX),
         c!(CWD_MAX),
         c!(COMM_LEN),
-        c!(EXEC_FILENAME_OFF),
-        c!(EXEC_INTERP_OFF),
-        c!(EXEC_EXE_PATH_OFF),
-        c!(EXEC_AUDIT_ID_OFF),
-        c!(EXEC_CWD_OFF),
-        c!(EXEC_ARGV_OFF),
+        c!(EXEC_VAR_OFF),
         c!(EXEC_MAX_LEN),
         c!(EXEC_F_ARGV_TRUNCATED),
         c!(EXEC_F_FILENAME_TRUNC),

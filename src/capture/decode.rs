@@ -22,6 +22,8 @@ pub enum DecodeError {
     Truncated { kind: u32, got: usize, need: usize },
     #[error("record claims {claimed} bytes but {got} arrived")]
     LengthMismatch { claimed: usize, got: usize },
+    #[error("record claims {claimed} bytes but its parts' lengths add up to {parts}")]
+    PartsMismatch { claimed: usize, parts: usize },
     #[error("field {0} overruns its slot")]
     FieldOverrun(&'static str),
     #[error("unknown address family {0}")]
@@ -37,7 +39,7 @@ impl DecodeError {
             DecodeError::Short(_) => "short",
             DecodeError::UnknownKind(_) => "unknown_kind",
             DecodeError::Truncated { .. } => "truncated",
-            DecodeError::LengthMismatch { .. } => "length_mismatch",
+            DecodeError::LengthMismatch { .. } | DecodeError::PartsMismatch { .. } => "length_mismatch",
             DecodeError::FieldOverrun(_) => "field_overrun",
             DecodeError::BadFamily(_) => "bad_family",
             DecodeError::BadProtocol(_) => "bad_protocol",
@@ -385,12 +387,23 @@ fn slot<'a>(rec: &'a [u8], off: usize, len: usize, max: usize, name: &'static st
 fn decode_exec(rec: &[u8]) -> Result<Event, DecodeError> {
     let e: abi::Exec = need(rec, abi::KIND_EXEC)?;
     let f = e.flags;
-    let filename = slot(rec, abi::EXEC_FILENAME_OFF, e.filename_len as usize, abi::FILENAME_MAX, "filename")?;
-    let interp = slot(rec, abi::EXEC_INTERP_OFF, e.interp_len as usize, abi::INTERP_MAX, "interp")?;
-    let exe = slot(rec, abi::EXEC_EXE_PATH_OFF, e.exe_path_len as usize, abi::EXE_PATH_MAX, "exe_path")?;
-    let audit = slot(rec, abi::EXEC_AUDIT_ID_OFF, e.audit_id_len as usize, abi::AUDIT_ID_MAX, "audit_id")?;
-    let cwd = slot(rec, abi::EXEC_CWD_OFF, e.cwd_len as usize, abi::CWD_MAX, "cwd")?;
-    let argv = slot(rec, abi::EXEC_ARGV_OFF, e.argv_len as usize, abi::ARGV_MAX, "argv")?;
+    // the variable parts are packed in this order, each exactly its length
+    let mut off = abi::EXEC_VAR_OFF;
+    let mut part = |len: u16, max: usize, name: &'static str| {
+        let bytes = slot(rec, off, len as usize, max, name)?;
+        off += bytes.len();
+        Ok::<_, DecodeError>(bytes)
+    };
+    let filename = part(e.filename_len, abi::FILENAME_MAX, "filename")?;
+    let interp = part(e.interp_len, abi::INTERP_MAX, "interp")?;
+    let exe = part(e.exe_path_len, abi::EXE_PATH_MAX, "exe_path")?;
+    let audit = part(e.audit_id_len, abi::AUDIT_ID_MAX, "audit_id")?;
+    let cwd = part(e.cwd_len, abi::CWD_MAX, "cwd")?;
+    let argv = part(e.argv_len, abi::ARGV_MAX, "argv")?;
+    if off != rec.len() {
+        // the lengths do not add up to the record: a part would be read from the wrong place
+        return Err(DecodeError::PartsMismatch { claimed: rec.len(), parts: off });
+    }
     let comm_len = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
     Ok(Event::Exec(ExecEvent {
         ts_ns: e.h.ts_ns,

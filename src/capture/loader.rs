@@ -14,7 +14,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
     Btf, Ebpf, EbpfLoader,
 };
@@ -89,8 +89,10 @@ pub struct CaptureOptions {
 /// The ring's default size in MiB. Its pages are mapped twice: VmRSS counts 32 MiB for it. 16,
 /// not less, because of what BENCHMARKS.md (issue 15, capture15) saw: the storms alone lost
 /// nothing with 2 to 16 MiB, but the kernel exec storm test lost 421 records with 4 MiB while
-/// other storms ran on the same two cores (a descheduled reader; an exec record is 2.3 KB,
-/// nearly all of it fixed slots). A packed exec record is the way to a smaller default.
+/// other storms ran on the same two cores (a descheduled reader; an exec record was 2.3 KB,
+/// nearly all of it fixed slots). The exec record is packed since ABI 7 (a storm's process is
+/// 334 bytes of ring, was 2 492): a smaller default waits for that test and the storms to be
+/// rerun at the new size (BENCHMARKS.md, ring16).
 pub const DEFAULT_RING_MIB: u32 = 16;
 
 /// Every kind.
@@ -405,7 +407,8 @@ impl Capture {
         let (tx, rx) = mpsc::channel(opts.channel_capacity);
         let stats = Arc::new(stats);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let reader = tokio::spawn(reader::run(ring, tx, stats.clone(), opts.poll_interval, stop_rx));
+        let parked = Array::try_from(ebpf.take_map("reader_parked").ok_or(CaptureError::MissingMap("reader_parked"))?)?;
+        let reader = tokio::spawn(reader::run(ring, parked, tx, stats.clone(), opts.poll_interval, stop_rx));
         Ok(Capture { _ebpf: ebpf, counters, stats, events: rx, attached, stop, reader })
     }
 

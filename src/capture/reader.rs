@@ -1,15 +1,19 @@
 //! The ring buffer reader: drains the kernel's ring, decodes each record and passes it on.
 //!
 //! In: the `events` ring buffer. Out: [`Event`]s on a bounded channel. Lost: records that do
-//! not decode, counted by reason in [`ReaderStats`] as they are read. The kernel batches wakeups (one per
-//! `wakeup_bytes` queued), so the reader also drains on a short timer. When the next stage is
+//! not decode, counted by reason in [`ReaderStats`] as they are read. While records flow, the
+//! kernel batches wakeups (one per `wakeup_bytes` queued) and the reader drains on a short
+//! timer. A drain that finds nothing parks the reader: it tells the kernel (`reader_parked`),
+//! drains once more (what was written before the kernel saw the flag asked for no wakeup),
+//! then sleeps on the descriptor with no timer until the first record wakes it. So an idle
+//! node costs no wakeups and a lone record (a live alert's) is read at once. When the next stage is
 //! slower than the kernel, `send` waits and the ring fills: the kernel then counts what it
 //! cannot write per kind and per cgroup, which is where a session can be marked. Nothing
 //! after the process stage ever makes this wait (export drops at its own queue).
 
 use std::time::Duration;
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{Array, MapData, RingBuf};
 use prometheus_client::metrics::counter::Counter;
 use tokio::{io::unix::AsyncFd, sync::mpsc, sync::watch};
 
@@ -72,8 +76,38 @@ impl ReaderStats {
 /// Records decoded per wakeup before they are passed on (the ring is drained again at once).
 const BATCH: usize = 4096;
 
+/// Decodes what the ring holds into `batch`, up to `cap` events; returns the records read.
+fn drain(ring: &mut RingBuf<MapData>, stats: &ReaderStats, batch: &mut Vec<Event>, cap: usize) -> usize {
+    let mut read = 0;
+    while let Some(item) = ring.next() {
+        read += 1;
+        let res = decode(&item);
+        stats.count(&res, &item);
+        if let Ok(ev) = res {
+            batch.push(ev);
+        }
+        if batch.len() >= cap {
+            break;
+        }
+    }
+    read
+}
+
+/// Tells the kernel whether the reader sleeps on the descriptor (see `wakeup_flag` in
+/// ebpf/common.h); false when the map could not be written (the reader then keeps polling).
+fn set_parked(flag: &mut Array<MapData, u32>, parked: bool) -> bool {
+    match flag.set(0, u32::from(parked), 0) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("cannot tell the kernel the ring reader is idle, polling instead: {}", e);
+            false
+        }
+    }
+}
+
 pub async fn run(
     ring: RingBuf<MapData>,
+    mut flag: Array<MapData, u32>,
     tx: mpsc::Sender<Event>,
     stats: std::sync::Arc<ReaderStats>,
     poll: Duration,
@@ -91,6 +125,8 @@ pub async fn run(
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut more = false;
+    let mut parked = false;
+    let mut can_park = true;
     // One batch for the reader's life: a fresh Vec per wakeup grew one doubling at a time up to
     // the cap, and its allocations were a tenth of the agent's CPU in a session storm (issue 15).
     // It grows only as far as a burst needs (nothing at rest).
@@ -98,6 +134,14 @@ pub async fn run(
     loop {
         let stopping = if more {
             false
+        } else if parked {
+            tokio::select! {
+                r = fd.readable_mut() => {
+                    if let Ok(mut g) = r { g.clear_ready(); }
+                    false
+                }
+                _ = stop.changed() => true,
+            }
         } else {
             tokio::select! {
                 r = fd.readable_mut() => {
@@ -108,18 +152,22 @@ pub async fn run(
                 _ = stop.changed() => true,
             }
         };
+        if parked {
+            // records flow again: back to the timer and the kernel's batched wakeups
+            can_park = set_parked(&mut flag, false);
+            parked = false;
+            tick.reset();
+        }
         // Decode everything queued before awaiting the channel: RingBufItem borrows the ring.
-        {
-            let ring = fd.get_mut();
-            while let Some(item) = ring.next() {
-                let res = decode(&item);
-                stats.count(&res, &item);
-                if let Ok(ev) = res {
-                    batch.push(ev);
-                }
-                if batch.len() >= BATCH {
-                    break;
-                }
+        let read = drain(fd.get_mut(), &stats, &mut batch, BATCH);
+        if read == 0 && can_park && !stopping {
+            // nothing since the last drain: sleep on the descriptor, after a last look at
+            // what was written before the kernel saw the flag (those asked for no wakeup)
+            can_park = set_parked(&mut flag, true);
+            parked = can_park;
+            if parked && drain(fd.get_mut(), &stats, &mut batch, BATCH) > 0 {
+                can_park = set_parked(&mut flag, false);
+                parked = false;
             }
         }
         more = batch.len() >= BATCH;
@@ -130,14 +178,7 @@ pub async fn run(
         }
         if stopping || *stop.borrow() {
             // one last drain, then close the channel by returning
-            let ring = fd.get_mut();
-            while let Some(item) = ring.next() {
-                let res = decode(&item);
-                stats.count(&res, &item);
-                if let Ok(ev) = res {
-                    batch.push(ev);
-                }
-            }
+            drain(fd.get_mut(), &stats, &mut batch, usize::MAX);
             for ev in batch.drain(..) {
                 let _ = tx.send(ev).await;
             }

@@ -2,29 +2,36 @@ use super::*;
 use proptest::prelude::*;
 
 pub(crate) fn exec_record(argv: &[&[u8]], exe_leaf_first: &[u8], flags: u32) -> Vec<u8> {
-    let mut rec = vec![0u8; abi::EXEC_MAX_LEN];
+    exec_record_with(argv, exe_leaf_first, b"", flags)
+}
+
+/// An exec record as the kernel packs it: the fixed part, then filename (empty), interp
+/// (empty), exe path, audit id (empty), cwd and argv, each exactly its length.
+pub(crate) fn exec_record_with(argv: &[&[u8]], exe_leaf_first: &[u8], cwd_leaf_first: &[u8], flags: u32) -> Vec<u8> {
     let mut raw_argv = Vec::new();
     for a in argv {
         raw_argv.extend_from_slice(a);
         raw_argv.push(0);
     }
-    let len = abi::EXEC_ARGV_OFF + raw_argv.len();
+    let len = abi::EXEC_VAR_OFF + exe_leaf_first.len() + cwd_leaf_first.len() + raw_argv.len();
     let e = abi::Exec {
         h: abi::Header { kind: abi::KIND_EXEC, len: len as u32, ts_ns: 5, pid: 42, tid: 42, start_ns: 7, cgroup_id: 9 },
         ppid: 1,
         loginuid: u32::MAX,
         flags,
         exe_path_len: exe_leaf_first.len() as u16,
+        cwd_len: cwd_leaf_first.len() as u16,
         argv_len: raw_argv.len() as u16,
         comm: *b"busybox\0\0\0\0\0\0\0\0\0",
         ..Default::default()
     };
     // SAFETY: Exec is Plain (repr(C), integers only); we copy its bytes.
     let raw = unsafe { std::slice::from_raw_parts(&e as *const _ as *const u8, std::mem::size_of::<abi::Exec>()) };
-    rec[..raw.len()].copy_from_slice(raw);
-    rec[abi::EXEC_EXE_PATH_OFF..abi::EXEC_EXE_PATH_OFF + exe_leaf_first.len()].copy_from_slice(exe_leaf_first);
-    rec[abi::EXEC_ARGV_OFF..len].copy_from_slice(&raw_argv);
-    rec.truncate(len);
+    let mut rec = raw.to_vec();
+    rec.extend_from_slice(exe_leaf_first);
+    rec.extend_from_slice(cwd_leaf_first);
+    rec.extend_from_slice(&raw_argv);
+    assert_eq!(rec.len(), len);
     rec
 }
 
@@ -37,6 +44,43 @@ fn exec_record_decodes_argv_and_path() {
     assert!(e.flags.tty);
     assert_eq!(e.loginuid, None);
     assert_eq!(e.comm, b"busybox");
+}
+
+#[test]
+fn exec_parts_are_read_packed_in_their_order() {
+    // every part present and of a different length: each must come from its own place
+    let parts: [&[u8]; 6] = [b"/usr/bin/env", b"/bin/sh", b"sh\0bin\0", b"4f1c-audit", b"tmp\0", b"sh\0-c\0x\0"];
+    let e = abi::Exec {
+        h: abi::Header {
+            kind: abi::KIND_EXEC,
+            len: (abi::EXEC_VAR_OFF + parts.iter().map(|p| p.len()).sum::<usize>()) as u32,
+            ..Default::default()
+        },
+        filename_len: parts[0].len() as u16,
+        interp_len: parts[1].len() as u16,
+        exe_path_len: parts[2].len() as u16,
+        audit_id_len: parts[3].len() as u16,
+        cwd_len: parts[4].len() as u16,
+        argv_len: parts[5].len() as u16,
+        ..Default::default()
+    };
+    // SAFETY: Exec is Plain (repr(C), integers only); we copy its bytes.
+    let raw = unsafe { std::slice::from_raw_parts(&e as *const _ as *const u8, std::mem::size_of::<abi::Exec>()) };
+    let mut rec = [raw, &parts.concat()].concat();
+    let Event::Exec(x) = decode(&rec).unwrap() else { panic!("not exec") };
+    assert_eq!(x.filename, b"/usr/bin/env");
+    assert_eq!(x.interp.as_deref(), Some(&b"/bin/sh"[..]));
+    assert_eq!(x.exe_path, b"/bin/sh");
+    assert_eq!(x.audit_id.as_deref(), Some("4f1c-audit"));
+    assert_eq!(x.cwd, b"/tmp");
+    assert_eq!(x.argv, vec![b"sh".to_vec(), b"-c".to_vec(), b"x".to_vec()]);
+    // a record longer than its parts: a part's length was lost, none of it can be trusted
+    rec.extend_from_slice(b"\0\0\0\0");
+    let len = std::mem::offset_of!(abi::Header, len);
+    let total = rec.len() as u32;
+    rec[len..len + 4].copy_from_slice(&total.to_le_bytes());
+    assert_eq!(decode(&rec), Err(DecodeError::PartsMismatch { claimed: rec.len(), parts: rec.len() - 4 }));
+    assert_eq!(DecodeError::PartsMismatch { claimed: 1, parts: 0 }.reason(), "length_mismatch");
 }
 
 #[test]

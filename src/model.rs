@@ -591,16 +591,14 @@ impl SessionUpdate {
 
     /// The shared info, another reference to it.
     pub fn shared_info(&self) -> Arc<SessionInfo> {
-        match self {
-            SessionUpdate::Started(i)
-            | SessionUpdate::Live(i, ..)
-            | SessionUpdate::ProcessEnded(i, _)
-            | SessionUpdate::Ended(i, _)
-            | SessionUpdate::Transcript(i, _) => i.clone(),
-        }
+        self.info_arc().clone()
     }
 
     pub fn info(&self) -> &SessionInfo {
+        self.info_arc()
+    }
+
+    fn info_arc(&self) -> &Arc<SessionInfo> {
         match self {
             SessionUpdate::Started(i)
             | SessionUpdate::Live(i, ..)

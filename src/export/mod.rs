@@ -3,7 +3,8 @@
 //! bounded channels, and sends what they built to every configured sink: OTLP (gRPC or
 //! HTTP/protobuf), an OTLP/JSON file, the console.
 //!
-//! In: session updates, one by one or in the process stage's batches ([`crate::spans::task::UpdateSource`]; its close is the shutdown signal, passed down the
+//! In: session updates, one by one or in the process stage's batches
+//! ([`crate::spans::task::UpdateSource`]; its close is the shutdown signal, passed down the
 //! stages). Out: spans on the wire, a [`ExportReport`] when done. Dropped: only in each sink's
 //! [`queue::ExportQueue`], counted by reason and marked on the session's root. The agent's own
 //! run is a trace of its own (`podtrail agent`, made with `tracing` through [`crate::diag`],

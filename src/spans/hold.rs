@@ -382,18 +382,18 @@ impl SpanStage {
         match u {
             SessionUpdate::Live(info, record, what) => {
                 if let Some(s) = self.live.get_mut(&id) {
-                    s.refresh_from(&self.ctx, &info);
+                    s.refresh(&self.ctx, &info);
                     out.live.push(LiveUpdate { session: id, info, record, what, frame: s.shared_frame() });
                 }
             }
             SessionUpdate::Started(info) => {
                 if let Some(s) = self.live.get_mut(&id) {
-                    s.refresh(&self.ctx, info);
+                    s.refresh(&self.ctx, &info);
                 }
             }
             SessionUpdate::ProcessEnded(info, rec) => {
                 if let Some(s) = self.live.get_mut(&id) {
-                    s.refresh_from(&self.ctx, &info);
+                    s.refresh(&self.ctx, &info);
                     // the rules stage's copy: the info moves there, the record is shared
                     let rec = Arc::new(rec);
                     let for_rules = self.records.then(|| rec.clone());
@@ -413,7 +413,7 @@ impl SpanStage {
             }
             SessionUpdate::Transcript(info, chunk) => {
                 if let Some(s) = self.live.get_mut(&id) {
-                    s.refresh(&self.ctx, info.clone());
+                    s.refresh(&self.ctx, &info);
                     let span = super::build::transcript_span(&self.ctx, s.frame(), &info, &chunk);
                     out.spans.push((id, BuiltSpan { span, root: false }));
                 }

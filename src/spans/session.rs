@@ -157,29 +157,22 @@ impl SessionSpans {
     }
 
     /// The process stage learned more about the session (a watched nsenter became a node
-    /// session in a container, pod metadata arrived): spans built from now on say so.
-    pub fn refresh(&mut self, ctx: &BuildCtx, info: Arc<SessionInfo>) {
-        if Arc::ptr_eq(&info, &self.info) {
-            return; // the same shared info: nearly every update of a session
+    /// session in a container, pod metadata arrived): spans built from now on say so. Nearly
+    /// every update of a session carries the same shared info: then nothing is done.
+    pub fn refresh(&mut self, ctx: &BuildCtx, info: &Arc<SessionInfo>) {
+        if Arc::ptr_eq(info, &self.info) {
+            return;
         }
         let changed = info.kind != self.info.kind || info.container != self.info.container;
-        self.info = info;
+        self.info = info.clone();
         if changed {
             self.frame = Arc::new(build::session_frame(ctx, &self.info, self.who.as_deref()));
         }
     }
 
-    /// [`Self::refresh`] from a borrowed info (every update of a session repeats its info:
-    /// in an exec storm nearly all are the same one, shared).
-    pub fn refresh_from(&mut self, ctx: &BuildCtx, info: &Arc<SessionInfo>) {
-        if !Arc::ptr_eq(&self.info, info) {
-            self.refresh(ctx, info.clone());
-        }
-    }
-
     /// A process of the session ended: its spans, and those of children that waited for it.
     pub fn process_ended(&mut self, ctx: &BuildCtx, info: Arc<SessionInfo>, rec: ProcessRecord) -> Vec<SpanData> {
-        self.refresh(ctx, info);
+        self.refresh(ctx, &info);
         self.place_ended(ctx, rec)
     }
 
@@ -209,7 +202,7 @@ impl SessionSpans {
         info: Arc<SessionInfo>,
         remaining: Vec<Arc<ProcessRecord>>,
     ) -> (Vec<BuiltSpan>, Vec<OverCap>) {
-        self.refresh(ctx, info);
+        self.refresh(ctx, &info);
         let mut out = Vec::new();
         for rec in remaining {
             self.place(ctx, rec, &mut out);

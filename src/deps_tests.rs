@@ -9,7 +9,7 @@ use std::path::Path;
 /// The layers, in order. Shared modules come first; a stage may use them and the stages
 /// before it. `config` and `agent` sit on top and wire everything.
 const LAYERS: &[&[&str]] = &[
-    &["text", "clock", "lru", "metrics", "diag", "heap"],
+    &["text", "clock", "lru", "metrics", "diag", "heap", "hashing"],
     &["capture"],
     &["scope", "model", "tls", "redact", "state"],
     &["process"],

@@ -34,6 +34,7 @@ pub mod config;
 pub mod diag;
 pub mod enrich;
 pub mod export;
+pub mod hashing;
 pub mod heap;
 pub mod lru;
 pub mod metrics;

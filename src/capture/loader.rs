@@ -86,14 +86,15 @@ pub struct CaptureOptions {
     pub kinds: u32,
 }
 
-/// The ring's default size in MiB. Its pages are mapped twice: VmRSS counts 32 MiB for it. 16,
-/// not less, because of what BENCHMARKS.md (issue 15, capture15) saw: the storms alone lost
-/// nothing with 2 to 16 MiB, but the kernel exec storm test lost 421 records with 4 MiB while
-/// other storms ran on the same two cores (a descheduled reader; an exec record was 2.3 KB,
-/// nearly all of it fixed slots). The exec record is packed since ABI 7 (a storm's process is
-/// 334 bytes of ring, was 2 492): a smaller default waits for that test and the storms to be
-/// rerun at the new size (BENCHMARKS.md, ring16).
-pub const DEFAULT_RING_MIB: u32 = 16;
+/// The ring's default size in MiB. Its pages are mapped twice: VmRSS counts 8 MiB for it (the
+/// agent at rest: about 28 MiB VmRSS, 52 with 16). Since the exec record is packed (ABI 7, a
+/// storm's process is 334 bytes of ring, was 2 492), half of this lost nothing in every storm,
+/// each run while other builds and benchmarks loaded the two cores (load average 1 to 9): the
+/// 20 000-exec session storm, the 100 000-connect storm with folding off and with no rate
+/// limit, `capture_kernel`'s host exec storm (twice), e2e_flood and e2e_transcript
+/// (BENCHMARKS.md, issue 15, "the default ring"). 4 keeps that factor of two for bursts; 16 was
+/// chosen when a record was 2.3 KB and 4 MiB lost 421 of them under load (capture15).
+pub const DEFAULT_RING_MIB: u32 = 4;
 
 /// Every kind.
 pub const ALL_KINDS: u32 = u32::MAX;

@@ -199,10 +199,10 @@ async fn export_over_mutual_tls_to_the_real_collector() {
     // 3. a CA that did not sign the collector's certificate: a clear error, every span lost
     let wrong = ExportConfig { otlp_ca: Some(pki.join("other-ca.crt")), ..grpc.clone() };
     let target = wrong.resolve(|_| None).unwrap().otlp.unwrap();
-    let exp = podtrail::export::otlp::exporter(&target, &opentelemetry_sdk::Resource::builder_empty().build())
-        .expect("builds (connects lazily)");
+    let mut exp =
+        podtrail::export::otlp::GrpcTraces::new(&target, &opentelemetry_sdk::Resource::builder_empty().build())
+            .expect("builds (connects lazily)");
     use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
-    use opentelemetry_sdk::trace::SpanExporter as _;
     let span = opentelemetry_sdk::trace::SpanData {
         span_context: SpanContext::new(
             TraceId::from_bytes([7; 16]),
@@ -224,7 +224,7 @@ async fn export_over_mutual_tls_to_the_real_collector() {
         status: Status::Unset,
         instrumentation_scope: podtrail::spans::build::scope(),
     };
-    let err = exp.export(vec![span]).await.expect_err("an unknown issuer is refused").to_string();
+    let err = exp.export_spans(&[span]).await.expect_err("an unknown issuer is refused");
     // e.g. "... gRPC code: Unavailable: transport error: invalid peer certificate: UnknownIssuer"
     assert!(err.contains("invalid peer certificate: UnknownIssuer"), "the error names the TLS failure: {err}");
     let (d, metrics) = export(session("tls-wrong-ca"), fast(wrong), &no_env).await;

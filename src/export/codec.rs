@@ -5,11 +5,13 @@
 //! Nothing is dropped here: a record that does not decode is reported to the caller, which
 //! counts it.
 //!
-//! Why OTLP protobuf rather than a serde form of our own: `opentelemetry_proto::transform`
-//! already turns `SpanData` into a proto `Span` (the same conversion the exporter runs), prost
-//! encodes it in about a microsecond, the schema is versioned upstream with forward
-//! compatible field numbers (a queue left by an older podtrail still reads), and a segment can
-//! be inspected with `protoc --decode`. The reverse conversion is ours (below) and covers
+//! Why OTLP protobuf rather than a serde form of our own: a record is then a `Span` message
+//! that an OTLP request carries as it is (the OTLP/gRPC sink sends the records without
+//! decoding them: [`super::wire`]), written straight from the span ([`super::wire::encode_span`],
+//! the same message `opentelemetry_proto`'s conversion encodes to), the schema is versioned
+//! upstream with forward compatible field numbers (a queue left by an older podtrail still
+//! reads), and a segment can be inspected with `protoc --decode`. The reverse conversion (for
+//! the other sinks and `podtrail show`) is ours (below) and covers
 //! every field the forward one writes. The instrumentation scope is not part of a proto
 //! `Span` (it lives on its `ScopeSpans`): podtrail has one scope, re-applied on decode. The
 //! session and root flag stay outside the protobuf in [`Meta`], so eviction can account for
@@ -28,6 +30,7 @@ use prost::Message;
 use super::queue::Queued;
 use crate::capture::event::ProcessKey;
 use crate::model::SessionId;
+use crate::spans::keys;
 
 /// What the queue needs to know about a record without decoding the span.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -72,19 +75,12 @@ pub enum DecodeError {
     Field(&'static str),
 }
 
-/// A record's body: metadata, then the span's protobuf.
+/// A record's body: metadata, then the span's protobuf, written straight from the span's
+/// strings ([`super::wire::encode_span`]: no proto `Span` built in between).
 pub fn encode(q: &Queued) -> Vec<u8> {
-    encode_owned(q.clone())
-}
-
-/// [`encode`], consuming the span (its strings move into the protobuf, none is copied twice).
-pub fn encode_owned(q: Queued) -> Vec<u8> {
-    let meta = Meta::of(&q);
-    let span: Span = q.span.into();
-    let mut out = Vec::with_capacity(META_LEN + span.encoded_len());
-    meta.write(&mut out);
-    // encoding into a Vec with enough capacity cannot fail
-    let _ = span.encode(&mut out);
+    let mut out = Vec::with_capacity(META_LEN + 512);
+    Meta::of(q).write(&mut out);
+    super::wire::encode_span(&q.span, &mut out);
     out
 }
 
@@ -92,6 +88,26 @@ pub fn decode(body: &[u8]) -> Result<Queued, DecodeError> {
     let meta = Meta::read(body).ok_or(DecodeError::Short)?;
     let p = Span::decode(&body[META_LEN..])?;
     Ok(Queued { session: meta.session, root: meta.root, span: span_data(p)? })
+}
+
+/// Sets (or replaces) the loss marks on a root's record, as [`super::queue::mark_lost`] does
+/// on a span: the record is decoded and written again (only roots of sessions that lost
+/// spans: rare). A record that does not decode is left as it is (the sender skips no span).
+pub fn mark_lost_record(body: &mut Vec<u8>, lost: u64) {
+    if body.len() < META_LEN {
+        return;
+    }
+    let Ok(mut p) = Span::decode(&body[META_LEN..]) else { return };
+    p.attributes.retain(|kv| kv.key != keys::SESSION_SPANS_LOST && kv.key != keys::SESSION_INCOMPLETE);
+    let kv = |key: &str, v: any_value::Value| PKeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    };
+    p.attributes.push(kv(keys::SESSION_INCOMPLETE, any_value::Value::BoolValue(true)));
+    p.attributes.push(kv(keys::SESSION_SPANS_LOST, any_value::Value::IntValue(lost as i64)));
+    body.truncate(META_LEN);
+    let _ = p.encode(body);
 }
 
 fn time(ns: u64) -> SystemTime {

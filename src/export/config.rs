@@ -11,7 +11,8 @@
 //! files (`..._CERTIFICATE`, `..._CLIENT_CERTIFICATE`, `..._CLIENT_KEY`, which
 //! opentelemetry-otlp 0.33 does not read).
 //!
-//! Left to the exporter, which reads them itself: `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`
+//! Left to the exporter (for gRPC, podtrail's own client, which reads them the exporter's
+//! way: `otlp::GrpcTraces`), which reads them itself: `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`
 //! (merged over `otlp_headers`: on the same header name the variable wins, as the exporter
 //! does it) and `OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION` (used when `otlp_compression` is
 //! unset).

@@ -23,6 +23,7 @@ pub mod otlp;
 pub mod queue;
 pub mod segments;
 pub mod show;
+pub mod wire;
 
 use std::sync::Arc;
 
@@ -41,7 +42,10 @@ use crate::spans::{self, keys, Attributor, BuildCtx, Output, SpanTask};
 
 /// Where spans go.
 pub enum Sink {
+    /// OTLP over HTTP/protobuf: opentelemetry-otlp's exporter.
     Otlp(opentelemetry_otlp::SpanExporter),
+    /// OTLP over gRPC: podtrail's own client, fed encoded requests ([`otlp::GrpcTraces`]).
+    OtlpGrpc(otlp::GrpcTraces),
     /// The alert spans, as OTLP log records ([`alert_logs`]); fed only those.
     AlertLogs(alert_logs::AlertLogExporter),
     File(file::FileExporter),
@@ -51,7 +55,7 @@ pub enum Sink {
 impl Sink {
     pub fn name(&self) -> &'static str {
         match self {
-            Sink::Otlp(_) => "otlp",
+            Sink::Otlp(_) | Sink::OtlpGrpc(_) => "otlp",
             Sink::AlertLogs(_) => "otlp_logs",
             Sink::File(_) => "file",
             Sink::Console(_) => "console",
@@ -128,7 +132,10 @@ pub fn resource(cfg: &RunExport, run_id: &str) -> Resource {
 pub fn sinks(cfg: &RunExport, resource: &Resource) -> Result<Vec<Sink>, ExportError> {
     let mut out = Vec::new();
     if let Some(t) = &cfg.export.otlp {
-        out.push(Sink::Otlp(otlp::exporter(t, resource)?));
+        out.push(match t.protocol {
+            Protocol::Grpc => Sink::OtlpGrpc(otlp::GrpcTraces::new(t, resource)?),
+            Protocol::HttpProtobuf => Sink::Otlp(otlp::exporter(t, resource)?),
+        });
         if cfg.export.alert_logs {
             out.push(Sink::AlertLogs(alert_logs::AlertLogExporter::new(otlp::log_exporter(t)?, resource)));
         }
@@ -409,7 +416,7 @@ fn open_queues(
         };
         let q = match (&sink, &cfg.export.queue.held) {
             // the network sinks are the ones a backend's bad day can hold up: they get the disk
-            (Sink::Otlp(_) | Sink::AlertLogs(_), Some(held)) if cfg.export.queue.budget > 0 => {
+            (Sink::Otlp(_) | Sink::OtlpGrpc(_) | Sink::AlertLogs(_), Some(held)) if cfg.export.queue.budget > 0 => {
                 let store = segments::StoreConfig::new(held.dir.queue_dir(name), budget, cfg.export.queue.fsync);
                 match ExportQueue::durable(name, store, metrics.clone()) {
                     Ok(q) => q,
@@ -426,6 +433,7 @@ fn open_queues(
         // an outage while sending is a span of the agent's trace, under the run
         let task = match sink {
             Sink::Otlp(e) => tokio::spawn(agent.attach(run, q.clone().drive(e, r))),
+            Sink::OtlpGrpc(c) => tokio::spawn(agent.attach(run, q.clone().drive_grpc(c, r))),
             Sink::AlertLogs(e) => tokio::spawn(agent.attach(run, q.clone().drive(e, r))),
             Sink::File(e) => tokio::spawn(agent.attach(run, q.clone().drive(e, r))),
             Sink::Console(e) => tokio::spawn(agent.attach(run, q.clone().drive(e, r))),

@@ -1,6 +1,8 @@
-//! OTLP over gRPC or HTTP/protobuf with opentelemetry-otlp's `SpanExporter`, fed `SpanData`
-//! by podtrail's own queue ([`super::queue`]). The exporter's own retries are turned off: the
-//! queue retries, so that it can count exactly what was lost.
+//! OTLP over gRPC with podtrail's own client ([`GrpcTraces`]: tonic, fed request bodies
+//! already encoded by [`super::wire`], so the durable queue's records go out without being
+//! decoded), or over HTTP/protobuf with opentelemetry-otlp's `SpanExporter` fed `SpanData`;
+//! both by podtrail's own queue ([`super::queue`]). Neither retries on its own: the queue
+//! retries, so that it can count exactly what was lost.
 //!
 //! TLS (an `https://` endpoint): the system's roots or the configured CA bundle, and a client
 //! certificate for mutual TLS, read here from the files [`super::config`] resolved (config,
@@ -183,4 +185,229 @@ pub fn log_exporter(target: &OtlpTarget) -> Result<opentelemetry_otlp::LogExport
         }
     };
     built.map_err(|source| OtlpError::Build { url: url.clone(), source })
+}
+
+/// podtrail's own OTLP/gRPC trace client: it sends `ExportTraceServiceRequest` bodies that are
+/// already encoded ([`super::wire`]: written from the spans without the SDK's conversion, or
+/// assembled from the durable queue's records as they are), over the same tonic channel the
+/// SDK exporter would build: the same TLS ([`tonic_tls`]), the request timeout, the metadata
+/// (`otlp_headers`, then `OTEL_EXPORTER_OTLP_TRACES_HEADERS` or else
+/// `OTEL_EXPORTER_OTLP_HEADERS` over them, as the exporter does), gzip when configured or when
+/// `OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION` says so. No retries of its own: the queue's.
+pub struct GrpcTraces {
+    grpc: tonic::client::Grpc<tonic::transport::Channel>,
+    metadata: tonic::metadata::MetadataMap,
+    /// The resource's and the scopes' parts of every request, encoded once.
+    pub heads: super::wire::Heads,
+}
+
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// Sends bytes as they are (the body is a whole `ExportTraceServiceRequest`) and decodes the
+/// response with prost.
+#[derive(Clone, Copy, Default)]
+struct Raw;
+
+struct RawEncoder;
+struct ResponseDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: bytes::Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for ResponseDecoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Self::Item>, tonic::Status> {
+        use prost::Message;
+        ExportTraceServiceResponse::decode(buf).map(Some).map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Codec for Raw {
+    type Encode = bytes::Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = RawEncoder;
+    type Decoder = ResponseDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> ResponseDecoder {
+        ResponseDecoder
+    }
+}
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+
+/// The request metadata: the configured headers, the environment's over them (on the same
+/// name the variable wins; `..._TRACES_HEADERS` replaces the generic variable, as in the
+/// exporter).
+fn metadata(
+    target: &OtlpTarget,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<tonic::metadata::MetadataMap, OtlpError> {
+    let mut all = target.headers.clone();
+    let from_env =
+        env("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS")).unwrap_or_default();
+    all.extend(super::config::parse_headers(&from_env).map_err(|e| OtlpError::Header(e.to_string()))?);
+    let mut md = tonic::metadata::MetadataMap::new();
+    for (k, v) in &all {
+        let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+            .map_err(|_| OtlpError::Header(k.clone()))?;
+        let val = v.parse().map_err(|_| OtlpError::Header(k.clone()))?;
+        md.insert(key, val);
+    }
+    Ok(md)
+}
+
+/// gzip: configured, else the first of `..._TRACES_COMPRESSION`, `..._COMPRESSION` that says
+/// `gzip` or `none` (the exporter's reading).
+fn gzip(target: &OtlpTarget, env: impl Fn(&str) -> Option<String>) -> bool {
+    if target.gzip == Some(true) {
+        return true;
+    }
+    for k in ["OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"] {
+        match env(k).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            Some("gzip") => return true,
+            Some("none") => return false,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// An error and its sources, one line (a TLS failure is in the sources of tonic's status).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cur) = next {
+        out.push_str(": ");
+        out.push_str(&cur.to_string());
+        next = cur.source();
+    }
+    out
+}
+
+impl GrpcTraces {
+    /// Connects lazily: a wrong CA or an absent collector shows as failed exports.
+    pub fn new(target: &OtlpTarget, resource: &Resource) -> Result<GrpcTraces, OtlpError> {
+        Self::with_env(target, resource, |k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+    }
+
+    fn with_env(
+        target: &OtlpTarget,
+        resource: &Resource,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<GrpcTraces, OtlpError> {
+        use tonic::codec::CompressionEncoding;
+        let build = |e: tonic::transport::Error| OtlpError::Tls(format!("{}: {}", target.url, chain(&e)));
+        let mut ep = tonic::transport::Endpoint::from_shared(target.url.clone())
+            .map_err(build)?
+            .timeout(target.timeout)
+            .user_agent(concat!("podtrail/", env!("CARGO_PKG_VERSION")))
+            .map_err(build)?;
+        if let Some(files) = &target.tls {
+            ep = ep.tls_config(tonic_tls(files)?).map_err(build)?;
+        }
+        let mut grpc = tonic::client::Grpc::new(ep.connect_lazy());
+        if gzip(target, &env) {
+            grpc = grpc.send_compressed(CompressionEncoding::Gzip).accept_compressed(CompressionEncoding::Gzip);
+        }
+        Ok(GrpcTraces { grpc, metadata: metadata(target, &env)?, heads: super::wire::Heads::new(resource) })
+    }
+
+    /// Sends one encoded request; the error names the gRPC code and the cause (TLS, refused).
+    /// Spans the backend rejects in a partial success are logged, not retried (as the
+    /// exporter does: the backend said they will never be taken).
+    pub async fn export(&self, body: bytes::Bytes) -> Result<(), String> {
+        let mut grpc = self.grpc.clone();
+        grpc.ready().await.map_err(|e| format!("OTLP/gRPC channel not ready: {}", chain(&e)))?;
+        let mut req = tonic::Request::new(body);
+        *req.metadata_mut() = self.metadata.clone();
+        req.extensions_mut()
+            .insert(tonic::GrpcMethod::new("opentelemetry.proto.collector.trace.v1.TraceService", "Export"));
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
+        match grpc.unary(req, path, Raw).await {
+            Ok(resp) => {
+                if let Some(p) = resp.into_inner().partial_success {
+                    if p.rejected_spans > 0 || !p.error_message.is_empty() {
+                        tracing::warn!(rejected_spans = p.rejected_spans, error = %p.error_message, "OTLP backend rejected part of a request");
+                    }
+                }
+                Ok(())
+            }
+            Err(status) => {
+                let mut msg =
+                    format!("OTLP/gRPC export failed with gRPC code {:?}: {}", status.code(), status.message());
+                if let Some(src) = std::error::Error::source(&status) {
+                    msg.push_str(": ");
+                    msg.push_str(&chain(src));
+                }
+                Err(msg)
+            }
+        }
+    }
+
+    /// [`Self::export`] of spans, encoded here (tests; the queue encodes its batches itself).
+    pub async fn export_spans(&mut self, spans: &[opentelemetry_sdk::trace::SpanData]) -> Result<(), String> {
+        let mut batch = super::wire::Batch::default();
+        for s in spans {
+            batch.push_span(&mut self.heads, s);
+        }
+        self.export(batch.request(&self.heads).into()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::config::ExportConfig;
+
+    fn target(cfg: ExportConfig) -> OtlpTarget {
+        cfg.resolve(|_| None).unwrap().otlp.unwrap()
+    }
+
+    #[test]
+    fn headers_and_compression_follow_config_then_the_variables() {
+        let mut cfg = ExportConfig { otlp_endpoint: Some("http://127.0.0.1:4317".into()), ..Default::default() };
+        cfg.otlp_headers.insert("X-Tenant".into(), "a".into());
+        cfg.otlp_headers.insert("x-keep".into(), "k".into());
+        let t = target(cfg.clone());
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        let md = metadata(&t, vars(&[])).unwrap();
+        assert_eq!(
+            (md.get("x-tenant").unwrap(), md.get("x-keep").unwrap()),
+            (&"a".parse().unwrap(), &"k".parse().unwrap())
+        );
+        // the traces variable wins over the generic one, and over the config on the same name
+        let md = metadata(
+            &t,
+            vars(&[
+                ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-tenant=b%20c"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "x-other=1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(md.get("x-tenant").unwrap(), "b c");
+        assert!(md.get("x-other").is_none());
+        assert_eq!(md.get("x-keep").unwrap(), "k");
+        assert!(metadata(&t, vars(&[("OTEL_EXPORTER_OTLP_HEADERS", "no-equals")])).is_err());
+
+        assert!(!gzip(&t, vars(&[])));
+        assert!(gzip(&t, vars(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")])));
+        assert!(!gzip(
+            &t,
+            vars(&[("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none"), ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")])
+        ));
+        let gz = target(ExportConfig { otlp_compression: Some("gzip".into()), ..cfg });
+        assert!(gzip(&gz, vars(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "none")])));
+    }
 }

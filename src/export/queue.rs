@@ -200,8 +200,8 @@ impl ExportQueue {
         self.push_owned(batch.to_vec());
     }
 
-    /// Memory: each span as [`Self::push`], moved in. Disk: encoded (consuming the span, no
-    /// copy) and written (and synced, per the fsync policy) before this returns, a batch per
+    /// Memory: each span as [`Self::push`], moved in. Disk: encoded (written straight from the
+    /// span's strings) and written (and synced, per the fsync policy) before this returns, a batch per
     /// write.
     pub fn push_owned(&self, batch: Vec<Queued>) {
         if batch.is_empty() {
@@ -215,7 +215,7 @@ impl ExportQueue {
             let mut start = 0;
             for (i, q) in batch.into_iter().enumerate() {
                 metas.push(Meta::of(&q));
-                let b = codec::encode_owned(q);
+                let b = codec::encode(&q);
                 size += b.len() + 8;
                 bodies.push(b);
                 if size >= self.chunk_bytes || i + 1 == n {
@@ -328,6 +328,17 @@ impl ExportQueue {
     /// before it). None when closed and empty, or closed and past the flush deadline (the rest
     /// is then counted as lost at shutdown).
     pub async fn next_batch(&self, max: usize) -> Option<Vec<Queued>> {
+        match self.next_out(max, false).await? {
+            Out::Spans(v) => Some(v),
+            // only asked for with `raw`
+            Out::Records(v) => Some(v.into_iter().filter_map(|(_, body)| codec::decode(&body).ok()).collect()),
+        }
+    }
+
+    /// [`Self::next_batch`]; with `raw`, the durable queue hands its records over as they are
+    /// (metadata and the span's protobuf, loss marks written into the roots' records) instead
+    /// of decoding them.
+    pub(super) async fn next_out(&self, max: usize, raw: bool) -> Option<Out> {
         loop {
             let notified = self.notify.notified();
             {
@@ -350,40 +361,80 @@ impl ExportQueue {
                     return None;
                 }
                 if g.len() > 0 {
-                    let out = match &mut g.store {
+                    let mut out = match &mut g.store {
                         Store::Memory(items) => {
                             let n = max.max(1).min(items.len());
-                            items.drain(..n).collect::<Vec<_>>()
+                            Out::Spans(items.drain(..n).collect::<Vec<_>>())
                         }
                         Store::Disk(_) => {
                             drop(g);
-                            let out = self.read_disk(max.max(1));
+                            let out = if raw {
+                                Out::Records(self.read_records(max.max(1)))
+                            } else {
+                                Out::Spans(self.read_disk(max.max(1)))
+                            };
                             g = self.lock();
                             out
                         }
                     };
-                    let mut out = out;
-                    for (i, q) in out.iter_mut().enumerate().filter(|(_, q)| q.root) {
-                        let lost = q.session.and_then(|s| g.lost_by_session.remove(&s)).unwrap_or(0);
+                    let disk = matches!(g.store, Store::Disk(_));
+                    let mut take_lost = |session: Option<SessionId>| {
+                        let lost = session.and_then(|s| g.lost_by_session.remove(&s)).unwrap_or(0);
                         if lost > 0 {
                             g.delivery.sessions_marked_lost += 1;
-                            mark_lost(&mut q.span, lost);
-                            if matches!(g.store, Store::Disk(_)) {
-                                g.retry.1.push((i, lost));
+                        }
+                        lost
+                    };
+                    let mut marks = Vec::new();
+                    match &mut out {
+                        Out::Spans(v) => {
+                            for (i, q) in v.iter_mut().enumerate().filter(|(_, q)| q.root) {
+                                let lost = take_lost(q.session);
+                                if lost > 0 {
+                                    mark_lost(&mut q.span, lost);
+                                    marks.push((i, lost));
+                                }
                             }
                         }
+                        Out::Records(v) => {
+                            for (m, body) in v.iter_mut().filter(|(m, _)| m.root) {
+                                let lost = take_lost(m.session);
+                                if lost > 0 {
+                                    codec::mark_lost_record(body, lost);
+                                }
+                            }
+                        }
+                    }
+                    if disk && !raw {
+                        g.retry.1 = marks;
                     }
                     // a batch runs past session roots: a root's mark only needs the losses
                     // of batches already settled, and spans sharing its batch share its fate
                     drop(g);
-                    self.metrics.export_queue_spans.dec_by(out.len() as i64);
-                    if out.is_empty() {
+                    let n = out.len();
+                    self.metrics.export_queue_spans.dec_by(n as i64);
+                    if n == 0 {
                         continue;
                     }
                     return Some(out);
                 }
             }
             notified.await;
+        }
+    }
+}
+
+/// A batch as the queue hands it out: spans, or the durable queue's records as they are.
+pub(super) enum Out {
+    Spans(Vec<Queued>),
+    Records(Vec<(Meta, Vec<u8>)>),
+}
+
+impl Out {
+    fn len(&self) -> usize {
+        match self {
+            Out::Spans(v) => v.len(),
+            Out::Records(v) => v.len(),
         }
     }
 }

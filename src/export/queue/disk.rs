@@ -108,6 +108,51 @@ impl ExportQueue {
         out
     }
 
+    /// Disk: the next records as they are, for a sender that puts them on the wire without
+    /// decoding them; one whose metadata or protobuf framing is broken is counted and skipped,
+    /// as [`Self::read_disk`] does with one that does not decode.
+    pub(super) fn read_records(&self, max: usize) -> Vec<(Meta, Vec<u8>)> {
+        let mut g = self.lock();
+        let Store::Disk(store) = &mut g.store else { return Vec::new() };
+        let mut ev = Evicted::default();
+        let res = store.read(max, &mut ev);
+        let mut out = Vec::new();
+        let mut bad = 0u64;
+        match res {
+            Ok(records) => {
+                if let Some((_, end)) = records.last() {
+                    g.in_flight = Some(*end);
+                }
+                for (body, _) in records {
+                    match Meta::read(&body).filter(|_| super::super::wire::well_formed(&body[codec::META_LEN..])) {
+                        Some(m) => out.push((m, body)),
+                        None => {
+                            bad += 1;
+                            tracing::warn!(sink = self.name, "durable queue: a record is not a span; skipped");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                drop(g);
+                self.metrics.queue_events("read_failed", 1);
+                tracing::error!(sink = self.name, error = %e, "durable queue: read failed; retrying");
+                return out;
+            }
+        }
+        drop(g);
+        self.evicted(ev);
+        if bad > 0 {
+            self.metrics.queue_events("record_undecodable", bad);
+            let mut g = self.lock();
+            g.delivery.corrupt += bad;
+            drop(g);
+            self.metrics.lost("corrupt", bad);
+            self.metrics.export_queue_spans.dec_by(bad as i64);
+        }
+        out
+    }
+
     /// Disk: the batch in flight again, as it was handed out (loss marks included), for a
     /// retry; its records decoded once already.
     pub(super) fn reload_in_flight(&self) -> Vec<SpanData> {

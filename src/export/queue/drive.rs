@@ -4,6 +4,7 @@
 //! trying until the flush deadline, then what is left is lost (memory, `shutdown`) or stays on
 //! disk for the next start.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +12,10 @@ use tokio::time::Instant;
 
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
-use super::codec::Meta;
-use super::{Delivery, ExportQueue};
+use super::super::otlp::GrpcTraces;
+use super::super::wire;
+use super::codec::{Meta, META_LEN};
+use super::{Delivery, ExportQueue, Out};
 
 /// Retry and batching rules.
 #[derive(Clone, Debug)]
@@ -29,81 +32,139 @@ impl ExportQueue {
     /// Sends everything pushed until the queue is closed and drained; returns what happened.
     pub async fn drive<E: SpanExporter>(self: Arc<Self>, exporter: E, rules: RetryRules) -> Delivery {
         let durable = self.is_durable();
-        // an outage of the durable queue's backend: when it began, and the agent trace's span
-        // for it (`export_trouble`, from the first failure to the first success)
-        let mut failing_since: Option<(Instant, tracing::Span)> = None;
+        let mut failing_since = None;
         while let Some(batch) = self.next_batch(rules.batch).await {
             let metas: Vec<Meta> = batch.iter().map(Meta::of).collect();
             let mut spans: Vec<SpanData> = batch.into_iter().map(|q| q.span).collect();
-            let mut delay = rules.initial;
-            let mut attempt = 1u32;
-            loop {
+            let exporter = &exporter;
+            let this = &self;
+            self.settle(&metas, &rules, durable, &mut failing_since, |attempt| {
                 // the exporter consumes the batch: on disk it is read again for a retry, in
                 // memory a copy is kept unless this is the last try
-                let send =
-                    if durable || attempt >= rules.max_attempts { std::mem::take(&mut spans) } else { spans.clone() };
-                let res = tokio::time::timeout(rules.timeout + Duration::from_secs(1), exporter.export(send)).await;
-                let err = match res {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(_) => Some("timed out".to_string()),
+                let send = if durable && attempt > 1 {
+                    this.reload_in_flight()
+                } else if durable || attempt >= rules.max_attempts {
+                    std::mem::take(&mut spans)
+                } else {
+                    spans.clone()
                 };
-                let Some(err) = err else {
-                    self.metrics.request("ok");
-                    self.delivered(&metas);
-                    if let Some((t, trouble)) = failing_since.take() {
-                        trouble.in_scope(|| {
-                            tracing::info!(
-                                sink = self.name,
-                                after_s = t.elapsed().as_secs(),
-                                queued = self.len(),
-                                "export works again"
-                            )
-                        });
-                    }
-                    break;
-                };
-                if durable && failing_since.is_none() {
-                    let trouble = tracing::warn_span!(
-                        "podtrail agent export trouble",
-                        podtrail.agent.event = "export_trouble",
-                        podtrail.agent.sink = self.name,
-                        podtrail.agent.error = %err,
-                    );
-                    trouble.in_scope(|| tracing::warn!(sink = self.name, error = %err, "export failing; spans wait in the durable queue and are retried without a time limit"));
-                    failing_since = Some((Instant::now(), trouble));
-                }
-                let deadline = self.flush_deadline();
-                let now = Instant::now();
-                if durable && deadline.is_some_and(|d| now >= d) {
-                    // left on disk, unacknowledged: the next start sends it
-                    self.metrics.request("failed");
-                    tracing::warn!(sink = self.name, error = %err, spans = metas.len(), "export failed at shutdown; the batch stays in the durable queue for the next start");
-                    self.lock().delivery.kept += metas.len() as u64;
-                    break;
-                }
-                if !durable && (attempt >= rules.max_attempts || deadline.is_some_and(|d| now >= d)) {
-                    self.metrics.request("failed");
-                    tracing::warn!(sink = self.name, attempts = attempt, error = %err, spans = metas.len(), "export failed; spans counted as lost");
-                    let reason = if deadline.is_some_and(|d| now >= d) { "shutdown" } else { "export_failed" };
-                    self.lose_metas(&metas, reason);
-                    break;
-                }
-                self.metrics.request("retry");
-                tracing::debug!(sink = self.name, attempt, error = %err, "export failed; retrying");
-                let wait = match deadline {
-                    Some(d) => delay.min(d.saturating_duration_since(now)),
-                    None => delay,
-                };
-                tokio::time::sleep(wait).await;
-                if durable {
-                    spans = self.reload_in_flight();
-                }
-                delay = (delay * 2).min(rules.max);
-                attempt += 1;
-            }
+                let f = exporter.export(send);
+                async move { f.await.map_err(|e| e.to_string()) }
+            })
+            .await;
         }
         let _ = exporter.force_flush();
         self.delivery()
+    }
+
+    /// [`Self::drive`] for podtrail's own OTLP/gRPC client: each batch is encoded once into a
+    /// request body ([`super::super::wire`]: spans written from their strings; the durable
+    /// queue's records as they are, never decoded) and a retry sends the same bytes again.
+    pub async fn drive_grpc(self: Arc<Self>, mut client: GrpcTraces, rules: RetryRules) -> Delivery {
+        let durable = self.is_durable();
+        let mut failing_since = None;
+        // the durable queue's records carry no scope: podtrail's (as when they are decoded)
+        let scope = crate::spans::build::scope();
+        while let Some(out) = self.next_out(rules.batch, true).await {
+            let mut batch = wire::Batch::default();
+            let metas: Vec<Meta> = match out {
+                Out::Spans(v) => v
+                    .into_iter()
+                    .map(|q| {
+                        batch.push_span(&mut client.heads, &q.span);
+                        Meta::of(&q)
+                    })
+                    .collect(),
+                Out::Records(v) => v
+                    .into_iter()
+                    .map(|(m, body)| {
+                        batch.push_encoded(&mut client.heads, &scope, &body[META_LEN..]);
+                        m
+                    })
+                    .collect(),
+            };
+            let body = bytes::Bytes::from(batch.request(&client.heads));
+            let client = &client;
+            self.settle(&metas, &rules, durable, &mut failing_since, |_| client.export(body.clone())).await;
+        }
+        self.delivery()
+    }
+
+    /// Sends one batch (`send(attempt)`, from 1) until the backend takes it; on disk retried
+    /// without a time limit (left unacknowledged for the next start when the flush deadline
+    /// passes), in memory counted lost after `max_attempts`. An outage of a durable queue's
+    /// backend is the agent trace's `export_trouble` span, from the first failure to the
+    /// first success (`failing_since`).
+    async fn settle<F, Fut>(
+        &self,
+        metas: &[Meta],
+        rules: &RetryRules,
+        durable: bool,
+        failing_since: &mut Option<(Instant, tracing::Span)>,
+        mut send: F,
+    ) where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<(), String>>,
+    {
+        let mut delay = rules.initial;
+        let mut attempt = 1u32;
+        loop {
+            let res = tokio::time::timeout(rules.timeout + Duration::from_secs(1), send(attempt)).await;
+            let err = match res {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(_) => Some("timed out".to_string()),
+            };
+            let Some(err) = err else {
+                self.metrics.request("ok");
+                self.delivered(metas);
+                if let Some((t, trouble)) = failing_since.take() {
+                    trouble.in_scope(|| {
+                        tracing::info!(
+                            sink = self.name,
+                            after_s = t.elapsed().as_secs(),
+                            queued = self.len(),
+                            "export works again"
+                        )
+                    });
+                }
+                return;
+            };
+            if durable && failing_since.is_none() {
+                let trouble = tracing::warn_span!(
+                    "podtrail agent export trouble",
+                    podtrail.agent.event = "export_trouble",
+                    podtrail.agent.sink = self.name,
+                    podtrail.agent.error = %err,
+                );
+                trouble.in_scope(|| tracing::warn!(sink = self.name, error = %err, "export failing; spans wait in the durable queue and are retried without a time limit"));
+                *failing_since = Some((Instant::now(), trouble));
+            }
+            let deadline = self.flush_deadline();
+            let now = Instant::now();
+            if durable && deadline.is_some_and(|d| now >= d) {
+                // left on disk, unacknowledged: the next start sends it
+                self.metrics.request("failed");
+                tracing::warn!(sink = self.name, error = %err, spans = metas.len(), "export failed at shutdown; the batch stays in the durable queue for the next start");
+                self.lock().delivery.kept += metas.len() as u64;
+                return;
+            }
+            if !durable && (attempt >= rules.max_attempts || deadline.is_some_and(|d| now >= d)) {
+                self.metrics.request("failed");
+                tracing::warn!(sink = self.name, attempts = attempt, error = %err, spans = metas.len(), "export failed; spans counted as lost");
+                let reason = if deadline.is_some_and(|d| now >= d) { "shutdown" } else { "export_failed" };
+                self.lose_metas(metas, reason);
+                return;
+            }
+            self.metrics.request("retry");
+            tracing::debug!(sink = self.name, attempt, error = %err, "export failed; retrying");
+            let wait = match deadline {
+                Some(d) => delay.min(d.saturating_duration_since(now)),
+                None => delay,
+            };
+            tokio::time::sleep(wait).await;
+            delay = (delay * 2).min(rules.max);
+            attempt += 1;
+        }
     }
 }

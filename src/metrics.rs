@@ -98,7 +98,8 @@ impl Metrics {
         reg.register("podtrail_spans_exported", "Spans the backend accepted", self.spans_exported.clone());
         reg.register(
             "podtrail_spans_lost",
-            "Spans not exported, by reason (queue_full, export_failed, shutdown)",
+            "Spans not exported, by reason (queue_full, export_failed, shutdown, disk_budget, ...; rejected: \
+             sent, counted in podtrail_spans_exported, then refused by the backend in a partial success)",
             self.spans_lost.clone(),
         );
         reg.register(

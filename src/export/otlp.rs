@@ -322,10 +322,11 @@ impl GrpcTraces {
         Ok(GrpcTraces { grpc, metadata: metadata(target, &env)?, heads: super::wire::Heads::new(resource) })
     }
 
-    /// Sends one encoded request; the error names the gRPC code and the cause (TLS, refused).
-    /// Spans the backend rejects in a partial success are logged, not retried (as the
-    /// exporter does: the backend said they will never be taken).
-    pub async fn export(&self, body: bytes::Bytes) -> Result<(), String> {
+    /// Sends one encoded request; Ok holds how many spans the backend rejected in a partial
+    /// success (0 when it took them all). Those are logged here and counted by the caller, not
+    /// retried (as the exporter does: the backend said they will never be taken). The error
+    /// names the gRPC code and the cause (TLS, refused).
+    pub async fn export(&self, body: bytes::Bytes) -> Result<u64, String> {
         let mut grpc = self.grpc.clone();
         grpc.ready().await.map_err(|e| format!("OTLP/gRPC channel not ready: {}", chain(&e)))?;
         let mut req = tonic::Request::new(body);
@@ -335,12 +336,19 @@ impl GrpcTraces {
         let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
         match grpc.unary(req, path, Raw).await {
             Ok(resp) => {
+                let mut rejected = 0;
                 if let Some(p) = resp.into_inner().partial_success {
                     if p.rejected_spans > 0 || !p.error_message.is_empty() {
-                        tracing::warn!(rejected_spans = p.rejected_spans, error = %p.error_message, "OTLP backend rejected part of a request");
+                        // the backend's text, escaped: it is whatever the peer sent
+                        tracing::warn!(
+                            rejected_spans = p.rejected_spans,
+                            error = %crate::text::escaped(p.error_message.as_bytes()),
+                            "OTLP backend rejected part of a request"
+                        );
                     }
+                    rejected = u64::try_from(p.rejected_spans).unwrap_or(0);
                 }
-                Ok(())
+                Ok(rejected)
             }
             Err(status) => {
                 let mut msg =
@@ -355,7 +363,7 @@ impl GrpcTraces {
     }
 
     /// [`Self::export`] of spans, encoded here (tests; the queue encodes its batches itself).
-    pub async fn export_spans(&mut self, spans: &[opentelemetry_sdk::trace::SpanData]) -> Result<(), String> {
+    pub async fn export_spans(&mut self, spans: &[opentelemetry_sdk::trace::SpanData]) -> Result<u64, String> {
         let mut batch = super::wire::Batch::default();
         for s in spans {
             batch.push_span(&mut self.heads, s);
@@ -409,5 +417,44 @@ mod tests {
         ));
         let gz = target(ExportConfig { otlp_compression: Some("gzip".into()), ..cfg });
         assert!(gzip(&gz, vars(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "none")])));
+    }
+
+    /// A backend that takes every request and says it refused 2 spans, as a collector does
+    /// for spans it cannot accept (OTLP's partial success).
+    struct Refuses2;
+
+    #[tonic::async_trait]
+    impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for Refuses2 {
+        async fn export(
+            &self,
+            _req: tonic::Request<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
+            Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: Some(ExportTracePartialSuccess {
+                    rejected_spans: 2,
+                    error_message: "too old\n\x1b[2J".into(),
+                }),
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_partial_success_reports_the_rejected_spans() {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        tokio::spawn(tonic::transport::Server::builder().add_service(TraceServiceServer::new(Refuses2)).serve(addr));
+        let cfg = ExportConfig { otlp_endpoint: Some(format!("http://{addr}")), ..Default::default() };
+        let client = GrpcTraces::new(&target(cfg), &opentelemetry_sdk::Resource::builder_empty().build()).unwrap();
+        // an empty request is a valid one; the server may take a moment to listen
+        let mut got = Err(String::new());
+        for _ in 0..50 {
+            got = client.export(bytes::Bytes::new()).await;
+            if got.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(got, Ok(2));
     }
 }

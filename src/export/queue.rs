@@ -18,7 +18,8 @@
 //! `export_failed` (memory: all attempts failed), `shutdown` (memory: still queued when the
 //! flush deadline passed), `disk_budget` (disk: in the oldest segment, evicted to stay within
 //! the budget), `disk_write` (disk: the write failed, e.g. the disk is full), `corrupt` (disk:
-//! a record that no longer decodes).
+//! a record that no longer decodes), `rejected` (OTLP/gRPC: sent and taken, then refused by
+//! the backend in a partial success, which gives only their number, so no session is marked).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};

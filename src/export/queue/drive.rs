@@ -85,7 +85,20 @@ impl ExportQueue {
             };
             let body = bytes::Bytes::from(batch.request(&client.heads));
             let client = &client;
-            self.settle(&metas, &rules, durable, &mut failing_since, |_| client.export(body.clone())).await;
+            let metrics = &self.metrics;
+            self.settle(&metas, &rules, durable, &mut failing_since, |_| {
+                let body = body.clone();
+                async move {
+                    // spans the backend took the request with but refused in a partial
+                    // success: never taken, so counted as lost (which ones it does not say)
+                    let rejected = client.export(body).await?;
+                    if rejected > 0 {
+                        metrics.lost("rejected", rejected);
+                    }
+                    Ok(())
+                }
+            })
+            .await;
         }
         self.delivery()
     }

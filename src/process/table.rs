@@ -293,6 +293,14 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_stays_small() {
+        // moved on every insert and remove: a rare join or connect index must not make every
+        // entry carry a container's strings inline (it was ~560 bytes, issue 15)
+        let size = std::mem::size_of::<Proc>();
+        assert!(size <= 200, "Proc is {size} bytes");
+    }
+
+    #[test]
     fn pid_reuse_replaces_the_stale_process() {
         let mut t = ProcessTable::new(10_000_000);
         assert!(t.insert(Proc::new(k(7, 100), None)).is_none());

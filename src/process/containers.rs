@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 
+use crate::hashing::FastMap;
+
 use crate::lru::Lru;
 
 use crate::capture::event::ProcessKey;
@@ -107,11 +109,13 @@ pub struct ContainerState {
 const CACHE_ENTRIES: usize = 65_536;
 
 pub struct Containers {
-    pub by_cgroup: HashMap<u64, ContainerState>,
+    /// Keyed by cgroup and namespace inodes (the kernel's numbers): `FastMap`, looked up per
+    /// fork, exec and exit.
+    pub by_cgroup: FastMap<u64, ContainerState>,
     /// Host cgroups already asked about.
     not_containers: Lru<u64, ()>,
-    by_mntns: HashMap<u32, u64>,
-    by_pidns: HashMap<u32, u64>,
+    by_mntns: FastMap<u32, u64>,
+    by_pidns: FastMap<u32, u64>,
     host_pidns: u32,
     /// Metadata that arrived for a container id (Kubernetes pod index, containerd) before or
     /// after its cgroup was seen: applied whenever the cgroup is (re)learned. Bounded.
@@ -124,10 +128,10 @@ pub struct Containers {
 impl Default for Containers {
     fn default() -> Self {
         Containers {
-            by_cgroup: HashMap::new(),
+            by_cgroup: FastMap::default(),
             not_containers: Lru::new(CACHE_ENTRIES),
-            by_mntns: HashMap::new(),
-            by_pidns: HashMap::new(),
+            by_mntns: FastMap::default(),
+            by_pidns: FastMap::default(),
             host_pidns: 0,
             pinned: Lru::new(CACHE_ENTRIES),
             unlearned_live: Lru::new(CACHE_ENTRIES),

@@ -313,8 +313,14 @@ pub async fn run(
                 for ev in events.drain(..) {
                     tracker.handle_into(ev, &mut updates);
                 }
-                // the pass's updates in one send (the span stage wakes once for them)
-                if send_batches(&tx, std::mem::take(&mut updates)).await.is_err() {
+                if updates.is_empty() {
+                    continue; // host processes outside sessions: nothing to send, the buffer stays
+                }
+                // the pass's updates in one send (the span stage wakes once for them); the
+                // next pass's buffer starts at this one's size, so a storm's batch is not
+                // grown 4, 8, ... 256 with a copy of every update at each step (issue 15)
+                let next = Vec::with_capacity(updates.len().min(crate::model::UPDATES_PER_BATCH));
+                if send_batches(&tx, std::mem::replace(&mut updates, next)).await.is_err() {
                     return;
                 }
             }

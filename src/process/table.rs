@@ -10,6 +10,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::hashing::FastMap;
+
 use crate::capture::event::{ExitEvent, ProcessKey};
 
 use crate::model::{ContainerInfo, ImageRecord, SessionId};
@@ -51,12 +53,15 @@ pub struct Proc {
     /// Images of a session member since it joined the session; for other processes only the
     /// current one (a node session's root needs the argv it ran before it joined).
     pub images: Vec<ImageRecord>,
-    pub join: Option<PendingJoin>,
+    /// Boxed: a join is rare, and inline its container's dozen strings made every entry
+    /// ~560 bytes, moved on each insert and remove (issue 15).
+    pub join: Option<Box<PendingJoin>>,
     /// Sockets whose outcome is still routed to this process.
     pub cookies: VecDeque<u64>,
     /// The last image's folded connects by destination (exec index, (transport, address,
     /// port) -> index in its `connects`): see `process::session::net`.
-    pub connect_index: Option<(u32, ConnectIndex)>,
+    /// Boxed for the same reason as `join` (most processes never connect).
+    pub connect_index: Option<Box<(u32, ConnectIndex)>>,
 }
 
 impl Proc {
@@ -89,14 +94,17 @@ pub struct CookieSlot {
     pub connect: usize,
 }
 
+/// Every map here is keyed by what the kernel chooses (pids, start times, socket cookies):
+/// `FastMap` (`crate::hashing`); SipHash of these keys was most of `remove` and `resolve` in
+/// the exec storm's profile (issue 15).
 pub struct ProcessTable {
-    procs: HashMap<ProcessKey, Proc>,
-    by_pid: HashMap<u32, ProcessKey>,
-    cookies: HashMap<u64, CookieSlot>,
+    procs: FastMap<ProcessKey, Proc>,
+    by_pid: FastMap<u32, ProcessKey>,
+    cookies: FastMap<u64, CookieSlot>,
     cookies_evicted: u64,
-    early_exits: HashMap<ProcessKey, ExitEvent>,
+    early_exits: FastMap<ProcessKey, ExitEvent>,
     early_order: VecDeque<ProcessKey>,
-    recent: HashMap<ProcessKey, Option<SessionId>>,
+    recent: FastMap<ProcessKey, Option<SessionId>>,
     recent_order: VecDeque<ProcessKey>,
     /// ns per `/proc` clock tick (10 ms at USER_HZ 100).
     tick_ns: u64,
@@ -107,13 +115,13 @@ pub struct ProcessTable {
 impl ProcessTable {
     pub fn new(tick_ns: u64) -> Self {
         ProcessTable {
-            procs: HashMap::new(),
-            by_pid: HashMap::new(),
-            cookies: HashMap::new(),
+            procs: FastMap::default(),
+            by_pid: FastMap::default(),
+            cookies: FastMap::default(),
             cookies_evicted: 0,
-            early_exits: HashMap::new(),
+            early_exits: FastMap::default(),
             early_order: VecDeque::new(),
-            recent: HashMap::new(),
+            recent: FastMap::default(),
             recent_order: VecDeque::new(),
             tick_ns: tick_ns.max(1),
             cap_early: 4096,
@@ -282,6 +290,14 @@ mod tests {
 
     fn k(pid: u32, start_ns: u64) -> ProcessKey {
         ProcessKey { pid, start_ns }
+    }
+
+    #[test]
+    fn an_entry_stays_small() {
+        // moved on every insert and remove: a rare join or connect index must not make every
+        // entry carry a container's strings inline (it was ~560 bytes, issue 15)
+        let size = std::mem::size_of::<Proc>();
+        assert!(size <= 200, "Proc is {size} bytes");
     }
 
     #[test]

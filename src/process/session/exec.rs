@@ -66,7 +66,7 @@ impl SessionTracker {
         let (session, join) = (p.session, p.join.clone());
         if let Some(j) = join {
             if self.session_container(session) != Some(j.container.cgroup_id) || session.is_none() {
-                self.promote(j, key, Some(e), out);
+                self.promote(*j, key, Some(e), out);
             }
         }
         let Some(p) = self.table.get(&key) else { return };

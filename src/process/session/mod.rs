@@ -32,6 +32,8 @@ mod tty;
 pub use debug::DEBUG_DECISION_NS;
 
 use std::collections::HashMap;
+
+use crate::hashing::FastMap;
 use std::sync::Arc;
 
 use crate::capture::event::{Event, ExecEvent, ExitEvent, FileEvent, ForkEvent, NsJoinEvent, ProcessKey};
@@ -126,7 +128,8 @@ pub struct SessionTracker {
     pub(crate) table: ProcessTable,
     pub(crate) containers: Containers,
     pub(crate) lookup: Box<dyn ContainerLookup>,
-    sessions: HashMap<SessionId, Session>,
+    /// Keyed by the root's (pid, start time): `FastMap`, asked several times per event.
+    sessions: FastMap<SessionId, Session>,
     pub(crate) counters: TrackerCounters,
     /// Last cumulative kernel drop count seen per cgroup.
     lost_seen: crate::lru::Lru<u64, u64>,
@@ -225,7 +228,7 @@ impl SessionTracker {
             table: ProcessTable::new(tick_ns),
             containers: Containers::new(host_pidns),
             lookup,
-            sessions: HashMap::new(),
+            sessions: FastMap::default(),
             counters: TrackerCounters::default(),
             lost_seen: crate::lru::Lru::new(65_536),
             proc_scanned_ns: 0,

@@ -81,7 +81,7 @@ impl SessionTracker {
         let p = self.table.get(&key)?;
         if let Some(j) = p.join.clone() {
             if self.session_container(p.session) != Some(j.container.cgroup_id) {
-                self.promote(j, key, None, out);
+                self.promote(*j, key, None, out);
             }
         }
         let p = self.table.get_mut(&key)?;
@@ -137,10 +137,11 @@ impl SessionTracker {
             img.connects.push(rec);
             (img.connects.len() - 1, true)
         } else {
-            let index = match &mut p.connect_index {
-                Some((i, m)) if *i == exec_index => m,
-                slot => &mut slot.insert((exec_index, Default::default())).1,
-            };
+            let slot = p.connect_index.get_or_insert_with(|| Box::new((exec_index, Default::default())));
+            if slot.0 != exec_index {
+                **slot = (exec_index, Default::default());
+            }
+            let index = &mut slot.1;
             let dest = (rec.transport, rec.addr, rec.port);
             match index.get(&dest) {
                 Some(&at) => {

@@ -41,7 +41,7 @@ impl SessionTracker {
             parent_session: p.session,
         };
         if let Some(p) = self.table.get_mut(&key) {
-            p.join = Some(join);
+            p.join = Some(Box::new(join));
         }
     }
 

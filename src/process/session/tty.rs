@@ -14,7 +14,7 @@ use super::SessionTracker;
 pub struct Transcripts {
     pub cfg: TranscriptConfig,
     pub counters: TranscriptCounters,
-    open: std::collections::HashMap<SessionId, SessionTranscript>,
+    open: crate::hashing::FastMap<SessionId, SessionTranscript>,
 }
 
 impl SessionTracker {

@@ -190,7 +190,9 @@ impl AlertStage {
         let st = self.sessions.entry(info.id).or_default();
         st.info = Some(info);
         // the names its live execs left are kept; only the images not seen live are escaped
-        let n = st.names.get_or_insert_with(r.key, || Names { parent: r.parent, images: vec![] });
+        let n = st
+            .names
+            .get_or_insert_with(r.key, || Names { parent: r.parent, images: Vec::with_capacity(r.images.len()) });
         n.parent = r.parent;
         let before = n.images.len();
         for i in &r.images {
@@ -236,7 +238,10 @@ impl AlertStage {
             let st = sessions.entry(session).or_default();
             st.info = Some(info); // shared: a reference, not a copy, per exec in a storm
                                   // the live image's name, for the descendants it forks
-            let n = st.names.get_or_insert_with(record.key, || Names { parent: record.parent, images: vec![] });
+                                  // room for the image it forked with too (its final record brings that name)
+            let n = st
+                .names
+                .get_or_insert_with(record.key, || Names { parent: record.parent, images: Vec::with_capacity(2) });
             if let Some(img) = record.images.last().filter(|i| !n.images.iter().any(|(s, _)| *s == i.start_ns)) {
                 n.images.push((img.start_ns, escaped(img.command_bytes()).into_owned()));
             }

@@ -372,7 +372,7 @@ impl SessionSpans {
             }
             h.part(&img.exe_path);
             if last {
-                h.part_debug(&rec.exit);
+                h.part_exit(&rec.exit);
             } else {
                 h.part(b"");
             }

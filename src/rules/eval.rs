@@ -65,7 +65,7 @@ pub fn evaluate(
     let first_exec = rec.images.iter().position(|i| !i.inherited);
     let mut own_written: HashSet<&[u8]> = HashSet::new();
     for (idx, img) in rec.images.iter().enumerate() {
-        let by_write = written.contains(&img.exe_path) || own_written.contains(img.exe_path.as_slice());
+        let by_write = written.contains(&img.exe_path[..]) || own_written.contains(&img.exe_path[..]);
         let written_at = exe_written_ns(img).filter(|_| !img.inherited && !img.exe_path.is_empty());
         let by_ctime = written_at.is_some_and(|t| t >= session.info.start_ns);
         // changed after the container's init started: in its writable layer, not its image
@@ -143,12 +143,12 @@ mod tests {
             start_ns: 50 * S,
             end_ns: Some(51 * S),
             inherited: false,
-            argv: vec![exe.as_bytes().to_vec()],
+            argv: vec![exe.as_bytes().to_vec()].into(),
             argv_truncated: false,
             argv_redacted: 0,
-            filename: exe.as_bytes().to_vec(),
+            filename: exe.as_bytes().into(),
             interp: None,
-            exe_path: exe.as_bytes().to_vec(),
+            exe_path: exe.as_bytes().into(),
             fileless: false,
             tty: false,
             uid: 0,

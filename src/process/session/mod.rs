@@ -174,11 +174,13 @@ pub(crate) fn image_taken_from_exec(
     ident: &super::identity::ExecIdentity,
 ) -> ImageRecord {
     ImageRecord {
-        argv: std::mem::take(&mut e.argv),
-        filename: std::mem::take(&mut e.filename),
-        interp: e.interp.take(),
-        exe_path: std::mem::take(&mut e.exe_path),
-        cwd: (!e.cwd.is_empty()).then(|| std::mem::take(&mut e.cwd)),
+        // the argv's arguments move (only the list of them is copied, into the shared
+        // allocation); the paths are copied once here, and shared from then on
+        argv: std::mem::take(&mut e.argv).into(),
+        filename: std::mem::take(&mut e.filename).into(),
+        interp: e.interp.take().map(Into::into),
+        exe_path: std::mem::take(&mut e.exe_path).into(),
+        cwd: (!e.cwd.is_empty()).then(|| std::mem::take(&mut e.cwd).into()),
         // the buffers are empty now: what it copies of them costs nothing
         ..image_from_exec(e, exec_index, clock, ident)
     }
@@ -195,12 +197,12 @@ pub(crate) fn image_from_exec(
         start_ns: e.ts_ns,
         end_ns: None,
         inherited: false,
-        argv: e.argv.clone(),
+        argv: e.argv.as_slice().into(),
         argv_truncated: e.flags.argv_truncated,
         argv_redacted: 0,
-        filename: e.filename.clone(),
-        interp: e.interp.clone(),
-        exe_path: e.exe_path.clone(),
+        filename: e.filename.as_slice().into(),
+        interp: e.interp.as_deref().map(Into::into),
+        exe_path: e.exe_path.as_slice().into(),
         fileless: e.flags.fileless,
         tty: e.flags.tty,
         uid: e.uid,
@@ -212,7 +214,7 @@ pub(crate) fn image_from_exec(
         identity: ident.tool.clone(),
         program: ident.program.clone(),
         connects_over_cap: 0,
-        cwd: (!e.cwd.is_empty()).then(|| e.cwd.clone()),
+        cwd: (!e.cwd.is_empty()).then(|| e.cwd.as_slice().into()),
     }
 }
 

@@ -11,10 +11,21 @@
 //! not pointers; freed places reused), so a use is two index updates. It was a `BTreeMap` of
 //! use stamps: a tree removal and insertion per use, and a node allocation now and then,
 //! 4% of the agent's CPU in issue 15's exec storm, where every exec touches three of these.
+//!
+//! The map's hasher is a parameter: std's keyed SipHash by default (keys that are text from
+//! a container), [`FastLru`] for keys the kernel or podtrail choose (process keys, span ids:
+//! the rule is [`crate::hashing`]'s).
 
 use std::borrow::Borrow;
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
+
+use crate::hashing::FastState;
+
+/// An [`Lru`] hashing with [`FastState`], for keys the kernel or podtrail choose. Build with
+/// `Lru::with_hasher(cap)`.
+pub type FastLru<K, V> = Lru<K, V, FastState>;
 
 /// No entry (the list's ends).
 const NIL: usize = usize::MAX;
@@ -30,9 +41,9 @@ struct Entry<K, V> {
 }
 
 #[derive(Debug, Clone)]
-pub struct Lru<K, V> {
+pub struct Lru<K, V, S = RandomState> {
     /// Key -> place in `entries`.
-    map: HashMap<K, usize>,
+    map: HashMap<K, usize, S>,
     entries: Vec<Option<Entry<K, V>>>,
     /// Places in `entries` free for reuse.
     free: Vec<usize>,
@@ -44,10 +55,17 @@ pub struct Lru<K, V> {
 }
 
 impl<K: Hash + Eq + Clone, V> Lru<K, V> {
-    /// At most `cap` entries (at least one).
+    /// At most `cap` entries (at least one), hashed with std's keyed SipHash.
     pub fn new(cap: usize) -> Self {
+        Self::with_hasher(cap)
+    }
+}
+
+impl<K: Hash + Eq + Clone, V, S: BuildHasher + Default> Lru<K, V, S> {
+    /// At most `cap` entries (at least one), hashed with a new `S`.
+    pub fn with_hasher(cap: usize) -> Self {
         Lru {
-            map: HashMap::new(),
+            map: HashMap::default(),
             entries: Vec::new(),
             free: Vec::new(),
             oldest: NIL,
@@ -167,6 +185,11 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
             self.entry_mut(i).value = v;
             return None;
         }
+        self.insert_new(k, v).1
+    }
+
+    /// Inserts `k`, known to be absent: its place, and the entry forgotten to make room.
+    fn insert_new(&mut self, k: K, v: V) -> (usize, Option<(K, V)>) {
         let mut gone = None;
         if self.map.len() >= self.cap && self.oldest != NIL {
             let old = self.oldest;
@@ -190,16 +213,19 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         };
         self.link_newest(i);
         self.map.insert(k, i);
-        gone
+        (i, gone)
     }
 
     /// The value for `k`, inserted with `f` first when absent (which may forget the least
-    /// recently used entry, counted in [`Lru::evicted`]).
+    /// recently used entry, counted in [`Lru::evicted`]). One lookup when present, a lookup
+    /// and an insertion when not (it was four hashes of the key: in the storm, every exec
+    /// comes here twice).
     pub fn get_or_insert_with(&mut self, k: K, f: impl FnOnce() -> V) -> &mut V {
-        if !self.map.contains_key(&k) {
-            self.insert(k.clone(), f());
-        }
-        self.get_mut(&k).expect("just inserted")
+        let i = match self.touch(&k) {
+            Some(i) => i,
+            None => self.insert_new(k, f()).0,
+        };
+        &mut self.entry_mut(i).value
     }
 
     pub fn remove<Q: Hash + Eq + ?Sized>(&mut self, k: &Q) -> Option<V>
@@ -236,7 +262,7 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         if self.map.is_empty() && !self.entries.is_empty() {
             self.entries = Vec::new();
             self.free = Vec::new();
-            self.map = HashMap::new();
+            self.map = HashMap::default();
             self.oldest = NIL;
             self.newest = NIL;
         }
@@ -277,6 +303,17 @@ mod tests {
             m.insert("x", i);
         }
         assert_eq!((m.len(), m.entries.iter().flatten().count()), (1, 1));
+    }
+
+    #[test]
+    fn a_fast_lru_forgets_in_the_same_order() {
+        let mut m: FastLru<(u32, u64), u32> = Lru::with_hasher(2);
+        m.insert((1, 1), 1);
+        *m.get_or_insert_with((2, 2), || 0) += 2;
+        assert_eq!(m.get(&(1, 1)), Some(&1));
+        assert_eq!(*m.get_or_insert_with((1, 1), || 9), 1, "present: not replaced");
+        assert_eq!(m.insert((3, 3), 3), Some(((2, 2), 2)));
+        assert_eq!((m.len(), m.evicted()), (2, 1));
     }
 
     #[test]

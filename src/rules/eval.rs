@@ -53,7 +53,7 @@ pub fn evaluate(
     rules: &[Arc<Rule>],
     session: SessionCtx,
     rec: &ProcessRecord,
-    ancestors: &[String],
+    ancestors: &[std::borrow::Cow<str>],
     written: &HashSet<Vec<u8>>,
     scope: &ScopeConfig,
 ) -> Vec<Alert> {
@@ -65,6 +65,9 @@ pub fn evaluate(
     let first_exec = rec.images.iter().position(|i| !i.inherited);
     let mut own_written: HashSet<&[u8]> = HashSet::new();
     for (idx, img) in rec.images.iter().enumerate() {
+        if img.inherited && img.connects.is_empty() && img.files.is_empty() {
+            continue; // a forked child's image before its exec: nothing here is a subject
+        }
         let by_write = written.contains(&img.exe_path[..]) || own_written.contains(&img.exe_path[..]);
         let written_at = exe_written_ns(img).filter(|_| !img.inherited && !img.exe_path.is_empty());
         let by_ctime = written_at.is_some_and(|t| t >= session.info.start_ns);

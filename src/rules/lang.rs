@@ -243,7 +243,7 @@ fn field_holds(f: Field, t: &Test, s: &Subject) -> bool {
     let c = &info.container;
     let who = s.session.who;
     match (f, t) {
-        (F::ProcessName, Test::Str(m)) => m.any(s.names().iter().map(String::as_str)),
+        (F::ProcessName, Test::Str(m)) => m.any(s.names().iter().map(|n| n.as_ref())),
         (F::ProcessExe, Test::Str(m)) => m.matches(&escaped(&s.process.image.exe_path)),
         (F::ProcessCmdline, Test::Str(m)) => m.matches(s.cmdline()),
         (F::ProcessArgs, Test::Str(m)) => s.process.image.argv.iter().skip(1).any(|a| m.matches(&escaped(a))),
@@ -254,7 +254,7 @@ fn field_holds(f: Field, t: &Test, s: &Subject) -> bool {
         (F::ProcessExeInContainer, Test::Bool(b)) => s.process.exe_written_in_container == *b,
         (F::ProcessUid, Test::Uints(u)) => u.contains(&s.process.image.euid),
         (F::ParentName, Test::Str(m)) => s.process.ancestors.first().is_some_and(|a| m.matches(a)),
-        (F::AncestorName, Test::Str(m)) => m.any(s.process.ancestors.iter().map(String::as_str)),
+        (F::AncestorName, Test::Str(m)) => m.any(s.process.ancestors.iter().map(|a| a.as_ref())),
         (F::ContainerId, Test::Str(m)) => m.matches(&c.id),
         (F::K8sNamespace, Test::Str(m)) => opt_str(m, c.pod_namespace.as_deref()),
         (F::K8sPod, Test::Str(m)) => opt_str(m, c.pod_name.as_deref()),

@@ -20,7 +20,8 @@
 //! recently used forgotten), written paths (`MAX_WRITTEN`), and live alerts waiting for their
 //! process's final record (`MAX_LIVE`; past it a match waits for that record, counted).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use opentelemetry::trace::{Event, SpanId};
@@ -33,11 +34,13 @@ use super::lang::{Rule, Severity};
 use super::subject::SessionCtx;
 use crate::capture::event::ProcessKey;
 use crate::clock::BootClock;
+use crate::hashing::FastMap;
+use crate::lru::FastLru;
 use crate::model::{Live, ProcessRecord, SessionId, SessionInfo};
 use crate::scope::ScopeConfig;
 use crate::spans::build::{file_attrs, live_span, SessionFrame, ALERT_SPAN};
 use crate::spans::hold::{LiveUpdate, Output};
-use crate::spans::{ids, keys, BuiltSpan, Capped, SessionIdentity};
+use crate::spans::{ids, keys, BuiltSpan, Capped, EndedRecord, SessionIdentity};
 use crate::text::{basename, escaped};
 
 /// A process's images as its descendants see them: (start, command name).
@@ -77,19 +80,21 @@ struct SessionState {
     who: Option<SessionIdentity>,
     /// Alerts already raised live, per process: (rule, span, time). The final record's
     /// evaluation does not raise them again, and forgets its process's set.
-    raised: HashMap<ProcessKey, HashSet<(String, SpanId, u64)>>,
+    /// (The maps keyed by process key or span id hash with [`crate::hashing::FastState`].)
+    raised: FastMap<ProcessKey, HashSet<(String, SpanId, u64)>>,
     /// Alerts raised live whose process's record has not been evaluated yet (bounded by
     /// `MAX_LIVE`).
     live_waiting: usize,
-    names: crate::lru::Lru<ProcessKey, Names>,
+    names: FastLru<ProcessKey, Names>,
     /// Records taken in the output being annotated whose spans have not passed yet: those
     /// left at its end (spans folded, capped, or waiting for a parent) are evaluated then,
     /// their alerts waiting for their spans (or the root): nothing per process is kept past
     /// the output but its names (a 20 000-process session kept every record until its root).
-    pending: HashMap<ProcessKey, Arc<ProcessRecord>>,
-    span_of: HashMap<SpanId, ProcessKey>,
+    /// With the span ids the span stage derived from them ([`EndedRecord`]).
+    pending: FastMap<ProcessKey, Arc<EndedRecord>>,
+    span_of: FastMap<SpanId, ProcessKey>,
     /// Evaluated, waiting for their span.
-    alerts: HashMap<SpanId, Vec<Alert>>,
+    alerts: FastMap<SpanId, Vec<Alert>>,
     written: HashSet<Vec<u8>>,
     count: u64,
     max: Option<Severity>,
@@ -104,12 +109,12 @@ impl Default for SessionState {
         SessionState {
             info: None,
             who: None,
-            raised: HashMap::new(),
+            raised: FastMap::default(),
             live_waiting: 0,
-            names: crate::lru::Lru::new(MAX_NAMES),
-            pending: HashMap::new(),
-            span_of: HashMap::new(),
-            alerts: HashMap::new(),
+            names: FastLru::with_hasher(MAX_NAMES),
+            pending: FastMap::default(),
+            span_of: FastMap::default(),
+            alerts: FastMap::default(),
             written: HashSet::new(),
             count: 0,
             max: None,
@@ -128,7 +133,7 @@ pub struct AlertStage {
     clock: BootClock,
     scope: ScopeConfig,
     attribution_configured: bool,
-    sessions: HashMap<SessionId, SessionState>,
+    sessions: FastMap<SessionId, SessionState>,
     /// `podtrail_alerts_total{rule, severity}`: every alert raised, as it is raised.
     fired: crate::metrics::AlertCounter,
     /// `podtrail_alerts_deferred_total`: live matches past `MAX_LIVE`, left for the final record.
@@ -144,7 +149,7 @@ impl AlertStage {
             clock,
             scope,
             attribution_configured,
-            sessions: HashMap::new(),
+            sessions: FastMap::default(),
             fired: Default::default(),
             deferred: Default::default(),
             keep_over_cap: {
@@ -181,11 +186,13 @@ impl AlertStage {
 
     /// A final record the span stage built spans from: its names for its descendants, the
     /// paths it wrote, and its evaluation when its spans pass.
-    fn take_record(&mut self, info: Arc<SessionInfo>, r: Arc<ProcessRecord>) {
+    fn take_record(&mut self, info: Arc<SessionInfo>, r: Arc<EndedRecord>) {
         let st = self.sessions.entry(info.id).or_default();
         st.info = Some(info);
         // the names its live execs left are kept; only the images not seen live are escaped
-        let n = st.names.get_or_insert_with(r.key, || Names { parent: r.parent, images: vec![] });
+        let n = st
+            .names
+            .get_or_insert_with(r.key, || Names { parent: r.parent, images: Vec::with_capacity(r.images.len()) });
         n.parent = r.parent;
         let before = n.images.len();
         for i in &r.images {
@@ -202,11 +209,10 @@ impl AlertStage {
                     st.written.insert(p.to_vec());
                 }
             }
-            let own = ids::image_span_id(&self.boot_id, r.key, img.exec_index);
-            st.span_of.insert(own, r.key);
-            for ci in 0..img.connects.len() {
-                st.span_of.insert(ids::connect_span_id(own, ci as u32), r.key);
-            }
+        }
+        // the ids the span stage derived (SHA-256 each: not derived again here)
+        for id in r.ids.all() {
+            st.span_of.insert(id, r.key);
         }
         st.pending.insert(r.key, r);
     }
@@ -232,7 +238,10 @@ impl AlertStage {
             let st = sessions.entry(session).or_default();
             st.info = Some(info); // shared: a reference, not a copy, per exec in a storm
                                   // the live image's name, for the descendants it forks
-            let n = st.names.get_or_insert_with(record.key, || Names { parent: record.parent, images: vec![] });
+                                  // room for the image it forked with too (its final record brings that name)
+            let n = st
+                .names
+                .get_or_insert_with(record.key, || Names { parent: record.parent, images: Vec::with_capacity(2) });
             if let Some(img) = record.images.last().filter(|i| !n.images.iter().any(|(s, _)| *s == i.start_ns)) {
                 n.images.push((img.start_ns, escaped(img.command_bytes()).into_owned()));
             }
@@ -385,18 +394,18 @@ impl AlertStage {
         let raised = st.raised.remove(&key).unwrap_or_default();
         st.live_waiting = st.live_waiting.saturating_sub(raised.len());
         for a in alerts {
-            let span = self.span_of(rec.key, a.target);
+            let span = match a.target {
+                Target::Image { exec_index } => rec.ids.of_exec(exec_index, None),
+                Target::Connect { exec_index, index } => rec.ids.of_exec(exec_index, Some(index)),
+            }
+            .unwrap_or_else(|| self.span_of(rec.key, a.target));
             if raised.contains(&(a.rule.name.clone(), span, a.ts_ns)) {
                 continue; // raised when it happened
             }
             self.record(st, span, a);
         }
-        for img in &rec.images {
-            let own = ids::image_span_id(&self.boot_id, rec.key, img.exec_index);
-            st.span_of.remove(&own);
-            for ci in 0..img.connects.len() {
-                st.span_of.remove(&ids::connect_span_id(own, ci as u32));
-            }
+        for id in rec.ids.all() {
+            st.span_of.remove(&id);
         }
     }
 
@@ -446,7 +455,7 @@ fn mark_root(root: &mut SpanData, st: &SessionState) {
 /// Command names of `rec`'s ancestors in the session, nearest first, as far as known: a
 /// parent that still runs has no record yet, except the session's root, whose command is in
 /// the session info.
-fn ancestors(st: &SessionState, info: &SessionInfo, rec: &ProcessRecord) -> Vec<String> {
+fn ancestors<'a>(st: &'a SessionState, info: &'a SessionInfo, rec: &ProcessRecord) -> Vec<Cow<'a, str>> {
     let mut out = Vec::new();
     let (mut cur, mut at) = (rec.parent, rec.fork_ns);
     while let Some(k) = cur {
@@ -455,13 +464,19 @@ fn ancestors(st: &SessionState, info: &SessionInfo, rec: &ProcessRecord) -> Vec<
         }
         match st.names.peek(&k) {
             Some(n) => {
-                let name = n.images.iter().rev().find(|(s, _)| *s <= at).or(n.images.first()).map(|(_, c)| c.clone());
+                let name = n
+                    .images
+                    .iter()
+                    .rev()
+                    .find(|(s, _)| *s <= at)
+                    .or(n.images.first())
+                    .map(|(_, c)| Cow::Borrowed(c.as_str()));
                 out.extend(name);
                 cur = n.parent;
                 at = k.start_ns;
             }
             None if k == info.id.0 => {
-                out.extend(info.root_argv.first().map(|a| escaped(basename(a)).into_owned()));
+                out.extend(info.root_argv.first().map(|a| escaped(basename(a))));
                 break;
             }
             None => break,

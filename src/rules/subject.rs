@@ -4,6 +4,7 @@
 //! In: records of the process stage and the session's identity. Out: a [`Subject`] that
 //! conditions read field by field. Nothing is dropped.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use crate::model::{ConnectRecord, FileRecord, ImageRecord, ProcessRecord, SessionInfo};
@@ -51,10 +52,12 @@ pub struct ProcCtx<'a> {
     pub image: &'a ImageRecord,
     /// The first exec'd image of the session's root process (what the request ran).
     pub session_root: bool,
-    /// Command names of the ancestors known when the rule ran, nearest first.
-    pub ancestors: &'a [String],
-    /// [`Subject::names`], made once per image.
-    pub names: &'a [String; 2],
+    /// Command names of the ancestors known when the rule ran, nearest first (borrowed from
+    /// the rules stage's names: not copied per evaluation).
+    pub ancestors: &'a [Cow<'a, str>],
+    /// [`Subject::names`], made once per image (borrowed from the image when nothing needs
+    /// escaping).
+    pub names: &'a [Cow<'a, str>; 2],
     /// [`Subject::cmdline`], made when a rule first asks.
     pub cmdline: &'a std::cell::OnceCell<String>,
     /// The executable was written after the session started (by the exe's change time, or by
@@ -91,13 +94,13 @@ pub struct Subject<'a> {
 }
 
 /// basename(argv[0]) and the executable's basename (a renamed argv[0] does not hide it).
-pub fn names_of(img: &ImageRecord) -> [String; 2] {
-    [escaped(img.command_bytes()).into_owned(), escaped(basename(&img.exe_path)).into_owned()]
+pub fn names_of(img: &ImageRecord) -> [Cow<'_, str>; 2] {
+    [escaped(img.command_bytes()), escaped(basename(&img.exe_path))]
 }
 
 impl Subject<'_> {
     /// basename(argv[0]) and the executable's basename (a renamed argv[0] does not hide it).
-    pub fn names(&self) -> &[String; 2] {
+    pub fn names(&self) -> &[Cow<'_, str>; 2] {
         self.process.names
     }
 

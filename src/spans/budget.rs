@@ -4,11 +4,12 @@
 //! In: argv bytes, span keys. Out: capped argv text with a "cut" flag; fold decisions; span
 //! cap decisions. What is cut, folded or capped is counted and marked on the session's root.
 
-use std::collections::HashMap;
-
 use opentelemetry::trace::SpanId;
 use sha2::{Digest, Sha256};
 
+use crate::capture::event::ExitStatus;
+use crate::hashing::FastMap;
+use crate::lru::FastLru;
 use crate::text::escape;
 
 /// argv as text, at most `max_bytes` in total (escaped UTF-8 bytes). When the first argument
@@ -38,15 +39,105 @@ pub fn cap_argv(argv: &[Vec<u8>], max_bytes: usize) -> (Vec<String>, bool) {
 
 /// Short digest of what makes two spans "the same" for folding.
 pub fn fold_digest(parts: &[&[u8]]) -> [u8; 8] {
-    let mut h = Sha256::new();
+    let mut h = FoldHasher::new();
     for p in parts {
-        h.update((p.len() as u32).to_le_bytes());
-        h.update(p);
+        h.part(p);
     }
-    let d = h.finalize();
-    let mut out = [0u8; 8];
-    out.copy_from_slice(&d[..8]);
-    out
+    h.finish()
+}
+
+/// [`fold_digest`] fed part by part (the same bytes: each part's length, then the part), so a
+/// caller need not gather its parts in a list first.
+pub struct FoldHasher(Sha256);
+
+impl Default for FoldHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FoldHasher {
+    pub fn new() -> Self {
+        FoldHasher(Sha256::new())
+    }
+
+    pub fn part(&mut self, p: &[u8]) {
+        self.0.update((p.len() as u32).to_le_bytes());
+        self.0.update(p);
+    }
+
+    /// A part that is `v`'s `Debug` text, written on the stack when it is short (an exit
+    /// status: it was a `format!` per ended process).
+    pub fn part_debug(&mut self, v: &impl std::fmt::Debug) {
+        use std::fmt::Write;
+        let mut buf = StackText { buf: [0; 64], len: 0 };
+        if write!(buf, "{v:?}").is_ok() {
+            self.part(&buf.buf[..buf.len]);
+        } else {
+            self.part(format!("{v:?}").as_bytes());
+        }
+    }
+
+    /// A part that is an exit status's `Debug` text (`None`, `Some(Code(0))`, ...): the bytes
+    /// `format!("{exit:?}")` gives, an exit code written without the formatting machinery
+    /// (its `Debug` write was 10 of the span stage's 144 samples in the storm, once per
+    /// ended process); a signal takes [`Self::part_debug`].
+    pub fn part_exit(&mut self, exit: &Option<ExitStatus>) {
+        match exit {
+            None => self.part(b"None"),
+            Some(ExitStatus::Code(c)) => {
+                // "Some(Code(" + sign and up to 10 digits + "))"
+                let mut b = [0u8; 24];
+                b[..10].copy_from_slice(b"Some(Code(");
+                let mut n = 10;
+                if *c < 0 {
+                    b[n] = b'-';
+                    n += 1;
+                }
+                let (mut v, mut digits, mut d) = (c.unsigned_abs(), [0u8; 10], 0);
+                loop {
+                    digits[d] = b'0' + (v % 10) as u8;
+                    d += 1;
+                    v /= 10;
+                    if v == 0 {
+                        break;
+                    }
+                }
+                for &x in digits[..d].iter().rev() {
+                    b[n] = x;
+                    n += 1;
+                }
+                b[n..n + 2].copy_from_slice(b"))");
+                self.part(&b[..n + 2]);
+            }
+            Some(_) => self.part_debug(exit),
+        }
+    }
+
+    pub fn finish(self) -> [u8; 8] {
+        let d = self.0.finalize();
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&d[..8]);
+        out
+    }
+}
+
+/// Text written into a fixed buffer; an error once it would not fit.
+struct StackText {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl std::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        if end > self.buf.len() {
+            return Err(std::fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// One group of identical spans past the fold threshold.
@@ -73,8 +164,10 @@ pub const MAX_FOLDS: usize = 1_024;
 #[derive(Debug)]
 pub struct FoldTable<T> {
     after: u32,
-    seen: crate::lru::Lru<(SpanId, [u8; 8]), u32>,
-    folds: HashMap<(SpanId, [u8; 8]), Fold<T>>,
+    /// Keyed by span id and SHA-256 digest: values nobody picks, hashed with
+    /// [`crate::hashing::FastState`].
+    seen: FastLru<(SpanId, [u8; 8]), u32>,
+    folds: FastMap<(SpanId, [u8; 8]), Fold<T>>,
     order: Vec<(SpanId, [u8; 8])>,
 }
 
@@ -89,7 +182,7 @@ pub enum FoldDecision {
 
 impl<T> FoldTable<T> {
     pub fn new(after: u32) -> Self {
-        FoldTable { after, seen: crate::lru::Lru::new(MAX_FOLD_KEYS), folds: HashMap::new(), order: Vec::new() }
+        FoldTable { after, seen: FastLru::with_hasher(MAX_FOLD_KEYS), folds: FastMap::default(), order: Vec::new() }
     }
 
     pub fn offer(
@@ -155,6 +248,34 @@ mod tests {
         let (out, cut) = cap_argv(&["ééé".as_bytes().to_vec()], 3);
         assert!(cut);
         assert_eq!(out, vec!["é".to_string()]);
+    }
+
+    #[test]
+    fn the_hasher_digests_the_same_bytes_as_the_list() {
+        let exit = Some(crate::capture::event::ExitStatus::Code(3));
+        let mut h = FoldHasher::new();
+        h.part(b"true");
+        h.part(b"/bin/true");
+        h.part_debug(&exit);
+        let listed = fold_digest(&[b"true", b"/bin/true", format!("{exit:?}").as_bytes()]);
+        assert_eq!(h.finish(), listed);
+        // a Debug text longer than the stack buffer takes the heap, same bytes
+        let long = "x".repeat(100);
+        let mut h = FoldHasher::new();
+        h.part_debug(&long);
+        assert_eq!(h.finish(), fold_digest(&[format!("{long:?}").as_bytes()]));
+        assert_ne!(fold_digest(&[b"ab"]), fold_digest(&[b"a", b"b"]), "parts are length-prefixed");
+    }
+
+    #[test]
+    fn an_exit_status_is_digested_as_its_debug_text() {
+        let signal = ExitStatus::Signal { signal: 9, core_dumped: true };
+        let codes = [0, 1, 7, 10, 255, -1, -10, i32::MAX, i32::MIN].map(|c| Some(ExitStatus::Code(c)));
+        for exit in codes.into_iter().chain([None, Some(signal)]) {
+            let mut h = FoldHasher::new();
+            h.part_exit(&exit);
+            assert_eq!(h.finish(), fold_digest(&[format!("{exit:?}").as_bytes()]), "{exit:?}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@
 //! was released is counted, and so is every remembered session forgotten before a record came
 //! ([`Output::forgotten`]: expired, overflow).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,8 @@ use opentelemetry_sdk::trace::SpanData;
 
 use super::build::{BuildCtx, SessionFrame};
 use super::identity::{Attributor, SessionIdentity};
-use super::session::{BuiltSpan, SessionSpans};
+use super::session::{BuiltSpan, EndedRecord, SessionSpans};
+use crate::hashing::{FastMap, FastSet};
 use crate::model::{SessionId, SessionInfo, SessionKind, SessionUpdate};
 
 /// Why a held session was let go.
@@ -86,8 +87,9 @@ pub struct Output {
     pub over_cap: Vec<(SessionId, super::session::OverCap)>,
     /// The final records the stage built spans from, in order (only when asked for with
     /// [`SpanStage::with_records`]): the rules stage evaluates them when their spans pass.
-    /// Shared with the span stage's own copy (a record is not cloned per process).
-    pub records: Vec<(Arc<SessionInfo>, Arc<crate::model::ProcessRecord>)>,
+    /// Shared with the span stage's own copy (a record is not cloned per process), with the
+    /// span ids the span stage derived from it (the rules stage matches spans by them).
+    pub records: Vec<(Arc<SessionInfo>, Arc<EndedRecord>)>,
     /// Root spans of requests that started no process (attach, port-forward, denied or
     /// unmatched execs), counted as sessions.
     pub requests: Vec<SpanData>,
@@ -146,21 +148,22 @@ pub struct SpanStage {
     attributor: Arc<dyn Attributor>,
     hold_for: std::time::Duration,
     max_held: usize,
-    held: HashMap<SessionId, Held>,
+    /// The maps here are keyed by session id (a process key): [`crate::hashing::FastMap`].
+    held: FastMap<SessionId, Held>,
     order: VecDeque<SessionId>,
     /// Boxed: a `SessionSpans` is ~1.5 KB, and a map's free slots would each hold one
     /// (BENCHMARKS.md, issue 15, export15: memory per open session).
-    live: HashMap<SessionId, Box<SessionSpans>>,
+    live: FastMap<SessionId, Box<SessionSpans>>,
     late_for: Duration,
     max_late: usize,
     /// Records younger than this do not answer late questions.
     settle: Duration,
-    unattributed: HashMap<SessionId, Unattributed>,
+    unattributed: FastMap<SessionId, Unattributed>,
     unattributed_order: VecDeque<SessionId>,
     /// The attributor's last revision and when it was first seen.
     revision: Option<(Option<u64>, Instant)>,
     /// Probe sessions dropped while still open: their later updates are dropped too.
-    dropped: std::collections::HashSet<SessionId>,
+    dropped: FastSet<SessionId>,
     /// Hand the records spans are built from to [`Output::records`] (for the rules).
     records: bool,
 }
@@ -175,13 +178,13 @@ impl SpanStage {
             attributor,
             hold_for,
             max_held,
-            held: HashMap::new(),
+            held: FastMap::default(),
             order: VecDeque::new(),
-            live: HashMap::new(),
+            live: FastMap::default(),
             late_for,
             max_late,
             settle: hold_for.min(Duration::from_secs(10)),
-            unattributed: HashMap::new(),
+            unattributed: FastMap::default(),
             unattributed_order: VecDeque::new(),
             revision: None,
             dropped: Default::default(),
@@ -395,7 +398,7 @@ impl SpanStage {
                 if let Some(s) = self.live.get_mut(&id) {
                     s.refresh(&self.ctx, &info);
                     // the rules stage's copy: the info moves there, the record is shared
-                    let rec = Arc::new(rec);
+                    let rec = Arc::new(EndedRecord::new(&self.ctx.boot_id, rec));
                     let for_rules = self.records.then(|| rec.clone());
                     for span in s.place_shared(&self.ctx, rec) {
                         out.spans.push((id, BuiltSpan { span, root: false }));
@@ -430,7 +433,8 @@ impl SpanStage {
         out: &mut Output,
     ) {
         let incomplete = info.incomplete || info.events_lost > 0;
-        let remaining: Vec<Arc<crate::model::ProcessRecord>> = remaining.into_iter().map(Arc::new).collect();
+        let remaining: Vec<Arc<EndedRecord>> =
+            remaining.into_iter().map(|r| Arc::new(EndedRecord::new(&self.ctx.boot_id, r))).collect();
         if self.records {
             out.records.extend(remaining.iter().map(|r| (info.clone(), r.clone())));
         }

@@ -9,7 +9,7 @@ use opentelemetry::trace::{SpanId, TraceId};
 use sha2::{Digest, Sha256};
 
 use crate::capture::event::ProcessKey;
-use crate::model::SessionId;
+use crate::model::{ProcessRecord, SessionId};
 
 fn digest(tag: &str, boot_id: &[u8; 16], parts: &[&[u8]]) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -105,6 +105,56 @@ pub fn agent_trace_id(boot_id: &[u8; 16], started_ns: u64) -> TraceId {
 
 pub fn agent_span_id(boot_id: &[u8; 16], started_ns: u64, what: &str) -> SpanId {
     span_id_from(&digest("agent", boot_id, &[&started_ns.to_le_bytes(), what.as_bytes()]))
+}
+
+/// The span ids of one final record's images and connects, derived once by the span stage and
+/// read by the rules stage beside the shared record (each stage derived them per record
+/// before: four SHA-256 digests per exec in issue 15's storm, where an ended process has its
+/// forked image and its exec'd one).
+#[derive(Clone, Debug, Default)]
+pub struct RecordIds {
+    /// Per image, in the record's order: its exec index, its span id, its connects' span ids.
+    images: Vec<(u32, SpanId, Vec<SpanId>)>,
+}
+
+impl RecordIds {
+    pub fn of(boot_id: &[u8; 16], rec: &ProcessRecord) -> Self {
+        let images = rec
+            .images
+            .iter()
+            .map(|img| {
+                let own = image_span_id(boot_id, rec.key, img.exec_index);
+                let connects = (0..img.connects.len()).map(|ci| connect_span_id(own, ci as u32)).collect();
+                (img.exec_index, own, connects)
+            })
+            .collect();
+        RecordIds { images }
+    }
+
+    /// The span of the record's `idx`-th image.
+    pub fn image(&self, idx: usize) -> SpanId {
+        self.images[idx].1
+    }
+
+    /// The span of connect `ci` of the `idx`-th image.
+    pub fn connect(&self, idx: usize, ci: usize) -> SpanId {
+        self.images[idx].2[ci]
+    }
+
+    /// The span of the image with `exec_index`, or of its connect `connect`; None when the
+    /// record has no such image or connect.
+    pub fn of_exec(&self, exec_index: u32, connect: Option<u32>) -> Option<SpanId> {
+        let (_, own, connects) = self.images.iter().find(|(e, ..)| *e == exec_index)?;
+        match connect {
+            None => Some(*own),
+            Some(ci) => connects.get(ci as usize).copied(),
+        }
+    }
+
+    /// Every span id of the record: each image's, then its connects'.
+    pub fn all(&self) -> impl Iterator<Item = SpanId> + '_ {
+        self.images.iter().flat_map(|(_, own, c)| std::iter::once(*own).chain(c.iter().copied()))
+    }
 }
 
 fn trace_id_from(d: &[u8; 32]) -> TraceId {

@@ -28,5 +28,5 @@ pub use config::{HoldConfig, SpansConfig};
 pub use hold::{LiveUpdate, Output, Release, SpanStage};
 pub use identity::{Attributor, NoAttributor, SessionIdentity};
 pub use redaction::{build_redactor, redact_update, ArgvCache, Sanitizing};
-pub use session::{BuiltSpan, Capped, OverCap, SessionSpans};
+pub use session::{BuiltSpan, Capped, EndedRecord, OverCap, SessionSpans};
 pub use task::SpanTask;

@@ -13,19 +13,43 @@
 //! is referenced). Only a child whose parent's image is unknown waits here until the parent
 //! ends (or the session does).
 
-use std::collections::{HashMap, HashSet};
+use std::ops::Deref;
 use std::sync::Arc;
 
 use opentelemetry::trace::SpanId;
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::SpanData;
 
-use super::budget::{fold_digest, FoldDecision, FoldTable};
+use super::budget::{fold_digest, FoldDecision, FoldHasher, FoldTable};
 use super::build::{self, BuildCtx, RootMarks, SessionFrame};
 use super::identity::SessionIdentity;
 use super::{ids, keys};
 use crate::capture::event::{ProcessKey, Transport};
+use crate::hashing::{FastMap, FastSet};
+use crate::lru::FastLru;
 use crate::model::{ProcessRecord, SessionInfo};
+
+/// A final record with its span ids ([`ids::RecordIds`]), derived once here and shared with
+/// the rules stage ([`super::hold::Output::records`]), which matches spans to records by them.
+#[derive(Debug)]
+pub struct EndedRecord {
+    pub record: ProcessRecord,
+    pub ids: ids::RecordIds,
+}
+
+impl EndedRecord {
+    pub fn new(boot_id: &[u8; 16], record: ProcessRecord) -> Self {
+        let ids = ids::RecordIds::of(boot_id, &record);
+        EndedRecord { record, ids }
+    }
+}
+
+impl Deref for EndedRecord {
+    type Target = ProcessRecord;
+    fn deref(&self) -> &ProcessRecord {
+        &self.record
+    }
+}
 
 /// Where an ended process's images are, for its children and later images.
 #[derive(Clone, Copy, Debug)]
@@ -65,19 +89,21 @@ pub struct SessionSpans {
     /// Bounded ([`MAX_SLOTS`]): a child whose parent's slot was forgotten names the parent's
     /// image by `parent_exec_index` (the process stage fills it), or waits for the session's
     /// end and hangs under the root.
-    slots: crate::lru::Lru<ProcessKey, Vec<Slot>>,
+    /// Maps here are keyed by process key, span id or (device, inode): values the kernel or
+    /// podtrail choose, hashed with [`crate::hashing::FastState`].
+    slots: FastLru<ProcessKey, Vec<Slot>>,
     /// Shared with the rules stage's copy ([`super::hold::Output::records`]): not cloned.
-    waiting: HashMap<ProcessKey, Vec<Arc<ProcessRecord>>>,
+    waiting: FastMap<ProcessKey, Vec<Arc<EndedRecord>>>,
     /// Image spans named as a parent before they were built: never folded.
-    referenced: HashSet<SpanId>,
+    referenced: FastSet<SpanId>,
     folds: FoldTable<SpanData>,
     marks: RootMarks,
     spans: u64,
     /// Executables (device, inode) this session has run: a new one matters past the cap.
-    contents: HashSet<(u32, u64)>,
+    contents: FastSet<(u32, u64)>,
     /// Span ids exported or to be exported (own, reserved, fold spans) once the cap was
     /// reached: a span kept past the cap whose parent is not among them hangs on the root.
-    kept: HashSet<SpanId>,
+    kept: FastSet<SpanId>,
     /// Build the spans the caps refuse for the rules stage ([`OverCap`]); off without one.
     offer_over_cap: bool,
     /// Built since last taken ([`Self::take_over_cap`]).
@@ -102,14 +128,14 @@ impl SessionSpans {
             info,
             who,
             frame,
-            slots: crate::lru::Lru::new(MAX_SLOTS),
-            waiting: HashMap::new(),
-            referenced: HashSet::new(),
+            slots: FastLru::with_hasher(MAX_SLOTS),
+            waiting: FastMap::default(),
+            referenced: FastSet::default(),
             folds: FoldTable::new(ctx.cfg.fold_after),
             marks: RootMarks::default(),
             spans: 0,
-            contents: HashSet::new(),
-            kept: HashSet::new(),
+            contents: FastSet::default(),
+            kept: FastSet::default(),
             offer_over_cap: false,
             over_cap: Vec::new(),
         }
@@ -178,11 +204,11 @@ impl SessionSpans {
 
     /// [`Self::process_ended`] once the info is refreshed.
     pub fn place_ended(&mut self, ctx: &BuildCtx, rec: ProcessRecord) -> Vec<SpanData> {
-        self.place_shared(ctx, Arc::new(rec))
+        self.place_shared(ctx, Arc::new(EndedRecord::new(&ctx.boot_id, rec)))
     }
 
     /// [`Self::place_ended`] with a record shared with the rules stage.
-    pub fn place_shared(&mut self, ctx: &BuildCtx, rec: Arc<ProcessRecord>) -> Vec<SpanData> {
+    pub fn place_shared(&mut self, ctx: &BuildCtx, rec: Arc<EndedRecord>) -> Vec<SpanData> {
         let mut out = Vec::new();
         self.place(ctx, rec, &mut out);
         out
@@ -192,7 +218,8 @@ impl SessionSpans {
     /// still waits for a parent that was never seen (hung under the root), then folds, then
     /// the root.
     pub fn finish(self, ctx: &BuildCtx, info: Arc<SessionInfo>, remaining: Vec<ProcessRecord>) -> Vec<BuiltSpan> {
-        self.end(ctx, info, remaining.into_iter().map(Arc::new).collect()).0
+        let remaining = remaining.into_iter().map(|r| Arc::new(EndedRecord::new(&ctx.boot_id, r))).collect();
+        self.end(ctx, info, remaining).0
     }
 
     /// [`Self::finish`], with the spans the caps refused meanwhile ([`Self::offer_over_cap`]).
@@ -200,7 +227,7 @@ impl SessionSpans {
         mut self,
         ctx: &BuildCtx,
         info: Arc<SessionInfo>,
-        remaining: Vec<Arc<ProcessRecord>>,
+        remaining: Vec<Arc<EndedRecord>>,
     ) -> (Vec<BuiltSpan>, Vec<OverCap>) {
         self.refresh(ctx, &info);
         let mut out = Vec::new();
@@ -242,7 +269,7 @@ impl SessionSpans {
     }
 
     /// Emits `rec` if its parent span is known, else parks it; then releases its waiters.
-    fn place(&mut self, ctx: &BuildCtx, rec: Arc<ProcessRecord>, out: &mut Vec<SpanData>) {
+    fn place(&mut self, ctx: &BuildCtx, rec: Arc<EndedRecord>, out: &mut Vec<SpanData>) {
         let parent_span = if rec.key == self.info.id.0 {
             Some(self.frame.root_id)
         } else {
@@ -325,7 +352,7 @@ impl SessionSpans {
         }
     }
 
-    fn emit(&mut self, ctx: &BuildCtx, rec: Arc<ProcessRecord>, parent: SpanId, out: &mut Vec<SpanData>) {
+    fn emit(&mut self, ctx: &BuildCtx, rec: Arc<EndedRecord>, parent: SpanId, out: &mut Vec<SpanData>) {
         self.marks.processes += 1;
         let fallback = self.fallback_end();
         let mut parent_for_image = parent;
@@ -335,13 +362,21 @@ impl SessionSpans {
             self.marks.connects_over_cap += img.connects_over_cap;
             self.marks.args_redacted += img.argv_redacted as u64;
             let end = build::image_end_ns(&rec, idx, fallback);
-            let own = ids::image_span_id(&ctx.boot_id, rec.key, img.exec_index);
+            let own = rec.ids.image(idx);
             let last = idx + 1 == rec.images.len();
-            let exit = if last { format!("{:?}", rec.exit) } else { String::new() };
-            let mut parts: Vec<&[u8]> = img.argv.iter().map(|a| a.as_slice()).collect();
-            parts.push(&img.exe_path);
-            parts.push(exit.as_bytes());
-            let digest = fold_digest(&parts);
+            // argv, exe path, exit: fed to the digest as they are (no list of parts, no
+            // string for the exit status)
+            let mut h = FoldHasher::new();
+            for a in img.argv.iter() {
+                h.part(a);
+            }
+            h.part(&img.exe_path);
+            if last {
+                h.part_exit(&rec.exit);
+            } else {
+                h.part(b"");
+            }
+            let digest = h.finish();
             // what makes the image matter past the cap: a way out, or a binary the session
             // had not run before
             let new_content =
@@ -354,7 +389,7 @@ impl SessionSpans {
                 FoldDecision::Keep // a child already hangs on this id
             } else {
                 self.folds.offer(parent_for_image, digest, img.start_ns, end, || {
-                    build::image_span(ctx, frame, &rec, idx, own, parent_for_image, end).0
+                    build::image_span(ctx, frame, &rec.record, idx, own, parent_for_image, end).0
                 })
             };
             let slot_span = match decision {
@@ -390,7 +425,7 @@ impl SessionSpans {
                     self.marks.udp_unsent += 1;
                     continue;
                 }
-                let cid = ids::connect_span_id(own, ci as u32);
+                let cid = rec.ids.connect(idx, ci);
                 let d = fold_digest(&[
                     c.transport.as_str().as_bytes(),
                     c.addr.to_string().as_bytes(),

@@ -86,8 +86,8 @@ fn image(start: u64, argv: &[String], exe: &str) -> ImageRecord {
     ImageRecord {
         start_ns: start,
         argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
-        filename: exe.as_bytes().to_vec(),
-        exe_path: exe.as_bytes().to_vec(),
+        filename: exe.as_bytes().into(),
+        exe_path: exe.as_bytes().into(),
         tty: true,
         ..Default::default()
     }

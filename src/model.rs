@@ -7,8 +7,9 @@
 //! into wall-clock time.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 mod update;
 pub use update::*;
@@ -306,14 +307,21 @@ pub struct ImageRecord {
     pub end_ns: Option<u64>,
     /// A forked child that has not exec'd: it runs its parent's image.
     pub inherited: bool,
-    pub argv: Vec<Vec<u8>>,
+    /// Shared, as are the paths below: a fork's image and a live update's copy of it cost a
+    /// reference-count bump, not a copy of every argument (issue 15). Redaction replaces the
+    /// whole argv, and only when it changes something.
+    #[serde(serialize_with = "ser_slice")]
+    pub argv: Arc<[Vec<u8>]>,
     pub argv_truncated: bool,
     /// Values in `argv` replaced by redaction tokens (`crate::redact`); 0 until the export
     /// task redacts the record.
     pub argv_redacted: u32,
-    pub filename: Vec<u8>,
-    pub interp: Option<Vec<u8>>,
-    pub exe_path: Vec<u8>,
+    #[serde(serialize_with = "ser_slice")]
+    pub filename: Arc<[u8]>,
+    #[serde(serialize_with = "ser_opt_slice")]
+    pub interp: Option<Arc<[u8]>>,
+    #[serde(serialize_with = "ser_slice")]
+    pub exe_path: Arc<[u8]>,
     pub fileless: bool,
     pub tty: bool,
     pub uid: u32,
@@ -339,7 +347,17 @@ pub struct ImageRecord {
     /// The working directory the image started in (`process.working_directory`), resolved
     /// by the kernel at exec; None when unknown (an image found in /proc, or a test's).
     #[serde(serialize_with = "crate::text::ser_opt_bytes")]
-    pub cwd: Option<Vec<u8>>,
+    pub cwd: Option<Arc<[u8]>>,
+}
+
+/// A shared slice, serialized as the `Vec` it replaced was (a sequence of its items).
+fn ser_slice<S: Serializer, T: Serialize>(v: &Arc<[T]>, s: S) -> Result<S::Ok, S::Error> {
+    v[..].serialize(s)
+}
+
+/// [`ser_slice`] of an optional one.
+fn ser_opt_slice<S: Serializer, T: Serialize>(v: &Option<Arc<[T]>>, s: S) -> Result<S::Ok, S::Error> {
+    v.as_deref().serialize(s)
 }
 
 /// What an image did to a watched file (from `Event::File`; see `FileEvent` for the fields).
@@ -372,7 +390,7 @@ pub struct FileRecord {
 
 impl ImageRecord {
     /// A copy without its connect and file records (a live update carries only the one it
-    /// says): they are not cloned to be dropped.
+    /// says): they are not cloned to be dropped; its argv and paths are shared, not copied.
     pub fn without_records(&self) -> ImageRecord {
         ImageRecord {
             exec_index: self.exec_index,

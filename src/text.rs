@@ -110,9 +110,9 @@ pub fn ser_bytes<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&escaped(b))
 }
 
-pub fn ser_opt_bytes<S: Serializer>(b: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+pub fn ser_opt_bytes<S: Serializer, B: AsRef<[u8]>>(b: &Option<B>, s: S) -> Result<S::Ok, S::Error> {
     match b {
-        Some(b) => s.serialize_str(&escaped(b)),
+        Some(b) => s.serialize_str(&escaped(b.as_ref())),
         None => s.serialize_none(),
     }
 }

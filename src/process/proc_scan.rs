@@ -161,9 +161,9 @@ impl SessionTracker {
             p.loginuid = sp.loginuid;
             p.images = vec![ImageRecord {
                 start_ns: p.key.start_ns,
-                argv: sp.argv.clone(),
-                filename: sp.exe_path.clone(),
-                exe_path: sp.exe_path.clone(),
+                argv: sp.argv.as_slice().into(),
+                filename: sp.exe_path.as_slice().into(),
+                exe_path: sp.exe_path.as_slice().into(),
                 tty: sp.tty,
                 uid: sp.uid,
                 euid: sp.euid,

@@ -68,7 +68,7 @@ pub fn evaluate(
         if img.inherited && img.connects.is_empty() && img.files.is_empty() {
             continue; // a forked child's image before its exec: nothing here is a subject
         }
-        let by_write = written.contains(&img.exe_path) || own_written.contains(img.exe_path.as_slice());
+        let by_write = written.contains(&img.exe_path[..]) || own_written.contains(&img.exe_path[..]);
         let written_at = exe_written_ns(img).filter(|_| !img.inherited && !img.exe_path.is_empty());
         let by_ctime = written_at.is_some_and(|t| t >= session.info.start_ns);
         // changed after the container's init started: in its writable layer, not its image
@@ -146,12 +146,12 @@ mod tests {
             start_ns: 50 * S,
             end_ns: Some(51 * S),
             inherited: false,
-            argv: vec![exe.as_bytes().to_vec()],
+            argv: vec![exe.as_bytes().to_vec()].into(),
             argv_truncated: false,
             argv_redacted: 0,
-            filename: exe.as_bytes().to_vec(),
+            filename: exe.as_bytes().into(),
             interp: None,
-            exe_path: exe.as_bytes().to_vec(),
+            exe_path: exe.as_bytes().into(),
             fileless: false,
             tty: false,
             uid: 0,

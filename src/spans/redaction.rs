@@ -61,8 +61,8 @@ const CACHE_ENTRIES: usize = 1024;
 /// Argvs longer than this (all arguments' bytes) are redacted every time, not kept.
 const CACHE_ARGV_BYTES: usize = 1024;
 
-/// An argv as the kernel gave it.
-type Argv = Vec<Vec<u8>>;
+/// An argv as the kernel gave it, shared with the image it came from (`ImageRecord::argv`).
+type Argv = Arc<[Vec<u8>]>;
 /// A redacted argv and how many values it replaced.
 type Redacted = (Argv, u32);
 
@@ -87,33 +87,38 @@ pub struct ArgvCache {
     recent: Vec<(Argv, Option<Redacted>)>,
 }
 
-/// Applies a remembered result to `argv`; the count of values it replaced.
-fn apply(hit: &Option<Redacted>, argv: &mut Vec<Vec<u8>>) -> u32 {
+/// Applies a remembered result to `argv`; the count of values it replaced. An argv with
+/// nothing to redact is left as it is (still shared); a redacted one shares the result.
+fn apply(hit: &Option<Redacted>, argv: &mut Argv) -> u32 {
     match hit {
         None => 0,
         Some((red, n)) => {
-            argv.clone_from(red);
+            *argv = red.clone();
             *n
         }
     }
 }
 
 impl ArgvCache {
-    /// [`crate::redact::Redactor::argv`], remembered: redacts `argv` in place, returns the count.
-    pub fn argv(&mut self, r: &crate::redact::Redactor, argv: &mut Vec<Vec<u8>>) -> u32 {
+    /// [`crate::redact::Redactor::argv`], remembered: replaces `argv` by its redaction when
+    /// that changes something (copy on write: most argvs never change), returns the count.
+    pub fn argv(&mut self, r: &crate::redact::Redactor, argv: &mut Argv) -> u32 {
         if let Some(i) = self.recent.iter().position(|(a, _)| a == argv) {
             self.recent[..=i].rotate_right(1);
             return apply(&self.recent[0].1, argv);
         }
-        let result = match self.map.get(argv.as_slice()) {
+        let result = match self.map.get(&argv[..]) {
             Some(hit) => hit.clone(),
             None => {
-                if argv.iter().map(Vec::len).sum::<usize>() > CACHE_ARGV_BYTES {
-                    return r.argv(argv);
-                }
-                let mut red = argv.clone();
+                let mut red = argv.to_vec();
                 let n = r.argv(&mut red);
-                let result = (n > 0).then_some((red, n));
+                if argv.iter().map(Vec::len).sum::<usize>() > CACHE_ARGV_BYTES {
+                    if n > 0 {
+                        *argv = red.into();
+                    }
+                    return n;
+                }
+                let result = (n > 0).then(|| (red.into(), n));
                 if self.map.len() >= CACHE_ENTRIES {
                     self.map.clear();
                 }
@@ -186,6 +191,23 @@ mod tests {
     }
 
     #[test]
+    fn an_argv_with_nothing_to_redact_stays_shared_and_a_redacted_one_is_replaced() {
+        let r = Redactor::random();
+        let mut cache = ArgvCache::default();
+        for round in 0..2 {
+            let plain: Argv = argv(&["/bin/true", "storm-arg"]).into();
+            let mut shared = plain.clone();
+            assert_eq!(cache.argv(&r, &mut shared), 0);
+            assert!(Arc::ptr_eq(&shared, &plain), "round {round}: an unchanged argv is not copied");
+            let secret: Argv = argv(&["app", "--token", "hunter2"]).into();
+            let mut redacted = secret.clone();
+            assert!(cache.argv(&r, &mut redacted) > 0);
+            assert_eq!(&secret[..], &argv(&["app", "--token", "hunter2"])[..], "the image's original is untouched");
+            assert_ne!(redacted, secret, "round {round}");
+        }
+    }
+
+    #[test]
     fn a_remembered_argv_is_redacted_and_counted_as_the_redactor_would() {
         let r = Redactor::random();
         let mut cache = ArgvCache::default();
@@ -196,10 +218,10 @@ mod tests {
         ];
         for round in 0..3 {
             for a in &inputs {
-                let (mut plain, mut cached) = (a.clone(), a.clone());
+                let (mut plain, mut cached) = (a.clone(), Argv::from(a.as_slice()));
                 let n = r.argv(&mut plain);
                 assert_eq!(cache.argv(&r, &mut cached), n, "round {round}: {a:?}");
-                assert_eq!(cached, plain, "round {round}");
+                assert_eq!(&cached[..], &plain[..], "round {round}");
             }
         }
         assert!(r.argv(&mut inputs[1].clone()) > 0, "the fixture has a secret to redact");
@@ -225,10 +247,10 @@ mod tests {
         let n = inputs.len();
         let order = (0..4).flat_map(|round| (0..n).map(move |i| (i * (round + 1)) % n));
         for i in order {
-            let (mut plain, mut cached) = (inputs[i].clone(), inputs[i].clone());
+            let (mut plain, mut cached) = (inputs[i].clone(), Argv::from(inputs[i].as_slice()));
             let n = r.argv(&mut plain);
             assert_eq!(cache.argv(&r, &mut cached), n, "{:?}", inputs[i]);
-            assert_eq!(cached, plain);
+            assert_eq!(&cached[..], &plain[..]);
             assert!(cache.recent.len() <= RECENT);
         }
         assert_eq!(cache.len(), inputs.len());
@@ -239,14 +261,16 @@ mod tests {
         let r = Redactor::random();
         let mut cache = ArgvCache::default();
         for i in 0..CACHE_ENTRIES * 2 + 5 {
-            cache.argv(&r, &mut argv(&["cmd", &i.to_string()]));
+            cache.argv(&r, &mut argv(&["cmd", &i.to_string()]).into());
             assert!(cache.len() <= CACHE_ENTRIES);
         }
         let before = cache.len();
         let long = "x".repeat(CACHE_ARGV_BYTES + 1);
-        let mut a = argv(&["echo", &long, "--token=s3cret"]);
+        let mut a: Argv = argv(&["echo", &long, "--token=s3cret"]).into();
         let n = cache.argv(&r, &mut a);
-        assert_eq!(n, r.argv(&mut argv(&["echo", &long, "--token=s3cret"])));
+        let mut plain = argv(&["echo", &long, "--token=s3cret"]);
+        assert_eq!(n, r.argv(&mut plain));
+        assert_eq!(&a[..], &plain[..], "a long argv is redacted too");
         assert_eq!(cache.len(), before, "a long argv is redacted, not kept");
     }
 }

@@ -367,7 +367,7 @@ impl SessionSpans {
             // argv, exe path, exit: fed to the digest as they are (no list of parts, no
             // string for the exit status)
             let mut h = FoldHasher::new();
-            for a in &img.argv {
+            for a in img.argv.iter() {
                 h.part(a);
             }
             h.part(&img.exe_path);

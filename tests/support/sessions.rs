@@ -50,8 +50,8 @@ pub fn image(idx: u32, start: u64, exe: &str, argv: &[&str]) -> ImageRecord {
         exec_index: idx,
         start_ns: start,
         argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
-        filename: exe.as_bytes().to_vec(),
-        exe_path: exe.as_bytes().to_vec(),
+        filename: exe.as_bytes().into(),
+        exe_path: exe.as_bytes().into(),
         tty: true,
         ..Default::default()
     }
@@ -140,7 +140,7 @@ pub fn alice() -> SessionIdentity {
 pub fn shell_session() -> Vec<SessionUpdate> {
     let i = info(100, SessionKind::Exec, 10 * S, None);
     let mut wget = image(0, 12 * S, "/bin/busybox", &["wget", "-q", "-O-", "http://10.244.1.5:8080/"]);
-    wget.filename = b"/proc/self/exe".to_vec();
+    wget.filename = b"/proc/self/exe"[..].into();
     wget.connects = vec![
         connect(12 * S + 100, Transport::Udp, "10.96.0.10", 53, ConnectOutcome::Connected, None, false),
         connect(12 * S + 200, Transport::Udp, "10.96.0.10", 53, ConnectOutcome::Connected, None, true),

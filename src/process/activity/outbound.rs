@@ -415,7 +415,7 @@ impl Outbound {
         }
         let info = std::sync::Arc::new(SessionInfo {
             end_ns: Some(end_ns),
-            root_argv: proc.images.last().map(|i| i.argv.clone()).unwrap_or_default(),
+            root_argv: proc.images.last().map(|i| i.argv.to_vec()).unwrap_or_default(),
             ..SessionInfo::new(id, SessionKind::Outbound, w.container, c.ts_ns)
         });
         out.push(SessionUpdate::Started(info.clone()));

@@ -173,14 +173,38 @@ pub(crate) fn image_taken_from_exec(
     clock: &crate::clock::BootClock,
     ident: &super::identity::ExecIdentity,
 ) -> ImageRecord {
+    // the argv's arguments move (only the list of them is copied, into the shared
+    // allocation); the paths are copied once here, and shared from then on: the name run
+    // is usually the executable's path itself, and then it is one buffer, not two
+    let exe_path = shared_bytes(std::mem::take(&mut e.exe_path));
+    let filename = std::mem::take(&mut e.filename);
+    let filename = if filename[..] == exe_path[..] { exe_path.clone() } else { shared_bytes(filename) };
     ImageRecord {
-        argv: std::mem::take(&mut e.argv),
-        filename: std::mem::take(&mut e.filename),
-        interp: e.interp.take(),
-        exe_path: std::mem::take(&mut e.exe_path),
-        cwd: (!e.cwd.is_empty()).then(|| std::mem::take(&mut e.cwd)),
-        // the buffers are empty now: what it copies of them costs nothing
+        argv: std::mem::take(&mut e.argv).into(),
+        filename,
+        interp: e.interp.take().map(shared_bytes),
+        exe_path,
+        cwd: (!e.cwd.is_empty()).then(|| shared_bytes(std::mem::take(&mut e.cwd))),
+        // the buffers are empty now: what it makes of them takes no allocation
         ..image_from_exec(e, exec_index, clock, ident)
+    }
+}
+
+/// A path shared from here on; an empty one takes no allocation.
+fn shared_bytes(v: Vec<u8>) -> std::sync::Arc<[u8]> {
+    if v.is_empty() {
+        std::sync::Arc::default()
+    } else {
+        v.into()
+    }
+}
+
+/// A copy to share; an empty one takes no allocation (std's empty `Arc<[T]>` is static).
+fn shared<T: Clone>(v: &[T]) -> std::sync::Arc<[T]> {
+    if v.is_empty() {
+        std::sync::Arc::default()
+    } else {
+        v.into()
     }
 }
 
@@ -195,12 +219,12 @@ pub(crate) fn image_from_exec(
         start_ns: e.ts_ns,
         end_ns: None,
         inherited: false,
-        argv: e.argv.clone(),
+        argv: shared(&e.argv),
         argv_truncated: e.flags.argv_truncated,
         argv_redacted: 0,
-        filename: e.filename.clone(),
-        interp: e.interp.clone(),
-        exe_path: e.exe_path.clone(),
+        filename: shared(&e.filename),
+        interp: e.interp.as_deref().map(shared),
+        exe_path: shared(&e.exe_path),
         fileless: e.flags.fileless,
         tty: e.flags.tty,
         uid: e.uid,
@@ -212,7 +236,7 @@ pub(crate) fn image_from_exec(
         identity: ident.tool.clone(),
         program: ident.program.clone(),
         connects_over_cap: 0,
-        cwd: (!e.cwd.is_empty()).then(|| e.cwd.clone()),
+        cwd: (!e.cwd.is_empty()).then(|| shared(&e.cwd)),
     }
 }
 

@@ -71,7 +71,7 @@ impl SessionTracker {
             out.push(SessionUpdate::Started(s.info.clone()));
         }
         if !self.sessions.contains_key(&sid) {
-            let joiner_argv = self.table.get(&j.joiner).and_then(|p| p.images.last()).map(|i| i.argv.clone());
+            let joiner_argv = self.table.get(&j.joiner).and_then(|p| p.images.last()).map(|i| i.argv.to_vec());
             let root_argv = match joiner_argv {
                 Some(a) if !a.is_empty() => a,
                 _ => exec.map(|e| e.argv.clone()).unwrap_or_default(),

@@ -90,21 +90,13 @@ impl ExportQueue {
             }
             Err(e) => {
                 drop(g);
-                self.metrics.queue_events("read_failed", 1);
-                tracing::error!(sink = self.name, error = %e, "durable queue: read failed; retrying");
+                self.read_failed(&e);
                 return out;
             }
         }
         drop(g);
         self.evicted(ev);
-        if bad > 0 {
-            self.metrics.queue_events("record_undecodable", bad);
-            let mut g = self.lock();
-            g.delivery.corrupt += bad;
-            drop(g);
-            self.metrics.lost("corrupt", bad);
-            self.metrics.export_queue_spans.dec_by(bad as i64);
-        }
+        self.undecodable(bad);
         out
     }
 
@@ -135,22 +127,31 @@ impl ExportQueue {
             }
             Err(e) => {
                 drop(g);
-                self.metrics.queue_events("read_failed", 1);
-                tracing::error!(sink = self.name, error = %e, "durable queue: read failed; retrying");
+                self.read_failed(&e);
                 return out;
             }
         }
         drop(g);
         self.evicted(ev);
+        self.undecodable(bad);
+        out
+    }
+
+    /// A read of the segment files failed: counted and logged; the caller tries again.
+    fn read_failed(&self, e: &dyn std::fmt::Display) {
+        self.metrics.queue_events("read_failed", 1);
+        tracing::error!(sink = self.name, error = %e, "durable queue: read failed; retrying");
+    }
+
+    /// `bad` records read but not sendable: lost as `corrupt`, counted in the delivery report,
+    /// the queue gauge and the queue's events.
+    fn undecodable(&self, bad: u64) {
         if bad > 0 {
             self.metrics.queue_events("record_undecodable", bad);
-            let mut g = self.lock();
-            g.delivery.corrupt += bad;
-            drop(g);
+            self.lock().delivery.corrupt += bad;
             self.metrics.lost("corrupt", bad);
             self.metrics.export_queue_spans.dec_by(bad as i64);
         }
-        out
     }
 
     /// Disk: the batch in flight again, as it was handed out (loss marks included), for a

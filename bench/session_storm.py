@@ -381,7 +381,8 @@ def main():
     a = ap.parse_args()
     a.podtrail = os.path.abspath(a.podtrail)
     variants = [("baseline", os.path.abspath(a.baseline)), ("podtrail", a.podtrail)] if a.baseline else [("", a.podtrail)]
-    ring_mib = subprocess.run([a.podtrail, "config"], capture_output=True, text=True).stdout
+    # each binary's own defaults (a baseline may have another default ring)
+    configs = {b: subprocess.run([b, "config"], capture_output=True, text=True).stdout for _, b in variants}
     tmp = tempfile.mkdtemp(prefix="pt-sstorm-")
     storm = os.path.join(tmp, "exec_storm")
     subprocess.run(["cc", "-static", "-O2", "-o", storm, os.path.join(ROOT, "tests/fixtures/exec_storm.c")], check=True)
@@ -412,7 +413,7 @@ def main():
     for v, binary in variants:
         if v:
             print(f"\n======== {v}: {binary}")
-        report(rows[v], caps.get(v), mems.get(v), a, ring_mib)
+        report(rows[v], caps.get(v), mems.get(v), a, configs[binary])
     if a.baseline:
         b, p = rows["baseline"], rows["podtrail"]
         ratios = [y["pt_cpu"] / max(x["pt_cpu"], 1e-9) for x, y in zip(b, p)]

@@ -60,40 +60,47 @@ impl ExportQueue {
         }
     }
 
-    /// Disk: the next records, decoded; one that does not decode is counted and skipped.
-    pub(super) fn read_disk(&self, max: usize) -> Vec<Queued> {
+    /// Disk: the next records' bodies, marked in flight, with the queue still locked (for
+    /// the caller to keep what a retry needs) and what the read evicted; None when the queue
+    /// is not on disk or the read failed (counted and logged: the caller tries again).
+    fn next_bodies(&self, max: usize) -> Option<(MutexGuard<'_, Inner>, Vec<Vec<u8>>, Evicted)> {
         let mut g = self.lock();
-        let Store::Disk(store) = &mut g.store else { return Vec::new() };
+        let Store::Disk(store) = &mut g.store else { return None };
         let mut ev = Evicted::default();
-        let res = store.read(max, &mut ev);
-        let mut out = Vec::new();
-        let mut bad = 0u64;
-        match res {
+        match store.read(max, &mut ev) {
             Ok(records) => {
                 if let Some((_, end)) = records.last() {
                     g.in_flight = Some(*end);
                 }
-                let mut kept = Vec::with_capacity(records.len());
-                for (body, _) in records {
-                    match codec::decode(&body) {
-                        Ok(q) => {
-                            out.push(q);
-                            kept.push(body);
-                        }
-                        Err(e) => {
-                            bad += 1;
-                            tracing::warn!(sink = self.name, error = %e, "durable queue: a record does not decode; skipped");
-                        }
-                    }
-                }
-                g.retry = (kept, Vec::new());
+                Some((g, records.into_iter().map(|(body, _)| body).collect(), ev))
             }
             Err(e) => {
                 drop(g);
                 self.read_failed(&e);
-                return out;
+                None
             }
         }
+    }
+
+    /// Disk: the next records, decoded; one that does not decode is counted and skipped.
+    pub(super) fn read_disk(&self, max: usize) -> Vec<Queued> {
+        let Some((mut g, bodies, ev)) = self.next_bodies(max) else { return Vec::new() };
+        let mut out = Vec::new();
+        let mut bad = 0u64;
+        let mut kept = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            match codec::decode(&body) {
+                Ok(q) => {
+                    out.push(q);
+                    kept.push(body);
+                }
+                Err(e) => {
+                    bad += 1;
+                    tracing::warn!(sink = self.name, error = %e, "durable queue: a record does not decode; skipped");
+                }
+            }
+        }
+        g.retry = (kept, Vec::new());
         drop(g);
         self.evicted(ev);
         self.undecodable(bad);
@@ -104,34 +111,19 @@ impl ExportQueue {
     /// decoding them; one whose metadata or protobuf framing is broken is counted and skipped,
     /// as [`Self::read_disk`] does with one that does not decode.
     pub(super) fn read_records(&self, max: usize) -> Vec<(Meta, Vec<u8>)> {
-        let mut g = self.lock();
-        let Store::Disk(store) = &mut g.store else { return Vec::new() };
-        let mut ev = Evicted::default();
-        let res = store.read(max, &mut ev);
+        let Some((g, bodies, ev)) = self.next_bodies(max) else { return Vec::new() };
+        drop(g);
         let mut out = Vec::new();
         let mut bad = 0u64;
-        match res {
-            Ok(records) => {
-                if let Some((_, end)) = records.last() {
-                    g.in_flight = Some(*end);
+        for body in bodies {
+            match Meta::read(&body).filter(|_| super::super::wire::well_formed(&body[codec::META_LEN..])) {
+                Some(m) => out.push((m, body)),
+                None => {
+                    bad += 1;
+                    tracing::warn!(sink = self.name, "durable queue: a record is not a span; skipped");
                 }
-                for (body, _) in records {
-                    match Meta::read(&body).filter(|_| super::super::wire::well_formed(&body[codec::META_LEN..])) {
-                        Some(m) => out.push((m, body)),
-                        None => {
-                            bad += 1;
-                            tracing::warn!(sink = self.name, "durable queue: a record is not a span; skipped");
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                drop(g);
-                self.read_failed(&e);
-                return out;
             }
         }
-        drop(g);
         self.evicted(ev);
         self.undecodable(bad);
         out

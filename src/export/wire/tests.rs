@@ -1,0 +1,138 @@
+use super::*;
+use opentelemetry::trace::{Event, Link, SpanContext, TraceFlags, TraceId, TraceState};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+use std::time::Duration;
+
+fn t(ns: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+fn spans() -> Vec<SpanData> {
+    let mut events = SpanEvents::default();
+    events.events.push(Event::new("alert", t(1_700_000_000_500_000_000), vec![KeyValue::new("rule", "x")], 3));
+    events.dropped_count = 2;
+    let mut links = SpanLinks::default();
+    let state = TraceState::from_key_value([("k", "v")]).unwrap();
+    links.links.push(Link::new(
+        SpanContext::new(TraceId::from_bytes([7; 16]), SpanId::from_bytes([8; 8]), TraceFlags::SAMPLED, true, state),
+        vec![KeyValue::new("why", "request")],
+        1,
+    ));
+    links.dropped_count = 1;
+    let full = SpanData {
+        span_context: SpanContext::new(
+            TraceId::from_bytes([1; 16]),
+            SpanId::from_bytes([2; 8]),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        ),
+        parent_span_id: SpanId::from_bytes([3; 8]),
+        parent_span_is_remote: true,
+        span_kind: SpanKind::Client,
+        name: "connect 10.0.0.1:443".into(),
+        start_time: t(1_700_000_000_000_000_000),
+        end_time: t(1_700_000_001_000_000_000),
+        attributes: vec![
+            KeyValue::new("s", "text"),
+            KeyValue::new("empty", ""),
+            KeyValue::new("i", -5i64),
+            KeyValue::new("zero", 0i64),
+            KeyValue::new("b", true),
+            KeyValue::new("no", false),
+            KeyValue::new("f", 1.5f64),
+            KeyValue::new("a", Value::Array(Array::String(vec!["sh".into(), "".into(), "-c".into()]))),
+            KeyValue::new("ai", Value::Array(Array::I64(vec![1, -2, 0]))),
+            KeyValue::new("ab", Value::Array(Array::Bool(vec![true, false]))),
+            KeyValue::new("af", Value::Array(Array::F64(vec![0.0, 2.5]))),
+            KeyValue::new("long", "x".repeat(300)),
+        ],
+        dropped_attributes_count: 2,
+        events,
+        links,
+        status: Status::Error { description: "refused".into() },
+        instrumentation_scope: crate::spans::build::scope(),
+    };
+    let plain = SpanData {
+        parent_span_id: SpanId::INVALID,
+        parent_span_is_remote: false,
+        span_kind: SpanKind::Internal,
+        name: "".into(),
+        attributes: vec![],
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: Status::Unset,
+        start_time: UNIX_EPOCH,
+        ..full.clone()
+    };
+    let ok = SpanData {
+        status: Status::Ok,
+        span_kind: SpanKind::Server,
+        instrumentation_scope: InstrumentationScope::builder("other").build(),
+        ..plain.clone()
+    };
+    vec![full, plain, ok]
+}
+
+#[test]
+fn a_span_decodes_to_what_the_sdk_conversion_makes() {
+    for s in spans() {
+        let mut b = Vec::new();
+        encode_span(&s, &mut b);
+        let ours = Span::decode(b.as_slice()).unwrap();
+        assert_eq!(ours, Span::from(s.clone()), "{}", s.name);
+        // the encoded length is the one written in front of it
+        assert_eq!(b.len(), Span::from(s.clone()).encoded_len());
+        // written in place behind its key and worked-out length: the same bytes as
+        // the body framed afterwards
+        let mut framed = vec![0xaa];
+        put_bytes(&mut framed, 2, &b);
+        let mut in_place = vec![0xaa];
+        encode_span_field(&s, 2, &mut in_place);
+        assert_eq!(in_place, framed, "{}", s.name);
+    }
+}
+
+#[test]
+fn a_request_decodes_to_what_the_sdk_groups() {
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("podtrail")
+        .with_attribute(KeyValue::new("host.name", "node-1"))
+        .build();
+    let mut heads = Heads::new(&resource);
+    let mut batch = Batch::default();
+    let all = spans();
+    batch.push_span(&mut heads, &all[0]);
+    batch.push_span(&mut heads, &all[2]);
+    let mut b = Vec::new();
+    encode_span(&all[1], &mut b);
+    batch.push_encoded(&mut heads, &all[1].instrumentation_scope, &b);
+    assert_eq!(batch.len(), 3);
+    let req = ExportTraceServiceRequest::decode(batch.request(&heads).as_slice()).unwrap();
+    // the SDK groups the same spans the same way: by scope, in order of first appearance
+    let order = vec![all[0].clone(), all[2].clone(), all[1].clone()];
+    let sdk = opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope(
+        order,
+        &ResourceAttributesWithSchema::from(&resource),
+    );
+    assert_eq!(req.resource_spans, sdk);
+    // an empty batch is a request with no spans, not garbage
+    let empty = ExportTraceServiceRequest::decode(Batch::default().request(&heads).as_slice()).unwrap();
+    assert_eq!(empty.resource_spans[0].scope_spans.len(), 0);
+}
+
+#[test]
+fn a_span_is_well_formed_and_garbage_is_not() {
+    for s in spans() {
+        let mut b = Vec::new();
+        encode_span(&s, &mut b);
+        assert!(well_formed(&b));
+        assert!(!well_formed(&b[..b.len() - 1]), "cut short");
+    }
+    assert!(!well_formed(b""), "no ids");
+    assert!(!well_formed(&[0xff; 12]));
+    assert!(!well_formed(&[0x0a, 0x7f, 1, 2]), "a length past the end");
+}

@@ -19,7 +19,7 @@
 # What the image holds, and nothing else:
 #   /usr/local/bin/podtrail        the release binary without debug info (strip --strip-debug:
 #                                  symbol names stay so a panic's backtrace stays readable):
-#                                  ~33 MB against ~186 MB with the release profile's `debug = 1`
+#                                  ~33 MB against ~157 MB with the release profile's line tables
 #                                  (--dist: smaller, see BENCHMARKS.md)
 # The debug info is split off beside the archive, not shipped: FILE with `.debug` for
 # `.oci.tar` (`objcopy --only-keep-debug`; the binary keeps its GNU build id, so

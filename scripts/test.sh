@@ -2,7 +2,8 @@
 # test.sh: the whole test suite, as the README and .ci/run run it. Needs root: the kernel and
 # container tests load BPF programs and start containerd themselves, and fail (never skip)
 # without what they need.
-#   1. setup.sh installs what is missing (clang, libbpf-dev, containerd, runc, busybox, ...);
+#   1. setup.sh installs what is missing (clang, libbpf-dev, containerd, runc, busybox, ...),
+#      and disk_check.sh fails the run at once if the disk cannot hold what it will build;
 #   2. the Go-built backends (Jaeger, the collector) and the Python venv are built once and
 #      cached in $PODTRAIL_CACHE, in the background while Rust compiles;
 #   3. the gates: cargo fmt --check, cargo clippy -D warnings;
@@ -16,6 +17,7 @@ export PODTRAIL_CACHE="${PODTRAIL_CACHE:-/var/cache/podtrail}"
 start=$(date +%s)
 bash scripts/setup.sh
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+bash scripts/disk_check.sh
 
 # Backends build on Go while cargo compiles: two cores, two toolchains.
 prep_log=$(mktemp)

@@ -140,7 +140,8 @@ pub struct CaptureConfig {
     pub wakeup_kib: u64,
     /// How often the reader drains the ring when no wakeup came, in milliseconds.
     pub poll_ms: u64,
-    /// Events queued between the reader and the process stage.
+    /// Events queued between the reader and the process stage (they travel in batches of up
+    /// to 256: the queue holds `channel_capacity / 256` batches).
     pub channel_capacity: usize,
     /// Each cgroup's fair share of the ring, in percent of it per 100 ms: once the ring is
     /// half full, a cgroup's network records (connects, their outcomes, first datagrams) over

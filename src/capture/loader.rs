@@ -21,7 +21,7 @@ use aya::{
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-use super::{abi, event::Event, reader};
+use super::{abi, reader};
 
 mod attach;
 use attach::{
@@ -268,7 +268,8 @@ pub struct Capture {
     _ebpf: Ebpf,
     pub counters: Counters,
     pub stats: Arc<reader::ReaderStats>,
-    pub events: mpsc::Receiver<Event>,
+    /// In batches of at most [`reader::EVENTS_PER_BATCH`].
+    pub events: mpsc::Receiver<reader::EventBatch>,
     /// Programs attached, by name, for the start-up log.
     pub attached: Vec<&'static str>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -405,7 +406,7 @@ impl Capture {
             )?,
         };
         let ring = RingBuf::try_from(ebpf.take_map("events").ok_or(CaptureError::MissingMap("events"))?)?;
-        let (tx, rx) = mpsc::channel(opts.channel_capacity);
+        let (tx, rx) = mpsc::channel(reader::batches_for(opts.channel_capacity));
         let stats = Arc::new(stats);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let parked = Array::try_from(ebpf.take_map("reader_parked").ok_or(CaptureError::MissingMap("reader_parked"))?)?;

@@ -1,6 +1,7 @@
 //! The ring buffer reader: drains the kernel's ring, decodes each record and passes it on.
 //!
-//! In: the `events` ring buffer. Out: [`Event`]s on a bounded channel. Lost: records that do
+//! In: the `events` ring buffer. Out: [`Event`]s on a bounded channel, in batches of at most
+//! [`EVENTS_PER_BATCH`] (one send per batch, not per event). Lost: records that do
 //! not decode, counted by reason in [`ReaderStats`] as they are read. While records flow, the
 //! kernel batches wakeups (one per `wakeup_bytes` queued) and the reader drains on a short
 //! timer. A drain that finds nothing parks the reader: it tells the kernel (`reader_parked`),
@@ -76,6 +77,21 @@ impl ReaderStats {
 /// Records decoded per wakeup before they are passed on (the ring is drained again at once).
 const BATCH: usize = 4096;
 
+/// The most events one [`EventBatch`] holds: a channel of `n / EVENTS_PER_BATCH` batches holds
+/// at most `n` events.
+pub const EVENTS_PER_BATCH: usize = 256;
+
+/// Events as the reader sends them: what one drain decoded, in order, at most
+/// [`EVENTS_PER_BATCH`]. A send per event cost its own permit, push and wakeup check, and
+/// moved the event into the channel and out again: the reader's sends and the process
+/// stage's receives were an eighth of the agent's samples in the exec storm (issue 15).
+pub type EventBatch = Vec<Event>;
+
+/// How many batches a channel of `events` events holds (at least one).
+pub fn batches_for(events: usize) -> usize {
+    (events / EVENTS_PER_BATCH).max(1)
+}
+
 /// Decodes what the ring holds into `batch`, up to `cap` events; returns the records read.
 fn drain(ring: &mut RingBuf<MapData>, stats: &ReaderStats, batch: &mut Vec<Event>, cap: usize) -> usize {
     let mut read = 0;
@@ -93,6 +109,20 @@ fn drain(ring: &mut RingBuf<MapData>, stats: &ReaderStats, batch: &mut Vec<Event
     read
 }
 
+/// Sends what `events` holds in batches of at most [`EVENTS_PER_BATCH`], in order, leaving it
+/// empty (its allocation stays for the next drain; each batch is allocated at its exact size).
+/// Err: the next stage is gone.
+async fn send_batches(tx: &mpsc::Sender<EventBatch>, events: &mut Vec<Event>) -> Result<(), ()> {
+    let mut rest = events.drain(..);
+    loop {
+        let batch: EventBatch = rest.by_ref().take(EVENTS_PER_BATCH).collect();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        tx.send(batch).await.map_err(|_| ())?;
+    }
+}
+
 /// Tells the kernel whether the reader sleeps on the descriptor (see `wakeup_flag` in
 /// ebpf/common.h); false when the map could not be written (the reader then keeps polling).
 fn set_parked(flag: &mut Array<MapData, u32>, parked: bool) -> bool {
@@ -108,7 +138,7 @@ fn set_parked(flag: &mut Array<MapData, u32>, parked: bool) -> bool {
 pub async fn run(
     ring: RingBuf<MapData>,
     mut flag: Array<MapData, u32>,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<EventBatch>,
     stats: std::sync::Arc<ReaderStats>,
     poll: Duration,
     mut stop: watch::Receiver<bool>,
@@ -171,17 +201,13 @@ pub async fn run(
             }
         }
         more = batch.len() >= BATCH;
-        for ev in batch.drain(..) {
-            if tx.send(ev).await.is_err() {
-                return; // the next stage is gone: nothing left to deliver to
-            }
+        if send_batches(&tx, &mut batch).await.is_err() {
+            return; // the next stage is gone: nothing left to deliver to
         }
         if stopping || *stop.borrow() {
             // one last drain, then close the channel by returning
             drain(fd.get_mut(), &stats, &mut batch, usize::MAX);
-            for ev in batch.drain(..) {
-                let _ = tx.send(ev).await;
-            }
+            let _ = send_batches(&tx, &mut batch).await;
             return;
         }
     }

@@ -11,9 +11,6 @@ use podtrail::capture::{
 };
 use tokio::signal::unix::{signal, SignalKind};
 
-/// Events taken from the channel per wakeup.
-const BATCH: usize = 1024;
-
 pub const LONG_ABOUT: &str = r#"Print every kernel event as one JSON object per line on stdout.
 
 Needs root, or CAP_BPF + CAP_PERFMON (+ CAP_NET_ADMIN for connects, CAP_SYS_PTRACE to read other
@@ -128,16 +125,13 @@ pub async fn run(a: CaptureArgs) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-    let mut batch = Vec::with_capacity(BATCH);
     let mut line = Vec::with_capacity(4096);
     loop {
         tokio::select! {
-            n = cap.events.recv_many(&mut batch, BATCH) => {
-                if n == 0 {
-                    break;
-                }
-                for ev in batch.drain(..) {
-                    write_line(&mut out, &mut line, &ev)?;
+            batch = cap.events.recv() => {
+                let Some(batch) = batch else { break };
+                for ev in &batch {
+                    write_line(&mut out, &mut line, ev)?;
                 }
                 if cap.events.is_empty() {
                     out.flush()?;

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use super::cgroup::CgroupIndex;
 use super::containerd::{self, ContainerMeta, ContainerdClient};
-use crate::capture::event::Event;
+use crate::capture::reader::EventBatch;
 
 use super::containers::ContainerLookup;
 use super::metrics::ProcessMetrics;
@@ -228,9 +228,6 @@ async fn containerd_worker(
     }
 }
 
-/// Events taken from the reader's channel in one pass.
-const EVENTS_PER_PASS: usize = 256;
-
 /// How long an ended session waits for the kernel's loss counts (polled every second).
 pub const LOSS_SETTLE: std::time::Duration = std::time::Duration::from_millis(2_500);
 
@@ -238,7 +235,7 @@ pub const LOSS_SETTLE: std::time::Duration = std::time::Duration::from_millis(2_
 /// first, then updates as events arrive, then the incomplete ends of open sessions.
 /// `control` is read alongside the events (see [`Control`]).
 pub async fn run(
-    mut rx: mpsc::Receiver<Event>,
+    mut rx: mpsc::Receiver<EventBatch>,
     tx: mpsc::Sender<crate::model::UpdateBatch>,
     opts: ProcessOptions,
     metrics: ProcessMetrics,
@@ -286,7 +283,6 @@ pub async fn run(
         r.set();
     }
 
-    let mut events: Vec<Event> = Vec::new();
     let mut updates: Vec<SessionUpdate> = Vec::new();
     let mut answers_open = true;
     let mut control_open = true;
@@ -304,13 +300,12 @@ pub async fn run(
             // The gauges and cache series follow the tracker on the tick, not after every
             // event: observing costs 11 label look-ups, 5% of the agent's CPU in an exec
             // storm (BENCHMARKS.md, issue 15), and a scrape every few seconds cannot tell.
-            // What the reader has queued is taken at once: one wakeup per batch, not per event
-            // (task switches were 14% of the agent's CPU in the exec storm, issue 15).
-            n = rx.recv_many(&mut events, EVENTS_PER_PASS) => {
-                if n == 0 {
-                    break;
-                }
-                for ev in events.drain(..) {
+            // The reader sends what it drained in batches: one wakeup and one receive per batch
+            // of up to 256 events, not per event (task switches were 14% of the agent's CPU in
+            // the exec storm, issue 15).
+            batch = rx.recv() => {
+                let Some(batch) = batch else { break };
+                for ev in batch {
                     tracker.handle_into(ev, &mut updates);
                 }
                 if updates.is_empty() {

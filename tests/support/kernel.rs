@@ -35,12 +35,12 @@ pub fn capture_while<T: Send + 'static>(opts: CaptureOptions, f: impl FnOnce() -
         tokio::pin!(work);
         let out = loop {
             tokio::select! {
-                ev = cap.events.recv() => events.push(ev.expect("reader stopped early")),
+                batch = cap.events.recv() => events.extend(batch.expect("reader stopped early")),
                 r = &mut work => break r.expect("test workload panicked"),
             }
         };
-        while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(300), cap.events.recv()).await {
-            events.push(ev);
+        while let Ok(Some(batch)) = tokio::time::timeout(Duration::from_millis(300), cap.events.recv()).await {
+            events.extend(batch);
         }
         let kernel = cap.counters.read();
         let (_c, _s) = stop_draining(cap, &mut events).await;
@@ -52,8 +52,8 @@ async fn stop_draining(
     mut cap: Capture,
     events: &mut Vec<Event>,
 ) -> (podtrail::capture::loader::Counters, std::sync::Arc<podtrail::capture::reader::ReaderStats>) {
-    while let Ok(ev) = cap.events.try_recv() {
-        events.push(ev);
+    while let Ok(batch) = cap.events.try_recv() {
+        events.extend(batch);
     }
     cap.stop().await
 }

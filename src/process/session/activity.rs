@@ -5,7 +5,8 @@
 use crate::capture::event::ExecEvent;
 use crate::model::{ContainerInfo, SessionId, SessionInfo, SessionKind, SessionUpdate};
 
-use super::{image_from_exec, SessionTracker};
+use super::image::image_from_exec;
+use super::SessionTracker;
 
 impl SessionTracker {
     /// Does tree `t` hold a process that execs in `cgroup_id`? A host tree any host process,

@@ -6,7 +6,8 @@ use crate::capture::event::{ExecEvent, ProcessKey};
 use crate::model::{SessionId, SessionInfo, SessionKind, SessionUpdate};
 use crate::process::table::Proc;
 
-use super::{image_from_exec, image_taken_from_exec, next_index, SessionTracker};
+use super::image::{image_from_exec, image_taken_from_exec, next_index};
+use super::SessionTracker;
 
 impl SessionTracker {
     pub(super) fn on_exec(&mut self, e: &mut ExecEvent, out: &mut Vec<SessionUpdate>) {

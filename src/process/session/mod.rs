@@ -21,14 +21,19 @@
 //! processes outside every session. Nothing here panics on any event sequence.
 
 mod activity;
+mod counters;
 mod debug;
 mod exec;
+mod image;
 mod lifecycle;
 pub(crate) use lifecycle::record_of;
+mod live;
+mod losses;
 pub mod net;
 mod ns;
 mod tty;
 
+pub use counters::TrackerCounters;
 pub use debug::DEBUG_DECISION_NS;
 
 use std::collections::HashMap;
@@ -38,80 +43,10 @@ use std::sync::Arc;
 
 use crate::capture::event::{Event, ExecEvent, ExitEvent, FileEvent, ForkEvent, NsJoinEvent, ProcessKey};
 
-use prometheus_client::metrics::counter::Counter;
-
 use super::containers::{ContainerLookup, Containers};
 use super::metrics::ProcessMetrics;
 use super::table::ProcessTable;
-use crate::model::{ImageRecord, Live, ProcessRecord, SessionId, SessionInfo, SessionKind, SessionUpdate};
-
-/// What the tracker had to drop or repair, counted where it happens: each field is a handle
-/// on one series of the stage's [`ProcessMetrics`] once [`SessionTracker::count_into`] was
-/// called (detached counters before that, as in replays), so nothing copies the counts later.
-#[derive(Clone, Debug, Default)]
-pub struct TrackerCounters {
-    pub sessions_started: Counter,
-    pub sessions_ended: Counter,
-    /// An exit came before anything else about its process (parked, waiting for its fork).
-    pub exits_early: Counter,
-    /// Parked exits pushed out before their process showed up.
-    pub exits_unknown: Counter,
-    /// An exec came before its fork (the child ran on another CPU first).
-    pub execs_before_fork: Counter,
-    /// A fork or exec whose parent was never seen.
-    pub parents_unknown: Counter,
-    /// A new process took the pid of one whose exit was never seen.
-    pub pids_reused_unexited: Counter,
-    pub connects_unknown_pid: Counter,
-    /// Datagrams, listens, accepts or raw sockets from pids not in the table.
-    pub sockets_unknown_pid: Counter,
-    pub results_unmatched: Counter,
-    /// Namespace joins into a container that were never followed by an exec or a connect.
-    pub ns_joins_idle: Counter,
-    /// Watched-file operations past `MAX_FILES_PER_IMAGE` on one image (a loop over a file).
-    pub files_over_cap: Counter,
-    /// New pod containers whose kind (ephemeral or not) the lookup did not tell in time.
-    pub debug_undecided: Counter,
-    /// Ended processes of an undecided container past what is held for it (`debug.rs`).
-    pub debug_ended_over_cap: Counter,
-    /// Sessions opened from /proc whose root's exec then arrived from the kernel (it ran
-    /// between the programs' attach and the scan): complete after all.
-    pub sessions_proc_completed: Counter,
-    /// Sessions whose root's exec the kernel lost, opened as partial sessions from a child.
-    pub roots_lost: Counter,
-    /// Session connects folded into their image's record for the same destination.
-    pub connects_folded: Counter,
-    /// Session connects to new destinations past an image's record cap: counted only.
-    pub connects_over_cap: Counter,
-}
-
-impl TrackerCounters {
-    /// Handles on `podtrail_process_sessions{what}` and `podtrail_process_anomalies{what}`.
-    pub fn registered(m: &ProcessMetrics) -> Self {
-        let session = |what| m.sessions.get_or_create(&vec![("what", what)]).clone();
-        let anomaly = |what| m.anomalies.get_or_create(&vec![("what", what)]).clone();
-        TrackerCounters {
-            sessions_started: session("started"),
-            sessions_ended: session("ended"),
-            sessions_proc_completed: session("proc_completed"),
-            exits_early: anomaly("exit_early"),
-            exits_unknown: anomaly("exit_unknown"),
-            execs_before_fork: anomaly("exec_before_fork"),
-            parents_unknown: anomaly("parent_unknown"),
-            pids_reused_unexited: anomaly("pid_reused_unexited"),
-            connects_unknown_pid: anomaly("connect_unknown_pid"),
-            sockets_unknown_pid: anomaly("socket_unknown_pid"),
-            results_unmatched: anomaly("result_unmatched"),
-            ns_joins_idle: anomaly("ns_join_idle"),
-            files_over_cap: anomaly("file_over_cap"),
-            debug_undecided: anomaly("debug_undecided"),
-            debug_ended_over_cap: anomaly("debug_ended_over_cap"),
-            roots_lost: anomaly("root_exec_lost"),
-            connects_folded: anomaly("connect_folded"),
-            connects_over_cap: anomaly("connect_over_cap"),
-        }
-    }
-}
+use crate::model::{ImageRecord, ProcessRecord, SessionId, SessionInfo, SessionKind, SessionUpdate};
 
 /// File operations kept per image: a loop that opens a watched file forever must not grow a
 /// process record without bound.
@@ -159,91 +94,6 @@ pub struct SessionTracker {
     transcripts: tty::Transcripts,
 }
 
-/// A wall-clock time (ns since the epoch) as boot ns; None for 0 (unknown) and for times
-/// before the boot.
-fn wall_to_boot_ns(clock: &crate::clock::BootClock, wall_ns: u64) -> Option<u64> {
-    let boot_epoch = clock.to_system_time(0).duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos() as u64;
-    (wall_ns != 0).then(|| wall_ns.checked_sub(boot_epoch)).flatten()
-}
-
-/// [`image_from_exec`] from an event that is not read again: its buffers move.
-pub(crate) fn image_taken_from_exec(
-    e: &mut ExecEvent,
-    exec_index: u32,
-    clock: &crate::clock::BootClock,
-    ident: &super::identity::ExecIdentity,
-) -> ImageRecord {
-    // the argv's arguments move (only the list of them is copied, into the shared
-    // allocation); the paths are copied once here, and shared from then on: the name run
-    // is usually the executable's path itself, and then it is one buffer, not two
-    let exe_path = shared_bytes(std::mem::take(&mut e.exe_path));
-    let filename = std::mem::take(&mut e.filename);
-    let filename = if filename[..] == exe_path[..] { exe_path.clone() } else { shared_bytes(filename) };
-    ImageRecord {
-        argv: std::mem::take(&mut e.argv).into(),
-        filename,
-        interp: e.interp.take().map(shared_bytes),
-        exe_path,
-        cwd: (!e.cwd.is_empty()).then(|| shared_bytes(std::mem::take(&mut e.cwd))),
-        // the buffers are empty now: what it makes of them takes no allocation
-        ..image_from_exec(e, exec_index, clock, ident)
-    }
-}
-
-/// A path shared from here on; an empty one takes no allocation.
-fn shared_bytes(v: Vec<u8>) -> std::sync::Arc<[u8]> {
-    if v.is_empty() {
-        std::sync::Arc::default()
-    } else {
-        v.into()
-    }
-}
-
-/// A copy to share; an empty one takes no allocation (std's empty `Arc<[T]>` is static).
-fn shared<T: Clone>(v: &[T]) -> std::sync::Arc<[T]> {
-    if v.is_empty() {
-        std::sync::Arc::default()
-    } else {
-        v.into()
-    }
-}
-
-pub(crate) fn image_from_exec(
-    e: &ExecEvent,
-    exec_index: u32,
-    clock: &crate::clock::BootClock,
-    ident: &super::identity::ExecIdentity,
-) -> ImageRecord {
-    ImageRecord {
-        exec_index,
-        start_ns: e.ts_ns,
-        end_ns: None,
-        inherited: false,
-        argv: shared(&e.argv),
-        argv_truncated: e.flags.argv_truncated,
-        argv_redacted: 0,
-        filename: shared(&e.filename),
-        interp: e.interp.as_deref().map(shared),
-        exe_path: shared(&e.exe_path),
-        fileless: e.flags.fileless,
-        tty: e.flags.tty,
-        uid: e.uid,
-        euid: e.euid,
-        connects: Vec::new(),
-        files: Vec::new(),
-        exe_written_ns: wall_to_boot_ns(clock, e.exe_ctime_ns),
-        exe_file: (e.exe_dev, e.exe_ino),
-        identity: ident.tool.clone(),
-        program: ident.program.clone(),
-        connects_over_cap: 0,
-        cwd: (!e.cwd.is_empty()).then(|| shared(&e.cwd)),
-    }
-}
-
-fn next_index(images: &[ImageRecord]) -> u32 {
-    images.last().map(|i| i.exec_index.saturating_add(1)).unwrap_or(0)
-}
-
 impl SessionTracker {
     /// `host_pidns`: inode of the host's pid namespace (`/proc/1/ns/pid`), never a container's.
     /// `tick_ns`: ns per /proc clock tick (1e9 / sysconf(_SC_CLK_TCK)).
@@ -272,22 +122,6 @@ impl SessionTracker {
     /// The DNS name cache connects take their names from (the agent's counts into its series).
     pub fn set_dns(&mut self, dns: super::dns::DnsNames) {
         self.dns = dns;
-    }
-
-    /// Hold each ended session this long before its `Ended` leaves, so the kernel's loss
-    /// counts, polled about once a second, can still mark it ([`Self::note_events_lost`]).
-    pub fn set_loss_settle(&mut self, d: std::time::Duration) {
-        self.loss_settle_ns = d.as_nanos() as u64;
-    }
-
-    /// Ended sessions whose wait is over at `now_ns` leave.
-    fn release_ended(&mut self, now_ns: u64, out: &mut Vec<SessionUpdate>) {
-        while self.ending.front().is_some_and(|(at, _)| *at <= now_ns) {
-            if let Some((_, info)) = self.ending.pop_front() {
-                self.transcript_end(&info, out);
-                out.push(SessionUpdate::Ended(info, Vec::new()));
-            }
-        }
     }
 
     /// Count into the stage's series from now on (the agent calls this before the first event).
@@ -428,66 +262,6 @@ impl SessionTracker {
         }
     }
 
-    /// A member's new image, said at once ([`Live::Exec`]) so an alert on it need not wait
-    /// for the process to end.
-    fn announce_exec(&self, e: &ExecEvent, out: &mut Vec<SessionUpdate>) {
-        let Some(p) = self.table.get(&e.key()) else { return };
-        if p.images.last().is_some_and(|i| i.start_ns == e.ts_ns && !i.inherited) {
-            self.announce(e.key(), p.images.len() - 1, Live::Exec, out);
-        }
-    }
-
-    /// Says at once what a live session member just did (`SessionUpdate::Live`): image `at`
-    /// of the process, carrying only what `what` names (the connect record it indexes, or its
-    /// last file record), after the image before it without its records (it says whether
-    /// `at` is the first exec). Nothing is kept for it here: the cost is one update per record
-    /// an image keeps, and an image keeps at most `MAX_CONNECT_RECORDS` network records and
-    /// `MAX_FILES_PER_IMAGE` file records; a repeat folded into a record says nothing. Outside
-    /// sessions nothing is said.
-    pub(super) fn announce(&self, key: ProcessKey, at: usize, what: Live, out: &mut Vec<SessionUpdate>) {
-        let Some(p) = self.table.get(&key) else { return };
-        let Some(s) = p.session.and_then(|sid| self.sessions.get(&sid)) else { return };
-        let Some(img) = p.images.get(at) else { return };
-        let strip = ImageRecord::without_records;
-        // the image before it says only whether `at` is the first exec: its number, times
-        // and whether it was inherited (its argv and paths are nobody's business here, and
-        // copying them was a tenth of the stage in the exec storm, issue 15)
-        let before = |i: &ImageRecord| ImageRecord {
-            exec_index: i.exec_index,
-            start_ns: i.start_ns,
-            end_ns: i.end_ns,
-            inherited: i.inherited,
-            ..Default::default()
-        };
-        let mut images: Vec<ImageRecord> = Vec::with_capacity(2);
-        images.extend(at.checked_sub(1).and_then(|b| p.images.get(b)).map(before));
-        let mut now = strip(img);
-        match what {
-            Live::Exec => {}
-            Live::Net { index } => match img.connects.get(index as usize) {
-                Some(c) => now.connects.push(c.clone()),
-                None => return,
-            },
-            Live::File => match img.files.last() {
-                Some(f) => now.files.push(f.clone()),
-                None => return,
-            },
-        }
-        images.push(now);
-        let rec = ProcessRecord {
-            key: p.key,
-            parent: p.parent,
-            parent_exec_index: p.parent_exec_index,
-            nspid: p.nspid,
-            fork_ns: p.fork_ns,
-            exit_ns: None,
-            exit: None,
-            from_proc: p.from_proc,
-            images,
-        };
-        out.push(SessionUpdate::Live(s.info.clone(), rec, what));
-    }
-
     /// The agent is stopping: every open session ends now, marked incomplete, with the
     /// processes still running.
     pub fn shutdown(&mut self, now_ns: u64) -> Vec<SessionUpdate> {
@@ -539,50 +313,6 @@ impl SessionTracker {
                 super::containers::merge_info(&mut Arc::make_mut(&mut s.info).container, &info);
             }
         }
-    }
-
-    /// The kernel lost `n` events of this cgroup: mark the sessions running in it (those of
-    /// its container, and node sessions with a member in that host cgroup) incomplete.
-    pub fn note_events_lost(&mut self, cgroup_id: u64, n: u64) {
-        if n == 0 {
-            return;
-        }
-        let mut hit: Vec<SessionId> =
-            self.sessions.iter().filter(|(_, s)| s.info.container.cgroup_id == cgroup_id).map(|(id, _)| *id).collect();
-        for p in self.table.iter() {
-            if let Some(sid) = p.session.filter(|_| p.cgroup_id == cgroup_id) {
-                if !hit.contains(&sid) {
-                    hit.push(sid);
-                }
-            }
-        }
-        for sid in hit {
-            if let Some(s) = self.sessions.get_mut(&sid) {
-                let i = Arc::make_mut(&mut s.info);
-                i.events_lost += n;
-                i.incomplete = true;
-            }
-        }
-        // ended, but the loss may have happened while they ran: a false "incomplete" is the
-        // safe error
-        for (_, info) in self.ending.iter_mut().filter(|(_, i)| i.container.cgroup_id == cgroup_id) {
-            let info = Arc::make_mut(info);
-            info.events_lost += n;
-            info.incomplete = true;
-        }
-    }
-
-    /// The kernel's cumulative drop count for a cgroup (as the capture counters report it,
-    /// polled): the increase since the last report marks the sessions open now. Drops are
-    /// polled about once a second, so a session that started within that second of a drop may
-    /// be marked too: a false "incomplete" is the safe error, a silent loss is not.
-    pub fn note_events_lost_total(&mut self, cgroup_id: u64, total: u64) {
-        // a cgroup forgotten to make room counts its whole total again: a false
-        // "incomplete", the safe error
-        let seen = self.lost_seen.get_or_insert_with(cgroup_id, || 0);
-        let n = total.saturating_sub(*seen);
-        *seen = (*seen).max(total);
-        self.note_events_lost(cgroup_id, n);
     }
 
     /// Open a session learned from /proc (its members are added with [`Self::adopt`]).

@@ -514,11 +514,34 @@ fn memory(n: u32) -> (f64, f64) {
     let base = ALLOCATED.load(Relaxed);
     let open: Vec<_> = roots
         .iter()
-        .map(|r| tracer.span_builder(r.name.clone()).with_attributes(r.attributes.clone()).start(&tracer))
+        .map(|r| tracer.span_builder(r.name.clone()).with_attributes(r.attributes.iter().map(owned)).start(&tracer))
         .collect();
     let sdk = ALLOCATED.load(Relaxed).saturating_sub(base) as f64 / n as f64;
     assert!(open.iter().all(|s| s.is_recording()));
     (podtrail, sdk)
+}
+
+/// `kv` with strings of its own where podtrail's root shares them (the session's strings are
+/// reference-counted: a clone would share them and leave them out of the SDK's count); static
+/// strings stay static, as in an application's span.
+fn owned(kv: &opentelemetry::KeyValue) -> opentelemetry::KeyValue {
+    use opentelemetry::{Array, Key, StringValue, Value};
+    // the variant is private; its Debug form names it
+    let shared = |d: String| d.contains("RefCounted(");
+    let s = |v: &StringValue| {
+        if shared(format!("{v:?}")) {
+            StringValue::from(v.as_str().to_owned())
+        } else {
+            v.clone()
+        }
+    };
+    let value = match &kv.value {
+        Value::String(v) => Value::String(s(v)),
+        Value::Array(Array::String(v)) => Value::Array(Array::String(v.iter().map(s).collect())),
+        v => v.clone(),
+    };
+    let key = if shared(format!("{:?}", kv.key)) { Key::new(kv.key.as_str().to_owned()) } else { kv.key.clone() };
+    opentelemetry::KeyValue::new(key, value)
 }
 
 /// Where the durable queue's files go: `--dir`, else /var/lib/podtrail-bench (a real disk:

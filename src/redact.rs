@@ -172,22 +172,37 @@ impl Redactor {
 
     /// Redacts an argv in place; returns how many values were replaced.
     pub fn argv(&self, argv: &mut [Vec<u8>]) -> u32 {
+        match self.redacted(argv) {
+            Some((new, n)) => {
+                for (a, b) in argv.iter_mut().zip(new) {
+                    *a = b;
+                }
+                n
+            }
+            None => 0,
+        }
+    }
+
+    /// [`Self::argv`] without touching `argv`: its redacted copy and the count, or None when
+    /// nothing is to be replaced (most argvs: then nothing is copied).
+    pub fn redacted(&self, argv: &[Vec<u8>]) -> Option<(Vec<Vec<u8>>, u32)> {
         let mut n = 0;
-        let hits = word_rules(argv.iter().map(|a| a.as_slice()));
-        for (i, from) in hits {
+        let mut out: Option<Vec<Vec<u8>>> = None;
+        for (i, from) in word_rules(argv.iter().map(|a| a.as_slice())) {
             let v = &argv[i];
-            let mut out = v[..from].to_vec();
-            out.extend_from_slice(self.token(unquote(&v[from..])).as_bytes());
-            argv[i] = out;
+            let mut red = v[..from].to_vec();
+            red.extend_from_slice(self.token(unquote(&v[from..])).as_bytes());
+            out.get_or_insert_with(|| argv.to_vec())[i] = red;
             n += 1;
         }
-        for a in argv.iter_mut() {
-            if let Some((new, k)) = self.text(a) {
-                *a = new;
+        for i in 0..argv.len() {
+            let cur = out.as_ref().map_or(&argv[i], |o| &o[i]);
+            if let Some((new, k)) = self.text(cur) {
+                out.get_or_insert_with(|| argv.to_vec())[i] = new;
                 n += k;
             }
         }
-        n
+        out.map(|o| (o, n))
     }
 
     /// Redacts strings (a requested command, a user agent) in place; returns the count.

@@ -72,7 +72,15 @@ pub fn shell_quote(s: &str) -> Cow<'_, str> {
     Cow::Owned(display_safe(&quoted, false).into_owned())
 }
 
+/// `bytes` as text: UTF-8 kept, a backslash doubled, each invalid byte written `\\xNN`.
 pub fn escape(bytes: &[u8]) -> String {
+    // nearly every argv and path: UTF-8 without a backslash, copied in one piece rather than
+    // pushed character by character (the span builder escapes several per span; issue 15)
+    if !bytes.contains(&b'\\') {
+        if let Ok(s) = std::str::from_utf8(bytes) {
+            return s.to_owned();
+        }
+    }
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {

@@ -6,6 +6,7 @@
 //! never from the clock at export. Nothing is dropped here; budgets live in `budget.rs`.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
@@ -78,10 +79,25 @@ fn strs(v: &[String]) -> Value {
     Value::Array(v.iter().map(|s| StringValue::from(s.clone())).collect::<Vec<_>>().into())
 }
 
+/// A string a session's spans all carry (its pod, its identity): reference-counted, so each
+/// span's copy of the session's attributes ([`with_common`]) counts a reference instead of
+/// allocating and copying every string again (issue 15: a dozen per span).
+fn shared(v: &str) -> Value {
+    Value::String(StringValue::from(Arc::<str>::from(v)))
+}
+
 fn push_opt(out: &mut Vec<KeyValue>, key: &'static str, v: &Option<String>) {
     if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
-        out.push(KeyValue::new(key, v.to_owned()));
+        out.push(KeyValue::new(key, shared(v)));
     }
+}
+
+/// A span's attributes: the session's common ones, with room for `more` of its own (one
+/// allocation, not a copy that grows at the first push).
+pub(crate) fn with_common(frame: &SessionFrame, more: usize) -> Vec<KeyValue> {
+    let mut attrs = Vec::with_capacity(frame.common.len() + more);
+    attrs.extend_from_slice(&frame.common);
+    attrs
 }
 
 fn pod_attributes(out: &mut Vec<KeyValue>, c: &ContainerInfo) {
@@ -91,15 +107,17 @@ fn pod_attributes(out: &mut Vec<KeyValue>, c: &ContainerInfo) {
     push_opt(out, sc::K8S_CONTAINER_NAME, &c.container_name);
     push_opt(out, sc::K8S_NODE_NAME, &c.node_name);
     if !c.id.is_empty() {
-        out.push(KeyValue::new(sc::CONTAINER_ID, c.id.clone()));
+        out.push(KeyValue::new(sc::CONTAINER_ID, shared(&c.id)));
     }
     for (k, v) in &c.pod_labels {
-        out.push(KeyValue::new(format!("{}.{k}", sc::K8S_POD_LABEL), v.clone()));
+        let key: Arc<str> = format!("{}.{k}", sc::K8S_POD_LABEL).into();
+        out.push(KeyValue::new(key, shared(v)));
     }
     push_opt(out, sc::CONTAINER_IMAGE_NAME, &c.image_name);
     push_opt(out, sc::CONTAINER_IMAGE_ID, &c.image_id);
     if let Some(tag) = c.image_name.as_deref().and_then(image_tag) {
-        out.push(KeyValue::new(sc::CONTAINER_IMAGE_TAGS, strs(&[tag.to_owned()])));
+        let tags = vec![StringValue::from(Arc::<str>::from(tag))];
+        out.push(KeyValue::new(sc::CONTAINER_IMAGE_TAGS, Value::Array(tags.into())));
     }
     let workload_key = match c.workload_kind.as_deref() {
         Some("Deployment") => Some(sc::K8S_DEPLOYMENT_NAME),
@@ -129,7 +147,7 @@ pub fn common_attributes(cluster: &str, info: &SessionInfo, who: Option<&Session
     let mut out = Vec::with_capacity(16);
     pod_attributes(&mut out, &info.container);
     if !cluster.is_empty() {
-        out.push(KeyValue::new(sc::K8S_CLUSTER_NAME, cluster.to_owned()));
+        out.push(KeyValue::new(sc::K8S_CLUSTER_NAME, shared(cluster)));
     }
     out.push(KeyValue::new(keys::SESSION_KIND, session_kind(info, who)));
     match who {
@@ -172,7 +190,7 @@ fn span(
     id: SpanId,
     parent: SpanId,
     kind: SpanKind,
-    name: String,
+    name: Cow<'static, str>,
     start: SystemTime,
     end: SystemTime,
     attributes: Vec<KeyValue>,
@@ -183,7 +201,7 @@ fn span(
         parent_span_id: parent,
         parent_span_is_remote: false,
         span_kind: kind,
-        name: Cow::Owned(name),
+        name,
         start_time: start,
         end_time: end.max(start),
         attributes,
@@ -238,7 +256,8 @@ pub fn root_span(
 ) -> SpanData {
     let mut start = ctx.clock.to_system_time(info.start_ns);
     let mut end = ctx.clock.to_system_time(end_ns);
-    let mut attrs = frame.common.clone();
+    // the container's source, incomplete, processes, a mark or two; the request's own
+    let mut attrs = with_common(frame, 5 + if who.is_some() { REQUEST_ATTRS } else { 0 });
     let name = match who {
         Some(w) => {
             if let Some(s) = w.request_started {
@@ -274,7 +293,7 @@ pub fn root_span(
             attrs.push(KeyValue::new(k, v as i64));
         }
     }
-    span(frame, frame.root_id, SpanId::INVALID, root_kind(info, who), name.to_owned(), start, end, attrs, Status::Unset)
+    span(frame, frame.root_id, SpanId::INVALID, root_kind(info, who), name.into(), start, end, attrs, Status::Unset)
 }
 
 /// SERVER where a request is (or may be) behind the trace: an attributed session, or a
@@ -296,6 +315,10 @@ pub fn root_kind(info: &SessionInfo, who: Option<&SessionIdentity>) -> SpanKind 
         ) => SpanKind::Internal,
     }
 }
+
+/// What [`request_attributes`] usually adds (tty, stdin, candidates, the command, the
+/// container, the groups, the user agent, the response).
+const REQUEST_ATTRS: usize = 8;
 
 /// What the request says beyond the identity on every span: groups, client, the requested
 /// command and options, how many candidates, the response. On the root, and on a late
@@ -362,7 +385,7 @@ pub fn opened_span(
     info: &SessionInfo,
     who: Option<&SessionIdentity>,
 ) -> SpanData {
-    let mut attrs = frame.common.clone();
+    let mut attrs = with_common(frame, 1 + if who.is_some() { REQUEST_ATTRS } else { 0 });
     let mut start = ctx.clock.to_system_time(info.start_ns);
     if let Some(w) = who {
         request_attributes(&mut attrs, w);
@@ -393,9 +416,9 @@ pub fn live_span(
     at: SystemTime,
     extra: Vec<KeyValue>,
 ) -> SpanData {
-    let mut attrs = frame.common.clone();
+    let mut attrs = with_common(frame, extra.len());
     attrs.extend(extra);
-    span(frame, id, parent, SpanKind::Internal, name.to_owned(), at, at, attrs, Status::Unset)
+    span(frame, id, parent, SpanKind::Internal, Cow::Owned(name.to_owned()), at, at, attrs, Status::Unset)
 }
 
 /// The root's name when no request matched: what kind of activity the trace is.

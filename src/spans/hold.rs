@@ -270,7 +270,7 @@ impl SpanStage {
             self.apply(id, u, out);
             return;
         }
-        let updates = if matches!(u, SessionUpdate::Started(_)) { vec![] } else { vec![u.clone()] };
+        let updates = if matches!(u, SessionUpdate::Started(_)) { vec![] } else { vec![u] };
         self.held.insert(id, Held { deadline: now + self.hold_for, updates, info: info.clone() });
         self.order.push_back(id);
         while self.held.len() > self.max_held {

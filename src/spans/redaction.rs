@@ -110,15 +110,11 @@ impl ArgvCache {
         let result = match self.map.get(&argv[..]) {
             Some(hit) => hit.clone(),
             None => {
-                let mut red = argv.to_vec();
-                let n = r.argv(&mut red);
+                // copied only when something is replaced
+                let result: Option<Redacted> = r.redacted(argv).map(|(red, n)| (red.into(), n));
                 if argv.iter().map(Vec::len).sum::<usize>() > CACHE_ARGV_BYTES {
-                    if n > 0 {
-                        *argv = red.into();
-                    }
-                    return n;
+                    return apply(&result, argv);
                 }
-                let result = (n > 0).then(|| (red.into(), n));
                 if self.map.len() >= CACHE_ENTRIES {
                     self.map.clear();
                 }

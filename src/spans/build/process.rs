@@ -26,7 +26,32 @@ pub fn image_span(
     end_ns: u64,
 ) -> (SpanData, bool) {
     let img = &proc.images[idx];
-    let mut attrs = frame.common.clone();
+    let (args, cut) = crate::spans::budget::cap_argv(&img.argv, ctx.cfg.argv_max_bytes);
+    let cut = cut || img.argv_truncated;
+    let last = idx + 1 == proc.images.len();
+    // the attributes below, counted: one allocation for all of them
+    let more = 8
+        + [
+            proc.parent.is_some(),
+            img.cwd.is_some(),
+            !img.argv.is_empty(),
+            img.interp.is_some(),
+            img.identity.is_some(),
+            img.program.is_some(),
+            img.argv_redacted > 0,
+            cut,
+            img.fileless,
+            img.inherited,
+        ]
+        .iter()
+        .filter(|&&b| b)
+        .count()
+        + match proc.exit {
+            Some(ExitStatus::Code(_)) if last => 1,
+            Some(ExitStatus::Signal { .. }) if last => 2,
+            _ => 0,
+        };
+    let mut attrs = with_common(frame, more);
     attrs.push(KeyValue::new(sc::PROCESS_PID, proc.key.pid as i64));
     attrs.push(KeyValue::new(sc::PROCESS_VPID, proc.nspid as i64));
     if let Some(p) = proc.parent {
@@ -40,9 +65,8 @@ pub fn image_span(
     if let Some(a0) = img.argv.first() {
         attrs.push(KeyValue::new(sc::PROCESS_COMMAND, escape(a0)));
     }
-    let (args, cut) = crate::spans::budget::cap_argv(&img.argv, ctx.cfg.argv_max_bytes);
-    let cut = cut || img.argv_truncated;
-    attrs.push(KeyValue::new(sc::PROCESS_COMMAND_ARGS, strs(&args)));
+    let args: Vec<StringValue> = args.into_iter().map(StringValue::from).collect();
+    attrs.push(KeyValue::new(sc::PROCESS_COMMAND_ARGS, Value::Array(args.into())));
     attrs.push(KeyValue::new(sc::PROCESS_USER_ID, img.euid as i64));
     attrs.push(KeyValue::new(sc::PROCESS_REAL_USER_ID, img.uid as i64));
     attrs.push(KeyValue::new(sc::PROCESS_INTERACTIVE, img.tty));
@@ -69,7 +93,7 @@ pub fn image_span(
     }
     let mut status = Status::Unset;
     // The exit belongs to the last image; earlier ones were replaced by exec.
-    if idx + 1 == proc.images.len() {
+    if last {
         match proc.exit {
             Some(ExitStatus::Code(c)) => {
                 // `grep` without a match and `test` false exit non-zero: not an error to an
@@ -84,13 +108,13 @@ pub fn image_span(
             None => {}
         }
     }
-    let name = escape(&img.command_name());
+    let name = escape(img.command_bytes());
     let mut sd = span(
         frame,
         id,
         parent,
         SpanKind::Internal,
-        name,
+        name.into(),
         ctx.clock.to_system_time(img.start_ns),
         ctx.clock.to_system_time(end_ns),
         attrs,
@@ -174,7 +198,8 @@ pub fn net_name(c: &ConnectRecord) -> &'static str {
 /// peer, the accepting address as the server), a `socket` INTERNAL span (raw or ICMP).
 pub fn connect_span(ctx: &BuildCtx, frame: &SessionFrame, id: SpanId, image: SpanId, c: &ConnectRecord) -> SpanData {
     let addr = crate::scope::normalize(c.addr);
-    let mut attrs = frame.common.clone();
+    // transport, type, the destination (4), outcome, scope, and one more (an error, a count)
+    let mut attrs = with_common(frame, 10);
     attrs.push(KeyValue::new(sc::NETWORK_TRANSPORT, c.transport.as_str()));
     if c.op != NetOp::Socket {
         attrs.push(KeyValue::new(sc::NETWORK_TYPE, if addr.is_ipv4() { "ipv4" } else { "ipv6" }));
@@ -265,7 +290,7 @@ pub fn connect_span(ctx: &BuildCtx, frame: &SessionFrame, id: SpanId, image: Spa
         id,
         image,
         kind,
-        net_name(c).to_owned(),
+        net_name(c).into(),
         ctx.clock.to_system_time(start),
         ctx.clock.to_system_time(end),
         attrs,

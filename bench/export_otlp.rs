@@ -270,7 +270,7 @@ fn session(k: u32, end: bool, secrets: bool) -> Vec<SessionUpdate> {
 }
 
 fn ctx() -> BuildCtx {
-    BuildCtx { boot_id: [0xb0; 16], clock: BootClock::fixed(1_700_000_000 * S), cfg: SpansConfig::default() }
+    BuildCtx::new([0xb0; 16], BootClock::fixed(1_700_000_000 * S), SpansConfig::default())
 }
 
 // ---- the receiver (child process) -------------------------------------------------------

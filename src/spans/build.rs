@@ -6,6 +6,7 @@
 //! never from the clock at export. Nothing is dropped here; budgets live in `budget.rs`.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
@@ -22,8 +23,10 @@ use crate::model::{ConnectOutcome, ConnectRecord, ContainerInfo, FileRecord, Net
 use crate::text::{basename, escape};
 
 mod process;
+mod shared;
 mod transcript;
 pub use process::{connect_span, file_attrs, file_event, image_end_ns, image_span, net_name, CONNECT_NAME};
+pub use shared::SharedAttrs;
 pub use transcript::{transcript_span, LINES_TRUNCATED, LINE_INPUT, LINE_OUTPUT, TRANSCRIPT_SPAN};
 
 /// What every builder needs: where ids come from, how to read kernel time, the budgets.
@@ -32,6 +35,14 @@ pub struct BuildCtx {
     pub boot_id: [u8; 16],
     pub clock: BootClock,
     pub cfg: SpansConfig,
+    /// The common attributes of the open sessions, one copy of each distinct list.
+    pub shared: SharedAttrs,
+}
+
+impl BuildCtx {
+    pub fn new(boot_id: [u8; 16], clock: BootClock, cfg: SpansConfig) -> Self {
+        BuildCtx { boot_id, clock, cfg, shared: SharedAttrs::default() }
+    }
 }
 
 /// Per-session values shared by all its spans.
@@ -39,8 +50,10 @@ pub struct BuildCtx {
 pub struct SessionFrame {
     pub trace_id: TraceId,
     pub root_id: SpanId,
-    /// Identity and pod attributes repeated on every span of the session.
-    pub common: Vec<KeyValue>,
+    /// Identity and pod attributes repeated on every span of the session: one list for the
+    /// open sessions with equal ones (a container's, with one identity or none), its strings
+    /// reference-counted so a span's copy of them costs counts (issue 15).
+    pub common: Arc<[KeyValue]>,
 }
 
 /// The marks the root carries about what the session lost, cut or folded.
@@ -70,7 +83,7 @@ pub fn session_frame(ctx: &BuildCtx, info: &SessionInfo, who: Option<&SessionIde
     SessionFrame {
         trace_id: ids::session_trace_id(&ctx.boot_id, info.id, who.and_then(|w| w.trace_id)),
         root_id: ids::root_span_id(&ctx.boot_id, info.id),
-        common: common_attributes(&ctx.cfg.cluster_name, info, who),
+        common: ctx.shared.share(common_attributes(&ctx.cfg.cluster_name, info, who)),
     }
 }
 
@@ -84,22 +97,31 @@ fn push_opt(out: &mut Vec<KeyValue>, key: &'static str, v: &Option<String>) {
     }
 }
 
+/// [`push_opt`] for the common attributes: every span copies them, so a count, not a copy.
+fn push_shared(out: &mut Vec<KeyValue>, key: &'static str, v: &Option<String>) {
+    if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+        out.push(KeyValue::new(key, Arc::<str>::from(v)));
+    }
+}
+
 fn pod_attributes(out: &mut Vec<KeyValue>, c: &ContainerInfo) {
-    push_opt(out, sc::K8S_NAMESPACE_NAME, &c.pod_namespace);
-    push_opt(out, sc::K8S_POD_NAME, &c.pod_name);
-    push_opt(out, sc::K8S_POD_UID, &c.pod_uid);
-    push_opt(out, sc::K8S_CONTAINER_NAME, &c.container_name);
-    push_opt(out, sc::K8S_NODE_NAME, &c.node_name);
+    push_shared(out, sc::K8S_NAMESPACE_NAME, &c.pod_namespace);
+    push_shared(out, sc::K8S_POD_NAME, &c.pod_name);
+    push_shared(out, sc::K8S_POD_UID, &c.pod_uid);
+    push_shared(out, sc::K8S_CONTAINER_NAME, &c.container_name);
+    push_shared(out, sc::K8S_NODE_NAME, &c.node_name);
     if !c.id.is_empty() {
-        out.push(KeyValue::new(sc::CONTAINER_ID, c.id.clone()));
+        out.push(KeyValue::new(sc::CONTAINER_ID, Arc::<str>::from(c.id.as_str())));
     }
     for (k, v) in &c.pod_labels {
-        out.push(KeyValue::new(format!("{}.{k}", sc::K8S_POD_LABEL), v.clone()));
+        let key = Arc::<str>::from(format!("{}.{k}", sc::K8S_POD_LABEL));
+        out.push(KeyValue::new(key, Arc::<str>::from(v.as_str())));
     }
-    push_opt(out, sc::CONTAINER_IMAGE_NAME, &c.image_name);
-    push_opt(out, sc::CONTAINER_IMAGE_ID, &c.image_id);
+    push_shared(out, sc::CONTAINER_IMAGE_NAME, &c.image_name);
+    push_shared(out, sc::CONTAINER_IMAGE_ID, &c.image_id);
     if let Some(tag) = c.image_name.as_deref().and_then(image_tag) {
-        out.push(KeyValue::new(sc::CONTAINER_IMAGE_TAGS, strs(&[tag.to_owned()])));
+        let tags = vec![StringValue::from(Arc::<str>::from(tag))];
+        out.push(KeyValue::new(sc::CONTAINER_IMAGE_TAGS, Value::Array(tags.into())));
     }
     let workload_key = match c.workload_kind.as_deref() {
         Some("Deployment") => Some(sc::K8S_DEPLOYMENT_NAME),
@@ -111,7 +133,7 @@ fn pod_attributes(out: &mut Vec<KeyValue>, c: &ContainerInfo) {
         _ => None,
     };
     if let Some(k) = workload_key {
-        push_opt(out, k, &c.workload_name);
+        push_shared(out, k, &c.workload_name);
     }
 }
 
@@ -129,16 +151,16 @@ pub fn common_attributes(cluster: &str, info: &SessionInfo, who: Option<&Session
     let mut out = Vec::with_capacity(16);
     pod_attributes(&mut out, &info.container);
     if !cluster.is_empty() {
-        out.push(KeyValue::new(sc::K8S_CLUSTER_NAME, cluster.to_owned()));
+        out.push(KeyValue::new(sc::K8S_CLUSTER_NAME, Arc::<str>::from(cluster)));
     }
     out.push(KeyValue::new(keys::SESSION_KIND, session_kind(info, who)));
     match who {
         Some(w) => {
-            push_opt(&mut out, sc::USER_NAME, &w.user_name);
-            push_opt(&mut out, sc::USER_ID, &w.user_uid);
-            push_opt(&mut out, sc::CLIENT_ADDRESS, &w.client_address);
-            push_opt(&mut out, keys::K8S_AUDIT_ID, &w.audit_id);
-            push_opt(&mut out, keys::K8S_IMPERSONATED_NAME, &w.impersonated_name);
+            push_shared(&mut out, sc::USER_NAME, &w.user_name);
+            push_shared(&mut out, sc::USER_ID, &w.user_uid);
+            push_shared(&mut out, sc::CLIENT_ADDRESS, &w.client_address);
+            push_shared(&mut out, keys::K8S_AUDIT_ID, &w.audit_id);
+            push_shared(&mut out, keys::K8S_IMPERSONATED_NAME, &w.impersonated_name);
             out.push(KeyValue::new(keys::ATTRIBUTION_SOURCE, w.source));
             out.push(KeyValue::new(keys::ATTRIBUTION_CONFIDENCE, w.confidence));
             if w.unverified {
@@ -153,8 +175,6 @@ pub fn common_attributes(cluster: &str, info: &SessionInfo, who: Option<&Session
     if let Some(u) = info.node_user {
         out.push(KeyValue::new(keys::NODE_USER, u as i64));
     }
-    // kept for the session's life: no free slots (a 16-slot Vec is 896 B; issue 15)
-    out.shrink_to_fit();
     out
 }
 
@@ -238,7 +258,7 @@ pub fn root_span(
 ) -> SpanData {
     let mut start = ctx.clock.to_system_time(info.start_ns);
     let mut end = ctx.clock.to_system_time(end_ns);
-    let mut attrs = frame.common.clone();
+    let mut attrs = frame.common.to_vec();
     let name = match who {
         Some(w) => {
             if let Some(s) = w.request_started {
@@ -341,8 +361,9 @@ pub fn attribution_span(
     who: &SessionIdentity,
     delay: std::time::Duration,
 ) -> SpanData {
-    let frame = SessionFrame { trace_id, root_id, common: common_attributes(&ctx.cfg.cluster_name, info, Some(who)) };
-    let mut attrs = frame.common.clone();
+    let frame =
+        SessionFrame { trace_id, root_id, common: common_attributes(&ctx.cfg.cluster_name, info, Some(who)).into() };
+    let mut attrs = frame.common.to_vec();
     request_attributes(&mut attrs, who);
     attrs.push(KeyValue::new(keys::ATTRIBUTION_LATE, true));
     attrs.push(KeyValue::new(keys::ATTRIBUTION_DELAY_MS, delay.as_millis().min(i64::MAX as u128) as i64));
@@ -362,7 +383,7 @@ pub fn opened_span(
     info: &SessionInfo,
     who: Option<&SessionIdentity>,
 ) -> SpanData {
-    let mut attrs = frame.common.clone();
+    let mut attrs = frame.common.to_vec();
     let mut start = ctx.clock.to_system_time(info.start_ns);
     if let Some(w) = who {
         request_attributes(&mut attrs, w);
@@ -393,7 +414,7 @@ pub fn live_span(
     at: SystemTime,
     extra: Vec<KeyValue>,
 ) -> SpanData {
-    let mut attrs = frame.common.clone();
+    let mut attrs = frame.common.to_vec();
     attrs.extend(extra);
     span(frame, id, parent, SpanKind::Internal, name.to_owned(), at, at, attrs, Status::Unset)
 }
@@ -437,7 +458,7 @@ pub fn request_only_span(
     let frame = SessionFrame {
         trace_id,
         root_id: ids::request_span_id(&audit),
-        common: common_attributes(&ctx.cfg.cluster_name, &info, Some(who)),
+        common: common_attributes(&ctx.cfg.cluster_name, &info, Some(who)).into(),
     };
     root_span(ctx, &frame, &info, Some(who), &RootMarks::default(), ctx.clock.to_boot_ns(end))
 }

@@ -26,7 +26,7 @@ pub fn image_span(
     end_ns: u64,
 ) -> (SpanData, bool) {
     let img = &proc.images[idx];
-    let mut attrs = frame.common.clone();
+    let mut attrs = frame.common.to_vec();
     attrs.push(KeyValue::new(sc::PROCESS_PID, proc.key.pid as i64));
     attrs.push(KeyValue::new(sc::PROCESS_VPID, proc.nspid as i64));
     if let Some(p) = proc.parent {
@@ -174,7 +174,7 @@ pub fn net_name(c: &ConnectRecord) -> &'static str {
 /// peer, the accepting address as the server), a `socket` INTERNAL span (raw or ICMP).
 pub fn connect_span(ctx: &BuildCtx, frame: &SessionFrame, id: SpanId, image: SpanId, c: &ConnectRecord) -> SpanData {
     let addr = crate::scope::normalize(c.addr);
-    let mut attrs = frame.common.clone();
+    let mut attrs = frame.common.to_vec();
     attrs.push(KeyValue::new(sc::NETWORK_TRANSPORT, c.transport.as_str()));
     if c.op != NetOp::Socket {
         attrs.push(KeyValue::new(sc::NETWORK_TYPE, if addr.is_ipv4() { "ipv4" } else { "ipv6" }));

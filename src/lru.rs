@@ -135,7 +135,7 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> Lru<K, V, S> {
         } else if entries.len() > SMALL {
             index.reserve(entries.len(), rehash);
             for (j, e) in entries.iter().enumerate() {
-                index.insert_unique(hasher.hash_one(&e.key), j as u32, &rehash);
+                index.insert_unique(hasher.hash_one(&e.key), j as u32, rehash);
             }
         }
     }

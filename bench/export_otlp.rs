@@ -44,7 +44,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, Write};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -130,13 +130,22 @@ fn cpu_seconds() -> f64 {
 
 // ---- the sessions ------------------------------------------------------------------------
 
-fn container() -> ContainerInfo {
+/// How many containers the sessions are spread over (session `k` is in container `k % N`):
+/// 110 by default, the most pods a node runs under the kubelet's default `maxPods`, one
+/// container each, so the fewest sessions per container a node with 1 000 open has. The span
+/// stage shares the common attributes of one container's sessions (issue 15), so all
+/// sessions in one container would flatter it; `--memory-only` also prints one container
+/// per session, the worst case.
+static CONTAINERS: AtomicU32 = AtomicU32::new(110);
+
+/// Container `c`: the same strings, of the same lengths, with `c` in its id, pod and uid.
+fn container(c: u32) -> ContainerInfo {
     ContainerInfo {
-        id: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
-        cgroup_id: 4242,
+        id: format!("0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab{c:04x}"),
+        cgroup_id: 4242 + c as u64,
         pod_namespace: Some("billing".into()),
-        pod_name: Some("api-7d9f8-x2x7q".into()),
-        pod_uid: Some("6f1c9a7e-0000-4000-8000-000000000001".into()),
+        pod_name: Some(format!("api-7d9f8-{c:05}")),
+        pod_uid: Some(format!("6f1c9a7e-0000-4000-8000-{c:012}")),
         container_name: Some("api".into()),
         workload_kind: Some("Deployment".into()),
         workload_name: Some("api".into()),
@@ -154,11 +163,12 @@ fn key(pid: u32) -> ProcessKey {
 }
 
 fn info(root: u32, start: u64, end: Option<u64>) -> SessionInfo {
+    let containers = CONTAINERS.load(Relaxed).max(1);
     SessionInfo {
         end_ns: end,
         root_argv: vec![b"sh".to_vec()],
         root_tty: true,
-        ..SessionInfo::new(SessionId(key(root)), SessionKind::Exec, container(), start)
+        ..SessionInfo::new(SessionId(key(root)), SessionKind::Exec, container((root - 10_000) / 8 % containers), start)
     }
 }
 
@@ -260,7 +270,7 @@ fn session(k: u32, end: bool, secrets: bool) -> Vec<SessionUpdate> {
 }
 
 fn ctx() -> BuildCtx {
-    BuildCtx { boot_id: [0xb0; 16], clock: BootClock::fixed(1_700_000_000 * S), cfg: SpansConfig::default() }
+    BuildCtx::new([0xb0; 16], BootClock::fixed(1_700_000_000 * S), SpansConfig::default())
 }
 
 // ---- the receiver (child process) -------------------------------------------------------
@@ -509,39 +519,48 @@ fn memory(n: u32) -> (f64, f64) {
     st.shutdown(30 * S, &mut out);
     drop(st);
     let roots: Vec<SpanData> = out.spans.into_iter().filter(|(_, b)| b.root).map(|(_, b)| b.span).collect();
+    let attrs: Vec<Vec<opentelemetry::KeyValue>> =
+        roots.iter().map(|r| as_the_sdk_user_makes_them(&r.attributes)).collect();
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
     let tracer = provider.tracer("podtrail");
     let base = ALLOCATED.load(Relaxed);
     let open: Vec<_> = roots
         .iter()
-        .map(|r| tracer.span_builder(r.name.clone()).with_attributes(r.attributes.iter().map(owned)).start(&tracer))
+        .zip(&attrs)
+        .map(|(r, a)| tracer.span_builder(r.name.clone()).with_attributes(a.clone()).start(&tracer))
         .collect();
     let sdk = ALLOCATED.load(Relaxed).saturating_sub(base) as f64 / n as f64;
     assert!(open.iter().all(|s| s.is_recording()));
     (podtrail, sdk)
 }
 
-/// `kv` with strings of its own where podtrail's root shares them (the session's strings are
-/// reference-counted: a clone would share them and leave them out of the SDK's count); static
-/// strings stay static, as in an application's span.
-fn owned(kv: &opentelemetry::KeyValue) -> opentelemetry::KeyValue {
+/// The root's attributes as a plain SDK user makes them from a session's strings: the
+/// strings podtrail shares between spans (`Arc<str>`, issue 15's sess18) owned, the static
+/// ones static. The root carried exactly these before sess18, so the reference is unchanged.
+fn as_the_sdk_user_makes_them(attrs: &[opentelemetry::KeyValue]) -> Vec<opentelemetry::KeyValue> {
     use opentelemetry::{Array, Key, StringValue, Value};
-    // the variant is private; its Debug form names it
-    let shared = |d: String| d.contains("RefCounted(");
-    let s = |v: &StringValue| {
+    // the variant shows only in Debug: `RefCounted("...")`
+    let shared = |debug: String| debug.starts_with("RefCounted");
+    let string = |v: &StringValue| {
         if shared(format!("{v:?}")) {
             StringValue::from(v.as_str().to_owned())
         } else {
             v.clone()
         }
     };
-    let value = match &kv.value {
-        Value::String(v) => Value::String(s(v)),
-        Value::Array(Array::String(v)) => Value::Array(Array::String(v.iter().map(s).collect())),
-        v => v.clone(),
-    };
-    let key = if shared(format!("{:?}", kv.key)) { Key::new(kv.key.as_str().to_owned()) } else { kv.key.clone() };
-    opentelemetry::KeyValue::new(key, value)
+    attrs
+        .iter()
+        .map(|kv| {
+            let key =
+                if shared(format!("{:?}", kv.key)) { Key::from(kv.key.as_str().to_owned()) } else { kv.key.clone() };
+            let value = match &kv.value {
+                Value::String(v) => Value::String(string(v)),
+                Value::Array(Array::String(v)) => Value::Array(Array::String(v.iter().map(string).collect())),
+                other => other.clone(),
+            };
+            opentelemetry::KeyValue::new(key, value)
+        })
+        .collect()
 }
 
 /// Where the durable queue's files go: `--dir`, else /var/lib/podtrail-bench (a real disk:
@@ -749,9 +768,14 @@ fn main() {
 }
 
 fn print_memory() {
-    let (pm, sm) = memory(1000);
-    println!("memory with 1000 sessions open: podtrail span stage {:.0} B/session ({:.2} MiB), plain SDK open root span {:.0} B/session ({:.2} MiB), ratio {:.2}x", pm, pm * 1000.0 / 1048576.0, sm, sm * 1000.0 / 1048576.0, pm / sm);
-    memory_parts(1000);
+    let spread = CONTAINERS.load(Relaxed);
+    for containers in [spread, 1000] {
+        CONTAINERS.store(containers, Relaxed);
+        let (pm, sm) = memory(1000);
+        println!("memory with 1000 sessions open in {containers} containers: podtrail span stage {:.0} B/session ({:.2} MiB), plain SDK open root span {:.0} B/session ({:.2} MiB), ratio {:.2}x", pm, pm * 1000.0 / 1048576.0, sm, sm * 1000.0 / 1048576.0, pm / sm);
+        memory_parts(1000);
+    }
+    CONTAINERS.store(spread, Relaxed);
 }
 
 /// What an open session holds, part by part (bytes per session, 1 000 sessions): the
@@ -765,30 +789,48 @@ fn memory_parts(n: u32) {
     let mut open: Vec<podtrail::spans::SessionSpans> =
         infos.iter().map(|i| podtrail::spans::SessionSpans::new(&c, i.clone().into(), None)).collect();
     let created = ALLOCATED.load(Relaxed);
-    let mut recs: Vec<(std::sync::Arc<SessionInfo>, ProcessRecord)> = Vec::new();
+    let mut recs: Vec<ProcessRecord> = Vec::new();
     for k in 0..n {
         for u in session(k, false, false) {
-            if let SessionUpdate::ProcessEnded(i, r) = u {
-                recs.push((i, r));
+            if let SessionUpdate::ProcessEnded(_, r) = u {
+                recs.push(r);
             }
         }
     }
+    // clones, as the stage gets them (no spare capacity: their bytes are measured by cloning)
+    let recs: Vec<ProcessRecord> = recs.to_vec();
+    // the records are consumed and freed in the window: their bytes (heap and the Vec that
+    // holds them) are added back, so the line shows what the sessions keep of them
+    let heap = {
+        let b = ALLOCATED.load(Relaxed);
+        let copy: Vec<ProcessRecord> = recs.to_vec();
+        let a = ALLOCATED.load(Relaxed);
+        a - b - copy.capacity() * std::mem::size_of::<ProcessRecord>()
+    };
+    let freed = heap + recs.capacity() * std::mem::size_of::<ProcessRecord>();
     let before = ALLOCATED.load(Relaxed);
-    for (k, (i, r)) in recs.into_iter().enumerate() {
+    for (k, r) in recs.into_iter().enumerate() {
+        // the session's own info, as the process stage shares it (another copy would replace
+        // it and hide its bytes from this line)
+        let i = open[k / 3].shared_info();
         let spans = open[k / 3].process_ended(&c, i, r);
         drop(spans);
     }
-    let ended = ALLOCATED.load(Relaxed);
+    let ended = ALLOCATED.load(Relaxed) + freed;
     let inline = std::mem::size_of::<podtrail::spans::SessionSpans>();
-    let frame: usize = open
-        .iter()
-        .map(|s| s.frame().common.capacity() * std::mem::size_of::<opentelemetry::KeyValue>())
-        .sum::<usize>()
+    // shared by the sessions of a container: counted once per distinct list
+    let mut lists: Vec<*const opentelemetry::KeyValue> = open.iter().map(|s| s.frame().common.as_ptr()).collect();
+    lists.sort();
+    lists.dedup();
+    let frame = open.iter().map(|s| s.frame().common.len()).max().unwrap_or(0)
+        * std::mem::size_of::<opentelemetry::KeyValue>()
+        * lists.len()
         / n as usize;
     println!(
-        "an open session, part by part (B/session, {n} sessions): SessionSpans inline {inline} (the Vec of them: {:.0}), at creation {:.0} on the heap (of it the frame's Vec<KeyValue> {frame} without its strings), three ended processes +{:.0} (slots, fold keys, referenced ids)",
+        "an open session, part by part (B/session, {n} sessions): SessionSpans inline {inline} (the Vec of them: {:.0}), at creation {:.0} on the heap (of it the frames' KeyValue lists {frame}, {} distinct, without their strings), three ended processes +{:.0} (slots, fold keys, referenced ids)",
         (open.capacity() * inline) as f64 / n as f64,
         per(base + open.capacity() * inline, created),
+        lists.len(),
         per(before, ended)
     );
     drop(open);

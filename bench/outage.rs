@@ -168,7 +168,7 @@ fn session(k: u64, t: u64, pod: &str) -> Vec<SessionUpdate> {
 
 /// Spans podtrail's stage makes of one session (for pacing).
 fn spans_per_session() -> u64 {
-    let ctx = BuildCtx { boot_id: [7; 16], clock: BootClock::now(), cfg: SpansConfig::default() };
+    let ctx = BuildCtx::new([7; 16], BootClock::now(), SpansConfig::default());
     let mut st = SpanStage::new(ctx, Arc::new(NoAttributor));
     let mut out = Output::default();
     for u in session(0, boot_ns_now(), "count") {

@@ -7,19 +7,24 @@
 //! point of loss. Lookups through [`Lru::get`] and [`Lru::get_mut`] count as uses;
 //! [`Lru::peek`] does not.
 //!
-//! The order of use is a doubly linked list threaded through one `Vec` of entries (indices,
-//! not pointers; freed places reused), so a use is two index updates. It was a `BTreeMap` of
-//! use stamps: a tree removal and insertion per use, and a node allocation now and then,
-//! 4% of the agent's CPU in issue 15's exec storm, where every exec touches three of these.
+//! The entries sit in one dense `Vec` (a removal moves the last one into the gap), the order
+//! of use a doubly linked list threaded through it by `u32` indices, so a use is two index
+//! updates. Each key is stored once, in its entry: up to [`SMALL`] entries a lookup scans
+//! them, past that an index of places (`hashbrown`'s `HashTable<u32>`, hashing the entries'
+//! keys) finds it. The entries grow one at a time up to [`SMALL`], then double. A span-stage
+//! session holds two of these with a few entries each: a `HashMap<K, usize>` beside the
+//! entries kept every key twice and reserved 4 entries and 4 buckets at the first insert
+//! (issue 15, sess18: about 400 B per session for three ended processes).
 //!
-//! The map's hasher is a parameter: std's keyed SipHash by default (keys that are text from
-//! a container), [`FastLru`] for keys the kernel or podtrail choose (process keys, span ids:
+//! The hasher is a parameter: std's keyed SipHash by default (keys that are text from a
+//! container), [`FastLru`] for keys the kernel or podtrail choose (process keys, span ids:
 //! the rule is [`crate::hashing`]'s).
 
 use std::borrow::Borrow;
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
+
+use hashbrown::HashTable;
 
 use crate::hashing::FastState;
 
@@ -27,60 +32,63 @@ use crate::hashing::FastState;
 /// `Lru::with_hasher(cap)`.
 pub type FastLru<K, V> = Lru<K, V, FastState>;
 
+/// Entries found by a scan, without an index: a scan of this many keys costs about one hash.
+const SMALL: usize = 8;
+
 /// No entry (the list's ends).
-const NIL: usize = usize::MAX;
+const NIL: u32 = u32::MAX;
 
 #[derive(Debug, Clone)]
 struct Entry<K, V> {
     key: K,
     value: V,
     /// Towards the least recently used.
-    older: usize,
+    older: u32,
     /// Towards the most recently used.
-    newer: usize,
+    newer: u32,
 }
 
 #[derive(Debug, Clone)]
 pub struct Lru<K, V, S = RandomState> {
-    /// Key -> place in `entries`.
-    map: HashMap<K, usize, S>,
-    entries: Vec<Option<Entry<K, V>>>,
-    /// Places in `entries` free for reuse.
-    free: Vec<usize>,
+    entries: Vec<Entry<K, V>>,
+    /// Places in `entries` by their key's hash: empty (no allocation) until the entries
+    /// outgrow [`SMALL`], then every entry's, until the map is empty again.
+    index: HashTable<u32>,
+    hasher: S,
     /// Least and most recently used.
-    oldest: usize,
-    newest: usize,
-    cap: usize,
+    oldest: u32,
+    newest: u32,
+    cap: u32,
     evicted: u64,
 }
 
-impl<K: Hash + Eq + Clone, V> Lru<K, V> {
+impl<K: Hash + Eq, V> Lru<K, V> {
     /// At most `cap` entries (at least one), hashed with std's keyed SipHash.
     pub fn new(cap: usize) -> Self {
         Self::with_hasher(cap)
     }
 }
 
-impl<K: Hash + Eq + Clone, V, S: BuildHasher + Default> Lru<K, V, S> {
-    /// At most `cap` entries (at least one), hashed with a new `S`.
+impl<K: Hash + Eq, V, S: BuildHasher + Default> Lru<K, V, S> {
+    /// At most `cap` entries (at least one, fewer than `u32::MAX`), hashed with a new `S`.
     pub fn with_hasher(cap: usize) -> Self {
         Lru {
-            map: HashMap::default(),
             entries: Vec::new(),
-            free: Vec::new(),
+            index: HashTable::new(),
+            hasher: S::default(),
             oldest: NIL,
             newest: NIL,
-            cap: cap.max(1),
+            cap: cap.clamp(1, NIL as usize - 1) as u32,
             evicted: 0,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.entries.is_empty()
     }
 
     /// Entries forgotten to make room since this map was made.
@@ -92,21 +100,54 @@ impl<K: Hash + Eq + Clone, V, S: BuildHasher + Default> Lru<K, V, S> {
     where
         K: Borrow<Q>,
     {
-        self.map.contains_key(k)
+        self.find(k).is_some()
     }
 
-    fn entry(&self, i: usize) -> &Entry<K, V> {
-        self.entries[i].as_ref().expect("a linked place holds an entry")
+    /// The place of `k`.
+    fn find<Q: Hash + Eq + ?Sized>(&self, k: &Q) -> Option<u32>
+    where
+        K: Borrow<Q>,
+    {
+        if self.index.is_empty() {
+            return self.entries.iter().position(|e| e.key.borrow() == k).map(|i| i as u32);
+        }
+        let entries = &self.entries;
+        self.index.find(self.hasher.hash_one(k), |&i| entries[i as usize].key.borrow() == k).copied()
     }
 
-    fn entry_mut(&mut self, i: usize) -> &mut Entry<K, V> {
-        self.entries[i].as_mut().expect("a linked place holds an entry")
+    /// Takes place `i` out of the index (when there is one).
+    fn unindex(&mut self, i: u32) {
+        if !self.index.is_empty() {
+            let h = self.hasher.hash_one(&self.entries[i as usize].key);
+            if let Ok(found) = self.index.find_entry(h, |&j| j == i) {
+                found.remove();
+            }
+        }
+    }
+
+    /// Puts place `i` in the index, building it from all the entries once they outgrow
+    /// [`SMALL`].
+    fn index_place(&mut self, i: u32) {
+        let Lru { entries, index, hasher, .. } = self;
+        let rehash = |&j: &u32| hasher.hash_one(&entries[j as usize].key);
+        if !index.is_empty() {
+            index.insert_unique(hasher.hash_one(&entries[i as usize].key), i, rehash);
+        } else if entries.len() > SMALL {
+            index.reserve(entries.len(), rehash);
+            for (j, e) in entries.iter().enumerate() {
+                index.insert_unique(hasher.hash_one(&e.key), j as u32, rehash);
+            }
+        }
+    }
+
+    fn entry_mut(&mut self, i: u32) -> &mut Entry<K, V> {
+        &mut self.entries[i as usize]
     }
 
     /// Takes place `i` out of the order of use.
-    fn unlink(&mut self, i: usize) {
+    fn unlink(&mut self, i: u32) {
         let (older, newer) = {
-            let e = self.entry(i);
+            let e = &self.entries[i as usize];
             (e.older, e.newer)
         };
         match older {
@@ -120,7 +161,7 @@ impl<K: Hash + Eq + Clone, V, S: BuildHasher + Default> Lru<K, V, S> {
     }
 
     /// Puts place `i` at the most recently used end.
-    fn link_newest(&mut self, i: usize) {
+    fn link_newest(&mut self, i: u32) {
         let prev = self.newest;
         {
             let e = self.entry_mut(i);
@@ -134,11 +175,11 @@ impl<K: Hash + Eq + Clone, V, S: BuildHasher + Default> Lru<K, V, S> {
         self.newest = i;
     }
 
-    fn touch<Q: Hash + Eq + ?Sized>(&mut self, k: &Q) -> Option<usize>
+    fn touch<Q: Hash + Eq + ?Sized>(&mut self, k: &Q) -> Option<u32>
     where
         K: Borrow<Q>,
     {
-        let i = *self.map.get(k)?;
+        let i = self.find(k)?;
         if self.newest != i {
             self.unlink(i);
             self.link_newest(i);
@@ -152,7 +193,7 @@ impl<K: Hash + Eq + Clone, V, S: BuildHasher + Default> Lru<K, V, S> {
         K: Borrow<Q>,
     {
         let i = self.touch(k)?;
-        Some(&self.entry(i).value)
+        Some(&self.entries[i as usize].value)
     }
 
     pub fn get_mut<Q: Hash + Eq + ?Sized>(&mut self, k: &Q) -> Option<&mut V>
@@ -168,14 +209,7 @@ impl<K: Hash + Eq + Clone, V, S: BuildHasher + Default> Lru<K, V, S> {
     where
         K: Borrow<Q>,
     {
-        self.map.get(k).map(|&i| &self.entry(i).value)
-    }
-
-    /// Frees place `i` (already out of the map), returning its entry.
-    fn take(&mut self, i: usize) -> Entry<K, V> {
-        self.unlink(i);
-        self.free.push(i);
-        self.entries[i].take().expect("a linked place holds an entry")
+        self.find(k).map(|i| &self.entries[i as usize].value)
     }
 
     /// Inserts or replaces; when a new key finds the map full, the least recently used entry
@@ -188,32 +222,32 @@ impl<K: Hash + Eq + Clone, V, S: BuildHasher + Default> Lru<K, V, S> {
         self.insert_new(k, v).1
     }
 
-    /// Inserts `k`, known to be absent: its place, and the entry forgotten to make room.
-    fn insert_new(&mut self, k: K, v: V) -> (usize, Option<(K, V)>) {
-        let mut gone = None;
-        if self.map.len() >= self.cap && self.oldest != NIL {
-            let old = self.oldest;
-            if let Some(e) = &self.entries[old] {
-                self.map.remove(&e.key);
-            }
-            let e = self.take(old);
-            gone = Some((e.key, e.value));
+    /// Inserts `k`, known to be absent: its place, and the entry forgotten to make room (whose
+    /// place it takes).
+    fn insert_new(&mut self, k: K, v: V) -> (u32, Option<(K, V)>) {
+        let entry = Entry { key: k, value: v, older: NIL, newer: NIL };
+        if self.entries.len() >= self.cap as usize && self.oldest != NIL {
+            let i = self.oldest;
+            self.unindex(i);
+            self.unlink(i);
+            let old = std::mem::replace(&mut self.entries[i as usize], entry);
+            self.link_newest(i);
+            self.index_place(i);
             self.evicted += 1;
+            return (i, Some((old.key, old.value)));
         }
-        let entry = Entry { key: k.clone(), value: v, older: NIL, newer: NIL };
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.entries[i] = Some(entry);
-                i
-            }
-            None => {
-                self.entries.push(Some(entry));
-                self.entries.len() - 1
-            }
-        };
+        let len = self.entries.len();
+        if len == self.entries.capacity() {
+            // One at a time while a scan finds them (most of these maps hold a few), then
+            // doubling; never past the cap.
+            let more = if len < SMALL { 1 } else { len.min(self.cap as usize - len) };
+            self.entries.reserve_exact(more);
+        }
+        self.entries.push(entry);
+        let i = len as u32;
         self.link_newest(i);
-        self.map.insert(k, i);
-        (i, gone)
+        self.index_place(i);
+        (i, None)
     }
 
     /// The value for `k`, inserted with `f` first when absent (which may forget the least
@@ -228,54 +262,75 @@ impl<K: Hash + Eq + Clone, V, S: BuildHasher + Default> Lru<K, V, S> {
         &mut self.entry_mut(i).value
     }
 
+    /// Frees place `i`, moving the last entry into it, and returns its entry.
+    fn take(&mut self, i: u32) -> Entry<K, V> {
+        self.unindex(i);
+        self.unlink(i);
+        let last = (self.entries.len() - 1) as u32;
+        if i != last {
+            // The last entry moves to `i`: its neighbours, the list's ends and the index
+            // follow it.
+            let (older, newer) = {
+                let e = &self.entries[last as usize];
+                (e.older, e.newer)
+            };
+            match older {
+                NIL => self.oldest = i,
+                o => self.entry_mut(o).newer = i,
+            }
+            match newer {
+                NIL => self.newest = i,
+                n => self.entry_mut(n).older = i,
+            }
+            if !self.index.is_empty() {
+                let h = self.hasher.hash_one(&self.entries[last as usize].key);
+                if let Some(j) = self.index.find_mut(h, |&j| j == last) {
+                    *j = i;
+                }
+            }
+        }
+        let e = self.entries.swap_remove(i as usize);
+        if self.entries.is_empty() {
+            // A burst's places and index are not kept at rest.
+            self.entries = Vec::new();
+            self.index = HashTable::new();
+            self.oldest = NIL;
+            self.newest = NIL;
+        }
+        e
+    }
+
     pub fn remove<Q: Hash + Eq + ?Sized>(&mut self, k: &Q) -> Option<V>
     where
         K: Borrow<Q>,
     {
-        let i = self.map.remove(k)?;
-        let e = self.take(i);
-        self.shrink();
-        Some(e.value)
+        let i = self.find(k)?;
+        Some(self.take(i).value)
     }
 
     /// Keeps the entries `keep` says yes to (not counted as evictions: the caller decided).
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
-        let mut gone = Vec::new();
-        for (i, slot) in self.entries.iter_mut().enumerate() {
-            if let Some(e) = slot {
-                if !keep(&e.key, &mut e.value) {
-                    gone.push(i);
-                }
+        let mut i = 0;
+        while i < self.entries.len() {
+            let e = &mut self.entries[i];
+            if keep(&e.key, &mut e.value) {
+                i += 1;
+            } else {
+                // The last entry, not yet asked, moves into place `i`.
+                self.take(i as u32);
             }
-        }
-        for i in gone {
-            if let Some(e) = &self.entries[i] {
-                self.map.remove(&e.key);
-            }
-            self.take(i);
-        }
-        self.shrink();
-    }
-
-    /// Gives the places back once the map is empty (a burst's table is not kept at rest).
-    fn shrink(&mut self) {
-        if self.map.is_empty() && !self.entries.is_empty() {
-            self.entries = Vec::new();
-            self.free = Vec::new();
-            self.map = HashMap::default();
-            self.oldest = NIL;
-            self.newest = NIL;
         }
     }
 
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.entries.iter().flatten().map(|e| &e.value)
+        self.entries.iter().map(|e| &e.value)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn a_full_map_forgets_the_least_recently_used_entry_and_counts_it() {
@@ -302,7 +357,7 @@ mod tests {
         for i in 0..100 {
             m.insert("x", i);
         }
-        assert_eq!((m.len(), m.entries.iter().flatten().count()), (1, 1));
+        assert_eq!((m.len(), m.entries.len()), (1, 1));
     }
 
     #[test]
@@ -335,6 +390,121 @@ mod tests {
         m.retain(|k, _| *k != "f");
         assert_eq!(m.insert("h", 5), None);
         assert_eq!(m.insert("i", 6), Some(("e", 2)));
-        assert_eq!(m.entries.len(), 3, "places are reused, not added");
+        assert_eq!((m.entries.len(), m.entries.capacity()), (3, 3), "places are reused, not added");
+    }
+
+    /// An obviously right LRU: the entries oldest first, found by a scan.
+    #[derive(Default)]
+    struct Model(Vec<(u16, u32)>);
+
+    impl Model {
+        fn at(&self, k: u16) -> Option<usize> {
+            self.0.iter().position(|e| e.0 == k)
+        }
+        fn touch(&mut self, k: u16) -> Option<u32> {
+            let e = self.0.remove(self.at(k)?);
+            self.0.push(e);
+            Some(e.1)
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u16, u32),
+        Get(u16),
+        Peek(u16),
+        Remove(u16),
+        GetOrInsert(u16, u32),
+        RetainOdd,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        // Keys from a range a little wider than the larger cap, so both evictions and hits.
+        let k = 0u16..40;
+        prop_oneof![
+            4 => (k.clone(), any::<u32>()).prop_map(|(k, v)| Op::Insert(k, v)),
+            3 => k.clone().prop_map(Op::Get),
+            1 => k.clone().prop_map(Op::Peek),
+            2 => k.clone().prop_map(Op::Remove),
+            3 => (k, any::<u32>()).prop_map(|(k, v)| Op::GetOrInsert(k, v)),
+            1 => Just(Op::RetainOdd),
+        ]
+    }
+
+    proptest! {
+        // Caps below, at and past the size a scan serves, so the index is built, kept in step
+        // with moved places, and dropped when the map empties.
+        #[test]
+        fn behaves_as_the_obvious_lru(cap in prop_oneof![Just(1usize), Just(3), Just(SMALL), Just(SMALL + 1), Just(30)], ops in proptest::collection::vec(op(), 1..300)) {
+            let mut m: FastLru<u16, u32> = Lru::with_hasher(cap);
+            let mut model = Model::default();
+            let mut evicted = 0;
+            for op in ops {
+                match op {
+                    Op::Insert(k, v) => {
+                        let want = match model.touch(k) {
+                            Some(_) => {
+                                let last = model.0.len() - 1;
+                                model.0[last].1 = v;
+                                None
+                            }
+                            None => {
+                                let gone = (model.0.len() >= cap).then(|| model.0.remove(0));
+                                model.0.push((k, v));
+                                gone
+                            }
+                        };
+                        evicted += u64::from(want.is_some());
+                        prop_assert_eq!(m.insert(k, v), want);
+                    }
+                    Op::Get(k) => prop_assert_eq!(m.get(&k).copied(), model.touch(k)),
+                    Op::Peek(k) => prop_assert_eq!(m.peek(&k).copied(), model.at(k).map(|i| model.0[i].1)),
+                    Op::Remove(k) => prop_assert_eq!(m.remove(&k), model.at(k).map(|i| model.0.remove(i).1)),
+                    Op::GetOrInsert(k, v) => {
+                        let want = match model.touch(k) {
+                            Some(old) => old,
+                            None => {
+                                if model.0.len() >= cap {
+                                    model.0.remove(0);
+                                    evicted += 1;
+                                }
+                                model.0.push((k, v));
+                                v
+                            }
+                        };
+                        prop_assert_eq!(*m.get_or_insert_with(k, || v), want);
+                    }
+                    Op::RetainOdd => {
+                        m.retain(|k, _| k % 2 == 1);
+                        model.0.retain(|e| e.0 % 2 == 1);
+                    }
+                }
+                prop_assert_eq!((m.len(), m.evicted()), (model.0.len(), evicted));
+                prop_assert!(m.entries.capacity() <= cap, "never reserved past the cap");
+                prop_assert!(m.index.is_empty() || m.index.len() == m.len(), "the index has every entry or none");
+                for &(k, v) in &model.0 {
+                    prop_assert!(m.contains_key(&k));
+                    prop_assert_eq!(m.peek(&k), Some(&v));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grows_one_entry_at_a_time_while_small_and_frees_everything_when_empty() {
+        let mut m: FastLru<u64, u64> = Lru::with_hasher(1_000);
+        for k in 0..SMALL as u64 {
+            m.insert(k, k);
+            assert_eq!(m.entries.capacity(), m.len(), "no entry reserved ahead");
+            assert!(m.index.is_empty(), "a scan finds {} entries", m.len());
+        }
+        m.insert(100, 0);
+        assert_eq!(m.index.len(), SMALL + 1, "indexed once past a scan's size");
+        for k in 200..400 {
+            m.insert(k, k);
+        }
+        assert!(m.entries.capacity() < 2 * m.len());
+        m.retain(|_, _| false);
+        assert_eq!((m.entries.capacity(), m.index.capacity()), (0, 0));
     }
 }

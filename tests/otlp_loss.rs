@@ -26,11 +26,7 @@ fn fast_retry(endpoint: String, protocol: &str) -> ExportConfig {
 
 /// Spans the shell session makes, plus the agent's start and run spans.
 fn expected_spans() -> u64 {
-    let ctx = podtrail::spans::BuildCtx {
-        boot_id: [0xb0; 16],
-        clock: podtrail::clock::BootClock::fixed(0),
-        cfg: SpansConfig::default(),
-    };
+    let ctx = podtrail::spans::BuildCtx::new([0xb0; 16], podtrail::clock::BootClock::fixed(0), SpansConfig::default());
     let mut st = podtrail::spans::SpanStage::new(ctx, Arc::new(NoAttributor));
     let mut out = podtrail::spans::Output::default();
     for u in support::sessions::shell_session() {

@@ -207,11 +207,7 @@ print(n)
 async fn console_prints_the_session_tree() {
     use opentelemetry_sdk::trace::SpanExporter;
     let stage_spans = {
-        let ctx = podtrail::spans::BuildCtx {
-            boot_id: [1; 16],
-            clock: podtrail::clock::BootClock::fixed(0),
-            cfg: SpansConfig::default(),
-        };
+        let ctx = podtrail::spans::BuildCtx::new([1; 16], podtrail::clock::BootClock::fixed(0), SpansConfig::default());
         let mut st = podtrail::spans::SpanStage::new(ctx, alice_attributor());
         let mut out = podtrail::spans::Output::default();
         for u in support::sessions::shell_session() {

@@ -990,11 +990,11 @@ fn an_outbound_trace_is_a_root_named_outbound_a_process_span_and_one_client_conn
         out.extend(t.handle(&connect_to(100 + i, 1001, C, 1 + i, Transport::Tcp, "203.0.113.7", 443)));
     }
     out.extend(t.shutdown(100 + 30 * SEC));
-    let ctx = podtrail::spans::BuildCtx {
-        boot_id: [7; 16],
-        clock: podtrail::clock::BootClock::fixed(1_700_000_000 * SEC),
-        cfg: Default::default(),
-    };
+    let ctx = podtrail::spans::BuildCtx::new(
+        [7; 16],
+        podtrail::clock::BootClock::fixed(1_700_000_000 * SEC),
+        Default::default(),
+    );
     let mut spans = None;
     let mut built = Vec::new();
     for u in out.into_iter().filter(|u| matches!(u, SessionUpdate::Started(i) | SessionUpdate::ProcessEnded(i, _) | SessionUpdate::Ended(i, _) if i.kind == SessionKind::Outbound)) {

@@ -246,7 +246,7 @@ fn an_alert_whose_span_was_capped_goes_on_the_root() {
         let cfg = SpansConfig { max_spans_per_session: 1, max_kept_spans_per_session: 1, ..SpansConfig::default() };
         // no room past the cap (the second cap is the first): nothing is kept for its alert
         let mut alerts = AlertStage::new(BOOT, clock, ScopeConfig::default(), false).keeping(0);
-        let mut stage = SpanStage::new(BuildCtx { boot_id: BOOT, clock, cfg }, Arc::new(NoAttributor)).with_records();
+        let mut stage = SpanStage::new(BuildCtx::new(BOOT, clock, cfg), Arc::new(NoAttributor)).with_records();
         let mut spans = Vec::new();
         for u in link_parent_images(updates) {
             let mut out = Output::default();

@@ -19,7 +19,7 @@ const BOOT: [u8; 16] = [0xb0; 16];
 const EPOCH: u64 = 1_700_000_000 * S;
 
 fn ctx(cfg: SpansConfig) -> BuildCtx {
-    BuildCtx { boot_id: BOOT, clock: BootClock::fixed(EPOCH), cfg }
+    BuildCtx::new(BOOT, BootClock::fixed(EPOCH), cfg)
 }
 
 fn run(cfg: SpansConfig, attributor: Arc<dyn Attributor>, updates: Vec<SessionUpdate>) -> Vec<SpanData> {

@@ -203,7 +203,7 @@ pub async fn run_export(
     let redactor = Arc::new(spans::build_redactor(&cfg.spans.redact));
     let attributor: Arc<dyn Attributor> =
         Arc::new(spans::Sanitizing { inner: attributor, redactor: redactor.clone(), cfg: cfg.spans.clone() });
-    let ctx = BuildCtx { boot_id: cfg.boot_id, clock: cfg.clock, cfg: cfg.spans.clone() };
+    let ctx = BuildCtx::new(cfg.boot_id, cfg.clock, cfg.spans.clone());
     let span_task = SpanTask::new(ctx, attributor, redactor, opts.alerting.is_some(), metrics.clone());
     let (span_tx, span_rx) = mpsc::channel(STAGE_CHANNEL);
     let mut tasks = vec![tokio::spawn(span_task.run(rx, span_tx))];

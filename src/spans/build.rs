@@ -23,8 +23,10 @@ use crate::model::{ConnectOutcome, ConnectRecord, ContainerInfo, FileRecord, Net
 use crate::text::{basename, escape};
 
 mod process;
+mod shared;
 mod transcript;
 pub use process::{connect_span, file_attrs, file_event, image_end_ns, image_span, net_name, CONNECT_NAME};
+pub use shared::SharedAttrs;
 pub use transcript::{transcript_span, LINES_TRUNCATED, LINE_INPUT, LINE_OUTPUT, TRANSCRIPT_SPAN};
 
 /// What every builder needs: where ids come from, how to read kernel time, the budgets.
@@ -33,6 +35,14 @@ pub struct BuildCtx {
     pub boot_id: [u8; 16],
     pub clock: BootClock,
     pub cfg: SpansConfig,
+    /// The common attributes of the open sessions, one copy of each distinct list.
+    pub shared: SharedAttrs,
+}
+
+impl BuildCtx {
+    pub fn new(boot_id: [u8; 16], clock: BootClock, cfg: SpansConfig) -> Self {
+        BuildCtx { boot_id, clock, cfg, shared: SharedAttrs::default() }
+    }
 }
 
 /// Per-session values shared by all its spans.
@@ -40,8 +50,10 @@ pub struct BuildCtx {
 pub struct SessionFrame {
     pub trace_id: TraceId,
     pub root_id: SpanId,
-    /// Identity and pod attributes repeated on every span of the session.
-    pub common: Vec<KeyValue>,
+    /// Identity and pod attributes repeated on every span of the session: one list for the
+    /// open sessions with equal ones (a container's, with one identity or none), its strings
+    /// reference-counted so a span's copy of them costs counts (issue 15).
+    pub common: Arc<[KeyValue]>,
 }
 
 /// The marks the root carries about what the session lost, cut or folded.
@@ -71,7 +83,7 @@ pub fn session_frame(ctx: &BuildCtx, info: &SessionInfo, who: Option<&SessionIde
     SessionFrame {
         trace_id: ids::session_trace_id(&ctx.boot_id, info.id, who.and_then(|w| w.trace_id)),
         root_id: ids::root_span_id(&ctx.boot_id, info.id),
-        common: common_attributes(&ctx.cfg.cluster_name, info, who),
+        common: ctx.shared.share(common_attributes(&ctx.cfg.cluster_name, info, who)),
     }
 }
 
@@ -171,8 +183,6 @@ pub fn common_attributes(cluster: &str, info: &SessionInfo, who: Option<&Session
     if let Some(u) = info.node_user {
         out.push(KeyValue::new(keys::NODE_USER, u as i64));
     }
-    // kept for the session's life: no free slots (a 16-slot Vec is 896 B; issue 15)
-    out.shrink_to_fit();
     out
 }
 
@@ -364,8 +374,9 @@ pub fn attribution_span(
     who: &SessionIdentity,
     delay: std::time::Duration,
 ) -> SpanData {
-    let frame = SessionFrame { trace_id, root_id, common: common_attributes(&ctx.cfg.cluster_name, info, Some(who)) };
-    let mut attrs = frame.common.clone();
+    let frame =
+        SessionFrame { trace_id, root_id, common: common_attributes(&ctx.cfg.cluster_name, info, Some(who)).into() };
+    let mut attrs = frame.common.to_vec();
     request_attributes(&mut attrs, who);
     attrs.push(KeyValue::new(keys::ATTRIBUTION_LATE, true));
     attrs.push(KeyValue::new(keys::ATTRIBUTION_DELAY_MS, delay.as_millis().min(i64::MAX as u128) as i64));
@@ -460,7 +471,7 @@ pub fn request_only_span(
     let frame = SessionFrame {
         trace_id,
         root_id: ids::request_span_id(&audit),
-        common: common_attributes(&ctx.cfg.cluster_name, &info, Some(who)),
+        common: common_attributes(&ctx.cfg.cluster_name, &info, Some(who)).into(),
     };
     root_span(ctx, &frame, &info, Some(who), &RootMarks::default(), ctx.clock.to_boot_ns(end))
 }

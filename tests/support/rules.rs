@@ -59,7 +59,7 @@ impl Run {
         let mut alerts = AlertStage::new(BOOT, clock, self.scope, self.attribution_configured)
             .counting(self.counter.clone())
             .keeping(room);
-        let mut stage = SpanStage::new(BuildCtx { boot_id: BOOT, clock, cfg }, inner).with_records();
+        let mut stage = SpanStage::new(BuildCtx::new(BOOT, clock, cfg), inner).with_records();
         let mut spans = Vec::new();
         for u in link_parent_images(updates) {
             let mut out = Output::default();

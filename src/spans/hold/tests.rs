@@ -78,7 +78,7 @@ fn stage(fake: &Arc<Fake>, hold_ms: u64, late_ms: u64, late_max: usize) -> SpanS
     cfg.hold.deadline_ms = hold_ms;
     cfg.hold.late_ms = late_ms;
     cfg.hold.late_max_sessions = late_max;
-    let ctx = BuildCtx { boot_id: [1; 16], clock: BootClock::fixed(1_700_000_000_000_000_000), cfg };
+    let ctx = BuildCtx::new([1; 16], BootClock::fixed(1_700_000_000_000_000_000), cfg);
     SpanStage::new(ctx, fake.clone())
 }
 

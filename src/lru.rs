@@ -144,20 +144,29 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> Lru<K, V, S> {
         &mut self.entries[i as usize]
     }
 
-    /// Takes place `i` out of the order of use.
-    fn unlink(&mut self, i: u32) {
-        let (older, newer) = {
-            let e = &self.entries[i as usize];
-            (e.older, e.newer)
-        };
+    /// The order-of-use neighbours of place `i`: (older, newer).
+    fn neighbours(&self, i: u32) -> (u32, u32) {
+        let e = &self.entries[i as usize];
+        (e.older, e.newer)
+    }
+
+    /// Points what sits at `older`'s newer side to `to_newer`, and `newer`'s older side to
+    /// `to_older` (the list's ends when NIL).
+    fn point(&mut self, older: u32, newer: u32, to_newer: u32, to_older: u32) {
         match older {
-            NIL => self.oldest = newer,
-            o => self.entry_mut(o).newer = newer,
+            NIL => self.oldest = to_newer,
+            o => self.entry_mut(o).newer = to_newer,
         }
         match newer {
-            NIL => self.newest = older,
-            n => self.entry_mut(n).older = older,
+            NIL => self.newest = to_older,
+            n => self.entry_mut(n).older = to_older,
         }
+    }
+
+    /// Takes place `i` out of the order of use.
+    fn unlink(&mut self, i: u32) {
+        let (older, newer) = self.neighbours(i);
+        self.point(older, newer, newer, older);
     }
 
     /// Puts place `i` at the most recently used end.
@@ -270,18 +279,8 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> Lru<K, V, S> {
         if i != last {
             // The last entry moves to `i`: its neighbours, the list's ends and the index
             // follow it.
-            let (older, newer) = {
-                let e = &self.entries[last as usize];
-                (e.older, e.newer)
-            };
-            match older {
-                NIL => self.oldest = i,
-                o => self.entry_mut(o).newer = i,
-            }
-            match newer {
-                NIL => self.newest = i,
-                n => self.entry_mut(n).older = i,
-            }
+            let (older, newer) = self.neighbours(last);
+            self.point(older, newer, i, i);
             if !self.index.is_empty() {
                 let h = self.hasher.hash_one(&self.entries[last as usize].key);
                 if let Some(j) = self.index.find_mut(h, |&j| j == last) {

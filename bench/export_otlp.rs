@@ -500,12 +500,19 @@ fn memory(n: u32) -> (f64, f64) {
     let base = ALLOCATED.load(Relaxed);
     let mut st = SpanStage::new(ctx(), Arc::new(NoAttributor));
     // one info per session, made here and shared by its updates, as the process stage does:
-    // the span stage keeps it, so it is counted here (the process stage shares it)
+    // the span stage keeps it, so it is counted here (the process stage shares it); and one
+    // container per container, made here too, as the process stage's table shares it between
+    // the container's sessions: counted once per container
     let mut infos: std::collections::HashMap<SessionId, Arc<SessionInfo>> = Default::default();
+    let mut containers: std::collections::HashMap<u64, Arc<ContainerInfo>> = Default::default();
+    let mut own = |i: &SessionInfo| {
+        let c = containers.entry(i.container.cgroup_id).or_insert_with(|| Arc::new(ContainerInfo::clone(&i.container)));
+        Arc::new(SessionInfo { container: c.clone(), ..i.clone() })
+    };
     for mut u in updates.iter().cloned() {
-        let i = infos.entry(u.info().id).or_insert_with(|| Arc::new(u.info().clone()));
+        let i = infos.entry(u.info().id).or_insert_with(|| own(u.info()));
         if **i != *u.info() {
-            *i = Arc::new(u.info().clone());
+            *i = own(u.info());
         }
         *u.info_mut() = i.clone();
         let mut out = Output::default();
@@ -513,6 +520,7 @@ fn memory(n: u32) -> (f64, f64) {
         drop(out); // exported process spans leave the stage
     }
     drop(infos);
+    drop(containers);
     let podtrail = ALLOCATED.load(Relaxed).saturating_sub(base) as f64 / n as f64;
     // the roots these sessions would get, for the SDK's open spans
     let mut out = Output::default();
@@ -786,8 +794,19 @@ fn memory_parts(n: u32) {
     let per = |b: usize, a: usize| a.saturating_sub(b) as f64 / n as f64;
     let infos: Vec<SessionInfo> = (0..n).map(|k| info(10_000 + 8 * k, 10 * S + k as u64 * S, None)).collect();
     let base = ALLOCATED.load(Relaxed);
-    let mut open: Vec<podtrail::spans::SessionSpans> =
-        infos.iter().map(|i| podtrail::spans::SessionSpans::new(&c, i.clone().into(), None)).collect();
+    // each container's info made once here, shared by its sessions (as the process stage's
+    // table shares it), so it is counted once per container
+    let mut containers: std::collections::HashMap<u64, Arc<ContainerInfo>> = Default::default();
+    let mut open: Vec<podtrail::spans::SessionSpans> = infos
+        .iter()
+        .map(|i| {
+            let shared =
+                containers.entry(i.container.cgroup_id).or_insert_with(|| Arc::new(ContainerInfo::clone(&i.container)));
+            let i = SessionInfo { container: shared.clone(), ..i.clone() };
+            podtrail::spans::SessionSpans::new(&c, i.into(), None)
+        })
+        .collect();
+    drop(containers); // the sessions hold the containers
     let created = ALLOCATED.load(Relaxed);
     let mut recs: Vec<ProcessRecord> = Vec::new();
     for k in 0..n {

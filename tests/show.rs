@@ -39,8 +39,9 @@ fn bob() -> SessionIdentity {
 /// The same session in another pod of another namespace, started `shift` later.
 fn elsewhere(updates: Vec<SessionUpdate>, ns: &str, pod: &str, shift: u64) -> Vec<SessionUpdate> {
     let move_info = |i: &mut podtrail::model::SessionInfo| {
-        i.container.pod_namespace = Some(ns.into());
-        i.container.pod_name = Some(pod.into());
+        let c = std::sync::Arc::make_mut(&mut i.container);
+        c.pod_namespace = Some(ns.into());
+        c.pod_name = Some(pod.into());
         i.start_ns += shift;
         i.end_ns = i.end_ns.map(|e| e + shift);
     };

@@ -315,12 +315,33 @@ pub struct SessionFilter {
     pod_labels: Vec<String>,
     /// Decided sessions: whether a probe, and the info last passed on.
     seen: HashMap<SessionId, Seen>,
+    /// Enriched containers by container id (SipHash: `ctr` users name their containers), so
+    /// the sessions of one container share one, as they share the process stage's.
+    enriched: HashMap<String, Enriched>,
+    /// `enriched`'s size after its last sweep.
+    swept: usize,
     pub probes: prometheus_client::metrics::counter::Counter,
+}
+
+/// A container as [`SessionFilter`] passed it on: worked out from the process stage's `from`
+/// (weak, as [`Seen::from`]) at pod index generation `generation`.
+struct Enriched {
+    from: std::sync::Weak<ContainerInfo>,
+    to: Arc<ContainerInfo>,
+    generation: u64,
 }
 
 impl SessionFilter {
     pub fn new(index: PodIndex, export_probes: bool) -> Self {
-        SessionFilter { index, export_probes, pod_labels: Vec::new(), seen: HashMap::new(), probes: Default::default() }
+        SessionFilter {
+            index,
+            export_probes,
+            pod_labels: Vec::new(),
+            seen: HashMap::new(),
+            enriched: HashMap::new(),
+            swept: 0,
+            probes: Default::default(),
+        }
     }
 
     /// Puts these pod labels (by key) on the sessions' containers.
@@ -359,9 +380,8 @@ impl SessionFilter {
                     Arc::make_mut(info).probe = marked;
                 }
                 if let Some(p) = pod {
-                    let mut c = info.container.clone();
-                    p.apply_to(&mut c, &self.pod_labels);
-                    if c != info.container {
+                    let c = self.enriched(&info.container, &p, generation);
+                    if !Arc::ptr_eq(&c, &info.container) {
                         Arc::make_mut(info).container = c;
                     }
                 }
@@ -372,6 +392,29 @@ impl SessionFilter {
             self.seen.remove(&id);
         }
         Some(u)
+    }
+}
+
+impl SessionFilter {
+    /// `c` with pod `p`'s metadata: `c` itself when that changes nothing, else one shared copy
+    /// per container, worked out again when the process stage's container or the pod index
+    /// changes.
+    fn enriched(&mut self, c: &Arc<ContainerInfo>, p: &PodInfo, generation: u64) -> Arc<ContainerInfo> {
+        if let Some(e) = self.enriched.get(c.id.as_str()) {
+            if e.generation == generation && std::ptr::eq(e.from.as_ptr(), Arc::as_ptr(c)) {
+                return e.to.clone();
+            }
+        }
+        let mut n = ContainerInfo::clone(c);
+        p.apply_to(&mut n, &self.pod_labels);
+        let to = if n == **c { c.clone() } else { Arc::new(n) };
+        if self.enriched.len() >= (2 * self.swept).max(64) {
+            // bounded by the containers whose sessions are open: one no session holds goes
+            self.enriched.retain(|_, e| Arc::strong_count(&e.to) > 1);
+            self.swept = self.enriched.len();
+        }
+        self.enriched.insert(c.id.clone(), Enriched { from: Arc::downgrade(c), to: to.clone(), generation });
+        to
     }
 }
 
@@ -534,6 +577,36 @@ mod tests {
         let mut all = SessionFilter::new(f.index.clone(), true);
         assert!(!marked(all.pass(SessionUpdate::Started(session(13, &["cat", "/tmp/healthy"]).into()))));
         assert_eq!(all.probes.get(), 1, "exported on request, still counted");
+    }
+
+    #[test]
+    fn the_sessions_of_one_container_share_its_enriched_info_until_the_pod_changes() {
+        let index = PodIndex::new();
+        index.apply(&probed_pod());
+        let mut f = SessionFilter::new(index.clone(), false).with_pod_labels(vec!["app".into()]);
+        // the process stage hands the container's sessions one container info
+        let shared = Arc::new(session(1, &["sh"]).container.as_ref().clone());
+        let mut pass = |pid: u32| {
+            let i = crate::model::SessionInfo { container: shared.clone(), ..session(pid, &["sh"]) };
+            match f.pass(SessionUpdate::Started(i.into())) {
+                Some(SessionUpdate::Started(i)) => i.container.clone(),
+                _ => panic!("passes"),
+            }
+        };
+        let (a, b) = (pass(11), pass(12));
+        assert_eq!((a.pod_name.as_deref(), a.pod_labels[0].1.as_str()), (Some("api-7d9c"), "api"));
+        assert!(Arc::ptr_eq(&a, &b), "one enriched copy for the container's sessions");
+        let mut relabelled = probed_pod();
+        relabelled.metadata.labels.get_or_insert_default().insert("app".into(), "api-v2".into());
+        index.apply(&relabelled);
+        let c = pass(13);
+        assert_eq!(
+            c.pod_labels,
+            vec![("app".to_string(), "api-v2".to_string())],
+            "the pod's change reaches new sessions"
+        );
+        assert_eq!(a.pod_labels[0].1, "api", "what went before is left as it was");
+        assert_eq!(shared.pod_name, None, "and so is the process stage's own copy");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! known process exits.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::hashing::FastMap;
 
@@ -90,7 +91,9 @@ impl ContainerLookup for StaticContainers {
 
 #[derive(Clone, Debug)]
 pub struct ContainerState {
-    pub info: ContainerInfo,
+    /// Handed to each session opened in the container (one allocation per container, not per
+    /// session); changed copy-on-write when metadata arrives, so open sessions keep theirs.
+    pub info: Arc<ContainerInfo>,
     /// The container's first process (runc's init), never a session root.
     pub init: Option<ProcessKey>,
     /// The first process to enter the cgroup from outside has been judged.
@@ -209,7 +212,15 @@ impl Containers {
                     merge_info(&mut info, m);
                 }
                 let live = self.unlearned_live.remove(&cgroup_id).unwrap_or(0);
-                let st = ContainerState { info, init: None, entered: false, from_proc, live, mntns: None, pidns: None };
+                let st = ContainerState {
+                    info: Arc::new(info),
+                    init: None,
+                    entered: false,
+                    from_proc,
+                    live,
+                    mntns: None,
+                    pidns: None,
+                };
                 self.by_cgroup.insert(cgroup_id, st);
                 true
             }
@@ -235,7 +246,11 @@ impl Containers {
         for (cg, st) in self.by_cgroup.iter_mut() {
             let same = (info.cgroup_id != 0 && *cg == info.cgroup_id) || (!info.id.is_empty() && st.info.id == info.id);
             if same {
-                merge_info(&mut st.info, info);
+                let mut merged = ContainerInfo::clone(&st.info);
+                merge_info(&mut merged, info);
+                if merged != *st.info {
+                    st.info = Arc::new(merged);
+                }
                 hit.push(*cg);
             }
         }

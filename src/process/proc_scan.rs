@@ -199,7 +199,7 @@ impl SessionTracker {
             if let Some(st) = self.containers.get_mut(cg) {
                 st.init = init;
                 st.entered = true;
-                st.info.started_ns = init.map(|k| k.start_ns);
+                std::sync::Arc::make_mut(&mut st.info).started_ns = init.map(|k| k.start_ns);
             }
             for p in list.iter().filter(|p| Some(key_of(p)) != init) {
                 tracing::debug!(

@@ -28,7 +28,7 @@ pub const MAX_COOKIES_PER_PROCESS: usize = 4096;
 #[derive(Clone, Debug, PartialEq)]
 pub struct PendingJoin {
     pub joiner: ProcessKey,
-    pub container: ContainerInfo,
+    pub container: std::sync::Arc<ContainerInfo>,
     pub loginuid: Option<u32>,
     pub ts_ns: u64,
     /// The session the joiner was in (nsenter from inside a session).

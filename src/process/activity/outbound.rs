@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
 
@@ -27,7 +28,7 @@ struct Window {
     last_ns: u64,
     suppressed_before: u64,
     proc: ProcessRecord,
-    container: ContainerInfo,
+    container: Arc<ContainerInfo>,
 }
 
 /// (process image, connect or sendto, transport, destination, serial): the serial is 0 when
@@ -49,7 +50,7 @@ struct Bucket {
 struct Suppressed {
     c: ConnectRecord,
     proc: ProcessRecord,
-    container: ContainerInfo,
+    container: Arc<ContainerInfo>,
 }
 
 /// Outbound connects outside sessions: folded by (process image, destination) over a window,
@@ -130,7 +131,7 @@ enum Pending {
     Counted(WindowKey),
     /// A UDP connect not yet counted: it counts at its first datagram (boxed: most entries
     /// are `Counted`, and the cache holds up to [`MAX_PENDING`] of them).
-    Udp(Box<(ConnectRecord, ProcessRecord, ContainerInfo, u64)>),
+    Udp(Box<(ConnectRecord, ProcessRecord, Arc<ContainerInfo>, u64)>),
 }
 
 /// How often idle rate-limit buckets are dropped.
@@ -164,7 +165,7 @@ impl Outbound {
         c: ConnectRecord,
         cookie: u64,
         proc: ProcessRecord,
-        container: ContainerInfo,
+        container: Arc<ContainerInfo>,
         cgroup_id: u64,
     ) {
         if c.op == NetOp::SendTo {
@@ -219,7 +220,7 @@ impl Outbound {
         c: ConnectRecord,
         cookie: u64,
         proc: ProcessRecord,
-        container: ContainerInfo,
+        container: Arc<ContainerInfo>,
         cgroup_id: u64,
     ) -> Option<(WindowKey, bool)> {
         let exec_index = proc.images.last().map(|i| i.exec_index).unwrap_or(0);
@@ -459,13 +460,13 @@ mod tests {
         let mut o = Outbound::default();
         for cookie in 1..=MAX_PENDING as u64 {
             let (c, p) = udp(cookie);
-            o.connect(&cfg, c, cookie, p, ContainerInfo::default(), 1);
+            o.connect(&cfg, c, cookie, p, Default::default(), 1);
         }
         // the first socket sends: it is now the most recently used
         assert!(o.udp_sent(&cfg, 1, None));
         assert_eq!(o.cookies_evicted(), 0, "nothing forgotten below the cap");
         let (c, p) = udp(MAX_PENDING as u64 + 1);
-        o.connect(&cfg, c, MAX_PENDING as u64 + 1, p, ContainerInfo::default(), 1);
+        o.connect(&cfg, c, MAX_PENDING as u64 + 1, p, Default::default(), 1);
         assert_eq!(o.cookies_evicted(), 1, "one forgotten, not all");
         assert!(o.result(2).is_none(), "the least recently used cookie went");
         assert!(o.result(1).is_some() && o.result(3).is_some() && o.result(MAX_PENDING as u64 + 1).is_some());

@@ -49,7 +49,9 @@ impl SessionTracker {
         }
         let container = match is_container {
             true => self.containers.get(e.cgroup_id).map(|c| c.info.clone()).unwrap_or_default(),
-            false => ContainerInfo { cgroup_id: e.cgroup_id, source: "host", ..Default::default() },
+            false => {
+                std::sync::Arc::new(ContainerInfo { cgroup_id: e.cgroup_id, source: "host", ..Default::default() })
+            }
         };
         if let Some(prev) = tree {
             self.leave(prev, e.ts_ns, out);

@@ -38,7 +38,7 @@ pub(crate) struct PendingInit {
     cgroup_id: u64,
     /// The container as known at the init's exec (the tracker forgets a container whose last
     /// process exited, and a short debug command can end before the answer).
-    container: crate::model::ContainerInfo,
+    container: std::sync::Arc<crate::model::ContainerInfo>,
     init: ProcessKey,
     ts_ns: u64,
     argv: Vec<Vec<u8>>,
@@ -117,7 +117,7 @@ impl SessionTracker {
     fn start_debug(
         &mut self,
         p: PendingInit,
-        container: crate::model::ContainerInfo,
+        container: std::sync::Arc<crate::model::ContainerInfo>,
         now_ns: u64,
         out: &mut Vec<SessionUpdate>,
     ) {

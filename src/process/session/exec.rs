@@ -151,7 +151,7 @@ impl SessionTracker {
             }
             st.entered = true;
             st.init = Some(e.key());
-            st.info.started_ns = Some(e.key().start_ns);
+            std::sync::Arc::make_mut(&mut st.info).started_ns = Some(e.key().start_ns);
             return true;
         }
         if let Some(init) = st.init {
@@ -167,7 +167,7 @@ impl SessionTracker {
         if verdict {
             if let Some(st) = self.containers.get_mut(e.cgroup_id) {
                 st.init = Some(e.key());
-                st.info.started_ns = Some(e.key().start_ns);
+                std::sync::Arc::make_mut(&mut st.info).started_ns = Some(e.key().start_ns);
             }
         }
         verdict

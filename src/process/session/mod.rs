@@ -309,9 +309,19 @@ impl SessionTracker {
         for s in self.sessions.values_mut() {
             let c = &s.info.container;
             let same = cgroups.contains(&c.cgroup_id) || (!info.id.is_empty() && c.id == info.id);
-            if same {
-                super::containers::merge_info(&mut Arc::make_mut(&mut s.info).container, &info);
+            if !same {
+                continue;
             }
+            let mut merged = crate::model::ContainerInfo::clone(c);
+            super::containers::merge_info(&mut merged, &info);
+            if merged == **c {
+                continue;
+            }
+            // the container table's (just merged the same way) when it says the same, so the
+            // container's sessions keep sharing one
+            let table = self.containers.get(c.cgroup_id).map(|st| &st.info).filter(|t| ***t == merged);
+            let merged = table.cloned().unwrap_or_else(|| Arc::new(merged));
+            Arc::make_mut(&mut s.info).container = merged;
         }
     }
 

@@ -167,6 +167,14 @@ pub struct FoldTable<T> {
     /// Keyed by span id and SHA-256 digest: values nobody picks, hashed with
     /// [`crate::hashing::FastState`].
     seen: FastLru<(SpanId, [u8; 8]), u32>,
+    /// Made at the first fold: most sessions never repeat anything `after` times, and an
+    /// empty map and list inline were 56 bytes of every open session (issue 15).
+    folded: Option<Box<Folds<T>>>,
+}
+
+/// The fold spans of a [`FoldTable`], and the order they began in.
+#[derive(Debug)]
+struct Folds<T> {
     folds: FastMap<(SpanId, [u8; 8]), Fold<T>>,
     order: Vec<(SpanId, [u8; 8])>,
 }
@@ -182,7 +190,7 @@ pub enum FoldDecision {
 
 impl<T> FoldTable<T> {
     pub fn new(after: u32) -> Self {
-        FoldTable { after, seen: FastLru::with_hasher(MAX_FOLD_KEYS), folds: FastMap::default(), order: Vec::new() }
+        FoldTable { after, seen: FastLru::with_hasher(MAX_FOLD_KEYS), folded: None }
     }
 
     pub fn offer(
@@ -199,11 +207,12 @@ impl<T> FoldTable<T> {
             *n += 1;
             return FoldDecision::Keep;
         }
-        if !self.folds.contains_key(&key) && self.folds.len() >= MAX_FOLDS {
+        let f = self.folded.get_or_insert_with(|| Box::new(Folds { folds: FastMap::default(), order: Vec::new() }));
+        if !f.folds.contains_key(&key) && f.folds.len() >= MAX_FOLDS {
             return FoldDecision::Capped;
         }
-        let fold = self.folds.entry(key).or_insert_with(|| {
-            self.order.push(key);
+        let fold = f.folds.entry(key).or_insert_with(|| {
+            f.order.push(key);
             Fold {
                 id: super::ids::fold_span_id(parent, &digest),
                 count: 0,
@@ -220,13 +229,14 @@ impl<T> FoldTable<T> {
 
     /// Items folded so far (not counting the kept ones).
     pub fn folded(&self) -> u64 {
-        self.folds.values().map(|f| f.count).sum()
+        self.folded.iter().flat_map(|f| f.folds.values()).map(|f| f.count).sum()
     }
 
     /// The folds, in the order they began, with their parent span.
     pub fn drain(&mut self) -> Vec<(SpanId, Fold<T>)> {
-        let order = std::mem::take(&mut self.order);
-        order.into_iter().filter_map(|k| self.folds.remove(&k).map(|f| (k.0, f))).collect()
+        let Some(mut f) = self.folded.take() else { return Vec::new() };
+        let order = std::mem::take(&mut f.order);
+        order.into_iter().filter_map(|k| f.folds.remove(&k).map(|fold| (k.0, fold))).collect()
     }
 }
 
@@ -311,7 +321,7 @@ mod tests {
             }
         }
         assert!(t.seen.len() <= MAX_FOLD_KEYS);
-        assert_eq!(t.folds.len(), MAX_FOLDS);
+        assert_eq!(t.folded.as_ref().map_or(0, |f| f.folds.len()), MAX_FOLDS);
         assert_eq!(t.folded() + capped, MAX_FOLD_KEYS as u64 * 2, "every repeat folded or capped");
     }
 }

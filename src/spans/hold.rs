@@ -28,7 +28,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::SpanData;
 
 use super::build::{BuildCtx, SessionFrame};
@@ -159,6 +158,8 @@ pub struct SpanStage {
     /// Records younger than this do not answer late questions.
     settle: Duration,
     unattributed: FastMap<SessionId, Unattributed>,
+    /// What [`Unattributed::released`] counts from.
+    epoch: Instant,
     unattributed_order: VecDeque<SessionId>,
     /// The attributor's last revision and when it was first seen.
     revision: Option<(Option<u64>, Instant)>,
@@ -185,6 +186,7 @@ impl SpanStage {
             max_late,
             settle: hold_for.min(Duration::from_secs(10)),
             unattributed: FastMap::default(),
+            epoch: Instant::now(),
             unattributed_order: VecDeque::new(),
             revision: None,
             dropped: Default::default(),

@@ -59,6 +59,33 @@ struct Slot {
     span: SpanId,
 }
 
+/// One ended process's slots: inline for the single image most processes run (a `Vec` was
+/// a heap allocation per ended process and 24 bytes more per slot entry, issue 15).
+#[derive(Clone, Debug)]
+enum Slots {
+    One(Slot),
+    Many(Box<[Slot]>),
+}
+
+impl std::ops::Deref for Slots {
+    type Target = [Slot];
+    fn deref(&self) -> &[Slot] {
+        match self {
+            Slots::One(s) => std::slice::from_ref(s),
+            Slots::Many(v) => v,
+        }
+    }
+}
+
+impl From<Vec<Slot>> for Slots {
+    fn from(v: Vec<Slot>) -> Self {
+        match v[..] {
+            [one] => Slots::One(one),
+            _ => Slots::Many(v.into_boxed_slice()),
+        }
+    }
+}
+
 /// Ended processes whose image spans a session remembers for children yet to end.
 pub const MAX_SLOTS: usize = 16_384;
 
@@ -91,13 +118,19 @@ pub struct SessionSpans {
     /// end and hangs under the root.
     /// Maps here are keyed by process key, span id or (device, inode): values the kernel or
     /// podtrail choose, hashed with [`crate::hashing::FastState`].
-    slots: FastLru<ProcessKey, Vec<Slot>>,
+    slots: FastLru<ProcessKey, Slots>,
     /// Shared with the rules stage's copy ([`super::hold::Output::records`]): not cloned.
-    waiting: FastMap<ProcessKey, Vec<Arc<EndedRecord>>>,
+    /// Made when a record first waits (its parent's image unknown and unnamed): rare.
+    waiting: Option<Box<FastMap<ProcessKey, Vec<Arc<EndedRecord>>>>>,
     /// Image spans named as a parent before they were built: never folded.
     referenced: FastSet<SpanId>,
     folds: FoldTable<SpanData>,
-    marks: RootMarks,
+    /// The root's counters every session moves (kept inline), and the others (caps, cuts,
+    /// unsent datagrams: rare) made at their first count: all eleven inline were 96 bytes of
+    /// every open session (issue 15).
+    processes: u64,
+    args_redacted: u64,
+    marks: Option<Box<RootMarks>>,
     spans: u64,
     /// Executables (device, inode) this session has run: a new one matters past the cap.
     contents: FastSet<(u32, u64)>,
@@ -105,9 +138,9 @@ pub struct SessionSpans {
     /// reached: a span kept past the cap whose parent is not among them hangs on the root.
     kept: FastSet<SpanId>,
     /// Build the spans the caps refuse for the rules stage ([`OverCap`]); off without one.
-    offer_over_cap: bool,
     /// Built since last taken ([`Self::take_over_cap`]).
-    over_cap: Vec<OverCap>,
+    /// None unless offered ([`Self::offer_over_cap`]).
+    over_cap: Option<Vec<OverCap>>,
 }
 
 /// Executables remembered per session for "not run before" (beyond: not new).
@@ -129,26 +162,30 @@ impl SessionSpans {
             who,
             frame,
             slots: FastLru::with_hasher(MAX_SLOTS),
-            waiting: FastMap::default(),
+            waiting: None,
             referenced: FastSet::default(),
             folds: FoldTable::new(ctx.cfg.fold_after),
-            marks: RootMarks::default(),
+            processes: 0,
+            args_redacted: 0,
+            marks: None,
             spans: 0,
             contents: FastSet::default(),
             kept: FastSet::default(),
-            offer_over_cap: false,
-            over_cap: Vec::new(),
+            over_cap: None,
         }
     }
 
     /// Build the spans the caps refuse for a rules stage that follows ([`OverCap`]).
     pub fn offer_over_cap(&mut self, on: bool) {
-        self.offer_over_cap = on;
+        match on {
+            true => _ = self.over_cap.get_or_insert_with(Vec::new),
+            false => self.over_cap = None,
+        }
     }
 
     /// The spans the caps refused since the last call (empty unless offered).
     pub fn take_over_cap(&mut self) -> Vec<OverCap> {
-        std::mem::take(&mut self.over_cap)
+        self.over_cap.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     pub fn info(&self) -> &SessionInfo {
@@ -234,15 +271,19 @@ impl SessionSpans {
         for rec in remaining {
             self.place(ctx, rec, &mut out);
         }
-        while let Some(parent) = self.waiting.keys().next().copied() {
-            for rec in self.waiting.remove(&parent).unwrap_or_default() {
+        let mut waiting = self.waiting.take().unwrap_or_default();
+        while let Some(parent) = waiting.keys().next().copied() {
+            for rec in waiting.remove(&parent).unwrap_or_default() {
                 let root = self.frame.root_id;
                 self.emit(ctx, rec, root, &mut out);
             }
         }
         // Fold spans are not subject to the cap: they are the budget's own summary, and there
         // is at most one per `fold_after + 1` spans.
-        self.marks.folded = self.folds.folded();
+        let mut marks = self.marks.take().map(|m| *m).unwrap_or_default();
+        marks.processes = self.processes;
+        marks.args_redacted = self.args_redacted;
+        marks.folded = self.folds.folded();
         for (_parent, fold) in self.folds.drain() {
             let mut s = fold.template;
             s.span_context = opentelemetry::trace::SpanContext::new(
@@ -258,10 +299,10 @@ impl SessionSpans {
             out.push(s);
         }
         let end_ns = self.info.end_ns.unwrap_or(self.info.start_ns);
-        let root = build::root_span(ctx, &self.frame, &self.info, self.who.as_deref(), &self.marks, end_ns);
+        let root = build::root_span(ctx, &self.frame, &self.info, self.who.as_deref(), &marks, end_ns);
         let mut built: Vec<BuiltSpan> = out.into_iter().map(|span| BuiltSpan { span, root: false }).collect();
         built.push(BuiltSpan { span: root, root: true });
-        (built, self.over_cap)
+        (built, self.over_cap.unwrap_or_default())
     }
 
     fn fallback_end(&self) -> u64 {
@@ -289,7 +330,11 @@ impl SessionSpans {
                 self.emit(ctx, rec, p, out);
                 let mut ready = vec![key];
                 while let Some(k) = ready.pop() {
-                    for child in self.waiting.remove(&k).unwrap_or_default() {
+                    let children = self.waiting.as_mut().and_then(|w| w.remove(&k)).unwrap_or_default();
+                    if self.waiting.as_ref().is_some_and(|w| w.is_empty()) {
+                        self.waiting = None;
+                    }
+                    for child in children {
                         let ck = child.key;
                         let p = self.slots.get(&k).map(|s| pick_slot(s, child.fork_ns)).unwrap_or(self.frame.root_id);
                         self.emit(ctx, child, p, out);
@@ -299,7 +344,7 @@ impl SessionSpans {
             }
             None => {
                 let q = rec.parent.unwrap_or(rec.key);
-                self.waiting.entry(q).or_default().push(rec);
+                self.waiting.get_or_insert_with(Default::default).entry(q).or_default().push(rec);
             }
         }
     }
@@ -328,20 +373,20 @@ impl SessionSpans {
         }
         if matters && self.spans < ctx.cfg.max_kept_spans_per_session as u64 {
             self.spans += 1;
-            self.marks.spans_kept_over_cap += 1;
+            rare(&mut self.marks).spans_kept_over_cap += 1;
             return true;
         }
-        self.marks.spans_capped += 1;
+        rare(&mut self.marks).spans_capped += 1;
         match kind {
-            Capped::Process => self.marks.spans_capped_process += 1,
-            Capped::Network => self.marks.spans_capped_network += 1,
+            Capped::Process => rare(&mut self.marks).spans_capped_process += 1,
+            Capped::Network => rare(&mut self.marks).spans_capped_network += 1,
         }
         false
     }
 
     /// Past the cap, a parent that was not exported is replaced by the root.
     fn kept_parent(&self, parent: SpanId) -> SpanId {
-        if self.marks.spans_capped == 0
+        if self.marks.as_ref().is_none_or(|m| m.spans_capped == 0)
             || parent == self.frame.root_id
             || self.kept.contains(&parent)
             || self.referenced.contains(&parent)
@@ -353,14 +398,16 @@ impl SessionSpans {
     }
 
     fn emit(&mut self, ctx: &BuildCtx, rec: Arc<EndedRecord>, parent: SpanId, out: &mut Vec<SpanData>) {
-        self.marks.processes += 1;
+        self.processes += 1;
         let fallback = self.fallback_end();
         let mut parent_for_image = parent;
         let mut slots = Vec::with_capacity(rec.images.len());
         for idx in 0..rec.images.len() {
             let img = &rec.images[idx];
-            self.marks.connects_over_cap += img.connects_over_cap;
-            self.marks.args_redacted += img.argv_redacted as u64;
+            if img.connects_over_cap > 0 {
+                rare(&mut self.marks).connects_over_cap += img.connects_over_cap;
+            }
+            self.args_redacted += img.argv_redacted as u64;
             let end = build::image_end_ns(&rec, idx, fallback);
             let own = rec.ids.image(idx);
             let last = idx + 1 == rec.images.len();
@@ -399,8 +446,8 @@ impl SessionSpans {
                 }
                 // a repeat with no room for another fold span: not exported, counted as capped
                 FoldDecision::Capped => {
-                    self.marks.spans_capped += 1;
-                    self.marks.spans_capped_process += 1;
+                    rare(&mut self.marks).spans_capped += 1;
+                    rare(&mut self.marks).spans_capped_process += 1;
                     parent_for_image
                 }
                 FoldDecision::Keep => {
@@ -408,21 +455,21 @@ impl SessionSpans {
                         let parent = self.kept_parent(parent_for_image);
                         let (s, cut) = build::image_span(ctx, &self.frame, &rec, idx, own, parent, end);
                         if cut {
-                            self.marks.argv_truncated += 1;
+                            rare(&mut self.marks).argv_truncated += 1;
                         }
                         out.push(s);
                         self.kept.insert(own);
-                    } else if self.offer_over_cap {
+                    } else if self.over_cap.is_some() {
                         let parent = self.kept_parent(parent_for_image);
                         let span = build::image_span(ctx, &self.frame, &rec, idx, own, parent, end).0;
-                        self.over_cap.push(OverCap { span, kind: Capped::Process });
+                        self.over_cap.get_or_insert_with(Vec::new).push(OverCap { span, kind: Capped::Process });
                     }
                     own
                 }
             };
             for (ci, c) in img.connects.iter().enumerate() {
                 if c.transport == Transport::Udp && !c.udp_sent {
-                    self.marks.udp_unsent += 1;
+                    rare(&mut self.marks).udp_unsent += 1;
                     continue;
                 }
                 let cid = rec.ids.connect(idx, ci);
@@ -443,16 +490,16 @@ impl SessionSpans {
                 match decision {
                     FoldDecision::Folded(_) => {}
                     FoldDecision::Capped => {
-                        self.marks.spans_capped += 1;
-                        self.marks.spans_capped_network += 1;
+                        rare(&mut self.marks).spans_capped += 1;
+                        rare(&mut self.marks).spans_capped_network += 1;
                     }
                     FoldDecision::Keep => {
                         let parent = self.kept_parent(slot_span);
                         if self.under_cap(ctx, Capped::Network, true) {
                             out.push(build::connect_span(ctx, &self.frame, cid, parent, c));
-                        } else if self.offer_over_cap {
+                        } else if self.over_cap.is_some() {
                             let span = build::connect_span(ctx, &self.frame, cid, parent, c);
-                            self.over_cap.push(OverCap { span, kind: Capped::Network });
+                            self.over_cap.get_or_insert_with(Vec::new).push(OverCap { span, kind: Capped::Network });
                         }
                     }
                 }
@@ -464,8 +511,13 @@ impl SessionSpans {
             // A record without images (should not happen): its children hang on its parent.
             slots.push(Slot { start_ns: 0, end_ns: u64::MAX, span: parent });
         }
-        self.slots.insert(rec.key, slots);
+        self.slots.insert(rec.key, slots.into());
     }
+}
+
+/// The session's rare marks, made at their first count.
+fn rare(marks: &mut Option<Box<RootMarks>>) -> &mut RootMarks {
+    marks.get_or_insert_with(Default::default)
 }
 
 /// The image current at `fork_ns`: [start, end) contains it, else the last one started

@@ -270,3 +270,18 @@ fn shutdown_gives_remembered_sessions_a_last_unsettled_chance() {
     assert_eq!(out.late.len(), 1);
     assert_eq!(*fake.settled.lock().unwrap().last().unwrap(), Duration::ZERO);
 }
+
+#[test]
+fn a_remembered_release_time_comes_back_exactly_either_side_of_the_epoch() {
+    let fake = Arc::new(Fake::default());
+    let st = stage(&fake, 3_000, 20_000, 2);
+    let e = st.epoch;
+    for t in [
+        e,
+        e + Duration::from_nanos(1),
+        e + Duration::from_secs(86_400),
+        e.checked_sub(Duration::from_millis(7)).unwrap_or(e),
+    ] {
+        assert_eq!(st.instant(st.instant_ns(t)), t);
+    }
+}

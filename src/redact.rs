@@ -36,6 +36,9 @@ use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use regex::bytes::{Captures, Regex};
+use regex_automata::nfa::thompson::WhichCaptures;
+use regex_automata::util::syntax;
+use regex_automata::{meta, MatchKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -93,18 +96,60 @@ impl std::fmt::Debug for Redactor {
 /// The mark a redacted value leaves; also how an already redacted value is recognised.
 pub const TOKEN_PREFIX: &str = "<redacted:";
 
-// One alternation for the text patterns; group `s` is the secret in each branch.
-static BUILTIN: LazyLock<Regex> = LazyLock::new(|| {
-    let header = r"(?i:\b(?:(?:proxy-)?authorization|x-api-key|x-auth-token|x-access-token|private-token|cookie)[ \t]*:[ \t]*(?:(?:bearer|basic|token|digest|negotiate)[ \t]+)?)(?P<h>[^\s'\x22]+)";
-    let bearer = r"(?i:\bbearer[ \t]+)(?P<b>[A-Za-z0-9\-._~+/]+=*)";
-    let url = r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#@:'\x22]*:(?P<u>[^\s/?#@'\x22]+)@";
-    let assign = r"[A-Za-z0-9_.\-]*(?i:password|passwd|secret|token|api[_\-]?key|access[_\-]?key|private[_\-]?key|credentials?|_pwd|auth[_\-]?key)[A-Za-z0-9_.\-]*=(?P<a>[^\s&;'\x22]+)";
-    let cloud = r"\b(?P<c>(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{16}|(?:ghp|gho|ghu|ghs|ghr|github_pat)_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_\-]{20,}|xox[abprs]-[A-Za-z0-9\-]{10,})";
-    Regex::new(&format!("(?-u:{header}|{bearer}|{url}|{assign}|{cloud})")).expect("built-in redaction patterns")
+// The text patterns, one per kind of secret, in order of preference: a search finds what
+// their alternation `header|bearer|url|assign|cloud` finds (leftmost first, the earlier pattern
+// where two match at one place), and says which pattern matched. Where the secret starts and
+// ends inside the match follows from the pattern ([`secret_in`]), so the search asks for no
+// capture groups: the captures were the largest part of redacting a secret (BENCHMARKS.md,
+// exp18 and exp19).
+const HEADER: &str = r"(?i:\b(?:(?:proxy-)?authorization|x-api-key|x-auth-token|x-access-token|private-token|cookie)[ \t]*:[ \t]*(?:(?:bearer|basic|token|digest|negotiate)[ \t]+)?)[^\s'\x22]+";
+const BEARER: &str = r"(?i:\bbearer[ \t]+)[A-Za-z0-9\-._~+/]+=*";
+const URL: &str = r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#@:'\x22]*:[^\s/?#@'\x22]+@";
+const ASSIGN: &str = r"[A-Za-z0-9_.\-]*(?i:password|passwd|secret|token|api[_\-]?key|access[_\-]?key|private[_\-]?key|credentials?|_pwd|auth[_\-]?key)[A-Za-z0-9_.\-]*=[^\s&;'\x22]+";
+const CLOUD: &str = r"\b(?:(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{16}|(?:ghp|gho|ghu|ghs|ghr|github_pat)_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_\-]{20,}|xox[abprs]-[A-Za-z0-9\-]{10,})";
+const PATTERNS: [&str; 5] = [HEADER, BEARER, URL, ASSIGN, CLOUD];
+
+static BUILTIN: LazyLock<meta::Regex> = LazyLock::new(|| {
+    // as `regex::bytes::Regex` builds its own (bytes, not UTF-8; leftmost first), with only
+    // the whole match of each pattern kept
+    let pats: Vec<String> = PATTERNS.iter().map(|p| format!("(?-u:{p})")).collect();
+    meta::Builder::new()
+        .configure(
+            meta::Config::new()
+                .nfa_size_limit(Some(10 * (1 << 20)))
+                .hybrid_cache_capacity(2 * (1 << 20))
+                .match_kind(MatchKind::LeftmostFirst)
+                .utf8_empty(false)
+                .which_captures(WhichCaptures::Implicit),
+        )
+        .syntax(syntax::Config::new().utf8(false))
+        .build_many(&pats)
+        .expect("built-in redaction patterns")
 });
 
-const GROUPS: [&str; 5] = ["h", "b", "u", "a", "c"];
-
+/// The secret inside `m`, a match of built-in pattern `pattern`, as offsets into `m`: the value
+/// after a header's name and scheme, after `bearer`, a URL's password (between the user's `:`
+/// and the `@`), the value of an assignment, a cloud token whole.
+fn secret_in(pattern: usize, m: &[u8]) -> (usize, usize) {
+    let after = |b: u8| m.iter().position(|&x| x == b).map_or(0, |i| i + 1);
+    // the value has no white space: it starts after the last blank (or at the start)
+    let after_space = || m.iter().rposition(|&x| x == b' ' || x == b'\t').map_or(0, |i| i + 1);
+    match pattern {
+        // `name [ \t]* : [ \t]* (scheme [ \t]+)? value`: the name has no `:`, the value no
+        // white space, so the value starts after the first `:` and after the last blank
+        0 => (after(b':').max(after_space()), m.len()),
+        // `bearer [ \t]+ value`
+        1 => (after_space(), m.len()),
+        // `scheme://user:password@`: the scheme and the user have no `:`
+        2 => {
+            let user = after(b':') + 2;
+            (user + m[user..].iter().position(|&x| x == b':').map_or(0, |i| i + 1), m.len() - 1)
+        }
+        // `name=value`: the name has no `=`
+        3 => (after(b'='), m.len()),
+        _ => (0, m.len()),
+    }
+}
 fn random_key() -> [u8; 32] {
     let mut k = [0u8; 32];
     use std::io::Read;
@@ -250,18 +295,37 @@ impl Redactor {
                 cur = Some(out);
             }
         }
-        for re in std::iter::once(&*BUILTIN).chain(self.custom.iter()) {
+        // the built-in patterns: each match's secret found from its pattern
+        let src = cur.as_deref().unwrap_or(s);
+        let mut out = Vec::new();
+        let (mut last, mut k) = (0, 0u32);
+        for m in BUILTIN.find_iter(src) {
+            let (a, b) = secret_in(m.pattern().as_usize(), &src[m.range()]);
+            let secret = &src[m.start() + a..m.start() + b];
+            if secret.is_empty() || secret.starts_with(TOKEN_PREFIX.as_bytes()) {
+                continue;
+            }
+            out.extend_from_slice(&src[last..m.start() + a]);
+            out.extend_from_slice(self.token(secret).as_bytes());
+            last = m.start() + b;
+            k += 1;
+        }
+        if k > 0 {
+            out.extend_from_slice(&src[last..]);
+            n += k;
+            cur = Some(out);
+        }
+        // configured patterns: the first capture group, or the whole match
+        for re in &self.custom {
             let src = cur.as_deref().unwrap_or(s);
             if !re.is_match(src) {
                 continue;
             }
-            let builtin = std::ptr::eq(re, &*BUILTIN);
             let mut k = 0u32;
             let out = re.replace_all(src, |c: &Captures| {
                 let whole = c.get(0).expect("group 0");
-                let secret = if builtin { GROUPS.iter().find_map(|g| c.name(g)) } else { c.get(1).or(Some(whole)) };
-                match secret {
-                    Some(m) if !m.as_bytes().is_empty() && !m.as_bytes().starts_with(TOKEN_PREFIX.as_bytes()) => {
+                match c.get(1).unwrap_or(whole) {
+                    m if !m.as_bytes().is_empty() && !m.as_bytes().starts_with(TOKEN_PREFIX.as_bytes()) => {
                         k += 1;
                         let mut r = src[whole.start()..m.start()].to_vec();
                         r.extend_from_slice(self.token(m.as_bytes()).as_bytes());
@@ -573,6 +637,83 @@ mod tests {
         let mut v = vec![b"\xff--password=zz\xfe".to_vec()];
         assert_eq!(a.argv(&mut v), 1);
         assert!(!v[0].windows(2).any(|w| w == b"zz"));
+    }
+
+    /// The alternation the built-in patterns were, with a capture group for each secret: the
+    /// reference for where [`secret_in`] says a secret is.
+    static ALTERNATION: LazyLock<Regex> = LazyLock::new(|| {
+        let header = r"(?i:\b(?:(?:proxy-)?authorization|x-api-key|x-auth-token|x-access-token|private-token|cookie)[ \t]*:[ \t]*(?:(?:bearer|basic|token|digest|negotiate)[ \t]+)?)(?P<h>[^\s'\x22]+)";
+        let bearer = r"(?i:\bbearer[ \t]+)(?P<b>[A-Za-z0-9\-._~+/]+=*)";
+        let url = r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#@:'\x22]*:(?P<u>[^\s/?#@'\x22]+)@";
+        let assign = r"[A-Za-z0-9_.\-]*(?i:password|passwd|secret|token|api[_\-]?key|access[_\-]?key|private[_\-]?key|credentials?|_pwd|auth[_\-]?key)[A-Za-z0-9_.\-]*=(?P<a>[^\s&;'\x22]+)";
+        let cloud = r"\b(?P<c>(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{16}|(?:ghp|gho|ghu|ghs|ghr|github_pat)_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_\-]{20,}|xox[abprs]-[A-Za-z0-9\-]{10,})";
+        Regex::new(&format!("(?-u:{header}|{bearer}|{url}|{assign}|{cloud})")).unwrap()
+    });
+
+    /// (match, secret) ranges as the alternation's captures give them, and as the patterns'
+    /// search and [`secret_in`] do.
+    fn both(src: &[u8]) -> (Vec<[usize; 4]>, Vec<[usize; 4]>) {
+        let old = ALTERNATION
+            .captures_iter(src)
+            .map(|c| {
+                let w = c.get(0).unwrap();
+                let m = ["h", "b", "u", "a", "c"].iter().find_map(|g| c.name(g)).unwrap();
+                [w.start(), w.end(), m.start(), m.end()]
+            })
+            .collect();
+        let new = BUILTIN
+            .find_iter(src)
+            .map(|m| {
+                let (a, b) = secret_in(m.pattern().as_usize(), &src[m.range()]);
+                [m.start(), m.end(), m.start() + a, m.start() + b]
+            })
+            .collect();
+        (old, new)
+    }
+
+    #[test]
+    fn each_secret_is_where_the_capture_groups_put_it() {
+        for s in [
+            "Authorization: Bearer abc.def-123",
+            "authorization :abc:def",
+            "Proxy-Authorization:\tBasic  x",
+            "Authorization: Basic",
+            "cookie:a:b x-api-key : k bearer t0k==",
+            "X-Auth-Token=abc",
+            "_authorization://u:p@h",
+            "https://user:pa55:word@example.com/x?access_token=qq1&y=1 ftp://:p@h",
+            "AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE token=a=b ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "--header=Authorization: Bearer tok1abcdef0123456789 \x0bbearer\x0bx",
+        ] {
+            let (old, new) = both(s.as_bytes());
+            assert!(!old.is_empty(), "{s}");
+            assert_eq!(old, new, "{s}");
+        }
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        #[test]
+        fn the_patterns_find_what_the_alternation_captured(parts in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::sample::select(vec![
+                    "Authorization", "proxy-authorization", "X-API-KEY", "x-auth-token", "private-token",
+                    "Cookie", "bearer", "Basic", "token", "password", "DB_PASSWD", "api-key", "_pwd",
+                    "credential", "auth_key", "AKIA", "ASIA0123456789ABCDEF", "ghp_", "glpat-", "xoxb-",
+                    "://", "https", "user", ":", "@", "=", " ", "\t", "\n", "\x0b", "'", "\"", "/", "?",
+                    "#", "&", ";", "-", "_", ".", "+", "~", "==", "<redacted:0123456789>",
+                ]).prop_map(|s| s.as_bytes().to_vec()),
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4),
+                "[A-Za-z0-9]{1,24}".prop_map(|s| s.into_bytes()),
+            ],
+            0..24,
+        )) {
+            let src = parts.concat();
+            let (old, new) = both(&src);
+            proptest::prop_assert_eq!(old, new);
+        }
     }
 
     #[test]

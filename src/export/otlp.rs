@@ -368,7 +368,7 @@ impl GrpcTraces {
         for s in spans {
             batch.push_span(&mut self.heads, s);
         }
-        self.export(batch.request(&self.heads).into()).await
+        self.export(batch.request(&self.heads)).await
     }
 }
 

@@ -46,7 +46,7 @@ fn put_key(out: &mut Vec<u8>, field: u32, wire: u32) {
 }
 
 /// A length-delimited field of `n` bytes, field number below 16: key, length, bytes.
-fn field_len(n: usize) -> usize {
+pub fn field_len(n: usize) -> usize {
     1 + varint_len(n as u64) + n
 }
 
@@ -412,20 +412,63 @@ impl Heads {
 }
 
 /// Encoded spans of one batch, grouped by scope (in the order each scope first appears).
+///
+/// The first group's buffer is the request's own: it starts with room for the request's heads
+/// (the `ResourceSpans` and `ScopeSpans` keys and lengths, the resource's and the scope's
+/// fields), which [`Batch::request`] writes in front of the spans once their length is known,
+/// so the spans are written once and never copied into another buffer (a batch of one scope,
+/// podtrail's, is every batch the agent sends). [`Batch::with_capacity`] sizes it up front, so it
+/// need not double its way up to the request's size either.
 #[derive(Default)]
 pub struct Batch {
     /// (scope index in [`Heads`], the spans: each as field 2 of `ScopeSpans`, key and length
-    /// in front)
+    /// in front); the first group's buffer starts with `room` bytes kept for the heads
     groups: Vec<(usize, Vec<u8>)>,
+    /// Bytes at the front of the first group's buffer kept for the heads.
+    room: usize,
+    /// Bytes of spans the first group is made for.
+    capacity: usize,
     spans: usize,
 }
 
+/// The most bytes a varint of a length takes.
+const VARINT_MAX: usize = 10;
+
+/// `v` as a varint: the bytes and how many of them.
+fn varint_bytes(v: u64) -> ([u8; VARINT_MAX], usize) {
+    let mut out = [0u8; VARINT_MAX];
+    let mut n = 0;
+    let mut v = v;
+    while v >= 0x80 {
+        out[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    out[n] = v as u8;
+    (out, n + 1)
+}
+
 impl Batch {
-    fn group(&mut self, scope: usize) -> &mut Vec<u8> {
+    /// A batch whose first group has room for `bytes` of encoded spans (each with its key and
+    /// length) before it grows.
+    pub fn with_capacity(bytes: usize) -> Batch {
+        Batch { capacity: bytes, ..Batch::default() }
+    }
+
+    fn group(&mut self, heads: &Heads, scope: usize) -> &mut Vec<u8> {
         let i = match self.groups.iter().position(|(s, _)| *s == scope) {
             Some(i) => i,
             None => {
-                self.groups.push((scope, Vec::new()));
+                let buf = if self.groups.is_empty() {
+                    // room for the heads of a request of this one scope, whatever its length
+                    self.room = 2 * (1 + VARINT_MAX) + heads.resource.len() + heads.scopes[scope].1.len();
+                    let mut b = Vec::with_capacity(self.room + self.capacity);
+                    b.resize(self.room, 0);
+                    b
+                } else {
+                    Vec::new()
+                };
+                self.groups.push((scope, buf));
                 self.groups.len() - 1
             }
         };
@@ -435,14 +478,14 @@ impl Batch {
     /// Adds a span, encoding it.
     pub fn push_span(&mut self, heads: &mut Heads, span: &SpanData) {
         let scope = heads.scope(&span.instrumentation_scope);
-        encode_span_field(span, 2, self.group(scope));
+        encode_span_field(span, 2, self.group(heads, scope));
         self.spans += 1;
     }
 
     /// Adds an already encoded `Span` message of `scope`.
     pub fn push_encoded(&mut self, heads: &mut Heads, scope: &InstrumentationScope, span: &[u8]) {
         let scope = heads.scope(scope);
-        put_bytes(self.group(scope), 2, span);
+        put_bytes(self.group(heads, scope), 2, span);
         self.spans += 1;
     }
 
@@ -454,21 +497,58 @@ impl Batch {
         self.spans == 0
     }
 
+    /// Bytes of encoded spans (with their keys and lengths) so far: what a request of as many
+    /// spans will take again, for [`Batch::with_capacity`].
+    pub fn span_bytes(&self) -> usize {
+        self.groups.iter().map(|(_, b)| b.len()).sum::<usize>() - self.room
+    }
+
     /// The `ExportTraceServiceRequest`: one `ResourceSpans`, a `ScopeSpans` per scope.
-    pub fn request(&self, heads: &Heads) -> Vec<u8> {
-        let scope_lens: Vec<usize> = self.groups.iter().map(|(s, b)| heads.scopes[*s].1.len() + b.len()).collect();
+    pub fn request(mut self, heads: &Heads) -> bytes::Bytes {
+        let room = self.room;
+        fn body(room: usize, i: usize, b: &[u8]) -> &[u8] {
+            if i == 0 {
+                &b[room..]
+            } else {
+                b
+            }
+        }
+        let scope_lens: Vec<usize> = (self.groups.iter().enumerate())
+            .map(|(i, (s, b))| heads.scopes[*s].1.len() + body(room, i, b).len())
+            .collect();
         let rs_len = heads.resource.len() + scope_lens.iter().map(|n| field_len(*n)).sum::<usize>();
+        if let [(s, buf)] = self.groups.as_mut_slice() {
+            // one scope: the heads go into the room in front of the spans, right-aligned, and
+            // the request is the buffer from there (no copy)
+            let (rs_varint, rs_n) = varint_bytes(rs_len as u64);
+            let (ss_varint, ss_n) = varint_bytes(scope_lens[0] as u64);
+            let parts: [&[u8]; 6] = [
+                &[((1 << 3) | LEN) as u8],
+                &rs_varint[..rs_n],
+                &heads.resource,
+                &[((2 << 3) | LEN) as u8],
+                &ss_varint[..ss_n],
+                &heads.scopes[*s].1,
+            ];
+            let start = room - parts.iter().map(|p| p.len()).sum::<usize>();
+            let mut at = start;
+            for p in parts {
+                buf[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
+            }
+            return bytes::Bytes::from(std::mem::take(buf)).slice(start..);
+        }
         let mut out = Vec::with_capacity(field_len(rs_len));
         put_key(&mut out, 1, LEN);
         put_varint(&mut out, rs_len as u64);
         out.extend_from_slice(&heads.resource);
-        for ((s, b), n) in self.groups.iter().zip(scope_lens) {
+        for ((i, (s, b)), n) in self.groups.iter().enumerate().zip(scope_lens) {
             put_key(&mut out, 2, LEN);
             put_varint(&mut out, n as u64);
             out.extend_from_slice(&heads.scopes[*s].1);
-            out.extend_from_slice(b);
+            out.extend_from_slice(body(room, i, b));
         }
-        out
+        out.into()
     }
 }
 

@@ -65,8 +65,18 @@ impl ExportQueue {
         let mut failing_since = None;
         // the durable queue's records carry no scope: podtrail's (as when they are decoded)
         let scope = crate::spans::build::scope();
+        // bytes per encoded span in the last batch of spans: the next one's buffer is sized
+        // from it (a quarter more, so that it rarely grows), not doubled up from empty
+        let mut per_span = 0;
         while let Some(out) = self.next_out(rules.batch, true).await {
-            let mut batch = wire::Batch::default();
+            let mut batch = match &out {
+                Out::Spans(v) => wire::Batch::with_capacity(v.len() * (per_span + per_span / 4)),
+                // the records are the spans' bytes: exactly their size behind keys and lengths
+                Out::Records(v) => wire::Batch::with_capacity(
+                    v.iter().map(|(_, body)| wire::field_len(body.len().saturating_sub(META_LEN))).sum(),
+                ),
+            };
+            let spans_out = matches!(out, Out::Spans(_));
             let metas: Vec<Meta> = match out {
                 Out::Spans(v) => v
                     .into_iter()
@@ -83,7 +93,10 @@ impl ExportQueue {
                     })
                     .collect(),
             };
-            let body = bytes::Bytes::from(batch.request(&client.heads));
+            if spans_out && !batch.is_empty() {
+                per_span = batch.span_bytes() / batch.len();
+            }
+            let body = batch.request(&client.heads);
             let client = &client;
             let metrics = &self.metrics;
             self.settle(&metas, &rules, durable, &mut failing_since, |_| {

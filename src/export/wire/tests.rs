@@ -111,7 +111,7 @@ fn a_request_decodes_to_what_the_sdk_groups() {
     encode_span(&all[1], &mut b);
     batch.push_encoded(&mut heads, &all[1].instrumentation_scope, &b);
     assert_eq!(batch.len(), 3);
-    let req = ExportTraceServiceRequest::decode(batch.request(&heads).as_slice()).unwrap();
+    let req = ExportTraceServiceRequest::decode(batch.request(&heads)).unwrap();
     // the SDK groups the same spans the same way: by scope, in order of first appearance
     let order = vec![all[0].clone(), all[2].clone(), all[1].clone()];
     let sdk = opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope(
@@ -120,7 +120,7 @@ fn a_request_decodes_to_what_the_sdk_groups() {
     );
     assert_eq!(req.resource_spans, sdk);
     // an empty batch is a request with no spans, not garbage
-    let empty = ExportTraceServiceRequest::decode(Batch::default().request(&heads).as_slice()).unwrap();
+    let empty = ExportTraceServiceRequest::decode(Batch::default().request(&heads)).unwrap();
     assert_eq!(empty.resource_spans[0].scope_spans.len(), 0);
 }
 
@@ -135,4 +135,55 @@ fn a_span_is_well_formed_and_garbage_is_not() {
     assert!(!well_formed(b""), "no ids");
     assert!(!well_formed(&[0xff; 12]));
     assert!(!well_formed(&[0x0a, 0x7f, 1, 2]), "a length past the end");
+}
+
+/// The request as it was assembled before the heads were written in front of the spans: each
+/// group copied behind the heads into a new buffer. The bytes must not change.
+fn copied_request(heads: &Heads, groups: &[(usize, Vec<u8>)]) -> Vec<u8> {
+    let scope_lens: Vec<usize> = groups.iter().map(|(s, b)| heads.scopes[*s].1.len() + b.len()).collect();
+    let rs_len = heads.resource.len() + scope_lens.iter().map(|n| field_len(*n)).sum::<usize>();
+    let mut out = Vec::new();
+    put_key(&mut out, 1, LEN);
+    put_varint(&mut out, rs_len as u64);
+    out.extend_from_slice(&heads.resource);
+    for ((s, b), n) in groups.iter().zip(scope_lens) {
+        put_key(&mut out, 2, LEN);
+        put_varint(&mut out, n as u64);
+        out.extend_from_slice(&heads.scopes[*s].1);
+        out.extend_from_slice(b);
+    }
+    out
+}
+
+#[test]
+fn a_request_is_the_same_bytes_whatever_its_buffer_was_sized_for() {
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name("podtrail").build();
+    let all = spans();
+    // one scope (every batch the agent sends), from no span to enough for a length of 3 bytes
+    for n in [0, 1, 2, 3, 40, 400] {
+        for capacity in [0, 100, 1 << 20] {
+            let mut heads = Heads::new(&resource);
+            let mut batch = Batch::with_capacity(capacity);
+            let mut group = Vec::new();
+            for i in 0..n {
+                let s = &all[i % 2];
+                batch.push_span(&mut heads, s);
+                encode_span_field(s, 2, &mut group);
+            }
+            let scope = heads.scope(&all[0].instrumentation_scope);
+            let want = copied_request(&heads, &if n == 0 { vec![] } else { vec![(scope, group.clone())] });
+            assert_eq!(batch.span_bytes(), group.len());
+            assert_eq!(&batch.request(&heads)[..], &want[..], "{n} spans, capacity {capacity}");
+        }
+    }
+    // two scopes: the groups copied behind the heads
+    let mut heads = Heads::new(&resource);
+    let mut batch = Batch::with_capacity(10);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for s in [&all[0], &all[2], &all[1]] {
+        batch.push_span(&mut heads, s);
+        encode_span_field(s, 2, if s.instrumentation_scope == all[2].instrumentation_scope { &mut b } else { &mut a });
+    }
+    let want = copied_request(&heads, &[(0, a), (1, b)]);
+    assert_eq!(&batch.request(&heads)[..], &want[..]);
 }

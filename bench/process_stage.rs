@@ -25,7 +25,7 @@
 //! connect, which the tracker says at once (`SessionUpdate::Live`, a rule can match it);
 //! `nc-udp` the same records with UDP connects that never send (kept alike, said nothing).
 //!
-//! Run: `cargo bench --bench process_stage -- [--execs N] [--connects N] [--rounds R]`.
+//! Run: `cargo bench --bench process_stage -- [--execs N] [--connects N] [--rounds R] [--only STORM]`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
@@ -432,9 +432,23 @@ fn main() {
         args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(d)
     };
     let (execs, connects, rounds) = (get("--execs", 20_000), get("--connects", 20_000), get("--rounds", 9) as usize);
+    // `--only STORM`: that storm's table row alone (for a profiler: `session`, `host`,
+    // `nc-tcp`, `nc-udp`), nothing after it
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     println!("storm: {execs} execs (fork+exec+exit), {connects} connects (+result); median of {rounds} rounds\n");
     println!("| storm    | records  | updates  | decode ns/rec  | process ns/rec  | ratio |");
     println!("|----------|---------:|---------:|---------------:|----------------:|------:|");
+    if let Some(only) = only {
+        let recs = match only.as_str() {
+            "session" => storm(true, execs, connects),
+            "host" => storm(false, execs, connects),
+            "nc-tcp" => storm_child_connects(execs, 6),
+            "nc-udp" => storm_child_connects(execs, 17),
+            other => panic!("--only {other}: one of session, host, nc-tcp, nc-udp"),
+        };
+        time_storm(&only, &recs, rounds);
+        return;
+    }
     time_storm("session", &storm(true, execs, connects), rounds);
     time_storm("host", &storm(false, execs, connects), rounds);
     // issue 14: every command's connect said at once (tcp) beside the same records said

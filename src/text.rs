@@ -169,6 +169,16 @@ pub fn de_opt_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec
     s.map(|s| unescape(&s).map_err(serde::de::Error::custom)).transpose()
 }
 
+/// [`de_bytes`] into a shared buffer.
+pub fn de_shared_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::sync::Arc<[u8]>, D::Error> {
+    de_bytes(d).map(Into::into)
+}
+
+/// [`de_opt_bytes`] into a shared buffer.
+pub fn de_opt_shared_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::sync::Arc<[u8]>>, D::Error> {
+    Ok(de_opt_bytes(d)?.map(Into::into))
+}
+
 /// Reads what [`ser_bytes_list`] wrote.
 pub fn de_bytes_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
     let v = <Vec<String> as serde::Deserialize>::deserialize(d)?;

@@ -45,7 +45,7 @@ fn runc_exec_shell_is_in_the_container_with_its_parent_outside() {
     assert!(shell.flags.parent_other_pidns, "runc lives in the host pid namespace");
     assert!(shell.flags.parent_other_cgroup, "runc is outside the container's cgroup");
     assert!(shell.flags.env_scanned, "a possible session root has its environment searched");
-    assert_eq!(shell.exe_path, b"/bin/busybox", "the path as seen inside the container");
+    assert_eq!(&shell.exe_path[..], b"/bin/busybox", "the path as seen inside the container");
 
     // the shell's child: same namespace and cgroup as its parent
     let child =

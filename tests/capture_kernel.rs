@@ -37,7 +37,7 @@ fn exec_argv_is_exact_with_spaces_non_utf8_and_parent() {
     assert!(!e.flags.argv_truncated);
     assert_eq!(e.ppid, std::process::id(), "real_parent is the test process");
     assert_eq!(e.uid, 0);
-    assert_eq!(e.filename, b"/bin/true");
+    assert_eq!(&e.filename[..], b"/bin/true");
     assert!(e.exe_path.ends_with(b"/true"), "exe path {:?}", String::from_utf8_lossy(&e.exe_path));
     // the JSON form escapes the bad bytes by the one rule
     let json = serde_json::to_string(&Event::Exec(e.clone())).unwrap();
@@ -97,13 +97,13 @@ fn script_busybox_applet_and_memfd_are_told_apart() {
         (p_script, p_applet, p_memfd)
     });
     let e = cap.execs().find(|e| e.pid == p_script).expect("script exec");
-    assert_eq!(e.filename, script.as_os_str().as_bytes());
+    assert_eq!(&e.filename[..], script.as_os_str().as_bytes());
     assert_eq!(e.interp.as_deref(), Some(&b"/bin/sh"[..]));
     assert_eq!(e.argv[0], b"/bin/sh");
     assert_eq!(e.argv[1], script.as_os_str().as_bytes());
 
     let e = cap.execs().find(|e| e.ppid == p_applet).expect("the applet's exec, a child of busybox sh");
-    assert_eq!(e.filename, b"/proc/self/exe");
+    assert_eq!(&e.filename[..], b"/proc/self/exe");
     assert_eq!(e.argv[0], b"wget");
     assert!(e.exe_path.ends_with(b"busybox"), "{}", String::from_utf8_lossy(&e.exe_path));
 

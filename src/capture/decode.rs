@@ -6,6 +6,7 @@
 //! from the record and are checked against the slots they claim to fill.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -405,6 +406,9 @@ fn decode_exec(rec: &[u8]) -> Result<Event, DecodeError> {
         return Err(DecodeError::PartsMismatch { claimed: rec.len(), parts: off });
     }
     let comm_len = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
+    let exe_path = join_leaf_first_shared(exe);
+    // the name run is usually the executable's path itself: then one buffer, not two
+    let filename = if filename == &exe_path[..] { exe_path.clone() } else { shared(filename) };
     Ok(Event::Exec(ExecEvent {
         ts_ns: e.h.ts_ns,
         pid: e.h.pid,
@@ -422,9 +426,11 @@ fn decode_exec(rec: &[u8]) -> Result<Event, DecodeError> {
         gid: e.gid,
         euid: e.euid,
         loginuid: loginuid(e.loginuid),
-        filename: filename.to_vec(),
-        interp: (!interp.is_empty()).then(|| interp.to_vec()),
-        exe_path: join_leaf_first(exe),
+        // the paths straight into the shared form the image keeps (one allocation each, no
+        // copy into an `Arc` later, issue 15)
+        filename,
+        interp: (!interp.is_empty()).then(|| shared(interp)),
+        exe_path,
         exe_ino: e.exe_ino,
         exe_dev: e.exe_dev,
         exe_nlink: e.exe_nlink,
@@ -434,7 +440,7 @@ fn decode_exec(rec: &[u8]) -> Result<Event, DecodeError> {
         comm: e.comm[..comm_len].to_vec(),
         exe_ctime_ns: e.exe_ctime_ns,
         // the walk writes nothing for the root itself
-        cwd: if cwd.is_empty() { b"/".to_vec() } else { join_leaf_first(cwd) },
+        cwd: if cwd.is_empty() { shared(b"/") } else { join_leaf_first_shared(cwd) },
         flags: ExecFlags {
             argv_truncated: f & abi::EXEC_F_ARGV_TRUNCATED != 0,
             filename_truncated: f & abi::EXEC_F_FILENAME_TRUNC != 0,
@@ -459,6 +465,41 @@ fn split_argv(raw: &[u8]) -> Vec<Vec<u8>> {
     }
     raw.split(|&b| b == 0).map(<[u8]>::to_vec).collect()
 }
+
+/// A copy to share; an empty one takes no allocation (std's empty `Arc<[T]>` is static).
+fn shared(b: &[u8]) -> Arc<[u8]> {
+    if b.is_empty() {
+        Arc::default()
+    } else {
+        b.into()
+    }
+}
+
+/// [`join_leaf_first`] into the shared form at once: one allocation, the `Arc`'s. The join is
+/// written on the stack first (a path's length is known: each part gains a `/` and loses its
+/// NUL but the last), or, past [`JOIN_ON_STACK`] bytes, in a `Vec` copied into the `Arc`.
+fn join_leaf_first_shared(raw: &[u8]) -> Arc<[u8]> {
+    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+    if raw.is_empty() {
+        return Arc::default();
+    }
+    let len = raw.len() + 1;
+    if len > JOIN_ON_STACK {
+        return join_leaf_first(raw).into();
+    }
+    let mut buf = [0u8; JOIN_ON_STACK];
+    let mut at = 0;
+    for part in raw.split(|&b| b == 0).rev() {
+        buf[at] = b'/';
+        buf[at + 1..at + 1 + part.len()].copy_from_slice(part);
+        at += 1 + part.len();
+    }
+    debug_assert_eq!(at, len);
+    buf[..len].into()
+}
+
+/// Paths up to this long are joined on the stack (most executables' and working directories').
+const JOIN_ON_STACK: usize = 256;
 
 /// The kernel writes path components leaf first, each NUL-terminated.
 fn join_leaf_first(raw: &[u8]) -> Vec<u8> {

@@ -9,7 +9,12 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::text::{de_bytes, de_bytes_list, de_opt_bytes, ser_bytes, ser_bytes_list, ser_opt_bytes};
+use std::sync::Arc;
+
+use crate::text::{
+    de_bytes, de_bytes_list, de_opt_bytes, de_opt_shared_bytes, de_shared_bytes, ser_bytes, ser_bytes_list,
+    ser_opt_bytes,
+};
 
 /// A process's identity: the pid alone is reused, the pair is not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -109,15 +114,17 @@ pub struct ExecEvent {
     pub euid: u32,
     /// Audit login uid (the node user behind a session), None when unset.
     pub loginuid: Option<u32>,
-    /// As passed to execve: may be `/proc/self/exe`, `/dev/fd/N` or a script.
-    #[serde(serialize_with = "ser_bytes", deserialize_with = "de_bytes")]
-    pub filename: Vec<u8>,
+    /// As passed to execve: may be `/proc/self/exe`, `/dev/fd/N` or a script. The paths are
+    /// in the shared form the image keeps (`ImageRecord`): decoded into it, then moved (issue
+    /// 15); serialized as the bytes were.
+    #[serde(serialize_with = "ser_bytes", deserialize_with = "de_shared_bytes")]
+    pub filename: Arc<[u8]>,
     /// The interpreter of a `#!` script, when there is one.
-    #[serde(serialize_with = "ser_opt_bytes", deserialize_with = "de_opt_bytes")]
-    pub interp: Option<Vec<u8>>,
+    #[serde(serialize_with = "ser_opt_bytes", deserialize_with = "de_opt_shared_bytes")]
+    pub interp: Option<Arc<[u8]>>,
     /// The executable the kernel runs, resolved (inside the container for container processes).
-    #[serde(serialize_with = "ser_bytes", deserialize_with = "de_bytes")]
-    pub exe_path: Vec<u8>,
+    #[serde(serialize_with = "ser_bytes", deserialize_with = "de_shared_bytes")]
+    pub exe_path: Arc<[u8]>,
     pub exe_ino: u64,
     pub exe_dev: u32,
     pub exe_nlink: u32,
@@ -133,8 +140,8 @@ pub struct ExecEvent {
     pub exe_ctime_ns: u64,
     /// The working directory the new image starts in (the task's `fs->pwd`, resolved from the
     /// kernel's dentries: inside the container for container processes); empty when unknown.
-    #[serde(serialize_with = "ser_bytes", deserialize_with = "de_bytes")]
-    pub cwd: Vec<u8>,
+    #[serde(serialize_with = "ser_bytes", deserialize_with = "de_shared_bytes")]
+    pub cwd: Arc<[u8]>,
     pub flags: ExecFlags,
 }
 

@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use super::activity::{ActivityConfig, ActivityScope};
 use super::containers::ContainerLookup;
 use crate::capture::event::ExecEvent;
-use crate::lru::Lru;
+use crate::lru::FastLru;
 use crate::text::basename;
 
 /// Binaries judged and remembered at once.
@@ -58,9 +58,12 @@ pub struct Identities {
     sizes: HashSet<u64>,
     configured: bool,
     max_bytes: u64,
-    seen: Lru<(u32, u64, u64), Option<String>>,
+    /// By the executable's (device, inode, change time) and, below, the mount namespace's
+    /// inode: numbers the kernel chooses (a container's user can make a file but not pick
+    /// them), so [`FastLru`] (`crate::hashing`'s rule); both are asked on every exec.
+    seen: FastLru<(u32, u64, u64), Option<String>>,
     /// Mount namespaces whose watched tools were looked for.
-    roots: Lru<u32, ()>,
+    roots: FastLru<u32, ()>,
     pub counters: IdentityCounters,
 }
 
@@ -69,10 +72,12 @@ const BIN_DIRS: &[&str] = &["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/
 
 /// A dynamic loader's base name: `ld-linux-x86-64.so.2`, `ld-linux.so.2`, `ld.so`,
 /// `ld-musl-x86_64.so.1`, `ld64.so.2`.
+/// Asked on every exec: compared as bytes (the names are ASCII, so a lossy text of the name
+/// would match the same ones), without a UTF-8 pass over the name.
 pub fn is_loader(name: &[u8]) -> bool {
-    let n = String::from_utf8_lossy(name);
-    n == "ld.so"
-        || ((n.starts_with("ld-linux") || n.starts_with("ld-musl-") || n.starts_with("ld64.so")) && n.contains(".so"))
+    name == b"ld.so"
+        || ((name.starts_with(b"ld-linux") || name.starts_with(b"ld-musl-") || name.starts_with(b"ld64.so"))
+            && name.windows(3).any(|w| w == b".so"))
 }
 
 /// The program `ld.so [options] PROGRAM [args]` runs: the first argument after the options
@@ -113,8 +118,8 @@ impl Identities {
             learned: 0,
             sizes: HashSet::new(),
             max_bytes: cfg.hash_max_mib.saturating_mul(1024 * 1024),
-            seen: Lru::new(SEEN_ENTRIES),
-            roots: Lru::new(SEEN_ENTRIES),
+            seen: FastLru::with_hasher(SEEN_ENTRIES),
+            roots: FastLru::with_hasher(SEEN_ENTRIES),
             counters: IdentityCounters::default(),
         }
     }
@@ -263,6 +268,9 @@ mod tests {
         assert!(is_loader(b"ld-linux-x86-64.so.2"));
         assert!(is_loader(b"ld-musl-x86_64.so.1"));
         assert!(!is_loader(b"ldconfig"));
+        assert!(is_loader(b"ld.so") && is_loader(b"ld64.so.2") && is_loader(b"ld-linux.so.2"));
+        assert!(!is_loader(b"ld-linux") && !is_loader(b"ld.so.1") && !is_loader(b"ld-musl-\xff"));
+        assert!(is_loader(b"ld-linux\xff.so"), "a non-UTF-8 byte changes nothing");
         assert_eq!(loader_program(&argv(&["ld.so", "/tmp/x", "-i", "any"])), Some(b"/tmp/x".to_vec()));
         assert_eq!(
             loader_program(&argv(&["/lib64/ld-linux-x86-64.so.2", "--library-path", "/l", "--argv0", "sh", "/tmp/x"])),

@@ -188,17 +188,37 @@ impl ProcessTable {
         stale
     }
 
+    /// [`Self::resolve`] then [`Self::remove`], in one lookup when the key is the table's own
+    /// (every exit but a /proc-learned process's first): the process that exited, under the
+    /// key the table held for it (`Proc::key`).
+    pub fn remove_resolved(&mut self, key: ProcessKey) -> Option<Proc> {
+        if let Some(p) = self.procs.remove(&key) {
+            return Some(self.removed(key, p));
+        }
+        let held = self.resolve(key)?;
+        self.remove(held)
+    }
+
     /// Take a process out (it exited). Its session is remembered for late children.
     pub fn remove(&mut self, key: ProcessKey) -> Option<Proc> {
         let p = self.procs.remove(&key)?;
-        if self.by_pid.get(&key.pid) == Some(&key) {
-            self.by_pid.remove(&key.pid);
+        Some(self.removed(key, p))
+    }
+
+    /// What goes with a process taken out of `procs`: its pid's entry, its socket routes; its
+    /// session is remembered.
+    fn removed(&mut self, key: ProcessKey, p: Proc) -> Proc {
+        // one probe: the pid's entry goes only while it still names this process
+        if let std::collections::hash_map::Entry::Occupied(e) = self.by_pid.entry(key.pid) {
+            if *e.get() == key {
+                e.remove();
+            }
         }
         for c in &p.cookies {
             self.cookies.remove(c);
         }
         self.remember(key, p.session);
-        Some(p)
+        p
     }
 
     fn remember(&mut self, key: ProcessKey, session: Option<SessionId>) {
@@ -324,6 +344,21 @@ mod tests {
         assert_eq!(t.resolve(k(5, 1_239_999_999)), Some(k(5, 1_230_000_000)));
         assert_eq!(t.get(&k(6, 2_000_000_000)).unwrap().parent, Some(k(5, 1_230_000_000)));
         assert_eq!(t.resolve(k(5, 1_240_000_000)), None, "another tick is another process");
+    }
+
+    #[test]
+    fn an_exit_removes_the_process_under_the_key_the_table_holds() {
+        let mut t = ProcessTable::new(10_000_000);
+        let mut p = Proc::new(k(5, 1_230_000_000), None);
+        p.from_proc = true;
+        t.insert(p);
+        t.insert(Proc::new(k(6, 2_000), None));
+        assert_eq!(t.remove_resolved(k(6, 2_000)).map(|p| p.key), Some(k(6, 2_000)));
+        // the kernel's exact start time finds the /proc-learned entry of its tick
+        assert_eq!(t.remove_resolved(k(5, 1_239_999_999)).map(|p| p.key), Some(k(5, 1_230_000_000)));
+        assert!(t.is_empty() && t.by_pid(5).is_none() && t.by_pid(6).is_none());
+        assert!(t.recently_exited(&k(5, 1_230_000_000)) && t.recently_exited(&k(6, 2_000)));
+        assert!(t.remove_resolved(k(7, 1)).is_none(), "never seen");
     }
 
     #[test]

@@ -115,9 +115,9 @@ pub fn exec(ts: u64, x: X) -> Event {
         gid: 0,
         euid: 0,
         loginuid: None,
-        filename: b"/bin/busybox".to_vec(),
+        filename: b"/bin/busybox"[..].into(),
         interp: None,
-        exe_path: b"/bin/busybox".to_vec(),
+        exe_path: b"/bin/busybox"[..].into(),
         exe_ino: 1,
         exe_dev: 1,
         exe_nlink: 1,
@@ -126,7 +126,7 @@ pub fn exec(ts: u64, x: X) -> Event {
         argv: x.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
         audit_id: None,
         comm: b"exe".to_vec(),
-        cwd: Vec::new(),
+        cwd: Default::default(),
         flags: ExecFlags { parent_other_cgroup: x.cg != x.pcg, ..Default::default() },
     })
 }

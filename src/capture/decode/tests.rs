@@ -40,7 +40,7 @@ fn exec_record_decodes_argv_and_path() {
     let rec = exec_record(&[b"wget", b"-q", b"a b", b"\xff"], b"busybox\0bin\0", abi::EXEC_F_TTY);
     let Event::Exec(e) = decode(&rec).unwrap() else { panic!("not exec") };
     assert_eq!(e.argv, vec![b"wget".to_vec(), b"-q".to_vec(), b"a b".to_vec(), b"\xff".to_vec()]);
-    assert_eq!(e.exe_path, b"/bin/busybox");
+    assert_eq!(&e.exe_path[..], b"/bin/busybox");
     assert!(e.flags.tty);
     assert_eq!(e.loginuid, None);
     assert_eq!(e.comm, b"busybox");
@@ -68,11 +68,11 @@ fn exec_parts_are_read_packed_in_their_order() {
     let raw = unsafe { std::slice::from_raw_parts(&e as *const _ as *const u8, std::mem::size_of::<abi::Exec>()) };
     let mut rec = [raw, &parts.concat()].concat();
     let Event::Exec(x) = decode(&rec).unwrap() else { panic!("not exec") };
-    assert_eq!(x.filename, b"/usr/bin/env");
+    assert_eq!(&x.filename[..], b"/usr/bin/env");
     assert_eq!(x.interp.as_deref(), Some(&b"/bin/sh"[..]));
-    assert_eq!(x.exe_path, b"/bin/sh");
+    assert_eq!(&x.exe_path[..], b"/bin/sh");
     assert_eq!(x.audit_id.as_deref(), Some("4f1c-audit"));
-    assert_eq!(x.cwd, b"/tmp");
+    assert_eq!(&x.cwd[..], b"/tmp");
     assert_eq!(x.argv, vec![b"sh".to_vec(), b"-c".to_vec(), b"x".to_vec()]);
     // a record longer than its parts: a part's length was lost, none of it can be trusted
     rec.extend_from_slice(b"\0\0\0\0");
@@ -318,4 +318,42 @@ proptest! {
         b.extend_from_slice(&tail);
         let _ = decode(&b);
     }
+}
+
+#[test]
+fn paths_decoded_shared_are_the_joined_bytes() {
+    // the one-allocation join writes what the Vec one does, whatever the parts
+    for raw in [&b""[..], b"\0", b"a\0", b"a", b"sh\0bin\0", b"sh\0bin", b"a\0\0b\0", b"\0\0", b"leaf\0mid\0top\0"] {
+        assert_eq!(&join_leaf_first_shared(raw)[..], &join_leaf_first(raw)[..], "{raw:?}");
+    }
+    // at the stack buffer's edge and past it
+    for n in [JOIN_ON_STACK - 3, JOIN_ON_STACK - 2, JOIN_ON_STACK - 1, JOIN_ON_STACK, 4096] {
+        let raw = [vec![b'x'; n / 2], vec![0], vec![b'y'; n - n / 2 - 1]].concat();
+        let joined = join_leaf_first_shared(&raw);
+        assert_eq!(&joined[..], &join_leaf_first(&raw)[..], "{n}");
+        assert_eq!(joined.len(), n + 1);
+    }
+}
+
+#[test]
+fn a_filename_that_is_the_exe_path_shares_its_buffer() {
+    let parts: [&[u8]; 3] = [b"/bin/sh", b"sh\0bin\0", b"sh\0"];
+    let e = abi::Exec {
+        h: abi::Header {
+            kind: abi::KIND_EXEC,
+            len: (abi::EXEC_VAR_OFF + parts.iter().map(|p| p.len()).sum::<usize>()) as u32,
+            ..Default::default()
+        },
+        filename_len: parts[0].len() as u16,
+        exe_path_len: parts[1].len() as u16,
+        argv_len: parts[2].len() as u16,
+        ..Default::default()
+    };
+    // SAFETY: Exec is Plain (repr(C), integers only); we copy its bytes.
+    let raw = unsafe { std::slice::from_raw_parts(&e as *const _ as *const u8, std::mem::size_of::<abi::Exec>()) };
+    let rec = [raw, &parts.concat()].concat();
+    let Event::Exec(x) = decode(&rec).unwrap() else { panic!("not exec") };
+    assert_eq!(&x.filename[..], b"/bin/sh");
+    assert!(std::sync::Arc::ptr_eq(&x.filename, &x.exe_path));
+    assert_eq!(&x.cwd[..], b"/", "no cwd written: the root");
 }

@@ -20,28 +20,26 @@ pub(super) fn image_taken_from_exec(
     ident: &ExecIdentity,
 ) -> ImageRecord {
     // the argv's arguments move (only the list of them is copied, into the shared
-    // allocation); the paths are copied once here, and shared from then on: the name run
-    // is usually the executable's path itself, and then it is one buffer, not two
-    let exe_path = shared_bytes(std::mem::take(&mut e.exe_path));
-    let filename = std::mem::take(&mut e.filename);
-    let filename = if filename[..] == exe_path[..] { exe_path.clone() } else { shared_bytes(filename) };
+    // allocation); the paths were decoded shared and move as they are
+    let filename = filename_of(e);
     ImageRecord {
         argv: std::mem::take(&mut e.argv).into(),
         filename,
-        interp: e.interp.take().map(shared_bytes),
-        exe_path,
-        cwd: (!e.cwd.is_empty()).then(|| shared_bytes(std::mem::take(&mut e.cwd))),
+        interp: e.interp.take(),
+        exe_path: std::mem::take(&mut e.exe_path),
+        cwd: (!e.cwd.is_empty()).then(|| std::mem::take(&mut e.cwd)),
         // the buffers are empty now: what it makes of them takes no allocation
         ..image_from_exec(e, exec_index, clock, ident)
     }
 }
 
-/// A path shared from here on; an empty one takes no allocation.
-fn shared_bytes(v: Vec<u8>) -> std::sync::Arc<[u8]> {
-    if v.is_empty() {
-        std::sync::Arc::default()
+/// The name run as the image keeps it: usually the executable's path itself, and then one
+/// buffer, not two (the decoder shares them so already; an event from elsewhere may not).
+fn filename_of(e: &ExecEvent) -> std::sync::Arc<[u8]> {
+    if e.filename[..] == e.exe_path[..] {
+        e.exe_path.clone()
     } else {
-        v.into()
+        e.filename.clone()
     }
 }
 
@@ -68,9 +66,9 @@ pub(super) fn image_from_exec(
         argv: shared(&e.argv),
         argv_truncated: e.flags.argv_truncated,
         argv_redacted: 0,
-        filename: shared(&e.filename),
-        interp: e.interp.as_deref().map(shared),
-        exe_path: shared(&e.exe_path),
+        filename: filename_of(e),
+        interp: e.interp.clone(),
+        exe_path: e.exe_path.clone(),
         fileless: e.flags.fileless,
         tty: e.flags.tty,
         uid: e.uid,
@@ -82,7 +80,7 @@ pub(super) fn image_from_exec(
         identity: ident.tool.clone(),
         program: ident.program.clone(),
         connects_over_cap: 0,
-        cwd: (!e.cwd.is_empty()).then(|| shared(&e.cwd)),
+        cwd: (!e.cwd.is_empty()).then(|| e.cwd.clone()),
     }
 }
 

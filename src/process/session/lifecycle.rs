@@ -101,14 +101,15 @@ impl SessionTracker {
     }
 
     pub(super) fn on_exit(&mut self, x: &ExitEvent, out: &mut Vec<SessionUpdate>) {
-        let Some(key) = self.table.resolve(x.key()) else {
+        // one lookup of the table, not one to resolve and one to remove
+        let Some(p) = self.table.remove_resolved(x.key()) else {
             self.counters.exits_early.inc();
             if self.table.park_exit(x.clone()).is_some() {
                 self.counters.exits_unknown.inc();
             }
             return;
         };
-        let Some(p) = self.table.remove(key) else { return };
+        let key = p.key;
         self.outbound.process_exited(key, out);
         self.containers.process_removed(p.cgroup_id);
         if p.join.as_ref().is_some_and(|j| j.joiner == key) && p.session.is_none_or(|s| s != SessionId(key)) {

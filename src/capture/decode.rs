@@ -488,13 +488,7 @@ fn join_leaf_first_shared(raw: &[u8]) -> Arc<[u8]> {
         return join_leaf_first(raw).into();
     }
     let mut buf = [0u8; JOIN_ON_STACK];
-    let mut at = 0;
-    for part in raw.split(|&b| b == 0).rev() {
-        buf[at] = b'/';
-        buf[at + 1..at + 1 + part.len()].copy_from_slice(part);
-        at += 1 + part.len();
-    }
-    debug_assert_eq!(at, len);
+    join_into(raw, &mut buf[..len]);
     buf[..len].into()
 }
 
@@ -507,12 +501,21 @@ fn join_leaf_first(raw: &[u8]) -> Vec<u8> {
     if raw.is_empty() {
         return Vec::new();
     }
-    let mut out = Vec::with_capacity(raw.len() + 1);
-    for part in raw.split(|&b| b == 0).rev() {
-        out.push(b'/');
-        out.extend_from_slice(part);
-    }
+    let mut out = vec![0; raw.len() + 1];
+    join_into(raw, &mut out);
     out
+}
+
+/// Writes `raw`'s parts (leaf first, NUL between them, no trailing NUL) root first, each after
+/// a `/`, into `out`, which is exactly that long (`raw.len() + 1`).
+fn join_into(raw: &[u8], out: &mut [u8]) {
+    let mut at = 0;
+    for part in raw.split(|&b| b == 0).rev() {
+        out[at] = b'/';
+        out[at + 1..at + 1 + part.len()].copy_from_slice(part);
+        at += 1 + part.len();
+    }
+    debug_assert_eq!(at, out.len());
 }
 
 #[cfg(test)]

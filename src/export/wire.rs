@@ -434,20 +434,6 @@ pub struct Batch {
 /// The most bytes a varint of a length takes.
 const VARINT_MAX: usize = 10;
 
-/// `v` as a varint: the bytes and how many of them.
-fn varint_bytes(v: u64) -> ([u8; VARINT_MAX], usize) {
-    let mut out = [0u8; VARINT_MAX];
-    let mut n = 0;
-    let mut v = v;
-    while v >= 0x80 {
-        out[n] = (v as u8) | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    out[n] = v as u8;
-    (out, n + 1)
-}
-
 impl Batch {
     /// A batch whose first group has room for `bytes` of encoded spans (each with its key and
     /// length) before it grows.
@@ -519,23 +505,16 @@ impl Batch {
         let rs_len = heads.resource.len() + scope_lens.iter().map(|n| field_len(*n)).sum::<usize>();
         if let [(s, buf)] = self.groups.as_mut_slice() {
             // one scope: the heads go into the room in front of the spans, right-aligned, and
-            // the request is the buffer from there (no copy)
-            let (rs_varint, rs_n) = varint_bytes(rs_len as u64);
-            let (ss_varint, ss_n) = varint_bytes(scope_lens[0] as u64);
-            let parts: [&[u8]; 6] = [
-                &[((1 << 3) | LEN) as u8],
-                &rs_varint[..rs_n],
-                &heads.resource,
-                &[((2 << 3) | LEN) as u8],
-                &ss_varint[..ss_n],
-                &heads.scopes[*s].1,
-            ];
-            let start = room - parts.iter().map(|p| p.len()).sum::<usize>();
-            let mut at = start;
-            for p in parts {
-                buf[at..at + p.len()].copy_from_slice(p);
-                at += p.len();
-            }
+            // the request is the buffer from there (the spans are not copied)
+            let mut head = Vec::with_capacity(room);
+            put_key(&mut head, 1, LEN);
+            put_varint(&mut head, rs_len as u64);
+            head.extend_from_slice(&heads.resource);
+            put_key(&mut head, 2, LEN);
+            put_varint(&mut head, scope_lens[0] as u64);
+            head.extend_from_slice(&heads.scopes[*s].1);
+            let start = room - head.len();
+            buf[start..room].copy_from_slice(&head);
             return bytes::Bytes::from(std::mem::take(buf)).slice(start..);
         }
         let mut out = Vec::with_capacity(field_len(rs_len));

@@ -271,11 +271,12 @@ impl SessionSpans {
         for rec in remaining {
             self.place(ctx, rec, &mut out);
         }
-        let mut waiting = self.waiting.take().unwrap_or_default();
-        while let Some(parent) = waiting.keys().next().copied() {
-            for rec in waiting.remove(&parent).unwrap_or_default() {
-                let root = self.frame.root_id;
-                self.emit(ctx, rec, root, &mut out);
+        if let Some(mut waiting) = self.waiting.take() {
+            while let Some(parent) = waiting.keys().next().copied() {
+                for rec in waiting.remove(&parent).unwrap_or_default() {
+                    let root = self.frame.root_id;
+                    self.emit(ctx, rec, root, &mut out);
+                }
             }
         }
         // Fold spans are not subject to the cap: they are the budget's own summary, and there

@@ -21,6 +21,8 @@ import sys
 import threading
 import time
 
+from cpuclock import proc_cpu  # noqa: F401  (the per-process CPU clock, ns)
+
 
 # warnings, and the one line that says the programs are loaded and capture runs
 LOG = "warn,podtrail::cli::capture=info"
@@ -126,10 +128,6 @@ def connect_storm(n):
     return el, port
 
 
-def proc_cpu(pid):
-    """utime + stime of a live process, seconds."""
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_tool(cmd):

@@ -15,7 +15,7 @@ Modes, each a fresh `podtrail run` (OTLP/JSON file sink on /tmp, default config 
   nofold     fold_window_ms = 0 (one record per connect), the default rate limit
   nofold-nl  fold_window_ms = 0 and rate_per_s = 0: every connect its own trace (3 spans)
 
-Agent CPU is utime + stime of the agent process (/proc/PID/stat, all threads) from just
+Agent CPU is the agent process's CPU clock (all threads, in ns: bench/cpuclock.py) from just
 before the container starts until /metrics says every connect is accounted for (counted,
 folded or suppressed), no record is open and the export queue is empty. The agent's idle CPU,
 measured over 3 s before each storm, is subtracted at its rate over the storm's duration
@@ -34,16 +34,11 @@ import statistics
 import subprocess
 import tempfile
 import time
+
+from cpuclock import proc_cpu  # noqa: F401  (the per-process CPU clock, ns)
 import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu(pid):
-    """utime + stime of a live process (all its threads), seconds."""
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / TICK
 
 
 def free_port():

@@ -8,7 +8,7 @@ Session storm (each round): a private containerd runs a busybox container (`slee
 `execsnoop` both start; their idle CPU is measured over --idle seconds; then ONE
 `ctr task exec` session runs tests/fixtures/exec_storm.c (compiled statically), which runs
 `/bin/true storm-arg` --execs times (fork + exec + wait). Measured:
-  - agent CPU per exec: utime + stime (/proc/PID/stat, all threads) from just before the exec
+  - agent CPU per exec: the process's CPU clock (all threads, ns: bench/cpuclock.py) from just before the exec
     session starts until the session's root span is in the OTLP file and the export queue is
     empty, minus the tool's idle rate times that wall time, over --execs. The same window for
     execsnoop (which also prints every other exec of the host in that window, as podtrail
@@ -32,6 +32,9 @@ per-session slopes.
 
 --ring-mib N runs the agent with capture.ring_mib = N (the kernel's drops are printed per
 round: the smallest ring that loses nothing).
+
+--set TABLE.KEY=VALUE (repeatable) gives every agent of the run that config value, in TOML
+(e.g. --set capture.poll_ms=50: the reader's drain interval while records flow).
 
 --perf FILE records the agent (`perf record --call-graph dwarf -p PID`) during the last round's
 storm window, for `perf report -i FILE`.
@@ -166,7 +169,16 @@ def new_agent(a, tmp, name, cd, binary=None):
     default) in its own scratch directory instead of /var/lib/podtrail."""
     state = os.path.join(tmp, name + "-state")
     # the config's last table: [process.activity] keeps its defaults
-    extra_config = f"\n[capture]\nring_mib = {a.ring_mib}\n" if a.ring_mib else ""
+    tables = {}
+    if a.ring_mib:
+        tables.setdefault("capture", []).append(f"ring_mib = {a.ring_mib}")
+    for kv in a.set or []:
+        key, _, value = kv.partition("=")
+        table, _, field = key.rpartition(".")
+        if not table or not field or not value:
+            sys.exit(f"--set {kv!r}: give TABLE.KEY=VALUE in TOML, e.g. capture.poll_ms=50")
+        tables.setdefault(table, []).append(f"{field} = {value}")
+    extra_config = "".join(f"\n[{t}]\n" + "\n".join(lines) + "\n" for t, lines in tables.items())
     return connect_storm.Agent(binary or a.podtrail, tmp, name, cd, extra_config, extra=("--state-dir", state))
 
 
@@ -372,6 +384,8 @@ def main():
     ap.add_argument("--sessions", type=int, default=1000, help="open exec sessions for the memory figure")
     ap.add_argument("--perf", help="perf record the agent during the last round's storm into this file")
     ap.add_argument("--ring-mib", type=int, default=0, help="capture.ring_mib for the agent (0: the default)")
+    ap.add_argument("--set", action="append", metavar="TABLE.KEY=VALUE",
+                    help="a config value for every agent of the run, in TOML (e.g. capture.poll_ms=50); repeatable")
     ap.add_argument("--malloc-stats", action="store_true",
                     help="glibc malloc_stats() in the agent (gdb) at rest and after the storm: held vs in use")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (traces, logs)")

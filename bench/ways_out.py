@@ -21,15 +21,12 @@ import sys
 import threading
 import time
 
+from cpuclock import proc_cpu  # noqa: F401  (the per-process CPU clock, ns)
+
 
 def bpf_progs():
     out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True, check=True).stdout
     return {p["id"]: p for p in json.loads(out)}
-
-
-def proc_cpu(pid):
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def session(port):

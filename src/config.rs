@@ -165,7 +165,7 @@ impl Default for CaptureConfig {
             sockets: true,
             dns: true,
             wakeup_kib: 256,
-            poll_ms: 20,
+            poll_ms: crate::capture::loader::DEFAULT_POLL_MS,
             channel_capacity: 65_536,
             cgroup_share_percent: 10,
             watch_changes: crate::capture::loader::DEFAULT_WATCH_CHANGES.iter().map(|s| s.to_string()).collect(),

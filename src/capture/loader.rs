@@ -96,6 +96,15 @@ pub struct CaptureOptions {
 /// chosen when a record was 2.3 KB and 4 MiB lost 421 of them under load (capture15).
 pub const DEFAULT_RING_MIB: u32 = 4;
 
+/// How often the reader drains the ring while records flow and no wakeup came, in ms
+/// (`capture.poll_ms`). Each drain wakes the five pipeline tasks once; at 20 ms the session
+/// storm read 12.6 µs of agent CPU per exec, at 100 ms 9.1 (the same binary, one invocation:
+/// BENCHMARKS.md, issue 15, "lead, session 14"): bigger batches, each stage's code and tables
+/// kept warm through a batch. A record then waits at most this long while others flow; the
+/// first record after a quiet spell still wakes the parked reader at once, and `wakeup_kib`
+/// queued still wakes it early.
+pub const DEFAULT_POLL_MS: u64 = 100;
+
 /// Every kind.
 pub const ALL_KINDS: u32 = u32::MAX;
 
@@ -142,7 +151,7 @@ impl Default for CaptureOptions {
             scan_env: true,
             wakeup_bytes: 256 * 1024,
             cgroup_share_bytes: DEFAULT_RING_MIB as u64 * 1024 * 1024 / 10,
-            poll_interval: Duration::from_millis(20),
+            poll_interval: Duration::from_millis(DEFAULT_POLL_MS),
             channel_capacity: 65536,
             cgroup2_root: None,
             network: true,

@@ -220,6 +220,7 @@ def session_round(cd, tmp, storm, a, perf_out, binary=None):
         time.sleep(1)
     t0 = time.time()
     c0 = (capture_storm.proc_cpu(pid), capture_storm.proc_cpu(spid))
+    w0 = (switches(pid), switches(spid))
     r = cd.ctr("task", "exec", "--exec-id", f"storm{time.monotonic_ns()}", cid, "/bin/exec_storm", str(a.execs),
                *STORM_ARGV)
     if r.returncode != 0:
@@ -240,6 +241,7 @@ def session_round(cd, tmp, storm, a, perf_out, binary=None):
     else:
         raise SystemExit(f"no session root in {traces}")
     c1 = (capture_storm.proc_cpu(pid), capture_storm.proc_cpu(spid))
+    w1 = (switches(pid), switches(spid))
     wall = time.time() - t0
     if perf:
         perf.send_signal(signal.SIGINT)
@@ -277,11 +279,26 @@ def session_round(cd, tmp, storm, a, perf_out, binary=None):
         "pt_counted": counted, "pt_spans": len(storm_spans), "session_spans": len(mine),
         "session_processes": attr(*root, "podtrail.session.processes"),
         "snoop_counted": seen, "n": n,
+        "switches": (w1[0] - w0[0], w1[1] - w0[1]),
         "rest": rest, "rest_bpf": rest_bpf, "after": after, "settled": settled, "after_bpf": sum(v[0] for k, v in smap.items() if "bpf" in k), "smaps": smap, "snoop_rss": snoop_rss,
         "malloc": (rest_malloc, after_malloc),
         "kernel_dropped": kernel_dropped(stopped),
         "stopped": stopped,
     }
+
+
+def switches(pid):
+    """Context switches (voluntary and not) of the live threads of `pid` so far: how often the
+    tool's threads slept and woke (a thread that exited takes its count with it)."""
+    n = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            for line in open(f"/proc/{pid}/task/{t}/status"):
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    n += int(line.split()[1])
+        except FileNotFoundError:
+            pass  # exited meanwhile
+    return n
 
 
 def memory_figure(cd, tmp, a, binary=None):
@@ -344,6 +361,9 @@ def print_storm(rows, a, ring_mib):
             f"{r['idle'][0] * 1e3:.1f} / {r['idle'][1] * 1e3:.1f}", f"{cpu_per_exec(r['pt_cpu'], n):.1f}",
             f"{cpu_per_exec(r['snoop_cpu'], n):.1f}", f"{r['pt_cpu'] / max(r['snoop_cpu'], 1e-9):.2f}x",
             f"{r['pt_counted']} ({r['pt_spans']})", r["snoop_counted"], r["kernel_dropped"])) + " |")
+    print("\ncontext switches in the storm's window (the threads' sleeps and wakeups), per 1 000 execs: " +
+          ", ".join(f"round {i + 1} podtrail {r['switches'][0] * 1000 / n:.1f}, execsnoop {r['switches'][1] * 1000 / n:.1f}"
+                    for i, r in enumerate(rows)))
     print("\nmemory of podtrail run (MiB): rest VmRSS / RssAnon / BPF map mappings, peak VmHWM, after VmRSS / "
           "RssAnon (as the root span is exported, and 8 s later); execsnoop VmRSS")
     for i, r in enumerate(rows):

@@ -319,9 +319,7 @@ impl SessionSpans {
                 None => Some(self.frame.root_id),
                 Some(q) => match self.slots.get(&q) {
                     Some(slots) => Some(pick_slot(slots, rec.fork_ns)),
-                    None => {
-                        rec.parent_exec_index.and_then(|i| self.reserve(ctx, parent_image_id(&ctx.boot_id, q, i)))
-                    }
+                    None => rec.parent_exec_index.and_then(|i| self.reserve(ctx, parent_image_id(&ctx.boot_id, q, i))),
                 },
             }
         };

@@ -509,8 +509,10 @@ impl SessionSpans {
 /// a SHA-256 digest per exec in issue 15's storm (exec20). A function of its arguments alone,
 /// so remembering it changes no id.
 fn parent_image_id(boot_id: &[u8; 16], q: ProcessKey, i: u32) -> SpanId {
+    /// (boot id, parent, exec index) and its image span id.
+    type Named = ([u8; 16], ProcessKey, u32, SpanId);
     thread_local! {
-        static LAST: std::cell::Cell<Option<([u8; 16], ProcessKey, u32, SpanId)>> = const { std::cell::Cell::new(None) };
+        static LAST: std::cell::Cell<Option<Named>> = const { std::cell::Cell::new(None) };
     }
     LAST.with(|last| match last.get() {
         Some((b, k, e, id)) if b == *boot_id && k == q && e == i => id,

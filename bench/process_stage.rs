@@ -25,7 +25,15 @@
 //! connect, which the tracker says at once (`SessionUpdate::Live`, a rule can match it);
 //! `nc-udp` the same records with UDP connects that never send (kept alike, said nothing).
 //!
-//! Run: `cargo bench --bench process_stage -- [--execs N] [--connects N] [--rounds R] [--only STORM]`.
+//! Span and rules stages (issue 15, exec20): `--stages` with `--only STORM` also passes the
+//! storm's updates, as the agent does, through redaction, the span stage (`SpanStage`, one
+//! `Output` per pass of 256 updates) and the rules stage (`AlertStage::annotate` with the shipped
+//! rules), synchronously, so a profiler (callgrind) gives each stage's instructions per exec;
+//! `--same-argv` makes every command `/bin/true storm-arg` (bench/session_storm.py's storm,
+//! whose repeats fold) instead of `storm-N`.
+//!
+//! Run: `cargo bench --bench process_stage -- [--execs N] [--connects N] [--rounds R] [--only STORM]
+//! [--stages] [--same-argv]`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
@@ -33,6 +41,9 @@ use std::time::Instant;
 
 use podtrail::capture::{abi, decode::decode, event::Event};
 use podtrail::process::{containers::StaticContainers, SessionTracker};
+
+/// `--same-argv`: every command of the storms is `/bin/true storm-arg`.
+static SAME_ARGV: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -219,7 +230,7 @@ fn storm(in_session: bool, execs: u32, connects: u32) -> Vec<Vec<u8>> {
     let mut pid = 3000u32;
     for i in 0..execs.max(connects) {
         if i < execs {
-            let arg = format!("storm-{i}");
+            let arg = if SAME_ARGV.load(Relaxed) { "storm-arg".to_string() } else { format!("storm-{i}") };
             r.fork(pid, 2000, cg, pidns, pid);
             r.exec(pid, 2000, cg, cg, pid, pidns, mnt, &[b"/bin/true", arg.as_bytes()], b"true\0bin\0");
             r.exit(pid, cg);
@@ -295,6 +306,71 @@ fn time_storm(name: &str, recs: &[Vec<u8>], rounds: usize) {
     let n = recs.len() as f64;
     let (d, p) = (median(dec) / n * 1e9, median(proc_) / n * 1e9);
     println!("| {name:<8} | {:>8} | {updates:>8} | {d:>14.0} | {p:>15.0} | {:>5.2} |", recs.len(), p / d);
+}
+
+/// The storm's updates through redaction, the span stage and the rules stage, as the agent
+/// passes them (one output per 256 updates), each stage timed alone; the process stage's
+/// updates are made first, outside the timing.
+fn time_stages(recs: &[Vec<u8>], rounds: usize) {
+    use podtrail::clock::BootClock;
+    use podtrail::model::SessionUpdate;
+    use podtrail::rules::{AlertStage, RuleSource, RulesConfig};
+    use podtrail::scope::ScopeConfig;
+    use podtrail::spans::{BuildCtx, NoAttributor, Output, SpanStage, SpansConfig};
+    let rules = RuleSource::load(RulesConfig::default()).expect("shipped rules").0.rules();
+    let red = podtrail::spans::build_redactor(&Default::default());
+    let (mut red_t, mut span_t, mut rule_t) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut spans, mut execs) = (0usize, 0usize);
+    for _ in 0..rounds {
+        let mut tr = tracker();
+        let mut updates: Vec<SessionUpdate> = Vec::new();
+        for b in recs {
+            tr.handle_into(decode(b).expect("the storm decodes"), &mut updates);
+        }
+        execs = updates.iter().filter(|u| matches!(u, SessionUpdate::Live(..))).count();
+        let boot = [7u8; 16];
+        let clock = BootClock::fixed(1_700_000_000_000_000_000);
+        let cfg = SpansConfig::default();
+        let room = cfg.max_kept_spans_per_session.saturating_sub(cfg.max_spans_per_session) as u64;
+        let mut stage =
+            SpanStage::new(BuildCtx::new(boot, clock, cfg), std::sync::Arc::new(NoAttributor)).with_records();
+        let mut alerts = AlertStage::new(boot, clock, ScopeConfig::default(), false).keeping(room);
+        let mut cache = podtrail::spans::ArgvCache::default();
+        let now = Instant::now();
+        let (mut r, mut sp, mut ru) = (0f64, 0f64, 0f64);
+        let mut n = 0usize;
+        let mut it = updates.into_iter().peekable();
+        while it.peek().is_some() {
+            let mut pass: Vec<SessionUpdate> = it.by_ref().take(256).collect();
+            let t = Instant::now();
+            for u in &mut pass {
+                podtrail::spans::redact_update(&red, &mut cache, u);
+            }
+            r += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let mut out = Output::default();
+            for u in pass {
+                stage.update(u, now, &mut out);
+            }
+            sp += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            alerts.annotate(&rules, &mut out);
+            ru += t.elapsed().as_secs_f64();
+            n += out.spans.len();
+            drop(out);
+        }
+        let mut out = Output::default();
+        stage.shutdown(u64::MAX / 2, &mut out);
+        alerts.annotate(&rules, &mut out);
+        n += out.spans.len();
+        std::hint::black_box(&out);
+        spans = n;
+        red_t.push(r);
+        span_t.push(sp);
+        rule_t.push(ru);
+    }
+    let per = |v: Vec<f64>| median(v) / execs as f64 * 1e9;
+    println!("\nstages per exec ({execs} execs, {spans} spans out): redaction {:.0} ns, span stage {:.0} ns, rules stage {:.0} ns", per(red_t), per(span_t), per(rule_t));
 }
 
 /// Redaction per exec beside the process stage per exec, same storm, same run.
@@ -435,6 +511,8 @@ fn main() {
     // `--only STORM`: that storm's table row alone (for a profiler: `session`, `host`,
     // `nc-tcp`, `nc-udp`), nothing after it
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    SAME_ARGV.store(args.iter().any(|a| a == "--same-argv"), Relaxed);
+    let stages = args.iter().any(|a| a == "--stages");
     println!("storm: {execs} execs (fork+exec+exit), {connects} connects (+result); median of {rounds} rounds\n");
     println!("| storm    | records  | updates  | decode ns/rec  | process ns/rec  | ratio |");
     println!("|----------|---------:|---------:|---------------:|----------------:|------:|");
@@ -447,6 +525,9 @@ fn main() {
             other => panic!("--only {other}: one of session, host, nc-tcp, nc-udp"),
         };
         time_storm(&only, &recs, rounds);
+        if stages {
+            time_stages(&recs, rounds);
+        }
         return;
     }
     time_storm("session", &storm(true, execs, connects), rounds);

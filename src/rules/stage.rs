@@ -4,13 +4,13 @@
 //! from, and the spans. It evaluates the rules when the span stage has the identity: what
 //! happened at once (each alert sent as an `alert` span under the session's root, so it is
 //! searchable within seconds, whatever the process does next), and a process's final record
-//! when its spans pass (raising only what was not raised live); every match is also a span event on the span it
-//! belongs to, and the session's root carries the count, the highest severity and the rules
+//! in the output that brings it, before its spans pass (raising only what was not raised live);
+//! every match is also a span event on the span it belongs to, and the session's root carries the count, the highest severity and the rules
 //! that fired.
 //!
 //! Why here: the identity (user, groups, source IP, attributed or not) exists only once the
 //! span stage's hold has released a session, and the span ids of a record's spans are derived
-//! from the record, so a built span can be matched to the image or connect it shows.
+//! from the record, so an alert names the span of the image or connect it is about.
 //!
 //! In: [`Output`]s of the span stage (built [`crate::spans::SpanStage::with_records`]). Out: the
 //! same, with `alert` spans, alert events, and `podtrail.alerts.*` on roots. Dropped: nothing.
@@ -46,7 +46,35 @@ use crate::text::{basename, escaped};
 /// A process's images as its descendants see them: (start, command name).
 struct Names {
     parent: Option<ProcessKey>,
-    images: Vec<(u64, String)>,
+    /// The names are shared ([`RecentNames`]).
+    images: Vec<(u64, Arc<str>)>,
+}
+
+/// The command names the stage kept last, which a new process's image shares when its name is
+/// one of them (compared, not hashed): in issue 15's storm every ended process kept two new
+/// strings, its command's and its shell's, for up to `MAX_NAMES` processes (exec20). Not per
+/// session: a session's memory stays as it was.
+#[derive(Default)]
+struct RecentNames {
+    names: [Option<Arc<str>>; RECENT_NAMES],
+    /// Replaced next.
+    next: usize,
+}
+
+/// Names [`RecentNames`] holds.
+const RECENT_NAMES: usize = 4;
+
+impl RecentNames {
+    /// `name`, shared with an equal one kept last when there is one.
+    fn share(&mut self, name: Cow<'_, str>) -> Arc<str> {
+        if let Some(n) = self.names.iter().flatten().find(|n| ***n == *name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name.as_ref());
+        self.names[self.next] = Some(n.clone());
+        self.next = (self.next + 1) % RECENT_NAMES;
+        n
+    }
 }
 
 /// Processes whose names a session's rules remember for their descendants' ancestry (the
@@ -86,14 +114,9 @@ struct SessionState {
     /// `MAX_LIVE`).
     live_waiting: usize,
     names: FastLru<ProcessKey, Names>,
-    /// Records taken in the output being annotated whose spans have not passed yet: those
-    /// left at its end (spans folded, capped, or waiting for a parent) are evaluated then,
-    /// their alerts waiting for their spans (or the root): nothing per process is kept past
-    /// the output but its names (a 20 000-process session kept every record until its root).
-    /// With the span ids the span stage derived from them ([`EndedRecord`]).
-    pending: FastMap<ProcessKey, Arc<EndedRecord>>,
-    span_of: FastMap<SpanId, ProcessKey>,
-    /// Evaluated, waiting for their span.
+    /// Evaluated, waiting for their span (or the root). A record is evaluated in the output
+    /// that takes it, before that output's spans pass: nothing per process is kept past the
+    /// output but its names and these alerts.
     alerts: FastMap<SpanId, Vec<Alert>>,
     written: HashSet<Vec<u8>>,
     count: u64,
@@ -112,8 +135,6 @@ impl Default for SessionState {
             raised: FastMap::default(),
             live_waiting: 0,
             names: FastLru::with_hasher(MAX_NAMES),
-            pending: FastMap::default(),
-            span_of: FastMap::default(),
             alerts: FastMap::default(),
             written: HashSet::new(),
             count: 0,
@@ -140,6 +161,8 @@ pub struct AlertStage {
     deferred: prometheus_client::metrics::counter::Counter,
     /// Spans the caps refused a session may still keep here because they raised an alert.
     keep_over_cap: u64,
+    /// The command names kept last, shared by the sessions' [`Names`].
+    names: RecentNames,
 }
 
 impl AlertStage {
@@ -156,6 +179,7 @@ impl AlertStage {
                 let d = crate::spans::SpansConfig::default();
                 d.max_kept_spans_per_session.saturating_sub(d.max_spans_per_session) as u64
             },
+            names: RecentNames::default(),
         }
     }
 
@@ -185,8 +209,8 @@ impl AlertStage {
     }
 
     /// A final record the span stage built spans from: its names for its descendants, the
-    /// paths it wrote, and its evaluation when its spans pass.
-    fn take_record(&mut self, info: Arc<SessionInfo>, r: Arc<EndedRecord>) {
+    /// paths it wrote (it is evaluated once the output's live updates are in).
+    fn take_record(&mut self, info: Arc<SessionInfo>, r: &EndedRecord) {
         let st = self.sessions.entry(info.id).or_default();
         st.info = Some(info);
         // the names its live execs left are kept; only the images not seen live are escaped
@@ -197,7 +221,7 @@ impl AlertStage {
         let before = n.images.len();
         for i in &r.images {
             if !n.images[..before].iter().any(|(s, _)| *s == i.start_ns) {
-                n.images.push((i.start_ns, escaped(i.command_bytes()).into_owned()));
+                n.images.push((i.start_ns, self.names.share(escaped(i.command_bytes()))));
             }
         }
         if before > 0 && n.images.len() > before {
@@ -210,11 +234,6 @@ impl AlertStage {
                 }
             }
         }
-        // the ids the span stage derived (SHA-256 each: not derived again here)
-        for id in r.ids.all() {
-            st.span_of.insert(id, r.key);
-        }
-        st.pending.insert(r.key, r);
     }
 
     /// Raises the alerts of the execs in `out` as `alert` spans, adds alert events to the
@@ -225,8 +244,9 @@ impl AlertStage {
         }
         let mut taken = Vec::with_capacity(out.records.len());
         for (info, r) in std::mem::take(&mut out.records) {
-            taken.push((info.id, r.key));
-            self.take_record(info, r);
+            let sid = info.id;
+            self.take_record(info, &r);
+            taken.push((sid, r));
         }
         // the sessions' states are worked on in place, out of `self` meanwhile (a state moved
         // out of the map and back per update was a memmove of the whole struct and two hashes,
@@ -243,25 +263,31 @@ impl AlertStage {
                 .names
                 .get_or_insert_with(record.key, || Names { parent: record.parent, images: Vec::with_capacity(2) });
             if let Some(img) = record.images.last().filter(|i| !n.images.iter().any(|(s, _)| *s == i.start_ns)) {
-                n.images.push((img.start_ns, escaped(img.command_bytes()).into_owned()));
+                n.images.push((img.start_ns, self.names.share(escaped(img.command_bytes()))));
             }
             for span in self.raise(rules, st, &record, what, &frame) {
                 live.push((session, BuiltSpan { span, root: false }));
             }
         }
+        // the records taken, evaluated once their session's live updates are in and before
+        // any span passes: each alert waits for its span in this output (or a later one, or
+        // the root). (They were evaluated as their spans passed, found by a map of every
+        // span id to its record, two entries per exec in the storm: the same alerts, as
+        // nothing an evaluation reads changes while the spans pass.)
+        for (sid, r) in taken {
+            if let Some(st) = sessions.get_mut(&sid) {
+                self.evaluate(rules, st, &r);
+            }
+        }
         self.sessions = sessions;
         out.spans.splice(0..0, live);
-        let kept = self.keep_alerted(rules, out);
+        let kept = self.keep_alerted(out);
         out.spans.splice(0..0, kept);
         let mut sessions = std::mem::take(&mut self.sessions);
         for (sid, b) in out.spans.iter_mut() {
             let sid = *sid;
             if b.root {
                 let Some(mut st) = sessions.remove(&sid) else { continue };
-                let keys: Vec<ProcessKey> = st.pending.keys().copied().collect();
-                for k in keys {
-                    self.evaluate(rules, sid, &mut st, k);
-                }
                 // alerts whose span was not exported (capped, folded) are kept on the root
                 let mut left: Vec<Alert> = st.alerts.drain().flat_map(|(_, v)| v).collect();
                 left.sort_by_key(|a| a.ts_ns);
@@ -272,19 +298,8 @@ impl AlertStage {
             }
             let Some(st) = sessions.get_mut(&sid) else { continue };
             let id = b.span.span_context.span_id();
-            if let Some(k) = st.span_of.get(&id).copied() {
-                self.evaluate(rules, sid, st, k);
-            }
             if let Some(alerts) = st.alerts.remove(&id) {
                 self.attach(&mut b.span, &alerts);
-            }
-        }
-        // the records whose spans did not pass here: evaluated now, their alerts wait
-        for (sid, k) in taken {
-            if let Some(st) = sessions.get_mut(&sid) {
-                if st.pending.contains_key(&k) {
-                    self.evaluate(rules, sid, st, k);
-                }
             }
         }
         self.sessions = sessions;
@@ -294,14 +309,11 @@ impl AlertStage {
     /// (up to `keep_over_cap` a session; their events are attached as they pass), the rest
     /// dropped (the span stage counted them as capped on the root; what is kept here is taken
     /// off that count there).
-    fn keep_alerted(&mut self, rules: &[Arc<Rule>], out: &mut Output) -> Vec<(SessionId, BuiltSpan)> {
+    fn keep_alerted(&mut self, out: &mut Output) -> Vec<(SessionId, BuiltSpan)> {
         let mut kept = Vec::new();
         for (sid, c) in std::mem::take(&mut out.over_cap) {
-            let Some(mut st) = self.sessions.remove(&sid) else { continue };
+            let Some(st) = self.sessions.get_mut(&sid) else { continue };
             let id = c.span.span_context.span_id();
-            if let Some(k) = st.span_of.get(&id).copied() {
-                self.evaluate(rules, sid, &mut st, k);
-            }
             if st.alerts.contains_key(&id) && st.kept_process + st.kept_network < self.keep_over_cap {
                 match c.kind {
                     Capped::Process => st.kept_process += 1,
@@ -309,7 +321,6 @@ impl AlertStage {
                 }
                 kept.push((sid, BuiltSpan { span: c.span, root: false }));
             }
-            self.sessions.insert(sid, st);
         }
         kept
     }
@@ -384,13 +395,13 @@ impl AlertStage {
         out
     }
 
-    /// Evaluates one pending record; its alerts wait for their spans.
-    fn evaluate(&self, rules: &[Arc<Rule>], _sid: SessionId, st: &mut SessionState, key: ProcessKey) {
-        let Some(rec) = st.pending.remove(&key) else { return };
+    /// Evaluates one final record; its alerts wait for their spans.
+    fn evaluate(&self, rules: &[Arc<Rule>], st: &mut SessionState, rec: &EndedRecord) {
+        let key = rec.key;
         let Some(info) = st.info.as_ref() else { return };
         let ctx = SessionCtx { info, who: st.who.as_ref(), attribution_configured: self.attribution_configured };
-        let chain = ancestors(st, info, &rec);
-        let alerts = eval::evaluate(rules, ctx, &rec, &chain, &st.written, &self.scope);
+        let chain = ancestors(st, info, rec);
+        let alerts = eval::evaluate(rules, ctx, &rec.record, &chain, &st.written, &self.scope);
         let raised = st.raised.remove(&key).unwrap_or_default();
         st.live_waiting = st.live_waiting.saturating_sub(raised.len());
         for a in alerts {
@@ -403,9 +414,6 @@ impl AlertStage {
                 continue; // raised when it happened
             }
             self.record(st, span, a);
-        }
-        for id in rec.ids.all() {
-            st.span_of.remove(&id);
         }
     }
 
@@ -452,14 +460,44 @@ fn mark_root(root: &mut SpanData, st: &SessionState) {
     root.attributes.push(KeyValue::new(keys::ALERTS_RULES, opentelemetry::Value::Array(names.into())));
 }
 
+/// Ancestors a chain names at most.
+const MAX_CHAIN: usize = 16;
+
+/// Command names of a process's ancestors, nearest first, on the stack (the chain was a `Vec`
+/// made and freed per evaluation: twice per exec in issue 15's storm, exec20).
+struct Chain<'a> {
+    names: [Cow<'a, str>; MAX_CHAIN],
+    len: usize,
+}
+
+impl<'a> Chain<'a> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn extend(&mut self, name: Option<Cow<'a, str>>) {
+        if let Some(n) = name.filter(|_| self.len < MAX_CHAIN) {
+            self.names[self.len] = n;
+            self.len += 1;
+        }
+    }
+}
+
+impl<'a> std::ops::Deref for Chain<'a> {
+    type Target = [Cow<'a, str>];
+    fn deref(&self) -> &[Cow<'a, str>] {
+        &self.names[..self.len]
+    }
+}
+
 /// Command names of `rec`'s ancestors in the session, nearest first, as far as known: a
 /// parent that still runs has no record yet, except the session's root, whose command is in
 /// the session info.
-fn ancestors<'a>(st: &'a SessionState, info: &'a SessionInfo, rec: &ProcessRecord) -> Vec<Cow<'a, str>> {
-    let mut out = Vec::new();
+fn ancestors<'a>(st: &'a SessionState, info: &'a SessionInfo, rec: &ProcessRecord) -> Chain<'a> {
+    let mut out = Chain { names: std::array::from_fn(|_| Cow::Borrowed("")), len: 0 };
     let (mut cur, mut at) = (rec.parent, rec.fork_ns);
     while let Some(k) = cur {
-        if out.len() >= 16 || k == rec.key {
+        if out.len() >= MAX_CHAIN || k == rec.key {
             break;
         }
         match st.names.peek(&k) {
@@ -470,7 +508,7 @@ fn ancestors<'a>(st: &'a SessionState, info: &'a SessionInfo, rec: &ProcessRecor
                     .rev()
                     .find(|(s, _)| *s <= at)
                     .or(n.images.first())
-                    .map(|(_, c)| Cow::Borrowed(c.as_str()));
+                    .map(|(_, c)| Cow::Borrowed(&**c));
                 out.extend(name);
                 cur = n.parent;
                 at = k.start_ns;

@@ -4,6 +4,8 @@
 //! In: argv bytes, span keys. Out: capped argv text with a "cut" flag; fold decisions; span
 //! cap decisions. What is cut, folded or capped is counted and marked on the session's root.
 
+use std::sync::Arc;
+
 use opentelemetry::trace::SpanId;
 use sha2::{Digest, Sha256};
 
@@ -120,6 +122,66 @@ impl FoldHasher {
         out.copy_from_slice(&d[..8]);
         out
     }
+}
+
+/// The fold digest of one image: each argument, the executable's path, then its process's exit
+/// status when it is the last image (`exit`), else an empty part.
+///
+/// A repeat of one of the last few images digested on this thread (equal argv, path and exit)
+/// takes its digest from them instead of hashing again: in a storm of one command every ended
+/// process's two images (the shell's it was forked with, the command's) were three SHA-256
+/// blocks per exec (issue 15, exec20). The digest is a function of those bytes alone, so the
+/// memo changes no result; it holds the last [`IMAGE_MEMO`] argv and paths (shared, not
+/// copied) until they are replaced.
+pub fn image_digest(argv: &Arc<[Vec<u8>]>, exe_path: &Arc<[u8]>, exit: Option<&Option<ExitStatus>>) -> [u8; 8] {
+    let exit = exit.copied();
+    IMAGE_DIGESTS.with(|m| {
+        let mut m = m.borrow_mut();
+        let same = |e: &ImageDigest| {
+            e.exit == exit
+                && (Arc::ptr_eq(&e.exe_path, exe_path) || e.exe_path == *exe_path)
+                && (Arc::ptr_eq(&e.argv, argv) || e.argv == *argv)
+        };
+        if let Some(e) = m.entries.iter().flatten().find(|e| same(e)) {
+            return e.digest;
+        }
+        let mut h = FoldHasher::new();
+        for a in argv.iter() {
+            h.part(a);
+        }
+        h.part(exe_path);
+        match &exit {
+            Some(x) => h.part_exit(x),
+            None => h.part(b""),
+        }
+        let digest = h.finish();
+        let at = m.next;
+        m.entries[at] = Some(ImageDigest { argv: argv.clone(), exe_path: exe_path.clone(), exit, digest });
+        m.next = (at + 1) % IMAGE_MEMO;
+        digest
+    })
+}
+
+/// Images whose digests a thread remembers ([`image_digest`]).
+pub const IMAGE_MEMO: usize = 4;
+
+struct ImageDigest {
+    argv: Arc<[Vec<u8>]>,
+    exe_path: Arc<[u8]>,
+    /// Some: the last image, with its process's exit status.
+    exit: Option<Option<ExitStatus>>,
+    digest: [u8; 8],
+}
+
+#[derive(Default)]
+struct ImageDigests {
+    entries: [Option<ImageDigest>; IMAGE_MEMO],
+    /// Replaced next.
+    next: usize,
+}
+
+thread_local! {
+    static IMAGE_DIGESTS: std::cell::RefCell<ImageDigests> = std::cell::RefCell::new(ImageDigests::default());
 }
 
 /// Text written into a fixed buffer; an error once it would not fit.

@@ -85,9 +85,9 @@ pub struct Output {
     /// [`SpanStage::with_records`]): it keeps those that raised an alert and drops the rest.
     pub over_cap: Vec<(SessionId, super::session::OverCap)>,
     /// The final records the stage built spans from, in order (only when asked for with
-    /// [`SpanStage::with_records`]): the rules stage evaluates them when their spans pass.
+    /// [`SpanStage::with_records`]): the rules stage evaluates them before their spans pass.
     /// Shared with the span stage's own copy (a record is not cloned per process), with the
-    /// span ids the span stage derived from it (the rules stage matches spans by them).
+    /// span ids the span stage derived from it (the rules stage names an alert's span by them).
     pub records: Vec<(Arc<SessionInfo>, Arc<EndedRecord>)>,
     /// Root spans of requests that started no process (attach, port-forward, denied or
     /// unmatched execs), counted as sessions.

@@ -20,7 +20,7 @@ use opentelemetry::trace::SpanId;
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::SpanData;
 
-use super::budget::{fold_digest, FoldDecision, FoldHasher, FoldTable};
+use super::budget::{self, fold_digest, FoldDecision, FoldTable};
 use super::build::{self, BuildCtx, RootMarks, SessionFrame};
 use super::identity::SessionIdentity;
 use super::{ids, keys};
@@ -319,9 +319,7 @@ impl SessionSpans {
                 None => Some(self.frame.root_id),
                 Some(q) => match self.slots.get(&q) {
                     Some(slots) => Some(pick_slot(slots, rec.fork_ns)),
-                    None => {
-                        rec.parent_exec_index.and_then(|i| self.reserve(ctx, ids::image_span_id(&ctx.boot_id, q, i)))
-                    }
+                    None => rec.parent_exec_index.and_then(|i| self.reserve(ctx, parent_image_id(&ctx.boot_id, q, i))),
                 },
             }
         };
@@ -413,18 +411,8 @@ impl SessionSpans {
             let own = rec.ids.image(idx);
             let last = idx + 1 == rec.images.len();
             // argv, exe path, exit: fed to the digest as they are (no list of parts, no
-            // string for the exit status)
-            let mut h = FoldHasher::new();
-            for a in img.argv.iter() {
-                h.part(a);
-            }
-            h.part(&img.exe_path);
-            if last {
-                h.part_exit(&rec.exit);
-            } else {
-                h.part(b"");
-            }
-            let digest = h.finish();
+            // string for the exit status); a repeat's taken from the last few
+            let digest = budget::image_digest(&img.argv, &img.exe_path, last.then_some(&rec.exit));
             // what makes the image matter past the cap: a way out, or a binary the session
             // had not run before
             let new_content =
@@ -514,6 +502,26 @@ impl SessionSpans {
         }
         self.slots.insert(rec.key, slots.into());
     }
+}
+
+/// [`ids::image_span_id`] of a parent's image, remembered for the next child of the same
+/// parent on this thread: the children of one shell name the same parent image, which was
+/// a SHA-256 digest per exec in issue 15's storm (exec20). A function of its arguments alone,
+/// so remembering it changes no id.
+fn parent_image_id(boot_id: &[u8; 16], q: ProcessKey, i: u32) -> SpanId {
+    /// (boot id, parent, exec index) and its image span id.
+    type Named = ([u8; 16], ProcessKey, u32, SpanId);
+    thread_local! {
+        static LAST: std::cell::Cell<Option<Named>> = const { std::cell::Cell::new(None) };
+    }
+    LAST.with(|last| match last.get() {
+        Some((b, k, e, id)) if b == *boot_id && k == q && e == i => id,
+        _ => {
+            let id = ids::image_span_id(boot_id, q, i);
+            last.set(Some((*boot_id, q, i, id)));
+            id
+        }
+    })
 }
 
 /// The session's rare marks, made at their first count.

@@ -37,8 +37,9 @@ use std::sync::LazyLock;
 
 use regex::bytes::{Captures, Regex};
 use regex_automata::nfa::thompson::WhichCaptures;
+use regex_automata::util::iter::Searcher;
 use regex_automata::util::syntax;
-use regex_automata::{meta, MatchKind};
+use regex_automata::{meta, Input, MatchKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -95,6 +96,8 @@ impl std::fmt::Debug for Redactor {
 
 /// The mark a redacted value leaves; also how an already redacted value is recognised.
 pub const TOKEN_PREFIX: &str = "<redacted:";
+/// A token's length: the prefix, 10 hex digits, `>`.
+const TOKEN_LEN: usize = TOKEN_PREFIX.len() + 10 + 1;
 
 // The text patterns, one per kind of secret, in order of preference: a search finds what
 // their alternation `header|bearer|url|assign|cloud` finds (leftmost first, the earlier pattern
@@ -126,6 +129,30 @@ static BUILTIN: LazyLock<meta::Regex> = LazyLock::new(|| {
         .build_many(&pats)
         .expect("built-in redaction patterns")
 });
+
+thread_local! {
+    /// The built-in patterns' search state for this thread: the span task's worker threads
+    /// search every argv element, and a cache of their own spares the pool `find_iter` takes
+    /// one from (a lock and unlock per element on any thread but the pool's first). The lazy
+    /// DFA's states grow as needed, within `hybrid_cache_capacity` above.
+    static SEARCH: std::cell::RefCell<meta::Cache> = std::cell::RefCell::new(BUILTIN.create_cache());
+}
+
+/// Whether `s` may hold a match of a built-in pattern: each needs a byte or a prefix that the
+/// check below looks for. A header a `:` after its name, a URL the `:` of `://`, an assignment
+/// its `=`, a bearer token the blank after `bearer`, a cloud token its prefix (`AKIA`,
+/// `ASIA`, `AROA`, `AIDA`; `gh`, `gi` of `github_pat`, `gl` of `glpat-`; `xox`). Most argv elements (a
+/// command, a path, a short flag) have none and skip the search; a proptest checks that no
+/// text this says no to has a match.
+fn may_match(s: &[u8]) -> bool {
+    s.iter().enumerate().any(|(i, &b)| match b {
+        b':' | b'=' | b' ' | b'\t' => true,
+        b'A' => matches!(s.get(i + 1..i + 4), Some(b"KIA" | b"SIA" | b"ROA" | b"IDA")),
+        b'g' => matches!(s.get(i + 1), Some(b'h' | b'i' | b'l')),
+        b'x' => s[i + 1..].starts_with(b"ox"),
+        _ => false,
+    })
+}
 
 /// The secret inside `m`, a match of built-in pattern `pattern`, as offsets into `m`: the value
 /// after a header's name and scheme, after `bearer`, a URL's password (between the user's `:`
@@ -207,12 +234,27 @@ impl Redactor {
 
     /// The token standing for `secret`: `<redacted:` + 10 hex digits of its HMAC + `>`.
     pub fn token(&self, secret: &[u8]) -> String {
+        let mut t = Vec::with_capacity(TOKEN_LEN);
+        self.token_into(secret, &mut t);
+        String::from_utf8(t).expect("a token is ASCII")
+    }
+
+    /// [`Self::token`] appended to `out`: the HMAC from the key's precomputed inner and outer
+    /// states (two SHA-256 blocks for a secret of up to 55 bytes), its first 5 bytes written
+    /// as lower-case hex in place (no string formatted and copied per token).
+    fn token_into(&self, secret: &[u8], out: &mut Vec<u8>) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut i = self.inner.clone();
         i.update(secret);
         let mut o = self.outer.clone();
         o.update(i.finalize());
         let mac = o.finalize();
-        format!("{TOKEN_PREFIX}{}>", hex::encode(&mac[..5]))
+        out.reserve(TOKEN_LEN);
+        out.extend_from_slice(TOKEN_PREFIX.as_bytes());
+        for &b in &mac[..5] {
+            out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+        out.push(b'>');
     }
 
     /// Redacts an argv in place; returns how many values were replaced.
@@ -232,22 +274,33 @@ impl Redactor {
     /// nothing is to be replaced (most argvs: then nothing is copied).
     pub fn redacted(&self, argv: &[Vec<u8>]) -> Option<(Vec<Vec<u8>>, u32)> {
         let mut n = 0;
-        let mut out: Option<Vec<Vec<u8>>> = None;
+        // the replaced elements (empty until the first); the others are copied once, at the end
+        let mut new: Vec<Option<Vec<u8>>> = Vec::new();
+        let set = |new: &mut Vec<Option<Vec<u8>>>, i: usize, v: Vec<u8>| {
+            if new.is_empty() {
+                new.resize(argv.len(), None);
+            }
+            new[i] = Some(v);
+        };
         for (i, from) in word_rules(argv.iter().map(|a| a.as_slice())) {
             let v = &argv[i];
-            let mut red = v[..from].to_vec();
-            red.extend_from_slice(self.token(unquote(&v[from..])).as_bytes());
-            out.get_or_insert_with(|| argv.to_vec())[i] = red;
+            let mut red = Vec::with_capacity(from + TOKEN_LEN);
+            red.extend_from_slice(&v[..from]);
+            self.token_into(unquote(&v[from..]), &mut red);
+            set(&mut new, i, red);
             n += 1;
         }
         for i in 0..argv.len() {
-            let cur = out.as_ref().map_or(&argv[i], |o| &o[i]);
-            if let Some((new, k)) = self.text(cur) {
-                out.get_or_insert_with(|| argv.to_vec())[i] = new;
+            let cur = new.get(i).and_then(Option::as_deref).unwrap_or(&argv[i]);
+            if let Some((red, k)) = self.text(cur) {
+                set(&mut new, i, red);
                 n += k;
             }
         }
-        out.map(|o| (o, n))
+        if new.is_empty() {
+            return None;
+        }
+        Some((argv.iter().zip(new).map(|(a, r)| r.unwrap_or_else(|| a.clone())).collect(), n))
     }
 
     /// Redacts strings (a requested command, a user agent) in place; returns the count.
@@ -287,7 +340,7 @@ impl Redactor {
                 for (wi, from) in hits {
                     let (a, b) = words[wi];
                     out.extend_from_slice(&s[last..a + from]);
-                    out.extend_from_slice(self.token(unquote(&s[a + from..b])).as_bytes());
+                    self.token_into(unquote(&s[a + from..b]), &mut out);
                     last = b;
                     n += 1;
                 }
@@ -297,23 +350,32 @@ impl Redactor {
         }
         // the built-in patterns: each match's secret found from its pattern
         let src = cur.as_deref().unwrap_or(s);
-        let mut out = Vec::new();
-        let (mut last, mut k) = (0, 0u32);
-        for m in BUILTIN.find_iter(src) {
-            let (a, b) = secret_in(m.pattern().as_usize(), &src[m.range()]);
-            let secret = &src[m.start() + a..m.start() + b];
-            if secret.is_empty() || secret.starts_with(TOKEN_PREFIX.as_bytes()) {
-                continue;
+        if may_match(src) {
+            let mut out = Vec::new();
+            let (mut last, mut k) = (0, 0u32);
+            SEARCH.with_borrow_mut(|cache| {
+                // as `BUILTIN.find_iter(src)`, with this thread's cache (no pool to lock)
+                let mut it = Searcher::new(Input::new(src));
+                while let Some(m) = it.advance(|input| Ok(BUILTIN.search_with(cache, input))) {
+                    let (a, b) = secret_in(m.pattern().as_usize(), &src[m.range()]);
+                    let secret = &src[m.start() + a..m.start() + b];
+                    if secret.is_empty() || secret.starts_with(TOKEN_PREFIX.as_bytes()) {
+                        continue;
+                    }
+                    if out.is_empty() {
+                        out.reserve(src.len() + TOKEN_LEN);
+                    }
+                    out.extend_from_slice(&src[last..m.start() + a]);
+                    self.token_into(secret, &mut out);
+                    last = m.start() + b;
+                    k += 1;
+                }
+            });
+            if k > 0 {
+                out.extend_from_slice(&src[last..]);
+                n += k;
+                cur = Some(out);
             }
-            out.extend_from_slice(&src[last..m.start() + a]);
-            out.extend_from_slice(self.token(secret).as_bytes());
-            last = m.start() + b;
-            k += 1;
-        }
-        if k > 0 {
-            out.extend_from_slice(&src[last..]);
-            n += k;
-            cur = Some(out);
         }
         // configured patterns: the first capture group, or the whole match
         for re in &self.custom {
@@ -328,7 +390,7 @@ impl Redactor {
                     m if !m.as_bytes().is_empty() && !m.as_bytes().starts_with(TOKEN_PREFIX.as_bytes()) => {
                         k += 1;
                         let mut r = src[whole.start()..m.start()].to_vec();
-                        r.extend_from_slice(self.token(m.as_bytes()).as_bytes());
+                        self.token_into(m.as_bytes(), &mut r);
                         r.extend_from_slice(&src[m.end()..whole.end()]);
                         r
                     }

@@ -241,3 +241,50 @@ fn key_file_and_random_key() {
     std::fs::write(&p, "\n").unwrap();
     assert!(Redactor::new(&RedactConfig { key_file: Some(p), ..Default::default() }).is_err());
 }
+
+#[test]
+fn the_quick_check_says_yes_to_every_kind_of_secret() {
+    for s in [
+        "Authorization: x",
+        "bearer\tabc",
+        "https://u:p@h",
+        "token=x",
+        "AKIAIOSFODNN7EXAMPLE",
+        "ASIAXXXXXXXXXXXXXXXX",
+        "ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "github_pat_aaaaaaaaaaaaaaaaaaaaaaaa",
+        "glpat-aaaaaaaaaaaaaaaaaaaaaaa",
+        "xoxb-0123456789",
+    ] {
+        assert!(may_match(s.as_bytes()), "{s}");
+        assert!(BUILTIN.find(s.as_bytes()).is_some(), "{s}");
+    }
+    for s in ["/tmp/page", "/bin/true", "storm-arg", "-la", "AKIB", "gx", "xo", "A", "g", "x", ""] {
+        assert!(!may_match(s.as_bytes()), "{s}");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+    /// What [`may_match`] says no to, the patterns find nothing in: the check only spares
+    /// searches, it never hides a secret.
+    #[test]
+    fn the_quick_check_never_hides_a_match(parts in proptest::collection::vec(
+        proptest::prop_oneof![
+            proptest::sample::select(vec![
+                "Authorization", "X-API-KEY", "cookie", "bearer", "BEARER", "Basic", "token", "password",
+                "_pwd", "auth_key", "AKIA", "ASIA", "AROA", "AIDA", "0123456789ABCDEF", "ghp_", "gho_",
+                "github_pat_", "glpat-", "xoxb-", "xoxp-", "://", "https", ":", "@", "=", " ", "\t", "\n",
+                "\x0b", "'", "\"", "/", "-", "_", "A", "g", "h", "l", "x", "o",
+            ]).prop_map(|s| s.as_bytes().to_vec()),
+            proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4),
+            "[A-Za-z0-9_\\-]{1,24}".prop_map(|s| s.into_bytes()),
+        ],
+        0..24,
+    )) {
+        let src = parts.concat();
+        if !may_match(&src) {
+            proptest::prop_assert!(BUILTIN.find(&src[..]).is_none(), "{:?}", String::from_utf8_lossy(&src));
+        }
+    }
+}

@@ -290,8 +290,8 @@ impl Redactor {
             set(&mut new, i, red);
             n += 1;
         }
-        for i in 0..argv.len() {
-            let cur = new.get(i).and_then(Option::as_deref).unwrap_or(&argv[i]);
+        for (i, a) in argv.iter().enumerate() {
+            let cur = new.get(i).and_then(Option::as_deref).unwrap_or(a);
             if let Some((red, k)) = self.text(cur) {
                 set(&mut new, i, red);
                 n += k;
@@ -457,8 +457,9 @@ fn client(word: &[u8]) -> Option<Client> {
     }
 }
 
-/// A flag (without its dashes, lower case) whose next word is a secret.
-fn secret_flag(name: &str) -> bool {
+/// A flag (without its dashes, lower case) whose next word is a secret. Bytes: every name
+/// below is ASCII, so a flag that is not UTF-8 matches as its lossy text would.
+fn secret_flag(name: &[u8]) -> bool {
     const EXACT: &[&str] = &["pass", "pw", "pwd", "storepass", "keypass", "srcstorepass", "deststorepass"];
     const HAS: &[&str] = &[
         "password",
@@ -474,10 +475,10 @@ fn secret_flag(name: &str) -> bool {
     ];
     // A flag naming where the secret is (a file, a variable) takes no secret.
     const NOT: &[&str] = &["-file", "_file", "-path", "-dir", "-env", "-fd", "-stdin", "-cmd", "-command", "-type"];
-    if NOT.iter().any(|s| name.ends_with(s)) {
+    if NOT.iter().any(|s| name.ends_with(s.as_bytes())) {
         return false;
     }
-    EXACT.contains(&name) || HAS.iter().any(|k| name.contains(k))
+    EXACT.iter().any(|e| name == e.as_bytes()) || HAS.iter().any(|k| name.windows(k.len()).any(|w| w == k.as_bytes()))
 }
 
 /// For each word that is (or ends in) a secret: its index and the offset the secret starts at.
@@ -541,8 +542,23 @@ fn word_rules<'a>(words: impl Iterator<Item = &'a [u8]>) -> Vec<(usize, usize)> 
             }
             _ => {}
         }
-        let name = String::from_utf8_lossy(bare.trim_ascii_start()).trim_start_matches('-').to_ascii_lowercase();
-        if name.len() >= 2 && secret_flag(&name) {
+        // the flag without its dashes, lower case: on the stack (every flag but a long one)
+        let name = bare.trim_ascii_start();
+        let name = &name[name.iter().position(|&b| b != b'-').unwrap_or(name.len())..];
+        let mut buf = [0u8; 64];
+        let long;
+        let lower: &[u8] = match buf.get_mut(..name.len()) {
+            Some(b) => {
+                b.copy_from_slice(name);
+                b.make_ascii_lowercase();
+                b
+            }
+            None => {
+                long = name.to_ascii_lowercase();
+                &long
+            }
+        };
+        if lower.len() >= 2 && secret_flag(lower) {
             next = Next::Whole;
         }
     }

@@ -288,3 +288,22 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn flags_are_matched_without_dashes_in_lower_case_long_or_not_utf8() {
+    let long = format!("--{}token", "x".repeat(70));
+    for (flag, n) in [
+        (b"--PASSWORD".as_slice(), 1),
+        (b"--Api-Key", 1),
+        (b"-Pw", 1),
+        (b"--\xffpassword", 1),
+        (b"--p\xffassword", 0),
+        (b"--Password-File", 0),
+        (b"-p", 0),
+        (long.as_bytes(), 1),
+    ] {
+        let mut v = vec![b"app".to_vec(), flag.to_vec(), b"S3cret".to_vec()];
+        assert_eq!(r().argv(&mut v), n, "{:?}", String::from_utf8_lossy(flag));
+        assert_eq!(v[2].starts_with(b"<redacted:"), n == 1);
+    }
+}

@@ -47,11 +47,18 @@ impl Meta {
     }
 
     pub fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.bytes());
+    }
+
+    /// The metadata as it leads a record: flags, the session's pid and start (little endian).
+    pub fn bytes(&self) -> [u8; META_LEN] {
         let flags = (self.root as u8) | ((self.session.is_some() as u8) << 1);
-        out.push(flags);
         let (pid, start) = self.session.map(|s| (s.0.pid, s.0.start_ns)).unwrap_or((0, 0));
-        out.extend_from_slice(&pid.to_le_bytes());
-        out.extend_from_slice(&start.to_le_bytes());
+        let mut b = [0u8; META_LEN];
+        b[0] = flags;
+        b[1..5].copy_from_slice(&pid.to_le_bytes());
+        b[5..13].copy_from_slice(&start.to_le_bytes());
+        b
     }
 
     pub fn read(b: &[u8]) -> Option<Meta> {
@@ -78,9 +85,9 @@ pub enum DecodeError {
 /// A record's body: metadata, then the span's protobuf, written straight from the span's
 /// strings ([`super::wire::encode_span`]: no proto `Span` built in between).
 pub fn encode(q: &Queued) -> Vec<u8> {
-    let mut out = Vec::with_capacity(META_LEN + 512);
-    Meta::of(q).write(&mut out);
-    super::wire::encode_span(&q.span, &mut out);
+    // allocated once, at the record's size
+    let mut out = Vec::new();
+    super::wire::encode_span_behind(&Meta::of(q).bytes(), &q.span, &mut out);
     out
 }
 

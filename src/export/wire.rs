@@ -236,16 +236,23 @@ fn link_len(l: &opentelemetry::trace::Link, state: &str) -> usize {
 /// Appends `span` as an OTLP `Span` message (its body: no key or length in front), the same
 /// message `opentelemetry_proto`'s `Span::from(SpanData)` encodes to.
 pub fn encode_span(span: &SpanData, out: &mut Vec<u8>) {
-    encode_span_as(span, None, out)
+    encode_span_as(span, None, &[], out)
+}
+
+/// `head`, then `span` as [`encode_span`] writes it, appended to `out` with one reservation
+/// for both: a durable queue's record (its metadata, then the span) is allocated once, at its
+/// size (it started at a guess and grew to the span's length: a reallocation per span).
+pub fn encode_span_behind(head: &[u8], span: &SpanData, out: &mut Vec<u8>) {
+    encode_span_as(span, None, head, out)
 }
 
 /// Appends `span` as field `field` of the enclosing message (key, length, body), written in
 /// place: the length is worked out before the body is written, so no buffer of its own.
 pub fn encode_span_field(span: &SpanData, field: u32, out: &mut Vec<u8>) {
-    encode_span_as(span, Some(field), out)
+    encode_span_as(span, Some(field), &[], out)
 }
 
-fn encode_span_as(span: &SpanData, field: Option<u32>, out: &mut Vec<u8>) {
+fn encode_span_as(span: &SpanData, field: Option<u32>, head: &[u8], out: &mut Vec<u8>) {
     let ctx = &span.span_context;
     let state = ctx.trace_state().header();
     let (code, message) = status(&span.status);
@@ -268,7 +275,8 @@ fn encode_span_as(span: &SpanData, field: Option<u32>, out: &mut Vec<u8>) {
         + uint_len(span.links.dropped_count as u64)
         + field_len(status_len)
         + 6;
-    out.reserve(len + 16);
+    out.reserve(head.len() + len + 16);
+    out.extend_from_slice(head);
     let prefix_at = out.len();
     if let Some(f) = field {
         put_key(out, f, LEN);

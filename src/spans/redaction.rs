@@ -6,7 +6,7 @@
 //! replaced by keyed tokens and capped. Dropped: nothing; each replacement is counted on its
 //! image (`argv_redacted`) or identity.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -78,11 +78,15 @@ const RECENT: usize = 4;
 /// `RECENT` of them again. The map keeps std's keyed SipHash: its keys are argvs, which
 /// whoever runs commands in a container chooses (no colliding keys made offline); a hit among
 /// the recent ones costs a comparison instead of hashing every byte of the argv (SipHash of
-/// the argv was ~2% of the agent's samples in the session storm; BENCHMARKS.md, hot16).
+/// the argv was ~2% of the agent's samples in the session storm; BENCHMARKS.md, hot16). An
+/// argv missing from the map is hashed once for both the lookup and the insertion (a table
+/// hashed by std's `RandomState`, whose `HashMap` hashed it twice), and one too long to be kept
+/// is not hashed at all.
 #[derive(Debug, Default)]
 pub struct ArgvCache {
-    /// argv -> None (nothing to redact) or what it becomes.
-    map: HashMap<Argv, Option<Redacted>>,
+    /// argv -> None (nothing to redact) or what it becomes, hashed by `state`.
+    map: hashbrown::HashTable<(Argv, Option<Redacted>)>,
+    state: std::hash::RandomState,
     /// The last argvs looked up, most recent first, with what they become.
     recent: Vec<(Argv, Option<Redacted>)>,
 }
@@ -107,18 +111,22 @@ impl ArgvCache {
             self.recent[..=i].rotate_right(1);
             return apply(&self.recent[0].1, argv);
         }
-        let result = match self.map.get(&argv[..]) {
-            Some(hit) => hit.clone(),
+        if argv.iter().map(Vec::len).sum::<usize>() > CACHE_ARGV_BYTES {
+            // never kept: redacted every time (copied only when something is replaced)
+            let result: Option<Redacted> = r.redacted(argv).map(|(red, n)| (red.into(), n));
+            return apply(&result, argv);
+        }
+        let hash = self.state.hash_one(&argv[..]);
+        let result = match self.map.find(hash, |(a, _)| a == argv) {
+            Some((_, hit)) => hit.clone(),
             None => {
                 // copied only when something is replaced
                 let result: Option<Redacted> = r.redacted(argv).map(|(red, n)| (red.into(), n));
-                if argv.iter().map(Vec::len).sum::<usize>() > CACHE_ARGV_BYTES {
-                    return apply(&result, argv);
-                }
                 if self.map.len() >= CACHE_ENTRIES {
                     self.map.clear();
                 }
-                self.map.insert(argv.clone(), result.clone());
+                let state = &self.state;
+                self.map.insert_unique(hash, (argv.clone(), result.clone()), |(a, _)| state.hash_one(&a[..]));
                 result
             }
         };

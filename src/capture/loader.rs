@@ -214,7 +214,15 @@ pub struct Counters {
     /// cgroup map is walked again only when drops were counted since the read before the
     /// last (each drop counts in `dropped` before it reaches the cgroup map, so a drop seen
     /// in one read's total may reach the map just after that read walked it).
-    cgroups_seen: std::cell::RefCell<(Vec<(u64, u64)>, [u64; 2])>,
+    cgroups_seen: std::cell::RefCell<CgroupsSeen>,
+}
+
+/// [`Counters::cgroups_seen`]: the per-cgroup drops as last read, and the drop totals of the
+/// last two reads (the one before the last first).
+#[derive(Default)]
+struct CgroupsSeen {
+    list: Vec<(u64, u64)>,
+    totals: [u64; 2],
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -259,12 +267,11 @@ impl Counters {
         // loses nothing skips it).
         let total = c.total_dropped();
         let mut seen = self.cgroups_seen.borrow_mut();
-        let (cached, totals) = &mut *seen;
-        if total != totals[0] {
-            *cached = self.dropped_cgroups.iter().filter_map(Result::ok).map(|(k, v)| (k, v.events)).collect();
+        if total != seen.totals[0] {
+            seen.list = self.dropped_cgroups.iter().filter_map(Result::ok).map(|(k, v)| (k, v.events)).collect();
         }
-        *totals = [totals[1], total];
-        c.dropped_by_cgroup = cached.clone();
+        seen.totals = [seen.totals[1], total];
+        c.dropped_by_cgroup = seen.list.clone();
         // started, then present, then finished: an entry started before the first read is
         // present at the second or finished before the third, so nothing is counted lost
         // that was not (an entry started meanwhile only lowers the count until next time)
@@ -436,7 +443,7 @@ impl Capture {
             connect_inflight: BpfHashMap::try_from(
                 ebpf.take_map("connect_inflight").ok_or(CaptureError::MissingMap("connect_inflight"))?,
             )?,
-            cgroups_seen: std::cell::RefCell::new((Vec::new(), [u64::MAX; 2])),
+            cgroups_seen: std::cell::RefCell::new(CgroupsSeen { list: Vec::new(), totals: [u64::MAX; 2] }),
         };
         let ring = RingBuf::try_from(ebpf.take_map("events").ok_or(CaptureError::MissingMap("events"))?)?;
         let (tx, rx) = mpsc::channel(reader::batches_for(opts.channel_capacity));

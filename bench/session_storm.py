@@ -5,7 +5,7 @@ memory with many live processes and open exec sessions.
 
 Session storm (each round): a private containerd runs a busybox container (`sleep`); the real
 `podtrail run` (default config plus the containerd socket, OTLP/JSON file sink) and
-`execsnoop` both start; their idle CPU is measured over --idle seconds; then ONE
+`execsnoop` both start; after --settle seconds their idle CPU is measured over --idle seconds; then ONE
 `ctr task exec` session runs tests/fixtures/exec_storm.c (compiled statically), which runs
 `/bin/true storm-arg` --execs times (fork + exec + wait). Measured:
   - agent CPU per exec: the process's CPU clock (all threads, ns: bench/cpuclock.py) from just before the exec
@@ -208,6 +208,9 @@ def session_round(cd, tmp, storm, a, perf_out, binary=None):
     rest = status(pid)
     rest_bpf = bpf_map_rss(pid)
     rest_malloc = malloc_stats(pid, agent.log_path) if a.malloc_stats else None
+    # the agent's first seconds after it is ready are not rest (it read 5-9 ms/s in them against
+    # 1.5-3 later): the idle window starts after --settle seconds
+    time.sleep(a.settle)
     c0 = (capture_storm.proc_cpu(pid), capture_storm.proc_cpu(spid))
     time.sleep(a.idle)
     c1 = (capture_storm.proc_cpu(pid), capture_storm.proc_cpu(spid))
@@ -399,6 +402,8 @@ def main():
     ap.add_argument("--execs", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--idle", type=float, default=3.0, help="seconds of idle CPU measured before each storm")
+    ap.add_argument("--settle", type=float, default=5.0,
+                    help="seconds the agent and execsnoop run before the idle window (their start-up is not rest)")
     ap.add_argument("--capture-execs", type=int, default=5000, help="host storm for podtrail capture (0: skip)")
     ap.add_argument("--live", type=int, default=10000, help="live processes for the memory figure (0: skip it)")
     ap.add_argument("--sessions", type=int, default=1000, help="open exec sessions for the memory figure")

@@ -46,10 +46,6 @@ impl Meta {
         Meta { session: q.session, root: q.root }
     }
 
-    pub fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.bytes());
-    }
-
     /// The metadata as it leads a record: flags, the session's pid and start (little endian).
     pub fn bytes(&self) -> [u8; META_LEN] {
         let flags = (self.root as u8) | ((self.session.is_some() as u8) << 1);

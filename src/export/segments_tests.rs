@@ -6,8 +6,7 @@ use crate::capture::event::ProcessKey;
 use crate::model::SessionId;
 
 fn body(i: u32, session: Option<u32>, root: bool, pad: usize) -> Vec<u8> {
-    let mut b = Vec::new();
-    Meta { session: session.map(|p| SessionId(ProcessKey { pid: p, start_ns: 7 })), root }.write(&mut b);
+    let mut b = Meta { session: session.map(|p| SessionId(ProcessKey { pid: p, start_ns: 7 })), root }.bytes().to_vec();
     b.extend_from_slice(&i.to_le_bytes());
     b.resize(b.len() + pad, 0xab);
     b

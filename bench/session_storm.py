@@ -224,6 +224,7 @@ def session_round(cd, tmp, storm, a, perf_out, binary=None):
     t0 = time.time()
     c0 = (capture_storm.proc_cpu(pid), capture_storm.proc_cpu(spid))
     w0 = (switches(pid), switches(spid))
+    f0 = (minor_faults(pid), minor_faults(spid))
     r = cd.ctr("task", "exec", "--exec-id", f"storm{time.monotonic_ns()}", cid, "/bin/exec_storm", str(a.execs),
                *STORM_ARGV)
     if r.returncode != 0:
@@ -245,6 +246,7 @@ def session_round(cd, tmp, storm, a, perf_out, binary=None):
         raise SystemExit(f"no session root in {traces}")
     c1 = (capture_storm.proc_cpu(pid), capture_storm.proc_cpu(spid))
     w1 = (switches(pid), switches(spid))
+    f1 = (minor_faults(pid), minor_faults(spid))
     wall = time.time() - t0
     if perf:
         perf.send_signal(signal.SIGINT)
@@ -283,11 +285,21 @@ def session_round(cd, tmp, storm, a, perf_out, binary=None):
         "session_processes": attr(*root, "podtrail.session.processes"),
         "snoop_counted": seen, "n": n,
         "switches": (w1[0] - w0[0], w1[1] - w0[1]),
+        "faults": (f1[0] - f0[0], f1[1] - f0[1]),
         "rest": rest, "rest_bpf": rest_bpf, "after": after, "settled": settled, "after_bpf": sum(v[0] for k, v in smap.items() if "bpf" in k), "smaps": smap, "snoop_rss": snoop_rss,
         "malloc": (rest_malloc, after_malloc),
         "kernel_dropped": kernel_dropped(stopped),
         "stopped": stopped,
     }
+
+
+def minor_faults(pid):
+    """Minor page faults of the whole process so far (exited threads included): each is a page
+    the kernel had to map, most of them zeroed first, as the allocator takes back memory it gave
+    away."""
+    # /proc/PID/stat: the command is in parentheses and may hold spaces; minflt is field 10
+    stat = open(f"/proc/{pid}/stat").read()
+    return int(stat[stat.rindex(")") + 2:].split()[7])
 
 
 def switches(pid):
@@ -366,6 +378,9 @@ def print_storm(rows, a, ring_mib):
             f"{r['pt_counted']} ({r['pt_spans']})", r["snoop_counted"], r["kernel_dropped"])) + " |")
     print("\ncontext switches in the storm's window (the threads' sleeps and wakeups), per 1 000 execs: " +
           ", ".join(f"round {i + 1} podtrail {r['switches'][0] * 1000 / n:.1f}, execsnoop {r['switches'][1] * 1000 / n:.1f}"
+                    for i, r in enumerate(rows)))
+    print("minor page faults in the storm's window, per 1 000 execs: " +
+          ", ".join(f"round {i + 1} podtrail {r['faults'][0] * 1000 / n:.1f}, execsnoop {r['faults'][1] * 1000 / n:.1f}"
                     for i, r in enumerate(rows)))
     print("\nmemory of podtrail run (MiB): rest VmRSS / RssAnon / BPF map mappings, peak VmHWM, after VmRSS / "
           "RssAnon (as the root span is exported, and 8 s later); execsnoop VmRSS")

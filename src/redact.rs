@@ -154,6 +154,33 @@ fn may_match(s: &[u8]) -> bool {
     })
 }
 
+/// Each secret the built-in patterns find in `src`, in order, as `secret(start, end)`: the
+/// matches of a search with this thread's cache, their secrets from [`secret_in`] (empty ones
+/// and tokens left as they are). The search stops at a match when the rest of `src` cannot
+/// hold another ([`may_match`]): a secret often ends its element, or is its element's last
+/// (`--password=x`, a header, `sh -c '... TOKEN=x'`), and the search after it was half of
+/// all searches (BENCHMARKS.md, exp20).
+fn builtin_secrets(src: &[u8], mut secret: impl FnMut(usize, usize)) {
+    if !may_match(src) {
+        return;
+    }
+    SEARCH.with_borrow_mut(|cache| {
+        // as `BUILTIN.find_iter(src)`, with this thread's cache (no pool to lock)
+        let mut it = Searcher::new(Input::new(src));
+        while let Some(m) = it.advance(|input| Ok(BUILTIN.search_with(cache, input))) {
+            let (a, b) = secret_in(m.pattern().as_usize(), &src[m.range()]);
+            let (a, b) = (m.start() + a, m.start() + b);
+            if a < b && !src[a..b].starts_with(TOKEN_PREFIX.as_bytes()) {
+                secret(a, b);
+            }
+            // a match after this one lies in the rest (and has what the check looks for)
+            if !may_match(&src[m.end()..]) {
+                break;
+            }
+        }
+    });
+}
+
 /// The secret inside `m`, a match of built-in pattern `pattern`, as offsets into `m`: the value
 /// after a header's name and scheme, after `bearer`, a URL's password (between the user's `:`
 /// and the `@`), the value of an assignment, a cloud token whole.
@@ -350,32 +377,21 @@ impl Redactor {
         }
         // the built-in patterns: each match's secret found from its pattern
         let src = cur.as_deref().unwrap_or(s);
-        if may_match(src) {
-            let mut out = Vec::new();
-            let (mut last, mut k) = (0, 0u32);
-            SEARCH.with_borrow_mut(|cache| {
-                // as `BUILTIN.find_iter(src)`, with this thread's cache (no pool to lock)
-                let mut it = Searcher::new(Input::new(src));
-                while let Some(m) = it.advance(|input| Ok(BUILTIN.search_with(cache, input))) {
-                    let (a, b) = secret_in(m.pattern().as_usize(), &src[m.range()]);
-                    let secret = &src[m.start() + a..m.start() + b];
-                    if secret.is_empty() || secret.starts_with(TOKEN_PREFIX.as_bytes()) {
-                        continue;
-                    }
-                    if out.is_empty() {
-                        out.reserve(src.len() + TOKEN_LEN);
-                    }
-                    out.extend_from_slice(&src[last..m.start() + a]);
-                    self.token_into(secret, &mut out);
-                    last = m.start() + b;
-                    k += 1;
-                }
-            });
-            if k > 0 {
-                out.extend_from_slice(&src[last..]);
-                n += k;
-                cur = Some(out);
+        let mut out = Vec::new();
+        let (mut last, mut k) = (0, 0u32);
+        builtin_secrets(src, |a, b| {
+            if out.is_empty() {
+                out.reserve(src.len() + TOKEN_LEN);
             }
+            out.extend_from_slice(&src[last..a]);
+            self.token_into(&src[a..b], &mut out);
+            last = b;
+            k += 1;
+        });
+        if k > 0 {
+            out.extend_from_slice(&src[last..]);
+            n += k;
+            cur = Some(out);
         }
         // configured patterns: the first capture group, or the whole match
         for re in &self.custom {

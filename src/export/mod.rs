@@ -451,6 +451,8 @@ fn take_output(out: Output, metrics: &Metrics, report: &mut ExportReport, pendin
     for how in out.released {
         metrics.sessions_released.get_or_create(&vec![("how", how.as_str())]).inc();
     }
+    // one growth for this output's spans (a span is several hundred bytes to move)
+    pending.reserve(out.spans.len() + out.late.len() + out.requests.len());
     for (sid, b) in out.spans {
         if b.root {
             metrics

@@ -69,8 +69,51 @@ impl Delivery {
 }
 
 enum Store {
-    Memory(VecDeque<Queued>),
+    Memory(Chunks),
     Disk(Box<SegmentStore>),
+}
+
+/// The memory queue's spans: the batches as they were pushed, each kept in the `Vec` it came
+/// in (a span is several hundred bytes: moving each into one deque, which doubled its way up
+/// under load, was a few percent of the export stage's time; BENCHMARKS.md, exp21).
+#[derive(Default)]
+struct Chunks {
+    chunks: VecDeque<std::vec::IntoIter<Queued>>,
+    len: usize,
+}
+
+impl Chunks {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, batch: Vec<Queued>) {
+        if !batch.is_empty() {
+            self.len += batch.len();
+            self.chunks.push_back(batch.into_iter());
+        }
+    }
+
+    /// The oldest `n` spans (all when fewer): a whole pushed batch is handed out in its own
+    /// `Vec` when it fits.
+    fn take(&mut self, n: usize) -> Vec<Queued> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let Some(front) = self.chunks.front_mut() else { break };
+            let want = n - out.len();
+            if out.is_empty() && front.len() <= want {
+                out = self.chunks.pop_front().map(Iterator::collect).unwrap_or_default();
+            } else {
+                out.reserve(want.min(front.len()));
+                out.extend(front.by_ref().take(want));
+                if front.len() == 0 {
+                    self.chunks.pop_front();
+                }
+            }
+        }
+        self.len -= out.len();
+        out
+    }
 }
 
 struct Inner {
@@ -136,7 +179,7 @@ pub struct ExportQueue {
 impl ExportQueue {
     pub fn new(name: &'static str, capacity: usize, metrics: Metrics) -> Arc<Self> {
         Arc::new(ExportQueue {
-            inner: Mutex::new(Inner::new(Store::Memory(VecDeque::new()))),
+            inner: Mutex::new(Inner::new(Store::Memory(Chunks::default()))),
             notify: Notify::new(),
             capacity: capacity.max(1),
             metrics,
@@ -228,21 +271,25 @@ impl ExportQueue {
             self.notify.notify_one();
             return;
         }
+        let mut batch = batch;
         let mut g = self.lock();
         let inner = &mut *g;
         let closed = inner.closed;
         let Store::Memory(items) = &mut inner.store else { return };
         let mut refused = Vec::new();
-        let mut taken = 0i64;
-        for q in batch {
+        // the spans taken stay in the batch's own Vec (nothing moves when all are taken)
+        let mut len = items.len();
+        batch.retain(|q| {
             let limit = if q.root { self.capacity + self.capacity / 8 + 1 } else { self.capacity };
-            if closed || items.len() >= limit {
-                refused.push(Meta::of(&q));
-                continue;
+            if closed || len >= limit {
+                refused.push(Meta::of(q));
+                return false;
             }
-            items.push_back(q);
-            taken += 1;
-        }
+            len += 1;
+            true
+        });
+        let taken = batch.len() as i64;
+        items.push(batch);
         drop(g);
         self.metrics.export_queue_spans.inc_by(taken);
         if !refused.is_empty() {
@@ -348,7 +395,7 @@ impl ExportQueue {
                 if g.closed && (g.len() == 0 || past) {
                     match &mut g.store {
                         Store::Memory(items) => {
-                            let rest: Vec<Queued> = items.drain(..).collect();
+                            let rest: Vec<Queued> = items.take(usize::MAX);
                             drop(g);
                             self.metrics.export_queue_spans.dec_by(rest.len() as i64);
                             self.lose(&rest, "shutdown");
@@ -363,10 +410,7 @@ impl ExportQueue {
                 }
                 if g.len() > 0 {
                     let mut out = match &mut g.store {
-                        Store::Memory(items) => {
-                            let n = max.max(1).min(items.len());
-                            Out::Spans(items.drain(..n).collect::<Vec<_>>())
-                        }
+                        Store::Memory(items) => Out::Spans(items.take(max.max(1))),
                         Store::Disk(_) => {
                             drop(g);
                             let out = if raw {

@@ -51,8 +51,13 @@ pub fn field_len(n: usize) -> usize {
 }
 
 fn put_bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
-    put_key(out, field, LEN);
-    put_varint(out, b.len() as u64);
+    if field < 16 && b.len() < 0x80 {
+        // the key and the length one byte each (most fields of a span): one write for both
+        out.extend_from_slice(&[((field << 3) | LEN) as u8, b.len() as u8]);
+    } else {
+        put_key(out, field, LEN);
+        put_varint(out, b.len() as u64);
+    }
     out.extend_from_slice(b);
 }
 
@@ -148,26 +153,50 @@ fn put_any(out: &mut Vec<u8>, v: &Value) {
         Value::Array(a) => {
             put_key(out, 5, LEN);
             put_varint(out, array_len(a) as u64);
-            let item = |out: &mut Vec<u8>, v: Value| {
-                put_key(out, 1, LEN);
-                put_varint(out, any_len(&v) as u64);
-                put_any(out, &v);
-            };
-            match a {
-                Array::Bool(v) => v.iter().for_each(|b| item(out, Value::Bool(*b))),
-                Array::I64(v) => v.iter().for_each(|i| item(out, Value::I64(*i))),
-                Array::F64(v) => v.iter().for_each(|f| item(out, Value::F64(*f))),
-                Array::String(v) => {
-                    for s in v {
-                        put_key(out, 1, LEN);
-                        put_varint(out, field_len(s.as_str().len()) as u64);
-                        put_bytes(out, 1, s.as_str().as_bytes());
-                    }
-                }
-                _ => {}
-            }
+            put_array(out, a);
         }
         _ => put_bytes(out, 1, b""),
+    }
+}
+
+/// The members of an `ArrayValue` (its body: no key or length in front).
+fn put_array(out: &mut Vec<u8>, a: &Array) {
+    let item = |out: &mut Vec<u8>, v: Value| {
+        put_key(out, 1, LEN);
+        put_varint(out, any_len(&v) as u64);
+        put_any(out, &v);
+    };
+    match a {
+        Array::Bool(v) => v.iter().for_each(|b| item(out, Value::Bool(*b))),
+        Array::I64(v) => v.iter().for_each(|i| item(out, Value::I64(*i))),
+        Array::F64(v) => v.iter().for_each(|f| item(out, Value::F64(*f))),
+        Array::String(v) => {
+            for s in v {
+                put_key(out, 1, LEN);
+                put_varint(out, field_len(s.as_str().len()) as u64);
+                put_bytes(out, 1, s.as_str().as_bytes());
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The body length `n` of a length-delimited field of `field` bytes, field number below 16
+/// (the inverse of [`field_len`]).
+fn body_of_field(field: usize) -> usize {
+    (1..=VARINT_MAX).map(|v| field.saturating_sub(1 + v)).find(|&n| varint_len(n as u64) + 1 + n == field).unwrap_or(0)
+}
+
+/// [`put_any`] of a value whose `AnyValue` body is `len` bytes (from [`any_len`]): an array's
+/// length is not summed over its members again.
+fn put_any_of(out: &mut Vec<u8>, v: &Value, len: usize) {
+    match v {
+        Value::Array(a) => {
+            put_key(out, 5, LEN);
+            put_varint(out, body_of_field(len) as u64);
+            put_array(out, a);
+        }
+        v => put_any(out, v),
     }
 }
 
@@ -178,6 +207,49 @@ fn kv_len(kv: &KeyValue) -> usize {
 fn attrs_len(kvs: &[KeyValue], field: u32) -> usize {
     debug_assert!(field < 16);
     kvs.iter().map(|kv| field_len(kv_len(kv))).sum()
+}
+
+/// A span's attributes the lengths of which are kept on the stack between working out the
+/// span's length and writing it: each `AnyValue`'s length was summed twice (an array's over
+/// every member), and `kv_len` was the largest item of the encoding (BENCHMARKS.md, exp21).
+const KEPT_LENS: usize = 64;
+
+/// Each `KeyValue`'s and its `AnyValue`'s length, for up to [`KEPT_LENS`] attributes.
+struct AttrLens {
+    kv: [u32; KEPT_LENS],
+    any: [u32; KEPT_LENS],
+    /// The attributes' bytes as [`attrs_len`] sums them.
+    total: usize,
+}
+
+impl AttrLens {
+    /// None when there are more attributes than it keeps (then they are summed as before).
+    fn of(kvs: &[KeyValue]) -> Option<AttrLens> {
+        if kvs.len() > KEPT_LENS {
+            return None;
+        }
+        let mut l = AttrLens { kv: [0; KEPT_LENS], any: [0; KEPT_LENS], total: 0 };
+        for (i, kv) in kvs.iter().enumerate() {
+            let any = any_len(&kv.value);
+            let n = str_len(kv.key.as_str()) + field_len(any);
+            l.kv[i] = n as u32;
+            l.any[i] = any as u32;
+            l.total += field_len(n);
+        }
+        Some(l)
+    }
+}
+
+/// [`put_attrs`] with the lengths worked out by [`AttrLens::of`].
+fn put_attrs_of(out: &mut Vec<u8>, field: u32, kvs: &[KeyValue], lens: &AttrLens) {
+    for (i, kv) in kvs.iter().enumerate() {
+        put_key(out, field, LEN);
+        put_varint(out, lens.kv[i] as u64);
+        put_str(out, 1, kv.key.as_str());
+        put_key(out, 2, LEN);
+        put_varint(out, lens.any[i] as u64);
+        put_any_of(out, &kv.value, lens.any[i] as usize);
+    }
 }
 
 fn put_attrs(out: &mut Vec<u8>, field: u32, kvs: &[KeyValue]) {
@@ -259,15 +331,21 @@ fn encode_span_as(span: &SpanData, field: Option<u32>, head: &[u8], out: &mut Ve
     let status_len = str_len(message) + uint_len(code);
     let link_states: Vec<String> = span.links.iter().map(|l| l.span_context.trace_state().header()).collect();
     let parent = span.parent_span_id != SpanId::INVALID;
+    let (start, end) = (nanos(span.start_time), nanos(span.end_time));
+    let lens = AttrLens::of(&span.attributes);
+    let attrs = match &lens {
+        Some(l) => l.total,
+        None => attrs_len(&span.attributes, 9),
+    };
     let len = field_len(16)
         + field_len(8)
         + str_len(&state)
         + if parent { field_len(8) } else { 0 }
         + str_len(&span.name)
         + uint_len(kind(&span.span_kind))
-        + fixed64_len(nanos(span.start_time))
-        + fixed64_len(nanos(span.end_time))
-        + attrs_len(&span.attributes, 9)
+        + fixed64_len(start)
+        + fixed64_len(end)
+        + attrs
         + uint_len(span.dropped_attributes_count as u64)
         + span.events.iter().map(|e| field_len(event_len(e))).sum::<usize>()
         + uint_len(span.events.dropped_count as u64)
@@ -291,9 +369,12 @@ fn encode_span_as(span: &SpanData, field: Option<u32>, head: &[u8], out: &mut Ve
     }
     put_str(out, 5, &span.name);
     put_uint(out, 6, kind(&span.span_kind));
-    put_fixed64(out, 7, nanos(span.start_time));
-    put_fixed64(out, 8, nanos(span.end_time));
-    put_attrs(out, 9, &span.attributes);
+    put_fixed64(out, 7, start);
+    put_fixed64(out, 8, end);
+    match &lens {
+        Some(l) => put_attrs_of(out, 9, &span.attributes, l),
+        None => put_attrs(out, 9, &span.attributes),
+    }
     put_uint(out, 10, span.dropped_attributes_count as u64);
     for e in span.events.iter() {
         put_key(out, 11, LEN);

@@ -307,3 +307,62 @@ fn flags_are_matched_without_dashes_in_lower_case_long_or_not_utf8() {
         assert_eq!(v[2].starts_with(b"<redacted:"), n == 1);
     }
 }
+
+/// The secrets of every match of a search to the end of `src` (the reference for
+/// [`builtin_secrets`], which stops once the rest cannot match).
+fn every_secret(src: &[u8]) -> Vec<(usize, usize)> {
+    BUILTIN
+        .find_iter(src)
+        .map(|m| {
+            let (a, b) = secret_in(m.pattern().as_usize(), &src[m.range()]);
+            (m.start() + a, m.start() + b)
+        })
+        .filter(|&(a, b)| a < b && !src[a..b].starts_with(TOKEN_PREFIX.as_bytes()))
+        .collect()
+}
+
+fn found(src: &[u8]) -> Vec<(usize, usize)> {
+    let mut v = Vec::new();
+    builtin_secrets(src, |a, b| v.push((a, b)));
+    v
+}
+
+#[test]
+fn the_search_stops_early_only_where_nothing_follows() {
+    for s in [
+        "--password=s3cret",
+        "http://svc:pw1x9@10.244.1.5:8080/item/1",
+        "AWS_ACCESS_KEY_ID=AKIA0000000000000001 wget ...; tar ...; cat ...",
+        "token=a token=b",
+        "token=a AKIAIOSFODNN7EXAMPLE",
+        "token=a xoxb-0123456789",
+        "Authorization: Bearer abc",
+        "",
+    ] {
+        assert_eq!(found(s.as_bytes()), every_secret(s.as_bytes()), "{s}");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+    /// Stopping the search where the rest cannot match finds every secret a search to the end
+    /// finds, at the same places.
+    #[test]
+    fn stopping_early_finds_every_secret(parts in proptest::collection::vec(
+        proptest::prop_oneof![
+            proptest::sample::select(vec![
+                "Authorization", "X-API-KEY", "cookie", "bearer", "BEARER", "Basic", "token", "password",
+                "_pwd", "auth_key", "AKIA", "ASIA", "AROA", "AIDA", "0123456789ABCDEF", "ghp_", "gho_",
+                "github_pat_", "glpat-", "xoxb-", "xoxp-", "://", "https", "user", ":", "@", "=", " ",
+                "\t", "\n", "\x0b", "'", "\"", "/", "-", "_", "A", "g", "h", "l", "x", "o", "&", ";",
+                "<redacted:0123456789>",
+            ]).prop_map(|s| s.as_bytes().to_vec()),
+            proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4),
+            "[A-Za-z0-9_\\-]{1,24}".prop_map(|s| s.into_bytes()),
+        ],
+        0..32,
+    )) {
+        let src = parts.concat();
+        proptest::prop_assert_eq!(found(&src), every_secret(&src), "{:?}", String::from_utf8_lossy(&src));
+    }
+}

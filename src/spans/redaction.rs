@@ -82,10 +82,21 @@ const RECENT: usize = 4;
 /// argv missing from the map is hashed once for both the lookup and the insertion (a table
 /// hashed by std's `RandomState`, whose `HashMap` hashed it twice), and one too long to be kept
 /// is not hashed at all.
+///
+/// Only argvs with nothing to redact are kept in the map; one with a secret is remembered
+/// among the `RECENT` ones alone (with its redacted copy), so a secret leaves the cache after
+/// the next few commands instead of staying until a thousand other argvs have come (the map
+/// held every argv, secrets included, up to `CACHE_ENTRIES` of them). The price: a loop
+/// alternating more than `RECENT` distinct commands that carry secrets redacts each of them
+/// every time (what any argv the cache has not seen costs: the redactor's search and one
+/// HMAC per secret); one command with a secret in a loop (`mysql -pX ...` run again and
+/// again, said live and again when it ends) is still found among the recent ones. And the
+/// argvs with secrets no longer fill the map, nor clear it, in a storm of new secrets
+/// (issue 15's redaction rows: every argv is new there).
 #[derive(Debug, Default)]
 pub struct ArgvCache {
-    /// argv -> None (nothing to redact) or what it becomes, hashed by `state`.
-    map: hashbrown::HashTable<(Argv, Option<Redacted>)>,
+    /// Argvs with nothing to redact, hashed by `state`.
+    map: hashbrown::HashTable<Argv>,
     state: std::hash::RandomState,
     /// The last argvs looked up, most recent first, with what they become.
     recent: Vec<(Argv, Option<Redacted>)>,
@@ -117,16 +128,19 @@ impl ArgvCache {
             return apply(&result, argv);
         }
         let hash = self.state.hash_one(&argv[..]);
-        let result = match self.map.find(hash, |(a, _)| a == argv) {
-            Some((_, hit)) => hit.clone(),
+        let result = match self.map.find(hash, |a| a == argv) {
+            Some(_) => None,
             None => {
                 // copied only when something is replaced
                 let result: Option<Redacted> = r.redacted(argv).map(|(red, n)| (red.into(), n));
-                if self.map.len() >= CACHE_ENTRIES {
-                    self.map.clear();
+                // only an argv with nothing to redact is kept (see the type's comment)
+                if result.is_none() {
+                    if self.map.len() >= CACHE_ENTRIES {
+                        self.map.clear();
+                    }
+                    let state = &self.state;
+                    self.map.insert_unique(hash, argv.clone(), |a| state.hash_one(&a[..]));
                 }
-                let state = &self.state;
-                self.map.insert_unique(hash, (argv.clone(), result.clone()), |(a, _)| state.hash_one(&a[..]));
                 result
             }
         };
@@ -229,7 +243,7 @@ mod tests {
             }
         }
         assert!(r.argv(&mut inputs[1].clone()) > 0, "the fixture has a secret to redact");
-        assert_eq!(cache.len(), 3);
+        assert_eq!(cache.len(), 1, "only the argv with nothing to redact is kept in the map");
     }
 
     #[test]
@@ -257,7 +271,31 @@ mod tests {
             assert_eq!(&cached[..], &plain[..]);
             assert!(cache.recent.len() <= RECENT);
         }
-        assert_eq!(cache.len(), inputs.len());
+        assert_eq!(cache.len(), inputs.iter().filter(|a| r.redacted(a).is_none()).count());
+    }
+
+    #[test]
+    fn an_argv_with_a_secret_leaves_the_cache_after_the_recent_ones() {
+        let r = Redactor::random();
+        let mut cache = ArgvCache::default();
+        let secret: Argv = argv(&["mysql", "-pS3cret", "db"]).into();
+        let mut a = secret.clone();
+        assert_eq!(cache.argv(&r, &mut a), 1);
+        // again (said live, then ended): found among the recent ones, the same result
+        let mut again = secret.clone();
+        assert_eq!(cache.argv(&r, &mut again), 1);
+        assert!(Arc::ptr_eq(&a, &again), "the recent result is shared");
+        assert_eq!(cache.len(), 0, "not kept in the map");
+        for i in 0..RECENT {
+            cache.argv(&r, &mut argv(&["ls", &i.to_string()]).into());
+        }
+        let holds = |c: &ArgvCache| {
+            c.recent.iter().any(|(k, _)| k[..] == secret[..]) || c.map.iter().any(|k| k[..] == secret[..])
+        };
+        assert!(!holds(&cache), "the raw argv with its secret is gone from the cache");
+        let mut later = secret.clone();
+        assert_eq!(cache.argv(&r, &mut later), 1, "redacted again, the same");
+        assert_eq!(later, a);
     }
 
     #[test]

@@ -48,6 +48,12 @@ fn spans() -> Vec<SpanData> {
             KeyValue::new("ab", Value::Array(Array::Bool(vec![true, false]))),
             KeyValue::new("af", Value::Array(Array::F64(vec![0.0, 2.5]))),
             KeyValue::new("long", "x".repeat(300)),
+            // an array past one and two bytes of length (its length is not summed twice)
+            KeyValue::new(
+                "along",
+                Value::Array(Array::String((0..200).map(|i| format!("{i:0>100}").into()).collect())),
+            ),
+            KeyValue::new("amid", Value::Array(Array::String(vec!["y".repeat(130).into()]))),
         ],
         dropped_attributes_count: 2,
         events,
@@ -74,7 +80,25 @@ fn spans() -> Vec<SpanData> {
         instrumentation_scope: InstrumentationScope::builder("other").build(),
         ..plain.clone()
     };
-    vec![full, plain, ok]
+    // more attributes than the encoder keeps the lengths of on the stack
+    let many = SpanData {
+        attributes: (0..KEPT_LENS + 6)
+            .map(|i| match i % 3 {
+                0 => KeyValue::new(format!("k{i}"), "v".repeat(i * 3)),
+                1 => KeyValue::new(format!("k{i}"), Value::Array(Array::I64(vec![i as i64, -1]))),
+                _ => KeyValue::new(format!("k{i}"), i as i64),
+            })
+            .collect(),
+        ..ok.clone()
+    };
+    vec![full, plain, ok, many]
+}
+
+#[test]
+fn a_field_body_length_is_found_from_the_field_length() {
+    for n in (0..20_000).chain([(1 << 21) - 1, 1 << 21, (1 << 28) + 5]) {
+        assert_eq!(body_of_field(field_len(n)), n, "{n}");
+    }
 }
 
 #[test]

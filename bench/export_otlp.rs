@@ -830,17 +830,21 @@ fn memory_per_container(n: u32) {
         sessions.iter().map(|i| podtrail::spans::build::session_frame(&c, i, None)).collect();
     let frame =
         ALLOCATED.load(Relaxed) - b - frames.capacity() * std::mem::size_of::<podtrail::spans::build::SessionFrame>();
-    let lists: usize = frames
+    let mut distinct: Vec<(*const opentelemetry::KeyValue, usize)> =
+        frames.iter().flat_map(|f| [&f.pod, &f.session]).map(|l| (l.as_ptr(), l.len())).collect();
+    distinct.sort();
+    distinct.dedup();
+    let lists: usize = distinct
         .iter()
-        .map(|f| 2 * std::mem::size_of::<usize>() + f.common.len() * std::mem::size_of::<opentelemetry::KeyValue>())
+        .map(|(_, len)| 2 * std::mem::size_of::<usize>() + len * std::mem::size_of::<opentelemetry::KeyValue>())
         .sum();
     println!(
-        "a container, part by part (B/container, {n} containers): info {:.0} (of it the ContainerInfo {} inline), frame list {:.0} (of it {:.0} the Arc<[KeyValue]> of {} attributes; the rest its own strings and the interner's table)",
+        "a container, part by part (B/container, {n} containers): info {:.0} (of it the ContainerInfo {} inline), frame list {:.0} (of it {:.0} the Arc<[KeyValue]> lists of its {} attributes; the rest its own strings and the interner's table)",
         per(info),
         std::mem::size_of::<ContainerInfo>(),
         per(frame),
         per(lists),
-        frames[0].common.len()
+        frames[0].pod.len() + frames[0].session.len()
     );
 }
 
@@ -894,14 +898,14 @@ fn memory_parts(n: u32) {
     }
     let ended = ALLOCATED.load(Relaxed) + freed;
     let inline = std::mem::size_of::<podtrail::spans::SessionSpans>();
-    // shared by the sessions of a container: counted once per distinct list
-    let mut lists: Vec<*const opentelemetry::KeyValue> = open.iter().map(|s| s.frame().common.as_ptr()).collect();
+    // shared by the sessions of a container (the pod's), or by all with the same kind and
+    // identity (the session's): counted once per distinct list
+    let mut lists: Vec<(*const opentelemetry::KeyValue, usize)> =
+        open.iter().flat_map(|s| [&s.frame().pod, &s.frame().session]).map(|l| (l.as_ptr(), l.len())).collect();
     lists.sort();
     lists.dedup();
-    let frame = open.iter().map(|s| s.frame().common.len()).max().unwrap_or(0)
-        * std::mem::size_of::<opentelemetry::KeyValue>()
-        * lists.len()
-        / n as usize;
+    let frame =
+        lists.iter().map(|(_, len)| len * std::mem::size_of::<opentelemetry::KeyValue>()).sum::<usize>() / n as usize;
     println!(
         "an open session, part by part (B/session, {n} sessions): SessionSpans inline {inline} (the Vec of them: {:.0}), at creation {:.0} on the heap (of it the frames' KeyValue lists {frame}, {} distinct, without their strings), three ended processes +{:.0} (slots, fold keys, referenced ids)",
         (open.capacity() * inline) as f64 / n as f64,

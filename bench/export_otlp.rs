@@ -141,11 +141,11 @@ static CONTAINERS: AtomicU32 = AtomicU32::new(110);
 /// Container `c`: the same strings, of the same lengths, with `c` in its id, pod and uid.
 fn container(c: u32) -> ContainerInfo {
     ContainerInfo {
-        id: format!("0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab{c:04x}"),
+        id: format!("0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab{c:04x}").into(),
         cgroup_id: 4242 + c as u64,
         pod_namespace: Some("billing".into()),
-        pod_name: Some(format!("api-7d9f8-{c:05}")),
-        pod_uid: Some(format!("6f1c9a7e-0000-4000-8000-{c:012}")),
+        pod_name: Some(format!("api-7d9f8-{c:05}").into()),
+        pod_uid: Some(format!("6f1c9a7e-0000-4000-8000-{c:012}").into()),
         container_name: Some("api".into()),
         workload_kind: Some("Deployment".into()),
         workload_name: Some("api".into()),
@@ -156,6 +156,28 @@ fn container(c: u32) -> ContainerInfo {
         pod_labels: vec![("app".into(), "api".into())],
         source: "kube_api",
     }
+}
+
+/// Container `c`'s info made again, every string a new allocation of its length (as a clone
+/// of a `String` made them before): a clone now shares the text (`model::Text`) made outside
+/// the counting window, and would hide it.
+fn made_here(c: &ContainerInfo) -> ContainerInfo {
+    let n = ContainerInfo {
+        id: c.id.as_str().into(),
+        pod_namespace: c.pod_namespace.as_deref().map(Into::into),
+        pod_name: c.pod_name.as_deref().map(Into::into),
+        pod_uid: c.pod_uid.as_deref().map(Into::into),
+        container_name: c.container_name.as_deref().map(Into::into),
+        workload_kind: c.workload_kind.as_deref().map(Into::into),
+        workload_name: c.workload_name.as_deref().map(Into::into),
+        node_name: c.node_name.as_deref().map(Into::into),
+        image_name: c.image_name.as_deref().map(Into::into),
+        image_id: c.image_id.as_deref().map(Into::into),
+        pod_labels: c.pod_labels.iter().map(|(k, v)| (k.as_str().into(), v.as_str().into())).collect(),
+        ..*c
+    };
+    assert!(n == *c && !std::ptr::eq(n.id.as_ptr(), c.id.as_ptr()));
+    n
 }
 
 fn key(pid: u32) -> ProcessKey {
@@ -507,7 +529,7 @@ fn memory(n: u32) -> (f64, f64) {
     let mut infos: std::collections::HashMap<SessionId, Arc<SessionInfo>> = Default::default();
     let mut containers: std::collections::HashMap<u64, Arc<ContainerInfo>> = Default::default();
     let mut own = |i: &SessionInfo| {
-        let c = containers.entry(i.container.cgroup_id).or_insert_with(|| Arc::new(ContainerInfo::clone(&i.container)));
+        let c = containers.entry(i.container.cgroup_id).or_insert_with(|| Arc::new(made_here(&i.container)));
         Arc::new(SessionInfo { container: c.clone(), ..i.clone() })
     };
     for mut u in updates.iter().cloned() {
@@ -785,6 +807,46 @@ fn print_memory() {
         memory_parts(1000);
     }
     CONTAINERS.store(spread, Relaxed);
+    memory_per_container(1000);
+}
+
+/// What one container adds (bytes per container, `n` containers): its info as the process
+/// stage's table holds it (`Arc<ContainerInfo>`, strings included), and the span stage's
+/// frame list for its sessions (the `Arc<[KeyValue]>`, the strings of its own that it does not
+/// share with the info, the interner's table).
+fn memory_per_container(n: u32) {
+    let per = |b: usize| b as f64 / n as f64;
+    let made: Vec<ContainerInfo> = (0..n).map(container).collect();
+    let b = ALLOCATED.load(Relaxed);
+    let infos: Vec<Arc<ContainerInfo>> = made.iter().map(|c| Arc::new(made_here(c))).collect();
+    let info = ALLOCATED.load(Relaxed) - b - infos.capacity() * std::mem::size_of::<usize>();
+    let c = ctx();
+    let sessions: Vec<SessionInfo> = infos
+        .iter()
+        .enumerate()
+        .map(|(k, i)| SessionInfo::new(SessionId(key(k as u32)), SessionKind::Exec, i.clone(), 0))
+        .collect();
+    let b = ALLOCATED.load(Relaxed);
+    let frames: Vec<podtrail::spans::build::SessionFrame> =
+        sessions.iter().map(|i| podtrail::spans::build::session_frame(&c, i, None)).collect();
+    let frame =
+        ALLOCATED.load(Relaxed) - b - frames.capacity() * std::mem::size_of::<podtrail::spans::build::SessionFrame>();
+    let mut distinct: Vec<(*const opentelemetry::KeyValue, usize)> =
+        frames.iter().flat_map(|f| [&f.pod, &f.session]).map(|l| (l.as_ptr(), l.len())).collect();
+    distinct.sort();
+    distinct.dedup();
+    let lists: usize = distinct
+        .iter()
+        .map(|(_, len)| 2 * std::mem::size_of::<usize>() + len * std::mem::size_of::<opentelemetry::KeyValue>())
+        .sum();
+    println!(
+        "a container, part by part (B/container, {n} containers): info {:.0} (of it the ContainerInfo {} inline), frame list {:.0} (of it {:.0} the Arc<[KeyValue]> lists of its {} attributes; the rest its own strings and the interner's table)",
+        per(info),
+        std::mem::size_of::<ContainerInfo>(),
+        per(frame),
+        per(lists),
+        frames[0].pod.len() + frames[0].session.len()
+    );
 }
 
 /// What an open session holds, part by part (bytes per session, 1 000 sessions): the
@@ -801,8 +863,7 @@ fn memory_parts(n: u32) {
     let mut open: Vec<podtrail::spans::SessionSpans> = infos
         .iter()
         .map(|i| {
-            let shared =
-                containers.entry(i.container.cgroup_id).or_insert_with(|| Arc::new(ContainerInfo::clone(&i.container)));
+            let shared = containers.entry(i.container.cgroup_id).or_insert_with(|| Arc::new(made_here(&i.container)));
             let i = SessionInfo { container: shared.clone(), ..i.clone() };
             podtrail::spans::SessionSpans::new(&c, i.into(), None)
         })
@@ -838,14 +899,14 @@ fn memory_parts(n: u32) {
     }
     let ended = ALLOCATED.load(Relaxed) + freed;
     let inline = std::mem::size_of::<podtrail::spans::SessionSpans>();
-    // shared by the sessions of a container: counted once per distinct list
-    let mut lists: Vec<*const opentelemetry::KeyValue> = open.iter().map(|s| s.frame().common.as_ptr()).collect();
+    // shared by the sessions of a container (the pod's), or by all with the same kind and
+    // identity (the session's): counted once per distinct list
+    let mut lists: Vec<(*const opentelemetry::KeyValue, usize)> =
+        open.iter().flat_map(|s| [&s.frame().pod, &s.frame().session]).map(|l| (l.as_ptr(), l.len())).collect();
     lists.sort();
     lists.dedup();
-    let frame = open.iter().map(|s| s.frame().common.len()).max().unwrap_or(0)
-        * std::mem::size_of::<opentelemetry::KeyValue>()
-        * lists.len()
-        / n as usize;
+    let frame =
+        lists.iter().map(|(_, len)| len * std::mem::size_of::<opentelemetry::KeyValue>()).sum::<usize>() / n as usize;
     println!(
         "an open session, part by part (B/session, {n} sessions): SessionSpans inline {inline} (the Vec of them: {:.0}), at creation {:.0} on the heap (of it the frames' KeyValue lists {frame}, {} distinct, without their strings), three ended processes +{:.0} (slots, fold keys, referenced ids)",
         (open.capacity() * inline) as f64 / n as f64,

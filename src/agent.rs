@@ -41,10 +41,10 @@ impl StoreAttributor {
     pub fn query(&self, info: &SessionInfo) -> SessionQuery {
         let c = &info.container;
         SessionQuery {
-            pod_namespace: c.pod_namespace.clone(),
-            pod_name: c.pod_name.clone(),
-            pod_uid: c.pod_uid.clone(),
-            container_name: c.container_name.clone(),
+            pod_namespace: c.pod_namespace.as_deref().map(String::from),
+            pod_name: c.pod_name.as_deref().map(String::from),
+            pod_uid: c.pod_uid.as_deref().map(String::from),
+            container_name: c.container_name.as_deref().map(String::from),
             argv: info.root_argv.iter().map(|a| text::escape(a)).collect(),
             started_at: self.clock.to_system_time(info.start_ns),
             env_audit_id: info.env_audit_id.clone(),

@@ -16,6 +16,127 @@ pub use update::*;
 
 use crate::capture::event::{ExitStatus, FileOp, ProcessKey, Transport};
 
+/// Text shared by reference count: a container's names and ids, held by the process stage's
+/// container table, the pod filter's enriched copy and every span attribute built from them,
+/// one allocation for all (issue 15). Reads, compares, hashes, prints and serializes as the
+/// string it holds.
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Text(Arc<str>);
+
+impl Text {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The shared string itself (a count, no copy): what a span attribute holds.
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Text {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Self {
+        Text(s.into())
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Self {
+        Text(s.into())
+    }
+}
+
+impl From<&String> for Text {
+    fn from(s: &String) -> Self {
+        Text(s.as_str().into())
+    }
+}
+
+impl From<Arc<str>> for Text {
+    fn from(s: Arc<str>) -> Self {
+        Text(s)
+    }
+}
+
+impl From<Text> for String {
+    fn from(t: Text) -> Self {
+        t.0.as_ref().to_owned()
+    }
+}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, o: &str) -> bool {
+        &*self.0 == o
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, o: &&str) -> bool {
+        &*self.0 == *o
+    }
+}
+
+impl PartialEq<String> for Text {
+    fn eq(&self, o: &String) -> bool {
+        *self.0 == **o
+    }
+}
+
+impl PartialEq<Text> for str {
+    fn eq(&self, o: &Text) -> bool {
+        self == &*o.0
+    }
+}
+
+impl PartialEq<Text> for &str {
+    fn eq(&self, o: &Text) -> bool {
+        *self == &*o.0
+    }
+}
+
+impl PartialEq<Text> for String {
+    fn eq(&self, o: &Text) -> bool {
+        **self == *o.0
+    }
+}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl Serialize for Text {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 /// Stable within one agent run and derived from the session root's identity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct SessionId(pub ProcessKey);
@@ -69,26 +190,29 @@ impl SessionKind {
     }
 }
 
-/// Who a container is, as far as this node can tell.
+/// Who a container is, as far as this node can tell. Its text is [`Text`] (counted, shared):
+/// the span stage's attributes for the container's sessions point at these strings instead of
+/// copying them, and an enriched copy (`crate::enrich::kube::SessionFilter`) shares what it
+/// does not change (issue 15).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ContainerInfo {
     /// Full container id (64 hex for containerd/docker/CRI-O; whatever `ctr` was given).
-    pub id: String,
+    pub id: Text,
     pub cgroup_id: u64,
-    pub pod_namespace: Option<String>,
-    pub pod_name: Option<String>,
-    pub pod_uid: Option<String>,
-    pub container_name: Option<String>,
+    pub pod_namespace: Option<Text>,
+    pub pod_name: Option<Text>,
+    pub pod_uid: Option<Text>,
+    pub container_name: Option<Text>,
     /// Owner workload kind and name (Deployment/api, DaemonSet/x, ...).
-    pub workload_kind: Option<String>,
-    pub workload_name: Option<String>,
-    pub node_name: Option<String>,
+    pub workload_kind: Option<Text>,
+    pub workload_name: Option<Text>,
+    pub node_name: Option<Text>,
     /// The image as the pod spec or the runtime names it (`registry/repo:tag`), and its id
     /// (the digest the runtime resolved: `containerStatuses[].imageID`), when known.
-    pub image_name: Option<String>,
-    pub image_id: Option<String>,
+    pub image_name: Option<Text>,
+    pub image_id: Option<Text>,
     /// The pod's labels of `kube.pod_labels` it has, in that order (from the pod watch).
-    pub pod_labels: Vec<(String, String)>,
+    pub pod_labels: Vec<(Text, Text)>,
     /// Where the pod identity came from: "kube_api", "containerd_labels", "cgroup".
     pub source: &'static str,
     /// When the container's init process started (boot ns), as the process stage saw it (its

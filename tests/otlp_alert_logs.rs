@@ -37,9 +37,9 @@ fn session(pid: u32, kind: SessionKind) -> Vec<SessionUpdate> {
     let t0 = now - 3_000_000_000;
     let root = ProcessKey { pid, start_ns: t0 };
     let container = ContainerInfo {
-        id: format!("{pid:064x}"),
+        id: format!("{pid:064x}").into(),
         pod_namespace: Some("billing".into()),
-        pod_name: Some(format!("api-{pid}")),
+        pod_name: Some(format!("api-{pid}").into()),
         container_name: Some("api".into()),
         source: "cgroup",
         ..Default::default()

@@ -12,7 +12,7 @@
 //! [`SessionFilter`] (`kube/filter.rs`) puts the index on the process stage's sessions.
 
 use crate::model::command_matches;
-use crate::model::ContainerInfo;
+use crate::model::{ContainerInfo, Text};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, EphemeralContainer, Pod, Probe};
 use kube::runtime::watcher::{self, watcher, Event};
@@ -283,23 +283,40 @@ impl PodInfo {
     /// The API server's view of a container's pod, over whatever the runtime's labels said;
     /// of its labels, those named in `labels` (`kube.pod_labels`), in that order.
     pub fn apply_to(&self, c: &mut ContainerInfo, labels: &[String]) {
-        c.pod_labels = labels.iter().filter_map(|k| self.labels.get(k).map(|v| (k.clone(), v.clone()))).collect();
-        c.pod_namespace = Some(self.namespace.clone());
-        c.pod_name = Some(self.pod_name.clone());
-        c.pod_uid = Some(self.pod_uid.clone());
-        c.container_name = Some(self.container_name.clone());
+        // a value equal to the one `c` has keeps `c`'s string: an enriched copy shares the
+        // process stage's text where the pod says the same (issue 15)
+        let set = |d: &mut Option<Text>, v: &str| {
+            if d.as_deref() != Some(v) {
+                *d = Some(v.into());
+            }
+        };
+        let had = std::mem::take(&mut c.pod_labels);
+        c.pod_labels = labels
+            .iter()
+            .filter_map(|k| {
+                let v = self.labels.get(k)?;
+                Some(match had.iter().find(|(hk, hv)| *hk == *k && *hv == *v) {
+                    Some(same) => same.clone(),
+                    None => (k.into(), v.into()),
+                })
+            })
+            .collect();
+        set(&mut c.pod_namespace, &self.namespace);
+        set(&mut c.pod_name, &self.pod_name);
+        set(&mut c.pod_uid, &self.pod_uid);
+        set(&mut c.container_name, &self.container_name);
         if let Some(w) = &self.workload {
-            c.workload_kind = Some(w.kind.clone());
-            c.workload_name = Some(w.name.clone());
+            set(&mut c.workload_kind, &w.kind);
+            set(&mut c.workload_name, &w.name);
         }
-        if self.node_name.is_some() {
-            c.node_name = self.node_name.clone();
+        if let Some(n) = &self.node_name {
+            set(&mut c.node_name, n);
         }
         if !self.image.is_empty() {
-            c.image_name = Some(self.image.clone());
+            set(&mut c.image_name, &self.image);
         }
         if !self.image_id.is_empty() {
-            c.image_id = Some(self.image_id.clone());
+            set(&mut c.image_id, &self.image_id);
         }
         c.source = "kube_api";
     }

@@ -26,7 +26,7 @@ use tonic::{
     transport::{Channel, Endpoint, Uri},
 };
 
-use crate::model::ContainerInfo;
+use crate::model::{ContainerInfo, Text};
 
 pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";
 /// kubelet's namespace first, then `ctr`'s default.
@@ -122,14 +122,14 @@ impl ContainerMeta {
     /// Fill pod identity from the kubelet labels into `info` (keeping what is already there
     /// when a label is absent).
     pub fn apply(&self, info: &mut ContainerInfo) {
-        let l = |k: &str| self.labels.get(k).filter(|v| !v.is_empty()).cloned();
+        let l = |k: &str| self.labels.get(k).filter(|v| !v.is_empty()).map(Text::from);
         let before = info.clone();
         info.pod_name = l(LABEL_POD_NAME).or(before.pod_name);
         info.pod_namespace = l(LABEL_POD_NAMESPACE).or(before.pod_namespace);
         info.pod_uid = l(LABEL_POD_UID).or(before.pod_uid);
         info.container_name = l(LABEL_CONTAINER_NAME).or(before.container_name);
         if !self.image.is_empty() && info.image_name.is_none() {
-            info.image_name = Some(self.image.clone());
+            info.image_name = Some(self.image.as_str().into());
         }
         if l(LABEL_POD_NAME).is_some() && info.source != "kube_api" {
             info.source = "containerd_labels";

@@ -16,7 +16,7 @@ use crate::lru::Lru;
 
 use crate::capture::event::ProcessKey;
 
-use crate::model::ContainerInfo;
+use crate::model::{ContainerInfo, Text};
 
 /// Answers "is this cgroup a container, and which". Called once per new cgroup id by the
 /// tracker; implementations cache.
@@ -122,7 +122,7 @@ pub struct Containers {
     host_pidns: u32,
     /// Metadata that arrived for a container id (Kubernetes pod index, containerd) before or
     /// after its cgroup was seen: applied whenever the cgroup is (re)learned. Bounded.
-    pinned: Lru<String, ContainerInfo>,
+    pinned: Lru<Text, ContainerInfo>,
     /// Live processes of cgroups not learned yet (neither container nor host): a container's
     /// state starts with them when it is learned. Bounded.
     unlearned_live: Lru<u64, u32>,
@@ -155,7 +155,7 @@ pub fn merge_info(dst: &mut ContainerInfo, src: &ContainerInfo) {
         }
     }
     let src_wins = rank(src.source) >= rank(dst.source);
-    let take = |d: &mut Option<String>, s: &Option<String>| {
+    let take = |d: &mut Option<Text>, s: &Option<Text>| {
         if s.is_some() && (src_wins || d.is_none()) {
             *d = s.clone();
         }

@@ -28,7 +28,7 @@ use super::metrics::ProcessMetrics;
 use super::proc_scan;
 use super::session::SessionTracker;
 use crate::lru::Lru;
-use crate::model::{ContainerInfo, SessionUpdate};
+use crate::model::{ContainerInfo, SessionUpdate, Text};
 
 /// What the rest of the agent tells the process stage, beside the events.
 #[derive(Clone, Debug, PartialEq)]
@@ -123,8 +123,13 @@ impl HostContainers {
 impl ContainerLookup for HostContainers {
     fn container(&mut self, cgroup_id: u64) -> Option<ContainerInfo> {
         let c = self.index.as_mut()?.container(cgroup_id)?;
-        let mut info =
-            ContainerInfo { id: c.id.clone(), cgroup_id, pod_uid: c.pod_uid, source: "cgroup", ..Default::default() };
+        let mut info = ContainerInfo {
+            id: c.id.as_str().into(),
+            cgroup_id,
+            pod_uid: c.pod_uid.map(Text::from),
+            source: "cgroup",
+            ..Default::default()
+        };
         let known = self.meta.lock().ok().and_then(|mut m| m.get(c.id.as_str()).cloned());
         match known {
             Some(meta) => meta.apply(&mut info),
@@ -205,7 +210,7 @@ async fn containerd_worker(
 ) {
     let Ok(mut client) = ContainerdClient::new(&socket) else { return };
     while let Some((cgroup_id, mut info)) = ask.recv().await {
-        if meta.lock().map(|m| m.contains_key(&info.id)).unwrap_or(false) {
+        if meta.lock().map(|m| m.contains_key(info.id.as_str())).unwrap_or(false) {
             continue;
         }
         match client.meta(&namespaces, &info.id).await {

@@ -19,7 +19,7 @@ use super::identity::SessionIdentity;
 use super::{ids, keys};
 use crate::capture::event::ExitStatus;
 use crate::clock::BootClock;
-use crate::model::{ConnectOutcome, ConnectRecord, ContainerInfo, FileRecord, NetOp, ProcessRecord, SessionInfo};
+use crate::model::{ConnectOutcome, ConnectRecord, ContainerInfo, FileRecord, NetOp, ProcessRecord, SessionInfo, Text};
 use crate::text::{basename, escape};
 
 mod process;
@@ -50,10 +50,14 @@ impl BuildCtx {
 pub struct SessionFrame {
     pub trace_id: TraceId,
     pub root_id: SpanId,
-    /// Identity and pod attributes repeated on every span of the session: one list for the
-    /// open sessions with equal ones (a container's, with one identity or none), its strings
-    /// reference-counted so a span's copy of them costs counts (issue 15).
-    pub common: Arc<[KeyValue]>,
+    /// Pod and container attributes repeated on every span of the session (and the cluster's
+    /// name): one list for the open sessions of a container, its strings the container info's
+    /// own (reference-counted), so a span's copy of them costs counts (issue 15).
+    pub pod: Arc<[KeyValue]>,
+    /// The session's kind and identity (who opened it, or that nobody is known yet), after
+    /// [`Self::pod`] on every span: one list for the open sessions with equal ones, so the
+    /// sessions nobody is known for, in any container, share one (issue 15).
+    pub session: Arc<[KeyValue]>,
 }
 
 /// The marks the root carries about what the session lost, cut or folded.
@@ -83,7 +87,24 @@ pub fn session_frame(ctx: &BuildCtx, info: &SessionInfo, who: Option<&SessionIde
     SessionFrame {
         trace_id: ids::session_trace_id(&ctx.boot_id, info.id, who.and_then(|w| w.trace_id)),
         root_id: ids::root_span_id(&ctx.boot_id, info.id),
-        common: ctx.shared.share(common_attributes(&ctx.cfg.cluster_name, info, who)),
+        pod: ctx.shared.share(pod_common(&ctx.cfg.cluster_name, &info.container)),
+        session: ctx.shared.share(session_common(info, who)),
+    }
+}
+
+/// A frame for one span, its lists not shared with the open sessions.
+fn one_off_frame(
+    ctx: &BuildCtx,
+    trace_id: TraceId,
+    root_id: SpanId,
+    info: &SessionInfo,
+    who: Option<&SessionIdentity>,
+) -> SessionFrame {
+    SessionFrame {
+        trace_id,
+        root_id,
+        pod: pod_common(&ctx.cfg.cluster_name, &info.container).into(),
+        session: session_common(info, who).into(),
     }
 }
 
@@ -104,29 +125,42 @@ fn push_opt(out: &mut Vec<KeyValue>, key: &'static str, v: &Option<String>) {
     }
 }
 
+/// A container's string: the container info's own allocation, one more count (its text is
+/// not copied again for the frame, issue 15).
+fn container_text(t: &Text) -> Value {
+    Value::String(StringValue::from(t.shared()))
+}
+
+fn push_text(out: &mut Vec<KeyValue>, key: &'static str, v: &Option<Text>) {
+    if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
+        out.push(KeyValue::new(key, container_text(v)));
+    }
+}
+
 /// A span's attributes: the session's common ones, with room for `more` of its own (one
 /// allocation, not a copy that grows at the first push).
 pub(crate) fn with_common(frame: &SessionFrame, more: usize) -> Vec<KeyValue> {
-    let mut attrs = Vec::with_capacity(frame.common.len() + more);
-    attrs.extend_from_slice(&frame.common);
+    let mut attrs = Vec::with_capacity(frame.pod.len() + frame.session.len() + more);
+    attrs.extend_from_slice(&frame.pod);
+    attrs.extend_from_slice(&frame.session);
     attrs
 }
 
 fn pod_attributes(out: &mut Vec<KeyValue>, c: &ContainerInfo) {
-    push_opt(out, sc::K8S_NAMESPACE_NAME, &c.pod_namespace);
-    push_opt(out, sc::K8S_POD_NAME, &c.pod_name);
-    push_opt(out, sc::K8S_POD_UID, &c.pod_uid);
-    push_opt(out, sc::K8S_CONTAINER_NAME, &c.container_name);
-    push_opt(out, sc::K8S_NODE_NAME, &c.node_name);
+    push_text(out, sc::K8S_NAMESPACE_NAME, &c.pod_namespace);
+    push_text(out, sc::K8S_POD_NAME, &c.pod_name);
+    push_text(out, sc::K8S_POD_UID, &c.pod_uid);
+    push_text(out, sc::K8S_CONTAINER_NAME, &c.container_name);
+    push_text(out, sc::K8S_NODE_NAME, &c.node_name);
     if !c.id.is_empty() {
-        out.push(KeyValue::new(sc::CONTAINER_ID, shared(&c.id)));
+        out.push(KeyValue::new(sc::CONTAINER_ID, container_text(&c.id)));
     }
     for (k, v) in &c.pod_labels {
         let key: Arc<str> = format!("{}.{k}", sc::K8S_POD_LABEL).into();
-        out.push(KeyValue::new(key, shared(v)));
+        out.push(KeyValue::new(key, container_text(v)));
     }
-    push_opt(out, sc::CONTAINER_IMAGE_NAME, &c.image_name);
-    push_opt(out, sc::CONTAINER_IMAGE_ID, &c.image_id);
+    push_text(out, sc::CONTAINER_IMAGE_NAME, &c.image_name);
+    push_text(out, sc::CONTAINER_IMAGE_ID, &c.image_id);
     if let Some(tag) = c.image_name.as_deref().and_then(image_tag) {
         let tags = vec![StringValue::from(Arc::<str>::from(tag))];
         out.push(KeyValue::new(sc::CONTAINER_IMAGE_TAGS, Value::Array(tags.into())));
@@ -141,7 +175,7 @@ fn pod_attributes(out: &mut Vec<KeyValue>, c: &ContainerInfo) {
         _ => None,
     };
     if let Some(k) = workload_key {
-        push_opt(out, k, &c.workload_name);
+        push_text(out, k, &c.workload_name);
     }
 }
 
@@ -156,11 +190,24 @@ pub fn image_tag(name: &str) -> Option<&str> {
 /// The session's identity and pod: on every span, because Jaeger and TraceQL match one span
 /// at a time.
 pub fn common_attributes(cluster: &str, info: &SessionInfo, who: Option<&SessionIdentity>) -> Vec<KeyValue> {
-    let mut out = Vec::with_capacity(16);
-    pod_attributes(&mut out, &info.container);
+    let mut out = pod_common(cluster, &info.container);
+    out.extend(session_common(info, who));
+    out
+}
+
+/// The first part of [`common_attributes`]: the container's and the cluster's.
+fn pod_common(cluster: &str, c: &ContainerInfo) -> Vec<KeyValue> {
+    let mut out = Vec::with_capacity(12);
+    pod_attributes(&mut out, c);
     if !cluster.is_empty() {
         out.push(KeyValue::new(sc::K8S_CLUSTER_NAME, shared(cluster)));
     }
+    out
+}
+
+/// The rest of [`common_attributes`]: the session's kind, identity and node user.
+fn session_common(info: &SessionInfo, who: Option<&SessionIdentity>) -> Vec<KeyValue> {
+    let mut out = Vec::with_capacity(if who.is_some() { 10 } else { 4 });
     out.push(KeyValue::new(keys::SESSION_KIND, session_kind(info, who)));
     match who {
         Some(w) => {
@@ -374,9 +421,8 @@ pub fn attribution_span(
     who: &SessionIdentity,
     delay: std::time::Duration,
 ) -> SpanData {
-    let frame =
-        SessionFrame { trace_id, root_id, common: common_attributes(&ctx.cfg.cluster_name, info, Some(who)).into() };
-    let mut attrs = frame.common.to_vec();
+    let frame = one_off_frame(ctx, trace_id, root_id, info, Some(who));
+    let mut attrs = with_common(&frame, REQUEST_ATTRS + 2);
     request_attributes(&mut attrs, who);
     attrs.push(KeyValue::new(keys::ATTRIBUTION_LATE, true));
     attrs.push(KeyValue::new(keys::ATTRIBUTION_DELAY_MS, delay.as_millis().min(i64::MAX as u128) as i64));
@@ -468,11 +514,7 @@ pub fn request_only_span(
             ctx.clock.to_boot_ns(start),
         )
     };
-    let frame = SessionFrame {
-        trace_id,
-        root_id: ids::request_span_id(&audit),
-        common: common_attributes(&ctx.cfg.cluster_name, &info, Some(who)).into(),
-    };
+    let frame = one_off_frame(ctx, trace_id, ids::request_span_id(&audit), &info, Some(who));
     root_span(ctx, &frame, &info, Some(who), &RootMarks::default(), ctx.clock.to_boot_ns(end))
 }
 
@@ -487,5 +529,32 @@ mod tests {
         assert_eq!(image_tag("registry.example:5000/team/app"), None, "a registry port is not a tag");
         assert_eq!(image_tag("app@sha256:abcd"), None);
         assert_eq!(image_tag("app:"), None);
+    }
+
+    #[test]
+    fn the_frame_points_at_the_container_info_strings() {
+        let c = ContainerInfo {
+            id: "c0ffee".into(),
+            pod_name: Some("api-1".into()),
+            node_name: Some("node-1".into()),
+            pod_labels: vec![("app".into(), "api".into())],
+            ..Default::default()
+        };
+        let info = SessionInfo::new(
+            crate::model::SessionId(crate::capture::event::ProcessKey { pid: 1, start_ns: 1 }),
+            crate::model::SessionKind::Exec,
+            c,
+            1,
+        );
+        let attrs = common_attributes("", &info, None);
+        let at = |key: &str| match attrs.iter().find(|kv| kv.key.as_str() == key).map(|kv| &kv.value) {
+            Some(Value::String(s)) => s.as_str().as_ptr(),
+            other => panic!("{key}: {other:?}"),
+        };
+        let c = &info.container;
+        assert!(std::ptr::eq(at(sc::CONTAINER_ID), c.id.as_ptr()));
+        assert!(std::ptr::eq(at(sc::K8S_POD_NAME), c.pod_name.as_deref().unwrap().as_ptr()));
+        assert!(std::ptr::eq(at(sc::K8S_NODE_NAME), c.node_name.as_deref().unwrap().as_ptr()));
+        assert!(std::ptr::eq(at("k8s.pod.label.app"), c.pod_labels[0].1.as_ptr()));
     }
 }

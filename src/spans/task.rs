@@ -20,7 +20,7 @@ use super::hold::{Output, SpanStage};
 use super::identity::Attributor;
 use super::redaction::{redact_update, ArgvCache};
 use crate::metrics::Metrics;
-use crate::model::SessionUpdate;
+use crate::model::{SessionUpdate, Text};
 use crate::redact::Redactor;
 
 /// Updates read in one pass at most (what is ready joins the pass: one write per pass downstream).
@@ -97,10 +97,10 @@ impl SpanTask {
             // the sanitizing attributor: this identity is redacted and capped
             let who = self.requests.identity_of(&a);
             let container = crate::model::ContainerInfo {
-                pod_namespace: a.pod_namespace.clone(),
-                pod_name: a.pod_name.clone(),
-                pod_uid: a.pod_uid.clone(),
-                container_name: who.container.clone(),
+                pod_namespace: a.pod_namespace.as_deref().map(Text::from),
+                pod_name: a.pod_name.as_deref().map(Text::from),
+                pod_uid: a.pod_uid.as_deref().map(Text::from),
+                container_name: who.container.as_deref().map(Text::from),
                 ..Default::default()
             };
             out.requests.push(super::build::request_only_span(self.stage.ctx(), &who, &container, SystemTime::now()));

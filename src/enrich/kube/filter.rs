@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{PodIndex, PodInfo};
-use crate::model::{ContainerInfo, SessionId, SessionUpdate};
+use crate::model::{ContainerInfo, SessionId, SessionUpdate, Text};
 
 /// Between the process and span stages, in a cluster: puts the pod index's metadata on every
 /// update of a session whose container it knows, and marks the sessions that look like exec
@@ -29,7 +29,7 @@ pub struct SessionFilter {
     seen: HashMap<SessionId, Seen>,
     /// Enriched containers by container id (SipHash: `ctr` users name their containers), so
     /// the sessions of one container share one, as they share the process stage's.
-    enriched: HashMap<String, Enriched>,
+    enriched: HashMap<Text, Enriched>,
     /// `enriched`'s size after its last sweep.
     swept: usize,
     pub probes: prometheus_client::metrics::counter::Counter,
@@ -255,9 +255,10 @@ mod tests {
         let c = pass(13);
         assert_eq!(
             c.pod_labels,
-            vec![("app".to_string(), "api-v2".to_string())],
+            vec![(Text::from("app"), Text::from("api-v2"))],
             "the pod's change reaches new sessions"
         );
+        assert!(std::ptr::eq(c.id.as_ptr(), shared.id.as_ptr()), "the copy shares the text it did not change");
         assert_eq!(a.pod_labels[0].1, "api", "what went before is left as it was");
         assert_eq!(shared.pod_name, None, "and so is the process stage's own copy");
     }

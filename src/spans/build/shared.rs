@@ -1,8 +1,9 @@
 //! One copy of each distinct list of a session's common attributes (issue 15): the sessions
-//! of one container with the same identity (or none) carry the same pod and identity
-//! attributes, so their frames share one `Arc<[KeyValue]>` instead of a copy each.
+//! of one container carry the same pod attributes, and the sessions with the same kind and
+//! identity (or none) the same session attributes, so their frames share one `Arc<[KeyValue]>`
+//! of each instead of a copy each.
 //!
-//! In: a session's common attributes as [`super::common_attributes`] builds them. Out: the
+//! In: a session's pod or session attributes as [`super::session_frame`] builds them. Out: the
 //! list an open session with equal attributes already holds, else this one, kept for the
 //! next. Nothing is dropped: a list no open session holds any more is forgotten at the next
 //! sweep (when the table has doubled since the last one), so the table holds at most about

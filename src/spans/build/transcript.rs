@@ -28,7 +28,7 @@ pub fn transcript_span(ctx: &BuildCtx, frame: &SessionFrame, info: &SessionInfo,
     let end_ns = info.end_ns.filter(|_| chunk.last);
     let start = at(first.or(end_ns).unwrap_or(info.start_ns));
     let end = at(last.max(end_ns).unwrap_or(info.start_ns));
-    let mut attrs = frame.common.to_vec();
+    let mut attrs = super::with_common(frame, 7);
     attrs.push(KeyValue::new(keys::TRANSCRIPT_SEQ, chunk.seq as i64));
     attrs.push(KeyValue::new(keys::TRANSCRIPT_LINES, chunk.lines.len() as i64));
     if chunk.last {

@@ -97,14 +97,13 @@ pub struct CaptureOptions {
 pub const DEFAULT_RING_MIB: u32 = 4;
 
 /// How often the reader drains the ring while records flow and no wakeup came, in ms
-/// (`capture.poll_ms`). Each drain wakes the five pipeline tasks once, and each stage then
-/// starts its batch with its code and tables gone cold. The session storm (the same binary,
-/// one invocation each, BENCHMARKS.md, issue 15) read 12.6 µs of agent CPU per exec at 20 ms
-/// and 9.1 at 100 ms ("lead, session 14"), and 0.87x and 0.69x of 100 ms's at 250 ms
-/// ("lead, session 15"): about 230 µs per drain. 250 is the span stage's hold tick too. A
-/// record then waits at most this long while others flow; the first record after a quiet
-/// spell still wakes the parked reader at once, and `wakeup_kib` queued still wakes it early.
-pub const DEFAULT_POLL_MS: u64 = 250;
+/// (`capture.poll_ms`). Each drain wakes the five pipeline tasks once; at 20 ms the session
+/// storm read 12.6 µs of agent CPU per exec, at 100 ms 9.1 (the same binary, one invocation:
+/// BENCHMARKS.md, issue 15, "lead, session 14"): bigger batches, each stage's code and tables
+/// kept warm through a batch. A record then waits at most this long while others flow; the
+/// first record after a quiet spell still wakes the parked reader at once, and `wakeup_kib`
+/// queued still wakes it early.
+pub const DEFAULT_POLL_MS: u64 = 100;
 
 /// Every kind.
 pub const ALL_KINDS: u32 = u32::MAX;

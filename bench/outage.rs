@@ -110,7 +110,6 @@ fn process(
         exit: Some(ExitStatus::Code(0)),
         from_proc: false,
         images,
-        leaf: false,
     }
 }
 

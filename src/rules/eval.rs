@@ -175,7 +175,6 @@ mod tests {
             exit: None,
             from_proc: false,
             images: vec![img],
-            leaf: false,
         }
     }
 

@@ -454,7 +454,6 @@ mod tests {
                 exit: None,
                 from_proc: false,
                 images: Vec::new(),
-                leaf: false,
             };
             (ConnectRecord::pending(&ev), proc)
         };

@@ -63,7 +63,6 @@ impl SessionTracker {
             exit: None,
             from_proc: p.from_proc,
             images,
-            leaf: false,
         };
         out.push(SessionUpdate::Live(s.info.clone(), rec, what));
     }

@@ -247,7 +247,7 @@ impl ExportQueue {
     /// Memory: each span as [`Self::push`], moved in. Disk: encoded (written straight from the
     /// span's strings) and written (and synced, per the fsync policy) before this returns, a batch per
     /// write.
-    pub fn push_owned(&self, batch: Vec<Queued>) {
+    pub fn push_owned(&self, mut batch: Vec<Queued>) {
         if batch.is_empty() {
             return;
         }
@@ -271,7 +271,6 @@ impl ExportQueue {
             self.notify.notify_one();
             return;
         }
-        let mut batch = batch;
         let mut g = self.lock();
         let inner = &mut *g;
         let closed = inner.closed;

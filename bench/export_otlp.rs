@@ -232,6 +232,7 @@ fn process(pid: u32, parent: Option<u32>, fork: u64, exit: u64, images: Vec<Imag
         exit: Some(ExitStatus::Code(0)),
         from_proc: false,
         images,
+        leaf: false,
     }
 }
 

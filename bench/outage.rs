@@ -110,6 +110,7 @@ fn process(
         exit: Some(ExitStatus::Code(0)),
         from_proc: false,
         images,
+        leaf: false,
     }
 }
 

@@ -455,6 +455,15 @@ pub struct ProcessRecord {
     /// Learned from /proc at start-up rather than seen being created.
     pub from_proc: bool,
     pub images: Vec<ImageRecord>,
+    /// A final record of a process that exited with no child of its own left in the process
+    /// table: every child it forked has ended (its record went before this one), and an exited
+    /// process forks nothing, so no later record names it as parent (unless a child's fork
+    /// and first events were lost in the kernel and it shows up after this exit). The span and
+    /// rules stages then keep nothing for it as a parent (issue 15: the storm's 20 000 ended
+    /// processes filled both stages' 16 384-entry tables). False when unsure (/proc-learned
+    /// processes, lost exits, live records, the agent stopping). Not exported.
+    #[serde(skip)]
+    pub leaf: bool,
 }
 
 /// What the session stage knows about a session; repeated on every update.

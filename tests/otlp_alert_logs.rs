@@ -63,6 +63,7 @@ fn session(pid: u32, kind: SessionKind) -> Vec<SessionUpdate> {
         exit: exit.map(|_| ExitStatus::Code(0)),
         from_proc: false,
         images: vec![img],
+        leaf: false,
     };
     let dump = ProcessKey { pid: pid + 1, start_ns: t0 + 1_000_000_000 };
     let dump_img = image("/usr/bin/tcpdump", &["tcpdump", "-i", "any"], dump.start_ns);

@@ -88,6 +88,7 @@ fn session(pod: &str) -> Vec<SessionUpdate> {
         exit: Some(ExitStatus::Code(0)),
         from_proc: false,
         images: vec![img],
+        leaf: false,
     };
     let mut end = info.clone();
     end.end_ns = Some(now - 1_000_000_000);

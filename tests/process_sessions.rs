@@ -135,6 +135,46 @@ fn exit_and_exec_before_fork_are_reordered() {
     assert_eq!(t.len(), 2);
 }
 
+/// Issue 15: a final record says when no child of the process was left (`leaf`), so the span
+/// and rules stages keep nothing for it as a parent; a process that leaves a child running,
+/// and a child counted out of order (exec or exit before its fork), are handled.
+#[test]
+fn a_record_is_a_leaf_when_no_child_is_left() {
+    let mut t = tracker();
+    let mut out = start_container_c(&mut t);
+    out.extend(runc_exec(&mut t, 100, 1060, &["sh"]));
+    // a command: fork, exec, exit
+    out.extend(t.handle(&fork(110, 1061, 1060, C)));
+    out.extend(t.handle(&exec_in(111, 1061, 1060, &["true"])));
+    out.extend(t.handle(&exit(112, 1061, C, 0)));
+    // a subshell that leaves a child running, which ends after it
+    out.extend(t.handle(&fork(120, 1062, 1060, C)));
+    out.extend(t.handle(&fork(121, 1063, 1062, C)));
+    out.extend(t.handle(&exec_in(122, 1063, 1062, &["sleep", "1"])));
+    out.extend(t.handle(&exit(123, 1062, C, 0)));
+    out.extend(t.handle(&exit(124, 1063, C, 0)));
+    // out of order: exec and exit before the fork, exit before the fork
+    out.extend(t.handle(&exec_in(131, 1064, 1060, &["true"])));
+    out.extend(t.handle(&exit(132, 1064, C, 0)));
+    out.extend(t.handle(&fork(130, 1064, 1060, C)));
+    out.extend(t.handle(&exit(142, 1065, C, 0)));
+    out.extend(t.handle(&fork(140, 1065, 1060, C)));
+    // a child still running when the shell exits
+    out.extend(t.handle(&fork(150, 1066, 1060, C)));
+    out.extend(t.handle(&exit(160, 1060, C, 0)));
+    out.extend(t.handle(&exit(170, 1066, C, 0)));
+    let procs = procs_of(&out, SessionId(key(1060)));
+    let leaf = |pid: u32| procs.iter().find(|p| p.key.pid == pid).map(|p| p.leaf);
+    assert_eq!(leaf(1061), Some(true));
+    assert_eq!(leaf(1062), Some(false), "its child was still running");
+    assert_eq!(leaf(1063), Some(true));
+    assert_eq!(leaf(1064), Some(true));
+    assert_eq!(leaf(1065), Some(true));
+    assert_eq!(leaf(1060), Some(false), "1066 was still running");
+    assert_eq!(leaf(1066), Some(true));
+    assert_eq!(ended(&out).len(), 1);
+}
+
 #[test]
 fn pid_reuse_never_merges_two_processes() {
     let mut t = tracker();

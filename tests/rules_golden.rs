@@ -99,6 +99,19 @@ fn seed_incident_alerts_sit_on_the_spans_that_triggered_them() {
     assert_eq!(root_attr(&spans, "podtrail.alerts.count").as_deref(), Some("5"));
 }
 
+/// Issue 15: records marked as leaves (no later record names them as parent) keep no names
+/// in the rules stage; the alerts, events and spans are the same.
+#[test]
+fn leaves_raise_the_same_alerts_on_the_same_spans() {
+    let run = |leaves| Run { who: Some(alice()), attribution_configured: true, leaves, ..Run::default() };
+    let (a, b) = (run(false).spans(incident()), run(true).spans(incident()));
+    assert_eq!(render(&a), render(&b));
+    assert_eq!(fired(&a), fired(&b));
+    let ids = |v: &[SpanData]| v.iter().map(|s| (s.span_context.span_id(), s.parent_span_id)).collect::<Vec<_>>();
+    assert_eq!(ids(&a), ids(&b));
+    assert!(mark_leaves(incident()).iter().any(|u| matches!(u, SessionUpdate::ProcessEnded(_, r) if r.leaf)));
+}
+
 #[test]
 fn the_console_tree_shows_each_alert_on_its_line_and_the_total_on_the_session() {
     let spans = Run { who: Some(alice()), attribution_configured: true, ..Run::default() }.spans(incident());

@@ -179,6 +179,32 @@ fn ids_are_the_same_when_the_session_is_built_again() {
     assert_eq!(ids(&a), ids(&b));
 }
 
+/// Issue 15: records marked as leaves (no later record names them as parent) keep no image
+/// slots in the span stage; the spans are the same, ids and parents included, whether the
+/// children name their parent's image (as the process stage sends them) or wait for it.
+#[test]
+fn leaves_give_the_same_spans() {
+    let build = |updates: Vec<SessionUpdate>| {
+        let mut stage = SpanStage::new(ctx(SpansConfig::default()), Arc::new(NoAttributor));
+        let mut out = Output::default();
+        for u in updates {
+            stage.update(u, Instant::now(), &mut out);
+        }
+        stage.shutdown(99 * S, &mut out);
+        let spans: Vec<SpanData> = out.spans.into_iter().map(|(_, b)| b.span).collect();
+        let ids: Vec<_> = spans.iter().map(|s| (s.span_context.span_id(), s.parent_span_id)).collect();
+        (render(&spans), ids)
+    };
+    for session in [shell_session, nsenter_session, loop_session] {
+        for linked in [false, true] {
+            let updates = if linked { link_parent_images(session()) } else { session() };
+            let marked = mark_leaves(updates.clone());
+            assert!(marked.iter().any(|u| matches!(u, SessionUpdate::ProcessEnded(_, r) if r.leaf)));
+            assert_eq!(build(updates), build(marked), "linked: {linked}");
+        }
+    }
+}
+
 #[test]
 fn hold_waits_for_attribution_then_releases() {
     use std::sync::atomic::{AtomicBool, Ordering};

@@ -62,6 +62,11 @@ pub struct Proc {
     /// port) -> index in its `connects`): see `process::session::net`.
     /// Boxed for the same reason as `join` (most processes never connect).
     pub connect_index: Option<Box<(u32, ConnectIndex)>>,
+    /// Children in the table that took this process as parent when they were forked
+    /// (`SessionTracker::inherit`), counted off as they leave it: none at exit makes the
+    /// final record a leaf (`ProcessRecord::leaf`). Children learned from /proc are not
+    /// counted (their parent is /proc-learned too, never a leaf).
+    pub children: u32,
 }
 
 impl Proc {
@@ -82,6 +87,7 @@ impl Proc {
             join: None,
             cookies: Default::default(),
             connect_index: None,
+            children: 0,
         }
     }
 }
@@ -104,13 +110,21 @@ pub struct ProcessTable {
     cookies_evicted: u64,
     early_exits: FastMap<ProcessKey, ExitEvent>,
     early_order: VecDeque<ProcessKey>,
-    recent: FastMap<ProcessKey, Option<SessionId>>,
-    recent_order: VecDeque<ProcessKey>,
+    /// Recent exits, by pid: slot `pid % RECENT_SLOTS` holds the last process of such a pid
+    /// that exited, with its session. Pids are handed out in turn, so it holds about the
+    /// exits of the last `RECENT_SLOTS` pids given out; a slot is one write per exit and one
+    /// read per fork (a map and a queue of the last 4096 exits were an insert, a removal and
+    /// two queue moves per exit: `ProcessTable::removed` in issue 15's profile). Made at the
+    /// first exit.
+    recent: Vec<Option<(ProcessKey, Option<SessionId>)>>,
     /// ns per `/proc` clock tick (10 ms at USER_HZ 100).
     tick_ns: u64,
     cap_early: usize,
-    cap_recent: usize,
 }
+
+/// Slots of [`ProcessTable`]'s recent exits: 40 bytes each, 160 KiB (the map and queue of
+/// 4096 exits they replace held about 390 KiB when full).
+const RECENT_SLOTS: usize = 4096;
 
 impl ProcessTable {
     pub fn new(tick_ns: u64) -> Self {
@@ -121,11 +135,9 @@ impl ProcessTable {
             cookies_evicted: 0,
             early_exits: FastMap::default(),
             early_order: VecDeque::new(),
-            recent: FastMap::default(),
-            recent_order: VecDeque::new(),
+            recent: Vec::new(),
             tick_ns: tick_ns.max(1),
             cap_early: 4096,
-            cap_recent: 4096,
         }
     }
 
@@ -217,18 +229,25 @@ impl ProcessTable {
         for c in &p.cookies {
             self.cookies.remove(c);
         }
+        if let Some(pp) = p.parent.and_then(|q| self.procs.get_mut(&q)) {
+            pp.children = pp.children.saturating_sub(1);
+        }
         self.remember(key, p.session);
         p
     }
 
     fn remember(&mut self, key: ProcessKey, session: Option<SessionId>) {
-        if self.recent.insert(key, session).is_none() {
-            self.recent_order.push_back(key);
+        if self.recent.is_empty() {
+            self.recent = vec![None; RECENT_SLOTS];
         }
-        while self.recent_order.len() > self.cap_recent {
-            if let Some(k) = self.recent_order.pop_front() {
-                self.recent.remove(&k);
-            }
+        self.recent[key.pid as usize % RECENT_SLOTS] = Some((key, session));
+    }
+
+    /// The session `key` exited in, when it is among the recent exits.
+    fn exited(&self, key: &ProcessKey) -> Option<Option<SessionId>> {
+        match self.recent.get(key.pid as usize % RECENT_SLOTS) {
+            Some(Some((k, s))) if k == key => Some(*s),
+            _ => None,
         }
     }
 
@@ -238,12 +257,12 @@ impl ProcessTable {
         if let Some(p) = self.procs.get(key) {
             return Some(p.session);
         }
-        self.recent.get(key).copied()
+        self.exited(key)
     }
 
     /// The process exited a moment ago (a late fork record must not bring it back).
     pub fn recently_exited(&self, key: &ProcessKey) -> bool {
-        !self.procs.contains_key(key) && self.recent.contains_key(key)
+        self.exited(key).is_some() && !self.procs.contains_key(key)
     }
 
     /// Park an exit whose process is not known yet. Returns the exit pushed out when full.
@@ -359,6 +378,48 @@ mod tests {
         assert!(t.is_empty() && t.by_pid(5).is_none() && t.by_pid(6).is_none());
         assert!(t.recently_exited(&k(5, 1_230_000_000)) && t.recently_exited(&k(6, 2_000)));
         assert!(t.remove_resolved(k(7, 1)).is_none(), "never seen");
+    }
+
+    #[test]
+    fn recent_exits_are_remembered_by_pid_until_the_slot_is_taken() {
+        let mut t = ProcessTable::new(1);
+        assert!(!t.recently_exited(&k(1, 1)) && t.session_of(&k(1, 1)).is_none(), "nothing yet");
+        let sid = SessionId(k(1, 5));
+        for pid in 1..=RECENT_SLOTS as u32 {
+            let mut p = Proc::new(k(pid, 5), None);
+            p.session = (pid == 1).then_some(sid);
+            t.insert(p);
+            t.remove(k(pid, 5));
+        }
+        // the exits of the last RECENT_SLOTS pids given out are all there
+        assert_eq!(t.session_of(&k(1, 5)), Some(Some(sid)));
+        assert!((1..=RECENT_SLOTS as u32).all(|pid| t.recently_exited(&k(pid, 5))));
+        assert!(!t.recently_exited(&k(2, 6)), "another process of the pid");
+        // the next pid round takes the slot
+        t.insert(Proc::new(k(1 + RECENT_SLOTS as u32, 9), None));
+        t.remove(k(1 + RECENT_SLOTS as u32, 9));
+        assert!(t.session_of(&k(1, 5)).is_none());
+        assert!(t.recently_exited(&k(1 + RECENT_SLOTS as u32, 9)));
+        // a live process is not "recently exited"
+        t.insert(Proc::new(k(3, 5), None));
+        assert!(!t.recently_exited(&k(3, 5)));
+    }
+
+    #[test]
+    fn a_child_leaving_the_table_counts_itself_off_its_parent() {
+        let mut t = ProcessTable::new(1);
+        let mut parent = Proc::new(k(1, 1), None);
+        parent.children = 2; // counted by the tracker as it forks them
+        t.insert(parent);
+        t.insert(Proc::new(k(2, 2), Some(k(1, 1))));
+        t.insert(Proc::new(k(3, 3), Some(k(1, 1))));
+        t.remove(k(2, 2));
+        assert_eq!(t.get(&k(1, 1)).unwrap().children, 1);
+        // pid reuse with the exit lost: the stale child is counted off too
+        t.insert(Proc::new(k(3, 30), None));
+        assert_eq!(t.get(&k(1, 1)).unwrap().children, 0);
+        t.remove(k(3, 30));
+        assert_eq!(t.get(&k(1, 1)).unwrap().children, 0, "never below zero");
     }
 
     #[test]

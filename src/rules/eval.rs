@@ -175,6 +175,7 @@ mod tests {
             exit: None,
             from_proc: false,
             images: vec![img],
+            leaf: false,
         }
     }
 

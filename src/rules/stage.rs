@@ -213,6 +213,12 @@ impl AlertStage {
     fn take_record(&mut self, info: Arc<SessionInfo>, r: &EndedRecord) {
         let st = self.sessions.entry(info.id).or_default();
         st.info = Some(info);
+        if r.leaf {
+            // no descendant to name it: what its live execs left goes once the output's
+            // records are evaluated (`annotate`)
+            Self::take_written(st, r);
+            return;
+        }
         // the names its live execs left are kept; only the images not seen live are escaped
         let n = st
             .names
@@ -227,6 +233,11 @@ impl AlertStage {
         if before > 0 && n.images.len() > before {
             n.images.sort_by_key(|(s, _)| *s);
         }
+        Self::take_written(st, r);
+    }
+
+    /// The paths a final record wrote, for "download then execute".
+    fn take_written(st: &mut SessionState, r: &EndedRecord) {
         for img in &r.images {
             for p in eval::written_paths(&img.files) {
                 if st.written.len() < MAX_WRITTEN {
@@ -274,9 +285,16 @@ impl AlertStage {
         // the root). (They were evaluated as their spans passed, found by a map of every
         // span id to its record, two entries per exec in the storm: the same alerts, as
         // nothing an evaluation reads changes while the spans pass.)
-        for (sid, r) in taken {
-            if let Some(st) = sessions.get_mut(&sid) {
-                self.evaluate(rules, st, &r);
+        for (sid, r) in &taken {
+            if let Some(st) = sessions.get_mut(sid) {
+                self.evaluate(rules, st, r);
+            }
+        }
+        // a leaf's names were for no one but its descendants, all evaluated by now (they
+        // ended before it: earlier in this output or in an earlier one)
+        for (sid, r) in taken.iter().filter(|(_, r)| r.leaf) {
+            if let Some(st) = sessions.get_mut(sid) {
+                st.names.remove(&r.key);
             }
         }
         self.sessions = sessions;

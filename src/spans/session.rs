@@ -115,7 +115,7 @@ pub struct SessionSpans {
     frame: Arc<SessionFrame>,
     /// Bounded ([`MAX_SLOTS`]): a child whose parent's slot was forgotten names the parent's
     /// image by `parent_exec_index` (the process stage fills it), or waits for the session's
-    /// end and hangs under the root.
+    /// end and hangs under the root. A leaf ([`ProcessRecord::leaf`]) keeps none.
     /// Maps here are keyed by process key, span id or (device, inode): values the kernel or
     /// podtrail choose, hashed with [`crate::hashing::FastState`].
     slots: FastLru<ProcessKey, Slots>,
@@ -400,7 +400,10 @@ impl SessionSpans {
         self.processes += 1;
         let fallback = self.fallback_end();
         let mut parent_for_image = parent;
-        let mut slots = Vec::with_capacity(rec.images.len());
+        // a leaf's slots are for no one (no later record names it as parent), unless
+        // records that ended before it wait for them (`place`)
+        let keep = !rec.leaf || self.waiting.as_ref().is_some_and(|w| w.contains_key(&rec.key));
+        let mut slots = Vec::with_capacity(if keep { rec.images.len() } else { 0 });
         for idx in 0..rec.images.len() {
             let img = &rec.images[idx];
             if img.connects_over_cap > 0 {
@@ -493,8 +496,13 @@ impl SessionSpans {
                     }
                 }
             }
-            slots.push(Slot { start_ns: img.start_ns, end_ns: end, span: slot_span });
+            if keep {
+                slots.push(Slot { start_ns: img.start_ns, end_ns: end, span: slot_span });
+            }
             parent_for_image = slot_span;
+        }
+        if !keep {
+            return;
         }
         if slots.is_empty() {
             // A record without images (should not happen): its children hang on its parent.

@@ -13,7 +13,7 @@ use podtrail::rules::{lang, AlertStage, RuleSource, RulesConfig};
 use podtrail::scope::ScopeConfig;
 use podtrail::spans::{Attributor, BuildCtx, NoAttributor, Output, SessionIdentity, SpanStage, SpansConfig};
 
-use super::sessions::{link_parent_images, S};
+use super::sessions::{link_parent_images, mark_leaves, S};
 
 pub const BOOT: [u8; 16] = [0xb0; 16];
 pub const EPOCH: u64 = 1_700_000_000 * S;
@@ -29,6 +29,8 @@ pub struct Run {
     pub counter: podtrail::metrics::AlertCounter,
     /// Changes to the span stage's defaults (the span caps).
     pub tune: Option<fn(&mut SpansConfig)>,
+    /// Mark the records the process stage would call leaves ([`mark_leaves`]).
+    pub leaves: bool,
 }
 
 impl Run {
@@ -61,7 +63,9 @@ impl Run {
             .keeping(room);
         let mut stage = SpanStage::new(BuildCtx::new(BOOT, clock, cfg), inner).with_records();
         let mut spans = Vec::new();
-        for u in link_parent_images(updates) {
+        let updates = link_parent_images(updates);
+        let updates = if self.leaves { mark_leaves(updates) } else { updates };
+        for u in updates {
             let mut out = Output::default();
             stage.update(u, Instant::now(), &mut out);
             alerts.annotate(&rules, &mut out);

@@ -102,6 +102,7 @@ pub fn process(
         exit: Some(ExitStatus::Code(code)),
         from_proc: false,
         images,
+        leaf: false,
     }
 }
 
@@ -259,6 +260,24 @@ pub fn link_parent_images(mut updates: Vec<SessionUpdate>) -> Vec<SessionUpdate>
         match u {
             SessionUpdate::ProcessEnded(_, r) => fill(r),
             SessionUpdate::Ended(_, rs) => rs.iter_mut().for_each(fill),
+            _ => {}
+        }
+    }
+    updates
+}
+
+/// Mark the final records the process stage would call leaves (`ProcessRecord::leaf`): those
+/// no later record of the updates names as parent.
+pub fn mark_leaves(mut updates: Vec<SessionUpdate>) -> Vec<SessionUpdate> {
+    let mut named: std::collections::HashSet<ProcessKey> = Default::default();
+    for u in updates.iter_mut().rev() {
+        match u {
+            SessionUpdate::ProcessEnded(_, r) => {
+                r.leaf = !named.contains(&r.key);
+                named.extend(r.parent);
+            }
+            SessionUpdate::Ended(_, rs) => named.extend(rs.iter().filter_map(|r| r.parent)),
+            SessionUpdate::Live(_, r, _) => named.extend(r.parent),
             _ => {}
         }
     }

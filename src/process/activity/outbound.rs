@@ -454,6 +454,7 @@ mod tests {
                 exit: None,
                 from_proc: false,
                 images: Vec::new(),
+                leaf: false,
             };
             (ConnectRecord::pending(&ev), proc)
         };

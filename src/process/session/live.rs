@@ -63,6 +63,7 @@ impl SessionTracker {
             exit: None,
             from_proc: p.from_proc,
             images,
+            leaf: false,
         };
         out.push(SessionUpdate::Live(s.info.clone(), rec, what));
     }

@@ -915,7 +915,7 @@ fn suppressed_connects_no_record_follows_are_marked_on_a_record_of_their_own() {
     for d in 0..10u64 {
         out.extend(to_test_net(&mut t, 100 + d, 1 + d, d));
     }
-    assert_eq!((t.outbound().suppressed.get(), t.outbound().unmarked), (8, 8));
+    assert_eq!((t.outbound().suppressed.get(), t.outbound().unmarked.get()), (8, 8));
     // a fold window of quiet later: the two records leave, and the eight are marked on one
     // that counts none of its own (the last destination suppressed)
     out.extend(t.tick(200 + 12 * SEC));
@@ -925,7 +925,7 @@ fn suppressed_connects_no_record_follows_are_marked_on_a_record_of_their_own() {
         o.iter().map(|(_, c)| c.activity.map(|a| (a.count, a.suppressed_before)).unwrap()).collect();
     assert_eq!(marks, vec![(1, 0), (1, 0), (0, 8)]);
     assert_eq!(o[2].1.addr.to_string(), "203.0.113.10");
-    assert_eq!((t.outbound().unmarked, t.outbound().open_connects, t.outbound().mark_only), (0, 0, 1));
+    assert_eq!((t.outbound().unmarked.get(), t.outbound().open_connects.get(), t.outbound().mark_only), (0, 0, 1));
     let total: u64 = marks.iter().map(|(n, s)| n + s).sum();
     assert_eq!(total, 10, "every connect in a count or a mark");
 }

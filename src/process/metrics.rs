@@ -85,12 +85,12 @@ impl ProcessMetrics {
     }
 
     /// Publishes the tracker's sizes: at start, on the stage's 500 ms tick, and at shutdown
-    /// (its counts go straight into the series through [`SessionTracker::count_into`]).
+    /// (its counts, and the outbound connects it still holds, go straight into the series
+    /// through [`SessionTracker::count_into`]).
     pub fn observe(&self, t: &SessionTracker) {
         self.table_size.set(t.len() as i64);
         self.containers.set(t.containers() as i64);
         self.sessions_open.set(t.sessions() as i64);
-        let o = t.outbound();
         // the caches and the identity cache count their own totals; the series follow them
         let ids = t.identity_counters();
         for (what, n) in [("hashed", ids.hashed), ("unreadable", ids.unreadable), ("renamed", ids.renamed)] {
@@ -101,8 +101,5 @@ impl ProcessMetrics {
             let c = self.cache_evictions.get_or_create(&vec![("cache", cache)]);
             c.inc_by(n.saturating_sub(c.get()));
         }
-        let m = &self.shared;
-        m.outbound_pending.get_or_create(&vec![("what", "open")]).set(o.open_connects as i64);
-        m.outbound_pending.get_or_create(&vec![("what", "unmarked")]).set(o.unmarked as i64);
     }
 }

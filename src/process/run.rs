@@ -305,6 +305,8 @@ pub async fn run(
             // The gauges and cache series follow the tracker on the tick, not after every
             // event: observing costs 11 label look-ups, 5% of the agent's CPU in an exec
             // storm (BENCHMARKS.md, issue 15), and a scrape every few seconds cannot tell.
+            // (Not the outbound pending gauges: they move with the outbound counters, which a
+            // scrape reads with them; `Outbound::open_connects`.)
             // The reader sends what it drained in batches: one wakeup and one receive per batch
             // of up to 256 events, not per event (task switches were 14% of the agent's CPU in
             // the exec storm, issue 15).

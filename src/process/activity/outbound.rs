@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 
 use super::ActivityConfig;
 use crate::capture::event::{ProcessKey, Transport};
@@ -92,10 +93,17 @@ pub struct Outbound {
     /// Connects that opened a record (each record counts its first connect itself;
     /// `podtrail_outbound_connects_total{how="recorded"}`).
     pub opened: Counter,
-    /// Connects counted in records not handed out yet.
-    pub open_connects: u64,
-    /// Suppressed connects not marked on a record yet.
-    pub unmarked: u64,
+    /// Connects counted in records not handed out yet
+    /// (`podtrail_outbound_pending{what="open"}` after [`Outbound::count_into`]).
+    pub open_connects: Gauge,
+    /// Suppressed connects not marked on a record yet
+    /// (`podtrail_outbound_pending{what="unmarked"}`).
+    ///
+    /// Both move with the counters above, not on the stage's tick like the other gauges: a
+    /// scrape that reads them at 0 after the counters must not find a record still to come (on
+    /// the tick, a scrape soon after a short flood read the gauges of before it with the
+    /// flood's counts, and the mark-only record left after it: tests/e2e_flood.rs).
+    pub unmarked: Gauge,
     /// Serial that keeps the trace ids of one process's records apart.
     serial: u32,
     /// Serial of unfolded records (`fold_window_ms = 0`).
@@ -155,6 +163,8 @@ impl Outbound {
         self.folded = m.outbound_connects.get_or_create(&vec![("how", "folded")]).clone();
         self.opened = m.outbound_connects.get_or_create(&vec![("how", "recorded")]).clone();
         self.records = m.outbound_records.clone();
+        self.open_connects = m.outbound_pending.get_or_create(&vec![("what", "open")]).clone();
+        self.unmarked = m.outbound_pending.get_or_create(&vec![("what", "unmarked")]).clone();
     }
 
     /// A connect by a container process outside every session, already judged in scope.
@@ -236,7 +246,7 @@ impl Outbound {
             w.count += 1;
             w.last_ns = w.last_ns.max(c.ts_ns);
             self.folded.inc();
-            self.open_connects += 1;
+            self.open_connects.inc();
             return Some((k, false));
         }
         let b = self.buckets.entry(cgroup_id).or_insert(Bucket {
@@ -252,21 +262,22 @@ impl Outbound {
             if b.tokens < 1.0 {
                 if b.unmarked == 0 {
                     self.unmarked_from_ns =
-                        if self.unmarked == 0 { c.ts_ns } else { self.unmarked_from_ns.min(c.ts_ns) };
+                        if self.unmarked.get() == 0 { c.ts_ns } else { self.unmarked_from_ns.min(c.ts_ns) };
                 }
                 b.unmarked += 1;
                 b.last = Some(Box::new(Suppressed { c, proc, container }));
                 self.suppressed.inc();
-                self.unmarked += 1;
+                self.unmarked.inc();
                 return None;
             }
             b.tokens -= 1.0;
         }
         let suppressed_before = std::mem::take(&mut b.unmarked);
         b.last = None;
-        self.unmarked -= suppressed_before;
         self.opened.inc();
-        self.open_connects += 1;
+        self.open_connects.inc();
+        // the marks move into the open record: counted open before they leave unmarked
+        self.unmarked.dec_by(suppressed_before as i64);
         self.windows_from_ns = if self.windows.is_empty() { c.ts_ns } else { self.windows_from_ns.min(c.ts_ns) };
         let last_ns = c.ts_ns;
         let w = Window { first: c, cookie: Some(cookie), count: 1, last_ns, suppressed_before, proc, container };
@@ -296,7 +307,7 @@ impl Outbound {
             self.windows_from_ns = self.windows.values().map(|w| w.first.ts_ns).min().unwrap_or(0);
         }
         let quiet = window.max(MARK_QUIET_NS);
-        if self.unmarked > 0 && (all || now_ns.saturating_sub(self.unmarked_from_ns) >= quiet) {
+        if self.unmarked.get() > 0 && (all || now_ns.saturating_sub(self.unmarked_from_ns) >= quiet) {
             let mut due: Vec<(u64, u64)> = self
                 .buckets
                 .iter()
@@ -372,22 +383,25 @@ impl Outbound {
     fn mark_only(&mut self, cg: u64, out: &mut Vec<SessionUpdate>) {
         let Some(b) = self.buckets.get_mut(&cg) else { return };
         let (n, Some(last)) = (std::mem::take(&mut b.unmarked), b.last.take()) else { return };
-        self.unmarked -= n;
         self.mark_only += 1;
         let Suppressed { c, proc, container } = *last;
         let last_ns = c.ts_ns;
         let w = Window { first: c, cookie: None, count: 0, last_ns, suppressed_before: n, proc, container };
         self.emit_record(w, out);
+        // after the record is counted: a scrape that reads none unmarked reads it too
+        self.unmarked.dec_by(n as i64);
     }
 
     fn emit(&mut self, k: WindowKey, w: Window, out: &mut Vec<SessionUpdate>) {
-        self.open_connects -= w.count;
+        let count = w.count;
         if let Some(cookie) = w.cookie {
             if matches!(self.cookies.peek(&cookie), Some(Pending::Counted(ck)) if *ck == k) {
                 self.cookies.remove(&cookie);
             }
         }
         self.emit_record(w, out);
+        // after the record is counted, as in `mark_only`
+        self.open_connects.dec_by(count as i64);
     }
 
     fn emit_record(&mut self, w: Window, out: &mut Vec<SessionUpdate>) {
@@ -471,5 +485,57 @@ mod tests {
         assert_eq!(o.cookies_evicted(), 1, "one forgotten, not all");
         assert!(o.result(2).is_none(), "the least recently used cookie went");
         assert!(o.result(1).is_some() && o.result(3).is_some() && o.result(MAX_PENDING as u64 + 1).is_some());
+    }
+
+    #[test]
+    fn the_pending_gauges_move_with_the_counters() {
+        // a scrape reads the counters and the pending gauges together: gauges at 0 must mean
+        // no record is still to come (published on the stage's tick, they lagged: a scrape just
+        // after a short flood read its counts with the gauges of before it, 0 and 0, and the
+        // mark-only record came later; tests/e2e_flood.rs)
+        let cfg = ActivityConfig { burst: 1, rate_per_s: 1, ..ActivityConfig::default() };
+        let m = crate::metrics::Metrics::default();
+        let mut o = Outbound::default();
+        o.count_into(&m);
+        let pending = |what: &'static str| m.outbound_pending.get_or_create(&vec![("what", what)]).get();
+        let tcp = |d: u64| {
+            let ev = crate::capture::event::ConnectEvent {
+                ts_ns: 1_000 + d,
+                pid: 7,
+                tid: 7,
+                cgroup_id: 1,
+                cookie: d,
+                transport: Transport::Tcp,
+                addr: format!("198.18.0.{}", 1 + d).parse().unwrap(),
+                port: 443,
+                mapped: false,
+            };
+            ConnectRecord::pending(&ev)
+        };
+        let proc = ProcessRecord {
+            key: ProcessKey { pid: 7, start_ns: 1 },
+            parent: None,
+            parent_exec_index: None,
+            nspid: 7,
+            fork_ns: 1,
+            exit_ns: None,
+            exit: None,
+            from_proc: false,
+            images: Vec::new(),
+            leaf: false,
+        };
+        // one record, then two destinations over the burst
+        for d in 0..3 {
+            o.connect(&cfg, tcp(d), d, proc.clone(), Default::default(), 1);
+        }
+        assert_eq!((pending("open"), pending("unmarked")), (1, 2), "no tick needed");
+        assert_eq!(
+            (m.outbound_records.get(), m.events_lost.get_or_create(&vec![("reason", "rate_limit")]).get()),
+            (0, 2)
+        );
+        let mut out = Vec::new();
+        o.flush(&cfg, 100_000_000_000, false, &mut out);
+        assert_eq!(m.outbound_records.get(), 2, "the record and a mark-only one for the two suppressed");
+        assert_eq!((pending("open"), pending("unmarked")), (0, 0));
     }
 }

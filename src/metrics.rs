@@ -148,6 +148,15 @@ impl Metrics {
             "Sessions exported unattributed still waiting for a late record",
             self.sessions_unattributed.clone(),
         );
+        // before the outbound counters: a scrape reads the series in this order, so the
+        // pending gauges read at 0 mean every record they waited for is in the counters read
+        // after them (each gauge goes down after its record is counted: `Outbound`)
+        reg.register(
+            "podtrail_outbound_pending",
+            "Outbound connects the process stage still holds, by what (open: in a trace not handed out yet, \
+             unmarked: suppressed, not yet marked on a trace)",
+            self.outbound_pending.clone(),
+        );
         reg.register(
             "podtrail_outbound_records",
             "Outbound traces (connects outside sessions) handed out by the process stage",
@@ -158,12 +167,6 @@ impl Metrics {
             "Outbound connects counted in a trace, by how (recorded: opened one, folded: into an open one); \
              those the rate limit suppressed are podtrail_events_lost_total{reason=\"rate_limit\"}",
             self.outbound_connects.clone(),
-        );
-        reg.register(
-            "podtrail_outbound_pending",
-            "Outbound connects the process stage still holds, by what (open: in a trace not handed out yet, \
-             unmarked: suppressed, not yet marked on a trace)",
-            self.outbound_pending.clone(),
         );
         reg.register(
             "podtrail_alerts",

@@ -99,10 +99,11 @@ pub struct Outbound {
     /// Suppressed connects not marked on a record yet
     /// (`podtrail_outbound_pending{what="unmarked"}`).
     ///
-    /// Both move with the counters above, not on the stage's tick like the other gauges: a
-    /// scrape that reads them at 0 after the counters must not find a record still to come (on
-    /// the tick, a scrape soon after a short flood read the gauges of before it with the
-    /// flood's counts, and the mark-only record left after it: tests/e2e_flood.rs).
+    /// Both move with the counters above, not on the stage's tick like the other gauges, and
+    /// are registered before them (a scrape reads them first): a scrape that reads them at 0
+    /// must not find a record still to come (on the tick, a scrape soon after a short flood
+    /// read the gauges of before it with the flood's counts, and the mark-only record left
+    /// after it: tests/e2e_flood.rs).
     pub unmarked: Gauge,
     /// Serial that keeps the trace ids of one process's records apart.
     serial: u32,

@@ -301,6 +301,11 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
                 "Exec probe sessions (exported only with kube.export_probes)",
                 filter.probes.clone(),
             );
+            reg.lock().unwrap_or_else(|p| p.into_inner()).register(
+                "podtrail_sessions_pod_unknown",
+                "Sessions of a pod container whose pod the pod index did not know when they started",
+                filter.pods_unknown.clone(),
+            );
             let (tx, mut rx) =
                 mpsc::channel::<crate::model::UpdateBatch>(crate::model::batches_for(cfg.process_channel));
             let out = upd_tx;

@@ -1197,6 +1197,38 @@ fn a_short_session_that_ended_before_the_loss_count_arrived_is_marked() {
     assert_eq!(ended(&rest).iter().map(|i| i.id).collect::<Vec<_>>(), [SessionId(key(1020))]);
 }
 
+/// A pod's container that lives less than containerd takes to answer (`timeout 5 tcpdump`
+/// failing at once): its watched run has ended, and waits for the loss counts, when the labels
+/// come. The root is built from what its `Ended` carries: the labels must reach it there.
+#[test]
+fn container_labels_reach_a_session_that_ended_before_they_came() {
+    use podtrail::process::run::LOSS_SETTLE;
+    let mut t = tracker();
+    t.set_loss_settle(LOSS_SETTLE);
+    let mut out = start_container_c(&mut t);
+    out.extend(t.handle(&fork(80, 1050, 1001, C)));
+    out.extend(t.handle(&exec_in(81, 1050, 1001, &["tcpdump", "-i", "lo"])));
+    out.extend(t.handle(&exit(82, 1050, C, 1)));
+    assert!(ended(&out).is_empty(), "waits for the loss counts");
+    t.update_container(ContainerInfo {
+        id: "web".into(),
+        cgroup_id: C,
+        pod_namespace: Some("billing".into()),
+        pod_name: Some("sniffer".into()),
+        container_name: Some("main".into()),
+        source: "containerd_labels",
+        ..Default::default()
+    });
+    out.extend(t.tick(82 + LOSS_SETTLE.as_nanos() as u64));
+    let e = ended(&out);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].kind, SessionKind::Watched);
+    assert_eq!(
+        (e[0].container.pod_name.as_deref(), e[0].container.container_name.as_deref(), e[0].container.source),
+        (Some("sniffer"), Some("main"), "containerd_labels")
+    );
+}
+
 /// Issue 14: the kernel could not write a session root's exec; its child's exec inside the
 /// container still opens the session, partial and marked.
 #[test]

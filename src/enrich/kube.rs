@@ -65,6 +65,8 @@ struct State {
     by_container: HashMap<String, PodInfo>,
     /// pod uid -> (namespace/name, container ids).
     by_pod: HashMap<String, (String, Vec<String>)>,
+    /// pod uid -> the pod's own metadata (no container: [`PodIndex::by_pod_uid`]).
+    pods: HashMap<String, PodInfo>,
 }
 
 /// Shared, cheap to clone; readers never wait for the API.
@@ -90,6 +92,15 @@ impl PodIndex {
 
     pub fn by_container_id(&self, id: &str) -> Option<PodInfo> {
         self.read().by_container.get(normalize_container_id(id)).cloned()
+    }
+
+    /// The pod with this uid, without a container (`container_name`, image and probes empty).
+    /// A pod is indexed from the moment it is bound to the node, before any of its containers
+    /// starts; a container id is indexed only once the kubelet reports it in the pod's status,
+    /// about a second after the start: a container that lives less than that is known by its
+    /// pod alone while it runs (the pod uid comes from its cgroup path).
+    pub fn by_pod_uid(&self, uid: &str) -> Option<PodInfo> {
+        self.read().pods.get(uid).cloned()
     }
 
     /// Is `argv` one of the exec probe commands of this container?
@@ -153,7 +164,7 @@ impl PodIndex {
     /// A pod was added or changed.
     pub fn apply(&self, pod: &Pod) {
         let Some(uid) = pod.metadata.uid.clone() else { return };
-        let entries = pod_entries(pod);
+        let (base, entries) = pod_entries(pod);
         let name_key = pod_key(pod);
         let mut st = self.write();
         // Same namespace/name under another uid: the old pod is gone even if its delete has
@@ -167,6 +178,9 @@ impl PodIndex {
         let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
         for (id, info) in entries {
             st.by_container.insert(id, info);
+        }
+        if let Some(base) = base {
+            st.pods.insert(uid.clone(), base);
         }
         st.by_pod.insert(uid, (name_key, ids));
     }
@@ -190,6 +204,7 @@ impl PodIndex {
 }
 
 fn remove_pod(st: &mut State, uid: &str) {
+    st.pods.remove(uid);
     if let Some((_, ids)) = st.by_pod.remove(uid) {
         for id in ids {
             // Only if the id still belongs to this pod (ids are unique, but be exact).
@@ -232,9 +247,10 @@ fn ephemeral_probes(c: &EphemeralContainer) -> Vec<Vec<String>> {
     [&c.liveness_probe, &c.readiness_probe, &c.startup_probe].into_iter().filter_map(probe_exec).collect()
 }
 
-/// (container id, info) for every container of the pod that has an id.
-fn pod_entries(pod: &Pod) -> Vec<(String, PodInfo)> {
-    let (Some(uid), Some(spec)) = (pod.metadata.uid.clone(), pod.spec.as_ref()) else { return Vec::new() };
+/// The pod's own metadata (no container), and (container id, info) for every container of the
+/// pod that has an id.
+fn pod_entries(pod: &Pod) -> (Option<PodInfo>, Vec<(String, PodInfo)>) {
+    let (Some(uid), Some(spec)) = (pod.metadata.uid.clone(), pod.spec.as_ref()) else { return (None, Vec::new()) };
     let mut probe_map: HashMap<&str, Vec<Vec<String>>> = HashMap::new();
     for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
         probe_map.insert(c.name.as_str(), probes(c));
@@ -255,7 +271,7 @@ fn pod_entries(pod: &Pod) -> Vec<(String, PodInfo)> {
         image_id: String::new(),
         probe_commands: Vec::new(),
     };
-    let Some(status) = pod.status.as_ref() else { return Vec::new() };
+    let Some(status) = pod.status.as_ref() else { return (Some(base), Vec::new()) };
     let lists: [(&Option<Vec<ContainerStatus>>, ContainerKind); 3] = [
         (&status.container_statuses, ContainerKind::Regular),
         (&status.init_container_statuses, ContainerKind::Init),
@@ -276,7 +292,7 @@ fn pod_entries(pod: &Pod) -> Vec<(String, PodInfo)> {
             out.push((id.to_owned(), info));
         }
     }
-    out
+    (Some(base), out)
 }
 
 impl PodInfo {
@@ -304,7 +320,11 @@ impl PodInfo {
         set(&mut c.pod_namespace, &self.namespace);
         set(&mut c.pod_name, &self.pod_name);
         set(&mut c.pod_uid, &self.pod_uid);
-        set(&mut c.container_name, &self.container_name);
+        // empty for a pod known without this container ([`PodIndex::by_pod_uid`]): the
+        // runtime's name, if any, stays
+        if !self.container_name.is_empty() {
+            set(&mut c.container_name, &self.container_name);
+        }
         if let Some(w) = &self.workload {
             set(&mut c.workload_kind, &w.kind);
             set(&mut c.workload_name, &w.name);

@@ -301,10 +301,12 @@ def chart_values(ports, env, backends, pki_files, state_dir):
         "clusterName": "podtrail-test",
         # the shipped collector config: TLS, client certificates required
         "collector": {"endpoint": f"https://{backends['COLLECTOR_OTLP_GRPC']}"},
+        # PODTRAIL_CLUSTER_AGENT_LOG: the agent's log filter (PODTRAIL_LOG), to look into a failure
         "agent": {"hostNetwork": True, "containerdSocket": env["CONTAINERD_SOCK"],
                   # this run's state directory, not the machine's /var/lib/podtrail
                   "stateDir": str(state_dir), "metricsPort": ports["agent_metrics"],
-                  "extraEnv": api_env},
+                  "extraEnv": api_env + ([{"name": "PODTRAIL_LOG", "value": os.environ["PODTRAIL_CLUSTER_AGENT_LOG"]}]
+                                         if os.environ.get("PODTRAIL_CLUSTER_AGENT_LOG") else [])},
         "receiver": {"replicas": 1, "hostNetwork": True, "extraEnv": api_env,
                      "ports": {"audit": ports["audit"], "admission": ports["admission"],
                                "stream": ports["stream"], "metrics": ports["receiver_metrics"]}},
@@ -312,6 +314,9 @@ def chart_values(ports, env, backends, pki_files, state_dir):
                              "caBundle": base64.b64encode(pathlib.Path(pki_files["ca.crt"]).read_bytes()).decode()},
         # loopback listeners: in the host network a pod's 0.0.0.0 is the machine's
         "config": {
+            # PODTRAIL_CLUSTER_POLL_MS: run the suite at another capture.poll_ms (issue 15)
+            **({"capture": {"poll_ms": int(os.environ["PODTRAIL_CLUSTER_POLL_MS"])}}
+               if os.environ.get("PODTRAIL_CLUSTER_POLL_MS") else {}),
             "attribution": {"receivers": [f"https://127.0.0.1:{ports['stream']}"]},
             "metrics": {"listen": f"127.0.0.1:{ports['agent_metrics']}"},
             "receiver": {"audit_listen": f"127.0.0.1:{ports['audit']}",

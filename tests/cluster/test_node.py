@@ -109,9 +109,14 @@ def test_tcpdump_on_the_host_and_in_a_pod(cluster, seen):
 
     def both():
         ts = jaeger_search(cluster, {"process.executable.name": "tcpdump"})
-        host = [t for t in ts if any(s.get("k8s.pod.name") is None and "tcpdump" in s.name for s in t.spans)]
+        host = [t for t in ts if any(not s.get("container.id") and "tcpdump" in s.name for s in t.spans)]
+        # the pod's container runs for a moment (tcpdump fails at once here, or times out in
+        # 5 s): over before the kubelet reports its id, yet every span of its trace, the
+        # tcpdump span and its alert built as tcpdump ends included, names its pod
         inpod = [t for t in ts if any(s.get("k8s.pod.name") == "sniffer" for s in t.spans)]
-        found.update(traces=len(ts), host=len(host), inpod=len(inpod))
+        found.update(traces=len(ts), host=len(host), inpod=len(inpod),
+                     inpod_spans=[(s.name, s.get("k8s.pod.name"), s.get("k8s.namespace.name"))
+                                  for t in inpod for s in t.spans])
         return (host, inpod) if host and inpod else None
 
     try:
@@ -122,6 +127,11 @@ def test_tcpdump_on_the_host_and_in_a_pod(cluster, seen):
         print(f"tcpdump traces found: {found}; sniffer status: {status.stdout}\nlogs: {logs.stdout}{logs.stderr}")
         raise
     assert host and inpod
+    for t in inpod:
+        assert any(s.name == "tcpdump" for s in t.spans), t.spans
+        unnamed = [(s.name, s.attrs) for s in t.spans if s.get("k8s.pod.name") != "sniffer"
+                   or s.get("k8s.namespace.name") != NAMESPACE]
+        assert not unnamed, f"spans of the pod's tcpdump without its pod: {unnamed}"
     seen["tcpdump_trace_ids"] = {t.trace_id.rjust(32, "0") for t in host + inpod}
 
 

@@ -14,7 +14,8 @@ use super::{PodIndex, PodInfo};
 use crate::model::{ContainerInfo, SessionId, SessionUpdate, Text};
 
 /// Between the process and span stages, in a cluster: puts the pod index's metadata on every
-/// update of a session whose container it knows, and marks the sessions that look like exec
+/// update of a session whose container it knows (or, until the kubelet reports a new
+/// container's id, whose pod it knows by the uid of the container's cgroup path), and marks the sessions that look like exec
 /// probes (a root whose argv is one of its container's probe commands; `SessionInfo::probe`)
 /// unless `export_probes`. The span stage drops a marked session only when nothing else
 /// explains it: no API request matched within the hold and no terminal (a `kubectl exec` of
@@ -33,6 +34,10 @@ pub struct SessionFilter {
     /// `enriched`'s size after its last sweep.
     swept: usize,
     pub probes: prometheus_client::metrics::counter::Counter,
+    /// Sessions of a pod container (a pod uid in its cgroup path) whose pod the index did not
+    /// know when the session was first seen: their spans lack the pod's metadata until the
+    /// index learns it (the pod watch lagging behind the kubelet).
+    pub pods_unknown: prometheus_client::metrics::counter::Counter,
 }
 
 /// A container as [`SessionFilter`] passed it on: worked out from the process stage's `from`
@@ -53,6 +58,7 @@ impl SessionFilter {
             enriched: HashMap::new(),
             swept: 0,
             probes: Default::default(),
+            pods_unknown: Default::default(),
         }
     }
 
@@ -74,12 +80,24 @@ impl SessionFilter {
         match known.filter(|s| s.generation == generation && std::ptr::eq(s.from.as_ptr(), Arc::as_ptr(info))) {
             Some(s) => *info = s.to.clone(),
             None => {
-                let pod = self.index.by_container_id(&info.container.id);
+                let by_container = self.index.by_container_id(&info.container.id);
+                let known_container = by_container.is_some();
+                // a container the kubelet has not reported yet (it started less than about a
+                // second ago, maybe already gone): its pod, by the uid of its cgroup path
+                let pod =
+                    by_container.or_else(|| info.container.pod_uid.as_deref().and_then(|u| self.index.by_pod_uid(u)));
                 let probe = match known {
                     Some(s) => s.probe,
                     None => {
+                        if pod.is_none() && info.container.pod_uid.is_some() {
+                            self.pods_unknown.inc();
+                            tracing::debug!(
+                                container = %info.container.id, pod_uid = ?info.container.pod_uid,
+                                "session of a pod container the pod index does not know (yet)"
+                            );
+                        }
                         let argv: Vec<String> = info.root_argv.iter().map(|a| crate::text::escape(a)).collect();
-                        let probe = pod.is_some() && self.index.is_probe(&info.container.id, &argv);
+                        let probe = known_container && self.index.is_probe(&info.container.id, &argv);
                         if probe {
                             self.probes.inc();
                         }
@@ -230,6 +248,52 @@ mod tests {
         let mut all = SessionFilter::new(f.index.clone(), true);
         assert!(!marked(all.pass(SessionUpdate::Started(session(13, &["cat", "/tmp/healthy"]).into()))));
         assert_eq!(all.probes.get(), 1, "exported on request, still counted");
+    }
+
+    /// A container that runs and exits before the kubelet reports its id (`timeout 5 tcpdump`
+    /// failing at once in a pod): its sessions get its pod by the uid of its cgroup path.
+    #[test]
+    fn a_container_not_in_the_pod_status_yet_gets_its_pod_by_uid() {
+        use crate::model::*;
+        let index = PodIndex::new();
+        let mut pod = probed_pod();
+        pod.status = None; // bound to the node, nothing started yet
+        index.apply(&pod);
+        let mut f = SessionFilter::new(index.clone(), false).with_pod_labels(vec!["app".into()]);
+        let c = |id: &str, uid: &str| ContainerInfo {
+            id: id.into(),
+            pod_uid: Some(uid.into()),
+            container_name: Some("api".into()), // containerd's label, when it answered in time
+            source: "cgroup",
+            ..Default::default()
+        };
+        let run = |f: &mut SessionFilter, pid: u32, c: ContainerInfo| {
+            let i = SessionInfo { container: Arc::new(c), ..session(pid, &["tcpdump"]) };
+            match f.pass(SessionUpdate::Started(i.into())) {
+                Some(SessionUpdate::Started(i)) => i.container.clone(),
+                _ => panic!("passes"),
+            }
+        };
+        let early = run(&mut f, 11, c("c9", "u-1"));
+        assert_eq!(
+            (early.pod_namespace.as_deref(), early.pod_name.as_deref(), early.container_name.as_deref()),
+            (Some("billing"), Some("api-7d9c"), Some("api")),
+            "the pod's metadata; the runtime's container name stays"
+        );
+        assert_eq!(early.pod_labels, vec![(Text::from("app"), Text::from("api"))]);
+        assert_eq!(early.image_name, None, "the image is the container's: not known yet");
+        assert_eq!(f.pods_unknown.get(), 0);
+        // once the status names it, the container's own entry
+        index.apply(&probed_pod());
+        let known = run(&mut f, 12, ContainerInfo { container_name: None, ..c("c1", "u-1") });
+        assert_eq!(known.image_name.as_deref(), Some("registry.example/billing/api:1.4"));
+        // a pod the index does not know: nothing to add, counted once per session
+        let unknown = run(&mut f, 13, c("c7", "u-2"));
+        assert_eq!(unknown.pod_name, None);
+        assert_eq!(f.pods_unknown.get(), 1);
+        // the pod deleted: gone by uid too
+        index.delete(&probed_pod());
+        assert!(index.by_pod_uid("u-1").is_none());
     }
 
     #[test]

@@ -323,6 +323,22 @@ impl SessionTracker {
             let merged = table.cloned().unwrap_or_else(|| Arc::new(merged));
             Arc::make_mut(&mut s.info).container = merged;
         }
+        // and the ended sessions still waiting for the loss counts: a container that lived
+        // less than containerd takes to answer (a pod's `timeout 5 tcpdump` that fails at
+        // once) has ended its sessions before the labels come, and their roots are built from
+        // the info their `Ended` carries. Few wait (LOSS_SETTLE's worth of ended sessions).
+        for (_, i) in self.ending.iter_mut() {
+            let c = &i.container;
+            let same = cgroups.contains(&c.cgroup_id) || (!info.id.is_empty() && c.id == info.id);
+            if !same {
+                continue;
+            }
+            let mut merged = crate::model::ContainerInfo::clone(c);
+            super::containers::merge_info(&mut merged, &info);
+            if merged != **c {
+                Arc::make_mut(i).container = Arc::new(merged);
+            }
+        }
     }
 
     /// Open a session learned from /proc (its members are added with [`Self::adopt`]).

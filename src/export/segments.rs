@@ -2,9 +2,11 @@
 //! records in one directory, within a byte budget.
 //!
 //! In: batches of record bodies (see [`super::codec`]). Out: the same bodies, oldest first,
-//! to a reader that acknowledges them once exported; a segment file is deleted only when every
-//! record in it was acknowledged, and an `ack` file remembers how far into the oldest segment
-//! the acknowledged records reach, so a restart resends at most what was in flight.
+//! to a reader that acknowledges them once exported (from memory when this run wrote them and
+//! still keeps them, else from their files: `segments/read.rs`); a segment file is deleted
+//! only when every record in it was acknowledged, and an `ack` file remembers how far into the
+//! oldest segment the acknowledged records reach, so a restart resends at most what was in
+//! flight.
 //! Dropped, each reported to the caller to count: whole oldest segments when a batch would
 //! take the directory over its budget ([`Evicted`], with the metadata of the records in them
 //! that were never read); a batch whose write failed (a full disk: the segment is cut back to

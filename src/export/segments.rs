@@ -2,9 +2,11 @@
 //! records in one directory, within a byte budget.
 //!
 //! In: batches of record bodies (see [`super::codec`]). Out: the same bodies, oldest first,
-//! to a reader that acknowledges them once exported; a segment file is deleted only when every
-//! record in it was acknowledged, and an `ack` file remembers how far into the oldest segment
-//! the acknowledged records reach, so a restart resends at most what was in flight.
+//! to a reader that acknowledges them once exported (from memory when this run wrote them and
+//! still keeps them, else from their files: `segments/read.rs`); a segment file is deleted
+//! only when every record in it was acknowledged, and an `ack` file remembers how far into the
+//! oldest segment the acknowledged records reach, so a restart resends at most what was in
+//! flight.
 //! Dropped, each reported to the caller to count: whole oldest segments when a batch would
 //! take the directory over its budget ([`Evicted`], with the metadata of the records in them
 //! that were never read); a batch whose write failed (a full disk: the segment is cut back to
@@ -32,6 +34,8 @@ const REC_HEAD: u64 = 8;
 /// Longer than any span podtrail builds by far; a longer length is damage.
 pub const MAX_RECORD: u32 = 16 << 20;
 const CHUNK: usize = 256 << 10;
+/// The most bytes of written records kept in memory for the reader ([`Kept`]).
+pub const KEPT_MAX: usize = 4 << 20;
 
 /// When written records are forced to the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,14 +56,19 @@ pub struct StoreConfig {
     pub budget: u64,
     pub segment_max: u64,
     pub fsync: Fsync,
+    /// Bytes of records appended and not yet read that are kept in memory for the reader
+    /// ([`Kept`]); 0: every record is read back from its file.
+    pub kept: usize,
 }
 
 impl StoreConfig {
     /// Segments of an eighth of the budget (at most 64 MiB, at least 64 KiB): eviction loses
-    /// at most that much at once.
+    /// at most that much at once. Up to a sixteenth of the budget, at most [`KEPT_MAX`], of
+    /// records not read yet kept in memory.
     pub fn new(dir: PathBuf, budget: u64, fsync: Fsync) -> StoreConfig {
         let segment_max = (budget / 8).clamp(64 << 10, 64 << 20);
-        StoreConfig { dir, budget, segment_max, fsync }
+        let kept = (budget / 16).min(KEPT_MAX as u64) as usize;
+        StoreConfig { dir, budget, segment_max, fsync, kept }
     }
 }
 
@@ -119,6 +128,10 @@ pub struct SegmentStore {
     ack_file: File,
     bytes: u64,
     unread: u64,
+    /// Records appended by this run and not read yet, as they were written ([`Kept`]).
+    kept: Kept,
+    /// The reader's buffer, kept between reads (zeroed once, not per read).
+    chunk: Vec<u8>,
 }
 
 fn seg_path(dir: &Path, seq: u64) -> PathBuf {
@@ -327,8 +340,20 @@ impl SegmentStore {
         };
         let first = segments.front().map(|s| s.seq).unwrap_or(1);
         let read = if read == Pos::default() { Pos { seq: first, off: HEADER } } else { read };
-        let store =
-            SegmentStore { cfg, segments, writer, reader: None, read, ack: read, ack_file, bytes, unread: rec.records };
+        let kept = Kept::new(cfg.kept);
+        let store = SegmentStore {
+            cfg,
+            segments,
+            writer,
+            reader: None,
+            read,
+            ack: read,
+            ack_file,
+            bytes,
+            unread: rec.records,
+            kept,
+            chunk: Vec::new(),
+        };
         rec.took = t0.elapsed();
         Ok((store, rec))
     }
@@ -361,8 +386,9 @@ impl SegmentStore {
 
     /// Appends a batch of record bodies, evicting the oldest segments first when the batch
     /// would take the directory over its budget. On a failed write the segment is cut back to
-    /// where it was and the error returned: none of the batch is in the queue.
-    pub fn append(&mut self, bodies: &[Vec<u8>]) -> Result<Evicted, StoreError> {
+    /// where it was and the error returned: none of the batch is in the queue. Once written,
+    /// the bodies are kept for the reader as far as [`Kept`] has room.
+    pub fn append(&mut self, bodies: Vec<Vec<u8>>) -> Result<Evicted, StoreError> {
         let mut ev = Evicted::default();
         if bodies.is_empty() {
             return Ok(ev);
@@ -386,7 +412,7 @@ impl SegmentStore {
         let path = seg_path(&self.cfg.dir, seq);
         let before = self.active().len;
         let mut res = Ok(());
-        for b in bodies {
+        for b in &bodies {
             buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
             buf.extend_from_slice(&crc32fast::hash(b).to_le_bytes());
             buf.extend_from_slice(b);
@@ -414,6 +440,7 @@ impl SegmentStore {
         self.active().len = before + total;
         self.bytes += total;
         self.unread += bodies.len() as u64;
+        self.kept.add(seq, before, bodies);
         Ok(ev)
     }
 
@@ -427,6 +454,7 @@ impl SegmentStore {
             ev.unread.extend(s.metas);
         }
         fs::remove_file(&path).map_err(io_err(&path))?;
+        self.kept.forget_segment(seg.seq);
         if self.reader.as_ref().is_some_and(|(s, _)| *s == seg.seq) {
             self.reader = None;
         }
@@ -441,94 +469,6 @@ impl SegmentStore {
             self.ack = next;
         }
         Ok(())
-    }
-
-    /// Up to `max` records from the read position on, each with the position after it (what
-    /// to acknowledge once it was exported). Damaged segments met on the way are moved aside
-    /// and reported in `ev`.
-    pub fn read(&mut self, max: usize, ev: &mut Evicted) -> Result<Vec<(Vec<u8>, Pos)>, StoreError> {
-        let mut out = Vec::new();
-        let mut chunk = Vec::new();
-        while out.len() < max {
-            let Some(i) = self.segments.iter().position(|s| s.seq >= self.read.seq) else { break };
-            let (seq, len, last) = (self.segments[i].seq, self.segments[i].len, i + 1 == self.segments.len());
-            if seq > self.read.seq {
-                self.read = Pos { seq, off: HEADER };
-            }
-            if self.read.off >= len {
-                if last {
-                    break;
-                }
-                self.read = Pos { seq: self.segments[i + 1].seq, off: HEADER };
-                continue;
-            }
-            let path = seg_path(&self.cfg.dir, seq);
-            if self.reader.as_ref().is_none_or(|(s, _)| *s != seq) {
-                self.reader = Some((seq, File::open(&path).map_err(io_err(&path))?));
-            }
-            let want = ((len - self.read.off) as usize).min(CHUNK);
-            chunk.resize(want, 0);
-            let file = &self.reader.as_ref().expect("opened above").1;
-            file.read_exact_at(&mut chunk, self.read.off).map_err(io_err(&path))?;
-            let mut at = 0usize;
-            let mut damaged = false;
-            while out.len() < max && at + REC_HEAD as usize <= chunk.len() {
-                let n = u32::from_le_bytes(chunk[at..at + 4].try_into().unwrap_or_default()) as usize;
-                let crc = u32::from_le_bytes(chunk[at + 4..at + 8].try_into().unwrap_or_default());
-                let end = self.read.off + (at + REC_HEAD as usize + n) as u64;
-                if n > MAX_RECORD as usize || end > len {
-                    damaged = true;
-                    break;
-                }
-                let body = if at + 8 + n <= chunk.len() {
-                    chunk[at + 8..at + 8 + n].to_vec()
-                } else if at == 0 {
-                    // one record longer than a chunk
-                    let mut b = vec![0u8; n];
-                    file.read_exact_at(&mut b, self.read.off + REC_HEAD).map_err(io_err(&path))?;
-                    b
-                } else {
-                    break;
-                };
-                if crc32fast::hash(&body) != crc {
-                    damaged = true;
-                    break;
-                }
-                at += REC_HEAD as usize + n;
-                out.push((body, Pos { seq, off: end }));
-                self.unread = self.unread.saturating_sub(1);
-            }
-            self.read.off += at as u64;
-            if damaged {
-                // checked at open, so this is damage since: the rest of this segment is lost
-                if last {
-                    self.roll()?;
-                }
-                let good = self.read.off;
-                let to = move_aside(&self.cfg.dir, &path, 0).map_err(io_err(&path))?;
-                tracing::error!(segment = %path.display(), moved_to = %to.display(), at = good, "queue segment damaged while reading: moved aside, the records after the damage are lost");
-                if let Some(j) = self.segments.iter().position(|s| s.seq == seq) {
-                    let s = self.segments.remove(j).expect("found");
-                    self.bytes -= s.len;
-                }
-                self.reader = None;
-                ev.corrupt.push(to);
-                self.unread = self.count_unread();
-            }
-        }
-        Ok(out)
-    }
-
-    fn count_unread(&self) -> u64 {
-        // only after damage: rescan what is left to read
-        let mut n = 0;
-        for s in &self.segments {
-            if s.seq >= self.read.seq {
-                let from = if s.seq == self.read.seq { self.read.off } else { 0 };
-                n += scan(&seg_path(&self.cfg.dir, s.seq), from, false).map(|s| s.records).unwrap_or(0);
-            }
-        }
-        n
     }
 
     /// Everything before `upto` was exported: deletes the segments it covers and records the
@@ -583,6 +523,9 @@ impl SegmentStore {
     }
 }
 
+mod read;
 #[cfg(test)]
 #[path = "segments_tests.rs"]
 mod tests;
+
+pub use read::{Kept, Record};

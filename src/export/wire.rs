@@ -415,52 +415,6 @@ fn encode_span_as(span: &SpanData, field: Option<u32>, head: &[u8], out: &mut Ve
     }
 }
 
-/// Whether `b` is a sequence of well-formed protobuf fields (keys, lengths within the
-/// message) with a span's trace and span id: the check the durable queue makes on a record it
-/// sends without decoding (its checksum already caught damage on disk; this catches a record
-/// that was never a span).
-pub fn well_formed(mut b: &[u8]) -> bool {
-    fn varint(b: &mut &[u8]) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&x, rest) = b.split_first()?;
-            *b = rest;
-            v |= ((x & 0x7f) as u64) << shift;
-            if x < 0x80 {
-                return Some(v);
-            }
-        }
-        None
-    }
-    let mut ids = 0;
-    while !b.is_empty() {
-        let Some(key) = varint(&mut b) else { return false };
-        let skip = match key & 7 {
-            0 => match varint(&mut b) {
-                Some(_) => 0,
-                None => return false,
-            },
-            1 => 8,
-            5 => 4,
-            2 => match varint(&mut b) {
-                Some(n) if n as usize <= b.len() => {
-                    if (key >> 3 == 1 && n == 16) || (key >> 3 == 2 && n == 8) {
-                        ids += 1;
-                    }
-                    n as usize
-                }
-                _ => return false,
-            },
-            _ => return false,
-        };
-        if skip > b.len() || key >> 3 == 0 {
-            return false;
-        }
-        b = &b[skip..];
-    }
-    ids == 2
-}
-
 // ---- requests ---------------------------------------------------------------------------
 
 /// The parts of a request that are the same for every batch of a sink: the resource's fields
@@ -620,5 +574,8 @@ impl Batch {
     }
 }
 
+mod check;
 #[cfg(test)]
 mod tests;
+
+pub use check::well_formed;

@@ -3,12 +3,13 @@
 //! and batches read back from disk, oldest first.
 
 use super::*;
+use crate::export::segments::Record;
 
 impl ExportQueue {
     pub(super) fn write(&self, batch: &[Meta], bodies: Vec<Vec<u8>>) {
         let mut g = self.lock();
         let Store::Disk(store) = &mut g.store else { return };
-        let res = store.append(&bodies);
+        let res = store.append(bodies);
         let bytes = store.bytes();
         match res {
             Ok(ev) => {
@@ -63,16 +64,16 @@ impl ExportQueue {
     /// Disk: the next records' bodies, marked in flight, with the queue still locked (for
     /// the caller to keep what a retry needs) and what the read evicted; None when the queue
     /// is not on disk or the read failed (counted and logged: the caller tries again).
-    fn next_bodies(&self, max: usize) -> Option<(MutexGuard<'_, Inner>, Vec<Vec<u8>>, Evicted)> {
+    fn next_bodies(&self, max: usize) -> Option<(MutexGuard<'_, Inner>, Vec<Record>, Evicted)> {
         let mut g = self.lock();
         let Store::Disk(store) = &mut g.store else { return None };
         let mut ev = Evicted::default();
         match store.read(max, &mut ev) {
             Ok(records) => {
-                if let Some((_, end)) = records.last() {
-                    g.in_flight = Some(*end);
+                if let Some(r) = records.last() {
+                    g.in_flight = Some(r.end);
                 }
-                Some((g, records.into_iter().map(|(body, _)| body).collect(), ev))
+                Some((g, records, ev))
             }
             Err(e) => {
                 drop(g);
@@ -88,7 +89,7 @@ impl ExportQueue {
         let mut out = Vec::new();
         let mut bad = 0u64;
         let mut kept = Vec::with_capacity(bodies.len());
-        for body in bodies {
+        for Record { body, .. } in bodies {
             match codec::decode(&body) {
                 Ok(q) => {
                     out.push(q);
@@ -108,15 +109,18 @@ impl ExportQueue {
     }
 
     /// Disk: the next records as they are, for a sender that puts them on the wire without
-    /// decoding them; one whose metadata or protobuf framing is broken is counted and skipped,
-    /// as [`Self::read_disk`] does with one that does not decode.
+    /// decoding them; one read from its file whose metadata or protobuf framing is broken is
+    /// counted and skipped, as [`Self::read_disk`] does with one that does not decode. A record
+    /// this process encoded and kept in memory ([`crate::export::segments::Kept`]) is a span by
+    /// construction: its framing is not walked again.
     pub(super) fn read_records(&self, max: usize) -> Vec<(Meta, Vec<u8>)> {
         let Some((g, bodies, ev)) = self.next_bodies(max) else { return Vec::new() };
         drop(g);
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(bodies.len());
         let mut bad = 0u64;
-        for body in bodies {
-            match Meta::read(&body).filter(|_| super::super::wire::well_formed(&body[codec::META_LEN..])) {
+        for Record { body, kept, .. } in bodies {
+            let sendable = |b: &[u8]| kept || super::super::wire::well_formed(&b[codec::META_LEN..]);
+            match Meta::read(&body).filter(|_| sendable(&body)) {
                 Some(m) => out.push((m, body)),
                 None => {
                     bad += 1;

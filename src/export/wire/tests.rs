@@ -211,3 +211,81 @@ fn a_request_is_the_same_bytes_whatever_its_buffer_was_sized_for() {
     let want = copied_request(&heads, &[(0, a), (1, b)]);
     assert_eq!(&batch.request(&heads)[..], &want[..]);
 }
+
+/// `well_formed` as it was before its one-byte fast path (BENCHMARKS.md, exp22).
+fn well_formed_before(mut b: &[u8]) -> bool {
+    fn varint(b: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&x, rest) = b.split_first()?;
+            *b = rest;
+            v |= ((x & 0x7f) as u64) << shift;
+            if x < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let mut ids = 0;
+    while !b.is_empty() {
+        let Some(key) = varint(&mut b) else { return false };
+        let skip = match key & 7 {
+            0 => match varint(&mut b) {
+                Some(_) => 0,
+                None => return false,
+            },
+            1 => 8,
+            5 => 4,
+            2 => match varint(&mut b) {
+                Some(n) if n as usize <= b.len() => {
+                    if (key >> 3 == 1 && n == 16) || (key >> 3 == 2 && n == 8) {
+                        ids += 1;
+                    }
+                    n as usize
+                }
+                _ => return false,
+            },
+            _ => return false,
+        };
+        if skip > b.len() || key >> 3 == 0 {
+            return false;
+        }
+        b = &b[skip..];
+    }
+    ids == 2
+}
+
+/// The same answer as before on every span, cut anywhere, with any byte changed to a few
+/// telling values (a continuation bit, a zero, a key of each wire type), and on noise.
+#[test]
+fn well_formed_answers_as_it_did_before_its_fast_path() {
+    let mut cases = 0;
+    for s in spans() {
+        let mut b = Vec::new();
+        encode_span(&s, &mut b);
+        for cut in 0..=b.len() {
+            assert_eq!(well_formed(&b[..cut]), well_formed_before(&b[..cut]), "cut at {cut}");
+        }
+        for i in 0..b.len() {
+            for v in [0x00, 0x01, 0x08, 0x0a, 0x12, 0x7f, 0x80, 0x81, 0xff, 0x09, 0x0d, 0x0b, 0x0e, b[i] ^ 0x80] {
+                let mut m = b.clone();
+                m[i] = v;
+                assert_eq!(well_formed(&m), well_formed_before(&m), "byte {i} = {v:#x}");
+                cases += 1;
+            }
+        }
+    }
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for len in 0..2000 {
+        let junk: Vec<u8> = (0..len % 97)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert_eq!(well_formed(&junk), well_formed_before(&junk));
+    }
+    assert!(cases > 1000, "{cases}");
+}

@@ -570,6 +570,34 @@ mod tests {
     }
 
     #[test]
+    fn replicas_share_one_list_of_what_is_not_read_from_their_info() {
+        let ctx = BuildCtx::new([7; 16], BootClock::fixed(0), SpansConfig::default());
+        let replica = |n: u32| ContainerInfo {
+            id: format!("c{n}").into(),
+            pod_name: Some(format!("api-{n}").into()),
+            workload_kind: Some("Deployment".into()),
+            workload_name: Some("api".into()),
+            image_name: Some("registry/api:1.4".into()),
+            pod_labels: vec![("app".into(), "api".into())],
+            ..Default::default()
+        };
+        let frames: Vec<SessionFrame> = (0..2)
+            .map(|n| {
+                let id = crate::model::SessionId(crate::capture::event::ProcessKey { pid: n + 1, start_ns: 1 });
+                let info = SessionInfo::new(id, crate::model::SessionKind::Exec, replica(n), 1);
+                let frame = session_frame(&ctx, &info, None);
+                // a span's attributes are what they were: the list of both parts, in order
+                let mut want = common_attributes(&ctx.cfg.cluster_name, &info, None);
+                want.truncate(want.len() - frame.session.len());
+                assert_eq!(with_common(&frame, 0)[..want.len()], want[..]);
+                frame
+            })
+            .collect();
+        assert!(Arc::ptr_eq(&frames[0].pod_extra, &frames[1].pod_extra), "one list for both replicas");
+        assert!(!Arc::ptr_eq(&frames[0].container, &frames[1].container));
+    }
+
+    #[test]
     fn the_frame_points_at_the_container_info_strings() {
         let c = ContainerInfo {
             id: "c0ffee".into(),

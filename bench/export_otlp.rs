@@ -158,22 +158,29 @@ fn container(c: u32) -> ContainerInfo {
     }
 }
 
-/// Container `c`'s info made again, every string a new allocation of its length (as a clone
-/// of a `String` made them before): a clone now shares the text (`model::Text`) made outside
-/// the counting window, and would hide it.
+/// Container `c`'s info made again as the process stage and the pod filter make it: its id,
+/// pod name and uid a new allocation of their length each (a clone would share the text made
+/// outside the counting window, and hide it), what a node's containers carry alike (namespace,
+/// node, image, workload, labels) one string for all (`Text::common`), as
+/// `ContainerMeta::apply` and `PodInfo::apply_to` make them.
 fn made_here(c: &ContainerInfo) -> ContainerInfo {
+    let common = |t: &Option<podtrail::model::Text>| t.as_deref().map(podtrail::model::Text::common);
     let n = ContainerInfo {
         id: c.id.as_str().into(),
-        pod_namespace: c.pod_namespace.as_deref().map(Into::into),
+        pod_namespace: common(&c.pod_namespace),
         pod_name: c.pod_name.as_deref().map(Into::into),
         pod_uid: c.pod_uid.as_deref().map(Into::into),
-        container_name: c.container_name.as_deref().map(Into::into),
-        workload_kind: c.workload_kind.as_deref().map(Into::into),
-        workload_name: c.workload_name.as_deref().map(Into::into),
-        node_name: c.node_name.as_deref().map(Into::into),
-        image_name: c.image_name.as_deref().map(Into::into),
-        image_id: c.image_id.as_deref().map(Into::into),
-        pod_labels: c.pod_labels.iter().map(|(k, v)| (k.as_str().into(), v.as_str().into())).collect(),
+        container_name: common(&c.container_name),
+        workload_kind: common(&c.workload_kind),
+        workload_name: common(&c.workload_name),
+        node_name: common(&c.node_name),
+        image_name: common(&c.image_name),
+        image_id: common(&c.image_id),
+        pod_labels: c
+            .pod_labels
+            .iter()
+            .map(|(k, v)| (podtrail::model::Text::common(k), podtrail::model::Text::common(v)))
+            .collect(),
         ..*c
     };
     assert!(n == *c && !std::ptr::eq(n.id.as_ptr(), c.id.as_ptr()));
@@ -832,7 +839,7 @@ fn memory_per_container(n: u32) {
     let frame =
         ALLOCATED.load(Relaxed) - b - frames.capacity() * std::mem::size_of::<podtrail::spans::build::SessionFrame>();
     let mut distinct: Vec<(*const opentelemetry::KeyValue, usize)> =
-        frames.iter().flat_map(|f| [&f.pod, &f.session]).map(|l| (l.as_ptr(), l.len())).collect();
+        frames.iter().flat_map(|f| [&f.pod_extra, &f.session]).map(|l| (l.as_ptr(), l.len())).collect();
     distinct.sort();
     distinct.dedup();
     let lists: usize = distinct
@@ -840,12 +847,12 @@ fn memory_per_container(n: u32) {
         .map(|(_, len)| 2 * std::mem::size_of::<usize>() + len * std::mem::size_of::<opentelemetry::KeyValue>())
         .sum();
     println!(
-        "a container, part by part (B/container, {n} containers): info {:.0} (of it the ContainerInfo {} inline), frame list {:.0} (of it {:.0} the Arc<[KeyValue]> lists of its {} attributes; the rest its own strings and the interner's table)",
+        "a container, part by part (B/container, {n} containers): info {:.0} (of it the ContainerInfo {} inline), frame lists {:.0} (of it {:.0} the Arc<[KeyValue]> lists of the {} attributes not read from the info; the rest their own strings and the interner's table)",
         per(info),
         std::mem::size_of::<ContainerInfo>(),
         per(frame),
         per(lists),
-        frames[0].pod.len() + frames[0].session.len()
+        frames[0].pod_extra.len() + frames[0].session.len()
     );
 }
 
@@ -902,7 +909,7 @@ fn memory_parts(n: u32) {
     // shared by the sessions of a container (the pod's), or by all with the same kind and
     // identity (the session's): counted once per distinct list
     let mut lists: Vec<(*const opentelemetry::KeyValue, usize)> =
-        open.iter().flat_map(|s| [&s.frame().pod, &s.frame().session]).map(|l| (l.as_ptr(), l.len())).collect();
+        open.iter().flat_map(|s| [&s.frame().pod_extra, &s.frame().session]).map(|l| (l.as_ptr(), l.len())).collect();
     lists.sort();
     lists.dedup();
     let frame =

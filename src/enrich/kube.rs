@@ -301,9 +301,11 @@ impl PodInfo {
     pub fn apply_to(&self, c: &mut ContainerInfo, labels: &[String]) {
         // a value equal to the one `c` has keeps `c`'s string: an enriched copy shares the
         // process stage's text where the pod says the same (issue 15)
-        let set = |d: &mut Option<Text>, v: &str| {
+        // what a node's containers carry alike is one string for all (`Text::common`); the pod's
+        // name and uid are its own
+        let set = |d: &mut Option<Text>, v: &str, common: bool| {
             if d.as_deref() != Some(v) {
-                *d = Some(v.into());
+                *d = Some(if common { Text::common(v) } else { v.into() });
             }
         };
         let had = std::mem::take(&mut c.pod_labels);
@@ -313,30 +315,30 @@ impl PodInfo {
                 let v = self.labels.get(k)?;
                 Some(match had.iter().find(|(hk, hv)| *hk == *k && *hv == *v) {
                     Some(same) => same.clone(),
-                    None => (k.into(), v.into()),
+                    None => (Text::common(k), Text::common(v)),
                 })
             })
             .collect();
-        set(&mut c.pod_namespace, &self.namespace);
-        set(&mut c.pod_name, &self.pod_name);
-        set(&mut c.pod_uid, &self.pod_uid);
+        set(&mut c.pod_namespace, &self.namespace, true);
+        set(&mut c.pod_name, &self.pod_name, false);
+        set(&mut c.pod_uid, &self.pod_uid, false);
         // empty for a pod known without this container ([`PodIndex::by_pod_uid`]): the
         // runtime's name, if any, stays
         if !self.container_name.is_empty() {
-            set(&mut c.container_name, &self.container_name);
+            set(&mut c.container_name, &self.container_name, true);
         }
         if let Some(w) = &self.workload {
-            set(&mut c.workload_kind, &w.kind);
-            set(&mut c.workload_name, &w.name);
+            set(&mut c.workload_kind, &w.kind, true);
+            set(&mut c.workload_name, &w.name, true);
         }
         if let Some(n) = &self.node_name {
-            set(&mut c.node_name, n);
+            set(&mut c.node_name, n, true);
         }
         if !self.image.is_empty() {
-            set(&mut c.image_name, &self.image);
+            set(&mut c.image_name, &self.image, true);
         }
         if !self.image_id.is_empty() {
-            set(&mut c.image_id, &self.image_id);
+            set(&mut c.image_id, &self.image_id, true);
         }
         c.source = "kube_api";
     }

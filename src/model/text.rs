@@ -1,6 +1,7 @@
 //! [`Text`]: a container's names and ids, shared by reference count.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use serde::{Serialize, Serializer};
 
@@ -20,7 +21,42 @@ impl Text {
     pub fn shared(&self) -> Arc<str> {
         self.0.clone()
     }
+
+    /// `s` as text many containers of a node carry alike (their node, namespace, image,
+    /// workload, label keys and values): the string an equal one already held somewhere has,
+    /// else a new one, remembered for the next (issue 15: with one container per session, a
+    /// container's own copy of each was a sixth of the session's bytes). Not for what differs
+    /// per container (its id, its pod's name and uid): those would only fill the table.
+    pub fn common(s: &str) -> Text {
+        let mut t = COMMON.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(have) = t.texts.get(s) {
+            return have.clone();
+        }
+        if t.texts.len() >= t.sweep_at {
+            // a string only the table holds belongs to no container any more
+            t.texts.retain(|x| Arc::strong_count(&x.0) > 1);
+            t.sweep_at = (2 * t.texts.len()).max(MIN_SWEEP);
+        }
+        let new = Text::from(s);
+        t.texts.insert(new.clone());
+        new
+    }
 }
+
+/// The strings [`Text::common`] hands out. Keyed by their text, which the cluster's users
+/// choose: std's keyed SipHash. A string nobody else holds is forgotten at the next sweep (when
+/// the table has doubled since the last), so it holds at most about twice the distinct ones
+/// in use.
+#[derive(Default)]
+struct Common {
+    texts: HashSet<Text>,
+    sweep_at: usize,
+}
+
+/// Fewest strings before the first sweep.
+const MIN_SWEEP: usize = 256;
+
+static COMMON: LazyLock<Mutex<Common>> = LazyLock::new(Default::default);
 
 impl std::ops::Deref for Text {
     type Target = str;
@@ -122,5 +158,30 @@ impl std::fmt::Display for Text {
 impl Serialize for Text {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_text_is_one_string_while_held_and_forgotten_after() {
+        let a = Text::common("node-common-test-1");
+        let b = Text::common(&String::from("node-common-test-1"));
+        assert!(std::ptr::eq(a.as_ptr(), b.as_ptr()), "equal text is one string");
+        assert_eq!(a, "node-common-test-1");
+        let c = Text::common("node-common-test-2");
+        assert!(!std::ptr::eq(a.as_ptr(), c.as_ptr()));
+        drop(c);
+        // enough others to pass a sweep: the one still held stays shared
+        let many: Vec<Text> = (0..2 * MIN_SWEEP).map(|i| Text::common(&format!("common-test-{i}"))).collect();
+        drop(many);
+        for i in 0..4 * MIN_SWEEP {
+            drop(Text::common(&format!("common-test-gone-{i}")));
+        }
+        let held = COMMON.lock().unwrap().texts.len();
+        assert!(held < 4 * MIN_SWEEP, "the strings nobody holds are swept: {held}");
+        assert!(std::ptr::eq(a.as_ptr(), Text::common("node-common-test-1").as_ptr()));
     }
 }

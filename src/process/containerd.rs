@@ -123,13 +123,15 @@ impl ContainerMeta {
     /// when a label is absent).
     pub fn apply(&self, info: &mut ContainerInfo) {
         let l = |k: &str| self.labels.get(k).filter(|v| !v.is_empty()).map(Text::from);
+        // what a node's containers carry alike is one string for all (`Text::common`)
+        let common = |k: &str| self.labels.get(k).filter(|v| !v.is_empty()).map(|v| Text::common(v));
         let before = info.clone();
         info.pod_name = l(LABEL_POD_NAME).or(before.pod_name);
-        info.pod_namespace = l(LABEL_POD_NAMESPACE).or(before.pod_namespace);
+        info.pod_namespace = common(LABEL_POD_NAMESPACE).or(before.pod_namespace);
         info.pod_uid = l(LABEL_POD_UID).or(before.pod_uid);
-        info.container_name = l(LABEL_CONTAINER_NAME).or(before.container_name);
+        info.container_name = common(LABEL_CONTAINER_NAME).or(before.container_name);
         if !self.image.is_empty() && info.image_name.is_none() {
-            info.image_name = Some(self.image.as_str().into());
+            info.image_name = Some(Text::common(&self.image));
         }
         if l(LABEL_POD_NAME).is_some() && info.source != "kube_api" {
             info.source = "containerd_labels";

@@ -50,12 +50,18 @@ impl BuildCtx {
 pub struct SessionFrame {
     pub trace_id: TraceId,
     pub root_id: SpanId,
-    /// Pod and container attributes repeated on every span of the session (and the cluster's
-    /// name): one list for the open sessions of a container, its strings the container info's
-    /// own (reference-counted), so a span's copy of them costs counts (issue 15).
-    pub pod: Arc<[KeyValue]>,
+    /// The container whose pod attributes every span of the session carries: a span reads
+    /// them from its info (the info's own strings, one more count each), so a container costs
+    /// no list of them (issue 15: ten `KeyValue`s of 56 B per container, as many bytes as the
+    /// rest of its info).
+    pub container: Arc<ContainerInfo>,
+    /// The pod attributes a span does not read from the info as they are: its labels (their
+    /// keys made here), the image's tag, the workload and the cluster's name, in that order.
+    /// One list for the open sessions with equal ones, in any container: the replicas of a
+    /// workload share one.
+    pub pod_extra: Arc<[KeyValue]>,
     /// The session's kind and identity (who opened it, or that nobody is known yet), after
-    /// [`Self::pod`] on every span: one list for the open sessions with equal ones, so the
+    /// the pod's on every span: one list for the open sessions with equal ones, so the
     /// sessions nobody is known for, in any container, share one (issue 15).
     pub session: Arc<[KeyValue]>,
 }
@@ -87,7 +93,8 @@ pub fn session_frame(ctx: &BuildCtx, info: &SessionInfo, who: Option<&SessionIde
     SessionFrame {
         trace_id: ids::session_trace_id(&ctx.boot_id, info.id, who.and_then(|w| w.trace_id)),
         root_id: ids::root_span_id(&ctx.boot_id, info.id),
-        pod: ctx.shared.share(pod_common(&ctx.cfg.cluster_name, &info.container)),
+        container: info.container.clone(),
+        pod_extra: ctx.shared.share(pod_extra(&ctx.cfg.cluster_name, &info.container)),
         session: ctx.shared.share(session_common(info, who)),
     }
 }
@@ -103,7 +110,8 @@ fn one_off_frame(
     SessionFrame {
         trace_id,
         root_id,
-        pod: pod_common(&ctx.cfg.cluster_name, &info.container).into(),
+        container: info.container.clone(),
+        pod_extra: pod_extra(&ctx.cfg.cluster_name, &info.container).into(),
         session: session_common(info, who).into(),
     }
 }
@@ -140,13 +148,31 @@ fn push_text(out: &mut Vec<KeyValue>, key: &'static str, v: &Option<Text>) {
 /// A span's attributes: the session's common ones, with room for `more` of its own (one
 /// allocation, not a copy that grows at the first push).
 pub(crate) fn with_common(frame: &SessionFrame, more: usize) -> Vec<KeyValue> {
-    let mut attrs = Vec::with_capacity(frame.pod.len() + frame.session.len() + more);
-    attrs.extend_from_slice(&frame.pod);
+    let c = &*frame.container;
+    let mut attrs = Vec::with_capacity(pod_len(c, &frame.pod_extra) + frame.session.len() + more);
+    push_pod(&mut attrs, c, &frame.pod_extra);
     attrs.extend_from_slice(&frame.session);
     attrs
 }
 
-fn pod_attributes(out: &mut Vec<KeyValue>, c: &ContainerInfo) {
+/// A container's string a span carries: set and not empty.
+fn present(v: &Option<Text>) -> bool {
+    v.as_ref().is_some_and(|v| !v.is_empty())
+}
+
+/// How many attributes [`push_pod`] pushes.
+fn pod_len(c: &ContainerInfo, extra: &[KeyValue]) -> usize {
+    [&c.pod_namespace, &c.pod_name, &c.pod_uid, &c.container_name, &c.node_name, &c.image_name, &c.image_id]
+        .into_iter()
+        .filter(|v| present(v))
+        .count()
+        + usize::from(!c.id.is_empty())
+        + extra.len()
+}
+
+/// The pod's attributes: the container info's strings, its labels, its image's, then the rest
+/// of `extra` ([`pod_extra`] of the same info: the labels first).
+fn push_pod(out: &mut Vec<KeyValue>, c: &ContainerInfo, extra: &[KeyValue]) {
     push_text(out, sc::K8S_NAMESPACE_NAME, &c.pod_namespace);
     push_text(out, sc::K8S_POD_NAME, &c.pod_name);
     push_text(out, sc::K8S_POD_UID, &c.pod_uid);
@@ -155,14 +181,24 @@ fn pod_attributes(out: &mut Vec<KeyValue>, c: &ContainerInfo) {
     if !c.id.is_empty() {
         out.push(KeyValue::new(sc::CONTAINER_ID, container_text(&c.id)));
     }
-    for (k, v) in &c.pod_labels {
-        let key: Arc<str> = format!("{}.{k}", sc::K8S_POD_LABEL).into();
-        out.push(KeyValue::new(key, container_text(v)));
-    }
+    let (labels, rest) = extra.split_at(c.pod_labels.len().min(extra.len()));
+    out.extend_from_slice(labels);
     push_text(out, sc::CONTAINER_IMAGE_NAME, &c.image_name);
     push_text(out, sc::CONTAINER_IMAGE_ID, &c.image_id);
+    out.extend_from_slice(rest);
+}
+
+/// What [`push_pod`] does not read from the info as it is: the labels (one per label of the
+/// info, in its order), the image's tag, the workload, the cluster's name.
+fn pod_extra(cluster: &str, c: &ContainerInfo) -> Vec<KeyValue> {
+    let mut out = Vec::with_capacity(c.pod_labels.len() + 3);
+    // the label keys and the tag: one string for the node's containers alike (`Text::common`)
+    for (k, v) in &c.pod_labels {
+        let key = Text::common(&format!("{}.{k}", sc::K8S_POD_LABEL)).shared();
+        out.push(KeyValue::new(key, container_text(v)));
+    }
     if let Some(tag) = c.image_name.as_deref().and_then(image_tag) {
-        let tags = vec![StringValue::from(Arc::<str>::from(tag))];
+        let tags = vec![StringValue::from(Text::common(tag).shared())];
         out.push(KeyValue::new(sc::CONTAINER_IMAGE_TAGS, Value::Array(tags.into())));
     }
     let workload_key = match c.workload_kind.as_deref() {
@@ -175,8 +211,12 @@ fn pod_attributes(out: &mut Vec<KeyValue>, c: &ContainerInfo) {
         _ => None,
     };
     if let Some(k) = workload_key {
-        push_text(out, k, &c.workload_name);
+        push_text(&mut out, k, &c.workload_name);
     }
+    if !cluster.is_empty() {
+        out.push(KeyValue::new(sc::K8S_CLUSTER_NAME, shared(cluster)));
+    }
+    out
 }
 
 /// `registry:5000/team/app:1.4@sha256:..` -> `1.4`: the tag is after the last `/`, before
@@ -197,11 +237,9 @@ pub fn common_attributes(cluster: &str, info: &SessionInfo, who: Option<&Session
 
 /// The first part of [`common_attributes`]: the container's and the cluster's.
 fn pod_common(cluster: &str, c: &ContainerInfo) -> Vec<KeyValue> {
-    let mut out = Vec::with_capacity(12);
-    pod_attributes(&mut out, c);
-    if !cluster.is_empty() {
-        out.push(KeyValue::new(sc::K8S_CLUSTER_NAME, shared(cluster)));
-    }
+    let extra = pod_extra(cluster, c);
+    let mut out = Vec::with_capacity(pod_len(c, &extra));
+    push_pod(&mut out, c, &extra);
     out
 }
 
@@ -529,6 +567,34 @@ mod tests {
         assert_eq!(image_tag("registry.example:5000/team/app"), None, "a registry port is not a tag");
         assert_eq!(image_tag("app@sha256:abcd"), None);
         assert_eq!(image_tag("app:"), None);
+    }
+
+    #[test]
+    fn replicas_share_one_list_of_what_is_not_read_from_their_info() {
+        let ctx = BuildCtx::new([7; 16], BootClock::fixed(0), SpansConfig::default());
+        let replica = |n: u32| ContainerInfo {
+            id: format!("c{n}").into(),
+            pod_name: Some(format!("api-{n}").into()),
+            workload_kind: Some("Deployment".into()),
+            workload_name: Some("api".into()),
+            image_name: Some("registry/api:1.4".into()),
+            pod_labels: vec![("app".into(), "api".into())],
+            ..Default::default()
+        };
+        let frames: Vec<SessionFrame> = (0..2)
+            .map(|n| {
+                let id = crate::model::SessionId(crate::capture::event::ProcessKey { pid: n + 1, start_ns: 1 });
+                let info = SessionInfo::new(id, crate::model::SessionKind::Exec, replica(n), 1);
+                let frame = session_frame(&ctx, &info, None);
+                // a span's attributes are what they were: the list of both parts, in order
+                let mut want = common_attributes(&ctx.cfg.cluster_name, &info, None);
+                want.truncate(want.len() - frame.session.len());
+                assert_eq!(with_common(&frame, 0)[..want.len()], want[..]);
+                frame
+            })
+            .collect();
+        assert!(Arc::ptr_eq(&frames[0].pod_extra, &frames[1].pod_extra), "one list for both replicas");
+        assert!(!Arc::ptr_eq(&frames[0].container, &frames[1].container));
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! One copy of each distinct list of a session's common attributes (issue 15): the sessions
-//! of one container carry the same pod attributes, and the sessions with the same kind and
-//! identity (or none) the same session attributes, so their frames share one `Arc<[KeyValue]>`
-//! of each instead of a copy each.
+//! One copy of each distinct list of a session's common attributes (issue 15): the containers
+//! of one workload carry the same pod attributes beyond their info's (labels, image tag,
+//! workload, cluster), and the sessions with the same kind and identity (or none) the same
+//! session attributes, so their frames share one `Arc<[KeyValue]>` of each instead of a copy
+//! each.
 //!
 //! In: a session's pod or session attributes as [`super::session_frame`] builds them. Out: the
 //! list an open session with equal attributes already holds, else this one, kept for the

@@ -89,7 +89,15 @@ pub fn container_from_path(path: &str, namespaces: &[&str]) -> Option<CgroupCont
     let found = comps.iter().enumerate().rev().find_map(|(i, c)| component_id(c).map(|x| (i, x)));
     if let Some((i, (id, runtime))) = found {
         let runtime = if runtime == "containerd" && i > 0 && comps[0] == "docker" { "docker" } else { runtime };
-        let pod_uid = comps[..i].iter().rev().find_map(|c| pod_uid(c));
+        // exactly one kubelet pod component above the container, or none is trusted: the
+        // kubelet makes one, and a second can only be a directory made from inside a
+        // container (privileged, or with its cgroup delegated) to borrow another pod's
+        // uid, which the pod filter would turn into that pod's name and labels
+        let mut uids = comps[..i].iter().filter_map(|c| pod_uid(c));
+        let pod_uid = match (uids.next(), uids.next()) {
+            (Some(uid), None) => Some(uid),
+            _ => None,
+        };
         return Some(CgroupContainer { id: id.to_string(), runtime: runtime.to_string(), pod_uid });
     }
     // ctr: /<namespace>/<id>, the id being anything the user chose
@@ -282,6 +290,23 @@ mod tests {
         assert_eq!(id(&format!("/system.slice/docker-{ID}.scope")), Some(ID.into()));
         assert_eq!(id(&format!("/machine.slice/libpod-{ID}.scope")), Some(ID.into()));
         assert_eq!(id(&format!("/kubepods/pod1/crio-{ID}")), Some(ID.into()));
+    }
+
+    #[test]
+    fn a_pod_component_made_inside_a_container_names_no_pod() {
+        // a privileged container makes `pod<victim>/<id>` under its own cgroup: the deepest
+        // id is its own choice, and the second pod component must not lend it a pod
+        let victim = "9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d";
+        let p = format!(
+            "/kubepods.slice/kubepods-pod0b4e1f7a_2c3d_4e5f_8a9b_0c1d2e3f4a5b.slice/cri-containerd-{ID}.scope/pod{victim}/{}",
+            "ab".repeat(32)
+        );
+        let c = container_from_path(&p, NS).unwrap();
+        assert_eq!(c.id, "ab".repeat(32));
+        assert_eq!(c.pod_uid, None);
+        // one pod component, the kubelet's: its uid, also for a sub-cgroup of the container
+        let own = format!("/kubepods/pod{victim}/{ID}/init.scope");
+        assert_eq!(container_from_path(&own, NS).unwrap().pod_uid.as_deref(), Some(victim));
     }
 
     #[test]

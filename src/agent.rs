@@ -306,6 +306,11 @@ pub async fn run(cfg: Ready, shutdown: impl Future<Output = ()>) -> anyhow::Resu
                 "Sessions of a pod container whose pod the pod index did not know when they started",
                 filter.pods_unknown.clone(),
             );
+            reg.lock().unwrap_or_else(|p| p.into_inner()).register(
+                "podtrail_sessions_pod_mismatched",
+                "Sessions whose container id the pod status gives another pod than its cgroup path names (pod not taken)",
+                filter.pods_mismatched.clone(),
+            );
             let (tx, mut rx) =
                 mpsc::channel::<crate::model::UpdateBatch>(crate::model::batches_for(cfg.process_channel));
             let out = upd_tx;

@@ -89,15 +89,10 @@ pub fn container_from_path(path: &str, namespaces: &[&str]) -> Option<CgroupCont
     let found = comps.iter().enumerate().rev().find_map(|(i, c)| component_id(c).map(|x| (i, x)));
     if let Some((i, (id, runtime))) = found {
         let runtime = if runtime == "containerd" && i > 0 && comps[0] == "docker" { "docker" } else { runtime };
-        // exactly one kubelet pod component above the container, or none is trusted: the
-        // kubelet makes one, and a second can only be a directory made from inside a
-        // container (privileged, or with its cgroup delegated) to borrow another pod's
-        // uid, which the pod filter would turn into that pod's name and labels
-        let mut uids = comps[..i].iter().filter_map(|c| pod_uid(c));
-        let pod_uid = match (uids.next(), uids.next()) {
-            (Some(uid), None) => Some(uid),
-            _ => None,
-        };
+        // the shallowest `pod<uid>` is the kubelet's: a deeper one can only be a directory
+        // made from inside a container (privileged, or with its cgroup delegated) to borrow
+        // another pod's uid, which the pod filter would turn into that pod's name and labels
+        let pod_uid = comps[..i].iter().find_map(|c| pod_uid(c));
         return Some(CgroupContainer { id: id.to_string(), runtime: runtime.to_string(), pod_uid });
     }
     // ctr: /<namespace>/<id>, the id being anything the user chose
@@ -293,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_component_made_inside_a_container_names_no_pod() {
+    fn a_pod_component_made_inside_a_container_does_not_name_the_pod() {
         // a privileged container makes `pod<victim>/<id>` under its own cgroup: the deepest
         // id is its own choice, and the second pod component must not lend it a pod
         let victim = "9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d";
@@ -303,7 +298,7 @@ mod tests {
         );
         let c = container_from_path(&p, NS).unwrap();
         assert_eq!(c.id, "ab".repeat(32));
-        assert_eq!(c.pod_uid, None);
+        assert_eq!(c.pod_uid.as_deref(), Some("0b4e1f7a-2c3d-4e5f-8a9b-0c1d2e3f4a5b"));
         // one pod component, the kubelet's: its uid, also for a sub-cgroup of the container
         let own = format!("/kubepods/pod{victim}/{ID}/init.scope");
         assert_eq!(container_from_path(&own, NS).unwrap().pod_uid.as_deref(), Some(victim));

@@ -125,6 +125,18 @@ impl ContainerMeta {
         let l = |k: &str| self.labels.get(k).filter(|v| !v.is_empty()).map(Text::from);
         // what a node's containers carry alike is one string for all (`Text::common`)
         let common = |k: &str| self.labels.get(k).filter(|v| !v.is_empty()).map(|v| Text::common(v));
+        if let (Some(path), Some(label)) = (info.pod_uid.as_deref(), l(LABEL_POD_UID)) {
+            if path != label.as_str() {
+                // a cgroup made inside a container and named after another pod's container
+                // id (`process::cgroup::container_from_path`): that container's labels are not
+                // this cgroup's
+                tracing::warn!(
+                    container = %self.id, cgroup_pod_uid = %path, label_pod_uid = %label,
+                    "containerd's labels name another pod than the cgroup path: not taken"
+                );
+                return;
+            }
+        }
         let before = info.clone();
         info.pod_name = l(LABEL_POD_NAME).or(before.pod_name);
         info.pod_namespace = common(LABEL_POD_NAMESPACE).or(before.pod_namespace);
@@ -284,6 +296,15 @@ mod tests {
         assert_eq!(info.container_name.as_deref(), Some("app"));
         assert_eq!(info.pod_uid.as_deref(), Some("u-1"), "kept from the cgroup path");
         assert_eq!(info.source, "containerd_labels");
+        // labels of a container of another pod (a cgroup named after its id, made inside a
+        // container of pod u-1): nothing taken
+        let mut other = ContainerMeta { labels: meta.labels.clone(), ..Default::default() };
+        other.labels.insert(LABEL_POD_UID.into(), "u-9".into());
+        other.labels.insert(LABEL_POD_NAME.into(), "victim".into());
+        let mut forged =
+            ContainerInfo { id: "c1".into(), pod_uid: Some("u-1".into()), source: "cgroup", ..Default::default() };
+        other.apply(&mut forged);
+        assert_eq!((forged.pod_name, forged.pod_uid.as_deref(), forged.source), (None, Some("u-1"), "cgroup"));
     }
 
     #[test]

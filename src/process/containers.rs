@@ -154,6 +154,15 @@ pub fn merge_info(dst: &mut ContainerInfo, src: &ContainerInfo) {
             _ => 0,
         }
     }
+    if let (Some(a), Some(b)) = (&dst.pod_uid, &src.pod_uid) {
+        if a != b {
+            // the same container id described in another pod than the one this cgroup lies
+            // in: a cgroup made inside a container and named after another's id
+            // (`process::cgroup::container_from_path`)
+            tracing::warn!(container = %dst.id, pod_uid = %a, other_pod_uid = %b, "metadata naming another pod: not taken");
+            return;
+        }
+    }
     let src_wins = rank(src.source) >= rank(dst.source);
     let take = |d: &mut Option<Text>, s: &Option<Text>| {
         if s.is_some() && (src_wins || d.is_none()) {
@@ -338,5 +347,29 @@ impl Containers {
 
     pub fn is_empty(&self) -> bool {
         self.by_cgroup.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_naming_another_pod_than_the_cgroup_is_not_merged() {
+        let path =
+            ContainerInfo { id: "c1".into(), pod_uid: Some("u-1".into()), source: "cgroup", ..Default::default() };
+        let other = ContainerInfo {
+            id: "c1".into(),
+            pod_uid: Some("u-9".into()),
+            pod_name: Some("victim".into()),
+            source: "kube_api",
+            ..Default::default()
+        };
+        let mut merged = path.clone();
+        merge_info(&mut merged, &other);
+        assert_eq!(merged, path, "another pod's description of the same id: nothing taken");
+        let same = ContainerInfo { pod_uid: Some("u-1".into()), pod_name: Some("web-0".into()), ..other };
+        merge_info(&mut merged, &same);
+        assert_eq!((merged.pod_name.as_deref(), merged.source), (Some("web-0"), "kube_api"));
     }
 }

@@ -38,6 +38,10 @@ pub struct SessionFilter {
     /// know when the session was first seen: their spans lack the pod's metadata until the
     /// index learns it (the pod watch lagging behind the kubelet).
     pub pods_unknown: prometheus_client::metrics::counter::Counter,
+    /// Sessions whose container id the pod status gives a pod other than the one its cgroup
+    /// path names (a cgroup made from inside a container to borrow another's identity): the
+    /// pod is not taken.
+    pub pods_mismatched: prometheus_client::metrics::counter::Counter,
 }
 
 /// A container as [`SessionFilter`] passed it on: worked out from the process stage's `from`
@@ -59,6 +63,7 @@ impl SessionFilter {
             swept: 0,
             probes: Default::default(),
             pods_unknown: Default::default(),
+            pods_mismatched: Default::default(),
         }
     }
 
@@ -80,7 +85,22 @@ impl SessionFilter {
         match known.filter(|s| s.generation == generation && std::ptr::eq(s.from.as_ptr(), Arc::as_ptr(info))) {
             Some(s) => *info = s.to.clone(),
             None => {
-                let by_container = self.index.by_container_id(&info.container.id);
+                // the pod status's pod for this container id, unless the cgroup path names
+                // another pod: a container id is only a directory name below the kubelet's
+                // pod directory, and one made from inside a container (privileged, or with
+                // its cgroup delegated) may copy another pod's container id
+                let by_container = self.index.by_container_id(&info.container.id).filter(|p| {
+                    let path_uid = info.container.pod_uid.as_deref();
+                    let agrees = path_uid.is_none_or(|u| u == p.pod_uid);
+                    if !agrees && known.is_none() {
+                        self.pods_mismatched.inc();
+                        tracing::warn!(
+                            container = %info.container.id, path_pod_uid = ?path_uid, status_pod_uid = %p.pod_uid,
+                            "a container id the pod status gives another pod: its pod is not taken"
+                        );
+                    }
+                    agrees
+                });
                 let known_container = by_container.is_some();
                 // a container the kubelet has not reported yet (it started less than about a
                 // second ago, maybe already gone): its pod, by the uid of its cgroup path
@@ -294,6 +314,34 @@ mod tests {
         // the pod deleted: gone by uid too
         index.delete(&probed_pod());
         assert!(index.by_pod_uid("u-1").is_none());
+    }
+
+    /// A cgroup made from inside a container, named after another pod's container id: the
+    /// status's pod for that id is not taken when the path names another pod.
+    #[test]
+    fn a_container_id_under_another_pods_cgroup_does_not_borrow_its_pod() {
+        use crate::model::*;
+        let index = PodIndex::new();
+        index.apply(&probed_pod()); // u-1, container c1
+        let mut f = SessionFilter::new(index, false);
+        let run = |f: &mut SessionFilter, pid: u32, uid: Option<&str>| {
+            let c =
+                ContainerInfo { id: "c1".into(), pod_uid: uid.map(Text::from), source: "cgroup", ..Default::default() };
+            let i = SessionInfo { container: Arc::new(c), ..session(pid, &["sh"]) };
+            match f.pass(SessionUpdate::Started(i.into())) {
+                Some(SessionUpdate::Started(i)) => i.container.clone(),
+                _ => panic!("passes"),
+            }
+        };
+        assert_eq!(run(&mut f, 11, Some("u-9")).pod_name, None, "another pod's directory: not u-1's pod");
+        assert_eq!(f.pods_mismatched.get(), 1);
+        assert_eq!(run(&mut f, 12, Some("u-1")).pod_name.as_deref(), Some("api-7d9c"));
+        assert_eq!(
+            run(&mut f, 13, None).pod_name.as_deref(),
+            Some("api-7d9c"),
+            "no uid in the path: the status decides"
+        );
+        assert_eq!(f.pods_mismatched.get(), 1);
     }
 
     #[test]

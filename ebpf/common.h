@@ -35,6 +35,8 @@ struct pt_abi_enums {
 	enum pt_dns_flags dns_flags;
 	enum pt_tty_flags tty_flags;
 	enum pt_tty_limits tty_limits;
+	enum pt_cgroup_limits cgroup_limits;
+	enum pt_cgroup_flags cgroup_flags;
 };
 const volatile struct pt_abi_enums pt_abi_anchor = { .abi = PT_ABI_VERSION };
 
@@ -163,6 +165,7 @@ struct pt_abi_anchor {
 	struct pt_sock sock;
 	struct pt_dns dns;
 	struct pt_tty tty;
+	struct pt_cgroup_mkdir cgroup_mkdir;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -217,7 +220,8 @@ static __always_inline __u64 wakeup_flag(void)
 /* The ring is shared by every container, so one container's flood of connects would leave no
  * room for another's exec, fork and exit records (and its session would lose events). Network
  * and file records (connects, their results, datagrams, accepts, watched-file operations,
- * io_uring submissions and DNS answers) are what a flood is made of: each
+ * io_uring submissions and DNS answers) are what a flood is made of, and so are cgroup
+ * mkdirs (cgroup.bpf.c): each
  * cgroup may write cgroup_share_bytes of them per
  * window, counted always and enforced only while the ring is at least half full. What is over
  * is refused and counted as that cgroup's loss (its sessions are marked). Process records are
@@ -227,9 +231,11 @@ static __always_inline bool over_share(struct pt_header *h, __u64 size)
 	if (cgroup_share_bytes == 0)
 		return false;
 	/* datagrams, accepts and raw sockets (PT_KIND_SOCK) flood like connects do; so do file
-	 * records (a loop over a watched file, io_uring submissions), 1.6 KB each */
+	 * records (a loop over a watched file, io_uring submissions), 1.6 KB each, and cgroup
+	 * mkdirs (a container with a delegated subtree creating nested cgroups in a loop) */
 	if (h->kind != PT_KIND_CONNECT && h->kind != PT_KIND_CONNECT_RESULT && h->kind != PT_KIND_UDP_SEND &&
-	    h->kind != PT_KIND_SOCK && h->kind != PT_KIND_FILE && h->kind != PT_KIND_DNS)
+	    h->kind != PT_KIND_SOCK && h->kind != PT_KIND_FILE && h->kind != PT_KIND_DNS &&
+	    h->kind != PT_KIND_CGROUP_MKDIR)
 		return false;
 	__u64 cg = h->cgroup_id;
 	struct cgroup_share *s = bpf_map_lookup_elem(&share_by_cgroup, &cg);

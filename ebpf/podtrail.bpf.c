@@ -12,5 +12,6 @@
 #include "uring.bpf.c"
 #include "dns.bpf.c"
 #include "tty.bpf.c"
+#include "cgroup.bpf.c"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

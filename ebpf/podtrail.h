@@ -34,12 +34,13 @@ enum pt_kind {
 	PT_KIND_SOCK = 9,
 	PT_KIND_DNS = 10,
 	PT_KIND_TTY = 11,
-	PT_KIND_MAX = 12, /* one past the last kind: sizes the per-kind counters */
+	PT_KIND_CGROUP_MKDIR = 12,
+	PT_KIND_MAX = 13, /* one past the last kind: sizes the per-kind counters */
 };
 
 /* Raised with every change of a record, a limit or a constant below. */
 enum pt_abi {
-	PT_ABI_VERSION = 7,
+	PT_ABI_VERSION = 8,
 };
 
 /* Limits of the variable parts. Raising one changes the ABI version. */
@@ -367,6 +368,34 @@ struct pt_tty {
 };
 _Static_assert(sizeof(struct pt_tty) == 1096, "pt_tty size");
 _Static_assert(__builtin_offsetof(struct pt_tty, data) == PT_TTY_DATA_OFF, "pt_tty data offset");
+
+enum pt_cgroup_limits {
+	PT_CGROUP_PATH_MAX = 512, /* bytes of a new cgroup's path kept (a power of two) */
+	PT_CGROUP_PATH_OFF = 56,  /* where path starts; a record is this plus path_len bytes */
+};
+
+/* pt_cgroup_mkdir.flags */
+enum pt_cgroup_flags {
+	PT_CGROUP_F_TRUNCATED = 1 << 0, /* the path was longer than its slot (or unreadable) */
+};
+
+/*
+ * cgroup mkdir: a cgroup of the cgroup2 hierarchy was created (cgroup.bpf.c, tp_btf/
+ * cgroup_mkdir). The header is the creating task's (its cgroup pays for the record); `id` is
+ * the new cgroup's, the one its processes' records will carry. `path` is the kernel's, from
+ * the cgroup2 root whatever the creator's cgroup namespace, with no NUL. The record is
+ * variable-length: h.len = PT_CGROUP_PATH_OFF + path_len.
+ */
+struct pt_cgroup_mkdir {
+	struct pt_header h;
+	__u64 id;       /* the new cgroup's id: the inode number of its directory */
+	__u32 level;    /* its depth: 1 for a child of the root */
+	__u16 path_len; /* bytes in path */
+	__u16 flags;    /* PT_CGROUP_F_* */
+	char path[PT_CGROUP_PATH_MAX];
+};
+_Static_assert(sizeof(struct pt_cgroup_mkdir) == 568, "pt_cgroup_mkdir size");
+_Static_assert(__builtin_offsetof(struct pt_cgroup_mkdir, path) == PT_CGROUP_PATH_OFF, "pt_cgroup_mkdir path offset");
 
 /* Kernel-side filter modes (global `filter_mode`). */
 /*

@@ -330,3 +330,76 @@ fn ns_join_is_reported_with_the_target_namespaces() {
         joins.iter().any(|j| j.pidns_for_children_ino == target_ino && j.old_pidns_for_children_ino != target_ino);
     assert!(into_target, "a join moved the children's pid namespace into {target_ino}: {joins:?}");
 }
+
+/// A cgroup2 cgroup's mkdir is told with its id and path before any event of a process in it,
+/// so a container removed before its events are read still resolves (ebpf/cgroup.bpf.c): here
+/// a pod-shaped cgroup runs /bin/true and is removed before the events are looked at.
+#[test]
+fn cgroup_mkdir_tells_id_and_path_ahead_of_its_processes() {
+    use podtrail::process::cgroup::CgroupIndex;
+    use std::os::unix::{fs::MetadataExt, process::CommandExt};
+    let root = loader::find_cgroup2().expect("a cgroup2 mount");
+    const CID: &str = "22c0ffee22c0ffee22c0ffee22c0ffee22c0ffee22c0ffee22c0ffee22c0ffee";
+    let top = format!("/pt-cg22-{}", std::process::id());
+    let rel = format!("{top}/pod0b4e1f7a-2c3d-4e5f-8a9b-0c1d2e3f4a5b/{CID}");
+    let (dir, top_dir) = (root.join(&rel[1..]), root.join(&top[1..]));
+    let (d, t) = (dir.clone(), top_dir.clone());
+    let ((ino, pid), cap) = capture_while(opts(), move || {
+        std::fs::create_dir_all(&d).expect("mkdir under the cgroup2 mount");
+        let ino = std::fs::metadata(&d).unwrap().ino();
+        let procs = d.join("cgroup.procs");
+        let mut cmd = Command::new("/bin/true");
+        cmd.arg("in-cg22");
+        // SAFETY: only a write(2) to a file between fork and exec
+        unsafe {
+            cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+        }
+        let (pid, st) = run(&mut cmd);
+        assert!(st.success());
+        // the container is gone before anyone looks its id up
+        std::fs::remove_dir(&d).unwrap();
+        std::fs::remove_dir(d.parent().unwrap()).unwrap();
+        std::fs::remove_dir(&t).unwrap();
+        (ino, pid)
+    });
+    assert!(!dir.exists() && !top_dir.exists());
+    let mkdirs: Vec<(usize, &podtrail::capture::event::CgroupMkdirEvent)> = cap
+        .events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match e {
+            Event::CgroupMkdir(m) if m.path.starts_with(top.as_bytes()) => Some((i, m)),
+            _ => None,
+        })
+        .collect();
+    let paths: Vec<&[u8]> = mkdirs.iter().map(|(_, m)| m.path.as_slice()).collect();
+    assert_eq!(
+        paths.len(),
+        3,
+        "one record per level: {:?}",
+        paths.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>()
+    );
+    let (at, m) = mkdirs.last().unwrap();
+    assert_eq!((m.id, m.level, m.path.as_slice(), m.truncated), (ino, 3, rel.as_bytes(), false));
+    assert_eq!(m.pid, std::process::id(), "the creator's header");
+    let exec_at = cap
+        .events
+        .iter()
+        .position(|e| matches!(e, Event::Exec(x) if x.pid == pid))
+        .expect("exec of the process in the new cgroup");
+    let Event::Exec(x) = &cap.events[exec_at] else { unreachable!() };
+    assert_eq!(x.cgroup_id, ino, "the exec carries the new cgroup's id");
+    assert!(*at < exec_at, "the mkdir is read before the exec of a process in it");
+    // the process stage's index resolves the id with the directory gone, without a walk
+    let mut idx = CgroupIndex::new(root.clone());
+    for (_, m) in &mkdirs {
+        assert!(idx.learn_mkdir(m.id, &m.path, m.truncated));
+    }
+    let c = idx.container(x.cgroup_id).expect("the container of a removed cgroup");
+    assert_eq!((c.id.as_str(), c.pod_uid.as_deref()), (CID, Some("0b4e1f7a-2c3d-4e5f-8a9b-0c1d2e3f4a5b")));
+    assert_eq!((idx.walks(), idx.unresolved()), (0, 0));
+    // without the told path, the same id is unresolved: what happened before
+    assert_eq!(CgroupIndex::new(root).container(x.cgroup_id), None);
+    let sent = |k: &str| cap.kernel.sent.iter().find(|(n, _)| *n == k).map(|(_, v)| *v).unwrap();
+    assert!(sent("cgroup_mkdir") >= 3, "{:?}", cap.kernel);
+}

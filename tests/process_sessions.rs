@@ -1392,3 +1392,40 @@ fn what_is_said_live_is_bounded_by_the_records_an_image_keeps() {
     assert_eq!(rec.images[0].connects.len(), podtrail::process::session::net::MAX_CONNECT_RECORDS);
     assert_eq!(rec.images[0].connects_over_cap, 2_000 + 256 + 1 - 1024);
 }
+
+/// A container whose cgroup is gone by the time its events are read (a pod's command that
+/// exits at once) still opens its sessions in its container: the kernel told the cgroup's id
+/// and path at its mkdir, ahead of its processes' events (ebpf/cgroup.bpf.c), and the host's
+/// lookup resolves the id from that, with no directory to find.
+#[test]
+fn a_cgroup_told_at_mkdir_resolves_to_its_container_with_its_directory_gone() {
+    use podtrail::process::{cgroup::CgroupIndex, run::HostContainers, run::ProcessOptions};
+    const CID: &str = "4f1c0a3b2d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+    let empty = tempfile::tempdir().unwrap();
+    let opts =
+        ProcessOptions { containerd_socket: None, containerd_state_dirs: Vec::new(), ..ProcessOptions::default() };
+    let lookup = HostContainers::new(Some(CgroupIndex::new(empty.path().to_path_buf())), &opts);
+    let mut t = SessionTracker::new(Box::new(lookup), HOST_PIDNS, TICK);
+    let path = format!("/kubepods/besteffort/pod0b4e1f7a-2c3d-4e5f-8a9b-0c1d2e3f4a5b/{CID}");
+    let mkdir = CgroupMkdirEvent {
+        ts_ns: 5,
+        pid: 500,
+        cgroup_id: HOST,
+        id: C,
+        level: 4,
+        path: path.into_bytes(),
+        truncated: false,
+    };
+    let mut out = t.handle(&Event::CgroupMkdir(mkdir));
+    assert!(out.is_empty(), "a mkdir is no session update");
+    out.extend(start_container_c(&mut t));
+    out.extend(runc_exec(&mut t, 100, 1093, &["sh"]));
+    let s = started(&out);
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(&*s[0].container.id, CID);
+    assert_eq!(s[0].container.pod_uid.as_deref(), Some("0b4e1f7a-2c3d-4e5f-8a9b-0c1d2e3f4a5b"));
+    let c = t.cgroup_counts().unwrap();
+    // the one walk and the one unresolved id are the host's cgroup (id 1, not in the empty
+    // tree): the container's id needed neither
+    assert_eq!((c.learned, c.walks, c.unresolved), (1, 1, 1));
+}

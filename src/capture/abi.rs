@@ -6,7 +6,7 @@
 //! wrote into the compiled object, so a change on one side that is not made on the other fails
 //! before it can misread a byte.
 
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 pub const KIND_EXEC: u32 = 1;
 pub const KIND_FORK: u32 = 2;
@@ -19,11 +19,25 @@ pub const KIND_FILE: u32 = 8;
 pub const KIND_SOCK: u32 = 9;
 pub const KIND_DNS: u32 = 10;
 pub const KIND_TTY: u32 = 11;
-pub const KIND_MAX: u32 = 12;
+pub const KIND_CGROUP_MKDIR: u32 = 12;
+pub const KIND_MAX: u32 = 13;
 
 /// Human names of the kinds, indexed by kind number (0 is unused).
-pub const KIND_NAMES: [&str; KIND_MAX as usize] =
-    ["none", "exec", "fork", "exit", "connect", "connect_result", "ns_join", "udp_send", "file", "sock", "dns", "tty"];
+pub const KIND_NAMES: [&str; KIND_MAX as usize] = [
+    "none",
+    "exec",
+    "fork",
+    "exit",
+    "connect",
+    "connect_result",
+    "ns_join",
+    "udp_send",
+    "file",
+    "sock",
+    "dns",
+    "tty",
+    "cgroup_mkdir",
+];
 
 pub const FILENAME_MAX: usize = 256;
 pub const INTERP_MAX: usize = 256;
@@ -101,6 +115,9 @@ pub const TTY_F_END: u32 = 1 << 4;
 pub const TTY_F_EOL: u32 = 1 << 5;
 pub const TTY_DATA_MAX: usize = 1024;
 pub const TTY_DATA_OFF: usize = 72;
+pub const CGROUP_PATH_MAX: usize = 512;
+pub const CGROUP_PATH_OFF: usize = 56;
+pub const CGROUP_F_TRUNCATED: u16 = 1 << 0;
 
 pub const FILTER_ALL: u32 = 0;
 pub const FILTER_CONTAINERS: u32 = 1;
@@ -320,6 +337,25 @@ impl Default for Tty {
     }
 }
 
+/// A cgroup2 cgroup was created (`pt_cgroup_mkdir`): variable-length, `path` holds
+/// `path_len` bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CgroupMkdir {
+    pub h: Header,
+    pub id: u64,
+    pub level: u32,
+    pub path_len: u16,
+    pub flags: u16,
+    pub path: [u8; CGROUP_PATH_MAX],
+}
+
+impl Default for CgroupMkdir {
+    fn default() -> Self {
+        CgroupMkdir { h: Header::default(), id: 0, level: 0, path_len: 0, flags: 0, path: [0; CGROUP_PATH_MAX] }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CgroupDrops {
@@ -347,6 +383,7 @@ unsafe impl Plain for Dns {}
 unsafe impl Plain for CgroupDrops {}
 unsafe impl Plain for File {}
 unsafe impl Plain for Tty {}
+unsafe impl Plain for CgroupMkdir {}
 // SAFETY: as for Plain.
 unsafe impl aya::Pod for CgroupDrops {}
 // read from `file_inflight` only to count its entries
@@ -386,6 +423,7 @@ pub fn constants() -> Vec<(&'static str, i64)> {
         c!(KIND_SOCK),
         c!(KIND_DNS),
         c!(KIND_TTY),
+        c!(KIND_CGROUP_MKDIR),
         c!(KIND_MAX),
         c!(FILENAME_MAX),
         c!(INTERP_MAX),
@@ -446,6 +484,9 @@ pub fn constants() -> Vec<(&'static str, i64)> {
         c!(TTY_F_EOL),
         c!(TTY_DATA_MAX),
         c!(TTY_DATA_OFF),
+        c!(CGROUP_PATH_MAX),
+        c!(CGROUP_PATH_OFF),
+        c!(CGROUP_F_TRUNCATED),
         c!(INFLIGHT_FILE_STARTED),
         c!(INFLIGHT_FILE_FINISHED),
         c!(INFLIGHT_SETNS_STARTED),
@@ -520,6 +561,7 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<FieldLayout>)> {
         layout!(Dns, "pt_dns", [h, payload_len, msg_len, family, flags, sport, saddr]),
         layout!(CgroupDrops, "pt_cgroup_drops", [events, last_ts_ns]),
         layout!(Tty, "pt_tty", [h, bytes, data_len, flags, lflag, cut_in, cut_out, data]),
+        layout!(CgroupMkdir, "pt_cgroup_mkdir", [h, id, level, path_len, flags, path]),
         layout!(
             File,
             "pt_file",

@@ -170,6 +170,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             }))
         }
         abi::KIND_TTY => decode_tty(bytes),
+        abi::KIND_CGROUP_MKDIR => decode_cgroup_mkdir(bytes),
         k => Err(DecodeError::UnknownKind(k)),
     }
 }
@@ -204,6 +205,27 @@ fn decode_tty(rec: &[u8]) -> Result<Event, DecodeError> {
         cut_in: t.cut_in,
         cut_out: t.cut_out,
         data: t.data[..len].to_vec(),
+    }))
+}
+
+/// A cgroup mkdir record is variable-length: its fixed part, then `path_len` bytes.
+fn decode_cgroup_mkdir(rec: &[u8]) -> Result<Event, DecodeError> {
+    const OFF: usize = abi::CGROUP_PATH_OFF;
+    if rec.len() < OFF {
+        return Err(DecodeError::Truncated { kind: abi::KIND_CGROUP_MKDIR, got: rec.len(), need: OFF });
+    }
+    let mut full = [0u8; std::mem::size_of::<abi::CgroupMkdir>()];
+    full[..OFF].copy_from_slice(&rec[..OFF]);
+    let fixed: abi::CgroupMkdir = need(&full, abi::KIND_CGROUP_MKDIR)?;
+    let path = slot(rec, OFF, fixed.path_len as usize, abi::CGROUP_PATH_MAX, "cgroup path")?;
+    Ok(Event::CgroupMkdir(CgroupMkdirEvent {
+        ts_ns: fixed.h.ts_ns,
+        pid: fixed.h.pid,
+        cgroup_id: fixed.h.cgroup_id,
+        id: fixed.id,
+        level: fixed.level,
+        path: path.to_vec(),
+        truncated: fixed.flags & abi::CGROUP_F_TRUNCATED != 0,
     }))
 }
 

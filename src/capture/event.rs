@@ -38,6 +38,7 @@ pub enum Event {
     Sock(SockEvent),
     Dns(DnsEvent),
     Tty(TtyEvent),
+    CgroupMkdir(CgroupMkdirEvent),
 }
 
 impl Event {
@@ -55,6 +56,7 @@ impl Event {
             Event::Sock(e) => e.ts_ns,
             Event::Dns(e) => e.ts_ns,
             Event::Tty(e) => e.ts_ns,
+            Event::CgroupMkdir(e) => e.ts_ns,
         }
     }
 
@@ -71,6 +73,7 @@ impl Event {
             Event::Sock(_) => "sock",
             Event::Dns(_) => "dns",
             Event::Tty(_) => "tty",
+            Event::CgroupMkdir(_) => "cgroup_mkdir",
         }
     }
 }
@@ -423,6 +426,26 @@ pub struct TtyEvent {
     pub cut_out: u64,
     #[serde(serialize_with = "ser_bytes", deserialize_with = "de_bytes")]
     pub data: Vec<u8>,
+}
+
+/// A cgroup of the cgroup2 hierarchy was created (`ebpf/cgroup.bpf.c`): its id and path,
+/// told before any process runs in it, so a container whose cgroup is gone by the time its
+/// processes' events are read still resolves to its container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupMkdirEvent {
+    pub ts_ns: u64,
+    /// The task that created it (its cgroup is `cgroup_id`).
+    pub pid: u32,
+    pub cgroup_id: u64,
+    /// The new cgroup's id: what its processes' events carry as their `cgroup_id`.
+    pub id: u64,
+    /// Its depth below the cgroup2 root (1: a child of the root).
+    pub level: u32,
+    /// Its path from the cgroup2 root (`/kubepods.slice/...`), as the kernel gave it.
+    #[serde(serialize_with = "ser_bytes", deserialize_with = "de_bytes")]
+    pub path: Vec<u8>,
+    /// The path was longer than the kernel's slot (or unreadable): `path` is not the whole.
+    pub truncated: bool,
 }
 
 impl TtyEvent {

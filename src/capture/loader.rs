@@ -373,6 +373,12 @@ impl Capture {
                 attached.push(prog);
             }
         }
+        // each new cgroup2 cgroup's id and path, ahead of its processes' records
+        // (ebpf/cgroup.bpf.c): resolves a container removed before its events are read
+        if want(abi::KIND_CGROUP_MKDIR) {
+            attach_btf_tp(&mut ebpf, &btf, "pt_cgroup_mkdir", "cgroup_mkdir")?;
+            attached.push("pt_cgroup_mkdir");
+        }
         if want(abi::KIND_NS_JOIN) {
             for (prog, cat, name) in [
                 ("pt_sys_enter_setns", "syscalls", "sys_enter_setns"),

@@ -1,11 +1,16 @@
 //! Container identity from cgroups.
 //!
 //! In: cgroup ids (the inode number of a cgroup2 directory, as `bpf_get_current_cgroup_id()`
-//! reports it) and cgroup paths (`/proc/<pid>/cgroup`). Out: the container id a path names, and
-//! a cache from cgroup id to path and container. A cgroup id is resolved once: the cgroup2
-//! mount is walked when an id is not in the index yet, and the answer (container or not) is
-//! kept until [`CgroupIndex::forget`]. Dropped: ids whose directory is already gone when they
-//! are looked up (the cgroup was removed before we got to it): they resolve to no container and
+//! reports it), cgroup paths (`/proc/<pid>/cgroup`), and each new cgroup's id and path as the
+//! kernel tells them at its mkdir (`ebpf/cgroup.bpf.c`, [`CgroupIndex::learn_mkdir`]). Out: the
+//! container id a path names, and a cache from cgroup id to path and container. A cgroup id is
+//! resolved once: by the path its mkdir told (read from the ring before any event of a process
+//! in it, so a container removed before its events are read still resolves), else by walking
+//! the cgroup2 mount, and the answer (container or not) is kept until [`CgroupIndex::forget`].
+//! The paths told at mkdir wait in a bounded cache ([`LEARNED_PATHS`], least recently used
+//! forgotten first, counted) and leave it when their id is resolved. Dropped: ids whose path
+//! neither the kernel told (its record lost, or a cgroup made before the agent started) nor the
+//! walk found (the cgroup was removed before we got to it): they resolve to no container and
 //! are counted in [`CgroupIndex::unresolved`].
 //!
 //! Path shapes recognised (cgroup v2 paths and the path part of v1 lines alike):
@@ -17,6 +22,7 @@
 //! - containerd without kubelet (`ctr run`): `/<namespace>/<id>` for a known namespace
 //!   (`default`, `k8s.io`, `moby` unless configured otherwise), whatever `<id>` is.
 
+use crate::lru::Lru;
 use std::{
     collections::HashMap,
     fs,
@@ -126,16 +132,27 @@ fn cgroup2_mount_from(mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
+/// Paths told at mkdir and not yet asked for, kept at most (the least recently told is
+/// forgotten first, [`CgroupIndex::learned_evicted`]; its id is then resolved by a walk, as
+/// before). An entry is needed only from its mkdir to the first event of its processes, a few
+/// ring drains later: a node creates a few cgroups per container started.
+pub const LEARNED_PATHS: usize = 16_384;
+
 /// cgroup id -> path and container, resolved once per id.
 pub struct CgroupIndex {
     root: PathBuf,
     namespaces: Vec<String>,
     /// Every cgroup directory seen in the last walk, by inode.
     paths: HashMap<u64, String>,
+    /// Paths the kernel told at each cgroup's mkdir, until their id is resolved. Kernel-chosen
+    /// keys.
+    learned: Lru<u64, String>,
     /// Answers already given.
     answers: HashMap<u64, Option<CgroupContainer>>,
     walks: u64,
     unresolved: u64,
+    learned_count: u64,
+    learned_truncated: u64,
 }
 
 impl CgroupIndex {
@@ -144,7 +161,17 @@ impl CgroupIndex {
     }
 
     pub fn with_namespaces(root: PathBuf, namespaces: Vec<String>) -> Self {
-        CgroupIndex { root, namespaces, paths: HashMap::new(), answers: HashMap::new(), walks: 0, unresolved: 0 }
+        CgroupIndex {
+            root,
+            namespaces,
+            paths: HashMap::new(),
+            learned: Lru::new(LEARNED_PATHS),
+            answers: HashMap::new(),
+            walks: 0,
+            unresolved: 0,
+            learned_count: 0,
+            learned_truncated: 0,
+        }
     }
 
     /// Index for the host's cgroup2 mount, if there is one.
@@ -166,6 +193,40 @@ impl CgroupIndex {
         self.unresolved
     }
 
+    /// Paths the kernel told at a cgroup's mkdir and the index kept.
+    pub fn learned(&self) -> u64 {
+        self.learned_count
+    }
+
+    /// Paths told at mkdir that were cut by the kernel's slot: not kept (the id is resolved
+    /// by a walk, as before).
+    pub fn learned_truncated(&self) -> u64 {
+        self.learned_truncated
+    }
+
+    /// Paths told at mkdir forgotten unasked to make room ([`LEARNED_PATHS`]).
+    pub fn learned_evicted(&self) -> u64 {
+        self.learned.evicted()
+    }
+
+    /// Remember the path the kernel told at a cgroup's mkdir (relative to the cgroup2 root), so
+    /// the id resolves even once its directory is gone. The path is the creator's choice below
+    /// its own cgroup: bytes that are not UTF-8 are replaced (a component naming a container
+    /// is ASCII), and a cut path is not kept (its container part may be what was cut). An id
+    /// already answered keeps its answer.
+    pub fn learn_mkdir(&mut self, cgroup_id: u64, path: &[u8], truncated: bool) -> bool {
+        if truncated || path.is_empty() {
+            self.learned_truncated += 1;
+            return false;
+        }
+        if self.answers.contains_key(&cgroup_id) {
+            return false;
+        }
+        self.learned.insert(cgroup_id, normalise(&String::from_utf8_lossy(path)));
+        self.learned_count += 1;
+        true
+    }
+
     /// Remember a path learned elsewhere (/proc/<pid>/cgroup); returns its cgroup id.
     pub fn learn_path(&mut self, path: &str) -> Option<u64> {
         let full = self.root.join(path.trim_start_matches('/'));
@@ -176,6 +237,9 @@ impl CgroupIndex {
 
     /// The cgroup path (relative to the cgroup2 root, starting with `/`) of an id.
     pub fn path(&mut self, cgroup_id: u64) -> Option<String> {
+        if let Some(p) = self.learned.peek(&cgroup_id) {
+            return Some(p.clone());
+        }
         if !self.paths.contains_key(&cgroup_id) {
             self.walk();
         }
@@ -188,7 +252,9 @@ impl CgroupIndex {
         if let Some(a) = self.answers.get(&cgroup_id) {
             return a.clone();
         }
-        let answer = match self.path(cgroup_id) {
+        // told at its mkdir: the answer is kept below, the path need not be
+        let told = self.learned.remove(&cgroup_id);
+        let answer = match told.or_else(|| self.path(cgroup_id)) {
             Some(p) => {
                 let ns: Vec<&str> = self.namespaces.iter().map(|s| s.as_str()).collect();
                 container_from_path(&p, &ns)
@@ -232,7 +298,9 @@ impl CgroupIndex {
                     continue;
                 }
                 let name = ent.file_name();
-                let Some(name) = name.to_str() else { continue };
+                // not UTF-8 (a name the cgroup's owner chose): replaced, not skipped, so the
+                // directories below it still resolve to the container above it
+                let name = name.to_string_lossy();
                 let child = if rel == "/" { format!("/{name}") } else { format!("{rel}/{name}") };
                 stack.push((ent.path(), child));
             }
@@ -356,5 +424,43 @@ mod tests {
         assert_eq!(idx.container(u64::MAX), None);
         assert_eq!(idx.unresolved(), 1);
         assert_eq!(idx.learn_path("/default/pt-1"), Some(ino));
+    }
+
+    #[test]
+    fn a_path_told_at_mkdir_resolves_a_cgroup_that_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut idx = CgroupIndex::new(dir.path().to_path_buf());
+        let p = format!("/kubepods/besteffort/pod0b4e1f7a-2c3d-4e5f-8a9b-0c1d2e3f4a5b/{ID}");
+        assert!(idx.learn_mkdir(77, p.as_bytes(), false));
+        assert_eq!(idx.path(77).as_deref(), Some(p.as_str()));
+        let c = idx.container(77).unwrap();
+        assert_eq!((c.id.as_str(), c.pod_uid.as_deref()), (ID, Some("0b4e1f7a-2c3d-4e5f-8a9b-0c1d2e3f4a5b")));
+        assert_eq!((idx.walks(), idx.unresolved(), idx.learned()), (0, 0, 1), "no directory needed");
+        // answered once: the told path left the cache, the answer stays
+        assert_eq!(idx.learned.len(), 0);
+        assert_eq!(idx.container(77).unwrap().id, ID);
+        assert!(!idx.learn_mkdir(77, b"/elsewhere", false), "an answered id keeps its answer");
+        // a cut path is not kept; odd bytes are replaced, the container above them still found
+        assert!(!idx.learn_mkdir(78, p.as_bytes(), true));
+        assert_eq!(idx.learned_truncated(), 1);
+        let odd = [b"/default/pt-2".as_slice(), b"/\xff\xfe/x".as_slice()].concat();
+        assert!(idx.learn_mkdir(79, &odd, false));
+        assert_eq!(idx.container(79).unwrap().id, "pt-2");
+        assert_eq!(idx.container(78), None, "not told, no directory: unresolved");
+        assert_eq!(idx.unresolved(), 1);
+    }
+
+    #[test]
+    fn paths_told_at_mkdir_are_bounded_and_evictions_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut idx = CgroupIndex::new(dir.path().to_path_buf());
+        for i in 0..(LEARNED_PATHS as u64 + 10) {
+            idx.learn_mkdir(1000 + i, format!("/default/c{i}").as_bytes(), false);
+        }
+        assert_eq!(idx.learned.len(), LEARNED_PATHS);
+        assert_eq!(idx.learned_evicted(), 10);
+        // the oldest were forgotten (a walk finds nothing), the newest still resolve
+        assert_eq!(idx.container(1000), None);
+        assert_eq!(idx.container(1000 + LEARNED_PATHS as u64 + 9).unwrap().id, format!("c{}", LEARNED_PATHS + 9));
     }
 }

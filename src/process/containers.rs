@@ -14,7 +14,7 @@ use crate::hashing::FastMap;
 
 use crate::lru::Lru;
 
-use crate::capture::event::ProcessKey;
+use crate::capture::event::{CgroupMkdirEvent, ProcessKey};
 
 use crate::model::{ContainerInfo, Text};
 
@@ -43,6 +43,32 @@ pub trait ContainerLookup: Send {
     fn is_ephemeral(&mut self, _cgroup_id: u64, _info: &ContainerInfo) -> Option<bool> {
         Some(false)
     }
+
+    /// The kernel told a new cgroup's id and path at its mkdir (`ebpf/cgroup.bpf.c`), ahead of
+    /// any event of a process in it: a lookup that resolves ids by path keeps it, so the id
+    /// resolves even when the cgroup is gone by the time its events are read.
+    fn cgroup_created(&mut self, _m: &CgroupMkdirEvent) {}
+
+    /// How cgroup ids were resolved so far: paths told at mkdir kept, and the other counts of
+    /// [`CgroupCounts`]; None for a lookup that does not resolve by path.
+    fn cgroup_counts(&self) -> Option<CgroupCounts> {
+        None
+    }
+}
+
+/// [`ContainerLookup::cgroup_counts`]: the cgroup index's totals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupCounts {
+    /// Paths told at a cgroup's mkdir and kept.
+    pub learned: u64,
+    /// Paths told at mkdir cut by the kernel's slot, not kept.
+    pub truncated: u64,
+    /// Paths told at mkdir forgotten unasked to make room.
+    pub evicted: u64,
+    /// Walks of the cgroup2 tree (an id neither told nor walked before).
+    pub walks: u64,
+    /// Ids resolved neither way: their processes are taken for the host's.
+    pub unresolved: u64,
 }
 
 /// Answers [`ContainerLookup::is_ephemeral`] for the host's lookup: the agent builds it from the

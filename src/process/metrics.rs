@@ -34,6 +34,8 @@ pub struct ProcessMetrics {
     pub identities: Family<Labels, Counter>,
     /// Names from DNS answers: answers by result, names held, destinations named or not.
     pub dns: super::dns::DnsMetrics,
+    /// How cgroup ids were resolved to paths, by what (learned, truncated, walks, unresolved).
+    pub cgroup_paths: Family<Labels, Counter>,
 }
 
 impl ProcessMetrics {
@@ -81,6 +83,15 @@ impl ProcessMetrics {
             "Entries the process stage's bounded caches forgot to make room (least recently used first), by cache",
             self.cache_evictions.clone(),
         );
+        reg.register(
+            "podtrail_process_cgroup_paths",
+            "How cgroup ids became paths (and so containers), by what (learned: paths the kernel told at a \
+             cgroup's mkdir, kept until its id is first seen; truncated: told paths longer than the kernel's \
+             slot, not kept; walks: walks of the cgroup2 tree for an id not told; unresolved: ids resolved \
+             neither way, their processes taken for the host's: a cgroup removed before its events were read \
+             whose mkdir record was lost or came before the agent started)",
+            self.cgroup_paths.clone(),
+        );
         self.dns.register(reg);
     }
 
@@ -100,6 +111,18 @@ impl ProcessMetrics {
         for (cache, n) in t.cache_evictions() {
             let c = self.cache_evictions.get_or_create(&vec![("cache", cache)]);
             c.inc_by(n.saturating_sub(c.get()));
+        }
+        if let Some(c) = t.cgroup_counts() {
+            let s = self.cache_evictions.get_or_create(&vec![("cache", "cgroup_paths")]);
+            s.inc_by(c.evicted.saturating_sub(s.get()));
+        }
+        if let Some(c) = t.cgroup_counts() {
+            for (what, n) in
+                [("learned", c.learned), ("truncated", c.truncated), ("walks", c.walks), ("unresolved", c.unresolved)]
+            {
+                let s = self.cgroup_paths.get_or_create(&vec![("what", what)]);
+                s.inc_by(n.saturating_sub(s.get()));
+            }
         }
     }
 }

@@ -158,6 +158,23 @@ impl ContainerLookup for HostContainers {
     fn open_executable(&mut self, pid: u32, path: Option<&[u8]>) -> Option<std::fs::File> {
         open_in_process(pid, path)
     }
+
+    fn cgroup_created(&mut self, m: &crate::capture::event::CgroupMkdirEvent) {
+        if let Some(index) = self.index.as_mut() {
+            index.learn_mkdir(m.id, &m.path, m.truncated);
+        }
+    }
+
+    fn cgroup_counts(&self) -> Option<super::containers::CgroupCounts> {
+        let i = self.index.as_ref()?;
+        Some(super::containers::CgroupCounts {
+            learned: i.learned(),
+            truncated: i.learned_truncated(),
+            evicted: i.learned_evicted(),
+            walks: i.walks(),
+            unresolved: i.unresolved(),
+        })
+    }
 }
 
 /// `/proc/PID/exe`, or `path` resolved inside the process's root (absolute) or cwd (relative)

@@ -2,6 +2,7 @@
 managed cluster), and what no Kubernetes request explains: a node-level nsenter into a pod's
 container, tcpdump on the host and in a pod, and a pod connecting outside the cluster."""
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -133,6 +134,14 @@ def test_tcpdump_on_the_host_and_in_a_pod(cluster, seen):
                    or s.get("k8s.namespace.name") != NAMESPACE]
         assert not unnamed, f"spans of the pod's tcpdump without its pod: {unnamed}"
     seen["tcpdump_trace_ids"] = {t.trace_id.rjust(32, "0") for t in host + inpod}
+
+    # the kernel told the agent each new cgroup's path at its mkdir (ebpf/cgroup.bpf.c): how the
+    # pod's cgroup, often gone before its events are read, still names its container
+    def learned():
+        m = re.search(r'^podtrail_process_cgroup_paths_total\{what="learned"\} (\d+)', cluster.agent_metrics(), re.M)
+        return int(m.group(1)) if m and int(m.group(1)) > 0 else None
+
+    eventually("cgroup paths learned at mkdir", learned, timeout=10)
 
 
 def test_pod_connect_to_an_external_address(cluster, seen):

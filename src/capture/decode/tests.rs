@@ -302,6 +302,39 @@ fn io_uring_records_carry_their_opcode() {
     assert_eq!(io_uring_op_name(200), "op_200");
 }
 
+#[test]
+fn cgroup_mkdir_records_carry_the_new_cgroup_and_its_checked_path() {
+    let path = b"/kubepods.slice/pod\xff/x";
+    let mut m = abi::CgroupMkdir {
+        h: abi::Header { kind: abi::KIND_CGROUP_MKDIR, pid: 7, cgroup_id: 1, ..Default::default() },
+        id: 4242,
+        level: 3,
+        path_len: path.len() as u16,
+        ..Default::default()
+    };
+    m.path[..path.len()].copy_from_slice(path);
+    // SAFETY: CgroupMkdir is Plain (repr(C), integers only): its bytes are all initialised.
+    let all = unsafe {
+        std::slice::from_raw_parts(&m as *const abi::CgroupMkdir as *const u8, std::mem::size_of::<abi::CgroupMkdir>())
+    };
+    let n = abi::CGROUP_PATH_OFF + path.len();
+    let mut rec = all[..n].to_vec();
+    rec[4..8].copy_from_slice(&(n as u32).to_le_bytes());
+    let Ok(Event::CgroupMkdir(e)) = decode(&rec) else { panic!("{:?}", decode(&rec)) };
+    assert_eq!(
+        (e.pid, e.cgroup_id, e.id, e.level, e.path.as_slice(), e.truncated),
+        (7, 1, 4242, 3, path.as_slice(), false)
+    );
+    // a path length past what arrived, or past the slot, is refused, not read
+    rec[52..54].copy_from_slice(&((path.len() + 1) as u16).to_le_bytes());
+    assert_eq!(decode(&rec), Err(DecodeError::FieldOverrun("cgroup path")));
+    rec[52..54].copy_from_slice(&((abi::CGROUP_PATH_MAX + 1) as u16).to_le_bytes());
+    assert_eq!(decode(&rec), Err(DecodeError::FieldOverrun("cgroup path")));
+    let short = &mut rec[..48].to_vec();
+    short[4..8].copy_from_slice(&48u32.to_le_bytes());
+    assert!(matches!(decode(short), Err(DecodeError::Truncated { .. })));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(20000))]
     #[test]
@@ -310,7 +343,7 @@ proptest! {
     }
 
     #[test]
-    fn decode_never_panics_on_valid_headers(kind in 0u32..13, len in 0u32..7000, tail in proptest::collection::vec(any::<u8>(), 0..6000)) {
+    fn decode_never_panics_on_valid_headers(kind in 0u32..14, len in 0u32..7000, tail in proptest::collection::vec(any::<u8>(), 0..6000)) {
         let mut b = Vec::new();
         b.extend_from_slice(&kind.to_le_bytes());
         b.extend_from_slice(&len.to_le_bytes());

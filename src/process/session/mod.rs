@@ -147,6 +147,11 @@ impl SessionTracker {
         &self.identities.counters
     }
 
+    /// How the container lookup resolved cgroup ids (None: it does not resolve by path).
+    pub fn cgroup_counts(&self) -> Option<super::containers::CgroupCounts> {
+        self.lookup.cgroup_counts()
+    }
+
     /// Live processes in the table (the size metric).
     pub fn len(&self) -> usize {
         self.table.len()
@@ -232,6 +237,7 @@ impl SessionTracker {
             Event::Sock(so) => self.on_sock(&so, out),
             Event::Dns(d) => self.dns.learn(&d),
             Event::Tty(t) => self.on_tty(&t),
+            Event::CgroupMkdir(m) => self.lookup.cgroup_created(&m),
         }
     }
 

@@ -99,11 +99,14 @@ pub const DEFAULT_RING_MIB: u32 = 4;
 /// How often the reader drains the ring while records flow and no wakeup came, in ms
 /// (`capture.poll_ms`). Each drain wakes the five pipeline tasks once; at 20 ms the session
 /// storm read 12.6 µs of agent CPU per exec, at 100 ms 9.1 (the same binary, one invocation:
-/// BENCHMARKS.md, issue 15, "lead, session 14"): bigger batches, each stage's code and tables
-/// kept warm through a batch. A record then waits at most this long while others flow; the
+/// BENCHMARKS.md, issue 15, "lead, session 14"), and at 250 ms 0.81x of 100 ms ("lead, session
+/// 16"): bigger batches, each stage's code and tables kept warm through a batch. 250 waited
+/// for the kernel to announce new cgroups (`cgroup_mkdir`): before it, a container that ran
+/// and exited within one drain had no directory left to resolve its cgroup id by, and its
+/// trace was taken for the host's. A record waits at most this long while others flow; the
 /// first record after a quiet spell still wakes the parked reader at once, and `wakeup_kib`
 /// queued still wakes it early.
-pub const DEFAULT_POLL_MS: u64 = 100;
+pub const DEFAULT_POLL_MS: u64 = 250;
 
 /// Every kind.
 pub const ALL_KINDS: u32 = u32::MAX;

@@ -115,8 +115,6 @@ impl ProcessMetrics {
         if let Some(c) = t.cgroup_counts() {
             let s = self.cache_evictions.get_or_create(&vec![("cache", "cgroup_paths")]);
             s.inc_by(c.evicted.saturating_sub(s.get()));
-        }
-        if let Some(c) = t.cgroup_counts() {
             for (what, n) in
                 [("learned", c.learned), ("truncated", c.truncated), ("walks", c.walks), ("unresolved", c.unresolved)]
             {

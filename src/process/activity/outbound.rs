@@ -444,6 +444,22 @@ impl Outbound {
 mod tests {
     use super::*;
 
+    /// A live process (pid 7) with no image yet.
+    fn proc7() -> ProcessRecord {
+        ProcessRecord {
+            key: ProcessKey { pid: 7, start_ns: 1 },
+            parent: None,
+            parent_exec_index: None,
+            nspid: 7,
+            fork_ns: 1,
+            exit_ns: None,
+            exit: None,
+            from_proc: false,
+            images: Vec::new(),
+            leaf: false,
+        }
+    }
+
     #[test]
     fn pending_cookies_past_the_cap_forget_the_least_recently_used_one_and_count_it() {
         let cfg = ActivityConfig::default();
@@ -459,18 +475,7 @@ mod tests {
                 port: 53,
                 mapped: false,
             };
-            let proc = ProcessRecord {
-                key: ProcessKey { pid: 7, start_ns: 1 },
-                parent: None,
-                parent_exec_index: None,
-                nspid: 7,
-                fork_ns: 1,
-                exit_ns: None,
-                exit: None,
-                from_proc: false,
-                images: Vec::new(),
-                leaf: false,
-            };
+            let proc = proc7();
             (ConnectRecord::pending(&ev), proc)
         };
         let mut o = Outbound::default();
@@ -513,18 +518,7 @@ mod tests {
             };
             ConnectRecord::pending(&ev)
         };
-        let proc = ProcessRecord {
-            key: ProcessKey { pid: 7, start_ns: 1 },
-            parent: None,
-            parent_exec_index: None,
-            nspid: 7,
-            fork_ns: 1,
-            exit_ns: None,
-            exit: None,
-            from_proc: false,
-            images: Vec::new(),
-            leaf: false,
-        };
+        let proc = proc7();
         // one record, then two destinations over the burst
         for d in 0..3 {
             o.connect(&cfg, tcp(d), d, proc.clone(), Default::default(), 1);

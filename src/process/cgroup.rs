@@ -86,20 +86,27 @@ fn pod_uid(c: &str) -> Option<String> {
     None
 }
 
-/// The container a cgroup path belongs to. The deepest component that names a container
-/// wins, so a container's own sub-cgroups (`.../<id>/init.scope`) still resolve to it.
+/// The container a cgroup path belongs to.
+///
+/// Under a kubelet's pod (a `pod<uid>` component) the container is the first component after
+/// the shallowest pod component that names one: the runtime makes that directory, and what is
+/// below it is the container's own (its sub-cgroups, `.../<id>/init.scope`, and anything a
+/// privileged container or one with its cgroup delegated makes there: a directory named after
+/// another container's id must not lend the process that container's identity, nor a
+/// `pod<uid>` directory another pod's). Outside a pod the deepest component that names a
+/// container wins (docker in docker: the inner container is the one the processes run in).
 pub fn container_from_path(path: &str, namespaces: &[&str]) -> Option<CgroupContainer> {
     // accept a whole /proc/<pid>/cgroup line ("0::/path", "4:pids:/path") as well
     let path = if path.starts_with('/') { path } else { path.splitn(3, ':').nth(2).unwrap_or(path) };
     let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
-    let found = comps.iter().enumerate().rev().find_map(|(i, c)| component_id(c).map(|x| (i, x)));
+    let pod = comps.iter().enumerate().find_map(|(i, c)| pod_uid(c).map(|uid| (i, uid)));
+    let found = match pod {
+        Some((p, _)) => comps.iter().enumerate().skip(p + 1).find_map(|(i, c)| component_id(c).map(|x| (i, x))),
+        None => comps.iter().enumerate().rev().find_map(|(i, c)| component_id(c).map(|x| (i, x))),
+    };
     if let Some((i, (id, runtime))) = found {
         let runtime = if runtime == "containerd" && i > 0 && comps[0] == "docker" { "docker" } else { runtime };
-        // the shallowest `pod<uid>` is the kubelet's: a deeper one can only be a directory
-        // made from inside a container (privileged, or with its cgroup delegated) to borrow
-        // another pod's uid, which the pod filter would turn into that pod's name and labels
-        let pod_uid = comps[..i].iter().find_map(|c| pod_uid(c));
-        return Some(CgroupContainer { id: id.to_string(), runtime: runtime.to_string(), pod_uid });
+        return Some(CgroupContainer { id: id.to_string(), runtime: runtime.to_string(), pod_uid: pod.map(|p| p.1) });
     }
     // ctr: /<namespace>/<id>, the id being anything the user chose
     if comps.len() >= 2 && namespaces.contains(&comps[0]) {
@@ -356,17 +363,24 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_component_made_inside_a_container_does_not_name_the_pod() {
-        // a privileged container makes `pod<victim>/<id>` under its own cgroup: the deepest
-        // id is its own choice, and the second pod component must not lend it a pod
+    fn directories_made_inside_a_pod_container_name_neither_another_pod_nor_another_container() {
+        // a privileged container makes `pod<victim>/<id>` under its own cgroup: neither the
+        // second pod component nor the deeper id (both its own choice) counts
         let victim = "9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d";
+        let other = "ab".repeat(32);
         let p = format!(
-            "/kubepods.slice/kubepods-pod0b4e1f7a_2c3d_4e5f_8a9b_0c1d2e3f4a5b.slice/cri-containerd-{ID}.scope/pod{victim}/{}",
-            "ab".repeat(32)
+            "/kubepods.slice/kubepods-pod0b4e1f7a_2c3d_4e5f_8a9b_0c1d2e3f4a5b.slice/cri-containerd-{ID}.scope/pod{victim}/{other}"
         );
         let c = container_from_path(&p, NS).unwrap();
-        assert_eq!(c.id, "ab".repeat(32));
+        assert_eq!(c.id, ID);
         assert_eq!(c.pod_uid.as_deref(), Some("0b4e1f7a-2c3d-4e5f-8a9b-0c1d2e3f4a5b"));
+        // a directory named after another container's id, with or without a runtime's prefix
+        for nested in [other.clone(), format!("cri-containerd-{other}.scope"), format!("docker/{other}")] {
+            let p = format!("/kubepods/burstable/pod{victim}/{ID}/{nested}");
+            assert_eq!(id(&p), Some(ID.into()), "{p}");
+        }
+        // outside a pod the deepest id is still the one (docker in docker)
+        assert_eq!(id(&format!("/docker/{ID}/docker/{other}")), Some(other.clone()));
         // one pod component, the kubelet's: its uid, also for a sub-cgroup of the container
         let own = format!("/kubepods/pod{victim}/{ID}/init.scope");
         assert_eq!(container_from_path(&own, NS).unwrap().pod_uid.as_deref(), Some(victim));

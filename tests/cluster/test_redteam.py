@@ -10,7 +10,9 @@ collector. Each trick's trace must hold the trick and alice's identity:
   - a renamed tcpdump (`cp /usr/bin/tcpdump /tmp/x; /tmp/x ...`: the node's tcpdump, mounted
     read-only with the node's /usr, which also brings python3 and a dynamic loader);
   - a history wipe through a symlink and through /proc/self/fd/N;
-  - the payload (a binary the session had not run, and a connect) after 10 000 decoy commands.
+  - the payload (a binary the session had not run, and a connect) after 10 000 decoy commands;
+  - a privileged container moving into a cgroup it made below its own, named after another pod's
+    container id, then running tcpdump (the span names the container it runs in).
 
 The container suite holds the same tricks against `podtrail run` on plain containers
 (tests/e2e_ways_out.rs, e2e_evasion.rs, e2e_file_roads.rs); this one proves them through the
@@ -29,7 +31,7 @@ import time
 
 import pytest
 
-from conftest import BUSYBOX, NAMESPACE, eventually, parse_ts
+from conftest import BUSYBOX, NAMESPACE, eventually, parse_ts, pod
 from test_exec import session_root, wait_trace
 
 POD = "redteam"
@@ -280,3 +282,72 @@ def test_payload_after_ten_thousand_decoys(cluster, redteam):
     assert conns[0].get("podtrail.network.outcome") == "refused", conns[0].attrs
     assert conns[0].get("user.name") == USER, conns[0].attrs
     assert num("podtrail.session.spans_kept_over_cap") >= 3, root.attrs
+
+
+def pod_container_id(cluster, name):
+    cid = cluster.kubectl("-n", NAMESPACE, "get", "pod", name, "-o",
+                          "jsonpath={.status.containerStatuses[0].containerID}", check=False).stdout.strip()
+    return cid.split("://", 1)[-1] or None
+
+
+def test_a_cgroup_named_after_another_container_lends_no_identity(cluster, pods):
+    """A privileged container makes a cgroup below its own named after another pod's container
+    id, moves into it, and runs tcpdump there: the tcpdump span must name the container it runs
+    in, not the one its cgroup directory is named after (src/process/cgroup.rs: under a pod the
+    container is the first id below the kubelet's pod component). Broken (the move left out),
+    it fails at the check that the container moved; against the deepest-id rule it replaced, at
+    the identity check (that run is in the commit that added this test)."""
+    from test_node import jaeger_search  # noqa: E402 (the Jaeger search helper of the node tests)
+
+    other = eventually("the shell pod's container id", lambda: pod_container_id(cluster, "shell"), timeout=120)
+    name = "nester"
+    # the container's own cgroup2 directory: the hierarchy mounted here (this machine is hybrid,
+    # v1 controllers at /sys/fs/cgroup, so the container has no cgroup2 mount of its own) plus
+    # the path /proc tells (relative to the container's cgroup namespace, as the mount is).
+    # `$$$$` is the shell's `$$`: Kubernetes turns `$$` in a command into `$`.
+    script = (
+        'set -e; mkdir -p /tmp/cg2; mount -t cgroup2 none /tmp/cg2; '
+        'own=/tmp/cg2$(sed -n "s/^0:://p" /proc/self/cgroup); '
+        'grep -qx $$$$ "$own/cgroup.procs" || { echo "not in $own: $(cat /proc/self/cgroup)"; exit 1; }; '
+        f'd="${{own%/}}/{other}"; mkdir "$d"; [ "$BROKEN" = 1 ] || echo $$$$ > "$d/cgroup.procs"; '
+        'echo "moved: $(grep ^0:: /proc/self/cgroup)"; '
+        "exec /usr/bin/timeout 5 /usr/bin/tcpdump -i lo -c 1 -n")
+
+    def spec(s):
+        c = s["spec"]["containers"][0]
+        c["securityContext"] = {"privileged": True}
+        c["env"] = [{"name": "BROKEN", "value": "1" if BROKEN else "0"}]
+        c["volumeMounts"] = [{"name": n, "mountPath": f"/{n}", "readOnly": True} for n in ("usr", "lib", "lib64")]
+        s["spec"]["volumes"] = [{"name": n, "hostPath": {"path": f"/{n}"}} for n in ("usr", "lib", "lib64")]
+        s["spec"]["restartPolicy"] = "Never"
+
+    cluster.kubectl("-n", NAMESPACE, "delete", "pod", name, "--ignore-not-found", "--wait=true", timeout=120)
+    cluster.apply(pod(name, ["sh", "-c", script], extra=spec))
+    try:
+        own = eventually("the nester pod's container id", lambda: pod_container_id(cluster, name), timeout=120)
+        assert own != other
+        def said():
+            p = cluster.kubectl("-n", NAMESPACE, "logs", name, check=False)
+            phase = cluster.kubectl("-n", NAMESPACE, "get", "pod", name, "-o", "jsonpath={.status.phase}",
+                                    check=False).stdout.strip()
+            out = p.stdout + p.stderr
+            return out if "moved:" in out or phase in ("Succeeded", "Failed") else None
+
+        logs = eventually("the nester's move", said, timeout=60)
+        assert "moved:" in logs and other in logs, f"the container did not move into the cgroup named {other}: {logs}"
+
+        found = {}
+
+        def nested_tcpdump():
+            spans = [s for t in jaeger_search(cluster, {"process.executable.name": "tcpdump"}) for s in t.spans
+                     if s.name == "tcpdump" and (s.get("container.id") in (own, other)
+                                                 or s.get("k8s.pod.name") == name)]
+            found["spans"] = [(s.get("container.id"), s.get("k8s.pod.name"), s.get("k8s.pod.uid")) for s in spans]
+            return spans or None
+
+        spans = eventually("the nester's tcpdump span", nested_tcpdump, timeout=120, interval=1)
+        lent = [(s.get("container.id"), s.get("k8s.pod.name")) for s in spans if s.get("container.id") != own]
+        assert not lent, f"tcpdump in a cgroup named after {other} took that identity (own {own}): {lent}"
+        assert all(s.get("k8s.pod.name") == name for s in spans), found
+    finally:
+        cluster.kubectl("-n", NAMESPACE, "delete", "pod", name, "--ignore-not-found", "--wait=false", check=False)

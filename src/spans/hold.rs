@@ -157,10 +157,16 @@ pub struct SpanStage {
     max_late: usize,
     /// Records younger than this do not answer late questions.
     settle: Duration,
+    /// Sessions released unattributed that have ended, waiting for a late record. One still
+    /// live waits in its `SessionSpans` ([`SessionSpans::released`]): its entry is made here
+    /// at its end (issue 15, mem23).
     unattributed: FastMap<SessionId, Unattributed>,
     /// What [`Unattributed::released`] counts from.
     epoch: Instant,
+    /// Every session waiting for a late record (ended or live), in the order released.
     unattributed_order: VecDeque<SessionId>,
+    /// Sessions waiting for a late record, ended or live.
+    remembered: usize,
     /// The attributor's last revision and when it was first seen.
     revision: Option<(Option<u64>, Instant)>,
     /// Probe sessions dropped while still open: their later updates are dropped too.
@@ -188,6 +194,7 @@ impl SpanStage {
             unattributed: FastMap::default(),
             epoch: Instant::now(),
             unattributed_order: VecDeque::new(),
+            remembered: 0,
             revision: None,
             dropped: Default::default(),
             records: false,
@@ -203,7 +210,7 @@ impl SpanStage {
 
     /// Sessions exported unattributed still waiting for a late record.
     pub fn unattributed(&self) -> usize {
-        self.unattributed.len()
+        self.remembered
     }
 
     pub fn ctx(&self) -> &BuildCtx {
@@ -266,8 +273,8 @@ impl SpanStage {
                 return;
             }
             let s = SessionSpans::new(&self.ctx, info.clone(), None);
-            self.remember(&s, now, out);
             self.go_live(id, s, out);
+            self.remember(id, now, out);
             out.released.push(Release::Deadline);
             self.apply(id, u, out);
             return;
@@ -359,10 +366,10 @@ impl SpanStage {
         }
         let unattributed = who.is_none() && how != Release::Shutdown;
         let s = SessionSpans::new(&self.ctx, h.info, who);
-        if unattributed {
-            self.remember(&s, now, out);
-        }
         self.go_live(id, s, out);
+        if unattributed {
+            self.remember(id, now, out);
+        }
         for u in h.updates {
             self.apply(id, u, out);
         }
@@ -435,6 +442,11 @@ impl SpanStage {
         out: &mut Output,
     ) {
         let incomplete = info.incomplete || info.events_lost > 0;
+        if let Some(released) = s.released() {
+            // still waiting for a late record: from here without the session
+            let w = Unattributed { info: info.clone(), frame: s.shared_frame(), released };
+            self.unattributed.insert(id, w);
+        }
         let remaining: Vec<Arc<EndedRecord>> =
             remaining.into_iter().map(|r| Arc::new(EndedRecord::new(&self.ctx.boot_id, r))).collect();
         if self.records {

@@ -25,8 +25,8 @@ use super::build::{self, BuildCtx, RootMarks, SessionFrame};
 use super::identity::SessionIdentity;
 use super::{ids, keys};
 use crate::capture::event::{ProcessKey, Transport};
-use crate::hashing::{FastMap, FastSet};
-use crate::lru::FastLru;
+use crate::hashing::{FastMap, SessionSet, SessionState};
+use crate::lru::SmallLru;
 use crate::model::{ProcessRecord, SessionInfo};
 
 /// A final record with its span ids ([`ids::RecordIds`]), derived once here and shared with
@@ -117,13 +117,14 @@ pub struct SessionSpans {
     /// image by `parent_exec_index` (the process stage fills it), or waits for the session's
     /// end and hangs under the root. A leaf ([`ProcessRecord::leaf`]) keeps none.
     /// Maps here are keyed by process key, span id or (device, inode): values the kernel or
-    /// podtrail choose, hashed with [`crate::hashing::FastState`].
-    slots: FastLru<ProcessKey, Slots>,
+    /// podtrail choose, hashed with foldhash: [`crate::hashing::SessionState`] (one seed per
+    /// process, no bytes per map) for those every session holds.
+    slots: SmallLru<ProcessKey, Slots, SessionState>,
     /// Shared with the rules stage's copy ([`super::hold::Output::records`]): not cloned.
     /// Made when a record first waits (its parent's image unknown and unnamed): rare.
     waiting: Option<Box<FastMap<ProcessKey, Vec<Arc<EndedRecord>>>>>,
     /// Image spans named as a parent before they were built: never folded.
-    referenced: FastSet<SpanId>,
+    referenced: SessionSet<SpanId>,
     folds: FoldTable<SpanData>,
     /// The root's counters every session moves (kept inline), and the others (caps, cuts,
     /// unsent datagrams: rare) made at their first count: all eleven inline were 96 bytes of
@@ -133,15 +134,23 @@ pub struct SessionSpans {
     marks: Option<Box<RootMarks>>,
     spans: u64,
     /// Executables (device, inode) this session has run: a new one matters past the cap.
-    contents: FastSet<(u32, u64)>,
+    contents: SessionSet<(u32, u64)>,
     /// Span ids exported or to be exported (own, reserved, fold spans) once the cap was
     /// reached: a span kept past the cap whose parent is not among them hangs on the root.
-    kept: FastSet<SpanId>,
+    kept: SessionSet<SpanId>,
     /// Build the spans the caps refuse for the rules stage ([`OverCap`]); off without one.
     /// Built since last taken ([`Self::take_over_cap`]).
     /// None unless offered ([`Self::offer_over_cap`]).
     over_cap: Option<Vec<OverCap>>,
+    /// When the session left the hold unattributed, in ns from the span stage's epoch, while
+    /// it waits for a late record ([`NOT_REMEMBERED`] otherwise). The stage's entry for a late
+    /// record is made at the session's end from this (issue 15, mem23: an entry per live
+    /// session held the same info and frame as the session, ~80 B with its map's buckets).
+    released: i64,
 }
+
+/// [`SessionSpans::released`]: not waiting for a late record.
+const NOT_REMEMBERED: i64 = i64::MIN;
 
 /// Executables remembered per session for "not run before" (beyond: not new).
 const MAX_CONTENTS: usize = 65_536;
@@ -161,18 +170,30 @@ impl SessionSpans {
             info,
             who,
             frame,
-            slots: FastLru::with_hasher(MAX_SLOTS),
+            slots: SmallLru::with_hasher(MAX_SLOTS),
             waiting: None,
-            referenced: FastSet::default(),
+            referenced: SessionSet::default(),
             folds: FoldTable::new(ctx.cfg.fold_after),
             processes: 0,
             args_redacted: 0,
             marks: None,
             spans: 0,
-            contents: FastSet::default(),
-            kept: FastSet::default(),
+            contents: SessionSet::default(),
+            kept: SessionSet::default(),
             over_cap: None,
+            released: NOT_REMEMBERED,
         }
+    }
+
+    /// When the session was released unattributed (ns from the span stage's epoch), while it
+    /// waits for a late record.
+    pub(crate) fn released(&self) -> Option<i64> {
+        (self.released != NOT_REMEMBERED).then_some(self.released)
+    }
+
+    /// Marks the session as waiting for a late record since `at` (None: no longer).
+    pub(crate) fn set_released(&mut self, at: Option<i64>) {
+        self.released = at.filter(|&t| t != NOT_REMEMBERED).unwrap_or(NOT_REMEMBERED);
     }
 
     /// Build the spans the caps refuse for a rules stage that follows ([`OverCap`]).

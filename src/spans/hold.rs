@@ -152,7 +152,7 @@ pub struct SpanStage {
     order: VecDeque<SessionId>,
     /// Boxed: a `SessionSpans` is ~1.5 KB, and a map's free slots would each hold one
     /// (BENCHMARKS.md, issue 15, export15: memory per open session).
-    live: FastMap<SessionId, Box<SessionSpans>>,
+    live: Live,
     late_for: Duration,
     max_late: usize,
     /// Records younger than this do not answer late questions.
@@ -187,7 +187,7 @@ impl SpanStage {
             max_held,
             held: FastMap::default(),
             order: VecDeque::new(),
-            live: FastMap::default(),
+            live: Live::default(),
             late_for,
             max_late,
             settle: hold_for.min(Duration::from_secs(10)),
@@ -333,7 +333,7 @@ impl SpanStage {
             let how = if who.is_some() { Release::Attributed } else { Release::Shutdown };
             self.release_with(id, who, how, Instant::now(), out);
         }
-        let live: Vec<SessionId> = self.live.keys().copied().collect();
+        let live: Vec<SessionId> = self.live.ids();
         for id in live {
             if let Some(s) = self.live.remove(&id) {
                 let mut info = s.shared_info();
@@ -378,16 +378,15 @@ impl SpanStage {
     /// A session leaves the hold: from here its spans are built as its processes end. Who
     /// opened it goes to the rules, and a session someone opened (exec, debug, node) says so
     /// at once with a `session opened` span, so it is searchable while it still runs.
-    fn go_live(&mut self, id: SessionId, mut s: SessionSpans, out: &mut Output) {
-        // the rules stage keeps a refused span that raised an alert (it drops the others)
-        s.offer_over_cap(self.records);
+    fn go_live(&mut self, id: SessionId, s: SessionSpans, out: &mut Output) {
         out.identified.push((id, s.who().cloned()));
         let info = s.info();
         if matches!(info.kind, SessionKind::Exec | SessionKind::Debug | SessionKind::Node) {
             let span = super::build::opened_span(&self.ctx, s.frame(), info, s.who());
             out.spans.push((id, BuiltSpan { span, root: false }));
         }
-        self.live.insert(id, Box::new(s));
+        debug_assert_eq!(s.info().id, id);
+        self.live.insert(Box::new(s));
     }
 
     fn apply(&mut self, id: SessionId, u: SessionUpdate, out: &mut Output) {
@@ -409,10 +408,11 @@ impl SpanStage {
                     // the rules stage's copy: the info moves there, the record is shared
                     let rec = Arc::new(EndedRecord::new(&self.ctx.boot_id, rec));
                     let for_rules = self.records.then(|| rec.clone());
-                    for span in s.place_shared(&self.ctx, rec) {
-                        out.spans.push((id, BuiltSpan { span, root: false }));
-                    }
-                    out.over_cap.extend(s.take_over_cap().into_iter().map(|c| (id, c)));
+                    // the rules stage keeps a refused span that raised an alert (it drops the
+                    // others)
+                    let (spans, over_cap) = s.place_offering(&self.ctx, rec, self.records);
+                    out.spans.extend(spans.into_iter().map(|span| (id, BuiltSpan { span, root: false })));
+                    out.over_cap.extend(over_cap.into_iter().map(|c| (id, c)));
                     if let Some(r) = for_rules {
                         out.records.push((info, r));
                     }
@@ -452,10 +452,61 @@ impl SpanStage {
         if self.records {
             out.records.extend(remaining.iter().map(|r| (info.clone(), r.clone())));
         }
-        let (built, over_cap) = s.end(&self.ctx, info, remaining);
+        let (built, over_cap) = s.end(&self.ctx, info, remaining, self.records);
         out.spans.extend(built.into_iter().map(|b| (id, b)));
         out.over_cap.extend(over_cap.into_iter().map(|c| (id, c)));
         out.ended.push((id, incomplete));
+    }
+}
+
+/// The live sessions, each found by its own id (`SessionSpans::info().id`, which a refresh
+/// keeps: every update of a session carries its id). A `HashMap` keyed by the id held it
+/// twice, in 24-byte buckets where these are 8 (issue 15, mem23: ~33 B per open session with
+/// a table's spare buckets). Keyed by session id (a process key): foldhash.
+#[derive(Default)]
+struct Live {
+    table: hashbrown::HashTable<Box<SessionSpans>>,
+    hasher: crate::hashing::FastState,
+}
+
+impl Live {
+    fn hash(&self, id: &SessionId) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, id)
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn contains_key(&self, id: &SessionId) -> bool {
+        self.get(id).is_some()
+    }
+
+    fn get(&self, id: &SessionId) -> Option<&SessionSpans> {
+        self.table.find(self.hash(id), |s| s.info().id == *id).map(|s| &**s)
+    }
+
+    fn get_mut(&mut self, id: &SessionId) -> Option<&mut SessionSpans> {
+        let h = self.hash(id);
+        self.table.find_mut(h, |s| s.info().id == *id).map(|s| &mut **s)
+    }
+
+    fn remove(&mut self, id: &SessionId) -> Option<Box<SessionSpans>> {
+        let h = self.hash(id);
+        self.table.find_entry(h, |s| s.info().id == *id).ok().map(|e| e.remove().0)
+    }
+
+    /// Inserts `s` under its id, in place of a session with the same id.
+    fn insert(&mut self, s: Box<SessionSpans>) {
+        let id = s.info().id;
+        self.remove(&id);
+        let hasher = &self.hasher;
+        let h = std::hash::BuildHasher::hash_one(hasher, id);
+        self.table.insert_unique(h, s, |x| std::hash::BuildHasher::hash_one(hasher, x.info().id));
+    }
+
+    fn ids(&self) -> Vec<SessionId> {
+        self.table.iter().map(|s| s.info().id).collect()
     }
 }
 

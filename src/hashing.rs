@@ -49,9 +49,85 @@ impl BuildHasher for SessionState {
 /// holds.
 pub type SessionSet<T> = HashSet<T, SessionState>;
 
+/// Values a [`SmallSet`] finds by a scan: a scan of this many costs about one hash.
+const SMALL_SET: usize = 8;
+
+/// A set that grows one value at a time and finds them by a scan up to [`SMALL_SET`] values,
+/// then hashes them ([`SessionSet`], boxed). The sets an open session holds have a few values
+/// each: a hash set's first table was 52 bytes for one span id, 32 inline (issue 15, mem23).
+/// Values only go in (no removal).
+#[derive(Clone, Debug)]
+pub enum SmallSet<T> {
+    Few(Vec<T>),
+    Many(Box<SessionSet<T>>),
+}
+
+impl<T> Default for SmallSet<T> {
+    fn default() -> Self {
+        SmallSet::Few(Vec::new())
+    }
+}
+
+impl<T: std::hash::Hash + Eq> SmallSet<T> {
+    pub fn len(&self) -> usize {
+        match self {
+            SmallSet::Few(v) => v.len(),
+            SmallSet::Many(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains(&self, value: &T) -> bool {
+        match self {
+            SmallSet::Few(v) => v.contains(value),
+            SmallSet::Many(s) => s.contains(value),
+        }
+    }
+
+    /// Adds `value`: false when it was there.
+    pub fn insert(&mut self, value: T) -> bool {
+        match self {
+            SmallSet::Few(v) if v.contains(&value) => false,
+            SmallSet::Few(v) if v.len() < SMALL_SET => {
+                v.reserve_exact(1);
+                v.push(value);
+                true
+            }
+            SmallSet::Few(v) => {
+                let mut s: SessionSet<T> = SessionSet::with_capacity_and_hasher(2 * SMALL_SET, SessionState);
+                s.extend(v.drain(..));
+                s.insert(value);
+                *self = SmallSet::Many(Box::new(s));
+                true
+            }
+            SmallSet::Many(s) => s.insert(value),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_small_set_is_a_set_on_either_side_of_its_scan() {
+        let mut s: SmallSet<u64> = SmallSet::default();
+        assert!(s.is_empty() && !s.contains(&1));
+        for k in 0..100u64 {
+            assert!(s.insert(k), "{k} is new");
+            assert!(!s.insert(k), "{k} is there");
+            assert_eq!(s.len(), k as usize + 1);
+            assert!((0..=k).all(|j| s.contains(&j)) && !s.contains(&(k + 1)));
+            match &s {
+                SmallSet::Few(v) => assert!(k < SMALL_SET as u64 && v.capacity() == v.len()),
+                SmallSet::Many(_) => assert!(k >= SMALL_SET as u64),
+            }
+        }
+        assert_eq!(std::mem::size_of::<SmallSet<u64>>(), 24);
+    }
 
     #[test]
     fn a_session_state_is_one_seed_per_process_and_no_bytes() {

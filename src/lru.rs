@@ -502,58 +502,61 @@ mod tests {
 
     /// [`behaves_as_the_obvious_lru`] with the index kept in `I`.
     fn behaves_as_the_model<I: IndexSlot>(cap: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
-            let mut m: Lru<u16, u32, FastState, I> = Lru::with_hasher(cap);
-            let mut model = Model::default();
-            let mut evicted = 0;
-            for op in ops {
-                match op {
-                    Op::Insert(k, v) => {
-                        let want = match model.touch(k) {
-                            Some(_) => {
-                                let last = model.0.len() - 1;
-                                model.0[last].1 = v;
-                                None
-                            }
-                            None => {
-                                let gone = (model.0.len() >= cap).then(|| model.0.remove(0));
-                                model.0.push((k, v));
-                                gone
-                            }
-                        };
-                        evicted += u64::from(want.is_some());
-                        prop_assert_eq!(m.insert(k, v), want);
-                    }
-                    Op::Get(k) => prop_assert_eq!(m.get(&k).copied(), model.touch(k)),
-                    Op::Peek(k) => prop_assert_eq!(m.peek(&k).copied(), model.at(k).map(|i| model.0[i].1)),
-                    Op::Remove(k) => prop_assert_eq!(m.remove(&k), model.at(k).map(|i| model.0.remove(i).1)),
-                    Op::GetOrInsert(k, v) => {
-                        let want = match model.touch(k) {
-                            Some(old) => old,
-                            None => {
-                                if model.0.len() >= cap {
-                                    model.0.remove(0);
-                                    evicted += 1;
-                                }
-                                model.0.push((k, v));
-                                v
-                            }
-                        };
-                        prop_assert_eq!(*m.get_or_insert_with(k, || v), want);
-                    }
-                    Op::RetainOdd => {
-                        m.retain(|k, _| k % 2 == 1);
-                        model.0.retain(|e| e.0 % 2 == 1);
-                    }
+        let mut m: Lru<u16, u32, FastState, I> = Lru::with_hasher(cap);
+        let mut model = Model::default();
+        let mut evicted = 0;
+        for op in ops {
+            match op {
+                Op::Insert(k, v) => {
+                    let want = match model.touch(k) {
+                        Some(_) => {
+                            let last = model.0.len() - 1;
+                            model.0[last].1 = v;
+                            None
+                        }
+                        None => {
+                            let gone = (model.0.len() >= cap).then(|| model.0.remove(0));
+                            model.0.push((k, v));
+                            gone
+                        }
+                    };
+                    evicted += u64::from(want.is_some());
+                    prop_assert_eq!(m.insert(k, v), want);
                 }
-                prop_assert_eq!((m.len(), m.evicted()), (model.0.len(), evicted));
-                prop_assert!(m.entries.capacity() <= cap, "never reserved past the cap");
-                prop_assert!(m.index.get().is_none_or(|x| !x.is_empty() && x.len() == m.len()), "the index has every entry or none");
-                for &(k, v) in &model.0 {
-                    prop_assert!(m.contains_key(&k));
-                    prop_assert_eq!(m.peek(&k), Some(&v));
+                Op::Get(k) => prop_assert_eq!(m.get(&k).copied(), model.touch(k)),
+                Op::Peek(k) => prop_assert_eq!(m.peek(&k).copied(), model.at(k).map(|i| model.0[i].1)),
+                Op::Remove(k) => prop_assert_eq!(m.remove(&k), model.at(k).map(|i| model.0.remove(i).1)),
+                Op::GetOrInsert(k, v) => {
+                    let want = match model.touch(k) {
+                        Some(old) => old,
+                        None => {
+                            if model.0.len() >= cap {
+                                model.0.remove(0);
+                                evicted += 1;
+                            }
+                            model.0.push((k, v));
+                            v
+                        }
+                    };
+                    prop_assert_eq!(*m.get_or_insert_with(k, || v), want);
+                }
+                Op::RetainOdd => {
+                    m.retain(|k, _| k % 2 == 1);
+                    model.0.retain(|e| e.0 % 2 == 1);
                 }
             }
-            Ok(())
+            prop_assert_eq!((m.len(), m.evicted()), (model.0.len(), evicted));
+            prop_assert!(m.entries.capacity() <= cap, "never reserved past the cap");
+            prop_assert!(
+                m.index.get().is_none_or(|x| !x.is_empty() && x.len() == m.len()),
+                "the index has every entry or none"
+            );
+            for &(k, v) in &model.0 {
+                prop_assert!(m.contains_key(&k));
+                prop_assert_eq!(m.peek(&k), Some(&v));
+            }
+        }
+        Ok(())
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::build::{self, BuildCtx, RootMarks, SessionFrame};
 use super::identity::SessionIdentity;
 use super::{ids, keys};
 use crate::capture::event::{ProcessKey, Transport};
-use crate::hashing::{FastMap, SessionSet, SessionState};
+use crate::hashing::{FastMap, SessionState, SmallSet};
 use crate::lru::SmallLru;
 use crate::model::{ProcessRecord, SessionInfo};
 
@@ -126,7 +126,7 @@ pub struct SessionSpans {
     /// Made when a record first waits (its parent's image unknown and unnamed): rare.
     waiting: Option<Box<FastMap<ProcessKey, Vec<Arc<EndedRecord>>>>>,
     /// Image spans named as a parent before they were built: never folded.
-    referenced: SessionSet<SpanId>,
+    referenced: SmallSet<SpanId>,
     folds: FoldTable<SpanData>,
     /// The root's counters every session moves (kept inline), and the others (caps, cuts,
     /// unsent datagrams: rare) made at their first count: all eleven inline were 96 bytes of
@@ -136,10 +136,10 @@ pub struct SessionSpans {
     marks: Option<Box<RootMarks>>,
     spans: u64,
     /// Executables (device, inode) this session has run: a new one matters past the cap.
-    contents: SessionSet<(u32, u64)>,
+    contents: SmallSet<(u32, u64)>,
     /// Span ids exported or to be exported (own, reserved, fold spans) once the cap was
     /// reached: a span kept past the cap whose parent is not among them hangs on the root.
-    kept: SessionSet<SpanId>,
+    kept: SmallSet<SpanId>,
     /// When the session left the hold unattributed, in ns from the span stage's epoch, while
     /// it waits for a late record ([`NOT_REMEMBERED`] otherwise). The stage's entry for a late
     /// record is made at the session's end from this (issue 15, mem23: an entry per live
@@ -184,14 +184,14 @@ impl SessionSpans {
             frame,
             slots: SmallLru::with_hasher(MAX_SLOTS),
             waiting: None,
-            referenced: SessionSet::default(),
+            referenced: SmallSet::default(),
             folds: FoldTable::new(ctx.cfg.fold_after),
             processes: 0,
             args_redacted: 0,
             marks: None,
             spans: 0,
-            contents: SessionSet::default(),
-            kept: SessionSet::default(),
+            contents: SmallSet::default(),
+            kept: SmallSet::default(),
             released: NOT_REMEMBERED,
         }
     }

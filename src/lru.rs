@@ -32,6 +32,63 @@ use crate::hashing::FastState;
 /// `Lru::with_hasher(cap)`.
 pub type FastLru<K, V> = Lru<K, V, FastState>;
 
+/// A [`FastLru`] whose index is boxed ([`Boxed`]): for the small maps an open session holds,
+/// empty while they have [`SMALL`] entries or fewer. Build with `Lru::with_hasher(cap)`.
+pub type SmallLru<K, V, S = FastState> = Lru<K, V, S, Boxed>;
+
+/// Where an [`Lru`] keeps its index of places: [`Inline`] (the big tables: one lookup, no
+/// pointer more) or [`Boxed`] (a session's small maps: 8 bytes inline, not 32, while there is
+/// none; issue 15, mem23).
+pub trait IndexSlot: Default {
+    /// The index, when the entries have outgrown [`SMALL`].
+    fn get(&self) -> Option<&HashTable<u32>>;
+    fn get_mut(&mut self) -> Option<&mut HashTable<u32>>;
+    /// The index, made empty when there is none.
+    fn make(&mut self) -> &mut HashTable<u32>;
+}
+
+/// The index inline: empty (no allocation) while there is none.
+#[derive(Debug, Clone, Default)]
+pub struct Inline(HashTable<u32>);
+
+impl IndexSlot for Inline {
+    #[inline]
+    fn get(&self) -> Option<&HashTable<u32>> {
+        (!self.0.is_empty()).then_some(&self.0)
+    }
+
+    #[inline]
+    fn get_mut(&mut self) -> Option<&mut HashTable<u32>> {
+        (!self.0.is_empty()).then_some(&mut self.0)
+    }
+
+    #[inline]
+    fn make(&mut self) -> &mut HashTable<u32> {
+        &mut self.0
+    }
+}
+
+/// The index boxed: made when the entries outgrow [`SMALL`].
+#[derive(Debug, Clone, Default)]
+pub struct Boxed(Option<Box<HashTable<u32>>>);
+
+impl IndexSlot for Boxed {
+    #[inline]
+    fn get(&self) -> Option<&HashTable<u32>> {
+        self.0.as_deref()
+    }
+
+    #[inline]
+    fn get_mut(&mut self) -> Option<&mut HashTable<u32>> {
+        self.0.as_deref_mut()
+    }
+
+    #[inline]
+    fn make(&mut self) -> &mut HashTable<u32> {
+        self.0.get_or_insert_with(Default::default)
+    }
+}
+
 /// Entries found by a scan, without an index: a scan of this many keys costs about one hash.
 const SMALL: usize = 8;
 
@@ -49,11 +106,11 @@ struct Entry<K, V> {
 }
 
 #[derive(Debug, Clone)]
-pub struct Lru<K, V, S = RandomState> {
+pub struct Lru<K, V, S = RandomState, I = Inline> {
     entries: Vec<Entry<K, V>>,
-    /// Places in `entries` by their key's hash: empty (no allocation) until the entries
+    /// Places in `entries` by their key's hash: none (no allocation) until the entries
     /// outgrow [`SMALL`], then every entry's, until the map is empty again.
-    index: HashTable<u32>,
+    index: I,
     hasher: S,
     /// Least and most recently used.
     oldest: u32,
@@ -69,12 +126,12 @@ impl<K: Hash + Eq, V> Lru<K, V> {
     }
 }
 
-impl<K: Hash + Eq, V, S: BuildHasher + Default> Lru<K, V, S> {
+impl<K: Hash + Eq, V, S: BuildHasher + Default, I: IndexSlot> Lru<K, V, S, I> {
     /// At most `cap` entries (at least one, fewer than `u32::MAX`), hashed with a new `S`.
     pub fn with_hasher(cap: usize) -> Self {
         Lru {
             entries: Vec::new(),
-            index: HashTable::new(),
+            index: I::default(),
             hasher: S::default(),
             oldest: NIL,
             newest: NIL,
@@ -108,18 +165,19 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> Lru<K, V, S> {
     where
         K: Borrow<Q>,
     {
-        if self.index.is_empty() {
+        let Some(index) = self.index.get() else {
             return self.entries.iter().position(|e| e.key.borrow() == k).map(|i| i as u32);
-        }
+        };
         let entries = &self.entries;
-        self.index.find(self.hasher.hash_one(k), |&i| entries[i as usize].key.borrow() == k).copied()
+        index.find(self.hasher.hash_one(k), |&i| entries[i as usize].key.borrow() == k).copied()
     }
 
     /// Takes place `i` out of the index (when there is one).
     fn unindex(&mut self, i: u32) {
-        if !self.index.is_empty() {
-            let h = self.hasher.hash_one(&self.entries[i as usize].key);
-            if let Ok(found) = self.index.find_entry(h, |&j| j == i) {
+        let Lru { entries, index, hasher, .. } = self;
+        if let Some(index) = index.get_mut() {
+            let h = hasher.hash_one(&entries[i as usize].key);
+            if let Ok(found) = index.find_entry(h, |&j| j == i) {
                 found.remove();
             }
         }
@@ -130,9 +188,10 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> Lru<K, V, S> {
     fn index_place(&mut self, i: u32) {
         let Lru { entries, index, hasher, .. } = self;
         let rehash = |&j: &u32| hasher.hash_one(&entries[j as usize].key);
-        if !index.is_empty() {
+        if let Some(index) = index.get_mut() {
             index.insert_unique(hasher.hash_one(&entries[i as usize].key), i, rehash);
         } else if entries.len() > SMALL {
+            let index = index.make();
             index.reserve(entries.len(), rehash);
             for (j, e) in entries.iter().enumerate() {
                 index.insert_unique(hasher.hash_one(&e.key), j as u32, rehash);
@@ -281,9 +340,10 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> Lru<K, V, S> {
             // follow it.
             let (older, newer) = self.neighbours(last);
             self.point(older, newer, i, i);
-            if !self.index.is_empty() {
-                let h = self.hasher.hash_one(&self.entries[last as usize].key);
-                if let Some(j) = self.index.find_mut(h, |&j| j == last) {
+            let Lru { entries, index, hasher, .. } = self;
+            if let Some(index) = index.get_mut() {
+                let h = hasher.hash_one(&entries[last as usize].key);
+                if let Some(j) = index.find_mut(h, |&j| j == last) {
                     *j = i;
                 }
             }
@@ -292,7 +352,7 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> Lru<K, V, S> {
         if self.entries.is_empty() {
             // A burst's places and index are not kept at rest.
             self.entries = Vec::new();
-            self.index = HashTable::new();
+            self.index = I::default();
             self.oldest = NIL;
             self.newest = NIL;
         }
@@ -435,75 +495,92 @@ mod tests {
         // with moved places, and dropped when the map empties.
         #[test]
         fn behaves_as_the_obvious_lru(cap in prop_oneof![Just(1usize), Just(3), Just(SMALL), Just(SMALL + 1), Just(30)], ops in proptest::collection::vec(op(), 1..300)) {
-            let mut m: FastLru<u16, u32> = Lru::with_hasher(cap);
-            let mut model = Model::default();
-            let mut evicted = 0;
-            for op in ops {
-                match op {
-                    Op::Insert(k, v) => {
-                        let want = match model.touch(k) {
-                            Some(_) => {
-                                let last = model.0.len() - 1;
-                                model.0[last].1 = v;
-                                None
-                            }
-                            None => {
-                                let gone = (model.0.len() >= cap).then(|| model.0.remove(0));
-                                model.0.push((k, v));
-                                gone
-                            }
-                        };
-                        evicted += u64::from(want.is_some());
-                        prop_assert_eq!(m.insert(k, v), want);
-                    }
-                    Op::Get(k) => prop_assert_eq!(m.get(&k).copied(), model.touch(k)),
-                    Op::Peek(k) => prop_assert_eq!(m.peek(&k).copied(), model.at(k).map(|i| model.0[i].1)),
-                    Op::Remove(k) => prop_assert_eq!(m.remove(&k), model.at(k).map(|i| model.0.remove(i).1)),
-                    Op::GetOrInsert(k, v) => {
-                        let want = match model.touch(k) {
-                            Some(old) => old,
-                            None => {
-                                if model.0.len() >= cap {
-                                    model.0.remove(0);
-                                    evicted += 1;
-                                }
-                                model.0.push((k, v));
-                                v
-                            }
-                        };
-                        prop_assert_eq!(*m.get_or_insert_with(k, || v), want);
-                    }
-                    Op::RetainOdd => {
-                        m.retain(|k, _| k % 2 == 1);
-                        model.0.retain(|e| e.0 % 2 == 1);
-                    }
+            behaves_as_the_model::<Inline>(cap, ops.clone())?;
+            behaves_as_the_model::<Boxed>(cap, ops)?;
+        }
+    }
+
+    /// [`behaves_as_the_obvious_lru`] with the index kept in `I`.
+    fn behaves_as_the_model<I: IndexSlot>(cap: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let mut m: Lru<u16, u32, FastState, I> = Lru::with_hasher(cap);
+        let mut model = Model::default();
+        let mut evicted = 0;
+        for op in ops {
+            match op {
+                Op::Insert(k, v) => {
+                    let want = match model.touch(k) {
+                        Some(_) => {
+                            let last = model.0.len() - 1;
+                            model.0[last].1 = v;
+                            None
+                        }
+                        None => {
+                            let gone = (model.0.len() >= cap).then(|| model.0.remove(0));
+                            model.0.push((k, v));
+                            gone
+                        }
+                    };
+                    evicted += u64::from(want.is_some());
+                    prop_assert_eq!(m.insert(k, v), want);
                 }
-                prop_assert_eq!((m.len(), m.evicted()), (model.0.len(), evicted));
-                prop_assert!(m.entries.capacity() <= cap, "never reserved past the cap");
-                prop_assert!(m.index.is_empty() || m.index.len() == m.len(), "the index has every entry or none");
-                for &(k, v) in &model.0 {
-                    prop_assert!(m.contains_key(&k));
-                    prop_assert_eq!(m.peek(&k), Some(&v));
+                Op::Get(k) => prop_assert_eq!(m.get(&k).copied(), model.touch(k)),
+                Op::Peek(k) => prop_assert_eq!(m.peek(&k).copied(), model.at(k).map(|i| model.0[i].1)),
+                Op::Remove(k) => prop_assert_eq!(m.remove(&k), model.at(k).map(|i| model.0.remove(i).1)),
+                Op::GetOrInsert(k, v) => {
+                    let want = match model.touch(k) {
+                        Some(old) => old,
+                        None => {
+                            if model.0.len() >= cap {
+                                model.0.remove(0);
+                                evicted += 1;
+                            }
+                            model.0.push((k, v));
+                            v
+                        }
+                    };
+                    prop_assert_eq!(*m.get_or_insert_with(k, || v), want);
+                }
+                Op::RetainOdd => {
+                    m.retain(|k, _| k % 2 == 1);
+                    model.0.retain(|e| e.0 % 2 == 1);
                 }
             }
+            prop_assert_eq!((m.len(), m.evicted()), (model.0.len(), evicted));
+            prop_assert!(m.entries.capacity() <= cap, "never reserved past the cap");
+            prop_assert!(
+                m.index.get().is_none_or(|x| !x.is_empty() && x.len() == m.len()),
+                "the index has every entry or none"
+            );
+            for &(k, v) in &model.0 {
+                prop_assert!(m.contains_key(&k));
+                prop_assert_eq!(m.peek(&k), Some(&v));
+            }
         }
+        Ok(())
     }
 
     #[test]
     fn grows_one_entry_at_a_time_while_small_and_frees_everything_when_empty() {
-        let mut m: FastLru<u64, u64> = Lru::with_hasher(1_000);
+        grows_and_frees::<Inline>();
+        grows_and_frees::<Boxed>();
+        assert_eq!(std::mem::size_of::<Boxed>(), 8, "a session's maps: the index boxed");
+    }
+
+    fn grows_and_frees<I: IndexSlot>() {
+        let mut m: Lru<u64, u64, FastState, I> = Lru::with_hasher(1_000);
         for k in 0..SMALL as u64 {
             m.insert(k, k);
             assert_eq!(m.entries.capacity(), m.len(), "no entry reserved ahead");
-            assert!(m.index.is_empty(), "a scan finds {} entries", m.len());
+            assert!(m.index.get().is_none(), "a scan finds {} entries", m.len());
         }
         m.insert(100, 0);
-        assert_eq!(m.index.len(), SMALL + 1, "indexed once past a scan's size");
+        assert_eq!(m.index.get().map(|x| x.len()), Some(SMALL + 1), "indexed once past a scan's size");
         for k in 200..400 {
             m.insert(k, k);
         }
         assert!(m.entries.capacity() < 2 * m.len());
         m.retain(|_, _| false);
-        assert_eq!((m.entries.capacity(), m.index.capacity()), (0, 0));
+        assert_eq!((m.entries.capacity(), m.index.get().map_or(0, |x| x.capacity())), (0, 0));
+        assert!(m.index.get().is_none() && m.index.make().capacity() == 0, "nothing kept");
     }
 }

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::capture::event::ExitStatus;
 use crate::hashing::FastMap;
-use crate::lru::FastLru;
+use crate::lru::SmallLru;
 use crate::text::escape;
 
 /// argv as text, at most `max_bytes` in total (escaped UTF-8 bytes). When the first argument
@@ -226,9 +226,9 @@ pub const MAX_FOLDS: usize = 1_024;
 #[derive(Debug)]
 pub struct FoldTable<T> {
     after: u32,
-    /// Keyed by span id and SHA-256 digest: values nobody picks, hashed with
-    /// [`crate::hashing::FastState`].
-    seen: FastLru<(SpanId, [u8; 8]), u32>,
+    /// Keyed by span id and SHA-256 digest: values nobody picks, hashed with foldhash
+    /// ([`crate::hashing::SessionState`]: every open session holds one).
+    seen: SmallLru<(SpanId, [u8; 8]), u32, crate::hashing::SessionState>,
     /// Made at the first fold: most sessions never repeat anything `after` times, and an
     /// empty map and list inline were 56 bytes of every open session (issue 15).
     folded: Option<Box<Folds<T>>>,
@@ -252,7 +252,7 @@ pub enum FoldDecision {
 
 impl<T> FoldTable<T> {
     pub fn new(after: u32) -> Self {
-        FoldTable { after, seen: FastLru::with_hasher(MAX_FOLD_KEYS), folded: None }
+        FoldTable { after, seen: SmallLru::with_hasher(MAX_FOLD_KEYS), folded: None }
     }
 
     pub fn offer(

@@ -152,15 +152,21 @@ pub struct SpanStage {
     order: VecDeque<SessionId>,
     /// Boxed: a `SessionSpans` is ~1.5 KB, and a map's free slots would each hold one
     /// (BENCHMARKS.md, issue 15, export15: memory per open session).
-    live: FastMap<SessionId, Box<SessionSpans>>,
+    live: Live,
     late_for: Duration,
     max_late: usize,
     /// Records younger than this do not answer late questions.
     settle: Duration,
+    /// Sessions released unattributed that have ended, waiting for a late record. One still
+    /// live waits in its `SessionSpans` ([`SessionSpans::released`]): its entry is made here
+    /// at its end (issue 15, mem23).
     unattributed: FastMap<SessionId, Unattributed>,
     /// What [`Unattributed::released`] counts from.
     epoch: Instant,
+    /// Every session waiting for a late record (ended or live), in the order released.
     unattributed_order: VecDeque<SessionId>,
+    /// Sessions waiting for a late record, ended or live.
+    remembered: usize,
     /// The attributor's last revision and when it was first seen.
     revision: Option<(Option<u64>, Instant)>,
     /// Probe sessions dropped while still open: their later updates are dropped too.
@@ -181,13 +187,14 @@ impl SpanStage {
             max_held,
             held: FastMap::default(),
             order: VecDeque::new(),
-            live: FastMap::default(),
+            live: Live::default(),
             late_for,
             max_late,
             settle: hold_for.min(Duration::from_secs(10)),
             unattributed: FastMap::default(),
             epoch: Instant::now(),
             unattributed_order: VecDeque::new(),
+            remembered: 0,
             revision: None,
             dropped: Default::default(),
             records: false,
@@ -203,7 +210,7 @@ impl SpanStage {
 
     /// Sessions exported unattributed still waiting for a late record.
     pub fn unattributed(&self) -> usize {
-        self.unattributed.len()
+        self.remembered
     }
 
     pub fn ctx(&self) -> &BuildCtx {
@@ -266,8 +273,8 @@ impl SpanStage {
                 return;
             }
             let s = SessionSpans::new(&self.ctx, info.clone(), None);
-            self.remember(&s, now, out);
             self.go_live(id, s, out);
+            self.remember(id, now, out);
             out.released.push(Release::Deadline);
             self.apply(id, u, out);
             return;
@@ -326,7 +333,7 @@ impl SpanStage {
             let how = if who.is_some() { Release::Attributed } else { Release::Shutdown };
             self.release_with(id, who, how, Instant::now(), out);
         }
-        let live: Vec<SessionId> = self.live.keys().copied().collect();
+        let live: Vec<SessionId> = self.live.ids();
         for id in live {
             if let Some(s) = self.live.remove(&id) {
                 let mut info = s.shared_info();
@@ -359,10 +366,10 @@ impl SpanStage {
         }
         let unattributed = who.is_none() && how != Release::Shutdown;
         let s = SessionSpans::new(&self.ctx, h.info, who);
-        if unattributed {
-            self.remember(&s, now, out);
-        }
         self.go_live(id, s, out);
+        if unattributed {
+            self.remember(id, now, out);
+        }
         for u in h.updates {
             self.apply(id, u, out);
         }
@@ -371,16 +378,15 @@ impl SpanStage {
     /// A session leaves the hold: from here its spans are built as its processes end. Who
     /// opened it goes to the rules, and a session someone opened (exec, debug, node) says so
     /// at once with a `session opened` span, so it is searchable while it still runs.
-    fn go_live(&mut self, id: SessionId, mut s: SessionSpans, out: &mut Output) {
-        // the rules stage keeps a refused span that raised an alert (it drops the others)
-        s.offer_over_cap(self.records);
+    fn go_live(&mut self, id: SessionId, s: SessionSpans, out: &mut Output) {
         out.identified.push((id, s.who().cloned()));
         let info = s.info();
         if matches!(info.kind, SessionKind::Exec | SessionKind::Debug | SessionKind::Node) {
             let span = super::build::opened_span(&self.ctx, s.frame(), info, s.who());
             out.spans.push((id, BuiltSpan { span, root: false }));
         }
-        self.live.insert(id, Box::new(s));
+        debug_assert_eq!(s.info().id, id);
+        self.live.insert(Box::new(s));
     }
 
     fn apply(&mut self, id: SessionId, u: SessionUpdate, out: &mut Output) {
@@ -402,10 +408,11 @@ impl SpanStage {
                     // the rules stage's copy: the info moves there, the record is shared
                     let rec = Arc::new(EndedRecord::new(&self.ctx.boot_id, rec));
                     let for_rules = self.records.then(|| rec.clone());
-                    for span in s.place_shared(&self.ctx, rec) {
-                        out.spans.push((id, BuiltSpan { span, root: false }));
-                    }
-                    out.over_cap.extend(s.take_over_cap().into_iter().map(|c| (id, c)));
+                    // the rules stage keeps a refused span that raised an alert (it drops the
+                    // others)
+                    let (spans, over_cap) = s.place_offering(&self.ctx, rec, self.records);
+                    out.spans.extend(spans.into_iter().map(|span| (id, BuiltSpan { span, root: false })));
+                    out.over_cap.extend(over_cap.into_iter().map(|c| (id, c)));
                     if let Some(r) = for_rules {
                         out.records.push((info, r));
                     }
@@ -435,15 +442,71 @@ impl SpanStage {
         out: &mut Output,
     ) {
         let incomplete = info.incomplete || info.events_lost > 0;
+        if let Some(released) = s.released() {
+            // still waiting for a late record: from here without the session
+            let w = Unattributed { info: info.clone(), frame: s.shared_frame(), released };
+            self.unattributed.insert(id, w);
+        }
         let remaining: Vec<Arc<EndedRecord>> =
             remaining.into_iter().map(|r| Arc::new(EndedRecord::new(&self.ctx.boot_id, r))).collect();
         if self.records {
             out.records.extend(remaining.iter().map(|r| (info.clone(), r.clone())));
         }
-        let (built, over_cap) = s.end(&self.ctx, info, remaining);
+        let (built, over_cap) = s.end(&self.ctx, info, remaining, self.records);
         out.spans.extend(built.into_iter().map(|b| (id, b)));
         out.over_cap.extend(over_cap.into_iter().map(|c| (id, c)));
         out.ended.push((id, incomplete));
+    }
+}
+
+/// The live sessions, each found by its own id (`SessionSpans::info().id`, which a refresh
+/// keeps: every update of a session carries its id). A `HashMap` keyed by the id held it
+/// twice, in 24-byte buckets where these are 8 (issue 15, mem23: ~33 B per open session with
+/// a table's spare buckets). Keyed by session id (a process key): foldhash.
+#[derive(Default)]
+struct Live {
+    table: hashbrown::HashTable<Box<SessionSpans>>,
+    hasher: crate::hashing::FastState,
+}
+
+impl Live {
+    fn hash(&self, id: &SessionId) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, id)
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn contains_key(&self, id: &SessionId) -> bool {
+        self.get(id).is_some()
+    }
+
+    fn get(&self, id: &SessionId) -> Option<&SessionSpans> {
+        self.table.find(self.hash(id), |s| s.info().id == *id).map(|s| &**s)
+    }
+
+    fn get_mut(&mut self, id: &SessionId) -> Option<&mut SessionSpans> {
+        let h = self.hash(id);
+        self.table.find_mut(h, |s| s.info().id == *id).map(|s| &mut **s)
+    }
+
+    fn remove(&mut self, id: &SessionId) -> Option<Box<SessionSpans>> {
+        let h = self.hash(id);
+        self.table.find_entry(h, |s| s.info().id == *id).ok().map(|e| e.remove().0)
+    }
+
+    /// Inserts `s` under its id, in place of a session with the same id.
+    fn insert(&mut self, s: Box<SessionSpans>) {
+        let id = s.info().id;
+        self.remove(&id);
+        let hasher = &self.hasher;
+        let h = std::hash::BuildHasher::hash_one(hasher, id);
+        self.table.insert_unique(h, s, |x| std::hash::BuildHasher::hash_one(hasher, x.info().id));
+    }
+
+    fn ids(&self) -> Vec<SessionId> {
+        self.table.iter().map(|s| s.info().id).collect()
     }
 }
 

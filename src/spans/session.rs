@@ -25,8 +25,8 @@ use super::build::{self, BuildCtx, RootMarks, SessionFrame};
 use super::identity::SessionIdentity;
 use super::{ids, keys};
 use crate::capture::event::{ProcessKey, Transport};
-use crate::hashing::{FastMap, FastSet};
-use crate::lru::FastLru;
+use crate::hashing::{FastMap, SessionState, SmallSet};
+use crate::lru::SmallLru;
 use crate::model::{ProcessRecord, SessionInfo};
 
 /// A final record with its span ids ([`ids::RecordIds`]), derived once here and shared with
@@ -60,19 +60,21 @@ struct Slot {
 }
 
 /// One ended process's slots: inline for the single image most processes run (a `Vec` was
-/// a heap allocation per ended process and 24 bytes more per slot entry, issue 15).
+/// a heap allocation per ended process and 24 bytes more per slot entry, issue 15). A single
+/// slot is every child's, whenever it forked ([`pick_slot`]): its span id is all it keeps
+/// (issue 15, mem23: 8 bytes less per ended process).
 #[derive(Clone, Debug)]
 enum Slots {
-    One(Slot),
+    One(SpanId),
     Many(Box<[Slot]>),
 }
 
-impl std::ops::Deref for Slots {
-    type Target = [Slot];
-    fn deref(&self) -> &[Slot] {
+impl Slots {
+    /// The span a child forked at `fork_ns` hangs under.
+    fn pick(&self, fork_ns: u64) -> SpanId {
         match self {
-            Slots::One(s) => std::slice::from_ref(s),
-            Slots::Many(v) => v,
+            Slots::One(span) => *span,
+            Slots::Many(v) => pick_slot(v, fork_ns),
         }
     }
 }
@@ -80,7 +82,7 @@ impl std::ops::Deref for Slots {
 impl From<Vec<Slot>> for Slots {
     fn from(v: Vec<Slot>) -> Self {
         match v[..] {
-            [one] => Slots::One(one),
+            [one] => Slots::One(one.span),
             _ => Slots::Many(v.into_boxed_slice()),
         }
     }
@@ -117,13 +119,14 @@ pub struct SessionSpans {
     /// image by `parent_exec_index` (the process stage fills it), or waits for the session's
     /// end and hangs under the root. A leaf ([`ProcessRecord::leaf`]) keeps none.
     /// Maps here are keyed by process key, span id or (device, inode): values the kernel or
-    /// podtrail choose, hashed with [`crate::hashing::FastState`].
-    slots: FastLru<ProcessKey, Slots>,
+    /// podtrail choose, hashed with foldhash: [`crate::hashing::SessionState`] (one seed per
+    /// process, no bytes per map) for those every session holds.
+    slots: SmallLru<ProcessKey, Slots, SessionState>,
     /// Shared with the rules stage's copy ([`super::hold::Output::records`]): not cloned.
     /// Made when a record first waits (its parent's image unknown and unnamed): rare.
     waiting: Option<Box<FastMap<ProcessKey, Vec<Arc<EndedRecord>>>>>,
     /// Image spans named as a parent before they were built: never folded.
-    referenced: FastSet<SpanId>,
+    referenced: SmallSet<SpanId>,
     folds: FoldTable<SpanData>,
     /// The root's counters every session moves (kept inline), and the others (caps, cuts,
     /// unsent datagrams: rare) made at their first count: all eleven inline were 96 bytes of
@@ -133,14 +136,32 @@ pub struct SessionSpans {
     marks: Option<Box<RootMarks>>,
     spans: u64,
     /// Executables (device, inode) this session has run: a new one matters past the cap.
-    contents: FastSet<(u32, u64)>,
+    contents: SmallSet<(u32, u64)>,
     /// Span ids exported or to be exported (own, reserved, fold spans) once the cap was
     /// reached: a span kept past the cap whose parent is not among them hangs on the root.
-    kept: FastSet<SpanId>,
-    /// Build the spans the caps refuse for the rules stage ([`OverCap`]); off without one.
-    /// Built since last taken ([`Self::take_over_cap`]).
-    /// None unless offered ([`Self::offer_over_cap`]).
+    kept: SmallSet<SpanId>,
+    /// When the session left the hold unattributed, in ns from the span stage's epoch, while
+    /// it waits for a late record ([`NOT_REMEMBERED`] otherwise). The stage's entry for a late
+    /// record is made at the session's end from this (issue 15, mem23: an entry per live
+    /// session held the same info and frame as the session, ~80 B with its map's buckets).
+    released: i64,
+}
+
+/// [`SessionSpans::released`]: not waiting for a late record.
+const NOT_REMEMBERED: i64 = i64::MIN;
+
+/// What placing records built: their spans, and the spans the caps refused when a rules
+/// stage follows (None: not built). Held for one call, not by the session (its 24 bytes were
+/// in every open session, issue 15, mem23).
+struct Placed {
+    spans: Vec<SpanData>,
     over_cap: Option<Vec<OverCap>>,
+}
+
+impl Placed {
+    fn new(over_cap: bool) -> Self {
+        Placed { spans: Vec::new(), over_cap: over_cap.then(Vec::new) }
+    }
 }
 
 /// Executables remembered per session for "not run before" (beyond: not new).
@@ -161,31 +182,29 @@ impl SessionSpans {
             info,
             who,
             frame,
-            slots: FastLru::with_hasher(MAX_SLOTS),
+            slots: SmallLru::with_hasher(MAX_SLOTS),
             waiting: None,
-            referenced: FastSet::default(),
+            referenced: SmallSet::default(),
             folds: FoldTable::new(ctx.cfg.fold_after),
             processes: 0,
             args_redacted: 0,
             marks: None,
             spans: 0,
-            contents: FastSet::default(),
-            kept: FastSet::default(),
-            over_cap: None,
+            contents: SmallSet::default(),
+            kept: SmallSet::default(),
+            released: NOT_REMEMBERED,
         }
     }
 
-    /// Build the spans the caps refuse for a rules stage that follows ([`OverCap`]).
-    pub fn offer_over_cap(&mut self, on: bool) {
-        match on {
-            true => _ = self.over_cap.get_or_insert_with(Vec::new),
-            false => self.over_cap = None,
-        }
+    /// When the session was released unattributed (ns from the span stage's epoch), while it
+    /// waits for a late record.
+    pub(crate) fn released(&self) -> Option<i64> {
+        (self.released != NOT_REMEMBERED).then_some(self.released)
     }
 
-    /// The spans the caps refused since the last call (empty unless offered).
-    pub fn take_over_cap(&mut self) -> Vec<OverCap> {
-        self.over_cap.as_mut().map(std::mem::take).unwrap_or_default()
+    /// Marks the session as waiting for a late record since `at` (None: no longer).
+    pub(crate) fn set_released(&mut self, at: Option<i64>) {
+        self.released = at.filter(|&t| t != NOT_REMEMBERED).unwrap_or(NOT_REMEMBERED);
     }
 
     pub fn info(&self) -> &SessionInfo {
@@ -246,9 +265,20 @@ impl SessionSpans {
 
     /// [`Self::place_ended`] with a record shared with the rules stage.
     pub fn place_shared(&mut self, ctx: &BuildCtx, rec: Arc<EndedRecord>) -> Vec<SpanData> {
-        let mut out = Vec::new();
+        self.place_offering(ctx, rec, false).0
+    }
+
+    /// [`Self::place_shared`], with the spans the caps refused (built only when `over_cap`:
+    /// for a rules stage that follows, [`OverCap`]).
+    pub fn place_offering(
+        &mut self,
+        ctx: &BuildCtx,
+        rec: Arc<EndedRecord>,
+        over_cap: bool,
+    ) -> (Vec<SpanData>, Vec<OverCap>) {
+        let mut out = Placed::new(over_cap);
         self.place(ctx, rec, &mut out);
-        out
+        (out.spans, out.over_cap.unwrap_or_default())
     }
 
     /// The session ended (or the agent is stopping): the processes still open, then whatever
@@ -256,18 +286,20 @@ impl SessionSpans {
     /// the root.
     pub fn finish(self, ctx: &BuildCtx, info: Arc<SessionInfo>, remaining: Vec<ProcessRecord>) -> Vec<BuiltSpan> {
         let remaining = remaining.into_iter().map(|r| Arc::new(EndedRecord::new(&ctx.boot_id, r))).collect();
-        self.end(ctx, info, remaining).0
+        self.end(ctx, info, remaining, false).0
     }
 
-    /// [`Self::finish`], with the spans the caps refused meanwhile ([`Self::offer_over_cap`]).
+    /// [`Self::finish`], with the spans the caps refused (built only when `over_cap`: for a
+    /// rules stage that follows, [`OverCap`]).
     pub fn end(
         mut self,
         ctx: &BuildCtx,
         info: Arc<SessionInfo>,
         remaining: Vec<Arc<EndedRecord>>,
+        over_cap: bool,
     ) -> (Vec<BuiltSpan>, Vec<OverCap>) {
         self.refresh(ctx, &info);
-        let mut out = Vec::new();
+        let mut out = Placed::new(over_cap);
         for rec in remaining {
             self.place(ctx, rec, &mut out);
         }
@@ -297,13 +329,13 @@ impl SessionSpans {
             s.start_time = ctx.clock.to_system_time(fold.first_start_ns);
             s.end_time = ctx.clock.to_system_time(fold.last_end_ns).max(s.start_time);
             s.attributes.push(KeyValue::new(keys::FOLDED_COUNT, fold.count as i64));
-            out.push(s);
+            out.spans.push(s);
         }
         let end_ns = self.info.end_ns.unwrap_or(self.info.start_ns);
         let root = build::root_span(ctx, &self.frame, &self.info, self.who.as_deref(), &marks, end_ns);
-        let mut built: Vec<BuiltSpan> = out.into_iter().map(|span| BuiltSpan { span, root: false }).collect();
+        let mut built: Vec<BuiltSpan> = out.spans.into_iter().map(|span| BuiltSpan { span, root: false }).collect();
         built.push(BuiltSpan { span: root, root: true });
-        (built, self.over_cap.unwrap_or_default())
+        (built, out.over_cap.unwrap_or_default())
     }
 
     fn fallback_end(&self) -> u64 {
@@ -311,14 +343,14 @@ impl SessionSpans {
     }
 
     /// Emits `rec` if its parent span is known, else parks it; then releases its waiters.
-    fn place(&mut self, ctx: &BuildCtx, rec: Arc<EndedRecord>, out: &mut Vec<SpanData>) {
+    fn place(&mut self, ctx: &BuildCtx, rec: Arc<EndedRecord>, out: &mut Placed) {
         let parent_span = if rec.key == self.info.id.0 {
             Some(self.frame.root_id)
         } else {
             match rec.parent {
                 None => Some(self.frame.root_id),
                 Some(q) => match self.slots.get(&q) {
-                    Some(slots) => Some(pick_slot(slots, rec.fork_ns)),
+                    Some(slots) => Some(slots.pick(rec.fork_ns)),
                     None => rec.parent_exec_index.and_then(|i| self.reserve(ctx, parent_image_id(&ctx.boot_id, q, i))),
                 },
             }
@@ -335,7 +367,7 @@ impl SessionSpans {
                     }
                     for child in children {
                         let ck = child.key;
-                        let p = self.slots.get(&k).map(|s| pick_slot(s, child.fork_ns)).unwrap_or(self.frame.root_id);
+                        let p = self.slots.get(&k).map(|s| s.pick(child.fork_ns)).unwrap_or(self.frame.root_id);
                         self.emit(ctx, child, p, out);
                         ready.push(ck);
                     }
@@ -396,7 +428,7 @@ impl SessionSpans {
         }
     }
 
-    fn emit(&mut self, ctx: &BuildCtx, rec: Arc<EndedRecord>, parent: SpanId, out: &mut Vec<SpanData>) {
+    fn emit(&mut self, ctx: &BuildCtx, rec: Arc<EndedRecord>, parent: SpanId, out: &mut Placed) {
         self.processes += 1;
         let fallback = self.fallback_end();
         let mut parent_for_image = parent;
@@ -449,12 +481,12 @@ impl SessionSpans {
                         if cut {
                             rare(&mut self.marks).argv_truncated += 1;
                         }
-                        out.push(s);
+                        out.spans.push(s);
                         self.kept.insert(own);
-                    } else if self.over_cap.is_some() {
+                    } else if let Some(over_cap) = out.over_cap.as_mut() {
                         let parent = self.kept_parent(parent_for_image);
                         let span = build::image_span(ctx, &self.frame, &rec, idx, own, parent, end).0;
-                        self.over_cap.get_or_insert_with(Vec::new).push(OverCap { span, kind: Capped::Process });
+                        over_cap.push(OverCap { span, kind: Capped::Process });
                     }
                     own
                 }
@@ -488,10 +520,10 @@ impl SessionSpans {
                     FoldDecision::Keep => {
                         let parent = self.kept_parent(slot_span);
                         if self.under_cap(ctx, Capped::Network, true) {
-                            out.push(build::connect_span(ctx, &self.frame, cid, parent, c));
-                        } else if self.over_cap.is_some() {
+                            out.spans.push(build::connect_span(ctx, &self.frame, cid, parent, c));
+                        } else if let Some(over_cap) = out.over_cap.as_mut() {
                             let span = build::connect_span(ctx, &self.frame, cid, parent, c);
-                            self.over_cap.get_or_insert_with(Vec::new).push(OverCap { span, kind: Capped::Network });
+                            over_cap.push(OverCap { span, kind: Capped::Network });
                         }
                     }
                 }

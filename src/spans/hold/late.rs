@@ -32,21 +32,53 @@ impl SpanStage {
         t.unwrap_or(self.epoch)
     }
 
+    /// When session `id` was released unattributed, while it waits for a late record (ended:
+    /// its entry; live: its `SessionSpans`).
+    fn released_at(&self, id: &SessionId) -> Option<i64> {
+        match self.unattributed.get(id) {
+            Some(w) => Some(w.released),
+            None => self.live.get(id).and_then(|s| s.released()),
+        }
+    }
+
+    /// The info a session waiting for a late record asks with.
+    fn remembered_info(&self, id: &SessionId) -> Option<Arc<SessionInfo>> {
+        match self.unattributed.get(id) {
+            Some(w) => Some(w.info.clone()),
+            None => self.live.get(id).filter(|s| s.released().is_some()).map(|s| s.shared_info()),
+        }
+    }
+
+    /// Stops waiting for a late record for `id`: what it waited with, when it was waiting.
+    fn forget(&mut self, id: &SessionId) -> Option<Unattributed> {
+        let w = match self.unattributed.remove(id) {
+            Some(w) => w,
+            None => {
+                let s = self.live.get_mut(id)?;
+                let released = s.released()?;
+                s.set_released(None);
+                Unattributed { info: s.shared_info(), frame: s.shared_frame(), released }
+            }
+        };
+        self.remembered -= 1;
+        Some(w)
+    }
+
     /// Asks again for the sessions exported unattributed (when the attributor's records may
     /// have changed, or always when `all`), and forgets those past `late_for`.
     pub(super) fn ask_late(&mut self, now: Instant, all: bool, out: &mut Output) {
         while let Some(id) = self.unattributed_order.front().copied() {
-            match self.unattributed.get(&id) {
-                Some(w) if now.saturating_duration_since(self.instant(w.released)) < self.late_for => break,
+            match self.released_at(&id) {
+                Some(r) if now.saturating_duration_since(self.instant(r)) < self.late_for => break,
                 Some(_) => {
-                    self.unattributed.remove(&id);
+                    self.forget(&id);
                     out.forgotten.push("expired");
                 }
                 None => {}
             }
             self.unattributed_order.pop_front();
         }
-        if self.unattributed.is_empty() {
+        if self.remembered == 0 {
             return;
         }
         let rev = self.attributor.revision();
@@ -64,9 +96,9 @@ impl SpanStage {
         let settle = if all { Duration::ZERO } else { self.settle };
         let ids: Vec<SessionId> = self.unattributed_order.iter().copied().collect();
         for id in ids {
-            let Some(w) = self.unattributed.get(&id) else { continue };
-            let Some(who) = self.attributor.attribute_late(&w.info, settle) else { continue };
-            let w = self.unattributed.remove(&id).expect("checked above");
+            let Some(info) = self.remembered_info(&id) else { continue };
+            let Some(who) = self.attributor.attribute_late(&info, settle) else { continue };
+            let w = self.forget(&id).expect("checked above");
             self.unattributed_order.retain(|x| *x != id);
             let delay = now.saturating_duration_since(self.instant(w.released));
             let span = crate::spans::build::attribution_span(
@@ -87,20 +119,28 @@ impl SpanStage {
         }
     }
 
-    /// A session leaves the hold without attribution: remember it for a late record.
-    pub(super) fn remember(&mut self, s: &SessionSpans, now: Instant, out: &mut Output) {
-        let info = s.info();
-        if !info.kind.attributable() || self.late_for.is_zero() || self.max_late == 0 {
+    /// Session `id`, just out of the hold without attribution (live): remember it for a late
+    /// record. While it lives its `SessionSpans` holds the release time; its entry is made at
+    /// its end ([`SpanStage::finish`]).
+    pub(super) fn remember(&mut self, id: SessionId, now: Instant, out: &mut Output) {
+        if self.late_for.is_zero() || self.max_late == 0 {
             return;
         }
-        let w = Unattributed { info: s.shared_info(), frame: s.shared_frame(), released: self.instant_ns(now) };
-        if self.unattributed.insert(info.id, w).is_none() {
-            self.unattributed_order.push_back(info.id);
+        let released = self.instant_ns(now);
+        let Some(s) = self.live.get_mut(&id) else { return };
+        if !s.info().kind.attributable() {
+            return;
         }
-        while self.unattributed.len() > self.max_late {
+        s.set_released(Some(released));
+        // an ended session of the same id waiting already: the live one waits in its place
+        if self.unattributed.remove(&id).is_none() {
+            self.remembered += 1;
+            self.unattributed_order.push_back(id);
+        }
+        while self.remembered > self.max_late {
             match self.unattributed_order.pop_front() {
                 Some(old) => {
-                    if self.unattributed.remove(&old).is_some() {
+                    if self.forget(&old).is_some() {
                         out.forgotten.push("overflow");
                     }
                 }

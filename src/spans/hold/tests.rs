@@ -285,3 +285,64 @@ fn a_remembered_release_time_comes_back_exactly_either_side_of_the_epoch() {
         assert_eq!(st.instant(st.instant_ns(t)), t);
     }
 }
+
+/// A session released unattributed waits for a late record in its own `SessionSpans` while it
+/// lives (mem23): matched then, expired then, or ended first, as an ended one would be.
+#[test]
+fn a_live_session_waits_for_a_late_record_as_an_ended_one_does() {
+    let secs = Duration::from_secs;
+    // matched while live: one attribution span, none after its end
+    let fake = Arc::new(Fake::default());
+    let mut st = stage(&fake, 3_000, 20_000, 100);
+    let t0 = Instant::now();
+    let mut out = Output::default();
+    st.update(SessionUpdate::Started(info(10, SessionKind::Exec).into()), t0, &mut out);
+    st.tick(t0 + secs(4), &mut out);
+    assert_eq!((out.released.as_slice(), st.open(), st.unattributed()), (&[Release::Deadline][..], 1, 1));
+    fake.arrive();
+    let mut out = Output::default();
+    st.tick(t0 + secs(9), &mut out);
+    assert_eq!(out.late.len(), 1, "{out:?}");
+    assert_eq!(out.late[0].delay, secs(5), "from the release at 4 s");
+    assert_eq!(st.unattributed(), 0);
+    let late = out.late[0].span.clone();
+    let mut out = Output::default();
+    st.update(ended(info(10, SessionKind::Exec)), t0 + secs(10), &mut out);
+    let root = &out.spans.last().expect("root").1;
+    assert!(root.root);
+    assert_eq!(late.span_context.trace_id(), root.span.span_context.trace_id(), "the session's trace");
+    assert_eq!(late.parent_span_id, root.span.span_context.span_id(), "under its root");
+    assert_eq!(st.unattributed(), 0, "its end makes no entry");
+    fake.arrive();
+    let mut out = Output::default();
+    st.tick(t0 + secs(11), &mut out);
+    assert!(out.late.is_empty(), "attributed late at most once");
+
+    // ended while waiting: it waits on from its release, not from its end
+    let fake = Arc::new(Fake::default());
+    let mut st = stage(&fake, 3_000, 20_000, 100);
+    let mut out = Output::default();
+    st.update(SessionUpdate::Started(info(11, SessionKind::Exec).into()), t0, &mut out);
+    st.tick(t0 + secs(4), &mut out);
+    st.update(ended(info(11, SessionKind::Exec)), t0 + secs(6), &mut out);
+    assert_eq!((st.open(), st.unattributed()), (0, 1));
+    fake.arrive();
+    let mut out = Output::default();
+    st.tick(t0 + secs(9), &mut out);
+    assert_eq!((out.late.len(), out.late[0].delay, st.unattributed()), (1, secs(5), 0));
+
+    // expired while live: forgotten once, and its end brings nothing back
+    let fake = Arc::new(Fake::default());
+    let mut st = stage(&fake, 3_000, 20_000, 100);
+    let mut out = Output::default();
+    st.update(SessionUpdate::Started(info(12, SessionKind::Exec).into()), t0, &mut out);
+    st.tick(t0 + secs(4), &mut out);
+    let mut out = Output::default();
+    st.tick(t0 + secs(25), &mut out);
+    assert_eq!((out.forgotten.as_slice(), st.open(), st.unattributed()), (&["expired"][..], 1, 0));
+    st.update(ended(info(12, SessionKind::Exec)), t0 + secs(26), &mut out);
+    fake.arrive();
+    let mut out = Output::default();
+    st.tick(t0 + secs(27), &mut out);
+    assert!(out.late.is_empty() && st.unattributed() == 0, "{out:?}");
+}

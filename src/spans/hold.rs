@@ -167,7 +167,14 @@ pub struct SpanStage {
     dropped: FastSet<SessionId>,
     /// Hand the records spans are built from to [`Output::records`] (for the rules).
     records: bool,
+    /// An ended process's spans on their way to [`Output::spans`], kept between records (a
+    /// Vec per record, grown from empty, was an allocation and a move per span more).
+    placed: Vec<SpanData>,
 }
+
+/// Spans [`SpanStage::placed`] keeps room for between records at most (a span is some
+/// hundred bytes; a process with more images than this gives the room back).
+const PLACED_KEPT: usize = 16;
 
 impl SpanStage {
     pub fn new(ctx: BuildCtx, attributor: Arc<dyn Attributor>) -> Self {
@@ -191,6 +198,7 @@ impl SpanStage {
             revision: None,
             dropped: Default::default(),
             records: false,
+            placed: Vec::new(),
         }
     }
 
@@ -402,8 +410,10 @@ impl SpanStage {
                     // the rules stage's copy: the info moves there, the record is shared
                     let rec = Arc::new(EndedRecord::new(&self.ctx.boot_id, rec));
                     let for_rules = self.records.then(|| rec.clone());
-                    for span in s.place_shared(&self.ctx, rec) {
-                        out.spans.push((id, BuiltSpan { span, root: false }));
+                    s.place(&self.ctx, rec, &mut self.placed);
+                    out.spans.extend(self.placed.drain(..).map(|span| (id, BuiltSpan { span, root: false })));
+                    if self.placed.capacity() > PLACED_KEPT {
+                        self.placed = Vec::new();
                     }
                     out.over_cap.extend(s.take_over_cap().into_iter().map(|c| (id, c)));
                     if let Some(r) = for_rules {

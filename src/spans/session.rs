@@ -311,7 +311,8 @@ impl SessionSpans {
     }
 
     /// Emits `rec` if its parent span is known, else parks it; then releases its waiters.
-    fn place(&mut self, ctx: &BuildCtx, rec: Arc<EndedRecord>, out: &mut Vec<SpanData>) {
+    /// Appends to `out` (the span stage's own Vec, kept between records: no Vec per record).
+    pub(super) fn place(&mut self, ctx: &BuildCtx, rec: Arc<EndedRecord>, out: &mut Vec<SpanData>) {
         let parent_span = if rec.key == self.info.id.0 {
             Some(self.frame.root_id)
         } else {
@@ -327,8 +328,10 @@ impl SessionSpans {
             Some(p) => {
                 let key = rec.key;
                 self.emit(ctx, rec, p, out);
-                let mut ready = vec![key];
-                while let Some(k) = ready.pop() {
+                // the record's own key first, then its waiters' (no Vec unless some waited)
+                let mut ready = Vec::new();
+                let mut next = Some(key);
+                while let Some(k) = next.take().or_else(|| ready.pop()) {
                     let children = self.waiting.as_mut().and_then(|w| w.remove(&k)).unwrap_or_default();
                     if self.waiting.as_ref().is_some_and(|w| w.is_empty()) {
                         self.waiting = None;

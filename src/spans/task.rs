@@ -53,13 +53,15 @@ impl UpdateSource for mpsc::Receiver<crate::model::UpdateBatch> {
     }
 }
 
-/// About the spans a pass's updates make as they arrive (a span per image and per connect of
-/// an ended process, the root and the opening span of an ended session): only a reservation,
-/// so a held session's spans, released later, may need more.
+/// About the spans a pass's updates make as they arrive (a started session's `session opened`
+/// span, a span per image and per connect of an ended process, the root and the opening span
+/// of an ended session): only a reservation, so a held session's spans, released later, may
+/// need more.
 fn spans_hint(pass: &[SessionUpdate]) -> usize {
     let of = |r: &crate::model::ProcessRecord| r.images.iter().map(|i| 1 + i.connects.len()).sum::<usize>();
     pass.iter()
         .map(|u| match u {
+            SessionUpdate::Started(_) => 1,
             SessionUpdate::ProcessEnded(_, r) => of(r),
             SessionUpdate::Ended(_, recs) => 2 + recs.iter().map(of).sum::<usize>(),
             _ => 0,

@@ -359,8 +359,10 @@ impl SessionSpans {
             Some(p) => {
                 let key = rec.key;
                 self.emit(ctx, rec, p, out);
-                let mut ready = vec![key];
-                while let Some(k) = ready.pop() {
+                // the record's own key first, then its waiters' (no Vec unless some waited)
+                let mut ready = Vec::new();
+                let mut next = Some(key);
+                while let Some(k) = next.take().or_else(|| ready.pop()) {
                     let children = self.waiting.as_mut().and_then(|w| w.remove(&k)).unwrap_or_default();
                     if self.waiting.as_ref().is_some_and(|w| w.is_empty()) {
                         self.waiting = None;

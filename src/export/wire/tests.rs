@@ -289,3 +289,16 @@ fn well_formed_answers_as_it_did_before_its_fast_path() {
     }
     assert!(cases > 1000, "{cases}");
 }
+
+#[test]
+fn varint_len_is_the_bytes_put_varint_writes() {
+    let mut vs = vec![0u64, 1, u64::MAX];
+    for b in 0..64 {
+        vs.extend([(1u64 << b) - 1, 1u64 << b, (1u64 << b) + 1]);
+    }
+    for v in vs {
+        let mut out = Vec::new();
+        put_varint(&mut out, v);
+        assert_eq!(varint_len(v), out.len(), "{v}");
+    }
+}

@@ -26,11 +26,17 @@ def jaeger_search(cluster, tags, lookback="1h", limit=200):
     return [from_jaeger(t) for t in data.get("data") or []]
 
 
+def pod_container_id(cluster, pod_name, namespace=NAMESPACE):
+    """The pod's main container's id as its status gives it (None before the kubelet reports it)."""
+    cid = cluster.kubectl("-n", namespace, "get", "pod", pod_name, "-o",
+                          "jsonpath={.status.containerStatuses[0].containerID}", check=False).stdout.strip()
+    return cid.split("://", 1)[-1] or None
+
+
 def container_pid(cluster, pod_name, namespace=NAMESPACE):
     """Host pid of the pod's main container's first process (through the node's containerd)."""
-    cid = cluster.kubectl("-n", namespace, "get", "pod", pod_name, "-o",
-                          "jsonpath={.status.containerStatuses[0].containerID}").stdout.strip()
-    cid = cid.split("://", 1)[-1]
+    cid = pod_container_id(cluster, pod_name, namespace)
+    assert cid, f"{pod_name} has no container id in its status"
     out = subprocess.run(["ctr", "-a", cluster.env["CONTAINERD_SOCK"], "-n", "k8s.io", "task", "ls"],
                          capture_output=True, text=True, check=True).stdout
     for line in out.splitlines():

@@ -284,12 +284,6 @@ def test_payload_after_ten_thousand_decoys(cluster, redteam):
     assert num("podtrail.session.spans_kept_over_cap") >= 3, root.attrs
 
 
-def pod_container_id(cluster, name):
-    cid = cluster.kubectl("-n", NAMESPACE, "get", "pod", name, "-o",
-                          "jsonpath={.status.containerStatuses[0].containerID}", check=False).stdout.strip()
-    return cid.split("://", 1)[-1] or None
-
-
 def test_a_cgroup_named_after_another_container_lends_no_identity(cluster, pods):
     """A privileged container makes a cgroup below its own named after another pod's container
     id, moves into it, and runs tcpdump there: the tcpdump span must name the container it runs
@@ -297,7 +291,7 @@ def test_a_cgroup_named_after_another_container_lends_no_identity(cluster, pods)
     container is the first id below the kubelet's pod component). Broken (the move left out),
     it fails at the check that the container moved; against the deepest-id rule it replaced, at
     the identity check (that run is in the commit that added this test)."""
-    from test_node import jaeger_search  # noqa: E402 (the Jaeger search helper of the node tests)
+    from test_node import jaeger_search, pod_container_id  # noqa: E402 (the node tests' helpers)
 
     other = eventually("the shell pod's container id", lambda: pod_container_id(cluster, "shell"), timeout=120)
     name = "nester"
